@@ -1,0 +1,189 @@
+"""Declaring WIT interfaces in Python and wiring them into a wasmtime component Linker.
+
+An ``Interface`` collects host functions under their canonical WIT names
+(``[method]input-stream.read``) and the resource types they use. ``define(linker, ...)``
+registers them with one native callback of our own instead of wasmtime-py's generic one, so
+argument and result conversion uses the type-driven converters of ``abi.py`` (built once per
+function) and a failure becomes a trap whose message names the function and the cause.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from wasmtime import WasmtimeError
+from wasmtime import _ffi as ffi
+from wasmtime.component import Linker
+from wasmtime.component import _types as wt
+
+from . import abi
+from .resources import ResourceKind
+from .store import StoreState, state_for_context, state_for_context_or_none
+from .values import Err, Trap, WitError
+
+log = logging.getLogger("wasi_tls_host.runtime")
+
+# Every resource kind any interface defines: converters resolve resource types against these.
+ALL_KINDS: list[ResourceKind] = []
+
+
+class GuestExit(Exception):
+    """Raised by ``wasi:cli/exit``: unwinds the guest and records its exit code."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+@dataclass
+class HostFunc:
+    interface: str
+    name: str
+    impl: Callable[..., Any]
+    lifts: list[abi.Lift] | None = None
+    lower: abi.Lower | None = None
+    returns_result: bool = False
+    prepared: bool = False
+
+    @property
+    def qualname(self) -> str:
+        return f"{self.interface}#{self.name}"
+
+    def prepare(self, ty_raw: Any) -> None:
+        fty = wt.FuncType._from_ptr(ty_raw, owner=self)  # borrowed pointer: never freed here
+        self.lifts = [abi.converters(t, ALL_KINDS)[0] for _, t in fty.params]
+        result = fty.result
+        self.returns_result = isinstance(result, wt.ResultType)
+        self.lower = abi.converters(result, ALL_KINDS)[1] if result is not None else None
+        self.prepared = True
+
+
+@dataclass
+class Interface:
+    """A WIT interface implemented by the host, e.g. ``Interface("wasi:io/streams@0.2.8")``."""
+
+    name: str
+    funcs: dict[str, HostFunc] = field(default_factory=dict)
+    resources: dict[str, ResourceKind] = field(default_factory=dict)
+
+    def resource(self, wit_name: str, py_class: type) -> ResourceKind:
+        kind = ResourceKind(f"{self.name.split('@')[0]}#{wit_name}", py_class)
+        self.resources[wit_name] = kind
+        ALL_KINDS.append(kind)
+        return kind
+
+    def func(self, wit_name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator: ``@iface.func("[method]input-stream.read")``; the impl gets the
+        ``StoreState`` first, then the WIT parameters as Python values."""
+
+        def register(impl: Callable[..., Any]) -> Callable[..., Any]:
+            if wit_name in self.funcs:
+                raise ValueError(f"{self.name}: {wit_name} defined twice")
+            self.funcs[wit_name] = HostFunc(self.name.split("@")[0], wit_name, impl)
+            return impl
+
+        return register
+
+
+# Native callbacks look their Python target up by index: wasmtime keeps only the index.
+_FUNCS: dict[int, HostFunc] = {}
+_DTORS: dict[int, ResourceKind] = {}
+_next_index = 1
+
+
+def _register(table: dict[int, Any], value: Any) -> int:
+    global _next_index
+    idx = _next_index
+    _next_index += 1
+    table[idx] = value
+    return idx
+
+
+def _error_ptr(message: str) -> int:
+    err = WasmtimeError(message)
+    return ctypes.cast(err._consume(), ctypes.c_void_p).value or 0
+
+
+@ffi.wasmtime_component_func_callback_t  # type: ignore[misc]
+def _call_host(idx: int, context: Any, ty_raw: Any, args: Any, nargs: int, results: Any, nresults: int) -> int:
+    fn = _FUNCS[idx or 0]
+    try:
+        cx = state_for_context(context)
+        cx.context = context
+        if not fn.prepared:
+            fn.prepare(ty_raw)
+        lifts = fn.lifts
+        assert lifts is not None
+        if nargs != len(lifts):
+            raise Trap(f"called with {nargs} arguments, the host expects {len(lifts)}")
+        pyargs = [lift(cx, args[i]) for i, lift in enumerate(lifts)]
+        try:
+            result = fn.impl(cx, *pyargs)
+        except WitError as e:
+            if not fn.returns_result:
+                raise Trap(f"error {e.payload!r} from a function that returns no result") from e
+            result = Err(e.payload)
+        if fn.lower is not None:
+            fn.lower(cx, result, results[0])
+        return 0
+    except GuestExit as e:
+        cx.exit_code = e.code
+        return _error_ptr(f"guest exited with code {e.code}")
+    except Trap as e:
+        return _error_ptr(f"{fn.qualname}: {e}")
+    except Exception as e:
+        log.exception("host function %s failed", fn.qualname)
+        return _error_ptr(f"{fn.qualname}: host error: {type(e).__name__}: {e}")
+
+
+@ffi.wasmtime_component_resource_destructor_t  # type: ignore[misc]
+def _drop_resource(idx: int, context: Any, rep: int) -> int:
+    kind = _DTORS[idx or 0]
+    try:
+        cx = state_for_context_or_none(context)
+        if cx is not None:
+            cx.table.drop(rep)
+        return 0
+    except Exception as e:
+        log.exception("dropping %s failed", kind.name)
+        return _error_ptr(f"dropping {kind.name}: {e}")
+
+
+@ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+def _finalize(idx: int) -> None:
+    # Linkers may outlive this module's globals at interpreter exit.
+    if _FUNCS is not None:
+        _FUNCS.pop(idx or 0, None)
+    if _DTORS is not None:
+        _DTORS.pop(idx or 0, None)
+
+
+def define(linker: Linker, interfaces: Iterable[Interface]) -> None:
+    """Add the interfaces' resources and functions to ``linker``."""
+    with linker.root() as root:
+        for iface in interfaces:
+            with root.add_instance(iface.name) as inst:
+                for res_name, kind in iface.resources.items():
+                    idx = _register(_DTORS, kind)
+                    name = res_name.encode()
+                    err = ffi.wasmtime_component_linker_instance_add_resource(
+                        inst.ptr(), ctypes.create_string_buffer(name), len(name),
+                        kind.wasmtime_type.ptr(), _drop_resource, idx, _finalize,
+                    )
+                    if err:
+                        raise WasmtimeError._from_ptr(err)
+                for fn_name, fn in iface.funcs.items():
+                    idx = _register(_FUNCS, fn)
+                    name = fn_name.encode()
+                    err = ffi.wasmtime_component_linker_instance_add_func(
+                        inst.ptr(), ctypes.create_string_buffer(name), len(name),
+                        _call_host, idx, _finalize,
+                    )
+                    if err:
+                        raise WasmtimeError._from_ptr(err)
+
+
+__all__ = ["ALL_KINDS", "GuestExit", "HostFunc", "Interface", "StoreState", "define"]

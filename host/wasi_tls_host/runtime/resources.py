@@ -1,0 +1,102 @@
+"""Host resource types and the per-store table that maps handles' reps to Python objects.
+
+wasmtime keeps the guest's handle table and rejects handles the guest does not hold. This
+table adds the host's half: each rep names one live Python object of one resource kind. A rep
+is never reused within a store, so a rep that outlived its object (a bug, or a child resource
+whose parent's state is gone) is reported as stale instead of silently naming another object.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from wasmtime.component import ResourceType
+
+from .values import Trap
+
+log = logging.getLogger("wasi_tls_host.runtime")
+
+_next_type_id = itertools.count(1)
+
+
+@dataclass(eq=False)
+class ResourceKind:
+    """One WIT resource implemented by the host (e.g. ``wasi:io/streams#input-stream``)."""
+
+    name: str
+    py_class: type
+    type_id: int = field(default_factory=lambda: next(_next_type_id))
+
+    def __post_init__(self) -> None:
+        self.wasmtime_type = ResourceType.host(self.type_id)
+
+
+class HostResource:
+    """Base for Python objects handed to guests as resources.
+
+    ``drop`` runs when the guest drops its handle (or the store is closed); it must release
+    OS resources. It is never called for objects whose ownership moved back into the host
+    (an ``own`` handle passed as an argument): the receiver owns them then.
+    """
+
+    def drop(self) -> None:
+        pass
+
+
+class ResourceTable:
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple[Any, ResourceKind]] = {}
+        self._next_rep = 1
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def insert(self, obj: Any, kind: ResourceKind) -> int:
+        rep = self._next_rep
+        if rep > 0xFFFF_FFFF:
+            raise Trap("resource table exhausted: more than 2**32 handles created in one store")
+        self._next_rep = rep + 1
+        self._entries[rep] = (obj, kind)
+        return rep
+
+    def _lookup(self, rep: int, kind: ResourceKind) -> Any:
+        entry = self._entries.get(rep)
+        if entry is None:
+            raise Trap(f"{kind.name} handle (rep {rep}) is stale: its host object is gone")
+        obj, actual = entry
+        if actual is not kind:
+            raise Trap(f"handle (rep {rep}) is a {actual.name}, not a {kind.name}")
+        return obj
+
+    def get(self, rep: int, kind: ResourceKind) -> Any:
+        return self._lookup(rep, kind)
+
+    def take(self, rep: int, kind: ResourceKind) -> Any:
+        """Remove and return an object whose ownership moves into the host."""
+        obj = self._lookup(rep, kind)
+        del self._entries[rep]
+        return obj
+
+    def drop(self, rep: int) -> None:
+        entry = self._entries.pop(rep, None)
+        if entry is not None:
+            _drop_quietly(entry[0], entry[1].name)
+
+    def close(self) -> None:
+        """Drop every object still in the table (the store is going away)."""
+        entries, self._entries = self._entries, {}
+        for obj, kind in reversed(list(entries.values())):
+            _drop_quietly(obj, kind.name)
+
+
+def _drop_quietly(obj: Any, name: str) -> None:
+    drop = getattr(obj, "drop", None)
+    if drop is None:
+        return
+    try:
+        drop()
+    except Exception:  # a destructor must not take the host down
+        log.exception("dropping %s failed", name)
