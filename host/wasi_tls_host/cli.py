@@ -1,0 +1,176 @@
+"""The ``wasi-tls-host`` command: a thin layer over ``host.Host``.
+
+Errors an operator can fix (missing file, not a component, missing import, bad option) are
+one line on stderr and exit status 2; a guest's own exit status is passed through; a trap
+prints its message and exits 1 (like the wasmtime CLI, which also uses 1 for traps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import logging
+import os
+import sys
+from typing import Any, Callable
+
+from .host import GuestError, Host
+from .runtime.values import Err, Ok, Some, Variant
+from .wasi.context import WasiConfig
+
+# Other modules add their options (network policy, directories, TLS trust) here so this file
+# stays a thin dispatcher: each entry is (add_arguments(parser), apply(args, config)).
+OPTION_GROUPS: list[tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace, WasiConfig], None]]] = []
+
+
+class UsageError(Exception):
+    pass
+
+
+def _env_pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not key:
+        raise argparse.ArgumentTypeError(f"--env wants KEY=VALUE, got {text!r}")
+    return key, value if sep else os.environ.get(key, "")
+
+
+def parse_invoke(text: str) -> tuple[str, list[Any]]:
+    """Parse ``name(arg, ...)``; arguments are WAVE-style literals: numbers, "strings",
+    true/false, lists [..], tuples (..), none/some(x), ok(x)/err(x)."""
+    try:
+        tree = ast.parse(text.strip(), mode="eval").body
+    except SyntaxError as e:
+        raise UsageError(f"--invoke: cannot parse {text!r}: {e.msg}") from None
+    if isinstance(tree, ast.Name):
+        return tree.id, []
+    if not isinstance(tree, ast.Call) or tree.keywords:
+        raise UsageError(f"--invoke wants name(args...), got {text!r}")
+    name = ast.unparse(tree.func).replace(" ", "")
+    return name, [_literal(a) for a in tree.args]
+
+
+def _literal(node: ast.AST) -> Any:
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return -_literal(node.operand)
+    if isinstance(node, ast.Name):
+        words = {"true": True, "false": False, "none": None}
+        if node.id in words:
+            return words[node.id]
+        return Variant(node.id)
+    if isinstance(node, ast.List):
+        return [_literal(e) for e in node.elts]
+    if isinstance(node, ast.Tuple):
+        return tuple(_literal(e) for e in node.elts)
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and len(node.args) <= 1:
+        payload = _literal(node.args[0]) if node.args else None
+        wrap = {"some": Some, "ok": Ok, "err": Err}.get(node.func.id)
+        return wrap(payload) if wrap else Variant(node.func.id, payload)
+    raise UsageError(f"--invoke: unsupported argument {ast.unparse(node)!r}")
+
+
+def format_value(value: Any) -> str:
+    """WAVE-like rendering of a result for people."""
+    if value is None:
+        return "none"
+    if value is True or value is False:
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (bytes, bytearray)):
+        return "[" + ", ".join(str(b) for b in value) + "]"
+    if isinstance(value, (Ok, Err, Some)):
+        inner = "" if value.value is None else f"({format_value(value.value)})"
+        return f"{type(value).__name__.lower()}{inner}"
+    if isinstance(value, Variant):
+        return value.tag if value.payload is None else f"{value.tag}({format_value(value.payload)})"
+    if isinstance(value, list):
+        return "[" + ", ".join(format_value(v) for v in value) + "]"
+    if isinstance(value, tuple):
+        return "(" + ", ".join(format_value(v) for v in value) + ")"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k.replace('_', '-')}: {format_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (set, frozenset)):
+        return "{" + ", ".join(sorted(value)) + "}"
+    return str(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wasi-tls-host", description="Run WebAssembly components with WASI 0.2 and wasi:tls implemented in Python.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log host activity (repeat for more)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a component (wasi:cli/run, or --invoke an export)")
+    run.add_argument("guest", help="the component (.wasm)")
+    run.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the guest")
+    run.add_argument("--env", action="append", type=_env_pair, default=[], metavar="KEY=VALUE", help="set a guest environment variable (KEY alone copies the host's)")
+    run.add_argument("--inherit-env", action="store_true", help="give the guest the host's whole environment")
+    run.add_argument("--invoke", metavar="'name(args)'", help="call this export instead of wasi:cli/run and print its result")
+    run.add_argument("--no-cache", action="store_true", help="do not read or write the compiled-component cache")
+    for add_arguments, _ in OPTION_GROUPS:
+        add_arguments(run)
+
+    build = sub.add_parser("build-guest", help="build an example guest from guest_examples/ and print its path")
+    build.add_argument("names", nargs="*", help="guest names (default: all)")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = WasiConfig(args=[os.path.basename(args.guest), *args.args])
+    config.stdin, config.stdout, config.stderr = "inherit", "inherit", "inherit"
+    if args.inherit_env:
+        config.inherit_env()
+    config.env.update(dict(args.env))
+    for _, apply in OPTION_GROUPS:
+        apply(args, config)
+    host = Host(use_cache=not args.no_cache)
+    component = host.load(args.guest)
+    if args.invoke:
+        name, call_args = parse_invoke(args.invoke)
+        config.args = [os.path.basename(args.guest)]
+        with host.instantiate(component, config) as guest:
+            print(format_value(guest.call(name, *call_args)))
+        return 0
+    result = host.run(component, config)
+    if result.trap:
+        print(f"error: the guest trapped: {result.trap.strip()}", file=sys.stderr)
+    return result.exit_code
+
+
+def _build(args: argparse.Namespace) -> int:
+    from . import guests
+
+    for name in args.names or guests.available():
+        print(guests.build(name, quiet=False))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from . import options  # noqa: F401  (registers the option groups)
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)], format="wasi-tls-host: %(message)s")
+    try:
+        if args.command == "run":
+            return _run(args)
+        return _build(args)
+    except (GuestError, UsageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        from .guests import BuildError
+        from wasmtime import WasmtimeError
+
+        if isinstance(e, (BuildError, WasmtimeError, OSError)):
+            print(f"error: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}", file=sys.stderr)
+            return 1
+        raise
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

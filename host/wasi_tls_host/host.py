@@ -1,0 +1,182 @@
+"""The embedder's API: wire the host into a wasmtime Linker, give stores WASI state, run
+guests. It follows wasmtime-py's habits (``Engine``, ``Linker``, ``Store``) and adds the
+things an embedder of this host needs: a compiled-component cache, clean exit codes, and
+``run_async`` for asyncio programs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from wasmtime import Engine, ExitTrap, Store, WasmtimeError
+from wasmtime.component import Component, Instance, Linker
+
+from .runtime import binding, exports
+from .runtime.binding import Interface
+from .runtime.cache import ComponentCache
+from .runtime.store import StoreState, attach, detach
+from .runtime.values import Err
+from .wasi import interfaces as wasi_interfaces
+from .wasi.context import WasiConfig, WasiCtx
+
+
+def all_interfaces() -> list[Interface]:
+    return wasi_interfaces()
+
+
+def add_to_linker(linker: Linker, interfaces: Iterable[Interface] | None = None) -> None:
+    """Define this host's WASI (and TLS) interfaces in ``linker`` (like ``add_wasip2``)."""
+    binding.define(linker, all_interfaces() if interfaces is None else interfaces)
+
+
+def set_wasi(store: Store, config: WasiConfig) -> WasiCtx:
+    """Give ``store`` a WASI context built from ``config`` (like ``Store.set_wasi``)."""
+    ctx = WasiCtx(config)
+    attach(store, ctx)
+    return ctx
+
+
+class GuestError(Exception):
+    """A guest could not be loaded, linked or run; the message is meant for people."""
+
+
+@dataclass
+class RunResult:
+    exit_code: int
+    trap: str | None = None
+
+
+class GuestInstance:
+    """One instantiated component in its own store."""
+
+    def __init__(self, host: Host, component: Component, config: WasiConfig) -> None:
+        self.host = host
+        self.component = component
+        self.store = Store(host.engine)
+        self.ctx = set_wasi(self.store, config)
+        try:
+            self.instance: Instance = host.linker.instantiate(self.store, component)
+        except WasmtimeError as e:
+            self.close()
+            raise GuestError(describe_link_error(str(e))) from None
+
+    @property
+    def state(self) -> StoreState:
+        from .runtime.store import state_of
+
+        return state_of(self.store)
+
+    def call(self, name: str, *args: Any) -> Any:
+        """Call an export by name; ``a/b`` reaches function ``b`` inside instance ``a``."""
+        path = name.split("#") if "#" in name else [name]
+        func = exports.get_func(self.store, self.instance, path)
+        if func is None:
+            raise GuestError(f"the component has no export named {name!r}")
+        return exports.call(self.store, func, *args)
+
+    def run(self) -> RunResult:
+        """Call ``wasi:cli/run`` and turn its outcome into an exit code."""
+        run_iface = exports.find_export(self.component, self.host.engine, "wasi:cli/run@0.2.")
+        if run_iface is None:
+            raise GuestError("the component does not export wasi:cli/run (use --invoke for other components)")
+        func = exports.get_func(self.store, self.instance, [run_iface, "run"])
+        if func is None:
+            raise GuestError(f"{run_iface} has no run function")
+        try:
+            result = exports.call(self.store, func)
+        except ExitTrap as e:
+            return RunResult(e.code)
+        except WasmtimeError as e:
+            code = self.state.exit_code
+            if code is not None:
+                return RunResult(code)
+            return RunResult(1, trap=str(e))
+        return RunResult(1 if isinstance(result, Err) else 0)
+
+    def interrupt(self, reason: str = "interrupted by the embedder") -> None:
+        self.ctx.interrupt(reason)
+
+    def close(self) -> None:
+        detach(self.store)
+
+    def __enter__(self) -> GuestInstance:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Host:
+    """An engine, a linker with every interface of this host, and a component cache."""
+
+    def __init__(
+        self,
+        engine: Engine | None = None,
+        *,
+        cache_dir: Path | None = None,
+        use_cache: bool = True,
+        interfaces: Iterable[Interface] | None = None,
+    ) -> None:
+        self.engine = engine or Engine()
+        self.linker = Linker(self.engine)
+        add_to_linker(self.linker, interfaces)
+        self.cache = ComponentCache(self.engine, cache_dir, enabled=use_cache)
+        self._lock = threading.Lock()
+
+    def load(self, source: str | Path | bytes) -> Component:
+        if isinstance(source, (str, Path)):
+            path = Path(source)
+            try:
+                wasm = path.read_bytes()
+            except FileNotFoundError:
+                raise GuestError(f"{path}: no such file") from None
+            except OSError as e:
+                raise GuestError(f"{path}: {e.strerror}") from None
+        else:
+            wasm = bytes(source)
+        if wasm[:4] != b"\0asm":
+            raise GuestError("not a WebAssembly binary (no \\0asm header)")
+        if wasm[4:8] == b"\x01\0\0\0":
+            raise GuestError(
+                "this is a core WebAssembly module, not a component; turn it into one with "
+                "`wasm-tools component new MODULE.wasm --adapt wasi_snapshot_preview1=ADAPTER.wasm`"
+            )
+        with self._lock:
+            try:
+                return self.cache.load(wasm)
+            except WasmtimeError as e:
+                raise GuestError(f"invalid component: {e}") from None
+
+    def instantiate(self, component: Component | str | Path | bytes, config: WasiConfig | None = None) -> GuestInstance:
+        if not isinstance(component, Component):
+            component = self.load(component)
+        return GuestInstance(self, component, config or WasiConfig())
+
+    def run(self, component: Component | str | Path | bytes, config: WasiConfig | None = None) -> RunResult:
+        with self.instantiate(component, config) as guest:
+            return guest.run()
+
+    async def run_async(self, component: Component | str | Path | bytes, config: WasiConfig | None = None) -> RunResult:
+        """Run a command guest on a worker thread; cancelling the task interrupts the guest
+        at its next wait (guests that compute without waiting run to their next wait)."""
+        guest = await asyncio.to_thread(self.instantiate, component, config)
+        try:
+            return await asyncio.shield(asyncio.to_thread(guest.run))
+        except asyncio.CancelledError:
+            guest.interrupt("cancelled by the embedder")
+            raise
+        finally:
+            # The worker may still be unwinding after a cancel; closing waits for nothing.
+            pass
+
+
+def describe_link_error(message: str) -> str:
+    """Turn wasmtime's instantiation errors into one actionable line."""
+    first = message.strip().splitlines()[0] if message.strip() else message
+    if "matching implementation was not found" in message or "was not found" in message:
+        return f"the component needs an import this host does not provide: {first}"
+    return f"could not instantiate the component: {first}"

@@ -1,0 +1,7 @@
+"""Command-line option groups contributed by interface modules (see ``cli.OPTION_GROUPS``).
+
+Each module that needs options (filesystem preopens, network policy, TLS trust) defines
+``add_arguments(parser)`` and ``apply(args, config)`` and is registered here.
+"""
+
+from __future__ import annotations

@@ -1,0 +1,21 @@
+"""WASI 0.2 implemented in Python: one module per interface family."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..runtime.binding import Interface
+from ..runtime.stubs import stub_interfaces
+from . import cli, clocks, io, random
+
+_WIT = Path(__file__).resolve().parents[3] / "wit" / "deps"
+# Placeholders until wasi:filesystem and wasi:sockets land: every call traps, naming itself.
+_PENDING = [
+    *stub_interfaces(_WIT / "filesystem", "wasi:filesystem", "0.2.8"),
+    *stub_interfaces(_WIT / "sockets", "wasi:sockets", "0.2.8"),
+]
+
+
+def interfaces() -> list[Interface]:
+    """Every WASI interface this host implements."""
+    return [*io.INTERFACES, *clocks.INTERFACES, *random.INTERFACES, *cli.INTERFACES, *_PENDING]

@@ -1,0 +1,65 @@
+"""wasi:clocks (monotonic-clock, wall-clock, timezone)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ..runtime.binding import Interface
+from ..runtime.store import StoreState
+from .io import DeadlinePollable, Pollable
+
+monotonic_iface = Interface("wasi:clocks/monotonic-clock@0.2.8")
+wall_iface = Interface("wasi:clocks/wall-clock@0.2.8")
+timezone_iface = Interface("wasi:clocks/timezone@0.2.8")
+
+# Deadlines are held as time.monotonic_ns() values; the guest sees the same clock.
+_MAX_INSTANT = 2**64 - 1
+
+
+@monotonic_iface.func("now")
+def monotonic_now(cx: StoreState) -> int:
+    return time.monotonic_ns()
+
+
+@monotonic_iface.func("resolution")
+def monotonic_resolution(cx: StoreState) -> int:
+    return max(1, int(time.clock_getres(time.CLOCK_MONOTONIC) * 1e9))
+
+
+@monotonic_iface.func("subscribe-instant")
+def subscribe_instant(cx: StoreState, when: int) -> Pollable:
+    return DeadlinePollable(when)
+
+
+@monotonic_iface.func("subscribe-duration")
+def subscribe_duration(cx: StoreState, when: int) -> Pollable:
+    return DeadlinePollable(min(time.monotonic_ns() + when, _MAX_INSTANT))
+
+
+def _datetime(ns: int) -> dict[str, int]:
+    return {"seconds": ns // 1_000_000_000, "nanoseconds": ns % 1_000_000_000}
+
+
+@wall_iface.func("now")
+def wall_now(cx: StoreState) -> dict[str, int]:
+    return _datetime(time.time_ns())
+
+
+@wall_iface.func("resolution")
+def wall_resolution(cx: StoreState) -> dict[str, int]:
+    return _datetime(max(1, int(time.clock_getres(time.CLOCK_REALTIME) * 1e9)))
+
+
+@timezone_iface.func("display")
+def timezone_display(cx: StoreState, when: dict[str, Any]) -> dict[str, Any]:
+    # Guests see UTC: the host's local zone is configuration the guest was not given.
+    return {"utc_offset": 0, "name": "UTC", "in_daylight_saving_time": False}
+
+
+@timezone_iface.func("utc-offset")
+def timezone_utc_offset(cx: StoreState, when: dict[str, Any]) -> int:
+    return 0
+
+
+INTERFACES = (monotonic_iface, wall_iface, timezone_iface)

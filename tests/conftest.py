@@ -1,0 +1,67 @@
+"""Shared fixtures: one Host per test session, guests built on demand from guest_examples/."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from wasi_tls_host import Host, WasiConfig
+from wasi_tls_host import guests
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def host() -> Host:
+    return Host()
+
+
+@pytest.fixture(scope="session")
+def guest_path():
+    """guest_path("name") -> Path of the built component (built once, cached on disk)."""
+    return lambda name: guests.build(name)
+
+
+@dataclass
+class GuestRun:
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+    trap: str | None
+
+    @property
+    def out(self) -> str:
+        return self.stdout.decode()
+
+    @property
+    def err(self) -> str:
+        return self.stderr.decode()
+
+
+@pytest.fixture(scope="session")
+def run_guest(host: Host, guest_path):
+    """run_guest("name", "arg", ..., stdin=b"", env={}, config=None, **WasiConfig fields)."""
+
+    def run(name: str, *args: str, stdin: bytes | None = None, env: dict[str, str] | None = None, **fields: Any) -> GuestRun:
+        out, err = bytearray(), bytearray()
+        config = WasiConfig(args=[name, *args], env=env or {}, stdin=stdin, stdout=out, stderr=err, **fields)
+        result = host.run(guest_path(name), config)
+        return GuestRun(result.exit_code, bytes(out), bytes(err), result.trap)
+
+    return run
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def free_port(family: int = socket.AF_INET) -> int:
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0))
+        return s.getsockname()[1]
