@@ -15,7 +15,7 @@ import os
 import sys
 from typing import Any, Callable
 
-from .host import GuestError, Host
+from .host import GuestError, Host, trap_cause
 from .runtime.values import Err, Ok, Some, Variant
 from .wasi.context import WasiConfig
 
@@ -38,16 +38,19 @@ def _env_pair(text: str) -> tuple[str, str]:
 def parse_invoke(text: str) -> tuple[str, list[Any]]:
     """Parse ``name(arg, ...)``; arguments are WAVE-style literals: numbers, "strings",
     true/false, lists [..], tuples (..), none/some(x), ok(x)/err(x)."""
-    try:
-        tree = ast.parse(text.strip(), mode="eval").body
-    except SyntaxError as e:
-        raise UsageError(f"--invoke: cannot parse {text!r}: {e.msg}") from None
-    if isinstance(tree, ast.Name):
-        return tree.id, []
-    if not isinstance(tree, ast.Call) or tree.keywords:
+    # Export names are kebab-case (not Python identifiers): split them off before parsing.
+    name, paren, rest = text.strip().partition("(")
+    name = name.strip()
+    if not name or (paren and not rest.rstrip().endswith(")")):
         raise UsageError(f"--invoke wants name(args...), got {text!r}")
-    name = ast.unparse(tree.func).replace(" ", "")
-    return name, [_literal(a) for a in tree.args]
+    if not paren or not rest[:-1].strip():
+        return name, []
+    try:
+        tree = ast.parse(f"({rest[:-1]},)", mode="eval").body
+    except SyntaxError as e:
+        raise UsageError(f"--invoke: cannot parse the arguments of {text!r}: {e.msg}") from None
+    assert isinstance(tree, ast.Tuple)
+    return name, [_literal(a) for a in tree.elts]
 
 
 def _literal(node: ast.AST) -> Any:
@@ -135,7 +138,10 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     result = host.run(component, config)
     if result.trap:
-        print(f"error: the guest trapped: {result.trap.strip()}", file=sys.stderr)
+        detail = result.trap.strip() if args.verbose else result.trap_cause
+        print(f"error: the guest trapped: {detail}", file=sys.stderr)
+        if not args.verbose:
+            print("(run with -v to see the wasm backtrace)", file=sys.stderr)
     return result.exit_code
 
 
@@ -164,8 +170,11 @@ def main(argv: list[str] | None = None) -> int:
         from .guests import BuildError
         from wasmtime import WasmtimeError
 
-        if isinstance(e, (BuildError, WasmtimeError, OSError)):
-            print(f"error: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}", file=sys.stderr)
+        if isinstance(e, WasmtimeError):
+            print(f"error: the guest trapped: {trap_cause(str(e))}", file=sys.stderr)
+            return 1
+        if isinstance(e, (BuildError, OSError)):
+            print(f"error: {e}", file=sys.stderr)
             return 1
         raise
     except KeyboardInterrupt:

@@ -19,6 +19,7 @@ from .runtime import binding, exports
 from .runtime.binding import Interface
 from .runtime.cache import ComponentCache
 from .runtime.store import StoreState, attach, detach
+from .runtime.abi import ConversionError
 from .runtime.values import Err
 from .wasi import interfaces as wasi_interfaces
 from .wasi.context import WasiConfig, WasiCtx
@@ -49,6 +50,16 @@ class RunResult:
     exit_code: int
     trap: str | None = None
 
+    @property
+    def trap_cause(self) -> str | None:
+        """The trap's cause without the wasm backtrace (the line a person acts on)."""
+        return trap_cause(self.trap) if self.trap else None
+
+
+def trap_cause(message: str) -> str:
+    _, sep, cause = message.rpartition("Caused by:")
+    return " ".join(line.strip() for line in cause.strip().splitlines()) if sep else message.strip()
+
 
 class GuestInstance:
     """One instantiated component in its own store."""
@@ -76,7 +87,10 @@ class GuestInstance:
         func = exports.get_func(self.store, self.instance, path)
         if func is None:
             raise GuestError(f"the component has no export named {name!r}")
-        return exports.call(self.store, func, *args)
+        try:
+            return exports.call(self.store, func, *args)
+        except (TypeError, ConversionError) as e:
+            raise GuestError(f"calling {name}: {e}") from None
 
     def run(self) -> RunResult:
         """Call ``wasi:cli/run`` and turn its outcome into an exit code."""

@@ -63,8 +63,10 @@ class ComponentCache:
         if not path.exists():
             return None
         try:
-            return Component.deserialize_file(self.engine, str(path))
-        except WasmtimeError as e:
+            # Read into memory rather than deserialize_file's mmap: if anything truncates or
+            # rewrites the file while we run, an mmap would kill the process with SIGBUS.
+            return Component.deserialize(self.engine, path.read_bytes())
+        except (WasmtimeError, OSError) as e:
             log.warning("ignoring unusable cached artifact %s: %s", path, e)
             path.unlink(missing_ok=True)
             return None

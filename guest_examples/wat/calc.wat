@@ -1,0 +1,28 @@
+;; A component with no imports and plain exports, for `wasi-tls-host run --invoke`.
+(component
+  (core module $M
+    (func (export "add") (param i32 i32) (result i32) (i32.add (local.get 0) (local.get 1)))
+    (func (export "checked-div") (param i32 i32) (result i32 i32)
+      ;; result<u32, u32>: (discriminant, payload); dividing by zero is err(a)
+      (if (result i32 i32) (i32.eqz (local.get 1))
+        (then (i32.const 1) (local.get 0))
+        (else (i32.const 0) (i32.div_u (local.get 0) (local.get 1))))))
+  (core instance $m (instantiate $M))
+  (func (export "add") (param "a" u32) (param "b" u32) (result u32) (canon lift (core func $m "add")))
+  (core module $Mem (memory (export "memory") 1))
+  (core instance $mem (instantiate $Mem))
+  (alias core export $mem "memory" (core memory $memory))
+  (core module $D
+    (import "m" "memory" (memory 1))
+    (import "m" "div" (func $div (param i32 i32) (result i32 i32)))
+    (func (export "checked-div") (param i32 i32) (result i32)
+      (local $tag i32) (local $val i32)
+      (call $div (local.get 0) (local.get 1))
+      (local.set $val) (local.set $tag)
+      (i32.store (i32.const 0) (local.get $tag))
+      (i32.store (i32.const 4) (local.get $val))
+      (i32.const 0)))
+  (core instance $d (instantiate $D (with "m" (instance (export "memory" (memory $memory)) (export "div" (func $m "checked-div"))))))
+  (func (export "checked-div") (param "a" u32) (param "b" u32) (result (result u32 (error u32)))
+    (canon lift (core func $d "checked-div") (memory $memory)))
+)

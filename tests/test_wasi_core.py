@@ -1,0 +1,247 @@
+"""WASI 0.2 core (cli, io, clocks, random) through a real componentize-py guest."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from wasi_tls_host import Host, WasiConfig
+from wasi_tls_host.wasi.io import PipeInput
+
+CLI = [sys.executable, "-m", "wasi_tls_host.cli"]
+
+
+def test_args_reach_the_guest(run_guest) -> None:
+    r = run_guest("wasi_probe", "args", "a b", "ü", "")
+    assert r.exit_code == 0, r.err
+    assert "args=wasi_probe|args|a b|ü|\n" in r.out
+    assert "sys.argv=wasi_probe|args|a b|ü|\n" in r.out
+
+
+def test_environment_is_exactly_what_was_given(run_guest) -> None:
+    r = run_guest("wasi_probe", "env", "GREETING", "HOME", env={"GREETING": "hi there"})
+    assert r.out.splitlines() == ["GREETING=hi there", "HOME=<unset>", "count=1"]
+
+
+def test_stdout_and_stderr_bytes_are_exact(run_guest) -> None:
+    r = run_guest("wasi_probe", "bytes")
+    assert r.stdout == bytes(range(256))
+    assert r.stderr == b"\xff\xfeerr\x00"
+
+
+def test_stdin_round_trip_through_streams_and_poll(run_guest) -> None:
+    data = os.urandom(3 << 20)
+    r = run_guest("wasi_probe", "cat", stdin=data)
+    assert r.exit_code == 0, r.err
+    assert r.stdout == data
+    assert r.err == f"copied {len(data)}\n"
+
+
+def test_splice_stdin_to_stdout(run_guest) -> None:
+    data = os.urandom(1 << 20) + b"tail"
+    r = run_guest("wasi_probe", "splice", stdin=data)
+    assert r.stdout == data
+    assert r.err == f"spliced {len(data)}\n"
+
+
+def test_closed_stdin_reads_closed(run_guest) -> None:
+    assert run_guest("wasi_probe", "stdin-closed").out == "error=StreamError_Closed\n"
+    assert run_guest("wasi_probe", "stdin-closed", stdin=b"abc").out == "read=b'abc'\n"
+
+
+@pytest.mark.parametrize(("arg", "code"), [("0", 0), ("1", 1), ("3", 3), ("255", 255)])
+def test_exit_codes(run_guest, arg: str, code: int) -> None:
+    r = run_guest("wasi_probe", "exit", arg)
+    assert r.exit_code == code
+    assert r.out == "before exit\n"
+    assert r.trap is None
+
+
+def test_guest_exception_is_exit_1_with_its_traceback(run_guest) -> None:
+    r = run_guest("wasi_probe", "fail")
+    assert r.exit_code == 1
+    assert "guest failure on purpose" in r.err
+
+
+def test_clocks(run_guest) -> None:
+    before = time.time()
+    lines = dict(line.split("=") for line in run_guest("wasi_probe", "clocks").out.split())
+    assert lines["monotonic_ok"] == "True"
+    assert int(lines["monotonic_resolution"]) >= 1
+    assert abs(int(lines["wall_seconds"]) - before) < 5
+    assert lines["wall_nanos_ok"] == "True"
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def test_sleep_is_accurate_and_uses_no_cpu(run_guest) -> None:
+    run_guest("wasi_probe", "sleep", "0")  # warm caches
+    cpu0 = _cpu_seconds()
+    run_guest("wasi_probe", "sleep", "0")
+    baseline = _cpu_seconds() - cpu0
+    cpu1 = _cpu_seconds()
+    r = run_guest("wasi_probe", "sleep", "400")
+    slept_cpu = _cpu_seconds() - cpu1
+    lines = dict(line.split("=") for line in r.out.split())
+    assert lines["ready_before"] == "False"
+    assert 400e6 <= int(lines["elapsed_ns"]) < 600e6
+    # A busy-waiting host would burn ~0.4 s of CPU here.
+    assert slept_cpu - baseline < 0.1, (slept_cpu, baseline)
+
+    r = run_guest("wasi_probe", "sleep", "50")
+    elapsed = int(dict(line.split("=") for line in r.out.split())["elapsed_ns"])
+    assert 50e6 <= elapsed < 150e6
+
+
+def test_poll_reports_only_ready_pollables(run_guest) -> None:
+    assert run_guest("wasi_probe", "poll-mix").out == "first=[1]\nsecond=[0, 1]\n"
+
+
+def test_random(run_guest) -> None:
+    assert run_guest("wasi_probe", "random").out.split() == [
+        "len=32", "distinct=True", "u64_distinct=True", "insecure_len=17", "seed_stable=True", "big=1048576",
+    ]
+
+
+def test_permit_protocol(run_guest) -> None:
+    r = run_guest("wasi_probe", "permits")
+    assert r.stdout.startswith(b"a" * 10 + b"\0\0\0")
+    assert "permit_positive=True after_flush_ready=True again=True" in r.out
+
+
+@pytest.mark.parametrize(
+    ("cmd", "message"),
+    [
+        ("write-past-permit", "exceeds the permit of"),
+        ("write-without-check", "write of 5 bytes exceeds the permit of 0 bytes"),
+        ("big-blocking-write", "blocking-write-and-flush takes at most 4096 bytes, got 5000"),
+    ],
+)
+def test_stream_misuse_traps_clearly(run_guest, cmd: str, message: str) -> None:
+    r = run_guest("wasi_probe", cmd)
+    assert r.exit_code == 1
+    assert r.trap is not None and message in r.trap
+    assert "must not appear" not in r.out
+    # The host is unharmed: the next guest runs normally.
+    assert run_guest("wasi_probe", "args").exit_code == 0
+
+
+def test_poll_wakes_on_stdin_data_from_another_thread(host: Host, guest_path) -> None:
+    pipe = PipeInput()
+    out = bytearray()
+    timer = threading.Timer(0.1, pipe.feed, args=(b"x",))
+    timer.start()
+    try:
+        result = host.run(guest_path("wasi_probe"), WasiConfig(args=["p", "wait-stdin", "5000"], stdin=lambda: pipe, stdout=out))
+    finally:
+        timer.cancel()
+    assert result.exit_code == 0
+    assert out == b"ready=[0]\n"
+
+
+def test_poll_timer_wins_when_stdin_is_quiet(host: Host, guest_path) -> None:
+    pipe = PipeInput()
+    out = bytearray()
+    result = host.run(guest_path("wasi_probe"), WasiConfig(args=["p", "wait-stdin", "50"], stdin=lambda: pipe, stdout=out))
+    assert result.exit_code == 0
+    assert out == b"ready=[1]\n"
+
+
+def test_embedder_can_interrupt_a_waiting_guest(host: Host, guest_path) -> None:
+    guest = host.instantiate(guest_path("wasi_probe"), WasiConfig(args=["p", "forever"]))
+    timer = threading.Timer(0.2, guest.interrupt)
+    timer.start()
+    start = time.monotonic()
+    try:
+        result = guest.run()
+    finally:
+        guest.close()
+    assert time.monotonic() - start < 5
+    assert result.exit_code == 1
+    assert result.trap_cause is not None and "interrupted by the embedder" in result.trap_cause
+
+
+async def test_run_async_and_cancellation(host: Host, guest_path) -> None:
+    out = bytearray()
+    result = await host.run_async(guest_path("wasi_probe"), WasiConfig(args=["p", "args", "z"], stdout=out))
+    assert result.exit_code == 0 and b"args=p|args|z" in out
+
+    task = asyncio.ensure_future(host.run_async(guest_path("wasi_probe"), WasiConfig(args=["p", "forever"])))
+    await asyncio.sleep(0.5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 10)
+
+
+# --- the command line ---------------------------------------------------------------------
+
+
+def _cli(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([*CLI, *args], input=stdin, capture_output=True, timeout=120)
+
+
+def test_cli_runs_a_command_and_passes_exit_status(guest_path) -> None:
+    probe = str(guest_path("wasi_probe"))
+    r = _cli("run", "--env", "A=1", probe, "env", "A")
+    assert r.returncode == 0 and r.stdout.startswith(b"A=1\n")
+    assert _cli("run", probe, "exit", "3").returncode == 3
+    r = _cli("run", probe, "cat", stdin=b"through the cli")
+    assert r.stdout == b"through the cli"
+
+
+def test_cli_inherit_env(guest_path) -> None:
+    r = subprocess.run([*CLI, "run", "--inherit-env", str(guest_path("wasi_probe")), "env", "MARKER"],
+                       env={**os.environ, "MARKER": "inherited"}, capture_output=True, timeout=120)
+    assert r.stdout.startswith(b"MARKER=inherited\n")
+
+
+def test_cli_trap_is_one_clear_line(guest_path) -> None:
+    r = _cli("run", str(guest_path("wasi_probe")), "write-without-check")
+    assert r.returncode == 1
+    assert b"exceeds the permit of 0 bytes" in r.stderr
+    assert b"error while executing" not in r.stderr and r.stderr.count(b"\n") == 2
+
+
+def test_cli_invoke(guest_path) -> None:
+    calc = str(guest_path("calc"))
+    assert _cli("run", "--invoke", "add(2, 40)", calc).stdout == b"42\n"
+    assert _cli("run", "--invoke", "checked-div(7, 0)", calc).stdout == b"err(7)\n"
+    assert _cli("run", "--invoke", "checked-div(7, 2)", calc).stdout == b"ok(3)\n"
+    r = _cli("run", "--invoke", "add(1)", calc)
+    assert r.returncode == 2 and r.stderr == b"error: calling add: expected 2 arguments, got 1\n"
+    r = _cli("run", "--invoke", "nope()", calc)
+    assert r.returncode == 2 and b"no export named 'nope'" in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda tmp, gp: str(tmp / "missing.wasm"), b"no such file"),
+        (lambda tmp, gp: str(Path(__file__)), b"not a WebAssembly binary"),
+        (lambda tmp, gp: _core_module(tmp), b"core WebAssembly module, not a component"),
+        (lambda tmp, gp: str(gp("needs_missing_import")), b"needs an import this host does not provide"),
+        (lambda tmp, gp: str(gp("calc")), b"does not export wasi:cli/run"),
+    ],
+)
+def test_cli_load_errors_are_one_line(tmp_path, guest_path, make, message: bytes) -> None:
+    r = _cli("run", make(tmp_path, guest_path))
+    assert r.returncode == 2
+    assert message in r.stderr
+    assert r.stderr.count(b"\n") == 1, r.stderr  # one line, no traceback
+
+
+def _core_module(tmp: Path) -> str:
+    path = tmp / "core.wasm"
+    path.write_bytes(b"\0asm\x01\0\0\0")
+    return str(path)
