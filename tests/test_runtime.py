@@ -164,7 +164,9 @@ def test_component_cache_avoids_recompiling(tmp_path, guest_path) -> None:
     with second.instantiate(wasm) as g:
         assert g.call("two-borrows", 2, 3) == 5
     # A corrupt artifact is recompiled, not fatal.
-    artifacts[0].write_bytes(b"garbage")
+    corrupt = tmp_path / "corrupt.tmp"
+    corrupt.write_bytes(b"garbage")
+    corrupt.replace(artifacts[0])  # the cache itself only ever replaces files atomically
     third = Host(interfaces=[probe], cache_dir=tmp_path)
     with third.instantiate(wasm) as g:
         assert g.call("two-borrows", 3, 4) == 7
