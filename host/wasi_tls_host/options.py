@@ -5,3 +5,8 @@ Each module that needs options (filesystem preopens, network policy, TLS trust) 
 """
 
 from __future__ import annotations
+
+from . import cli as _cli
+from .wasi import filesystem as _filesystem
+
+_cli.OPTION_GROUPS.append((_filesystem.add_arguments, _filesystem.apply))
