@@ -7,13 +7,13 @@ from pathlib import Path
 from ..runtime.binding import Interface
 from ..runtime.stubs import stub_interfaces
 from . import cli, clocks, io, random
-from . import filesystem
+from . import sockets
 
 _WIT = Path(__file__).resolve().parents[3] / "wit" / "deps"
 # Placeholders until wasi:filesystem and wasi:sockets land: every call traps, naming itself.
 _PENDING = [
-    *filesystem.INTERFACES,  # real implementation (wasi/filesystem.py)
-    *stub_interfaces(_WIT / "sockets", "wasi:sockets", "0.2.8"),
+    *stub_interfaces(_WIT / "filesystem", "wasi:filesystem", "0.2.8"),
+    *sockets.INTERFACES,  # real implementation (wasi/sockets.py)
 ]
 
 
