@@ -26,7 +26,9 @@ from .wasi.context import WasiConfig, WasiCtx
 
 
 def all_interfaces() -> list[Interface]:
-    return wasi_interfaces()
+    from .tls import interfaces as tls_interfaces
+
+    return [*wasi_interfaces(), *tls_interfaces()]
 
 
 def add_to_linker(linker: Linker, interfaces: Iterable[Interface] | None = None) -> None:

@@ -45,6 +45,9 @@ class WasiConfig:
     # Which network operations are allowed (wasi_tls_host.wasi.sockets.NetworkPolicy);
     # None denies everything.
     network: Any = None
+    # TLS policy (wasi_tls_host.tls.TlsConfig): trust anchors, versions. None = defaults
+    # (the system's trust store).
+    tls: Any = None
 
     def inherit_stdio(self) -> WasiConfig:
         self.stdin, self.stdout, self.stderr = "inherit", "inherit", "inherit"
@@ -141,6 +144,7 @@ class WasiCtx:
         # Filled by the filesystem and sockets modules from config.preopens / config.network.
         self.preopens: list[Any] = list(config.preopens)
         self.network = config.network
+        self.tls = config.tls
         self._on_close: list[Callable[[], None]] = []
 
     def shared_stdin(self) -> InputStream:

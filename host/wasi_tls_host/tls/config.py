@@ -1,0 +1,98 @@
+"""What the embedder decides about TLS for a guest: which roots to trust, which versions."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+from cryptography import x509
+from OpenSSL import SSL, crypto
+
+# A trust anchor: PEM bytes (one or more certificates), a path to a PEM file, or a
+# cryptography certificate.
+TrustAnchor = Union[bytes, str, Path, x509.Certificate]
+
+_VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
+
+
+def load_certificates(anchor: TrustAnchor) -> list[x509.Certificate]:
+    if isinstance(anchor, x509.Certificate):
+        return [anchor]
+    if isinstance(anchor, (str, Path)):
+        path = Path(anchor)
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise ValueError(f"cannot read trust anchors from {path}: {e.strerror}") from None
+    else:
+        data = bytes(anchor)
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        try:
+            certs = [x509.load_der_x509_certificate(data)]
+        except ValueError:
+            raise ValueError("trust anchors must be PEM or DER X.509 certificates") from None
+    return certs
+
+
+@dataclass
+class TlsConfig:
+    """Client-side TLS policy for a guest.
+
+    ``trust`` adds anchors to the system's trust store, or replaces it when
+    ``use_system_roots`` is False. Versions are "1.2" or "1.3"; OpenSSL's defaults choose
+    the cipher suites.
+    """
+
+    trust: list[TrustAnchor] = field(default_factory=list)
+    use_system_roots: bool = True
+    min_version: str = "1.2"
+    max_version: str | None = None
+    _client_context: SSL.Context | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for version in (self.min_version, self.max_version):
+            if version is not None and version not in _VERSIONS:
+                raise ValueError(f"TLS version must be one of {sorted(_VERSIONS)}, not {version!r}")
+        self.anchors = [cert for anchor in self.trust for cert in load_certificates(anchor)]
+
+    def client_context(self) -> SSL.Context:
+        """One OpenSSL context for every client connection of this config (built once)."""
+        if self._client_context is None:
+            ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+            ctx.set_min_proto_version(_VERSIONS[self.min_version])
+            if self.max_version:
+                ctx.set_max_proto_version(_VERSIONS[self.max_version])
+            ctx.set_verify(SSL.VERIFY_PEER)
+            if self.use_system_roots:
+                ctx.set_default_verify_paths()
+            store = ctx.get_cert_store()
+            assert store is not None
+            for cert in self.anchors:
+                store.add_cert(crypto.X509.from_cryptography(cert))
+            self._client_context = ctx
+        return self._client_context
+
+
+DEFAULT_TLS = TlsConfig()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("TLS")
+    group.add_argument("--trust", action="append", default=[], metavar="CA.pem", help="trust the certificates in this PEM file (repeatable; adds to the system's roots)")
+    group.add_argument("--no-system-trust", action="store_true", help="trust only the --trust certificates, not the system's roots")
+    group.add_argument("--tls-min", choices=sorted(_VERSIONS), default="1.2", help="lowest TLS version to negotiate")
+    group.add_argument("--tls-max", choices=sorted(_VERSIONS), default=None, help="highest TLS version to negotiate")
+
+
+def apply(args: argparse.Namespace, config: Any) -> None:
+    try:
+        config.tls = TlsConfig(trust=list(args.trust), use_system_roots=not args.no_system_trust, min_version=args.tls_min, max_version=args.tls_max)
+    except ValueError as e:
+        from ..cli import UsageError
+
+        raise UsageError(str(e)) from None
+

@@ -1,0 +1,241 @@
+"""One TLS connection as a pure bytes-in/bytes-out object over OpenSSL memory BIOs.
+
+Nothing here touches a socket or a wasi:io stream: callers feed ciphertext in, take
+ciphertext out, and read/write plaintext. Failures are turned into ``TlsFailure`` with an
+error code guests can branch on and a sentence a person can act on.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+
+from OpenSSL import SSL
+from OpenSSL._util import ffi as _ffi
+from OpenSSL._util import lib as _lib
+
+# Error codes, shared by the guest-visible interfaces.
+UNKNOWN_ISSUER = "unknown-issuer"
+EXPIRED = "expired"
+NOT_YET_VALID = "not-yet-valid"
+NAME_MISMATCH = "name-mismatch"
+BAD_CERTIFICATE = "bad-certificate"
+HANDSHAKE_FAILURE = "handshake-failure"
+PROTOCOL_VERSION = "protocol-version"
+PEER_ALERT = "peer-alert"
+DECODE_ERROR = "decode-error"
+CLOSED = "closed"
+TRUNCATED = "truncated"
+ACCESS_DENIED = "access-denied"
+INTERNAL = "internal"
+
+# X509_V_ERR_* values (stable across OpenSSL 1.1 and 3.x) mapped to error codes.
+_VERIFY_CODES = {
+    2: UNKNOWN_ISSUER,   # unable to get issuer certificate
+    18: UNKNOWN_ISSUER,  # self-signed certificate
+    19: UNKNOWN_ISSUER,  # self-signed certificate in chain
+    20: UNKNOWN_ISSUER,  # unable to get local issuer certificate
+    21: UNKNOWN_ISSUER,  # unable to verify the first certificate
+    9: NOT_YET_VALID,    # certificate is not yet valid
+    10: EXPIRED,         # certificate has expired
+    62: NAME_MISMATCH,   # hostname mismatch
+    64: NAME_MISMATCH,   # IP address mismatch
+}
+
+
+@dataclass
+class TlsFailure(Exception):
+    code: str
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class TlsClosed(Exception):
+    """The peer sent close_notify: a clean end of its data."""
+
+
+def _reasons(error: SSL.Error) -> list[str]:
+    args = error.args[0] if error.args else []
+    if isinstance(args, list):
+        return [str(item[2]) for item in args if isinstance(item, tuple) and len(item) == 3]
+    return [str(a) for a in error.args]
+
+
+def _alert_code(reason: str) -> str:
+    if "protocol version" in reason or "unsupported protocol" in reason:
+        return PROTOCOL_VERSION
+    if "handshake failure" in reason or "no shared cipher" in reason or "no application protocol" in reason:
+        return HANDSHAKE_FAILURE
+    if "unknown ca" in reason:
+        return UNKNOWN_ISSUER
+    if "certificate required" in reason or "bad certificate" in reason or "certificate unknown" in reason:
+        return BAD_CERTIFICATE
+    if "certificate expired" in reason:
+        return EXPIRED
+    if "decode error" in reason:
+        return DECODE_ERROR
+    return PEER_ALERT
+
+
+class TlsEngine:
+    """A client or server connection driven through memory BIOs."""
+
+    def __init__(self, context: SSL.Context, *, server_side: bool, server_name: str | None = None) -> None:
+        self.conn = SSL.Connection(context, None)
+        self.server_side = server_side
+        self.server_name = server_name
+        self.handshake_done = False
+        self.close_notify_received = False
+        self.close_notify_sent = False
+        self.input_ended = False
+        if server_side:
+            self.conn.set_accept_state()
+        else:
+            self.conn.set_connect_state()
+            if server_name:
+                self._expect_name(server_name)
+
+    def _expect_name(self, name: str) -> None:
+        # pyOpenSSL has no public API for hostname checks; OpenSSL's own verifier does them
+        # during the handshake (so a mismatch ends it with a proper alert) via the
+        # connection's X509_VERIFY_PARAM. A deliberate use of pyOpenSSL's private bindings.
+        param = _lib.SSL_get0_param(self.conn._ssl)
+        try:
+            ip = ipaddress.ip_address(name.strip("[]"))
+        except ValueError:
+            ip = None
+        if ip is None:
+            self.conn.set_tlsext_host_name(name.encode("idna"))
+            encoded = name.encode("idna")
+            if not _lib.X509_VERIFY_PARAM_set1_host(param, encoded, len(encoded)):
+                raise TlsFailure(INTERNAL, f"cannot check the certificate against name {name!r}")
+        else:
+            raw = ip.packed
+            if not _lib.X509_VERIFY_PARAM_set1_ip(param, raw, len(raw)):
+                raise TlsFailure(INTERNAL, f"cannot check the certificate against address {ip}")
+
+    # --- ciphertext side ----------------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        if data:
+            self.conn.bio_write(data)
+
+    def feed_eof(self) -> None:
+        if not self.input_ended:
+            self.input_ended = True
+            self.conn.bio_shutdown()
+
+    def take_output(self) -> bytes:
+        chunks = []
+        while True:
+            try:
+                chunk = self.conn.bio_read(1 << 17)
+            except SSL.WantReadError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    # --- handshake --------------------------------------------------------------------------
+
+    def advance_handshake(self) -> bool:
+        """Run the handshake as far as the buffered ciphertext allows; True when done."""
+        if self.handshake_done:
+            return True
+        try:
+            self.conn.do_handshake()
+        except SSL.WantReadError:
+            if self.input_ended:
+                raise TlsFailure(CLOSED, "TLS handshake failed: the peer closed the connection during the handshake") from None
+            return False
+        except SSL.Error as e:
+            raise self._failure(e, during_handshake=True) from None
+        self.handshake_done = True
+        return True
+
+    def _failure(self, error: SSL.Error, *, during_handshake: bool) -> TlsFailure:
+        what = "TLS handshake failed" if during_handshake else "TLS connection failed"
+        if isinstance(error, SSL.SysCallError) or any("unexpected eof" in r for r in _reasons(error)):
+            if during_handshake:
+                return TlsFailure(CLOSED, f"{what}: the peer closed the connection during the handshake")
+            return TlsFailure(TRUNCATED, f"{what}: the peer closed the connection without close_notify (truncated data)")
+        reasons = _reasons(error)
+        if "certificate verify failed" in reasons:
+            result = _lib.SSL_get_verify_result(self.conn._ssl)
+            detail = _ffi.string(_lib.X509_verify_cert_error_string(result)).decode()
+            code = _VERIFY_CODES.get(result, BAD_CERTIFICATE)
+            if code == NAME_MISMATCH and self.server_name:
+                detail = f"{detail}: the certificate is not valid for {self.server_name!r}"
+            return TlsFailure(code, f"{what}: certificate verification failed: {detail}")
+        for reason in reasons:
+            if "alert" in reason:
+                return TlsFailure(_alert_code(reason), f"{what}: the peer sent alert '{reason.split('alert ', 1)[-1]}'")
+        text = "; ".join(reasons) or str(error)
+        if any(r in text for r in ("wrong version number", "packet length too long", "record layer failure", "unexpected message", "bad record")):
+            return TlsFailure(DECODE_ERROR, f"{what}: the peer did not speak TLS ({text})")
+        if "unsupported protocol" in text or "protocol version" in text or "no protocols available" in text:
+            return TlsFailure(PROTOCOL_VERSION, f"{what}: no protocol version in common ({text})")
+        if "no shared cipher" in text or "no suitable" in text:
+            return TlsFailure(HANDSHAKE_FAILURE, f"{what}: {text}")
+        return TlsFailure(HANDSHAKE_FAILURE if during_handshake else INTERNAL, f"{what}: {text}")
+
+    # --- plaintext side -----------------------------------------------------------------
+
+    def read(self, n: int) -> bytes | None:
+        """Up to n plaintext bytes; None when more ciphertext is needed.
+
+        Raises TlsClosed after close_notify and TlsFailure for errors, including an EOF
+        without close_notify (truncation).
+        """
+        try:
+            return self.conn.recv(n)
+        except SSL.WantReadError:
+            if self.input_ended:
+                raise TlsFailure(TRUNCATED, "TLS connection failed: the peer closed the connection without close_notify (truncated data)") from None
+            return None
+        except SSL.ZeroReturnError:
+            self.close_notify_received = True
+            raise TlsClosed() from None
+        except SSL.Error as e:
+            raise self._failure(e, during_handshake=False) from None
+
+    def pending(self) -> int:
+        return self.conn.pending()
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.conn.sendall(data)
+        except SSL.Error as e:
+            raise self._failure(e, during_handshake=False) from None
+
+    def close_notify(self) -> None:
+        if self.close_notify_sent:
+            return
+        self.close_notify_sent = True
+        try:
+            self.conn.shutdown()
+        except SSL.Error:
+            pass  # shutdown on a failed connection: nothing more to say to the peer
+
+    # --- what was negotiated ------------------------------------------------------------------
+
+    def protocol_version(self) -> int:
+        name = self.conn.get_protocol_version_name()
+        return {"TLSv1.3": 0x0304, "TLSv1.2": 0x0303, "TLSv1.1": 0x0302, "TLSv1": 0x0301}.get(name, 0)
+
+    def cipher_name(self) -> str | None:
+        return self.conn.get_cipher_name()
+
+    def alpn(self) -> bytes | None:
+        proto = self.conn.get_alpn_proto_negotiated()
+        return proto or None
+
+    def peer_chain_der(self) -> list[bytes]:
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        chain: Any = self.conn.get_peer_cert_chain(as_cryptography=True) or []
+        return [cert.public_bytes(Encoding.DER) for cert in chain]

@@ -1,0 +1,258 @@
+"""Moving ciphertext between a ``TlsEngine`` and a pair of wasi:io streams, and the
+plaintext streams guests read and write.
+
+All progress happens inside guest calls: a read, a write, or a pollable's readiness check
+"pumps" (sends pending ciphertext as far as the output permits, feeds whatever ciphertext
+is waiting) and never blocks. Waiting is delegated to the ciphertext streams' own
+pollables, so a TLS stream sleeps in the kernel exactly like the socket beneath it.
+"""
+
+from __future__ import annotations
+
+from ..runtime.resources import HostResource
+from ..wasi.io import (
+    CallbackPollable,
+    InputStream,
+    OutputStream,
+    Pollable,
+    StreamClosed,
+    StreamFailed,
+    Waits,
+)
+from .engine import TlsClosed, TlsEngine, TlsFailure
+
+# Ciphertext read per pump, and how much encrypted output may wait for the transport before
+# plaintext writes are held back (the plaintext stream's permit shrinks accordingly).
+READ_CHUNK = 1 << 18
+OUTPUT_HIGH_WATER = 1 << 20
+
+
+class TlsTransport:
+    """One connection's engine plus the ciphertext streams it owns."""
+
+    def __init__(self, engine: TlsEngine, ciphertext_in: InputStream, ciphertext_out: OutputStream) -> None:
+        self.engine = engine
+        self.cin = ciphertext_in
+        self.cout = ciphertext_out
+        self._cin_ready = ciphertext_in.subscribe()
+        self._cout_ready = ciphertext_out.subscribe()
+        self.pending_out = bytearray()
+        self.failure: TlsFailure | None = None
+        self.output_closed = False
+        self._users = 0
+        self._dropped = False
+
+    # --- shared ownership: the ciphertext streams live until every user is gone --------
+
+    def acquire(self) -> None:
+        self._users += 1
+
+    def release(self) -> None:
+        self._users -= 1
+        if self._users <= 0 and not self._dropped:
+            self._dropped = True
+            for pollable in (self._cin_ready, self._cout_ready):
+                pollable.drop()
+            self.cin.drop()
+            self.cout.drop()
+
+    # --- moving bytes ---------------------------------------------------------------------
+
+    def fail(self, failure: TlsFailure) -> TlsFailure:
+        if self.failure is None:
+            self.failure = failure
+        return self.failure
+
+    def pump(self) -> bool:
+        """Send and receive what can be moved now; True if any ciphertext arrived."""
+        self._send()
+        received = self._receive()
+        if received:
+            self._send()  # the engine may have answered (handshake, key update)
+        return received
+
+    def _send(self) -> None:
+        out = self.engine.take_output()
+        if out:
+            self.pending_out += out
+        if not self.pending_out or self._dropped:
+            return
+        try:
+            permit = self.cout.check_write()
+            if permit:
+                chunk = bytes(self.pending_out[:permit])
+                self.cout.write(chunk)
+                del self.pending_out[: len(chunk)]
+                self.cout.flush()
+        except StreamClosed:
+            self.fail(TlsFailure("closed", "TLS connection failed: the transport's output stream is closed"))
+            self.pending_out.clear()
+        except StreamFailed as e:
+            self.fail(TlsFailure("closed", f"TLS connection failed: writing to the transport failed: {e}"))
+            self.pending_out.clear()
+
+    def _receive(self) -> bool:
+        if self.engine.input_ended or self._dropped:
+            return False
+        received = 0
+        try:
+            while received < READ_CHUNK:
+                data = self.cin.read(READ_CHUNK - received)
+                if not data:
+                    break
+                self.engine.feed(data)
+                received += len(data)
+        except StreamClosed:
+            self.engine.feed_eof()
+            return True
+        except StreamFailed as e:
+            # A reset or other transport error: the engine sees EOF and we remember why.
+            self.fail(TlsFailure("closed", f"TLS connection failed: reading from the transport failed: {e}"))
+            self.engine.feed_eof()
+            return True
+        return received > 0
+
+    def add_waits(self, waits: Waits, *, want_input: bool) -> None:
+        if self.pending_out:
+            self._cout_ready.add_waits(waits)
+        if want_input and not self.engine.input_ended:
+            self._cin_ready.add_waits(waits)
+        if not self.pending_out and not want_input:
+            waits.soon()
+
+    def flushed(self) -> bool:
+        return not self.pending_out
+
+
+class TlsInputStream(InputStream):
+    """Decrypted bytes from the peer."""
+
+    def __init__(self, transport: TlsTransport) -> None:
+        self.transport = transport
+        transport.acquire()
+        self._buffer = b""
+        self._closed = False
+        self._released = False
+
+    def _fill(self) -> None:
+        """Try to get plaintext into the buffer without blocking."""
+        if self._buffer or self._closed:
+            return
+        t = self.transport
+        for _ in range(2):
+            try:
+                data = t.engine.read(1 << 16)
+            except TlsClosed:
+                self._closed = True
+                return
+            except TlsFailure as e:
+                raise StreamFailed(str(t.failure or t.fail(e))) from None
+            if data:
+                self._buffer = data
+                return
+            if not t.pump():
+                if t.failure is not None and t.engine.input_ended:
+                    continue  # let the engine report the truncation on the next try
+                return
+
+    def read(self, n: int) -> bytes:
+        self._fill()
+        if not self._buffer:
+            if self._closed:
+                raise StreamClosed()
+            return b""
+        chunk, self._buffer = self._buffer[:n], self._buffer[n:]
+        return chunk
+
+    def _ready(self) -> bool:
+        try:
+            self._fill()
+        except StreamFailed:
+            return True
+        return bool(self._buffer) or self._closed
+
+    def _waits(self, waits: Waits) -> None:
+        self.transport.add_waits(waits, want_input=True)
+
+    def subscribe(self) -> Pollable:
+        return CallbackPollable(self._ready, self._waits)
+
+    def drop(self) -> None:
+        if not self._released:
+            self._released = True
+            self.transport.release()
+
+
+class TlsOutputStream(OutputStream):
+    """Plaintext to the peer; encrypted at once, sent as the transport accepts it."""
+
+    def __init__(self, transport: TlsTransport) -> None:
+        super().__init__()
+        self.transport = transport
+        transport.acquire()
+        self._flushing = False
+        self._released = False
+
+    def _check(self) -> None:
+        t = self.transport
+        if t.failure is not None:
+            raise StreamFailed(str(t.failure))
+        if t.output_closed or t.engine.close_notify_sent:
+            raise StreamClosed()
+
+    def _check_write(self) -> int:
+        t = self.transport
+        t.pump()
+        self._check()
+        if self._flushing:
+            if not t.flushed():
+                return 0
+            self._flushing = False
+        return max(0, OUTPUT_HIGH_WATER - len(t.pending_out))
+
+    def _write(self, data: bytes) -> None:
+        self._check()
+        try:
+            self.transport.engine.write(data)
+        except TlsFailure as e:
+            raise StreamFailed(str(self.transport.fail(e))) from None
+        self.transport.pump()
+
+    def _flush(self) -> None:
+        self._check()
+        self._flushing = True
+        self.transport.pump()
+
+    def _ready(self) -> bool:
+        t = self.transport
+        t.pump()
+        if t.failure is not None or t.engine.close_notify_sent:
+            return True
+        if self._flushing:
+            return t.flushed()
+        return len(t.pending_out) < OUTPUT_HIGH_WATER
+
+    def _waits(self, waits: Waits) -> None:
+        self.transport.add_waits(waits, want_input=False)
+
+    def subscribe(self) -> Pollable:
+        return CallbackPollable(self._ready, self._waits)
+
+    def drop(self) -> None:
+        if not self._released:
+            self._released = True
+            self.transport.release()
+
+
+class TransportUser(HostResource):
+    """A resource (connection, future) that keeps the transport alive while it exists."""
+
+    def __init__(self, transport: TlsTransport) -> None:
+        self.transport = transport
+        transport.acquire()
+        self._released = False
+
+    def drop(self) -> None:
+        if not self._released:
+            self._released = True
+            self.transport.release()
