@@ -58,8 +58,9 @@ class ClientConnection(TransportUser):
 class FutureClientStreams(TransportUser):
     """The handshake in progress; ``get`` yields its outcome exactly once."""
 
-    def __init__(self, transport: TlsTransport) -> None:
+    def __init__(self, transport: TlsTransport, config: TlsConfig) -> None:
         super().__init__(transport)
+        self.config = config
         self.outcome: TlsFailure | bool | None = None  # True = established
         self.taken = False
 
@@ -77,11 +78,20 @@ class FutureClientStreams(TransportUser):
                     return False
             t.pump()  # send the client's final flight now, not at the first write
             self.outcome = True
+            self._report()
         except TlsFailure as failure:
             t.pump()  # deliver our alert to the peer, if any
             self.outcome = t.fail(failure) if t.failure is None else t.failure
             log.info("TLS handshake with %s failed: %s", t.engine.server_name, self.outcome)
         return True
+
+    def _report(self) -> None:
+        hook = self.config.on_handshake
+        if hook is not None:
+            try:
+                hook(self.transport.engine.info())
+            except Exception:
+                log.exception("on_handshake hook failed")
 
     def waits(self, waits: Waits) -> None:
         self.transport.add_waits(waits, want_input=True)
@@ -105,13 +115,14 @@ def client_handshake_new(cx: StoreState, server_name: str, input: InputStream, o
 @types_iface.func("[static]client-handshake.finish")
 def client_handshake_finish(cx: StoreState, this: ClientHandshake) -> FutureClientStreams:
     cin, cout = this.take_streams()
+    config = _tls_config(cx)
     try:
-        engine = TlsEngine(_tls_config(cx).client_context(), server_side=False, server_name=this.server_name)
+        engine = TlsEngine(config.client_context(), server_side=False, server_name=this.server_name)
     except TlsFailure as e:
         cin.drop()
         cout.drop()
         raise Trap(str(e)) from None
-    future = FutureClientStreams(TlsTransport(engine, cin, cout))
+    future = FutureClientStreams(TlsTransport(engine, cin, cout), config)
     future.poll_handshake()  # sends the ClientHello right away
     return future
 

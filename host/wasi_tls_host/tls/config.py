@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 from cryptography import x509
 from OpenSSL import SSL, crypto
@@ -51,6 +51,9 @@ class TlsConfig:
     use_system_roots: bool = True
     min_version: str = "1.2"
     max_version: str | None = None
+    # Called on the host with a HandshakeInfo after each completed handshake (for logs,
+    # audits, the demo); exceptions it raises are logged, never passed to the guest.
+    on_handshake: Callable[[Any], None] | None = None
     _client_context: SSL.Context | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -80,6 +80,19 @@ def _alert_code(reason: str) -> str:
     return PEER_ALERT
 
 
+@dataclass
+class HandshakeInfo:
+    """What a completed handshake negotiated, for the embedder (never holds key material)."""
+
+    server_side: bool
+    server_name: str | None
+    protocol_version: int
+    protocol_name: str
+    cipher: str | None
+    alpn: bytes | None
+    peer_chain_der: list[bytes]
+
+
 class TlsEngine:
     """A client or server connection driven through memory BIOs."""
 
@@ -233,6 +246,17 @@ class TlsEngine:
     def alpn(self) -> bytes | None:
         proto = self.conn.get_alpn_proto_negotiated()
         return proto or None
+
+    def info(self) -> HandshakeInfo:
+        return HandshakeInfo(
+            server_side=self.server_side,
+            server_name=self.server_name,
+            protocol_version=self.protocol_version(),
+            protocol_name=self.conn.get_protocol_version_name(),
+            cipher=self.cipher_name(),
+            alpn=self.alpn(),
+            peer_chain_der=self.peer_chain_der(),
+        )
 
     def peer_chain_der(self) -> list[bytes]:
         from cryptography.hazmat.primitives.serialization import Encoding

@@ -37,6 +37,8 @@ class TlsTransport:
         self._cin_ready = ciphertext_in.subscribe()
         self._cout_ready = ciphertext_out.subscribe()
         self.pending_out = bytearray()
+        self.bytes_sent = 0  # ciphertext, for the embedder's statistics
+        self.bytes_received = 0
         self.failure: TlsFailure | None = None
         self.output_closed = False
         self._users = 0
@@ -83,6 +85,7 @@ class TlsTransport:
                 chunk = bytes(self.pending_out[:permit])
                 self.cout.write(chunk)
                 del self.pending_out[: len(chunk)]
+                self.bytes_sent += len(chunk)
                 self.cout.flush()
         except StreamClosed:
             self.fail(TlsFailure("closed", "TLS connection failed: the transport's output stream is closed"))
@@ -102,6 +105,7 @@ class TlsTransport:
                     break
                 self.engine.feed(data)
                 received += len(data)
+                self.bytes_received += len(data)
         except StreamClosed:
             self.engine.feed_eof()
             return True
