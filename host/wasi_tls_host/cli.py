@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     for add_arguments, _ in OPTION_GROUPS:
         add_arguments(run)
 
+    sub.add_parser("demo", help="fetch https://localhost from a guest through this host, with a throwaway CA (no network needed)")
+
     build = sub.add_parser("build-guest", help="build an example guest from guest_examples/ and print its path")
     build.add_argument("names", nargs="*", help="guest names (default: all)")
     return parser
@@ -162,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "demo":
+            from .demo import run_demo
+
+            return run_demo()
         return _build(args)
     except (GuestError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
