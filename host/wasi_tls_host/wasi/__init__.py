@@ -8,11 +8,12 @@ from ..runtime.binding import Interface
 from ..runtime.stubs import stub_interfaces
 from . import cli, clocks, io, random
 from . import sockets
+from . import filesystem
 
 _WIT = Path(__file__).resolve().parents[3] / "wit" / "deps"
 # Placeholders until wasi:filesystem and wasi:sockets land: every call traps, naming itself.
 _PENDING = [
-    *stub_interfaces(_WIT / "filesystem", "wasi:filesystem", "0.2.8"),
+    *filesystem.INTERFACES,  # real implementation (wasi/filesystem.py)
     *sockets.INTERFACES,  # real implementation (wasi/sockets.py)
 ]
 
