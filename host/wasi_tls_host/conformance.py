@@ -63,9 +63,9 @@ def discover(root: Path = SUITE) -> list[Case]:
     return cases
 
 
-def to_component(case: Case, root: Path = SUITE) -> Path:
+def to_component(case: Case) -> Path:
     """The program turned into a component with the suite's adapter, cached by content."""
-    adapter = root / ADAPTER_NAME
+    adapter = case.wasm.parent.parent / ADAPTER_NAME
     module = case.wasm.read_bytes()
     key = hashlib.sha256(module + hashlib.sha256(adapter.read_bytes()).digest()).hexdigest()[:20]
     out = CACHE / f"{case.wasm.stem}-{key}.wasm"
