@@ -44,3 +44,14 @@ def test_wasi_testsuite(host, case: Case) -> None:
 def test_suite_is_complete() -> None:
     """The suite measured here has 72 programs; a partial copy must not pass silently."""
     assert len(CASES) == 72
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.name) for c in CASES if c.dirs and c.name not in WASMTIME_CLI_FAILS])
+def test_wasi_testsuite_without_openat2(host, case: Case, monkeypatch) -> None:
+    """The filesystem programs again, with the component-by-component resolver that kernels
+    without openat2 (or with it filtered by seccomp) get."""
+    from wasi_tls_host.wasi import sandbox
+
+    monkeypatch.setattr(sandbox, "use_openat2", False)
+    outcome = run_on_host(host, case)
+    assert outcome.passed, outcome.detail
