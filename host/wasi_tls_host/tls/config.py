@@ -54,6 +54,10 @@ class TlsConfig:
     # Called on the host with a HandshakeInfo after each completed handshake (for logs,
     # audits, the demo); exceptions it raises are logged, never passed to the guest.
     on_handshake: Callable[[Any], None] | None = None
+    # Private identities (tls.identities.PrivateIdentity) preopened for the guest, and the
+    # CAs that client certificates must chain to (mutual TLS on guest servers).
+    identities: list[Any] = field(default_factory=list)
+    client_ca: list[TrustAnchor] = field(default_factory=list)
     _client_context: SSL.Context | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -61,6 +65,12 @@ class TlsConfig:
             if version is not None and version not in _VERSIONS:
                 raise ValueError(f"TLS version must be one of {sorted(_VERSIONS)}, not {version!r}")
         self.anchors = [cert for anchor in self.trust for cert in load_certificates(anchor)]
+        names = [i.name for i in self.identities]
+        if len(set(names)) != len(names):
+            raise ValueError(f"identity names must be unique, got {names}")
+
+    def client_anchors(self) -> list[x509.Certificate]:
+        return [cert for anchor in self.client_ca for cert in load_certificates(anchor)]
 
     def client_context(self) -> SSL.Context:
         """One OpenSSL context for every client connection of this config (built once)."""

@@ -1,0 +1,303 @@
+"""Identities: certificates guests may read, and private identities whose keys stay here.
+
+``PrivateIdentity`` is created by the embedder (PEM files, encrypted keys with a
+passphrase, or ``cryptography`` objects) and preopened for a guest through
+``TlsConfig.identities``. The guest receives handles; no host function returns key bytes:
+``private-identity`` exposes only its name and its public part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import hashlib
+import ipaddress
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import types as key_types
+
+from ..runtime.binding import Interface
+from ..runtime.resources import HostResource
+from ..runtime.store import StoreState
+from ..runtime.values import WitError
+from .config import TlsConfig, load_certificates
+
+PrivateKey = key_types.CertificateIssuerPrivateKeyTypes
+
+
+def _datetime(value: Any) -> dict[str, int]:
+    return {"seconds": int(value.timestamp()), "nanoseconds": 0}
+
+
+class PublicIdentity(HostResource):
+    """A certificate chain (leaf first) anyone may inspect."""
+
+    def __init__(self, chain: list[x509.Certificate]) -> None:
+        if not chain:
+            raise ValueError("an identity needs at least one certificate")
+        self.chain = chain
+        self.leaf = chain[0]
+        self.der_chain = [c.public_bytes(serialization.Encoding.DER) for c in chain]
+        self.fingerprint = hashlib.sha256(self.der_chain[0]).digest()
+
+    def names(self) -> list[str]:
+        try:
+            sans = self.leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            return []
+        return [str(n.value) for n in sans if isinstance(n, (x509.DNSName, x509.IPAddress))]
+
+    def valid_for(self, host_name: str) -> bool:
+        """Whether the leaf's SAN covers ``host_name`` (one leftmost wildcard label allowed)."""
+        try:
+            ip = ipaddress.ip_address(host_name.strip("[]"))
+        except ValueError:
+            ip = None
+        try:
+            sans = self.leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            return False
+        if ip is not None:
+            return ip in sans.get_values_for_type(x509.IPAddress)
+        wanted = host_name.rstrip(".").lower()
+        for pattern in sans.get_values_for_type(x509.DNSName):
+            pattern = pattern.rstrip(".").lower()
+            if pattern == wanted:
+                return True
+            if pattern.startswith("*.") and "." in wanted:
+                if wanted.split(".", 1)[1] == pattern[2:] and wanted.split(".", 1)[0] != "":
+                    return True
+        return False
+
+
+@dataclass(eq=False)
+class PrivateIdentity:
+    """A named certificate chain and private key, owned by the embedder.
+
+    The key is loaded into OpenSSL contexts by the host; nothing hands it to a guest.
+    """
+
+    name: str
+    chain: list[x509.Certificate]
+    key: PrivateKey = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.chain:
+            raise ValueError(f"identity {self.name!r} has no certificate")
+        if self.chain[0].public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        ) != self.key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo):
+            raise ValueError(f"identity {self.name!r}: the private key does not match the certificate")
+        self.public = PublicIdentity(self.chain)
+
+    @classmethod
+    def from_pem(cls, name: str, cert_pem: bytes, key_pem: bytes, passphrase: bytes | None = None) -> PrivateIdentity:
+        chain = load_certificates(cert_pem)
+        try:
+            key = serialization.load_pem_private_key(key_pem, passphrase)
+        except TypeError as e:
+            raise ValueError(f"identity {name!r}: {e} (the key is encrypted: give its passphrase)") from None
+        except ValueError as e:
+            raise ValueError(f"identity {name!r}: cannot load the private key: {e}") from None
+        return cls(name, chain, key)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_files(cls, name: str, cert: str | Path, key: str | Path, passphrase: bytes | None = None) -> PrivateIdentity:
+        try:
+            cert_pem, key_pem = Path(cert).read_bytes(), Path(key).read_bytes()
+        except OSError as e:
+            raise ValueError(f"identity {name!r}: cannot read {e.filename}: {e.strerror}") from None
+        return cls.from_pem(name, cert_pem, key_pem, passphrase)
+
+
+class PrivateIdentityHandle(HostResource):
+    """What a guest holds for a private identity: a reference, never the key."""
+
+    def __init__(self, identity: PrivateIdentity) -> None:
+        self.identity = identity
+
+
+class IdentityStore(HostResource):
+    def __init__(self, identities: list[PrivateIdentity]) -> None:
+        self.identities = identities
+
+
+class TrustStore(HostResource):
+    def __init__(self, anchors: list[x509.Certificate]) -> None:
+        self.anchors = [PublicIdentity([a]) for a in anchors]
+
+
+identities_iface = Interface("wasi-tls-host:tls/identities@0.1.0")
+identities_iface.resource("public-identity", PublicIdentity)
+identities_iface.resource("private-identity", PrivateIdentityHandle)
+identities_iface.resource("identity-store", IdentityStore)
+identities_iface.resource("trust-store", TrustStore)
+
+
+def tls_config(cx: StoreState) -> TlsConfig:
+    from .config import DEFAULT_TLS
+
+    config = getattr(cx.wasi, "tls", None)
+    return config if isinstance(config, TlsConfig) else DEFAULT_TLS
+
+
+def _copy(identity: PublicIdentity) -> PublicIdentity:
+    # Each handle the guest gets is its own object: dropping one leaves the others valid.
+    return PublicIdentity(identity.chain)
+
+
+@identities_iface.func("[method]public-identity.subject")
+def public_identity_subject(cx: StoreState, this: PublicIdentity) -> str:
+    return this.leaf.subject.rfc4514_string()
+
+
+@identities_iface.func("[method]public-identity.issuer")
+def public_identity_issuer(cx: StoreState, this: PublicIdentity) -> str:
+    return this.leaf.issuer.rfc4514_string()
+
+
+@identities_iface.func("[method]public-identity.subject-alt-names")
+def public_identity_subject_alt_names(cx: StoreState, this: PublicIdentity) -> list[str]:
+    return this.names()
+
+
+@identities_iface.func("[method]public-identity.not-before")
+def public_identity_not_before(cx: StoreState, this: PublicIdentity) -> dict[str, int]:
+    return _datetime(this.leaf.not_valid_before_utc)
+
+
+@identities_iface.func("[method]public-identity.not-after")
+def public_identity_not_after(cx: StoreState, this: PublicIdentity) -> dict[str, int]:
+    return _datetime(this.leaf.not_valid_after_utc)
+
+
+@identities_iface.func("[method]public-identity.fingerprint-sha256")
+def public_identity_fingerprint_sha256(cx: StoreState, this: PublicIdentity) -> bytes:
+    return this.fingerprint
+
+
+@identities_iface.func("[method]public-identity.export-der")
+def public_identity_export_der(cx: StoreState, this: PublicIdentity) -> list[bytes]:
+    return list(this.der_chain)
+
+
+@identities_iface.func("[method]private-identity.name")
+def private_identity_name(cx: StoreState, this: PrivateIdentityHandle) -> str:
+    return this.identity.name
+
+
+@identities_iface.func("[method]private-identity.public-identity")
+def private_identity_public_identity(cx: StoreState, this: PrivateIdentityHandle) -> PublicIdentity:
+    return _copy(this.identity.public)
+
+
+@identities_iface.func("[method]identity-store.all")
+def identity_store_all(cx: StoreState, this: IdentityStore) -> list[PrivateIdentityHandle]:
+    return [PrivateIdentityHandle(i) for i in this.identities]
+
+
+@identities_iface.func("[method]identity-store.find-by-name")
+def identity_store_find_by_name(cx: StoreState, this: IdentityStore, name: str) -> PrivateIdentityHandle | None:
+    return next((PrivateIdentityHandle(i) for i in this.identities if i.name == name), None)
+
+
+@identities_iface.func("[method]identity-store.find-by-host-name")
+def identity_store_find_by_host_name(cx: StoreState, this: IdentityStore, host_name: str) -> list[PrivateIdentityHandle]:
+    return [PrivateIdentityHandle(i) for i in this.identities if i.public.valid_for(host_name)]
+
+
+@identities_iface.func("[method]identity-store.find-by-fingerprint")
+def identity_store_find_by_fingerprint(cx: StoreState, this: IdentityStore, sha256: bytes) -> PrivateIdentityHandle | None:
+    return next((PrivateIdentityHandle(i) for i in this.identities if i.public.fingerprint == sha256), None)
+
+
+@identities_iface.func("[method]trust-store.all")
+def trust_store_all(cx: StoreState, this: TrustStore) -> list[PublicIdentity]:
+    return [_copy(a) for a in this.anchors]
+
+
+@identities_iface.func("[method]trust-store.find-by-host-name")
+def trust_store_find_by_host_name(cx: StoreState, this: TrustStore, host_name: str) -> list[PublicIdentity]:
+    return [_copy(a) for a in this.anchors if a.valid_for(host_name)]
+
+
+@identities_iface.func("[method]trust-store.find-by-fingerprint")
+def trust_store_find_by_fingerprint(cx: StoreState, this: TrustStore, sha256: bytes) -> PublicIdentity | None:
+    return next((_copy(a) for a in this.anchors if a.fingerprint == sha256), None)
+
+
+@identities_iface.func("preopened-identities")
+def preopened_identities(cx: StoreState) -> IdentityStore:
+    return IdentityStore(list(tls_config(cx).identities))
+
+
+@identities_iface.func("trust-anchors")
+def trust_anchors(cx: StoreState) -> TrustStore:
+    return TrustStore(tls_config(cx).anchors)
+
+
+@identities_iface.func("parse-certificate")
+def parse_certificate(cx: StoreState, data: bytes) -> PublicIdentity:
+    try:
+        return PublicIdentity(load_certificates(data))
+    except ValueError as e:
+        raise WitError({"code": "invalid-argument", "message": str(e)}) from None
+
+
+# --- command line ----------------------------------------------------------------------
+
+
+def _passphrase(name: str) -> bytes | None:
+    env = f"WASI_TLS_HOST_PASSPHRASE_{name.upper().replace('-', '_')}"
+    if env in os.environ:
+        return os.environ[env].encode()
+    if sys.stdin.isatty():
+        return getpass.getpass(f"passphrase for identity {name!r}: ").encode()
+    return None
+
+
+def parse_identity_option(text: str) -> PrivateIdentity:
+    """``NAME=CERT.pem,KEY.pem``; an encrypted key's passphrase comes from
+    ``$WASI_TLS_HOST_PASSPHRASE_<NAME>`` or a prompt."""
+    name, sep, files = text.partition("=")
+    parts = files.split(",")
+    if not sep or not name or len(parts) != 2:
+        raise ValueError(f"--identity wants NAME=CERT.pem,KEY.pem, got {text!r}")
+    try:
+        return PrivateIdentity.from_files(name, parts[0], parts[1])
+    except ValueError as e:
+        if "encrypted" not in str(e):
+            raise
+        passphrase = _passphrase(name)
+        if passphrase is None:
+            raise ValueError(f"{e}; set WASI_TLS_HOST_PASSPHRASE_{name.upper().replace('-', '_')}") from None
+        return PrivateIdentity.from_files(name, parts[0], parts[1], passphrase)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("TLS identities (private keys stay in the host)")
+    group.add_argument("--identity", action="append", default=[], metavar="NAME=CERT.pem,KEY.pem", help="preopen a certificate chain and key for the guest (repeatable)")
+    group.add_argument("--client-ca", action="append", default=[], metavar="CA.pem", help="CA certificates for verifying client certificates (mutual TLS)")
+
+
+def apply(args: argparse.Namespace, config: Any) -> None:
+    from ..cli import UsageError
+
+    try:
+        identities = [parse_identity_option(text) for text in args.identity]
+        client_ca = [cert for path in args.client_ca for cert in load_certificates(path)]
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if config.tls is None:
+        config.tls = TlsConfig()
+    config.tls.identities.extend(identities)
+    config.tls.client_ca.extend(client_ca)
+
+
+INTERFACES = (identities_iface,)
