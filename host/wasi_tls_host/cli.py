@@ -13,16 +13,11 @@ import json
 import logging
 import os
 import sys
-from typing import Any, Callable
+from typing import Any
 
 from .host import GuestError, Host, trap_cause
 from .runtime.values import Err, Ok, Some, Variant
 from .wasi.context import WasiConfig
-
-# Other modules add their options (network policy, directories, TLS trust) here so this file
-# stays a thin dispatcher: each entry is (add_arguments(parser), apply(args, config)).
-OPTION_GROUPS: list[tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace, WasiConfig], None]]] = []
-
 
 class UsageError(Exception):
     pass
@@ -112,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--inherit-env", action="store_true", help="give the guest the host's whole environment")
     run.add_argument("--invoke", metavar="'name(args)'", help="call this export instead of wasi:cli/run and print its result")
     run.add_argument("--no-cache", action="store_true", help="do not read or write the compiled-component cache")
+    from .options import OPTION_GROUPS
+
     for add_arguments, _ in OPTION_GROUPS:
         add_arguments(run)
 
@@ -128,6 +125,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.inherit_env:
         config.inherit_env()
     config.env.update(dict(args.env))
+    from .options import OPTION_GROUPS
+
     for _, apply in OPTION_GROUPS:
         apply(args, config)
     host = Host(use_cache=not args.no_cache)
@@ -156,8 +155,6 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from . import options  # noqa: F401  (registers the option groups)
-
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)], format="wasi-tls-host: %(message)s")

@@ -1,20 +1,25 @@
-"""Command-line option groups contributed by interface modules (see ``cli.OPTION_GROUPS``).
+"""Command-line option groups contributed by interface modules.
 
-Each module that needs options (filesystem preopens, network policy, TLS trust) defines
-``add_arguments(parser)`` and ``apply(args, config)`` and is registered here.
+Each module that needs options (filesystem preopens, network policy, TLS trust and
+identities) defines ``add_arguments(parser)`` and ``apply(args, config)``; the CLI walks this
+list, so it stays a thin dispatcher.
 """
 
 from __future__ import annotations
 
-from . import cli as _cli
+import argparse
+from typing import Any, Callable
+
+from .tls import config as _tls_config
+from .tls import identities as _tls_identities
 from .wasi import filesystem as _filesystem
+from .wasi import sockets as _sockets
 
-_cli.OPTION_GROUPS.append((_filesystem.add_arguments, _filesystem.apply))
+OptionGroup = tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace, Any], None]]
 
-from .wasi import sockets as _sockets  # noqa: E402
-
-_cli.OPTION_GROUPS.append((_sockets.add_arguments, _sockets.apply))
-
-from .tls import config as _tls_config  # noqa: E402
-
-_cli.OPTION_GROUPS.append((_tls_config.add_arguments, _tls_config.apply))
+OPTION_GROUPS: list[OptionGroup] = [
+    (_filesystem.add_arguments, _filesystem.apply),
+    (_sockets.add_arguments, _sockets.apply),
+    (_tls_config.add_arguments, _tls_config.apply),
+    (_tls_identities.add_arguments, _tls_identities.apply),
+]

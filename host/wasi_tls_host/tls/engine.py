@@ -258,8 +258,20 @@ class TlsEngine:
             peer_chain_der=self.peer_chain_der(),
         )
 
+    def requested_server_name(self) -> str | None:
+        """SNI: what the client asked for (server side) or what this client sent."""
+        if not self.server_side:
+            return self.server_name
+        name = self.conn.get_servername()
+        return name.decode("ascii", "replace") if name else None
+
     def peer_chain_der(self) -> list[bytes]:
         from cryptography.hazmat.primitives.serialization import Encoding
 
-        chain: Any = self.conn.get_peer_cert_chain(as_cryptography=True) or []
+        chain: Any = list(self.conn.get_peer_cert_chain(as_cryptography=True) or [])
+        if self.server_side:
+            # On a server OpenSSL leaves the client's leaf out of the peer chain.
+            leaf = self.conn.get_peer_certificate(as_cryptography=True)
+            if leaf is not None and (not chain or chain[0] != leaf):
+                chain.insert(0, leaf)
         return [cert.public_bytes(Encoding.DER) for cert in chain]

@@ -1,0 +1,95 @@
+"""``wasi-tls-host:tls/types`` and ``wasi-tls-host:tls/connection``: the error record shared by
+this package's interfaces, and the established connection both sides end with."""
+
+from __future__ import annotations
+
+from ..runtime.binding import Interface
+from ..runtime.store import StoreState
+from ..runtime.values import WitError
+from ..wasi.io import IoError
+from .ciphers import suite_number
+from .engine import TlsFailure
+from .identities import PublicIdentity
+from .transport import TlsTransport, TransportUser
+
+types_iface = Interface("wasi-tls-host:tls/types@0.1.0")
+connection_iface = Interface("wasi-tls-host:tls/connection@0.1.0")
+
+ERROR_CODES = frozenset({
+    "unknown-issuer", "expired", "not-yet-valid", "name-mismatch", "bad-certificate",
+    "handshake-failure", "protocol-version", "peer-alert", "decode-error", "closed",
+    "truncated", "access-denied", "invalid-state", "would-block", "invalid-argument", "internal",
+})
+
+
+def tls_error(code: str, message: str) -> WitError:
+    """The ``error`` record of this package, raised as the function's error result."""
+    return WitError({"code": code if code in ERROR_CODES else "decode-error" if code in {"unexpected-message", "record-overflow"} else "internal", "message": message})
+
+
+def failure_error(failure: TlsFailure) -> WitError:
+    return tls_error(failure.code, failure.message)
+
+
+@types_iface.func("error-code-of")
+def error_code_of(cx: StoreState, err: IoError) -> str | None:
+    code = err.code
+    return code if code in ERROR_CODES else None
+
+
+def peer_identity(transport: TlsTransport) -> PublicIdentity | None:
+    """The peer's certificate chain as a public identity (None if it sent none)."""
+    from cryptography import x509
+
+    chain = transport.engine.peer_chain_der()
+    return PublicIdentity([x509.load_der_x509_certificate(der) for der in chain]) if chain else None
+
+
+class Connection(TransportUser):
+    """An established connection (either side); its streams are separate resources."""
+
+    def __init__(self, transport: TlsTransport) -> None:
+        super().__init__(transport)
+        self.peer = peer_identity(transport)
+
+    def close_output(self) -> None:
+        t = self.transport
+        t.engine.close_notify()
+        t.output_closed = True
+        t.pump()
+
+
+connection_iface.resource("connection", Connection)
+
+
+@connection_iface.func("[method]connection.protocol-version")
+def connection_protocol_version(cx: StoreState, this: Connection) -> int:
+    return this.transport.engine.protocol_version()
+
+
+@connection_iface.func("[method]connection.cipher-suite")
+def connection_cipher_suite(cx: StoreState, this: Connection) -> int:
+    return suite_number(this.transport.engine.cipher_name())
+
+
+@connection_iface.func("[method]connection.alpn-id")
+def connection_alpn_id(cx: StoreState, this: Connection) -> bytes | None:
+    return this.transport.engine.alpn()
+
+
+@connection_iface.func("[method]connection.server-name")
+def connection_server_name(cx: StoreState, this: Connection) -> str | None:
+    return this.transport.engine.requested_server_name()
+
+
+@connection_iface.func("[method]connection.peer-identity")
+def connection_peer_identity(cx: StoreState, this: Connection) -> PublicIdentity | None:
+    return PublicIdentity(this.peer.chain) if this.peer is not None else None
+
+
+@connection_iface.func("[method]connection.close-output")
+def connection_close_output(cx: StoreState, this: Connection) -> None:
+    this.close_output()
+
+
+INTERFACES = (types_iface, connection_iface)
