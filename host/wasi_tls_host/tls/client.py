@@ -75,6 +75,9 @@ class FutureClientStreams(TransportUser):
                 if t.failure is not None:
                     raise t.failure
                 if not t.pump():
+                    if t.send_broken:
+                        # Nothing more to read now and nothing can be sent: no way forward.
+                        raise t.send_failure(during_handshake=True)
                     return False
             t.pump()  # send the client's final flight now, not at the first write
             self.outcome = True

@@ -19,7 +19,7 @@ from ..wasi.io import (
     StreamFailed,
     Waits,
 )
-from .engine import TlsClosed, TlsEngine, TlsFailure
+from .engine import CLOSED, TRUNCATED, TlsClosed, TlsEngine, TlsFailure
 
 # Ciphertext read per pump, and how much encrypted output may wait for the transport before
 # plaintext writes are held back (the plaintext stream's permit shrinks accordingly).
@@ -40,6 +40,11 @@ class TlsTransport:
         self.bytes_sent = 0  # ciphertext, for the embedder's statistics
         self.bytes_received = 0
         self.failure: TlsFailure | None = None
+        # Why the ciphertext streams failed, kept apart from ``failure``: when a peer sends an
+        # alert and then resets the connection, the alert (already buffered) is the cause to
+        # report, and the reset only explains an otherwise bare "end of data".
+        self.transport_error: str | None = None
+        self.send_broken = False
         self.output_closed = False
         self._users = 0
         self._dropped = False
@@ -62,8 +67,23 @@ class TlsTransport:
 
     def fail(self, failure: TlsFailure) -> TlsFailure:
         if self.failure is None:
-            self.failure = failure
+            self.failure = self.explain(failure)
         return self.failure
+
+    def explain(self, failure: TlsFailure) -> TlsFailure:
+        """Add the transport's reason to failures that only say the data ended."""
+        if self.transport_error and failure.code in (CLOSED, TRUNCATED) and self.transport_error not in failure.message:
+            return TlsFailure(failure.code, f"{failure.message} ({self.transport_error})")
+        return failure
+
+    def _transport_failed(self, reason: str) -> None:
+        if self.transport_error is None:
+            self.transport_error = reason
+
+    def send_failure(self, during_handshake: bool) -> TlsFailure:
+        """The failure to report once sending is impossible and the engine has no better one."""
+        what = "TLS handshake failed" if during_handshake else "TLS connection failed"
+        return self.fail(TlsFailure(CLOSED, f"{what}: {self.transport_error}"))
 
     def pump(self) -> bool:
         """Send and receive what can be moved now; True if any ciphertext arrived."""
@@ -77,6 +97,9 @@ class TlsTransport:
         out = self.engine.take_output()
         if out:
             self.pending_out += out
+        if self.send_broken:
+            self.pending_out.clear()  # nowhere to send it any more
+            return
         if not self.pending_out or self._dropped:
             return
         try:
@@ -88,10 +111,12 @@ class TlsTransport:
                 self.bytes_sent += len(chunk)
                 self.cout.flush()
         except StreamClosed:
-            self.fail(TlsFailure("closed", "TLS connection failed: the transport's output stream is closed"))
+            self._transport_failed("the transport's output stream is closed")
+            self.send_broken = True
             self.pending_out.clear()
         except StreamFailed as e:
-            self.fail(TlsFailure("closed", f"TLS connection failed: writing to the transport failed: {e}"))
+            self._transport_failed(f"writing to the transport failed: {e}")
+            self.send_broken = True
             self.pending_out.clear()
 
     def _receive(self) -> bool:
@@ -110,8 +135,9 @@ class TlsTransport:
             self.engine.feed_eof()
             return True
         except StreamFailed as e:
-            # A reset or other transport error: the engine sees EOF and we remember why.
-            self.fail(TlsFailure("closed", f"TLS connection failed: reading from the transport failed: {e}"))
+            # A reset or other transport error: the engine sees EOF (and reports any alert it
+            # had already received); we remember why the data ended.
+            self._transport_failed(f"reading from the transport failed: {e}")
             self.engine.feed_eof()
             return True
         return received > 0
@@ -155,8 +181,6 @@ class TlsInputStream(InputStream):
                 self._buffer = data
                 return
             if not t.pump():
-                if t.failure is not None and t.engine.input_ended:
-                    continue  # let the engine report the truncation on the next try
                 return
 
     def read(self, n: int) -> bytes:
@@ -201,6 +225,8 @@ class TlsOutputStream(OutputStream):
         t = self.transport
         if t.failure is not None:
             raise StreamFailed(str(t.failure))
+        if t.send_broken:
+            raise StreamFailed(str(t.send_failure(during_handshake=False)))
         if t.output_closed or t.engine.close_notify_sent:
             raise StreamClosed()
 
@@ -230,7 +256,7 @@ class TlsOutputStream(OutputStream):
     def _ready(self) -> bool:
         t = self.transport
         t.pump()
-        if t.failure is not None or t.engine.close_notify_sent:
+        if t.failure is not None or t.send_broken or t.engine.close_notify_sent:
             return True
         if self._flushing:
             return t.flushed()
