@@ -1,0 +1,242 @@
+"""Real TLS peers on loopback for the wasi:tls tests and benchmark.
+
+* ``Pki``: a trustme CA and the certificates the tests need (good, expired, other names,
+  IP SANs, an unknown CA), written to files for ``openssl s_server``.
+* ``OpensslServer``: an ``openssl s_server`` subprocess, started and killed with bounded waits.
+* ``PeerServer``: a loopback listener on a thread that hands each accepted connection (wrapped
+  in CPython ``ssl`` or raw) to a behaviour function; ``stop()`` ends it within seconds.
+
+Every blocking call here has a timeout, so a misbehaving guest or host fails a test instead
+of hanging it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import select
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import trustme
+
+TIMEOUT = 10.0
+
+
+@dataclass
+class LeafFiles:
+    chain_pem: Path  # certificate chain and key in one file (s_server -cert)
+    leaf: trustme.LeafCert
+
+    def server_context(self, *, min_version: ssl.TLSVersion | None = None, max_version: ssl.TLSVersion | None = None) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.leaf.configure_cert(ctx)
+        if min_version is not None:
+            ctx.minimum_version = min_version
+        if max_version is not None:
+            ctx.maximum_version = max_version
+        return ctx
+
+
+class Pki:
+    """The test CA (``ca_pem``, trusted by the host under test) and leaf certificates."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.ca = trustme.CA()
+        self.ca_pem = directory / "ca.pem"
+        self.ca.cert_pem.write_to_path(str(self.ca_pem))
+        self._count = 0
+
+    def leaf(self, *names: str, expired: bool = False, ca: trustme.CA | None = None) -> LeafFiles:
+        if expired:
+            now = datetime.datetime.now(datetime.timezone.utc)
+            leaf = (ca or self.ca).issue_cert(*names, not_before=now - datetime.timedelta(days=30), not_after=now - datetime.timedelta(days=1))
+        else:
+            leaf = (ca or self.ca).issue_cert(*names)
+        self._count += 1
+        path = self.dir / f"leaf{self._count}.pem"
+        leaf.private_key_and_cert_chain_pem.write_to_path(str(path))
+        return LeafFiles(path, leaf)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class OpensslServer:
+    """``openssl s_server`` on 127.0.0.1; ``args`` picks the mode (``-WWW``, ``-tls1_3``...)."""
+
+    def __init__(self, leaf: LeafFiles, *args: str, cwd: Path) -> None:
+        self.port = free_port()
+        self.log_path = cwd / f"s_server-{self.port}.log"
+        self._log = open(self.log_path, "wb")
+        cmd = ["openssl", "s_server", "-accept", f"127.0.0.1:{self.port}", "-cert", str(leaf.chain_pem), *args]
+        # stdin stays an open pipe: s_server treats EOF on stdin as "quit" in some modes.
+        self.proc = subprocess.Popen(cmd, cwd=cwd, stdin=subprocess.PIPE, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + TIMEOUT
+        while b"ACCEPT" not in self.log_path.read_bytes():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"openssl s_server did not start: {self.log_path.read_text(errors='replace')}")
+            time.sleep(0.02)
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(TIMEOUT)
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self._log.close()
+
+
+Behaviour = Callable[[socket.socket, "PeerServer"], None]
+
+
+class PeerServer:
+    """Accepts loopback connections on a thread, one at a time.
+
+    With ``context`` each connection is TLS-wrapped (the server side of the handshake runs
+    before ``behaviour``); handshake failures are recorded in ``errors``. ``versions`` lists
+    the negotiated protocol of each TLS connection.
+    """
+
+    def __init__(self, behaviour: Behaviour, context: ssl.SSLContext | None = None) -> None:
+        self.behaviour = behaviour
+        self.context = context
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.1)
+        self.port: int = self.listener.getsockname()[1]
+        self.stopping = threading.Event()
+        self.errors: list[str] = []
+        self.versions: list[str | None] = []
+        self.accepted = 0
+        self.handled = 0  # connections whose behaviour has finished
+        self.thread = threading.Thread(target=self._serve, name=f"peer-{self.port}", daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except (TimeoutError, socket.timeout):
+                continue
+            except OSError:
+                return
+            self.accepted += 1
+            conn.settimeout(TIMEOUT)
+            try:
+                if self.context is not None:
+                    conn = self.context.wrap_socket(conn, server_side=True)
+                    self.versions.append(conn.version())  # type: ignore[attr-defined]
+                self.behaviour(conn, self)
+            except (OSError, ssl.SSLError) as e:
+                self.errors.append(f"{type(e).__name__}: {e}")
+            finally:
+                conn.close()
+                self.handled += 1
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(TIMEOUT)
+        self.listener.close()
+        assert not self.thread.is_alive(), "peer thread did not stop"
+
+
+# --- behaviours ---------------------------------------------------------------------------
+
+
+def recv_until(conn: socket.socket, marker: bytes, limit: int = 1 << 16) -> bytes:
+    data = b""
+    while marker not in data and len(data) < limit:
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def clean_close(conn: socket.socket) -> None:
+    """Send close_notify (and give the peer a moment to answer with its own)."""
+    assert isinstance(conn, ssl.SSLSocket)
+    conn.settimeout(2.0)
+    try:
+        conn.unwrap()
+    except (OSError, ssl.SSLError):
+        pass  # the client closed without answering: our close_notify went out anyway
+
+
+def send_body(body: bytes, *, close_notify: bool) -> Behaviour:
+    """Send ``body`` right after the handshake; end with close_notify or a bare TCP close."""
+
+    def behaviour(conn: socket.socket, server: PeerServer) -> None:
+        conn.sendall(body)
+        if close_notify:
+            clean_close(conn)
+        # otherwise: conn.close() in the server loop drops TCP without close_notify
+
+    return behaviour
+
+
+def http_response(body: bytes) -> Behaviour:
+    def behaviour(conn: socket.socket, server: PeerServer) -> None:
+        recv_until(conn, b"\r\n\r\n")
+        conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        clean_close(conn)
+
+    return behaviour
+
+
+def echo(conn: socket.socket, server: PeerServer) -> None:
+    """Echo everything until the client's close_notify (or EOF)."""
+    while True:
+        try:
+            data = conn.recv(1 << 16)
+        except ssl.SSLZeroReturnError:
+            break
+        if not data:
+            break
+        conn.sendall(data)
+    clean_close(conn)
+
+
+def handshake_only(conn: socket.socket, server: PeerServer) -> None:
+    """Wait for the client's close_notify or EOF after the handshake (bench, connect tests)."""
+    try:
+        while conn.recv(4096):
+            pass
+    except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+        pass
+
+
+def close_mid_handshake(conn: socket.socket, server: PeerServer) -> None:
+    """Read the ClientHello, then close the TCP connection without a word."""
+    conn.recv(4096)
+
+
+def send_garbage(conn: socket.socket, server: PeerServer) -> None:
+    """Answer the ClientHello with bytes that are not TLS records, then hold the line."""
+    conn.recv(4096)
+    conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n" * 4)
+    server.stopping.wait(2.0)
+
+
+def stall(conn: socket.socket, server: PeerServer) -> None:
+    """Read the ClientHello and never answer; hang up once the client has (or on stop)."""
+    conn.recv(4096)
+    deadline = time.monotonic() + TIMEOUT
+    while not server.stopping.is_set() and time.monotonic() < deadline:
+        readable, _, _ = select.select([conn], [], [], 0.05)
+        if readable and not conn.recv(4096):
+            return
