@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from ..runtime.binding import Interface
-from . import client
+from . import client, connection, identities, server, tls_client
 from .config import TlsConfig
+from .identities import PrivateIdentity
 
 
 def interfaces() -> list[Interface]:
-    return [*client.INTERFACES]
+    return [*client.INTERFACES, *connection.INTERFACES, *identities.INTERFACES, *server.INTERFACES, *tls_client.INTERFACES]
 
 
-__all__ = ["TlsConfig", "interfaces"]
+__all__ = ["PrivateIdentity", "TlsConfig", "interfaces"]

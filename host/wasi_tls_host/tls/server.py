@@ -142,7 +142,7 @@ class IncomingClientHello(HostResource):
                     return False
                 self.hello = self.reader.feed(data)
         except ClientHelloError as e:
-            self._fail(e.code, f"malformed ClientHello: {e.message}", alert=e.alert)
+            self._fail(e.code, e.message, alert=e.alert)
         except StreamClosed:
             self._fail("closed", "the client closed the connection before sending a complete ClientHello")
         except StreamFailed as e:

@@ -1,0 +1,226 @@
+"""``wasi-tls-host:tls/client``: a TLS client with the same state-machine shape as the server
+side, adding what the upstream draft lacks: ALPN, version bounds, a client identity (mutual
+TLS), the server's chain and the host's verdict on it.
+
+    outgoing-client-hello(server-name) --connect(input, output)--> incoming-server-hello
+    incoming-server-hello.finish() --> (connection, input-stream, output-stream)
+
+Verification is the host's: a chain that does not verify ends the handshake (the guest can
+still read the chain and the reason); the guest cannot turn verification off.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from OpenSSL import SSL, crypto
+
+from ..runtime.binding import Interface
+from ..runtime.resources import HostResource
+from ..runtime.store import StoreState
+from ..wasi.io import CallbackPollable, InputStream, OutputStream, Pollable, Waits
+from .ciphers import suite_number
+from .config import TlsConfig
+from .connection import Connection, failure_error, peer_identity, tls_error
+from .engine import TlsEngine, TlsFailure
+from .identities import PrivateIdentity, PrivateIdentityHandle, PublicIdentity, tls_config
+from .transport import TlsInputStream, TlsOutputStream, TlsTransport, TransportUser
+
+log = logging.getLogger("wasi_tls_host.tls")
+
+client_iface = Interface("wasi-tls-host:tls/client@0.1.0")
+
+_VERSIONS = {0x0303: SSL.TLS1_2_VERSION, 0x0304: SSL.TLS1_3_VERSION}
+
+
+def _check_version(value: int) -> None:
+    if value not in _VERSIONS:
+        raise tls_error("invalid-argument", f"protocol version 0x{value:04x} is not supported (0x0303 = TLS 1.2, 0x0304 = TLS 1.3)")
+
+
+class OutgoingClientHello(HostResource):
+    def __init__(self, server_name: str) -> None:
+        self.server_name = server_name
+        self.alpn_ids: list[bytes] = []
+        self.min_version: int | None = None
+        self.max_version: int | None = None
+        self.identity: PrivateIdentity | None = None
+
+
+def client_context(config: TlsConfig, hello: OutgoingClientHello) -> SSL.Context:
+    """The config's client context, or one with this hello's version bounds (cached).
+
+    The guest can narrow the embedder's version bounds, never widen them.
+    """
+    if hello.min_version is None and hello.max_version is None:
+        return config.client_context()
+    floor = SSL.TLS1_3_VERSION if config.min_version == "1.3" else SSL.TLS1_2_VERSION
+    ceiling = SSL.TLS1_2_VERSION if config.max_version == "1.2" else SSL.TLS1_3_VERSION
+    low = max(floor, _VERSIONS[hello.min_version] if hello.min_version else floor)
+    high = min(ceiling, _VERSIONS[hello.max_version] if hello.max_version else ceiling)
+    if low > high:
+        raise tls_error("protocol-version", "the requested TLS versions are outside what the embedder allows")
+    cache: dict[tuple[int, int], SSL.Context] = config.__dict__.setdefault("_bounded_client_contexts", {})
+    ctx = cache.get((low, high))
+    if ctx is None:
+        ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        ctx.set_verify(SSL.VERIFY_PEER)
+        if config.use_system_roots:
+            ctx.set_default_verify_paths()
+        store = ctx.get_cert_store()
+        assert store is not None
+        for cert in config.anchors:
+            store.add_cert(crypto.X509.from_cryptography(cert))
+        ctx.set_min_proto_version(low)
+        ctx.set_max_proto_version(high)
+        cache[(low, high)] = ctx
+    return ctx
+
+
+class IncomingServerHello(TransportUser):
+    """The handshake as seen by the client, until ``finish`` hands out the streams."""
+
+    def __init__(self, transport: TlsTransport, config: TlsConfig) -> None:
+        super().__init__(transport)
+        self.config = config
+        self.outcome: TlsFailure | bool | None = None
+        self.finished = False
+
+    def poll(self) -> bool:
+        if self.outcome is not None:
+            return True
+        t = self.transport
+        try:
+            t.pump()
+            while not t.engine.advance_handshake():
+                if t.failure is not None:
+                    raise t.failure
+                if not t.pump():
+                    return False
+            t.pump()
+            self.outcome = True
+            if self.config.on_handshake is not None:
+                try:
+                    self.config.on_handshake(t.engine.info())
+                except Exception:
+                    log.exception("on_handshake hook failed")
+        except TlsFailure as failure:
+            t.pump()
+            self.outcome = t.failure or t.fail(failure)
+            log.info("TLS client handshake with %s failed: %s", t.engine.server_name, self.outcome)
+        return True
+
+    def waits(self, waits: Waits) -> None:
+        self.transport.add_waits(waits, want_input=True)
+
+    def require(self) -> None:
+        self.poll()
+        if self.outcome is None:
+            raise tls_error("would-block", "the handshake has not finished yet: wait on subscribe()")
+        if isinstance(self.outcome, TlsFailure):
+            raise failure_error(self.outcome)
+
+
+client_iface.resource("outgoing-client-hello", OutgoingClientHello)
+client_iface.resource("incoming-server-hello", IncomingServerHello)
+
+
+@client_iface.func("[constructor]outgoing-client-hello")
+def outgoing_client_hello_new(cx: StoreState, server_name: str) -> OutgoingClientHello:
+    return OutgoingClientHello(server_name)
+
+
+@client_iface.func("[method]outgoing-client-hello.set-alpn-ids")
+def outgoing_client_hello_set_alpn_ids(cx: StoreState, this: OutgoingClientHello, ids: list[bytes]) -> None:
+    if any(not 0 < len(i) < 256 for i in ids):
+        raise tls_error("invalid-argument", "each ALPN id is 1 to 255 bytes")
+    this.alpn_ids = [bytes(i) for i in ids]
+
+
+@client_iface.func("[method]outgoing-client-hello.set-protocol-versions")
+def outgoing_client_hello_set_protocol_versions(cx: StoreState, this: OutgoingClientHello, min: int, max: int) -> None:
+    _check_version(min)
+    _check_version(max)
+    if min > max:
+        raise tls_error("invalid-argument", f"minimum version 0x{min:04x} is above the maximum 0x{max:04x}")
+    this.min_version, this.max_version = min, max
+
+
+@client_iface.func("[method]outgoing-client-hello.set-client-identity")
+def outgoing_client_hello_set_client_identity(cx: StoreState, this: OutgoingClientHello, identity: PrivateIdentityHandle) -> None:
+    this.identity = identity.identity
+
+
+@client_iface.func("[static]outgoing-client-hello.connect")
+def outgoing_client_hello_connect(cx: StoreState, this: OutgoingClientHello, input: InputStream, output: OutputStream) -> IncomingServerHello:
+    config = tls_config(cx)
+    try:
+        engine = TlsEngine(client_context(config, this), server_side=False, server_name=this.server_name)
+        if this.alpn_ids:
+            engine.conn.set_alpn_protos(this.alpn_ids)
+        if this.identity is not None:
+            engine.conn.use_certificate(crypto.X509.from_cryptography(this.identity.chain[0]))
+            engine.conn.use_privatekey(crypto.PKey.from_cryptography_key(this.identity.key))
+            # Intermediates go in the context's extra chain in OpenSSL; for client
+            # identities a leaf issued directly by the server's client CA is the usual case.
+    except TlsFailure as e:
+        input.drop()
+        output.drop()
+        raise failure_error(e) from None
+    hello = IncomingServerHello(TlsTransport(engine, input, output), config)
+    hello.poll()
+    return hello
+
+
+@client_iface.func("[method]incoming-server-hello.subscribe")
+def incoming_server_hello_subscribe(cx: StoreState, this: IncomingServerHello) -> Pollable:
+    return CallbackPollable(this.poll, this.waits)
+
+
+@client_iface.func("[method]incoming-server-hello.protocol-version")
+def incoming_server_hello_protocol_version(cx: StoreState, this: IncomingServerHello) -> int:
+    this.require()
+    return this.transport.engine.protocol_version()
+
+
+@client_iface.func("[method]incoming-server-hello.cipher-suite")
+def incoming_server_hello_cipher_suite(cx: StoreState, this: IncomingServerHello) -> int:
+    this.require()
+    return suite_number(this.transport.engine.cipher_name())
+
+
+@client_iface.func("[method]incoming-server-hello.alpn-id")
+def incoming_server_hello_alpn_id(cx: StoreState, this: IncomingServerHello) -> bytes | None:
+    this.require()
+    return this.transport.engine.alpn()
+
+
+@client_iface.func("[method]incoming-server-hello.server-chain")
+def incoming_server_hello_server_chain(cx: StoreState, this: IncomingServerHello) -> list[PublicIdentity]:
+    if not this.poll():
+        raise tls_error("would-block", "the handshake has not finished yet: wait on subscribe()")
+    identity = peer_identity(this.transport)
+    if identity is None:
+        if isinstance(this.outcome, TlsFailure):
+            raise failure_error(this.outcome)
+        return []
+    return [PublicIdentity([cert]) for cert in identity.chain]
+
+
+@client_iface.func("[method]incoming-server-hello.verification")
+def incoming_server_hello_verification(cx: StoreState, this: IncomingServerHello) -> None:
+    this.require()
+
+
+@client_iface.func("[static]incoming-server-hello.finish")
+def incoming_server_hello_finish(cx: StoreState, this: IncomingServerHello) -> Any:
+    if this.finished:
+        raise tls_error("invalid-state", "finish was already called")
+    this.require()
+    this.finished = True
+    t = this.transport
+    return (Connection(t), TlsInputStream(t), TlsOutputStream(t))
+
+
+INTERFACES = (client_iface,)
