@@ -29,6 +29,11 @@ log = logging.getLogger("wasi_tls_host.runtime")
 # Every resource kind any interface defines: converters resolve resource types against these.
 ALL_KINDS: list[ResourceKind] = []
 
+# Audit hooks: each is called as hook(function_name, value) with every value a host
+# function returns to a guest, before it is lowered (tests use this to prove that no key
+# material ever crosses into a guest). Empty in normal runs, so it costs one check per call.
+OUTGOING_VALUE_HOOKS: list[Callable[[str, Any], None]] = []
+
 
 class GuestExit(Exception):
     """Raised by ``wasi:cli/exit``: unwinds the guest and records its exit code."""
@@ -126,6 +131,9 @@ def _call_host(idx: int, context: Any, ty_raw: Any, args: Any, nargs: int, resul
             if not fn.returns_result:
                 raise Trap(f"error {e.payload!r} from a function that returns no result") from e
             result = Err(e.payload)
+        if OUTGOING_VALUE_HOOKS:
+            for hook in OUTGOING_VALUE_HOOKS:
+                hook(fn.qualname, result)
         if fn.lower is not None:
             fn.lower(cx, result, results[0])
         return 0
@@ -186,4 +194,4 @@ def define(linker: Linker, interfaces: Iterable[Interface]) -> None:
                         raise WasmtimeError._from_ptr(err)
 
 
-__all__ = ["ALL_KINDS", "GuestExit", "HostFunc", "Interface", "StoreState", "define"]
+__all__ = ["ALL_KINDS", "OUTGOING_VALUE_HOOKS", "GuestExit", "HostFunc", "Interface", "StoreState", "define"]

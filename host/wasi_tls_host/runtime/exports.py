@@ -41,6 +41,10 @@ def call(store: Store, func: Func, *args: Any) -> Any:
     params = fty.params
     if len(args) != len(params):
         raise TypeError(f"expected {len(params)} arguments, got {len(args)}")
+    from .binding import OUTGOING_VALUE_HOOKS
+
+    for hook in OUTGOING_VALUE_HOOKS:
+        hook(f"export call {fty!r}", args)
     raw_args = (ffi.wasmtime_component_val_t * max(1, len(params)))()
     for i, ((_, ty), value) in enumerate(zip(params, args)):
         raw_args[i].kind = abi.KIND_BOOL
