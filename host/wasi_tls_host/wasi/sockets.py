@@ -175,31 +175,26 @@ def _fmt(ip: IPAddress, port: int) -> str:
 # --- CLI option group (registered in options.py) ----------------------------------------
 
 
+def _pattern_arg(text: str) -> AddressPattern:
+    try:
+        return AddressPattern.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"network policy: {e}") from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("network (everything is denied unless granted)")
-    group.add_argument("--allow-connect", action="append", default=[], metavar="HOST:PORT", help="allow TCP connects and UDP sends to matching addresses (e.g. 127.0.0.1:*, [::1]:443, 10.0.0.0/8:1000-2000)")
-    group.add_argument("--allow-listen", action="append", default=[], metavar="HOST:PORT", help="allow binding (and listening) on matching local addresses (e.g. 127.0.0.1:8443)")
+    group.add_argument("--allow-connect", action="append", default=[], type=_pattern_arg, metavar="HOST:PORT", help="allow TCP connects and UDP sends to matching addresses (e.g. 127.0.0.1:*, [::1]:443, 10.0.0.0/8:1000-2000)")
+    group.add_argument("--allow-listen", action="append", default=[], type=_pattern_arg, metavar="HOST:PORT", help="allow binding (and listening) on matching local addresses (e.g. 127.0.0.1:8443)")
     group.add_argument("--allow-dns", action="store_true", help="allow host name lookups")
     group.add_argument("--inherit-network", action="store_true", help="allow all network access the host itself has")
 
 
 def apply(args: argparse.Namespace, config: Any) -> None:
-    from ..cli import UsageError
-
     if args.inherit_network:
         config.network = NetworkPolicy.inherit()
-        return
-    if not (args.allow_connect or args.allow_listen or args.allow_dns):
-        return
-    policy = NetworkPolicy(dns=args.allow_dns)
-    try:
-        for pattern in args.allow_connect:
-            policy.allow_connect(pattern)
-        for pattern in args.allow_listen:
-            policy.allow_listen(pattern)
-    except ValueError as e:
-        raise UsageError(f"network policy: {e}") from None
-    config.network = policy
+    elif args.allow_connect or args.allow_listen or args.allow_dns:
+        config.network = NetworkPolicy(list(args.allow_connect), list(args.allow_listen), args.allow_dns)
 
 
 # ---------------------------------------------------------------------------------------
