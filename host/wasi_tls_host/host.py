@@ -177,17 +177,20 @@ class Host:
             return guest.run()
 
     async def run_async(self, component: Component | str | Path | bytes, config: WasiConfig | None = None) -> RunResult:
-        """Run a command guest on a worker thread; cancelling the task interrupts the guest
-        at its next wait (guests that compute without waiting run to their next wait)."""
+        """Run a command guest on a worker thread. Cancelling the task interrupts the guest at
+        its next wait (a guest computing without waiting stops at its next wait) and closes
+        its store once the worker has unwound."""
         guest = await asyncio.to_thread(self.instantiate, component, config)
+        worker = asyncio.ensure_future(asyncio.to_thread(guest.run))
         try:
-            return await asyncio.shield(asyncio.to_thread(guest.run))
+            return await asyncio.shield(worker)
         except asyncio.CancelledError:
             guest.interrupt("cancelled by the embedder")
+            worker.add_done_callback(lambda _: guest.close())
             raise
         finally:
-            # The worker may still be unwinding after a cancel; closing waits for nothing.
-            pass
+            if worker.done():
+                guest.close()
 
 
 def describe_link_error(message: str) -> str:
