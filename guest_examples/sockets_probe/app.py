@@ -16,6 +16,7 @@ from wit_world.imports import (
     monotonic_clock,
     network,
     poll,
+    stdin,
     streams,
     tcp,
     tcp_create_socket,
@@ -294,8 +295,6 @@ def cmd_download(net, host, port):
 
 
 def cmd_drain_stdin(net):
-    from wit_world.imports import stdin
-
     inp = stdin.get_stdin()
     total = 0
     while True:
