@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import random
-import sys
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable, Union
 
@@ -97,7 +96,7 @@ def _make_stdin(spec: StdinSpec) -> InputStream:
     if spec is None:
         return ClosedInput()
     if spec == "inherit":
-        return start_reader_thread(sys.stdin.fileno())
+        return start_reader_thread(0)  # fd 0 itself: sys.stdin may be replaced (pytest, IDEs)
     if isinstance(spec, (bytes, bytearray)):
         return BytesInput(bytes(spec))
     if callable(spec):

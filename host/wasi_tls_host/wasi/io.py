@@ -503,8 +503,9 @@ def poll(cx: StoreState, pollables: list[Pollable]) -> list[int]:
 
 
 def _len(n: int) -> int:
-    # Reads of more than this are answered with less: the list must fit guest memory anyway.
-    return min(n, 1 << 26)
+    # Larger reads are answered with less (the WIT allows it): each byte of a list crosses
+    # as a 32-byte value, and 256 KiB (8 MiB of values) keeps that in cache-friendly sizes.
+    return min(n, 1 << 18)
 
 
 @streams_iface.func("[method]input-stream.read")
