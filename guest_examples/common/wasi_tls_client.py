@@ -53,8 +53,18 @@ def _stream_error(err):
     return "closed"
 
 
+def _ipv4_literal(host):
+    parts = host.split(".")
+    if len(parts) == 4 and all(p.isdigit() and len(p) <= 3 and int(p) < 256 for p in parts):
+        return network.IpAddress_Ipv4(tuple(int(p) for p in parts))
+    return None
+
+
 def resolve(host, deadline=None):
     """IP addresses for ``host`` (a name or a literal address)."""
+    literal = _ipv4_literal(host)
+    if literal is not None:
+        return [literal]  # no lookup round trips for the common literal case
     stream = ip_name_lookup.resolve_addresses(instance_network.instance_network(), host)
     addresses = []
     while True:
