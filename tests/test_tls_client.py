@@ -115,6 +115,7 @@ def test_forced_versions_are_negotiated(probe, peers, localhost_leaf, pki: Pki, 
     # The host's own version limits are honoured too: pinning the client to the same version works.
     pinned = TlsConfig(trust=[pki.ca_pem], use_system_roots=False, min_version=server_version, max_version=server_version)
     assert probe("connect", "localhost", server.port, tls=pinned).out == "handshake=ok\n"
+    settle(server)
     assert server.versions == [f"TLSv{server_version}"] * 2
     assert server.errors == []
 
@@ -163,6 +164,7 @@ def test_many_small_writes_are_echoed(probe, peers, localhost_leaf) -> None:
     peers.append(server)
     r = probe("echo", "localhost", server.port, 2000, 7)
     assert fields(r.out) == {"writes": "2000", "echoed": "14000", "match": "True"}, r.out
+    settle(server)
     assert server.errors == []
 
 
@@ -320,6 +322,14 @@ def _peer_idle(server: PeerServer) -> bool:
     return server.handled == server.accepted
 
 
+def settle(*servers: PeerServer) -> None:
+    """Wait (bounded) until the peers have closed their ends of finished connections, so
+    descriptor counts measure the host, not the test's own servers."""
+    deadline = time.monotonic() + 5
+    while not all(_peer_idle(s) for s in servers) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def test_dropping_the_future_mid_handshake(probe, peers, localhost_leaf) -> None:
     server = PeerServer(handshake_only, localhost_leaf.server_context())
     peers.append(server)
@@ -333,6 +343,7 @@ def test_no_descriptor_leaks_across_runs(probe, peers, localhost_leaf) -> None:
     bad = PeerServer(stall)
     peers.extend([server, bad])
     probe("echo", "localhost", server.port, 3, 10)  # warm-up: lazily opened host descriptors
+    settle(server, bad)
     before = open_fds()
     threads = threading.active_count()
     for _ in range(3):
@@ -340,6 +351,7 @@ def test_no_descriptor_leaks_across_runs(probe, peers, localhost_leaf) -> None:
         probe("use-after-drop", "localhost", server.port)
         probe("drop-future", "localhost", server.port)
         probe("stall", "localhost", bad.port, 50)
+    settle(server, bad)
     assert open_fds() == before
     assert threading.active_count() == threads
 

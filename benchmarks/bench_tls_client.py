@@ -1,0 +1,213 @@
+"""wasi:tls client: figures for issue 5, all against one local server in one run.
+
+- Handshake latency: TCP connect to 127.0.0.1 + TLS 1.3 handshake verifying the name
+  "localhost" (no name lookup on either side), median of 50, timed inside a
+  componentize-py guest on this host (tls_probe bench-handshake) versus a CPython ``ssl``
+  client in this process. Target: at most 1.5x CPython's.
+- Download throughput (one connection, body of DOWNLOAD_MIB MiB, best of 3): the guest versus
+  a CPython ``ssl`` client, and versus the raw ``list<u8>`` crossing rate host -> guest in
+  64 KiB lists (bench_core's crossing guest; the ceiling for any stream on this API).
+  Target: at least 70% of the crossing rate.
+
+The server is a CPython ``ssl`` server in a child process (so it does not share a GIL with
+the host under test): it sends the body after a request line, or just waits for the client
+to close when there is none.
+
+Run: python benchmarks/bench_tls_client.py [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import trustme
+
+from wasi_tls_host import Host, WasiConfig, guests
+from wasi_tls_host.host import all_interfaces
+from wasi_tls_host.tls import TlsConfig
+from wasi_tls_host.wasi.sockets import NetworkPolicy
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_core import CHUNK, best_rate, crossing  # noqa: E402  (the same crossing measurement)
+
+HANDSHAKES = 50
+DOWNLOAD_MIB = 32
+BODY = bytes(range(256)) * (DOWNLOAD_MIB << 12)
+
+
+# --- the server (child process) ------------------------------------------------------------
+
+
+def serve(cert_chain: str, port_file: str) -> None:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert_chain)
+    listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+    Path(port_file).write_text(str(listener.getsockname()[1]))
+    while True:
+        raw, _ = listener.accept()
+        raw.settimeout(30)
+        try:
+            with ctx.wrap_socket(raw, server_side=True) as conn:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    chunk = conn.recv(4096)  # b"" or SSLZeroReturnError: handshake-only client
+                    if not chunk:
+                        break
+                    request += chunk
+                if request:
+                    conn.sendall(BODY)
+                    conn.unwrap()
+        except (OSError, ssl.SSLError):
+            pass
+
+
+class ServerProcess:
+    def __init__(self, cert_chain: Path, workdir: Path) -> None:
+        port_file = workdir / "port"
+        self.proc = subprocess.Popen([sys.executable, __file__, "--serve", str(cert_chain), str(port_file)])
+        deadline = time.monotonic() + 20
+        while not port_file.exists() or not port_file.read_text():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.stop()
+                raise RuntimeError("benchmark server did not start")
+            time.sleep(0.02)
+        self.port = int(port_file.read_text())
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+
+# --- the CPython reference client -----------------------------------------------------------
+
+
+def cpython_handshakes(ctx: ssl.SSLContext, port: int, count: int) -> tuple[list[float], list[float]]:
+    """(connect + handshake, handshake alone) in microseconds, per connection."""
+    totals, handshakes = [], []
+    for _ in range(count):
+        start = time.perf_counter()
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        connected = time.perf_counter()
+        conn = ctx.wrap_socket(sock, server_hostname="localhost")
+        done = time.perf_counter()
+        totals.append((done - start) * 1e6)
+        handshakes.append((done - connected) * 1e6)
+        conn.close()
+    return totals, handshakes
+
+
+def cpython_download(ctx: ssl.SSLContext, port: int) -> float:
+    """MB/s from the request to the end of the body (the guest measures the same span)."""
+    buf = bytearray(1 << 20)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock, ctx.wrap_socket(sock, server_hostname="localhost") as conn:
+        start = time.perf_counter()
+        conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        total = 0
+        while True:
+            n = conn.recv_into(buf)
+            if not n:
+                break
+            total += n
+        elapsed = time.perf_counter() - start
+    assert total == len(BODY), total
+    return total / elapsed / 1e6
+
+
+# --- the guest on this host ----------------------------------------------------------------
+
+
+def run_probe(host: Host, config_args: list[str], tls: TlsConfig) -> dict[str, str]:
+    out, err = bytearray(), bytearray()
+    policy = NetworkPolicy().allow_connect("127.0.0.1:*").allow_dns()
+    result = host.run(guests.build("tls_probe"), WasiConfig(args=["tls_probe", *config_args], stdout=out, stderr=err, network=policy, tls=tls))
+    if result.exit_code != 0:
+        raise RuntimeError(f"tls_probe {config_args} failed: {out.decode()} {err.decode()} {result.trap}")
+    return dict(line.split("=", 1) for line in out.decode().splitlines() if "=" in line)
+
+
+def guest_download(host: Host, port: int, tls: TlsConfig) -> float:
+    got = run_probe(host, ["bench-download", "127.0.0.1", str(port), "localhost"], tls)
+    assert int(got["bytes"]) == len(BODY) and got["end"] == "closed", got
+    return int(got["bytes"]) / (int(got["elapsed-ns"]) / 1e9) / 1e6
+
+
+def crossing_rate() -> float:
+    """bench_core's raw host -> guest list<u8> rate, 64 KiB lists."""
+    count = (DOWNLOAD_MIB << 20) // CHUNK
+    host = Host(interfaces=[*all_interfaces(), crossing])
+    with host.instantiate(guests.build("crossing"), WasiConfig(stdout=None)) as g:
+        g.call("raw-pull", CHUNK, 2)
+        return best_rate(lambda: g.call("raw-pull", CHUNK, count), CHUNK * count)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--profile", action="store_true", help="cProfile the guest's download and print the top entries")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench-tls-") as tmp:
+        workdir = Path(tmp)
+        ca = trustme.CA()
+        chain = workdir / "server.pem"
+        ca.issue_cert("localhost").private_key_and_cert_chain_pem.write_to_path(str(chain))
+        ca_pem = workdir / "ca.pem"
+        ca.cert_pem.write_to_path(str(ca_pem))
+        tls = TlsConfig(trust=[ca_pem], use_system_roots=False)
+        ref_ctx = ssl.create_default_context(cafile=str(ca_pem))
+
+        host = Host()
+        guests.build("tls_probe")
+        server = ServerProcess(chain, workdir)
+        try:
+            run_probe(host, ["bench-handshake", "127.0.0.1", str(server.port), "3", "localhost"], tls)  # warm up
+            cpython_handshakes(ref_ctx, server.port, 3)
+            got = run_probe(host, ["bench-handshake", "127.0.0.1", str(server.port), str(HANDSHAKES), "localhost"], tls)
+            guest_hs = [int(t) for t in got["handshake-us"].split(",")]
+            guest_tls = [int(t) for t in got["tls-only-us"].split(",")]
+            ref_hs, ref_tls = cpython_handshakes(ref_ctx, server.port, HANDSHAKES)
+
+            if args.profile:
+                profiler = cProfile.Profile()
+                profiler.enable()
+                guest_download(host, server.port, tls)
+                profiler.disable()
+                pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+            guest_dl = max(guest_download(host, server.port, tls) for _ in range(3))
+            ref_dl = max(cpython_download(ref_ctx, server.port) for _ in range(3))
+        finally:
+            server.stop()
+        raw = crossing_rate()
+
+    g_med, r_med = statistics.median(guest_hs), statistics.median(ref_hs)
+    print(f"== wasi:tls client vs CPython ssl, one local CPython ssl server (TLS 1.3, ECDSA P-256)")
+    print(f"handshake (TCP connect + TLS), median of {HANDSHAKES}:")
+    print(f"  guest on this host:  {g_med / 1e3:7.2f} ms   (p10 {statistics.quantiles(guest_hs, n=10)[0] / 1e3:.2f}, p90 {statistics.quantiles(guest_hs, n=10)[-1] / 1e3:.2f})")
+    print(f"  CPython ssl client:  {r_med / 1e3:7.2f} ms   (p10 {statistics.quantiles(ref_hs, n=10)[0] / 1e3:.2f}, p90 {statistics.quantiles(ref_hs, n=10)[-1] / 1e3:.2f})")
+    print(f"  ratio: {g_med / r_med:.2f}x CPython   (target <= 1.5x: {'met' if g_med / r_med <= 1.5 else 'MISSED'})")
+    gt, rt = statistics.median(guest_tls), statistics.median(ref_tls)
+    print(f"TLS handshake alone (TCP already connected), median of {HANDSHAKES}:")
+    print(f"  guest on this host:  {gt / 1e3:7.2f} ms")
+    print(f"  CPython ssl client:  {rt / 1e3:7.2f} ms")
+    print(f"  ratio: {gt / rt:.2f}x CPython")
+    print(f"download of {DOWNLOAD_MIB} MiB, best of 3:")
+    print(f"  guest on this host:  {guest_dl:8.1f} MB/s")
+    print(f"  CPython ssl client:  {ref_dl:8.1f} MB/s   (guest = {guest_dl / ref_dl:.1%} of CPython)")
+    print(f"  raw list<u8> crossing host -> guest (64 KiB lists): {raw:8.1f} MB/s")
+    print(f"  guest = {guest_dl / raw:.1%} of the crossing rate   (target >= 70%: {'met' if guest_dl / raw >= 0.7 else 'MISSED'})")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--serve":
+        serve(sys.argv[2], sys.argv[3])
+    else:
+        main()
