@@ -176,7 +176,8 @@ class TlsInputStream(InputStream):
                 self._closed = True
                 return
             except TlsFailure as e:
-                raise StreamFailed(str(t.failure or t.fail(e))) from None
+                failure = t.failure or t.fail(e)
+                raise StreamFailed(str(failure), failure.code) from None
             if data:
                 self._buffer = data
                 return
@@ -223,10 +224,12 @@ class TlsOutputStream(OutputStream):
 
     def _check(self) -> None:
         t = self.transport
+        # The io-error carries the failure's code, so guests can ask error-code-of.
         if t.failure is not None:
-            raise StreamFailed(str(t.failure))
+            raise StreamFailed(str(t.failure), t.failure.code)
         if t.send_broken:
-            raise StreamFailed(str(t.send_failure(during_handshake=False)))
+            failure = t.send_failure(during_handshake=False)
+            raise StreamFailed(str(failure), failure.code)
         if t.output_closed or t.engine.close_notify_sent:
             raise StreamClosed()
 
@@ -245,7 +248,8 @@ class TlsOutputStream(OutputStream):
         try:
             self.transport.engine.write(data)
         except TlsFailure as e:
-            raise StreamFailed(str(self.transport.fail(e))) from None
+            failure = self.transport.fail(e)
+            raise StreamFailed(str(failure), failure.code) from None
         self.transport.pump()
 
     def _flush(self) -> None:
