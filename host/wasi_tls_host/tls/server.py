@@ -29,7 +29,7 @@ from .ciphers import split_suites
 from .client_hello import ALERT_FATAL, ClientHello, ClientHelloError, ClientHelloReader, alert_record
 from .config import TlsConfig
 from .connection import Connection, failure_error, peer_identity, tls_error
-from .engine import TlsEngine, TlsFailure
+from .engine import BAD_CERTIFICATE, TlsEngine, TlsFailure
 from .identities import PrivateIdentity, PrivateIdentityHandle, PublicIdentity, tls_config
 from .transport import TlsInputStream, TlsOutputStream, TlsTransport, TransportUser
 
@@ -188,6 +188,14 @@ class IncomingClientHello(HostResource):
         self.close_streams()
 
 
+def _server_failure(failure: TlsFailure) -> TlsFailure:
+    """Failures only a server meets, in the words of the interface."""
+    if "peer did not return a certificate" in failure.message:
+        # OpenSSL says handshake failure; for the guest this is a missing certificate.
+        return TlsFailure(BAD_CERTIFICATE, "TLS handshake failed: the client sent no certificate, but this server requires one (mutual TLS)")
+    return failure
+
+
 class IncomingClientExchange(TransportUser):
     """The rest of the handshake, run by OpenSSL over the replayed hello."""
 
@@ -217,7 +225,7 @@ class IncomingClientExchange(TransportUser):
                     log.exception("on_handshake hook failed")
         except TlsFailure as failure:
             t.pump()  # our alert
-            self.outcome = t.failure or t.fail(failure)
+            self.outcome = t.failure or t.fail(_server_failure(failure))
             log.info("TLS server handshake failed: %s", self.outcome)
         return True
 

@@ -1,0 +1,191 @@
+"""A TLS client guest on this project's client API (wasi-tls-host:tls/client).
+
+    tls_client ADDRESS PORT [--server-name NAME] [--alpn h2,http/1.1] [--tls 1.2|1.3]
+               [--identity NAME] [--send LINE] [--timeout SECONDS]
+
+Connects over wasi:sockets to ADDRESS (an IPv4 literal), verifies the server as NAME
+(default: ADDRESS), and prints one ``key=value`` line per fact: the server chain's subjects,
+the host's verification verdict, the negotiated version, suite and ALPN id, and with
+``--send`` the server's one-line reply. A failure prints ``error=<code>: <message>`` and
+exits with status 1. Every wait is bounded by ``--timeout`` (default 10 s).
+"""
+
+from componentize_py_types import Err, Ok
+from wit_world import exports
+from wit_world.imports import (
+    client,
+    environment,
+    exit,
+    identities,
+    instance_network,
+    monotonic_clock,
+    network,
+    poll,
+    streams,
+    tcp_create_socket,
+)
+from wit_world.imports import wasi_tls_host_tls_types as tls_types
+
+VERSIONS = {"1.2": 0x0303, "1.3": 0x0304}
+
+
+def say(line):
+    print(line, flush=True)
+
+
+def fail(line):
+    say(f"error={line}")
+    exit.exit(Err(None))
+
+
+def describe(err):
+    return f"{err.code.name.lower().replace('_', '-')}: {err.message}"
+
+
+def stream_error(e):
+    value = e.value
+    if isinstance(value, streams.StreamError_Closed):
+        return None
+    code = tls_types.error_code_of(value.value)
+    name = code.name.lower().replace("_", "-") if code is not None else "io"
+    return f"{name}: {value.value.to_debug_string()}"
+
+
+class Deadline:
+    def __init__(self, seconds):
+        self.at = monotonic_clock.now() + int(seconds * 1e9)
+
+    def wait(self, pollable, what):
+        timer = monotonic_clock.subscribe_instant(self.at)
+        try:
+            if 0 not in poll.poll([pollable, timer]):
+                fail(f"timeout: waiting for {what}")
+        finally:
+            timer.__exit__(None, None, None)
+
+
+def tls_call(getter, pollable, deadline, what):
+    """Call ``getter`` until it stops failing with would-block."""
+    while True:
+        try:
+            return getter()
+        except Err as e:
+            if not (isinstance(e.value, tls_types.Error) and e.value.code == tls_types.ErrorCode.WOULD_BLOCK):
+                raise
+        deadline.wait(pollable, what)
+
+
+def connect_tcp(address, port, deadline):
+    parts = tuple(int(p) for p in address.split("."))
+    sock = tcp_create_socket.create_tcp_socket(network.IpAddressFamily.IPV4)
+    remote = network.IpSocketAddress_Ipv4(network.Ipv4SocketAddress(port, parts))
+    sock.start_connect(instance_network.instance_network(), remote)
+    ready = sock.subscribe()
+    while True:
+        try:
+            rx, tx = sock.finish_connect()
+            break
+        except Err as e:
+            if e.value != network.ErrorCode.WOULD_BLOCK:
+                fail(f"connect: {e.value.name.lower().replace('_', '-')}")
+        deadline.wait(ready, "the TCP connection")
+    ready.__exit__(None, None, None)
+    return sock, rx, tx
+
+
+def read_line(rx, deadline):
+    """The peer's first line (without the newline), or None at a clean end of data."""
+    ready = rx.subscribe()
+    data = b""
+    try:
+        while b"\n" not in data:
+            try:
+                chunk = rx.read(4096)
+            except Err as e:
+                reason = stream_error(e)
+                if reason is not None:
+                    fail(f"{reason}")
+                return data.decode(errors="replace") if data else None
+            if not chunk:
+                deadline.wait(ready, "the reply")
+            data += chunk
+    finally:
+        ready.__exit__(None, None, None)
+    return data.split(b"\n", 1)[0].decode(errors="replace")
+
+
+def write_all(tx, data, deadline):
+    ready = tx.subscribe()
+    try:
+        while data:
+            n = tx.check_write()
+            if n == 0:
+                deadline.wait(ready, "room to write")
+                continue
+            tx.write(data[:n])
+            data = data[n:]
+        tx.flush()
+        while tx.check_write() == 0:
+            deadline.wait(ready, "the flush")
+    finally:
+        ready.__exit__(None, None, None)
+
+
+def main(argv):
+    address, port = argv[0], int(argv[1])
+    opts = {"--server-name": address, "--timeout": "10"}
+    i = 2
+    while i < len(argv):
+        opts[argv[i]] = argv[i + 1]
+        i += 2
+    deadline = Deadline(float(opts["--timeout"]))
+
+    hello = client.OutgoingClientHello(opts["--server-name"])
+    if "--alpn" in opts:
+        hello.set_alpn_ids([p.encode() for p in opts["--alpn"].split(",")])
+    if "--tls" in opts:
+        version = VERSIONS[opts["--tls"]]
+        hello.set_protocol_versions(version, version)
+    if "--identity" in opts:
+        store = identities.preopened_identities()
+        identity = store.find_by_name(opts["--identity"])
+        if identity is None:
+            fail(f"access-denied: identity {opts['--identity']} was not preopened")
+        hello.set_client_identity(identity)
+        say(f"client-identity={identity.public_identity().subject()}")
+
+    sock, rx, tx = connect_tcp(address, port, deadline)
+    handshake = client.OutgoingClientHello.connect(hello, rx, tx)
+    ready = handshake.subscribe()
+    try:
+        chain = tls_call(handshake.server_chain, ready, deadline, "the handshake")
+        say(f"chain={' | '.join(c.subject() for c in chain) or '-'}")
+    except Err as e:
+        say(f"chain=- ({describe(e.value)})")
+    try:
+        handshake.verification()
+        say("verification=ok")
+    except Err as e:
+        say(f"verification={describe(e.value)}")
+        fail(describe(e.value))
+    say(f"version=0x{handshake.protocol_version():04x}")
+    say(f"suite=0x{handshake.cipher_suite():04x}")
+    alpn = handshake.alpn_id()
+    say(f"alpn={alpn.decode() if alpn else '-'}")
+    ready.__exit__(None, None, None)
+    conn, prx, ptx = client.IncomingServerHello.finish(handshake)
+
+    if "--send" in opts:
+        try:
+            write_all(ptx, opts["--send"].encode() + b"\n", deadline)
+        except Err as e:
+            fail(stream_error(e) or "closed")
+        reply = read_line(prx, deadline)
+        say(f"reply={reply if reply is not None else '-'}")
+    conn.close_output()
+    say("done")
+
+
+class Run(exports.Run):
+    def run(self) -> None:
+        main(environment.get_arguments()[1:])
