@@ -82,6 +82,16 @@ def resolve(host, deadline=None):
         addresses.append(address)
 
 
+_NETWORK = []
+
+
+def _network():
+    """The instance network handle, fetched once and reused by every connect."""
+    if not _NETWORK:
+        _NETWORK.append(instance_network.instance_network())
+    return _NETWORK[0]
+
+
 def _socket_address(address, port):
     if isinstance(address, network.IpAddress_Ipv4):
         return network.IpSocketAddress_Ipv4(network.Ipv4SocketAddress(port, address.value))
@@ -95,15 +105,20 @@ def tcp_connect(host, port, deadline=None):
         family = network.IpAddressFamily.IPV4 if isinstance(address, network.IpAddress_Ipv4) else network.IpAddressFamily.IPV6
         sock = tcp_create_socket.create_tcp_socket(family)
         try:
-            sock.start_connect(instance_network.instance_network(), _socket_address(address, port))
+            sock.start_connect(_network(), _socket_address(address, port))
+            # Every host call costs a guest-side round trip: wait first (a non-blocking
+            # connect is practically never complete at once), then finish.
+            ready = sock.subscribe()
             while True:
+                _wait(ready, deadline, f"TCP connect to {host}:{port}")
                 try:
                     rx, tx = sock.finish_connect()
-                    return sock, rx, tx
                 except Err as e:
                     if e.value != network.ErrorCode.WOULD_BLOCK:
                         raise
-                    _wait(sock.subscribe(), deadline, f"TCP connect to {host}:{port}")
+                    continue
+                ready.__exit__(None, None, None)
+                return sock, rx, tx
         except Err as e:
             last_error = f"{e.value.name.lower().replace('_', '-')}"
             sock.__exit__(None, None, None)
@@ -190,11 +205,14 @@ def handshake(rx, tx, server_name, deadline=None):
     """Run the TLS handshake over any pair of wasi:io streams."""
     future = tls.ClientHandshake.finish(tls.ClientHandshake(server_name, rx, tx))
     try:
+        ready = future.subscribe()
         while True:
+            # The server must answer before anything can complete: wait, then get.
+            _wait(ready, deadline, f"the TLS handshake with {server_name}")
             outcome = future.get()
             if outcome is not None:
                 break
-            _wait(future.subscribe(), deadline, f"the TLS handshake with {server_name}")
+        ready.__exit__(None, None, None)
     finally:
         future.__exit__(None, None, None)
     if isinstance(outcome, Err):
