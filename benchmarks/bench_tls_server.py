@@ -1,0 +1,261 @@
+"""Guest TLS servers: figures for issue 6, next to a CPython asyncio ``ssl`` server in one run.
+
+- Handshakes per second: N concurrent loopback clients loop connect -> TLS 1.3 handshake
+  (verifying the name a.test) -> one byte echoed -> close, for DURATION seconds, against
+  (a) the ``tls_server`` guest in ``--concurrent`` echo mode on this host, and
+  (b) a CPython asyncio ``ssl`` echo server with the same certificate and key.
+- Memory per idle connection: RSS of the server process with K established, idle TLS
+  connections (each has echoed one byte, so the server finished its handshake) minus its RSS
+  before them, divided by K; same two servers.
+
+Each server runs in its own process (so RSS is the server's alone and no GIL is shared with
+the load); the load generator is one more process running asyncio ``ssl`` clients. The
+machine has 2 cores, shared by the server, the load and anyone else.
+
+Run: python benchmarks/bench_tls_server.py [--clients N] [--duration S] [--idle K]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HOST = "127.0.0.1"
+NAME = "a.test"
+
+
+# --- the servers (child processes) ---------------------------------------------------------
+
+
+def serve_guest(port: int, cert: str, key: str) -> None:
+    from wasi_tls_host import Host, WasiConfig, guests
+    from wasi_tls_host.tls import TlsConfig
+    from wasi_tls_host.tls.identities import PrivateIdentity
+    from wasi_tls_host.wasi.sockets import NetworkPolicy
+
+    identity = PrivateIdentity.from_files("a", cert, key)
+    config = WasiConfig(
+        args=["tls_server", str(port), "--concurrent", "--count", "0"],
+        stdout=None, stderr="inherit",
+        network=NetworkPolicy().allow_listen(f"{HOST}:{port}"),
+        tls=TlsConfig(use_system_roots=False, identities=[identity]),
+    )
+    result = Host().run(guests.build("tls_server"), config)
+    print(f"guest server ended: {result}", file=sys.stderr)
+
+
+def serve_cpython(port: int, cert: str, key: str) -> None:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(echo, HOST, port, ssl=ctx, backlog=1024)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+
+
+# --- the load (a child process) --------------------------------------------------------------
+
+
+def client_context(ca: str) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=ca)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    return ctx
+
+
+async def _one_handshake(port: int, ctx: ssl.SSLContext) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection(HOST, port, ssl=ctx, server_hostname=NAME)
+    writer.write(b"x")
+    await writer.drain()
+    assert await reader.readexactly(1) == b"x"
+    return reader, writer
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    try:
+        await asyncio.wait_for(writer.wait_closed(), 5)
+    except (ConnectionError, ssl.SSLError, asyncio.TimeoutError):
+        pass
+
+
+def load(port: int, ca: str, clients: int, duration: float) -> None:
+    ctx = client_context(ca)
+
+    async def worker(stop_at: float, counts: list[int], errors: list[str]) -> None:
+        while time.monotonic() < stop_at:
+            try:
+                _, writer = await asyncio.wait_for(_one_handshake(port, ctx), 10)
+                await _close(writer)
+                counts[0] += 1
+            except Exception as e:  # noqa: BLE001 - reported, never hidden
+                errors.append(f"{type(e).__name__}: {e}")
+
+    async def main() -> dict[str, object]:
+        warm_counts: list[int] = [0]
+        await asyncio.gather(*(worker(time.monotonic() + 1.0, warm_counts, []) for _ in range(clients)))
+        counts, errors = [0], []
+        started = time.monotonic()
+        await asyncio.gather(*(worker(started + duration, counts, errors) for _ in range(clients)))
+        elapsed = time.monotonic() - started
+        return {"handshakes": counts[0], "seconds": elapsed, "errors": len(errors), "first_errors": errors[:3]}
+
+    print(json.dumps(asyncio.run(main())), flush=True)
+
+
+def hold(port: int, ca: str, count: int) -> None:
+    """Open ``count`` connections, report, hold them until stdin closes, then close them."""
+    ctx = client_context(ca)
+
+    async def main() -> None:
+        writers = []
+        for start in range(0, count, 50):  # in batches: a full backlog would only add noise
+            pairs = await asyncio.gather(*(asyncio.wait_for(_one_handshake(port, ctx), 20) for _ in range(start, min(count, start + 50))))
+            writers += [w for _, w in pairs]
+        print(json.dumps({"open": len(writers)}), flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+        await asyncio.gather(*(_close(w) for w in writers))
+
+    asyncio.run(main())
+
+
+# --- orchestration ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def child(*args: str, **kwargs: object) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, __file__, *args], text=True, **kwargs)  # type: ignore[call-overload]
+
+
+def start_server(kind: str, cert: str, key: str) -> tuple[subprocess.Popen[str], int]:
+    port = free_port()
+    proc = child(f"serve-{kind}", str(port), cert, key)
+    deadline = time.monotonic() + 60  # the guest may have to be built first
+    while True:
+        try:
+            socket.create_connection((HOST, port), timeout=1).close()
+            return proc, port
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"{kind} server did not start")
+            time.sleep(0.05)
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def measure(kind: str, cert: str, key: str, ca: str, clients: int, duration: float, idle: int) -> dict[str, float]:
+    server, port = start_server(kind, cert, key)
+    try:
+        out = subprocess.run([sys.executable, __file__, "load", str(port), ca, str(clients), str(duration)],
+                             capture_output=True, text=True, timeout=duration + 60)
+        rate = json.loads(out.stdout)
+        if rate["errors"]:
+            print(f"  {kind}: {rate['errors']} client errors, e.g. {rate['first_errors']}", file=sys.stderr)
+        time.sleep(0.5)
+        before = rss_kib(server.pid)
+        holder = child("hold", str(port), ca, str(idle), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        try:
+            assert holder.stdout is not None and holder.stdin is not None
+            opened = json.loads(holder.stdout.readline() or "{}").get("open", 0)
+            time.sleep(0.5)
+            after = rss_kib(server.pid)
+            holder.stdin.close()
+            holder.wait(30)
+        finally:
+            if holder.poll() is None:
+                holder.kill()
+                holder.wait(5)
+        return {
+            "handshakes_per_s": rate["handshakes"] / rate["seconds"],
+            "handshakes": rate["handshakes"],
+            "errors": rate["errors"],
+            "idle_open": opened,
+            "rss_before_mib": before / 1024,
+            "kib_per_idle_conn": (after - before) / max(opened, 1),
+        }
+    finally:
+        stop(server)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--idle", type=int, default=500)
+    args = parser.parse_args()
+
+    import trustme
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ca = trustme.CA()
+        leaf = ca.issue_cert(NAME)
+        cert, key, ca_pem = f"{tmp}/cert.pem", f"{tmp}/key.pem", f"{tmp}/ca.pem"
+        Path(cert).write_bytes(b"".join(c.bytes() for c in leaf.cert_chain_pems))
+        leaf.private_key_pem.write_to_path(key)
+        ca.cert_pem.write_to_path(ca_pem)
+        from wasi_tls_host import guests
+
+        guests.build("tls_server", quiet=False)
+        print(f"TLS 1.3, ECDSA P-256 certificate, {args.clients} concurrent clients for {args.duration:.0f} s, "
+              f"{args.idle} idle connections; {os.cpu_count()} cores shared by server and load")
+        results = {kind: measure(kind, cert, key, ca_pem, args.clients, args.duration, args.idle) for kind in ("guest", "cpython")}
+    g, c = results["guest"], results["cpython"]
+    print(f"{'':34}{'guest server':>16}{'CPython asyncio':>18}")
+    print(f"{'handshakes/s':34}{g['handshakes_per_s']:16.0f}{c['handshakes_per_s']:18.0f}   (ratio {g['handshakes_per_s'] / c['handshakes_per_s']:.2f})")
+    print(f"{'client errors':34}{g['errors']:16.0f}{c['errors']:18.0f}")
+    print(f"{'server RSS before idle conns MiB':34}{g['rss_before_mib']:16.1f}{c['rss_before_mib']:18.1f}")
+    print(f"{'KiB per idle connection':34}{g['kib_per_idle_conn']:16.1f}{c['kib_per_idle_conn']:18.1f}   ({g['idle_open']:.0f} / {c['idle_open']:.0f} open)")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "serve-guest":
+        serve_guest(int(sys.argv[2]), sys.argv[3], sys.argv[4])
+    elif len(sys.argv) > 1 and sys.argv[1] == "serve-cpython":
+        serve_cpython(int(sys.argv[2]), sys.argv[3], sys.argv[4])
+    elif len(sys.argv) > 1 and sys.argv[1] == "load":
+        load(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), float(sys.argv[5]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "hold":
+        hold(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))
+    else:
+        main()
