@@ -17,6 +17,7 @@ import re
 import socket
 import ssl
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -26,7 +27,7 @@ import pytest
 from conftest import free_port, open_fds
 from tls_peers import OpensslServer, LeafFiles
 from tls_server_util import PASSPHRASE, TIMEOUT, GuestServer, KeyAudit, ServerPki
-from wasi_tls_host import Host, WasiConfig
+from wasi_tls_host import Host
 from wasi_tls_host.runtime.binding import OUTGOING_VALUE_HOOKS
 from wasi_tls_host.tls import TlsConfig
 from wasi_tls_host.tls.identities import PrivateIdentity, parse_identity_option
@@ -249,8 +250,6 @@ def s_server(pki: ServerPki, tmp_path: Path) -> Iterator[Callable[..., OpensslSe
     started: list[OpensslServer] = []
 
     def start(*args: str) -> OpensslServer:
-        import trustme
-
         leaf = LeafFiles(pki.dir / "a-with-key.pem", pki.leaf_a)
         leaf.chain_pem.write_bytes(pki.leaf_a.private_key_and_cert_chain_pem.bytes())
         server = OpensslServer(leaf, *args, cwd=tmp_path)
@@ -449,6 +448,7 @@ def test_descriptors_return_to_baseline(start_server, pki: ServerPki) -> None:
     ssl_echo(warm.port, ssl_client_context(pki), "a.test", b"warm")
     warm.stop()
     baseline = settle()
+    threads = threading.active_count()
     server = start_server("--count", "3", "--client-auth", "optional")
     ssl_echo(server.port, ssl_client_context(pki), "a.test", b"x" * 1000)
     _alert_after(server.port, b"GET / HTTP/1.0\r\n\r\n")
@@ -459,6 +459,7 @@ def test_descriptors_return_to_baseline(start_server, pki: ServerPki) -> None:
     while settle() > baseline and time.monotonic() < deadline:
         time.sleep(0.05)
     assert settle() <= baseline
+    assert threading.active_count() <= threads
 
 
 def test_zz_no_private_key_reached_a_guest(key_audit: KeyAudit, pki: ServerPki, start_server, run_client) -> None:
