@@ -149,7 +149,7 @@ def future_client_streams_get(cx: StoreState, this: FutureClientStreams) -> Any:
     this.taken = True
     outcome = this.outcome
     if isinstance(outcome, TlsFailure):
-        return Ok(Err(IoError(outcome.message, outcome.code)))
+        return Ok(Err(IoError(outcome.message, outcome.code, "tls")))
     t = this.transport
     return Ok(Ok((ClientConnection(t), TlsInputStream(t), TlsOutputStream(t))))
 

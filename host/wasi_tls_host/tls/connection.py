@@ -33,8 +33,7 @@ def failure_error(failure: TlsFailure) -> WitError:
 
 @types_iface.func("error-code-of")
 def error_code_of(cx: StoreState, err: IoError) -> str | None:
-    code = err.code
-    return code if code in ERROR_CODES else None
+    return err.code if err.domain == "tls" and err.code in ERROR_CODES else None
 
 
 def peer_identity(transport: TlsTransport) -> PublicIdentity | None:

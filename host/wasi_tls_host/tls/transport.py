@@ -177,7 +177,7 @@ class TlsInputStream(InputStream):
                 return
             except TlsFailure as e:
                 failure = t.failure or t.fail(e)
-                raise StreamFailed(str(failure), failure.code) from None
+                raise StreamFailed(str(failure), failure.code, "tls") from None
             if data:
                 self._buffer = data
                 return
@@ -226,10 +226,10 @@ class TlsOutputStream(OutputStream):
         t = self.transport
         # The io-error carries the failure's code, so guests can ask error-code-of.
         if t.failure is not None:
-            raise StreamFailed(str(t.failure), t.failure.code)
+            raise StreamFailed(str(t.failure), t.failure.code, "tls")
         if t.send_broken:
             failure = t.send_failure(during_handshake=False)
-            raise StreamFailed(str(failure), failure.code)
+            raise StreamFailed(str(failure), failure.code, "tls")
         if t.output_closed or t.engine.close_notify_sent:
             raise StreamClosed()
 
@@ -249,7 +249,7 @@ class TlsOutputStream(OutputStream):
             self.transport.engine.write(data)
         except TlsFailure as e:
             failure = self.transport.fail(e)
-            raise StreamFailed(str(failure), failure.code) from None
+            raise StreamFailed(str(failure), failure.code, "tls") from None
         self.transport.pump()
 
     def _flush(self) -> None:

@@ -197,7 +197,7 @@ class FileInputStream(InputStream):
         try:
             data = os.pread(self.fd, min(n, _MAX_CHUNK), self.position)
         except (OSError, OverflowError) as e:
-            raise StreamFailed(f"read failed: {e}", error_code(e)) from e
+            raise StreamFailed(f"read failed: {e}", error_code(e), "filesystem") from e
         if not data:
             raise StreamClosed()
         self.position += len(data)
@@ -242,7 +242,7 @@ class FileOutputStream(OutputStream):
                 self.position += n
                 view = view[n:]
         except (OSError, OverflowError) as e:
-            raise StreamFailed(f"write failed: {e}", error_code(e)) from e
+            raise StreamFailed(f"write failed: {e}", error_code(e), "filesystem") from e
 
     def subscribe(self) -> Pollable:
         return ReadyPollable()
@@ -632,7 +632,7 @@ def read_directory_entry(cx: StoreState, stream: DirectoryEntryStream) -> dict[s
 
 @types_iface.func("filesystem-error-code")
 def filesystem_error_code(cx: StoreState, err: IoError) -> str | None:
-    return err.code
+    return err.code if err.domain == "filesystem" else None
 
 
 # --- preopens ---------------------------------------------------------------------------

@@ -197,10 +197,13 @@ def wait_for(cx: StoreState | None, pollable: Pollable) -> None:
 class IoError(HostResource):
     """``wasi:io/error#error``: a message for people; never parsed by programs."""
 
-    def __init__(self, message: str, code: str | None = None) -> None:
+    def __init__(self, message: str, code: str | None = None, domain: str | None = None) -> None:
         self.message = message
-        # A WIT error-code a domain-specific interface can report (e.g. filesystem, sockets).
+        # A WIT error-code that the interface family named by ``domain`` ("filesystem",
+        # "sockets", "tls") reports through its own error-code function; other families'
+        # functions answer none for it, since the enums differ.
         self.code = code
+        self.domain = domain
 
     def __repr__(self) -> str:
         return f"IoError({self.message!r})"
@@ -212,8 +215,8 @@ class StreamClosed(WitError):
 
 
 class StreamFailed(WitError):
-    def __init__(self, message: str, code: str | None = None) -> None:
-        self.error = IoError(message, code)
+    def __init__(self, message: str, code: str | None = None, domain: str | None = None) -> None:
+        self.error = IoError(message, code, domain)
         super().__init__(Variant("last-operation-failed", self.error))
 
     def __str__(self) -> str:

@@ -169,7 +169,7 @@ class SocketInput(InputStream):
             return b""
         except OSError as e:
             self._ended = True
-            raise StreamFailed(f"receive failed: {e.strerror or e}", error_code(e)) from None
+            raise StreamFailed(f"receive failed: {e.strerror or e}", error_code(e), "sockets") from None
         if not data:
             self._ended = True
             raise StreamClosed()
@@ -228,7 +228,7 @@ class SocketOutput(OutputStream):
                 pass  # the peer is gone already: nothing left to tell it
 
     def _fail(self, message: str, code: str) -> None:
-        self._error = StreamFailed(message, code)
+        self._error = StreamFailed(message, code, "sockets")
         self._buffer.clear()
         self._fin_pending = False
 

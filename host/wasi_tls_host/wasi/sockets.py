@@ -325,7 +325,7 @@ network_iface.resource("network", Network)
 
 @network_iface.func("network-error-code")
 def network_error_code(cx: StoreState, err: IoError) -> str | None:
-    return err.code if isinstance(err, IoError) and err.code in _ERROR_CODES else None
+    return err.code if err.domain == "sockets" and err.code in _ERROR_CODES else None
 
 
 _ERROR_CODES = frozenset(
