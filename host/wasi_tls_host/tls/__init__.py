@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from ..runtime.binding import Interface
-from . import client, connection, identities, server, tls_client
+from . import client, connection, identities, server, wasi_tls
 from .config import TlsConfig
 from .identities import PrivateIdentity
 
 
 def interfaces() -> list[Interface]:
-    return [*client.INTERFACES, *connection.INTERFACES, *identities.INTERFACES, *server.INTERFACES, *tls_client.INTERFACES]
+    return [*wasi_tls.INTERFACES, *connection.INTERFACES, *identities.INTERFACES, *server.INTERFACES, *client.INTERFACES]
 
 
 __all__ = ["PrivateIdentity", "TlsConfig", "interfaces"]

@@ -1,157 +1,169 @@
-"""``wasi:tls/types@0.2.0-draft``: the upstream client interface, as Wasmtime's ``-S tls``
-implements it, so components built for Wasmtime run here unchanged.
+"""``wasi-tls-host:tls/client``: a TLS client with the same state-machine shape as the server
+side, adding what the upstream draft lacks: ALPN, version bounds, a client identity (mutual
+TLS), the server's chain and the host's verdict on it.
 
-    client-handshake(server-name, input, output) --finish--> future-client-streams
-    future-client-streams --get (once ready)--> (client-connection, input-stream, output-stream)
+    outgoing-client-hello(server-name) --connect(input, output)--> incoming-server-hello
+    incoming-server-hello.finish() --> (connection, input-stream, output-stream)
 
-The handshake runs on the host (OpenSSL, memory BIOs) over the guest's own streams, which the
-constructor takes ownership of; verification uses the embedder's ``TlsConfig``.
+Verification is the host's: a chain that does not verify ends the handshake (the guest can
+still read the chain and the reason); the guest cannot turn verification off.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any
+
+from OpenSSL import SSL
 
 from ..runtime.binding import Interface
 from ..runtime.resources import HostResource
 from ..runtime.store import StoreState
-from ..runtime.values import Err, Ok, Trap
-from ..wasi.io import CallbackPollable, InputStream, IoError, OutputStream, Pollable, Waits
-from .config import DEFAULT_TLS, TlsConfig
+from ..wasi.io import CallbackPollable, InputStream, OutputStream, Pollable
+from .ciphers import suite_number
+from .config import TlsConfig
+from .connection import Connection, failure_error, peer_identity, require_established, tls_error
 from .engine import TlsEngine, TlsFailure
-from .transport import TlsInputStream, TlsOutputStream, TlsTransport, TransportUser
-
-log = logging.getLogger("wasi_tls_host.tls")
-
-types_iface = Interface("wasi:tls/types@0.2.0-draft")
+from .identities import PrivateIdentity, PrivateIdentityHandle, PublicIdentity, tls_config
+from .transport import PendingHandshake, TlsInputStream, TlsOutputStream, TlsTransport
 
 
-class ClientHandshake(HostResource):
-    def __init__(self, server_name: str, input: InputStream, output: OutputStream) -> None:
+client_iface = Interface("wasi-tls-host:tls/client@0.1.0")
+
+_VERSIONS = {0x0303: SSL.TLS1_2_VERSION, 0x0304: SSL.TLS1_3_VERSION}
+
+
+def _check_version(value: int) -> None:
+    if value not in _VERSIONS:
+        raise tls_error("invalid-argument", f"protocol version 0x{value:04x} is not supported (0x0303 = TLS 1.2, 0x0304 = TLS 1.3)")
+
+
+class OutgoingClientHello(HostResource):
+    def __init__(self, server_name: str) -> None:
         self.server_name = server_name
-        self.input: InputStream | None = input
-        self.output: OutputStream | None = output
-
-    def take_streams(self) -> tuple[InputStream, OutputStream]:
-        assert self.input is not None and self.output is not None
-        streams = (self.input, self.output)
-        self.input = self.output = None
-        return streams
-
-    def drop(self) -> None:
-        # Dropped without finish: the streams it took over are closed with it.
-        if self.input is not None and self.output is not None:
-            self.input.drop()
-            self.output.drop()
-            self.input = self.output = None
+        self.alpn_ids: list[bytes] = []
+        self.min_version: int | None = None
+        self.max_version: int | None = None
+        self.identity: PrivateIdentity | None = None
 
 
-class ClientConnection(TransportUser):
-    def close_output(self) -> None:
-        t = self.transport
-        t.engine.close_notify()
-        t.output_closed = True
-        t.pump()
+def client_context(config: TlsConfig, hello: OutgoingClientHello) -> SSL.Context:
+    """A context with this hello's version bounds; the guest can narrow the embedder's
+    bounds, never widen them."""
+    floor, ceiling = config.version_bounds()
+    low = max(floor, _VERSIONS[hello.min_version]) if hello.min_version else floor
+    high = min(ceiling, _VERSIONS[hello.max_version]) if hello.max_version else ceiling
+    if low > high:
+        raise tls_error("protocol-version", "the requested TLS versions are outside what the embedder allows")
+    return config.client_context((low, high))
 
 
-class FutureClientStreams(TransportUser):
-    """The handshake in progress; ``get`` yields its outcome exactly once."""
+class IncomingServerHello(PendingHandshake):
+    """The handshake as seen by the client, until ``finish`` hands out the streams."""
 
     def __init__(self, transport: TlsTransport, config: TlsConfig) -> None:
-        super().__init__(transport)
-        self.config = config
-        self.outcome: TlsFailure | bool | None = None  # True = established
-        self.taken = False
-
-    def poll_handshake(self) -> bool:
-        """Advance the handshake without blocking; True once it has an outcome."""
-        if self.outcome is not None:
-            return True
-        t = self.transport
-        try:
-            t.pump()
-            while not t.engine.advance_handshake():
-                if t.failure is not None:
-                    raise t.failure
-                if not t.pump():
-                    if t.send_broken:
-                        # Nothing more to read now and nothing can be sent: no way forward.
-                        raise t.send_failure(during_handshake=True)
-                    return False
-            t.pump()  # send the client's final flight now, not at the first write
-            self.outcome = True
-            self._report()
-        except TlsFailure as failure:
-            t.pump()  # deliver our alert to the peer, if any
-            self.outcome = t.fail(failure) if t.failure is None else t.failure
-            log.info("TLS handshake with %s failed: %s", t.engine.server_name, self.outcome)
-        return True
-
-    def _report(self) -> None:
-        hook = self.config.on_handshake
-        if hook is not None:
-            try:
-                hook(self.transport.engine.info())
-            except Exception:
-                log.exception("on_handshake hook failed")
-
-    def waits(self, waits: Waits) -> None:
-        self.transport.add_waits(waits, want_input=True)
+        super().__init__(transport, config.on_handshake)
+        self.finished = False
 
 
-types_iface.resource("client-handshake", ClientHandshake)
-types_iface.resource("client-connection", ClientConnection)
-types_iface.resource("future-client-streams", FutureClientStreams)
+client_iface.resource("outgoing-client-hello", OutgoingClientHello)
+client_iface.resource("incoming-server-hello", IncomingServerHello)
 
 
-def _tls_config(cx: StoreState) -> TlsConfig:
-    config = getattr(cx.wasi, "tls", None)
-    return config if isinstance(config, TlsConfig) else DEFAULT_TLS
+@client_iface.func("[constructor]outgoing-client-hello")
+def outgoing_client_hello_new(cx: StoreState, server_name: str) -> OutgoingClientHello:
+    return OutgoingClientHello(server_name)
 
 
-@types_iface.func("[constructor]client-handshake")
-def client_handshake_new(cx: StoreState, server_name: str, input: InputStream, output: OutputStream) -> ClientHandshake:
-    return ClientHandshake(server_name, input, output)
+@client_iface.func("[method]outgoing-client-hello.set-alpn-ids")
+def outgoing_client_hello_set_alpn_ids(cx: StoreState, this: OutgoingClientHello, ids: list[bytes]) -> None:
+    if any(not 0 < len(i) < 256 for i in ids):
+        raise tls_error("invalid-argument", "each ALPN id is 1 to 255 bytes")
+    this.alpn_ids = [bytes(i) for i in ids]
 
 
-@types_iface.func("[static]client-handshake.finish")
-def client_handshake_finish(cx: StoreState, this: ClientHandshake) -> FutureClientStreams:
-    cin, cout = this.take_streams()
-    config = _tls_config(cx)
+@client_iface.func("[method]outgoing-client-hello.set-protocol-versions")
+def outgoing_client_hello_set_protocol_versions(cx: StoreState, this: OutgoingClientHello, min: int, max: int) -> None:
+    _check_version(min)
+    _check_version(max)
+    if min > max:
+        raise tls_error("invalid-argument", f"minimum version 0x{min:04x} is above the maximum 0x{max:04x}")
+    this.min_version, this.max_version = min, max
+
+
+@client_iface.func("[method]outgoing-client-hello.set-client-identity")
+def outgoing_client_hello_set_client_identity(cx: StoreState, this: OutgoingClientHello, identity: PrivateIdentityHandle) -> None:
+    this.identity = identity.identity
+
+
+@client_iface.func("[static]outgoing-client-hello.connect")
+def outgoing_client_hello_connect(cx: StoreState, this: OutgoingClientHello, input: InputStream, output: OutputStream) -> IncomingServerHello:
+    config = tls_config(cx)
     try:
-        engine = TlsEngine(config.client_context(), server_side=False, server_name=this.server_name)
+        engine = TlsEngine(client_context(config, this), server_side=False, server_name=this.server_name)
+        if this.alpn_ids:
+            engine.conn.set_alpn_protos(this.alpn_ids)
+        if this.identity is not None:
+            engine.conn.use_certificate(this.identity.chain[0])
+            engine.conn.use_privatekey(this.identity.key)
+            # Intermediates go in the context's extra chain in OpenSSL; for client
+            # identities a leaf issued directly by the server's client CA is the usual case.
     except TlsFailure as e:
-        cin.drop()
-        cout.drop()
-        raise Trap(str(e)) from None
-    future = FutureClientStreams(TlsTransport(engine, cin, cout), config)
-    future.poll_handshake()  # sends the ClientHello right away
-    return future
+        input.drop()
+        output.drop()
+        raise failure_error(e) from None
+    hello = IncomingServerHello(TlsTransport(engine, input, output), config)
+    hello.poll()
+    return hello
 
 
-@types_iface.func("[method]client-connection.close-output")
-def client_connection_close_output(cx: StoreState, this: ClientConnection) -> None:
-    this.close_output()
+@client_iface.func("[method]incoming-server-hello.subscribe")
+def incoming_server_hello_subscribe(cx: StoreState, this: IncomingServerHello) -> Pollable:
+    return CallbackPollable(this.poll, this.waits)
 
 
-@types_iface.func("[method]future-client-streams.subscribe")
-def future_client_streams_subscribe(cx: StoreState, this: FutureClientStreams) -> Pollable:
-    return CallbackPollable(this.poll_handshake, this.waits)
+@client_iface.func("[method]incoming-server-hello.protocol-version")
+def incoming_server_hello_protocol_version(cx: StoreState, this: IncomingServerHello) -> int:
+    require_established(this)
+    return this.transport.engine.protocol_version()
 
 
-@types_iface.func("[method]future-client-streams.get")
-def future_client_streams_get(cx: StoreState, this: FutureClientStreams) -> Any:
-    if this.taken:
-        return Err(None)
-    if not this.poll_handshake():
-        return None
-    this.taken = True
-    outcome = this.outcome
-    if isinstance(outcome, TlsFailure):
-        return Ok(Err(IoError(outcome.message, outcome.code, "tls")))
+@client_iface.func("[method]incoming-server-hello.cipher-suite")
+def incoming_server_hello_cipher_suite(cx: StoreState, this: IncomingServerHello) -> int:
+    require_established(this)
+    return suite_number(this.transport.engine.cipher_name())
+
+
+@client_iface.func("[method]incoming-server-hello.alpn-id")
+def incoming_server_hello_alpn_id(cx: StoreState, this: IncomingServerHello) -> bytes | None:
+    require_established(this)
+    return this.transport.engine.alpn()
+
+
+@client_iface.func("[method]incoming-server-hello.server-chain")
+def incoming_server_hello_server_chain(cx: StoreState, this: IncomingServerHello) -> list[PublicIdentity]:
+    if not this.poll():
+        raise tls_error("would-block", "the handshake has not finished yet: wait on subscribe()")
+    identity = peer_identity(this.transport)
+    if identity is None:
+        if isinstance(this.outcome, TlsFailure):
+            raise failure_error(this.outcome)
+        return []
+    return [PublicIdentity([cert]) for cert in identity.chain]
+
+
+@client_iface.func("[method]incoming-server-hello.verification")
+def incoming_server_hello_verification(cx: StoreState, this: IncomingServerHello) -> None:
+    require_established(this)
+
+
+@client_iface.func("[static]incoming-server-hello.finish")
+def incoming_server_hello_finish(cx: StoreState, this: IncomingServerHello) -> Any:
+    if this.finished:
+        raise tls_error("invalid-state", "finish was already called")
+    require_established(this)
+    this.finished = True
     t = this.transport
-    return Ok(Ok((ClientConnection(t), TlsInputStream(t), TlsOutputStream(t))))
+    return (Connection(t), TlsInputStream(t), TlsOutputStream(t))
 
 
-INTERFACES = (types_iface,)
+INTERFACES = (client_iface,)

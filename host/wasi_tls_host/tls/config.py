@@ -58,7 +58,7 @@ class TlsConfig:
     # CAs that client certificates must chain to (mutual TLS on guest servers).
     identities: list[Any] = field(default_factory=list)
     client_ca: list[TrustAnchor] = field(default_factory=list)
-    _client_context: SSL.Context | None = field(default=None, init=False, repr=False, compare=False)
+    _client_contexts: dict[tuple[int, int], SSL.Context] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for version in (self.min_version, self.max_version):
@@ -72,13 +72,19 @@ class TlsConfig:
     def client_anchors(self) -> list[x509.Certificate]:
         return [cert for anchor in self.client_ca for cert in load_certificates(anchor)]
 
-    def client_context(self) -> SSL.Context:
-        """One OpenSSL context for every client connection of this config (built once)."""
-        if self._client_context is None:
+    def version_bounds(self) -> tuple[int, int]:
+        """OpenSSL (min, max) protocol versions the embedder allows."""
+        return _VERSIONS[self.min_version], _VERSIONS[self.max_version or "1.3"]
+
+    def client_context(self, versions: tuple[int, int] | None = None) -> SSL.Context:
+        """The OpenSSL context for client connections with these version bounds (default:
+        the config's own), built once per bounds."""
+        versions = versions or self.version_bounds()
+        ctx = self._client_contexts.get(versions)
+        if ctx is None:
             ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
-            ctx.set_min_proto_version(_VERSIONS[self.min_version])
-            if self.max_version:
-                ctx.set_max_proto_version(_VERSIONS[self.max_version])
+            ctx.set_min_proto_version(versions[0])
+            ctx.set_max_proto_version(versions[1])
             ctx.set_verify(SSL.VERIFY_PEER)
             if self.use_system_roots:
                 ctx.set_default_verify_paths()
@@ -86,8 +92,8 @@ class TlsConfig:
             assert store is not None
             for cert in self.anchors:
                 store.add_cert(crypto.X509.from_cryptography(cert))
-            self._client_context = ctx
-        return self._client_context
+            self._client_contexts[versions] = ctx
+        return ctx
 
 
 DEFAULT_TLS = TlsConfig()

@@ -10,7 +10,7 @@ from ..wasi.io import IoError
 from .ciphers import suite_number
 from .engine import TlsFailure
 from .identities import PublicIdentity
-from .transport import TlsTransport, TransportUser
+from .transport import PendingHandshake, TlsTransport, TransportUser
 
 types_iface = Interface("wasi-tls-host:tls/types@0.1.0")
 connection_iface = Interface("wasi-tls-host:tls/connection@0.1.0")
@@ -29,6 +29,15 @@ def tls_error(code: str, message: str) -> WitError:
 
 def failure_error(failure: TlsFailure) -> WitError:
     return tls_error(failure.code, failure.message)
+
+
+def require_established(handshake: PendingHandshake) -> None:
+    """Raise the guest-facing error unless the handshake completed."""
+    handshake.poll()
+    if isinstance(handshake.outcome, TlsFailure):
+        raise failure_error(handshake.outcome)
+    if handshake.outcome is None:
+        raise tls_error("would-block", "the handshake has not finished yet: wait on subscribe()")
 
 
 @types_iface.func("error-code-of")

@@ -28,10 +28,10 @@ from ..wasi.io import InputStream, OutputStream, Pollable, StreamClosed, StreamF
 from .ciphers import split_suites
 from .client_hello import ALERT_FATAL, ClientHello, ClientHelloError, ClientHelloReader, alert_record
 from .config import TlsConfig
-from .connection import Connection, failure_error, peer_identity, tls_error
+from .connection import Connection, failure_error, peer_identity, require_established, tls_error
 from .engine import BAD_CERTIFICATE, TlsEngine, TlsFailure
 from .identities import PrivateIdentity, PrivateIdentityHandle, PublicIdentity, tls_config
-from .transport import TlsInputStream, TlsOutputStream, TlsTransport, TransportUser
+from .transport import PendingHandshake, TlsInputStream, TlsOutputStream, TlsTransport
 
 log = logging.getLogger("wasi_tls_host.tls")
 
@@ -84,10 +84,10 @@ def server_context(config: TlsConfig, hello: OutgoingServerHello) -> SSL.Context
     ctx.set_min_proto_version(_version(hello.min_version))
     ctx.set_max_proto_version(_version(hello.max_version))
     identity = hello.identity
-    ctx.use_certificate(crypto.X509.from_cryptography(identity.chain[0]))
+    ctx.use_certificate(identity.chain[0])
     for extra in identity.chain[1:]:
-        ctx.add_extra_chain_cert(crypto.X509.from_cryptography(extra))
-    ctx.use_privatekey(crypto.PKey.from_cryptography_key(identity.key))
+        ctx.add_extra_chain_cert(extra)
+    ctx.use_privatekey(identity.key)
     ctx.check_privatekey()
     if hello.suites is not None:
         tls13, tls12 = split_suites(hello.suites)
@@ -111,7 +111,8 @@ def server_context(config: TlsConfig, hello: OutgoingServerHello) -> SSL.Context
         assert store is not None
         for anchor in anchors:
             store.add_cert(crypto.X509.from_cryptography(anchor))
-        ctx.set_client_ca_list([crypto.X509.from_cryptography(a).get_subject() for a in anchors])
+        # No set_client_ca_list: its X509Name API is deprecated in pyOpenSSL, and the CA names
+        # in a CertificateRequest are only a hint to the client.
     ctx.set_alpn_select_callback(_select_alpn)
     cache[key] = ctx
     return ctx
@@ -196,48 +197,15 @@ def _server_failure(failure: TlsFailure) -> TlsFailure:
     return failure
 
 
-class IncomingClientExchange(TransportUser):
+class IncomingClientExchange(PendingHandshake):
     """The rest of the handshake, run by OpenSSL over the replayed hello."""
 
     def __init__(self, transport: TlsTransport, config: TlsConfig) -> None:
-        super().__init__(transport)
-        self.config = config
-        self.outcome: TlsFailure | bool | None = None
+        super().__init__(transport, config.on_handshake)
         self.finished = False
 
-    def poll(self) -> bool:
-        if self.outcome is not None:
-            return True
-        t = self.transport
-        try:
-            t.pump()
-            while not t.engine.advance_handshake():
-                if t.failure is not None:
-                    raise t.failure
-                if not t.pump():
-                    return False
-            t.pump()
-            self.outcome = True
-            if self.config.on_handshake is not None:
-                try:
-                    self.config.on_handshake(t.engine.info())
-                except Exception:
-                    log.exception("on_handshake hook failed")
-        except TlsFailure as failure:
-            t.pump()  # our alert
-            self.outcome = t.failure or t.fail(_server_failure(failure))
-            log.info("TLS server handshake failed: %s", self.outcome)
-        return True
-
-    def waits(self, waits: Waits) -> None:
-        self.transport.add_waits(waits, want_input=True)
-
-    def require(self) -> None:
-        self.poll()
-        if isinstance(self.outcome, TlsFailure):
-            raise failure_error(self.outcome)
-        if self.outcome is None:
-            raise tls_error("would-block", "the handshake has not finished yet: wait on subscribe()")
+    def explain(self, failure: TlsFailure) -> TlsFailure:
+        return _server_failure(failure)
 
 
 server_iface.resource("incoming-client-hello", IncomingClientHello)
@@ -355,7 +323,7 @@ def incoming_client_exchange_subscribe(cx: StoreState, this: IncomingClientExcha
 
 @server_iface.func("[method]incoming-client-exchange.client-identity")
 def incoming_client_exchange_client_identity(cx: StoreState, this: IncomingClientExchange) -> PublicIdentity | None:
-    this.require()
+    require_established(this)
     return peer_identity(this.transport)
 
 
@@ -363,7 +331,7 @@ def incoming_client_exchange_client_identity(cx: StoreState, this: IncomingClien
 def incoming_client_exchange_finish(cx: StoreState, this: IncomingClientExchange) -> Any:
     if this.finished:
         raise tls_error("invalid-state", "finish was already called")
-    this.require()
+    require_established(this)
     this.finished = True
     t = this.transport
     return (Connection(t), TlsInputStream(t), TlsOutputStream(t))

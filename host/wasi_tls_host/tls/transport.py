@@ -9,6 +9,9 @@ pollables, so a TLS stream sleeps in the kernel exactly like the socket beneath 
 
 from __future__ import annotations
 
+import logging
+from typing import Any, Callable
+
 from ..runtime.resources import HostResource
 from ..wasi.io import (
     CallbackPollable,
@@ -290,3 +293,57 @@ class TransportUser(HostResource):
         if not self._released:
             self._released = True
             self.transport.release()
+
+
+log = logging.getLogger("wasi_tls_host.tls")
+
+
+class PendingHandshake(TransportUser):
+    """A handshake in progress (either side): ``poll`` advances it without blocking.
+
+    ``outcome`` is None while it runs, True once established, or the TlsFailure that ended
+    it. ``on_handshake`` (the embedder's hook) sees every established handshake.
+    """
+
+    def __init__(self, transport: TlsTransport, on_handshake: Callable[[Any], None] | None = None) -> None:
+        super().__init__(transport)
+        self.on_handshake = on_handshake
+        self.outcome: TlsFailure | bool | None = None
+
+    def explain(self, failure: TlsFailure) -> TlsFailure:
+        """Hook for a side to reword a failure (e.g. a server's missing client certificate)."""
+        return failure
+
+    def poll(self) -> bool:
+        """True once the handshake has an outcome."""
+        if self.outcome is not None:
+            return True
+        t = self.transport
+        try:
+            t.pump()
+            while not t.engine.advance_handshake():
+                if t.failure is not None:
+                    raise t.failure
+                if not t.pump():
+                    if t.send_broken:
+                        # Nothing more to read now and nothing can be sent: no way forward.
+                        raise t.send_failure(during_handshake=True)
+                    return False
+            t.pump()  # send our final flight now, not at the first write
+            self.outcome = True
+            self._report()
+        except TlsFailure as failure:
+            t.pump()  # deliver our alert to the peer, if any
+            self.outcome = t.failure or t.fail(self.explain(failure))
+            log.info("TLS handshake (%s) failed: %s", "server" if t.engine.server_side else t.engine.server_name, self.outcome)
+        return True
+
+    def _report(self) -> None:
+        if self.on_handshake is not None:
+            try:
+                self.on_handshake(self.transport.engine.info())
+            except Exception:
+                log.exception("on_handshake hook failed")
+
+    def waits(self, waits: Waits) -> None:
+        self.transport.add_waits(waits, want_input=True)

@@ -1,0 +1,117 @@
+"""``wasi:tls/types@0.2.0-draft``: the upstream client interface, as Wasmtime's ``-S tls``
+implements it, so components built for Wasmtime run here unchanged.
+
+    client-handshake(server-name, input, output) --finish--> future-client-streams
+    future-client-streams --get (once ready)--> (client-connection, input-stream, output-stream)
+
+The handshake runs on the host (OpenSSL, memory BIOs) over the guest's own streams, which the
+constructor takes ownership of; verification uses the embedder's ``TlsConfig``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..runtime.binding import Interface
+from ..runtime.resources import HostResource
+from ..runtime.store import StoreState
+from ..runtime.values import Err, Ok, Trap
+from ..wasi.io import CallbackPollable, InputStream, IoError, OutputStream, Pollable
+from .config import DEFAULT_TLS, TlsConfig
+from .engine import TlsEngine, TlsFailure
+from .transport import PendingHandshake, TlsInputStream, TlsOutputStream, TlsTransport, TransportUser
+
+types_iface = Interface("wasi:tls/types@0.2.0-draft")
+
+
+class ClientHandshake(HostResource):
+    def __init__(self, server_name: str, input: InputStream, output: OutputStream) -> None:
+        self.server_name = server_name
+        self.input: InputStream | None = input
+        self.output: OutputStream | None = output
+
+    def take_streams(self) -> tuple[InputStream, OutputStream]:
+        assert self.input is not None and self.output is not None
+        streams = (self.input, self.output)
+        self.input = self.output = None
+        return streams
+
+    def drop(self) -> None:
+        # Dropped without finish: the streams it took over are closed with it.
+        if self.input is not None and self.output is not None:
+            self.input.drop()
+            self.output.drop()
+            self.input = self.output = None
+
+
+class ClientConnection(TransportUser):
+    def close_output(self) -> None:
+        t = self.transport
+        t.engine.close_notify()
+        t.output_closed = True
+        t.pump()
+
+
+class FutureClientStreams(PendingHandshake):
+    """The handshake in progress; ``get`` yields its outcome exactly once."""
+
+    def __init__(self, transport: TlsTransport, config: TlsConfig) -> None:
+        super().__init__(transport, config.on_handshake)
+        self.taken = False
+
+
+types_iface.resource("client-handshake", ClientHandshake)
+types_iface.resource("client-connection", ClientConnection)
+types_iface.resource("future-client-streams", FutureClientStreams)
+
+
+def _tls_config(cx: StoreState) -> TlsConfig:
+    config = getattr(cx.wasi, "tls", None)
+    return config if isinstance(config, TlsConfig) else DEFAULT_TLS
+
+
+@types_iface.func("[constructor]client-handshake")
+def client_handshake_new(cx: StoreState, server_name: str, input: InputStream, output: OutputStream) -> ClientHandshake:
+    return ClientHandshake(server_name, input, output)
+
+
+@types_iface.func("[static]client-handshake.finish")
+def client_handshake_finish(cx: StoreState, this: ClientHandshake) -> FutureClientStreams:
+    cin, cout = this.take_streams()
+    config = _tls_config(cx)
+    try:
+        engine = TlsEngine(config.client_context(), server_side=False, server_name=this.server_name)
+    except TlsFailure as e:
+        cin.drop()
+        cout.drop()
+        raise Trap(str(e)) from None
+    future = FutureClientStreams(TlsTransport(engine, cin, cout), config)
+    future.poll()  # sends the ClientHello right away
+    return future
+
+
+@types_iface.func("[method]client-connection.close-output")
+def client_connection_close_output(cx: StoreState, this: ClientConnection) -> None:
+    this.close_output()
+
+
+@types_iface.func("[method]future-client-streams.subscribe")
+def future_client_streams_subscribe(cx: StoreState, this: FutureClientStreams) -> Pollable:
+    return CallbackPollable(this.poll, this.waits)
+
+
+@types_iface.func("[method]future-client-streams.get")
+def future_client_streams_get(cx: StoreState, this: FutureClientStreams) -> Any:
+    if this.taken:
+        return Err(None)
+    if not this.poll():
+        return None
+    this.taken = True
+    outcome = this.outcome
+    if isinstance(outcome, TlsFailure):
+        return Ok(Err(IoError(outcome.message, outcome.code, "tls")))
+    t = this.transport
+    return Ok(Ok((ClientConnection(t), TlsInputStream(t), TlsOutputStream(t))))
+
+
+INTERFACES = (types_iface,)
