@@ -10,6 +10,10 @@ Each converter is a closure: ``lift(cx, val) -> object`` reads a
 ``wasmtime_component_val_t`` that wasmtime owns (we never free argument contents: the C API
 drops them after the call), and ``lower(cx, obj, dst)`` fills a value that wasmtime takes
 ownership of. ``cx`` is the per-store ``StoreState`` (resource table and context pointer).
+
+Every ``lower`` writes ``dst.kind`` last, after everything that can fail: wasmtime frees the
+destination by its kind even when the call fails, so a kind written over a half-built
+payload would make it free garbage.
 """
 
 from __future__ import annotations
@@ -192,8 +196,9 @@ def converters(ty: wt.ValType, kinds: list[ResourceKind]) -> tuple[Lift, Lower]:
         def lower_string(cx: StoreState, x: Any, dst: Any) -> None:
             if not isinstance(x, str):
                 raise ConversionError(f"expected a string, got {type(x).__name__}")
+            name = new_name(x.encode("utf-8", "surrogateescape"))
             dst.kind = KIND_STRING
-            dst.of.string = new_name(x.encode("utf-8", "surrogateescape"))
+            dst.of.string = name
 
         return lift_string, lower_string
     if isinstance(ty, wt.ListType):
@@ -306,6 +311,7 @@ def _record_converters(ty: wt.RecordType, kinds: list[ResourceKind]) -> tuple[Li
 
 def _boxed(cx: StoreState, lower: Lower, x: Any) -> Any:
     tmp = ffi.wasmtime_component_val_t()
+    tmp.kind = KIND_BOOL  # a valid value even if lowering fails half way
     lower(cx, x, tmp)
     return ffi.wasmtime_component_val_new(ctypes.byref(tmp))
 
@@ -323,8 +329,8 @@ def _option_converters(ty: wt.OptionType, kinds: list[ResourceKind]) -> tuple[Li
         return Some(value) if wrapped else value
 
     def lower_option(cx: StoreState, x: Any, dst: Any) -> None:
-        dst.kind = KIND_OPTION
         if x is None:
+            dst.kind = KIND_OPTION
             dst.of.option = None
             return
         if wrapped:
@@ -333,7 +339,9 @@ def _option_converters(ty: wt.OptionType, kinds: list[ResourceKind]) -> tuple[Li
             x = x.value
         elif isinstance(x, Some):
             x = x.value
-        dst.of.option = _boxed(cx, p_lower, x)
+        boxed = _boxed(cx, p_lower, x)
+        dst.kind = KIND_OPTION
+        dst.of.option = boxed
 
     return lift_option, lower_option
 
@@ -354,9 +362,10 @@ def _result_converters(ty: wt.ResultType, kinds: list[ResourceKind]) -> tuple[Li
             is_ok, conv, payload = False, err_c, x.value
         else:
             is_ok, conv, payload = True, ok_c, (x.value if isinstance(x, Ok) else x)
+        boxed = _boxed(cx, conv[1], payload) if conv is not None else None
         dst.kind = KIND_RESULT
         dst.of.result.is_ok = is_ok
-        dst.of.result.val = _boxed(cx, conv[1], payload) if conv is not None else None
+        dst.of.result.val = boxed
 
     return lift_result, lower_result
 
@@ -374,9 +383,10 @@ def _variant_converters(ty: wt.VariantType, kinds: list[ResourceKind]) -> tuple[
         if not isinstance(x, Variant) or x.tag not in cases:
             raise ConversionError(f"expected Variant with a tag in {sorted(cases)}, got {x!r}")
         conv = cases[x.tag]
+        boxed = _boxed(cx, conv[1], x.payload) if conv is not None else None
         dst.kind = KIND_VARIANT
         dst.of.variant.discriminant = new_name(x.tag)
-        dst.of.variant.val = _boxed(cx, conv[1], x.payload) if conv is not None else None
+        dst.of.variant.val = boxed
 
     return lift_variant, lower_variant
 

@@ -115,6 +115,11 @@ def _error_ptr(message: str) -> int:
 @ffi.wasmtime_component_func_callback_t  # type: ignore[misc]
 def _call_host(idx: int, context: Any, ty_raw: Any, args: Any, nargs: int, results: Any, nresults: int) -> int:
     fn = _FUNCS[idx or 0]
+    if nresults:
+        # wasmtime drops the result slot even when we fail: keep it a valid value until the
+        # lowering has completed.
+        results[0].kind = abi.KIND_BOOL
+        results[0].of.boolean = False
     try:
         cx = state_for_context(context)
         cx.context = context
