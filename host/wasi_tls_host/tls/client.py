@@ -21,10 +21,10 @@ from ..runtime.store import StoreState
 from ..wasi.io import CallbackPollable, InputStream, OutputStream, Pollable
 from .ciphers import suite_number
 from .config import TlsConfig
-from .connection import Connection, failure_error, peer_identity, require_established, tls_error
+from .connection import failure_error, finish_established, peer_identity, require_established, tls_error
 from .engine import TlsEngine, TlsFailure
 from .identities import PrivateIdentity, PrivateIdentityHandle, PublicIdentity, tls_config
-from .transport import PendingHandshake, TlsInputStream, TlsOutputStream, TlsTransport
+from .transport import PendingHandshake, TlsTransport
 
 
 client_iface = Interface("wasi-tls-host:tls/client@0.1.0")
@@ -62,7 +62,6 @@ class IncomingServerHello(PendingHandshake):
 
     def __init__(self, transport: TlsTransport, config: TlsConfig) -> None:
         super().__init__(transport, config.on_handshake)
-        self.finished = False
 
 
 client_iface.resource("outgoing-client-hello", OutgoingClientHello)
@@ -158,12 +157,7 @@ def incoming_server_hello_verification(cx: StoreState, this: IncomingServerHello
 
 @client_iface.func("[static]incoming-server-hello.finish")
 def incoming_server_hello_finish(cx: StoreState, this: IncomingServerHello) -> Any:
-    if this.finished:
-        raise tls_error("invalid-state", "finish was already called")
-    require_established(this)
-    this.finished = True
-    t = this.transport
-    return (Connection(t), TlsInputStream(t), TlsOutputStream(t))
+    return finish_established(this)
 
 
 INTERFACES = (client_iface,)

@@ -10,7 +10,7 @@ from ..wasi.io import IoError
 from .ciphers import suite_number
 from .engine import TlsFailure
 from .identities import PublicIdentity
-from .transport import PendingHandshake, TlsTransport, TransportUser
+from .transport import PendingHandshake, TlsInputStream, TlsOutputStream, TlsTransport, TransportUser
 
 types_iface = Interface("wasi-tls-host:tls/types@0.1.0")
 connection_iface = Interface("wasi-tls-host:tls/connection@0.1.0")
@@ -38,6 +38,16 @@ def require_established(handshake: PendingHandshake) -> None:
         raise failure_error(handshake.outcome)
     if handshake.outcome is None:
         raise tls_error("would-block", "the handshake has not finished yet: wait on subscribe()")
+
+
+def finish_established(handshake: PendingHandshake) -> tuple[Connection, TlsInputStream, TlsOutputStream]:
+    """The connection and plaintext streams of a completed handshake, handed out once."""
+    if handshake.finished:
+        raise tls_error("invalid-state", "finish was already called")
+    require_established(handshake)
+    handshake.finished = True
+    t = handshake.transport
+    return Connection(t), TlsInputStream(t), TlsOutputStream(t)
 
 
 @types_iface.func("error-code-of")

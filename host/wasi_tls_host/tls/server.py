@@ -28,10 +28,10 @@ from ..wasi.io import InputStream, OutputStream, Pollable, StreamClosed, StreamF
 from .ciphers import split_suites
 from .client_hello import ALERT_FATAL, ClientHello, ClientHelloError, ClientHelloReader, alert_record
 from .config import TlsConfig
-from .connection import Connection, failure_error, peer_identity, require_established, tls_error
+from .connection import failure_error, finish_established, peer_identity, require_established, tls_error
 from .engine import BAD_CERTIFICATE, TlsEngine, TlsFailure
 from .identities import PrivateIdentity, PrivateIdentityHandle, PublicIdentity, tls_config
-from .transport import PendingHandshake, TlsInputStream, TlsOutputStream, TlsTransport
+from .transport import PendingHandshake, TlsTransport
 
 log = logging.getLogger("wasi_tls_host.tls")
 
@@ -202,7 +202,6 @@ class IncomingClientExchange(PendingHandshake):
 
     def __init__(self, transport: TlsTransport, config: TlsConfig) -> None:
         super().__init__(transport, config.on_handshake)
-        self.finished = False
 
     def explain(self, failure: TlsFailure) -> TlsFailure:
         return _server_failure(failure)
@@ -329,12 +328,7 @@ def incoming_client_exchange_client_identity(cx: StoreState, this: IncomingClien
 
 @server_iface.func("[static]incoming-client-exchange.finish")
 def incoming_client_exchange_finish(cx: StoreState, this: IncomingClientExchange) -> Any:
-    if this.finished:
-        raise tls_error("invalid-state", "finish was already called")
-    require_established(this)
-    this.finished = True
-    t = this.transport
-    return (Connection(t), TlsInputStream(t), TlsOutputStream(t))
+    return finish_established(this)
 
 
 INTERFACES = (server_iface,)

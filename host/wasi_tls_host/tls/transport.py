@@ -157,15 +157,30 @@ class TlsTransport:
         return not self.pending_out
 
 
-class TlsInputStream(InputStream):
+class TransportHold:
+    """Keeps a transport (and so its ciphertext streams) alive until dropped: the plaintext
+    streams, the connection and the handshake resources each hold one."""
+
+    transport: TlsTransport
+
+    def _hold(self, transport: TlsTransport) -> None:
+        self.transport = transport
+        transport.acquire()
+        self._released = False
+
+    def drop(self) -> None:
+        if not self._released:
+            self._released = True
+            self.transport.release()
+
+
+class TlsInputStream(TransportHold, InputStream):
     """Decrypted bytes from the peer."""
 
     def __init__(self, transport: TlsTransport) -> None:
-        self.transport = transport
-        transport.acquire()
+        self._hold(transport)
         self._buffer = b""
         self._closed = False
-        self._released = False
 
     def _fill(self) -> None:
         """Try to get plaintext into the buffer without blocking."""
@@ -209,21 +224,14 @@ class TlsInputStream(InputStream):
     def subscribe(self) -> Pollable:
         return CallbackPollable(self._ready, self._waits)
 
-    def drop(self) -> None:
-        if not self._released:
-            self._released = True
-            self.transport.release()
 
-
-class TlsOutputStream(OutputStream):
+class TlsOutputStream(TransportHold, OutputStream):
     """Plaintext to the peer; encrypted at once, sent as the transport accepts it."""
 
     def __init__(self, transport: TlsTransport) -> None:
         super().__init__()
-        self.transport = transport
-        transport.acquire()
+        self._hold(transport)
         self._flushing = False
-        self._released = False
 
     def _check(self) -> None:
         t = self.transport
@@ -275,24 +283,12 @@ class TlsOutputStream(OutputStream):
     def subscribe(self) -> Pollable:
         return CallbackPollable(self._ready, self._waits)
 
-    def drop(self) -> None:
-        if not self._released:
-            self._released = True
-            self.transport.release()
 
-
-class TransportUser(HostResource):
-    """A resource (connection, future) that keeps the transport alive while it exists."""
+class TransportUser(TransportHold, HostResource):
+    """A resource (connection, future, handshake) that keeps the transport alive."""
 
     def __init__(self, transport: TlsTransport) -> None:
-        self.transport = transport
-        transport.acquire()
-        self._released = False
-
-    def drop(self) -> None:
-        if not self._released:
-            self._released = True
-            self.transport.release()
+        self._hold(transport)
 
 
 log = logging.getLogger("wasi_tls_host.tls")
@@ -309,6 +305,7 @@ class PendingHandshake(TransportUser):
         super().__init__(transport)
         self.on_handshake = on_handshake
         self.outcome: TlsFailure | bool | None = None
+        self.finished = False  # finish() handed out the connection and streams
 
     def explain(self, failure: TlsFailure) -> TlsFailure:
         """Hook for a side to reword a failure (e.g. a server's missing client certificate)."""
