@@ -139,7 +139,9 @@ class Host:
     ) -> None:
         self.engine = engine or Engine()
         self.linker = Linker(self.engine)
-        add_to_linker(self.linker, interfaces)
+        self.interfaces = all_interfaces() if interfaces is None else list(interfaces)
+        add_to_linker(self.linker, self.interfaces)
+        self._checked: dict[int, list[str]] = {}
         self.cache = ComponentCache(self.engine, cache_dir, enabled=use_cache)
         self._lock = threading.Lock()
 
@@ -170,7 +172,19 @@ class Host:
     def instantiate(self, component: Component | str | Path | bytes, config: WasiConfig | None = None) -> GuestInstance:
         if not isinstance(component, Component):
             component = self.load(component)
+        self.check(component)
         return GuestInstance(self, component, config or WasiConfig())
+
+    def check(self, component: Component) -> None:
+        """Refuse a component that imports a host function with another signature."""
+        key = id(component)
+        problems = self._checked.get(key)
+        if problems is None:
+            problems = binding.check_imports(component, self.engine, self.interfaces)
+            self._checked[key] = problems
+        if problems:
+            raise GuestError(f"the component's imports do not match this host: {problems[0]}"
+                             + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
 
     def run(self, component: Component | str | Path | bytes, config: WasiConfig | None = None) -> RunResult:
         with self.instantiate(component, config) as guest:

@@ -87,12 +87,15 @@ def _u8_kinds(n: int) -> bytes:
 
 
 def lift_bytes(vallist: Any) -> bytes:
-    """Bytes of a ``list<u8>`` value: one strided copy out of wasmtime's value array."""
+    """Bytes of a ``list<u8>`` value: one strided check and one strided copy out of
+    wasmtime's value array."""
     n = vallist.size
     if n == 0:
         return b""
-    raw = (ctypes.c_char * (n * VAL_SIZE)).from_address(ctypes.addressof(vallist.data.contents))
-    return bytes(memoryview(raw).cast("B")[PAYLOAD_OFFSET::VAL_SIZE])
+    view = memoryview((ctypes.c_char * (n * VAL_SIZE)).from_address(ctypes.addressof(vallist.data.contents))).cast("B")
+    if view[0::VAL_SIZE] != _u8_kinds(n):
+        raise Trap("a list arrived whose elements are not u8: the component imports this function with another signature")
+    return bytes(view[PAYLOAD_OFFSET::VAL_SIZE])
 
 
 def lower_bytes(data: bytes | bytearray | memoryview, dst: Any) -> None:
@@ -108,6 +111,63 @@ def lower_bytes(data: bytes | bytearray | memoryview, dst: Any) -> None:
         view[PAYLOAD_OFFSET::VAL_SIZE] = data
     dst.kind = KIND_LIST
     dst.of.list = raw
+
+
+# --- type signatures ----------------------------------------------------------------------
+
+_PRIMITIVES = (wt.Bool, wt.S8, wt.U8, wt.S16, wt.U16, wt.S32, wt.U32, wt.S64, wt.U64, wt.F32, wt.F64, wt.Char, wt.String)
+
+
+def signature(ty: Any) -> str:
+    """A canonical text form of a WIT type: two imports of one host function must agree on
+    it, since the converters built for one are applied to the other's values."""
+    if isinstance(ty, _PRIMITIVES):
+        return type(ty).__name__.lower()
+    if isinstance(ty, wt.ListType):
+        return f"list<{signature(ty.element)}>"
+    if isinstance(ty, wt.TupleType):
+        return "tuple<" + ",".join(signature(e) for e in ty.elements) + ">"
+    if isinstance(ty, wt.RecordType):
+        return "record{" + ",".join(f"{n}:{signature(t)}" for n, t in ty.fields) + "}"
+    if isinstance(ty, wt.VariantType):
+        return "variant{" + ",".join(n if t is None else f"{n}({signature(t)})" for n, t in ty.cases) + "}"
+    if isinstance(ty, wt.EnumType):
+        return "enum{" + ",".join(ty.names) + "}"
+    if isinstance(ty, wt.FlagsType):
+        return "flags{" + ",".join(ty.names) + "}"
+    if isinstance(ty, wt.OptionType):
+        return f"option<{signature(ty.payload)}>"
+    if isinstance(ty, wt.ResultType):
+        ok, err = ty.ok, ty.err
+        return f"result<{signature(ok) if ok else '_'},{signature(err) if err else '_'}>"
+    if isinstance(ty, (wt.OwnType, wt.BorrowType)):
+        # Which resource is not part of the signature: an import's resource types are the
+        # component's own until instantiation binds them to the host's, and each handle's
+        # resource type is checked when it is converted anyway.
+        return "own" if isinstance(ty, wt.OwnType) else "borrow"
+    return type(ty).__name__
+
+
+def func_signature(fty: Any) -> str:
+    params = ",".join(signature(t) for _, t in fty.params)
+    result = fty.result
+    return f"({params})->{signature(result) if result is not None else '()'}"
+
+
+def value_kind(ty: Any) -> int | None:
+    """The ``kind`` byte a value of this type carries (None for types we do not check)."""
+    table = [
+        (wt.Bool, KIND_BOOL), (wt.S8, KIND_S8), (wt.U8, KIND_U8), (wt.S16, KIND_S16), (wt.U16, KIND_U16),
+        (wt.S32, KIND_S32), (wt.U32, KIND_U32), (wt.S64, KIND_S64), (wt.U64, KIND_U64), (wt.F32, KIND_F32),
+        (wt.F64, KIND_F64), (wt.Char, KIND_CHAR), (wt.String, KIND_STRING), (wt.ListType, KIND_LIST),
+        (wt.RecordType, KIND_RECORD), (wt.TupleType, KIND_TUPLE), (wt.VariantType, KIND_VARIANT),
+        (wt.EnumType, KIND_ENUM), (wt.OptionType, KIND_OPTION), (wt.ResultType, KIND_RESULT),
+        (wt.FlagsType, KIND_FLAGS), (wt.OwnType, KIND_RESOURCE), (wt.BorrowType, KIND_RESOURCE),
+    ]
+    for cls, kind in table:
+        if isinstance(ty, cls):
+            return int(kind.value)
+    return None
 
 
 # --- converter construction --------------------------------------------------------------
@@ -138,7 +198,25 @@ def _resource_kind(rt: Any, kinds: list[ResourceKind]) -> ResourceKind:
 
 
 def converters(ty: wt.ValType, kinds: list[ResourceKind]) -> tuple[Lift, Lower]:
-    """Build (lift, lower) for a wasmtime-py ValType."""
+    """Build (lift, lower) for a wasmtime-py ValType; lifting checks each value's kind."""
+    lift, lower = _converters(ty, kinds)
+    kind = value_kind(ty)
+    if kind is None:
+        return lift, lower
+    expected = kind
+
+    def lift_checked(cx: StoreState, v: Any) -> Any:
+        # Host functions are linked untyped: a component may declare an import with other
+        # types than the host's converters expect. Never read a union as the wrong member.
+        if v.kind != expected:
+            raise Trap(f"a value of kind {v.kind} arrived where the host expects kind {expected}: "
+                       "the component imports this function with another signature")
+        return lift(cx, v)
+
+    return lift_checked, lower
+
+
+def _converters(ty: wt.ValType, kinds: list[ResourceKind]) -> tuple[Lift, Lower]:
     if isinstance(ty, wt.Bool):
 
         def lift_bool(cx: StoreState, v: Any) -> bool:

@@ -10,8 +10,10 @@ function) and a failure becomes a trap whose message names the function and the 
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from wasmtime import WasmtimeError
@@ -28,6 +30,12 @@ log = logging.getLogger("wasi_tls_host.runtime")
 
 # Every resource kind any interface defines: converters resolve resource types against these.
 ALL_KINDS: list[ResourceKind] = []
+
+# The WIT signature of each host function, generated from real components built against wit/
+# (tests/test_signatures.py checks it is current). Host functions are linked untyped, so
+# without this the first component to import a function would decide its signature.
+SIGNATURES_FILE = Path(__file__).with_name("signatures.json")
+KNOWN_SIGNATURES: dict[str, str] = json.loads(SIGNATURES_FILE.read_text()) if SIGNATURES_FILE.exists() else {}
 
 # Audit hooks: each is called as hook(function_name, value) with every value a host
 # function returns to a guest, before it is lowered (tests use this to prove that no key
@@ -52,18 +60,36 @@ class HostFunc:
     lower: abi.Lower | None = None
     returns_result: bool = False
     prepared: bool = False
+    # The WIT signature this host serves (from signatures.json, or the first importer's).
+    signature: str = ""
 
     @property
     def qualname(self) -> str:
         return f"{self.interface}#{self.name}"
 
-    def prepare(self, ty_raw: Any) -> None:
-        fty = wt.FuncType._from_ptr(ty_raw, owner=self)  # borrowed pointer: never freed here
+    def prepare(self, fty: Any) -> None:
+        """Build the converters from the function's type (once per host function)."""
         self.lifts = [abi.converters(t, ALL_KINDS)[0] for _, t in fty.params]
         result = fty.result
         self.returns_result = isinstance(result, wt.ResultType)
         self.lower = abi.converters(result, ALL_KINDS)[1] if result is not None else None
+        signature = abi.func_signature(fty)
+        if self.signature and signature != self.signature:
+            raise Trap(f"imported as {signature}, but this host serves it as {self.signature}")
+        self.signature = signature
         self.prepared = True
+
+    def check(self, fty: Any) -> str | None:
+        """Why a guest's import of this function cannot be served, or None if it can."""
+        signature = abi.func_signature(fty)
+        if not self.signature:
+            # Converters are built at the first call (resource types are bound then); until
+            # then the first importer's signature is the one every later importer must use.
+            self.signature = signature
+            return None
+        if signature != self.signature:
+            return f"{self.qualname} is imported as {signature}, but this host implements {self.signature}"
+        return None
 
 
 @dataclass
@@ -87,10 +113,28 @@ class Interface:
         def register(impl: Callable[..., Any]) -> Callable[..., Any]:
             if wit_name in self.funcs:
                 raise ValueError(f"{self.name}: {wit_name} defined twice")
-            self.funcs[wit_name] = HostFunc(self.name.split("@")[0], wit_name, impl)
+            fn = HostFunc(self.name.split("@")[0], wit_name, impl)
+            fn.signature = KNOWN_SIGNATURES.get(fn.qualname, "")
+            self.funcs[wit_name] = fn
             return impl
 
         return register
+
+
+def collect_signatures(component: Any, engine: Any, interfaces: Iterable[Interface]) -> dict[str, str]:
+    """Signatures of every host function ``component`` imports (to refresh signatures.json)."""
+    found = {}
+    by_name = {iface.name.split("@")[0]: iface for iface in interfaces}
+    for import_name, extern in component.type.imports(engine).items():
+        iface = by_name.get(import_name.split("@")[0])
+        ty = extern.ty
+        if iface is None or not isinstance(ty, wt.ComponentInstanceType):
+            continue
+        for item_name, item in ty.exports(engine).items():
+            fn = iface.funcs.get(item_name)
+            if fn is not None and isinstance(item.ty, wt.FuncType):
+                found[fn.qualname] = abi.func_signature(item.ty)
+    return found
 
 
 # Native callbacks look their Python target up by index: wasmtime keeps only the index.
@@ -124,7 +168,7 @@ def _call_host(idx: int, context: Any, ty_raw: Any, args: Any, nargs: int, resul
         cx = state_for_context(context)
         cx.context = context
         if not fn.prepared:
-            fn.prepare(ty_raw)
+            fn.prepare(wt.FuncType._from_ptr(ty_raw, owner=fn))  # borrowed pointer: not freed
         lifts = fn.lifts
         assert lifts is not None
         if nargs != len(lifts):
@@ -174,6 +218,31 @@ def _finalize(idx: int) -> None:
         _DTORS.pop(idx or 0, None)
 
 
+def check_imports(component: Any, engine: Any, interfaces: Iterable[Interface]) -> list[str]:
+    """Problems with how ``component`` imports this host's functions (empty if none).
+
+    Host functions are registered untyped, so wasmtime accepts any signature a component
+    declares for them; this compares each imported function's type with the one the host's
+    converters were built for (a hostile or mis-built guest otherwise gets its values read
+    as the wrong types).
+    """
+    by_name = {iface.name.split("@")[0]: iface for iface in interfaces}
+    problems = []
+    for import_name, extern in component.type.imports(engine).items():
+        iface = by_name.get(import_name.split("@")[0])
+        ty = extern.ty
+        if iface is None or not isinstance(ty, wt.ComponentInstanceType):
+            continue
+        for item_name, item in ty.exports(engine).items():
+            fn = iface.funcs.get(item_name)
+            item_ty = item.ty
+            if fn is not None and isinstance(item_ty, wt.FuncType):
+                problem = fn.check(item_ty)
+                if problem:
+                    problems.append(problem)
+    return problems
+
+
 def define(linker: Linker, interfaces: Iterable[Interface]) -> None:
     """Add the interfaces' resources and functions to ``linker``."""
     with linker.root() as root:
@@ -199,4 +268,4 @@ def define(linker: Linker, interfaces: Iterable[Interface]) -> None:
                         raise WasmtimeError._from_ptr(err)
 
 
-__all__ = ["ALL_KINDS", "OUTGOING_VALUE_HOOKS", "GuestExit", "HostFunc", "Interface", "StoreState", "define"]
+__all__ = ["ALL_KINDS", "OUTGOING_VALUE_HOOKS", "GuestExit", "HostFunc", "Interface", "StoreState", "check_imports", "collect_signatures", "define"]
