@@ -6,7 +6,6 @@ things an embedder of this host needs: a compiled-component cache, clean exit co
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,6 +193,8 @@ class Host:
         """Run a command guest on a worker thread. Cancelling the task interrupts the guest at
         its next wait (a guest computing without waiting stops at its next wait) and closes
         its store once the worker has unwound."""
+        import asyncio  # here, not at the top: it costs the CLI ~50 ms of start-up
+
         guest = await asyncio.to_thread(self.instantiate, component, config)
         worker = asyncio.ensure_future(asyncio.to_thread(guest.run))
         try:
