@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ..runtime.binding import Interface
-from ..runtime.stubs import stub_interfaces
-from . import cli, clocks, io, random
-from . import sockets
-from . import filesystem
-
-_WIT = Path(__file__).resolve().parents[3] / "wit" / "deps"
-# Placeholders until wasi:filesystem and wasi:sockets land: every call traps, naming itself.
-_PENDING = [
-    *filesystem.INTERFACES,  # real implementation (wasi/filesystem.py)
-    *sockets.INTERFACES,  # real implementation (wasi/sockets.py)
-]
+from . import cli, clocks, filesystem, io, random, sockets
 
 
 def interfaces() -> list[Interface]:
     """Every WASI interface this host implements."""
-    return [*io.INTERFACES, *clocks.INTERFACES, *random.INTERFACES, *cli.INTERFACES, *_PENDING]
+    return [
+        *io.INTERFACES, *clocks.INTERFACES, *random.INTERFACES, *cli.INTERFACES,
+        *filesystem.INTERFACES, *sockets.INTERFACES,
+    ]
