@@ -70,6 +70,7 @@ class GuestInstance:
         self.component = component
         self.store = Store(host.engine)
         self.ctx = set_wasi(self.store, config)
+        self._exports: dict[str, exports.ExportFunc] = {}
         try:
             self.instance: Instance = host.linker.instantiate(self.store, component)
         except WasmtimeError as e:
@@ -83,13 +84,16 @@ class GuestInstance:
         return state_of(self.store)
 
     def call(self, name: str, *args: Any) -> Any:
-        """Call an export by name; ``a/b`` reaches function ``b`` inside instance ``a``."""
-        path = name.split("#") if "#" in name else [name]
-        func = exports.get_func(self.store, self.instance, path)
-        if func is None:
-            raise GuestError(f"the component has no export named {name!r}")
+        """Call an export by name; ``a#b`` reaches function ``b`` inside instance ``a``."""
+        export = self._exports.get(name)
+        if export is None:
+            path = name.split("#") if "#" in name else [name]
+            func = exports.get_func(self.store, self.instance, path)
+            if func is None:
+                raise GuestError(f"the component has no export named {name!r}")
+            export = self._exports[name] = exports.ExportFunc(self.store, func)
         try:
-            return exports.call(self.store, func, *args)
+            return export(self.store, *args)
         except (TypeError, ConversionError) as e:
             raise GuestError(f"calling {name}: {e}") from None
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import ctypes
 from typing import Any
 
-from wasmtime import Store, WasmtimeError
+from wasmtime import Store
 from wasmtime import _ffi as ffi
 from wasmtime.component import Component, Func, Instance
-from wasmtime.component import _types as wt
 from wasmtime.component._enter import enter_wasm
 
 from . import abi
@@ -33,37 +32,57 @@ def get_func(store: Store, instance: Instance, path: list[str]) -> Func | None:
     return instance.get_func(store, index) if index is not None else None
 
 
+class ExportFunc:
+    """An export with its converters built once, for repeated calls from the embedder."""
+
+    def __init__(self, store: Store, func: Func) -> None:
+        self.func = func
+        fty = func.type(store)
+        self.description = repr(fty)
+        self.lowers = [abi.converters(ty, ALL_KINDS)[1] for _, ty in fty.params]
+        result_ty = fty.result
+        self.lift = abi.converters(result_ty, ALL_KINDS)[0] if result_ty is not None else None
+
+    def __call__(self, store: Store, *args: Any) -> Any:
+        """Call with Python values; results use the rules of ``runtime.values``."""
+        cx = state_of(store)
+        context = store._context()
+        cx.context = context
+        n = len(self.lowers)
+        if len(args) != n:
+            raise TypeError(f"expected {n} arguments, got {len(args)}")
+        from .binding import OUTGOING_VALUE_HOOKS
+
+        for hook in OUTGOING_VALUE_HOOKS:
+            hook(f"export call {self.description}", args)
+        raw_args = (ffi.wasmtime_component_val_t * max(1, n))()
+        lowered = 0
+        try:
+            for lower, value in zip(self.lowers, args):
+                raw_args[lowered].kind = abi.KIND_BOOL
+                lower(cx, value, raw_args[lowered])
+                lowered += 1
+            result = ffi.wasmtime_component_val_t()
+            has_result = self.lift is not None
+            enter_wasm(lambda: ffi.wasmtime_component_func_call(
+                ctypes.byref(self.func._func), context, raw_args, n,
+                ctypes.byref(result) if has_result else None, 1 if has_result else 0,
+            ))
+            try:
+                value = self.lift(cx, result) if self.lift is not None else None
+            finally:
+                if has_result:
+                    ffi.wasmtime_component_val_delete(ctypes.byref(result))
+        finally:
+            for i in range(lowered):
+                ffi.wasmtime_component_val_delete(ctypes.byref(raw_args[i]))
+        self.func.post_return(store)
+        return value
+
+
 def call(store: Store, func: Func, *args: Any) -> Any:
-    """Call ``func`` with Python values; results use the rules of ``runtime.values``."""
-    cx = state_of(store)
-    cx.context = store._context()
-    fty = func.type(store)
-    params = fty.params
-    if len(args) != len(params):
-        raise TypeError(f"expected {len(params)} arguments, got {len(args)}")
-    from .binding import OUTGOING_VALUE_HOOKS
-
-    for hook in OUTGOING_VALUE_HOOKS:
-        hook(f"export call {fty!r}", args)
-    raw_args = (ffi.wasmtime_component_val_t * max(1, len(params)))()
-    for i, ((_, ty), value) in enumerate(zip(params, args)):
-        raw_args[i].kind = abi.KIND_BOOL
-        abi.converters(ty, ALL_KINDS)[1](cx, value, raw_args[i])
-    result_ty = fty.result
-    result = ffi.wasmtime_component_val_t()
-    enter_wasm(lambda: ffi.wasmtime_component_func_call(
-        ctypes.byref(func._func), store._context(), raw_args, len(params),
-        ctypes.byref(result) if result_ty is not None else None, 1 if result_ty is not None else 0,
-    ))
-    try:
-        value = abi.converters(result_ty, ALL_KINDS)[0](cx, result) if result_ty is not None else None
-    finally:
-        if result_ty is not None:
-            ffi.wasmtime_component_val_delete(ctypes.byref(result))
-        for i in range(len(params)):
-            ffi.wasmtime_component_val_delete(ctypes.byref(raw_args[i]))
-    func.post_return(store)
-    return value
+    """Call ``func`` once with Python values (see ``ExportFunc`` for repeated calls)."""
+    return ExportFunc(store, func)(store, *args)
 
 
-__all__ = ["call", "find_export", "get_func", "WasmtimeError", "wt"]
+__all__ = ["ExportFunc", "call", "find_export", "get_func"]
