@@ -22,6 +22,7 @@ import ctypes
 from typing import TYPE_CHECKING, Any, Callable
 
 from wasmtime import WasmtimeError
+from wasmtime import _bindings as _raw
 from wasmtime import _ffi as ffi
 from wasmtime.component import _types as wt
 
@@ -507,25 +508,35 @@ def _flags_converters(ty: wt.FlagsType) -> tuple[Lift, Lower]:
 
 _RESOURCE_HOST_P = ctypes.POINTER(ffi.wasmtime_component_resource_host_t)
 _RESOURCE_ANY_P = ctypes.POINTER(ffi.wasmtime_component_resource_any_t)
+# The raw ctypes entry points: every handle crossing calls four of them, and the Python
+# wrappers around them in wasmtime._bindings add a frame each.
+_any_to_host = _raw._wasmtime_component_resource_any_to_host
+_host_to_any = _raw._wasmtime_component_resource_host_to_any
+_host_new = _raw._wasmtime_component_resource_host_new
+_host_rep = _raw._wasmtime_component_resource_host_rep
+_host_type = _raw._wasmtime_component_resource_host_type
+_host_delete = _raw._wasmtime_component_resource_host_delete
 
 
 def _resource_converters(ty: Any, kinds: list[ResourceKind]) -> tuple[Lift, Lower]:
     kind = _resource_kind(ty.ty, kinds)
     owned = isinstance(ty, wt.OwnType)
+    type_id = kind.type_id
+    take_or_get = "take" if owned else "get"
 
     def lift_resource(cx: StoreState, v: Any) -> Any:
         host = _RESOURCE_HOST_P()
-        err = ffi.wasmtime_component_resource_any_to_host(cx.context, v.of.resource, ctypes.byref(host))
+        err = _any_to_host(cx.context, v.of.resource, ctypes.byref(host))
         if err:
             raise Trap(f"{kind.name}: {WasmtimeError._from_ptr(err)}")
         try:
-            rep = ffi.wasmtime_component_resource_host_rep(host)
-            type_id = ffi.wasmtime_component_resource_host_type(host)
+            rep = _host_rep(host)
+            actual = _host_type(host)
         finally:
-            ffi.wasmtime_component_resource_host_delete(host)
-        if type_id != kind.type_id:
+            _host_delete(host)
+        if actual != type_id:
             raise Trap(f"handle passed as {kind.name} is a different resource type")
-        return cx.table.take(rep, kind) if owned else cx.table.get(rep, kind)
+        return getattr(cx.table, take_or_get)(rep, kind)
 
     def lower_resource(cx: StoreState, x: Any, dst: Any) -> None:
         if not owned:
@@ -533,17 +544,17 @@ def _resource_converters(ty: Any, kinds: list[ResourceKind]) -> tuple[Lift, Lowe
         if not isinstance(x, kind.py_class):
             raise ConversionError(f"expected a {kind.name} ({kind.py_class.__name__}), got {x!r}")
         rep = cx.table.insert(x, kind)
-        host = ffi.wasmtime_component_resource_host_new(True, rep, kind.type_id)
+        host = _host_new(True, rep, type_id)
         anyp = _RESOURCE_ANY_P()
         try:
-            err = ffi.wasmtime_component_resource_host_to_any(cx.context, host, ctypes.byref(anyp))
+            err = _host_to_any(cx.context, host, ctypes.byref(anyp))
         finally:
-            ffi.wasmtime_component_resource_host_delete(host)
+            _host_delete(host)
         if err:
             cx.table.take(rep, kind)
             raise Trap(f"{kind.name}: {WasmtimeError._from_ptr(err)}")
-        dst.kind = KIND_RESOURCE
         dst.of.resource = anyp
+        dst.kind = KIND_RESOURCE
 
     return lift_resource, lower_resource
 
