@@ -170,3 +170,28 @@ def test_component_cache_avoids_recompiling(tmp_path, guest_path) -> None:
     third = Host(interfaces=[probe], cache_dir=tmp_path)
     with third.instantiate(wasm) as g:
         assert g.call("two-borrows", 3, 4) == 7
+
+
+@pytest.mark.parametrize("bad", [Ok(Ok(("not a number", 2))), Ok(Err("not a number")), Ok(Ok((1, 2, 3)))])
+def test_a_result_the_host_cannot_lower_traps_and_harms_nothing(guest, bad) -> None:
+    # The nested value fails to lower half way through (inside option<result<result<..>>>):
+    # the guest traps with the reason, and wasmtime is never handed a half-built value.
+    NESTED.append(bad)
+    try:
+        with pytest.raises(WasmtimeError, match="wasi-tls-host:test/probe#nested"):
+            guest.call("nested", len(NESTED) - 1)
+    finally:
+        NESTED.pop()
+
+
+def test_after_lowering_failures_the_next_instance_runs(probe_host: Host, guest_path) -> None:
+    for _ in range(20):
+        with probe_host.instantiate(guest_path("runtime_probe")) as g:
+            NESTED.append(Ok(Ok(("x", 1))))
+            try:
+                with pytest.raises(WasmtimeError):
+                    g.call("nested", len(NESTED) - 1)
+            finally:
+                NESTED.pop()
+    with probe_host.instantiate(guest_path("runtime_probe")) as g:
+        assert g.call("nested", 1) == NESTED[1]
