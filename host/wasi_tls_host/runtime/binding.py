@@ -14,7 +14,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from wasmtime import WasmtimeError
 from wasmtime import _ffi as ffi
@@ -121,22 +121,6 @@ class Interface:
         return register
 
 
-def collect_signatures(component: Any, engine: Any, interfaces: Iterable[Interface]) -> dict[str, str]:
-    """Signatures of every host function ``component`` imports (to refresh signatures.json)."""
-    found = {}
-    by_name = {iface.name.split("@")[0]: iface for iface in interfaces}
-    for import_name, extern in component.type.imports(engine).items():
-        iface = by_name.get(import_name.split("@")[0])
-        ty = extern.ty
-        if iface is None or not isinstance(ty, wt.ComponentInstanceType):
-            continue
-        for item_name, item in ty.exports(engine).items():
-            fn = iface.funcs.get(item_name)
-            if fn is not None and isinstance(item.ty, wt.FuncType):
-                found[fn.qualname] = abi.func_signature(item.ty)
-    return found
-
-
 # Native callbacks look their Python target up by index: wasmtime keeps only the index.
 _FUNCS: dict[int, HostFunc] = {}
 _DTORS: dict[int, ResourceKind] = {}
@@ -218,16 +202,9 @@ def _finalize(idx: int) -> None:
         _DTORS.pop(idx or 0, None)
 
 
-def check_imports(component: Any, engine: Any, interfaces: Iterable[Interface]) -> list[str]:
-    """Problems with how ``component`` imports this host's functions (empty if none).
-
-    Host functions are registered untyped, so wasmtime accepts any signature a component
-    declares for them; this compares each imported function's type with the one the host's
-    converters were built for (a hostile or mis-built guest otherwise gets its values read
-    as the wrong types).
-    """
+def _imported_host_funcs(component: Any, engine: Any, interfaces: Iterable[Interface]) -> Iterator[tuple[HostFunc, Any]]:
+    """(host function, the function type the component imports it with), for each import."""
     by_name = {iface.name.split("@")[0]: iface for iface in interfaces}
-    problems = []
     for import_name, extern in component.type.imports(engine).items():
         iface = by_name.get(import_name.split("@")[0])
         ty = extern.ty
@@ -237,10 +214,27 @@ def check_imports(component: Any, engine: Any, interfaces: Iterable[Interface]) 
             fn = iface.funcs.get(item_name)
             item_ty = item.ty
             if fn is not None and isinstance(item_ty, wt.FuncType):
-                problem = fn.check(item_ty)
-                if problem:
-                    problems.append(problem)
+                yield fn, item_ty
+
+
+def check_imports(component: Any, engine: Any, interfaces: Iterable[Interface]) -> list[str]:
+    """Problems with how ``component`` imports this host's functions (empty if none).
+
+    Host functions are registered untyped, so wasmtime accepts any signature a component
+    declares for them; this compares each imported function's type with the one the host
+    serves (a hostile or mis-built guest otherwise gets its values refused at run time).
+    """
+    problems = []
+    for fn, fty in _imported_host_funcs(component, engine, interfaces):
+        problem = fn.check(fty)
+        if problem:
+            problems.append(problem)
     return problems
+
+
+def collect_signatures(component: Any, engine: Any, interfaces: Iterable[Interface]) -> dict[str, str]:
+    """Signatures of every host function ``component`` imports (to refresh signatures.json)."""
+    return {fn.qualname: abi.func_signature(fty) for fn, fty in _imported_host_funcs(component, engine, interfaces)}
 
 
 def define(linker: Linker, interfaces: Iterable[Interface]) -> None:
