@@ -141,20 +141,25 @@ def guest_download(host: Host, port: int, tls: TlsConfig) -> float:
     return int(got["bytes"]) / (int(got["elapsed-ns"]) / 1e9) / 1e6
 
 
-def wat_handshakes(host: Host, port: int, tls: TlsConfig, count: int) -> list[float]:
-    """Per connection (microseconds): the WAT guest's TCP connect + wasi:tls handshake, timed
-    around each export call. No guest language runtime: this is the host's own cost."""
+def interleaved_wat_and_cpython(host: Host, port: int, tls: TlsConfig, ctx: ssl.SSLContext, count: int) -> tuple[list[float], list[float]]:
+    """Connect + handshake times (microseconds) of the WAT guest and of CPython, alternating
+    connection by connection so that both see the same machine (2 shared cores are noisy).
+    The WAT guest has no language runtime: this is the host's own cost. Closing is not timed
+    on either side."""
     config = WasiConfig(network=NetworkPolicy().allow_connect("127.0.0.1:*"), tls=tls)
-    times = []
+    wat, reference = [], []
     with host.instantiate(guests.build("tls_handshake"), config) as g:
         for _ in range(3):
             assert g.call("handshake", port) == 0
+            g.call("close")
         for _ in range(count):
             start = time.perf_counter()
             status = g.call("handshake", port)
-            times.append((time.perf_counter() - start) * 1e6)
+            wat.append((time.perf_counter() - start) * 1e6)
             assert status == 0, f"tls_handshake failed at step {status}"
-    return times
+            g.call("close")
+            reference.append(cpython_handshakes(ctx, port, 1)[0][0])
+    return wat, reference
 
 
 def crossing_rate() -> float:
@@ -191,7 +196,7 @@ def main() -> None:
             guest_hs = [int(t) for t in got["handshake-us"].split(",")]
             guest_tls = [int(t) for t in got["tls-only-us"].split(",")]
             ref_hs, ref_tls = cpython_handshakes(ref_ctx, server.port, HANDSHAKES)
-            wat_hs = wat_handshakes(host, server.port, tls, HANDSHAKES)
+            wat_hs, wat_ref = interleaved_wat_and_cpython(host, server.port, tls, ref_ctx, 2 * HANDSHAKES)
 
             if args.profile:
                 profiler = cProfile.Profile()
@@ -211,9 +216,11 @@ def main() -> None:
     print(f"  guest on this host:  {g_med / 1e3:7.2f} ms   (p10 {statistics.quantiles(guest_hs, n=10)[0] / 1e3:.2f}, p90 {statistics.quantiles(guest_hs, n=10)[-1] / 1e3:.2f})")
     print(f"  CPython ssl client:  {r_med / 1e3:7.2f} ms   (p10 {statistics.quantiles(ref_hs, n=10)[0] / 1e3:.2f}, p90 {statistics.quantiles(ref_hs, n=10)[-1] / 1e3:.2f})")
     print(f"  ratio: {g_med / r_med:.2f}x CPython   (target <= 1.5x: {'met' if g_med / r_med <= 1.5 else 'MISSED'})")
-    w_med = statistics.median(wat_hs)
-    print(f"  WAT guest (no language runtime), same measure: {w_med / 1e3:.2f} ms = {w_med / r_med:.2f}x CPython"
-          f"   (target <= 1.5x: {'met' if w_med / r_med <= 1.5 else 'MISSED'})")
+    w_med, wr_med = statistics.median(wat_hs), statistics.median(wat_ref)
+    print(f"WAT guest (no language runtime: the host's own cost), alternating with CPython, median of {len(wat_hs)}:")
+    print(f"  WAT guest on this host: {w_med / 1e3:7.2f} ms")
+    print(f"  CPython ssl client:     {wr_med / 1e3:7.2f} ms")
+    print(f"  ratio: {w_med / wr_med:.2f}x CPython   (target <= 1.5x: {'met' if w_med / wr_med <= 1.5 else 'MISSED'})")
     gt, rt = statistics.median(guest_tls), statistics.median(ref_tls)
     print(f"TLS handshake alone (TCP already connected), median of {HANDSHAKES}:")
     print(f"  guest on this host:  {gt / 1e3:7.2f} ms")

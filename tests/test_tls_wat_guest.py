@@ -31,10 +31,13 @@ def test_repeated_handshakes_succeed_and_leave_no_descriptors(host: Host, guest_
     try:
         with host.instantiate(guest_path("tls_handshake"), _config(pki, trusted=True)) as guest:
             assert guest.call("handshake", server.port) == 0  # warm up
+            assert guest.call("handshake", server.port) == 6  # one connection at a time
+            guest.call("close")
             gc.collect()  # earlier tests' garbage must not close descriptors mid-count
             before = open_fds()
             for _ in range(20):
                 assert guest.call("handshake", server.port) == 0
+                guest.call("close")
             gc.collect()
             # A leak would add at least one socket per handshake.
             assert open_fds() <= before
