@@ -192,10 +192,16 @@ def main() -> None:
         try:
             run_probe(host, ["bench-handshake", "127.0.0.1", str(server.port), "3", "localhost"], tls)  # warm up
             cpython_handshakes(ref_ctx, server.port, 3)
-            got = run_probe(host, ["bench-handshake", "127.0.0.1", str(server.port), str(HANDSHAKES), "localhost"], tls)
-            guest_hs = [int(t) for t in got["handshake-us"].split(",")]
-            guest_tls = [int(t) for t in got["tls-only-us"].split(",")]
-            ref_hs, ref_tls = cpython_handshakes(ref_ctx, server.port, HANDSHAKES)
+            # Rounds of 10 guest connections then 10 CPython ones, so both see the same
+            # machine (the 2 shared cores make back-to-back batches of 50 swing by 2x).
+            guest_hs, guest_tls, ref_hs, ref_tls = [], [], [], []
+            for _ in range(HANDSHAKES // 10):
+                got = run_probe(host, ["bench-handshake", "127.0.0.1", str(server.port), "10", "localhost"], tls)
+                guest_hs += [int(t) for t in got["handshake-us"].split(",")]
+                guest_tls += [int(t) for t in got["tls-only-us"].split(",")]
+                totals, alone = cpython_handshakes(ref_ctx, server.port, 10)
+                ref_hs += totals
+                ref_tls += alone
             wat_hs, wat_ref = interleaved_wat_and_cpython(host, server.port, tls, ref_ctx, 2 * HANDSHAKES)
 
             if args.profile:
@@ -212,7 +218,7 @@ def main() -> None:
 
     g_med, r_med = statistics.median(guest_hs), statistics.median(ref_hs)
     print(f"== wasi:tls client vs CPython ssl, one local CPython ssl server (TLS 1.3, ECDSA P-256)")
-    print(f"handshake (TCP connect + TLS), median of {HANDSHAKES}:")
+    print(f"handshake (TCP connect + TLS), median of {len(guest_hs)}, in alternating rounds of 10:")
     print(f"  guest on this host:  {g_med / 1e3:7.2f} ms   (p10 {statistics.quantiles(guest_hs, n=10)[0] / 1e3:.2f}, p90 {statistics.quantiles(guest_hs, n=10)[-1] / 1e3:.2f})")
     print(f"  CPython ssl client:  {r_med / 1e3:7.2f} ms   (p10 {statistics.quantiles(ref_hs, n=10)[0] / 1e3:.2f}, p90 {statistics.quantiles(ref_hs, n=10)[-1] / 1e3:.2f})")
     print(f"  ratio: {g_med / r_med:.2f}x CPython   (target <= 1.5x: {'met' if g_med / r_med <= 1.5 else 'MISSED'})")
