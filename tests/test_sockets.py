@@ -3,6 +3,7 @@ against CPython peers (or each other), plus the reusable socket streams on their
 
 from __future__ import annotations
 
+import gc
 import select
 import socket
 import struct
@@ -130,7 +131,8 @@ def test_dropping_the_instance_closes_its_sockets(host, wasm):
     with socket.socket() as s:  # the port is free again: nothing of the guest is left bound
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", port))
-    assert open_fds() == before
+    gc.collect()  # unrelated garbage may close descriptors too: a leak can only add
+    assert open_fds() <= before
 
 
 # --- UDP ------------------------------------------------------------------------------------
@@ -339,7 +341,8 @@ def test_thousand_connections_leave_no_descriptor(probe):
     try:
         run = probe("churn", "127.0.0.1", str(port), str(count))
         assert run.out == f"churned {count}\n", run.err
-        assert open_fds() == before
+        gc.collect()
+        assert open_fds() <= before  # a leak would add up to one descriptor per connection
     finally:
         stop.set()
         thread.join(TIMEOUT)

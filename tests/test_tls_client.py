@@ -8,6 +8,7 @@ the io-error debug string that names its cause.
 
 from __future__ import annotations
 
+import gc
 import asyncio
 import hashlib
 import os
@@ -352,8 +353,9 @@ def test_no_descriptor_leaks_across_runs(probe, peers, localhost_leaf) -> None:
         probe("drop-future", "localhost", server.port)
         probe("stall", "localhost", bad.port, 50)
     settle(server, bad)
-    assert open_fds() == before
-    assert threading.active_count() == threads
+    gc.collect()  # unrelated garbage may close descriptors too: a leak can only add
+    assert open_fds() <= before
+    assert threading.active_count() <= threads
 
 
 # --- differential: the wasmtime CLI runs the same component --------------------------------
