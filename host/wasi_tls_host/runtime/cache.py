@@ -37,6 +37,7 @@ class ComponentCache:
         self.directory = directory or default_cache_dir()
         self.enabled = enabled
         self._memory: dict[str, Component] = {}
+        self.compiled = 0  # components compiled (not found in memory or on disk), for reports
 
     def key(self, wasm: bytes) -> str:
         digest = hashlib.sha256(wasm).hexdigest()
@@ -50,6 +51,7 @@ class ComponentCache:
         component = self._load_artifact(key) if self.enabled else None
         if component is None:
             component = Component(self.engine, wasm)
+            self.compiled += 1
             if self.enabled:
                 self._store_artifact(key, component)
         self._memory[key] = component
