@@ -7,6 +7,7 @@ things an embedder of this host needs: a compiled-component cache, clean exit co
 from __future__ import annotations
 
 import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -144,7 +145,8 @@ class Host:
         self.linker = Linker(self.engine)
         self.interfaces = all_interfaces() if interfaces is None else list(interfaces)
         add_to_linker(self.linker, self.interfaces)
-        self._checked: dict[int, list[str]] = {}
+        # Keyed by the component itself (weakly): an id() could be reused by a later one.
+        self._checked: weakref.WeakKeyDictionary[Component, list[str]] = weakref.WeakKeyDictionary()
         self.cache = ComponentCache(self.engine, cache_dir, enabled=use_cache)
         self._lock = threading.Lock()
 
@@ -180,11 +182,10 @@ class Host:
 
     def check(self, component: Component) -> None:
         """Refuse a component that imports a host function with another signature."""
-        key = id(component)
-        problems = self._checked.get(key)
+        problems = self._checked.get(component)
         if problems is None:
             problems = binding.check_imports(component, self.engine, self.interfaces)
-            self._checked[key] = problems
+            self._checked[component] = problems
         if problems:
             raise GuestError(f"the component's imports do not match this host: {problems[0]}"
                              + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
