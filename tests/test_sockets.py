@@ -420,3 +420,20 @@ def test_socket_input_reports_a_reset_once_as_failure():
     with pytest.raises(StreamClosed):
         inp.read(100)
     inp.drop()
+
+
+def test_name_lookups_are_bounded(monkeypatch) -> None:
+    """Lookups share a small thread pool; past the cap a guest hears temporary-resolver-failure
+    instead of the host starting ever more work."""
+    from wasi_tls_host.runtime.values import WitError
+    from wasi_tls_host.wasi import sockets
+
+    threads = threading.active_count()
+    streams = [sockets.ResolveAddressStream("localhost") for _ in range(50)]
+    assert threading.active_count() <= threads + 8
+    for stream in streams:
+        stream.drop()
+    monkeypatch.setattr(sockets, "_MAX_PENDING_LOOKUPS", 0)
+    with pytest.raises(WitError) as info:
+        sockets.ResolveAddressStream("localhost")
+    assert info.value.payload == "temporary-resolver-failure"

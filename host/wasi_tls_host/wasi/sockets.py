@@ -25,6 +25,7 @@ import socket
 import struct
 import threading
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Union
 
@@ -345,8 +346,17 @@ def instance_network(cx: StoreState) -> Network:
 # ip-name-lookup
 
 
+# Lookups run on a small shared pool: a guest cannot make the host start a thread per name,
+# and at most _MAX_PENDING_LOOKUPS wait for it (beyond that the guest hears
+# temporary-resolver-failure and may retry).
+_LOOKUP_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="wasi-dns")
+_MAX_PENDING_LOOKUPS = 256
+_pending_lookups = 0
+_pending_lock = threading.Lock()
+
+
 class ResolveAddressStream(HostResource):
-    """One lookup, run by getaddrinfo on a short-lived thread so the guest never blocks."""
+    """One lookup, run by getaddrinfo on the lookup pool so the guest never blocks."""
 
     def __init__(self, name: str | None = None, addresses: list[IPAddress] | None = None) -> None:
         self._lock = threading.Lock()
@@ -355,8 +365,21 @@ class ResolveAddressStream(HostResource):
         self._error: str | None = None
         if addresses is None:
             assert name is not None
+            global _pending_lookups
+            with _pending_lock:
+                if _pending_lookups >= _MAX_PENDING_LOOKUPS:
+                    raise WitError("temporary-resolver-failure")
+                _pending_lookups += 1
             self._notifier = Notifier()
-            threading.Thread(target=self._lookup, args=(name,), name="wasi-dns", daemon=True).start()
+            _LOOKUP_POOL.submit(self._lookup_counted, name)
+
+    def _lookup_counted(self, name: str) -> None:
+        global _pending_lookups
+        try:
+            self._lookup(name)
+        finally:
+            with _pending_lock:
+                _pending_lookups -= 1
 
     def _lookup(self, name: str) -> None:
         addresses: list[IPAddress] = []
