@@ -20,10 +20,10 @@ from ..runtime.resources import HostResource
 from ..runtime.store import StoreState
 from ..wasi.io import CallbackPollable, InputStream, OutputStream, Pollable
 from .ciphers import suite_number
-from .config import TlsConfig
+from .config import TlsConfig, tls_config
 from .connection import failure_error, finish_established, peer_identity, require_established, tls_error
 from .engine import TlsEngine, TlsFailure
-from .identities import PrivateIdentity, PrivateIdentityHandle, PublicIdentity, tls_config
+from .identities import PrivateIdentity, PrivateIdentityHandle, PublicIdentity
 from .transport import PendingHandshake, TlsTransport
 
 

@@ -99,6 +99,12 @@ class TlsConfig:
 DEFAULT_TLS = TlsConfig()
 
 
+def tls_config(cx: Any) -> TlsConfig:
+    """The TLS policy of the store a host function runs in (defaults if none was given)."""
+    config = getattr(cx.wasi, "tls", None)
+    return config if isinstance(config, TlsConfig) else DEFAULT_TLS
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("TLS")
     group.add_argument("--trust", action="append", default=[], metavar="CA.pem", help="trust the certificates in this PEM file (repeatable; adds to the system's roots)")

@@ -26,7 +26,7 @@ from ..runtime.binding import Interface
 from ..runtime.resources import HostResource
 from ..runtime.store import StoreState
 from ..runtime.values import WitError
-from .config import TlsConfig, load_certificates
+from .config import TlsConfig, load_certificates, tls_config
 
 PrivateKey = key_types.CertificateIssuerPrivateKeyTypes
 
@@ -138,13 +138,6 @@ identities_iface.resource("public-identity", PublicIdentity)
 identities_iface.resource("private-identity", PrivateIdentityHandle)
 identities_iface.resource("identity-store", IdentityStore)
 identities_iface.resource("trust-store", TrustStore)
-
-
-def tls_config(cx: StoreState) -> TlsConfig:
-    from .config import DEFAULT_TLS
-
-    config = getattr(cx.wasi, "tls", None)
-    return config if isinstance(config, TlsConfig) else DEFAULT_TLS
 
 
 def _copy(identity: PublicIdentity) -> PublicIdentity:

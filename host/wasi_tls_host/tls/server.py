@@ -27,10 +27,10 @@ from ..runtime.store import StoreState
 from ..wasi.io import InputStream, OutputStream, Pollable, StreamClosed, StreamFailed, CallbackPollable, Waits
 from .ciphers import split_suites
 from .client_hello import ALERT_FATAL, ClientHello, ClientHelloError, ClientHelloReader, alert_record
-from .config import TlsConfig
+from .config import TlsConfig, tls_config
 from .connection import failure_error, finish_established, peer_identity, require_established, tls_error
 from .engine import BAD_CERTIFICATE, TlsEngine, TlsFailure
-from .identities import PrivateIdentity, PrivateIdentityHandle, PublicIdentity, tls_config
+from .identities import PrivateIdentity, PrivateIdentityHandle, PublicIdentity
 from .transport import PendingHandshake, TlsTransport
 
 log = logging.getLogger("wasi_tls_host.tls")

@@ -17,7 +17,7 @@ from ..runtime.resources import HostResource
 from ..runtime.store import StoreState
 from ..runtime.values import Err, Ok, Trap
 from ..wasi.io import CallbackPollable, InputStream, IoError, OutputStream, Pollable
-from .config import DEFAULT_TLS, TlsConfig
+from .config import TlsConfig, tls_config
 from .engine import TlsEngine, TlsFailure
 from .transport import PendingHandshake, TlsInputStream, TlsOutputStream, TlsTransport, TransportUser
 
@@ -65,11 +65,6 @@ types_iface.resource("client-connection", ClientConnection)
 types_iface.resource("future-client-streams", FutureClientStreams)
 
 
-def _tls_config(cx: StoreState) -> TlsConfig:
-    config = getattr(cx.wasi, "tls", None)
-    return config if isinstance(config, TlsConfig) else DEFAULT_TLS
-
-
 @types_iface.func("[constructor]client-handshake")
 def client_handshake_new(cx: StoreState, server_name: str, input: InputStream, output: OutputStream) -> ClientHandshake:
     return ClientHandshake(server_name, input, output)
@@ -78,7 +73,7 @@ def client_handshake_new(cx: StoreState, server_name: str, input: InputStream, o
 @types_iface.func("[static]client-handshake.finish")
 def client_handshake_finish(cx: StoreState, this: ClientHandshake) -> FutureClientStreams:
     cin, cout = this.take_streams()
-    config = _tls_config(cx)
+    config = tls_config(cx)
     try:
         engine = TlsEngine(config.client_context(), server_side=False, server_name=this.server_name)
     except TlsFailure as e:
