@@ -21,10 +21,10 @@ from wit_world.imports import (
     monotonic_clock,
     network,
     poll,
-    streams,
     tcp_create_socket,
 )
-from wit_world.imports import wasi_tls_host_tls_types as tls_types
+
+from tls_host_errors import describe, stream_error, would_block
 
 VERSIONS = {"1.2": 0x0303, "1.3": 0x0304}
 
@@ -38,17 +38,6 @@ def fail(line):
     exit.exit(Err(None))
 
 
-def describe(err):
-    return f"{err.code.name.lower().replace('_', '-')}: {err.message}"
-
-
-def stream_error(e):
-    value = e.value
-    if isinstance(value, streams.StreamError_Closed):
-        return None
-    code = tls_types.error_code_of(value.value)
-    name = code.name.lower().replace("_", "-") if code is not None else "io"
-    return f"{name}: {value.value.to_debug_string()}"
 
 
 class Deadline:
@@ -70,7 +59,7 @@ def tls_call(getter, pollable, deadline, what):
         try:
             return getter()
         except Err as e:
-            if not (isinstance(e.value, tls_types.Error) and e.value.code == tls_types.ErrorCode.WOULD_BLOCK):
+            if not would_block(e):
                 raise
         deadline.wait(pollable, what)
 

@@ -29,10 +29,10 @@ from wit_world.imports import (
     network,
     poll,
     server,
-    streams,
     tcp_create_socket,
 )
-from wit_world.imports import wasi_tls_host_tls_types as tls_types
+
+from tls_host_errors import describe, stream_error, would_block
 
 ALERT_HANDSHAKE_FAILURE = 40
 ALERT_NO_APPLICATION_PROTOCOL = 120
@@ -53,23 +53,7 @@ def text(alpn):
     return alpn.decode("ascii", "replace") if alpn else "-"
 
 
-def describe(err):
-    """'code: message' for this package's error record."""
-    return f"{err.code.name.lower().replace('_', '-')}: {err.message}"
 
-
-def would_block(e):
-    return isinstance(e.value, tls_types.Error) and e.value.code == tls_types.ErrorCode.WOULD_BLOCK
-
-
-def stream_error(e):
-    """Why a stream call failed: None for a clean end of data."""
-    value = e.value
-    if isinstance(value, streams.StreamError_Closed):
-        return None
-    code = tls_types.error_code_of(value.value)
-    name = code.name.lower().replace("_", "-") if code is not None else "io"
-    return f"{name}: {value.value.to_debug_string()}"
 
 
 class Options:
