@@ -11,7 +11,7 @@ from wasmtime.component import Component, Func, Instance
 from wasmtime.component._enter import enter_wasm
 
 from . import abi
-from .binding import ALL_KINDS
+from .binding import ALL_KINDS, OUTGOING_VALUE_HOOKS
 from .store import state_of
 
 
@@ -51,8 +51,6 @@ class ExportFunc:
         n = len(self.lowers)
         if len(args) != n:
             raise TypeError(f"expected {n} arguments, got {len(args)}")
-        from .binding import OUTGOING_VALUE_HOOKS
-
         for hook in OUTGOING_VALUE_HOOKS:
             hook(f"export call {self.description}", args)
         raw_args = (ffi.wasmtime_component_val_t * max(1, n))()
