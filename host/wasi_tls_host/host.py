@@ -18,7 +18,7 @@ from wasmtime.component import Component, Instance, Linker
 from .runtime import binding, exports
 from .runtime.binding import Interface
 from .runtime.cache import ComponentCache
-from .runtime.store import StoreState, attach, detach
+from .runtime.store import StoreState, attach, detach, state_of
 from .runtime.abi import ConversionError
 from .runtime.values import Err
 from .wasi import interfaces as wasi_interfaces
@@ -80,8 +80,6 @@ class GuestInstance:
 
     @property
     def state(self) -> StoreState:
-        from .runtime.store import state_of
-
         return state_of(self.store)
 
     def call(self, name: str, *args: Any) -> Any:
