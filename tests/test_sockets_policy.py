@@ -104,7 +104,7 @@ def test_address_patterns():
 
 
 def test_cli_options_build_the_policy(guest_path):
-    from wasi_tls_host.options import OPTION_GROUPS
+    from wasi_tls_host.cli.options import OPTION_GROUPS
 
     parser = cli.build_parser()
     args = parser.parse_args(["run", "--allow-connect", "127.0.0.1:*", "--allow-listen", "[::1]:8443", "--allow-dns", "x.wasm"])

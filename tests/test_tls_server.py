@@ -30,7 +30,8 @@ from tls_server_util import PASSPHRASE, TIMEOUT, GuestServer, KeyAudit, ServerPk
 from wasi_tls_host import Host
 from wasi_tls_host.runtime.binding import OUTGOING_VALUE_HOOKS
 from wasi_tls_host.tls import TlsConfig
-from wasi_tls_host.tls.identities import PrivateIdentity, parse_identity_option
+from wasi_tls_host.cli.options_identities import parse_identity_option
+from wasi_tls_host.tls.identities import PrivateIdentity
 from wasi_tls_host.wasi.sockets import NetworkPolicy
 
 pytestmark = pytest.mark.timeout(120)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Union
@@ -103,21 +102,3 @@ def tls_config(cx: Any) -> TlsConfig:
     """The TLS policy of the store a host function runs in (defaults if none was given)."""
     config = getattr(cx.wasi, "tls", None)
     return config if isinstance(config, TlsConfig) else DEFAULT_TLS
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("TLS")
-    group.add_argument("--trust", action="append", default=[], metavar="CA.pem", help="trust the certificates in this PEM file (repeatable; adds to the system's roots)")
-    group.add_argument("--no-system-trust", action="store_true", help="trust only the --trust certificates, not the system's roots")
-    group.add_argument("--tls-min", choices=sorted(_VERSIONS), default="1.2", help="lowest TLS version to negotiate")
-    group.add_argument("--tls-max", choices=sorted(_VERSIONS), default=None, help="highest TLS version to negotiate")
-
-
-def apply(args: argparse.Namespace, config: Any) -> None:
-    try:
-        config.tls = TlsConfig(trust=list(args.trust), use_system_roots=not args.no_system_trust, min_version=args.tls_min, max_version=args.tls_max)
-    except ValueError as e:
-        from ..cli import UsageError
-
-        raise UsageError(str(e)) from None
-

@@ -8,12 +8,8 @@ passphrase, or ``cryptography`` objects) and preopened for a guest through
 
 from __future__ import annotations
 
-import argparse
-import getpass
 import hashlib
 import ipaddress
-import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +22,7 @@ from ..runtime.binding import Interface
 from ..runtime.resources import HostResource
 from ..runtime.store import StoreState
 from ..runtime.values import WitError
-from .config import TlsConfig, load_certificates, tls_config
+from .config import load_certificates, tls_config
 
 PrivateKey = key_types.CertificateIssuerPrivateKeyTypes
 
@@ -241,56 +237,6 @@ def parse_certificate(cx: StoreState, data: bytes) -> PublicIdentity:
         return PublicIdentity(load_certificates(data))
     except ValueError as e:
         raise WitError({"code": "invalid-argument", "message": str(e)}) from None
-
-
-# --- command line ----------------------------------------------------------------------
-
-
-def _passphrase(name: str) -> bytes | None:
-    env = f"WASI_TLS_HOST_PASSPHRASE_{name.upper().replace('-', '_')}"
-    if env in os.environ:
-        return os.environ[env].encode()
-    if sys.stdin.isatty():
-        return getpass.getpass(f"passphrase for identity {name!r}: ").encode()
-    return None
-
-
-def parse_identity_option(text: str) -> PrivateIdentity:
-    """``NAME=CERT.pem,KEY.pem``; an encrypted key's passphrase comes from
-    ``$WASI_TLS_HOST_PASSPHRASE_<NAME>`` or a prompt."""
-    name, sep, files = text.partition("=")
-    parts = files.split(",")
-    if not sep or not name or len(parts) != 2:
-        raise ValueError(f"--identity wants NAME=CERT.pem,KEY.pem, got {text!r}")
-    try:
-        return PrivateIdentity.from_files(name, parts[0], parts[1])
-    except ValueError as e:
-        if "encrypted" not in str(e):
-            raise
-        passphrase = _passphrase(name)
-        if passphrase is None:
-            raise ValueError(f"{e}; set WASI_TLS_HOST_PASSPHRASE_{name.upper().replace('-', '_')}") from None
-        return PrivateIdentity.from_files(name, parts[0], parts[1], passphrase)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("TLS identities (private keys stay in the host)")
-    group.add_argument("--identity", action="append", default=[], metavar="NAME=CERT.pem,KEY.pem", help="preopen a certificate chain and key for the guest (repeatable)")
-    group.add_argument("--client-ca", action="append", default=[], metavar="CA.pem", help="CA certificates for verifying client certificates (mutual TLS)")
-
-
-def apply(args: argparse.Namespace, config: Any) -> None:
-    from ..cli import UsageError
-
-    try:
-        identities = [parse_identity_option(text) for text in args.identity]
-        client_ca = [cert for path in args.client_ca for cert in load_certificates(path)]
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    if config.tls is None:
-        config.tls = TlsConfig()
-    config.tls.identities.extend(identities)
-    config.tls.client_ca.extend(client_ca)
 
 
 INTERFACES = (identities_iface,)

@@ -14,7 +14,6 @@ refuses writes with ``bad-descriptor``, like a POSIX descriptor opened O_RDONLY.
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import errno
 import hashlib
@@ -681,24 +680,3 @@ def get_directories(cx: StoreState) -> list[tuple[Descriptor, str]]:
 
 
 INTERFACES = (types_iface, preopens_iface)
-
-
-# --- command-line options (registered in options.py) -------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dir", action="append", default=[], metavar="HOST_PATH[::GUEST_PATH]", help="give the guest this host directory (read-write), as GUEST_PATH (default: the same path)")
-    parser.add_argument("--dir-readonly", action="append", default=[], metavar="HOST_PATH[::GUEST_PATH]", help="like --dir, but the guest cannot change anything in it")
-
-
-def apply(args: argparse.Namespace, config: Any) -> None:
-    from ..cli import UsageError  # here: cli imports the wasi package
-
-    for spec, read_only in [*((s, False) for s in args.dir), *((s, True) for s in args.dir_readonly)]:
-        try:
-            preopen = Preopen.parse(spec, read_only)
-        except ValueError as e:
-            raise UsageError(str(e)) from None
-        if not os.path.isdir(preopen.host_path):
-            raise UsageError(f"--dir {spec}: {preopen.host_path} is not a directory")
-        config.preopens.append(preopen)

@@ -14,7 +14,6 @@ returns ``access-denied`` and is logged on the ``wasi_tls_host.sockets`` logger.
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import ctypes.util
 import errno
@@ -171,31 +170,6 @@ def _check_bind(cx: StoreState, ip: IPAddress, port: int, what: str) -> None:
 
 def _fmt(ip: IPAddress, port: int) -> str:
     return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
-
-
-# --- CLI option group (registered in options.py) ----------------------------------------
-
-
-def _pattern_arg(text: str) -> AddressPattern:
-    try:
-        return AddressPattern.parse(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"network policy: {e}") from None
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("network (everything is denied unless granted)")
-    group.add_argument("--allow-connect", action="append", default=[], type=_pattern_arg, metavar="HOST:PORT", help="allow TCP connects and UDP sends to matching addresses (e.g. 127.0.0.1:*, [::1]:443, 10.0.0.0/8:1000-2000)")
-    group.add_argument("--allow-listen", action="append", default=[], type=_pattern_arg, metavar="HOST:PORT", help="allow binding (and listening) on matching local addresses (e.g. 127.0.0.1:8443)")
-    group.add_argument("--allow-dns", action="store_true", help="allow host name lookups")
-    group.add_argument("--inherit-network", action="store_true", help="allow all network access the host itself has")
-
-
-def apply(args: argparse.Namespace, config: Any) -> None:
-    if args.inherit_network:
-        config.network = NetworkPolicy.inherit()
-    elif args.allow_connect or args.allow_listen or args.allow_dns:
-        config.network = NetworkPolicy(list(args.allow_connect), list(args.allow_listen), args.allow_dns)
 
 
 # ---------------------------------------------------------------------------------------

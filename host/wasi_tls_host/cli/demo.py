@@ -24,11 +24,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from .host import Host
-from .tls.config import TlsConfig
-from .tls.engine import HandshakeInfo
-from .wasi.context import WasiConfig
-from .wasi.sockets import NetworkPolicy
+from ..host import Host
+from ..tls.config import TlsConfig
+from ..tls.engine import HandshakeInfo
+from ..wasi.context import WasiConfig
+from ..wasi.sockets import NetworkPolicy
 
 BODY = b"Hello from a local HTTPS server! The guest never saw a private key.\n" * 64
 
@@ -130,7 +130,7 @@ def _describe_certificate(der: bytes) -> list[str]:
 
 
 def run_demo(out: TextIO = sys.stdout) -> int:
-    from . import guests
+    from .. import guests
 
     print("wasi-tls-host demo: a WebAssembly guest fetches https://localhost over TLS done by the host.\n", file=out)
     guest = guests.build("https_get", quiet=False)

@@ -1,0 +1,64 @@
+"""The ``wasi-tls-host`` command: a thin layer over ``host.Host``.
+
+Errors an operator can fix (missing file, not a component, missing import, bad option) are
+one line on stderr and exit status 2; a guest's own exit status is passed through; a trap
+prints its message and exits 1 (like the wasmtime CLI, which also uses 1 for traps).
+
+One module per subcommand (``run.py``, ``build_guest.py``, ``demo.py``) and per option
+group (``options_*.py``); this module only builds the parser and dispatches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ..host import GuestError, trap_cause
+from . import build_guest, run
+from .errors import UsageError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wasi-tls-host", description="Run WebAssembly components with WASI 0.2 and wasi:tls implemented in Python.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log host activity (repeat for more)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run.add_parser(sub)
+    sub.add_parser("demo", help="fetch https://localhost from a guest through this host, with a throwaway CA (no network needed)")
+    build_guest.add_parser(sub)
+    return parser
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        return run.command(args)
+    if args.command == "demo":
+        from .demo import run_demo
+
+        return run_demo()
+    return build_guest.command(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)], format="wasi-tls-host: %(message)s")
+    try:
+        return _dispatch(args)
+    except (GuestError, UsageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        from wasmtime import WasmtimeError
+
+        from ..guests import BuildError
+
+        if isinstance(e, WasmtimeError):
+            print(f"error: the guest trapped: {trap_cause(str(e))}", file=sys.stderr)
+            return 1
+        if isinstance(e, (BuildError, OSError)):
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        raise
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,26 @@
+"""``--trust``, ``--no-system-trust``, ``--tls-min``, ``--tls-max``: the guest's ``TlsConfig``."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..tls.config import TlsConfig
+from ..wasi.context import WasiConfig
+from .errors import UsageError
+
+VERSIONS = ["1.2", "1.3"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("TLS")
+    group.add_argument("--trust", action="append", default=[], metavar="CA.pem", help="trust the certificates in this PEM file (repeatable; adds to the system's roots)")
+    group.add_argument("--no-system-trust", action="store_true", help="trust only the --trust certificates, not the system's roots")
+    group.add_argument("--tls-min", choices=VERSIONS, default="1.2", help="lowest TLS version to negotiate")
+    group.add_argument("--tls-max", choices=VERSIONS, default=None, help="highest TLS version to negotiate")
+
+
+def apply(args: argparse.Namespace, config: WasiConfig) -> None:
+    try:
+        config.tls = TlsConfig(trust=list(args.trust), use_system_roots=not args.no_system_trust, min_version=args.tls_min, max_version=args.tls_max)
+    except ValueError as e:
+        raise UsageError(str(e)) from None

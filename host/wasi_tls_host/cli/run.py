@@ -1,0 +1,67 @@
+"""``wasi-tls-host run GUEST [ARGS...]``: run a component (wasi:cli/run, or --invoke an export)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ..host import Host
+from ..wasi.context import WasiConfig
+from .errors import UsageError
+from .invoke import format_value, parse_invoke
+from .options import OPTION_GROUPS
+
+
+def _env_pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not key:
+        raise argparse.ArgumentTypeError(f"--env wants KEY=VALUE, got {text!r}")
+    return key, value if sep else os.environ.get(key, "")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+    run = sub.add_parser("run", help="run a component (wasi:cli/run, or --invoke an export)")
+    run.add_argument("guest", help="the component (.wasm)")
+    run.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the guest")
+    run.add_argument("--env", action="append", type=_env_pair, default=[], metavar="KEY=VALUE", help="set a guest environment variable (KEY alone copies the host's)")
+    run.add_argument("--inherit-env", action="store_true", help="give the guest the host's whole environment")
+    run.add_argument("--invoke", metavar="'name(args)'", help="call this export instead of wasi:cli/run and print its result")
+    run.add_argument("--no-cache", action="store_true", help="do not read or write the compiled-component cache")
+    for add_arguments, _ in OPTION_GROUPS:
+        add_arguments(run)
+    return run
+
+
+def wasi_config(args: argparse.Namespace) -> WasiConfig:
+    """The guest's configuration from the command line (raises UsageError)."""
+    config = WasiConfig(args=[os.path.basename(args.guest), *args.args])
+    config.stdin, config.stdout, config.stderr = "inherit", "inherit", "inherit"
+    if args.inherit_env:
+        config.inherit_env()
+    config.env.update(dict(args.env))
+    for _, apply in OPTION_GROUPS:
+        apply(args, config)
+    return config
+
+
+def command(args: argparse.Namespace) -> int:
+    config = wasi_config(args)
+    host = Host(use_cache=not args.no_cache)
+    component = host.load(args.guest)
+    if args.invoke:
+        name, call_args = parse_invoke(args.invoke)
+        config.args = [os.path.basename(args.guest)]
+        with host.instantiate(component, config) as guest:
+            print(format_value(guest.call(name, *call_args)))
+        return 0
+    result = host.run(component, config)
+    if result.trap:
+        detail = result.trap.strip() if args.verbose else result.trap_cause
+        print(f"error: the guest trapped: {detail}", file=sys.stderr)
+        if not args.verbose:
+            print("(run with -v to see the wasm backtrace)", file=sys.stderr)
+    return result.exit_code
+
+
+__all__ = ["UsageError", "add_parser", "command", "wasi_config"]
