@@ -22,8 +22,9 @@ import threading
 import time
 from pathlib import Path
 
-from wasi_tls_host import Host, WasiConfig, guests
-from wasi_tls_host.conformance import wasmtime_binary
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # devtools/ (not installed)
+from wasi_tls_host import Host, WasiConfig, guests  # noqa: E402
+from devtools.conformance import wasmtime_binary  # noqa: E402
 from wasi_tls_host.wasi.sockets import NetworkPolicy
 
 sys.path.insert(0, str(Path(__file__).parent))

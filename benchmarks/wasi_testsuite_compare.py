@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
-from wasi_tls_host import Host
-from wasi_tls_host.conformance import SUITE, Outcome, discover, run_on_host, run_on_wasmtime_cli, to_component
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # devtools/ (not installed)
+from wasi_tls_host import Host  # noqa: E402
+from devtools.conformance import SUITE, Outcome, discover, run_on_host, run_on_wasmtime_cli, to_component
 
 
 def main() -> int:
@@ -20,7 +22,7 @@ def main() -> int:
     parser.add_argument("-v", "--verbose", action="store_true", help="print why each failing case failed")
     args = parser.parse_args()
     if not SUITE.is_dir():
-        print(f"no testsuite at {SUITE}", file=sys.stderr)
+        print(f"no testsuite at {SUITE}: set WASI_TESTSUITE to the suite's folder", file=sys.stderr)
         return 2
     cases = [c for c in discover() if args.k in c.name]
     for case in cases:

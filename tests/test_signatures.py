@@ -11,12 +11,12 @@ from wasmtime.component import Component, Linker
 
 from wasi_tls_host import GuestError, Host, WasiConfig, add_to_linker, set_wasi
 from wasi_tls_host.runtime.binding import SIGNATURES_FILE
-from wasi_tls_host.signatures import current_signatures
+from devtools.signatures import current_signatures
 
 
 def test_signature_table_matches_the_wit() -> None:
     committed = json.loads(SIGNATURES_FILE.read_text())
-    assert committed == current_signatures(), "run `python -m wasi_tls_host.signatures` and commit the result"
+    assert committed == current_signatures(), "run `python -m devtools.signatures` and commit the result"
 
 
 def test_a_component_importing_another_signature_is_refused(host: Host, guest_path) -> None:

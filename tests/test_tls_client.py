@@ -363,7 +363,7 @@ def test_no_descriptor_leaks_across_runs(probe, peers, localhost_leaf) -> None:
 
 def _wasmtime() -> Path | None:
     try:
-        from wasi_tls_host.conformance import wasmtime_binary
+        from devtools.conformance import wasmtime_binary
 
         return wasmtime_binary()
     except Exception:

