@@ -22,6 +22,7 @@ from .runtime.store import StoreState, attach, detach, state_of
 from .runtime.abi import ConversionError
 from .runtime.values import Err
 from .wasi import interfaces as wasi_interfaces
+from .wasi import sockets
 from .wasi.context import WasiConfig, WasiCtx
 
 
@@ -71,6 +72,7 @@ class GuestInstance:
         self.component = component
         self.store = Store(host.engine)
         self.ctx = set_wasi(self.store, config)
+        host._instances.add(self)
         self._exports: dict[str, exports.ExportFunc] = {}
         try:
             self.instance: Instance = host.linker.instantiate(self.store, component)
@@ -118,6 +120,18 @@ class GuestInstance:
     def interrupt(self, reason: str = "interrupted by the embedder") -> None:
         self.ctx.interrupt(reason)
 
+    # --- server operation (thread-safe; see cli/serve.py) -------------------------------
+    def stop_accepting(self) -> None:
+        """Graceful stop: the guest's listeners accept nothing more (its accept sees
+        would-block); connections already accepted go on."""
+        sockets.stop_accepting(self.ctx)
+
+    def open_connections(self) -> int:
+        return sockets.open_connections(self.ctx)
+
+    def is_listening(self) -> bool:
+        return sockets.is_listening(self.ctx)
+
     def close(self) -> None:
         detach(self.store)
 
@@ -147,6 +161,13 @@ class Host:
         self._checked: weakref.WeakKeyDictionary[Component, list[str]] = weakref.WeakKeyDictionary()
         self.cache = ComponentCache(self.engine, cache_dir, enabled=use_cache)
         self._lock = threading.Lock()
+        self._instances: weakref.WeakSet[GuestInstance] = weakref.WeakSet()
+
+    def reload_identities(self) -> list[str]:
+        """Certificate rotation for every live guest of this host: identities loaded from
+        files are read again (``TlsConfig.reload_identities``); one line per identity."""
+        configs = {id(c): c for g in list(self._instances) if (c := g.ctx.tls) is not None}
+        return [line for config in configs.values() for line in config.reload_identities()]
 
     def load(self, source: str | Path | bytes) -> Component:
         if isinstance(source, (str, Path)):

@@ -5,18 +5,21 @@ one line on stderr and exit status 2; a guest's own exit status is passed throug
 prints its message and exits 1 (like the wasmtime CLI, which also uses 1 for traps).
 
 One module per subcommand (``run.py``, ``build_guest.py``, ``demo.py``) and per option
-group (``options_*.py``); this module only builds the parser and dispatches.
+group (``options_*.py``); server operation is ``serve.py`` (signals) and ``workers.py``
+(``--workers``); this module only builds the parser and dispatches.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from ..host import GuestError, trap_cause
 from . import build_guest, run
 from .errors import UsageError
+from .options_server import worker_number
 from .version import VersionAction
 
 
@@ -44,7 +47,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)], format="wasi-tls-host: %(message)s")
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what --workers starts again
+    worker = worker_number()
+    name = f"wasi-tls-host[worker {worker} pid {os.getpid()}]" if worker is not None else "wasi-tls-host"
+    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)], format=f"{name}: %(message)s")
     try:
         return _dispatch(args)
     except (GuestError, UsageError) as e:

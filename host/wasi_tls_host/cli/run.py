@@ -10,7 +10,9 @@ from ..host import Host
 from ..wasi.context import WasiConfig
 from .errors import UsageError
 from .invoke import format_value, parse_invoke
+from . import options_server
 from .options import OPTION_GROUPS
+from .serve import serve
 
 
 def _env_pair(text: str) -> tuple[str, str]:
@@ -30,6 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     run.add_argument("--no-cache", action="store_true", help="do not read or write the compiled-component cache")
     for add_arguments, _ in OPTION_GROUPS:
         add_arguments(run)
+    options_server.add_arguments(run)
     return run
 
 
@@ -42,10 +45,15 @@ def wasi_config(args: argparse.Namespace) -> WasiConfig:
     config.env.update(dict(args.env))
     for _, apply in OPTION_GROUPS:
         apply(args, config)
+    options_server.apply(args, config)
     return config
 
 
 def command(args: argparse.Namespace) -> int:
+    if args.workers > 1 and options_server.worker_number() is None:
+        from .workers import Supervisor
+
+        return Supervisor(args.workers, args.argv).run()
     config = wasi_config(args)
     host = Host(use_cache=not args.no_cache)
     component = host.load(args.guest)
@@ -55,7 +63,10 @@ def command(args: argparse.Namespace) -> int:
         with host.instantiate(component, config) as guest:
             print(format_value(guest.call(name, *call_args)))
         return 0
-    result = host.run(component, config)
+    with host.instantiate(component, config) as guest:
+        result, decided = serve(host, guest, args.graceful_timeout)
+    if decided is not None:
+        return decided  # a signal ended it: the status says how (see cli/serve.py)
     if result.trap:
         detail = result.trap.strip() if args.verbose else result.trap_cause
         print(f"error: the guest trapped: {detail}", file=sys.stderr)

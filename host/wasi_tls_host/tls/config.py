@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Union
@@ -12,6 +13,8 @@ from OpenSSL import SSL, crypto
 # A trust anchor: PEM bytes (one or more certificates), a path to a PEM file, or a
 # cryptography certificate.
 TrustAnchor = Union[bytes, str, Path, x509.Certificate]
+
+_log = logging.getLogger("wasi_tls_host.tls")
 
 _VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
 
@@ -67,6 +70,37 @@ class TlsConfig:
         names = [i.name for i in self.identities]
         if len(set(names)) != len(names):
             raise ValueError(f"identity names must be unique, got {names}")
+
+    def current_identity(self, identity: Any) -> Any:
+        """The identity now preopened under ``identity``'s name (a reload may have replaced
+        it), or ``identity`` itself if it is no longer there."""
+        for current in self.identities:
+            if current.name == identity.name:
+                return current
+        return identity
+
+    def reload_identities(self) -> list[str]:
+        """Read every identity loaded from files again (certificate rotation). Connections
+        that start afterwards present the new certificates; open ones keep theirs. An
+        identity whose files fail to load keeps the old one, and the returned line (also
+        logged) says why. Returns one line per identity."""
+        report = []
+        for index, identity in enumerate(list(self.identities)):
+            if getattr(identity, "files", None) is None:
+                continue
+            try:
+                fresh = identity.reloaded()
+            except ValueError as e:
+                line = f"identity {identity.name!r}: kept the certificate in use: {e}"
+                _log.warning("%s", line)
+            else:
+                self.identities[index] = fresh
+                line = f"identity {identity.name!r}: reloaded from {identity.files.cert} (sha256 {fresh.public.fingerprint.hex()[:16]}...)"
+                _log.info("%s", line)
+            report.append(line)
+        # Server contexts are built per identity object: drop them with the old objects.
+        self.__dict__.pop("_server_contexts", None)
+        return report
 
     def client_anchors(self) -> list[x509.Certificate]:
         return [cert for anchor in self.client_ca for cert in load_certificates(anchor)]

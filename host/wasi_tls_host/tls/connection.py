@@ -41,13 +41,20 @@ def require_established(handshake: PendingHandshake) -> None:
 
 
 def finish_established(handshake: PendingHandshake) -> tuple[Connection, TlsInputStream, TlsOutputStream]:
-    """The connection and plaintext streams of a completed handshake, handed out once."""
-    if handshake.finished:
-        raise tls_error("invalid-state", "finish was already called")
-    require_established(handshake)
-    handshake.finished = True
-    t = handshake.transport
-    return Connection(t), TlsInputStream(t), TlsOutputStream(t)
+    """The connection and plaintext streams of a completed handshake, handed out once.
+
+    ``finish`` is a static function taking the handshake (an ``own`` handle): the guest's
+    handle is gone and the host must drop it, success or not, or the handshake's hold would
+    keep the transport, and so the TCP socket, open until garbage collection."""
+    try:
+        if handshake.finished:
+            raise tls_error("invalid-state", "finish was already called")
+        require_established(handshake)
+        handshake.finished = True
+        t = handshake.transport
+        return Connection(t), TlsInputStream(t), TlsOutputStream(t)
+    finally:
+        handshake.drop()
 
 
 @types_iface.func("error-code-of")

@@ -22,7 +22,7 @@ from ..runtime.binding import Interface
 from ..runtime.resources import HostResource
 from ..runtime.store import StoreState
 from ..runtime.values import WitError
-from .config import load_certificates, tls_config
+from .config import TlsConfig, load_certificates, tls_config
 
 PrivateKey = key_types.CertificateIssuerPrivateKeyTypes
 
@@ -72,6 +72,15 @@ class PublicIdentity(HostResource):
         return False
 
 
+@dataclass(frozen=True)
+class IdentityFiles:
+    """Where an identity was read from, so that it can be read again (rotation)."""
+
+    cert: Path
+    key: Path
+    passphrase: bytes | None = field(default=None, repr=False)
+
+
 @dataclass(eq=False)
 class PrivateIdentity:
     """A named certificate chain and private key, owned by the embedder.
@@ -82,6 +91,7 @@ class PrivateIdentity:
     name: str
     chain: list[x509.Certificate]
     key: PrivateKey = field(repr=False)
+    files: IdentityFiles | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not self.chain:
@@ -109,19 +119,45 @@ class PrivateIdentity:
             cert_pem, key_pem = Path(cert).read_bytes(), Path(key).read_bytes()
         except OSError as e:
             raise ValueError(f"identity {name!r}: cannot read {e.filename}: {e.strerror}") from None
-        return cls.from_pem(name, cert_pem, key_pem, passphrase)
+        identity = cls.from_pem(name, cert_pem, key_pem, passphrase)
+        identity.files = IdentityFiles(Path(cert), Path(key), passphrase)
+        return identity
+
+    def reloaded(self) -> PrivateIdentity:
+        """The same identity read again from its files (ValueError if it cannot be, or was
+        not made from files)."""
+        if self.files is None:
+            raise ValueError(f"identity {self.name!r} was not loaded from files")
+        return PrivateIdentity.from_files(self.name, self.files.cert, self.files.key, self.files.passphrase)
 
 
 class PrivateIdentityHandle(HostResource):
-    """What a guest holds for a private identity: a reference, never the key."""
+    """What a guest holds for a private identity: a reference, never the key.
 
-    def __init__(self, identity: PrivateIdentity) -> None:
-        self.identity = identity
+    It names the identity rather than pinning one certificate: after a rotation
+    (``TlsConfig.reload_identities``) connections that start present the reloaded one."""
+
+    def __init__(self, identity: PrivateIdentity, config: TlsConfig | None = None) -> None:
+        self._identity = identity
+        self._config = config
+
+    @property
+    def identity(self) -> PrivateIdentity:
+        if self._config is None:
+            return self._identity
+        return self._config.current_identity(self._identity)
 
 
 class IdentityStore(HostResource):
-    def __init__(self, identities: list[PrivateIdentity]) -> None:
-        self.identities = identities
+    def __init__(self, config: TlsConfig) -> None:
+        self.config = config
+
+    @property
+    def identities(self) -> list[PrivateIdentity]:
+        return list(self.config.identities)
+
+    def handle(self, identity: PrivateIdentity) -> PrivateIdentityHandle:
+        return PrivateIdentityHandle(identity, self.config)
 
 
 class TrustStore(HostResource):
@@ -188,22 +224,22 @@ def private_identity_public_identity(cx: StoreState, this: PrivateIdentityHandle
 
 @identities_iface.func("[method]identity-store.all")
 def identity_store_all(cx: StoreState, this: IdentityStore) -> list[PrivateIdentityHandle]:
-    return [PrivateIdentityHandle(i) for i in this.identities]
+    return [this.handle(i) for i in this.identities]
 
 
 @identities_iface.func("[method]identity-store.find-by-name")
 def identity_store_find_by_name(cx: StoreState, this: IdentityStore, name: str) -> PrivateIdentityHandle | None:
-    return next((PrivateIdentityHandle(i) for i in this.identities if i.name == name), None)
+    return next((this.handle(i) for i in this.identities if i.name == name), None)
 
 
 @identities_iface.func("[method]identity-store.find-by-host-name")
 def identity_store_find_by_host_name(cx: StoreState, this: IdentityStore, host_name: str) -> list[PrivateIdentityHandle]:
-    return [PrivateIdentityHandle(i) for i in this.identities if i.public.valid_for(host_name)]
+    return [this.handle(i) for i in this.identities if i.public.valid_for(host_name)]
 
 
 @identities_iface.func("[method]identity-store.find-by-fingerprint")
 def identity_store_find_by_fingerprint(cx: StoreState, this: IdentityStore, sha256: bytes) -> PrivateIdentityHandle | None:
-    return next((PrivateIdentityHandle(i) for i in this.identities if i.public.fingerprint == sha256), None)
+    return next((this.handle(i) for i in this.identities if i.public.fingerprint == sha256), None)
 
 
 @identities_iface.func("[method]trust-store.all")
@@ -223,7 +259,7 @@ def trust_store_find_by_fingerprint(cx: StoreState, this: TrustStore, sha256: by
 
 @identities_iface.func("preopened-identities")
 def preopened_identities(cx: StoreState) -> IdentityStore:
-    return IdentityStore(list(tls_config(cx).identities))
+    return IdentityStore(tls_config(cx))
 
 
 @identities_iface.func("trust-anchors")

@@ -333,7 +333,28 @@ class PendingHandshake(TransportUser):
             t.pump()  # deliver our alert to the peer, if any
             self.outcome = t.failure or t.fail(self.explain(failure))
             log.info("TLS handshake (%s) failed: %s", "server" if t.engine.server_side else t.engine.server_name, self.outcome)
+        self._note_access()
         return True
+
+    def _note_access(self) -> None:
+        """Tell the access log's record of the TCP connection beneath (accepted sockets
+        have one) what the handshake negotiated, or why it failed."""
+        record = getattr(self.transport.cin, "record", None)
+        if record is None:
+            return
+        engine = self.transport.engine
+        if self.outcome is True:
+            info = engine.info()
+            client = "-"
+            if engine.server_side and info.peer_chain_der:
+                from cryptography import x509
+
+                client = x509.load_der_x509_certificate(info.peer_chain_der[0]).subject.rfc4514_string()
+            record.annotate(sni=engine.requested_server_name() or "-", alpn=info.alpn.decode("ascii", "replace") if info.alpn else "-",
+                            version=info.protocol_name, suite=info.cipher or "-", client=client, tls="ok")
+            record.handshake_done()
+        else:
+            record.annotate(tls=f"failed: {self.outcome}")
 
     def _report(self) -> None:
         if self.on_handshake is not None:

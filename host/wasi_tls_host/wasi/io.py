@@ -144,6 +144,11 @@ class Interruptor:
         self.reason = reason
         self.notifier.notify()
 
+    def wake(self) -> None:
+        """Make a waiting guest look at its pollables again (their state changed without
+        an fd event, e.g. a graceful stop), without ending anything."""
+        self.notifier.notify()
+
     def check(self) -> None:
         if self.reason is not None:
             raise Trap(self.reason)
@@ -183,7 +188,9 @@ def block_until(cx: StoreState | None, pollables: list[Pollable]) -> list[int]:
             timeout_ms = max(0.0, (waits.deadline - time.monotonic_ns()) / 1e6)
             # poll() rounds down; sleeping a little long is better than spinning early.
             timeout_ms = int(timeout_ms) + (1 if timeout_ms % 1 else 0)
-        poller.poll(timeout_ms)
+        events = poller.poll(timeout_ms)
+        if interruptor is not None and interruptor.reason is None and any(fd == interruptor.notifier.fd for fd, _ in events):
+            interruptor.notifier.clear()  # a wake(): consumed here, or every poll would spin
 
 
 def wait_for(cx: StoreState | None, pollable: Pollable) -> None:

@@ -8,6 +8,9 @@
 * ``SharedSocket``: one OS socket used by several host objects (a tcp-socket resource and
   its two streams); the descriptor is closed when the last user lets go, or when the store
   closes (``SocketRegistry``), so no descriptor outlives its guest.
+* ``ConnectionRecord``: what an accepted connection did (peer, bytes each way, how it
+  ended, and what layers above such as TLS add); one access-log line when it closes, on the
+  ``wasi_tls_host.access`` logger.
 
 Pollables hold the socket object, never a bare descriptor number: after a close the number
 may be reused by an unrelated descriptor, so a closed socket reports "ready" instead.
@@ -16,9 +19,13 @@ may be reused by an unrelated descriptor, so a closed socket reports "ready" ins
 from __future__ import annotations
 
 import errno
+import json
+import logging
 import select
 import socket
+import time
 import weakref
+from dataclasses import dataclass, field
 from typing import Callable
 
 from .io import InputStream, OutputStream, Pollable, StreamClosed, StreamFailed, Waits
@@ -63,6 +70,42 @@ def error_code(e: OSError, overrides: dict[int, str] | None = None) -> str:
     return ERRNO_CODES.get(code, "unknown")
 
 
+access_log = logging.getLogger("wasi_tls_host.access")
+
+
+@dataclass
+class ConnectionRecord:
+    """One accepted connection, logged as one grep-able ``key=value`` line when it closes."""
+
+    peer: str
+    accepted_ns: int = field(default_factory=time.monotonic_ns)
+    bytes_in: int = 0
+    bytes_out: int = 0
+    end: str | None = None  # the first thing that ended it (peer-closed, connection-reset, ...)
+    # Added by the layers above (TLS: sni, alpn, version, suite, client, handshake_ms, tls).
+    fields: dict[str, str] = field(default_factory=dict)
+
+    def note_end(self, how: str) -> None:
+        if self.end is None:
+            self.end = how
+
+    def annotate(self, **fields: str) -> None:
+        self.fields.update(fields)
+
+    def handshake_done(self) -> None:
+        self.fields["handshake_ms"] = f"{(time.monotonic_ns() - self.accepted_ns) / 1e6:.1f}"
+
+    def line(self) -> str:
+        def value(v: str) -> str:
+            return json.dumps(v) if not v or any(c in v for c in ' "=') else v
+
+        order = ("sni", "alpn", "version", "suite", "client", "handshake_ms", "tls")
+        parts = [f"peer={self.peer}", *(f"{k}={value(self.fields.get(k, '-'))}" for k in order)]
+        parts += [f"in={self.bytes_in}", f"out={self.bytes_out}",
+                  f"ms={(time.monotonic_ns() - self.accepted_ns) / 1e6:.1f}", f"end={self.end or 'closed'}"]
+        return " ".join(parts)
+
+
 def poll_now(sock: socket.socket, events: int) -> int:
     """The socket's current poll events (0 if none), without waiting."""
     fd = sock.fileno()
@@ -79,15 +122,31 @@ class SocketRegistry:
 
     def __init__(self) -> None:
         self._live: weakref.WeakSet[SharedSocket] = weakref.WeakSet()
+        # Graceful stop: listeners stop accepting (and close) at the guest's next look at
+        # them; connections already accepted go on (see TcpSocket).
+        self.draining = False
 
     def add(self, shared: SharedSocket) -> None:
+        shared.registry = self
         self._live.add(shared)
 
     def __len__(self) -> int:
         return sum(1 for s in list(self._live) if not s.closed)
 
+    def stop_accepting(self) -> None:
+        self.draining = True
+
+    def open_connections(self) -> int:
+        """Accepted connections not closed yet."""
+        return sum(1 for s in list(self._live) if s.record is not None and not s.closed)
+
+    def listening(self) -> bool:
+        return any(s.listening and not s.closed for s in list(self._live))
+
     def close_all(self) -> None:
         for shared in list(self._live):
+            if shared.record is not None:
+                shared.record.note_end("host-stopped")
             shared.close()
         self._live = weakref.WeakSet()
 
@@ -95,11 +154,14 @@ class SocketRegistry:
 class SharedSocket:
     """An OS socket with a count of host objects using it; closed when the count is 0."""
 
-    def __init__(self, sock: socket.socket, registry: SocketRegistry | None = None) -> None:
+    def __init__(self, sock: socket.socket, registry: SocketRegistry | None = None, record: ConnectionRecord | None = None) -> None:
         sock.setblocking(False)
         self.sock = sock
         self._users = 0
         self.closed = False
+        self.listening = False
+        self.record = record  # accepted connections only
+        self.registry: SocketRegistry | None = None
         if registry is not None:
             registry.add(self)
 
@@ -116,6 +178,8 @@ class SharedSocket:
         if not self.closed:
             self.closed = True
             self.sock.close()
+            if self.record is not None and access_log.isEnabledFor(logging.INFO):
+                access_log.info(self.record.line())
 
 
 class SocketPollable(Pollable):
@@ -169,11 +233,21 @@ class SocketInput(InputStream):
             return b""
         except OSError as e:
             self._ended = True
+            if self.record is not None:
+                self.record.note_end(error_code(e))
             raise StreamFailed(f"receive failed: {e.strerror or e}", error_code(e), "sockets") from None
         if not data:
             self._ended = True
+            if self.record is not None:
+                self.record.note_end("peer-closed")
             raise StreamClosed()
+        if self.record is not None:
+            self.record.bytes_in += len(data)
         return data
+
+    @property
+    def record(self) -> ConnectionRecord | None:
+        return self.shared.record
 
     def _has_something(self) -> bool:
         if self._ended or self._error is not None:
@@ -218,8 +292,12 @@ class SocketOutput(OutputStream):
                 break
             except OSError as e:
                 self._fail(f"send failed: {e.strerror or e}", error_code(e))
+                if self.shared.record is not None:
+                    self.shared.record.note_end(error_code(e))
                 break
             del self._buffer[:sent]
+            if self.shared.record is not None:
+                self.shared.record.bytes_out += sent
         if self._fin_pending and not self._buffer:
             self._fin_pending = False
             try:

@@ -23,6 +23,7 @@ import select
 import socket
 import struct
 import threading
+import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from .io import (
     Waits,
 )
 from .socket_streams import (
+    ConnectionRecord,
     SharedSocket,
     SocketInput,
     SocketOutput,
@@ -121,6 +123,9 @@ class NetworkPolicy:
     connect: list[AddressPattern] = field(default_factory=list)
     bind: list[AddressPattern] = field(default_factory=list)
     dns: bool = False
+    # Binds set SO_REUSEPORT, so that several host processes (``--workers``) serve one
+    # address and the kernel spreads connections among them.
+    reuse_port: bool = False
 
     @classmethod
     def inherit(cls) -> NetworkPolicy:
@@ -170,6 +175,10 @@ def _check_bind(cx: StoreState, ip: IPAddress, port: int, what: str) -> None:
 
 def _fmt(ip: IPAddress, port: int) -> str:
     return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+
+
+def _fmt_os(addr: tuple[Any, ...]) -> str:
+    return f"[{addr[0]}]:{addr[1]}" if ":" in str(addr[0]) else f"{addr[0]}:{addr[1]}"
 
 
 # ---------------------------------------------------------------------------------------
@@ -268,6 +277,26 @@ def registry(cx: StoreState) -> SocketRegistry:
         reg = _REGISTRIES[ctx] = SocketRegistry()
         ctx.on_close(reg.close_all)
     return reg
+
+
+def stop_accepting(ctx: Any) -> None:
+    """Graceful stop of a store's servers (thread-safe): its listeners close at the guest's
+    next look at them and accept nothing more; accepted connections go on."""
+    reg = _REGISTRIES.get(ctx)
+    if reg is not None:
+        reg.stop_accepting()
+    ctx.interruptor.wake()
+
+
+def open_connections(ctx: Any) -> int:
+    """Accepted connections of a store that are not closed yet."""
+    reg = _REGISTRIES.get(ctx)
+    return reg.open_connections() if reg is not None else 0
+
+
+def is_listening(ctx: Any) -> bool:
+    reg = _REGISTRIES.get(ctx)
+    return reg is not None and reg.listening()
 
 
 def _new_socket(cx: StoreState, family: str, kind: int) -> SharedSocket:
@@ -507,6 +536,8 @@ class TcpSocket(HostResource):
             if addr.port != 0:
                 # The spec: a bind to a fixed port must not fail because of TIME_WAIT.
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if _policy(cx).reuse_port:
+                    self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             self.sock.bind(addr.os_tuple())
         except OSError as e:
             raise self._os(e) from None  # the socket stays unbound; bind may be retried
@@ -526,6 +557,7 @@ class TcpSocket(HostResource):
         except OSError as e:
             self.state = CLOSED
             raise self._os(e) from None
+        self.shared.listening = True
         self.state = LISTEN_STARTED
 
     def finish_listen(self) -> None:
@@ -533,15 +565,29 @@ class TcpSocket(HostResource):
             raise WitError("not-in-progress")
         self.state = LISTENING
 
+    def draining(self) -> bool:
+        """Graceful stop: a draining store's listener closes (so the kernel refuses new
+        clients, or hands them to another worker) and never has a client to accept; the
+        guest sees would-block and goes on serving the connections it has."""
+        registry = self.shared.registry
+        if registry is None or not registry.draining or self.state != LISTENING:
+            return False
+        if not self.shared.closed:
+            log.info("stopped accepting on %s", _fmt_os(self.sock.getsockname()))
+            self.shared.close()
+        return True
+
     def accept(self, cx: StoreState) -> tuple[TcpSocket, InputStream, OutputStream]:
         self._require(LISTENING)
+        if self.draining():
+            raise WitError("would-block")
         try:
-            conn, _ = self.sock.accept()
+            conn, peer = self.sock.accept()
         except (BlockingIOError, InterruptedError):
             raise WitError("would-block") from None
         except OSError as e:
             raise self._os(e) from None
-        client = TcpSocket(SharedSocket(conn, registry(cx)), self.family, CONNECTED)
+        client = TcpSocket(SharedSocket(conn, registry(cx), ConnectionRecord(_fmt_os(peer))), self.family, CONNECTED)
         return (client, *client._open_streams())
 
     # --- connect -----------------------------------------------------------------------
@@ -664,6 +710,8 @@ class TcpSocketPollable(Pollable):
 
     def ready(self) -> bool:
         state = self.tcp.state
+        if self.tcp.draining():
+            return False
         if self.tcp.shared.closed:
             return True
         if state == CONNECTING:
@@ -673,6 +721,11 @@ class TcpSocketPollable(Pollable):
         return True
 
     def add_waits(self, waits: Waits) -> None:
+        if self.tcp.draining():
+            # Never ready again; a deadline rather than nothing, so that a guest waiting on
+            # its listener alone sleeps instead of being told its poll can never end.
+            waits.until(time.monotonic_ns() + 1_000_000_000)
+            return
         fd = self.tcp.sock.fileno()
         if fd < 0:
             waits.soon()

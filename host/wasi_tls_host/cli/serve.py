@@ -1,0 +1,102 @@
+"""Running a guest so that a person can operate it: signals for rotation and graceful stop.
+
+The guest runs on a thread; the main thread handles signals:
+
+* SIGHUP: ``Host.reload_identities()`` (new connections present the new certificates, open
+  ones keep theirs; a file that fails to load keeps the old identity, with a log line).
+* SIGTERM or SIGINT, first: the guest's listeners stop accepting; open connections get
+  ``--graceful-timeout`` seconds to finish, then the guest is ended. A guest that does not
+  listen (a command) is ended at once.
+* SIGTERM or SIGINT, second: the guest is ended at once.
+
+Exit status: the guest's own when it ends by itself; ``EXIT_DRAINED`` (0) when a graceful
+stop saw every connection finish; ``EXIT_DEADLINE`` (3) when the deadline cut connections
+short; 128 + signal number when a signal ended it at once (130 SIGINT, 143 SIGTERM).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from typing import Any
+
+from ..host import GuestInstance, Host, RunResult
+
+log = logging.getLogger("wasi_tls_host.serve")
+
+EXIT_DRAINED = 0
+EXIT_DEADLINE = 3
+_TICK_S = 0.05
+
+
+class Operator:
+    """What signals ask for, handled on the main thread while the guest runs elsewhere."""
+
+    def __init__(self, host: Host, guest: GuestInstance, graceful_timeout: float) -> None:
+        self.host = host
+        self.guest = guest
+        self.graceful_timeout = graceful_timeout
+        self.deadline: float | None = None  # set by the first stop signal
+        self.exit_status: int | None = None  # decided by the operator, not the guest
+
+    def on_signal(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if signum == signal.SIGHUP:
+            log.warning("SIGHUP: reloading identities")
+            for line in self.host.reload_identities():
+                log.warning("%s", line)
+            return
+        if self.deadline is not None or not self.guest.is_listening():
+            self.exit_status = 128 + signum
+            log.warning("%s: stopping now", name)
+            self.guest.interrupt(f"stopped by {name}")
+            return
+        self.deadline = time.monotonic() + self.graceful_timeout
+        log.warning("%s: stopped accepting; waiting up to %.1f s for %d open connection(s) (send it again to stop now)",
+                    name, self.graceful_timeout, self.guest.open_connections())
+        self.guest.stop_accepting()
+
+    def tick(self) -> None:
+        """Called every few ms on the main thread while draining."""
+        if self.deadline is None or self.exit_status is not None:
+            return
+        remaining = self.guest.open_connections()
+        if remaining == 0:
+            self.exit_status = EXIT_DRAINED
+            log.warning("graceful stop: every connection finished")
+            self.guest.interrupt("graceful stop")
+        elif time.monotonic() >= self.deadline:
+            self.exit_status = EXIT_DEADLINE
+            log.warning("graceful stop: %d connection(s) still open after %.1f s; ending them", remaining, self.graceful_timeout)
+            self.guest.interrupt("graceful stop deadline")
+
+
+def serve(host: Host, guest: GuestInstance, graceful_timeout: float) -> tuple[RunResult, int | None]:
+    """Run ``guest`` (wasi:cli/run) with signal handling; returns its result and the exit
+    status the operator decided (None: the guest ended by itself)."""
+    operator = Operator(host, guest, graceful_timeout)
+    outcome: list[RunResult] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            outcome.append(guest.run())
+        except BaseException as e:  # handed to the main thread, which re-raises it
+            failure.append(e)
+
+    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    previous = {s: signal.signal(s, operator.on_signal) for s in handled}
+    worker = threading.Thread(target=run, name="guest", daemon=True)
+    try:
+        worker.start()
+        while worker.is_alive():
+            worker.join(_TICK_S)
+            operator.tick()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if failure:
+        raise failure[0]
+    return outcome[0], operator.exit_status
