@@ -16,6 +16,7 @@ import sys
 from typing import Any
 
 from .host import GuestError, Host, trap_cause
+from .provenance import CodePolicy, ProvenanceError
 from .runtime.values import Err, Ok, Some, Variant
 from .wasi.context import WasiConfig
 
@@ -112,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     for add_arguments, _ in OPTION_GROUPS:
         add_arguments(run)
 
+    _add_provenance_arguments(sub, run)
+
     sub.add_parser("demo", help="fetch https://localhost from a guest through this host, with a throwaway CA (no network needed)")
 
     build = sub.add_parser("build-guest", help="build an example guest from guest_examples/ and print its path")
@@ -129,7 +132,7 @@ def _run(args: argparse.Namespace) -> int:
 
     for _, apply in OPTION_GROUPS:
         apply(args, config)
-    host = Host(use_cache=not args.no_cache)
+    host = Host(use_cache=not args.no_cache, policy=_code_policy(args))
     component = host.load(args.guest)
     if args.invoke:
         name, call_args = parse_invoke(args.invoke)
@@ -154,6 +157,116 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- code provenance (issue 10): digests, pins, signatures --------------------------------
+# Self-contained so it can move as one piece; every command maps onto a library function.
+
+
+def _add_provenance_arguments(sub: Any, run: argparse.ArgumentParser) -> None:
+    group = run.add_argument_group("code provenance (checked before the component is compiled)")
+    group.add_argument("--require-digest", action="append", default=[], metavar="sha256:HEX", help="run the component only if it has this digest (repeatable: any of them)")
+    group.add_argument("--require-signer", action="append", default=[], metavar="PUB.pem", help="run the component only if signed by this Ed25519 key (repeatable: any of them)")
+    group.add_argument("--require-all-signers", action="store_true", help="with several --require-signer, require a signature by each")
+    group.add_argument("--signature", metavar="SIG.bin", help="a detached signature for the component")
+
+    digest = sub.add_parser("digest", help="print a component's content digest (sha256:<hex>)")
+    digest.add_argument("files", nargs="+", metavar="GUEST.wasm")
+
+    sign = sub.add_parser("sign", help="sign a module or component (Ed25519, the wasmsign2 format)")
+    sign.add_argument("file", metavar="GUEST.wasm")
+    sign.add_argument("--key", required=True, metavar="KEY.pem", help="Ed25519 private key (PEM, or wasmsign2's raw key pair)")
+    sign.add_argument("-o", "--output", metavar="OUT.wasm", help="write the signed module here (default: replace GUEST.wasm)")
+    sign.add_argument("--detached", metavar="SIG.bin", help="write the signature here instead of embedding it (adds to an existing SIG.bin)")
+    sign.add_argument("--key-id", default="", help="a key identifier stored beside the signature")
+    sign.add_argument("--allow-extensions", action="store_true", help="end the signed content with a delimiter, so sections added later can be signed separately")
+
+    verify = sub.add_parser("verify", help="verify a module's or component's signature")
+    verify.add_argument("file", metavar="GUEST.wasm")
+    verify.add_argument("--public-key", action="append", required=True, metavar="PUB.pem", help="a trusted key (repeatable: any of them)")
+    verify.add_argument("--signature", metavar="SIG.bin", help="a detached signature")
+    verify.add_argument("--require-all-signers", action="store_true", help="require a valid signature by every --public-key")
+    verify.add_argument("--parts", type=int, metavar="N", help="verify only the first N parts (partial verification)")
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise UsageError(f"cannot read {what} {path}: {e.strerror}") from None
+
+
+def _public_keys(paths: list[str]) -> list[Any]:
+    from .provenance.signatures import load_public_key
+
+    try:
+        return [load_public_key(_read(p, "public key")) for p in paths]
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def _code_policy(args: argparse.Namespace) -> CodePolicy | None:
+    if not (args.require_digest or args.require_signer):
+        return None
+    try:
+        return CodePolicy(
+            digests=list(args.require_digest), signers=_public_keys(args.require_signer),
+            require_all_signers=args.require_all_signers,
+            signature=_read(args.signature, "signature") if args.signature else None,
+        )
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def _digest_command(args: argparse.Namespace) -> int:
+    from .provenance import digest
+
+    for path in args.files:
+        print(digest(_read(path, "component")) + ("" if len(args.files) == 1 else f"  {path}"))
+    return 0
+
+
+def _sign_command(args: argparse.Namespace) -> int:
+    from .provenance import signatures
+
+    try:
+        key = signatures.load_private_key(_read(args.key, "signing key"))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    wasm = _read(args.file, "module")
+    if args.allow_extensions:
+        wasm = signatures.add_delimiter(wasm)
+    existing = _read(args.detached, "signature") if args.detached and os.path.exists(args.detached) else None
+    out, sig = signatures.sign(wasm, key, key_id=args.key_id.encode(), signature=existing, detached=bool(args.detached))
+    if args.detached:
+        _write_atomically(args.detached, sig)
+    if not args.detached or args.allow_extensions or args.output:
+        _write_atomically(args.output or args.file, out)
+    return 0
+
+
+def _verify_command(args: argparse.Namespace) -> int:
+    from .provenance import signatures
+
+    keys = _public_keys(args.public_key)
+    verified = signatures.verify(
+        _read(args.file, "module"), keys, _read(args.signature, "signature") if args.signature else None,
+        parts=args.parts, require_all=args.require_all_signers,
+    )
+    names = ", ".join(signatures.key_fingerprint(k) for k in verified.signers)
+    print(f"ok: signed by {names} ({verified.parts_verified} of {verified.parts_total} parts verified)")
+    return 0
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+PROVENANCE_COMMANDS = {"digest": _digest_command, "sign": _sign_command, "verify": _verify_command}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -161,12 +274,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command in PROVENANCE_COMMANDS:
+            return PROVENANCE_COMMANDS[args.command](args)
         if args.command == "demo":
             from .demo import run_demo
 
             return run_demo()
         return _build(args)
-    except (GuestError, UsageError) as e:
+    except (GuestError, UsageError, ProvenanceError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:

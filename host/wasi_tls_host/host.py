@@ -15,6 +15,7 @@ from typing import Any, Iterable
 from wasmtime import Engine, ExitTrap, Store, WasmtimeError
 from wasmtime.component import Component, Instance, Linker
 
+from .provenance import CodeEvidence, CodePolicy
 from .runtime import binding, exports
 from .runtime.binding import Interface
 from .runtime.cache import ComponentCache
@@ -138,8 +139,13 @@ class Host:
         cache_dir: Path | None = None,
         use_cache: bool = True,
         interfaces: Iterable[Interface] | None = None,
+        policy: CodePolicy | None = None,
     ) -> None:
         self.engine = engine or Engine()
+        # Pins and signers every component must satisfy before it is compiled (load may
+        # give another policy); what was established about each component, for attestation.
+        self.policy = policy
+        self._evidence: weakref.WeakKeyDictionary[Component, CodeEvidence] = weakref.WeakKeyDictionary()
         self.linker = Linker(self.engine)
         self.interfaces = all_interfaces() if interfaces is None else list(interfaces)
         add_to_linker(self.linker, self.interfaces)
@@ -148,7 +154,13 @@ class Host:
         self.cache = ComponentCache(self.engine, cache_dir, enabled=use_cache)
         self._lock = threading.Lock()
 
-    def load(self, source: str | Path | bytes) -> Component:
+    def load(self, source: str | Path | bytes, policy: CodePolicy | None = None) -> Component:
+        """Read and compile a component (or take it from the cache).
+
+        ``policy`` (default: the host's) is checked on the bytes before anything else: a
+        component that is not pinned or not signed as required raises ProvenanceError
+        (DigestMismatch, SignatureError) and is never compiled.
+        """
         if isinstance(source, (str, Path)):
             path = Path(source)
             try:
@@ -159,6 +171,8 @@ class Host:
                 raise GuestError(f"{path}: {e.strerror}") from None
         else:
             wasm = bytes(source)
+        policy = policy or self.policy
+        evidence = policy.check(wasm) if policy is not None else CodeEvidence.of(wasm)
         if wasm[:4] != b"\0asm":
             raise GuestError("not a WebAssembly binary (no \\0asm header)")
         if wasm[4:8] == b"\x01\0\0\0":
@@ -168,9 +182,15 @@ class Host:
             )
         with self._lock:
             try:
-                return self.cache.load(wasm)
+                component = self.cache.load(wasm)
             except WasmtimeError as e:
                 raise GuestError(f"invalid component: {e}") from None
+            self._evidence[component] = evidence
+        return component
+
+    def evidence(self, component: Component) -> CodeEvidence | None:
+        """What the last ``load`` of this component established (digests, signers)."""
+        return self._evidence.get(component)
 
     def instantiate(self, component: Component | str | Path | bytes, config: WasiConfig | None = None) -> GuestInstance:
         if not isinstance(component, Component):
