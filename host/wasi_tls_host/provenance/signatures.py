@@ -331,12 +331,15 @@ def sign(
     key_id: bytes = b"",
     signature: bytes | None = None,
     detached: bool = False,
+    parts: int | None = None,
 ) -> tuple[bytes, bytes]:
     """Sign a module (or component); return (module, signature data).
 
     Embedded (default): the module comes back with the signature section first; a signature
     already embedded (or given as ``signature``) keeps its signatures and gains this one.
     Detached: the module comes back without a signature section, unchanged otherwise.
+    ``parts=n`` signs only the first n parts (a partial signature, which verifiers accept
+    only when asked to verify those parts).
     """
     header, sections = parse_module(wasm)
     existing = signature
@@ -345,6 +348,10 @@ def sign(
         sections = sections[1:]
     data = SignatureData.decode(existing) if existing is not None else SignatureData()
     hashes = part_hashes(sections)
+    if parts is not None:
+        if not 1 <= parts <= len(hashes):
+            raise ValueError(f"cannot sign {parts} parts: the module has {len(hashes)}")
+        hashes = hashes[:parts]
     entry = next((e for e in data.signed_hashes if e.hashes == hashes), None)
     if entry is None:
         entry = SignedHashes(hashes)
@@ -402,13 +409,14 @@ def verify(
         for entry in data.signed_hashes:
             if not any(_valid(key, entry, sig, data) for sig in entry.signatures):
                 continue
-            if entry.hashes[:wanted] == computed[:wanted] and len(entry.hashes) >= wanted:
-                if parts is None and len(entry.hashes) < len(computed):
+            if parts is None:
+                if entry.hashes == computed:
+                    matched = True
+                    break
+                if len(entry.hashes) < len(computed) and entry.hashes == computed[:len(entry.hashes)]:
                     partial_only = True  # sections were added after signing
                     continue
-                if parts is None and len(entry.hashes) > len(computed):
-                    signed_other_content = True  # signed parts were removed
-                    continue
+            elif len(entry.hashes) >= wanted and entry.hashes[:wanted] == computed[:wanted]:
                 matched = True
                 break
             signed_other_content = True
