@@ -133,7 +133,7 @@ def _run(args: argparse.Namespace) -> int:
     for _, apply in OPTION_GROUPS:
         apply(args, config)
     host = Host(use_cache=not args.no_cache, policy=_code_policy(args))
-    component = host.load(args.guest)
+    component = host.load(_guest_source(args))
     if args.invoke:
         name, call_args = parse_invoke(args.invoke)
         config.args = [os.path.basename(args.guest)]
@@ -167,6 +167,14 @@ def _add_provenance_arguments(sub: Any, run: argparse.ArgumentParser) -> None:
     group.add_argument("--require-signer", action="append", default=[], metavar="PUB.pem", help="run the component only if signed by this Ed25519 key (repeatable: any of them)")
     group.add_argument("--require-all-signers", action="store_true", help="with several --require-signer, require a signature by each")
     group.add_argument("--signature", metavar="SIG.bin", help="a detached signature for the component")
+    group.add_argument("--module-store", action="append", default=[], metavar="DIR|URL", help="where to find a component named sha256:<hex> (a directory or an https:// base URL laid out as sha256/<hex>.wasm; repeatable)")
+    group.add_argument("--module-max-size", type=int, default=None, metavar="BYTES", help="refuse a fetched component larger than this (default 256 MiB)")
+
+    store = sub.add_parser("store", help="content-addressed module store")
+    store_sub = store.add_subparsers(dest="store_command", required=True)
+    store_add = store_sub.add_parser("add", help="put components into a directory store and print their names")
+    store_add.add_argument("files", nargs="+", metavar="GUEST.wasm")
+    store_add.add_argument("--module-store", metavar="DIR", help="the store (default: the per-user store)")
 
     digest = sub.add_parser("digest", help="print a component's content digest (sha256:<hex>)")
     digest.add_argument("files", nargs="+", metavar="GUEST.wasm")
@@ -217,6 +225,38 @@ def _code_policy(args: argparse.Namespace) -> CodePolicy | None:
         raise UsageError(str(e)) from None
 
 
+def _guest_source(args: argparse.Namespace) -> str | bytes:
+    """The guest's path, or the verified bytes of a component named sha256:<hex>."""
+    from .provenance import is_digest
+    from .provenance import store
+
+    if not is_digest(args.guest) or os.path.exists(args.guest):
+        return args.guest
+    try:
+        stores = [store.open_store(loc, max_bytes=args.module_max_size or store.DEFAULT_MAX_BYTES) for loc in args.module_store]
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return store.resolve(args.guest, stores, progress=_progress_line(args.guest) if sys.stderr.isatty() else None)
+
+
+def _progress_line(name: str) -> Any:
+    def show(received: int, total: int | None) -> None:
+        of = f" of {total / 1e6:.1f}" if total else ""
+        end = "\n" if total is not None and received >= total else ""
+        print(f"\rfetching {name[:19]}...: {received / 1e6:.1f}{of} MB", end=end, file=sys.stderr, flush=True)
+
+    return show
+
+
+def _store_command(args: argparse.Namespace) -> int:
+    from .provenance import store
+
+    target = store.DirectoryStore(args.module_store or store.default_store_dir())
+    for path in args.files:
+        print(target.add(_read(path, "component")) + ("" if len(args.files) == 1 else f"  {path}"))
+    return 0
+
+
 def _digest_command(args: argparse.Namespace) -> int:
     from .provenance import digest
 
@@ -264,7 +304,7 @@ def _write_atomically(path: str, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-PROVENANCE_COMMANDS = {"digest": _digest_command, "sign": _sign_command, "verify": _verify_command}
+PROVENANCE_COMMANDS = {"store": _store_command, "digest": _digest_command, "sign": _sign_command, "verify": _verify_command}
 
 
 def main(argv: list[str] | None = None) -> int:
