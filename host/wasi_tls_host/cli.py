@@ -132,6 +132,7 @@ def _run(args: argparse.Namespace) -> int:
 
     for _, apply in OPTION_GROUPS:
         apply(args, config)
+    _apply_attestation(args, config)
     host = Host(use_cache=not args.no_cache, policy=_code_policy(args))
     component = host.load(_guest_source(args))
     if args.invoke:
@@ -175,6 +176,22 @@ def _add_provenance_arguments(sub: Any, run: argparse.ArgumentParser) -> None:
     store_add = store_sub.add_parser("add", help="put components into a directory store and print their names")
     store_add.add_argument("files", nargs="+", metavar="GUEST.wasm")
     store_add.add_argument("--module-store", metavar="DIR", help="the store (default: the per-user store)")
+
+    attest = run.add_argument_group("code-bound identities (a key per instance, certified with its code)")
+    attest.add_argument("--attest-ca", metavar="CA.pem,CA.key", help="certify each instance's own key with this CA, with the component's digest and grants (Open DICE extension)")
+    attest.add_argument("--attest-name", action="append", default=[], metavar="NAME", help="DNS name or IP address for the attested certificate (repeatable)")
+    attest.add_argument("--attest-lifetime", default="24h", metavar="24h", help="how long each attested certificate is valid (default 24h)")
+    attest.add_argument("--attest-trust", action="append", default=[], metavar="CA.pem", help="an attestation CA whose code claims the guest may rely on (expect-peer-code)")
+
+    inspect = sub.add_parser("inspect-cert", help="print the code claims of a certificate (a PEM/DER file or a TLS server HOST:PORT)")
+    inspect.add_argument("source", metavar="FILE|HOST:PORT")
+    verify_cert = sub.add_parser("verify-cert", help="check a certificate's code claims against an attestation CA")
+    verify_cert.add_argument("source", metavar="FILE|HOST:PORT")
+    verify_cert.add_argument("--ca", required=True, action="append", metavar="CA.pem", help="the attestation CA (repeatable)")
+    verify_cert.add_argument("--expect-code", metavar="sha256:HEX", help="the component that must hold the key")
+    verify_cert.add_argument("--expect-config", metavar="FILE", help="the configuration document (as printed by inspect-cert) it must have been given")
+    verify_cert.add_argument("--expect-signer", action="append", metavar="PUB.pem", help="a key that must have verified the component's signature (repeatable; all of them, exactly)")
+    verify_cert.add_argument("--expect-unsigned", action="store_true", help="the component must not have been verified against any signer")
 
     digest = sub.add_parser("digest", help="print a component's content digest (sha256:<hex>)")
     digest.add_argument("files", nargs="+", metavar="GUEST.wasm")
@@ -304,7 +321,82 @@ def _write_atomically(path: str, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-PROVENANCE_COMMANDS = {"store": _store_command, "digest": _digest_command, "sign": _sign_command, "verify": _verify_command}
+def _apply_attestation(args: argparse.Namespace, config: WasiConfig) -> None:
+    if not args.attest_ca and not args.attest_trust:
+        return
+    from . import attestation
+    from .tls.config import TlsConfig, load_certificates
+
+    try:
+        if config.tls is None:
+            config.tls = TlsConfig()
+        config.tls.attest_trust.extend(c for path in args.attest_trust for c in load_certificates(path))
+        if args.attest_ca:
+            # Inheriting the host's environment or network weakens isolation: say so.
+            config.tls.attest_ca = attestation.parse_attest_ca_option(
+                args.attest_ca, names=list(args.attest_name), lifetime=attestation.parse_lifetime(args.attest_lifetime),
+                debug=bool(args.inherit_env or args.inherit_network),
+            )
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def _certificate_chain(source: str) -> list[Any]:
+    from . import attestation
+
+    try:
+        if os.path.exists(source):
+            return attestation.load_certificates(source)
+        return attestation.fetch_chain(source)
+    except (ValueError, OSError) as e:
+        raise UsageError(f"{source}: {e}") from None
+
+
+def _inspect_cert_command(args: argparse.Namespace) -> int:
+    from . import attestation
+
+    chain = _certificate_chain(args.source)
+    if not chain:
+        raise UsageError(f"{args.source}: no certificate")
+    leaf = chain[0]
+    print(f"subject: {leaf.subject.rfc4514_string()}")
+    print(f"issuer: {leaf.issuer.rfc4514_string()}")
+    print(f"valid: {leaf.not_valid_before_utc:%Y-%m-%d %H:%M:%S} to {leaf.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC")
+    try:
+        claims = attestation.claims_of(leaf)
+    except ValueError as e:
+        raise UsageError(f"the DICE extension is malformed: {e}") from None
+    if claims is None:
+        print("code claims: none (no Open DICE extension)")
+        return 0
+    for line in attestation.describe(claims):
+        print(line)
+    return 0
+
+
+def _verify_cert_command(args: argparse.Namespace) -> int:
+    from . import attestation
+
+    chain = _certificate_chain(args.source)
+    authority: Any = None
+    if args.expect_unsigned:
+        authority = []
+    elif args.expect_signer:
+        authority = _public_keys(args.expect_signer)
+    try:
+        claims = attestation.verify(
+            chain, [c for path in args.ca for c in attestation.load_certificates(path)],
+            expect_code=args.expect_code, expect_config=_read(args.expect_config, "configuration document") if args.expect_config else None,
+            expect_authority=authority,
+        )
+    except attestation.AttestationError as e:
+        print(f"refused: {e}", file=sys.stderr)
+        return 1
+    print(f"ok: {claims.digest} attested by {args.ca[0]}")
+    return 0
+
+
+PROVENANCE_COMMANDS = {"inspect-cert": _inspect_cert_command, "verify-cert": _verify_cert_command, "store": _store_command, "digest": _digest_command, "sign": _sign_command, "verify": _verify_command}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -72,12 +72,27 @@ class GuestInstance:
         self.component = component
         self.store = Store(host.engine)
         self.ctx = set_wasi(self.store, config)
+        self._attest(host, component, config)
         self._exports: dict[str, exports.ExportFunc] = {}
         try:
             self.instance: Instance = host.linker.instantiate(self.store, component)
         except WasmtimeError as e:
             self.close()
             raise GuestError(describe_link_error(str(e))) from None
+
+    def _attest(self, host: Host, component: Component, config: WasiConfig) -> None:
+        """Give the instance its code-bound identity source if the embedder preopened an
+        attestation CA (the certificate is issued on first use)."""
+        ca = getattr(config.tls, "attest_ca", None)
+        if ca is None:
+            return
+        evidence = host.evidence(component)
+        if evidence is None:
+            self.close()
+            raise GuestError("an attested identity needs the component's bytes: load it with Host.load (or pass a path or bytes)")
+        from .tls.code_identity import InstanceAttestation
+
+        self.ctx.attestation = InstanceAttestation(ca, evidence, config)
 
     @property
     def state(self) -> StoreState:

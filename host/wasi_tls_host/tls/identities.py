@@ -227,7 +227,9 @@ def trust_store_find_by_fingerprint(cx: StoreState, this: TrustStore, sha256: by
 
 @identities_iface.func("preopened-identities")
 def preopened_identities(cx: StoreState) -> IdentityStore:
-    return IdentityStore(list(tls_config(cx).identities))
+    from .code_identity import attested_identities  # the instance's code-bound identity, if any
+
+    return IdentityStore([*tls_config(cx).identities, *attested_identities(cx)])
 
 
 @identities_iface.func("trust-anchors")
