@@ -250,3 +250,53 @@ def test_expect_peer_code_needs_an_attestation_anchor(pki, host, guest_path, run
     finally:
         server.stop(timeout=5)
     assert "verification=code-mismatch: no attestation CA is trusted" in r.out, r.out
+
+
+def test_mutual_tls_between_attested_guests_and_no_attested_key_reaches_a_guest(pki, host, guest_path, run_guest) -> None:
+    """Both sides present their attested identity; the server requires the client's code;
+    every value returned to either guest is searched for both attested keys."""
+    from wasi_tls_host.runtime.binding import OUTGOING_VALUE_HOOKS
+    from tls_server_util import KeyAudit
+
+    server_wasm = guest_path("tls_server").read_bytes()
+    client_wasm = guest_path("tls_client").read_bytes()
+    audit = KeyAudit(recorded=[])
+    OUTGOING_VALUE_HOOKS.append(audit.hook)
+    try:
+        server = _attested_server(host, host.load(server_wasm), pki, "--count", "2", "--expect-code", digest(client_wasm),
+                                  client_ca=[pki.ca_pem], attest_trust=[pki.ca_pem])
+        try:
+            tls = TlsConfig(trust=[pki.ca_pem], use_system_roots=False, attest_ca=pki.attest_ca(names=["client.test"]), attest_trust=[pki.ca_pem])
+            out = bytearray()
+            config = WasiConfig(args=["tls_client", "127.0.0.1", str(server.port), "--server-name", "svc.test", "--identity", "attested",
+                                      "--expect-code", digest(server_wasm), "--send", "both attested"],
+                                stdout=out, network=NetworkPolicy().allow_connect("127.0.0.1:*"), tls=tls)
+            with host.instantiate(client_wasm, config) as client:
+                assert client.run().exit_code == 0, out.decode()
+                client_key = client.ctx.attestation.identity().key
+            seen = dict(line.split("=", 1) for line in out.decode().splitlines() if "=" in line)
+            assert seen["verification"] == "ok" and seen["reply"] == "both attested", seen
+            line = server.wait_for("#1 ")
+            assert f"code={digest(client_wasm)}" in line, line
+            # A client certificate from the same CA without code claims: TLS accepts it,
+            # the code check does not.
+            from wasi_tls_host.tls import PrivateIdentity
+
+            leaf = pki.ca.issue_cert("plain.client")
+            plain_identity = PrivateIdentity.from_pem("plain", leaf.cert_chain_pems[0].bytes(), leaf.private_key_pem.bytes())
+            plain = TlsConfig(trust=[pki.ca_pem], use_system_roots=False, identities=[plain_identity])
+            r = run_guest("tls_client", "127.0.0.1", str(server.port), "--server-name", "svc.test", "--identity", "plain", "--send", "x",
+                          network=NetworkPolicy().allow_connect("127.0.0.1:*"), tls=plain)
+            assert "reply=x" not in r.out
+            refused = server.wait_for("#2 ")
+            assert "code-mismatch" in refused and "no code claims" in refused, server.out
+        finally:
+            server.stop(timeout=5)
+        server_key = server.guest.ctx.attestation.identity().key
+    finally:
+        OUTGOING_VALUE_HOOKS.remove(audit.hook)
+    audit.add_key("attested server", server_key)
+    audit.add_key("attested client", client_key)
+    assert audit.values_seen > 50 and audit.search_recorded() == []
+    planted = server_key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    assert audit.search([b"x" + planted])  # the search really looks
