@@ -300,3 +300,29 @@ def test_mutual_tls_between_attested_guests_and_no_attested_key_reaches_a_guest(
     assert audit.values_seen > 50 and audit.search_recorded() == []
     planted = server_key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     assert audit.search([b"x" + planted])  # the search really looks
+
+
+def test_cli_run_with_attest_ca_and_debug_mode(pki, guest_path) -> None:
+    guest = guest_path("tls_server")
+
+    def run(*options: str) -> dict[str, str]:
+        r = subprocess.run([*CLI, "run", "--attest-ca", f"{pki.ca_pem},{pki.ca_key}", "--attest-name", "cli.test",
+                            "--attest-lifetime", "2h", *options, str(guest), "attested"],
+                           capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        assert r.returncode == 0, r.stderr
+        return dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
+
+    normal = run()
+    assert normal["attested"].startswith("attested subject=CN=cli.test names=cli.test"), normal
+    assert normal["code"].startswith(digest(guest.read_bytes()))
+    assert normal["authority"].endswith("debug=False")
+    assert run("--inherit-env")["authority"].endswith("debug=True")  # isolation weakened: said so
+    r = subprocess.run([*CLI, "run", "--attest-ca", str(pki.ca_pem), str(guest), "attested"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "CA.pem,CA.key" in r.stderr
+
+
+def test_demo_attest() -> None:
+    r = subprocess.run([*CLI, "demo", "attest"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "client verdict: ok" in r.stdout and "client verdict: code-mismatch" in r.stdout
+    assert "result: OK" in r.stdout

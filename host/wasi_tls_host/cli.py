@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_provenance_arguments(sub, run)
 
-    sub.add_parser("demo", help="fetch https://localhost from a guest through this host, with a throwaway CA (no network needed)")
+    demo = sub.add_parser("demo", help="fetch https://localhost from a guest through this host, with a throwaway CA (no network needed)")
+    demo.add_argument("which", nargs="?", choices=["https", "attest"], default="https", help="attest: a client guest pins the code of a server guest (code-bound identities)")
 
     build = sub.add_parser("build-guest", help="build an example guest from guest_examples/ and print its path")
     build.add_argument("names", nargs="*", help="guest names (default: all)")
@@ -408,6 +409,10 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command in PROVENANCE_COMMANDS:
             return PROVENANCE_COMMANDS[args.command](args)
+        if args.command == "demo" and args.which == "attest":
+            from .demo_attest import run_attest_demo
+
+            return run_attest_demo()
         if args.command == "demo":
             from .demo import run_demo
 
