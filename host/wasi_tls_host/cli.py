@@ -134,8 +134,8 @@ def _run(args: argparse.Namespace) -> int:
     for _, apply in OPTION_GROUPS:
         apply(args, config)
     _apply_attestation(args, config)
-    host = Host(use_cache=not args.no_cache, policy=_code_policy(args))
-    component = host.load(_guest_source(args))
+    host = Host(use_cache=not args.no_cache, policy=_code_policy(args), trust_compiled=_public_keys(args.trust_compiled))
+    component = host.load(_guest_source(args), precompiled=_precompiled(args))
     if args.invoke:
         name, call_args = parse_invoke(args.invoke)
         config.args = [os.path.basename(args.guest)]
@@ -170,6 +170,8 @@ def _add_provenance_arguments(sub: Any, run: argparse.ArgumentParser) -> None:
     group.add_argument("--require-all-signers", action="store_true", help="with several --require-signer, require a signature by each")
     group.add_argument("--signature", metavar="SIG.bin", help="a detached signature for the component")
     group.add_argument("--module-store", action="append", default=[], metavar="DIR|URL", help="where to find a component named sha256:<hex> (a directory or an https:// base URL laid out as sha256/<hex>.wasm; repeatable)")
+    group.add_argument("--precompiled", metavar="X.cwasm", help="an artifact compiled elsewhere (signature in X.cwasm.sig); used only if a --trust-compiled key vouches for it")
+    group.add_argument("--trust-compiled", action="append", default=[], metavar="PUB.pem", help="an Ed25519 key trusted to vouch for pre-compiled artifacts (repeatable)")
     group.add_argument("--module-max-size", type=int, default=None, metavar="BYTES", help="refuse a fetched component larger than this (default 256 MiB)")
 
     store = sub.add_parser("store", help="content-addressed module store")
@@ -193,6 +195,11 @@ def _add_provenance_arguments(sub: Any, run: argparse.ArgumentParser) -> None:
     verify_cert.add_argument("--expect-config", metavar="FILE", help="the configuration document (as printed by inspect-cert) it must have been given")
     verify_cert.add_argument("--expect-signer", action="append", metavar="PUB.pem", help="a key that must have verified the component's signature (repeatable; all of them, exactly)")
     verify_cert.add_argument("--expect-unsigned", action="store_true", help="the component must not have been verified against any signer")
+
+    precompile = sub.add_parser("precompile", help="compile a component for this wasmtime and platform and sign the artifact")
+    precompile.add_argument("file", metavar="GUEST.wasm")
+    precompile.add_argument("--key", required=True, metavar="KEY.pem", help="Ed25519 key that vouches for the artifact")
+    precompile.add_argument("-o", "--output", required=True, metavar="OUT.cwasm", help="the artifact (its signature goes to OUT.cwasm.sig)")
 
     digest = sub.add_parser("digest", help="print a component's content digest (sha256:<hex>)")
     digest.add_argument("files", nargs="+", metavar="GUEST.wasm")
@@ -272,6 +279,29 @@ def _store_command(args: argparse.Namespace) -> int:
     target = store.DirectoryStore(args.module_store or store.default_store_dir())
     for path in args.files:
         print(target.add(_read(path, "component")) + ("" if len(args.files) == 1 else f"  {path}"))
+    return 0
+
+
+def _precompiled(args: argparse.Namespace) -> tuple[bytes, bytes] | None:
+    if not args.precompiled:
+        return None
+    return _read(args.precompiled, "pre-compiled artifact"), _read(args.precompiled + ".sig", "artifact signature")
+
+
+def _precompile_command(args: argparse.Namespace) -> int:
+    from .provenance import precompiled, signatures
+    from .runtime.cache import WASMTIME_VERSION
+
+    try:
+        key = signatures.load_private_key(_read(args.key, "signing key"))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    wasm = _read(args.file, "component")
+    host = Host(use_cache=False)
+    artifact = host.load(wasm).serialize()
+    _write_atomically(args.output, artifact)
+    _write_atomically(args.output + ".sig", precompiled.sign_artifact(wasm, artifact, precompiled.Target(WASMTIME_VERSION, host.engine_label), key))
+    print(f"{args.output}: {precompiled.artifact_digest(artifact)} for {precompiled.digest(wasm)}")
     return 0
 
 
@@ -397,7 +427,7 @@ def _verify_cert_command(args: argparse.Namespace) -> int:
     return 0
 
 
-PROVENANCE_COMMANDS = {"inspect-cert": _inspect_cert_command, "verify-cert": _verify_cert_command, "store": _store_command, "digest": _digest_command, "sign": _sign_command, "verify": _verify_command}
+PROVENANCE_COMMANDS = {"precompile": _precompile_command, "inspect-cert": _inspect_cert_command, "verify-cert": _verify_cert_command, "store": _store_command, "digest": _digest_command, "sign": _sign_command, "verify": _verify_command}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,7 @@ things an embedder of this host needs: a compiled-component cache, clean exit co
 
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
 from dataclasses import dataclass
@@ -24,6 +25,9 @@ from .runtime.abi import ConversionError
 from .runtime.values import Err
 from .wasi import interfaces as wasi_interfaces
 from .wasi.context import WasiConfig, WasiCtx
+
+
+log = logging.getLogger("wasi_tls_host")
 
 
 def all_interfaces() -> list[Interface]:
@@ -155,12 +159,18 @@ class Host:
         use_cache: bool = True,
         interfaces: Iterable[Interface] | None = None,
         policy: CodePolicy | None = None,
+        trust_compiled: Iterable[Any] = (),
+        engine_label: str = "default",
     ) -> None:
         self.engine = engine or Engine()
         # Pins and signers every component must satisfy before it is compiled (load may
         # give another policy); what was established about each component, for attestation.
         self.policy = policy
         self._evidence: weakref.WeakKeyDictionary[Component, CodeEvidence] = weakref.WeakKeyDictionary()
+        # Keys trusted to vouch for artifacts compiled elsewhere (provenance/precompiled.py);
+        # engine_label names this engine's configuration in what they sign.
+        self.trust_compiled = list(trust_compiled)
+        self.engine_label = engine_label
         self.linker = Linker(self.engine)
         self.interfaces = all_interfaces() if interfaces is None else list(interfaces)
         add_to_linker(self.linker, self.interfaces)
@@ -169,12 +179,15 @@ class Host:
         self.cache = ComponentCache(self.engine, cache_dir, enabled=use_cache)
         self._lock = threading.Lock()
 
-    def load(self, source: str | Path | bytes, policy: CodePolicy | None = None) -> Component:
+    def load(self, source: str | Path | bytes, policy: CodePolicy | None = None, precompiled: tuple[bytes, bytes] | None = None) -> Component:
         """Read and compile a component (or take it from the cache).
 
         ``policy`` (default: the host's) is checked on the bytes before anything else: a
         component that is not pinned or not signed as required raises ProvenanceError
         (DigestMismatch, SignatureError) and is never compiled.
+        ``precompiled`` is (artifact, signature file) made elsewhere: used only if a key in
+        ``trust_compiled`` vouches for it for this component, wasmtime, engine and platform;
+        otherwise the component is compiled here.
         """
         if isinstance(source, (str, Path)):
             path = Path(source)
@@ -196,12 +209,25 @@ class Host:
                 "`wasm-tools component new MODULE.wasm --adapt wasi_snapshot_preview1=ADAPTER.wasm`"
             )
         with self._lock:
+            component = self._load_precompiled(wasm, precompiled) if precompiled else None
             try:
-                component = self.cache.load(wasm)
+                component = component or self.cache.load(wasm)
             except WasmtimeError as e:
                 raise GuestError(f"invalid component: {e}") from None
             self._evidence[component] = evidence
         return component
+
+    def _load_precompiled(self, wasm: bytes, precompiled: tuple[bytes, bytes]) -> Component | None:
+        from .provenance import precompiled as pre
+        from .runtime.cache import WASMTIME_VERSION
+
+        artifact, signature = precompiled
+        try:
+            pre.verify_artifact(wasm, artifact, signature, pre.Target(WASMTIME_VERSION, self.engine_label), self.trust_compiled)
+            return Component.deserialize(self.engine, artifact)
+        except (pre.ArtifactRefused, WasmtimeError) as e:
+            log.warning("not using the pre-compiled artifact, compiling here: %s", e)
+            return None
 
     def evidence(self, component: Component) -> CodeEvidence | None:
         """What the last ``load`` of this component established (digests, signers)."""
