@@ -178,7 +178,7 @@ def _attested_server(host: Host, component, pki: Pki, *args: str, **tls_options)
 
 def test_real_peers_see_the_attested_certificate(pki, host, guest_path, tmp_path) -> None:
     wasm = guest_path("tls_server").read_bytes()
-    server = _attested_server(host, host.load(wasm), pki, "--count", "3", "--mode", "http")
+    server = _attested_server(host, host.load(wasm), pki, "--count", "6", "--mode", "http")
     try:
         # CPython ssl, verifying against the attestation CA like any TLS client.
         ctx = ssl.create_default_context(cafile=str(pki.ca_pem))
@@ -200,6 +200,20 @@ def test_real_peers_see_the_attested_certificate(pki, host, guest_path, tmp_path
                             f"https://svc.test:{server.port}/", "-o", "/dev/null", "-w", "%{http_code} %{ssl_verify_result}"],
                            capture_output=True, text=True, timeout=30)
         assert r.stdout.split()[1] == "0", r.stdout + r.stderr
+        # The CLI reads the chain from the live server, too.
+        address = f"127.0.0.1:{server.port}"
+        r = subprocess.run([*CLI, "inspect-cert", address], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and f"code: {digest(wasm)}" in r.stdout, r.stderr
+        document = r.stdout.split("  document: ", 1)[1].splitlines()[0]
+        (tmp_path / "granted.json").write_text(document)
+        assert json.loads(document)["network"]["listen"] == [f"127.0.0.1:{server.port}"]
+        r = subprocess.run([*CLI, "verify-cert", address, "--ca", str(pki.ca_pem), "--expect-code", digest(wasm),
+                            "--expect-config", str(tmp_path / "granted.json")], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        (tmp_path / "other.json").write_text(document.replace('"dns":false', '"dns":true'))
+        r = subprocess.run([*CLI, "verify-cert", address, "--ca", str(pki.ca_pem), "--expect-config", str(tmp_path / "other.json")],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1 and "configuration: expected" in r.stderr
     finally:
         server.stop(timeout=5)
     # inspect-cert and verify-cert over the wire would need the server up; over a file:
