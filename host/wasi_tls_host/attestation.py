@@ -44,7 +44,7 @@ from .provenance.dice import DICE_OID, MODE_DEBUG, MODE_NAMES, MODE_NORMAL, PROF
 
 __all__ = [
     "AttestationCA", "AttestationError", "AuthorityMismatch", "Claims", "CodeMismatch",
-    "ConfigurationMismatch", "DICE_OID", "Expired", "NotAttested",
+    "ConfigurationMismatch", "DICE_OID", "Expired", "MODE_NAMES", "NotAttested", "PROFILE_NAME",
     "UntrustedIssuer", "authority_hash", "claims_of", "configuration_document", "describe",
     "load_certificates", "parse_attest_ca_option", "verify",
 ]
