@@ -340,3 +340,18 @@ def test_demo_attest() -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     assert "client verdict: ok" in r.stdout and "client verdict: code-mismatch" in r.stdout
     assert "result: OK" in r.stdout
+
+
+def test_an_instance_outliving_its_certificate_gets_a_fresh_one(pki) -> None:
+    from wasi_tls_host.tls.code_identity import InstanceAttestation
+    from wasi_tls_host.tls import TlsConfig as Tls
+
+    ca = pki.attest_ca(lifetime=datetime.timedelta(seconds=50))  # renewed in its last 5 s
+    config = WasiConfig(tls=Tls(attest_ca=ca))
+    source = InstanceAttestation(ca, _evidence(b"\0asm\x0d\0\x01\0x"), config)
+    first = source.identity()
+    assert source.identity() is first
+    first.chain[0] = ca.issue(source.evidence, source.document, now=datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=48))[0]
+    renewed = source.identity()
+    assert renewed is not first and renewed.key is not first.key
+    assert attestation.claims_of(renewed.chain[0]) == attestation.claims_of(first.chain[0])

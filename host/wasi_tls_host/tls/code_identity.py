@@ -16,6 +16,7 @@ is imported by tls/__init__.py before they are linked.
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 from cryptography import x509
@@ -47,6 +48,13 @@ class InstanceAttestation:
         self._identity: PrivateIdentity | None = None
 
     def identity(self) -> PrivateIdentity:
+        """The current identity; a fresh key and certificate once the last one is in the
+        final tenth of its lifetime (an instance may outlive a short-lived certificate;
+        handles the guest already holds keep the identity they named)."""
+        if self._identity is not None:
+            remaining = self._identity.chain[0].not_valid_after_utc - datetime.datetime.now(datetime.timezone.utc)
+            if remaining < self.ca.lifetime / 10:
+                self._identity = None
         if self._identity is None:
             cert, key = self.ca.issue(self.evidence, self.document)
             self._identity = PrivateIdentity(self.ca.identity_name, [cert], key)
