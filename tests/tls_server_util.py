@@ -172,6 +172,9 @@ class KeyAudit:
     values_seen: int = 0
     functions_seen: set[str] = field(default_factory=set)
     findings: list[str] = field(default_factory=list)
+    # Values kept for a later search, for keys made while the guest runs (attested
+    # identities): None keeps nothing.
+    recorded: list[tuple[str, Any]] | None = None
 
     def add_key(self, label: str, key: Any) -> None:
         enc, fmt = serialization.Encoding, serialization.PrivateFormat
@@ -201,10 +204,16 @@ class KeyAudit:
         self.secrets.append((label, data))
 
     def hook(self, function: str, value: Any) -> None:
+        if self.recorded is not None:
+            self.recorded.append((function, value))
         self.values_seen += 1
         self.functions_seen.add(function)
         for where in self.search(value):
             self.findings.append(f"{function} returned {where}")
+
+    def search_recorded(self) -> list[str]:
+        """Findings among the recorded values, for keys added after they were seen."""
+        return [f"{function} returned {where}" for function, value in self.recorded or [] for where in self.search(value)]
 
     def search(self, value: Any, depth: int = 0) -> list[str]:
         """Names of the secrets found anywhere inside ``value``."""

@@ -1,7 +1,7 @@
 """A TLS client guest on this project's client API (wasi-tls-host:tls/client).
 
     tls_client ADDRESS PORT [--server-name NAME] [--alpn h2,http/1.1] [--tls 1.2|1.3]
-               [--identity NAME] [--send LINE] [--timeout SECONDS]
+               [--identity NAME] [--expect-code sha256:HEX] [--send LINE] [--timeout SECONDS]
 
 Connects over wasi:sockets to ADDRESS (an IPv4 literal), verifies the server as NAME
 (default: ADDRESS), and prints one ``key=value`` line per fact: the server chain's subjects,
@@ -135,6 +135,8 @@ def main(argv):
     if "--tls" in opts:
         version = VERSIONS[opts["--tls"]]
         hello.set_protocol_versions(version, version)
+    if "--expect-code" in opts:
+        hello.expect_peer_code(opts["--expect-code"])
     if "--identity" in opts:
         store = identities.preopened_identities()
         identity = store.find_by_name(opts["--identity"])
@@ -149,6 +151,8 @@ def main(argv):
     try:
         chain = tls_call(handshake.server_chain, ready, deadline, "the handshake")
         say(f"chain={' | '.join(c.subject() for c in chain) or '-'}")
+        code = chain[0].code_identity() if chain else None
+        say(f"server-code={code.digest if code is not None else '-'}")
     except Err as e:
         say(f"chain=- ({describe(e.value)})")
     try:

@@ -2,8 +2,9 @@
 
     tls_server PORT [--count N] [--mode echo|alpn|http] [--alpn h2,http/1.1]
                [--client-auth none|optional|required] [--tls 1.2|1.3] [--identity NAME]
-               [--concurrent]
+               [--concurrent] [--expect-code sha256:HEX]
     tls_server identities [NAME ...] [--host HOST ...]     inspect the preopened store
+    tls_server attested                                    print this instance's code identity
 
 Every connection is a small state machine (ClientHello -> exchange -> established ->
 flushing) driven by one event loop over wasi:io/poll. Without ``--concurrent`` the loop
@@ -11,6 +12,7 @@ accepts the next client only when the previous one is done; with it, all at once
 
 * identity: the one named by ``--identity``, else the first valid for the client's SNI, else
   the first preopened one.
+* ``--expect-code``: require a client identity attested for that component (mutual TLS).
 * ALPN: the first of ``--alpn`` (server preference) the client offered; a client that
   offered ALPN ids but none of ours is refused with no_application_protocol.
 * modes: ``echo`` echoes until the client's close_notify; ``alpn`` answers one line
@@ -66,6 +68,7 @@ class Options:
         self.versions = None
         self.identity = None
         self.concurrent = False
+        self.expect_code = None
         i = 1
         while i < len(argv):
             flag = argv[i]
@@ -87,6 +90,8 @@ class Options:
                 self.versions = VERSIONS[value]
             elif flag == "--identity":
                 self.identity = value
+            elif flag == "--expect-code":
+                self.expect_code = value
             else:
                 raise SystemExit(f"unknown option {flag}")
         if self.alpn is None:
@@ -203,6 +208,8 @@ class Client:
             answer.set_protocol_versions(self.opts.versions, self.opts.versions)
         if self.opts.client_auth != "none":
             answer.request_client_identity(self.opts.client_auth == "required")
+        if self.opts.expect_code is not None:
+            answer.expect_peer_code(self.opts.expect_code)
         self.identity_name = identity.name()
         drop(self.ready)
         self.ready = None
@@ -227,6 +234,9 @@ class Client:
             self.state = "done"
             return True
         subject = peer.subject() if peer is not None else "-"
+        code = peer.code_identity() if peer is not None else None
+        if code is not None:
+            subject += f" code={code.digest}"
         drop(peer, self.ready)
         self.ready = None
         exchange, self.exchange = self.exchange, None
@@ -357,6 +367,25 @@ def serve(opts):
     say(f"served {accepted}")
 
 
+def attested():
+    """Print this instance's own code-bound identity as the guest sees it."""
+    try:
+        mine = identities.attested_identity()
+    except Err as e:
+        say(f"attested=error {describe(e.value)}")
+        return
+    public = mine.public_identity()
+    code = public.code_identity()
+    say(f"attested={mine.name()} subject={public.subject()} names={','.join(public.subject_alt_names()) or '-'}")
+    if code is None:
+        say("code=none")
+    else:
+        say(f"code={code.digest} code-hash={bytes(code.code_hash).hex()} config-hash={bytes(code.configuration_hash).hex()}")
+        say(f"authority={bytes(code.authority_hash).hex() or '-'} debug={code.debug}")
+        say(f"configuration={code.configuration}")
+    drop(public, mine)
+
+
 def inspect(args):
     """Print what the preopened store answers, for tests of what a guest can reach."""
     store = identities.preopened_identities()
@@ -379,5 +408,7 @@ class Run(exports.Run):
         argv = environment.get_arguments()[1:]
         if argv and argv[0] == "identities":
             inspect(argv[1:])
+        elif argv and argv[0] == "attested":
+            attested()
         else:
             serve(Options(argv))

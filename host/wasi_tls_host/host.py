@@ -6,6 +6,7 @@ things an embedder of this host needs: a compiled-component cache, clean exit co
 
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any, Iterable
 from wasmtime import Engine, ExitTrap, Store, WasmtimeError
 from wasmtime.component import Component, Instance, Linker
 
+from .provenance import CodeEvidence, CodePolicy
 from .runtime import binding, exports
 from .runtime.binding import Interface
 from .runtime.cache import ComponentCache
@@ -24,6 +26,9 @@ from .runtime.values import Err
 from .wasi import interfaces as wasi_interfaces
 from .wasi import sockets
 from .wasi.context import WasiConfig, WasiCtx
+
+
+log = logging.getLogger("wasi_tls_host")
 
 
 def all_interfaces() -> list[Interface]:
@@ -72,6 +77,7 @@ class GuestInstance:
         self.component = component
         self.store = Store(host.engine)
         self.ctx = set_wasi(self.store, config)
+        self._attest(host, component, config)
         host._instances.add(self)
         self._exports: dict[str, exports.ExportFunc] = {}
         try:
@@ -79,6 +85,20 @@ class GuestInstance:
         except WasmtimeError as e:
             self.close()
             raise GuestError(describe_link_error(str(e))) from None
+
+    def _attest(self, host: Host, component: Component, config: WasiConfig) -> None:
+        """Give the instance its code-bound identity source if the embedder preopened an
+        attestation CA (the certificate is issued on first use)."""
+        ca = getattr(config.tls, "attest_ca", None)
+        if ca is None:
+            return
+        evidence = host.evidence(component)
+        if evidence is None:
+            self.close()
+            raise GuestError("an attested identity needs the component's bytes: load it with Host.load (or pass a path or bytes)")
+        from .tls.code_identity import InstanceAttestation
+
+        self.ctx.attestation = InstanceAttestation(ca, evidence, config)
 
     @property
     def state(self) -> StoreState:
@@ -152,8 +172,19 @@ class Host:
         cache_dir: Path | None = None,
         use_cache: bool = True,
         interfaces: Iterable[Interface] | None = None,
+        policy: CodePolicy | None = None,
+        trust_compiled: Iterable[Any] = (),
+        engine_label: str = "default",
     ) -> None:
         self.engine = engine or Engine()
+        # Pins and signers every component must satisfy before it is compiled (load may
+        # give another policy); what was established about each component, for attestation.
+        self.policy = policy
+        self._evidence: weakref.WeakKeyDictionary[Component, CodeEvidence] = weakref.WeakKeyDictionary()
+        # Keys trusted to vouch for artifacts compiled elsewhere (provenance/precompiled.py);
+        # engine_label names this engine's configuration in what they sign.
+        self.trust_compiled = list(trust_compiled)
+        self.engine_label = engine_label
         self.linker = Linker(self.engine)
         self.interfaces = all_interfaces() if interfaces is None else list(interfaces)
         add_to_linker(self.linker, self.interfaces)
@@ -169,7 +200,16 @@ class Host:
         configs = {id(c): c for g in list(self._instances) if (c := g.ctx.tls) is not None}
         return [line for config in configs.values() for line in config.reload_identities()]
 
-    def load(self, source: str | Path | bytes) -> Component:
+    def load(self, source: str | Path | bytes, policy: CodePolicy | None = None, precompiled: tuple[bytes, bytes] | None = None) -> Component:
+        """Read and compile a component (or take it from the cache).
+
+        ``policy`` (default: the host's) is checked on the bytes before anything else: a
+        component that is not pinned or not signed as required raises ProvenanceError
+        (DigestMismatch, SignatureError) and is never compiled.
+        ``precompiled`` is (artifact, signature file) made elsewhere: used only if a key in
+        ``trust_compiled`` vouches for it for this component, wasmtime, engine and platform;
+        otherwise the component is compiled here.
+        """
         if isinstance(source, (str, Path)):
             path = Path(source)
             try:
@@ -180,6 +220,8 @@ class Host:
                 raise GuestError(f"{path}: {e.strerror}") from None
         else:
             wasm = bytes(source)
+        policy = policy or self.policy
+        evidence = policy.check(wasm) if policy is not None else CodeEvidence.of(wasm)
         if wasm[:4] != b"\0asm":
             raise GuestError("not a WebAssembly binary (no \\0asm header)")
         if wasm[4:8] == b"\x01\0\0\0":
@@ -188,10 +230,29 @@ class Host:
                 "`wasm-tools component new MODULE.wasm --adapt wasi_snapshot_preview1=ADAPTER.wasm`"
             )
         with self._lock:
+            component = self._load_precompiled(wasm, precompiled) if precompiled else None
             try:
-                return self.cache.load(wasm)
+                component = component or self.cache.load(wasm)
             except WasmtimeError as e:
                 raise GuestError(f"invalid component: {e}") from None
+            self._evidence[component] = evidence
+        return component
+
+    def _load_precompiled(self, wasm: bytes, precompiled: tuple[bytes, bytes]) -> Component | None:
+        from .provenance import precompiled as pre
+        from .runtime.cache import WASMTIME_VERSION
+
+        artifact, signature = precompiled
+        try:
+            pre.verify_artifact(wasm, artifact, signature, pre.Target(WASMTIME_VERSION, self.engine_label), self.trust_compiled)
+            return Component.deserialize(self.engine, artifact)
+        except (pre.ArtifactRefused, WasmtimeError) as e:
+            log.warning("not using the pre-compiled artifact, compiling here: %s", e)
+            return None
+
+    def evidence(self, component: Component) -> CodeEvidence | None:
+        """What the last ``load`` of this component established (digests, signers)."""
+        return self._evidence.get(component)
 
     def instantiate(self, component: Component | str | Path | bytes, config: WasiConfig | None = None) -> GuestInstance:
         if not isinstance(component, Component):

@@ -4,7 +4,7 @@ Errors an operator can fix (missing file, not a component, missing import, bad o
 one line on stderr and exit status 2; a guest's own exit status is passed through; a trap
 prints its message and exits 1 (like the wasmtime CLI, which also uses 1 for traps).
 
-One module per subcommand (``run.py``, ``build_guest.py``, ``demo.py``) and per option
+One module per subcommand (``run.py``, ``build_guest.py``, ``demo.py``, ``provenance.py``) and per option
 group (``options_*.py``); server operation is ``serve.py`` (signals) and ``workers.py``
 (``--workers``); this module only builds the parser and dispatches.
 """
@@ -17,7 +17,8 @@ import os
 import sys
 
 from ..host import GuestError, trap_cause
-from . import build_guest, run
+from ..provenance import ProvenanceError
+from . import build_guest, provenance, run
 from .errors import UsageError
 from .options_server import worker_number
 from .version import VersionAction
@@ -28,8 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log host activity (repeat for more)")
     parser.add_argument("--version", action=VersionAction, help="print the versions of wasi-tls-host, wasmtime and OpenSSL and exit")
     sub = parser.add_subparsers(dest="command", required=True)
-    run.add_parser(sub)
-    sub.add_parser("demo", help="fetch https://localhost from a guest through this host, with a throwaway CA (no network needed)")
+    run_parser = run.add_parser(sub)
+    provenance.add_arguments(sub, run_parser)
+    demo = sub.add_parser("demo", help="fetch https://localhost from a guest through this host, with a throwaway CA (no network needed)")
+    demo.add_argument("which", nargs="?", choices=["https", "attest"], default="https", help="attest: a client guest pins the code of a server guest (code-bound identities)")
     build_guest.add_parser(sub)
     return parser
 
@@ -37,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         return run.command(args)
+    if args.command in provenance.COMMANDS:
+        return provenance.COMMANDS[args.command](args)
+    if args.command == "demo" and args.which == "attest":
+        from .demo_attest import run_attest_demo
+
+        return run_attest_demo()
     if args.command == "demo":
         from .demo import run_demo
 
@@ -53,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)], format=f"{name}: %(message)s")
     try:
         return _dispatch(args)
-    except (GuestError, UsageError) as e:
+    except (GuestError, UsageError, ProvenanceError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:

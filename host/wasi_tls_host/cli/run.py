@@ -10,7 +10,7 @@ from ..host import Host
 from ..wasi.context import WasiConfig
 from .errors import UsageError
 from .invoke import format_value, parse_invoke
-from . import options_server
+from . import options_server, provenance
 from .options import OPTION_GROUPS
 from .serve import serve
 
@@ -46,6 +46,7 @@ def wasi_config(args: argparse.Namespace) -> WasiConfig:
     for _, apply in OPTION_GROUPS:
         apply(args, config)
     options_server.apply(args, config)
+    provenance.apply_attestation(args, config)
     return config
 
 
@@ -55,8 +56,8 @@ def command(args: argparse.Namespace) -> int:
 
         return Supervisor(args.workers, args.argv).run()
     config = wasi_config(args)
-    host = Host(use_cache=not args.no_cache)
-    component = host.load(args.guest)
+    host = Host(use_cache=not args.no_cache, policy=provenance.code_policy(args), trust_compiled=provenance.public_keys(args.trust_compiled))
+    component = host.load(provenance.guest_source(args), precompiled=provenance.precompiled_artifact(args))
     if args.invoke:
         name, call_args = parse_invoke(args.invoke)
         config.args = [os.path.basename(args.guest)]

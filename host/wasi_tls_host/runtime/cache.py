@@ -3,7 +3,9 @@
 Compiling an 18 MB componentize-py guest takes seconds; deserializing the compiled artifact
 takes milliseconds. Artifacts are keyed by the component's sha256 and the wasmtime version
 (an artifact from another version is rejected by wasmtime anyway), written atomically, and
-a corrupt or foreign artifact is recompiled instead of failing.
+a corrupt or foreign artifact is recompiled instead of failing. Loading an artifact runs
+native code, so each one is authenticated (runtime/artifact_auth.py): the cache loads only
+artifacts it wrote itself.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from pathlib import Path
 
 from wasmtime import Engine, WasmtimeError
 from wasmtime.component import Component
+
+from .artifact_auth import ArtifactAuthenticator
 
 log = logging.getLogger("wasi_tls_host.cache")
 
@@ -38,6 +42,7 @@ class ComponentCache:
         self.enabled = enabled
         self._memory: dict[str, Component] = {}
         self.compiled = 0  # components compiled (not found in memory or on disk), for reports
+        self._auth = ArtifactAuthenticator(self.directory)
 
     def key(self, wasm: bytes) -> str:
         digest = hashlib.sha256(wasm).hexdigest()
@@ -69,18 +74,26 @@ class ComponentCache:
             # 18 MB guest). Mapped files must never be rewritten in place (that would raise
             # SIGBUS in every process using them): this cache only ever replaces them
             # atomically, and a replaced or deleted file stays valid for its current users.
-            return Component.deserialize_file(self.engine, str(path))
+            return self._auth.load_verified(
+                path, key,
+                lambda p: Component.deserialize_file(self.engine, p),
+                lambda data: Component.deserialize(self.engine, data),
+            )
         except (WasmtimeError, OSError) as e:
             log.warning("ignoring unusable cached artifact %s: %s", path, e)
             path.unlink(missing_ok=True)
             return None
 
     def _store_artifact(self, key: str, component: Component) -> None:
+        if self._auth.key() is None:
+            return  # an artifact that could not be authenticated would never be loaded
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
+            artifact = component.serialize()
             with os.fdopen(fd, "wb") as f:
-                f.write(component.serialize())
+                f.write(artifact)
             os.replace(tmp, self._path(key))
+            self._auth.write_tag(self._path(key), key, artifact)
         except OSError as e:  # a read-only cache must not stop the guest from running
             log.warning("could not write component cache in %s: %s", self.directory, e)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..runtime.binding import Interface
-from . import client, connection, identities, server, wasi_tls
+from . import client, code_identity, connection, identities, server, wasi_tls
 from .config import TlsConfig
 from .identities import PrivateIdentity
 

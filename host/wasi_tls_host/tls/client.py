@@ -111,6 +111,7 @@ def outgoing_client_hello_connect(cx: StoreState, this: OutgoingClientHello, inp
         output.drop()
         raise failure_error(e) from None
     hello = IncomingServerHello(TlsTransport(engine, input, output), config)
+    hello.expected_code = getattr(this, "expected_code", None)  # tls/code_identity.py
     hello.poll()
     return hello
 
@@ -152,12 +153,21 @@ def incoming_server_hello_server_chain(cx: StoreState, this: IncomingServerHello
 
 @client_iface.func("[method]incoming-server-hello.verification")
 def incoming_server_hello_verification(cx: StoreState, this: IncomingServerHello) -> None:
+    _check_server_code(cx, this)
     require_established(this)
 
 
 @client_iface.func("[static]incoming-server-hello.finish")
 def incoming_server_hello_finish(cx: StoreState, this: IncomingServerHello) -> Any:
+    _check_server_code(cx, this)
     return finish_established(this)
+
+
+def _check_server_code(cx: StoreState, this: IncomingServerHello) -> None:
+    from .code_identity import check_server  # it adds functions to this module's interface
+
+    this.poll()
+    check_server(cx, this)
 
 
 INTERFACES = (client_iface,)

@@ -60,6 +60,11 @@ class TlsConfig:
     # CAs that client certificates must chain to (mutual TLS on guest servers).
     identities: list[Any] = field(default_factory=list)
     client_ca: list[TrustAnchor] = field(default_factory=list)
+    # Code-bound identities (attestation.py, tls/code_identity.py): the CA that certifies
+    # each guest instance's own key with its code (an attestation.AttestationCA), and the
+    # CAs whose code claims this guest may rely on in expect-peer-code.
+    attest_ca: Any = None
+    attest_trust: list[TrustAnchor] = field(default_factory=list)
     _client_contexts: dict[tuple[int, int], SSL.Context] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -19,6 +19,7 @@ ERROR_CODES = frozenset({
     "unknown-issuer", "expired", "not-yet-valid", "name-mismatch", "bad-certificate",
     "handshake-failure", "protocol-version", "peer-alert", "decode-error", "closed",
     "truncated", "access-denied", "invalid-state", "would-block", "invalid-argument", "internal",
+    "code-mismatch",
 })
 
 

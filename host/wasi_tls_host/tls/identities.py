@@ -149,12 +149,14 @@ class PrivateIdentityHandle(HostResource):
 
 
 class IdentityStore(HostResource):
-    def __init__(self, config: TlsConfig) -> None:
+    def __init__(self, config: TlsConfig, attested: list[PrivateIdentity] | None = None) -> None:
         self.config = config
+        self.attested = attested or []
 
     @property
     def identities(self) -> list[PrivateIdentity]:
-        return list(self.config.identities)
+        # Read from the config each time: a reload (SIGHUP) replaces its identities.
+        return [*self.config.identities, *self.attested]
 
     def handle(self, identity: PrivateIdentity) -> PrivateIdentityHandle:
         return PrivateIdentityHandle(identity, self.config)
@@ -259,7 +261,9 @@ def trust_store_find_by_fingerprint(cx: StoreState, this: TrustStore, sha256: by
 
 @identities_iface.func("preopened-identities")
 def preopened_identities(cx: StoreState) -> IdentityStore:
-    return IdentityStore(tls_config(cx))
+    from .code_identity import attested_identities  # the instance's code-bound identity, if any
+
+    return IdentityStore(tls_config(cx), attested_identities(cx))
 
 
 @identities_iface.func("trust-anchors")

@@ -270,6 +270,7 @@ def incoming_client_hello_accept(cx: StoreState, this: IncomingClientHello, resp
     transport = TlsTransport(engine, this.input, this.output)
     this.input = this.output = None  # the transport owns the streams now
     exchange = IncomingClientExchange(transport, config)
+    exchange.expected_code = getattr(response, "expected_code", None)  # tls/code_identity.py
     exchange.poll()
     return exchange
 
@@ -322,13 +323,22 @@ def incoming_client_exchange_subscribe(cx: StoreState, this: IncomingClientExcha
 
 @server_iface.func("[method]incoming-client-exchange.client-identity")
 def incoming_client_exchange_client_identity(cx: StoreState, this: IncomingClientExchange) -> PublicIdentity | None:
+    _check_client_code(cx, this)
     require_established(this)
     return peer_identity(this.transport)
 
 
 @server_iface.func("[static]incoming-client-exchange.finish")
 def incoming_client_exchange_finish(cx: StoreState, this: IncomingClientExchange) -> Any:
+    _check_client_code(cx, this)
     return finish_established(this)
+
+
+def _check_client_code(cx: StoreState, this: IncomingClientExchange) -> None:
+    from .code_identity import check_client  # it adds functions to this module's interface
+
+    this.poll()
+    check_client(cx, this)
 
 
 INTERFACES = (server_iface,)

@@ -1,0 +1,137 @@
+"""Authentication of compiled artifacts: the component cache loads only what it wrote.
+
+Loading a compiled artifact runs native code with no validation by wasmtime, so a writable
+cache directory would otherwise be a way to run arbitrary code in the host. Each artifact
+gets an HMAC-SHA256 tag (over its cache key and its bytes) under a per-user key kept beside
+the artifacts (``artifact.key``, 32 random bytes, mode 0600, created once). An artifact
+without a valid tag is a cache miss: the component is compiled again.
+
+The key is refused (and the on-disk cache disabled, with a warning) if another user owns it
+or anyone else may read it. Python's ``hmac`` over OpenSSL's SHA-256 is used; the tag
+covers exactly the bytes wasmtime then maps (the same open file, not the path again).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import stat
+import tempfile
+from pathlib import Path
+from typing import Callable, TypeVar
+
+log = logging.getLogger("wasi_tls_host.cache")
+
+KEY_FILE = "artifact.key"
+TAG_SUFFIX = ".mac"
+_CHUNK = 1 << 20
+T = TypeVar("T")
+
+
+class ArtifactAuthenticator:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._key: bytes | None = None
+        self._unusable = False
+
+    def key(self) -> bytes | None:
+        """The per-user key (created on first use); None if the key cannot be trusted."""
+        if self._key is not None or self._unusable:
+            return self._key
+        path = self.directory / KEY_FILE
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not path.exists():
+                self._create(path)
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            try:
+                info = os.fstat(fd)
+                data = os.read(fd, 64)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            log.warning("component cache disabled: cannot use its key %s: %s", path, e)
+            self._unusable = True
+            return None
+        problem = None
+        if hasattr(os, "getuid") and info.st_uid != os.getuid():
+            problem = "it belongs to another user"
+        elif stat.S_IMODE(info.st_mode) & 0o077:
+            problem = f"its mode is {stat.S_IMODE(info.st_mode):o}, not 600"
+        elif len(data) != 32:
+            problem = "it is not 32 bytes long"
+        if problem:
+            log.warning("component cache disabled: its key %s is unusable: %s", path, problem)
+            self._unusable = True
+            return None
+        self._key = data
+        return data
+
+    @staticmethod
+    def _create(path: Path) -> None:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".key")  # mkstemp: mode 0600
+        try:
+            os.write(fd, os.urandom(32))
+            os.fsync(fd)
+            os.close(fd)
+            try:
+                os.link(tmp, path)  # atomic and never replaces a key another process made
+            except FileExistsError:
+                pass
+        finally:
+            os.unlink(tmp)
+
+    def _mac(self, key: bytes, name: str) -> hmac.HMAC:
+        mac = hmac.new(key, digestmod=hashlib.sha256)
+        mac.update(name.encode() + b"\0")
+        return mac
+
+    def tag(self, name: str, data: bytes) -> bytes | None:
+        key = self.key()
+        if key is None:
+            return None
+        mac = self._mac(key, name)
+        mac.update(data)
+        return mac.digest()
+
+    def write_tag(self, artifact: Path, name: str, data: bytes) -> None:
+        tag = self.tag(name, data)
+        if tag is None:
+            return
+        fd, tmp = tempfile.mkstemp(dir=artifact.parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(tag)
+        os.replace(tmp, str(artifact) + TAG_SUFFIX)
+
+    def load_verified(self, artifact: Path, name: str, load_file: Callable[[str], T], load_bytes: Callable[[bytes], T]) -> T | None:
+        """The loaded artifact if its tag is valid, else None (a miss).
+
+        The artifact is opened once and authenticated through that descriptor; wasmtime
+        then maps ``/proc/self/fd/N``, the same open file, so a file swapped in after the
+        check is not the one loaded. Without /proc the authenticated bytes are loaded."""
+        key = self.key()
+        if key is None:
+            return None
+        try:
+            expected = Path(str(artifact) + TAG_SUFFIX).read_bytes()
+            fd = os.open(artifact, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            return None
+        try:
+            by_fd = f"/proc/self/fd/{fd}"
+            mapped = os.path.exists(by_fd)
+            mac = self._mac(key, name)
+            chunks: list[bytes] = []
+            with os.fdopen(os.dup(fd), "rb") as f:
+                while chunk := f.read(_CHUNK):
+                    mac.update(chunk)
+                    if not mapped:
+                        chunks.append(chunk)
+            if not hmac.compare_digest(mac.digest(), expected):
+                log.warning("ignoring cached artifact %s: it was not written by this cache (authentication failed)", artifact)
+                return None
+            return load_file(by_fd) if mapped else load_bytes(b"".join(chunks))
+        finally:
+            os.close(fd)

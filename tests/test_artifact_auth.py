@@ -1,0 +1,70 @@
+"""Compiled artifacts are code: the component cache loads only artifacts it wrote itself."""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+
+from wasi_tls_host import Host, WasiConfig
+from wasi_tls_host.runtime.artifact_auth import KEY_FILE, TAG_SUFFIX
+
+
+def _artifact(cache_dir, wasm_host: Host, wasm: bytes):
+    return cache_dir / f"{wasm_host.cache.key(wasm)}.cwasm"
+
+
+def test_key_is_created_private_and_each_artifact_is_tagged(tmp_path, guest_path) -> None:
+    wasm = guest_path("exit_code").read_bytes()
+    host = Host(cache_dir=tmp_path)
+    host.load(wasm)
+    key = tmp_path / KEY_FILE
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and key.stat().st_size == 32
+    artifact = _artifact(tmp_path, host, wasm)
+    assert artifact.exists() and (tmp_path / (artifact.name + TAG_SUFFIX)).stat().st_size == 32
+    again = Host(cache_dir=tmp_path)
+    assert again.run(wasm, WasiConfig(args=["x", "3"])).exit_code == 3
+    assert again.cache.compiled == 0  # loaded from the authenticated artifact
+
+
+def test_a_substituted_artifact_is_not_loaded(tmp_path, guest_path, caplog) -> None:
+    # The attack: put a valid artifact of other code under this component's name. wasmtime
+    # itself would load it (same engine, same version) and run the other code.
+    wasm = guest_path("exit_code").read_bytes()
+    other = guest_path("calc").read_bytes()
+    host = Host(cache_dir=tmp_path)
+    host.load(wasm)
+    host.load(other)
+    target, foreign = _artifact(tmp_path, host, wasm), _artifact(tmp_path, host, other)
+    foreign_bytes = foreign.read_bytes()
+    os.replace(foreign, target)
+    victim = Host(cache_dir=tmp_path)
+    with caplog.at_level(logging.WARNING, logger="wasi_tls_host.cache"):
+        result = victim.run(wasm, WasiConfig(args=["x", "9"]))
+    assert result.exit_code == 9  # the real component ran, not calc
+    assert victim.cache.compiled == 1  # the substitute was a miss: compiled again
+    assert "authentication failed" in caplog.text
+    assert target.read_bytes() != foreign_bytes  # and replaced by an artifact it wrote
+
+
+def test_one_flipped_byte_in_an_artifact_is_a_miss(tmp_path, guest_path) -> None:
+    wasm = guest_path("exit_code").read_bytes()
+    host = Host(cache_dir=tmp_path)
+    host.load(wasm)
+    artifact = _artifact(tmp_path, host, wasm)
+    data = bytearray(artifact.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    artifact.write_bytes(bytes(data))
+    again = Host(cache_dir=tmp_path)
+    assert again.run(wasm, WasiConfig(args=["x", "4"])).exit_code == 4
+    assert again.cache.compiled == 1
+
+
+def test_a_key_others_can_read_disables_the_disk_cache(tmp_path, guest_path, caplog) -> None:
+    wasm = guest_path("exit_code").read_bytes()
+    Host(cache_dir=tmp_path).load(wasm)
+    os.chmod(tmp_path / KEY_FILE, 0o644)
+    with caplog.at_level(logging.WARNING, logger="wasi_tls_host.cache"):
+        host = Host(cache_dir=tmp_path)
+        assert host.run(wasm, WasiConfig(args=["x", "1"])).exit_code == 1
+    assert host.cache.compiled == 1 and "mode is 644" in caplog.text
