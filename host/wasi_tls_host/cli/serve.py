@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 from ..host import GuestInstance, Host, RunResult
+from ..wasi import sockets
 
 log = logging.getLogger("wasi_tls_host.serve")
 
@@ -51,6 +52,7 @@ class Operator:
         if self.deadline is not None or not self.guest.is_listening():
             self.exit_status = 128 + signum
             log.warning("%s: stopping now", name)
+            sockets.cut_connections(self.guest.ctx)
             self.guest.interrupt(f"stopped by {name}")
             return
         self.deadline = time.monotonic() + self.graceful_timeout
@@ -70,6 +72,7 @@ class Operator:
         elif time.monotonic() >= self.deadline:
             self.exit_status = EXIT_DEADLINE
             log.warning("graceful stop: %d connection(s) still open after %.1f s; ending them", remaining, self.graceful_timeout)
+            sockets.cut_connections(self.guest.ctx)
             self.guest.interrupt("graceful stop deadline")
 
 
