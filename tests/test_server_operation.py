@@ -265,3 +265,46 @@ def test_host_reload_identities_in_the_api(host, guest_path, certs, tmp_path: Pa
     finally:
         result = server.stop()
     assert result is not None and result.exit_code == 0
+
+
+async def test_graceful_stop_from_an_asyncio_application(host, guest_path, certs) -> None:
+    """The README's recipe for embedders: the guest on a thread, the loop keeps the controls."""
+    import asyncio
+
+    from wasi_tls_host import NetworkPolicy, PrivateIdentity, TlsConfig, WasiConfig
+
+    port = free_port()
+    out = bytearray()
+    config = WasiConfig(
+        args=["tls_server", str(port), "--count", "0", "--concurrent"], stdout=out,
+        network=NetworkPolicy().allow_listen(f"127.0.0.1:{port}"),
+        tls=TlsConfig(identities=[PrivateIdentity.from_files("web", certs["dir"] / "one.pem", certs["dir"] / "one.key")], use_system_roots=False),
+    )
+    guest = await asyncio.to_thread(host.instantiate, guest_path("tls_server"), config)
+    running = asyncio.ensure_future(asyncio.to_thread(guest.run))
+    context = ssl.create_default_context(cafile=str(certs["ca"]))
+    try:
+        while b"listening on" not in out:
+            await asyncio.sleep(0.05)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context, server_hostname="localhost")
+        writer.write(b"hello")
+        assert await reader.readexactly(5) == b"hello"
+        assert guest.is_listening() and guest.open_connections() == 1
+        guest.stop_accepting()
+        while guest.is_listening():
+            await asyncio.sleep(0.05)
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"again")  # the open connection goes on
+        assert await reader.readexactly(5) == b"again"
+        writer.close()
+        while guest.open_connections():
+            await asyncio.sleep(0.05)
+        guest.interrupt("stopped")
+        result = await asyncio.wait_for(running, TIMEOUT)
+        assert result.trap_cause is not None and result.trap_cause.endswith(": stopped")
+    finally:
+        if not running.done():
+            guest.interrupt("test teardown")
+            await running
+        guest.close()
