@@ -90,7 +90,10 @@ def serve(host: Host, guest: GuestInstance, graceful_timeout: float) -> tuple[Ru
             failure.append(e)
 
     handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-    previous = {s: signal.signal(s, operator.on_signal) for s in handled}
+    # Signal handlers can only be set from the main thread (an embedder may call main()
+    # from another): there the guest simply runs, without operator signals.
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, operator.on_signal) for s in handled} if on_main_thread else {}
     worker = threading.Thread(target=run, name="guest", daemon=True)
     try:
         worker.start()
