@@ -8,11 +8,17 @@
   connections (each has echoed one byte, so the server finished its handshake) minus its RSS
   before them, divided by K; same two servers.
 
+- Workers (issue 11): handshakes per second with 1 and 2 server processes sharing the port
+  (SO_REUSEPORT): the guest through ``wasi-tls-host run --workers N``, next to N CPython
+  asyncio ``ssl`` processes with ``reuse_port``. Same load as above.
+
 Each server runs in its own process (so RSS is the server's alone and no GIL is shared with
 the load); the load generator is one more process running asyncio ``ssl`` clients. The
-machine has 2 cores, shared by the server, the load and anyone else.
+machine has 2 cores, shared by the server, the load and anyone else: with 2 workers the
+load generator competes with them for the same cores, so the gain from a second worker is
+bounded here by what the load leaves over.
 
-Run: python benchmarks/bench_tls_server.py [--clients N] [--duration S] [--idle K]
+Run: python benchmarks/bench_tls_server.py [--clients N] [--duration S] [--idle K] [--workers 1,2]
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ def serve_guest(port: int, cert: str, key: str) -> None:
     print(f"guest server ended: {result}", file=sys.stderr)
 
 
-def serve_cpython(port: int, cert: str, key: str) -> None:
+def serve_cpython(port: int, cert: str, key: str, reuse_port: bool = False) -> None:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
 
@@ -68,7 +74,7 @@ def serve_cpython(port: int, cert: str, key: str) -> None:
             writer.close()
 
     async def main() -> None:
-        server = await asyncio.start_server(echo, HOST, port, ssl=ctx, backlog=1024)
+        server = await asyncio.start_server(echo, HOST, port, ssl=ctx, backlog=1024, reuse_port=reuse_port or None)
         async with server:
             await server.serve_forever()
 
@@ -218,8 +224,42 @@ def measure(kind: str, cert: str, key: str, ca: str, clients: int, duration: flo
         stop(server)
 
 
+def start_workers(kind: str, count: int, cert: str, key: str) -> tuple[list[subprocess.Popen[str]], int]:
+    """``count`` server processes on one port: the CLI's ``--workers`` for the guest,
+    ``count`` asyncio processes with SO_REUSEPORT for CPython. Returns once all listen."""
+    from wasi_tls_host import guests
+
+    port = free_port()
+    if kind == "guest":
+        cmd = [sys.executable, "-m", "wasi_tls_host.cli", "run", "--allow-listen", f"{HOST}:{port}", "--identity", f"a={cert},{key}",
+               "--workers", str(count), "--graceful-timeout", "5", str(guests.build("tls_server")), str(port), "--concurrent", "--count", "0"]
+        procs = [subprocess.Popen(cmd, text=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)]
+        assert procs[0].stdout is not None
+        for _ in range(count):  # each worker's guest prints its line once it listens
+            if "listening on" not in procs[0].stdout.readline():
+                raise RuntimeError("guest workers did not start")
+        return procs, port
+    procs = [child("serve-cpython", str(port), cert, key, "reuse") for _ in range(count)]
+    time.sleep(1.0)  # asyncio binds in well under a second; no output to wait for
+    socket.create_connection((HOST, port), timeout=5).close()
+    return procs, port
+
+
+def measure_workers(kind: str, count: int, cert: str, key: str, ca: str, clients: int, duration: float) -> dict[str, float]:
+    procs, port = start_workers(kind, count, cert, key)
+    try:
+        out = subprocess.run([sys.executable, __file__, "load", str(port), ca, str(clients), str(duration)],
+                             capture_output=True, text=True, timeout=duration + 60)
+        rate = json.loads(out.stdout)
+        return {"handshakes_per_s": rate["handshakes"] / rate["seconds"], "errors": rate["errors"]}
+    finally:
+        for proc in procs:
+            stop(proc)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--workers", default="1,2", help="worker counts to compare (comma-separated)")
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--idle", type=int, default=500)
@@ -246,13 +286,29 @@ def main() -> None:
     print(f"{'client errors':34}{g['errors']:16.0f}{c['errors']:18.0f}")
     print(f"{'server RSS before idle conns MiB':34}{g['rss_before_mib']:16.1f}{c['rss_before_mib']:18.1f}")
     print(f"{'KiB per idle connection':34}{g['kib_per_idle_conn']:16.1f}{c['kib_per_idle_conn']:18.1f}   ({g['idle_open']:.0f} / {c['idle_open']:.0f} open)")
+    counts = [int(n) for n in args.workers.split(",") if n]
+    if counts:
+        print(f"\nworkers sharing one port (SO_REUSEPORT), {args.clients} clients for {args.duration:.0f} s")
+        print(f"{'handshakes/s':34}{'guest --workers':>16}{'CPython asyncio':>18}")
+        with tempfile.TemporaryDirectory() as tmp:
+            ca = trustme.CA()
+            leaf = ca.issue_cert(NAME)
+            cert, key, ca_pem = f"{tmp}/cert.pem", f"{tmp}/key.pem", f"{tmp}/ca.pem"
+            Path(cert).write_bytes(b"".join(c.bytes() for c in leaf.cert_chain_pems))
+            leaf.private_key_pem.write_to_path(key)
+            ca.cert_pem.write_to_path(ca_pem)
+            for n in counts:
+                gw = measure_workers("guest", n, cert, key, ca_pem, args.clients, args.duration)
+                cw = measure_workers("cpython", n, cert, key, ca_pem, args.clients, args.duration)
+                errors = f"   (client errors {gw['errors']:.0f} / {cw['errors']:.0f})" if gw["errors"] or cw["errors"] else ""
+                print(f"{f'{n} worker(s)':34}{gw['handshakes_per_s']:16.0f}{cw['handshakes_per_s']:18.0f}{errors}")
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "serve-guest":
         serve_guest(int(sys.argv[2]), sys.argv[3], sys.argv[4])
     elif len(sys.argv) > 1 and sys.argv[1] == "serve-cpython":
-        serve_cpython(int(sys.argv[2]), sys.argv[3], sys.argv[4])
+        serve_cpython(int(sys.argv[2]), sys.argv[3], sys.argv[4], reuse_port=sys.argv[5:6] == ["reuse"])
     elif len(sys.argv) > 1 and sys.argv[1] == "load":
         load(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), float(sys.argv[5]))
     elif len(sys.argv) > 1 and sys.argv[1] == "hold":

@@ -8,7 +8,6 @@ import sys
 
 from ..host import Host
 from ..wasi.context import WasiConfig
-from .errors import UsageError
 from .invoke import format_value, parse_invoke
 from . import options_server, provenance
 from .options import OPTION_GROUPS
@@ -75,5 +74,3 @@ def command(args: argparse.Namespace) -> int:
             print("(run with -v to see the wasm backtrace)", file=sys.stderr)
     return result.exit_code
 
-
-__all__ = ["UsageError", "add_parser", "command", "wasi_config"]

@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 from ..host import GuestInstance, Host, RunResult
+from ..wasi import sockets
 
 log = logging.getLogger("wasi_tls_host.serve")
 
@@ -51,6 +52,7 @@ class Operator:
         if self.deadline is not None or not self.guest.is_listening():
             self.exit_status = 128 + signum
             log.warning("%s: stopping now", name)
+            sockets.cut_connections(self.guest.ctx)
             self.guest.interrupt(f"stopped by {name}")
             return
         self.deadline = time.monotonic() + self.graceful_timeout
@@ -70,6 +72,7 @@ class Operator:
         elif time.monotonic() >= self.deadline:
             self.exit_status = EXIT_DEADLINE
             log.warning("graceful stop: %d connection(s) still open after %.1f s; ending them", remaining, self.graceful_timeout)
+            sockets.cut_connections(self.guest.ctx)
             self.guest.interrupt("graceful stop deadline")
 
 
@@ -87,7 +90,10 @@ def serve(host: Host, guest: GuestInstance, graceful_timeout: float) -> tuple[Ru
             failure.append(e)
 
     handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-    previous = {s: signal.signal(s, operator.on_signal) for s in handled}
+    # Signal handlers can only be set from the main thread (an embedder may call main()
+    # from another): there the guest simply runs, without operator signals.
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, operator.on_signal) for s in handled} if on_main_thread else {}
     worker = threading.Thread(target=run, name="guest", daemon=True)
     try:
         worker.start()

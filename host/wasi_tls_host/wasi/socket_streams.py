@@ -125,6 +125,9 @@ class SocketRegistry:
         # Graceful stop: listeners stop accepting (and close) at the guest's next look at
         # them; connections already accepted go on (see TcpSocket).
         self.draining = False
+        # Set when the embedder ends the guest with connections open: they are logged as
+        # cut by the host, whatever closes them next.
+        self.cutting = False
 
     def add(self, shared: SharedSocket) -> None:
         shared.registry = self
@@ -178,6 +181,8 @@ class SharedSocket:
         if not self.closed:
             self.closed = True
             self.sock.close()
+            if self.record is not None and self.registry is not None and self.registry.cutting:
+                self.record.note_end("host-stopped")
             if self.record is not None and access_log.isEnabledFor(logging.INFO):
                 access_log.info(self.record.line())
 

@@ -288,6 +288,14 @@ def stop_accepting(ctx: Any) -> None:
     ctx.interruptor.wake()
 
 
+def cut_connections(ctx: Any) -> None:
+    """Before the embedder ends a guest that still has connections: the access log says
+    the host cut them."""
+    reg = _REGISTRIES.get(ctx)
+    if reg is not None:
+        reg.cutting = True
+
+
 def open_connections(ctx: Any) -> int:
     """Accepted connections of a store that are not closed yet."""
     reg = _REGISTRIES.get(ctx)

@@ -1,0 +1,310 @@
+"""Operating a guest TLS server from the command line, as with uvicorn or gunicorn: workers
+sharing a port (and restarted when one dies), certificate rotation on SIGHUP, graceful stop
+on SIGTERM, one access-log line per connection. Real processes, real signals, CPython ssl
+clients on 127.0.0.1, the ``tls_server`` example guest."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+
+from conftest import free_port
+
+TIMEOUT = 20.0
+STARTUP = 120.0  # a process loading the guest on a busy 2-core machine
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two certificates for localhost (CN cert-one, cert-two) from one CA, and the files the
+    server reads (``cur.pem``/``cur.key``, a copy of cert-one to begin with)."""
+    d = tmp_path_factory.mktemp("pki")
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(d / "ca.pem"))
+    for name in ("one", "two"):
+        leaf = ca.issue_cert("localhost", common_name=f"cert-{name}")
+        (d / f"{name}.pem").write_bytes(b"".join(c.bytes() for c in leaf.cert_chain_pems))
+        leaf.private_key_pem.write_to_path(str(d / f"{name}.key"))
+    return {"dir": d, "ca": d / "ca.pem"}
+
+
+class Server:
+    """``wasi-tls-host run ... tls_server.wasm PORT --count 0 --concurrent`` as a process."""
+
+    def __init__(self, guest: Path, certs: dict[str, Path], tmp: Path, *options: str, mode: str = "echo") -> None:
+        self.port = free_port()
+        self.cert, self.key = tmp / "cur.pem", tmp / "cur.key"
+        shutil.copyfile(certs["dir"] / "one.pem", self.cert)
+        shutil.copyfile(certs["dir"] / "one.key", self.key)
+        self.out_path, self.err_path = tmp / "stdout", tmp / "stderr"
+        cmd = [sys.executable, "-m", "wasi_tls_host.cli", "run", "--allow-listen", f"127.0.0.1:{self.port}",
+               "--identity", f"web={self.cert},{self.key}", "--access-log", *options,
+               str(guest), str(self.port), "--count", "0", "--concurrent", "--mode", mode]
+        with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
+            self.process = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        self.context = ssl.create_default_context(cafile=str(certs["ca"]))
+
+    @property
+    def out(self) -> str:
+        return self.out_path.read_text()
+
+    @property
+    def err(self) -> str:
+        return self.err_path.read_text()
+
+    def wait_for(self, pattern: str, count: int = 1, where: str = "err", timeout: float = TIMEOUT) -> list[re.Match[str]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = list(re.finditer(pattern, self.err if where == "err" else self.out))
+            if len(found) >= count:
+                return found
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise AssertionError(f"no {count} x {pattern!r}; exit {self.process.poll()}\nstdout:\n{self.out}\nstderr:\n{self.err}")
+            time.sleep(0.05)
+
+    def connect(self) -> ssl.SSLSocket:
+        raw = socket.create_connection(("127.0.0.1", self.port), timeout=TIMEOUT)
+        return self.context.wrap_socket(raw, server_hostname="localhost")
+
+    def echo(self, tls: ssl.SSLSocket, data: bytes) -> bytes:
+        tls.sendall(data)
+        got = b""
+        while len(got) < len(data):
+            chunk = tls.recv(len(data) - len(got))
+            if not chunk:
+                break
+            got += chunk
+        return got
+
+    def certificate_cn(self) -> str:
+        with self.connect() as tls:
+            cn = dict(x[0] for x in tls.getpeercert()["subject"])["commonName"]
+            self.echo(tls, b"x")
+            tls.unwrap()
+        return cn
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                return self.process.wait(TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        return self.process.wait(TIMEOUT)
+
+
+@pytest.fixture
+def server(host, guest_path, certs, tmp_path: Path) -> Iterator:
+    started: list[Server] = []
+    guest = guest_path("tls_server")
+    host.load(guest)  # compiled into the shared component cache once, not by every worker
+
+    def start(*options: str, mode: str = "echo") -> Server:
+        s = Server(guest, certs, tmp_path, *options, mode=mode)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        if s.process.poll() is None:
+            s.process.kill()
+            s.process.wait(TIMEOUT)
+
+
+def test_two_workers_share_the_port_and_both_serve(server) -> None:
+    s = server("--workers", "2", "--graceful-timeout", "5", mode="http")
+    s.wait_for(r"listening on", 2, where="out", timeout=STARTUP)
+    for _ in range(40):
+        with s.connect() as tls:
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            assert tls.recv(4096).startswith(b"HTTP/1.1 200")
+    lines = s.wait_for(r"\[worker (\d) pid \d+\] access peer=127\.0\.0\.1:\d+ ", 40)
+    by_worker = {m.group(1) for m in lines}
+    assert by_worker == {"1", "2"}, s.err  # the kernel spread 40 connections over both
+    assert s.stop() == 0
+
+
+def test_a_killed_worker_is_restarted(server) -> None:
+    s = server("--workers", "2", "--graceful-timeout", "5")
+    s.wait_for(r"listening on", 2, where="out", timeout=STARTUP)
+    pid = int(s.wait_for(r"worker 1 started \(pid (\d+)\)")[0].group(1))
+    os.kill(pid, signal.SIGKILL)
+    s.wait_for(rf"worker 1 \(pid {pid}\) exited with status 137; restarting it")
+    new_pid = int(s.wait_for(r"worker 1 started \(pid (\d+)\)", 2)[1].group(1))
+    assert new_pid != pid
+    s.wait_for(r"listening on", 3, where="out", timeout=STARTUP)
+    # Both workers serve again: connections reach the restarted one too.
+    for _ in range(40):
+        with s.connect() as tls:
+            assert s.echo(tls, b"ping") == b"ping"
+            tls.unwrap()
+        if f"pid {new_pid}] access" in s.err:
+            break
+    assert f"pid {new_pid}] access" in s.err
+    assert s.stop() == 0
+
+
+def test_sighup_rotates_the_certificate_and_open_connections_keep_theirs(server, certs) -> None:
+    s = server()
+    s.wait_for(r"listening on", where="out", timeout=STARTUP)
+    assert s.certificate_cn() == "cert-one"
+    before = s.connect()  # opened before the rotation, kept open across it
+    assert s.echo(before, b"before") == b"before"
+    shutil.copyfile(certs["dir"] / "two.pem", s.cert)
+    shutil.copyfile(certs["dir"] / "two.key", s.key)
+    s.process.send_signal(signal.SIGHUP)
+    s.wait_for(r"identity 'web': reloaded from")
+    assert s.certificate_cn() == "cert-two"
+    assert s.echo(before, b"still here") == b"still here"
+    assert dict(x[0] for x in before.getpeercert()["subject"])["commonName"] == "cert-one"
+    before.unwrap()
+    before.close()
+    # A file that fails to load keeps the identity in use, and the log says why.
+    s.key.write_text("not a key")
+    s.process.send_signal(signal.SIGHUP)
+    s.wait_for(r"identity 'web': kept the certificate in use: .*cannot load the private key")
+    assert s.certificate_cn() == "cert-two"
+    assert s.process.poll() is None
+    assert s.stop() == 0
+
+
+def test_sigterm_lets_a_slow_client_finish_and_refuses_new_ones(server) -> None:
+    s = server("--graceful-timeout", "15")
+    s.wait_for(r"listening on", where="out", timeout=STARTUP)
+    slow = s.connect()
+    assert s.echo(slow, b"one") == b"one"
+    stopped_at = time.monotonic()
+    s.process.send_signal(signal.SIGTERM)
+    s.wait_for(r"SIGTERM: stopped accepting; waiting up to 15\.0 s for 1 open connection")
+    # The listener closes at the guest's next look at it.
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", s.port), timeout=TIMEOUT).close()
+        except ConnectionRefusedError:
+            break
+        assert time.monotonic() < deadline, "still accepting after SIGTERM"
+        time.sleep(0.05)
+    assert s.process.poll() is None  # still serving the slow client
+    assert s.echo(slow, b"two") == b"two"
+    slow.unwrap()
+    slow.close()
+    assert s.process.wait(TIMEOUT) == 0
+    assert time.monotonic() - stopped_at < 15
+    assert "graceful stop: every connection finished" in s.err
+    line = s.wait_for(r"access peer=127\.0\.0\.1:\d+ .*")[0].group(0)
+    fields = dict(part.split("=", 1) for part in line.split()[1:])
+    assert fields["sni"] == "localhost" and fields["version"] == "TLSv1.3" and fields["suite"].startswith("TLS_")
+    assert fields["client"] == "-" and fields["tls"] == "ok" and float(fields["handshake_ms"]) > 0
+    assert int(fields["in"]) > 0 and int(fields["out"]) > 0 and fields["end"] in {"peer-closed", "closed"}
+
+
+def test_deadline_and_second_signal_exit_statuses(server) -> None:
+    s = server("--graceful-timeout", "0.5")
+    s.wait_for(r"listening on", where="out", timeout=STARTUP)
+    held = s.connect()
+    assert s.echo(held, b"x") == b"x"
+    s.process.send_signal(signal.SIGTERM)
+    assert s.process.wait(TIMEOUT) == 3  # the deadline cut a connection short
+    assert "1 connection(s) still open after 0.5 s" in s.err
+    assert "end=host-stopped" in s.err
+    held.close()
+
+    s2 = server("--graceful-timeout", "60")
+    s2.wait_for(r"listening on", where="out", timeout=STARTUP)
+    held = s2.connect()
+    assert s2.echo(held, b"x") == b"x"
+    s2.process.send_signal(signal.SIGTERM)
+    s2.wait_for(r"stopped accepting")
+    s2.process.send_signal(signal.SIGINT)  # a second signal: at once
+    assert s2.process.wait(TIMEOUT) == 130
+    held.close()
+
+
+def test_host_reload_identities_in_the_api(host, guest_path, certs, tmp_path: Path) -> None:
+    """The embedder's way to rotate: ``Host.reload_identities()`` for every live guest."""
+    from tls_server_util import GuestServer
+
+    from wasi_tls_host import PrivateIdentity, TlsConfig
+
+    cert, key = tmp_path / "cur.pem", tmp_path / "cur.key"
+    shutil.copyfile(certs["dir"] / "one.pem", cert)
+    shutil.copyfile(certs["dir"] / "one.key", key)
+    tls = TlsConfig(identities=[PrivateIdentity.from_files("web", cert, key)], use_system_roots=False)
+    port = free_port()
+    server = GuestServer(host, host.load(guest_path("tls_server")), port, "--count", "3", "--mode", "alpn", tls=tls)
+    context = ssl.create_default_context(cafile=str(certs["ca"]))
+
+    def cn() -> str:
+        with context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT), server_hostname="localhost") as s:
+            name = dict(x[0] for x in s.getpeercert()["subject"])["commonName"]
+            s.recv(100)
+        return name
+
+    try:
+        assert cn() == "cert-one"
+        shutil.copyfile(certs["dir"] / "two.pem", cert)
+        shutil.copyfile(certs["dir"] / "two.key", key)
+        assert host.reload_identities() == [f"identity 'web': reloaded from {cert} (sha256 {tls.identities[0].public.fingerprint.hex()[:16]}...)"]
+        assert cn() == "cert-two"
+        cert.write_text("garbage")
+        assert "kept the certificate in use" in host.reload_identities()[0]
+        assert cn() == "cert-two"
+    finally:
+        result = server.stop()
+    assert result is not None and result.exit_code == 0
+
+
+async def test_graceful_stop_from_an_asyncio_application(host, guest_path, certs) -> None:
+    """The README's recipe for embedders: the guest on a thread, the loop keeps the controls."""
+    import asyncio
+
+    from wasi_tls_host import NetworkPolicy, PrivateIdentity, TlsConfig, WasiConfig
+
+    port = free_port()
+    out = bytearray()
+    config = WasiConfig(
+        args=["tls_server", str(port), "--count", "0", "--concurrent"], stdout=out,
+        network=NetworkPolicy().allow_listen(f"127.0.0.1:{port}"),
+        tls=TlsConfig(identities=[PrivateIdentity.from_files("web", certs["dir"] / "one.pem", certs["dir"] / "one.key")], use_system_roots=False),
+    )
+    guest = await asyncio.to_thread(host.instantiate, guest_path("tls_server"), config)
+    running = asyncio.ensure_future(asyncio.to_thread(guest.run))
+    context = ssl.create_default_context(cafile=str(certs["ca"]))
+    try:
+        while b"listening on" not in out:
+            await asyncio.sleep(0.05)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context, server_hostname="localhost")
+        writer.write(b"hello")
+        assert await reader.readexactly(5) == b"hello"
+        assert guest.is_listening() and guest.open_connections() == 1
+        guest.stop_accepting()
+        while guest.is_listening():
+            await asyncio.sleep(0.05)
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"again")  # the open connection goes on
+        assert await reader.readexactly(5) == b"again"
+        writer.close()
+        while guest.open_connections():
+            await asyncio.sleep(0.05)
+        guest.interrupt("stopped")
+        result = await asyncio.wait_for(running, TIMEOUT)
+        assert result.trap_cause is not None and result.trap_cause.endswith(": stopped")
+    finally:
+        if not running.done():
+            guest.interrupt("test teardown")
+            await running
+        guest.close()
