@@ -8,7 +8,6 @@ the io-error debug string that names its cause.
 
 from __future__ import annotations
 
-import gc
 import asyncio
 import hashlib
 import os
@@ -23,7 +22,7 @@ from typing import Iterator
 import pytest
 import trustme
 
-from conftest import open_fds
+from conftest import open_fds, without_gc
 from tls_peers import (
     OpensslServer,
     PeerServer,
@@ -345,17 +344,17 @@ def test_no_descriptor_leaks_across_runs(probe, peers, localhost_leaf) -> None:
     peers.extend([server, bad])
     probe("echo", "localhost", server.port, 3, 10)  # warm-up: lazily opened host descriptors
     settle(server, bad)
-    before = open_fds()
-    threads = threading.active_count()
-    for _ in range(3):
-        assert fields(probe("echo", "localhost", server.port, 3, 10).out)["match"] == "True"
-        probe("use-after-drop", "localhost", server.port)
-        probe("drop-future", "localhost", server.port)
-        probe("stall", "localhost", bad.port, 50)
-    settle(server, bad)
-    gc.collect()  # unrelated garbage may close descriptors too: a leak can only add
-    assert open_fds() <= before
-    assert threading.active_count() <= threads
+    with without_gc():
+        before = open_fds()
+        threads = threading.active_count()
+        for _ in range(3):
+            assert fields(probe("echo", "localhost", server.port, 3, 10).out)["match"] == "True"
+            probe("use-after-drop", "localhost", server.port)
+            probe("drop-future", "localhost", server.port)
+            probe("stall", "localhost", bad.port, 50)
+        settle(server, bad)
+        assert open_fds() <= before
+        assert threading.active_count() <= threads
 
 
 # --- differential: the wasmtime CLI runs the same component --------------------------------

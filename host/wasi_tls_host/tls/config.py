@@ -10,6 +10,8 @@ from typing import Any, Callable, Union
 from cryptography import x509
 from OpenSSL import SSL, crypto
 
+from .limits import TlsLimits
+
 # A trust anchor: PEM bytes (one or more certificates), a path to a PEM file, or a
 # cryptography certificate.
 TrustAnchor = Union[bytes, str, Path, x509.Certificate]
@@ -58,6 +60,8 @@ class TlsConfig:
     # CAs that client certificates must chain to (mutual TLS on guest servers).
     identities: list[Any] = field(default_factory=list)
     client_ca: list[TrustAnchor] = field(default_factory=list)
+    # Per-guest bounds: handshake deadline, open connections and handshakes, ClientHello size.
+    limits: TlsLimits = field(default_factory=TlsLimits)
     _client_contexts: dict[tuple[int, int], SSL.Context] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
