@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -426,3 +428,42 @@ def test_too_many_handshakes_are_refused_with_an_alert(start, pki: ServerPki, pe
     answers = guest.finish()
     assert answers == {"first": "would-block", "second": "access-denied"}
     assert (21, bytes([2, 90])) in records, records
+
+
+# --- the CLI: the echo example survives a truncated peer; failures say why -------------------
+
+CLI = [sys.executable, "-m", "wasi_tls_host.cli"]
+
+
+def test_a_run_that_fails_says_why_on_stderr(guest_path) -> None:
+    r = subprocess.run([*CLI, "run", str(guest_path("run_returns_err"))], capture_output=True, timeout=120)
+    assert r.returncode == 1
+    assert b"error: the guest's wasi:cli/run returned an error" in r.stderr
+
+
+def test_echo_example_serves_the_next_client_after_a_truncated_one(guest_path, pki: ServerPki, tmp_path: Path) -> None:
+    key = tmp_path / "a.key"
+    key.write_bytes(pki.leaf_a.private_key_pem.bytes())
+    port = free_port()
+    cmd = [*CLI, "run", "--allow-listen", f"127.0.0.1:{port}", "--identity", f"a={pki.a_chain},{key}",
+           str(guest_path("tls_echo_server")), str(port), "2"]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as server:
+        try:
+            assert server.stdout is not None
+            assert b"listening on" in server.stdout.readline()
+            truncating = ssl_client(pki, port)
+            truncating.sendall(b"part of a request")
+            truncating.recv(100)  # the echo: the server is reading again
+            truncating.close()  # no close_notify
+            with ssl_client(pki, port) as tls:
+                tls.sendall(b"ping")
+                assert tls.recv(100) == b"ping"
+                tls.unwrap()  # close_notify: a clean end
+            out, err = server.communicate(timeout=TIMEOUT)
+        finally:
+            if server.poll() is None:
+                server.kill()
+    lines = out.decode().splitlines()
+    assert server.returncode == 0, (lines, err)
+    assert any(line.startswith("connection error:") and "truncated" in line for line in lines), lines
+    assert lines[-1] == "echoed 4 bytes", lines
