@@ -345,6 +345,16 @@ def test_server_without_identities_refuses_with_an_alert(start_server, pki: Serv
     assert server.wait_for("#1 ") == "#1 rejected: no identity preopened (sni=a.test)"
 
 
+def test_client_certificate_requested_without_a_client_ca_ends_with_an_alert(start_server, pki: ServerPki) -> None:
+    """The embedder configured no client CA: the guest's request cannot be honoured, and the
+    client is told so by an alert (it used to see a bare end of data)."""
+    server = start_server("--client-auth", "required", tls=pki.server_config(client_ca=False))
+    with pytest.raises(ssl.SSLError, match="HANDSHAKE_FAILURE|handshake failure"):
+        ssl_echo(server.port, ssl_client_context(pki), "a.test", b"x")
+    line = server.wait_for("#1 ")
+    assert line.startswith("#1 handshake failed: invalid-state: client certificates were requested") and "--client-ca" in line
+
+
 def test_identity_from_encrypted_key_and_cli_option(pki: ServerPki, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="encrypted"):
         PrivateIdentity.from_files("b", pki.b_chain, pki.b_key_encrypted)

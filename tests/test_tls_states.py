@@ -467,3 +467,18 @@ def test_echo_example_serves_the_next_client_after_a_truncated_one(guest_path, p
     assert server.returncode == 0, (lines, err)
     assert any(line.startswith("connection error:") and "truncated" in line for line in lines), lines
     assert lines[-1] == "echoed 4 bytes", lines
+
+
+@pytest.mark.parametrize(("command", "call", "hello"), [
+    ("hello", "accept", False),     # accept before the hello arrived: would-block, consumed
+    ("exchange", "finish", True),   # finish before the handshake completed: the same
+])
+def test_a_handshake_the_guest_ends_early_alerts_the_peer(start, command: str, call: str, hello: bool) -> None:
+    port = free_port()
+    guest = start(port, command, "now", call)
+    with connect(port) as sock:
+        if hello:
+            sock.sendall(client_hello())
+        records = _records(sock)
+    assert guest.finish()[call] == "would-block"
+    assert records[-1] == (21, bytes([2, 90])), records  # user_canceled, then the end

@@ -242,8 +242,10 @@ class IncomingClientHello(HostResource):
         return self.hello
 
     def drop(self) -> None:
-        if self.states.can(Event.REJECT):
+        """Dropped unanswered (or consumed by a refused accept): the client is told."""
+        if self.state in (ClientHelloState.READING, ClientHelloState.RECEIVED):
             self.states.advance(Event.REJECT)
+            self.send_alert(ALERT_USER_CANCELED)
         self.close_streams()
 
 

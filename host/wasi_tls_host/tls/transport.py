@@ -111,8 +111,13 @@ class TlsTransport:
             self.usage.closed(self.cin)
 
     def send_alert(self, description: int) -> None:
-        """Queue a fatal alert record of our own (a deadline or a limit, not OpenSSL's
-        decision) and send it with whatever the engine still had to say."""
+        """Queue a fatal alert record of our own (a deadline, a limit, a handshake the guest
+        abandoned: not OpenSSL's decision) and send it after whatever the engine still had to
+        say. It is a plaintext record: once TLS 1.3 handshake keys are in use the peer may
+        call it an unexpected record rather than read the reason, but it learns at once
+        that the handshake is over."""
+        if self.closed:
+            return
         self.pending_out += self.engine.take_output() + alert_record(ALERT_FATAL, description)
         self._send()
 
@@ -477,5 +482,13 @@ class PendingHandshake(HostResource):
             waits.until(self.deadline_ns)
 
     def drop(self) -> None:
+        """The guest let go of the handshake before it ended (or a consuming call refused it):
+        the peer is told, then the transport closes."""
+        t = self.transport
+        if self.state is HandshakeState.RUNNING:
+            t.send_alert(ALERT_USER_CANCELED)
+        elif self.state is HandshakeState.ESTABLISHED:
+            t.engine.close_notify()
+            t.pump()
         if self.state is not HandshakeState.FINISHED:
-            self.transport.let_go(Role.HANDSHAKE)
+            t.let_go(Role.HANDSHAKE)
