@@ -482,3 +482,34 @@ def test_a_handshake_the_guest_ends_early_alerts_the_peer(start, command: str, c
         records = _records(sock)
     assert guest.finish()[call] == "would-block"
     assert records[-1] == (21, bytes([2, 90])), records  # user_canceled, then the end
+
+
+def test_cli_handshake_deadline_flag(guest_path, pki: ServerPki, tmp_path: Path) -> None:
+    key = tmp_path / "a.key"
+    key.write_bytes(pki.leaf_a.private_key_pem.bytes())
+    port = free_port()
+    cmd = [*CLI, "run", "--allow-listen", f"127.0.0.1:{port}", "--identity", f"a={pki.a_chain},{key}",
+           "--tls-handshake-timeout", "0.3", str(guest_path("tls_states")), "hello", str(port), "wait", "server-name"]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as guest:
+        try:
+            assert guest.stdout is not None
+            assert b"listening on" in guest.stdout.readline()
+            with connect(port) as silent:
+                records = _records(silent)
+            out, err = guest.communicate(timeout=TIMEOUT)
+        finally:
+            if guest.poll() is None:
+                guest.kill()
+    assert guest.returncode == 0, err
+    assert out.decode().splitlines() == ["server-name=closed"]
+    assert records == [(21, bytes([2, 90]))]
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("--max-tls-handshakes", "0", "max_handshakes must be at least 1"),
+    ("--tls-handshake-timeout", "-1", "must be positive"),
+    ("--max-client-hello", "10", "at least 512 bytes"),
+])
+def test_cli_limit_flags_refuse_bad_values(guest_path, flag: str, value: str, message: str) -> None:
+    r = subprocess.run([*CLI, "run", flag, value, str(guest_path("run_returns_err"))], capture_output=True, timeout=120)
+    assert r.returncode == 2 and message in r.stderr.decode(), r.stderr

@@ -17,6 +17,8 @@ from typing import Any
 
 from .host import GuestError, Host, trap_cause
 from .runtime.values import Err, Ok, Some, Variant
+from .tls.config import TlsConfig
+from .tls.limits import TlsLimits
 from .wasi.context import WasiConfig
 
 class UsageError(Exception):
@@ -111,12 +113,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     for add_arguments, _ in OPTION_GROUPS:
         add_arguments(run)
+    _add_tls_limit_arguments(run)
 
     sub.add_parser("demo", help="fetch https://localhost from a guest through this host, with a throwaway CA (no network needed)")
 
     build = sub.add_parser("build-guest", help="build an example guest from guest_examples/ and print its path")
     build.add_argument("names", nargs="*", help="guest names (default: all)")
     return parser
+
+
+def _add_tls_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags for ``TlsLimits`` fields (defaults are the library's)."""
+    defaults = TlsLimits()
+    group = parser.add_argument_group("TLS limits (per guest)")
+    group.add_argument("--tls-handshake-timeout", type=float, metavar="SECONDS", default=defaults.handshake_timeout,
+                       help=f"end handshakes not established within this time: the peer gets an alert, the guest a closed error; 0 = no deadline (default {defaults.handshake_timeout:g})")
+    group.add_argument("--max-tls-connections", type=int, metavar="N", default=defaults.max_connections,
+                       help=f"TLS connections a guest may have open at once (default {defaults.max_connections})")
+    group.add_argument("--max-tls-handshakes", type=int, metavar="N", default=defaults.max_handshakes,
+                       help=f"TLS handshakes a guest may have in progress at once (default {defaults.max_handshakes})")
+    group.add_argument("--max-client-hello", type=int, metavar="BYTES", default=defaults.max_client_hello,
+                       help=f"largest ClientHello a guest server accepts (default {defaults.max_client_hello})")
+
+
+def _tls_limits(args: argparse.Namespace) -> TlsLimits:
+    try:
+        return TlsLimits(
+            handshake_timeout=args.tls_handshake_timeout or None,
+            max_connections=args.max_tls_connections,
+            max_handshakes=args.max_tls_handshakes,
+            max_client_hello=args.max_client_hello,
+        )
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -129,6 +158,9 @@ def _run(args: argparse.Namespace) -> int:
 
     for _, apply in OPTION_GROUPS:
         apply(args, config)
+    if config.tls is None:
+        config.tls = TlsConfig()
+    config.tls.limits = _tls_limits(args)
     host = Host(use_cache=not args.no_cache)
     component = host.load(args.guest)
     if args.invoke:

@@ -74,7 +74,6 @@ class TlsTransport:
         # report, and the reset only explains an otherwise bare "end of data".
         self.transport_error: str | None = None
         self.send_broken = False
-        self.output_closed = False
         self.users: set[Role] = {Role.HANDSHAKE}
         self.usage = usage
 
@@ -301,7 +300,7 @@ class TlsOutputStream(OutputStream):
         if t.send_broken:
             failure = t.send_failure(during_handshake=False)
             raise StreamFailed(str(failure), failure.code, "tls")
-        if t.output_closed or t.engine.close_notify_sent or t.closed:
+        if t.engine.close_notify_sent or t.closed:
             raise StreamClosed()
 
     def _check_write(self) -> int:
@@ -359,7 +358,6 @@ class TlsConnection(HostResource):
         if self.states.state is ConnectionState.OPEN:
             t = self.transport
             t.engine.close_notify()
-            t.output_closed = True
             t.pump()
         self.states.advance(Event.CLOSE_OUTPUT)
 
