@@ -37,6 +37,7 @@ from tls_peers import (
 )
 from wasi_tls_host import WasiConfig
 from wasi_tls_host.tls import TlsConfig
+from wasi_tls_host.tls.limits import TlsLimits
 from wasi_tls_host.wasi.sockets import NetworkPolicy
 
 LOCAL = "127.0.0.1"
@@ -282,6 +283,27 @@ def test_stalled_server_clock_timeout_returns(probe, peers) -> None:
     elapsed = time.monotonic() - start
     assert r.out.splitlines() == ["timeout", "pending=True", "waited-enough=True"], r.out
     assert elapsed < 8  # guest start + 0.3 s; nothing waited for the peer
+
+
+def test_handshake_deadline_ends_a_stalled_handshake(probe, peers, pki: Pki) -> None:
+    """The host's deadline (not the guest's own 5 s timer) ends the wait, with a closed-style
+    failure as the future's outcome."""
+    server = PeerServer(stall)
+    peers.append(server)
+    config = TlsConfig(trust=[pki.ca_pem], use_system_roots=False, limits=TlsLimits(handshake_timeout=0.3))
+    r = probe("stall", "localhost", server.port, 5000, tls=config)
+    assert r.out.splitlines() == ["ready=[0]", "pending=False", "waited-enough=False"], r.out
+
+
+def test_a_cap_of_one_connection_allows_one_after_another(probe, peers, pki: Pki, localhost_leaf) -> None:
+    """Each connection leaves the guest's count when it ends (dropped mid-handshake, or
+    after use), not at some later garbage collection: with a cap of one, one after another
+    all succeed."""
+    server = PeerServer(handshake_only, localhost_leaf.server_context())
+    peers.append(server)
+    config = TlsConfig(trust=[pki.ca_pem], use_system_roots=False, limits=TlsLimits(max_connections=1))
+    r = probe("drop-future", "localhost", server.port, tls=config)
+    assert r.out.splitlines() == ["dropped", "reconnect=ok", "unfinished-handshake-dropped"], r.out + r.err
 
 
 # --- bad guests ---------------------------------------------------------------------------
