@@ -38,6 +38,7 @@ from tls_peers import (
 from wasi_tls_host import WasiConfig
 from wasi_tls_host.tls import TlsConfig
 from wasi_tls_host.tls.limits import TlsLimits
+from wasi_tls_host.tls.states import FUTURE_CLIENT_STREAMS, HandshakeState
 from wasi_tls_host.wasi.sockets import NetworkPolicy
 
 LOCAL = "127.0.0.1"
@@ -315,6 +316,23 @@ def test_get_twice_is_an_error_not_a_second_result(probe, peers, localhost_leaf)
     r = probe("get-twice", "localhost", server.port)
     assert r.out.splitlines() == ["first=tuple", "second=err", "third=err"], r.out + r.err
     assert r.exit_code == 0
+
+
+def test_future_get_answers_as_the_state_table_says(probe, peers, localhost_leaf) -> None:
+    """future-client-streams.get in each state a guest can see, against tls/states.py (in
+    WIT terms: would-block is none, the outcome is some(ok(..)), invalid-state is some(err))."""
+    table = {state: FUTURE_CLIENT_STREAMS.answer(state, "get") for state in HandshakeState}
+    assert table == {HandshakeState.RUNNING: "would-block", HandshakeState.ESTABLISHED: "ok",
+                     HandshakeState.FAILED: "ok", HandshakeState.FINISHED: "invalid-state"}
+    stalled = PeerServer(stall)
+    good = PeerServer(handshake_only, localhost_leaf.server_context())
+    peers.extend([stalled, good])
+    assert "pending=True" in probe("stall", "localhost", stalled.port, 50).out.splitlines()  # RUNNING
+    # ESTABLISHED, then FINISHED twice.
+    assert probe("get-twice", "localhost", good.port).out.splitlines() == ["first=tuple", "second=err", "third=err"]
+    failed = PeerServer(close_mid_handshake)
+    peers.append(failed)
+    assert probe("get-twice", "localhost", failed.port).out.splitlines() == ["first=Error", "second=err", "third=err"]  # FAILED: the outcome is some(ok(err(error)))
 
 
 def test_streams_after_dropping_connection_and_socket(probe, peers, localhost_leaf) -> None:
