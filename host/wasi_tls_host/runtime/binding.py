@@ -75,10 +75,7 @@ class HostFunc:
     def prepare(self, fty: Any) -> None:
         """Build the converters from the function's type (once per host function)."""
         self.lifts = [abi.converters(t, ALL_KINDS)[0] for _, t in fty.params]
-        self.owned = tuple(i for i, (_, t) in enumerate(fty.params) if isinstance(t, wt.OwnType))
-        self.kept = frozenset(i for i in self.owned if fty.params[i][0] in self.keeps)
-        if len(self.kept) != len(self.keeps):
-            raise Trap(f"declared to keep {self.keeps}, but its own<T> parameters are {[fty.params[i][0] for i in self.owned]}")
+        self.note_ownership([(name, isinstance(t, wt.OwnType)) for name, t in fty.params])
         result = fty.result
         self.returns_result = isinstance(result, wt.ResultType)
         self.lower = abi.converters(result, ALL_KINDS)[1] if result is not None else None
@@ -87,6 +84,15 @@ class HostFunc:
             raise Trap(f"imported as {signature}, but this host serves it as {self.signature}")
         self.signature = signature
         self.prepared = True
+
+    def note_ownership(self, params: list[tuple[str, bool]]) -> None:
+        """Record which parameters (name, is own<T>) are consumed and which of those the
+        function keeps; every runtime backend calls this once, then applies
+        ``drop_consumed_arguments(args, self.owned, self.kept, succeeded)`` after each call."""
+        self.owned = tuple(i for i, (_, owned) in enumerate(params) if owned)
+        self.kept = frozenset(i for i in self.owned if params[i][0] in self.keeps)
+        if len(self.kept) != len(self.keeps):
+            raise Trap(f"declared to keep {self.keeps}, but its own<T> parameters are {[params[i][0] for i in self.owned]}")
 
     def check(self, fty: Any) -> str | None:
         """Why a guest's import of this function cannot be served, or None if it can."""
