@@ -513,3 +513,16 @@ def test_cli_handshake_deadline_flag(guest_path, pki: ServerPki, tmp_path: Path)
 def test_cli_limit_flags_refuse_bad_values(guest_path, flag: str, value: str, message: str) -> None:
     r = subprocess.run([*CLI, "run", flag, value, str(guest_path("run_returns_err"))], capture_output=True, timeout=120)
     assert r.returncode == 2 and message in r.stderr.decode(), r.stderr
+
+
+def test_client_hello_size_limit_is_the_embedders(start) -> None:
+    hello = client_hello()
+    assert len(hello) > 512  # OpenSSL's first flight, with its key shares
+    tls_config = TlsConfig(limits=TlsLimits(max_client_hello=512))
+    port = free_port()
+    guest = start(port, "hello", "wait", "server-name", tls=tls_config)
+    with connect(port) as sock:
+        sock.sendall(hello)
+        records = _records(sock)
+    assert guest.finish()["server-name"] == "decode-error"
+    assert records == [(21, bytes([2, 50]))]  # decode_error
