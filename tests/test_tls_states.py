@@ -63,6 +63,7 @@ class Guest:
         self._out = bytearray()
         self._err = bytearray()
         self._changed = threading.Condition()
+        self.outcome_at: float | None = None  # when the guest printed its outcome
         policy = NetworkPolicy().allow_listen(f"127.0.0.1:{port}").allow_connect(f"127.0.0.1:{port}")
         config = WasiConfig(args=["tls_states", *args], stdout=self._write, stderr=self._err.extend, network=policy, tls=tls)
         self.guest = host.instantiate(component, config)
@@ -73,6 +74,8 @@ class Guest:
     def _write(self, data: bytes) -> None:
         with self._changed:
             self._out.extend(data)
+            if self.outcome_at is None and b"outcome=" in self._out:
+                self.outcome_at = time.monotonic()
             self._changed.notify_all()
 
     def _run(self) -> None:
@@ -325,23 +328,26 @@ def test_connection_calls_in_both_states(start, pki: ServerPki, peers: Peers, ca
 # --- peers that vanish -------------------------------------------------------------------
 
 
-def _vanishing_peer(stage: str, port: int, pki: ServerPki, peers: Peers) -> None:
+def _vanishing_peer(stage: str, port: int, pki: ServerPki, peers: Peers) -> float:
+    """Play the peer until ``stage``, then vanish; returns when it vanished."""
     if stage == "before-hello":
-        connect(port).close()
+        sock = connect(port)
     elif stage == "mid-handshake":
-        with connect(port) as sock:
-            sock.sendall(client_hello())
-            read_some(sock)  # the server's answer: it is mid-handshake now
+        sock = connect(port)
+        sock.sendall(client_hello())
+        read_some(sock)  # the server's answer: it is mid-handshake now
     elif stage == "after-data":
-        tls = ssl_client(pki, port)
-        tls.sendall(b"hello")
-        tls.close()  # no close_notify: a truncation
+        sock = ssl_client(pki, port)
+        sock.sendall(b"hello")  # then no close_notify: a truncation
     else:  # while-writing
-        tls = ssl_client(pki, port)
+        sock = ssl_client(pki, port)
         received = 0
         while received < 100_000:
-            received += len(tls.recv(65536))
-        tls.close()  # with unread data: the kernel resets the connection
+            received += len(sock.recv(65536))
+        # closed with unread data: the kernel resets the connection
+    vanished = time.monotonic()
+    sock.close()
+    return vanished
 
 
 @pytest.mark.parametrize(("stage", "mode", "outcome"), [
@@ -359,10 +365,13 @@ def test_a_vanished_peer_is_noticed_while_the_guest_waits(start, pki: ServerPki,
     timer (poll) and without waiting forever (blocking calls)."""
     port = free_port()
     guest = start(port, "vanish", stage, mode)
-    _vanishing_peer(stage, port, pki, peers)
+    vanished = _vanishing_peer(stage, port, pki, peers)
     result = guest.finish()
     assert result["outcome"] == outcome, guest.lines
-    print(f"{stage}/{mode}: the guest learned after {result['ms']} ms")
+    assert guest.outcome_at is not None
+    # Reported, not asserted (no speed assertions in tests): from the peer's close to the
+    # guest's printed outcome, guest-side printing included.
+    print(f"{stage}/{mode}: the guest learned {1000 * (guest.outcome_at - vanished):.1f} ms after the peer vanished")
 
 
 def test_vanishing_peers_leave_no_descriptor(start, pki: ServerPki, peers: Peers) -> None:

@@ -30,7 +30,7 @@ from ..wasi.io import InputStream, OutputStream, Pollable, StreamClosed, StreamF
 from .ciphers import split_suites
 from .client_hello import ALERT_FATAL, ClientHello, ClientHelloError, ClientHelloReader, alert_record
 from .config import TlsConfig, tls_config
-from .connection import answer, failure_error, finish_established, limit_error, peer_identity, tls_error
+from .connection import answer, finish_established, peer_identity, tls_error
 from .engine import BAD_CERTIFICATE, TlsEngine, TlsFailure
 from .identities import PrivateIdentity, PrivateIdentityHandle, PublicIdentity
 from .limits import LimitExceeded, TlsUsage, usage_of
