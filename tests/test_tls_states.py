@@ -426,9 +426,10 @@ def test_handshake_deadline_alerts_the_peer_and_closes_for_the_guest(start, pki:
     assert (21, bytes([2, 90])) in records, records  # a fatal user_canceled alert
 
 
-def test_too_many_handshakes_are_refused_with_an_alert(start, pki: ServerPki, peers: Peers) -> None:
+@pytest.mark.parametrize("limits", [TlsLimits(max_handshakes=1), TlsLimits(max_connections=1)], ids=["handshakes", "connections"])
+def test_too_many_handshakes_are_refused_with_an_alert(start, pki: ServerPki, peers: Peers, limits: TlsLimits) -> None:
     tls = pki.server_config(client_ca=False)
-    tls.limits = TlsLimits(max_handshakes=1)
+    tls.limits = limits
     port = free_port()
     guest = start(port, "two", tls=tls)
     peers.keep(connect(port))  # the first handshake: allowed, and silent

@@ -18,7 +18,7 @@ from ..runtime.store import StoreState
 from ..runtime.values import Err, Ok, Trap
 from ..wasi.io import CallbackPollable, InputStream, IoError, OutputStream, Pollable
 from .config import tls_config
-from .engine import INTERNAL, TlsEngine, TlsFailure
+from .engine import ACCESS_DENIED, TlsEngine, TlsFailure
 from .limits import LimitExceeded, usage_of
 from .states import CLIENT_HANDSHAKE, FUTURE_CLIENT_STREAMS, Event, HandshakeState, StateMachine, WrongState
 from .transport import PendingHandshake, TlsConnection, TlsInputStream, TlsOutputStream, TlsTransport, start_deadline
@@ -86,7 +86,7 @@ def client_handshake_finish(cx: StoreState, this: ClientHandshake) -> FutureClie
         usage.start(cin, config.limits)
     except LimitExceeded as e:
         # This interface has no error result here: the future answers with the refusal.
-        future.fail(TlsFailure(INTERNAL, f"TLS connection refused by the host: {e}"))
+        future.fail(TlsFailure(ACCESS_DENIED, f"TLS connection refused by the host: {e}"))
         return future
     transport.usage = usage
     future.poll()  # sends the ClientHello right away
