@@ -376,9 +376,9 @@ def test_a_vanished_peer_is_noticed_while_the_guest_waits(start, pki: ServerPki,
 
 def test_vanishing_peers_leave_no_descriptor(start, pki: ServerPki, peers: Peers) -> None:
     port = free_port()
-    start(port, "vanish", "after-data", "poll")  # warm-up
+    warm_up = start(port, "vanish", "after-data", "poll")  # lazily opened host descriptors
     _vanishing_peer("after-data", port, pki, peers)
-    time.sleep(0.2)
+    warm_up.finish()
     with without_gc():
         before = open_fds()
         for stage, mode in [("before-hello", "poll"), ("mid-handshake", "block"), ("after-data", "blocking-read"), ("while-writing", "blocking-flush")]:
