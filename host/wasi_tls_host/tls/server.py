@@ -10,7 +10,7 @@ identity, ALPN protocol, versions, suites and client authentication of a fresh O
 connection, and the buffered bytes are replayed into its memory BIO.
 
 Each call that is not valid in the resource's state fails with ``invalid-state``; each
-result that is not there yet fails with ``would-block``.
+result that is not there yet fails with ``would-block`` (the tables are in states.py).
 """
 
 from __future__ import annotations
