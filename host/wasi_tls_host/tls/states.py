@@ -137,7 +137,7 @@ CLIENT_HELLO: Machine[ClientHelloState] = Machine(
 
 _HANDSHAKE_TRANSITIONS: Mapping[HandshakeState, Mapping[Event, HandshakeState]] = {
     _H.RUNNING: {Event.ESTABLISH: _H.ESTABLISHED, Event.FAIL: _H.FAILED},
-    _H.ESTABLISHED: {Event.FINISH: _H.FINISHED, Event.FAIL: _H.FAILED},
+    _H.ESTABLISHED: {Event.FINISH: _H.FINISHED},
     _H.FAILED: {Event.FAIL: _H.FAILED, Event.FINISH: _H.FINISHED},
     _H.FINISHED: {},
 }
