@@ -330,24 +330,23 @@ def test_connection_calls_in_both_states(start, pki: ServerPki, peers: Peers, ca
 
 def _vanishing_peer(stage: str, port: int, pki: ServerPki, peers: Peers) -> float:
     """Play the peer until ``stage``, then vanish; returns when it vanished."""
-    if stage == "before-hello":
-        sock = connect(port)
-    elif stage == "mid-handshake":
-        sock = connect(port)
-        sock.sendall(client_hello())
-        read_some(sock)  # the server's answer: it is mid-handshake now
-    elif stage == "after-data":
-        sock = ssl_client(pki, port)
-        sock.sendall(b"hello")  # then no close_notify: a truncation
-    else:  # while-writing
-        sock = ssl_client(pki, port)
-        received = 0
-        while received < 100_000:
-            received += len(sock.recv(65536))
-        # closed with unread data: the kernel resets the connection
-    vanished = time.monotonic()
-    sock.close()
-    return vanished
+    sock = connect(port) if stage in ("before-hello", "mid-handshake") else ssl_client(pki, port)
+    try:
+        if stage == "mid-handshake":
+            sock.sendall(client_hello())
+            read_some(sock)  # the server's answer: it is mid-handshake now
+        elif stage == "after-data":
+            sock.sendall(b"hello")  # then no close_notify: a truncation
+        elif stage == "while-writing":
+            received = 0
+            while received < 100_000:
+                chunk = sock.recv(65536)
+                assert chunk, "the guest stopped writing before the peer vanished"
+                received += len(chunk)
+            # closed with unread data: the kernel resets the connection
+        return time.monotonic()
+    finally:
+        sock.close()
 
 
 @pytest.mark.parametrize(("stage", "mode", "outcome"), [
