@@ -152,7 +152,12 @@ def read_some(sock: socket.socket) -> bytes:
 
 def ssl_client(pki: ServerPki, port: int) -> ssl.SSLSocket:
     ctx = ssl.create_default_context(cafile=str(pki.ca_pem))
-    return ctx.wrap_socket(connect(port), server_hostname="a.test")
+    raw = connect(port)
+    try:
+        return ctx.wrap_socket(raw, server_hostname="a.test")
+    except BaseException:
+        raw.close()
+        raise
 
 
 class Peers:
