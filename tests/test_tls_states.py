@@ -177,10 +177,12 @@ class Peers:
         self.threads.append(thread)
 
     def close(self) -> None:
-        for sock in self.sockets:
-            sock.close()
+        for sock in list(self.sockets):
+            sock.close()  # unblocks the threads
         for thread in self.threads:
             thread.join(TIMEOUT)
+        for sock in self.sockets:
+            sock.close()  # and what they kept while finishing
 
 
 @pytest.fixture
