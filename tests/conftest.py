@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
@@ -63,7 +65,27 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+@contextlib.contextmanager
+def without_gc() -> Iterator[None]:
+    """Run a descriptor count with the garbage collector off: every socket must close when
+    its last user is dropped, so a leak that only a GC pass would hide shows up."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def free_port(family: int = socket.AF_INET) -> int:
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture
+def no_gc() -> Iterator[None]:
+    """The whole test runs with the garbage collector off (see ``without_gc``)."""
+    with without_gc():
+        yield

@@ -8,7 +8,6 @@ the io-error debug string that names its cause.
 
 from __future__ import annotations
 
-import gc
 import asyncio
 import hashlib
 import os
@@ -23,7 +22,7 @@ from typing import Iterator
 import pytest
 import trustme
 
-from conftest import open_fds
+from conftest import open_fds, without_gc
 from tls_peers import (
     OpensslServer,
     PeerServer,
@@ -38,6 +37,8 @@ from tls_peers import (
 )
 from wasi_tls_host import WasiConfig
 from wasi_tls_host.tls import TlsConfig
+from wasi_tls_host.tls.limits import TlsLimits
+from wasi_tls_host.tls.states import FUTURE_CLIENT_STREAMS, HandshakeState
 from wasi_tls_host.wasi.sockets import NetworkPolicy
 
 LOCAL = "127.0.0.1"
@@ -285,6 +286,27 @@ def test_stalled_server_clock_timeout_returns(probe, peers) -> None:
     assert elapsed < 8  # guest start + 0.3 s; nothing waited for the peer
 
 
+def test_handshake_deadline_ends_a_stalled_handshake(probe, peers, pki: Pki) -> None:
+    """The host's deadline (not the guest's own 5 s timer) ends the wait, with a closed-style
+    failure as the future's outcome."""
+    server = PeerServer(stall)
+    peers.append(server)
+    config = TlsConfig(trust=[pki.ca_pem], use_system_roots=False, limits=TlsLimits(handshake_timeout=0.3))
+    r = probe("stall", "localhost", server.port, 5000, tls=config)
+    assert r.out.splitlines() == ["ready=[0]", "pending=False", "waited-enough=False"], r.out
+
+
+def test_a_cap_of_one_connection_allows_one_after_another(probe, peers, pki: Pki, localhost_leaf) -> None:
+    """Each connection leaves the guest's count when it ends (dropped mid-handshake, or
+    after use), not at some later garbage collection: with a cap of one, one after another
+    all succeed."""
+    server = PeerServer(handshake_only, localhost_leaf.server_context())
+    peers.append(server)
+    config = TlsConfig(trust=[pki.ca_pem], use_system_roots=False, limits=TlsLimits(max_connections=1))
+    r = probe("drop-future", "localhost", server.port, tls=config)
+    assert r.out.splitlines() == ["dropped", "reconnect=ok", "unfinished-handshake-dropped"], r.out + r.err
+
+
 # --- bad guests ---------------------------------------------------------------------------
 
 
@@ -294,6 +316,23 @@ def test_get_twice_is_an_error_not_a_second_result(probe, peers, localhost_leaf)
     r = probe("get-twice", "localhost", server.port)
     assert r.out.splitlines() == ["first=tuple", "second=err", "third=err"], r.out + r.err
     assert r.exit_code == 0
+
+
+def test_future_get_answers_as_the_state_table_says(probe, peers, localhost_leaf) -> None:
+    """future-client-streams.get in each state a guest can see, against tls/states.py (in
+    WIT terms: would-block is none, the outcome is some(ok(..)), invalid-state is some(err))."""
+    table = {state: FUTURE_CLIENT_STREAMS.answer(state, "get") for state in HandshakeState}
+    assert table == {HandshakeState.RUNNING: "would-block", HandshakeState.ESTABLISHED: "ok",
+                     HandshakeState.FAILED: "ok", HandshakeState.FINISHED: "invalid-state"}
+    stalled = PeerServer(stall)
+    good = PeerServer(handshake_only, localhost_leaf.server_context())
+    peers.extend([stalled, good])
+    assert "pending=True" in probe("stall", "localhost", stalled.port, 50).out.splitlines()  # RUNNING
+    # ESTABLISHED, then FINISHED twice.
+    assert probe("get-twice", "localhost", good.port).out.splitlines() == ["first=tuple", "second=err", "third=err"]
+    failed = PeerServer(close_mid_handshake)
+    peers.append(failed)
+    assert probe("get-twice", "localhost", failed.port).out.splitlines() == ["first=Error", "second=err", "third=err"]  # FAILED: the outcome is some(ok(err(error)))
 
 
 def test_streams_after_dropping_connection_and_socket(probe, peers, localhost_leaf) -> None:
@@ -345,17 +384,17 @@ def test_no_descriptor_leaks_across_runs(probe, peers, localhost_leaf) -> None:
     peers.extend([server, bad])
     probe("echo", "localhost", server.port, 3, 10)  # warm-up: lazily opened host descriptors
     settle(server, bad)
-    before = open_fds()
-    threads = threading.active_count()
-    for _ in range(3):
-        assert fields(probe("echo", "localhost", server.port, 3, 10).out)["match"] == "True"
-        probe("use-after-drop", "localhost", server.port)
-        probe("drop-future", "localhost", server.port)
-        probe("stall", "localhost", bad.port, 50)
-    settle(server, bad)
-    gc.collect()  # unrelated garbage may close descriptors too: a leak can only add
-    assert open_fds() <= before
-    assert threading.active_count() <= threads
+    with without_gc():
+        before = open_fds()
+        threads = threading.active_count()
+        for _ in range(3):
+            assert fields(probe("echo", "localhost", server.port, 3, 10).out)["match"] == "True"
+            probe("use-after-drop", "localhost", server.port)
+            probe("drop-future", "localhost", server.port)
+            probe("stall", "localhost", bad.port, 50)
+        settle(server, bad)
+        assert open_fds() <= before
+        assert threading.active_count() <= threads
 
 
 # --- differential: the wasmtime CLI runs the same component --------------------------------

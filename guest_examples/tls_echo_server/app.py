@@ -48,6 +48,7 @@ def serve_one(store, rx, tx):
         sni = wait_ready(hello.server_name, hello.subscribe())
     except Err as e:
         print(f"rejected: {e.value.code.name.lower()}: {e.value.message}", flush=True)
+        hello.__exit__(None, None, None)  # closes the connection (the client got an alert)
         return
     matches = store.find_by_host_name(sni) if sni else []
     identity = matches[0] if matches else store.all()[0]
@@ -66,14 +67,39 @@ def serve_one(store, rx, tx):
         return
     alpn = conn.alpn_id()
     print(f"connection sni={sni} identity={identity.name()} version=0x{conn.protocol_version():04x} alpn={alpn.decode() if alpn else '-'}", flush=True)
+    try:
+        total = echo(prx, ptx)
+        ptx.blocking_flush()
+        conn.close_output()  # close_notify: the client sees a clean end of data
+        print(f"echoed {total} bytes", flush=True)
+    except Err as e:
+        # The client went away (reset, truncation, an alert): this connection is over, the
+        # server is not.
+        print(f"connection error: {error_text(e)}", flush=True)
+    finally:
+        for resource in (prx, ptx, conn):
+            resource.__exit__(None, None, None)
+
+
+def error_text(e):
+    value = e.value
+    if isinstance(value, streams.StreamError_LastOperationFailed):
+        return value.value.to_debug_string()
+    if isinstance(value, streams.StreamError_Closed):
+        return "the stream is closed"
+    return getattr(value, "message", repr(value))
+
+
+def echo(prx, ptx):
+    """Echo until the client's close_notify; a stream error ends it with Err."""
     total = 0
     while True:
         try:
             data = prx.blocking_read(65536)
         except Err as e:
-            if not isinstance(e.value, streams.StreamError_Closed):
-                print(f"read error: {e.value.value.to_debug_string()}", flush=True)
-            break
+            if isinstance(e.value, streams.StreamError_Closed):
+                return total
+            raise
         total += len(data)
         view = data
         while view:
@@ -83,11 +109,6 @@ def serve_one(store, rx, tx):
                 continue
             ptx.write(view[:n])
             view = view[n:]
-    ptx.blocking_flush()
-    conn.close_output()  # close_notify: the client sees a clean end of data
-    print(f"echoed {total} bytes", flush=True)
-    for resource in (prx, ptx, conn):
-        resource.__exit__(None, None, None)
 
 
 class Run(exports.Run):
@@ -101,3 +122,4 @@ class Run(exports.Run):
         for _ in range(count):
             client, rx, tx = accept(sock)
             serve_one(store, rx, tx)
+            client.__exit__(None, None, None)

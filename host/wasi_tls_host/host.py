@@ -53,10 +53,15 @@ class GuestError(Exception):
     """A guest could not be loaded, linked or run; the message is meant for people."""
 
 
+RUN_RETURNED_ERR = "the guest's wasi:cli/run returned an error"
+
+
 @dataclass
 class RunResult:
     exit_code: int
     trap: str | None = None
+    # Why the run failed when it neither trapped nor chose its exit status (run returned err).
+    error: str | None = None
 
     @property
     def trap_cause(self) -> str | None:
@@ -135,7 +140,7 @@ class GuestInstance:
             if code is not None:
                 return RunResult(code)
             return RunResult(1, trap=str(e))
-        return RunResult(1 if isinstance(result, Err) else 0)
+        return RunResult(1, error=RUN_RETURNED_ERR) if isinstance(result, Err) else RunResult(0)
 
     def interrupt(self, reason: str = "interrupted by the embedder") -> None:
         self.ctx.interrupt(reason)

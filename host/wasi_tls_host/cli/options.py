@@ -8,7 +8,7 @@ import argparse
 from typing import Callable
 
 from ..wasi.context import WasiConfig
-from . import options_filesystem, options_identities, options_network, options_tls
+from . import options_filesystem, options_identities, options_network, options_tls, options_tls_limits
 
 OptionGroup = tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace, WasiConfig], None]]
 
@@ -17,4 +17,5 @@ OPTION_GROUPS: list[OptionGroup] = [
     (options_network.add_arguments, options_network.apply),
     (options_tls.add_arguments, options_tls.apply),
     (options_identities.add_arguments, options_identities.apply),
+    (options_tls_limits.add_arguments, options_tls_limits.apply),
 ]

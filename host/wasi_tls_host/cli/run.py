@@ -72,5 +72,7 @@ def command(args: argparse.Namespace) -> int:
         print(f"error: the guest trapped: {detail}", file=sys.stderr)
         if not args.verbose:
             print("(run with -v to see the wasm backtrace)", file=sys.stderr)
+    elif result.error:
+        print(f"error: {result.error}", file=sys.stderr)
     return result.exit_code
 

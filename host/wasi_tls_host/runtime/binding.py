@@ -22,7 +22,7 @@ from wasmtime.component import Linker
 from wasmtime.component import _types as wt
 
 from . import abi
-from .resources import ResourceKind
+from .resources import ResourceKind, drop_consumed_arguments
 from .store import StoreState, state_for_context, state_for_context_or_none
 from .values import Err, Trap, WitError
 
@@ -62,6 +62,11 @@ class HostFunc:
     prepared: bool = False
     # The WIT signature this host serves (from signatures.json, or the first importer's).
     signature: str = ""
+    # Names of the own<T> parameters the function keeps (stores in what it returns); every
+    # other consumed argument is dropped when the call returns (drop_consumed_arguments).
+    keeps: tuple[str, ...] = ()
+    owned: tuple[int, ...] = ()  # indices of the own<T> parameters
+    kept: frozenset[int] = frozenset()  # indices of the kept ones
 
     @property
     def qualname(self) -> str:
@@ -70,6 +75,7 @@ class HostFunc:
     def prepare(self, fty: Any) -> None:
         """Build the converters from the function's type (once per host function)."""
         self.lifts = [abi.converters(t, ALL_KINDS)[0] for _, t in fty.params]
+        self.note_ownership([(name, isinstance(t, wt.OwnType)) for name, t in fty.params])
         result = fty.result
         self.returns_result = isinstance(result, wt.ResultType)
         self.lower = abi.converters(result, ALL_KINDS)[1] if result is not None else None
@@ -78,6 +84,15 @@ class HostFunc:
             raise Trap(f"imported as {signature}, but this host serves it as {self.signature}")
         self.signature = signature
         self.prepared = True
+
+    def note_ownership(self, params: list[tuple[str, bool]]) -> None:
+        """Record which parameters (name, is own<T>) are consumed and which of those the
+        function keeps; every runtime backend calls this once, then applies
+        ``drop_consumed_arguments(args, self.owned, self.kept, succeeded)`` after each call."""
+        self.owned = tuple(i for i, (_, owned) in enumerate(params) if owned)
+        self.kept = frozenset(i for i in self.owned if params[i][0] in self.keeps)
+        if len(self.kept) != len(self.keeps):
+            raise Trap(f"declared to keep {self.keeps}, but its own<T> parameters are {[params[i][0] for i in self.owned]}")
 
     def check(self, fty: Any) -> str | None:
         """Why a guest's import of this function cannot be served, or None if it can."""
@@ -106,14 +121,16 @@ class Interface:
         ALL_KINDS.append(kind)
         return kind
 
-    def func(self, wit_name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def func(self, wit_name: str, *, keeps: Iterable[str] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Decorator: ``@iface.func("[method]input-stream.read")``; the impl gets the
-        ``StoreState`` first, then the WIT parameters as Python values."""
+        ``StoreState`` first, then the WIT parameters as Python values. ``keeps`` names the
+        ``own<T>`` parameters the function keeps when it succeeds; the others are dropped
+        when it returns (``drop_consumed_arguments``)."""
 
         def register(impl: Callable[..., Any]) -> Callable[..., Any]:
             if wit_name in self.funcs:
                 raise ValueError(f"{self.name}: {wit_name} defined twice")
-            fn = HostFunc(self.name.split("@")[0], wit_name, impl)
+            fn = HostFunc(self.name.split("@")[0], wit_name, impl, keeps=tuple(keeps))
             fn.signature = KNOWN_SIGNATURES.get(fn.qualname, "")
             self.funcs[wit_name] = fn
             return impl
@@ -157,13 +174,21 @@ def _call_host(idx: int, context: Any, ty_raw: Any, args: Any, nargs: int, resul
         assert lifts is not None
         if nargs != len(lifts):
             raise Trap(f"called with {nargs} arguments, the host expects {len(lifts)}")
-        pyargs = [lift(cx, args[i]) for i, lift in enumerate(lifts)]
+        pyargs: list[Any] = []
+        succeeded = False
         try:
-            result = fn.impl(cx, *pyargs)
-        except WitError as e:
-            if not fn.returns_result:
-                raise Trap(f"error {e.payload!r} from a function that returns no result") from e
-            result = Err(e.payload)
+            for i, lift in enumerate(lifts):
+                pyargs.append(lift(cx, args[i]))
+            try:
+                result = fn.impl(cx, *pyargs)
+                succeeded = True
+            except WitError as e:
+                if not fn.returns_result:
+                    raise Trap(f"error {e.payload!r} from a function that returns no result") from e
+                result = Err(e.payload)
+        finally:
+            if fn.owned:
+                drop_consumed_arguments(pyargs, fn.owned, fn.kept, succeeded)
         if OUTGOING_VALUE_HOOKS:
             for hook in OUTGOING_VALUE_HOOKS:
                 hook(fn.qualname, result)

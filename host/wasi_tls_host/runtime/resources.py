@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Collection, Iterable, Sequence
 
 from wasmtime.component import ResourceType
 
@@ -37,9 +37,10 @@ class ResourceKind:
 class HostResource:
     """Base for Python objects handed to guests as resources.
 
-    ``drop`` runs when the guest drops its handle (or the store is closed); it must release
-    OS resources. It is never called for objects whose ownership moved back into the host
-    (an ``own`` handle passed as an argument): the receiver owns them then.
+    ``drop`` runs exactly when the object's last owner lets go: when the guest drops its
+    handle, when the store is closed, or when a host function that consumed it as an
+    ``own`` argument returns without keeping it (see ``drop_consumed_arguments``). It must
+    release OS resources and be safe to call twice. Nothing waits for the garbage collector.
     """
 
     def drop(self) -> None:
@@ -90,6 +91,23 @@ class ResourceTable:
         entries, self._entries = self._entries, {}
         for obj, kind in reversed(list(entries.values())):
             _drop_quietly(obj, kind.name)
+
+
+def drop_consumed_arguments(args: Sequence[Any], owned: Iterable[int], kept: Collection[int], call_succeeded: bool) -> None:
+    """The ownership rule for ``own<T>`` arguments, in one place for every runtime backend.
+
+    wasmtime hands an ``own`` argument's handle to the host for good (the guest's handle is
+    gone, and the resource destructor will never run for it), so after the call the host
+    function is its only owner. When the call returns, each consumed argument is dropped
+    unless the function declared that it keeps it (``Interface.func(..., keeps=...)``: it
+    stored the object in something it returned) and the call succeeded. A call that failed
+    (error result or trap) kept nothing. ``args`` may be shorter than the parameter list
+    when lifting failed part-way: the arguments already taken are dropped all the same.
+    """
+    for index in owned:
+        if index < len(args) and not (call_succeeded and index in kept):
+            obj = args[index]
+            _drop_quietly(obj, type(obj).__name__)
 
 
 def _drop_quietly(obj: Any, name: str) -> None:

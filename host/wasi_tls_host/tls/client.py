@@ -21,10 +21,12 @@ from ..runtime.store import StoreState
 from ..wasi.io import CallbackPollable, InputStream, OutputStream, Pollable
 from .ciphers import suite_number
 from .config import TlsConfig, tls_config
-from .connection import failure_error, finish_established, peer_identity, require_established, tls_error
+from .connection import answer, failure_error, finish_established, limit_error, peer_identity, tls_error
 from .engine import TlsEngine, TlsFailure
 from .identities import PrivateIdentity, PrivateIdentityHandle, PublicIdentity
-from .transport import PendingHandshake, TlsTransport
+from .limits import LimitExceeded, usage_of
+from .states import OUTGOING_CLIENT_HELLO, SERVER_HELLO, StateMachine
+from .transport import PendingHandshake, TlsTransport, start_deadline
 
 
 client_iface = Interface("wasi-tls-host:tls/client@0.1.0")
@@ -39,6 +41,7 @@ def _check_version(value: int) -> None:
 
 class OutgoingClientHello(HostResource):
     def __init__(self, server_name: str) -> None:
+        self.states = StateMachine(OUTGOING_CLIENT_HELLO)  # one state: consumed by connect
         self.server_name = server_name
         self.alpn_ids: list[bytes] = []
         self.min_version: int | None = None
@@ -60,8 +63,7 @@ def client_context(config: TlsConfig, hello: OutgoingClientHello) -> SSL.Context
 class IncomingServerHello(PendingHandshake):
     """The handshake as seen by the client, until ``finish`` hands out the streams."""
 
-    def __init__(self, transport: TlsTransport, config: TlsConfig) -> None:
-        super().__init__(transport, config.on_handshake)
+    machine = SERVER_HELLO
 
 
 client_iface.resource("outgoing-client-hello", OutgoingClientHello)
@@ -94,9 +96,14 @@ def outgoing_client_hello_set_client_identity(cx: StoreState, this: OutgoingClie
     this.identity = identity.identity
 
 
-@client_iface.func("[static]outgoing-client-hello.connect")
+@client_iface.func("[static]outgoing-client-hello.connect", keeps=("input", "output"))
 def outgoing_client_hello_connect(cx: StoreState, this: OutgoingClientHello, input: InputStream, output: OutputStream) -> IncomingServerHello:
     config = tls_config(cx)
+    usage = usage_of(cx)
+    try:
+        usage.start(input, config.limits)
+    except LimitExceeded as e:
+        raise limit_error(e) from None
     try:
         engine = TlsEngine(client_context(config, this), server_side=False, server_name=this.server_name)
         if this.alpn_ids:
@@ -107,10 +114,10 @@ def outgoing_client_hello_connect(cx: StoreState, this: OutgoingClientHello, inp
             # Intermediates go in the context's extra chain in OpenSSL; for client
             # identities a leaf issued directly by the server's client CA is the usual case.
     except TlsFailure as e:
-        input.drop()
-        output.drop()
-        raise failure_error(e) from None
-    hello = IncomingServerHello(TlsTransport(engine, input, output), config)
+        usage.closed(input)
+        raise failure_error(e) from None  # the call failed: input and output are dropped
+    hello = IncomingServerHello(TlsTransport(engine, input, output, usage), config.on_handshake,
+                                **start_deadline(config.limits))
     hello.expected_code = getattr(this, "expected_code", None)  # tls/code_identity.py
     hello.poll()
     return hello
@@ -123,30 +130,29 @@ def incoming_server_hello_subscribe(cx: StoreState, this: IncomingServerHello) -
 
 @client_iface.func("[method]incoming-server-hello.protocol-version")
 def incoming_server_hello_protocol_version(cx: StoreState, this: IncomingServerHello) -> int:
-    require_established(this)
+    answer(this, "protocol-version")
     return this.transport.engine.protocol_version()
 
 
 @client_iface.func("[method]incoming-server-hello.cipher-suite")
 def incoming_server_hello_cipher_suite(cx: StoreState, this: IncomingServerHello) -> int:
-    require_established(this)
+    answer(this, "cipher-suite")
     return suite_number(this.transport.engine.cipher_name())
 
 
 @client_iface.func("[method]incoming-server-hello.alpn-id")
 def incoming_server_hello_alpn_id(cx: StoreState, this: IncomingServerHello) -> bytes | None:
-    require_established(this)
+    answer(this, "alpn-id")
     return this.transport.engine.alpn()
 
 
 @client_iface.func("[method]incoming-server-hello.server-chain")
 def incoming_server_hello_server_chain(cx: StoreState, this: IncomingServerHello) -> list[PublicIdentity]:
-    if not this.poll():
-        raise tls_error("would-block", "the handshake has not finished yet: wait on subscribe()")
+    answer(this, "server-chain")
     identity = peer_identity(this.transport)
     if identity is None:
-        if isinstance(this.outcome, TlsFailure):
-            raise failure_error(this.outcome)
+        if this.failure is not None:
+            raise failure_error(this.failure)  # no chain to show: say why
         return []
     return [PublicIdentity([cert]) for cert in identity.chain]
 
@@ -154,7 +160,7 @@ def incoming_server_hello_server_chain(cx: StoreState, this: IncomingServerHello
 @client_iface.func("[method]incoming-server-hello.verification")
 def incoming_server_hello_verification(cx: StoreState, this: IncomingServerHello) -> None:
     _check_server_code(cx, this)
-    require_established(this)
+    answer(this, "verification")
 
 
 @client_iface.func("[static]incoming-server-hello.finish")

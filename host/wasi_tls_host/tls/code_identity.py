@@ -31,6 +31,7 @@ from .connection import peer_identity, tls_error
 from .engine import TlsFailure
 from .identities import PrivateIdentity, PrivateIdentityHandle, PublicIdentity, identities_iface
 from .server import OutgoingServerHello, server_iface
+from .states import HandshakeState
 from .transport import PendingHandshake
 
 CODE_MISMATCH = "code-mismatch"
@@ -58,9 +59,6 @@ class InstanceAttestation:
         if self._identity is None:
             cert, key = self.ca.issue(self.evidence, self.document)
             self._identity = PrivateIdentity(self.ca.identity_name, [cert], key)
-            # server.py caches OpenSSL contexts per TlsConfig keyed by id(identity): keep
-            # the identity alive as long as that cache, so no later identity reuses its id.
-            self.tls.__dict__.setdefault("_attested_identities", []).append(self._identity)
         return self._identity
 
 
@@ -105,7 +103,7 @@ def code_identity_record(identity: PublicIdentity) -> dict[str, Any] | None:
 def enforce_peer_code(handshake: PendingHandshake, expected: str | None, config: TlsConfig, peer: str) -> None:
     """Once the handshake is established, end it with ``code-mismatch`` unless the peer's
     certificate is attested by a trusted attestation CA for the ``expected`` digest."""
-    if expected is None or handshake.outcome is not True or getattr(handshake, "code_checked", False):
+    if expected is None or handshake.state is not HandshakeState.ESTABLISHED or getattr(handshake, "code_checked", False):
         return
     handshake.code_checked = True  # type: ignore[attr-defined]
     identity = peer_identity(handshake.transport)
@@ -121,8 +119,7 @@ def enforce_peer_code(handshake: PendingHandshake, expected: str | None, config:
         except attestation.AttestationError as e:
             problem = f"the {peer}'s code identity was refused: {e}"
     if problem is not None:
-        handshake.outcome = handshake.transport.fail(TlsFailure(CODE_MISMATCH, problem))
-        handshake.transport.pump()
+        handshake.fail(TlsFailure(CODE_MISMATCH, problem))
 
 
 def _expected(digest: str) -> str:

@@ -10,6 +10,8 @@ from typing import Any, Callable, Union
 from cryptography import x509
 from OpenSSL import SSL, crypto
 
+from .limits import TlsLimits
+
 # A trust anchor: PEM bytes (one or more certificates), a path to a PEM file, or a
 # cryptography certificate.
 TrustAnchor = Union[bytes, str, Path, x509.Certificate]
@@ -65,6 +67,8 @@ class TlsConfig:
     # CAs whose code claims this guest may rely on in expect-peer-code.
     attest_ca: Any = None
     attest_trust: list[TrustAnchor] = field(default_factory=list)
+    # Per-guest bounds: handshake deadline, open connections and handshakes, ClientHello size.
+    limits: TlsLimits = field(default_factory=TlsLimits)
     _client_contexts: dict[tuple[int, int], SSL.Context] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -10,7 +10,9 @@ from ..wasi.io import IoError
 from .ciphers import suite_number
 from .engine import TlsFailure
 from .identities import PublicIdentity
-from .transport import PendingHandshake, TlsInputStream, TlsOutputStream, TlsTransport, TransportUser
+from .limits import LimitExceeded
+from .states import WrongState
+from .transport import PendingHandshake, TlsConnection, TlsInputStream, TlsOutputStream, TlsTransport
 
 types_iface = Interface("wasi-tls-host:tls/types@0.1.0")
 connection_iface = Interface("wasi-tls-host:tls/connection@0.1.0")
@@ -32,30 +34,25 @@ def failure_error(failure: TlsFailure) -> WitError:
     return tls_error(failure.code, failure.message)
 
 
-def require_established(handshake: PendingHandshake) -> None:
-    """Raise the guest-facing error unless the handshake completed."""
-    handshake.poll()
-    if isinstance(handshake.outcome, TlsFailure):
-        raise failure_error(handshake.outcome)
-    if handshake.outcome is None:
-        raise tls_error("would-block", "the handshake has not finished yet: wait on subscribe()")
+def answer(handshake: PendingHandshake, call: str) -> None:
+    """Raise the guest-facing error unless the handshake's state answers ``call``."""
+    try:
+        handshake.require(call)
+    except WrongState as e:
+        raise tls_error(e.code, e.message) from None
+    except TlsFailure as e:
+        raise failure_error(e) from None
+
+
+def limit_error(e: LimitExceeded) -> WitError:
+    return tls_error("access-denied", str(e))
 
 
 def finish_established(handshake: PendingHandshake) -> tuple[Connection, TlsInputStream, TlsOutputStream]:
-    """The connection and plaintext streams of a completed handshake, handed out once.
-
-    ``finish`` is a static function taking the handshake (an ``own`` handle): the guest's
-    handle is gone and the host must drop it, success or not, or the handshake's hold would
-    keep the transport, and so the TCP socket, open until garbage collection."""
-    try:
-        if handshake.finished:
-            raise tls_error("invalid-state", "finish was already called")
-        require_established(handshake)
-        handshake.finished = True
-        t = handshake.transport
-        return Connection(t), TlsInputStream(t), TlsOutputStream(t)
-    finally:
-        handshake.drop()
+    """The connection and plaintext streams of a completed handshake, handed out once."""
+    answer(handshake, "finish")
+    t = handshake.finish()
+    return Connection(t), TlsInputStream(t), TlsOutputStream(t)
 
 
 @types_iface.func("error-code-of")
@@ -71,18 +68,12 @@ def peer_identity(transport: TlsTransport) -> PublicIdentity | None:
     return PublicIdentity([x509.load_der_x509_certificate(der) for der in chain]) if chain else None
 
 
-class Connection(TransportUser):
+class Connection(TlsConnection):
     """An established connection (either side); its streams are separate resources."""
 
     def __init__(self, transport: TlsTransport) -> None:
         super().__init__(transport)
         self.peer = peer_identity(transport)
-
-    def close_output(self) -> None:
-        t = self.transport
-        t.engine.close_notify()
-        t.output_closed = True
-        t.pump()
 
 
 connection_iface.resource("connection", Connection)

@@ -10,28 +10,32 @@ identity, ALPN protocol, versions, suites and client authentication of a fresh O
 connection, and the buffered bytes are replayed into its memory BIO.
 
 Each call that is not valid in the resource's state fails with ``invalid-state``; each
-result that is not there yet fails with ``would-block``.
+result that is not there yet fails with ``would-block`` (the tables are in states.py).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from OpenSSL import SSL, crypto
 
 from ..runtime.binding import Interface
 from ..runtime.resources import HostResource
 from ..runtime.store import StoreState
+from ..runtime.values import WitError
 from ..wasi.io import InputStream, OutputStream, Pollable, StreamClosed, StreamFailed, CallbackPollable, Waits
 from .ciphers import split_suites
 from .client_hello import ALERT_FATAL, ClientHello, ClientHelloError, ClientHelloReader, alert_record
 from .config import TlsConfig, tls_config
-from .connection import failure_error, finish_established, peer_identity, require_established, tls_error
+from .connection import answer, finish_established, peer_identity, tls_error
 from .engine import BAD_CERTIFICATE, TlsEngine, TlsFailure
 from .identities import PrivateIdentity, PrivateIdentityHandle, PublicIdentity
-from .transport import PendingHandshake, TlsTransport
+from .limits import LimitExceeded, TlsUsage, usage_of
+from .states import CLIENT_EXCHANGE, CLIENT_HELLO, OUTGOING_SERVER_HELLO, ClientHelloState, Event, StateMachine, WrongState
+from .transport import ALERT_USER_CANCELED, PendingHandshake, TlsTransport, handshake_timed_out, start_deadline
 
 log = logging.getLogger("wasi_tls_host.tls")
 
@@ -48,8 +52,14 @@ def _version(value: int) -> int:
         raise tls_error("invalid-argument", f"protocol version 0x{value:04x} is not supported (0x0303 = TLS 1.2, 0x0304 = TLS 1.3)") from None
 
 
+ALERT_HANDSHAKE_FAILURE = 40
+ALERT_INTERNAL_ERROR = 80
+ALERT_NO_APPLICATION_PROTOCOL = 120
+
+
 class OutgoingServerHello(HostResource):
     def __init__(self, identity: PrivateIdentity) -> None:
+        self.states = StateMachine(OUTGOING_SERVER_HELLO)  # one state: consumed by accept
         self.identity = identity
         self.alpn: bytes | None = None
         self.min_version = 0x0303
@@ -67,6 +77,10 @@ class _ContextKey:
     client_auth: str | None
 
 
+class NoClientCa(Exception):
+    """The guest asked for client certificates; the embedder gave no CA to check them."""
+
+
 def _select_alpn(conn: SSL.Connection, offered: list[bytes]) -> bytes:
     chosen = conn.get_app_data()
     return chosen if chosen in offered else SSL.NO_OVERLAPPING_PROTOCOLS  # type: ignore[no-any-return]
@@ -74,12 +88,14 @@ def _select_alpn(conn: SSL.Connection, offered: list[bytes]) -> bytes:
 
 def server_context(config: TlsConfig, hello: OutgoingServerHello) -> SSL.Context:
     """An OpenSSL context for this answer, built once per distinct answer and config."""
-    cache: dict[_ContextKey, SSL.Context] = config.__dict__.setdefault("_server_contexts", {})
+    # Keyed by the identity's id; each entry holds the identity itself, so that id cannot be
+    # reused by another identity while the entry lives (and a hit is checked against it).
+    cache: dict[_ContextKey, tuple[Any, SSL.Context]] = config.__dict__.setdefault("_server_contexts", {})
     key = _ContextKey(id(hello.identity), hello.min_version, hello.max_version,
                       tuple(hello.suites) if hello.suites is not None else None, hello.client_auth)
-    ctx = cache.get(key)
-    if ctx is not None:
-        return ctx
+    cached = cache.get(key)
+    if cached is not None and cached[0] is hello.identity:
+        return cached[1]
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
     ctx.set_min_proto_version(_version(hello.min_version))
     ctx.set_max_proto_version(_version(hello.max_version))
@@ -102,7 +118,7 @@ def server_context(config: TlsConfig, hello: OutgoingServerHello) -> SSL.Context
     if hello.client_auth is not None:
         anchors = config.client_anchors()
         if not anchors:
-            raise tls_error("invalid-state", "client certificates were requested but the embedder configured no client CA (--client-ca)")
+            raise NoClientCa("client certificates were requested but the embedder configured no client CA (--client-ca)")
         mode = SSL.VERIFY_PEER | SSL.VERIFY_CLIENT_ONCE
         if hello.client_auth == "required":
             mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
@@ -114,51 +130,75 @@ def server_context(config: TlsConfig, hello: OutgoingServerHello) -> SSL.Context
         # No set_client_ca_list: its X509Name API is deprecated in pyOpenSSL, and the CA names
         # in a CertificateRequest are only a hint to the client.
     ctx.set_alpn_select_callback(_select_alpn)
-    cache[key] = ctx
+    cache[key] = (hello.identity, ctx)
     return ctx
 
 
 class IncomingClientHello(HostResource):
-    """Reads the client's first flight from the ciphertext input until it is complete."""
+    """Reads the client's first flight from the ciphertext input until it is complete.
 
-    def __init__(self, input: InputStream, output: OutputStream) -> None:
+    States (``CLIENT_HELLO`` in states.py): READING until the hello is parsed (RECEIVED) or
+    cannot be (FAILED: malformed, too big, peer gone, deadline passed; the client got an
+    alert and the streams are closed); accept or reject consume it (ANSWERED).
+    """
+
+    def __init__(self, input: InputStream, output: OutputStream, *, max_size: int,
+                 usage: TlsUsage | None = None, deadline_ns: int | None = None, timeout: float | None = None) -> None:
+        self.states = StateMachine(CLIENT_HELLO)
         self.input: InputStream | None = input
         self.output: OutputStream | None = output
         self._input_ready = input.subscribe()
-        self.reader = ClientHelloReader()
+        self.reader = ClientHelloReader(max_size)
         self.hello: ClientHello | None = None
-        self.error: tuple[str, str] | None = None
+        self.usage = usage
+        self.deadline_ns = deadline_ns
+        self.timeout = timeout
+
+    @property
+    def state(self) -> ClientHelloState:
+        return self.states.state
 
     def poll(self) -> bool:
         """Read what is there; True once the hello is complete or failed."""
-        if self.hello is not None or self.error is not None:
+        if self.state is not ClientHelloState.READING:
             return True
-        if self.input is None:
-            self.error = ("invalid-state", "this client hello was already answered")
-            return True
+        assert self.input is not None
         try:
             while self.hello is None:
                 data = self.input.read(_READ_CHUNK)
                 if not data:
+                    if self.deadline_ns is not None and time.monotonic_ns() >= self.deadline_ns:
+                        failure = handshake_timed_out(self.timeout or 0)
+                        self.fail(failure.code, failure.message, alert=ALERT_USER_CANCELED)
+                        return True
                     return False
                 self.hello = self.reader.feed(data)
         except ClientHelloError as e:
-            self._fail(e.code, e.message, alert=e.alert)
+            self.fail(e.code, e.message, alert=e.alert)
+            return True
         except StreamClosed:
-            self._fail("closed", "the client closed the connection before sending a complete ClientHello")
+            self.fail("closed", "the client closed the connection before sending a complete ClientHello")
+            return True
         except StreamFailed as e:
-            self._fail("closed", f"reading the ClientHello failed: {e}")
+            self.fail("closed", f"reading the ClientHello failed: {e}")
+            return True
+        self.states.advance(Event.HELLO_COMPLETE)
         return True
 
-    def _fail(self, code: str, message: str, alert: int | None = None) -> None:
-        self.error = (code, message)
+    def fail(self, code: str, message: str, alert: int | None = None) -> None:
+        """The FAIL transition: later calls answer this error; the client gets ``alert``."""
         log.info("TLS server: %s", message)
-        if alert is not None:
-            self.send_alert(alert)
+        self.states.advance(Event.FAIL, tls_error(code, message))
+        self.send_alert(alert)
 
-    def send_alert(self, description: int) -> None:
-        """Best effort: a fatal alert to the client, then both streams are closed."""
-        if self.output is not None:
+    def refuse(self, code: str, message: str, alert: int) -> NoReturn:
+        """Fail (the client gets ``alert``) and raise the error for the guest."""
+        self.fail(code, message, alert=alert)
+        raise tls_error(code, message)
+
+    def send_alert(self, description: int | None) -> None:
+        """Best effort: a fatal alert to the client (if any), then both streams are closed."""
+        if self.output is not None and description is not None:
             try:
                 if self.output.check_write() >= 7:
                     self.output.write(alert_record(ALERT_FATAL, description))
@@ -169,23 +209,45 @@ class IncomingClientHello(HostResource):
 
     def close_streams(self) -> None:
         if self.input is not None and self.output is not None:
+            if self.usage is not None:
+                self.usage.closed(self.input)
             self._input_ready.drop()
             self.input.drop()
             self.output.drop()
         self.input = self.output = None
 
-    def waits(self, waits: Waits) -> None:
-        self._input_ready.add_waits(waits)
+    def take_streams(self) -> tuple[InputStream, OutputStream]:
+        """The ACCEPT transition: the streams go to the exchange's transport."""
+        assert self.input is not None and self.output is not None
+        self.states.advance(Event.ACCEPT)
+        streams = (self.input, self.output)
+        self._input_ready.drop()
+        self.input = self.output = None
+        return streams
 
-    def require(self) -> ClientHello:
+    def waits(self, waits: Waits) -> None:
+        if self.state is not ClientHelloState.READING:
+            waits.soon()
+            return
+        self._input_ready.add_waits(waits)
+        if self.deadline_ns is not None:
+            waits.until(self.deadline_ns)
+
+    def require(self, call: str) -> ClientHello:
+        """The parsed hello, if the state answers ``call``; the guest-facing error if not."""
         self.poll()
-        if self.error is not None:
-            raise tls_error(*self.error)
-        if self.hello is None:
-            raise tls_error("would-block", "the ClientHello has not arrived yet: wait on subscribe()")
+        try:
+            self.states.require(call)
+        except WrongState as e:
+            raise tls_error(e.code, e.message) from None
+        assert self.hello is not None
         return self.hello
 
     def drop(self) -> None:
+        """Dropped unanswered (or consumed by a refused accept): the client is told."""
+        if self.state in (ClientHelloState.READING, ClientHelloState.RECEIVED):
+            self.states.advance(Event.REJECT)
+            self.send_alert(ALERT_USER_CANCELED)
         self.close_streams()
 
 
@@ -200,8 +262,7 @@ def _server_failure(failure: TlsFailure) -> TlsFailure:
 class IncomingClientExchange(PendingHandshake):
     """The rest of the handshake, run by OpenSSL over the replayed hello."""
 
-    def __init__(self, transport: TlsTransport, config: TlsConfig) -> None:
-        super().__init__(transport, config.on_handshake)
+    machine = CLIENT_EXCHANGE
 
     def explain(self, failure: TlsFailure) -> TlsFailure:
         return _server_failure(failure)
@@ -212,9 +273,18 @@ server_iface.resource("outgoing-server-hello", OutgoingServerHello)
 server_iface.resource("incoming-client-exchange", IncomingClientExchange)
 
 
-@server_iface.func("accept")
+@server_iface.func("accept", keeps=("input", "output"))
 def accept(cx: StoreState, input: InputStream, output: OutputStream) -> IncomingClientHello:
-    hello = IncomingClientHello(input, output)
+    limits = tls_config(cx).limits
+    usage = usage_of(cx)
+    hello = IncomingClientHello(input, output, max_size=limits.max_client_hello, **start_deadline(limits))
+    try:
+        usage.start(input, limits)
+    except LimitExceeded as e:
+        # accept has no error result: the hello answers with the refusal, the client is told.
+        hello.fail("access-denied", f"TLS connection refused by the host: {e}", alert=ALERT_USER_CANCELED)
+        return hello
+    hello.usage = usage
     hello.poll()
     return hello
 
@@ -226,50 +296,53 @@ def incoming_client_hello_subscribe(cx: StoreState, this: IncomingClientHello) -
 
 @server_iface.func("[method]incoming-client-hello.server-name")
 def incoming_client_hello_server_name(cx: StoreState, this: IncomingClientHello) -> str | None:
-    return this.require().server_name
+    return this.require("server-name").server_name
 
 
 @server_iface.func("[method]incoming-client-hello.alpn-ids")
 def incoming_client_hello_alpn_ids(cx: StoreState, this: IncomingClientHello) -> list[bytes]:
-    return list(this.require().alpn_protocols)
+    return list(this.require("alpn-ids").alpn_protocols)
 
 
 @server_iface.func("[method]incoming-client-hello.protocol-versions")
 def incoming_client_hello_protocol_versions(cx: StoreState, this: IncomingClientHello) -> list[int]:
-    hello = this.require()
+    hello = this.require("protocol-versions")
     return list(hello.supported_versions) or [hello.legacy_version]
 
 
 @server_iface.func("[method]incoming-client-hello.cipher-suites")
 def incoming_client_hello_cipher_suites(cx: StoreState, this: IncomingClientHello) -> list[int]:
-    return list(this.require().cipher_suites)
+    return list(this.require("cipher-suites").cipher_suites)
 
 
 @server_iface.func("[method]incoming-client-hello.signature-schemes")
 def incoming_client_hello_signature_schemes(cx: StoreState, this: IncomingClientHello) -> list[int]:
-    return list(this.require().signature_algorithms)
+    return list(this.require("signature-schemes").signature_algorithms)
 
 
 @server_iface.func("[static]incoming-client-hello.accept")
 def incoming_client_hello_accept(cx: StoreState, this: IncomingClientHello, response: OutgoingServerHello) -> IncomingClientExchange:
-    hello = this.require()
+    # Every way out of here but success ends the handshake: the client gets an alert (the
+    # hello is consumed, so dropping it afterwards closes the streams).
+    hello = this.require("accept")
     if response.alpn is not None and response.alpn not in hello.alpn_protocols:
-        this.send_alert(120)  # no_application_protocol
-        raise tls_error("invalid-argument", f"ALPN id {response.alpn!r} was not offered by the client (it offered {hello.alpn_protocols})")
+        this.refuse("invalid-argument", f"ALPN id {response.alpn!r} was not offered by the client (it offered {hello.alpn_protocols})",
+                    alert=ALERT_NO_APPLICATION_PROTOCOL)
     config = tls_config(cx)
     try:
         context = server_context(config, response)
+    except NoClientCa as e:
+        this.refuse("invalid-state", str(e), alert=ALERT_HANDSHAKE_FAILURE)
     except (SSL.Error, ValueError) as e:
-        this.send_alert(80)  # internal_error
-        raise tls_error("invalid-argument", f"cannot use this answer: {e}") from None
-    assert this.input is not None and this.output is not None
+        this.refuse("invalid-argument", f"cannot use this answer: {e}", alert=ALERT_INTERNAL_ERROR)
+    except WitError as e:
+        this.refuse(e.payload["code"], e.payload["message"], alert=ALERT_INTERNAL_ERROR)
     engine = TlsEngine(context, server_side=True)
     engine.conn.set_app_data(response.alpn)
     engine.feed(this.reader.buffered())
-    this._input_ready.drop()
-    transport = TlsTransport(engine, this.input, this.output)
-    this.input = this.output = None  # the transport owns the streams now
-    exchange = IncomingClientExchange(transport, config)
+    cin, cout = this.take_streams()
+    transport = TlsTransport(engine, cin, cout, this.usage)
+    exchange = IncomingClientExchange(transport, config.on_handshake, deadline_ns=this.deadline_ns, timeout=this.timeout)
     exchange.expected_code = getattr(response, "expected_code", None)  # tls/code_identity.py
     exchange.poll()
     return exchange
@@ -277,6 +350,8 @@ def incoming_client_hello_accept(cx: StoreState, this: IncomingClientHello, resp
 
 @server_iface.func("[static]incoming-client-hello.reject")
 def incoming_client_hello_reject(cx: StoreState, this: IncomingClientHello, alert: int) -> None:
+    this.states.require("reject")
+    this.states.advance(Event.REJECT)
     this.send_alert(alert)
 
 
@@ -324,7 +399,7 @@ def incoming_client_exchange_subscribe(cx: StoreState, this: IncomingClientExcha
 @server_iface.func("[method]incoming-client-exchange.client-identity")
 def incoming_client_exchange_client_identity(cx: StoreState, this: IncomingClientExchange) -> PublicIdentity | None:
     _check_client_code(cx, this)
-    require_established(this)
+    answer(this, "client-identity")
     return peer_identity(this.transport)
 
 

@@ -9,7 +9,9 @@ pollables, so a TLS stream sleeps in the kernel exactly like the socket beneath 
 
 from __future__ import annotations
 
+import enum
 import logging
+import time
 from typing import Any, Callable
 
 from ..runtime.resources import HostResource
@@ -22,7 +24,10 @@ from ..wasi.io import (
     StreamFailed,
     Waits,
 )
+from .client_hello import ALERT_FATAL, alert_record
 from .engine import CLOSED, TRUNCATED, TlsClosed, TlsEngine, TlsFailure
+from .limits import TlsLimits, TlsUsage
+from .states import CONNECTION, SERVER_HELLO, ConnectionState, Event, HandshakeState, Machine, StateMachine
 
 # Ciphertext read per pump, and how much encrypted output may wait for the transport before
 # plaintext writes are held back (the plaintext stream's permit shrinks accordingly).
@@ -30,10 +35,31 @@ READ_CHUNK = 1 << 18
 OUTPUT_HIGH_WATER = 1 << 20
 
 
-class TlsTransport:
-    """One connection's engine plus the ciphertext streams it owns."""
+class Role(enum.Enum):
+    """Who uses a transport: the handshake resource until its end, then the connection and
+    its two plaintext streams (each until the guest drops it)."""
 
-    def __init__(self, engine: TlsEngine, ciphertext_in: InputStream, ciphertext_out: OutputStream) -> None:
+    HANDSHAKE = "handshake"
+    CONNECTION = "connection"
+    INPUT = "input"
+    OUTPUT = "output"
+
+
+_AFTER_HANDSHAKE = frozenset({Role.CONNECTION, Role.INPUT, Role.OUTPUT})
+
+
+class TlsTransport:
+    """One connection's engine plus the ciphertext streams it owns.
+
+    Its lifetime follows the resources' states, with no counting: it starts used by the
+    handshake resource; ``hand_over`` (the transition that ends a handshake with a
+    connection) gives it to the connection and the two plaintext streams; ``let_go`` removes
+    one of those when the guest drops it; ``close`` (the last one gone, or a failed
+    handshake) drops the ciphertext streams, so their socket closes then, not at a GC pass.
+    """
+
+    def __init__(self, engine: TlsEngine, ciphertext_in: InputStream, ciphertext_out: OutputStream,
+                 usage: TlsUsage | None = None) -> None:
         self.engine = engine
         self.cin = ciphertext_in
         self.cout = ciphertext_out
@@ -48,23 +74,51 @@ class TlsTransport:
         # report, and the reset only explains an otherwise bare "end of data".
         self.transport_error: str | None = None
         self.send_broken = False
-        self.output_closed = False
-        self._users = 0
-        self._dropped = False
+        self.users: set[Role] = {Role.HANDSHAKE}
+        self.usage = usage
 
-    # --- shared ownership: the ciphertext streams live until every user is gone --------
+    # --- lifetime -------------------------------------------------------------------------
 
-    def acquire(self) -> None:
-        self._users += 1
+    @property
+    def closed(self) -> bool:
+        return not self.users
 
-    def release(self) -> None:
-        self._users -= 1
-        if self._users <= 0 and not self._dropped:
-            self._dropped = True
-            for pollable in (self._cin_ready, self._cout_ready):
-                pollable.drop()
-            self.cin.drop()
-            self.cout.drop()
+    def hand_over(self) -> None:
+        """The handshake resource ends with an established connection."""
+        assert self.users == {Role.HANDSHAKE}, self.users
+        self.users = set(_AFTER_HANDSHAKE)
+        if self.usage is not None:
+            self.usage.handshake_ended(self.cin)
+
+    def let_go(self, role: Role) -> None:
+        if role in self.users:
+            self.users.discard(role)
+            if not self.users:
+                self._release_streams()
+
+    def close(self) -> None:
+        """End the connection now (a failed handshake): later users see it closed."""
+        if self.users:
+            self._send()  # what is queued (an alert) goes out if the stream takes it now
+            self.users.clear()
+            self._release_streams()
+
+    def _release_streams(self) -> None:
+        for resource in (self._cin_ready, self._cout_ready, self.cin, self.cout):
+            resource.drop()
+        if self.usage is not None:
+            self.usage.closed(self.cin)
+
+    def send_alert(self, description: int) -> None:
+        """Queue a fatal alert record of our own (a deadline, a limit, a handshake the guest
+        abandoned: not OpenSSL's decision) and send it after whatever the engine still had to
+        say. It is a plaintext record: once TLS 1.3 handshake keys are in use the peer may
+        call it an unexpected record rather than read the reason, but it learns at once
+        that the handshake is over."""
+        if self.closed:
+            return
+        self.pending_out += self.engine.take_output() + alert_record(ALERT_FATAL, description)
+        self._send()
 
     # --- moving bytes ---------------------------------------------------------------------
 
@@ -103,7 +157,7 @@ class TlsTransport:
         if self.send_broken:
             self.pending_out.clear()  # nowhere to send it any more
             return
-        if not self.pending_out or self._dropped:
+        if not self.pending_out or self.closed:
             return
         try:
             permit = self.cout.check_write()
@@ -123,7 +177,7 @@ class TlsTransport:
             self.pending_out.clear()
 
     def _receive(self) -> bool:
-        if self.engine.input_ended or self._dropped:
+        if self.engine.input_ended or self.closed:
             return False
         received = 0
         try:
@@ -146,48 +200,50 @@ class TlsTransport:
         return received > 0
 
     def add_waits(self, waits: Waits, *, want_input: bool) -> None:
-        if self.pending_out:
+        if self.closed:
+            waits.soon()  # nothing left to wait for: the next check reports the end
+            return
+        if self.pending_out or not self._cout_ready.ready():
             self._cout_ready.add_waits(waits)
-        if want_input and not self.engine.input_ended:
-            self._cin_ready.add_waits(waits)
-        if not self.pending_out and not want_input:
+        elif not want_input:
             waits.soon()
+        if want_input:
+            if self.engine.input_ended:
+                waits.soon()  # the end of input is there to be reported, not awaited
+            else:
+                self._cin_ready.add_waits(waits)
 
     def flushed(self) -> bool:
-        return not self.pending_out
+        """Every ciphertext byte so far was handed on and the ciphertext stream flushed it."""
+        if self.send_broken or self.closed:
+            return True
+        return not self.pending_out and self._cout_ready.ready()
 
 
-class TransportHold:
-    """Keeps a transport (and so its ciphertext streams) alive until dropped: the plaintext
-    streams, the connection and the handshake resources each hold one."""
-
-    transport: TlsTransport
-
-    def _hold(self, transport: TlsTransport) -> None:
-        self.transport = transport
-        transport.acquire()
-        self._released = False
-
-    def drop(self) -> None:
-        if not self._released:
-            self._released = True
-            self.transport.release()
-
-
-class TlsInputStream(TransportHold, InputStream):
+class TlsInputStream(InputStream):
     """Decrypted bytes from the peer."""
 
+    # Ciphertext pumps per read or readiness check: enough for any record, and a peer that
+    # floods us with records that carry no data cannot keep one guest call busy for long.
+    MAX_PUMPS = 16
+
     def __init__(self, transport: TlsTransport) -> None:
-        self._hold(transport)
+        self.transport = transport
         self._buffer = b""
         self._closed = False
 
     def _fill(self) -> None:
-        """Try to get plaintext into the buffer without blocking."""
+        """Try to get plaintext into the buffer without blocking.
+
+        Reads the engine again after every pump that brought anything, the end of input
+        included, so an EOF fed into the engine is reported now, not at the next wake-up.
+        """
         if self._buffer or self._closed:
             return
         t = self.transport
-        for _ in range(2):
+        if t.closed:
+            raise StreamClosed()
+        for _ in range(self.MAX_PUMPS):
             try:
                 data = t.engine.read(1 << 16)
             except TlsClosed:
@@ -214,7 +270,7 @@ class TlsInputStream(TransportHold, InputStream):
     def _ready(self) -> bool:
         try:
             self._fill()
-        except StreamFailed:
+        except (StreamFailed, StreamClosed):
             return True
         return bool(self._buffer) or self._closed
 
@@ -224,13 +280,16 @@ class TlsInputStream(TransportHold, InputStream):
     def subscribe(self) -> Pollable:
         return CallbackPollable(self._ready, self._waits)
 
+    def drop(self) -> None:
+        self.transport.let_go(Role.INPUT)
 
-class TlsOutputStream(TransportHold, OutputStream):
+
+class TlsOutputStream(OutputStream):
     """Plaintext to the peer; encrypted at once, sent as the transport accepts it."""
 
     def __init__(self, transport: TlsTransport) -> None:
         super().__init__()
-        self._hold(transport)
+        self.transport = transport
         self._flushing = False
 
     def _check(self) -> None:
@@ -241,7 +300,7 @@ class TlsOutputStream(TransportHold, OutputStream):
         if t.send_broken:
             failure = t.send_failure(during_handshake=False)
             raise StreamFailed(str(failure), failure.code, "tls")
-        if t.output_closed or t.engine.close_notify_sent:
+        if t.engine.close_notify_sent or t.closed:
             raise StreamClosed()
 
     def _check_write(self) -> int:
@@ -271,7 +330,7 @@ class TlsOutputStream(TransportHold, OutputStream):
     def _ready(self) -> bool:
         t = self.transport
         t.pump()
-        if t.failure is not None or t.send_broken or t.engine.close_notify_sent:
+        if t.failure is not None or t.send_broken or t.engine.close_notify_sent or t.closed:
             return True
         if self._flushing:
             return t.flushed()
@@ -283,37 +342,83 @@ class TlsOutputStream(TransportHold, OutputStream):
     def subscribe(self) -> Pollable:
         return CallbackPollable(self._ready, self._waits)
 
+    def drop(self) -> None:
+        self.transport.let_go(Role.OUTPUT)
 
-class TransportUser(TransportHold, HostResource):
-    """A resource (connection, future, handshake) that keeps the transport alive."""
+
+class TlsConnection(HostResource):
+    """An established connection (either package); its streams are separate resources."""
 
     def __init__(self, transport: TlsTransport) -> None:
-        self._hold(transport)
+        self.transport = transport
+        self.states = StateMachine(CONNECTION)
+
+    def close_output(self) -> None:
+        self.states.require("close-output")
+        if self.states.state is ConnectionState.OPEN:
+            t = self.transport
+            t.engine.close_notify()
+            t.pump()
+        self.states.advance(Event.CLOSE_OUTPUT)
+
+    def drop(self) -> None:
+        self.transport.let_go(Role.CONNECTION)
 
 
 log = logging.getLogger("wasi_tls_host.tls")
 
+ALERT_USER_CANCELED = 90
 
-class PendingHandshake(TransportUser):
-    """A handshake in progress (either side): ``poll`` advances it without blocking.
 
-    ``outcome`` is None while it runs, True once established, or the TlsFailure that ended
-    it. ``on_handshake`` (the embedder's hook) sees every established handshake.
+def start_deadline(limits: TlsLimits) -> dict[str, Any]:
+    """The deadline arguments of a handshake starting now."""
+    timeout = limits.handshake_timeout
+    if timeout is None:
+        return {"deadline_ns": None, "timeout": None}
+    return {"deadline_ns": time.monotonic_ns() + int(timeout * 1e9), "timeout": timeout}
+
+
+def handshake_timed_out(timeout: float) -> TlsFailure:
+    return TlsFailure(CLOSED, f"TLS handshake timed out: not established within {timeout:g} s "
+                              "(the embedder's handshake deadline, --tls-handshake-timeout)")
+
+
+class PendingHandshake(HostResource):
+    """A handshake in progress (either side); ``poll`` advances it without blocking.
+
+    Its state (``states``, a ``HANDSHAKE`` machine of states.py) decides what each call
+    answers. The transport is the handshake's until the FINISH transition hands it to the
+    connection; a FAIL transition closes it (after our alert, if any, went out); dropping the
+    resource before either lets it go. ``on_handshake`` (the embedder's hook) sees every
+    established handshake.
     """
 
-    def __init__(self, transport: TlsTransport, on_handshake: Callable[[Any], None] | None = None) -> None:
-        super().__init__(transport)
+    machine: Machine[HandshakeState] = SERVER_HELLO
+
+    def __init__(self, transport: TlsTransport, on_handshake: Callable[[Any], None] | None = None,
+                 *, deadline_ns: int | None = None, timeout: float | None = None) -> None:
+        self.transport = transport
         self.on_handshake = on_handshake
-        self.outcome: TlsFailure | bool | None = None
-        self.finished = False  # finish() handed out the connection and streams
+        self.states: StateMachine[HandshakeState] = StateMachine(self.machine)
+        self.deadline_ns = deadline_ns
+        self.timeout = timeout
+
+    @property
+    def state(self) -> HandshakeState:
+        return self.states.state
+
+    @property
+    def failure(self) -> TlsFailure | None:
+        failure = self.states.failure
+        return failure if isinstance(failure, TlsFailure) else None
 
     def explain(self, failure: TlsFailure) -> TlsFailure:
         """Hook for a side to reword a failure (e.g. a server's missing client certificate)."""
         return failure
 
     def poll(self) -> bool:
-        """True once the handshake has an outcome."""
-        if self.outcome is not None:
+        """True once the handshake is no longer running."""
+        if self.state is not HandshakeState.RUNNING:
             return True
         t = self.transport
         try:
@@ -325,16 +430,44 @@ class PendingHandshake(TransportUser):
                     if t.send_broken:
                         # Nothing more to read now and nothing can be sent: no way forward.
                         raise t.send_failure(during_handshake=True)
+                    if self.deadline_ns is not None and time.monotonic_ns() >= self.deadline_ns:
+                        self.fail(handshake_timed_out(self.timeout or 0), alert=ALERT_USER_CANCELED)
+                        return True
                     return False
             t.pump()  # send our final flight now, not at the first write
-            self.outcome = True
+            self.states.advance(Event.ESTABLISH)
             self._report()
+            self._note_access()
         except TlsFailure as failure:
-            t.pump()  # deliver our alert to the peer, if any
-            self.outcome = t.failure or t.fail(self.explain(failure))
-            log.info("TLS handshake (%s) failed: %s", "server" if t.engine.server_side else t.engine.server_name, self.outcome)
-        self._note_access()
+            self.fail(self.explain(failure))
         return True
+
+    def fail(self, failure: TlsFailure, alert: int | None = None) -> None:
+        """End the handshake: the peer gets OpenSSL's alert (or ``alert``), the transport is
+        closed, later calls answer ``failure``."""
+        t = self.transport
+        if alert is not None:
+            t.send_alert(alert)
+        else:
+            t.pump()  # deliver OpenSSL's alert to the peer, if any
+        failure = t.failure or t.fail(failure)
+        self.states.advance(Event.FAIL, failure)
+        t.close()
+        self._note_access()
+        log.info("TLS handshake (%s) failed: %s", "server" if t.engine.server_side else t.engine.server_name, failure)
+
+    def require(self, call: str) -> None:
+        """Advance, then answer ``call`` as the state table says (states.WrongState or the
+        handshake's TlsFailure when it is not answered)."""
+        self.poll()
+        self.states.require(call)
+
+    def finish(self, call: str = "finish") -> TlsTransport:
+        """The FINISH transition: the transport now belongs to the connection and streams."""
+        self.require(call)
+        self.states.advance(Event.FINISH)
+        self.transport.hand_over()
+        return self.transport
 
     def _note_access(self) -> None:
         """Tell the access log's record of the TCP connection beneath (accepted sockets
@@ -343,7 +476,7 @@ class PendingHandshake(TransportUser):
         if record is None:
             return
         engine = self.transport.engine
-        if self.outcome is True:
+        if self.state is HandshakeState.ESTABLISHED:
             info = engine.info()
             client = "-"
             if engine.server_side and info.peer_chain_der:
@@ -354,7 +487,7 @@ class PendingHandshake(TransportUser):
                             version=info.protocol_name, suite=info.cipher or "-", client=client, tls="ok")
             record.handshake_done()
         else:
-            record.annotate(tls=f"failed: {self.outcome}")
+            record.annotate(tls=f"failed: {self.failure}")
 
     def _report(self) -> None:
         if self.on_handshake is not None:
@@ -365,3 +498,17 @@ class PendingHandshake(TransportUser):
 
     def waits(self, waits: Waits) -> None:
         self.transport.add_waits(waits, want_input=True)
+        if self.deadline_ns is not None:
+            waits.until(self.deadline_ns)
+
+    def drop(self) -> None:
+        """The guest let go of the handshake before it ended (or a consuming call refused it):
+        the peer is told, then the transport closes."""
+        t = self.transport
+        if self.state is HandshakeState.RUNNING:
+            t.send_alert(ALERT_USER_CANCELED)
+        elif self.state is HandshakeState.ESTABLISHED:
+            t.engine.close_notify()
+            t.pump()
+        if self.state is not HandshakeState.FINISHED:
+            t.let_go(Role.HANDSHAKE)

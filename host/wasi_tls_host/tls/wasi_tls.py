@@ -17,15 +17,20 @@ from ..runtime.resources import HostResource
 from ..runtime.store import StoreState
 from ..runtime.values import Err, Ok, Trap
 from ..wasi.io import CallbackPollable, InputStream, IoError, OutputStream, Pollable
-from .config import TlsConfig, tls_config
-from .engine import TlsEngine, TlsFailure
-from .transport import PendingHandshake, TlsInputStream, TlsOutputStream, TlsTransport, TransportUser
+from .config import tls_config
+from .engine import ACCESS_DENIED, TlsEngine, TlsFailure
+from .limits import LimitExceeded, usage_of
+from .states import CLIENT_HANDSHAKE, FUTURE_CLIENT_STREAMS, Event, HandshakeState, StateMachine, WrongState
+from .transport import PendingHandshake, TlsConnection, TlsInputStream, TlsOutputStream, TlsTransport, start_deadline
 
 types_iface = Interface("wasi:tls/types@0.2.0-draft")
 
 
 class ClientHandshake(HostResource):
+    """Holds the guest's streams until ``finish`` (one state: consumed by finish)."""
+
     def __init__(self, server_name: str, input: InputStream, output: OutputStream) -> None:
+        self.states = StateMachine(CLIENT_HANDSHAKE)
         self.server_name = server_name
         self.input: InputStream | None = input
         self.output: OutputStream | None = output
@@ -44,20 +49,14 @@ class ClientHandshake(HostResource):
             self.input = self.output = None
 
 
-class ClientConnection(TransportUser):
-    def close_output(self) -> None:
-        t = self.transport
-        t.engine.close_notify()
-        t.output_closed = True
-        t.pump()
+class ClientConnection(TlsConnection):
+    pass
 
 
 class FutureClientStreams(PendingHandshake):
     """The handshake in progress; ``get`` yields its outcome exactly once."""
 
-    def __init__(self, transport: TlsTransport, config: TlsConfig) -> None:
-        super().__init__(transport, config.on_handshake)
-        self.taken = False
+    machine = FUTURE_CLIENT_STREAMS
 
 
 types_iface.resource("client-handshake", ClientHandshake)
@@ -65,22 +64,31 @@ types_iface.resource("client-connection", ClientConnection)
 types_iface.resource("future-client-streams", FutureClientStreams)
 
 
-@types_iface.func("[constructor]client-handshake")
+@types_iface.func("[constructor]client-handshake", keeps=("input", "output"))
 def client_handshake_new(cx: StoreState, server_name: str, input: InputStream, output: OutputStream) -> ClientHandshake:
     return ClientHandshake(server_name, input, output)
 
 
 @types_iface.func("[static]client-handshake.finish")
 def client_handshake_finish(cx: StoreState, this: ClientHandshake) -> FutureClientStreams:
-    cin, cout = this.take_streams()
     config = tls_config(cx)
+    usage = usage_of(cx)
+    cin, cout = this.take_streams()
     try:
         engine = TlsEngine(config.client_context(), server_side=False, server_name=this.server_name)
     except TlsFailure as e:
         cin.drop()
         cout.drop()
         raise Trap(str(e)) from None
-    future = FutureClientStreams(TlsTransport(engine, cin, cout), config)
+    transport = TlsTransport(engine, cin, cout)
+    future = FutureClientStreams(transport, config.on_handshake, **start_deadline(config.limits))
+    try:
+        usage.start(cin, config.limits)
+    except LimitExceeded as e:
+        # This interface has no error result here: the future answers with the refusal.
+        future.fail(TlsFailure(ACCESS_DENIED, f"TLS connection refused by the host: {e}"))
+        return future
+    transport.usage = usage
     future.poll()  # sends the ClientHello right away
     return future
 
@@ -97,15 +105,16 @@ def future_client_streams_subscribe(cx: StoreState, this: FutureClientStreams) -
 
 @types_iface.func("[method]future-client-streams.get")
 def future_client_streams_get(cx: StoreState, this: FutureClientStreams) -> Any:
-    if this.taken:
-        return Err(None)
-    if not this.poll():
-        return None
-    this.taken = True
-    outcome = this.outcome
-    if isinstance(outcome, TlsFailure):
-        return Ok(Err(IoError(outcome.message, outcome.code, "tls")))
-    t = this.transport
+    try:
+        this.require("get")
+    except WrongState as e:
+        return None if e.code == "would-block" else Err(None)  # none: not yet; some(err): taken
+    if this.state is HandshakeState.FAILED:
+        failure = this.failure
+        assert failure is not None
+        this.states.advance(Event.FINISH)
+        return Ok(Err(IoError(failure.message, failure.code, "tls")))
+    t = this.finish("get")
     return Ok(Ok((ClientConnection(t), TlsInputStream(t), TlsOutputStream(t))))
 
 

@@ -1,0 +1,276 @@
+"""Every state of the host's TLS resources, and which calls each state answers.
+
+The rules of this file (after h11's ``_state.py``):
+
+* Everything that decides whether a TLS resource call is valid lives here: one enum of
+  states per resource, one transition table per resource, and one ``require`` that rejects
+  a call in the wrong state (``would-block`` while the state can still change on its own,
+  ``invalid-state`` when it cannot, the recorded failure in a failed state).
+* Resource classes (``server.py``, ``client.py``, ``connection.py``, ``wasi_tls.py``,
+  ``transport.py``) keep one ``StateMachine`` each and change it only through ``advance``.
+* This file moves no bytes and knows nothing of OpenSSL or of which package (upstream
+  ``wasi:tls`` or ``wasi-tls-host:tls``) is calling; it does not know the WIT error types.
+
+Resources and their machines (``CALLS`` says which calls each state answers):
+
+=============================  ===========================  =================================
+resource                        machine                      ends when
+=============================  ===========================  =================================
+wasi-tls-host incoming-client-  ``CLIENT_HELLO``             accept/reject consume it
+hello (server)
+wasi-tls-host incoming-server-  ``HANDSHAKE``                finish consumes it (FINISHED)
+hello, incoming-client-exchange
+wasi:tls future-client-streams  ``HANDSHAKE``                get takes the outcome (FINISHED)
+wasi-tls-host connection,       ``CONNECTION``               the guest drops it
+wasi:tls client-connection
+outgoing-client-hello,          ``CONFIGURING``              connect/accept/finish consume it
+outgoing-server-hello,
+wasi:tls client-handshake
+=============================  ===========================  =================================
+
+A consuming (``[static]``) call takes the guest's handle, so no call can reach a resource
+after it; the states after one (ANSWERED, FINISHED) exist so the transport and the limits see
+the resource's end, and so a host bug that reuses the object fails loudly.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Generic, Mapping, TypeVar
+
+
+class ClientHelloState(enum.Enum):
+    """A server's incoming client hello: the host reads the client's first flight."""
+
+    READING = "reading"      # bytes of the ClientHello still to come
+    RECEIVED = "received"    # parsed; the guest may look at it and answer
+    FAILED = "failed"        # malformed, too big, peer gone, deadline passed (alert sent)
+    ANSWERED = "answered"    # accept or reject consumed it
+
+
+class HandshakeState(enum.Enum):
+    """A handshake run by OpenSSL (either side) until its streams are handed out."""
+
+    RUNNING = "running"
+    ESTABLISHED = "established"
+    FAILED = "failed"        # the failure is recorded; the transport is closed
+    FINISHED = "finished"    # finish/get handed out the connection (or the failure)
+
+
+class ConnectionState(enum.Enum):
+    OPEN = "open"
+    OUTPUT_CLOSED = "output-closed"  # close-output sent close_notify
+
+
+class ConfiguringState(enum.Enum):
+    """A resource the guest fills in before a consuming call uses it."""
+
+    CONFIGURING = "configuring"
+
+
+class Event(enum.Enum):
+    HELLO_COMPLETE = "hello-complete"
+    FAIL = "fail"
+    ACCEPT = "accept"
+    REJECT = "reject"
+    ESTABLISH = "establish"
+    FINISH = "finish"
+    CLOSE_OUTPUT = "close-output"
+
+
+S = TypeVar("S", bound=enum.Enum)
+
+
+@dataclass(frozen=True)
+class Machine(Generic[S]):
+    """One resource's states: ``transitions[state][event] -> next state``; ``calls[name]``
+    is the set of states in which that call is answered."""
+
+    resource: str
+    initial: S
+    transitions: Mapping[S, Mapping[Event, S]]
+    calls: Mapping[str, frozenset[S]]
+    # States that change on their own (more bytes, the peer, a deadline): a call that is not
+    # answered in one would block, rather than being a mistake.
+    pending: frozenset[S] = frozenset()
+    # States that answer every unanswered call with the failure that caused them.
+    failed: frozenset[S] = frozenset()
+
+    def answer(self, state: S, call: str) -> str:
+        """How ``call`` in ``state`` is answered: "ok", "would-block", "failure" or
+        "invalid-state" (the tests generate their cases from this)."""
+        if state in self.calls[call]:
+            return "ok"
+        if state in self.pending:
+            return "would-block"
+        if state in self.failed:
+            return "failure"
+        return "invalid-state"
+
+
+_H, _CH, _C = HandshakeState, ClientHelloState, ConnectionState
+_HELLO_ANY = frozenset(_CH) - {_CH.ANSWERED}
+
+CLIENT_HELLO: Machine[ClientHelloState] = Machine(
+    resource="incoming-client-hello",
+    initial=_CH.READING,
+    transitions={
+        _CH.READING: {Event.HELLO_COMPLETE: _CH.RECEIVED, Event.FAIL: _CH.FAILED, Event.REJECT: _CH.ANSWERED},
+        _CH.RECEIVED: {Event.ACCEPT: _CH.ANSWERED, Event.FAIL: _CH.FAILED, Event.REJECT: _CH.ANSWERED},
+        _CH.FAILED: {Event.REJECT: _CH.ANSWERED, Event.FAIL: _CH.FAILED},
+        _CH.ANSWERED: {},
+    },
+    calls={
+        "subscribe": _HELLO_ANY,
+        "server-name": frozenset({_CH.RECEIVED}),
+        "alpn-ids": frozenset({_CH.RECEIVED}),
+        "protocol-versions": frozenset({_CH.RECEIVED}),
+        "cipher-suites": frozenset({_CH.RECEIVED}),
+        "signature-schemes": frozenset({_CH.RECEIVED}),
+        "accept": frozenset({_CH.RECEIVED}),
+        "reject": _HELLO_ANY,
+    },
+    pending=frozenset({_CH.READING}),
+    failed=frozenset({_CH.FAILED}),
+)
+
+_HANDSHAKE_TRANSITIONS: Mapping[HandshakeState, Mapping[Event, HandshakeState]] = {
+    _H.RUNNING: {Event.ESTABLISH: _H.ESTABLISHED, Event.FAIL: _H.FAILED},
+    # FAIL from ESTABLISHED: the host refuses a peer after OpenSSL accepted it (its code
+    # claim does not match what the guest expects: tls/code_identity.py).
+    _H.ESTABLISHED: {Event.FINISH: _H.FINISHED, Event.FAIL: _H.FAILED},
+    _H.FAILED: {Event.FAIL: _H.FAILED, Event.FINISH: _H.FINISHED},
+    _H.FINISHED: {},
+}
+_LIVE = frozenset({_H.RUNNING, _H.ESTABLISHED, _H.FAILED})
+_ESTABLISHED = frozenset({_H.ESTABLISHED})
+
+# wasi-tls-host incoming-server-hello (client side).
+SERVER_HELLO: Machine[HandshakeState] = Machine(
+    resource="incoming-server-hello",
+    initial=_H.RUNNING,
+    transitions=_HANDSHAKE_TRANSITIONS,
+    calls={
+        "subscribe": _LIVE,
+        "protocol-version": _ESTABLISHED,
+        "cipher-suite": _ESTABLISHED,
+        "alpn-id": _ESTABLISHED,
+        # The chain is worth seeing when verification failed too (the guest can show why).
+        "server-chain": frozenset({_H.ESTABLISHED, _H.FAILED}),
+        "verification": _ESTABLISHED,
+        "finish": _ESTABLISHED,
+    },
+    pending=frozenset({_H.RUNNING}),
+    failed=frozenset({_H.FAILED}),
+)
+
+# wasi-tls-host incoming-client-exchange (server side).
+CLIENT_EXCHANGE: Machine[HandshakeState] = Machine(
+    resource="incoming-client-exchange",
+    initial=_H.RUNNING,
+    transitions=_HANDSHAKE_TRANSITIONS,
+    calls={"subscribe": _LIVE, "client-identity": _ESTABLISHED, "finish": _ESTABLISHED},
+    pending=frozenset({_H.RUNNING}),
+    failed=frozenset({_H.FAILED}),
+)
+
+# Upstream wasi:tls future-client-streams: ``get`` answers once with the outcome, success or
+# failure (FINISHED after), then ``invalid-state`` (WIT: ``some(err)``).
+FUTURE_CLIENT_STREAMS: Machine[HandshakeState] = Machine(
+    resource="future-client-streams",
+    initial=_H.RUNNING,
+    transitions=_HANDSHAKE_TRANSITIONS,
+    calls={"subscribe": frozenset(_H), "get": frozenset({_H.ESTABLISHED, _H.FAILED})},
+    pending=frozenset({_H.RUNNING}),
+)
+
+_OPEN = frozenset(_C)
+CONNECTION: Machine[ConnectionState] = Machine(
+    resource="connection",
+    initial=_C.OPEN,
+    transitions={
+        _C.OPEN: {Event.CLOSE_OUTPUT: _C.OUTPUT_CLOSED},
+        _C.OUTPUT_CLOSED: {Event.CLOSE_OUTPUT: _C.OUTPUT_CLOSED},  # close_notify is sent once
+    },
+    calls={
+        "protocol-version": _OPEN, "cipher-suite": _OPEN, "alpn-id": _OPEN, "server-name": _OPEN,
+        "peer-identity": _OPEN, "close-output": _OPEN,
+    },
+)
+
+_CONFIG = frozenset(ConfiguringState)
+OUTGOING_CLIENT_HELLO: Machine[ConfiguringState] = Machine(
+    resource="outgoing-client-hello",
+    initial=ConfiguringState.CONFIGURING,
+    transitions={ConfiguringState.CONFIGURING: {}},
+    calls={"set-alpn-ids": _CONFIG, "set-protocol-versions": _CONFIG, "set-client-identity": _CONFIG, "connect": _CONFIG},
+)
+OUTGOING_SERVER_HELLO: Machine[ConfiguringState] = Machine(
+    resource="outgoing-server-hello",
+    initial=ConfiguringState.CONFIGURING,
+    transitions={ConfiguringState.CONFIGURING: {}},
+    calls={"set-alpn-id": _CONFIG, "set-protocol-versions": _CONFIG, "set-cipher-suites": _CONFIG, "request-client-identity": _CONFIG},
+)
+CLIENT_HANDSHAKE: Machine[ConfiguringState] = Machine(
+    resource="client-handshake",
+    initial=ConfiguringState.CONFIGURING,
+    transitions={ConfiguringState.CONFIGURING: {}},
+    calls={"finish": _CONFIG},
+)
+
+MACHINES: tuple[Machine, ...] = (  # type: ignore[type-arg]
+    CLIENT_HELLO, SERVER_HELLO, CLIENT_EXCHANGE, FUTURE_CLIENT_STREAMS, CONNECTION,
+    OUTGOING_CLIENT_HELLO, OUTGOING_SERVER_HELLO, CLIENT_HANDSHAKE,
+)
+
+
+class WrongState(Exception):
+    """A call the resource's state does not answer: ``code`` is "would-block" or
+    "invalid-state"; the message says what the guest should do."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class StateMachine(Generic[S]):
+    """The current state of one resource, changed only through its machine's table."""
+
+    __slots__ = ("machine", "state", "failure")
+
+    def __init__(self, machine: Machine[S]) -> None:
+        self.machine = machine
+        self.state: S = machine.initial
+        # What ended it, in a failed state (a TlsFailure, or any exception the caller raises).
+        self.failure: Exception | None = None
+
+    def __repr__(self) -> str:
+        return f"<{self.machine.resource} {self.state.value}>"
+
+    def can(self, event: Event) -> bool:
+        return event in self.machine.transitions[self.state]
+
+    def advance(self, event: Event, failure: Exception | None = None) -> S:
+        """Take ``event``'s transition; a missing one is a bug of the host, not the guest's."""
+        following = self.machine.transitions[self.state].get(event)
+        if following is None:
+            raise RuntimeError(f"{self.machine.resource}: no transition for {event.value} in state {self.state.value}")
+        if failure is not None and self.failure is None:
+            self.failure = failure
+        self.state = following
+        return following
+
+    def require(self, call: str) -> None:
+        """Return if ``call`` is answered in the current state; raise ``WrongState`` (or the
+        recorded failure) if not. The one place a wrong-state call is rejected."""
+        answer = self.machine.answer(self.state, call)
+        if answer == "ok":
+            return
+        resource = self.machine.resource
+        if answer == "would-block":
+            raise WrongState("would-block", f"{resource}.{call}: not ready yet ({self.state.value}): wait on subscribe()")
+        if answer == "failure" and self.failure is not None:
+            raise self.failure
+        raise WrongState("invalid-state", f"{resource}.{call} is not valid once the {resource} is {self.state.value}")

@@ -1,0 +1,146 @@
+"""The transport between a TLS engine and its ciphertext streams, without sockets.
+
+The client is CPython's ssl on memory BIOs (an independent implementation); the server is
+the host's ``TlsEngine`` in a ``TlsTransport``. The ciphertext input is scripted so that the
+order in which bytes and the end of input arrive is exact: races a socket test can only hit
+by luck happen here every time.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Iterator
+
+import pytest
+import trustme
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from OpenSSL import SSL
+
+from wasi_tls_host.tls.connection import Connection
+from wasi_tls_host.tls.engine import TlsEngine
+from wasi_tls_host.tls.transport import Role, TlsInputStream, TlsOutputStream, TlsTransport
+from wasi_tls_host.wasi.io import CallbackPollable, InputStream, Pollable, SinkOutput, StreamClosed, StreamFailed, Waits
+
+END = object()  # the peer closed: read raises StreamClosed from here on
+
+
+class ScriptedInput(InputStream):
+    """Each read takes the next step: bytes, b"" (nothing there now) or END."""
+
+    def __init__(self) -> None:
+        self.steps: list[object] = []
+        self.dropped = False
+
+    def read(self, n: int) -> bytes:
+        if not self.steps:
+            return b""
+        step = self.steps[0]
+        if step is END:
+            raise StreamClosed()
+        self.steps.pop(0)
+        assert isinstance(step, bytes)
+        return step
+
+    def subscribe(self) -> Pollable:
+        return CallbackPollable(lambda: bool(self.steps), lambda waits: None)
+
+    def drop(self) -> None:
+        self.dropped = True
+
+
+class Sink(SinkOutput):
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.dropped = False
+        super().__init__(self.data.extend)
+
+    def drop(self) -> None:
+        self.dropped = True
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def established(ca: trustme.CA) -> tuple[ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO, TlsEngine]:
+    """A CPython client and a host server engine after a handshake through memory."""
+    leaf = ca.issue_cert("server.test")
+    context = SSL.Context(SSL.TLS_SERVER_METHOD)
+    context.use_certificate(x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes()))
+    context.use_privatekey(serialization.load_pem_private_key(leaf.private_key_pem.bytes(), None))  # type: ignore[arg-type]
+    server = TlsEngine(context, server_side=True)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    to_client, from_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = client_ctx.wrap_bio(to_client, from_client, server_hostname="server.test")
+    for _ in range(10):
+        try:
+            client.do_handshake()
+            done = True
+        except ssl.SSLWantReadError:
+            done = False
+        server.feed(from_client.read())
+        server.advance_handshake()
+        to_client.write(server.take_output())
+        if done and server.handshake_done:
+            break
+    assert server.handshake_done
+    return client, to_client, from_client, server
+
+
+@pytest.fixture
+def pair(ca: trustme.CA) -> Iterator[tuple[ssl.SSLObject, ssl.MemoryBIO, TlsTransport, ScriptedInput, Sink]]:
+    client, _, from_client, engine = established(ca)
+    cin, cout = ScriptedInput(), Sink()
+    transport = TlsTransport(engine, cin, cout)
+    transport.hand_over()
+    yield client, from_client, transport, cin, cout
+
+
+def test_the_end_of_input_after_a_partial_record_is_reported_at_once(pair) -> None:
+    """Regression: the EOF came in the last pump of a readiness check, was fed into the
+    engine and never read back, and the pollable then waited for nothing (a guest in
+    poll slept until its own timer)."""
+    client, from_client, transport, cin, _ = pair
+    client.write(b"GET / HTTP/1.0\r\n")
+    record = from_client.read()
+    cin.steps = [record[:10], b"", END]  # part of a record, then the peer is gone
+    stream = TlsInputStream(transport)
+    assert stream.subscribe().ready()
+    with pytest.raises(StreamFailed) as failed:
+        stream.read(100)
+    assert failed.value.error.code == "truncated"
+
+
+def test_an_ended_input_never_waits_for_nothing(pair) -> None:
+    _, _, transport, cin, _ = pair
+    cin.steps = [END]
+    transport.pump()
+    assert transport.engine.input_ended
+    waits = Waits()
+    transport.add_waits(waits, want_input=True)
+    assert waits.deadline is not None  # re-checked at once, not left without a wake-up
+
+
+def test_the_transport_closes_when_the_last_of_its_users_lets_go(pair) -> None:
+    _, _, transport, cin, cout = pair
+    conn, rx, tx = Connection(transport), TlsInputStream(transport), TlsOutputStream(transport)
+    for resource in (rx, conn):
+        resource.drop()
+        assert not cin.dropped and not cout.dropped
+    tx.drop()
+    assert cin.dropped and cout.dropped
+    assert transport.closed
+
+
+def test_a_handshake_that_never_finished_closes_its_transport_when_dropped(ca: trustme.CA) -> None:
+    from wasi_tls_host.tls.transport import PendingHandshake
+
+    _, _, _, engine = established(ca)
+    cin, cout = ScriptedInput(), Sink()
+    handshake = PendingHandshake(TlsTransport(engine, cin, cout))
+    assert handshake.transport.users == {Role.HANDSHAKE}
+    handshake.drop()
+    assert cin.dropped and cout.dropped
