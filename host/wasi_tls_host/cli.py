@@ -23,6 +23,46 @@ class UsageError(Exception):
     pass
 
 
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+_TIME_UNITS = {"": 1.0, "s": 1.0, "ms": 0.001, "m": 60.0, "h": 3600.0}
+
+
+def parse_size(text: str) -> int:
+    """``512M``, ``2G``, ``65536``, ``64KiB`` -> bytes (binary units)."""
+    cleaned = text.strip().lower().removesuffix("ib").removesuffix("b")
+    number, unit = cleaned.rstrip("kmg"), cleaned[len(cleaned.rstrip("kmg")):]
+    try:
+        value = int(number) * _SIZE_UNITS[unit]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"want a size such as 512M, 2G or 1048576, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"a size must be positive, got {text!r}")
+    return value
+
+
+def parse_duration(text: str) -> float:
+    """``30``, ``30s``, ``500ms``, ``2m``, ``1h`` -> seconds."""
+    cleaned = text.strip().lower()
+    number = cleaned.rstrip("smh")
+    try:
+        value = float(number) * _TIME_UNITS[cleaned[len(number):]]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"want a duration such as 30s, 500ms or 2m, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"a duration must be positive, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"want a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"want a number >= 0, got {text!r}")
+    return value
+
+
 def _env_pair(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not key:
@@ -111,6 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     for add_arguments, _ in OPTION_GROUPS:
         add_arguments(run)
+    limits = run.add_argument_group("limits on the guest (defaults: " + _limit_defaults() + ")")
+    limits.add_argument("--max-memory", type=parse_size, metavar="SIZE", help="largest size of each guest linear memory (e.g. 256M, 2G); memory.grow past it fails")
+    limits.add_argument("--max-table-elements", type=_count, metavar="N", help="largest number of elements in each guest table")
+    limits.add_argument("--timeout", type=parse_duration, metavar="DURATION", help="stop the guest after this much wall-clock time (e.g. 30s, 5m), whether it computes or waits")
+    limits.add_argument("--max-sockets", type=_count, metavar="N", help="most sockets the guest may have open at once (new ones fail with new-socket-limit)")
+    tls = run.add_argument_group("TLS policy")
+    tls.add_argument("--tls-profile", choices=_tls_profiles(), default=None, help="what guests may negotiate: modern (TLS 1.3 only), intermediate (Mozilla's; the default), compat (old peers: CBC suites, more groups)")
+    tls.add_argument("--no-resumption", action="store_true", help="no session tickets or resumption on guest TLS servers (0-RTT is never accepted)")
 
     sub.add_parser("demo", help="fetch https://localhost from a guest through this host, with a throwaway CA (no network needed)")
 
@@ -129,6 +177,7 @@ def _run(args: argparse.Namespace) -> int:
 
     for _, apply in OPTION_GROUPS:
         apply(args, config)
+    _apply_policy(args, config)
     host = Host(use_cache=not args.no_cache)
     component = host.load(args.guest)
     if args.invoke:
@@ -144,6 +193,42 @@ def _run(args: argparse.Namespace) -> int:
         if not args.verbose:
             print("(run with -v to see the wasm backtrace)", file=sys.stderr)
     return result.exit_code
+
+
+def _limit_defaults() -> str:
+    from .runtime.limits import GuestLimits, format_bytes
+
+    d = GuestLimits()
+    memory = format_bytes(d.max_memory) if d.max_memory else "none"
+    return f"memory {memory}, table elements {d.max_table_elements}, sockets {d.max_sockets}, no timeout"
+
+
+def _tls_profiles() -> list[str]:
+    from .tls.profiles import PROFILES
+
+    return sorted(PROFILES)
+
+
+def _apply_policy(args: argparse.Namespace, config: WasiConfig) -> None:
+    """Map the limit and TLS-policy flags onto ``WasiConfig.limits`` and ``TlsConfig``."""
+    import dataclasses
+
+    from .tls.config import TlsConfig
+
+    changes = {name: getattr(args, name) for name in ("max_memory", "max_table_elements", "timeout", "max_sockets")
+               if getattr(args, name) is not None}
+    config.limits = dataclasses.replace(config.limits, **changes)
+    tls = config.tls if isinstance(config.tls, TlsConfig) else TlsConfig()
+    tls_changes: dict[str, Any] = {}
+    if args.tls_profile is not None:
+        tls_changes["profile"] = args.tls_profile
+    if args.no_resumption:
+        tls_changes["resumption"] = False
+    if tls_changes:
+        try:
+            config.tls = dataclasses.replace(tls, **tls_changes)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
 
 
 def _build(args: argparse.Namespace) -> int:
