@@ -102,6 +102,8 @@ class PrivateIdentity:
         try:
             key = serialization.load_pem_private_key(key_pem, passphrase)
         except TypeError as e:
+            if passphrase is not None:  # cryptography: "Password was given but private key is not encrypted"
+                raise ValueError(f"identity {name!r}: a passphrase was given, but the key needs none (it is stored in the clear)") from None
             raise ValueError(f"identity {name!r}: {e} (the key is encrypted: give its passphrase)") from None
         except ValueError as e:
             raise ValueError(f"identity {name!r}: cannot load the private key: {e}") from None
