@@ -25,7 +25,6 @@ import math
 import os
 import random
 import struct
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -40,7 +39,16 @@ from wasi_tls_host.runtime.binding import Interface
 from wasi_tls_host.runtime.values import Err, Ok, Some
 from wasi_tls_host.tls.client_hello import ClientHello, ClientHelloError, ClientHelloReader
 from wasi_tls_host.tls.config import load_certificates
-from wasi_tls_host.tls.identities import PrivateIdentity
+from wasi_tls_host.runtime.values import WitError
+from wasi_tls_host.tls.identities import (
+    PrivateIdentity,
+    PublicIdentity,
+    public_identity_issuer,
+    public_identity_not_after,
+    public_identity_not_before,
+    public_identity_subject,
+    public_identity_subject_alt_names,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -151,15 +159,18 @@ def test_generated_client_hellos_parse_to_what_was_sent(case: tuple[bytes, list[
 # --- certificates and keys ------------------------------------------------------------------
 
 
-@dataclass(repr=False)
 class Material:
-    chain_pem: bytes
-    chain_der: list[bytes]
-    key_pem: bytes
-    key_der: bytes
-    encrypted_key_pem: bytes
-    passphrase: bytes
-    kind: str = ""
+    """One key type's certificate chain and key in every encoding (a plain class: Hypothesis
+    prints its repr, not its bytes)."""
+
+    def __init__(self, **fields: Any) -> None:
+        self.chain_pem: bytes = fields["chain_pem"]
+        self.chain_der: list[bytes] = fields["chain_der"]
+        self.key_pem: bytes = fields["key_pem"]
+        self.key_der: bytes = fields["key_der"]
+        self.encrypted_key_pem: bytes = fields["encrypted_key_pem"]
+        self.passphrase: bytes = fields["passphrase"]
+        self.kind: str = fields["kind"]
 
     def __repr__(self) -> str:
         return f"Material({self.kind})"
@@ -220,6 +231,15 @@ def test_certificate_loader_gives_certificates_or_value_error(material: list[Mat
         assert str(e)
         return
     assert certs
+    # What a guest can then ask of it (parse-certificate + public-identity methods): answers,
+    # or the module's error for the guest, never a host exception (which would trap).
+    identity = PublicIdentity(certs)
+    for method in (public_identity_subject, public_identity_issuer, public_identity_subject_alt_names,
+                   public_identity_not_before, public_identity_not_after):
+        try:
+            method(None, identity)  # type: ignore[arg-type]
+        except WitError:
+            pass
 
 
 @fuzz(150)

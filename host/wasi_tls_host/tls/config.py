@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, Union
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from OpenSSL import SSL, crypto
 
 from .profiles import DEFAULT_PROFILE, TlsProfile, profile as lookup_profile
@@ -33,12 +34,28 @@ def load_certificates(anchor: TrustAnchor) -> list[x509.Certificate]:
         data = bytes(anchor)
     try:
         certs = x509.load_pem_x509_certificates(data)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
         try:
             certs = [x509.load_der_x509_certificate(data)]
-        except ValueError:
-            raise ValueError("trust anchors must be PEM or DER X.509 certificates") from None
+        except (ValueError, x509.InvalidVersion):
+            raise ValueError("certificates must be PEM or DER X.509 certificates") from None
+    for index, cert in enumerate(certs):
+        _check_parses(cert, index)
     return certs
+
+
+def _check_parses(cert: x509.Certificate, index: int) -> None:
+    """cryptography decodes names, validity and extensions only when asked: ask now, so a
+    malformed certificate is refused here (ValueError) rather than by a later accessor a
+    guest calls (which would be a host error)."""
+    try:
+        cert.subject.rfc4514_string()
+        cert.issuer.rfc4514_string()
+        cert.not_valid_before_utc, cert.not_valid_after_utc
+        for extension in cert.extensions:
+            extension.value
+    except (ValueError, x509.InvalidVersion, UnsupportedAlgorithm) as e:
+        raise ValueError(f"certificate {index + 1} is malformed: {e}") from None
 
 
 @dataclass
