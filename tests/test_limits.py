@@ -24,7 +24,7 @@ from wasi_tls_host.runtime.limits import TICK, GuestLimits
 from wasi_tls_host.wasi.io import start_reader_thread
 from wasi_tls_host.wasi.sockets import NetworkPolicy
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(180)
 
 PAGE = 65536
 
@@ -140,7 +140,7 @@ def test_accept_past_the_socket_limit_refuses_the_connection(run_guest) -> None:
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     clients = []
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # bounds a hang only (the guest starts in ~1 s)
     while not clients:
         try:
             clients.append(socket.create_connection(("127.0.0.1", port), timeout=5))
@@ -148,7 +148,7 @@ def test_accept_past_the_socket_limit_refuses_the_connection(run_guest) -> None:
             assert time.monotonic() < deadline
             time.sleep(0.05)
     clients += [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2)]
-    thread.join(10)
+    thread.join(60)
     assert not thread.is_alive()
     run = result["run"]
     assert "unexpected error new-socket-limit" in run.out, run.out  # type: ignore[attr-defined]
@@ -181,8 +181,7 @@ def test_epoch_ticker_runs_only_while_guests_are_alive(guest_path) -> None:
         thread = host.ticker._thread
         assert thread is not None and thread.is_alive()
         assert g.call("add", 1, 1) == 2
-    thread.join(20 * TICK)
-    assert not thread.is_alive() and host.ticker._thread is None
+    assert not thread.is_alive() and host.ticker._thread is None  # closing the last guest ends it
     with host.instantiate(guest_path("limits")) as g:  # and starts again for the next one
         assert host.ticker._thread is not None
 

@@ -141,9 +141,14 @@ class EpochTicker:
                 self._thread.start()
 
     def unregister(self, guard: RunGuard) -> None:
+        """Forget ``guard``; after the last one the ticker thread has ended when this returns
+        (so closing the last guest leaves no thread of ours behind)."""
         with self._lock:
             self._guards.discard(guard)
+            last = self._thread if not self._guards else None
             self._wake.notify_all()
+        if last is not None and last is not threading.current_thread():
+            last.join(1.0)
 
     def _run(self) -> None:
         while True:
