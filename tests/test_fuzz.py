@@ -10,7 +10,8 @@ gives the module's own error type, never another exception, never a hang.
   bit-flipped input: ``ValueError`` with a message, or a loaded identity.
 - ``--invoke`` parsing (cli.parse_invoke): random text gives ``UsageError``; random values
   written as WAVE text parse back to themselves.
-- Value lifting: random values of random WIT types go host -> guest export -> guest's
+- Value lifting: random values of random WIT types (every primitive, string, list, option,
+  result, tuple, record, variant, enum, flags, nested) go host -> guest export -> guest's
   import of a host function -> back, through a WAT component generated for each type, and
   come back equal.
 
@@ -36,7 +37,7 @@ from hypothesis import strategies as st
 from wasi_tls_host import Host
 from wasi_tls_host.cli import UsageError, format_value, parse_invoke
 from wasi_tls_host.runtime.binding import Interface
-from wasi_tls_host.runtime.values import Err, Ok, Some
+from wasi_tls_host.runtime.values import Err, Ok, Some, Variant
 from wasi_tls_host.tls.client_hello import ClientHello, ClientHelloError, ClientHelloReader
 from wasi_tls_host.tls.config import load_certificates
 from wasi_tls_host.runtime.values import WitError
@@ -302,20 +303,22 @@ def test_invoke_values_round_trip_through_their_text(name: str, values: list[Any
 
 # --- value lifting through a generated WAT guest ---------------------------------------------
 
-# A WIT type is (wat_text, flat_core_types, python_value_strategy).
-Ty = tuple[str, list[str], st.SearchStrategy[Any]]
+# A WIT type: its text, its flattened core types, a strategy for its Python values, and the
+# named types (records, variants, enums, flags) it needs defined first, in order.
+Ty = tuple[str, list[str], st.SearchStrategy[Any], tuple[tuple[str, str], ...]]
 
 _F32 = st.floats(width=32, allow_nan=False)
 _PRIMS: list[Ty] = [
-    ("bool", ["i32"], st.booleans()),
-    ("u8", ["i32"], st.integers(0, 255)), ("s8", ["i32"], st.integers(-128, 127)),
-    ("u16", ["i32"], st.integers(0, 65535)), ("s16", ["i32"], st.integers(-32768, 32767)),
-    ("u32", ["i32"], st.integers(0, 2**32 - 1)), ("s32", ["i32"], st.integers(-(2**31), 2**31 - 1)),
-    ("u64", ["i64"], st.integers(0, 2**64 - 1)), ("s64", ["i64"], st.integers(-(2**63), 2**63 - 1)),
-    ("f32", ["f32"], _F32), ("f64", ["f64"], st.floats(allow_nan=False)),
-    ("char", ["i32"], st.characters(exclude_categories=["Cs"])),
-    ("string", ["i32", "i32"], st.text(max_size=20)),
+    ("bool", ["i32"], st.booleans(), ()),
+    ("u8", ["i32"], st.integers(0, 255), ()), ("s8", ["i32"], st.integers(-128, 127), ()),
+    ("u16", ["i32"], st.integers(0, 65535), ()), ("s16", ["i32"], st.integers(-32768, 32767), ()),
+    ("u32", ["i32"], st.integers(0, 2**32 - 1), ()), ("s32", ["i32"], st.integers(-(2**31), 2**31 - 1), ()),
+    ("u64", ["i64"], st.integers(0, 2**64 - 1), ()), ("s64", ["i64"], st.integers(-(2**63), 2**63 - 1), ()),
+    ("f32", ["f32"], _F32, ()), ("f64", ["f64"], st.floats(allow_nan=False), ()),
+    ("char", ["i32"], st.characters(exclude_categories=["Cs"]), ()),
+    ("string", ["i32", "i32"], st.text(max_size=20), ()),
 ]
+_names = iter(range(1, 1 << 40))
 
 
 def _join(a: str, b: str) -> str:
@@ -334,15 +337,24 @@ def _joined(*flats: list[str]) -> list[str]:
     return out
 
 
+def _defs(*types: Ty | None) -> tuple[tuple[str, str], ...]:
+    return tuple(d for t in types if t is not None for d in t[3])
+
+
+def _named(body: str, flat: list[str], values: st.SearchStrategy[Any], needs: tuple[tuple[str, str], ...]) -> Ty:
+    name = f"t{next(_names)}"
+    return (f"${name}", flat, values, (*needs, (name, body)))
+
+
 def _compound(inner: st.SearchStrategy[Ty]) -> st.SearchStrategy[Ty]:
     def list_of(t: Ty) -> Ty:
         if t[0] == "u8":
-            return ("(list u8)", ["i32", "i32"], st.binary(max_size=40))
-        return (f"(list {t[0]})", ["i32", "i32"], st.lists(t[2], max_size=4))
+            return ("(list u8)", ["i32", "i32"], st.binary(max_size=40), ())
+        return (f"(list {t[0]})", ["i32", "i32"], st.lists(t[2], max_size=4), t[3])
 
     def option_of(t: Ty) -> Ty:
         payload = t[2].map(Some) if t[0].startswith("(option") else t[2]
-        return (f"(option {t[0]})", ["i32", *t[1]], st.none() | payload)
+        return (f"(option {t[0]})", ["i32", *t[1]], st.none() | payload, t[3])
 
     def result_of(pair: tuple[Ty | None, Ty | None]) -> Ty:
         ok, err = pair
@@ -350,17 +362,43 @@ def _compound(inner: st.SearchStrategy[Ty]) -> st.SearchStrategy[Ty]:
         flat = ["i32", *_joined(ok[1] if ok else [], err[1] if err else [])]
         oks = st.builds(Ok, ok[2]) if ok else st.just(Ok(None))
         errs = st.builds(Err, err[2]) if err else st.just(Err(None))
-        return (wat, flat, oks | errs)
+        return (wat, flat, oks | errs, _defs(ok, err))
 
     def tuple_of(ts: list[Ty]) -> Ty:
-        return ("(tuple " + " ".join(t[0] for t in ts) + ")", [f for t in ts for f in t[1]], st.tuples(*(t[2] for t in ts)))
+        return ("(tuple " + " ".join(t[0] for t in ts) + ")", [f for t in ts for f in t[1]],
+                st.tuples(*(t[2] for t in ts)), _defs(*ts))
+
+    def record_of(ts: list[Ty]) -> Ty:
+        body = "(record " + " ".join(f'(field "f{i}" {t[0]})' for i, t in enumerate(ts)) + ")"
+        values = st.fixed_dictionaries({f"f{i}": t[2] for i, t in enumerate(ts)})
+        return _named(body, [f for t in ts for f in t[1]], values, _defs(*ts))
+
+    def variant_of(cases: list[Ty | None]) -> Ty:
+        body = "(variant " + " ".join(f'(case "c{i}"' + (f" {t[0]})" if t else ")") for i, t in enumerate(cases)) + ")"
+        flat = ["i32", *_joined(*(t[1] for t in cases if t))]
+        values = st.one_of(*(st.builds(Variant, st.just(f"c{i}"), t[2]) if t else st.just(Variant(f"c{i}"))
+                             for i, t in enumerate(cases)))
+        return _named(body, flat, values, _defs(*cases))
 
     return (inner.map(list_of) | inner.map(option_of)
             | st.tuples(st.none() | inner, st.none() | inner).map(result_of)
-            | st.lists(inner, min_size=1, max_size=4).map(tuple_of))
+            | st.lists(inner, min_size=1, max_size=4).map(tuple_of)
+            | st.lists(inner, min_size=1, max_size=4).map(record_of)
+            | st.lists(st.none() | inner, min_size=1, max_size=4).map(variant_of))
 
 
-wit_types: st.SearchStrategy[Ty] = st.recursive(st.sampled_from(_PRIMS), _compound, max_leaves=6)
+def _enum(n: int) -> Ty:
+    cases = [f"e{i}" for i in range(n)]
+    return _named("(enum " + " ".join(f'"{c}"' for c in cases) + ")", ["i32"], st.sampled_from(cases), ())
+
+
+def _flags(n: int) -> Ty:
+    names = [f"g{i}" for i in range(n)]
+    return _named("(flags " + " ".join(f'"{g}"' for g in names) + ")", ["i32"], st.sets(st.sampled_from(names)), ())
+
+
+_LEAVES = st.sampled_from(_PRIMS) | st.integers(1, 6).map(_enum) | st.integers(1, 32).map(_flags)
+wit_types: st.SearchStrategy[Ty] = st.recursive(_LEAVES, _compound, max_leaves=6)
 
 _LIBC = """
   (core module $Libc
@@ -383,7 +421,7 @@ _LIBC = """
 """
 
 
-def echo_component(ty: str, flat: list[str], iface: str) -> str:
+def echo_component(ty: str, flat: list[str], iface: str, defs: tuple[tuple[str, str], ...] = ()) -> str:
     """A component exporting ``echo: func(v: T) -> T`` that passes the value to the host's
     ``echo`` and returns what the host returns (canon lower, then canon lift, with a core
     adapter for the canonical ABI's pointer conventions)."""
@@ -393,9 +431,16 @@ def echo_component(ty: str, flat: list[str], iface: str) -> str:
     lifted = f"(param {' '.join(params)})" + (" (result i32)" if spill else (f" (result {flat[0]})" if flat else ""))
     gets = " ".join(f"(local.get {i})" for i in range(len(params)))
     ret = "(i32.const 8)" if spill else ""
+    # Named types must be exported where a function signature uses them: from the imported
+    # instance's type, and from this component for the lifted export.
+    instance_types = "\n".join(f'    (type ${n}-def {body}) (export "{n}" (type ${n} (eq ${n}-def)))' for n, body in defs)
+    component_types = "\n".join(f'  (type ${n}-def {body}) (export ${n} "{n}" (type ${n}-def))' for n, body in defs)
     return f"""(component
-  (import "{iface}" (instance $host (export "echo" (func (param "v" {ty}) (result {ty})))))
+  (import "{iface}" (instance $host
+{instance_types}
+    (export "echo" (func (param "v" {ty}) (result {ty})))))
 {_LIBC}
+{component_types}
   (core func $echo (canon lower (func $host "echo") (memory $mem) (realloc $realloc) string-encoding=utf8))
   (core module $Adapter
     (import "host" "echo" (func $echo {lowered}))
@@ -413,6 +458,10 @@ def same(a: Any, b: Any) -> bool:
         return type(a) is type(b) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
     if isinstance(a, (Ok, Err, Some)):
         return type(a) is type(b) and same(a.value, b.value)
+    if isinstance(a, Variant):
+        return isinstance(b, Variant) and a.tag == b.tag and same(a.payload, b.payload)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
     return type(a) is type(b) and a == b
 
 
@@ -430,7 +479,7 @@ def shared_engine() -> Any:
 @given(st.data())
 def test_random_values_of_random_wit_types_round_trip(shared_engine: Any, tmp_path_factory: pytest.TempPathFactory, data: st.DataObject) -> None:
     count("value_types")
-    ty, flat, values = data.draw(wit_types, label="type")
+    ty, flat, values, defs = data.draw(wit_types, label="type")
     iface = Interface(f"wasi-tls-host:fuzz{next(_wat_counter)}/echo")
     received: list[Any] = []
 
@@ -439,7 +488,7 @@ def test_random_values_of_random_wit_types_round_trip(shared_engine: Any, tmp_pa
         received.append(v)
         return v
 
-    wasm = _compile(echo_component(ty, flat, iface.name), tmp_path_factory.mktemp("wat"))
+    wasm = _compile(echo_component(ty, flat, iface.name, defs), tmp_path_factory.mktemp("wat"))
     host = Host(shared_engine, interfaces=[iface], use_cache=False)
     with host.instantiate(wasm) as guest:
         for value in data.draw(st.lists(values, min_size=1, max_size=4), label="values"):
