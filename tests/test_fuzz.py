@@ -301,6 +301,20 @@ def test_invoke_values_round_trip_through_their_text(name: str, values: list[Any
     assert parse_invoke(text) == (name, values)
 
 
+def test_invoke_bare_names_reach_enum_and_result_parameters(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--invoke 'echo(e2)'` names an enum case; `err` is a result's error case."""
+    from wasi_tls_host.host import Host as _Host
+
+    for ty, literal, expected in ((_enum(3), "e2", "e2"), (("(result u8 (error u8))", ["i32", "i32"], st.none(), ()), "err(7)", Err(7)),
+                                  (("(result)", ["i32"], st.none(), ()), "err", Err(None))):
+        iface = Interface(f"wasi-tls-host:fuzz{next(_wat_counter)}/echo")
+        iface.func("echo")(lambda cx, v: v)
+        wasm = _compile(echo_component(ty[0], ty[1], iface.name, ty[3]), tmp_path)
+        with _Host(interfaces=[iface], use_cache=False).instantiate(wasm) as guest:
+            name, args = parse_invoke(f"echo({literal})")
+            assert guest.call(name, *args) == expected
+
+
 # --- value lifting through a generated WAT guest ---------------------------------------------
 
 # A WIT type: its text, its flattened core types, a strategy for its Python values, and the
