@@ -193,3 +193,33 @@ def test_embedder_engine_without_epochs_still_runs_guests(guest_path) -> None:
     assert host.ticker is None
     with host.instantiate(guest_path("limits")) as g:
         assert g.call("add", 2, 2) == 4
+
+
+@pytest.mark.parametrize("invoke", [True, False], ids=["invoke-spin", "spinning-command"])
+def test_ctrl_c_stops_a_spinning_guest_in_the_cli(guest_path, invoke: bool) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "wasi_tls_host.cli", "run"]
+    cmd += ["--invoke", "spin()", str(guest_path("limits"))] if invoke else [str(guest_path("spin_command"))]
+    # SIGINT as a terminal would send it (a non-interactive parent may have it ignored).
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        # Wait until it spins: more CPU time than starting up takes (bounded).
+        deadline = time.monotonic() + 60
+        while cpu_seconds(proc.pid) < 2.0 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime

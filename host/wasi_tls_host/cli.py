@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
-from typing import Any
+import threading
+from typing import Any, Iterator
+
+from wasmtime import WasmtimeError
 
 from .host import GuestError, Host, trap_cause
 from .runtime.values import Err, Ok, Some, Variant
@@ -185,16 +190,43 @@ def _run(args: argparse.Namespace) -> int:
     if args.invoke:
         name, call_args = parse_invoke(args.invoke)
         config.args = [os.path.basename(args.guest)]
-        with host.instantiate(component, config) as guest:
-            print(format_value(guest.call(name, *call_args)))
+        with host.instantiate(component, config) as guest, _sigint_stops(guest):
+            try:
+                value = guest.call(name, *call_args)
+            except WasmtimeError:
+                if guest.guard is not None and guest.guard.reason == SIGINT_REASON:
+                    raise KeyboardInterrupt from None
+                raise
+            print(format_value(value))
         return 0
-    result = host.run(component, config)
+    with host.instantiate(component, config) as guest, _sigint_stops(guest):
+        result = guest.run()
+    if result.trap and guest.guard is not None and guest.guard.reason == SIGINT_REASON:
+        raise KeyboardInterrupt
     if result.trap:
         detail = result.trap.strip() if args.verbose else result.trap_cause
         print(f"error: the guest trapped: {detail}", file=sys.stderr)
         if not args.verbose:
             print("(run with -v to see the wasm backtrace)", file=sys.stderr)
     return result.exit_code
+
+
+SIGINT_REASON = "interrupted (SIGINT)"
+
+
+@contextlib.contextmanager
+def _sigint_stops(guest: Any) -> Iterator[None]:
+    """While the guest runs on this (main) thread, Ctrl-C stops it like an embedder's
+    interrupt: at once in a wait, at the next epoch tick when computing. (A KeyboardInterrupt
+    raised inside a host callback would be swallowed by ctypes.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: guest.interrupt(SIGINT_REASON))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _limit_defaults() -> str:

@@ -107,18 +107,21 @@ class RunGuard:
             self.stop(f"the guest ran out of time: its limit of {self.timeout:g} s of wall-clock time (timeout) has passed")
 
     def _check(self, context: object, data: object, delta: ctypes.Array, kind: ctypes.Array) -> int:  # type: ignore[type-arg]
+        # Runs on the guest's thread; an exception must never unwind through wasm frames.
         try:
             self.expire_if_due(time.monotonic())
-            if self.reason is not None:
-                error = ffi.wasmtime_error_new(self.reason.encode())
-                return ctypes.cast(error, ctypes.c_void_p).value or 0
-            delta[0] = 1
-            kind[0] = _CONTINUE
-            return 0
-        except BaseException:  # an exception must never unwind through wasm frames
-            delta[0] = 1
-            kind[0] = _CONTINUE
-            return 0
+        except KeyboardInterrupt:
+            # Python delivers SIGINT to the main thread when it next runs Python code, which
+            # for a guest computing on the main thread is this callback: stop the guest.
+            self.stop("interrupted (SIGINT)")
+        except Exception:
+            pass
+        if self.reason is not None:
+            error = ffi.wasmtime_error_new(self.reason.encode())
+            return ctypes.cast(error, ctypes.c_void_p).value or 0
+        delta[0] = 1
+        kind[0] = _CONTINUE
+        return 0
 
 
 class EpochTicker:
