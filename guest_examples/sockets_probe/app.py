@@ -275,6 +275,21 @@ def cmd_churn(net, host, port, count):
     out("churned", count)
 
 
+def cmd_hoard(net, count):
+    """Create up to `count` TCP sockets, keeping them all open; report where it stopped."""
+    held = []
+    try:
+        while len(held) < int(count):
+            held.append(tcp_create_socket.create_tcp_socket(IpAddressFamily.IPV4))
+        out("holding", len(held))
+    except Err as e:
+        out("holding", len(held), "then", code(e))
+    close_all(*held)
+    again = tcp_create_socket.create_tcp_socket(IpAddressFamily.IPV4)
+    out("after closing: created one more")
+    close_all(again)
+
+
 def cmd_download(net, host, port):
     sock, inp, outp = connect(net, host, int(port))
     total = 0
@@ -456,6 +471,7 @@ COMMANDS = {
     "bind": cmd_bind,
     "churn": cmd_churn,
     "download": cmd_download,
+    "hoard": cmd_hoard,
     "drain-stdin": cmd_drain_stdin,
     "reset": cmd_reset,
     "states": cmd_states,

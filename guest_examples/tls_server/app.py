@@ -2,7 +2,7 @@
 
     tls_server PORT [--count N] [--mode echo|alpn|http] [--alpn h2,http/1.1]
                [--client-auth none|optional|required] [--tls 1.2|1.3] [--identity NAME]
-               [--concurrent] [--expect-code sha256:HEX]
+               [--concurrent] [--expect-code sha256:HEX] [--suites 0x1301,0xc02f,...]
     tls_server identities [NAME ...] [--host HOST ...]     inspect the preopened store
     tls_server attested                                    print this instance's code identity
 
@@ -69,6 +69,7 @@ class Options:
         self.identity = None
         self.concurrent = False
         self.expect_code = None
+        self.suites = None
         i = 1
         while i < len(argv):
             flag = argv[i]
@@ -92,6 +93,8 @@ class Options:
                 self.identity = value
             elif flag == "--expect-code":
                 self.expect_code = value
+            elif flag == "--suites":
+                self.suites = [int(n, 16) for n in value.split(",") if n]
             else:
                 raise SystemExit(f"unknown option {flag}")
         if self.alpn is None:
@@ -204,8 +207,18 @@ class Client:
         answer = server.OutgoingServerHello(identity)
         if chosen is not None:
             answer.set_alpn_id(chosen)
-        if self.opts.versions is not None:
-            answer.set_protocol_versions(self.opts.versions, self.opts.versions)
+        try:
+            if self.opts.versions is not None:
+                answer.set_protocol_versions(self.opts.versions, self.opts.versions)
+            if self.opts.suites is not None:
+                answer.set_cipher_suites(self.opts.suites)
+        except Err as e:  # e.g. outside the host's TLS profile
+            self.log(f"answer refused: {describe(e.value)}")
+            drop(answer)
+            self.hello = None
+            server.IncomingClientHello.reject(hello, ALERT_HANDSHAKE_FAILURE)
+            self.state = "done"
+            return True
         if self.opts.client_auth != "none":
             answer.request_client_identity(self.opts.client_auth == "required")
         if self.opts.expect_code is not None:

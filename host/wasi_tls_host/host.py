@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from wasmtime import Engine, ExitTrap, Store, WasmtimeError
+from wasmtime import Config, Engine, ExitTrap, Store, WasmtimeError
 from wasmtime.component import Component, Instance, Linker
 
 from .provenance import CodeEvidence, CodePolicy
 from .runtime import binding, exports
 from .runtime.binding import Interface
 from .runtime.cache import ComponentCache
+from .runtime.limits import EpochTicker, RunGuard, format_bytes
 from .runtime.store import StoreState, attach, detach, state_of
 from .runtime.abi import ConversionError
 from .runtime.values import Err
@@ -82,6 +83,13 @@ class GuestInstance:
         self.component = component
         self.store = Store(host.engine)
         self.ctx = set_wasi(self.store, config)
+        self.limits = config.limits
+        self.limits.apply_to_store(self.store)
+        self.guard: RunGuard | None = None
+        if host.ticker is not None:
+            self.guard = RunGuard(config.limits.timeout, self.ctx.interrupt)
+            self.guard.install(self.store)
+            host.ticker.register(self.guard)
         self._attest(host, component, config)
         host._instances.add(self)
         self._exports: dict[str, exports.ExportFunc] = {}
@@ -89,7 +97,16 @@ class GuestInstance:
             self.instance: Instance = host.linker.instantiate(self.store, component)
         except WasmtimeError as e:
             self.close()
-            raise GuestError(describe_link_error(str(e))) from None
+            raise GuestError(self._describe_instantiation_error(str(e))) from None
+
+    def _describe_instantiation_error(self, message: str) -> str:
+        if "exceeds memory limits" in message and self.limits.max_memory is not None:
+            return (f"the component needs more memory than its limit of {format_bytes(self.limits.max_memory)} "
+                    f"(max_memory, --max-memory): {message.strip()}")
+        if "exceeds table limits" in message and self.limits.max_table_elements is not None:
+            return (f"the component needs larger tables than its limit of {self.limits.max_table_elements} elements "
+                    f"(max_table_elements, --max-table-elements): {message.strip()}")
+        return describe_link_error(message)
 
     def _attest(self, host: Host, component: Component, config: WasiConfig) -> None:
         """Give the instance its code-bound identity source if the embedder preopened an
@@ -143,7 +160,12 @@ class GuestInstance:
         return RunResult(1, error=RUN_RETURNED_ERR) if isinstance(result, Err) else RunResult(0)
 
     def interrupt(self, reason: str = "interrupted by the embedder") -> None:
-        self.ctx.interrupt(reason)
+        """Stop the guest from any thread: a wait it is in traps at once, and code that
+        computes without waiting traps at its next epoch tick (engines built by ``Host``)."""
+        if self.guard is not None:
+            self.guard.stop(reason)
+        else:
+            self.ctx.interrupt(reason)
 
     # --- server operation (thread-safe; see cli/serve.py) -------------------------------
     def stop_accepting(self) -> None:
@@ -158,6 +180,8 @@ class GuestInstance:
         return sockets.is_listening(self.ctx)
 
     def close(self) -> None:
+        if self.guard is not None and self.host.ticker is not None:
+            self.host.ticker.unregister(self.guard)
         detach(self.store)
 
     def __enter__(self) -> GuestInstance:
@@ -179,9 +203,21 @@ class Host:
         interfaces: Iterable[Interface] | None = None,
         policy: CodePolicy | None = None,
         trust_compiled: Iterable[Any] = (),
-        engine_label: str = "default",
+        engine_label: str | None = None,
+        epoch_interruption: bool | None = None,
     ) -> None:
-        self.engine = engine or Engine()
+        """``epoch_interruption``: whether ``engine`` was built with
+        ``Config.epoch_interruption`` (needed to stop guests that compute without waiting,
+        and for ``GuestLimits.timeout`` to reach them). Default: True for the engine this
+        class builds when none is given, False for an embedder's engine."""
+        if engine is None:
+            epochs = epoch_interruption is not False
+            config = Config()
+            config.epoch_interruption = epochs
+            engine = Engine(config)
+        else:
+            epochs = bool(epoch_interruption)
+        self.engine = engine
         # Pins and signers every component must satisfy before it is compiled (load may
         # give another policy); what was established about each component, for attestation.
         self.policy = policy
@@ -189,13 +225,17 @@ class Host:
         # Keys trusted to vouch for artifacts compiled elsewhere (provenance/precompiled.py);
         # engine_label names this engine's configuration in what they sign.
         self.trust_compiled = list(trust_compiled)
-        self.engine_label = engine_label
+        self.engine_label = engine_label or ("epoch-interruption" if epochs else "default")
+        self.epoch_interruption = epochs
+        self.ticker: EpochTicker | None = EpochTicker(self.engine) if epochs else None
         self.linker = Linker(self.engine)
         self.interfaces = all_interfaces() if interfaces is None else list(interfaces)
         add_to_linker(self.linker, self.interfaces)
         # Keyed by the component itself (weakly): an id() could be reused by a later one.
         self._checked: weakref.WeakKeyDictionary[Component, list[str]] = weakref.WeakKeyDictionary()
-        self.cache = ComponentCache(self.engine, cache_dir, enabled=use_cache)
+        # Epoch checks change the compiled code: artifacts of the two kinds must not mix.
+        self.cache = ComponentCache(self.engine, cache_dir, enabled=use_cache,
+                                    engine_tag="epochs" if epochs else "")
         self._lock = threading.Lock()
         self._instances: weakref.WeakSet[GuestInstance] = weakref.WeakSet()
 
@@ -280,9 +320,9 @@ class Host:
             return guest.run()
 
     async def run_async(self, component: Component | str | Path | bytes, config: WasiConfig | None = None) -> RunResult:
-        """Run a command guest on a worker thread. Cancelling the task interrupts the guest at
-        its next wait (a guest computing without waiting stops at its next wait) and closes
-        its store once the worker has unwound."""
+        """Run a command guest on a worker thread. Cancelling the task stops the guest (see
+        ``GuestInstance.interrupt``: at once in a wait, within an epoch tick when computing)
+        and closes its store once the worker has unwound."""
         import asyncio  # here, not at the top: it costs the CLI ~50 ms of start-up
 
         guest = await asyncio.to_thread(self.instantiate, component, config)

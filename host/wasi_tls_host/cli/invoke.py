@@ -34,7 +34,9 @@ def _literal(node: ast.AST) -> Any:
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
         return -_literal(node.operand)
     if isinstance(node, ast.Name):
-        words = {"true": True, "false": False, "none": None}
+        # Bare ok/err are results without payload (as format_value writes them), not
+        # variant cases: a Variant("err") would be lowered as the ok case.
+        words = {"true": True, "false": False, "none": None, "ok": Ok(None), "err": Err(None)}
         if node.id in words:
             return words[node.id]
         return Variant(node.id)
@@ -56,7 +58,7 @@ def format_value(value: Any) -> str:
     if value is True or value is False:
         return "true" if value else "false"
     if isinstance(value, str):
-        return json.dumps(value)
+        return json.dumps(value, ensure_ascii=False)  # astral characters as themselves, not surrogate pairs
     if isinstance(value, (bytes, bytearray)):
         return "[" + ", ".join(str(b) for b in value) + "]"
     if isinstance(value, (Ok, Err, Some)):

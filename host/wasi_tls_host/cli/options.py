@@ -8,7 +8,7 @@ import argparse
 from typing import Callable
 
 from ..wasi.context import WasiConfig
-from . import options_filesystem, options_identities, options_network, options_tls, options_tls_limits
+from . import options_filesystem, options_identities, options_limits, options_network, options_tls, options_tls_limits
 
 OptionGroup = tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace, WasiConfig], None]]
 
@@ -18,4 +18,5 @@ OPTION_GROUPS: list[OptionGroup] = [
     (options_tls.add_arguments, options_tls.apply),
     (options_identities.add_arguments, options_identities.apply),
     (options_tls_limits.add_arguments, options_tls_limits.apply),
+    (options_limits.add_arguments, options_limits.apply),
 ]

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
+from typing import Iterator
 
-from ..host import Host
+from wasmtime import WasmtimeError
+
+from ..host import GuestInstance, Host
 from ..wasi.context import WasiConfig
 from .invoke import format_value, parse_invoke
 from . import options_server, provenance
@@ -49,6 +55,25 @@ def wasi_config(args: argparse.Namespace) -> WasiConfig:
     return config
 
 
+SIGINT_REASON = "interrupted (SIGINT)"
+
+
+@contextlib.contextmanager
+def _sigint_stops(guest: GuestInstance) -> Iterator[None]:
+    """While an export runs on this (main) thread, Ctrl-C stops it like an embedder's
+    interrupt: at once in a wait, at the next epoch tick when computing. (A KeyboardInterrupt
+    raised inside a host callback would be swallowed by ctypes.) ``wasi:cli/run`` guests run
+    under serve.py, which handles signals itself."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: guest.interrupt(SIGINT_REASON))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def command(args: argparse.Namespace) -> int:
     if args.workers > 1 and options_server.worker_number() is None:
         from .workers import Supervisor
@@ -60,8 +85,14 @@ def command(args: argparse.Namespace) -> int:
     if args.invoke:
         name, call_args = parse_invoke(args.invoke)
         config.args = [os.path.basename(args.guest)]
-        with host.instantiate(component, config) as guest:
-            print(format_value(guest.call(name, *call_args)))
+        with host.instantiate(component, config) as guest, _sigint_stops(guest):
+            try:
+                value = guest.call(name, *call_args)
+            except WasmtimeError:
+                if guest.guard is not None and guest.guard.reason == SIGINT_REASON:
+                    raise KeyboardInterrupt from None
+                raise
+            print(format_value(value))
         return 0
     with host.instantiate(component, config) as guest:
         result, decided = serve(host, guest, args.graceful_timeout)

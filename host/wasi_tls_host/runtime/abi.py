@@ -477,6 +477,8 @@ def _enum_converters(ty: wt.EnumType) -> tuple[Lift, Lower]:
         return read_name(v.of.enumeration)
 
     def lower_enum(cx: StoreState, x: Any, dst: Any) -> None:
+        if isinstance(x, Variant) and x.payload is None:  # a bare case name from --invoke
+            x = x.tag
         if x not in names:
             raise ConversionError(f"{x!r} is not a case of enum {sorted(names)}")
         dst.kind = KIND_ENUM

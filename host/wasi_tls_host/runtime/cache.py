@@ -36,8 +36,11 @@ def default_cache_dir() -> Path:
 
 
 class ComponentCache:
-    def __init__(self, engine: Engine, directory: Path | None = None, enabled: bool = True) -> None:
+    def __init__(self, engine: Engine, directory: Path | None = None, enabled: bool = True, engine_tag: str = "") -> None:
         self.engine = engine
+        # Names the engine settings that change compiled code (e.g. "epochs"), so artifacts
+        # compiled under other settings are never looked up.
+        self.engine_tag = engine_tag
         self.directory = directory or default_cache_dir()
         self.enabled = enabled
         self._memory: dict[str, Component] = {}
@@ -46,7 +49,8 @@ class ComponentCache:
 
     def key(self, wasm: bytes) -> str:
         digest = hashlib.sha256(wasm).hexdigest()
-        return f"{digest}-wasmtime{WASMTIME_VERSION}"
+        tag = f"-{self.engine_tag}" if self.engine_tag else ""
+        return f"{digest}-wasmtime{WASMTIME_VERSION}{tag}"
 
     def load(self, wasm: bytes) -> Component:
         key = self.key(wasm)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Union
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from OpenSSL import SSL, crypto
 
 from .limits import TlsLimits
+from .profiles import DEFAULT_PROFILE, TlsProfile, profile as lookup_profile
 
 # A trust anchor: PEM bytes (one or more certificates), a path to a PEM file, or a
 # cryptography certificate.
@@ -34,21 +37,41 @@ def load_certificates(anchor: TrustAnchor) -> list[x509.Certificate]:
         data = bytes(anchor)
     try:
         certs = x509.load_pem_x509_certificates(data)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
         try:
             certs = [x509.load_der_x509_certificate(data)]
-        except ValueError:
-            raise ValueError("trust anchors must be PEM or DER X.509 certificates") from None
+        except (ValueError, x509.InvalidVersion):
+            raise ValueError("certificates must be PEM or DER X.509 certificates") from None
+    for index, cert in enumerate(certs):
+        _check_parses(cert, index)
     return certs
+
+
+def _check_parses(cert: x509.Certificate, index: int) -> None:
+    """cryptography decodes names, validity and extensions only when asked: ask now, so a
+    malformed certificate is refused here (ValueError) rather than by a later accessor a
+    guest calls (which would be a host error)."""
+    try:
+        cert.subject.rfc4514_string()
+        cert.issuer.rfc4514_string()
+        cert.not_valid_before_utc, cert.not_valid_after_utc
+        for extension in cert.extensions:
+            extension.value
+    except (ValueError, x509.InvalidVersion, UnsupportedAlgorithm) as e:
+        raise ValueError(f"certificate {index + 1} is malformed: {e}") from None
 
 
 @dataclass
 class TlsConfig:
-    """Client-side TLS policy for a guest.
+    """TLS policy for a guest, client and server side.
 
     ``trust`` adds anchors to the system's trust store, or replaces it when
-    ``use_system_roots`` is False. Versions are "1.2" or "1.3"; OpenSSL's defaults choose
-    the cipher suites.
+    ``use_system_roots`` is False. ``profile`` ("intermediate", "modern", "compat"; see
+    ``tls.profiles``) bounds versions, suites and groups; ``min_version``/``max_version``
+    ("1.2", "1.3") narrow it further, and guests can only narrow what is left.
+    ``resumption``: TLS servers issue session tickets (encrypted under keys the host
+    replaces every ``ticket_key_lifetime`` seconds) and resume sessions; 0-RTT is never
+    accepted.
     """
 
     trust: list[TrustAnchor] = field(default_factory=list)
@@ -69,12 +92,24 @@ class TlsConfig:
     attest_trust: list[TrustAnchor] = field(default_factory=list)
     # Per-guest bounds: handshake deadline, open connections and handshakes, ClientHello size.
     limits: TlsLimits = field(default_factory=TlsLimits)
+    profile: str = DEFAULT_PROFILE
+    resumption: bool = True
+    ticket_key_lifetime: float = 3600.0
     _client_contexts: dict[tuple[int, int], SSL.Context] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for version in (self.min_version, self.max_version):
             if version is not None and version not in _VERSIONS:
                 raise ValueError(f"TLS version must be one of {sorted(_VERSIONS)}, not {version!r}")
+        self.policy: TlsProfile = lookup_profile(self.profile)
+        low, high = _VERSIONS[self.min_version], _VERSIONS[self.max_version or "1.3"]
+        if low > high:
+            raise ValueError(f"the lowest TLS version {self.min_version} is above the highest {self.max_version}")
+        self.policy.narrow_versions(low, high)  # ValueError if nothing of the profile is left
+        if not self.ticket_key_lifetime > 0:
+            raise ValueError(f"ticket_key_lifetime must be a positive number of seconds, not {self.ticket_key_lifetime!r}")
+        self._server_contexts: dict[Any, SSL.Context] = {}
+        self._server_contexts_born = time.monotonic()
         self.anchors = [cert for anchor in self.trust for cert in load_certificates(anchor)]
         names = [i.name for i in self.identities]
         if len(set(names)) != len(names):
@@ -108,15 +143,27 @@ class TlsConfig:
                 _log.info("%s", line)
             report.append(line)
         # Server contexts are built per identity object: drop them with the old objects.
-        self.__dict__.pop("_server_contexts", None)
+        self._server_contexts = {}
         return report
 
     def client_anchors(self) -> list[x509.Certificate]:
         return [cert for anchor in self.client_ca for cert in load_certificates(anchor)]
 
     def version_bounds(self) -> tuple[int, int]:
-        """OpenSSL (min, max) protocol versions the embedder allows."""
-        return _VERSIONS[self.min_version], _VERSIONS[self.max_version or "1.3"]
+        """OpenSSL (min, max) protocol versions the embedder allows: its min/max within the
+        profile."""
+        return self.policy.narrow_versions(_VERSIONS[self.min_version], _VERSIONS[self.max_version or "1.3"])
+
+    def server_context_cache(self) -> dict[Any, SSL.Context]:
+        """Server contexts built for this policy, keyed by the guest's answer. Emptied every
+        ``ticket_key_lifetime`` seconds: each new OpenSSL context draws fresh random
+        session-ticket keys, so this is how the host rotates them (tickets under the old
+        keys then fall back to a full handshake)."""
+        now = time.monotonic()
+        if now - self._server_contexts_born >= self.ticket_key_lifetime:
+            self._server_contexts = {}
+            self._server_contexts_born = now
+        return self._server_contexts
 
     def client_context(self, versions: tuple[int, int] | None = None) -> SSL.Context:
         """The OpenSSL context for client connections with these version bounds (default:
@@ -125,8 +172,7 @@ class TlsConfig:
         ctx = self._client_contexts.get(versions)
         if ctx is None:
             ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
-            ctx.set_min_proto_version(versions[0])
-            ctx.set_max_proto_version(versions[1])
+            self.policy.configure(ctx, self.policy.narrow_versions(*versions))
             ctx.set_verify(SSL.VERIFY_PEER)
             if self.use_system_roots:
                 ctx.set_default_verify_paths()

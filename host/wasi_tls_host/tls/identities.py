@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import types as key_types
 
@@ -96,6 +97,10 @@ class PrivateIdentity:
     def __post_init__(self) -> None:
         if not self.chain:
             raise ValueError(f"identity {self.name!r} has no certificate")
+        try:
+            self.chain[0].public_key()
+        except (ValueError, UnsupportedAlgorithm) as e:
+            raise ValueError(f"identity {self.name!r}: cannot read the certificate's public key: {e}") from None
         if self.chain[0].public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         ) != self.key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo):
@@ -108,8 +113,10 @@ class PrivateIdentity:
         try:
             key = serialization.load_pem_private_key(key_pem, passphrase)
         except TypeError as e:
+            if passphrase is not None:  # cryptography: "Password was given but private key is not encrypted"
+                raise ValueError(f"identity {name!r}: a passphrase was given, but the key needs none (it is stored in the clear)") from None
             raise ValueError(f"identity {name!r}: {e} (the key is encrypted: give its passphrase)") from None
-        except ValueError as e:
+        except (ValueError, UnsupportedAlgorithm) as e:
             raise ValueError(f"identity {name!r}: cannot load the private key: {e}") from None
         return cls(name, chain, key)  # type: ignore[arg-type]
 

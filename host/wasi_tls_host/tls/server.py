@@ -15,6 +15,7 @@ result that is not there yet fails with ``would-block`` (the tables are in state
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from .client_hello import ALERT_FATAL, ClientHello, ClientHelloError, ClientHell
 from .config import TlsConfig, tls_config
 from .connection import answer, finish_established, peer_identity, tls_error
 from .engine import BAD_CERTIFICATE, TlsEngine, TlsFailure
+from .profiles import configure_resumption
 from .identities import PrivateIdentity, PrivateIdentityHandle, PublicIdentity
 from .limits import LimitExceeded, TlsUsage, usage_of
 from .states import CLIENT_EXCHANGE, CLIENT_HELLO, OUTGOING_SERVER_HELLO, ClientHelloState, Event, StateMachine, WrongState
@@ -86,35 +88,39 @@ def _select_alpn(conn: SSL.Connection, offered: list[bytes]) -> bytes:
     return chosen if chosen in offered else SSL.NO_OVERLAPPING_PROTOCOLS  # type: ignore[no-any-return]
 
 
+def policy_versions(config: TlsConfig, min_wire: int, max_wire: int) -> tuple[int, int]:
+    """The guest's versions within the embedder's (profile, --tls-min/--tls-max), as OpenSSL
+    constants; ValueError if nothing is left."""
+    floor, ceiling = config.version_bounds()
+    low, high = max(floor, _version(min_wire)), min(ceiling, _version(max_wire))
+    if low > high:
+        raise ValueError(f"TLS versions 0x{min_wire:04x} to 0x{max_wire:04x} are outside what the host allows "
+                         f"(TLS profile {config.policy.describe()}, --tls-min/--tls-max)")
+    return low, high
+
+
 def server_context(config: TlsConfig, hello: OutgoingServerHello) -> SSL.Context:
-    """An OpenSSL context for this answer, built once per distinct answer and config."""
+    """An OpenSSL context for this answer within the embedder's profile, built once per
+    distinct answer and config (and again after each ticket-key rotation)."""
     # Keyed by the identity's id; each entry holds the identity itself, so that id cannot be
     # reused by another identity while the entry lives (and a hit is checked against it).
-    cache: dict[_ContextKey, tuple[Any, SSL.Context]] = config.__dict__.setdefault("_server_contexts", {})
+    cache = config.server_context_cache()
     key = _ContextKey(id(hello.identity), hello.min_version, hello.max_version,
                       tuple(hello.suites) if hello.suites is not None else None, hello.client_auth)
     cached = cache.get(key)
     if cached is not None and cached[0] is hello.identity:
         return cached[1]
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-    ctx.set_min_proto_version(_version(hello.min_version))
-    ctx.set_max_proto_version(_version(hello.max_version))
+    if hello.suites is not None:
+        config.policy.check_suites(hello.suites)
+    config.policy.configure(ctx, policy_versions(config, hello.min_version, hello.max_version), hello.suites)
+    configure_resumption(ctx, config.resumption, hashlib.sha256(repr(key).encode()).digest(), config.ticket_key_lifetime)
     identity = hello.identity
     ctx.use_certificate(identity.chain[0])
     for extra in identity.chain[1:]:
         ctx.add_extra_chain_cert(extra)
     ctx.use_privatekey(identity.key)
     ctx.check_privatekey()
-    if hello.suites is not None:
-        tls13, tls12 = split_suites(hello.suites)
-        if tls12:
-            ctx.set_cipher_list(":".join(tls12).encode())
-        # TLS 1.3 suites are not in pyOpenSSL's public API; its private binding of
-        # SSL_CTX_set_ciphersuites is the only way to restrict them.
-        from OpenSSL._util import lib
-
-        if not lib.SSL_CTX_set_ciphersuites(ctx._context, ":".join(tls13).encode()):
-            raise tls_error("invalid-argument", "OpenSSL refused the TLS 1.3 cipher suites")
     if hello.client_auth is not None:
         anchors = config.client_anchors()
         if not anchors:
@@ -372,6 +378,10 @@ def outgoing_server_hello_set_protocol_versions(cx: StoreState, this: OutgoingSe
     _version(min), _version(max)
     if min > max:
         raise tls_error("invalid-argument", f"minimum version 0x{min:04x} is above the maximum 0x{max:04x}")
+    try:
+        policy_versions(tls_config(cx), min, max)
+    except ValueError as e:
+        raise tls_error("protocol-version", str(e)) from None
     this.min_version, this.max_version = min, max
 
 
@@ -383,6 +393,10 @@ def outgoing_server_hello_set_cipher_suites(cx: StoreState, this: OutgoingServer
         raise tls_error("invalid-argument", str(e)) from None
     if not suites:
         raise tls_error("invalid-argument", "at least one cipher suite is needed")
+    try:
+        tls_config(cx).policy.check_suites(list(suites))
+    except ValueError as e:
+        raise tls_error("invalid-argument", str(e)) from None
     this.suites = list(suites)
 
 

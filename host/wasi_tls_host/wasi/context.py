@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable, Union
 
+from ..runtime.limits import GuestLimits
 from .io import (
     BytesInput,
     ClosedInput,
@@ -47,6 +48,9 @@ class WasiConfig:
     # TLS policy (wasi_tls_host.tls.TlsConfig): trust anchors, versions. None = defaults
     # (the system's trust store).
     tls: Any = None
+    # What the guest may consume: memory, tables, wall-clock time, sockets
+    # (wasi_tls_host.runtime.limits.GuestLimits; the defaults are generous).
+    limits: GuestLimits = field(default_factory=GuestLimits)
 
     def inherit_stdio(self) -> WasiConfig:
         self.stdin, self.stdout, self.stderr = "inherit", "inherit", "inherit"

@@ -307,7 +307,21 @@ def is_listening(ctx: Any) -> bool:
     return reg is not None and reg.listening()
 
 
+def _socket_limit(cx: StoreState) -> int | None:
+    limits = getattr(getattr(cx.wasi, "config", None), "limits", None)
+    return getattr(limits, "max_sockets", None)
+
+
+def _check_socket_limit(cx: StoreState, what: str) -> None:
+    """``new-socket-limit`` once the guest holds ``GuestLimits.max_sockets`` open sockets."""
+    limit = _socket_limit(cx)
+    if limit is not None and len(registry(cx)) >= limit:
+        log.warning("%s refused: the guest already has %d open sockets (max_sockets, --max-sockets)", what, limit)
+        raise WitError("new-socket-limit")
+
+
 def _new_socket(cx: StoreState, family: str, kind: int) -> SharedSocket:
+    _check_socket_limit(cx, "creating a socket")
     try:
         sock = socket.socket(_FAMILY[family], kind)
     except OSError as e:
@@ -595,6 +609,11 @@ class TcpSocket(HostResource):
             raise WitError("would-block") from None
         except OSError as e:
             raise self._os(e) from None
+        try:
+            _check_socket_limit(cx, "accepting a connection")
+        except WitError:
+            conn.close()  # refused at once, rather than left to fill the listen backlog
+            raise
         client = TcpSocket(SharedSocket(conn, registry(cx), ConnectionRecord(_fmt_os(peer))), self.family, CONNECTED)
         return (client, *client._open_streams())
 

@@ -1,0 +1,69 @@
+"""``--max-memory``, ``--max-table-elements``, ``--timeout``, ``--max-sockets``: the guest's
+``GuestLimits`` (runtime/limits.py; defaults are the library's)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from ..runtime.limits import GuestLimits, format_bytes
+from ..wasi.context import WasiConfig
+
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+_TIME_UNITS = {"": 1.0, "s": 1.0, "ms": 0.001, "m": 60.0, "h": 3600.0}
+
+
+def parse_size(text: str) -> int:
+    """``512M``, ``2G``, ``65536``, ``64KiB`` -> bytes (binary units)."""
+    cleaned = text.strip().lower().removesuffix("ib").removesuffix("b")
+    number, unit = cleaned.rstrip("kmg"), cleaned[len(cleaned.rstrip("kmg")):]
+    try:
+        value = int(number) * _SIZE_UNITS[unit]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"want a size such as 512M, 2G or 1048576, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"a size must be positive, got {text!r}")
+    return value
+
+
+def parse_duration(text: str) -> float:
+    """``30``, ``30s``, ``500ms``, ``2m``, ``1h`` -> seconds."""
+    cleaned = text.strip().lower()
+    number = cleaned.rstrip("smh")
+    try:
+        value = float(number) * _TIME_UNITS[cleaned[len(number):]]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"want a duration such as 30s, 500ms or 2m, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"a duration must be positive, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"want a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"want a number >= 0, got {text!r}")
+    return value
+
+
+def _defaults() -> str:
+    d = GuestLimits()
+    memory = format_bytes(d.max_memory) if d.max_memory else "none"
+    return f"memory {memory}, table elements {d.max_table_elements}, sockets {d.max_sockets}, no timeout"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("limits on the guest (defaults: " + _defaults() + ")")
+    group.add_argument("--max-memory", type=parse_size, metavar="SIZE", help="largest size of each guest linear memory (e.g. 256M, 2G); memory.grow past it fails")
+    group.add_argument("--max-table-elements", type=_count, metavar="N", help="largest number of elements in each guest table")
+    group.add_argument("--timeout", type=parse_duration, metavar="DURATION", help="stop the guest after this much wall-clock time (e.g. 30s, 5m), whether it computes or waits")
+    group.add_argument("--max-sockets", type=_count, metavar="N", help="most sockets the guest may have open at once (new ones fail with new-socket-limit)")
+
+
+def apply(args: argparse.Namespace, config: WasiConfig) -> None:
+    changes = {name: getattr(args, name) for name in ("max_memory", "max_table_elements", "timeout", "max_sockets")
+               if getattr(args, name) is not None}
+    config.limits = dataclasses.replace(config.limits, **changes)
