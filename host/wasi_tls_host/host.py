@@ -6,6 +6,7 @@ things an embedder of this host needs: a compiled-component cache, clean exit co
 
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
 from dataclasses import dataclass
@@ -18,11 +19,24 @@ from wasmtime.component import Component, Instance, Linker
 from .runtime import binding, exports
 from .runtime.binding import Interface
 from .runtime.cache import ComponentCache
+from .runtime.core.instance import BoundHost, ComponentInstance, CoreComponent, LinkError, bind
+from .runtime.core.loader import CoreModuleCache
+from .runtime.core.types import Malformed, Unsupported
 from .runtime.store import StoreState, attach, detach, state_of
 from .runtime.abi import ConversionError
 from .runtime.values import Err
 from .wasi import interfaces as wasi_interfaces
 from .wasi.context import WasiConfig, WasiCtx
+
+log = logging.getLogger("wasi_tls_host")
+
+# The backends a Host can run components on: "core" is this host's own Canonical ABI over
+# wasmtime's core API (bytes move straight between linear memory and Python); "component"
+# is wasmtime-py's component API (the reference; also the fallback for what "core" lacks).
+RUNTIMES = ("core", "component")
+DEFAULT_RUNTIME = "core"
+
+AnyComponent = Component | CoreComponent
 
 
 def all_interfaces() -> list[Interface]:
@@ -66,17 +80,25 @@ def trap_cause(message: str) -> str:
 class GuestInstance:
     """One instantiated component in its own store."""
 
-    def __init__(self, host: Host, component: Component, config: WasiConfig) -> None:
+    def __init__(self, host: Host, component: AnyComponent, config: WasiConfig) -> None:
         self.host = host
         self.component = component
         self.store = Store(host.engine)
         self.ctx = set_wasi(self.store, config)
         self._exports: dict[str, exports.ExportFunc] = {}
+        self.core: ComponentInstance | None = None
         try:
-            self.instance: Instance = host.linker.instantiate(self.store, component)
-        except WasmtimeError as e:
+            if isinstance(component, CoreComponent):
+                self.core = ComponentInstance(self.store, component, host.bind(component))
+            else:
+                self.instance: Instance = host.linker.instantiate(self.store, component)
+        except (WasmtimeError, LinkError) as e:
             self.close()
             raise GuestError(describe_link_error(str(e))) from None
+
+    @property
+    def runtime(self) -> str:
+        return "core" if self.core is not None else "component"
 
     @property
     def state(self) -> StoreState:
@@ -84,6 +106,14 @@ class GuestInstance:
 
     def call(self, name: str, *args: Any) -> Any:
         """Call an export by name; ``a#b`` reaches function ``b`` inside instance ``a``."""
+        if self.core is not None:
+            lifted = self.core.lookup_export(name.split("#"))
+            if lifted is None:
+                raise GuestError(f"the component has no export named {name!r}")
+            try:
+                return self.core.call_export(lifted, args)
+            except TypeError as e:
+                raise GuestError(f"calling {name}: {e}") from None
         export = self._exports.get(name)
         if export is None:
             path = name.split("#") if "#" in name else [name]
@@ -98,6 +128,9 @@ class GuestInstance:
 
     def run(self) -> RunResult:
         """Call ``wasi:cli/run`` and turn its outcome into an exit code."""
+        if self.core is not None:
+            return self._run_core(self.core)
+        assert isinstance(self.component, Component)
         run_iface = exports.find_export(self.component, self.host.engine, "wasi:cli/run@0.2.")
         if run_iface is None:
             raise GuestError("the component does not export wasi:cli/run (use --invoke for other components)")
@@ -115,10 +148,28 @@ class GuestInstance:
             return RunResult(1, trap=str(e))
         return RunResult(1 if isinstance(result, Err) else 0)
 
+    def _run_core(self, core: ComponentInstance) -> RunResult:
+        run_iface = next((n for n in core.component.plan.exports if n.startswith("wasi:cli/run@0.2.")), None)
+        if run_iface is None:
+            raise GuestError("the component does not export wasi:cli/run (use --invoke for other components)")
+        lifted = core.lookup_export([run_iface, "run"])
+        if lifted is None:
+            raise GuestError(f"{run_iface} has no run function")
+        try:
+            result = core.call_export(lifted, ())
+        except WasmtimeError as e:
+            code = self.state.exit_code
+            if code is not None:
+                return RunResult(code)
+            return RunResult(1, trap=str(e))
+        return RunResult(1 if isinstance(result, Err) else 0)
+
     def interrupt(self, reason: str = "interrupted by the embedder") -> None:
         self.ctx.interrupt(reason)
 
     def close(self) -> None:
+        if self.core is not None:
+            self.core.close()
         detach(self.store)
 
     def __enter__(self) -> GuestInstance:
@@ -138,7 +189,11 @@ class Host:
         cache_dir: Path | None = None,
         use_cache: bool = True,
         interfaces: Iterable[Interface] | None = None,
+        runtime: str = DEFAULT_RUNTIME,
     ) -> None:
+        if runtime not in RUNTIMES:
+            raise ValueError(f"unknown runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
+        self.runtime = runtime
         self.engine = engine or Engine()
         self.linker = Linker(self.engine)
         self.interfaces = all_interfaces() if interfaces is None else list(interfaces)
@@ -146,9 +201,11 @@ class Host:
         # Keyed by the component itself (weakly): an id() could be reused by a later one.
         self._checked: weakref.WeakKeyDictionary[Component, list[str]] = weakref.WeakKeyDictionary()
         self.cache = ComponentCache(self.engine, cache_dir, enabled=use_cache)
+        self.core_cache = CoreModuleCache(self.cache)
+        self._bound: weakref.WeakKeyDictionary[CoreComponent, BoundHost] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
 
-    def load(self, source: str | Path | bytes) -> Component:
+    def load(self, source: str | Path | bytes) -> AnyComponent:
         if isinstance(source, (str, Path)):
             path = Path(source)
             try:
@@ -167,32 +224,54 @@ class Host:
                 "`wasm-tools component new MODULE.wasm --adapt wasi_snapshot_preview1=ADAPTER.wasm`"
             )
         with self._lock:
+            if self.runtime == "core":
+                try:
+                    return self.core_cache.load(wasm)
+                except Unsupported as e:
+                    log.info("the core runtime does not support %s: running this component on the component runtime", e)
+                except Malformed as e:
+                    raise GuestError(f"invalid component: {e}") from None
+                except WasmtimeError as e:
+                    raise GuestError(f"invalid component: {e}") from None
             try:
                 return self.cache.load(wasm)
             except WasmtimeError as e:
                 raise GuestError(f"invalid component: {e}") from None
 
-    def instantiate(self, component: Component | str | Path | bytes, config: WasiConfig | None = None) -> GuestInstance:
-        if not isinstance(component, Component):
+    def instantiate(self, component: AnyComponent | str | Path | bytes, config: WasiConfig | None = None) -> GuestInstance:
+        if not isinstance(component, (Component, CoreComponent)):
             component = self.load(component)
         self.check(component)
         return GuestInstance(self, component, config or WasiConfig())
 
-    def check(self, component: Component) -> None:
+    def bind(self, component: CoreComponent) -> BoundHost:
+        """The host functions a core-backend component's imports resolve to (cached)."""
+        bound = self._bound.get(component)
+        if bound is None:
+            bound = self._bound[component] = bind(component, self.interfaces)
+        return bound
+
+    def check(self, component: AnyComponent) -> None:
         """Refuse a component that imports a host function with another signature."""
-        problems = self._checked.get(component)
-        if problems is None:
-            problems = binding.check_imports(component, self.engine, self.interfaces)
-            self._checked[component] = problems
+        if isinstance(component, CoreComponent):
+            bound = self.bind(component)
+            if bound.missing:
+                raise GuestError(f"the component needs an import this host does not provide: {bound.missing[0]}")
+            problems = bound.problems
+        else:
+            problems = self._checked.get(component)
+            if problems is None:
+                problems = binding.check_imports(component, self.engine, self.interfaces)
+                self._checked[component] = problems
         if problems:
             raise GuestError(f"the component's imports do not match this host: {problems[0]}"
                              + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
 
-    def run(self, component: Component | str | Path | bytes, config: WasiConfig | None = None) -> RunResult:
+    def run(self, component: AnyComponent | str | Path | bytes, config: WasiConfig | None = None) -> RunResult:
         with self.instantiate(component, config) as guest:
             return guest.run()
 
-    async def run_async(self, component: Component | str | Path | bytes, config: WasiConfig | None = None) -> RunResult:
+    async def run_async(self, component: AnyComponent | str | Path | bytes, config: WasiConfig | None = None) -> RunResult:
         """Run a command guest on a worker thread. Cancelling the task interrupts the guest at
         its next wait (a guest computing without waiting stops at its next wait) and closes
         its store once the worker has unwound."""

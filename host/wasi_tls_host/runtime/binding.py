@@ -81,7 +81,10 @@ class HostFunc:
 
     def check(self, fty: Any) -> str | None:
         """Why a guest's import of this function cannot be served, or None if it can."""
-        signature = abi.func_signature(fty)
+        return self.check_signature(abi.func_signature(fty))
+
+    def check_signature(self, signature: str) -> str | None:
+        """``check`` for a signature already in text form (the core backend's types)."""
         if not self.signature:
             # Converters are built at the first call (resource types are bound then); until
             # then the first importer's signature is the one every later importer must use.
