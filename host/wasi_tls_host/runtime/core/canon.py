@@ -16,7 +16,6 @@ Safety rules, kept by construction:
 
 from __future__ import annotations
 
-import ctypes
 import struct
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -284,8 +283,7 @@ def lower_string(m: MemCx, x: Any) -> tuple[int, int]:
             align, units = 2, len(data) // 2
     if len(data) > MAX_STRING_BYTES:
         raise Trap("string too long for the Canonical ABI")
-    if not data:
-        return 0, 0
+    # realloc is called even for an empty string, as the spec does: adapters count on it.
     ptr = m.realloc(align, len(data))
     v = m.view()
     v[ptr:ptr + len(data)] = data
@@ -324,8 +322,6 @@ def _list(t: ListT) -> Conv:
     def lower_list(m: MemCx, x: Any) -> tuple[int, int]:
         items = list(x)
         n = len(items)
-        if n == 0:
-            return 0, 0
         if n * esize > MAX_STRING_BYTES:
             raise Trap("list too long for the Canonical ABI")
         ptr = m.realloc(ealign, n * esize)
@@ -359,9 +355,7 @@ def lower_bytes(m: MemCx, x: Any) -> tuple[int, int]:
     if not isinstance(x, (bytes, bytearray, memoryview)):
         raise Trap(f"the host returned {type(x).__name__} where bytes (list<u8>) are expected")
     n = len(x)
-    if n == 0:
-        return 0, 0
-    ptr = m.realloc(1, n)
+    ptr = m.realloc(1, n)  # even for n == 0, as the spec does
     m.view()[ptr:ptr + n] = x
     return ptr, n
 
@@ -621,5 +615,3 @@ def host_kind(rt: Any) -> Any:
 
 
 __all__ = ["Conv", "MemCx", "check_range", "conv", "lift_bytes", "lift_string", "lower_bytes", "lower_string"]
-
-_ = ctypes  # ctypes is used by instance.py through this module's users

@@ -355,9 +355,7 @@ class ComponentInstance:
             return
         error = WasmtimeError._from_ptr(err) if err else None
         message = str(error) if error is not None else _trap_message(trap)
-        pending, self.pending = self.pending, None
-        if isinstance(pending, GuestExit):
-            raise pending
+        self.pending = None
         raise WasmtimeError(f"{what}: {message}" if what else message)
 
     # --- handle table -----------------------------------------------------------------------
