@@ -15,7 +15,7 @@ import os
 import sys
 from typing import Any
 
-from .host import GuestError, Host, trap_cause
+from .host import DEFAULT_RUNTIME, RUNTIMES, GuestError, Host, trap_cause
 from .runtime.values import Err, Ok, Some, Variant
 from .wasi.context import WasiConfig
 
@@ -107,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--inherit-env", action="store_true", help="give the guest the host's whole environment")
     run.add_argument("--invoke", metavar="'name(args)'", help="call this export instead of wasi:cli/run and print its result")
     run.add_argument("--no-cache", action="store_true", help="do not read or write the compiled-component cache")
+    run.add_argument("--runtime", choices=RUNTIMES, default=DEFAULT_RUNTIME, help="core: this host's own Canonical ABI on wasmtime's core API (fast); component: wasmtime's component API")
     from .options import OPTION_GROUPS
 
     for add_arguments, _ in OPTION_GROUPS:
@@ -129,7 +130,7 @@ def _run(args: argparse.Namespace) -> int:
 
     for _, apply in OPTION_GROUPS:
         apply(args, config)
-    host = Host(use_cache=not args.no_cache)
+    host = Host(use_cache=not args.no_cache, runtime=args.runtime)
     component = host.load(args.guest)
     if args.invoke:
         name, call_args = parse_invoke(args.invoke)
