@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from wasmtime import Engine, FuncType, Module, Store, ValType as CoreValType, WasmtimeError
@@ -66,6 +66,7 @@ class CoreComponent:
     modules: list[Module]
     module_imports: list[list[tuple[str, str]]]
     digest: str
+    functypes: dict[tuple[tuple[str, ...], tuple[str, ...]], FuncType] = field(default_factory=dict)
 
     @classmethod
     def build(cls, engine: Engine, wasm: bytes, digest: str, modules: list[Module] | None = None) -> CoreComponent:
@@ -84,6 +85,7 @@ class BoundHost:
 
     def __init__(self, funcs: dict[int, HostFunc], problems: list[str], missing: list[str]) -> None:
         self.funcs = funcs
+        self.specs: dict[int, LowerSpec] = {}
         self.problems = problems
         self.missing = missing
 
@@ -282,8 +284,12 @@ class ComponentInstance:
         _next_env += 1
         _TRAMPOLINES[env] = tramp
         self._envs.append(env)
-        fty = core_functype(params, results)
-        self._keep.append(fty)
+        # wasmtime ties a function type to the first engine it is used with: cache them per
+        # component (which belongs to one engine), never globally.
+        key = (tuple(params), tuple(results))
+        fty = self.component.functypes.get(key)
+        if fty is None:
+            fty = self.component.functypes[key] = core_functype(params, results)
         func = ffi.wasmtime_func_t()
         _func_new(self.context, fty.ptr(), _host_entry, env, _forget_trampoline, ctypes.byref(func))
         ext = ffi.wasmtime_extern_t()
@@ -514,14 +520,15 @@ class ComponentInstance:
     # --- canon lower --------------------------------------------------------------------------
     def _lower(self, item: Lowered) -> Any:
         hi: HostImport = item.target
-        fn = self.bound.funcs.get(id(hi))
-        if fn is None:
-            raise LinkError(f"the component needs an import this host does not provide: {hi.interface}#{hi.name}")
-        ft: FuncT = hi.type
+        spec = self.bound.specs.get(id(hi))
+        if spec is None:
+            fn = self.bound.funcs.get(id(hi))
+            if fn is None:
+                raise LinkError(f"the component needs an import this host does not provide: {hi.interface}#{hi.name}")
+            spec = self.bound.specs[id(hi)] = LowerSpec(fn, hi.type)
         m = self.memcx(item.opts)
-        params, results = ft.lower_core_type()
-        tramp = make_trampoline(self, fn, ft, m)
-        return self._new_func(params, results, tramp)
+        params, results = spec.core_type
+        return self._new_func(params, results, make_trampoline(self, spec, m))
 
     # --- canon lift -------------------------------------------------------------------------------
     def call_export(self, lifted: Lifted, args: tuple[Any, ...]) -> Any:
@@ -618,22 +625,45 @@ def _trap_message(trap: Any) -> str:
     return str(WasmTrap._from_ptr(trap))
 
 
-def make_trampoline(inst: ComponentInstance, fn: HostFunc, ft: FuncT, m: canon.MemCx) -> Callable[[Any], int]:
+class LowerSpec:
+    """What a ``canon lower`` trampoline needs that does not depend on the instance (built
+    once per imported function and component)."""
+
+    def __init__(self, fn: HostFunc, ft: FuncT) -> None:
+        self.fn = fn
+        self.ft = ft
+        self.core_type = ft.lower_core_type()
+        self.returns_result = ft.result is not None and getattr(ft.result, "kind", "") == "result"
+        self.nflat = len(ft.flat_params)
+        self.readers = _readers(ft.flat_params)
+        self.param_convs = [canon.conv(t).lift_flat for _, t in ft.params]
+        self.spill_tuple = canon.conv(ft.param_tuple) if ft.params_spill and ft.param_tuple is not None else None
+        self.spill_align = ft.param_tuple.align if ft.param_tuple is not None else 1
+        self.result_conv = canon.conv(ft.result) if ft.result is not None else None
+        self.result_align = ft.result.align if ft.result is not None else 1
+        self.result_size = ft.result.size if ft.result is not None else 0
+        self.result_writer = _writer(ft.flat_results[0]) if ft.result is not None and not ft.results_spill else None
+
+
+def make_trampoline(inst: ComponentInstance, spec: LowerSpec, m: canon.MemCx) -> Callable[[Any], int]:
     """The native body of one ``canon lower``: lift, call, lower, with every failure a trap
     that names the function."""
+    fn = spec.fn
+    ft = spec.ft
     impl = fn.impl
     qualname = fn.qualname
     state = inst.state
-    returns_result = ft.result is not None and getattr(ft.result, "kind", "") == "result"
-    nflat = len(ft.flat_params)
-    readers = _readers(ft.flat_params)
-    param_convs = [canon.conv(t).lift_flat for _, t in ft.params]
-    spill_tuple = canon.conv(ft.param_tuple) if ft.params_spill and ft.param_tuple is not None else None
-    spill_align = ft.param_tuple.align if ft.param_tuple is not None else 1
-    result_conv = canon.conv(ft.result) if ft.result is not None else None
+    returns_result = spec.returns_result
+    nflat = spec.nflat
+    readers = spec.readers
+    param_convs = spec.param_convs
+    spill_tuple = spec.spill_tuple
+    spill_align = spec.spill_align
+    result_conv = spec.result_conv
     result_spill = ft.results_spill
-    result_align = ft.result.align if ft.result is not None else 1
-    result_writer = _writer(ft.flat_results[0]) if ft.result is not None and not result_spill else None
+    result_align = spec.result_align
+    result_size = spec.result_size
+    result_writer = spec.result_writer
     single_lift = param_convs[0] if len(param_convs) == 1 and not ft.params_spill else None
 
     def tramp(args: Any) -> int:
@@ -670,7 +700,7 @@ def make_trampoline(inst: ComponentInstance, fn: HostFunc, ft: FuncT, m: canon.M
                         retptr = args[nflat].i32 & 0xFFFF_FFFF
                         if retptr != align_to(retptr, result_align):
                             raise Trap(f"result pointer {retptr:#x} is misaligned")
-                        canon.check_range(m.view(), retptr, ft.result.size, "result")  # type: ignore[union-attr]
+                        canon.check_range(m.view(), retptr, result_size, "result")
                         result_conv.store(m, result, retptr)
                     else:
                         out: list[Any] = []

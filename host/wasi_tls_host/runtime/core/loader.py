@@ -2,7 +2,11 @@
 
 Artifacts sit next to the component backend's (``ComponentCache.directory``), keyed by the
 component's sha256, the wasmtime version and the backend (``-core-N.cwasm`` per core
-module), written atomically and recompiled when unusable, like ``runtime.cache``.
+module, ``-core.plan`` for the instantiation plan and the modules' import lists), written
+atomically and recompiled when unusable, like ``runtime.cache``.
+
+The plan is pickled: the cache directory is trusted exactly as much as the compiled machine
+code beside it, which wasmtime maps and runs.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import pickle
 import tempfile
 from pathlib import Path
 
@@ -17,7 +22,7 @@ from wasmtime import Module, WasmtimeError
 
 from ..cache import WASMTIME_VERSION, ComponentCache
 from .instance import CoreComponent
-from .plan import make_plan
+from .plan import Plan, make_plan
 
 log = logging.getLogger("wasi_tls_host.cache")
 
@@ -39,16 +44,17 @@ class CoreModuleCache:
         hit = self._memory.get(key)
         if hit is not None:
             return hit
-        plan = make_plan(wasm)
-        engine = self.cache.engine
-        modules = self._load_artifacts(key, len(plan.modules)) if self.cache.enabled else None
-        if modules is None:
-            modules = [Module(engine, m) for m in plan.modules]
+        cached = self._load_artifacts(key) if self.cache.enabled else None
+        if cached is not None:
+            plan, imports, modules = cached
+        else:
+            plan = make_plan(wasm)
+            modules = [Module(self.cache.engine, m) for m in plan.modules]
             self.cache.compiled += 1
+            plan.modules = []  # the binaries are compiled: do not keep 18 MB of them alive
+            imports = [[(i.module, i.name or "") for i in m.imports] for m in modules]
             if self.cache.enabled:
-                self._store_artifacts(key, modules)
-        plan.modules = []  # the binaries are compiled: do not keep 18 MB of them alive
-        imports = [[(i.module, i.name or "") for i in m.imports] for m in modules]
+                self._store_artifacts(key, modules, (plan, imports))
         component = CoreComponent(plan, modules, imports, key)
         self._memory[key] = component
         return component
@@ -56,27 +62,35 @@ class CoreModuleCache:
     def _path(self, key: str, i: int) -> Path:
         return self.cache.directory / f"{key}-{i}.cwasm"
 
-    def _load_artifacts(self, key: str, count: int) -> list[Module] | None:
-        paths = [self._path(key, i) for i in range(count)]
-        if not all(p.exists() for p in paths):
+    def _plan_path(self, key: str) -> Path:
+        return self.cache.directory / f"{key}.plan"
+
+    def _load_artifacts(self, key: str) -> tuple[Plan, list[list[tuple[str, str]]], list[Module]] | None:
+        plan_path = self._plan_path(key)
+        if not plan_path.exists():
             return None
+        paths: list[Path] = []
         try:
+            plan, imports = pickle.loads(plan_path.read_bytes())
+            paths = [self._path(key, i) for i in range(len(imports))]
             # Mapped, not copied; files are only ever replaced atomically (see runtime.cache).
-            return [Module.deserialize_file(self.cache.engine, str(p)) for p in paths]
-        except (WasmtimeError, OSError) as e:
+            return plan, imports, [Module.deserialize_file(self.cache.engine, str(p)) for p in paths]
+        except (WasmtimeError, OSError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, EOFError) as e:
             log.warning("ignoring unusable cached core modules %s: %s", key, e)
-            for p in paths:
+            for p in [plan_path, *paths]:
                 p.unlink(missing_ok=True)
             return None
 
-    def _store_artifacts(self, key: str, modules: list[Module]) -> None:
+    def _store_artifacts(self, key: str, modules: list[Module], plan: tuple[Plan, list[list[tuple[str, str]]]]) -> None:
         try:
             directory = self.cache.directory
             directory.mkdir(parents=True, exist_ok=True)
-            for i, module in enumerate(modules):
+            blobs = [(self._path(key, i), module.serialize()) for i, module in enumerate(modules)]
+            blobs.append((self._plan_path(key), pickle.dumps(plan)))  # last: it marks the set complete
+            for path, blob in blobs:
                 fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
                 with os.fdopen(fd, "wb") as f:
-                    f.write(module.serialize())
-                os.replace(tmp, self._path(key, i))
+                    f.write(blob)
+                os.replace(tmp, path)
         except OSError as e:  # a read-only cache must not stop the guest from running
             log.warning("could not write core module cache in %s: %s", self.cache.directory, e)
