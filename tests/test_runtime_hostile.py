@@ -147,3 +147,15 @@ def _matches(pattern: str, text: str) -> bool:
     import re
 
     return re.search(pattern, text) is not None
+
+
+def test_unsupported_construct_falls_back_with_one_log_line(guest_path, caplog) -> None:
+    wasm = guest_path("self_call")
+    with caplog.at_level("INFO", logger="wasi_tls_host"):
+        host = Host(runtime="core")
+        with host.instantiate(wasm) as g:
+            assert g.runtime == "component"
+            assert g.call("four") == 4
+    lines = [r.getMessage() for r in caplog.records if "core runtime" in r.getMessage()]
+    assert lines == ["the core runtime does not support canon lower of a function the component defines itself "
+                     "(component-to-component calls): running this component on the component runtime"]
