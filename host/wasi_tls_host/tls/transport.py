@@ -203,15 +203,43 @@ class TlsInputStream(TransportHold, InputStream):
                 return
 
     def read(self, n: int) -> bytes:
+        deferred = getattr(self, "_deferred_failure", None)
+        if deferred is not None and not self._buffer:
+            self._deferred_failure = None
+            failure = self.transport.failure or self.transport.fail(deferred)
+            raise StreamFailed(str(failure), failure.code, "tls")
         self._fill()
         if not self._buffer:
             if self._closed:
                 raise StreamClosed()
             return b""
         chunk, self._buffer = self._buffer[:n], self._buffer[n:]
+        if len(chunk) < n and not self._buffer:
+            chunk = self._more_records(chunk, n)
         return chunk
 
+    def _more_records(self, chunk: bytes, n: int) -> bytes:
+        """Add records OpenSSL has already received, up to n bytes: one call from the guest
+        then moves several records (each call costs more than a record's decryption)."""
+        parts, got = [chunk], len(chunk)
+        while got < n:
+            try:
+                more = self.transport.engine.read(n - got)
+            except TlsClosed:
+                self._closed = True  # reported once the buffered bytes are read
+                break
+            except TlsFailure as e:
+                self._deferred_failure = e  # reported by the next read, after these bytes
+                break
+            if not more:
+                break
+            parts.append(more)
+            got += len(more)
+        return chunk if len(parts) == 1 else b"".join(parts)
+
     def _ready(self) -> bool:
+        if getattr(self, "_deferred_failure", None) is not None:
+            return True
         try:
             self._fill()
         except StreamFailed:

@@ -43,7 +43,11 @@ _EXTERN_MEMORY = int(getattr(ffi.WASMTIME_EXTERN_MEMORY, "value", ffi.WASMTIME_E
 # Raw C entry points (the wasmtime._bindings wrappers add a Python frame per call).
 _func_call = raw._wasmtime_func_call_unchecked
 _func_new = raw._wasmtime_func_new_unchecked
-_mem_data = raw._wasmtime_memory_data
+# Our own prototype of wasmtime_memory_data returning the address as an int (indexing the
+# dll makes a new function object, so wasmtime-py's own prototype is left alone).
+_mem_data = raw.dll["wasmtime_memory_data"]
+_mem_data.restype = ctypes.c_void_p
+_mem_data.argtypes = raw._wasmtime_memory_data.argtypes
 _mem_size = raw._wasmtime_memory_data_size
 _trap_new = raw._wasmtime_trap_new
 _instance_new = raw._wasmtime_instance_new
@@ -221,6 +225,7 @@ class ComponentInstance:
         self._instances: list[Any] = []
         self._memcx: dict[tuple[int, int], canon.MemCx] = {}
         self._checked: set[int] = set()
+        self._views: dict[int, tuple[int, int, memoryview]] = {}
         try:
             self._instantiate()
         except BaseException:
@@ -330,12 +335,17 @@ class ComponentInstance:
 
     # --- memory and calls into the guest ---------------------------------------------------
     def memory_view(self, memory: Any) -> memoryview:
+        """A view of ``memory`` as it is now (base and size re-read on every call; the view
+        object is reused while neither changed)."""
         ref = ctypes.byref(memory)
         size = _mem_size(self.context, ref)
-        if size == 0:
-            return memoryview(bytearray())
-        base = ctypes.cast(_mem_data(self.context, ref), ctypes.c_void_p).value
-        return memoryview((ctypes.c_ubyte * size).from_address(base)).cast("B")  # type: ignore[operator]
+        base = _mem_data(self.context, ref)
+        cached = self._views.get(id(memory))
+        if cached is not None and cached[0] == base and cached[1] == size:
+            return cached[2]
+        view = memoryview((ctypes.c_ubyte * size).from_address(base)).cast("B") if size else memoryview(bytearray())  # type: ignore[operator]
+        self._views[id(memory)] = (base, size, view)
+        return view
 
     def call_core(self, func: Any, args: list[Any], params: list[str], results: list[str]) -> list[Any]:
         n = max(len(params), len(results), 1)
