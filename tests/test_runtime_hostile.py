@@ -44,6 +44,18 @@ def take_bytes(cx: object, data: bytes) -> int:
     return len(data)
 
 
+KEPT: list[Any] = []  # what "keep-bytes" holds on to after its call (a host bug on purpose)
+
+
+@hostile.func("keep-bytes", bytes_views=True)
+def keep_bytes(cx: object, data: Any) -> int:
+    KEPT.append(data if KEEP_MODE[0] == "view" else memoryview(data))  # "derived": a view of the view
+    return len(data)
+
+
+KEEP_MODE = ["view"]
+
+
 @hostile.func("give-bytes")
 def give_bytes(cx: object, n: int) -> bytes:
     return bytes(n)
@@ -119,6 +131,21 @@ def test_memory_grown_by_realloc_is_used_at_its_new_size(hostile_host: Host, gue
     with hostile_host.instantiate(guest_path("hostile")) as g:
         for n in (70_000, 900_000, 1_000_000):
             assert g.call("grow-and-give", n) == n
+
+
+def test_a_lent_view_of_guest_memory_dies_with_the_call(guest_path) -> None:
+    host = Host(interfaces=[hostile], runtime="core")
+    with host.instantiate(guest_path("hostile")) as g:
+        KEPT.clear()
+        KEEP_MODE[0] = "view"
+        assert g.call("keep-view") == 16
+        with pytest.raises(ValueError, match="released"):
+            bytes(KEPT[0])  # reading it later would read memory the guest may have moved
+        # A view derived from the lent one cannot be revoked: the call traps instead.
+        KEEP_MODE[0] = "derived"
+        with pytest.raises(WasmtimeError, match="the host kept a view of guest memory beyond the call"):
+            g.call("keep-view")
+        KEPT.clear()
 
 
 def test_a_borrow_used_after_its_call_traps(guest_path) -> None:

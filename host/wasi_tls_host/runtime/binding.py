@@ -62,6 +62,9 @@ class HostFunc:
     prepared: bool = False
     # The WIT signature this host serves (from signatures.json, or the first importer's).
     signature: str = ""
+    # The impl accepts a list<u8> argument as a memoryview of guest memory, valid only
+    # during the call (the core runtime then skips a copy; the component runtime gives bytes).
+    bytes_views: bool = False
 
     @property
     def qualname(self) -> str:
@@ -109,14 +112,16 @@ class Interface:
         ALL_KINDS.append(kind)
         return kind
 
-    def func(self, wit_name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def func(self, wit_name: str, *, bytes_views: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Decorator: ``@iface.func("[method]input-stream.read")``; the impl gets the
-        ``StoreState`` first, then the WIT parameters as Python values."""
+        ``StoreState`` first, then the WIT parameters as Python values. With
+        ``bytes_views=True`` a ``list<u8>`` argument may arrive as a memoryview of guest
+        memory that is released when the call returns (the impl must not keep it)."""
 
         def register(impl: Callable[..., Any]) -> Callable[..., Any]:
             if wit_name in self.funcs:
                 raise ValueError(f"{self.name}: {wit_name} defined twice")
-            fn = HostFunc(self.name.split("@")[0], wit_name, impl)
+            fn = HostFunc(self.name.split("@")[0], wit_name, impl, bytes_views=bytes_views)
             fn.signature = KNOWN_SIGNATURES.get(fn.qualname, "")
             self.funcs[wit_name] = fn
             return impl

@@ -256,6 +256,8 @@ class TlsInputStream(TransportHold, InputStream):
 class TlsOutputStream(TransportHold, OutputStream):
     """Plaintext to the peer; encrypted at once, sent as the transport accepts it."""
 
+    takes_views = True  # the engine encrypts what it is given before returning
+
     def __init__(self, transport: TlsTransport) -> None:
         super().__init__()
         self._hold(transport)

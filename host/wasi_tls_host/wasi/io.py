@@ -255,6 +255,11 @@ class OutputStream(HostResource):
     traps for writing past a permit live here, once.
     """
 
+    # True when ``_write`` copies what it is given before returning (a socket buffer, the
+    # TLS engine): it may then be handed a memoryview of guest memory that is only valid
+    # during the call. Otherwise ``write`` makes bytes of such a view first.
+    takes_views = False
+
     def __init__(self) -> None:
         self._permit = 0
 
@@ -283,6 +288,8 @@ class OutputStream(HostResource):
             )
         self._permit -= len(data)
         if data:
+            if not self.takes_views and isinstance(data, memoryview):
+                data = bytes(data)
             self._write(data)
 
     def write_zeroes(self, n: int) -> None:
@@ -545,7 +552,7 @@ def output_stream_check_write(cx: StoreState, stream: OutputStream) -> int:
     return stream.check_write()
 
 
-@streams_iface.func("[method]output-stream.write")
+@streams_iface.func("[method]output-stream.write", bytes_views=True)
 def output_stream_write(cx: StoreState, stream: OutputStream, contents: bytes) -> None:
     stream.write(contents)
 

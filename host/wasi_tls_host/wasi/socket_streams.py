@@ -192,6 +192,8 @@ class SocketInput(InputStream):
 class SocketOutput(OutputStream):
     """The sending half of a connected stream socket, as a wasi:io output-stream."""
 
+    takes_views = True  # _write appends to its own buffer
+
     capacity = 256 * 1024
 
     def __init__(self, shared: SharedSocket) -> None:

@@ -16,6 +16,7 @@ Safety rules, kept by construction:
 
 from __future__ import annotations
 
+import ctypes
 import struct
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -50,6 +51,8 @@ class MemCx:
         self.encoding = encoding
         self._view: memoryview | None = None
         self.borrows: list[int] | None = None
+        self.base = 0  # the memory's address when view() last looked
+        self.lent: list[tuple[Any, memoryview]] = []
 
     def view(self) -> memoryview:
         v = self._view
@@ -57,6 +60,7 @@ class MemCx:
             if self.memory is None:
                 raise Trap("the canon options give no memory, but this value needs one")
             v = self._view = self.inst.memory_view(self.memory)
+            self.base = self.inst.memory_base(self.memory)
         return v
 
     def forget(self) -> None:
@@ -344,6 +348,19 @@ def _list(t: ListT) -> Conv:
         out.extend(lower_list(m, x))
 
     return Conv(t, load, store, lift_flat, lower_flat)
+
+
+def lift_bytes_view_flat(m: MemCx, vals: list, i: int) -> tuple:
+    """A ``list<u8>`` argument as a view of guest memory (no copy): only for impls that
+    declared ``bytes_views``. The view's exporter is a ctypes array made for this loan
+    alone (recorded in ``m.lent``), so when the call returns the trampoline can release the
+    view and see whether anything still refers to the array (a view derived from it)."""
+    v, ptr, n = m.view(), vals[i] & 0xFFFF_FFFF, vals[i + 1] & 0xFFFF_FFFF
+    check_range(v, ptr, n, "list<u8>")
+    array = (ctypes.c_ubyte * n).from_address(m.base + ptr)
+    view = memoryview(array).cast("B")
+    m.lent.append((array, view))
+    return view, i + 2
 
 
 def lift_bytes(v: memoryview, ptr: int, n: int) -> bytes:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -30,7 +31,7 @@ from ..store import StoreState, state_of
 from ..values import Err, Trap, WitError
 from . import canon
 from .plan import Bag, CoreExport, HostImport, Instantiate, Lifted, Lowered, Opts, Plan, ResourceBuiltin, make_plan
-from .types import DefinedResource, FuncT, ImportedResource, ResourceT, Tuple, align_to
+from .types import DefinedResource, FuncT, ImportedResource, ListT, Prim, ResourceT, Tuple, align_to
 
 log = logging.getLogger("wasi_tls_host.runtime")
 
@@ -347,6 +348,10 @@ class ComponentInstance:
         self._views[id(memory)] = (base, size, view)
         return view
 
+    def memory_base(self, memory: Any) -> int:
+        cached = self._views.get(id(memory))
+        return cached[0] if cached is not None else 0
+
     def call_core(self, func: Any, args: list[Any], params: list[str], results: list[str]) -> list[Any]:
         n = max(len(params), len(results), 1)
         raw_vals = (ffi.wasmtime_val_raw_t * n)()
@@ -629,6 +634,24 @@ class GuestResource:
     rep: int
 
 
+def _end_loans(m: canon.MemCx) -> None:
+    """End the loan of guest memory views: any later use of the lent view raises, instead of
+    reading memory that a later call may have grown or moved; a view derived from it (which
+    cannot be revoked) is reported as the host bug it is."""
+    lent, m.lent = m.lent, []
+    kept = False
+    for array, view in lent:
+        try:
+            view.release()
+        except BufferError:
+            kept = True
+        # References: `lent`'s tuple, `array`, getrefcount's argument.
+        if sys.getrefcount(array) > 3:
+            kept = True
+    if kept:
+        raise Trap("the host kept a view of guest memory beyond the call")
+
+
 def _trap_message(trap: Any) -> str:
     from wasmtime import Trap as WasmTrap
 
@@ -647,6 +670,13 @@ class LowerSpec:
         self.nflat = len(ft.flat_params)
         self.readers = _readers(ft.flat_params)
         self.param_convs = [canon.conv(t).lift_flat for _, t in ft.params]
+        # list<u8> arguments lent as views of guest memory (see HostFunc.bytes_views).
+        self.views = False
+        if fn.bytes_views and not ft.params_spill:
+            for i, (_, t) in enumerate(ft.params):
+                if isinstance(t, ListT) and isinstance(t.elem, Prim) and t.elem.name == "u8":
+                    self.param_convs[i] = canon.lift_bytes_view_flat
+                    self.views = True
         self.spill_tuple = canon.conv(ft.param_tuple) if ft.params_spill and ft.param_tuple is not None else None
         self.spill_align = ft.param_tuple.align if ft.param_tuple is not None else 1
         self.result_conv = canon.conv(ft.result) if ft.result is not None else None
@@ -675,6 +705,7 @@ def make_trampoline(inst: ComponentInstance, spec: LowerSpec, m: canon.MemCx) ->
     result_size = spec.result_size
     result_writer = spec.result_writer
     single_lift = param_convs[0] if len(param_convs) == 1 and not ft.params_spill else None
+    views = spec.views
 
     def tramp(args: Any) -> int:
         m.forget()
@@ -702,6 +733,9 @@ def make_trampoline(inst: ComponentInstance, spec: LowerSpec, m: canon.MemCx) ->
                     if not returns_result:
                         raise Trap(f"error {e.payload!r} from a function that returns no result") from e
                     result = Err(e.payload)
+                finally:
+                    if views:
+                        _end_loans(m)
                 if OUTGOING_VALUE_HOOKS:
                     for hook in OUTGOING_VALUE_HOOKS:
                         hook(qualname, result)
