@@ -16,7 +16,9 @@ as ``impl(cx, *args)`` with the same Python values.
 from __future__ import annotations
 
 import ctypes
+import itertools
 import logging
+import struct
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -123,7 +125,9 @@ def bind(component: CoreComponent, interfaces: Iterable[Interface]) -> BoundHost
 # --- native entry points -----------------------------------------------------------------
 
 _TRAMPOLINES: dict[int, Callable[[Any], int]] = {}
-_next_env = 1
+# Trampoline ids: itertools.count is atomic under the GIL (instances are created on worker
+# threads by run_async), and an id is never reused, so a stale callback finds nothing.
+_env_ids = itertools.count(1)
 
 
 def _trap_ptr(message: str) -> int:
@@ -285,9 +289,7 @@ class ComponentInstance:
         return ext
 
     def _new_func(self, params: list[str], results: list[str], tramp: Callable[[Any], int]) -> Any:
-        global _next_env
-        env = _next_env
-        _next_env += 1
+        env = next(_env_ids)
         _TRAMPOLINES[env] = tramp
         self._envs.append(env)
         # wasmtime ties a function type to the first engine it is used with: cache them per
@@ -699,6 +701,7 @@ def make_trampoline(inst: ComponentInstance, spec: LowerSpec, m: canon.MemCx) ->
     param_convs = spec.param_convs
     spill_tuple = spec.spill_tuple
     spill_align = spec.spill_align
+    spill_size = ft.param_tuple.size if ft.param_tuple is not None else 0
     result_conv = spec.result_conv
     result_spill = ft.results_spill
     result_align = spec.result_align
@@ -716,7 +719,9 @@ def make_trampoline(inst: ComponentInstance, spec: LowerSpec, m: canon.MemCx) ->
                     ptr = args[0].i32 & 0xFFFF_FFFF
                     if ptr != align_to(ptr, spill_align):
                         raise Trap(f"argument pointer {ptr:#x} is misaligned")
-                    pyargs = spill_tuple.load(m, m.view(), ptr)
+                    v = m.view()
+                    canon.check_range(v, ptr, spill_size, "arguments")
+                    pyargs = spill_tuple.load(m, v, ptr)
                 else:
                     flat = [r(args[i]) for i, r in enumerate(readers)]
                     if single_lift is not None:
@@ -763,6 +768,8 @@ def make_trampoline(inst: ComponentInstance, spec: LowerSpec, m: canon.MemCx) ->
             return _trap_ptr(f"{qualname}: {e}")
         except WasmtimeError as e:  # a call into the guest (realloc) trapped
             return _trap_ptr(f"{qualname}: {e}")
+        except struct.error as e:  # a bounded view refused an access
+            return _trap_ptr(f"{qualname}: out-of-bounds memory access ({e})")
         except Exception as e:
             log.exception("host function %s failed", qualname)
             return _trap_ptr(f"{qualname}: host error: {type(e).__name__}: {e}")
