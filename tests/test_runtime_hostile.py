@@ -186,3 +186,29 @@ def test_unsupported_construct_falls_back_with_one_log_line(guest_path, caplog) 
     lines = [r.getMessage() for r in caplog.records if "core runtime" in r.getMessage()]
     assert lines == ["the core runtime does not support canon lower of a function the component defines itself "
                      "(component-to-component calls): running this component on the component runtime"]
+
+
+class _Evil:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        import os
+
+        return (os.mknod, (self.marker,))
+
+
+def test_a_tampered_cached_plan_is_refused_not_run(tmp_path, guest_path) -> None:
+    import pickle
+
+    wasm = guest_path("hostile")
+    cache = tmp_path / "cache"
+    Host(interfaces=[hostile], runtime="core", cache_dir=cache).load(wasm)
+    [plan] = cache.glob("*.plan")
+    marker = tmp_path / "pwned"
+    plan.write_bytes(pickle.dumps(_Evil(str(marker))))
+    host = Host(interfaces=[hostile], runtime="core", cache_dir=cache)
+    with host.instantiate(wasm) as g:
+        assert g.call("ping") == 1
+    assert not marker.exists()
+    assert host.cache.compiled == 1  # refused, so compiled again

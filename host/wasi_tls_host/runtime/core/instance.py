@@ -23,7 +23,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from wasmtime import Engine, FuncType, Module, Store, ValType as CoreValType, WasmtimeError
+from wasmtime import FuncType, Module, Store, ValType as CoreValType, WasmtimeError
 from wasmtime import _bindings as raw
 from wasmtime import _ffi as ffi
 
@@ -32,8 +32,8 @@ from ..resources import ResourceKind
 from ..store import StoreState, state_of
 from ..values import Err, Trap, WitError
 from . import canon
-from .plan import Bag, CoreExport, HostImport, Instantiate, Lifted, Lowered, Opts, Plan, ResourceBuiltin, make_plan
-from .types import DefinedResource, FuncT, ImportedResource, ListT, Prim, ResourceT, Tuple, align_to
+from .plan import Bag, CoreExport, HostImport, Lifted, Lowered, Opts, Plan, ResourceBuiltin
+from .types import DefinedResource, FuncT, ImportedResource, ListT, Prim, ResourceT, align_to
 
 log = logging.getLogger("wasi_tls_host.runtime")
 
@@ -74,14 +74,6 @@ class CoreComponent:
     module_imports: list[list[tuple[str, str]]]
     digest: str
     functypes: dict[tuple[tuple[str, ...], tuple[str, ...]], FuncType] = field(default_factory=dict)
-
-    @classmethod
-    def build(cls, engine: Engine, wasm: bytes, digest: str, modules: list[Module] | None = None) -> CoreComponent:
-        plan = make_plan(wasm)
-        if modules is None:
-            modules = [Module(engine, m) for m in plan.modules]
-        imports = [[(i.module, i.name or "") for i in m.imports] for m in modules]
-        return cls(plan, modules, imports, digest)
 
     def export_names(self) -> list[str]:
         return list(self.plan.exports)
@@ -225,7 +217,6 @@ class ComponentInstance:
         self.closed = False
         self.pending: BaseException | None = None
         self._envs: list[int] = []
-        self._keep: list[Any] = []
         self._core: dict[int, Any] = {}  # id(planned core item) -> ffi.wasmtime_extern_t
         self._instances: list[Any] = []
         self._memcx: dict[tuple[int, int], canon.MemCx] = {}
@@ -240,7 +231,7 @@ class ComponentInstance:
     # --- instantiation -----------------------------------------------------------------
     def _instantiate(self) -> None:
         comp = self.component
-        for slot, step in enumerate(comp.plan.steps):
+        for step in comp.plan.steps:
             if isinstance(step, Bag):
                 self._instances.append(step)
                 continue
@@ -257,7 +248,6 @@ class ComponentInstance:
             err = _instance_new(self.context, module.ptr(), externs, len(names), ctypes.byref(inst), ctypes.byref(trap))
             self._raise_if_failed(err, trap, "instantiating a core module")
             self._instances.append(inst)
-            _ = slot
 
     def _core_item_from_slot(self, slot: int, name: str) -> Any:
         inst = self._instances[slot]
@@ -778,5 +768,3 @@ def make_trampoline(inst: ComponentInstance, spec: LowerSpec, m: canon.MemCx) ->
 
 
 __all__ = ["BoundHost", "ComponentInstance", "CoreComponent", "GuestResource", "LinkError", "bind"]
-
-_ = Tuple

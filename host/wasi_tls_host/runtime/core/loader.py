@@ -5,18 +5,22 @@ component's sha256, the wasmtime version and the backend (``-core-N.cwasm`` per 
 module, ``-core.plan`` for the instantiation plan and the modules' import lists), written
 atomically and recompiled when unusable, like ``runtime.cache``.
 
-The plan is pickled: the cache directory is trusted exactly as much as the compiled machine
-code beside it, which wasmtime maps and runs.
+The plan is pickled, and unpickled with only this backend's own plan and type classes
+allowed (nothing else can be named, so a tampered file cannot run code through pickle). The
+compiled modules beside it are native code wasmtime maps and runs: the cache directory must
+be as trusted as for ``runtime.cache``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import pickle
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from wasmtime import Module, WasmtimeError
 
@@ -25,6 +29,16 @@ from .instance import CoreComponent
 from .plan import Plan, make_plan
 
 log = logging.getLogger("wasi_tls_host.cache")
+
+
+_PLAN_MODULES = {"wasi_tls_host.runtime.core.plan", "wasi_tls_host.runtime.core.types"}
+
+
+class _PlanUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if module in _PLAN_MODULES and not name.startswith("_"):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"a cached plan may not name {module}.{name}")
 
 
 class CoreModuleCache:
@@ -71,7 +85,7 @@ class CoreModuleCache:
             return None
         paths: list[Path] = []
         try:
-            plan, imports = pickle.loads(plan_path.read_bytes())
+            plan, imports = _PlanUnpickler(io.BytesIO(plan_path.read_bytes())).load()
             paths = [self._path(key, i) for i in range(len(imports))]
             # Mapped, not copied; files are only ever replaced atomically (see runtime.cache).
             return plan, imports, [Module.deserialize_file(self.cache.engine, str(p)) for p in paths]
