@@ -65,6 +65,10 @@ class HostFunc:
     # The impl accepts a list<u8> argument as a memoryview of guest memory, valid only
     # during the call (the core runtime then skips a copy; the component runtime gives bytes).
     bytes_views: bool = False
+    # The impl accepts a ``fill=`` keyword (core runtime only): ``fill(k)`` allocates k bytes
+    # in the guest and returns a view to write them into; the impl then returns
+    # ``fill.done(count)`` in place of the ``list<u8>`` it would return.
+    fills: bool = False
 
     @property
     def qualname(self) -> str:
@@ -112,16 +116,17 @@ class Interface:
         ALL_KINDS.append(kind)
         return kind
 
-    def func(self, wit_name: str, *, bytes_views: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def func(self, wit_name: str, *, bytes_views: bool = False, fills: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Decorator: ``@iface.func("[method]input-stream.read")``; the impl gets the
         ``StoreState`` first, then the WIT parameters as Python values. With
         ``bytes_views=True`` a ``list<u8>`` argument may arrive as a memoryview of guest
-        memory that is released when the call returns (the impl must not keep it)."""
+        memory that is released when the call returns (the impl must not keep it). With
+        ``fills=True`` the core runtime passes ``fill=`` (see ``HostFunc.fills``)."""
 
         def register(impl: Callable[..., Any]) -> Callable[..., Any]:
             if wit_name in self.funcs:
                 raise ValueError(f"{self.name}: {wit_name} defined twice")
-            fn = HostFunc(self.name.split("@")[0], wit_name, impl, bytes_views=bytes_views)
+            fn = HostFunc(self.name.split("@")[0], wit_name, impl, bytes_views=bytes_views, fills=fills)
             fn.signature = KNOWN_SIGNATURES.get(fn.qualname, "")
             self.funcs[wit_name] = fn
             return impl

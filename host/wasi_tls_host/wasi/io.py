@@ -14,7 +14,7 @@ import os
 import select
 import threading
 import time
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from ..runtime.binding import Interface
 from ..runtime.resources import HostResource
@@ -239,10 +239,25 @@ class InputStream(HostResource):
     def skip(self, n: int) -> int:
         return len(self.read(n))
 
+    def read_into(self, n: int, fill: Any) -> Any:
+        """``read``, for runtimes that let the stream write into the guest's buffer:
+        ``fill(k)`` gives a writable view of k guest bytes and ``fill.done(count)`` is
+        returned in place of the bytes. Streams that can read into a buffer (a socket's
+        ``recv_into``) override this; the default is ``read``."""
+        return self.read(n)
+
     def blocking_read(self, cx: StoreState | None, n: int) -> bytes:
         while True:
             data = self.read(n)
             if data or n == 0:
+                return data
+            wait_for(cx, self.subscribe())
+
+    def blocking_read_into(self, cx: StoreState | None, n: int, fill: Any) -> Any:
+        """``blocking_read`` through ``read_into`` (see there)."""
+        while True:
+            data = self.read_into(n, fill)
+            if len(data) or n == 0:
                 return data
             wait_for(cx, self.subscribe())
 
@@ -317,7 +332,7 @@ class OutputStream(HostResource):
                 wait_for(cx, self.subscribe())
                 continue
             chunk, view = view[:permit], view[permit:]
-            self.write(bytes(chunk))
+            self.write(chunk)  # write() makes bytes of it unless the stream takes views
         self.blocking_flush(cx)
 
     def splice(self, src: InputStream, n: int) -> int:
@@ -518,13 +533,17 @@ def _len(n: int) -> int:
     return min(n, 1 << 18)
 
 
-@streams_iface.func("[method]input-stream.read")
-def input_stream_read(cx: StoreState, stream: InputStream, len: int) -> bytes:
+@streams_iface.func("[method]input-stream.read", fills=True)
+def input_stream_read(cx: StoreState, stream: InputStream, len: int, fill: Any = None) -> Any:
+    if fill is not None:  # the core runtime: the stream may write straight into the guest
+        return stream.read_into(_len(len), fill)
     return stream.read(_len(len))
 
 
-@streams_iface.func("[method]input-stream.blocking-read")
-def input_stream_blocking_read(cx: StoreState, stream: InputStream, len: int) -> bytes:
+@streams_iface.func("[method]input-stream.blocking-read", fills=True)
+def input_stream_blocking_read(cx: StoreState, stream: InputStream, len: int, fill: Any = None) -> Any:
+    if fill is not None:  # the core runtime: the stream may write straight into the guest
+        return stream.blocking_read_into(cx, _len(len), fill)
     return stream.blocking_read(cx, _len(len))
 
 
@@ -557,7 +576,7 @@ def output_stream_write(cx: StoreState, stream: OutputStream, contents: bytes) -
     stream.write(contents)
 
 
-@streams_iface.func("[method]output-stream.blocking-write-and-flush")
+@streams_iface.func("[method]output-stream.blocking-write-and-flush", bytes_views=True)
 def output_stream_blocking_write_and_flush(cx: StoreState, stream: OutputStream, contents: bytes) -> None:
     stream.blocking_write_and_flush(cx, contents)
 

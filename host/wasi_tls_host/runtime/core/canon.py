@@ -78,6 +78,17 @@ class MemCx:
             raise Trap(f"realloc returned an out-of-bounds pointer {ptr:#x} for {size} bytes (memory is {len(v)} bytes)")
         return ptr
 
+    def shrink(self, ptr: int, old: int, new: int) -> int:
+        """realloc(ptr, old, 1, new) for new < old: the guest keeps the first ``new`` bytes."""
+        if self.realloc_func is None:
+            raise Trap("the canon options give no realloc, but this value needs one")
+        self._view = None
+        out = self.inst.call_realloc(self.realloc_func, 1, new, ptr, old)
+        v = self.view()
+        if out + new > len(v):
+            raise Trap(f"realloc returned an out-of-bounds pointer {out:#x} for {new} bytes (memory is {len(v)} bytes)")
+        return out
+
 
 def check_range(v: memoryview, ptr: int, size: int, what: str) -> None:
     if ptr + size > len(v):
@@ -363,12 +374,62 @@ def lift_bytes_view_flat(m: MemCx, vals: list, i: int) -> tuple:
     return view, i + 2
 
 
+class Filled:
+    """A ``list<u8>`` already in guest memory (made by ``Filler``): lowered as is."""
+
+    __slots__ = ("ptr", "n")
+
+    def __init__(self, ptr: int, n: int) -> None:
+        self.ptr, self.n = ptr, n
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class Filler:
+    """Lets a host function write a ``list<u8>`` result straight into guest memory.
+
+    ``fill(k)`` calls the guest's realloc for k bytes and lends a view of them (revoked when
+    the call returns, like ``lift_bytes_view_flat``); ``fill.done(count)`` says how many
+    were written, shrinking the block with realloc (a legal realloc call) when fewer.
+    """
+
+    def __init__(self, m: MemCx) -> None:
+        self.m = m
+        self.ptr = -1
+        self.size = 0
+
+    def __call__(self, k: int) -> memoryview:
+        m = self.m
+        if self.ptr < 0:
+            self.ptr, self.size = m.realloc(1, k), k
+        elif k > self.size:  # a retry (nothing was read) may reuse the block, not grow it
+            raise Trap(f"fill({k}) after fill({self.size})")
+        else:
+            m.view()  # re-reads the base address
+        ptr = self.ptr
+        array = (ctypes.c_ubyte * k).from_address(m.base + ptr)
+        view = memoryview(array).cast("B")
+        m.lent.append((array, view))
+        return view
+
+    def done(self, count: int) -> Filled:
+        if not 0 <= count <= self.size or self.ptr < 0:
+            raise Trap(f"fill.done({count}) after fill({self.size})")
+        ptr = self.ptr
+        if 0 < count < self.size:
+            ptr = self.m.shrink(ptr, self.size, count)
+        return Filled(ptr, count)
+
+
 def lift_bytes(v: memoryview, ptr: int, n: int) -> bytes:
     check_range(v, ptr, n, "list<u8>")
     return bytes(v[ptr:ptr + n])
 
 
 def lower_bytes(m: MemCx, x: Any) -> tuple[int, int]:
+    if isinstance(x, Filled):
+        return x.ptr, x.n
     if not isinstance(x, (bytes, bytearray, memoryview)):
         raise Trap(f"the host returned {type(x).__name__} where bytes (list<u8>) are expected")
     n = len(x)

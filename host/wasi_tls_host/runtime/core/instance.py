@@ -16,6 +16,7 @@ as ``impl(cx, *args)`` with the same Python values.
 from __future__ import annotations
 
 import ctypes
+import gc
 import itertools
 import logging
 import struct
@@ -354,8 +355,10 @@ class ComponentInstance:
         self._raise_if_failed(err, trap, None)
         return [r(raw_vals[i]) for i, r in enumerate(_readers(results))]
 
-    def call_realloc(self, func: Any, align: int, size: int) -> int:
+    def call_realloc(self, func: Any, align: int, size: int, old_ptr: int = 0, old_size: int = 0) -> int:
         raw_vals = (ffi.wasmtime_val_raw_t * 4)()
+        raw_vals[0].i32 = old_ptr
+        raw_vals[1].i32 = old_size
         raw_vals[2].i32 = align
         raw_vals[3].i32 = size
         trap = _TRAP_P()
@@ -626,22 +629,33 @@ class GuestResource:
     rep: int
 
 
-def _end_loans(m: canon.MemCx) -> None:
+def _end_loans(m: canon.MemCx, strict: bool = True) -> None:
     """End the loan of guest memory views: any later use of the lent view raises, instead of
     reading memory that a later call may have grown or moved; a view derived from it (which
     cannot be revoked) is reported as the host bug it is."""
     lent, m.lent = m.lent, []
-    kept = False
-    for array, view in lent:
+    for loan in lent:
         try:
-            view.release()
+            loan[1].release()
         except BufferError:
-            kept = True
-        # References: `lent`'s tuple, `array`, getrefcount's argument.
+            pass  # a view exported from this one is alive: the check below sees it
+    if not strict:
+        return
+    # A reference cycle (a traceback that held a slice, say) may keep a view a little
+    # longer: collect once before blaming the host.
+    if _views_alive(lent):
+        gc.collect()
+        if _views_alive(lent):
+            raise Trap("the host kept a view of guest memory beyond the call")
+
+
+def _views_alive(lent: list[tuple[Any, memoryview]]) -> bool:
+    """Whether a view derived from a lent one is still alive (it keeps the array)."""
+    for array, _ in lent:
+        # References otherwise: the tuple in `lent`, `array`, getrefcount's argument.
         if sys.getrefcount(array) > 3:
-            kept = True
-    if kept:
-        raise Trap("the host kept a view of guest memory beyond the call")
+            return True
+    return False
 
 
 def _trap_message(trap: Any) -> str:
@@ -669,6 +683,7 @@ class LowerSpec:
                 if isinstance(t, ListT) and isinstance(t.elem, Prim) and t.elem.name == "u8":
                     self.param_convs[i] = canon.lift_bytes_view_flat
                     self.views = True
+        self.fills = fn.fills
         self.spill_tuple = canon.conv(ft.param_tuple) if ft.params_spill and ft.param_tuple is not None else None
         self.spill_align = ft.param_tuple.align if ft.param_tuple is not None else 1
         self.result_conv = canon.conv(ft.result) if ft.result is not None else None
@@ -699,6 +714,7 @@ def make_trampoline(inst: ComponentInstance, spec: LowerSpec, m: canon.MemCx) ->
     result_writer = spec.result_writer
     single_lift = param_convs[0] if len(param_convs) == 1 and not ft.params_spill else None
     views = spec.views
+    fills = spec.fills
 
     def tramp(args: Any) -> int:
         m.forget()
@@ -723,14 +739,20 @@ def make_trampoline(inst: ComponentInstance, spec: LowerSpec, m: canon.MemCx) ->
                             value, i = lift(m, flat, i)
                             pyargs.append(value)
                 try:
-                    result = impl(state, *pyargs)
+                    if fills and not OUTGOING_VALUE_HOOKS:  # audited values must be seen as bytes
+                        result = impl(state, *pyargs, fill=canon.Filler(m))
+                    else:
+                        result = impl(state, *pyargs)
                 except WitError as e:
                     if not returns_result:
                         raise Trap(f"error {e.payload!r} from a function that returns no result") from e
                     result = Err(e.payload)
-                finally:
-                    if views:
-                        _end_loans(m)
+                except BaseException:
+                    if m.lent:
+                        _end_loans(m, strict=False)  # the traceback may still hold a view
+                    raise
+                if m.lent:
+                    _end_loans(m)
                 if OUTGOING_VALUE_HOOKS:
                     for hook in OUTGOING_VALUE_HOOKS:
                         hook(qualname, result)
