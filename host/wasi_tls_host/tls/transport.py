@@ -218,9 +218,30 @@ class TlsInputStream(TransportHold, InputStream):
             chunk = self._more_records(chunk, n)
         return chunk
 
+    def read_into(self, n: int, fill: Any) -> Any:
+        """``read`` with the plaintext copied once, straight into the guest's buffer (see
+        ``InputStream.read_into``), without joining the records first."""
+        if getattr(self, "_deferred_failure", None) is not None or n == 0:
+            return self.read(n)
+        self._fill()
+        if not self._buffer:
+            return self.read(n)  # nothing yet, or the end: read() says which
+        first, self._buffer = self._buffer[:n], self._buffer[n:]
+        parts = [first] if self._buffer else self._record_list(first, n)
+        view = fill(sum(len(p) for p in parts))
+        at = 0
+        for part in parts:
+            view[at:at + len(part)] = part
+            at += len(part)
+        return fill.done(at)
+
     def _more_records(self, chunk: bytes, n: int) -> bytes:
         """Add records OpenSSL has already received, up to n bytes: one call from the guest
         then moves several records (each call costs more than a record's decryption)."""
+        parts = self._record_list(chunk, n)
+        return chunk if len(parts) == 1 else b"".join(parts)
+
+    def _record_list(self, chunk: bytes, n: int) -> list[bytes]:
         parts, got = [chunk], len(chunk)
         while got < n:
             try:
@@ -235,7 +256,7 @@ class TlsInputStream(TransportHold, InputStream):
                 break
             parts.append(more)
             got += len(more)
-        return chunk if len(parts) == 1 else b"".join(parts)
+        return parts
 
     def _ready(self) -> bool:
         if getattr(self, "_deferred_failure", None) is not None:

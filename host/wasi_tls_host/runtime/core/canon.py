@@ -78,17 +78,6 @@ class MemCx:
             raise Trap(f"realloc returned an out-of-bounds pointer {ptr:#x} for {size} bytes (memory is {len(v)} bytes)")
         return ptr
 
-    def shrink(self, ptr: int, old: int, new: int) -> int:
-        """realloc(ptr, old, 1, new) for new < old: the guest keeps the first ``new`` bytes."""
-        if self.realloc_func is None:
-            raise Trap("the canon options give no realloc, but this value needs one")
-        self._view = None
-        out = self.inst.call_realloc(self.realloc_func, 1, new, ptr, old)
-        v = self.view()
-        if out + new > len(v):
-            raise Trap(f"realloc returned an out-of-bounds pointer {out:#x} for {new} bytes (memory is {len(v)} bytes)")
-        return out
-
 
 def check_range(v: memoryview, ptr: int, size: int, what: str) -> None:
     if ptr + size > len(v):
@@ -391,7 +380,7 @@ class Filler:
 
     ``fill(k)`` calls the guest's realloc for k bytes and lends a view of them (revoked when
     the call returns, like ``lift_bytes_view_flat``); ``fill.done(count)`` says how many
-    were written, shrinking the block with realloc (a legal realloc call) when fewer.
+    were written.
     """
 
     def __init__(self, m: MemCx) -> None:
@@ -414,12 +403,12 @@ class Filler:
         return view
 
     def done(self, count: int) -> Filled:
+        """The list is the first ``count`` bytes of the block. Callers ask ``fill`` for what
+        they will write: a shorter count (a race) leaves the block's tail unused, since
+        realloc cannot be trusted to shrink (componentize-py's aborted when asked to)."""
         if not 0 <= count <= self.size or self.ptr < 0:
             raise Trap(f"fill.done({count}) after fill({self.size})")
-        ptr = self.ptr
-        if 0 < count < self.size:
-            ptr = self.m.shrink(ptr, self.size, count)
-        return Filled(ptr, count)
+        return Filled(self.ptr, count)
 
 
 def lift_bytes(v: memoryview, ptr: int, n: int) -> bytes:

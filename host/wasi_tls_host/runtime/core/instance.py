@@ -355,10 +355,8 @@ class ComponentInstance:
         self._raise_if_failed(err, trap, None)
         return [r(raw_vals[i]) for i, r in enumerate(_readers(results))]
 
-    def call_realloc(self, func: Any, align: int, size: int, old_ptr: int = 0, old_size: int = 0) -> int:
+    def call_realloc(self, func: Any, align: int, size: int) -> int:
         raw_vals = (ffi.wasmtime_val_raw_t * 4)()
-        raw_vals[0].i32 = old_ptr
-        raw_vals[1].i32 = old_size
         raw_vals[2].i32 = align
         raw_vals[3].i32 = size
         trap = _TRAP_P()
