@@ -239,11 +239,18 @@ class ComponentInstance:
             module = comp.modules[step.module]
             names = comp.module_imports[step.module]
             externs = (ffi.wasmtime_extern_t * max(1, len(names)))()
+            instances, context, args = self._instances, self.context, step.args
             for i, (mod_name, field) in enumerate(names):
-                arg_slot = step.args.get(mod_name)
+                arg_slot = args.get(mod_name)
                 if arg_slot is None:
                     raise LinkError(f"core module import {mod_name}::{field} has no instantiation argument")
-                externs[i] = self._core_item_from_slot(arg_slot, field)
+                source = instances[arg_slot]
+                if isinstance(source, Bag):
+                    externs[i] = self._core_item_from_slot(arg_slot, field)
+                else:  # straight into the array: this loop runs ~4000 times for a Python guest
+                    data = field.encode()
+                    if not _export_get(context, ctypes.byref(source), data, len(data), ctypes.byref(externs[i])):  # externs[i] shares the array's memory
+                        raise LinkError(f"core instance has no export {field!r}")
             inst = ffi.wasmtime_instance_t()
             trap = _TRAP_P()
             err = _instance_new(self.context, module.ptr(), externs, len(names), ctypes.byref(inst), ctypes.byref(trap))
