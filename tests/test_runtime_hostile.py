@@ -81,9 +81,14 @@ def take_flags(cx: object, f: set[str]) -> int:
     return len(f)
 
 
+DTOR_CALLS: list[int] = []
+
+
 @hostile.func("reenter")
 def reenter(cx: object) -> None:
-    REENTER[0].call("ping")
+    DTOR_CALLS.append(1)
+    if REENTER:
+        REENTER[0].call("ping")
 
 
 # export -> the cause the core runtime must name
@@ -155,6 +160,14 @@ def test_a_borrow_used_after_its_call_traps(guest_path) -> None:
         assert len(g.state.table) == 0  # the lent object left the table when the call ended
         with pytest.raises(WasmtimeError, match=r"unknown handle index 1"):
             g.call("use-kept")
+
+
+def test_a_guest_resource_has_its_rep_and_its_destructor_runs(hostile_host: Host, guest_path) -> None:
+    REENTER.clear()  # the destructor only reports to the host this time
+    DTOR_CALLS.clear()
+    with hostile_host.instantiate(guest_path("hostile")) as g:
+        assert g.call("own-resource", 0x1234_5678) == 0x1234_5678
+    assert DTOR_CALLS == [1]
 
 
 def test_flag_bits_beyond_the_type_are_ignored(hostile_host: Host, guest_path) -> None:

@@ -62,6 +62,7 @@
   (type $mine (resource (rep i32) (dtor (core func $dtor-fn))))
   (core func $mine-new (canon resource.new $mine))
   (core func $mine-drop (canon resource.drop $mine))
+  (core func $mine-rep (canon resource.rep $mine))
 
   (core module $Main
     (import "libc" "memory" (memory 1))
@@ -78,6 +79,7 @@
     (import "h" "take-flags" (func $take-flags (param i32) (result i32)))
     (import "h" "mine-new" (func $mine-new (param i32) (result i32)))
     (import "h" "mine-drop" (func $mine-drop (param i32)))
+    (import "h" "mine-rep" (func $mine-rep (param i32) (result i32)))
     (global $kept (mut i32) (i32.const 0))
     (func (export "ping") (result i32) (i32.const 1))
     (func (export "ok-bytes") (result i32) (call $take-bytes (i32.const 0) (i32.const 100)))
@@ -117,6 +119,13 @@
       (i32.const 0))
     ;; ... and uses it in a later call, after the borrow has ended.
     (func (export "use-kept") (result i32) (call $get (global.get $kept)))
+    ;; new(rep) -> rep(handle) -> drop (the destructor runs), returning what rep() said.
+    (func (export "own-resource") (param $rep i32) (result i32)
+      (local $h i32) (local $r i32)
+      (local.set $h (call $mine-new (local.get $rep)))
+      (local.set $r (call $mine-rep (local.get $h)))
+      (call $mine-drop (local.get $h))
+      (local.get $r))
     (func (export "reentrant-dtor") (result i32)
       (call $mine-drop (call $mine-new (i32.const 5)))
       (i32.const 0))
@@ -129,7 +138,8 @@
       (export "keep-bytes" (func $keep-bytes))
       (export "give-words" (func $give-words)) (export "take-string" (func $take-string))
       (export "take-option" (func $take-option)) (export "take-flags" (func $take-flags))
-      (export "mine-new" (func $mine-new)) (export "mine-drop" (func $mine-drop))))))
+      (export "mine-new" (func $mine-new)) (export "mine-drop" (func $mine-drop))
+      (export "mine-rep" (func $mine-rep))))))
 
   (func (export "ping") (result u32) (canon lift (core func $main "ping")))
   (func (export "ok-bytes") (result u32) (canon lift (core func $main "ok-bytes")))
@@ -147,5 +157,6 @@
   (func (export "double-drop") (result u32) (canon lift (core func $main "double-drop")))
   (func (export "keep-borrow") (param "r" (borrow $res)) (result u32) (canon lift (core func $main "keep-borrow")))
   (func (export "use-kept") (result u32) (canon lift (core func $main "use-kept")))
+  (func (export "own-resource") (param "rep" u32) (result u32) (canon lift (core func $main "own-resource")))
   (func (export "reentrant-dtor") (result u32) (canon lift (core func $main "reentrant-dtor")))
 )
