@@ -119,3 +119,19 @@ def test_wasi_testsuite_same_on_both_runtimes(hosts: dict[str, Host], tmp_path: 
     if case.name in UNORDERED_OUTPUT:
         results = [(code, len(out), err) for code, out, err in results]  # type: ignore[misc]
     assert results[0] == results[1]
+
+
+def test_cli_runtime_flag_runs_both_backends_alike(guest_path) -> None:
+    import subprocess
+    import sys
+
+    probe = str(guest_path("wasi_probe"))
+    runs = {
+        runtime: subprocess.run([sys.executable, "-m", "wasi_tls_host.cli", "run", "--runtime", runtime, probe, "cat"],
+                                input=b"same bytes on both", capture_output=True, timeout=120)
+        for runtime in ("core", "component")
+    }
+    assert runs["core"].returncode == runs["component"].returncode == 0, runs
+    assert runs["core"].stdout == runs["component"].stdout == b"same bytes on both"
+    bad = subprocess.run([sys.executable, "-m", "wasi_tls_host.cli", "run", "--runtime", "nope", probe], capture_output=True, timeout=120)
+    assert bad.returncode == 2 and b"invalid choice: 'nope'" in bad.stderr

@@ -86,12 +86,13 @@ class GuestInstance:
         self.store = Store(host.engine)
         self.ctx = set_wasi(self.store, config)
         self._exports: dict[str, exports.ExportFunc] = {}
-        self.core: ComponentInstance | None = None
+        self.core: ComponentInstance | None = None  # the core runtime's instance, or
+        self.instance: Instance | None = None  # the component runtime's
         try:
             if isinstance(component, CoreComponent):
                 self.core = ComponentInstance(self.store, component, host.bind(component))
             else:
-                self.instance: Instance = host.linker.instantiate(self.store, component)
+                self.instance = host.linker.instantiate(self.store, component)
         except (WasmtimeError, LinkError) as e:
             self.close()
             raise GuestError(describe_link_error(str(e))) from None
@@ -114,6 +115,7 @@ class GuestInstance:
                 return self.core.call_export(lifted, args)
             except TypeError as e:
                 raise GuestError(f"calling {name}: {e}") from None
+        assert self.instance is not None
         export = self._exports.get(name)
         if export is None:
             path = name.split("#") if "#" in name else [name]
@@ -130,7 +132,7 @@ class GuestInstance:
         """Call ``wasi:cli/run`` and turn its outcome into an exit code."""
         if self.core is not None:
             return self._run_core(self.core)
-        assert isinstance(self.component, Component)
+        assert isinstance(self.component, Component) and self.instance is not None
         run_iface = exports.find_export(self.component, self.host.engine, "wasi:cli/run@0.2.")
         if run_iface is None:
             raise GuestError("the component does not export wasi:cli/run (use --invoke for other components)")

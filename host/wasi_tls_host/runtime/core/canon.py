@@ -114,7 +114,7 @@ def conv(t: ValType) -> Conv:
 def _int_checked(lo: int, hi: int, name: str) -> Callable[[Any], int]:
     def check(x: Any) -> int:
         if not isinstance(x, int) or isinstance(x, bool) or not lo <= x <= hi:
-            raise Trap(f"the host returned {x!r} where a {name} is expected")
+            raise Trap(f"expected a {name} (an integer in [{lo}, {hi}]), got {x!r}")
         return x
     return check
 
@@ -210,7 +210,7 @@ def _prim(t: Prim) -> Conv:
 
         def from_char(x: Any) -> int:
             if not isinstance(x, str) or len(x) != 1:
-                raise Trap(f"the host returned {x!r} where a char is expected")
+                raise Trap(f"expected a char (one character), got {x!r}")
             return ord(x)
 
         def load_c(m: MemCx, v: memoryview, ptr: int) -> str:
@@ -268,7 +268,7 @@ def lift_string(m: MemCx, v: memoryview, ptr: int, n: int) -> str:
 
 def lower_string(m: MemCx, x: Any) -> tuple[int, int]:
     if not isinstance(x, str):
-        raise Trap(f"the host returned {type(x).__name__} where a string is expected")
+        raise Trap(f"expected a string, got {type(x).__name__}")
     enc = m.encoding
     if enc == "utf8":
         data = x.encode("utf-8", "surrogateescape")
@@ -420,7 +420,7 @@ def lower_bytes(m: MemCx, x: Any) -> tuple[int, int]:
     if isinstance(x, Filled):
         return x.ptr, x.n
     if not isinstance(x, (bytes, bytearray, memoryview)):
-        raise Trap(f"the host returned {type(x).__name__} where bytes (list<u8>) are expected")
+        raise Trap(f"expected bytes for list<u8>, got {type(x).__name__}")
     n = len(x)
     ptr = m.realloc(1, n)  # even for n == 0, as the spec does
     m.view()[ptr:ptr + n] = x

@@ -574,8 +574,8 @@ class ComponentInstance:
                 else:
                     for (_, t), x in zip(ft.params, args):
                         canon.conv(t).lower_flat(m, x, flat)
-            except Trap as e:
-                raise WasmtimeError(f"lowering arguments: {e}") from None
+            except Trap as e:  # the embedder's values do not fit the export's types
+                raise TypeError(str(e)) from None
             m.forget()
             out = self.call_core(func, flat, params, results)
             m.forget()
