@@ -52,7 +52,11 @@ class MemCx:
         self._view: memoryview | None = None
         self.borrows: list[int] | None = None
         self.base = 0  # the memory's address when view() last looked
-        self.lent: list[tuple[Any, memoryview]] = []
+        self.lent: list[tuple[Any, memoryview]] = []  # views of guest memory lent this call
+        # During an export call: borrow handles given to the guest, and host objects put in
+        # the store's table for them only (both undone when the call ends).
+        self.borrow_scope: Any = None
+        self.temp_reps: list[tuple[int, Any]] = []
 
     def view(self) -> memoryview:
         v = self._view

@@ -216,7 +216,6 @@ class ComponentInstance:
         self.free: list[int] = []
         self.may_enter = True
         self.closed = False
-        self.pending: BaseException | None = None
         self._envs: list[int] = []
         self._core: dict[int, Any] = {}  # id(planned core item) -> ffi.wasmtime_extern_t
         self._instances: list[Any] = []
@@ -376,7 +375,6 @@ class ComponentInstance:
             return
         error = WasmtimeError._from_ptr(err) if err else None
         message = str(error) if error is not None else _trap_message(trap)
-        self.pending = None
         raise WasmtimeError(f"{what}: {message}" if what else message)
 
     # --- handle table -----------------------------------------------------------------------
@@ -456,7 +454,7 @@ class ComponentInstance:
         raise Trap(f"expected a handle of this component's own resource, got {obj!r}")
 
     def new_borrow(self, m: canon.MemCx, rt: ResourceT, obj: Any) -> int:
-        scope = getattr(m, "borrow_scope", None)
+        scope = m.borrow_scope
         if scope is None:
             raise Trap("host functions cannot return borrowed handles")
         if isinstance(rt, ImportedResource):
@@ -508,7 +506,6 @@ class ComponentInstance:
                 return 0
             except GuestExit as e:
                 self.state.exit_code = e.code
-                self.pending = e
                 return _trap_ptr(f"guest exited with code {e.code}")
             except WasmtimeError as e:
                 return _trap_ptr(f"resource destructor trapped: {e}")
@@ -559,8 +556,8 @@ class ComponentInstance:
             post = self._checked_func(lifted.opts.post_return, results, [], "post-return")
         m = self.memcx(lifted.opts)
         scope = _BorrowScope()
-        m.borrow_scope = scope  # type: ignore[attr-defined]
-        m.temp_reps = []  # type: ignore[attr-defined]
+        m.borrow_scope = scope
+        m.temp_reps = []
         self.may_enter = False
         try:
             try:
@@ -601,8 +598,8 @@ class ComponentInstance:
             return value
         finally:
             self.may_enter = True
-            m.borrow_scope = None  # type: ignore[attr-defined]
-            for rep, kind in m.temp_reps:  # type: ignore[attr-defined]
+            m.borrow_scope = None
+            for rep, kind in m.temp_reps:
                 try:
                     self.state.table.take(rep, kind)
                 except Trap:
@@ -779,7 +776,6 @@ def make_trampoline(inst: ComponentInstance, spec: LowerSpec, m: canon.MemCx) ->
             return 0
         except GuestExit as e:
             state.exit_code = e.code
-            inst.pending = e
             return _trap_ptr(f"guest exited with code {e.code}")
         except Trap as e:
             return _trap_ptr(f"{qualname}: {e}")
