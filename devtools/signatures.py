@@ -17,7 +17,7 @@ REFERENCE_GUESTS = ("tls_server", "https_get", "wasi_probe", "exit_code")
 
 
 def current_signatures() -> dict[str, str]:
-    host = Host()
+    host = Host(runtime="component")  # reads the types through wasmtime's component API
     found: dict[str, str] = {}
     for name in REFERENCE_GUESTS:
         found.update(collect_signatures(host.load(guests.build(name)), host.engine, host.interfaces))

@@ -15,15 +15,31 @@ import pytest
 
 from wasi_tls_host import Host, WasiConfig
 from wasi_tls_host import guests
+from wasi_tls_host.host import RUNTIMES
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 sys.path.insert(0, str(REPO))  # devtools/ (not installed with the package)
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--runtime", action="append", choices=RUNTIMES, default=None,
+        help="run the guest tests on this runtime backend only (repeatable; default: every backend)",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # Every test that uses a Host (through `host`, `run_guest` or `runtime`) runs once per
+    # backend: the component backend is the reference the core backend must match.
+    if "runtime" in metafunc.fixturenames:
+        chosen = metafunc.config.getoption("runtime") or list(RUNTIMES)
+        metafunc.parametrize("runtime", chosen, scope="session")
+
+
 @pytest.fixture(scope="session")
-def host() -> Host:
-    return Host()
+def host(runtime: str) -> Host:
+    return Host(runtime=runtime)
 
 
 @pytest.fixture(scope="session")

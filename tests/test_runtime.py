@@ -76,8 +76,8 @@ def fail(cx, k: int) -> int:
 
 
 @pytest.fixture(scope="module")
-def probe_host() -> Host:
-    return Host(interfaces=[probe])
+def probe_host(runtime: str) -> Host:
+    return Host(interfaces=[probe], runtime=runtime)
 
 
 @pytest.fixture
@@ -154,22 +154,27 @@ def test_closing_the_store_drops_live_resources(probe_host: Host, guest_path) ->
     assert sorted(DROPPED) == [5, 6]
 
 
-def test_component_cache_avoids_recompiling(tmp_path, guest_path) -> None:
+def test_component_cache_avoids_recompiling(tmp_path, guest_path, runtime: str) -> None:
     wasm = guest_path("runtime_probe").read_bytes()
-    first = Host(interfaces=[probe], cache_dir=tmp_path)
+    first = Host(interfaces=[probe], cache_dir=tmp_path, runtime=runtime)
     first.load(wasm)
-    artifacts = list(tmp_path.glob("*.cwasm"))
-    assert len(artifacts) == 1
-    second = Host(interfaces=[probe], cache_dir=tmp_path)
+    assert first.cache.compiled == 1
+    artifacts = sorted(tmp_path.glob("*.cwasm"))
+    # One artifact for the component, or one per core module (runtime_probe has two).
+    assert len(artifacts) == (1 if runtime == "component" else 2)
+    assert all(("-core-" in a.name) == (runtime == "core") for a in artifacts)
+    second = Host(interfaces=[probe], cache_dir=tmp_path, runtime=runtime)
     with second.instantiate(wasm) as g:
         assert g.call("two-borrows", 2, 3) == 5
+    assert second.cache.compiled == 0
     # A corrupt artifact is recompiled, not fatal.
     corrupt = tmp_path / "corrupt.tmp"
     corrupt.write_bytes(b"garbage")
     corrupt.replace(artifacts[0])  # the cache itself only ever replaces files atomically
-    third = Host(interfaces=[probe], cache_dir=tmp_path)
+    third = Host(interfaces=[probe], cache_dir=tmp_path, runtime=runtime)
     with third.instantiate(wasm) as g:
         assert g.call("two-borrows", 3, 4) == 7
+    assert third.cache.compiled == 1
 
 
 @pytest.mark.parametrize("bad", [Ok(Ok(("not a number", 2))), Ok(Err("not a number")), Ok(Ok((1, 2, 3)))])

@@ -21,12 +21,25 @@ from .runtime import binding, exports
 from .runtime.binding import Interface
 from .runtime.cache import ComponentCache
 from .runtime.limits import EpochTicker, RunGuard, format_bytes
+from .runtime.core.instance import BoundHost, ComponentInstance, CoreComponent, LinkError, bind
+from .runtime.core.loader import CoreModuleCache
+from .runtime.core.types import Malformed, Unsupported
 from .runtime.store import StoreState, attach, detach, state_of
 from .runtime.abi import ConversionError
 from .runtime.values import Err
 from .wasi import interfaces as wasi_interfaces
 from .wasi import sockets
 from .wasi.context import WasiConfig, WasiCtx
+
+log = logging.getLogger("wasi_tls_host")
+
+# The backends a Host can run components on: "core" is this host's own Canonical ABI over
+# wasmtime's core API (bytes move straight between linear memory and Python); "component"
+# is wasmtime-py's component API (the reference; also the fallback for what "core" lacks).
+RUNTIMES = ("core", "component")
+DEFAULT_RUNTIME = "core"
+
+AnyComponent = Component | CoreComponent
 
 
 log = logging.getLogger("wasi_tls_host")
@@ -78,7 +91,7 @@ def trap_cause(message: str) -> str:
 class GuestInstance:
     """One instantiated component in its own store."""
 
-    def __init__(self, host: Host, component: Component, config: WasiConfig) -> None:
+    def __init__(self, host: Host, component: AnyComponent, config: WasiConfig) -> None:
         self.host = host
         self.component = component
         self.store = Store(host.engine)
@@ -93,9 +106,14 @@ class GuestInstance:
         self._attest(host, component, config)
         host._instances.add(self)
         self._exports: dict[str, exports.ExportFunc] = {}
+        self.core: ComponentInstance | None = None  # the core runtime's instance, or
+        self.instance: Instance | None = None  # the component runtime's
         try:
-            self.instance: Instance = host.linker.instantiate(self.store, component)
-        except WasmtimeError as e:
+            if isinstance(component, CoreComponent):
+                self.core = ComponentInstance(self.store, component, host.bind(component))
+            else:
+                self.instance = host.linker.instantiate(self.store, component)
+        except (WasmtimeError, LinkError) as e:
             self.close()
             raise GuestError(self._describe_instantiation_error(str(e))) from None
 
@@ -108,7 +126,7 @@ class GuestInstance:
                     f"(max_table_elements, --max-table-elements): {message.strip()}")
         return describe_link_error(message)
 
-    def _attest(self, host: Host, component: Component, config: WasiConfig) -> None:
+    def _attest(self, host: Host, component: AnyComponent, config: WasiConfig) -> None:
         """Give the instance its code-bound identity source if the embedder preopened an
         attestation CA (the certificate is issued on first use)."""
         ca = getattr(config.tls, "attest_ca", None)
@@ -123,11 +141,24 @@ class GuestInstance:
         self.ctx.attestation = InstanceAttestation(ca, evidence, config)
 
     @property
+    def runtime(self) -> str:
+        return "core" if self.core is not None else "component"
+
+    @property
     def state(self) -> StoreState:
         return state_of(self.store)
 
     def call(self, name: str, *args: Any) -> Any:
         """Call an export by name; ``a#b`` reaches function ``b`` inside instance ``a``."""
+        if self.core is not None:
+            lifted = self.core.lookup_export(name.split("#"))
+            if lifted is None:
+                raise GuestError(f"the component has no export named {name!r}")
+            try:
+                return self.core.call_export(lifted, args)
+            except TypeError as e:
+                raise GuestError(f"calling {name}: {e}") from None
+        assert self.instance is not None
         export = self._exports.get(name)
         if export is None:
             path = name.split("#") if "#" in name else [name]
@@ -142,6 +173,9 @@ class GuestInstance:
 
     def run(self) -> RunResult:
         """Call ``wasi:cli/run`` and turn its outcome into an exit code."""
+        if self.core is not None:
+            return self._run_core(self.core)
+        assert isinstance(self.component, Component) and self.instance is not None
         run_iface = exports.find_export(self.component, self.host.engine, "wasi:cli/run@0.2.")
         if run_iface is None:
             raise GuestError("the component does not export wasi:cli/run (use --invoke for other components)")
@@ -158,6 +192,22 @@ class GuestInstance:
                 return RunResult(code)
             return RunResult(1, trap=str(e))
         return RunResult(1, error=RUN_RETURNED_ERR) if isinstance(result, Err) else RunResult(0)
+
+    def _run_core(self, core: ComponentInstance) -> RunResult:
+        run_iface = next((n for n in core.component.plan.exports if n.startswith("wasi:cli/run@0.2.")), None)
+        if run_iface is None:
+            raise GuestError("the component does not export wasi:cli/run (use --invoke for other components)")
+        lifted = core.lookup_export([run_iface, "run"])
+        if lifted is None:
+            raise GuestError(f"{run_iface} has no run function")
+        try:
+            result = core.call_export(lifted, ())
+        except WasmtimeError as e:
+            code = self.state.exit_code
+            if code is not None:
+                return RunResult(code)
+            return RunResult(1, trap=str(e))
+        return RunResult(1 if isinstance(result, Err) else 0)
 
     def interrupt(self, reason: str = "interrupted by the embedder") -> None:
         """Stop the guest from any thread: a wait it is in traps at once, and code that
@@ -182,6 +232,8 @@ class GuestInstance:
     def close(self) -> None:
         if self.guard is not None and self.host.ticker is not None:
             self.host.ticker.unregister(self.guard)
+        if self.core is not None:
+            self.core.close()
         detach(self.store)
 
     def __enter__(self) -> GuestInstance:
@@ -205,6 +257,7 @@ class Host:
         trust_compiled: Iterable[Any] = (),
         engine_label: str | None = None,
         epoch_interruption: bool | None = None,
+        runtime: str = DEFAULT_RUNTIME,
     ) -> None:
         """``epoch_interruption``: whether ``engine`` was built with
         ``Config.epoch_interruption`` (needed to stop guests that compute without waiting,
@@ -217,11 +270,14 @@ class Host:
             engine = Engine(config)
         else:
             epochs = bool(epoch_interruption)
+        if runtime not in RUNTIMES:
+            raise ValueError(f"unknown runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
+        self.runtime = runtime
         self.engine = engine
         # Pins and signers every component must satisfy before it is compiled (load may
         # give another policy); what was established about each component, for attestation.
         self.policy = policy
-        self._evidence: weakref.WeakKeyDictionary[Component, CodeEvidence] = weakref.WeakKeyDictionary()
+        self._evidence: weakref.WeakKeyDictionary[AnyComponent, CodeEvidence] = weakref.WeakKeyDictionary()
         # Keys trusted to vouch for artifacts compiled elsewhere (provenance/precompiled.py);
         # engine_label names this engine's configuration in what they sign.
         self.trust_compiled = list(trust_compiled)
@@ -236,6 +292,8 @@ class Host:
         # Epoch checks change the compiled code: artifacts of the two kinds must not mix.
         self.cache = ComponentCache(self.engine, cache_dir, enabled=use_cache,
                                     engine_tag="epochs" if epochs else "")
+        self.core_cache = CoreModuleCache(self.cache)
+        self._bound: weakref.WeakKeyDictionary[CoreComponent, BoundHost] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self._instances: weakref.WeakSet[GuestInstance] = weakref.WeakSet()
 
@@ -245,7 +303,7 @@ class Host:
         configs = {id(c): c for g in list(self._instances) if (c := g.ctx.tls) is not None}
         return [line for config in configs.values() for line in config.reload_identities()]
 
-    def load(self, source: str | Path | bytes, policy: CodePolicy | None = None, precompiled: tuple[bytes, bytes] | None = None) -> Component:
+    def load(self, source: str | Path | bytes, policy: CodePolicy | None = None, precompiled: tuple[bytes, bytes] | None = None) -> AnyComponent:
         """Read and compile a component (or take it from the cache).
 
         ``policy`` (default: the host's) is checked on the bytes before anything else: a
@@ -275,7 +333,15 @@ class Host:
                 "`wasm-tools component new MODULE.wasm --adapt wasi_snapshot_preview1=ADAPTER.wasm`"
             )
         with self._lock:
-            component = self._load_precompiled(wasm, precompiled) if precompiled else None
+            # An artifact compiled elsewhere is a component-runtime artifact: it runs there.
+            component: AnyComponent | None = self._load_precompiled(wasm, precompiled) if precompiled else None
+            if component is None and self.runtime == "core":
+                try:
+                    component = self.core_cache.load(wasm)
+                except Unsupported as e:
+                    log.info("the core runtime does not support %s: running this component on the component runtime", e)
+                except (Malformed, WasmtimeError) as e:
+                    raise GuestError(f"invalid component: {e}") from None
             try:
                 component = component or self.cache.load(wasm)
             except WasmtimeError as e:
@@ -295,31 +361,44 @@ class Host:
             log.warning("not using the pre-compiled artifact, compiling here: %s", e)
             return None
 
-    def evidence(self, component: Component) -> CodeEvidence | None:
+    def evidence(self, component: AnyComponent) -> CodeEvidence | None:
         """What the last ``load`` of this component established (digests, signers)."""
         return self._evidence.get(component)
 
-    def instantiate(self, component: Component | str | Path | bytes, config: WasiConfig | None = None) -> GuestInstance:
-        if not isinstance(component, Component):
+    def instantiate(self, component: AnyComponent | str | Path | bytes, config: WasiConfig | None = None) -> GuestInstance:
+        if not isinstance(component, (Component, CoreComponent)):
             component = self.load(component)
         self.check(component)
         return GuestInstance(self, component, config or WasiConfig())
 
-    def check(self, component: Component) -> None:
+    def bind(self, component: CoreComponent) -> BoundHost:
+        """The host functions a core-backend component's imports resolve to (cached)."""
+        bound = self._bound.get(component)
+        if bound is None:
+            bound = self._bound[component] = bind(component, self.interfaces)
+        return bound
+
+    def check(self, component: AnyComponent) -> None:
         """Refuse a component that imports a host function with another signature."""
-        problems = self._checked.get(component)
-        if problems is None:
-            problems = binding.check_imports(component, self.engine, self.interfaces)
-            self._checked[component] = problems
+        if isinstance(component, CoreComponent):
+            bound = self.bind(component)
+            if bound.missing:
+                raise GuestError(f"the component needs an import this host does not provide: {bound.missing[0]}")
+            problems = bound.problems
+        else:
+            problems = self._checked.get(component)
+            if problems is None:
+                problems = binding.check_imports(component, self.engine, self.interfaces)
+                self._checked[component] = problems
         if problems:
             raise GuestError(f"the component's imports do not match this host: {problems[0]}"
                              + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
 
-    def run(self, component: Component | str | Path | bytes, config: WasiConfig | None = None) -> RunResult:
+    def run(self, component: AnyComponent | str | Path | bytes, config: WasiConfig | None = None) -> RunResult:
         with self.instantiate(component, config) as guest:
             return guest.run()
 
-    async def run_async(self, component: Component | str | Path | bytes, config: WasiConfig | None = None) -> RunResult:
+    async def run_async(self, component: AnyComponent | str | Path | bytes, config: WasiConfig | None = None) -> RunResult:
         """Run a command guest on a worker thread. Cancelling the task stops the guest (see
         ``GuestInstance.interrupt``: at once in a wait, within an epoch tick when computing)
         and closes its store once the worker has unwound."""

@@ -12,7 +12,7 @@ from typing import Iterator
 
 from wasmtime import WasmtimeError
 
-from ..host import GuestInstance, Host
+from ..host import DEFAULT_RUNTIME, RUNTIMES, GuestInstance, Host
 from ..wasi.context import WasiConfig
 from .invoke import format_value, parse_invoke
 from . import options_server, provenance
@@ -35,6 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     run.add_argument("--inherit-env", action="store_true", help="give the guest the host's whole environment")
     run.add_argument("--invoke", metavar="'name(args)'", help="call this export instead of wasi:cli/run and print its result")
     run.add_argument("--no-cache", action="store_true", help="do not read or write the compiled-component cache")
+    run.add_argument("--runtime", choices=RUNTIMES, default=DEFAULT_RUNTIME, help="core: this host's own Canonical ABI on wasmtime's core API (fast); component: wasmtime's component API")
     for add_arguments, _ in OPTION_GROUPS:
         add_arguments(run)
     options_server.add_arguments(run)
@@ -80,7 +81,7 @@ def command(args: argparse.Namespace) -> int:
 
         return Supervisor(args.workers, args.argv).run()
     config = wasi_config(args)
-    host = Host(use_cache=not args.no_cache, policy=provenance.code_policy(args), trust_compiled=provenance.public_keys(args.trust_compiled))
+    host = Host(use_cache=not args.no_cache, runtime=args.runtime, policy=provenance.code_policy(args), trust_compiled=provenance.public_keys(args.trust_compiled))
     component = host.load(provenance.guest_source(args), precompiled=provenance.precompiled_artifact(args))
     if args.invoke:
         name, call_args = parse_invoke(args.invoke)

@@ -67,6 +67,13 @@ class HostFunc:
     keeps: tuple[str, ...] = ()
     owned: tuple[int, ...] = ()  # indices of the own<T> parameters
     kept: frozenset[int] = frozenset()  # indices of the kept ones
+    # The impl accepts a list<u8> argument as a memoryview of guest memory, valid only
+    # during the call (the core runtime then skips a copy; the component runtime gives bytes).
+    bytes_views: bool = False
+    # The impl accepts a ``fill=`` keyword (core runtime only): ``fill(k)`` allocates k bytes
+    # in the guest and returns a view to write them into; the impl then returns
+    # ``fill.done(count)`` in place of the ``list<u8>`` it would return.
+    fills: bool = False
 
     @property
     def qualname(self) -> str:
@@ -96,7 +103,10 @@ class HostFunc:
 
     def check(self, fty: Any) -> str | None:
         """Why a guest's import of this function cannot be served, or None if it can."""
-        signature = abi.func_signature(fty)
+        return self.check_signature(abi.func_signature(fty))
+
+    def check_signature(self, signature: str) -> str | None:
+        """``check`` for a signature already in text form (the core backend's types)."""
         if not self.signature:
             # Converters are built at the first call (resource types are bound then); until
             # then the first importer's signature is the one every later importer must use.
@@ -121,16 +131,19 @@ class Interface:
         ALL_KINDS.append(kind)
         return kind
 
-    def func(self, wit_name: str, *, keeps: Iterable[str] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def func(self, wit_name: str, *, keeps: Iterable[str] = (), bytes_views: bool = False, fills: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Decorator: ``@iface.func("[method]input-stream.read")``; the impl gets the
         ``StoreState`` first, then the WIT parameters as Python values. ``keeps`` names the
         ``own<T>`` parameters the function keeps when it succeeds; the others are dropped
-        when it returns (``drop_consumed_arguments``)."""
+        when it returns (``drop_consumed_arguments``). With ``bytes_views=True`` a
+        ``list<u8>`` argument may arrive as a memoryview of guest memory that is released
+        when the call returns (the impl must not keep it). With ``fills=True`` the core
+        runtime passes ``fill=`` (see ``HostFunc.fills``)."""
 
         def register(impl: Callable[..., Any]) -> Callable[..., Any]:
             if wit_name in self.funcs:
                 raise ValueError(f"{self.name}: {wit_name} defined twice")
-            fn = HostFunc(self.name.split("@")[0], wit_name, impl, keeps=tuple(keeps))
+            fn = HostFunc(self.name.split("@")[0], wit_name, impl, keeps=tuple(keeps), bytes_views=bytes_views, fills=fills)
             fn.signature = KNOWN_SIGNATURES.get(fn.qualname, "")
             self.funcs[wit_name] = fn
             return impl

@@ -45,7 +45,8 @@ class ComponentCache:
         self.enabled = enabled
         self._memory: dict[str, Component] = {}
         self.compiled = 0  # components compiled (not found in memory or on disk), for reports
-        self._auth = ArtifactAuthenticator(self.directory)
+        # Shared with the core runtimes module cache (runtime/core/loader.py).
+        self.auth = ArtifactAuthenticator(self.directory)
 
     def key(self, wasm: bytes) -> str:
         digest = hashlib.sha256(wasm).hexdigest()
@@ -78,7 +79,7 @@ class ComponentCache:
             # 18 MB guest). Mapped files must never be rewritten in place (that would raise
             # SIGBUS in every process using them): this cache only ever replaces them
             # atomically, and a replaced or deleted file stays valid for its current users.
-            return self._auth.load_verified(
+            return self.auth.load_verified(
                 path, key,
                 lambda p: Component.deserialize_file(self.engine, p),
                 lambda data: Component.deserialize(self.engine, data),
@@ -89,7 +90,7 @@ class ComponentCache:
             return None
 
     def _store_artifact(self, key: str, component: Component) -> None:
-        if self._auth.key() is None:
+        if self.auth.key() is None:
             return  # an artifact that could not be authenticated would never be loaded
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -98,6 +99,6 @@ class ComponentCache:
             with os.fdopen(fd, "wb") as f:
                 f.write(artifact)
             os.replace(tmp, self._path(key))
-            self._auth.write_tag(self._path(key), key, artifact)
+            self.auth.write_tag(self._path(key), key, artifact)
         except OSError as e:  # a read-only cache must not stop the guest from running
             log.warning("could not write component cache in %s: %s", self.directory, e)

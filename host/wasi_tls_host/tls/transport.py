@@ -231,6 +231,8 @@ class TlsInputStream(InputStream):
         self.transport = transport
         self._buffer = b""
         self._closed = False
+        # A failure met while gathering more records, reported after the bytes read before it.
+        self._deferred_failure: TlsFailure | None = None
 
     def _fill(self) -> None:
         """Try to get plaintext into the buffer without blocking.
@@ -259,15 +261,64 @@ class TlsInputStream(InputStream):
                 return
 
     def read(self, n: int) -> bytes:
+        deferred = self._deferred_failure
+        if deferred is not None and not self._buffer:
+            self._deferred_failure = None
+            failure = self.transport.failure or self.transport.fail(deferred)
+            raise StreamFailed(str(failure), failure.code, "tls")
         self._fill()
         if not self._buffer:
             if self._closed:
                 raise StreamClosed()
             return b""
         chunk, self._buffer = self._buffer[:n], self._buffer[n:]
+        if len(chunk) < n and not self._buffer:
+            chunk = self._more_records(chunk, n)
         return chunk
 
+    def read_into(self, n: int, fill: Any) -> Any:
+        """``read`` with the plaintext copied once, straight into the guest's buffer (see
+        ``InputStream.read_into``), without joining the records first."""
+        if self._deferred_failure is not None or n == 0:
+            return self.read(n)
+        self._fill()
+        if not self._buffer:
+            return self.read(n)  # nothing yet, or the end: read() says which
+        first, self._buffer = self._buffer[:n], self._buffer[n:]
+        parts = [first] if self._buffer else self._record_list(first, n)
+        view = fill(sum(len(p) for p in parts))
+        at = 0
+        for part in parts:
+            view[at:at + len(part)] = part
+            at += len(part)
+        return fill.done(at)
+
+    def _more_records(self, chunk: bytes, n: int) -> bytes:
+        """Add records OpenSSL has already received, up to n bytes: one call from the guest
+        then moves several records (each call costs more than a record's decryption)."""
+        parts = self._record_list(chunk, n)
+        return chunk if len(parts) == 1 else b"".join(parts)
+
+    def _record_list(self, chunk: bytes, n: int) -> list[bytes]:
+        parts, got = [chunk], len(chunk)
+        while got < n:
+            try:
+                more = self.transport.engine.read(n - got)
+            except TlsClosed:
+                self._closed = True  # reported once the buffered bytes are read
+                break
+            except TlsFailure as e:
+                self._deferred_failure = e  # reported by the next read, after these bytes
+                break
+            if not more:
+                break
+            parts.append(more)
+            got += len(more)
+        return parts
+
     def _ready(self) -> bool:
+        if self._deferred_failure is not None:
+            return True
         try:
             self._fill()
         except (StreamFailed, StreamClosed):
@@ -286,6 +337,8 @@ class TlsInputStream(InputStream):
 
 class TlsOutputStream(OutputStream):
     """Plaintext to the peer; encrypted at once, sent as the transport accepts it."""
+
+    takes_views = True  # the engine encrypts what it is given before returning
 
     def __init__(self, transport: TlsTransport) -> None:
         super().__init__()

@@ -14,7 +14,7 @@ import os
 import select
 import threading
 import time
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from ..runtime.binding import Interface
 from ..runtime.resources import HostResource
@@ -246,10 +246,25 @@ class InputStream(HostResource):
     def skip(self, n: int) -> int:
         return len(self.read(n))
 
+    def read_into(self, n: int, fill: Any) -> Any:
+        """``read``, for runtimes that let the stream write into the guest's buffer:
+        ``fill(k)`` gives a writable view of k guest bytes and ``fill.done(count)`` is
+        returned in place of the bytes. Streams that can read into a buffer (a socket's
+        ``recv_into``) override this; the default is ``read``."""
+        return self.read(n)
+
     def blocking_read(self, cx: StoreState | None, n: int) -> bytes:
         while True:
             data = self.read(n)
             if data or n == 0:
+                return data
+            wait_for(cx, self.subscribe())
+
+    def blocking_read_into(self, cx: StoreState | None, n: int, fill: Any) -> Any:
+        """``blocking_read`` through ``read_into`` (see there)."""
+        while True:
+            data = self.read_into(n, fill)
+            if len(data) or n == 0:
                 return data
             wait_for(cx, self.subscribe())
 
@@ -261,6 +276,11 @@ class OutputStream(HostResource):
     than that), ``_flush`` (start flushing) and ``subscribe``. The permit bookkeeping and the
     traps for writing past a permit live here, once.
     """
+
+    # True when ``_write`` copies what it is given before returning (a socket buffer, the
+    # TLS engine): it may then be handed a memoryview of guest memory that is only valid
+    # during the call. Otherwise ``write`` makes bytes of such a view first.
+    takes_views = False
 
     def __init__(self) -> None:
         self._permit = 0
@@ -290,6 +310,8 @@ class OutputStream(HostResource):
             )
         self._permit -= len(data)
         if data:
+            if not self.takes_views and isinstance(data, memoryview):
+                data = bytes(data)
             self._write(data)
 
     def write_zeroes(self, n: int) -> None:
@@ -317,7 +339,7 @@ class OutputStream(HostResource):
                 wait_for(cx, self.subscribe())
                 continue
             chunk, view = view[:permit], view[permit:]
-            self.write(bytes(chunk))
+            self.write(chunk)  # write() makes bytes of it unless the stream takes views
         self.blocking_flush(cx)
 
     def splice(self, src: InputStream, n: int) -> int:
@@ -518,13 +540,17 @@ def _len(n: int) -> int:
     return min(n, 1 << 18)
 
 
-@streams_iface.func("[method]input-stream.read")
-def input_stream_read(cx: StoreState, stream: InputStream, len: int) -> bytes:
+@streams_iface.func("[method]input-stream.read", fills=True)
+def input_stream_read(cx: StoreState, stream: InputStream, len: int, fill: Any = None) -> Any:
+    if fill is not None:  # the core runtime: the stream may write straight into the guest
+        return stream.read_into(_len(len), fill)
     return stream.read(_len(len))
 
 
-@streams_iface.func("[method]input-stream.blocking-read")
-def input_stream_blocking_read(cx: StoreState, stream: InputStream, len: int) -> bytes:
+@streams_iface.func("[method]input-stream.blocking-read", fills=True)
+def input_stream_blocking_read(cx: StoreState, stream: InputStream, len: int, fill: Any = None) -> Any:
+    if fill is not None:  # the core runtime: the stream may write straight into the guest
+        return stream.blocking_read_into(cx, _len(len), fill)
     return stream.blocking_read(cx, _len(len))
 
 
@@ -552,12 +578,12 @@ def output_stream_check_write(cx: StoreState, stream: OutputStream) -> int:
     return stream.check_write()
 
 
-@streams_iface.func("[method]output-stream.write")
+@streams_iface.func("[method]output-stream.write", bytes_views=True)
 def output_stream_write(cx: StoreState, stream: OutputStream, contents: bytes) -> None:
     stream.write(contents)
 
 
-@streams_iface.func("[method]output-stream.blocking-write-and-flush")
+@streams_iface.func("[method]output-stream.blocking-write-and-flush", bytes_views=True)
 def output_stream_blocking_write_and_flush(cx: StoreState, stream: OutputStream, contents: bytes) -> None:
     stream.blocking_write_and_flush(cx, contents)
 

@@ -19,14 +19,17 @@ may be reused by an unrelated descriptor, so a closed socket reports "ready" ins
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import logging
 import select
 import socket
+import struct
+import termios
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from .io import InputStream, OutputStream, Pollable, StreamClosed, StreamFailed, Waits
 
@@ -254,6 +257,27 @@ class SocketInput(InputStream):
     def record(self) -> ConnectionRecord | None:
         return self.shared.record
 
+    def read_into(self, n: int, fill: Any) -> Any:
+        """``read`` straight into the guest's buffer when the kernel has bytes queued (so the
+        guest is never handed an allocation for nothing); otherwise ``read``."""
+        if self._error is not None or self._ended or self.shared.closed or n == 0:
+            return self.read(n)
+        try:
+            queued = struct.unpack("i", fcntl.ioctl(self.shared.sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+        except OSError:
+            queued = 0
+        if queued <= 0:
+            return self.read(n)  # nothing yet, the end, or an error: read() tells which
+        view = fill(min(n, queued, self.max_chunk))
+        try:
+            got = self.shared.sock.recv_into(view)
+        except (BlockingIOError, InterruptedError):
+            got = 0
+        except OSError as e:
+            self._ended = True
+            raise StreamFailed(f"receive failed: {e.strerror or e}", error_code(e), "sockets") from None
+        return fill.done(got)
+
     def _has_something(self) -> bool:
         if self._ended or self._error is not None:
             return True
@@ -270,6 +294,8 @@ class SocketInput(InputStream):
 
 class SocketOutput(OutputStream):
     """The sending half of a connected stream socket, as a wasi:io output-stream."""
+
+    takes_views = True  # _write appends to its own buffer
 
     capacity = 256 * 1024
 

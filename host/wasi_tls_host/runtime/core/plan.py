@@ -1,0 +1,654 @@
+"""Taking a component binary apart into a flat instantiation plan (Binary.md).
+
+The component is evaluated once, at load time, the way wasmtime's translate/inline phase
+does it: every index space of every (nested) component scope is filled with static
+descriptions, nested component instantiations are inlined, and what is left is
+
+* ``modules``: the core module binaries, in order;
+* ``steps``: one entry per core instance to create, in the component's order, whose
+  arguments name core items (exports of earlier instances, lowered host functions,
+  ``resource.new/rep/drop`` built-ins);
+* ``exports``: the component's exports, each a lifted function (or an instance of them);
+* ``host_imports``: the host functions the component lowers, with their WIT types.
+
+Anything this backend does not implement raises ``Unsupported`` with the construct's name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .types import (
+    PRIM_CODES, PRIMS, AbstractResource, ComponentT, DefinedResource, Flags, FuncT, Handle, ImportedResource,
+    InstanceT, ListT, Malformed, Record, ResourceT, Tuple, Unsupported, ValType, Variant, enum_type, option_type,
+    result_type,
+)
+
+# --- core items a plan refers to --------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class CoreExport:
+    """Export ``name`` of the core instance created by step ``slot``."""
+
+    slot: int
+    name: str
+
+
+@dataclass(eq=False)
+class HostImport:
+    """A function imported from the host: ``interface`` is the import name as the component
+    spells it (with its version)."""
+
+    interface: str
+    name: str
+    type: FuncT
+
+
+@dataclass(eq=False)
+class Opts:
+    encoding: str = "utf8"
+    memory: Any = None
+    realloc: Any = None
+    post_return: Any = None
+
+
+@dataclass(eq=False)
+class Lowered:
+    target: HostImport
+    opts: Opts
+
+
+@dataclass(eq=False)
+class Lifted:
+    core_func: Any
+    opts: Opts
+    type: FuncT
+
+
+@dataclass(eq=False)
+class ResourceBuiltin:
+    op: str  # new | drop | rep
+    resource: ResourceT
+
+
+@dataclass(eq=False)
+class Instantiate:
+    module: int
+    args: dict[str, int]  # import module name -> step slot
+
+
+@dataclass(eq=False)
+class Bag:
+    items: dict[str, Any]  # export name -> core item
+
+
+@dataclass
+class Plan:
+    modules: list[bytes] = field(default_factory=list)
+    steps: list[Instantiate | Bag] = field(default_factory=list)
+    exports: dict[str, Any] = field(default_factory=dict)  # name -> Lifted | dict (instance)
+    host_imports: list[HostImport] = field(default_factory=list)
+    imported_resources: list[ImportedResource] = field(default_factory=list)
+    import_names: list[str] = field(default_factory=list)
+    defined_resources: list[DefinedResource] = field(default_factory=list)
+
+
+# --- binary reading --------------------------------------------------------------------------
+
+
+class Reader:
+    def __init__(self, data: bytes | memoryview, pos: int = 0, end: int | None = None) -> None:
+        self.data = data
+        self.pos = pos
+        self.end = len(data) if end is None else end
+
+    def byte(self) -> int:
+        if self.pos >= self.end:
+            raise Malformed("unexpected end of component binary")
+        b = self.data[self.pos]
+        self.pos += 1
+        return b
+
+    def peek(self) -> int:
+        if self.pos >= self.end:
+            raise Malformed("unexpected end of component binary")
+        return self.data[self.pos]
+
+    def u32(self) -> int:
+        result = shift = 0
+        while True:
+            b = self.byte()
+            result |= (b & 0x7F) << shift
+            if not b & 0x80:
+                return result
+            shift += 7
+            if shift > 35:
+                raise Malformed("integer too long")
+
+    def s33(self) -> int:
+        result = shift = 0
+        while True:
+            b = self.byte()
+            result |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                if b & 0x40:
+                    result -= 1 << shift
+                return result
+            if shift > 35:
+                raise Malformed("integer too long")
+
+    def bytes(self, n: int) -> bytes:
+        if self.pos + n > self.end:
+            raise Malformed("unexpected end of component binary")
+        b = bytes(self.data[self.pos:self.pos + n])
+        self.pos += n
+        return b
+
+    def name(self) -> str:
+        try:
+            return self.bytes(self.u32()).decode()
+        except UnicodeDecodeError:
+            raise Malformed("a name is not valid UTF-8") from None
+
+    def extern_name(self) -> str:
+        tag = self.byte()
+        if tag in (0x00, 0x01):
+            return self.name()
+        if tag == 0x02:
+            name = self.name()
+            for _ in range(self.u32()):
+                kind = self.byte()
+                if kind in (0x00, 0x01, 0x02):
+                    self.name()
+                else:
+                    raise Malformed(f"unknown name attribute 0x{kind:02x}")
+            return name
+        raise Malformed(f"unknown name encoding 0x{tag:02x}")
+
+
+CORE_SORTS = {0x00: "core func", 0x01: "core table", 0x02: "core memory", 0x03: "core global", 0x04: "core tag",
+              0x10: "core type", 0x11: "core module", 0x12: "core instance"}
+SORTS = {0x01: "func", 0x02: "value", 0x03: "type", 0x04: "component", 0x05: "instance"}
+
+
+def read_sort(r: Reader) -> str:
+    b = r.byte()
+    if b == 0x00:
+        cs = r.byte()
+        if cs not in CORE_SORTS:
+            raise Malformed(f"unknown core sort 0x{cs:02x}")
+        return CORE_SORTS[cs]
+    if b not in SORTS:
+        raise Malformed(f"unknown sort 0x{b:02x}")
+    return SORTS[b]
+
+
+# --- scopes ------------------------------------------------------------------------------------
+
+
+class Scope:
+    """The index spaces of one component definition (or of one instance/component type)."""
+
+    def __init__(self, parent: Scope | None) -> None:
+        self.parent = parent
+        self.spaces: dict[str, list[Any]] = {s: [] for s in (*CORE_SORTS.values(), *SORTS.values())}
+
+    def get(self, sort: str, idx: int) -> Any:
+        space = self.spaces[sort]
+        if idx >= len(space):
+            raise Malformed(f"{sort} index {idx} out of range")
+        return space[idx]
+
+    def add(self, sort: str, item: Any) -> None:
+        self.spaces[sort].append(item)
+
+    def outer(self, count: int) -> Scope:
+        s: Scope | None = self
+        for _ in range(count):
+            s = s.parent if s is not None else None
+        if s is None:
+            raise Malformed("outer alias reaches past the outermost component")
+        return s
+
+
+@dataclass(eq=False)
+class ComponentDef:
+    data: bytes
+    parent: Scope
+
+
+@dataclass(eq=False)
+class ImportedInstance:
+    name: str
+    exports: dict[str, tuple[str, Any]]
+
+
+# --- the evaluator -------------------------------------------------------------------------------
+
+
+class Planner:
+    def __init__(self) -> None:
+        self.plan = Plan()
+
+    # types ------------------------------------------------------------------------------
+    def valtype(self, r: Reader, scope: Scope) -> ValType:
+        code = r.s33()
+        if code >= 0:
+            t = scope.get("type", code)
+            if not isinstance(t, ValType):
+                raise Malformed(f"type index {code} is not a value type")
+            return t
+        prim = PRIM_CODES.get(code & 0x7F)
+        if prim is None:
+            raise Unsupported(f"value type 0x{code & 0x7F:02x}")
+        return PRIMS[prim]
+
+    def resource_of(self, scope: Scope, idx: int) -> ResourceT:
+        t = scope.get("type", idx)
+        if not isinstance(t, ResourceT):
+            raise Malformed(f"type index {idx} is not a resource")
+        return t
+
+    def opt_valtype(self, r: Reader, scope: Scope) -> ValType | None:
+        flag = r.byte()
+        if flag == 0x00:
+            return None
+        if flag == 0x01:
+            return self.valtype(r, scope)
+        raise Malformed("bad optional value type")
+
+    def deftype(self, r: Reader, scope: Scope) -> Any:
+        code = r.byte()
+        if code in PRIM_CODES:
+            return PRIMS[PRIM_CODES[code]]
+        if code == 0x72:
+            return Record([(r.name(), self.valtype(r, scope)) for _ in range(r.u32())])
+        if code == 0x71:
+            cases = []
+            for _ in range(r.u32()):
+                label = r.name()
+                t = self.opt_valtype(r, scope)
+                if r.byte() != 0x00:
+                    raise Unsupported("variant case refinements")
+                cases.append((label, t))
+            return Variant(cases)
+        if code == 0x70:
+            return ListT(self.valtype(r, scope))
+        if code == 0x6F:
+            return Tuple([self.valtype(r, scope) for _ in range(r.u32())])
+        if code == 0x6E:
+            return Flags([r.name() for _ in range(r.u32())])
+        if code == 0x6D:
+            return enum_type([r.name() for _ in range(r.u32())])
+        if code == 0x6B:
+            return option_type(self.valtype(r, scope))
+        if code == 0x6A:
+            ok = self.opt_valtype(r, scope)
+            err = self.opt_valtype(r, scope)
+            return result_type(ok, err)
+        if code == 0x69:
+            return Handle(self.resource_of(scope, r.u32()), True)
+        if code == 0x68:
+            return Handle(self.resource_of(scope, r.u32()), False)
+        if code == 0x40:
+            params = [(r.name(), self.valtype(r, scope)) for _ in range(r.u32())]
+            tag = r.byte()
+            if tag == 0x00:
+                result = self.valtype(r, scope)
+            elif tag == 0x01 and r.byte() == 0x00:
+                result = None
+            else:
+                raise Unsupported("functions with named results")
+            return FuncT(params, result)
+        if code == 0x42:
+            return self.instance_type(r, Scope(scope))
+        if code == 0x41:
+            self.instance_type(r, Scope(scope), component=True)
+            return ComponentT()
+        if code == 0x3F:
+            if r.byte() != 0x7F:
+                raise Malformed("resource representation must be i32")
+            dtor = None
+            if r.byte() == 0x01:
+                dtor = ("core func", r.u32())
+            res = DefinedResource(dtor)
+            return res
+        names = {0x43: "async functions", 0x67: "fixed-length lists", 0x66: "streams", 0x65: "futures",
+                 0x64: "error-context", 0x63: "maps", 0x3E: "async resources"}
+        raise Unsupported(names.get(code, f"type constructor 0x{code:02x}"))
+
+    def externtype(self, r: Reader, scope: Scope) -> tuple[str, Any]:
+        tag = r.byte()
+        if tag == 0x00:
+            r.byte()
+            r.u32()
+            raise Unsupported("core module imports")
+        if tag == 0x01:
+            t = scope.get("type", r.u32())
+            if not isinstance(t, FuncT):
+                raise Malformed("func import of a non-function type")
+            return "func", t
+        if tag == 0x02:
+            raise Unsupported("value imports")
+        if tag == 0x03:
+            bound = r.byte()
+            if bound == 0x00:
+                return "type", ("eq", scope.get("type", r.u32()))
+            if bound == 0x01:
+                return "type", ("sub", None)
+            raise Malformed("bad type bound")
+        if tag == 0x04:
+            r.u32()
+            return "component", None
+        if tag == 0x05:
+            t = scope.get("type", r.u32())
+            if not isinstance(t, InstanceT):
+                raise Malformed("instance import of a non-instance type")
+            return "instance", t
+        raise Malformed(f"bad extern type 0x{tag:02x}")
+
+    def instance_type(self, r: Reader, local: Scope, component: bool = False) -> InstanceT:
+        it = InstanceT()
+        for _ in range(r.u32()):
+            tag = r.byte()
+            if tag == 0x00:
+                self.skip_core_type(r)
+            elif tag == 0x01:
+                local.add("type", self.deftype(r, local))
+            elif tag == 0x02:
+                self.alias(r, local)
+            elif tag in (0x03, 0x04):
+                if tag == 0x03 and not component:
+                    raise Malformed("import declaration in an instance type")
+                name = r.extern_name()
+                sort, t = self.externtype(r, local)
+                if sort == "type":
+                    bound, target = t
+                    t = target if bound == "eq" else AbstractResource(name)
+                    local.add("type", t)
+                elif sort == "instance":
+                    local.add("instance", t)
+                elif sort == "func":
+                    local.add("func", t)
+                if tag == 0x04:
+                    it.exports[name] = (sort, t)
+            else:
+                raise Malformed(f"bad instance type declaration 0x{tag:02x}")
+        return it
+
+    def skip_core_type(self, r: Reader) -> None:
+        if r.byte() != 0x60:
+            raise Unsupported("core module types inside component types")
+        for _ in range(2):
+            for _ in range(r.u32()):
+                if r.byte() not in (0x7F, 0x7E, 0x7D, 0x7C, 0x7B, 0x70, 0x6F):
+                    raise Unsupported("core reference types")
+
+    # aliases ----------------------------------------------------------------------------
+    def alias(self, r: Reader, scope: Scope) -> None:
+        sort = read_sort(r)
+        target = r.byte()
+        if target == 0x00:
+            inst = scope.get("instance", r.u32())
+            name = r.name()
+            exports = inst.exports if isinstance(inst, ImportedInstance) else inst
+            if isinstance(inst, InstanceT):
+                exports = inst.exports
+            entry = exports.get(name)
+            if entry is None:
+                raise Malformed(f"instance has no export {name!r}")
+            esort, item = entry
+            if esort != sort:
+                raise Malformed(f"export {name!r} is a {esort}, not a {sort}")
+            scope.add(sort, item)
+        elif target == 0x01:
+            slot = scope.get("core instance", r.u32())
+            name = r.name()
+            scope.add(sort, self.core_export(slot, name))
+        elif target == 0x02:
+            count, idx = r.u32(), r.u32()
+            scope.add(sort, scope.outer(count).get(sort, idx))
+        else:
+            raise Malformed(f"bad alias target 0x{target:02x}")
+
+    def core_export(self, slot: int, name: str) -> Any:
+        step = self.plan.steps[slot]
+        if isinstance(step, Bag):
+            if name not in step.items:
+                raise Malformed(f"core instance has no export {name!r}")
+            return step.items[name]
+        return CoreExport(slot, name)
+
+    # canon --------------------------------------------------------------------------------
+    def opts(self, r: Reader, scope: Scope) -> Opts:
+        o = Opts()
+        for _ in range(r.u32()):
+            tag = r.byte()
+            if tag == 0x00:
+                o.encoding = "utf8"
+            elif tag == 0x01:
+                o.encoding = "utf16"
+            elif tag == 0x02:
+                o.encoding = "latin1+utf16"
+            elif tag == 0x03:
+                o.memory = scope.get("core memory", r.u32())
+            elif tag == 0x04:
+                o.realloc = scope.get("core func", r.u32())
+            elif tag == 0x05:
+                o.post_return = scope.get("core func", r.u32())
+            elif tag == 0x06:
+                raise Unsupported("async canon option")
+            else:
+                raise Unsupported(f"canon option 0x{tag:02x}")
+        return o
+
+    def canon(self, r: Reader, scope: Scope) -> None:
+        tag = r.byte()
+        if tag == 0x00:
+            if r.byte() != 0x00:
+                raise Malformed("canon lift of a non-function")
+            core_func = scope.get("core func", r.u32())
+            opts = self.opts(r, scope)
+            ft = scope.get("type", r.u32())
+            if not isinstance(ft, FuncT):
+                raise Malformed("canon lift with a non-function type")
+            scope.add("func", Lifted(core_func, opts, ft))
+        elif tag == 0x01:
+            if r.byte() != 0x00:
+                raise Malformed("canon lower of a non-function")
+            func = scope.get("func", r.u32())
+            opts = self.opts(r, scope)
+            if not isinstance(func, HostImport):
+                raise Unsupported("canon lower of a function the component defines itself (component-to-component calls)")
+            scope.add("core func", Lowered(func, opts))
+        elif tag in (0x02, 0x03, 0x04):
+            res = self.resource_of(scope, r.u32()).resolve()
+            scope.add("core func", ResourceBuiltin({0x02: "new", 0x03: "drop", 0x04: "rep"}[tag], res))
+        else:
+            raise Unsupported(f"canon built-in 0x{tag:02x} (async, streams, threads)")
+
+    # sections ------------------------------------------------------------------------------
+    def component(self, data: bytes | memoryview, scope: Scope, args: dict[str, tuple[str, Any]] | None) -> dict[str, tuple[str, Any]]:
+        """Evaluate one component body; ``args`` is None for the outermost (host) component."""
+        if bytes(data[:8]) != b"\0asm\x0d\x00\x01\x00":
+            raise Malformed("not a component binary (bad preamble)")
+        exports: dict[str, tuple[str, Any]] = {}
+        r = Reader(data, 8)
+        while r.pos < r.end:
+            sid = r.byte()
+            size = r.u32()
+            end = r.pos + size
+            if end > r.end:
+                raise Malformed("section runs past the end of the component")
+            sec = Reader(data, r.pos, end)
+            if sid == 0x00:
+                pass
+            elif sid == 0x01:
+                self.plan.modules.append(bytes(data[r.pos:end]))
+                scope.add("core module", len(self.plan.modules) - 1)
+            elif sid == 0x02:
+                for _ in range(sec.u32()):
+                    self.core_instance(sec, scope)
+            elif sid == 0x03:
+                pass  # core types: only module types of core module imports use them (unsupported there)
+            elif sid == 0x04:
+                scope.add("component", ComponentDef(bytes(data[r.pos:end]), scope))
+            elif sid == 0x05:
+                for _ in range(sec.u32()):
+                    self.instance(sec, scope)
+            elif sid == 0x06:
+                for _ in range(sec.u32()):
+                    self.alias(sec, scope)
+            elif sid == 0x07:
+                for _ in range(sec.u32()):
+                    t = self.deftype(sec, scope)
+                    if isinstance(t, DefinedResource):
+                        if t.dtor is not None:
+                            t.dtor = scope.get("core func", t.dtor[1])
+                        self.plan.defined_resources.append(t)
+                    scope.add("type", t)
+            elif sid == 0x08:
+                for _ in range(sec.u32()):
+                    self.canon(sec, scope)
+            elif sid == 0x09:
+                raise Unsupported("start functions")
+            elif sid == 0x0A:
+                for _ in range(sec.u32()):
+                    self.import_(sec, scope, args)
+            elif sid == 0x0B:
+                for _ in range(sec.u32()):
+                    name = sec.extern_name()
+                    sort = read_sort(sec)
+                    item = scope.get(sort, sec.u32())
+                    if sec.byte() == 0x01:
+                        self.externtype(sec, scope)  # ascribed type: structurally the same
+                    scope.add(sort, item)
+                    exports[name] = (sort, item)
+            elif sid == 0x0C:
+                raise Unsupported("value definitions")
+            else:
+                raise Malformed(f"unknown section id {sid}")
+            r.pos = end
+        return exports
+
+    def core_instance(self, r: Reader, scope: Scope) -> None:
+        tag = r.byte()
+        if tag == 0x00:
+            module = scope.get("core module", r.u32())
+            args = {}
+            for _ in range(r.u32()):
+                name = r.name()
+                if r.byte() != 0x12:
+                    raise Malformed("core instantiation argument is not an instance")
+                args[name] = scope.get("core instance", r.u32())
+            self.plan.steps.append(Instantiate(module, args))
+        elif tag == 0x01:
+            items = {}
+            for _ in range(r.u32()):
+                name = r.name()
+                cs = r.byte()
+                sort = CORE_SORTS.get(cs)
+                if sort is None:
+                    raise Malformed("bad core sort")
+                items[name] = scope.get(sort, r.u32())
+            self.plan.steps.append(Bag(items))
+        else:
+            raise Malformed("bad core instance")
+        scope.add("core instance", len(self.plan.steps) - 1)
+
+    def instance(self, r: Reader, scope: Scope) -> None:
+        tag = r.byte()
+        if tag == 0x00:
+            comp = scope.get("component", r.u32())
+            args = {}
+            for _ in range(r.u32()):
+                name = r.name()
+                sort = read_sort(r)
+                args[name] = (sort, scope.get(sort, r.u32()))
+            if not isinstance(comp, ComponentDef):
+                raise Unsupported("instantiating an imported component")
+            exports = self.component(comp.data, Scope(comp.parent), args)
+            scope.add("instance", exports)
+        elif tag == 0x01:
+            exports = {}
+            for _ in range(r.u32()):
+                name = r.extern_name()
+                sort = read_sort(r)
+                exports[name] = (sort, scope.get(sort, r.u32()))
+            scope.add("instance", exports)
+        else:
+            raise Malformed("bad instance")
+
+    def import_(self, r: Reader, scope: Scope, args: dict[str, tuple[str, Any]] | None) -> None:
+        name = r.extern_name()
+        sort, t = self.externtype(r, scope)
+        if args is not None:
+            if name not in args:
+                raise Malformed(f"nested component import {name!r} has no argument")
+            asort, item = args[name]
+            if asort != sort:
+                raise Malformed(f"nested component import {name!r} given a {asort}")
+            if sort == "type" and t[0] == "eq" and not isinstance(item, (ValType, ResourceT)):
+                item = t[1]
+            scope.add(sort, item)
+            return
+        self.plan.import_names.append(name)
+        if sort == "instance":
+            exports: dict[str, tuple[str, Any]] = {}
+            for ename, (esort, ety) in t.exports.items():
+                if esort == "func":
+                    hi = HostImport(name, ename, ety)
+                    self.plan.host_imports.append(hi)
+                    exports[ename] = ("func", hi)
+                elif esort == "type":
+                    if isinstance(ety, AbstractResource) and ety.target is None:
+                        ety.target = ImportedResource(name, ename)
+                        self.plan.imported_resources.append(ety.target)
+                    exports[ename] = ("type", ety)
+                else:
+                    raise Unsupported(f"{esort} exports of imported instance {name}")
+            scope.add("instance", ImportedInstance(name, exports))
+        elif sort == "func":
+            hi = HostImport("", name, t)
+            self.plan.host_imports.append(hi)
+            scope.add("func", hi)
+        elif sort == "type":
+            bound, target = t
+            if bound == "sub":
+                res = ImportedResource("", name)
+                self.plan.imported_resources.append(res)
+                scope.add("type", res)
+            else:
+                scope.add("type", target)
+        else:
+            raise Unsupported(f"{sort} imports")
+
+
+def make_plan(wasm: bytes) -> Plan:
+    planner = Planner()
+    try:
+        exports = planner.component(memoryview(wasm), Scope(None), None)
+    except (IndexError, KeyError) as e:
+        raise Malformed(f"malformed component: {e}") from None
+    planner.plan.exports = _export_tree(exports)
+    return planner.plan
+
+
+def _export_tree(exports: dict[str, tuple[str, Any]]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for name, (sort, item) in exports.items():
+        if sort == "func":
+            if isinstance(item, Lifted):
+                tree[name] = item
+            else:
+                raise Unsupported(f"re-exporting imported function {name}")
+        elif sort == "instance":
+            if isinstance(item, dict):
+                tree[name] = _export_tree(item)
+            else:
+                raise Unsupported(f"re-exporting imported instance {name}")
+        # types, components: nothing to call
+    return tree

@@ -1,0 +1,282 @@
+"""Component-model value types as the core backend sees them, with the Canonical ABI's
+sizes, alignments and flattenings (CanonicalABI.md: ``elem_size``, ``alignment``,
+``flatten_type``), computed once per type object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+MAX_FLAT_PARAMS = 16
+MAX_FLAT_RESULTS = 1
+
+
+class Unsupported(Exception):
+    """A construct this backend does not implement: the host falls back to the component backend."""
+
+
+class Malformed(Exception):
+    """The component binary is not well formed (reported, never run)."""
+
+
+class ValType:
+    size: int
+    align: int
+    flat: list[str]
+
+    def signature(self) -> str:  # the text form runtime.abi.signature gives the same type
+        raise NotImplementedError
+
+
+@dataclass(eq=False)
+class Prim(ValType):
+    name: str
+
+    def __post_init__(self) -> None:
+        self.size, self.align, self.flat = _PRIM_LAYOUT[self.name]
+
+    def signature(self) -> str:
+        return self.name
+
+
+_PRIM_LAYOUT: dict[str, tuple[int, int, list[str]]] = {
+    "bool": (1, 1, ["i32"]), "s8": (1, 1, ["i32"]), "u8": (1, 1, ["i32"]),
+    "s16": (2, 2, ["i32"]), "u16": (2, 2, ["i32"]), "s32": (4, 4, ["i32"]), "u32": (4, 4, ["i32"]),
+    "s64": (8, 8, ["i64"]), "u64": (8, 8, ["i64"]), "f32": (4, 4, ["f32"]), "f64": (8, 8, ["f64"]),
+    "char": (4, 4, ["i32"]), "string": (8, 4, ["i32", "i32"]),
+}
+PRIM_CODES = {
+    0x7F: "bool", 0x7E: "s8", 0x7D: "u8", 0x7C: "s16", 0x7B: "u16", 0x7A: "s32", 0x79: "u32",
+    0x78: "s64", 0x77: "u64", 0x76: "f32", 0x75: "f64", 0x74: "char", 0x73: "string",
+}
+PRIMS = {name: Prim(name) for name in PRIM_CODES.values()}
+
+
+def align_to(n: int, a: int) -> int:
+    return (n + a - 1) // a * a
+
+
+def join(a: str, b: str) -> str:
+    if a == b:
+        return a
+    if {a, b} == {"i32", "f32"}:
+        return "i32"
+    return "i64"
+
+
+@dataclass(eq=False)
+class ListT(ValType):
+    elem: ValType
+
+    def __post_init__(self) -> None:
+        self.size, self.align, self.flat = 8, 4, ["i32", "i32"]
+
+    def signature(self) -> str:
+        return f"list<{self.elem.signature()}>"
+
+
+def _record_layout(types: list[ValType]) -> tuple[int, int, list[int], list[str]]:
+    size, align, offsets, flat = 0, 1, [], []
+    for t in types:
+        size = align_to(size, t.align)
+        offsets.append(size)
+        size += t.size
+        align = max(align, t.align)
+        flat += t.flat
+    return align_to(size, align), align, offsets, flat
+
+
+@dataclass(eq=False)
+class Record(ValType):
+    fields: list[tuple[str, ValType]]
+
+    def __post_init__(self) -> None:
+        self.size, self.align, self.offsets, self.flat = _record_layout([t for _, t in self.fields])
+
+    def signature(self) -> str:
+        return "record{" + ",".join(f"{n}:{t.signature()}" for n, t in self.fields) + "}"
+
+
+@dataclass(eq=False)
+class Tuple(ValType):
+    elems: list[ValType]
+
+    def __post_init__(self) -> None:
+        self.size, self.align, self.offsets, self.flat = _record_layout(self.elems)
+
+    def signature(self) -> str:
+        return "tuple<" + ",".join(t.signature() for t in self.elems) + ">"
+
+
+def _disc_size(n: int) -> int:
+    return 1 if n <= 256 else 2 if n <= 65536 else 4
+
+
+@dataclass(eq=False)
+class Variant(ValType):
+    """Also the layout of enum, option and result (``kind`` says which Python shape)."""
+
+    cases: list[tuple[str, ValType | None]]
+    kind: str = "variant"  # variant | enum | option | result
+    extra: Any = None  # option/result: the WIT-level payload types, for signatures
+
+    def __post_init__(self) -> None:
+        n = len(self.cases)
+        self.disc_size = _disc_size(n)
+        max_align = self.disc_size
+        max_size = 0
+        flat_payload: list[str] = []
+        for _, t in self.cases:
+            if t is None:
+                continue
+            max_align = max(max_align, t.align)
+            max_size = max(max_size, t.size)
+            for i, ft in enumerate(t.flat):
+                if i < len(flat_payload):
+                    flat_payload[i] = join(flat_payload[i], ft)
+                else:
+                    flat_payload.append(ft)
+        self.align = max_align
+        self.payload_offset = align_to(self.disc_size, max_align)
+        self.size = align_to(self.payload_offset + max_size, max_align)
+        self.flat = ["i32", *flat_payload]
+
+    def signature(self) -> str:
+        if self.kind == "enum":
+            return "enum{" + ",".join(n for n, _ in self.cases) + "}"
+        if self.kind == "option":
+            return f"option<{self.cases[1][1].signature()}>"  # type: ignore[union-attr]
+        if self.kind == "result":
+            ok, err = self.cases[0][1], self.cases[1][1]
+            return f"result<{ok.signature() if ok else '_'},{err.signature() if err else '_'}>"
+        return "variant{" + ",".join(n if t is None else f"{n}({t.signature()})" for n, t in self.cases) + "}"
+
+
+def enum_type(names: list[str]) -> Variant:
+    return Variant([(n, None) for n in names], "enum")
+
+
+def option_type(t: ValType) -> Variant:
+    return Variant([("none", None), ("some", t)], "option")
+
+
+def result_type(ok: ValType | None, err: ValType | None) -> Variant:
+    return Variant([("ok", ok), ("error", err)], "result")
+
+
+@dataclass(eq=False)
+class Flags(ValType):
+    names: list[str]
+
+    def __post_init__(self) -> None:
+        n = len(self.names)
+        if n == 0:
+            self.size, self.align, self.flat = 0, 1, []
+        elif n <= 8:
+            self.size, self.align, self.flat = 1, 1, ["i32"]
+        elif n <= 16:
+            self.size, self.align, self.flat = 2, 2, ["i32"]
+        else:
+            words = (n + 31) // 32
+            self.size, self.align, self.flat = 4 * words, 4, ["i32"] * words
+
+    def signature(self) -> str:
+        return "flags{" + ",".join(self.names) + "}"
+
+
+# --- resources -----------------------------------------------------------------------------
+
+
+class ResourceT:
+    """A resource type: identity matters (two handles' types are compared with ``is``)."""
+
+    def resolve(self) -> ResourceT:
+        return self
+
+
+@dataclass(eq=False)
+class AbstractResource(ResourceT):
+    """``(export "x" (type (sub resource)))`` inside an instance or component type; bound
+    to a concrete resource when an import of that type is made."""
+
+    name: str
+    target: ResourceT | None = None
+
+    def resolve(self) -> ResourceT:
+        t: ResourceT = self
+        while isinstance(t, AbstractResource) and t.target is not None:
+            t = t.target
+        return t
+
+
+@dataclass(eq=False)
+class ImportedResource(ResourceT):
+    """A resource the host implements, named by the importing interface."""
+
+    interface: str
+    name: str
+    kind: Any = None  # the host's ResourceKind, bound when the component is prepared
+
+
+@dataclass(eq=False)
+class DefinedResource(ResourceT):
+    """A resource the component defines itself (``(type (resource (rep i32) (dtor f)))``)."""
+
+    dtor: Any = None  # a core func reference (planned), or None
+
+
+@dataclass(eq=False)
+class Handle(ValType):
+    resource: ResourceT
+    own: bool
+
+    def __post_init__(self) -> None:
+        self.size, self.align, self.flat = 4, 4, ["i32"]
+
+    def signature(self) -> str:
+        return "own" if self.own else "borrow"
+
+
+# --- functions and instance types -----------------------------------------------------------
+
+
+@dataclass(eq=False)
+class FuncT:
+    params: list[tuple[str, ValType]]
+    result: ValType | None
+
+    def __post_init__(self) -> None:
+        flat_params: list[str] = []
+        for _, t in self.params:
+            flat_params += t.flat
+        self.params_spill = len(flat_params) > MAX_FLAT_PARAMS
+        self.flat_params = ["i32"] if self.params_spill else flat_params
+        flat_results = self.result.flat if self.result is not None else []
+        self.results_spill = len(flat_results) > MAX_FLAT_RESULTS
+        self.flat_results = flat_results if not self.results_spill else ["i32"]
+        self.param_tuple = Tuple([t for _, t in self.params]) if self.params else None
+
+    def signature(self) -> str:
+        params = ",".join(t.signature() for _, t in self.params)
+        return f"({params})->{self.result.signature() if self.result is not None else '()'}"
+
+    def lower_core_type(self) -> tuple[list[str], list[str]]:
+        """The core signature of ``canon lower`` of this function (results by pointer)."""
+        if self.results_spill:
+            return [*self.flat_params, "i32"], []
+        return list(self.flat_params), list(self.flat_results)
+
+    def lift_core_type(self) -> tuple[list[str], list[str]]:
+        """The core signature a ``canon lift`` of this function must have."""
+        return list(self.flat_params), list(self.flat_results)
+
+
+@dataclass(eq=False)
+class InstanceT:
+    exports: dict[str, tuple[str, Any]] = field(default_factory=dict)  # name -> (sort, type)
+
+
+@dataclass(eq=False)
+class ComponentT:
+    pass
