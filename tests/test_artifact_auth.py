@@ -1,4 +1,5 @@
-"""Compiled artifacts are code: the component cache loads only artifacts it wrote itself."""
+"""Compiled artifacts are code: the caches load only artifacts they wrote themselves (the
+component runtime's artifacts, and the core runtime's modules and plan)."""
 
 from __future__ import annotations
 
@@ -16,13 +17,13 @@ def _artifact(cache_dir, wasm_host: Host, wasm: bytes):
 
 def test_key_is_created_private_and_each_artifact_is_tagged(tmp_path, guest_path) -> None:
     wasm = guest_path("exit_code").read_bytes()
-    host = Host(cache_dir=tmp_path)
+    host = Host(cache_dir=tmp_path, runtime="component")
     host.load(wasm)
     key = tmp_path / KEY_FILE
     assert stat.S_IMODE(key.stat().st_mode) == 0o600 and key.stat().st_size == 32
     artifact = _artifact(tmp_path, host, wasm)
     assert artifact.exists() and (tmp_path / (artifact.name + TAG_SUFFIX)).stat().st_size == 32
-    again = Host(cache_dir=tmp_path)
+    again = Host(cache_dir=tmp_path, runtime="component")
     assert again.run(wasm, WasiConfig(args=["x", "3"])).exit_code == 3
     assert again.cache.compiled == 0  # loaded from the authenticated artifact
 
@@ -32,13 +33,13 @@ def test_a_substituted_artifact_is_not_loaded(tmp_path, guest_path, caplog) -> N
     # itself would load it (same engine, same version) and run the other code.
     wasm = guest_path("exit_code").read_bytes()
     other = guest_path("calc").read_bytes()
-    host = Host(cache_dir=tmp_path)
+    host = Host(cache_dir=tmp_path, runtime="component")
     host.load(wasm)
     host.load(other)
     target, foreign = _artifact(tmp_path, host, wasm), _artifact(tmp_path, host, other)
     foreign_bytes = foreign.read_bytes()
     os.replace(foreign, target)
-    victim = Host(cache_dir=tmp_path)
+    victim = Host(cache_dir=tmp_path, runtime="component")
     with caplog.at_level(logging.WARNING, logger="wasi_tls_host.cache"):
         result = victim.run(wasm, WasiConfig(args=["x", "9"]))
     assert result.exit_code == 9  # the real component ran, not calc
@@ -49,22 +50,41 @@ def test_a_substituted_artifact_is_not_loaded(tmp_path, guest_path, caplog) -> N
 
 def test_one_flipped_byte_in_an_artifact_is_a_miss(tmp_path, guest_path) -> None:
     wasm = guest_path("exit_code").read_bytes()
-    host = Host(cache_dir=tmp_path)
+    host = Host(cache_dir=tmp_path, runtime="component")
     host.load(wasm)
     artifact = _artifact(tmp_path, host, wasm)
     data = bytearray(artifact.read_bytes())
     data[len(data) // 2] ^= 0x01
     artifact.write_bytes(bytes(data))
-    again = Host(cache_dir=tmp_path)
+    again = Host(cache_dir=tmp_path, runtime="component")
     assert again.run(wasm, WasiConfig(args=["x", "4"])).exit_code == 4
     assert again.cache.compiled == 1
 
 
 def test_a_key_others_can_read_disables_the_disk_cache(tmp_path, guest_path, caplog) -> None:
     wasm = guest_path("exit_code").read_bytes()
-    Host(cache_dir=tmp_path).load(wasm)
+    Host(cache_dir=tmp_path, runtime="component").load(wasm)
     os.chmod(tmp_path / KEY_FILE, 0o644)
     with caplog.at_level(logging.WARNING, logger="wasi_tls_host.cache"):
-        host = Host(cache_dir=tmp_path)
+        host = Host(cache_dir=tmp_path, runtime="component")
         assert host.run(wasm, WasiConfig(args=["x", "1"])).exit_code == 1
     assert host.cache.compiled == 1 and "mode is 644" in caplog.text
+
+
+def test_the_core_runtime_loads_only_modules_and_plans_it_wrote(tmp_path, guest_path, caplog) -> None:
+    wasm = guest_path("exit_code").read_bytes()
+    host = Host(cache_dir=tmp_path, runtime="core")
+    host.load(wasm)
+    files = sorted(p for p in tmp_path.iterdir() if p.name.startswith(host.core_cache.key(wasm)) and not p.name.endswith(TAG_SUFFIX))
+    assert any(p.suffix == ".plan" for p in files) and any(p.suffix == ".cwasm" for p in files)
+    assert all((tmp_path / (p.name + TAG_SUFFIX)).exists() for p in files)
+    for victim in files:
+        data = bytearray(victim.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        victim.write_bytes(bytes(data))
+        again = Host(cache_dir=tmp_path, runtime="core")
+        with caplog.at_level(logging.WARNING, logger="wasi_tls_host.cache"):
+            assert again.run(wasm, WasiConfig(args=["x", "6"])).exit_code == 6
+        assert again.cache.compiled == 1, victim.name  # a miss: compiled again (and rewritten)
+        assert "authentication failed" in caplog.text
+        caplog.clear()

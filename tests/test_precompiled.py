@@ -19,9 +19,16 @@ VOUCHER = Ed25519PrivateKey.from_private_bytes(bytes(range(7, 39)))
 STRANGER = Ed25519PrivateKey.from_private_bytes(bytes(range(50, 82)))
 
 
+# Artifacts are made for an engine like this host's (Host() has epoch interruption on) by the
+# component runtime, the one whose artifacts can be shipped (the core runtime caches its
+# modules itself).
+MAKER = Host(use_cache=False, runtime="component")
+HERE = pre.Target(WASMTIME_VERSION, MAKER.engine_label)
+
+
 def _made_elsewhere(wasm: bytes, key=VOUCHER, target=None) -> tuple[bytes, bytes]:
-    artifact = Host(use_cache=False).load(wasm).serialize()
-    return artifact, pre.sign_artifact(wasm, artifact, target or pre.Target(WASMTIME_VERSION), key)
+    artifact = MAKER.load(wasm).serialize()
+    return artifact, pre.sign_artifact(wasm, artifact, target or HERE, key)
 
 
 def test_a_vouched_artifact_is_loaded_without_compiling(tmp_path, guest_path) -> None:
@@ -38,12 +45,12 @@ def test_anything_else_is_compiled_here(tmp_path, guest_path, caplog) -> None:
     artifact, signature = _made_elsewhere(wasm)
     foreign, foreign_sig = _made_elsewhere(other)
     cases = {
-        "not signed by a key trusted": (artifact, pre.sign_artifact(wasm, artifact, pre.Target(WASMTIME_VERSION), STRANGER)),
+        "not signed by a key trusted": (artifact, pre.sign_artifact(wasm, artifact, HERE, STRANGER)),
         "artifact": (foreign, signature),            # another artifact under this signature
         "component": (foreign, foreign_sig),         # vouched for, but for other code
-        "wasmtime": (artifact, pre.sign_artifact(wasm, artifact, pre.Target("48.0.0"), VOUCHER)),
-        "engine": (artifact, pre.sign_artifact(wasm, artifact, pre.Target(WASMTIME_VERSION, "epoch-interruption"), VOUCHER)),
-        "platform": (artifact, pre.sign_artifact(wasm, artifact, pre.Target(WASMTIME_VERSION, platform="wasi-riscv"), VOUCHER)),
+        "wasmtime": (artifact, pre.sign_artifact(wasm, artifact, pre.Target("48.0.0", MAKER.engine_label), VOUCHER)),
+        "engine": (artifact, pre.sign_artifact(wasm, artifact, pre.Target(WASMTIME_VERSION, "default"), VOUCHER)),
+        "platform": (artifact, pre.sign_artifact(wasm, artifact, pre.Target(WASMTIME_VERSION, MAKER.engine_label, platform="wasi-riscv"), VOUCHER)),
         "malformed": (artifact, b"{"),
     }
     for why, precompiled in cases.items():

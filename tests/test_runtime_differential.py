@@ -14,9 +14,8 @@ from typing import Any
 
 import pytest
 
-from conftest import SHARED
+from devtools.conformance import SUITE, discover, prepare_dirs, to_component
 from wasi_tls_host import Host, WasiConfig
-from wasi_tls_host.conformance import discover, prepare_dirs, to_component
 from wasi_tls_host.wasi.filesystem import Preopen
 
 
@@ -95,7 +94,6 @@ def test_example_guest_same_on_both_runtimes(hosts: dict[str, Host], guest_path,
     assert hosts["core"].load(wasm).__class__.__name__ == "CoreComponent"  # no silent fallback
 
 
-SUITE = SHARED / "testsuites" / "wasi-testsuite-p1"
 CASES = discover(SUITE) if SUITE.is_dir() else []
 # Programs whose output is not deterministic on any host: compared by exit status, stderr and
 # stdout length only. poll_oneoff_stdio prints a Rust HashMap (iteration order is seeded
@@ -103,7 +101,7 @@ CASES = discover(SUITE) if SUITE.is_dir() else []
 UNORDERED_OUTPUT = {"rust/poll_oneoff_stdio"}
 
 
-@pytest.mark.skipif(not CASES, reason="no wasi-testsuite beside the repository")
+@pytest.mark.skipif(not CASES, reason=f"no wasi-testsuite at {SUITE}: set WASI_TESTSUITE to the suite's folder")
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_wasi_testsuite_same_on_both_runtimes(hosts: dict[str, Host], tmp_path: Path, case: Any) -> None:
     wasm = to_component(case)

@@ -358,7 +358,9 @@ def serve(opts):
                 peer, rx, tx = sock.accept()
             except Err as e:
                 if e.value != network.ErrorCode.WOULD_BLOCK:
-                    raise
+                    # One connection's failure (reset before accept, over the host's socket
+                    # limit) is not the server's: say so and keep serving.
+                    say(f"accept failed: {e.value.name.lower().replace('_', '-')}; still serving")
                 break
             accepted += 1
             client = Client(accepted, opts, chooser, peer, rx, tx)

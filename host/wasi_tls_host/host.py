@@ -207,7 +207,7 @@ class GuestInstance:
             if code is not None:
                 return RunResult(code)
             return RunResult(1, trap=str(e))
-        return RunResult(1 if isinstance(result, Err) else 0)
+        return RunResult(1, error=RUN_RETURNED_ERR) if isinstance(result, Err) else RunResult(0)
 
     def interrupt(self, reason: str = "interrupted by the embedder") -> None:
         """Stop the guest from any thread: a wait it is in traps at once, and code that

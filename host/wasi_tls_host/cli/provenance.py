@@ -151,7 +151,7 @@ def _precompile_command(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from None
     wasm = _read(args.file, "component")
-    host = Host(use_cache=False)
+    host = Host(use_cache=False, runtime="component")  # the runtime whose artifacts ship
     artifact = host.load(wasm).serialize()
     _write_atomically(args.output, artifact)
     _write_atomically(args.output + ".sig", precompiled.sign_artifact(wasm, artifact, precompiled.Target(WASMTIME_VERSION, host.engine_label), key))

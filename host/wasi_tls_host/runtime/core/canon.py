@@ -544,6 +544,8 @@ def _variant(t: Variant) -> Conv:
                 return 1, x.value
             return 0, (x.value if isinstance(x, Ok) else x)
         if kind == "enum":
+            if isinstance(x, VariantValue) and x.payload is None:  # a bare case name from --invoke
+                x = x.tag
             i = index.get(x) if isinstance(x, str) else None
             if i is None:
                 raise Trap(f"{x!r} is not a case of enum {names}")
