@@ -287,26 +287,19 @@ def main() -> None:
               f"{args.idle} idle connections; {os.cpu_count()} cores shared by server and load")
         kinds = ("guest-core", "cpython", "guest-component")
         results = {kind: measure(kind, cert, key, ca_pem, args.clients, args.duration, args.idle) for kind in kinds}
-    g, c, k = results["guest-core"], results["cpython"], results["guest-component"]
-    print(f"{'':34}{'guest (core)':>14}{'guest (component)':>19}{'CPython asyncio':>17}")
-    print(f"{'handshakes/s':34}{g['handshakes_per_s']:14.0f}{k['handshakes_per_s']:19.0f}{c['handshakes_per_s']:17.0f}"
-          f"   (core/CPython {g['handshakes_per_s'] / c['handshakes_per_s']:.2f}; target >= 1: "
-          f"{'met' if g['handshakes_per_s'] >= c['handshakes_per_s'] else 'MISSED'})")
-    print(f"{'client errors':34}{g['errors']:14.0f}{k['errors']:19.0f}{c['errors']:17.0f}")
-    print(f"{'server RSS before idle conns MiB':34}{g['rss_before_mib']:14.1f}{k['rss_before_mib']:19.1f}{c['rss_before_mib']:17.1f}")
-    print(f"{'KiB per idle connection':34}{g['kib_per_idle_conn']:14.1f}{k['kib_per_idle_conn']:19.1f}{c['kib_per_idle_conn']:17.1f}"
-          f"   ({g['idle_open']:.0f} / {k['idle_open']:.0f} / {c['idle_open']:.0f} open)")
-    counts = [int(n) for n in args.workers.split(",") if n]
-    if counts:
-        print(f"\nworkers sharing one port (SO_REUSEPORT), {args.clients} clients for {args.duration:.0f} s")
-        print(f"{'handshakes/s':34}{'guest --workers':>16}{'CPython asyncio':>18}")
-        with tempfile.TemporaryDirectory() as tmp:
-            ca = trustme.CA()
-            leaf = ca.issue_cert(NAME)
-            cert, key, ca_pem = f"{tmp}/cert.pem", f"{tmp}/key.pem", f"{tmp}/ca.pem"
-            Path(cert).write_bytes(b"".join(c.bytes() for c in leaf.cert_chain_pems))
-            leaf.private_key_pem.write_to_path(key)
-            ca.cert_pem.write_to_path(ca_pem)
+        g, c, k = results["guest-core"], results["cpython"], results["guest-component"]
+        print(f"{'':34}{'guest (core)':>14}{'guest (component)':>19}{'CPython asyncio':>17}")
+        print(f"{'handshakes/s':34}{g['handshakes_per_s']:14.0f}{k['handshakes_per_s']:19.0f}{c['handshakes_per_s']:17.0f}"
+              f"   (core/CPython {g['handshakes_per_s'] / c['handshakes_per_s']:.2f}; target >= 1: "
+              f"{'met' if g['handshakes_per_s'] >= c['handshakes_per_s'] else 'MISSED'})")
+        print(f"{'client errors':34}{g['errors']:14.0f}{k['errors']:19.0f}{c['errors']:17.0f}")
+        print(f"{'server RSS before idle conns MiB':34}{g['rss_before_mib']:14.1f}{k['rss_before_mib']:19.1f}{c['rss_before_mib']:17.1f}")
+        print(f"{'KiB per idle connection':34}{g['kib_per_idle_conn']:14.1f}{k['kib_per_idle_conn']:19.1f}{c['kib_per_idle_conn']:17.1f}"
+              f"   ({g['idle_open']:.0f} / {k['idle_open']:.0f} / {c['idle_open']:.0f} open)")
+        counts = [int(n) for n in args.workers.split(",") if n]
+        if counts:
+            print(f"\nworkers sharing one port (SO_REUSEPORT), {args.clients} clients for {args.duration:.0f} s")
+            print(f"{'handshakes/s':34}{'guest --workers':>16}{'CPython asyncio':>18}")
             for n in counts:
                 gw = measure_workers("guest", n, cert, key, ca_pem, args.clients, args.duration)
                 cw = measure_workers("cpython", n, cert, key, ca_pem, args.clients, args.duration)

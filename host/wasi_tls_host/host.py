@@ -11,7 +11,7 @@ import threading
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from wasmtime import Config, Engine, ExitTrap, Store, WasmtimeError
 from wasmtime.component import Component, Instance, Linker
@@ -182,16 +182,7 @@ class GuestInstance:
         func = exports.get_func(self.store, self.instance, [run_iface, "run"])
         if func is None:
             raise GuestError(f"{run_iface} has no run function")
-        try:
-            result = exports.call(self.store, func)
-        except ExitTrap as e:
-            return RunResult(e.code)
-        except WasmtimeError as e:
-            code = self.state.exit_code
-            if code is not None:
-                return RunResult(code)
-            return RunResult(1, trap=str(e))
-        return RunResult(1, error=RUN_RETURNED_ERR) if isinstance(result, Err) else RunResult(0)
+        return self._outcome(lambda: exports.call(self.store, func))
 
     def _run_core(self, core: ComponentInstance) -> RunResult:
         run_iface = next((n for n in core.component.plan.exports if n.startswith("wasi:cli/run@0.2.")), None)
@@ -200,10 +191,16 @@ class GuestInstance:
         lifted = core.lookup_export([run_iface, "run"])
         if lifted is None:
             raise GuestError(f"{run_iface} has no run function")
+        return self._outcome(lambda: core.call_export(lifted, ()))
+
+    def _outcome(self, call_run: Callable[[], Any]) -> RunResult:
+        """Call ``wasi:cli/run`` (either runtime) and turn its outcome into an exit code."""
         try:
-            result = core.call_export(lifted, ())
+            result = call_run()
+        except ExitTrap as e:
+            return RunResult(e.code)
         except WasmtimeError as e:
-            code = self.state.exit_code
+            code = self.state.exit_code  # wasi:cli/exit unwinds the guest with a trap
             if code is not None:
                 return RunResult(code)
             return RunResult(1, trap=str(e))
