@@ -42,7 +42,7 @@ def median_ms(fn: Callable[[], object], runs: int = 7) -> float:
 def main() -> None:
     wasm = guests.build("https_get").read_bytes()
     with tempfile.TemporaryDirectory() as tmp:
-        host = Host(cache_dir=Path(tmp))
+        host = Host(cache_dir=Path(tmp), runtime="component")  # one artifact file (the core runtime writes one per module)
         host.load(wasm)
         key = host.cache.key(wasm)
         artifact = Path(tmp) / f"{key}.cwasm"

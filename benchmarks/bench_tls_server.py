@@ -34,6 +34,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -244,6 +245,8 @@ def start_workers(kind: str, count: int, cert: str, key: str) -> tuple[list[subp
         for _ in range(count):  # each worker's guest prints its line once it listens
             if "listening on" not in procs[0].stdout.readline():
                 raise RuntimeError("guest workers did not start")
+        # The guest prints a line per connection: keep reading, or a full pipe stalls it.
+        threading.Thread(target=procs[0].stdout.read, daemon=True).start()
         return procs, port
     procs = [child("serve-cpython", str(port), cert, key, "reuse") for _ in range(count)]
     time.sleep(1.0)  # asyncio binds in well under a second; no output to wait for

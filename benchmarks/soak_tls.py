@@ -55,7 +55,7 @@ def serve(port: int, cert: str, key: str, max_sockets: int | None) -> None:
                         tls=TlsConfig(use_system_roots=False, identities=[identity]))
     if max_sockets != -1:
         config.limits = GuestLimits(max_sockets=max_sockets)
-    result = Host().run(guests.build("tls_server"), config)
+    result = Host(runtime=os.environ.get("SOAK_RUNTIME", "core")).run(guests.build("tls_server"), config)
     print(f"soak: the guest server ended: {result}", file=sys.stderr)
 
 
@@ -133,10 +133,11 @@ def one(kind: str, port: int, ctx: ssl.SSLContext, rnd: random.Random) -> bool:
             if not chunk:
                 break
             got += chunk
+        # wrap_socket took `raw`'s descriptor: the TLS socket is what must be closed.
         if kind == "normal":
-            tls.unwrap()
+            tls.unwrap().close()
         else:
-            tls.detach()  # no close_notify: the TCP connection closes with `raw`
+            tls.close()  # CPython's close sends no close_notify: the TCP connection just ends
         return got == payload
 
 

@@ -329,18 +329,19 @@ class Host:
                 "this is a core WebAssembly module, not a component; turn it into one with "
                 "`wasm-tools component new MODULE.wasm --adapt wasi_snapshot_preview1=ADAPTER.wasm`"
             )
+        sha256_hex = evidence.digest.removeprefix("sha256:")  # hashed once for evidence and caches
         with self._lock:
             # An artifact compiled elsewhere is a component-runtime artifact: it runs there.
             component: AnyComponent | None = self._load_precompiled(wasm, precompiled) if precompiled else None
             if component is None and self.runtime == "core":
                 try:
-                    component = self.core_cache.load(wasm)
+                    component = self.core_cache.load(wasm, sha256_hex)
                 except Unsupported as e:
                     log.info("the core runtime does not support %s: running this component on the component runtime", e)
                 except (Malformed, WasmtimeError) as e:
                     raise GuestError(f"invalid component: {e}") from None
             try:
-                component = component or self.cache.load(wasm)
+                component = component or self.cache.load(wasm, sha256_hex)
             except WasmtimeError as e:
                 raise GuestError(f"invalid component: {e}") from None
             self._evidence[component] = evidence

@@ -46,16 +46,16 @@ class CoreModuleCache:
         self.cache = cache
         self._memory: dict[str, CoreComponent] = {}
 
-    def key(self, wasm: bytes) -> str:
+    def key(self, wasm: bytes, sha256_hex: str | None = None) -> str:
         # The component cache's key names the digest, wasmtime version and engine settings.
-        return f"{self.cache.key(wasm)}-core"
+        return f"{self.cache.key(wasm, sha256_hex)}-core"
 
-    def load(self, wasm: bytes) -> CoreComponent:
+    def load(self, wasm: bytes, sha256_hex: str | None = None) -> CoreComponent:
         """Plan ``wasm`` and get its compiled modules (memory, disk, or compile).
 
         Raises ``types.Unsupported`` for constructs this backend does not run.
         """
-        key = self.key(wasm)
+        key = self.key(wasm, sha256_hex)
         hit = self._memory.get(key)
         if hit is not None:
             return hit
