@@ -80,15 +80,19 @@ class HostFunc:
         return f"{self.interface}#{self.name}"
 
     def prepare(self, fty: Any) -> None:
-        """Build the converters from the function's type (once per host function)."""
-        self.lifts = [abi.converters(t, ALL_KINDS)[0] for _, t in fty.params]
-        self.note_ownership([(name, isinstance(t, wt.OwnType)) for name, t in fty.params])
-        result = fty.result
-        self.returns_result = isinstance(result, wt.ResultType)
-        self.lower = abi.converters(result, ALL_KINDS)[1] if result is not None else None
+        """Build the converters from the function's type (once per host function).
+
+        The signature is checked before anything is assigned: a host function is shared by
+        every component and store, so a guest importing it with a foreign type must not
+        leave its converters behind for the next caller."""
         signature = abi.func_signature(fty)
         if self.signature and signature != self.signature:
             raise Trap(f"imported as {signature}, but this host serves it as {self.signature}")
+        lifts = [abi.converters(t, ALL_KINDS)[0] for _, t in fty.params]
+        result = fty.result
+        lower = abi.converters(result, ALL_KINDS)[1] if result is not None else None
+        self.note_ownership([(name, isinstance(t, wt.OwnType)) for name, t in fty.params])
+        self.lifts, self.lower, self.returns_result = lifts, lower, isinstance(result, wt.ResultType)
         self.signature = signature
         self.prepared = True
 
