@@ -91,6 +91,15 @@ def public_keys(paths: list[str]) -> list[Any]:
         raise UsageError(str(e)) from None
 
 
+def _signing_key(path: str) -> Any:
+    from ..provenance.signatures import load_private_key
+
+    try:
+        return load_private_key(_read(path, "signing key"))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
 def code_policy(args: argparse.Namespace) -> CodePolicy | None:
     if not (args.require_digest or args.require_signer):
         return None
@@ -143,13 +152,10 @@ def precompiled_artifact(args: argparse.Namespace) -> tuple[bytes, bytes] | None
 
 
 def _precompile_command(args: argparse.Namespace) -> int:
-    from ..provenance import precompiled, signatures
+    from ..provenance import precompiled
     from ..runtime.cache import WASMTIME_VERSION
 
-    try:
-        key = signatures.load_private_key(_read(args.key, "signing key"))
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+    key = _signing_key(args.key)
     wasm = _read(args.file, "component")
     host = Host(use_cache=False, runtime="component")  # the runtime whose artifacts ship
     artifact = host.load(wasm).serialize()
@@ -170,10 +176,7 @@ def _digest_command(args: argparse.Namespace) -> int:
 def _sign_command(args: argparse.Namespace) -> int:
     from ..provenance import signatures
 
-    try:
-        key = signatures.load_private_key(_read(args.key, "signing key"))
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+    key = _signing_key(args.key)
     wasm = _read(args.file, "module")
     if args.allow_extensions:
         wasm = signatures.add_delimiter(wasm)
