@@ -9,13 +9,17 @@ import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import pytest
 
+from tls_peers import LeafFiles, OpensslServer
 from wasi_tls_host import Host, WasiConfig
 from wasi_tls_host import guests
 from wasi_tls_host.host import RUNTIMES
+
+if TYPE_CHECKING:
+    from tls_server_util import ServerPki
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -105,3 +109,21 @@ def no_gc() -> Iterator[None]:
     """The whole test runs with the garbage collector off (see ``without_gc``)."""
     with without_gc():
         yield
+
+
+@pytest.fixture
+def s_server(pki: ServerPki, tmp_path: Path) -> Iterator[Callable[..., OpensslServer]]:
+    """Starts ``openssl s_server ARGS...`` with leaf ``a`` of the test module's ``pki``; stops
+    every server it started."""
+    started: list[OpensslServer] = []
+
+    def start(*args: str) -> OpensslServer:
+        leaf = LeafFiles(pki.dir / "a-with-key.pem", pki.leaf_a)
+        leaf.chain_pem.write_bytes(pki.leaf_a.private_key_and_cert_chain_pem.bytes())
+        server = OpensslServer(leaf, *args, cwd=tmp_path)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

@@ -20,7 +20,6 @@ import pytest
 
 from conftest import free_port
 from test_tls_server import connection_line, fields, s_client, ssl_client_context
-from tls_peers import LeafFiles, OpensslServer
 from tls_server_util import TIMEOUT, GuestServer, ServerPki
 from wasi_tls_host import Host
 from wasi_tls_host.cli import main as cli_main
@@ -198,22 +197,6 @@ def test_session_ticket_keys_are_rotated_by_the_host(start_server, pki: ServerPk
 
 
 # --- the client side ------------------------------------------------------------------------
-
-
-@pytest.fixture
-def s_server(pki: ServerPki, tmp_path: Path) -> Iterator[Callable[..., OpensslServer]]:
-    started: list[OpensslServer] = []
-
-    def start(*args: str) -> OpensslServer:
-        leaf = LeafFiles(pki.dir / "a-with-key.pem", pki.leaf_a)
-        leaf.chain_pem.write_bytes(pki.leaf_a.private_key_and_cert_chain_pem.bytes())
-        server = OpensslServer(leaf, *args, cwd=tmp_path)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
 
 
 def run_client(run_guest, pki: ServerPki, port: int, *args: str, profile: str = "intermediate"):

@@ -24,7 +24,6 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from conftest import free_port, open_fds, without_gc
-from tls_peers import OpensslServer, LeafFiles
 from tls_server_util import PASSPHRASE, TIMEOUT, GuestServer, KeyAudit, ServerPki
 from wasi_tls_host import Host
 from wasi_tls_host.runtime.binding import OUTGOING_VALUE_HOOKS
@@ -243,22 +242,6 @@ def test_openssl_client_certificate(start_server, pki: ServerPki) -> None:
 
 
 # --- the guest client: openssl s_server -Verify, and the guest server --------------------
-
-
-@pytest.fixture
-def s_server(pki: ServerPki, tmp_path: Path) -> Iterator[Callable[..., OpensslServer]]:
-    started: list[OpensslServer] = []
-
-    def start(*args: str) -> OpensslServer:
-        leaf = LeafFiles(pki.dir / "a-with-key.pem", pki.leaf_a)
-        leaf.chain_pem.write_bytes(pki.leaf_a.private_key_and_cert_chain_pem.bytes())
-        server = OpensslServer(leaf, *args, cwd=tmp_path)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
 
 
 def test_guest_client_mutual_tls_against_openssl_verify(run_client, s_server, pki: ServerPki) -> None:
