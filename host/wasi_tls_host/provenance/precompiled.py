@@ -17,7 +17,6 @@ not loaded: the host compiles the component itself.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import platform
 import sys
@@ -105,4 +104,4 @@ def _valid(key: Ed25519PublicKey, signature: bytes, body: bytes) -> bool:
 
 
 def artifact_digest(artifact: bytes) -> str:
-    return "sha256:" + hashlib.sha256(artifact).hexdigest()
+    return digest(artifact)
