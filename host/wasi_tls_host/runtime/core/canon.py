@@ -231,21 +231,7 @@ def _prim(t: Prim) -> Conv:
 
         return Conv(t, load_c, store_c, lift_c, lower_c)
     if name == "string":
-        def load_s(m: MemCx, v: memoryview, ptr: int) -> str:
-            p, n = _PTR_LEN.unpack_from(v, ptr)
-            return lift_string(m, v, p, n)
-
-        def store_s(m: MemCx, x: Any, ptr: int) -> None:
-            p, n = lower_string(m, x)
-            _PTR_LEN.pack_into(m.view(), ptr, p, n)
-
-        def lift_s(m: MemCx, vals: list, i: int) -> tuple:
-            return lift_string(m, m.view(), vals[i] & 0xFFFF_FFFF, vals[i + 1] & 0xFFFF_FFFF), i + 2
-
-        def lower_s(m: MemCx, x: Any, out: list) -> None:
-            out.extend(lower_string(m, x))
-
-        return Conv(t, load_s, store_s, lift_s, lower_s)
+        return _ptr_len(t, lift_string, lower_string)
     raise Trap(f"unsupported primitive {name}")
 
 
@@ -298,25 +284,31 @@ def lower_string(m: MemCx, x: Any) -> tuple[int, int]:
     return ptr, units | tag
 
 
+def _ptr_len(t: ValType, lift: Callable[[MemCx, memoryview, int, int], Any], lower: Callable[[MemCx, Any], tuple[int, int]]) -> Conv:
+    """The converters of a value held as (pointer, length): a string or a list, given how
+    to lift it from and lower it into guest memory."""
+
+    def load(m: MemCx, v: memoryview, ptr: int) -> Any:
+        p, n = _PTR_LEN.unpack_from(v, ptr)
+        return lift(m, v, p, n)
+
+    def store(m: MemCx, x: Any, ptr: int) -> None:
+        p, n = lower(m, x)
+        _PTR_LEN.pack_into(m.view(), ptr, p, n)
+
+    def lift_flat(m: MemCx, vals: list, i: int) -> tuple:
+        return lift(m, m.view(), vals[i] & 0xFFFF_FFFF, vals[i + 1] & 0xFFFF_FFFF), i + 2
+
+    def lower_flat(m: MemCx, x: Any, out: list) -> None:
+        out.extend(lower(m, x))
+
+    return Conv(t, load, store, lift_flat, lower_flat)
+
+
 def _list(t: ListT) -> Conv:
     elem = t.elem
-    if isinstance(elem, Prim) and elem.name in ("u8", "s8"):
-        def load_b(m: MemCx, v: memoryview, ptr: int) -> Any:
-            p, n = _PTR_LEN.unpack_from(v, ptr)
-            return lift_bytes(v, p, n)
-
-        def store_b(m: MemCx, x: Any, ptr: int) -> None:
-            p, n = lower_bytes(m, x)
-            _PTR_LEN.pack_into(m.view(), ptr, p, n)
-
-        def lift_b(m: MemCx, vals: list, i: int) -> tuple:
-            return lift_bytes(m.view(), vals[i] & 0xFFFF_FFFF, vals[i + 1] & 0xFFFF_FFFF), i + 2
-
-        def lower_b(m: MemCx, x: Any, out: list) -> None:
-            out.extend(lower_bytes(m, x))
-
-        if elem.name == "u8":
-            return Conv(t, load_b, store_b, lift_b, lower_b)
+    if isinstance(elem, Prim) and elem.name == "u8":
+        return _ptr_len(t, lift_bytes, lower_bytes)
     ec = conv(elem)
     esize, ealign = elem.size, elem.align
     eload, estore = ec.load, ec.store
@@ -337,21 +329,7 @@ def _list(t: ListT) -> Conv:
             estore(m, item, ptr + i * esize)
         return ptr, n
 
-    def load(m: MemCx, v: memoryview, ptr: int) -> Any:
-        p, n = _PTR_LEN.unpack_from(v, ptr)
-        return lift_list(m, v, p, n)
-
-    def store(m: MemCx, x: Any, ptr: int) -> None:
-        p, n = lower_list(m, x)
-        _PTR_LEN.pack_into(m.view(), ptr, p, n)
-
-    def lift_flat(m: MemCx, vals: list, i: int) -> tuple:
-        return lift_list(m, m.view(), vals[i] & 0xFFFF_FFFF, vals[i + 1] & 0xFFFF_FFFF), i + 2
-
-    def lower_flat(m: MemCx, x: Any, out: list) -> None:
-        out.extend(lower_list(m, x))
-
-    return Conv(t, load, store, lift_flat, lower_flat)
+    return _ptr_len(t, lift_list, lower_list)
 
 
 def lift_bytes_view_flat(m: MemCx, vals: list, i: int) -> tuple:
@@ -415,7 +393,7 @@ class Filler:
         return Filled(self.ptr, count)
 
 
-def lift_bytes(v: memoryview, ptr: int, n: int) -> bytes:
+def lift_bytes(m: MemCx, v: memoryview, ptr: int, n: int) -> bytes:
     check_range(v, ptr, n, "list<u8>")
     return bytes(v[ptr:ptr + n])
 
