@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from . import signatures
-from .digest import check_digest, parse_digest
+from .digest import DigestMismatch, parse_digest
 
 
 @dataclass(frozen=True)
@@ -63,9 +63,10 @@ class CodePolicy:
     def check(self, wasm: bytes) -> CodeEvidence:
         """Raise ProvenanceError (DigestMismatch, SignatureError) unless ``wasm`` satisfies
         this policy; return what was established."""
-        check_digest(wasm, self.digests)
-        signed_by: tuple[bytes, ...] = ()
-        if self.signers:
-            verified = signatures.verify(wasm, self.signers, self.signature, require_all=self.require_all_signers)
-            signed_by = tuple(signatures.raw_public_key(k) for k in verified.signers)
-        return CodeEvidence.of(wasm, signed_by)
+        evidence = CodeEvidence.of(wasm)  # its sha256 is the digest the pins are checked against
+        if self.digests and evidence.digest not in self.digests:
+            raise DigestMismatch(evidence.digest, self.digests)
+        if not self.signers:
+            return evidence
+        verified = signatures.verify(wasm, self.signers, self.signature, require_all=self.require_all_signers)
+        return replace(evidence, signers=tuple(sorted(signatures.raw_public_key(k) for k in verified.signers)))
