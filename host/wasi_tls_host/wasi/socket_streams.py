@@ -240,10 +240,7 @@ class SocketInput(InputStream):
         except (BlockingIOError, InterruptedError):
             return b""
         except OSError as e:
-            self._ended = True
-            if self.record is not None:
-                self.record.note_end(error_code(e))
-            raise StreamFailed(f"receive failed: {e.strerror or e}", error_code(e), "sockets") from None
+            raise self._receive_failed(e) from None
         if not data:
             self._ended = True
             if self.record is not None:
@@ -252,6 +249,13 @@ class SocketInput(InputStream):
         if self.record is not None:
             self.record.bytes_in += len(data)
         return data
+
+    def _receive_failed(self, e: OSError) -> StreamFailed:
+        """End the stream on a receive error (``read`` and ``read_into``), noting it in the record."""
+        self._ended = True
+        if self.record is not None:
+            self.record.note_end(error_code(e))
+        return StreamFailed(f"receive failed: {e.strerror or e}", error_code(e), "sockets")
 
     @property
     def record(self) -> ConnectionRecord | None:
@@ -274,8 +278,9 @@ class SocketInput(InputStream):
         except (BlockingIOError, InterruptedError):
             got = 0
         except OSError as e:
-            self._ended = True
-            raise StreamFailed(f"receive failed: {e.strerror or e}", error_code(e), "sockets") from None
+            raise self._receive_failed(e) from None
+        if self.record is not None:
+            self.record.bytes_in += got
         return fill.done(got)
 
     def _has_something(self) -> bool:
