@@ -43,6 +43,7 @@ class OutgoingClientHello(HostResource):
     def __init__(self, server_name: str) -> None:
         self.states = StateMachine(OUTGOING_CLIENT_HELLO)  # one state: consumed by connect
         self.server_name = server_name
+        self.expected_code: str | None = None  # set by expect-peer-code (tls/code_identity.py)
         self.alpn_ids: list[bytes] = []
         self.min_version: int | None = None
         self.max_version: int | None = None
@@ -118,7 +119,7 @@ def outgoing_client_hello_connect(cx: StoreState, this: OutgoingClientHello, inp
         raise failure_error(e) from None  # the call failed: input and output are dropped
     hello = IncomingServerHello(TlsTransport(engine, input, output, usage), config.on_handshake,
                                 **start_deadline(config.limits))
-    hello.expected_code = getattr(this, "expected_code", None)  # tls/code_identity.py
+    hello.expected_code = this.expected_code
     hello.poll()
     return hello
 

@@ -76,10 +76,9 @@ def attested_identities(cx: StoreState) -> list[PrivateIdentity]:
 def attestation_anchors(config: TlsConfig) -> list[x509.Certificate]:
     """CAs whose code claims this guest may rely on: ``attest_trust`` and the guest's own
     attestation CA."""
-    anchors = [c for a in getattr(config, "attest_trust", []) for c in load_certificates(a)]
-    ca = getattr(config, "attest_ca", None)
-    if ca is not None:
-        anchors.append(ca.certificate)
+    anchors = [c for a in config.attest_trust for c in load_certificates(a)]
+    if config.attest_ca is not None:
+        anchors.append(config.attest_ca.certificate)
     return anchors
 
 
@@ -103,9 +102,9 @@ def code_identity_record(identity: PublicIdentity) -> dict[str, Any] | None:
 def enforce_peer_code(handshake: PendingHandshake, expected: str | None, config: TlsConfig, peer: str) -> None:
     """Once the handshake is established, end it with ``code-mismatch`` unless the peer's
     certificate is attested by a trusted attestation CA for the ``expected`` digest."""
-    if expected is None or handshake.state is not HandshakeState.ESTABLISHED or getattr(handshake, "code_checked", False):
+    if expected is None or handshake.state is not HandshakeState.ESTABLISHED or handshake.code_checked:
         return
-    handshake.code_checked = True  # type: ignore[attr-defined]
+    handshake.code_checked = True
     identity = peer_identity(handshake.transport)
     problem = None
     anchors = attestation_anchors(config)
@@ -144,21 +143,21 @@ def public_identity_code_identity(cx: StoreState, this: PublicIdentity) -> dict[
 
 @client_iface.func("[method]outgoing-client-hello.expect-peer-code")
 def outgoing_client_hello_expect_peer_code(cx: StoreState, this: OutgoingClientHello, digest: str) -> None:
-    this.expected_code = _expected(digest)  # type: ignore[attr-defined]
+    this.expected_code = _expected(digest)
 
 
 @server_iface.func("[method]outgoing-server-hello.expect-peer-code")
 def outgoing_server_hello_expect_peer_code(cx: StoreState, this: OutgoingServerHello, digest: str) -> None:
-    this.expected_code = _expected(digest)  # type: ignore[attr-defined]
+    this.expected_code = _expected(digest)
     if this.client_auth is None:
         this.client_auth = "required"  # a client's code can only be checked on its certificate
 
 
 def check_server(cx: StoreState, handshake: PendingHandshake) -> None:
     """Client side: the server's code, if the guest asked (called before results are given)."""
-    enforce_peer_code(handshake, getattr(handshake, "expected_code", None), tls_config(cx), "server")
+    enforce_peer_code(handshake, handshake.expected_code, tls_config(cx), "server")
 
 
 def check_client(cx: StoreState, handshake: PendingHandshake) -> None:
     """Server side: the client identity's code, if the guest asked."""
-    enforce_peer_code(handshake, getattr(handshake, "expected_code", None), tls_config(cx), "client")
+    enforce_peer_code(handshake, handshake.expected_code, tls_config(cx), "client")

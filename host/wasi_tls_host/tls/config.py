@@ -130,7 +130,7 @@ class TlsConfig:
         logged) says why. Returns one line per identity."""
         report = []
         for index, identity in enumerate(list(self.identities)):
-            if getattr(identity, "files", None) is None:
+            if identity.files is None:
                 continue
             try:
                 fresh = identity.reloaded()

@@ -68,6 +68,7 @@ class OutgoingServerHello(HostResource):
         self.max_version = 0x0304
         self.suites: list[int] | None = None
         self.client_auth: str | None = None  # None, "optional" or "required"
+        self.expected_code: str | None = None  # set by expect-peer-code (tls/code_identity.py)
 
 
 @dataclass(frozen=True)
@@ -349,7 +350,7 @@ def incoming_client_hello_accept(cx: StoreState, this: IncomingClientHello, resp
     cin, cout = this.take_streams()
     transport = TlsTransport(engine, cin, cout, this.usage)
     exchange = IncomingClientExchange(transport, config.on_handshake, deadline_ns=this.deadline_ns, timeout=this.timeout)
-    exchange.expected_code = getattr(response, "expected_code", None)  # tls/code_identity.py
+    exchange.expected_code = response.expected_code
     exchange.poll()
     return exchange
 

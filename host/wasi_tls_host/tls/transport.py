@@ -455,6 +455,9 @@ class PendingHandshake(HostResource):
         self.states: StateMachine[HandshakeState] = StateMachine(self.machine)
         self.deadline_ns = deadline_ns
         self.timeout = timeout
+        # The peer's code digest the guest expects, and whether it was checked (tls/code_identity.py).
+        self.expected_code: str | None = None
+        self.code_checked = False
 
     @property
     def state(self) -> HandshakeState:
