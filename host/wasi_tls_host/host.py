@@ -332,7 +332,7 @@ class Host:
         sha256_hex = evidence.digest.removeprefix("sha256:")  # hashed once for evidence and caches
         with self._lock:
             # An artifact compiled elsewhere is a component-runtime artifact: it runs there.
-            component: AnyComponent | None = self._load_precompiled(wasm, precompiled) if precompiled else None
+            component: AnyComponent | None = self._load_precompiled(evidence.digest, precompiled) if precompiled else None
             if component is None and self.runtime == "core":
                 try:
                     component = self.core_cache.load(wasm, sha256_hex)
@@ -347,13 +347,13 @@ class Host:
             self._evidence[component] = evidence
         return component
 
-    def _load_precompiled(self, wasm: bytes, precompiled: tuple[bytes, bytes]) -> Component | None:
+    def _load_precompiled(self, component_digest: str, precompiled: tuple[bytes, bytes]) -> Component | None:
         from .provenance import precompiled as pre
         from .runtime.cache import WASMTIME_VERSION
 
         artifact, signature = precompiled
         try:
-            pre.verify_artifact(wasm, artifact, signature, pre.Target(WASMTIME_VERSION, self.engine_label), self.trust_compiled)
+            pre.verify_artifact(component_digest, artifact, signature, pre.Target(WASMTIME_VERSION, self.engine_label), self.trust_compiled)
             return Component.deserialize(self.engine, artifact)
         except (pre.ArtifactRefused, WasmtimeError) as e:
             log.warning("not using the pre-compiled artifact, compiling here: %s", e)

@@ -53,10 +53,11 @@ class Target:
             object.__setattr__(self, "platform", platform_name())
 
 
-def statement(wasm: bytes, artifact: bytes, target: Target) -> bytes:
+def statement(component: str, artifact: bytes, target: Target) -> bytes:
+    """``component``: the component's digest (``sha256:<hex>``)."""
     return json.dumps({
         "purpose": PURPOSE,
-        "component": digest(wasm),
+        "component": component,
         "artifact": digest(artifact),
         "wasmtime": target.wasmtime,
         "engine": target.engine,
@@ -66,7 +67,7 @@ def statement(wasm: bytes, artifact: bytes, target: Target) -> bytes:
 
 def sign_artifact(wasm: bytes, artifact: bytes, target: Target, key: Ed25519PrivateKey) -> bytes:
     """The signature file for ``artifact`` (compiled from ``wasm`` for ``target``)."""
-    body = statement(wasm, artifact, target)
+    body = statement(digest(wasm), artifact, target)
     return json.dumps({
         "statement": body.decode(),
         "signature": base64.b64encode(key.sign(body)).decode(),
@@ -74,8 +75,9 @@ def sign_artifact(wasm: bytes, artifact: bytes, target: Target, key: Ed25519Priv
     }, indent=1).encode() + b"\n"
 
 
-def verify_artifact(wasm: bytes, artifact: bytes, signature_file: bytes, target: Target, trusted: Iterable[Ed25519PublicKey]) -> Ed25519PublicKey:
-    """The trusted key that vouches for ``artifact``; ArtifactRefused saying why otherwise."""
+def verify_artifact(component: str, artifact: bytes, signature_file: bytes, target: Target, trusted: Iterable[Ed25519PublicKey]) -> Ed25519PublicKey:
+    """The trusted key that vouches for ``artifact`` compiled from the component whose
+    digest is ``component`` (the loader has it already); ArtifactRefused saying why otherwise."""
     try:
         parsed = json.loads(signature_file)
         body = parsed["statement"].encode()
@@ -87,7 +89,7 @@ def verify_artifact(wasm: bytes, artifact: bytes, signature_file: bytes, target:
     if signer is None:
         names = ", ".join(key_fingerprint(k) for k in trusted) or "no key"
         raise ArtifactRefused(f"the artifact is not signed by a key trusted for compiled code ({names})")
-    expected = json.loads(statement(wasm, artifact, target))
+    expected = json.loads(statement(component, artifact, target))
     stated = json.loads(body)
     for field in ("purpose", "component", "artifact", "wasmtime", "engine", "platform"):
         if stated.get(field) != expected[field]:
