@@ -24,9 +24,8 @@ import pytest
 import trustme
 
 from conftest import free_port, open_fds, without_gc
-from tls_server_util import TIMEOUT, ServerPki
-from wasi_tls_host import Host, WasiConfig
-from wasi_tls_host.host import RunResult
+from tls_server_util import TIMEOUT, GuestThread, ServerPki
+from wasi_tls_host import Host
 from wasi_tls_host.tls import TlsConfig
 from wasi_tls_host.tls.limits import TlsLimits
 from wasi_tls_host.tls.states import (
@@ -56,39 +55,17 @@ def component(host: Host, guest_path) -> Any:
     return host.load(guest_path("tls_states"))
 
 
-class Guest:
+class Guest(GuestThread):
     """``tls_states ARGS...`` on a thread of this process; ``lines`` are its printed lines."""
 
     def __init__(self, host: Host, component: Any, port: int, args: list[str], tls: TlsConfig) -> None:
-        self._out = bytearray()
-        self._err = bytearray()
-        self._changed = threading.Condition()
         self.outcome_at: float | None = None  # when the guest printed its outcome
         policy = NetworkPolicy().allow_listen(f"127.0.0.1:{port}").allow_connect(f"127.0.0.1:{port}")
-        config = WasiConfig(args=["tls_states", *args], stdout=self._write, stderr=self._err.extend, network=policy, tls=tls)
-        self.guest = host.instantiate(component, config)
-        self.result: RunResult | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
+        super().__init__(host, component, ["tls_states", *args], network=policy, tls=tls)
 
-    def _write(self, data: bytes) -> None:
-        with self._changed:
-            self._out.extend(data)
-            if self.outcome_at is None and b"outcome=" in self._out:
-                self.outcome_at = time.monotonic()
-            self._changed.notify_all()
-
-    def _run(self) -> None:
-        try:
-            self.result = self.guest.run()
-        finally:
-            self.guest.close()
-            with self._changed:
-                self._changed.notify_all()
-
-    @property
-    def lines(self) -> list[str]:
-        return self._out.decode(errors="replace").splitlines()
+    def _printed(self) -> None:
+        if self.outcome_at is None and b"outcome=" in self._out:
+            self.outcome_at = time.monotonic()
 
     def wait_for(self, text: str) -> None:
         deadline = time.monotonic() + TIMEOUT

@@ -95,31 +95,27 @@ def _cert(leaf: trustme.LeafCert) -> Any:
 # --- the guest server ------------------------------------------------------------------
 
 
-class GuestServer:
-    """``tls_server PORT ARGS...`` on a thread; ``lines`` are its printed lines."""
+class GuestThread:
+    """A guest instance run on a thread of this process; ``out`` and ``lines`` are what it has
+    printed so far, ``_changed`` is notified on each write and when the guest ends."""
 
-    def __init__(self, host: Host, component: Any, port: int, *args: str, tls: TlsConfig) -> None:
-        self.port = port
+    def __init__(self, host: Host, component: Any, args: list[str], *, network: NetworkPolicy, tls: TlsConfig, name: str | None = None) -> None:
         self._out = bytearray()
         self._err = bytearray()
         self._changed = threading.Condition()
-        config = WasiConfig(
-            args=["tls_server", str(port), *args], stdout=self._write, stderr=self._err.extend,
-            network=NetworkPolicy().allow_listen(f"127.0.0.1:{port}"), tls=tls,
-        )
+        config = WasiConfig(args=args, stdout=self._write, stderr=self._err.extend, network=network, tls=tls)
         self.guest = host.instantiate(component, config)
         self.result: RunResult | None = None
-        self.thread = threading.Thread(target=self._run, name=f"guest-server-{port}", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.thread.start()
-        try:
-            self.wait_for("listening on")
-        except AssertionError:
-            self.stop()
-            raise
+
+    def _printed(self) -> None:
+        """Called (holding ``_changed``) after each write; for subclasses."""
 
     def _write(self, data: bytes) -> None:
         with self._changed:
             self._out.extend(data)
+            self._printed()
             self._changed.notify_all()
 
     def _run(self) -> None:
@@ -137,6 +133,22 @@ class GuestServer:
     @property
     def lines(self) -> list[str]:
         return self.out.splitlines()
+
+
+class GuestServer(GuestThread):
+    """``tls_server PORT ARGS...`` on a thread; ``lines`` are its printed lines."""
+
+    def __init__(self, host: Host, component: Any, port: int, *args: str, tls: TlsConfig) -> None:
+        self.port = port
+        super().__init__(
+            host, component, ["tls_server", str(port), *args],
+            network=NetworkPolicy().allow_listen(f"127.0.0.1:{port}"), tls=tls, name=f"guest-server-{port}",
+        )
+        try:
+            self.wait_for("listening on")
+        except AssertionError:
+            self.stop()
+            raise
 
     def wait_for(self, text: str, timeout: float = TIMEOUT) -> str:
         """The first printed line containing ``text`` (waiting for it, bounded)."""
