@@ -18,6 +18,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import TextIO
 
@@ -82,8 +83,8 @@ class _ServerGuest:
         self.result = self.guest.run()
 
     def wait_listening(self, timeout: float = 30.0) -> None:
-        deadline = datetime.datetime.now() + datetime.timedelta(seconds=timeout)
-        while b"listening" not in self.out and datetime.datetime.now() < deadline and self.thread.is_alive():
+        deadline = time.monotonic() + timeout  # monotonic: a clock step cannot stretch the wait
+        while b"listening" not in self.out and time.monotonic() < deadline and self.thread.is_alive():
             self.thread.join(0.05)
 
     def stop(self) -> None:
