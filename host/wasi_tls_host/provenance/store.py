@@ -74,8 +74,9 @@ class DirectoryStore:
             return None
         except OSError as e:
             raise StoreError(f"cannot read {self.path(name)}: {e.strerror}") from None
-        if digest(wasm) != parse_digest(name):
-            raise DigestMismatch(digest(wasm), [parse_digest(name)], f"module in store {self.directory}")
+        found, wanted = digest(wasm), parse_digest(name)
+        if found != wanted:
+            raise DigestMismatch(found, [wanted], f"module in store {self.directory}")
         return wasm
 
     def __str__(self) -> str:
