@@ -685,13 +685,10 @@ class LowerSpec:
         self.readers = _readers(ft.flat_params)
         self.param_convs = [canon.conv(t).lift_flat for _, t in ft.params]
         # list<u8> arguments lent as views of guest memory (see HostFunc.bytes_views).
-        self.views = False
         if fn.bytes_views and not ft.params_spill:
             for i, (_, t) in enumerate(ft.params):
                 if isinstance(t, ListT) and isinstance(t.elem, Prim) and t.elem.name == "u8":
                     self.param_convs[i] = canon.lift_bytes_view_flat
-                    self.views = True
-        self.fills = fn.fills
         self.spill_tuple = canon.conv(ft.param_tuple) if ft.params_spill and ft.param_tuple is not None else None
         self.spill_align = ft.param_tuple.align if ft.param_tuple is not None else 1
         self.result_conv = canon.conv(ft.result) if ft.result is not None else None
@@ -721,8 +718,7 @@ def make_trampoline(inst: ComponentInstance, spec: LowerSpec, m: canon.MemCx) ->
     result_size = spec.result_size
     result_writer = spec.result_writer
     single_lift = param_convs[0] if len(param_convs) == 1 and not ft.params_spill else None
-    views = spec.views
-    fills = spec.fills
+    fills = fn.fills
 
     owned, kept = fn.owned, fn.kept
 
