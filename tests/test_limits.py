@@ -139,23 +139,26 @@ def test_accept_past_the_socket_limit_refuses_the_connection(run_guest) -> None:
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    clients = []
-    deadline = time.monotonic() + 60  # bounds a hang only (the guest starts in ~1 s)
-    while not clients:
-        try:
+    clients: list[socket.socket] = []
+    try:  # the clients are closed whether or not an assertion fails
+        deadline = time.monotonic() + 60  # bounds a hang only (the guest starts in ~1 s)
+        while not clients:
+            try:
+                clients.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+            except ConnectionRefusedError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        for _ in range(2):
             clients.append(socket.create_connection(("127.0.0.1", port), timeout=5))
-        except ConnectionRefusedError:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-    clients += [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2)]
-    thread.join(60)
-    assert not thread.is_alive()
-    run = result["run"]
-    assert "unexpected error new-socket-limit" in run.out, run.out  # type: ignore[attr-defined]
-    # The refused client's connection was closed by the host, not left hanging.
-    assert clients[2].recv(10) == b""
-    for c in clients:
-        c.close()
+        thread.join(60)
+        assert not thread.is_alive()
+        run = result["run"]
+        assert "unexpected error new-socket-limit" in run.out, run.out  # type: ignore[attr-defined]
+        # The refused client's connection was closed by the host, not left hanging.
+        assert clients[2].recv(10) == b""
+    finally:
+        for c in clients:
+            c.close()
 
 
 def test_cli_limit_flags(guest_path, capsys: pytest.CaptureFixture[str]) -> None:
