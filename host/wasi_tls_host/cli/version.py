@@ -4,18 +4,12 @@ bug report needs)."""
 from __future__ import annotations
 
 import argparse
-from importlib.metadata import PackageNotFoundError, version
-
-
-def _version(dist: str) -> str:
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def version_text() -> str:
     from OpenSSL import SSL
+
+    from ..guests import installed_version as _version
 
     openssl = SSL.SSLeay_version(SSL.SSLEAY_VERSION).decode()
     return f"wasi-tls-host {_version('wasi-tls-host')}, wasmtime {_version('wasmtime')} (wasmtime-py), {openssl} (pyOpenSSL {_version('pyOpenSSL')})"
