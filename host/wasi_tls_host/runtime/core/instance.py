@@ -148,37 +148,38 @@ def _forget_trampoline(env: Any) -> None:
         _TRAMPOLINES.pop(env or 0, None)
 
 
+def _w32(slot: Any, x: Any) -> None:
+    slot.i32 = x
+
+
+def _w64(slot: Any, x: Any) -> None:
+    slot.i64 = x
+
+
+def _wf32(slot: Any, x: Any) -> None:
+    slot.f32 = x
+
+
+def _wf64(slot: Any, x: Any) -> None:
+    slot.f64 = x
+
+
+# One reader and one writer per core value type, built once (call_core uses them per call).
+_READERS: dict[str, Callable[[Any], Any]] = {
+    "i32": lambda v: v.i32 & 0xFFFF_FFFF,
+    "i64": lambda v: v.i64 & 0xFFFF_FFFF_FFFF_FFFF,
+    "f32": lambda v: v.f32,
+    "f64": lambda v: v.f64,
+}
+_WRITERS: dict[str, Callable[[Any, Any], None]] = {"i32": _w32, "i64": _w64, "f32": _wf32, "f64": _wf64}
+
+
 def _readers(flat: list[str]) -> list[Callable[[Any], Any]]:
-    out: list[Callable[[Any], Any]] = []
-    for t in flat:
-        if t == "i32":
-            out.append(lambda v: v.i32 & 0xFFFF_FFFF)
-        elif t == "i64":
-            out.append(lambda v: v.i64 & 0xFFFF_FFFF_FFFF_FFFF)
-        elif t == "f32":
-            out.append(lambda v: v.f32)
-        else:
-            out.append(lambda v: v.f64)
-    return out
+    return [_READERS.get(t, _READERS["f64"]) for t in flat]
 
 
 def _writer(t: str) -> Callable[[Any, Any], None]:
-    if t == "i32":
-        def w32(slot: Any, x: Any) -> None:
-            slot.i32 = x
-        return w32
-    if t == "i64":
-        def w64(slot: Any, x: Any) -> None:
-            slot.i64 = x
-        return w64
-    if t == "f32":
-        def wf32(slot: Any, x: Any) -> None:
-            slot.f32 = x
-        return wf32
-
-    def wf64(slot: Any, x: Any) -> None:
-        slot.f64 = x
-    return wf64
+    return _WRITERS.get(t, _wf64)
 
 
 class _HandleEntry:
