@@ -25,7 +25,7 @@ from .connection import answer, failure_error, finish_established, limit_error, 
 from .engine import TlsEngine, TlsFailure
 from .identities import PrivateIdentity, PrivateIdentityHandle, PublicIdentity
 from .limits import LimitExceeded, usage_of
-from .states import OUTGOING_CLIENT_HELLO, SERVER_HELLO, StateMachine
+from .states import SERVER_HELLO
 from .transport import PendingHandshake, TlsTransport, start_deadline
 
 
@@ -41,7 +41,6 @@ def _check_version(value: int) -> None:
 
 class OutgoingClientHello(HostResource):
     def __init__(self, server_name: str) -> None:
-        self.states = StateMachine(OUTGOING_CLIENT_HELLO)  # one state: consumed by connect
         self.server_name = server_name
         self.expected_code: str | None = None  # set by expect-peer-code (tls/code_identity.py)
         self.alpn_ids: list[bytes] = []

@@ -36,7 +36,7 @@ from .engine import BAD_CERTIFICATE, TlsEngine, TlsFailure
 from .profiles import configure_resumption
 from .identities import PrivateIdentity, PrivateIdentityHandle, PublicIdentity
 from .limits import LimitExceeded, TlsUsage, usage_of
-from .states import CLIENT_EXCHANGE, CLIENT_HELLO, OUTGOING_SERVER_HELLO, ClientHelloState, Event, StateMachine, WrongState
+from .states import CLIENT_EXCHANGE, CLIENT_HELLO, ClientHelloState, Event, StateMachine, WrongState
 from .transport import ALERT_USER_CANCELED, PendingHandshake, TlsTransport, handshake_timed_out, start_deadline
 
 log = logging.getLogger("wasi_tls_host.tls")
@@ -61,7 +61,6 @@ ALERT_NO_APPLICATION_PROTOCOL = 120
 
 class OutgoingServerHello(HostResource):
     def __init__(self, identity: PrivateIdentity) -> None:
-        self.states = StateMachine(OUTGOING_SERVER_HELLO)  # one state: consumed by accept
         self.identity = identity
         self.alpn: bytes | None = None
         self.min_version = 0x0303

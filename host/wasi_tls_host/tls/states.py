@@ -23,10 +23,11 @@ hello, incoming-client-exchange
 wasi:tls future-client-streams  ``HANDSHAKE``                get takes the outcome (FINISHED)
 wasi-tls-host connection,       ``CONNECTION``               the guest drops it
 wasi:tls client-connection
-outgoing-client-hello,          ``CONFIGURING``              connect/accept/finish consume it
-outgoing-server-hello,
-wasi:tls client-handshake
 =============================  ===========================  =================================
+
+The resources the guest only fills in (outgoing-client-hello, outgoing-server-hello, wasi:tls
+client-handshake) have one state, answer every call until a consuming call takes them, and
+so need no machine.
 
 A consuming (``[static]``) call takes the guest's handle, so no call can reach a resource
 after it; the states after one (ANSWERED, FINISHED) exist so the transport and the limits see
@@ -61,12 +62,6 @@ class HandshakeState(enum.Enum):
 class ConnectionState(enum.Enum):
     OPEN = "open"
     OUTPUT_CLOSED = "output-closed"  # close-output sent close_notify
-
-
-class ConfiguringState(enum.Enum):
-    """A resource the guest fills in before a consuming call uses it."""
-
-    CONFIGURING = "configuring"
 
 
 class Event(enum.Enum):
@@ -197,31 +192,6 @@ CONNECTION: Machine[ConnectionState] = Machine(
         "protocol-version": _OPEN, "cipher-suite": _OPEN, "alpn-id": _OPEN, "server-name": _OPEN,
         "peer-identity": _OPEN, "close-output": _OPEN,
     },
-)
-
-_CONFIG = frozenset(ConfiguringState)
-OUTGOING_CLIENT_HELLO: Machine[ConfiguringState] = Machine(
-    resource="outgoing-client-hello",
-    initial=ConfiguringState.CONFIGURING,
-    transitions={ConfiguringState.CONFIGURING: {}},
-    calls={"set-alpn-ids": _CONFIG, "set-protocol-versions": _CONFIG, "set-client-identity": _CONFIG, "connect": _CONFIG},
-)
-OUTGOING_SERVER_HELLO: Machine[ConfiguringState] = Machine(
-    resource="outgoing-server-hello",
-    initial=ConfiguringState.CONFIGURING,
-    transitions={ConfiguringState.CONFIGURING: {}},
-    calls={"set-alpn-id": _CONFIG, "set-protocol-versions": _CONFIG, "set-cipher-suites": _CONFIG, "request-client-identity": _CONFIG},
-)
-CLIENT_HANDSHAKE: Machine[ConfiguringState] = Machine(
-    resource="client-handshake",
-    initial=ConfiguringState.CONFIGURING,
-    transitions={ConfiguringState.CONFIGURING: {}},
-    calls={"finish": _CONFIG},
-)
-
-MACHINES: tuple[Machine, ...] = (  # type: ignore[type-arg]
-    CLIENT_HELLO, SERVER_HELLO, CLIENT_EXCHANGE, FUTURE_CLIENT_STREAMS, CONNECTION,
-    OUTGOING_CLIENT_HELLO, OUTGOING_SERVER_HELLO, CLIENT_HANDSHAKE,
 )
 
 

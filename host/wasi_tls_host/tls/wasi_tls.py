@@ -20,7 +20,7 @@ from ..wasi.io import CallbackPollable, InputStream, IoError, OutputStream, Poll
 from .config import tls_config
 from .engine import ACCESS_DENIED, TlsEngine, TlsFailure
 from .limits import LimitExceeded, usage_of
-from .states import CLIENT_HANDSHAKE, FUTURE_CLIENT_STREAMS, Event, HandshakeState, StateMachine, WrongState
+from .states import FUTURE_CLIENT_STREAMS, Event, HandshakeState, WrongState
 from .transport import PendingHandshake, TlsConnection, TlsInputStream, TlsOutputStream, TlsTransport, start_deadline
 
 types_iface = Interface("wasi:tls/types@0.2.0-draft")
@@ -30,7 +30,6 @@ class ClientHandshake(HostResource):
     """Holds the guest's streams until ``finish`` (one state: consumed by finish)."""
 
     def __init__(self, server_name: str, input: InputStream, output: OutputStream) -> None:
-        self.states = StateMachine(CLIENT_HANDSHAKE)
         self.server_name = server_name
         self.input: InputStream | None = input
         self.output: OutputStream | None = output
