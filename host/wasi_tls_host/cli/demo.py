@@ -33,6 +33,21 @@ from ..wasi.sockets import NetworkPolicy
 BODY = b"Hello from a local HTTPS server! The guest never saw a private key.\n" * 64
 
 
+def make_ca(common_name: str, now: datetime.datetime) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A throwaway self-signed CA valid for a day from ``now``."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return cert, key
+
+
 def make_ca_and_leaf(directory: Path) -> tuple[Path, Path, Path]:
     """A throwaway CA and a localhost certificate signed by it (written as PEM files).
 
@@ -40,16 +55,8 @@ def make_ca_and_leaf(directory: Path) -> tuple[Path, Path, Path]:
     product's own dependencies.
     """
     now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "wasi-tls-host demo CA")])
-    ca_cert = (
-        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
+    ca_cert, ca_key = make_ca("wasi-tls-host demo CA", now)
+    ca_name = ca_cert.subject
     leaf_key = ec.generate_private_key(ec.SECP256R1())
     leaf_cert = (
         x509.CertificateBuilder()

@@ -22,10 +22,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 
 from .. import attestation
 from ..host import GuestInstance, Host, RunResult
@@ -33,22 +30,13 @@ from ..provenance import digest
 from ..tls.config import TlsConfig
 from ..wasi.context import WasiConfig
 from ..wasi.sockets import NetworkPolicy
+from .demo import make_ca
 
 SERVER_NAME = "attested.localhost"
 
 
 def make_attestation_ca(directory: Path) -> tuple[Path, Path]:
-    now = datetime.datetime.now(datetime.timezone.utc)
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "wasi-tls-host demo attestation CA")])
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-        .sign(key, hashes.SHA256())
-    )
+    cert, key = make_ca("wasi-tls-host demo attestation CA", datetime.datetime.now(datetime.timezone.utc))
     cert_path, key_path = directory / "attest-ca.pem", directory / "attest-ca.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
