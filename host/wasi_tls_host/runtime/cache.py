@@ -96,8 +96,8 @@ class ComponentCache:
             return  # an artifact that could not be authenticated would never be loaded
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
+            artifact = component.serialize()  # before mkstemp: its descriptor is closed only by fdopen's with
             fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
-            artifact = component.serialize()
             with os.fdopen(fd, "wb") as f:
                 f.write(artifact)
             os.replace(tmp, self._path(key))
