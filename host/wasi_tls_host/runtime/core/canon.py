@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..values import Err, Ok, Some, Trap
 from ..values import Variant as VariantValue
-from .types import Flags, Handle, ImportedResource, ListT, Prim, Record, Tuple, ValType, Variant, align_to
+from .types import Flags, Handle, ListT, Prim, Record, Tuple, ValType, Variant, align_to
 
 if TYPE_CHECKING:
     from .instance import ComponentInstance
@@ -658,10 +658,6 @@ def _handle(t: Handle) -> Conv:
         out.append(lower(m, x))
 
     return Conv(t, load, store, lift_flat, lower_flat)
-
-
-def host_kind(rt: Any) -> Any:
-    return rt.kind if isinstance(rt, ImportedResource) else None
 
 
 __all__ = ["Conv", "MemCx", "check_range", "conv", "lift_bytes", "lift_string", "lower_bytes", "lower_string"]

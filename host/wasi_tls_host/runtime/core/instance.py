@@ -76,9 +76,6 @@ class CoreComponent:
     digest: str
     functypes: dict[tuple[tuple[str, ...], tuple[str, ...]], FuncType] = field(default_factory=dict)
 
-    def export_names(self) -> list[str]:
-        return list(self.plan.exports)
-
 
 class BoundHost:
     """The host functions and resource kinds a component's imports resolve to."""

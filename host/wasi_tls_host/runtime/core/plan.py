@@ -111,11 +111,6 @@ class Reader:
         self.pos += 1
         return b
 
-    def peek(self) -> int:
-        if self.pos >= self.end:
-            raise Malformed("unexpected end of component binary")
-        return self.data[self.pos]
-
     def u32(self) -> int:
         result = shift = 0
         while True:
