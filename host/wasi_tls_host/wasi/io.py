@@ -253,17 +253,10 @@ class InputStream(HostResource):
         ``recv_into``) override this; the default is ``read``."""
         return self.read(n)
 
-    def blocking_read(self, cx: StoreState | None, n: int) -> bytes:
+    def blocking_read(self, cx: StoreState | None, n: int, fill: Any = None) -> Any:
+        """``read`` (``read_into`` when given ``fill``), waiting until something arrives."""
         while True:
-            data = self.read(n)
-            if data or n == 0:
-                return data
-            wait_for(cx, self.subscribe())
-
-    def blocking_read_into(self, cx: StoreState | None, n: int, fill: Any) -> Any:
-        """``blocking_read`` through ``read_into`` (see there)."""
-        while True:
-            data = self.read_into(n, fill)
+            data = self.read(n) if fill is None else self.read_into(n, fill)
             if len(data) or n == 0:
                 return data
             wait_for(cx, self.subscribe())
@@ -549,9 +542,8 @@ def input_stream_read(cx: StoreState, stream: InputStream, len: int, fill: Any =
 
 @streams_iface.func("[method]input-stream.blocking-read", fills=True)
 def input_stream_blocking_read(cx: StoreState, stream: InputStream, len: int, fill: Any = None) -> Any:
-    if fill is not None:  # the core runtime: the stream may write straight into the guest
-        return stream.blocking_read_into(cx, _len(len), fill)
-    return stream.blocking_read(cx, _len(len))
+    # fill is given by the core runtime: the stream may write straight into the guest.
+    return stream.blocking_read(cx, _len(len), fill)
 
 
 @streams_iface.func("[method]input-stream.skip")
