@@ -283,7 +283,10 @@ class TlsInputStream(InputStream):
             return self.read(n)
         self._fill()
         if not self._buffer:
-            return self.read(n)  # nothing yet, or the end: read() says which
+            # Nothing yet, or the end (not read(): it would pump the transport a second time).
+            if self._closed:
+                raise StreamClosed()
+            return b""
         first, self._buffer = self._buffer[:n], self._buffer[n:]
         parts = [first] if self._buffer else self._record_list(first, n)
         view = fill(sum(len(p) for p in parts))
