@@ -149,14 +149,14 @@ class IncomingClientHello(HostResource):
     """
 
     def __init__(self, input: InputStream, output: OutputStream, *, max_size: int,
-                 usage: TlsUsage | None = None, deadline_ns: int | None = None, timeout: float | None = None) -> None:
+                 deadline_ns: int | None = None, timeout: float | None = None) -> None:
         self.states = StateMachine(CLIENT_HELLO)
         self.input: InputStream | None = input
         self.output: OutputStream | None = output
         self._input_ready = input.subscribe()
         self.reader = ClientHelloReader(max_size)
         self.hello: ClientHello | None = None
-        self.usage = usage
+        self.usage: TlsUsage | None = None  # set by accept once the limits let it start
         self.deadline_ns = deadline_ns
         self.timeout = timeout
 
