@@ -11,7 +11,8 @@ import gc
 import pytest
 from wasmtime import WasmtimeError
 
-from wasi_tls_host import Host, WitError
+from conftest import open_fds
+from wasi_tls_host import GuestError, Host, WitError
 from wasi_tls_host.runtime.binding import Interface
 from wasi_tls_host.runtime.resources import HostResource
 from wasi_tls_host.runtime.values import Err, Ok
@@ -175,6 +176,25 @@ def test_component_cache_avoids_recompiling(tmp_path, guest_path, runtime: str) 
     with third.instantiate(wasm) as g:
         assert g.call("two-borrows", 3, 4) == 7
     assert third.cache.compiled == 1
+
+
+def test_closing_the_host_releases_its_mapped_artifacts(tmp_path, guest_path, runtime: str, no_gc) -> None:
+    """A component loaded from the disk cache maps its file; the host holds those descriptors
+    until closed, not until a GC pass. A guest made before the close runs on."""
+    wasm = guest_path("runtime_probe").read_bytes()
+    with Host(interfaces=[probe], cache_dir=tmp_path, runtime=runtime) as compiling:
+        compiling.load(wasm)  # fills the disk cache
+    before = open_fds()
+    host = Host(interfaces=[probe], cache_dir=tmp_path, runtime=runtime)
+    guest = host.instantiate(wasm)
+    assert host.cache.compiled == 0 and open_fds() > before  # loaded from the disk cache: mapped
+    host.close()
+    assert guest.call("two-borrows", 2, 3) == 5
+    guest.close()
+    del guest  # its store (memories, mapped code) goes with the last reference, not at a GC pass
+    assert open_fds() <= before
+    with pytest.raises(GuestError, match="this Host is closed"):
+        host.instantiate(wasm)
 
 
 @pytest.mark.parametrize("bad", [Ok(Ok(("not a number", 2))), Ok(Err("not a number")), Ok(Ok((1, 2, 3)))])

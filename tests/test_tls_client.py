@@ -117,7 +117,7 @@ def test_forced_versions_are_negotiated(probe, peers, localhost_leaf, pki: Pki, 
     # The host's own version limits are honoured too: pinning the client to the same version works.
     pinned = TlsConfig(trust=[pki.ca_pem], use_system_roots=False, min_version=server_version, max_version=server_version)
     assert probe("connect", "localhost", server.port, tls=pinned).out == "handshake=ok\n"
-    settle(server)
+    server.wait_idle()
     assert server.versions == [f"TLSv{server_version}"] * 2
     assert server.errors == []
 
@@ -166,7 +166,7 @@ def test_many_small_writes_are_echoed(probe, peers, localhost_leaf) -> None:
     peers.append(server)
     r = probe("echo", "localhost", server.port, 2000, 7)
     assert fields(r.out) == {"writes": "2000", "echoed": "14000", "match": "True"}, r.out
-    settle(server)
+    server.wait_idle()
     assert server.errors == []
 
 
@@ -351,23 +351,9 @@ def test_streams_after_dropping_connection_and_socket(probe, peers, localhost_le
         "done",
     ]
     # The echo peer saw the end of the connection as soon as the streams were dropped.
-    deadline = time.monotonic() + 5
-    while server.accepted and server.thread.is_alive() and time.monotonic() < deadline and not _peer_idle(server):
-        time.sleep(0.02)
-    assert _peer_idle(server)
+    server.wait_idle()
+    assert server.idle
     assert server.errors == []
-
-
-def _peer_idle(server: PeerServer) -> bool:
-    return server.handled == server.accepted
-
-
-def settle(*servers: PeerServer) -> None:
-    """Wait (bounded) until the peers have closed their ends of finished connections, so
-    descriptor counts measure the host, not the test's own servers."""
-    deadline = time.monotonic() + 5
-    while not all(_peer_idle(s) for s in servers) and time.monotonic() < deadline:
-        time.sleep(0.02)
 
 
 def test_dropping_the_future_mid_handshake(probe, peers, localhost_leaf) -> None:
@@ -383,7 +369,8 @@ def test_no_descriptor_leaks_across_runs(probe, peers, localhost_leaf) -> None:
     bad = PeerServer(stall)
     peers.extend([server, bad])
     probe("echo", "localhost", server.port, 3, 10)  # warm-up: lazily opened host descriptors
-    settle(server, bad)
+    server.wait_idle()
+    bad.wait_idle()
     with without_gc():
         before = open_fds()
         threads = threading.active_count()
@@ -392,7 +379,8 @@ def test_no_descriptor_leaks_across_runs(probe, peers, localhost_leaf) -> None:
             probe("use-after-drop", "localhost", server.port)
             probe("drop-future", "localhost", server.port)
             probe("stall", "localhost", bad.port, 50)
-        settle(server, bad)
+        server.wait_idle()
+        bad.wait_idle()
         assert open_fds() <= before
         assert threading.active_count() <= threads
 

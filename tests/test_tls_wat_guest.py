@@ -3,12 +3,11 @@ handshake path, and the guest the TLS client benchmark uses."""
 
 from __future__ import annotations
 
-import gc
 from pathlib import Path
 
 import pytest
 
-from conftest import open_fds
+from conftest import open_fds, without_gc
 from tls_peers import PeerServer, Pki, handshake_only
 from wasi_tls_host import Host, WasiConfig
 from wasi_tls_host.tls import TlsConfig
@@ -33,14 +32,15 @@ def test_repeated_handshakes_succeed_and_leave_no_descriptors(host: Host, guest_
             assert guest.call("handshake", server.port) == 0  # warm up
             assert guest.call("handshake", server.port) == 6  # one connection at a time
             guest.call("close")
-            gc.collect()  # earlier tests' garbage must not close descriptors mid-count
-            before = open_fds()
-            for _ in range(20):
-                assert guest.call("handshake", server.port) == 0
-                guest.call("close")
-            gc.collect()
-            # A leak would add at least one socket per handshake.
-            assert open_fds() <= before
+            with without_gc():  # each socket must close when dropped, not at a GC pass
+                server.wait_idle()  # the peer thread closes its end after the guest returns
+                before = open_fds()
+                for _ in range(20):
+                    assert guest.call("handshake", server.port) == 0
+                    guest.call("close")
+                server.wait_idle()
+                # A leak would add at least one socket per handshake.
+                assert open_fds() <= before
     finally:
         server.stop()
     assert server.errors == []

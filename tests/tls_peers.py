@@ -147,6 +147,18 @@ class PeerServer:
                 conn.close()
                 self.handled += 1
 
+    @property
+    def idle(self) -> bool:
+        """Every accepted connection has been closed on this side."""
+        return self.handled == self.accepted
+
+    def wait_idle(self, timeout: float = 5.0) -> None:
+        """Wait (bounded) until this side has closed every finished connection, so a descriptor
+        count measures the host, not the test's own server thread."""
+        deadline = time.monotonic() + timeout
+        while not self.idle and time.monotonic() < deadline:
+            time.sleep(0.01)
+
     def stop(self) -> None:
         self.stopping.set()
         self.thread.join(TIMEOUT)

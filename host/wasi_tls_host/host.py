@@ -293,6 +293,26 @@ class Host:
         self._bound: weakref.WeakKeyDictionary[CoreComponent, BoundHost] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self._instances: weakref.WeakSet[GuestInstance] = weakref.WeakSet()
+        self.closed = False
+
+    def close(self) -> None:
+        """Release the compiled components this host keeps (each cached artifact stays
+        mapped, its file descriptor open, until then). Guests already instantiated run on;
+        loading or instantiating afterwards raises GuestError."""
+        with self._lock:
+            self.closed = True
+            self.core_cache.close()
+            self.cache.close()
+
+    def __enter__(self) -> Host:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _require_open(self) -> None:
+        if self.closed:
+            raise GuestError("this Host is closed: create a new one to load or instantiate components")
 
     def reload_identities(self) -> list[str]:
         """Certificate rotation for every live guest of this host: identities loaded from
@@ -331,6 +351,7 @@ class Host:
             )
         sha256_hex = evidence.digest.removeprefix("sha256:")  # hashed once for evidence and caches
         with self._lock:
+            self._require_open()
             # An artifact compiled elsewhere is a component-runtime artifact: it runs there.
             component: AnyComponent | None = self._load_precompiled(evidence.digest, precompiled) if precompiled else None
             if component is None and self.runtime == "core":
@@ -364,6 +385,7 @@ class Host:
         return self._evidence.get(component)
 
     def instantiate(self, component: AnyComponent | str | Path | bytes, config: WasiConfig | None = None) -> GuestInstance:
+        self._require_open()
         if not isinstance(component, (Component, CoreComponent)):
             component = self.load(component)
         self.check(component)

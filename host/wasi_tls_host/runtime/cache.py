@@ -69,6 +69,14 @@ class ComponentCache:
         self._memory[key] = component
         return component
 
+    def close(self) -> None:
+        """Forget the compiled components kept in memory. A component loaded from disk maps
+        its artifact file and holds its descriptor until closed; instances already made keep
+        what they use."""
+        for component in self._memory.values():
+            component.close()
+        self._memory.clear()
+
     def _path(self, key: str) -> Path:
         return self.directory / f"{key}.cwasm"
 

@@ -551,6 +551,8 @@ class ComponentInstance:
         ft = lifted.type
         if len(args) != len(ft.params):
             raise TypeError(f"expected {len(ft.params)} arguments, got {len(args)}")
+        if self.closed:
+            raise WasmtimeError("the component instance is closed")
         if not self.may_enter:
             raise WasmtimeError("cannot enter the component instance: it is already running (reentrance)")
         params, results = ft.lift_core_type()
@@ -625,6 +627,10 @@ class ComponentInstance:
         for env in self._envs:
             _TRAMPOLINES.pop(env, None)
         self._envs.clear()
+        # Each MemCx points back here: without this the cycle would keep the store (its
+        # linear memories, the mapped module files) alive until a GC pass.
+        self._memcx.clear()
+        self._views.clear()
 
 
 @dataclass(eq=False)

@@ -74,6 +74,14 @@ class CoreModuleCache:
         self._memory[key] = component
         return component
 
+    def close(self) -> None:
+        """Forget the compiled modules kept in memory (each maps its cached file and holds
+        its descriptor); instances already made keep what they use."""
+        for component in self._memory.values():
+            for module in component.modules:
+                module.close()
+        self._memory.clear()
+
     def _path(self, key: str, i: int) -> Path:
         return self.cache.directory / f"{key}-{i}.cwasm"
 
