@@ -40,6 +40,8 @@ WIT = REPO / "wit"
 # Guests built into the wheel (setup.py), so the demo needs no build tools.
 PREBUILT_GUESTS = ("https_get",)
 COMPONENTIZE_PY = "componentize-py==0.25.1"  # keep equal to the pin in pyproject.toml
+# A build takes about 10 s (componentize-py) on this 2-core machine; a stuck one is reported, not waited on.
+BUILD_TIMEOUT = 600.0
 
 
 class BuildError(Exception):
@@ -130,7 +132,11 @@ def build(name: str, *, quiet: bool = True) -> Path:
         with tempfile.TemporaryDirectory() as tmp:
             tmp_out = Path(tmp) / "app.wasm"
             env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
-            proc = subprocess.run(cmd + [str(tmp_out)], capture_output=True, text=True, env=env, cwd=tmp)
+            try:
+                proc = subprocess.run(cmd + [str(tmp_out)], capture_output=True, text=True, env=env, cwd=tmp,
+                                      timeout=BUILD_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                raise BuildError(f"componentize-py did not finish building {name} within {BUILD_TIMEOUT:.0f} s") from None
             if proc.returncode != 0:
                 raise BuildError(f"componentize-py failed for {name}:\n{proc.stderr or proc.stdout}")
             for stale in out.parent.glob(f"{name}-*.wasm"):
@@ -149,7 +155,11 @@ def _build_wat(wat: Path) -> Path:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp_out = out.with_suffix(f".{os.getpid()}.tmp")
         if wasm_tools:
-            proc = subprocess.run([wasm_tools, "parse", str(wat), "-o", str(tmp_out)], capture_output=True, text=True)
+            try:
+                proc = subprocess.run([wasm_tools, "parse", str(wat), "-o", str(tmp_out)], capture_output=True, text=True,
+                                      timeout=BUILD_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                raise BuildError(f"wasm-tools did not finish assembling {wat.name} within {BUILD_TIMEOUT:.0f} s") from None
             if proc.returncode != 0:
                 raise BuildError(f"wasm-tools failed for {wat.name}:\n{proc.stderr}")
         else:
