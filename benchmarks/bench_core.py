@@ -27,7 +27,7 @@ import wasmtime
 from wasi_tls_host import Host, WasiConfig, guests
 from wasi_tls_host.host import all_interfaces
 from wasi_tls_host.runtime.binding import Interface
-from wasi_tls_host.wasi.io import InputStream, Pollable, ReadyPollable, SinkOutput
+from wasi_tls_host.wasi.io import InputStream, Pollable, ReadyPollable
 
 CHUNK = 64 * 1024
 COUNT = 400  # 26 MB per measurement

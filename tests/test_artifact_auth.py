@@ -7,8 +7,10 @@ import logging
 import os
 import stat
 
+import pytest
+
 from wasi_tls_host import Host, WasiConfig
-from wasi_tls_host.runtime.artifact_auth import KEY_FILE, TAG_SUFFIX
+from wasi_tls_host.runtime.artifact_auth import KEY_FILE, TAG_SUFFIX, ArtifactAuthenticator
 
 
 def _artifact(cache_dir, wasm_host: Host, wasm: bytes):
@@ -88,3 +90,16 @@ def test_the_core_runtime_loads_only_modules_and_plans_it_wrote(tmp_path, guest_
         assert again.cache.compiled == 1, victim.name  # a miss: compiled again (and rewritten)
         assert "authentication failed" in caplog.text
         caplog.clear()
+
+
+def test_a_failed_write_leaves_no_file_behind(tmp_path) -> None:
+    """Writing an artifact that fails midway (here: data the file cannot take) leaves neither
+    the artifact nor its temporary file, and an earlier artifact at that name stays whole."""
+    auth = ArtifactAuthenticator(tmp_path)
+    target = tmp_path / "a.cwasm"
+    auth.store(target, "a", b"first")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(TypeError):
+        auth.store(target, "a", "not bytes")  # type: ignore[arg-type]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert target.read_bytes() == b"first"

@@ -30,7 +30,6 @@ from tls_peers import (
     close_mid_handshake,
     echo,
     handshake_only,
-    http_response,
     send_body,
     send_garbage,
     stall,

@@ -13,6 +13,7 @@ covers exactly the bytes wasmtime then maps (the same open file, not the path ag
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -96,14 +97,13 @@ class ArtifactAuthenticator:
         mac.update(data)
         return mac.digest()
 
-    def write_tag(self, artifact: Path, name: str, data: bytes) -> None:
+    def store(self, artifact: Path, name: str, data: bytes) -> None:
+        """Write ``data`` to ``artifact`` and then its tag, each atomically (a reader sees
+        a whole file or none; an artifact whose tag is missing or stale is a miss)."""
+        write_atomically(artifact, data)
         tag = self.tag(name, data)
-        if tag is None:
-            return
-        fd, tmp = tempfile.mkstemp(dir=artifact.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(tag)
-        os.replace(tmp, str(artifact) + TAG_SUFFIX)
+        if tag is not None:
+            write_atomically(Path(str(artifact) + TAG_SUFFIX), tag)
 
     def load_verified(self, artifact: Path, name: str, load_file: Callable[[str], T], load_bytes: Callable[[bytes], T]) -> T | None:
         """The loaded artifact if its tag is valid, else None (a miss).
@@ -135,3 +135,17 @@ class ArtifactAuthenticator:
             return load_file(by_fd) if mapped else load_bytes(b"".join(chunks))
         finally:
             os.close(fd)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` through a temporary file beside it, which a failure
+    (a full disk, say) removes again."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

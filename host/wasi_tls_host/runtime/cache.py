@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from importlib.metadata import version
 from pathlib import Path
 
@@ -104,11 +103,6 @@ class ComponentCache:
             return  # an artifact that could not be authenticated would never be loaded
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            artifact = component.serialize()  # before mkstemp: its descriptor is closed only by fdopen's with
-            fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
-            with os.fdopen(fd, "wb") as f:
-                f.write(artifact)
-            os.replace(tmp, self._path(key))
-            self.auth.write_tag(self._path(key), key, artifact)
+            self.auth.store(self._path(key), key, component.serialize())
         except OSError as e:  # a read-only cache must not stop the guest from running
             log.warning("could not write component cache in %s: %s", self.directory, e)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ..runtime.binding import Interface
-from . import client, code_identity, connection, identities, server, wasi_tls
+from . import client, connection, identities, server, wasi_tls
+from . import code_identity  # noqa: F401  (defines public-identity.code-identity on import)
 from .config import TlsConfig
 from .identities import PrivateIdentity
 

@@ -243,17 +243,17 @@ class ComponentInstance:
             names = comp.module_imports[step.module]
             externs = (ffi.wasmtime_extern_t * max(1, len(names)))()
             instances, context, args = self._instances, self.context, step.args
-            for i, (mod_name, field) in enumerate(names):
+            for i, (mod_name, import_name) in enumerate(names):
                 arg_slot = args.get(mod_name)
                 if arg_slot is None:
-                    raise LinkError(f"core module import {mod_name}::{field} has no instantiation argument")
+                    raise LinkError(f"core module import {mod_name}::{import_name} has no instantiation argument")
                 source = instances[arg_slot]
                 if isinstance(source, Bag):
-                    externs[i] = self._core_item_from_slot(arg_slot, field)
+                    externs[i] = self._core_item_from_slot(arg_slot, import_name)
                 else:  # straight into the array: this loop runs ~4000 times for a Python guest
-                    data = field.encode()
+                    data = import_name.encode()
                     if not _export_get(context, ctypes.byref(source), data, len(data), ctypes.byref(externs[i])):  # externs[i] shares the array's memory
-                        raise LinkError(f"core instance has no export {field!r}")
+                        raise LinkError(f"core instance has no export {import_name!r}")
             inst = ffi.wasmtime_instance_t()
             trap = _TRAP_P()
             err = _instance_new(self.context, module.ptr(), externs, len(names), ctypes.byref(inst), ctypes.byref(trap))

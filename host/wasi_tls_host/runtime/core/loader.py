@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -128,10 +126,6 @@ class CoreModuleCache:
             blobs = [(self._path(key, i), module.serialize()) for i, module in enumerate(modules)]
             blobs.append((self._plan_path(key), pickle.dumps(plan)))  # last: it marks the set complete
             for path, blob in blobs:
-                fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-                with os.fdopen(fd, "wb") as f:
-                    f.write(blob)
-                os.replace(tmp, path)
-                self.cache.auth.write_tag(path, path.name, blob)
+                self.cache.auth.store(path, path.name, blob)
         except OSError as e:  # a read-only cache must not stop the guest from running
             log.warning("could not write core module cache in %s: %s", self.cache.directory, e)
