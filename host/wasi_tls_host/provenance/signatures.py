@@ -30,6 +30,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from ..runtime import leb128
 from .digest import ProvenanceError
 
 SPEC_VERSION = 0x01
@@ -57,34 +58,15 @@ class SignatureError(ProvenanceError):
 # --- binary framing ---------------------------------------------------------------------
 
 
-def encode_varuint32(value: int) -> bytes:
-    if not 0 <= value < 1 << 32:
-        raise ValueError(f"varuint32 out of range: {value}")
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
+encode_varuint32 = leb128.encode_u32
 
 
 def decode_varuint32(data: bytes, offset: int) -> tuple[int, int]:
     """(value, offset after it); LEB128 of at most 5 bytes, as the wasm binary format says."""
-    result = shift = 0
-    for i in range(5):
-        if offset + i >= len(data):
-            raise SignatureError("truncated varuint32")
-        byte = data[offset + i]
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            if result >= 1 << 32 or (i == 4 and byte & 0x70):
-                raise SignatureError("varuint32 out of range")
-            return result, offset + i + 1
-        shift += 7
-    raise SignatureError("varuint32 longer than 5 bytes")
+    try:
+        return leb128.decode_u32(data, offset)
+    except ValueError as e:
+        raise SignatureError(str(e)) from None
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import leb128
 from .types import (
     PRIM_CODES, PRIMS, AbstractResource, ComponentT, DefinedResource, Flags, FuncT, Handle, ImportedResource,
     InstanceT, ListT, Malformed, Record, ResourceT, Tuple, Unsupported, ValType, Variant, enum_type, option_type,
@@ -112,15 +113,11 @@ class Reader:
         return b
 
     def u32(self) -> int:
-        result = shift = 0
-        while True:
-            b = self.byte()
-            result |= (b & 0x7F) << shift
-            if not b & 0x80:
-                return result
-            shift += 7
-            if shift > 35:
-                raise Malformed("integer too long")
+        try:
+            value, self.pos = leb128.decode_u32(self.data, self.pos, self.end)
+        except ValueError as e:
+            raise Malformed(f"{e} in the component binary") from None
+        return value
 
     def s33(self) -> int:
         result = shift = 0
