@@ -46,7 +46,7 @@ __all__ = [
     "AttestationCA", "AttestationError", "AuthorityMismatch", "Claims", "CodeMismatch",
     "ConfigurationMismatch", "DICE_OID", "Expired", "MODE_NAMES", "NotAttested", "PROFILE_NAME",
     "UntrustedIssuer", "authority_hash", "claims_of", "configuration_document", "describe",
-    "load_certificates", "parse_attest_ca_option", "verify",
+    "load_certificates", "verify",
 ]
 
 DEFAULT_LIFETIME = datetime.timedelta(hours=24)
@@ -194,14 +194,6 @@ def _general_name(name: str) -> x509.GeneralName:
         return x509.IPAddress(ipaddress.ip_address(name))
     except ValueError:
         return x509.DNSName(name)
-
-
-def parse_attest_ca_option(text: str, **options: Any) -> AttestationCA:
-    """``CA.pem,CA.key`` (the ``--attest-ca`` syntax)."""
-    parts = text.split(",")
-    if len(parts) != 2 or not all(parts):
-        raise ValueError(f"--attest-ca wants CA.pem,CA.key, got {text!r}")
-    return AttestationCA.from_files(parts[0], parts[1], **options)
 
 
 # --- verification ------------------------------------------------------------------------

@@ -221,8 +221,11 @@ def apply_attestation(args: argparse.Namespace, config: WasiConfig) -> None:
         config.tls.attest_trust.extend(c for path in args.attest_trust for c in load_certificates(path))
         if args.attest_ca:
             # Inheriting the host's environment or network weakens isolation: say so.
-            config.tls.attest_ca = attestation.parse_attest_ca_option(
-                args.attest_ca, names=list(args.attest_name), lifetime=attestation.parse_lifetime(args.attest_lifetime),
+            cert_path, _, key_path = args.attest_ca.partition(",")
+            if not cert_path or not key_path or "," in key_path:
+                raise ValueError(f"--attest-ca wants CA.pem,CA.key, got {args.attest_ca!r}")
+            config.tls.attest_ca = attestation.AttestationCA.from_files(
+                cert_path, key_path, names=list(args.attest_name), lifetime=attestation.parse_lifetime(args.attest_lifetime),
                 debug=bool(args.inherit_env or args.inherit_network),
             )
     except ValueError as e:
