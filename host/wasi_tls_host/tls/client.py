@@ -26,7 +26,7 @@ from .engine import TlsEngine, TlsFailure
 from .identities import PrivateIdentity, PrivateIdentityHandle, PublicIdentity
 from .limits import LimitExceeded, usage_of
 from .states import SERVER_HELLO
-from .transport import PendingHandshake, TlsTransport, start_deadline
+from .transport import HandshakeDeadline, PendingHandshake, TlsTransport
 
 
 client_iface = Interface("wasi-tls-host:tls/client@0.1.0")
@@ -117,7 +117,7 @@ def outgoing_client_hello_connect(cx: StoreState, this: OutgoingClientHello, inp
         usage.closed(input)
         raise failure_error(e) from None  # the call failed: input and output are dropped
     hello = IncomingServerHello(TlsTransport(engine, input, output, usage), config.on_handshake,
-                                **start_deadline(config.limits))
+                                deadline=HandshakeDeadline.start(config.limits))
     hello.expected_code = this.expected_code
     hello.poll()
     return hello

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -37,7 +36,7 @@ from .profiles import configure_resumption
 from .identities import PrivateIdentity, PrivateIdentityHandle, PublicIdentity
 from .limits import LimitExceeded, TlsUsage, usage_of
 from .states import CLIENT_EXCHANGE, CLIENT_HELLO, ClientHelloState, Event, StateMachine, WrongState
-from .transport import ALERT_USER_CANCELED, PendingHandshake, TlsTransport, handshake_timed_out, start_deadline
+from .transport import ALERT_USER_CANCELED, HandshakeDeadline, PendingHandshake, TlsTransport
 
 log = logging.getLogger("wasi_tls_host.tls")
 
@@ -149,7 +148,7 @@ class IncomingClientHello(HostResource):
     """
 
     def __init__(self, input: InputStream, output: OutputStream, *, max_size: int,
-                 deadline_ns: int | None = None, timeout: float | None = None) -> None:
+                 deadline: HandshakeDeadline | None = None) -> None:
         self.states = StateMachine(CLIENT_HELLO)
         self.input: InputStream | None = input
         self.output: OutputStream | None = output
@@ -157,8 +156,7 @@ class IncomingClientHello(HostResource):
         self.reader = ClientHelloReader(max_size)
         self.hello: ClientHello | None = None
         self.usage: TlsUsage | None = None  # set by accept once the limits let it start
-        self.deadline_ns = deadline_ns
-        self.timeout = timeout
+        self.deadline = deadline
 
     @property
     def state(self) -> ClientHelloState:
@@ -173,8 +171,8 @@ class IncomingClientHello(HostResource):
             while self.hello is None:
                 data = self.input.read(_READ_CHUNK)
                 if not data:
-                    if self.deadline_ns is not None and time.monotonic_ns() >= self.deadline_ns:
-                        failure = handshake_timed_out(self.timeout or 0)
+                    if self.deadline is not None and self.deadline.passed():
+                        failure = self.deadline.failure()
                         self.fail(failure.code, failure.message, alert=ALERT_USER_CANCELED)
                         return True
                     return False
@@ -236,8 +234,8 @@ class IncomingClientHello(HostResource):
             waits.soon()
             return
         self._input_ready.add_waits(waits)
-        if self.deadline_ns is not None:
-            waits.until(self.deadline_ns)
+        if self.deadline is not None:
+            waits.until(self.deadline.at_ns)
 
     def require(self, call: str) -> ClientHello:
         """The parsed hello, if the state answers ``call``; the guest-facing error if not."""
@@ -283,7 +281,7 @@ server_iface.resource("incoming-client-exchange", IncomingClientExchange)
 def accept(cx: StoreState, input: InputStream, output: OutputStream) -> IncomingClientHello:
     limits = tls_config(cx).limits
     usage = usage_of(cx)
-    hello = IncomingClientHello(input, output, max_size=limits.max_client_hello, **start_deadline(limits))
+    hello = IncomingClientHello(input, output, max_size=limits.max_client_hello, deadline=HandshakeDeadline.start(limits))
     try:
         usage.start(input, limits)
     except LimitExceeded as e:
@@ -348,7 +346,7 @@ def incoming_client_hello_accept(cx: StoreState, this: IncomingClientHello, resp
     engine.feed(this.reader.buffered())
     cin, cout = this.take_streams()
     transport = TlsTransport(engine, cin, cout, this.usage)
-    exchange = IncomingClientExchange(transport, config.on_handshake, deadline_ns=this.deadline_ns, timeout=this.timeout)
+    exchange = IncomingClientExchange(transport, config.on_handshake, deadline=this.deadline)
     exchange.expected_code = response.expected_code
     exchange.poll()
     return exchange

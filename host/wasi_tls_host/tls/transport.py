@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..runtime.resources import HostResource
@@ -426,17 +427,25 @@ log = logging.getLogger("wasi_tls_host.tls")
 ALERT_USER_CANCELED = 90
 
 
-def start_deadline(limits: TlsLimits) -> dict[str, Any]:
-    """The deadline arguments of a handshake starting now."""
-    timeout = limits.handshake_timeout
-    if timeout is None:
-        return {"deadline_ns": None, "timeout": None}
-    return {"deadline_ns": time.monotonic_ns() + int(timeout * 1e9), "timeout": timeout}
+@dataclass(frozen=True)
+class HandshakeDeadline:
+    """When a handshake that started under ``TlsLimits.handshake_timeout`` must be done."""
 
+    at_ns: int
+    timeout: float
 
-def handshake_timed_out(timeout: float) -> TlsFailure:
-    return TlsFailure(CLOSED, f"TLS handshake timed out: not established within {timeout:g} s "
-                              "(the embedder's handshake deadline, --tls-handshake-timeout)")
+    @staticmethod
+    def start(limits: TlsLimits) -> HandshakeDeadline | None:
+        """The deadline of a handshake starting now (None: the embedder set none)."""
+        timeout = limits.handshake_timeout
+        return None if timeout is None else HandshakeDeadline(time.monotonic_ns() + int(timeout * 1e9), timeout)
+
+    def passed(self) -> bool:
+        return time.monotonic_ns() >= self.at_ns
+
+    def failure(self) -> TlsFailure:
+        return TlsFailure(CLOSED, f"TLS handshake timed out: not established within {self.timeout:g} s "
+                                  "(the embedder's handshake deadline, --tls-handshake-timeout)")
 
 
 class PendingHandshake(HostResource):
@@ -452,12 +461,11 @@ class PendingHandshake(HostResource):
     machine: Machine[HandshakeState] = SERVER_HELLO
 
     def __init__(self, transport: TlsTransport, on_handshake: Callable[[Any], None] | None = None,
-                 *, deadline_ns: int | None = None, timeout: float | None = None) -> None:
+                 *, deadline: HandshakeDeadline | None = None) -> None:
         self.transport = transport
         self.on_handshake = on_handshake
         self.states: StateMachine[HandshakeState] = StateMachine(self.machine)
-        self.deadline_ns = deadline_ns
-        self.timeout = timeout
+        self.deadline = deadline
         # The peer's code digest the guest expects, and whether it was checked (tls/code_identity.py).
         self.expected_code: str | None = None
         self.code_checked = False
@@ -489,8 +497,8 @@ class PendingHandshake(HostResource):
                     if t.send_broken:
                         # Nothing more to read now and nothing can be sent: no way forward.
                         raise t.send_failure(during_handshake=True)
-                    if self.deadline_ns is not None and time.monotonic_ns() >= self.deadline_ns:
-                        self.fail(handshake_timed_out(self.timeout or 0), alert=ALERT_USER_CANCELED)
+                    if self.deadline is not None and self.deadline.passed():
+                        self.fail(self.deadline.failure(), alert=ALERT_USER_CANCELED)
                         return True
                     return False
             t.pump()  # send our final flight now, not at the first write
@@ -557,8 +565,8 @@ class PendingHandshake(HostResource):
 
     def waits(self, waits: Waits) -> None:
         self.transport.add_waits(waits, want_input=True)
-        if self.deadline_ns is not None:
-            waits.until(self.deadline_ns)
+        if self.deadline is not None:
+            waits.until(self.deadline.at_ns)
 
     def drop(self) -> None:
         """The guest let go of the handshake before it ended (or a consuming call refused it):

@@ -21,7 +21,7 @@ from .config import tls_config
 from .engine import ACCESS_DENIED, TlsEngine, TlsFailure
 from .limits import LimitExceeded, usage_of
 from .states import FUTURE_CLIENT_STREAMS, Event, HandshakeState, WrongState
-from .transport import PendingHandshake, TlsConnection, TlsInputStream, TlsOutputStream, TlsTransport, start_deadline
+from .transport import HandshakeDeadline, PendingHandshake, TlsConnection, TlsInputStream, TlsOutputStream, TlsTransport
 
 types_iface = Interface("wasi:tls/types@0.2.0-draft")
 
@@ -80,7 +80,7 @@ def client_handshake_finish(cx: StoreState, this: ClientHandshake) -> FutureClie
         cout.drop()
         raise Trap(str(e)) from None
     transport = TlsTransport(engine, cin, cout)
-    future = FutureClientStreams(transport, config.on_handshake, **start_deadline(config.limits))
+    future = FutureClientStreams(transport, config.on_handshake, deadline=HandshakeDeadline.start(config.limits))
     try:
         usage.start(cin, config.limits)
     except LimitExceeded as e:
