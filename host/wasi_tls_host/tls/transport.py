@@ -26,7 +26,7 @@ from ..wasi.io import (
     Waits,
 )
 from .client_hello import ALERT_FATAL, alert_record
-from .engine import CLOSED, TRUNCATED, TlsClosed, TlsEngine, TlsFailure
+from .engine import CLOSED, TRUNCATED, HandshakeInfo, TlsClosed, TlsEngine, TlsFailure
 from .limits import TlsLimits, TlsUsage
 from .states import CONNECTION, SERVER_HELLO, ConnectionState, Event, HandshakeState, Machine, StateMachine
 
@@ -503,8 +503,9 @@ class PendingHandshake(HostResource):
                     return False
             t.pump()  # send our final flight now, not at the first write
             self.states.advance(Event.ESTABLISH)
-            self._report()
-            self._note_access()
+            info = self.transport.engine.info()  # once, for the embedder's hook and the access log
+            self._report(info)
+            self._note_access(info)
         except TlsFailure as failure:
             self.fail(self.explain(failure))
         return True
@@ -520,7 +521,7 @@ class PendingHandshake(HostResource):
         failure = t.failure or t.fail(failure)
         self.states.advance(Event.FAIL, failure)
         t.close()
-        self._note_access()
+        self._note_access(None)
         log.info("TLS handshake (%s) failed: %s", "server" if t.engine.server_side else t.engine.server_name, failure)
 
     def require(self, call: str) -> None:
@@ -536,15 +537,14 @@ class PendingHandshake(HostResource):
         self.transport.hand_over()
         return self.transport
 
-    def _note_access(self) -> None:
+    def _note_access(self, info: HandshakeInfo | None) -> None:
         """Tell the access log's record of the TCP connection beneath (accepted sockets
-        have one) what the handshake negotiated, or why it failed."""
+        have one) what the handshake negotiated (``info``), or why it failed (None)."""
         record = getattr(self.transport.cin, "record", None)
         if record is None:
             return
         engine = self.transport.engine
-        if self.state is HandshakeState.ESTABLISHED:
-            info = engine.info()
+        if info is not None:
             client = "-"
             if engine.server_side and info.peer_chain_der:
                 from cryptography import x509
@@ -556,10 +556,10 @@ class PendingHandshake(HostResource):
         else:
             record.annotate(tls=f"failed: {self.failure}")
 
-    def _report(self) -> None:
+    def _report(self, info: HandshakeInfo) -> None:
         if self.on_handshake is not None:
             try:
-                self.on_handshake(self.transport.engine.info())
+                self.on_handshake(info)
             except Exception:
                 log.exception("on_handshake hook failed")
 
