@@ -19,8 +19,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from conftest import free_port
-from test_tls_server import connection_line, fields, s_client, ssl_client_context
-from tls_server_util import TIMEOUT, GuestServer, ServerPki
+from tls_server_util import TIMEOUT, GuestServer, ServerPki, connection_line, fields, s_client, ssl_client_context
 from wasi_tls_host import Host
 from wasi_tls_host.cli import main as cli_main
 from wasi_tls_host.tls import TlsConfig

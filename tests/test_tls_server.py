@@ -18,13 +18,13 @@ import ssl
 import subprocess
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
 
 from conftest import free_port, open_fds, without_gc
-from tls_server_util import PASSPHRASE, TIMEOUT, GuestServer, KeyAudit, ServerPki
+from tls_server_util import (PASSPHRASE, TIMEOUT, GuestServer, KeyAudit, ServerPki, connection_line, fields, s_client,
+                             ssl_client_context)
 from wasi_tls_host import Host
 from wasi_tls_host.runtime.binding import OUTGOING_VALUE_HOOKS
 from wasi_tls_host.tls import TlsConfig
@@ -86,35 +86,6 @@ def run_client(run_guest, pki: ServerPki):
         return r
 
     return run
-
-
-def fields(text: str) -> dict[str, str]:
-    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
-
-
-def connection_line(server: GuestServer, number: int = 1) -> dict[str, str]:
-    line = server.wait_for(f"#{number} ")
-    head, _, client = line.partition(" client=")
-    facts = dict(part.split("=", 1) for part in head.split() if "=" in part)
-    facts["client"] = client
-    facts["line"] = line
-    return facts
-
-
-def s_client(port: int, *args: str, pki: ServerPki, stdin: bytes = b"") -> subprocess.CompletedProcess[str]:
-    """``openssl s_client`` that waits for the server to close (-ign_eof), bounded."""
-    cmd = ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-CAfile", str(pki.ca_pem),
-           "-verify_return_error", "-ign_eof", *args]
-    return subprocess.run(cmd, input=stdin.decode(), capture_output=True, text=True, timeout=TIMEOUT)
-
-
-def ssl_client_context(pki: ServerPki, cert: Path | None = None, *, version: ssl.TLSVersion | None = None) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=str(pki.ca_pem))
-    if cert is not None:
-        ctx.load_cert_chain(str(cert))
-    if version is not None:
-        ctx.minimum_version = ctx.maximum_version = version
-    return ctx
 
 
 def ssl_echo(port: int, ctx: ssl.SSLContext, name: str, payload: bytes) -> tuple[bytes, dict[str, Any], str | None]:
