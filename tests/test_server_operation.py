@@ -185,7 +185,6 @@ def test_sigterm_lets_a_slow_client_finish_and_refuses_new_ones(server) -> None:
     s.wait_for(r"listening on", where="out", timeout=STARTUP)
     slow = s.connect()
     assert s.echo(slow, b"one") == b"one"
-    stopped_at = time.monotonic()
     s.process.send_signal(signal.SIGTERM)
     s.wait_for(r"SIGTERM: stopped accepting; waiting up to 15\.0 s for 1 open connection")
     # The listener closes at the guest's next look at it.
@@ -201,8 +200,7 @@ def test_sigterm_lets_a_slow_client_finish_and_refuses_new_ones(server) -> None:
     assert s.echo(slow, b"two") == b"two"
     slow.unwrap()
     slow.close()
-    assert s.process.wait(TIMEOUT) == 0
-    assert time.monotonic() - stopped_at < 15
+    assert s.process.wait(TIMEOUT) == 0  # 0, not 3: the connection finished before the deadline
     assert "graceful stop: every connection finished" in s.err
     line = s.wait_for(r"access peer=127\.0\.0\.1:\d+ .*")[0].group(0)
     fields = dict(part.split("=", 1) for part in line.split()[1:])
