@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -49,6 +50,22 @@ class GuestExit(Exception):
     def __init__(self, code: int) -> None:
         super().__init__(code)
         self.code = code
+
+
+def host_call_failure(qualname: str, e: Exception, record_exit: Callable[[int], None]) -> str:
+    """The trap message for a host function ``qualname`` that raised ``e`` (either runtime):
+    ``wasi:cli/exit`` records its code; a Trap or a failed call into the guest names the
+    function; anything else is a host bug, logged with its traceback. Call it from the
+    ``except`` block."""
+    if isinstance(e, GuestExit):
+        record_exit(e.code)
+        return f"guest exited with code {e.code}"
+    if isinstance(e, (Trap, WasmtimeError)):  # WasmtimeError: a call into the guest (realloc) trapped
+        return f"{qualname}: {e}"
+    if isinstance(e, struct.error):  # a bounded view of guest memory refused an access
+        return f"{qualname}: out-of-bounds memory access ({e})"
+    log.exception("host function %s failed", qualname)
+    return f"{qualname}: host error: {type(e).__name__}: {e}"
 
 
 @dataclass
@@ -212,14 +229,8 @@ def _call_host(idx: int, context: Any, ty_raw: Any, args: Any, nargs: int, resul
         if fn.lower is not None:
             fn.lower(cx, result, results[0])
         return 0
-    except GuestExit as e:
-        cx.exit_code = e.code
-        return _error_ptr(f"guest exited with code {e.code}")
-    except Trap as e:
-        return _error_ptr(f"{fn.qualname}: {e}")
     except Exception as e:
-        log.exception("host function %s failed", fn.qualname)
-        return _error_ptr(f"{fn.qualname}: host error: {type(e).__name__}: {e}")
+        return _error_ptr(host_call_failure(fn.qualname, e, lambda code: setattr(cx, "exit_code", code)))
 
 
 @ffi.wasmtime_component_resource_destructor_t  # type: ignore[misc]

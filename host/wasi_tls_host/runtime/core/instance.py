@@ -19,7 +19,6 @@ import ctypes
 import gc
 import itertools
 import logging
-import struct
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -28,7 +27,7 @@ from wasmtime import FuncType, Module, Store, ValType as CoreValType, WasmtimeEr
 from wasmtime import _bindings as raw
 from wasmtime import _ffi as ffi
 
-from ..binding import OUTGOING_VALUE_HOOKS, GuestExit, HostFunc, Interface
+from ..binding import OUTGOING_VALUE_HOOKS, GuestExit, HostFunc, Interface, host_call_failure
 from ..resources import ResourceKind, drop_consumed_arguments
 from ..store import StoreState, state_of
 from ..values import Err, Trap, WitError
@@ -787,18 +786,8 @@ def make_trampoline(inst: ComponentInstance, spec: LowerSpec, m: canon.MemCx) ->
                     inst.end_lends(m)
                 m.borrows = outer_borrows
             return 0
-        except GuestExit as e:
-            state.exit_code = e.code
-            return _trap_ptr(f"guest exited with code {e.code}")
-        except Trap as e:
-            return _trap_ptr(f"{qualname}: {e}")
-        except WasmtimeError as e:  # a call into the guest (realloc) trapped
-            return _trap_ptr(f"{qualname}: {e}")
-        except struct.error as e:  # a bounded view refused an access
-            return _trap_ptr(f"{qualname}: out-of-bounds memory access ({e})")
         except Exception as e:
-            log.exception("host function %s failed", qualname)
-            return _trap_ptr(f"{qualname}: host error: {type(e).__name__}: {e}")
+            return _trap_ptr(host_call_failure(qualname, e, lambda code: setattr(state, "exit_code", code)))
 
     return tramp
 
