@@ -170,6 +170,11 @@ def test_cli_limit_flags(guest_path, capsys: pytest.CaptureFixture[str]) -> None
     assert capsys.readouterr().out.strip() == "16"
     assert cli_main(["run", "--max-table-elements", "2048", "--invoke", "grow-table()", wasm]) == 0
     assert capsys.readouterr().out.strip() == "1024"
+    # "none" lifts a limit: the default 2 GiB, then all of a 32-bit memory (reserved, untouched).
+    assert cli_main(["run", "--invoke", "grow()", wasm]) == 0
+    assert capsys.readouterr().out.strip() == str((2 << 30) // 65536 - 16)
+    assert cli_main(["run", "--max-memory", "none", "--timeout", "None", "--invoke", "grow()", wasm]) == 0
+    assert capsys.readouterr().out.strip() == str(65536 - 16)
     for bad in (["--max-memory", "lots"], ["--timeout=-1s"], ["--timeout", "0"], ["--max-sockets", "many"]):
         with pytest.raises(SystemExit):
             cli_main(["run", *bad, wasm])

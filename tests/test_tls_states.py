@@ -27,7 +27,7 @@ from conftest import free_port, open_fds, without_gc
 from tls_server_util import TIMEOUT, GuestThread, ServerPki
 from wasi_tls_host import Host
 from wasi_tls_host.tls import TlsConfig
-from wasi_tls_host.tls.limits import TlsLimits
+from wasi_tls_host.tls.limits import TlsLimits, TlsUsage
 from wasi_tls_host.tls.states import (
     CLIENT_EXCHANGE,
     CLIENT_HELLO,
@@ -499,13 +499,38 @@ def test_cli_handshake_deadline_flag(guest_path, pki: ServerPki, tmp_path: Path)
 
 
 @pytest.mark.parametrize(("flag", "value", "message"), [
-    ("--max-tls-handshakes", "0", "max_handshakes must be at least 1"),
+    ("--max-tls-handshakes", "0", "want a number >= 1 (or none)"),
     ("--tls-handshake-timeout", "-1", "must be positive"),
     ("--max-client-hello", "10", "at least 512 bytes"),
 ])
 def test_cli_limit_flags_refuse_bad_values(guest_path, flag: str, value: str, message: str) -> None:
     r = subprocess.run([*CLI, "run", flag, value, str(guest_path("run_returns_err"))], capture_output=True, timeout=120)
     assert r.returncode == 2 and message in r.stderr.decode(), r.stderr
+
+
+def test_cli_tls_limit_flags_take_none_for_no_limit() -> None:
+    import argparse
+
+    from wasi_tls_host import WasiConfig
+    from wasi_tls_host.cli import options_tls_limits
+
+    parser = argparse.ArgumentParser()
+    options_tls_limits.add_arguments(parser)
+
+    def limits(*argv: str) -> TlsLimits:
+        config = WasiConfig()
+        options_tls_limits.apply(parser.parse_args(list(argv)), config)
+        assert config.tls is not None
+        return config.tls.limits
+
+    assert limits() == TlsLimits()  # the library's defaults when no flag is given
+    lifted = limits("--max-tls-connections", "none", "--max-tls-handshakes", "None", "--tls-handshake-timeout", "none")
+    assert (lifted.max_connections, lifted.max_handshakes, lifted.handshake_timeout) == (None, None, None)
+    assert limits("--tls-handshake-timeout", "0").handshake_timeout is None  # 0 keeps meaning no deadline
+    assert limits("--tls-handshake-timeout", "500ms", "--max-tls-handshakes", "7") == TlsLimits(handshake_timeout=0.5, max_handshakes=7)
+    usage = TlsUsage()
+    for key in range(1200):  # past the default of 1,000 handshakes: no limit means none
+        usage.start(key, lifted)
 
 
 def test_client_hello_size_limit_is_the_embedders(start) -> None:

@@ -5,11 +5,40 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from typing import Callable, TypeVar
 
 from ..runtime.limits import GuestLimits, format_bytes
 from ..wasi.context import WasiConfig
 
+T = TypeVar("T")
+
+# Every limit flag takes "none" for no limit (None in GuestLimits and TlsLimits).
+NO_LIMIT = "none"
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+class Unlimited:
+    """What a limit flag given as ``none`` parses to (a flag left out parses to None)."""
+
+    def __repr__(self) -> str:
+        return NO_LIMIT
+
+
+UNLIMITED = Unlimited()
+
+
+def or_unlimited(parse: Callable[[str], T]) -> Callable[[str], T | Unlimited]:
+    """``parse``, except that ``none`` means no limit."""
+
+    def parse_limit(text: str) -> T | Unlimited:
+        return UNLIMITED if text.strip().lower() == NO_LIMIT else parse(text)
+
+    parse_limit.__name__ = parse.__name__  # argparse names the type in its errors
+    return parse_limit
+
+
+def limit_value(value: T | Unlimited) -> T | None:
+    return None if isinstance(value, Unlimited) else value
 _TIME_UNITS = {"": 1.0, "s": 1.0, "ms": 0.001, "m": 60.0, "h": 3600.0}
 
 
@@ -56,14 +85,14 @@ def _defaults() -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("limits on the guest (defaults: " + _defaults() + ")")
-    group.add_argument("--max-memory", type=parse_size, metavar="SIZE", help="largest size of each guest linear memory (e.g. 256M, 2G); memory.grow past it fails")
-    group.add_argument("--max-table-elements", type=_count, metavar="N", help="largest number of elements in each guest table")
-    group.add_argument("--timeout", type=parse_duration, metavar="DURATION", help="stop the guest after this much wall-clock time (e.g. 30s, 5m), whether it computes or waits")
-    group.add_argument("--max-sockets", type=_count, metavar="N", help="most sockets the guest may have open at once (new ones fail with new-socket-limit)")
+    group = parser.add_argument_group("limits on the guest (defaults: " + _defaults() + "; 'none' lifts a limit)")
+    group.add_argument("--max-memory", type=or_unlimited(parse_size), metavar="SIZE", help="largest size of each guest linear memory (e.g. 256M, 2G); memory.grow past it fails")
+    group.add_argument("--max-table-elements", type=or_unlimited(_count), metavar="N", help="largest number of elements in each guest table")
+    group.add_argument("--timeout", type=or_unlimited(parse_duration), metavar="DURATION", help="stop the guest after this much wall-clock time (e.g. 30s, 5m), whether it computes or waits")
+    group.add_argument("--max-sockets", type=or_unlimited(_count), metavar="N", help="most sockets the guest may have open at once (new ones fail with new-socket-limit)")
 
 
 def apply(args: argparse.Namespace, config: WasiConfig) -> None:
-    changes = {name: getattr(args, name) for name in ("max_memory", "max_table_elements", "timeout", "max_sockets")
+    changes = {name: limit_value(getattr(args, name)) for name in ("max_memory", "max_table_elements", "timeout", "max_sockets")
                if getattr(args, name) is not None}
     config.limits = dataclasses.replace(config.limits, **changes)

@@ -4,34 +4,55 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from ..tls.config import TlsConfig
 from ..tls.limits import TlsLimits
 from ..wasi.context import WasiConfig
 from .errors import UsageError
+from .options_limits import limit_value, or_unlimited, parse_duration
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = TlsLimits()
-    group = parser.add_argument_group("TLS limits (per guest)")
-    group.add_argument("--tls-handshake-timeout", type=float, metavar="SECONDS", default=defaults.handshake_timeout,
-                       help=f"end handshakes not established within this time: the peer gets an alert, the guest a closed error; 0 = no deadline (default {defaults.handshake_timeout:g})")
-    group.add_argument("--max-tls-connections", type=int, metavar="N", default=defaults.max_connections,
+    group = parser.add_argument_group("TLS limits (per guest; 'none' lifts a limit)")
+    group.add_argument("--tls-handshake-timeout", type=or_unlimited(_timeout), metavar="DURATION",
+                       help=f"end handshakes not established within this time (e.g. 10s): the peer gets an alert, the guest a closed error; 0 or none = no deadline (default {defaults.handshake_timeout:g}s)")
+    group.add_argument("--max-tls-connections", type=or_unlimited(_positive), metavar="N",
                        help=f"TLS connections a guest may have open at once (default {defaults.max_connections})")
-    group.add_argument("--max-tls-handshakes", type=int, metavar="N", default=defaults.max_handshakes,
+    group.add_argument("--max-tls-handshakes", type=or_unlimited(_positive), metavar="N",
                        help=f"TLS handshakes a guest may have in progress at once (default {defaults.max_handshakes})")
     group.add_argument("--max-client-hello", type=int, metavar="BYTES", default=defaults.max_client_hello,
                        help=f"largest ClientHello a guest server accepts (default {defaults.max_client_hello})")
 
 
-def apply(args: argparse.Namespace, config: WasiConfig) -> None:
+def _positive(text: str) -> int:
     try:
-        limits = TlsLimits(
-            handshake_timeout=args.tls_handshake_timeout or None,
-            max_connections=args.max_tls_connections,
-            max_handshakes=args.max_tls_handshakes,
-            max_client_hello=args.max_client_hello,
-        )
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"want a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"want a number >= 1 (or none), got {text!r}")
+    return value
+
+
+def _timeout(text: str) -> float:
+    """``0`` keeps its old meaning: no deadline."""
+    return 0.0 if text.strip() in ("0", "0.0") else parse_duration(text)
+
+
+def apply(args: argparse.Namespace, config: WasiConfig) -> None:
+    defaults = TlsLimits()
+    given = {
+        "handshake_timeout": args.tls_handshake_timeout,
+        "max_connections": args.max_tls_connections,
+        "max_handshakes": args.max_tls_handshakes,
+    }
+    changes = {name: limit_value(value) for name, value in given.items() if value is not None}
+    if changes.get("handshake_timeout") == 0.0:
+        changes["handshake_timeout"] = None
+    try:
+        limits = dataclasses.replace(defaults, max_client_hello=args.max_client_hello, **changes)
     except ValueError as e:
         raise UsageError(str(e)) from None
     if config.tls is None:

@@ -18,15 +18,16 @@ from .client_hello import DEFAULT_MAX_HELLO_SIZE
 
 @dataclass(frozen=True)
 class TlsLimits:
-    """Per-guest limits. The defaults are far above what an honest guest needs."""
+    """Per-guest limits. The defaults are far above what an honest guest needs; ``None``
+    means unlimited (as in ``GuestLimits``)."""
 
     # Seconds from accept/connect until the handshake is established; after it the peer gets
     # an alert and the guest a "closed" error. None: no deadline.
     handshake_timeout: float | None = 30.0
     # TLS connections a guest may have open at once (handshaking or established).
-    max_connections: int = 10_000
+    max_connections: int | None = 10_000
     # Of those, how many may still be handshaking.
-    max_handshakes: int = 1_000
+    max_handshakes: int | None = 1_000
     # Largest first flight (records carrying the ClientHello, headers included) a guest
     # server accepts; a bigger one is refused with a decode_error alert.
     max_client_hello: int = DEFAULT_MAX_HELLO_SIZE
@@ -35,8 +36,9 @@ class TlsLimits:
         if self.handshake_timeout is not None and not self.handshake_timeout > 0:
             raise ValueError(f"the TLS handshake timeout must be positive, not {self.handshake_timeout}")
         for name in ("max_connections", "max_handshakes"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be at least 1, or None for no limit, not {value!r}")
         if self.max_client_hello < 512:
             raise ValueError(f"max_client_hello must be at least 512 bytes, not {self.max_client_hello}")
 
@@ -54,10 +56,10 @@ class TlsUsage:
 
     def start(self, key: Any, limits: TlsLimits) -> None:
         """A new connection begins its handshake (raises ``LimitExceeded`` if it may not)."""
-        if len(self.handshakes) >= limits.max_handshakes:
+        if limits.max_handshakes is not None and len(self.handshakes) >= limits.max_handshakes:
             raise LimitExceeded(f"this guest already has {len(self.handshakes)} TLS handshakes in progress, "
                                 f"the embedder's limit (--max-tls-handshakes, TlsLimits.max_handshakes)")
-        if len(self.connections) >= limits.max_connections:
+        if limits.max_connections is not None and len(self.connections) >= limits.max_connections:
             raise LimitExceeded(f"this guest already has {len(self.connections)} TLS connections open, "
                                 f"the embedder's limit (--max-tls-connections, TlsLimits.max_connections)")
         self.connections.add(key)
