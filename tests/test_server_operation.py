@@ -263,6 +263,9 @@ def test_host_reload_identities_in_the_api(host, guest_path, certs, tmp_path: Pa
     finally:
         result = server.stop()
     assert result is not None and result.exit_code == 0
+    # A guest that has ended is not reloaded for (even while its object is still around).
+    assert host.reload_identities() == []
+    assert server.guest is not None
 
 
 async def test_graceful_stop_from_an_asyncio_application(host, guest_path, certs) -> None:

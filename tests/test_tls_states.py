@@ -107,11 +107,14 @@ def start(host: Host, component: Any, pki: ServerPki) -> Iterator[Callable[..., 
 # --- peers -------------------------------------------------------------------------------
 
 
-def client_hello() -> bytes:
-    """A real first flight from CPython's ssl (OpenSSL), produced without a socket."""
+def client_hello(version: ssl.TLSVersion | None = None) -> bytes:
+    """A real first flight from CPython's ssl (OpenSSL), produced without a socket;
+    ``version``: the only one it offers."""
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
+    if version is not None:
+        ctx.minimum_version = ctx.maximum_version = version
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     tls = ctx.wrap_bio(incoming, outgoing, server_hostname="a.test")
     with pytest.raises(ssl.SSLWantReadError):
@@ -394,19 +397,63 @@ def _records(sock: socket.socket) -> list[tuple[int, bytes]]:
     return records
 
 
-@pytest.mark.parametrize("stage", ["before-hello", "mid-handshake"])
-def test_handshake_deadline_alerts_the_peer_and_closes_for_the_guest(start, pki: ServerPki, stage: str) -> None:
+USER_CANCELED_ALERT = (21, bytes([2, 90]))  # a fatal user_canceled alert record, plaintext
+
+
+@pytest.mark.parametrize(("stage", "version"), [
+    ("before-hello", None),
+    ("mid-handshake", ssl.TLSVersion.TLSv1_2),
+    ("mid-handshake", ssl.TLSVersion.TLSv1_3),
+], ids=["before-hello", "mid-handshake-tls1.2", "mid-handshake-tls1.3"])
+def test_handshake_deadline_alerts_the_peer_and_closes_for_the_guest(start, pki: ServerPki, stage: str,
+                                                                    version: ssl.TLSVersion | None) -> None:
     tls = pki.server_config(client_ca=False)
     tls.limits = TlsLimits(handshake_timeout=0.5)
     port = free_port()
     guest = start(port, "vanish", stage, "poll", tls=tls)
     with connect(port) as sock:
         if stage == "mid-handshake":
-            sock.sendall(client_hello())
+            sock.sendall(client_hello(version))
         records = _records(sock)
     result = guest.finish()
     assert result["outcome"] == "closed"
-    assert (21, bytes([2, 90])) in records, records  # a fatal user_canceled alert
+    if version == ssl.TLSVersion.TLSv1_3:
+        # The server's flight went out protected, so a plaintext alert would read as a bad
+        # record to the client: the connection ends without one.
+        assert any(kind == 23 for kind, _ in records), records
+        assert all(kind != 21 for kind, _ in records), records
+    else:
+        assert records[-1] == USER_CANCELED_ALERT, records
+
+
+def test_a_tls13_client_sees_an_early_end_not_a_bad_record(start, pki: ServerPki) -> None:
+    """What a real TLS 1.3 client makes of a handshake the host ends after the server's
+    protected flight (it withholds its Finished until the deadline)."""
+    tls = pki.server_config(client_ca=False)
+    tls.limits = TlsLimits(handshake_timeout=0.5)
+    port = free_port()
+    guest = start(port, "vanish", "mid-handshake", "poll", tls=tls)
+    ctx = ssl.create_default_context(cafile=str(pki.ca_pem))
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = ctx.wrap_bio(incoming, outgoing, server_hostname="a.test")
+    with pytest.raises(ssl.SSLWantReadError):
+        client.do_handshake()
+    with connect(port) as sock:
+        sock.sendall(outgoing.read())
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    incoming.write(data)
+    incoming.write_eof()
+    with pytest.raises(ssl.SSLError) as failure:
+        while True:  # the server's whole flight, then the end of the connection
+            client.do_handshake()
+            client.read(1)
+    assert "EOF" in str(failure.value) and "BAD_RECORD_TYPE" not in str(failure.value), failure.value
+    assert guest.finish()["outcome"] == "closed"
 
 
 @pytest.mark.parametrize("limits", [TlsLimits(max_handshakes=1), TlsLimits(max_connections=1)], ids=["handshakes", "connections"])
@@ -420,7 +467,7 @@ def test_too_many_handshakes_are_refused_with_an_alert(start, pki: ServerPki, pe
         records = _records(second)
     answers = guest.finish()
     assert answers == {"first": "would-block", "second": "access-denied"}
-    assert (21, bytes([2, 90])) in records, records
+    assert USER_CANCELED_ALERT in records, records
 
 
 # --- the CLI: the echo example survives a truncated peer; failures say why -------------------
@@ -470,11 +517,11 @@ def test_a_handshake_the_guest_ends_early_alerts_the_peer(start, command: str, c
     port = free_port()
     guest = start(port, command, "now", call)
     with connect(port) as sock:
-        if hello:
-            sock.sendall(client_hello())
+        if hello:  # TLS 1.2: the server's first flight is plaintext, so an alert may follow it
+            sock.sendall(client_hello(ssl.TLSVersion.TLSv1_2))
         records = _records(sock)
     assert guest.finish()[call] == "would-block"
-    assert records[-1] == (21, bytes([2, 90])), records  # user_canceled, then the end
+    assert records[-1] == USER_CANCELED_ALERT, records  # user_canceled, then the end
 
 
 def test_cli_handshake_deadline_flag(guest_path, pki: ServerPki, tmp_path: Path) -> None:
@@ -495,7 +542,7 @@ def test_cli_handshake_deadline_flag(guest_path, pki: ServerPki, tmp_path: Path)
                 guest.kill()
     assert guest.returncode == 0, err
     assert out.decode().splitlines() == ["server-name=closed"]
-    assert records == [(21, bytes([2, 90]))]
+    assert records == [USER_CANCELED_ALERT]
 
 
 @pytest.mark.parametrize(("flag", "value", "message"), [

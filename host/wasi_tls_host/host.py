@@ -227,6 +227,7 @@ class GuestInstance:
         return sockets.is_listening(self.ctx)
 
     def close(self) -> None:
+        self.host._instances.discard(self)  # a closed guest is not live (reload_identities)
         if self.guard is not None and self.host.ticker is not None:
             self.host.ticker.unregister(self.guard)
         if self.core is not None:

@@ -93,6 +93,42 @@ class HandshakeInfo:
     peer_chain_der: list[bytes]
 
 
+RECORD_CHANGE_CIPHER_SPEC = 20
+RECORD_APPLICATION_DATA = 23  # also the outer type of every protected TLS 1.3 record
+
+
+class RecordWatch:
+    """Follows the record framing of one direction of a connection until a record of one of
+    ``types`` passes (then it stops looking: it only ever answers "seen yet?").
+
+    The host's own alerts are plaintext records (it cannot ask OpenSSL to protect one), so
+    it must know when the peer stops accepting those. The framing is five header bytes with
+    a length (RFC 8446 §5.1); OpenSSL writes and reads nothing else here.
+    """
+
+    def __init__(self, types: frozenset[int]) -> None:
+        self.types = types
+        self.seen = False
+        self._header = bytearray()
+        self._skip = 0  # body bytes of the current record still to pass
+
+    def scan(self, data: bytes) -> None:
+        i, n = 0, len(data)
+        while i < n and not self.seen:
+            if self._skip:
+                step = min(self._skip, n - i)
+                self._skip -= step
+                i += step
+                continue
+            take = min(5 - len(self._header), n - i)
+            self._header += data[i:i + take]
+            i += take
+            if len(self._header) == 5:
+                self.seen = self._header[0] in self.types
+                self._skip = int.from_bytes(self._header[3:5], "big")
+                self._header.clear()
+
+
 class TlsEngine:
     """A client or server connection driven through memory BIOs."""
 
@@ -104,6 +140,11 @@ class TlsEngine:
         self.close_notify_received = False
         self.close_notify_sent = False
         self.input_ended = False
+        # Protection in use: ours once we sent ChangeCipherSpec (TLS 1.2) or a protected
+        # TLS 1.3 record; a TLS 1.3 peer's once it sent protected records (its ServerHello
+        # came before them, so we hold its handshake keys too).
+        self._sent_protected = RecordWatch(frozenset({RECORD_CHANGE_CIPHER_SPEC, RECORD_APPLICATION_DATA}))
+        self._received_protected = RecordWatch(frozenset({RECORD_APPLICATION_DATA}))
         if server_side:
             self.conn.set_accept_state()
         else:
@@ -134,7 +175,15 @@ class TlsEngine:
 
     def feed(self, data: bytes) -> None:
         if data:
+            if not self._received_protected.seen:
+                self._received_protected.scan(data)
             self.conn.bio_write(data)
+
+    @property
+    def records_protected(self) -> bool:
+        """Whether the peer now expects protected records from us, so that a plaintext alert
+        of our own would read as a bad record rather than as its reason."""
+        return self._sent_protected.seen or self._received_protected.seen
 
     def feed_eof(self) -> None:
         if not self.input_ended:
@@ -151,7 +200,10 @@ class TlsEngine:
             if not chunk:
                 break
             chunks.append(chunk)
-        return b"".join(chunks)
+        out = b"".join(chunks)
+        if out and not self._sent_protected.seen:
+            self._sent_protected.scan(out)
+        return out
 
     # --- handshake --------------------------------------------------------------------------
 

@@ -113,12 +113,14 @@ class TlsTransport:
     def send_alert(self, description: int) -> None:
         """Queue a fatal alert record of our own (a deadline, a limit, a handshake the guest
         abandoned: not OpenSSL's decision) and send it after whatever the engine still had to
-        say. It is a plaintext record: once TLS 1.3 handshake keys are in use the peer may
-        call it an unexpected record rather than read the reason, but it learns at once
-        that the handshake is over."""
+        say. The record is plaintext (pyOpenSSL cannot have OpenSSL protect an alert of the
+        host's), so once the peer expects protected records no alert is sent: the connection
+        just ends, which the peer reports as an early end rather than as a bad record."""
         if self.closed:
             return
-        self.pending_out += self.engine.take_output() + alert_record(ALERT_FATAL, description)
+        self.pending_out += self.engine.take_output()
+        if not self.engine.records_protected:
+            self.pending_out += alert_record(ALERT_FATAL, description)
         self._send()
 
     # --- moving bytes ---------------------------------------------------------------------
