@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 
 from wasi_tls_host.tls.connection import Connection
-from wasi_tls_host.tls.engine import TlsEngine
+from wasi_tls_host.tls.engine import RecordWatch, TlsEngine
 from wasi_tls_host.tls.transport import Role, TlsInputStream, TlsOutputStream, TlsTransport
 from wasi_tls_host.wasi.io import CallbackPollable, InputStream, Pollable, SinkOutput, StreamClosed, StreamFailed, Waits
 
@@ -144,3 +144,22 @@ def test_a_handshake_that_never_finished_closes_its_transport_when_dropped(ca: t
     assert handshake.transport.users == {Role.HANDSHAKE}
     handshake.drop()
     assert cin.dropped and cout.dropped
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 1000])
+def test_record_watch_follows_framing_across_chunks(chunk: int) -> None:
+    """Only a record header of a watched type counts, however the bytes are cut: a 23 inside
+    a body (or a body longer than a chunk) is not a header."""
+    def record(kind: int, body: bytes) -> bytes:
+        return bytes([kind, 3, 3]) + len(body).to_bytes(2, "big") + body
+
+    plaintext = record(22, bytes([23] * 300)) + record(21, b"\x02\x5a") + record(22, b"\x17\x17")
+    watch = RecordWatch(frozenset({20, 23}))
+    stream = plaintext + record(23, b"secret") + record(22, b"after")
+    seen_at = None
+    for i in range(0, len(stream), chunk):
+        watch.scan(stream[i:i + chunk])
+        if watch.seen and seen_at is None:
+            seen_at = i + chunk
+    assert seen_at is not None and seen_at > len(plaintext)  # not before the protected record's header
+    assert seen_at <= len(plaintext) + 5 + chunk
