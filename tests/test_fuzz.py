@@ -10,6 +10,9 @@ gives the module's own error type, never another exception, never a hang.
   bit-flipped input: ``ValueError`` with a message, or a loaded identity.
 - ``--invoke`` parsing (cli.parse_invoke): random text gives ``UsageError``; random values
   written as WAVE text parse back to themselves.
+- Component binaries: real components (a WAT one with resources, the TLS handshake guest)
+  with bytes flipped, inserted or cut off load on the core runtime or raise ``GuestError``;
+  what loads instantiates or raises ``GuestError``/a wasmtime error, never another exception.
 - Value lifting: random values of random WIT types (every primitive, string, list, option,
   result, tuple, record, variant, enum, flags, nested) go host -> guest export -> guest's
   import of a host function -> back, through a WAT component generated for each type, and
@@ -522,3 +525,54 @@ def _compile(wat: str, directory: Any) -> bytes:
     if proc.returncode:
         raise AssertionError(f"wasm-tools rejected the generated component:\n{proc.stderr}\n{wat}")
     return out.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def component_bytes(guest_path: Any) -> dict[str, bytes]:
+    return {name: guest_path(name).read_bytes() for name in ("runtime_probe", "tls_handshake", "hostile")}
+
+
+@pytest.fixture(scope="module")
+def epoch_engine() -> Any:
+    from wasmtime import Config, Engine
+
+    config = Config()
+    config.epoch_interruption = True  # damaged code may loop: the run's timeout must reach it
+    return Engine(config)
+
+
+@fuzz(150)
+@given(st.data())
+def test_mutated_components_load_or_fail_with_guest_error(epoch_engine: Any, component_bytes: dict[str, bytes], data: st.DataObject) -> None:
+    """The core runtime parses component binaries itself, before wasmtime sees any of it: a
+    damaged one must give a GuestError naming the problem, never another exception."""
+    from wasmtime import WasmtimeError
+
+    from wasi_tls_host import GuestError, WasiConfig
+    from wasi_tls_host.runtime.limits import GuestLimits
+    from wasi_tls_host.runtime.values import Trap
+
+    count("components")
+    name = data.draw(st.sampled_from(sorted(component_bytes)), label="component")
+    wasm = bytearray(component_bytes[name])
+    for _ in range(data.draw(st.integers(1, 4), label="edits")):
+        at = data.draw(st.integers(8, len(wasm) - 1), label="at")
+        edit = data.draw(st.sampled_from(["set", "insert", "cut"]), label="edit")
+        if edit == "set":
+            wasm[at] = data.draw(st.integers(0, 255))
+        elif edit == "insert":
+            wasm[at:at] = data.draw(st.binary(min_size=1, max_size=6))
+        else:
+            del wasm[at:]
+            break
+    host = Host(epoch_engine, epoch_interruption=True, use_cache=False, runtime="core")
+    try:
+        component = host.load(bytes(wasm))
+    except GuestError as e:
+        assert str(e), "a GuestError must say what is wrong"
+        return
+    try:
+        with host.instantiate(component, WasiConfig(limits=GuestLimits(timeout=5.0))):
+            pass
+    except (GuestError, WasmtimeError, Trap) as e:
+        assert str(e)
