@@ -136,6 +136,41 @@ def test_two_workers_share_the_port_and_both_serve(server) -> None:
     assert s.stop() == 0
 
 
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:"):
+            inodes.add(target)
+    return inodes
+
+
+def test_workers_accept_from_one_listener_so_a_stalled_worker_loses_no_client(server) -> None:
+    """The supervisor opens the --allow-listen address and hands the socket down: while one
+    worker is stopped (SIGSTOP), every new client is served by the other. With a listener
+    per worker (SO_REUSEPORT) the kernel would queue about half of them at the stopped one."""
+    s = server("--workers", "2", "--graceful-timeout", "5")
+    s.wait_for(r"listening on", 2, where="out", timeout=STARTUP)
+    s.wait_for(rf"listening on 127\.0\.0\.1:{s.port} for 2 workers")
+    pids = [int(m.group(1)) for m in s.wait_for(r"worker \d started \(pid (\d+)\)", 2)]
+    shared = _socket_inodes(s.process.pid)
+    assert len(shared) == 1, shared  # the supervisor holds the listener and nothing else
+    assert all(shared <= _socket_inodes(pid) for pid in pids)  # the same socket in each worker
+    os.kill(pids[0], signal.SIGSTOP)
+    try:
+        for i in range(12):
+            raw = socket.create_connection(("127.0.0.1", s.port), timeout=5)
+            with s.context.wrap_socket(raw, server_hostname="localhost") as tls:
+                assert s.echo(tls, f"client {i}".encode()) == f"client {i}".encode()
+                tls.unwrap()
+    finally:
+        os.kill(pids[0], signal.SIGCONT)
+    assert s.stop() == 0
+
+
 def test_a_killed_worker_is_restarted(server) -> None:
     s = server("--workers", "2", "--graceful-timeout", "5")
     s.wait_for(r"listening on", 2, where="out", timeout=STARTUP)

@@ -79,7 +79,7 @@ def command(args: argparse.Namespace) -> int:
     if args.workers > 1 and options_server.worker_number() is None:
         from .workers import Supervisor
 
-        return Supervisor(args.workers, args.argv).run()
+        return Supervisor(args.workers, args.argv, args.allow_listen).run()
     config = wasi_config(args)
     host = Host(use_cache=not args.no_cache, runtime=args.runtime, policy=provenance.code_policy(args), trust_compiled=provenance.public_keys(args.trust_compiled))
     component = host.load(provenance.guest_source(args), precompiled=provenance.precompiled_artifact(args))

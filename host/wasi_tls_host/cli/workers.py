@@ -1,6 +1,12 @@
 """``--workers N``: a supervisor process starts N copies of this command (each its own host
-and guest instance, binding the same address with SO_REUSEPORT), restarts one that dies,
-and passes SIGHUP, SIGTERM and SIGINT on to them.
+and guest instance), restarts one that dies, and passes SIGHUP, SIGTERM and SIGINT on to them.
+
+The supervisor opens a listening socket for each ``--allow-listen HOST:PORT`` that names one
+address and one port, and hands it down to every worker (``LISTENERS_ENV``): the guests
+accept from one queue, so connections waiting when a worker stops or dies are served by the
+others, as gunicorn does. Other patterns are bound by each worker with SO_REUSEPORT. On the
+first stop signal the supervisor closes its copies, so once the workers have stopped
+accepting the kernel refuses new clients.
 
 Exit status: 0 when every worker stopped with 0; else the first non-zero status a worker
 stopped with during shutdown (2 when a worker could not start: bad options or guest).
@@ -12,12 +18,14 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from typing import Any
 
-from .options_server import WORKER_ENV
+from ..wasi.sockets import AddressPattern, IPAddress, format_address
+from .options_server import LISTENERS_ENV, WORKER_ENV, format_listeners
 
 log = logging.getLogger("wasi_tls_host.workers")
 
@@ -34,17 +42,50 @@ def _die_with_parent() -> None:
         pass
 
 
+def open_listeners(patterns: list[AddressPattern], backlog: int = 1024) -> dict[tuple[IPAddress, int], socket.socket]:
+    """A listening socket for each pattern naming one address and one port (OSError if one
+    cannot be opened: the port is taken, say). SO_REUSEPORT too, so that a guest binding one
+    of these addresses itself (a second socket) still can; IPv6 sockets are v6-only, as a
+    guest's are."""
+    listeners: dict[tuple[IPAddress, int], socket.socket] = {}
+    try:
+        for pattern in patterns:
+            if pattern.networks is None or len(pattern.networks) != 1 or pattern.networks[0].num_addresses != 1:
+                continue
+            if pattern.low_port != pattern.high_port or pattern.low_port == 0:
+                continue
+            ip, port = pattern.networks[0].network_address, pattern.low_port
+            if (ip, port) in listeners:
+                continue
+            sock = socket.socket(socket.AF_INET6 if ip.version == 6 else socket.AF_INET, socket.SOCK_STREAM)
+            listeners[(ip, port)] = sock
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if ip.version == 6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((str(ip), port))
+            sock.listen(backlog)
+    except OSError:
+        for sock in listeners.values():
+            sock.close()
+        raise
+    return listeners
+
+
 class Worker:
-    def __init__(self, number: int, argv: list[str]) -> None:
+    def __init__(self, number: int, argv: list[str], listeners: dict[tuple[IPAddress, int], socket.socket]) -> None:
         self.number = number
         self.argv = argv
+        self.listeners = listeners
         self.process: subprocess.Popen[bytes] | None = None
         self.started = 0.0
 
     def start(self) -> None:
-        env = dict(os.environ, **{WORKER_ENV: str(self.number)})
+        handed = {address: sock.fileno() for address, sock in self.listeners.items()}
+        env = dict(os.environ, **{WORKER_ENV: str(self.number), LISTENERS_ENV: format_listeners(handed)})
         # Its own session: a terminal's Ctrl-C reaches the supervisor only, which decides.
         self.process = subprocess.Popen([sys.executable, "-m", "wasi_tls_host.cli", *self.argv], env=env,
+                                        pass_fds=list(handed.values()),
                                         start_new_session=True, preexec_fn=_die_with_parent)
         self.started = time.monotonic()
         log.warning("worker %d started (pid %d)", self.number, self.process.pid)
@@ -58,18 +99,41 @@ class Worker:
 
 
 class Supervisor:
-    def __init__(self, count: int, argv: list[str]) -> None:
-        self.workers = [Worker(n, argv) for n in range(1, count + 1)]
+    def __init__(self, count: int, argv: list[str], listen: list[AddressPattern] | None = None) -> None:
+        self.count = count
+        self.argv = argv
+        self.listen = list(listen or [])
+        self.listeners: dict[tuple[IPAddress, int], socket.socket] = {}
+        self.workers: list[Worker] = []
         self.stopping = 0  # stop signals received
 
     def on_signal(self, signum: int, frame: Any) -> None:
         if signum != signal.SIGHUP:
             self.stopping += 1
             log.warning("%s: %s workers", signal.Signals(signum).name, "stopping" if self.stopping == 1 else "ending")
+            self._close_listeners()  # the workers' copies close as they stop accepting
         for worker in self.workers:
             worker.signal(signum)
 
+    def _close_listeners(self) -> None:
+        for sock in self.listeners.values():
+            sock.close()
+
     def run(self) -> int:
+        try:
+            self.listeners = open_listeners(self.listen)
+        except OSError as e:
+            log.error("cannot listen on an --allow-listen address for the workers: %s", e.strerror or e)
+            return USAGE_ERROR
+        for address in self.listeners:
+            log.warning("listening on %s for %d workers", format_address(*address), self.count)
+        self.workers = [Worker(n, self.argv, self.listeners) for n in range(1, self.count + 1)]
+        try:
+            return self._supervise()
+        finally:
+            self._close_listeners()
+
+    def _supervise(self) -> int:
         handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
         previous = {s: signal.signal(s, self.on_signal) for s in handled}
         statuses: dict[int, int] = {}

@@ -19,6 +19,7 @@ import ctypes.util
 import errno
 import ipaddress
 import logging
+import os
 import select
 import socket
 import struct
@@ -126,6 +127,11 @@ class NetworkPolicy:
     # Binds set SO_REUSEPORT, so that several host processes (``--workers``) serve one
     # address and the kernel spreads connections among them.
     reuse_port: bool = False
+    # Listening sockets handed down by a supervisor (``--workers``), by local address: the
+    # guest's first TCP bind to one of these addresses adopts that socket (and removes it
+    # from here) instead of binding its own, so every worker accepts from one queue and a
+    # worker that stops or dies leaves the connections waiting there to the others.
+    listeners: dict[tuple[IPAddress, int], int] = field(default_factory=dict)
 
     @classmethod
     def inherit(cls) -> NetworkPolicy:
@@ -165,15 +171,15 @@ def _deny(what: str) -> WitError:
 
 def _check_connect(cx: StoreState, ip: IPAddress, port: int, what: str) -> None:
     if not _policy(cx).may_connect(ip, port):
-        raise _deny(f"{what} to {_fmt(ip, port)}")
+        raise _deny(f"{what} to {format_address(ip, port)}")
 
 
 def _check_bind(cx: StoreState, ip: IPAddress, port: int, what: str) -> None:
     if not _policy(cx).may_bind(ip, port):
-        raise _deny(f"{what} on {_fmt(ip, port)}")
+        raise _deny(f"{what} on {format_address(ip, port)}")
 
 
-def _fmt(ip: IPAddress, port: int) -> str:
+def format_address(ip: IPAddress, port: int) -> str:
     return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
 
 
@@ -554,6 +560,9 @@ class TcpSocket(HostResource):
         self._require(UNBOUND)
         addr = _local_address_for_bind(self.family, local)
         _check_bind(cx, addr.ip, addr.port, "TCP bind")
+        if self._adopt_listener(cx, addr.ip, addr.port):
+            self.state = BIND_STARTED
+            return
         try:
             if addr.port != 0:
                 # The spec: a bind to a fixed port must not fail because of TIME_WAIT.
@@ -564,6 +573,26 @@ class TcpSocket(HostResource):
         except OSError as e:
             raise self._os(e) from None  # the socket stays unbound; bind may be retried
         self.state = BIND_STARTED
+
+    def _adopt_listener(self, cx: StoreState, ip: IPAddress, port: int) -> bool:
+        """Take over the listening socket a supervisor handed down for this address: its
+        descriptor replaces this socket's own (already bound and listening; the guest's
+        listen then only sets the backlog). The handed-down descriptor is consumed, so that
+        when the guest closes the listener (a graceful stop) this process holds no copy."""
+        fd = _policy(cx).listeners.pop((ip, port), None)
+        if fd is None:
+            return False
+        try:
+            os.dup2(fd, self.sock.fileno(), inheritable=False)
+            # O_NONBLOCK belongs to the open socket, which now is the handed-down one (shared
+            # by every worker, which all use it non-blocking).
+            self.sock.setblocking(False)
+        except OSError as e:
+            log.warning("cannot use the listening socket handed down for %s (%s): binding one of our own", format_address(ip, port), e)
+            return False
+        finally:
+            os.close(fd)
+        return True
 
     def finish_bind(self) -> None:
         if self.state != BIND_STARTED:
