@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .provenance import CodeEvidence
+from .tls import config as tls_config
 from .provenance.dice import DICE_OID, MODE_DEBUG, MODE_NAMES, MODE_NORMAL, PROFILE_NAME, Claims, claims_of, describe
 
 __all__ = [
@@ -235,10 +236,7 @@ def load_certificates(value: Any) -> list[x509.Certificate]:
         return [value]
     if isinstance(value, (list, tuple)):
         return [c for item in value for c in load_certificates(item)]
-    data = Path(value).read_bytes() if isinstance(value, (str, Path)) else bytes(value)
-    if b"-----BEGIN" in data:
-        return x509.load_pem_x509_certificates(data)
-    return [x509.load_der_x509_certificate(data)]
+    return tls_config.load_certificates(value)  # PEM or DER, each certificate parsed through
 
 
 def verify(

@@ -57,7 +57,7 @@ def _check_parses(cert: x509.Certificate, index: int) -> None:
         cert.not_valid_before_utc, cert.not_valid_after_utc
         for extension in cert.extensions:
             extension.value
-    except (ValueError, x509.InvalidVersion, UnsupportedAlgorithm) as e:
+    except (ValueError, x509.InvalidVersion, x509.DuplicateExtension, x509.UnsupportedGeneralNameType, UnsupportedAlgorithm) as e:
         raise ValueError(f"certificate {index + 1} is malformed: {e}") from None
 
 
