@@ -171,6 +171,37 @@ def test_workers_accept_from_one_listener_so_a_stalled_worker_loses_no_client(se
     assert s.stop() == 0
 
 
+def _refused_soon(port: int) -> bool:
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT).close()
+        except ConnectionRefusedError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_after_sigterm_handed_down_listeners_refuse_new_clients(server) -> None:
+    """While workers drain their open connections, nothing keeps a listener open: neither
+    the one the guests took over nor one handed down for an allowed address the guest never
+    listened on. New clients are refused, not queued for nobody."""
+    unused = free_port()
+    s = server("--workers", "2", "--graceful-timeout", "15", "--allow-listen", f"127.0.0.1:{unused}")
+    s.wait_for(r"listening on", 2, where="out", timeout=STARTUP)
+    s.wait_for(rf"listening on 127\.0\.0\.1:{unused} for 2 workers")
+    held = s.connect()  # keeps one worker draining
+    assert s.echo(held, b"x") == b"x"
+    s.process.send_signal(signal.SIGTERM)
+    s.wait_for(r"stopped accepting", 2)
+    assert _refused_soon(s.port) and _refused_soon(unused)
+    assert s.process.poll() is None  # still draining the held connection
+    assert s.echo(held, b"y") == b"y"
+    held.unwrap()
+    held.close()
+    assert s.process.wait(TIMEOUT) == 0
+
+
 def test_a_killed_worker_is_restarted(server) -> None:
     s = server("--workers", "2", "--graceful-timeout", "5")
     s.wait_for(r"listening on", 2, where="out", timeout=STARTUP)

@@ -291,6 +291,13 @@ def stop_accepting(ctx: Any) -> None:
     reg = _REGISTRIES.get(ctx)
     if reg is not None:
         reg.stop_accepting()
+    policy = getattr(ctx, "network", None)
+    if isinstance(policy, NetworkPolicy):
+        # Handed-down listeners the guest never took over: this process must not keep them
+        # open, or the kernel would queue clients nobody accepts instead of refusing them.
+        while policy.listeners:
+            _, fd = policy.listeners.popitem()
+            os.close(fd)
     ctx.interruptor.wake()
 
 
