@@ -40,8 +40,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .provenance import CodeEvidence
-from .tls import config as tls_config
 from .provenance.dice import DICE_OID, MODE_DEBUG, MODE_NAMES, MODE_NORMAL, PROFILE_NAME, Claims, claims_of, describe
+from .tls import config as tls_config
 
 __all__ = [
     "AttestationCA", "AttestationError", "AuthorityMismatch", "Claims", "CodeMismatch",

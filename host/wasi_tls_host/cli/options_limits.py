@@ -15,6 +15,7 @@ T = TypeVar("T")
 # Every limit flag takes "none" for no limit (None in GuestLimits and TlsLimits).
 NO_LIMIT = "none"
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+_TIME_UNITS = {"": 1.0, "s": 1.0, "ms": 0.001, "m": 60.0, "h": 3600.0}
 
 
 class Unlimited:
@@ -39,7 +40,6 @@ def or_unlimited(parse: Callable[[str], T]) -> Callable[[str], T | Unlimited]:
 
 def limit_value(value: T | Unlimited) -> T | None:
     return None if isinstance(value, Unlimited) else value
-_TIME_UNITS = {"": 1.0, "s": 1.0, "ms": 0.001, "m": 60.0, "h": 3600.0}
 
 
 def parse_size(text: str) -> int:
