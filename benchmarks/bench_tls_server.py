@@ -242,9 +242,14 @@ def start_workers(kind: str, count: int, cert: str, key: str) -> tuple[list[subp
                "--workers", str(count), "--graceful-timeout", "5", str(guests.build("tls_server")), str(port), "--concurrent", "--count", "0"]
         procs = [subprocess.Popen(cmd, text=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)]
         assert procs[0].stdout is not None
-        for _ in range(count):  # each worker's guest prints its line once it listens
-            if "listening on" not in procs[0].stdout.readline():
+        # Each worker's guest prints a line once it listens; two workers writing at the same
+        # moment can interleave their lines, so count the phrase, not lines.
+        seen = ""
+        while seen.count("listening on") < count:
+            line = procs[0].stdout.readline()
+            if not line:
                 raise RuntimeError("guest workers did not start")
+            seen += line
         # The guest prints a line per connection: keep reading, or a full pipe stalls it.
         threading.Thread(target=procs[0].stdout.read, daemon=True).start()
         return procs, port
