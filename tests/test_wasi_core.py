@@ -121,6 +121,37 @@ def test_random(run_guest) -> None:
     ]
 
 
+@pytest.mark.parametrize("whole_lines", [False, True])
+def test_inherited_output_writes_whole_lines_when_asked(whole_lines: bool) -> None:
+    """Each os.write on a datagram socket is one datagram, so the writes can be seen: with
+    whole_lines a print that arrives in flushed pieces leaves as one write per line."""
+    import socket
+
+    from wasi_tls_host.wasi.io import FdOutput
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with ours, theirs:
+        out = FdOutput(theirs.fileno(), whole_lines)
+        for piece in (b"hello", b" ", b"world", b"\nnext", b" line\nlast"):
+            out.check_write()
+            out.write(piece)
+            out.flush()  # componentize-py flushes every piece
+        out.check_write()
+        out.write(b"x" * FdOutput.LINE_HOLD)  # a line too long to hold: written as it comes
+        out.drop()  # the stream's end: what is held goes out
+        ours.setblocking(False)
+        writes = []
+        while True:
+            try:
+                writes.append(ours.recv(65536))
+            except BlockingIOError:
+                break
+    if whole_lines:
+        assert writes == [b"hello world\n", b"next line\n", b"last" + b"x" * FdOutput.LINE_HOLD]
+    else:
+        assert writes == [b"hello", b" ", b"world", b"\nnext", b" line\nlast", b"x" * FdOutput.LINE_HOLD]
+
+
 def test_permit_protocol(run_guest) -> None:
     r = run_guest("wasi_probe", "permits")
     assert r.stdout.startswith(b"a" * 10 + b"\0\0\0")

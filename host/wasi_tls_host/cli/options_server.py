@@ -58,6 +58,7 @@ def apply(args: argparse.Namespace, config: WasiConfig) -> None:
         if config.network is None:
             config.network = NetworkPolicy()
         config.network.reuse_port = True
+        config.whole_lines = True  # the workers share the supervisor's stdout and stderr
         try:
             config.network.listeners = parse_listeners(os.environ.get(LISTENERS_ENV, ""))
         except ValueError:

@@ -51,6 +51,9 @@ class WasiConfig:
     # What the guest may consume: memory, tables, wall-clock time, sockets
     # (wasi_tls_host.runtime.limits.GuestLimits; the defaults are generous).
     limits: GuestLimits = field(default_factory=GuestLimits)
+    # Inherited stdout/stderr get whole lines, one write each (a partial line waits for its
+    # newline, even across flushes): for several processes sharing one pipe (--workers).
+    whole_lines: bool = False
 
     def inherit_stdio(self) -> WasiConfig:
         self.stdin, self.stdout, self.stderr = "inherit", "inherit", "inherit"
@@ -108,11 +111,11 @@ def _make_stdin(spec: StdinSpec) -> InputStream:
     raise TypeError(f"stdin must be 'inherit', None, bytes or a stream factory, not {spec!r}")
 
 
-def _make_output(spec: StdoutSpec, inherit_fd: int) -> OutputStream:
+def _make_output(spec: StdoutSpec, inherit_fd: int, whole_lines: bool = False) -> OutputStream:
     if spec is None:
         return SinkOutput(None)
     if spec == "inherit":
-        return FdOutput(inherit_fd)
+        return FdOutput(inherit_fd, whole_lines)
     if isinstance(spec, bytearray):
         return SinkOutput(spec.extend)
     if hasattr(spec, "write"):
@@ -139,8 +142,8 @@ class WasiCtx:
         self.interruptor = Interruptor()
         self.insecure_seed = (random.getrandbits(64), random.getrandbits(64))
         self.stdin = _make_stdin(config.stdin)
-        self.stdout = _make_output(config.stdout, 1)
-        self.stderr = _make_output(config.stderr, 2)
+        self.stdout = _make_output(config.stdout, 1, config.whole_lines)
+        self.stderr = _make_output(config.stderr, 2, config.whole_lines)
         self.stdin_is_terminal = config.stdin == "inherit" and _isatty(0)
         self.stdout_is_terminal = config.stdout == "inherit" and _isatty(1)
         self.stderr_is_terminal = config.stderr == "inherit" and _isatty(2)

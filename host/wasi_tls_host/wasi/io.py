@@ -403,11 +403,47 @@ class SinkOutput(OutputStream):
 
 
 class FdOutput(SinkOutput):
-    """Writes to a host descriptor (stdout, stderr, a pipe), completing each write."""
+    """Writes to a host descriptor (stdout, stderr, a pipe), completing each write.
 
-    def __init__(self, fd: int) -> None:
-        super().__init__(self._write_all)
+    ``whole_lines``: write a line at a time, holding a partial line (even across flushes)
+    until its newline, ``LINE_HOLD`` bytes, or the stream's end. For processes sharing one
+    pipe (``--workers``): a guest's print arrives in pieces (componentize-py writes and
+    flushes each argument and the newline apart), and pieces of two processes' lines
+    would interleave; one write of a whole line up to PIPE_BUF does not.
+    """
+
+    LINE_HOLD = select.PIPE_BUF
+
+    def __init__(self, fd: int, whole_lines: bool = False) -> None:
+        super().__init__(self._write_lines if whole_lines else self._write_all)
         self.fd = fd
+        self._partial = bytearray()
+
+    def _write_lines(self, data: bytes) -> None:
+        end = data.rfind(b"\n") + 1
+        if not end:
+            self._partial += data
+            if len(self._partial) >= self.LINE_HOLD:
+                self._write_partial()
+            return
+        if self._partial:
+            self._partial += data[:end]
+            self._write_partial()
+        else:
+            self._write_all(data[:end])
+        self._partial += data[end:]
+
+    def _write_partial(self) -> None:
+        held, self._partial = bytes(self._partial), bytearray()
+        self._write_all(held)
+
+    def drop(self) -> None:
+        if self._partial:  # the guest's last line had no newline: it still goes out
+            try:
+                self._write_partial()
+            except (OSError, StreamClosed):
+                pass
+        super().drop()
 
     def _write_all(self, data: bytes) -> None:
         view = memoryview(data)
