@@ -148,6 +148,13 @@ def _socket_inodes(pid: int) -> set[str]:
     return inodes
 
 
+def _wait_stopped(pid: int) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+        assert time.monotonic() < deadline, f"process {pid} did not stop"
+        time.sleep(0.01)
+
+
 def test_workers_accept_from_one_listener_so_a_stalled_worker_loses_no_client(server) -> None:
     """The supervisor opens the --allow-listen address and hands the socket down: while one
     worker is stopped (SIGSTOP), every new client is served by the other. With a listener
@@ -160,6 +167,7 @@ def test_workers_accept_from_one_listener_so_a_stalled_worker_loses_no_client(se
     assert len(shared) == 1, shared  # the supervisor holds the listener and nothing else
     assert all(shared <= _socket_inodes(pid) for pid in pids)  # the same socket in each worker
     os.kill(pids[0], signal.SIGSTOP)
+    _wait_stopped(pids[0])  # the signal is asynchronous: a worker not yet stopped could still accept
     try:
         for i in range(12):
             raw = socket.create_connection(("127.0.0.1", s.port), timeout=5)
