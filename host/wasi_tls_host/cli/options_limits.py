@@ -68,14 +68,22 @@ def parse_duration(text: str) -> float:
     return value
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"want a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"want a number >= 0, got {text!r}")
-    return value
+def whole_number(minimum: int) -> Callable[[str], int]:
+    """A parser of whole numbers no smaller than ``minimum``."""
+
+    def count(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"want a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"want a number >= {minimum} (or none), got {text!r}")
+        return value
+
+    return count
+
+
+_count = whole_number(0)
 
 
 def _defaults() -> str:

@@ -10,7 +10,7 @@ from ..tls.config import TlsConfig
 from ..tls.limits import TlsLimits
 from ..wasi.context import WasiConfig
 from .errors import UsageError
-from .options_limits import limit_value, or_unlimited, parse_duration
+from .options_limits import limit_value, or_unlimited, parse_duration, whole_number
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,22 +18,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("TLS limits (per guest; 'none' lifts a limit)")
     group.add_argument("--tls-handshake-timeout", type=or_unlimited(_timeout), metavar="DURATION",
                        help=f"end handshakes not established within this time (e.g. 10s): the peer gets an alert, the guest a closed error; 0 or none = no deadline (default {defaults.handshake_timeout:g}s)")
-    group.add_argument("--max-tls-connections", type=or_unlimited(_positive), metavar="N",
+    group.add_argument("--max-tls-connections", type=or_unlimited(whole_number(1)), metavar="N",
                        help=f"TLS connections a guest may have open at once (default {defaults.max_connections})")
-    group.add_argument("--max-tls-handshakes", type=or_unlimited(_positive), metavar="N",
+    group.add_argument("--max-tls-handshakes", type=or_unlimited(whole_number(1)), metavar="N",
                        help=f"TLS handshakes a guest may have in progress at once (default {defaults.max_handshakes})")
     group.add_argument("--max-client-hello", type=int, metavar="BYTES", default=defaults.max_client_hello,
                        help=f"largest ClientHello a guest server accepts (default {defaults.max_client_hello})")
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"want a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"want a number >= 1 (or none), got {text!r}")
-    return value
 
 
 def _timeout(text: str) -> float:
