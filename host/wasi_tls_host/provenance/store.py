@@ -15,15 +15,15 @@ redirect away from HTTPS, with a size limit and a per-read timeout.
 from __future__ import annotations
 
 import hashlib
-import os
 import ssl
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Callable
 from urllib.parse import urlsplit
 
+from ..runtime.artifact_auth import write_atomically
+from ..runtime.cache import user_cache_dir
 from .digest import DigestMismatch, ProvenanceError, digest, parse_digest
 
 DEFAULT_MAX_BYTES = 256 << 20
@@ -37,11 +37,7 @@ class StoreError(ProvenanceError):
 
 
 def default_store_dir() -> Path:
-    override = os.environ.get("WASI_TLS_HOST_MODULE_STORE")
-    if override:
-        return Path(override)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "wasi-tls-host" / "modules"
+    return user_cache_dir("modules", "WASI_TLS_HOST_MODULE_STORE")
 
 
 def relative_path(name: str) -> str:
@@ -60,10 +56,7 @@ class DirectoryStore:
         name = digest(wasm)
         target = self.path(name)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(wasm)
-        os.replace(tmp, target)
+        write_atomically(target, wasm)
         return name
 
     def get(self, name: str) -> bytes | None:

@@ -26,12 +26,18 @@ log = logging.getLogger("wasi_tls_host.cache")
 WASMTIME_VERSION = version("wasmtime")
 
 
-def default_cache_dir() -> Path:
-    override = os.environ.get("WASI_TLS_HOST_CACHE")
+def user_cache_dir(name: str, override_env: str) -> Path:
+    """``$override_env`` if set, else ``name`` in this package's folder of the user's cache
+    (``$XDG_CACHE_HOME`` or ``~/.cache``)."""
+    override = os.environ.get(override_env)
     if override:
         return Path(override)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "wasi-tls-host" / "components"
+    return Path(base) / "wasi-tls-host" / name
+
+
+def default_cache_dir() -> Path:
+    return user_cache_dir("components", "WASI_TLS_HOST_CACHE")
 
 
 class ComponentCache:
