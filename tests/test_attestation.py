@@ -131,8 +131,21 @@ def test_attestation_ca_checks(pki, tmp_path) -> None:
         attestation.AttestationCA.from_files(pki.ca_pem, tmp_path / "leaf.key")
     assert attestation.parse_lifetime("90m") == datetime.timedelta(minutes=90)
     assert attestation.parse_lifetime("2") == datetime.timedelta(hours=2)
-    with pytest.raises(ValueError):
-        attestation.parse_lifetime("-1h")
+    for bad in ("-1h", "inf", "nan", "1e12h", "soon"):
+        with pytest.raises(ValueError):
+            attestation.parse_lifetime(bad)
+
+
+def test_an_attested_instance_of_a_component_the_host_did_not_load_is_refused(pki, host, guest_path) -> None:
+    """Attestation needs the bytes the host loaded; a component object made elsewhere gets a
+    GuestError saying so (and its half-made instance is closed), not an AttributeError."""
+    from wasmtime.component import Component
+
+    from wasi_tls_host import GuestError
+
+    foreign = Component(host.engine, guest_path("tls_server").read_bytes())
+    with pytest.raises(GuestError, match="an attested identity needs the component's bytes"):
+        host.instantiate(foreign, WasiConfig(tls=TlsConfig(attest_ca=pki.attest_ca())))
 
 
 # --- guests ---------------------------------------------------------------------------------

@@ -347,6 +347,9 @@ def parse_lifetime(text: str) -> datetime.timedelta:
         seconds = float(number) * (scale or 3600)
     except ValueError:
         raise ValueError(f"a lifetime is like 24h, 90m or 3600s, not {text!r}") from None
-    if seconds <= 0:
-        raise ValueError(f"a lifetime must be positive, not {text!r}")
-    return datetime.timedelta(seconds=seconds)
+    if not 0 < seconds < float("inf"):  # also refuses nan
+        raise ValueError(f"a lifetime must be a positive, finite time, not {text!r}")
+    try:
+        return datetime.timedelta(seconds=seconds)
+    except OverflowError:
+        raise ValueError(f"a lifetime of {text!r} is too long") from None

@@ -42,9 +42,6 @@ DEFAULT_RUNTIME = "core"
 AnyComponent = Component | CoreComponent
 
 
-log = logging.getLogger("wasi_tls_host")
-
-
 def all_interfaces() -> list[Interface]:
     from .tls import interfaces as tls_interfaces
 
@@ -99,15 +96,16 @@ class GuestInstance:
         self.limits = config.limits
         self.limits.apply_to_store(self.store)
         self.guard: RunGuard | None = None
+        # Set before anything that may fail and close() this half-made instance.
+        self._exports: dict[str, exports.ExportFunc] = {}
+        self.core: ComponentInstance | None = None  # the core runtime's instance, or
+        self.instance: Instance | None = None  # the component runtime's
         if host.ticker is not None:
             self.guard = RunGuard(config.limits.timeout, self.ctx.interrupt)
             self.guard.install(self.store)
             host.ticker.register(self.guard)
         self._attest(host, component, config)
         host._instances.add(self)
-        self._exports: dict[str, exports.ExportFunc] = {}
-        self.core: ComponentInstance | None = None  # the core runtime's instance, or
-        self.instance: Instance | None = None  # the component runtime's
         try:
             if isinstance(component, CoreComponent):
                 self.core = ComponentInstance(self.store, component, host.bind(component))
