@@ -55,3 +55,19 @@ def test_keeping_a_parameter_that_is_not_own_is_a_host_bug() -> None:
         fn.note_ownership([("this", True), ("input", False)])
     fn.note_ownership([("this", True), ("input", True)])
     assert fn.owned == (0, 1) and fn.kept == {1}
+
+
+def test_ownership_follows_the_implementation_not_an_importers_parameter_names() -> None:
+    """Parameter names are no part of a signature: a guest importing the shared host function
+    with renamed parameters neither changes which arguments are kept nor, when refused,
+    leaves anything changed for the next importer."""
+
+    def connect(cx: object, this: object, input: object, output: object) -> None:
+        return None
+
+    fn = HostFunc("x:y/z", "[static]r.connect", connect, keeps=("input", "output"))
+    fn.note_ownership([("a", True), ("b", True), ("c", True)])  # renamed: the impl's names count
+    assert fn.owned == (0, 1, 2) and fn.kept == {1, 2}
+    with pytest.raises(Trap, match="own<T> parameters at"):
+        fn.note_ownership([("this", True), ("input", True), ("output", False)])
+    assert fn.owned == (0, 1, 2) and fn.kept == {1, 2}  # untouched by the refused importer

@@ -10,6 +10,7 @@ function) and a failure becomes a trap whose message names the function and the 
 from __future__ import annotations
 
 import ctypes
+import inspect
 import json
 import logging
 import struct
@@ -84,6 +85,7 @@ class HostFunc:
     keeps: tuple[str, ...] = ()
     owned: tuple[int, ...] = ()  # indices of the own<T> parameters
     kept: frozenset[int] = frozenset()  # indices of the kept ones
+    noted: bool = False  # owned and kept are set (note_ownership)
     # The impl accepts a list<u8> argument as a memoryview of guest memory, valid only
     # during the call (the core runtime then skips a copy; the component runtime gives bytes).
     bytes_views: bool = False
@@ -117,10 +119,25 @@ class HostFunc:
         """Record which parameters (name, is own<T>) are consumed and which of those the
         function keeps; every runtime backend calls this once, then applies
         ``drop_consumed_arguments(args, self.owned, self.kept, succeeded)`` after each call."""
-        self.owned = tuple(i for i, (_, owned) in enumerate(params) if owned)
-        self.kept = frozenset(i for i in self.owned if params[i][0] in self.keeps)
-        if len(self.kept) != len(self.keeps):
-            raise Trap(f"declared to keep {self.keeps}, but its own<T> parameters are {[params[i][0] for i in self.owned]}")
+        # The names come from the implementation, not from the guest: parameter names are
+        # no part of a signature, so an importer could rename them, and this host function
+        # (shared by every component and store) must not take its ownership from that.
+        names = self._param_names() or [name for name, _ in params]
+        owned = tuple(i for i, (_, is_own) in enumerate(params) if is_own)
+        kept = frozenset(i for i in owned if i < len(names) and names[i].replace("_", "-") in self.keeps)
+        if len(kept) != len(self.keeps):
+            raise Trap(f"declared to keep {self.keeps}, but its own<T> parameters are {[names[i] for i in owned if i < len(names)]}")
+        if self.noted and (owned, kept) != (self.owned, self.kept):
+            raise Trap(f"imported with own<T> parameters at {owned}, but this host serves them at {self.owned}")
+        self.owned, self.kept, self.noted = owned, kept, True
+
+    def _param_names(self) -> list[str]:
+        """The WIT parameters' names as the implementation spells them (after the store)."""
+        try:
+            parameters = list(inspect.signature(self.impl).parameters.values())[1:]
+        except (TypeError, ValueError):
+            return []
+        return [p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
     def check(self, fty: Any) -> str | None:
         """Why a guest's import of this function cannot be served, or None if it can."""
