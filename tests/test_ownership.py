@@ -68,6 +68,6 @@ def test_ownership_follows_the_implementation_not_an_importers_parameter_names()
     fn = HostFunc("x:y/z", "[static]r.connect", connect, keeps=("input", "output"))
     fn.note_ownership([("a", True), ("b", True), ("c", True)])  # renamed: the impl's names count
     assert fn.owned == (0, 1, 2) and fn.kept == {1, 2}
-    with pytest.raises(Trap, match="own<T> parameters at"):
+    with pytest.raises(Trap, match="own<T> parameters"):
         fn.note_ownership([("this", True), ("input", True), ("output", False)])
     assert fn.owned == (0, 1, 2) and fn.kept == {1, 2}  # untouched by the refused importer
