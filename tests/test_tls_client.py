@@ -259,6 +259,15 @@ def test_peer_alert_is_named(probe, peers, localhost_leaf) -> None:
     assert "the peer sent alert 'handshake failure'" in r.out, r.out
 
 
+@pytest.mark.parametrize("name", ["a..b", "x" * 64 + ".test"])
+def test_a_server_name_that_is_no_name_is_refused_not_a_host_error(probe, peers, localhost_leaf, name: str) -> None:
+    server = PeerServer(handshake_only, localhost_leaf.server_context())
+    peers.append(server)
+    r = probe("connect", "127.0.0.1", server.port, name)  # probe traps if the host failed: it must not
+    assert r.exit_code == 1
+    assert "is not a valid server name" in r.out, r.out
+
+
 def test_server_closes_mid_handshake(probe, peers) -> None:
     server = PeerServer(close_mid_handshake)
     peers.append(server)

@@ -28,6 +28,7 @@ DECODE_ERROR = "decode-error"
 CLOSED = "closed"
 TRUNCATED = "truncated"
 ACCESS_DENIED = "access-denied"
+INVALID_ARGUMENT = "invalid-argument"
 INTERNAL = "internal"
 
 # X509_V_ERR_* values (stable across OpenSSL 1.1 and 3.x) mapped to error codes.
@@ -162,8 +163,11 @@ class TlsEngine:
         except ValueError:
             ip = None
         if ip is None:
-            self.conn.set_tlsext_host_name(name.encode("idna"))
-            encoded = name.encode("idna")
+            try:
+                encoded = name.encode("idna")
+            except UnicodeError as e:  # an empty or over-long label, say
+                raise TlsFailure(INVALID_ARGUMENT, f"{name!r} is not a valid server name: {e}") from None
+            self.conn.set_tlsext_host_name(encoded)
             if not _lib.X509_VERIFY_PARAM_set1_host(param, encoded, len(encoded)):
                 raise TlsFailure(INTERNAL, f"cannot check the certificate against name {name!r}")
         else:

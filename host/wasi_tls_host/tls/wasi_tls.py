@@ -18,7 +18,7 @@ from ..runtime.store import StoreState
 from ..runtime.values import Err, Ok, Trap
 from ..wasi.io import CallbackPollable, InputStream, IoError, OutputStream, Pollable
 from .config import tls_config
-from .engine import ACCESS_DENIED, TlsEngine, TlsFailure
+from .engine import ACCESS_DENIED, INVALID_ARGUMENT, TlsEngine, TlsFailure
 from .limits import LimitExceeded, usage_of
 from .states import FUTURE_CLIENT_STREAMS, Event, HandshakeState, WrongState
 from .transport import HandshakeDeadline, PendingHandshake, TlsConnection, TlsInputStream, TlsOutputStream, TlsTransport
@@ -73,14 +73,23 @@ def client_handshake_finish(cx: StoreState, this: ClientHandshake) -> FutureClie
     config = tls_config(cx)
     usage = usage_of(cx)
     cin, cout = this.take_streams()
+    refused: TlsFailure | None = None
     try:
         engine = TlsEngine(config.client_context(), server_side=False, server_name=this.server_name)
     except TlsFailure as e:
-        cin.drop()
-        cout.drop()
-        raise Trap(str(e)) from None
+        if e.code != INVALID_ARGUMENT:
+            cin.drop()
+            cout.drop()
+            raise Trap(str(e)) from None
+        # A server name that is no name: this interface has no error result here, so the
+        # future answers with it (the engine is never driven).
+        refused = e
+        engine = TlsEngine(config.client_context(), server_side=False)
     transport = TlsTransport(engine, cin, cout)
     future = FutureClientStreams(transport, config.on_handshake, deadline=HandshakeDeadline.start(config.limits))
+    if refused is not None:
+        future.fail(refused)
+        return future
     try:
         usage.start(cin, config.limits)
     except LimitExceeded as e:
