@@ -230,21 +230,24 @@ def _call_host(idx: int, context: Any, ty_raw: Any, args: Any, nargs: int, resul
         try:
             for i, lift in enumerate(lifts):
                 pyargs.append(lift(cx, args[i]))
+            returned = False
             try:
                 result = fn.impl(cx, *pyargs)
-                succeeded = True
+                returned = True
             except WitError as e:
                 if not fn.returns_result:
                     raise Trap(f"error {e.payload!r} from a function that returns no result") from e
                 result = Err(e.payload)
+            if OUTGOING_VALUE_HOOKS:
+                for hook in OUTGOING_VALUE_HOOKS:
+                    hook(fn.qualname, result)
+            if fn.lower is not None:
+                fn.lower(cx, result, results[0])
+            # Kept arguments live on in the result only once the guest has it.
+            succeeded = returned
         finally:
             if fn.owned:
                 drop_consumed_arguments(pyargs, fn.owned, fn.kept, succeeded)
-        if OUTGOING_VALUE_HOOKS:
-            for hook in OUTGOING_VALUE_HOOKS:
-                hook(fn.qualname, result)
-        if fn.lower is not None:
-            fn.lower(cx, result, results[0])
         return 0
     except Exception as e:
         return _error_ptr(host_call_failure(fn.qualname, e, lambda code: setattr(cx, "exit_code", code)))

@@ -749,12 +749,13 @@ def make_trampoline(inst: ComponentInstance, spec: LowerSpec, m: canon.MemCx) ->
                         for lift in param_convs:
                             value, i = lift(m, flat, i)
                             pyargs.append(value)
+                returned = False
                 try:
                     if fills and not OUTGOING_VALUE_HOOKS:  # audited values must be seen as bytes
                         result = impl(state, *pyargs, fill=canon.Filler(m))
                     else:
                         result = impl(state, *pyargs)
-                    succeeded = True
+                    returned = True
                 except WitError as e:
                     if not returns_result:
                         raise Trap(f"error {e.payload!r} from a function that returns no result") from e
@@ -779,6 +780,8 @@ def make_trampoline(inst: ComponentInstance, spec: LowerSpec, m: canon.MemCx) ->
                         out: list[Any] = []
                         result_conv.lower_flat(m, result, out)
                         result_writer(args[0], out[0])  # type: ignore[misc]
+                # Kept arguments live on in the result only once the guest has it.
+                succeeded = returned
             finally:
                 if owned:
                     drop_consumed_arguments(pyargs, owned, kept, succeeded)
