@@ -239,6 +239,11 @@ def test_real_peers_see_the_attested_certificate(pki, host, guest_path, tmp_path
     assert r.returncode == 0 and r.stdout.startswith("ok:"), r.stderr
     r = subprocess.run([*CLI, "verify-cert", str(pem), "--ca", str(pki.other_pem)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "not issued by the attestation CA" in r.stderr
+    for bad_ca in (tmp_path / "missing.pem", pem.with_name("not-a-cert.pem")):
+        if bad_ca.name == "not-a-cert.pem":
+            bad_ca.write_text("not a certificate")
+        r = subprocess.run([*CLI, "verify-cert", str(pem), "--ca", str(bad_ca)], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and "--ca:" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 def test_client_guest_pins_the_server_code(pki, host, guest_path, run_guest) -> None:

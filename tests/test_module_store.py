@@ -130,3 +130,10 @@ def test_cli_run_by_hash_from_https_and_store_add(https_store, tmp_path, guest_p
     assert (tmp_path / "local" / store.relative_path(name)).read_bytes() == guest.read_bytes()
     r = cli("run", "sha256:" + "1" * 64)
     assert r.returncode == 2 and "in none of the stores" in r.stderr
+
+
+@pytest.mark.parametrize("size", ["0", "-5", "lots"])
+def test_cli_module_max_size_must_be_a_positive_count(size: str) -> None:
+    r = subprocess.run([*CLI, "run", "--module-max-size", size, "sha256:" + "0" * 64], capture_output=True, text=True,
+                       timeout=60, stdin=subprocess.DEVNULL)
+    assert r.returncode == 2 and "--module-max-size" in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -13,6 +13,7 @@ from ..host import Host
 from ..provenance import CodePolicy
 from ..wasi.context import WasiConfig
 from .errors import UsageError
+from .options_limits import whole_number
 
 
 
@@ -26,7 +27,7 @@ def add_arguments(sub: Any, run: argparse.ArgumentParser) -> None:
     group.add_argument("--module-store", action="append", default=[], metavar="DIR|URL", help="where to find a component named sha256:<hex> (a directory or an https:// base URL laid out as sha256/<hex>.wasm; repeatable)")
     group.add_argument("--precompiled", metavar="X.cwasm", help="an artifact compiled elsewhere (signature in X.cwasm.sig); used only if a --trust-compiled key vouches for it")
     group.add_argument("--trust-compiled", action="append", default=[], metavar="PUB.pem", help="an Ed25519 key trusted to vouch for pre-compiled artifacts (repeatable)")
-    group.add_argument("--module-max-size", type=int, default=None, metavar="BYTES", help="refuse a fetched component larger than this (default 256 MiB)")
+    group.add_argument("--module-max-size", type=whole_number(1), default=None, metavar="BYTES", help="refuse a fetched component larger than this (default 256 MiB)")
 
     store = sub.add_parser("store", help="content-addressed module store")
     store_sub = store.add_subparsers(dest="store_command", required=True)
@@ -275,8 +276,12 @@ def _verify_cert_command(args: argparse.Namespace) -> int:
     elif args.expect_signer:
         authority = public_keys(args.expect_signer)
     try:
+        anchors = [c for path in args.ca for c in attestation.load_certificates(path)]
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--ca: {e}") from None
+    try:
         claims = attestation.verify(
-            chain, [c for path in args.ca for c in attestation.load_certificates(path)],
+            chain, anchors,
             expect_code=args.expect_code, expect_config=_read(args.expect_config, "configuration document") if args.expect_config else None,
             expect_authority=authority,
         )

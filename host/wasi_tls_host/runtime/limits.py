@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Callable
 
@@ -131,7 +132,9 @@ class EpochTicker:
     def __init__(self, engine: Engine, tick: float = TICK) -> None:
         self.engine = engine
         self.tick = tick
-        self._guards: set[RunGuard] = set()
+        # Weak: a guest its embedder never closed must not keep this thread ticking (each
+        # GuestInstance holds its own guard).
+        self._guards: weakref.WeakSet[RunGuard] = weakref.WeakSet()
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None

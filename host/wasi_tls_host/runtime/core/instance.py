@@ -135,7 +135,11 @@ def _host_entry(env: Any, caller: Any, args: Any, nargs: int) -> int:
     tramp = _TRAMPOLINES.get(env or 0)
     if tramp is None:
         return _trap_ptr("host function called after its instance was closed")
-    return tramp(args)
+    try:
+        return tramp(args)
+    except Exception as e:  # a bug in a built-in (resource.new/rep/drop): never unwind into wasm
+        log.exception("core runtime built-in failed")
+        return _trap_ptr(f"host error: {type(e).__name__}: {e}")
 
 
 @ctypes.CFUNCTYPE(None, ctypes.c_void_p)
