@@ -26,8 +26,8 @@ import select
 import socket
 import struct
 import termios
+import threading
 import time
-import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -124,7 +124,10 @@ class SocketRegistry:
     """Every OS socket a store opened; closing the store closes what is still open."""
 
     def __init__(self) -> None:
-        self._live: weakref.WeakSet[SharedSocket] = weakref.WeakSet()
+        # Open sockets only (each leaves at its close): counted on every new socket, read
+        # from the embedder's thread (serve.py) while the guest's thread adds to it.
+        self._live: set[SharedSocket] = set()
+        self._lock = threading.Lock()
         # Graceful stop: listeners stop accepting (and close) at the guest's next look at
         # them; connections already accepted go on (see TcpSocket).
         self.draining = False
@@ -134,27 +137,35 @@ class SocketRegistry:
 
     def add(self, shared: SharedSocket) -> None:
         shared.registry = self
-        self._live.add(shared)
+        with self._lock:
+            self._live.add(shared)
+
+    def forget(self, shared: SharedSocket) -> None:
+        with self._lock:
+            self._live.discard(shared)
+
+    def _snapshot(self) -> list[SharedSocket]:
+        with self._lock:
+            return list(self._live)
 
     def __len__(self) -> int:
-        return sum(1 for s in list(self._live) if not s.closed)
+        return len(self._live)
 
     def stop_accepting(self) -> None:
         self.draining = True
 
     def open_connections(self) -> int:
         """Accepted connections not closed yet."""
-        return sum(1 for s in list(self._live) if s.record is not None and not s.closed)
+        return sum(1 for s in self._snapshot() if s.record is not None and not s.closed)
 
     def listening(self) -> bool:
-        return any(s.listening and not s.closed for s in list(self._live))
+        return any(s.listening and not s.closed for s in self._snapshot())
 
     def close_all(self) -> None:
-        for shared in list(self._live):
+        for shared in self._snapshot():
             if shared.record is not None:
                 shared.record.note_end("host-stopped")
             shared.close()
-        self._live = weakref.WeakSet()
 
 
 class SharedSocket:
@@ -184,6 +195,8 @@ class SharedSocket:
         if not self.closed:
             self.closed = True
             self.sock.close()
+            if self.registry is not None:
+                self.registry.forget(self)
             if self.record is not None and self.registry is not None and self.registry.cutting:
                 self.record.note_end("host-stopped")
             if self.record is not None and access_log.isEnabledFor(logging.INFO):
