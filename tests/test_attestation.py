@@ -131,6 +131,9 @@ def test_attestation_ca_checks(pki, tmp_path) -> None:
         attestation.AttestationCA.from_files(pki.ca_pem, tmp_path / "leaf.key")
     assert attestation.parse_lifetime("90m") == datetime.timedelta(minutes=90)
     assert attestation.parse_lifetime("2") == datetime.timedelta(hours=2)
+    # Attestation anchors are read when the configuration is made, not at a handshake.
+    with pytest.raises(ValueError, match="cannot read trust anchors"):
+        TlsConfig(attest_trust=[tmp_path / "missing.pem"])
     for bad in ("-1h", "inf", "nan", "1e12h", "soon"):
         with pytest.raises(ValueError):
             attestation.parse_lifetime(bad)

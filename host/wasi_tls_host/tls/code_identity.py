@@ -76,7 +76,7 @@ def attested_identities(cx: StoreState) -> list[PrivateIdentity]:
 def attestation_anchors(config: TlsConfig) -> list[x509.Certificate]:
     """CAs whose code claims this guest may rely on: ``attest_trust`` and the guest's own
     attestation CA."""
-    anchors = [c for a in config.attest_trust for c in load_certificates(a)]
+    anchors = [c for a in config.attest_trust for c in load_certificates(a)]  # certificates already (TlsConfig)
     if config.attest_ca is not None:
         anchors.append(config.attest_ca.certificate)
     return anchors

@@ -111,6 +111,8 @@ class TlsConfig:
         self._server_contexts: dict[Any, SSL.Context] = {}
         self._server_contexts_born = time.monotonic()
         self.anchors = [cert for anchor in self.trust for cert in load_certificates(anchor)]
+        # Read (and checked) now, not at each handshake that expects a peer's code.
+        self.attest_trust = [cert for anchor in self.attest_trust for cert in load_certificates(anchor)]
         names = [i.name for i in self.identities]
         if len(set(names)) != len(names):
             raise ValueError(f"identity names must be unique, got {names}")
