@@ -109,6 +109,19 @@ def test_https_store_refusals(https_store, tmp_path, guest_path) -> None:
         store.HttpsStore(base.replace("https", "http"))
 
 
+def test_https_fetch_has_an_overall_deadline(https_store, guest_path, monkeypatch) -> None:
+    """Each read is bounded and so is the whole transfer: a store that takes longer (here:
+    any time at all) is given up with a message saying so."""
+    base, served, ca = https_store
+    wasm = guest_path("exit_code").read_bytes()
+    target = served / store.relative_path(digest(wasm))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(wasm)
+    monkeypatch.setattr(store, "FETCH_SECONDS", 0.0)
+    with pytest.raises(store.StoreError, match="not received within 0 s"):
+        store.HttpsStore(base, _client_context(ca)).get(digest(wasm))
+
+
 def test_cli_run_by_hash_from_https_and_store_add(https_store, tmp_path, guest_path) -> None:
     base, served, ca = https_store
     guest = guest_path("exit_code")

@@ -54,8 +54,10 @@ def cache_dir() -> Path:
         return Path(override)
     if REPO != BUNDLED:
         return REPO / ".cache" / "guests"
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "wasi-tls-host" / "guests"
+    # Installed (never reached by setup.py, which loads this file by path).
+    from .runtime.cache import user_cache_dir
+
+    return user_cache_dir("guests", "WASI_TLS_HOST_GUEST_CACHE")
 
 
 def _find_tool(name: str) -> str | None:

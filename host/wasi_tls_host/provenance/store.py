@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import ssl
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -28,6 +29,7 @@ from .digest import DigestMismatch, ProvenanceError, digest, parse_digest
 
 DEFAULT_MAX_BYTES = 256 << 20
 TIMEOUT_SECONDS = 30.0
+FETCH_SECONDS = 600.0  # a whole module, at most DEFAULT_MAX_BYTES
 # progress(received bytes, expected total or None)
 Progress = Callable[[int, "int | None"], None]
 
@@ -105,7 +107,12 @@ class HttpsStore:
                 if total is not None and total > self.max_bytes:
                     raise StoreError(f"{url}: {total} bytes is over the limit of {self.max_bytes}")
                 hasher, chunks, received = hashlib.sha256(), [], 0
+                # TIMEOUT_SECONDS bounds each read; this bounds the whole transfer (a server
+                # trickling a byte at a time would otherwise hold the run for days).
+                deadline = time.monotonic() + FETCH_SECONDS
                 while chunk := response.read(1 << 16):
+                    if time.monotonic() > deadline:
+                        raise StoreError(f"{url}: not received within {FETCH_SECONDS:g} s ({received} bytes so far)")
                     received += len(chunk)
                     if received > self.max_bytes:
                         raise StoreError(f"{url}: more than the limit of {self.max_bytes} bytes")
