@@ -4,6 +4,8 @@ layouts written out by hand from Signatures.md, not only against our own encoder
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 import subprocess
 import sys
 
@@ -202,6 +204,11 @@ def test_cli_sign_verify_and_run(tmp_path, guest_path) -> None:
     out = tmp_path / "signed.wasm"
     assert cli("sign", "--key", a_priv, guest, "-o", out).returncode == 0
     assert cli("sign", "--key", b_priv, out).returncode == 0  # a second signer, in place
+    # An output file has the permissions any new file gets here, not a temporary file's 0600.
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir() if ".tmp" in p.name] == []
     r = cli("verify", "--public-key", a_pub, "--public-key", b_pub, "--require-all-signers", out)
     assert r.returncode == 0 and r.stdout.startswith("ok: signed by"), r.stderr
     r = cli("run", "--require-signer", b_pub, out, "8")

@@ -7,10 +7,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from ..host import Host
 from ..provenance import CodePolicy
+from ..runtime.artifact_auth import write_atomically
 from ..wasi.context import WasiConfig
 from .errors import UsageError
 from .options_limits import whole_number
@@ -204,10 +206,10 @@ def _verify_command(args: argparse.Namespace) -> int:
 
 
 def _write_atomically(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    """An output file of a command, with the permissions ``open`` would give it."""
+    umask = os.umask(0)
+    os.umask(umask)
+    write_atomically(Path(path), data, mode=0o666 & ~umask)
 
 
 def apply_attestation(args: argparse.Namespace, config: WasiConfig) -> None:

@@ -137,11 +137,13 @@ class ArtifactAuthenticator:
             os.close(fd)
 
 
-def write_atomically(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: bytes, mode: int | None = None) -> None:
     """Replace ``path`` with ``data`` through a temporary file beside it, which a failure
-    (a full disk, say) removes again."""
+    (a full disk, say) removes again. The file is private (0600) unless ``mode`` says."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     try:
+        if mode is not None:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
