@@ -197,6 +197,19 @@ def test_closing_the_host_releases_its_mapped_artifacts(tmp_path, guest_path, ru
         host.instantiate(wasm)
 
 
+def test_a_guest_never_closed_is_still_collected(probe_host: Host, guest_path) -> None:
+    """Closing is the way to free a guest at once; one its embedder forgot must at least go
+    at a GC pass, store and memories included, not live on through host tables."""
+    import weakref
+
+    guest = probe_host.instantiate(guest_path("runtime_probe"))
+    assert guest.call("two-borrows", 2, 3) == 5
+    store = weakref.ref(guest.store)
+    del guest
+    gc.collect()
+    assert store() is None
+
+
 @pytest.mark.parametrize("bad", [Ok(Ok(("not a number", 2))), Ok(Err("not a number")), Ok(Ok((1, 2, 3)))])
 def test_a_result_the_host_cannot_lower_traps_and_harms_nothing(guest, bad) -> None:
     # The nested value fails to lower half way through (inside option<result<result<..>>>):

@@ -20,6 +20,7 @@ import gc
 import itertools
 import logging
 import sys
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -119,7 +120,9 @@ def bind(component: CoreComponent, interfaces: Iterable[Interface]) -> BoundHost
 
 # --- native entry points -----------------------------------------------------------------
 
-_TRAMPOLINES: dict[int, Callable[[Any], int]] = {}
+# Weak: each instance holds its own trampolines (``_tramps``), so one its embedder never
+# closed can still be collected, store and all, instead of living on through this table.
+_TRAMPOLINES: weakref.WeakValueDictionary[int, Callable[[Any], int]] = weakref.WeakValueDictionary()
 # Trampoline ids: itertools.count is atomic under the GIL (instances are created on worker
 # threads by run_async), and an id is never reused, so a stale callback finds nothing.
 _env_ids = itertools.count(1)
@@ -224,6 +227,7 @@ class ComponentInstance:
         self.may_enter = True
         self.closed = False
         self._envs: list[int] = []
+        self._tramps: list[Callable[[Any], int]] = []
         self._core: dict[int, Any] = {}  # id(planned core item) -> ffi.wasmtime_extern_t
         self._instances: list[Any] = []
         self._memcx: dict[tuple[int, int], canon.MemCx] = {}
@@ -295,6 +299,7 @@ class ComponentInstance:
     def _new_func(self, params: list[str], results: list[str], tramp: Callable[[Any], int]) -> Any:
         env = next(_env_ids)
         _TRAMPOLINES[env] = tramp
+        self._tramps.append(tramp)
         self._envs.append(env)
         # wasmtime ties a function type to the first engine it is used with: cache them per
         # component (which belongs to one engine), never globally.
@@ -630,6 +635,7 @@ class ComponentInstance:
         for env in self._envs:
             _TRAMPOLINES.pop(env, None)
         self._envs.clear()
+        self._tramps.clear()
         # Each MemCx points back here: without this the cycle would keep the store (its
         # linear memories, the mapped module files) alive until a GC pass.
         self._memcx.clear()
