@@ -24,7 +24,6 @@ from OpenSSL._util import lib as _lib
 
 from .ciphers import TLS12_SUITES, TLS13_SUITES
 
-_OPENSSL_VERSION = {0x0303: SSL.TLS1_2_VERSION, 0x0304: SSL.TLS1_3_VERSION}
 _VERSION_NAME = {SSL.TLS1_2_VERSION: "TLS 1.2", SSL.TLS1_3_VERSION: "TLS 1.3"}
 
 _AEAD_ECDHE_TLS12 = (
@@ -121,11 +120,6 @@ def profile(name: str) -> TlsProfile:
         return PROFILES[name]
     except KeyError:
         raise ValueError(f"TLS profile must be one of {sorted(PROFILES)}, not {name!r}") from None
-
-
-def openssl_version(wire: int) -> int:
-    """OpenSSL constant for a wire version (0x0303, 0x0304); KeyError for others."""
-    return _OPENSSL_VERSION[wire]
 
 
 def configure_resumption(ctx: SSL.Context, enabled: bool, context_id: bytes, lifetime: float) -> None:

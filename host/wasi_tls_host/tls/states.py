@@ -219,9 +219,6 @@ class StateMachine(Generic[S]):
     def __repr__(self) -> str:
         return f"<{self.machine.resource} {self.state.value}>"
 
-    def can(self, event: Event) -> bool:
-        return event in self.machine.transitions[self.state]
-
     def advance(self, event: Event, failure: Exception | None = None) -> S:
         """Take ``event``'s transition; a missing one is a bug of the host, not the guest's."""
         following = self.machine.transitions[self.state].get(event)

@@ -92,8 +92,6 @@ class Plan:
     exports: dict[str, Any] = field(default_factory=dict)  # name -> Lifted | dict (instance)
     host_imports: list[HostImport] = field(default_factory=list)
     imported_resources: list[ImportedResource] = field(default_factory=list)
-    import_names: list[str] = field(default_factory=list)
-    defined_resources: list[DefinedResource] = field(default_factory=list)
 
 
 # --- binary reading --------------------------------------------------------------------------
@@ -500,7 +498,6 @@ class Planner:
                     if isinstance(t, DefinedResource):
                         if t.dtor is not None:
                             t.dtor = scope.get("core func", t.dtor[1])
-                        self.plan.defined_resources.append(t)
                     scope.add("type", t)
             elif sid == 0x08:
                 for _ in range(sec.u32()):
@@ -587,7 +584,6 @@ class Planner:
                 item = t[1]
             scope.add(sort, item)
             return
-        self.plan.import_names.append(name)
         if sort == "instance":
             exports: dict[str, tuple[str, Any]] = {}
             for ename, (esort, ety) in t.exports.items():
