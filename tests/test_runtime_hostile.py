@@ -102,7 +102,7 @@ CASES = {
     "retptr-oob": r"result at 0xfffffffc with 8 bytes is out of bounds",
     "unknown-handle": r"unknown handle index 77",
     "double-drop": r"unknown handle index 1",
-    "reentrant-dtor": r"cannot enter the component instance: it is already running",
+    "reentrant-dtor": r"cannot enter component instance: it is already running",
 }
 # export -> the cause wasmtime's component API names (the component runtime, wasmtime 49)
 COMPONENT_CASES = {

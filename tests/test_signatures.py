@@ -23,7 +23,7 @@ def test_a_component_importing_another_signature_is_refused(host: Host, guest_pa
     with pytest.raises(GuestError) as info:
         host.instantiate(guest_path("wrong_signature"))
     message = str(info.value)
-    assert "wasi:io/streams#[method]input-stream.read is imported as (borrow,u32)->u32" in message
+    assert "wasi:io/streams@0.2#[method]input-stream.read is imported as (borrow,u32)->u32" in message
     assert "this host implements (borrow,u64)->result<list<u8>," in message
 
 

@@ -45,6 +45,22 @@ KNOWN_SIGNATURES: dict[str, str] = json.loads(SIGNATURES_FILE.read_text()) if SI
 OUTGOING_VALUE_HOOKS: list[Callable[[str, Any], None]] = []
 
 
+def version_family(version: str) -> str:
+    """The versions an import of ``version`` may be served by (semver compatibility):
+    ``0.2.3`` -> ``0.2``, ``1.4.0`` -> ``1``; a prerelease (``0.3.0-rc-2026-03-15``,
+    ``0.2.0-draft``) only by itself."""
+    if "-" in version or "+" in version:
+        return version
+    parts = version.split(".")
+    return parts[0] if parts[0] != "0" else ".".join(parts[:2])
+
+
+def interface_key(name: str) -> str:
+    """``wasi:io/streams@0.2.8`` -> ``wasi:io/streams@0.2``: what imports are matched by."""
+    base, _, version = name.partition("@")
+    return f"{base}@{version_family(version)}" if version else base
+
+
 class GuestExit(Exception):
     """Raised by ``wasi:cli/exit``: unwinds the guest and records its exit code."""
 
@@ -93,6 +109,9 @@ class HostFunc:
     # in the guest and returns a view to write them into; the impl then returns
     # ``fill.done(count)`` in place of the ``list<u8>`` it would return.
     fills: bool = False
+    # The impl is an ``async def`` (a WIT ``async func``, core runtime only): its coroutine
+    # runs on the store's scheduler, and a guest calling it async gets a subtask.
+    is_async: bool = False
 
     @property
     def qualname(self) -> str:
@@ -164,7 +183,7 @@ class Interface:
     resources: dict[str, ResourceKind] = field(default_factory=dict)
 
     def resource(self, wit_name: str, py_class: type) -> ResourceKind:
-        kind = ResourceKind(f"{self.name.split('@')[0]}#{wit_name}", py_class)
+        kind = ResourceKind(f"{interface_key(self.name)}#{wit_name}", py_class)
         self.resources[wit_name] = kind
         ALL_KINDS.append(kind)
         return kind
@@ -181,7 +200,8 @@ class Interface:
         def register(impl: Callable[..., Any]) -> Callable[..., Any]:
             if wit_name in self.funcs:
                 raise ValueError(f"{self.name}: {wit_name} defined twice")
-            fn = HostFunc(self.name.split("@")[0], wit_name, impl, keeps=tuple(keeps), bytes_views=bytes_views, fills=fills)
+            fn = HostFunc(interface_key(self.name), wit_name, impl, keeps=tuple(keeps), bytes_views=bytes_views, fills=fills,
+                          is_async=inspect.iscoroutinefunction(impl))
             fn.signature = KNOWN_SIGNATURES.get(fn.qualname, "")
             self.funcs[wit_name] = fn
             return impl
@@ -277,9 +297,9 @@ def _finalize(idx: int) -> None:
 
 def _imported_host_funcs(component: Any, engine: Any, interfaces: Iterable[Interface]) -> Iterator[tuple[HostFunc, Any]]:
     """(host function, the function type the component imports it with), for each import."""
-    by_name = {iface.name.split("@")[0]: iface for iface in interfaces}
+    by_name = {interface_key(iface.name): iface for iface in interfaces}
     for import_name, extern in component.type.imports(engine).items():
-        iface = by_name.get(import_name.split("@")[0])
+        iface = by_name.get(interface_key(import_name))
         ty = extern.ty
         if iface is None or not isinstance(ty, wt.ComponentInstanceType):
             continue

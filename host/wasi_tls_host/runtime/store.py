@@ -9,6 +9,7 @@ from typing import Any
 from wasmtime import Store
 
 from .resources import ResourceTable
+from .scheduler import Scheduler
 from .values import Trap
 
 
@@ -25,10 +26,27 @@ class StoreState:
         self.context: Any = None
         self.exit_code: int | None = None
         self.closed = False
+        self._scheduler: Scheduler | None = None
+
+    @property
+    def scheduler(self) -> Scheduler:
+        """The store's host-coroutine scheduler (the async ABI's host side), made on first
+        use; its waits watch the WASI context's interrupt descriptor."""
+        scheduler = self._scheduler
+        if scheduler is None:
+            interruptor = getattr(self.wasi, "interruptor", None)
+            if interruptor is not None:
+                scheduler = Scheduler(interruptor.notifier.fd, interruptor.check, interruptor.notifier.clear)
+            else:
+                scheduler = Scheduler()
+            self._scheduler = scheduler
+        return scheduler
 
     def close(self) -> None:
         if not self.closed:
             self.closed = True
+            if self._scheduler is not None:
+                self._scheduler.close()  # host coroutines release what they hold first
             self.table.close()
             close = getattr(self.wasi, "close", None)
             if close is not None:

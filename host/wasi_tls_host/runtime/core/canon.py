@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..values import Err, Ok, Some, Trap
 from ..values import Variant as VariantValue
-from .types import Flags, Handle, ListT, Prim, Record, Tuple, ValType, Variant, align_to
+from .types import ErrorContextT, Flags, FutureT, Handle, ListT, Prim, Record, StreamT, Tuple, ValType, Variant, align_to
 
 if TYPE_CHECKING:
     from .instance import ComponentInstance
@@ -143,6 +143,8 @@ def _build(t: ValType) -> Conv:
         return _flags(t)
     if isinstance(t, Handle):
         return _handle(t)
+    if isinstance(t, (StreamT, FutureT, ErrorContextT)):
+        return _async_value(t)
     raise Trap(f"unsupported type {t!r}")
 
 
@@ -644,6 +646,12 @@ def _handle(t: Handle) -> Conv:
             return m.inst.new_own(rt, x)
         return m.inst.new_borrow(m, rt, x)
 
+    return _by_index(t, lift, lower)
+
+
+def _by_index(t: ValType, lift: Callable[[MemCx, int], Any], lower: Callable[[MemCx, Any], int]) -> Conv:
+    """The converters of a value that crosses as an i32 index into the handle table."""
+
     def load(m: MemCx, v: memoryview, ptr: int) -> Any:
         return lift(m, _U32.unpack_from(v, ptr)[0])
 
@@ -658,6 +666,25 @@ def _handle(t: Handle) -> Conv:
         out.append(lower(m, x))
 
     return Conv(t, load, store, lift_flat, lower_flat)
+
+
+def _async_value(t: StreamT | FutureT | ErrorContextT) -> Conv:
+    """A stream or future crosses as the index of its readable end (ownership moves), an
+    error context as its index (CanonicalABI lift_async_value / lower_stream / ...)."""
+    if isinstance(t, ErrorContextT):
+        def lift(m: MemCx, h: int) -> Any:
+            return m.inst.lift_error_context(h)
+
+        def lower(m: MemCx, x: Any) -> int:
+            return m.inst.lower_error_context(x)
+    else:
+        def lift(m: MemCx, h: int) -> Any:
+            return m.inst.lift_async_end(h, t)
+
+        def lower(m: MemCx, x: Any) -> int:
+            return m.inst.lower_async_end(x, t)
+
+    return _by_index(t, lift, lower)
 
 
 __all__ = ["Conv", "MemCx", "check_range", "conv", "lift_bytes", "lift_string", "lower_bytes", "lower_string"]

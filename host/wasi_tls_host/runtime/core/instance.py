@@ -28,13 +28,22 @@ from wasmtime import FuncType, Module, Store, ValType as CoreValType, WasmtimeEr
 from wasmtime import _bindings as raw
 from wasmtime import _ffi as ffi
 
-from ..binding import OUTGOING_VALUE_HOOKS, GuestExit, HostFunc, Interface, host_call_failure
+from ..binding import OUTGOING_VALUE_HOOKS, GuestExit, HostFunc, Interface, host_call_failure, interface_key, version_family
 from ..resources import ResourceKind, drop_consumed_arguments
+from ..scheduler import Cancelled, HostTask, Scheduler
 from ..store import StoreState, state_of
+from ..streams import UNSET, Future, Stream
 from ..values import Err, Trap, WitError
-from . import canon
-from .plan import Bag, CoreExport, HostImport, Lifted, Lowered, Opts, Plan, ResourceBuiltin
-from .types import DefinedResource, FuncT, Handle, ImportedResource, ListT, Prim, ResourceT, align_to
+from . import builtins, canon
+from .concurrent import (
+    BLOCKED, CallbackCode, CopyEnd, CopyState, ErrorContext, EventCode, ReadableFutureEnd, ReadableStreamEnd,
+    Subtask, Task, Waitable, WaitableSet,
+)
+from .plan import Bag, Builtin, CoreExport, HostImport, Lifted, Lowered, Opts, Plan, ResourceBuiltin
+from .types import (
+    MAX_FLAT_PARAMS, DefinedResource, ErrorContextT, FuncT, FutureT, Handle, ImportedResource, ListT, Prim,
+    ResourceT, StreamT, Tuple, align_to, same_type,
+)
 
 log = logging.getLogger("wasi_tls_host.runtime")
 
@@ -88,22 +97,27 @@ class BoundHost:
 
 
 def bind(component: CoreComponent, interfaces: Iterable[Interface]) -> BoundHost:
-    """Resolve imports to host functions; binds the plan's imported resources to kinds."""
-    by_name = {iface.name.split("@")[0]: iface for iface in interfaces}
+    """Resolve imports to host functions; binds the plan's imported resources to kinds.
+
+    An import matches a host interface of the same package and name whose version is in
+    the same family (``0.2.3`` and ``0.2.8``; ``0.3.0``; a prerelease only itself), so a
+    WASI 0.3 import never lands on the 0.2 implementation of the same name."""
+    ifaces = list(interfaces)
+    by_name = {interface_key(iface.name): iface for iface in ifaces}
     funcs: dict[int, HostFunc] = {}
     problems: list[str] = []
     missing: list[str] = []
     for res in component.plan.imported_resources:
-        iface = by_name.get(res.interface.split("@")[0])
+        iface = by_name.get(interface_key(res.interface))
         kind = iface.resources.get(res.name) if iface is not None else None
         if kind is None:
-            missing.append(f"resource {res.name} of {res.interface or 'the root'}")
+            missing.append(f"resource {res.name} of {res.interface or 'the root'}" + _missing_version(res.interface, ifaces))
         res.kind = kind
     for hi in component.plan.host_imports:
-        iface = by_name.get(hi.interface.split("@")[0])
+        iface = by_name.get(interface_key(hi.interface))
         fn = iface.funcs.get(hi.name) if iface is not None else None
         if fn is None:
-            missing.append(f"{hi.interface}#{hi.name}" if hi.interface else hi.name)
+            missing.append((f"{hi.interface}#{hi.name}" if hi.interface else hi.name) + _missing_version(hi.interface, ifaces))
             continue
         problem = fn.check_signature(hi.type.signature())
         if problem:
@@ -116,6 +130,29 @@ def bind(component: CoreComponent, interfaces: Iterable[Interface]) -> BoundHost
             continue
         funcs[id(hi)] = fn
     return BoundHost(funcs, problems, missing)
+
+
+def _missing_version(name: str, interfaces: list[Interface]) -> str:
+    """Why an import found no host interface, when the host has its name in another version."""
+    base, _, version = name.partition("@")
+    if not version:
+        return ""
+    have = sorted({iface.name.partition("@")[2] for iface in interfaces if iface.name.partition("@")[0] == base})
+    if not have:
+        package = base.split("/")[0]
+        have_pkg = sorted({iface.name.partition("@")[2] for iface in interfaces if iface.name.split("/")[0] == package})
+        if not have_pkg:
+            return ""
+        return f" (this host provides {package}@{', '.join(_family_text(v) for v in have_pkg)}; the component imports {name})"
+    if "-" in version:
+        return (f" (a release candidate or draft version: this host provides {base}@{', '.join(have)}, "
+                f"and a prerelease matches only itself)")
+    return f" (this host provides {base.split('/')[0]}@{', '.join(_family_text(v) for v in have)}; the component imports {name})"
+
+
+def _family_text(version: str) -> str:
+    family = version_family(version)
+    return family if "-" in version else family + ".x"
 
 
 # --- native entry points -----------------------------------------------------------------
@@ -186,7 +223,10 @@ def _writer(t: str) -> Callable[[Any, Any], None]:
 
 
 class _HandleEntry:
+    """A resource handle in a component instance's table (the spec's ``ResourceHandle``)."""
+
     __slots__ = ("key", "rep", "own", "lends", "scope")
+    what = "resource handle"
 
     def __init__(self, key: Any, rep: int, own: bool, scope: Any = None) -> None:
         self.key = key
@@ -222,9 +262,15 @@ class ComponentInstance:
         self.state: StoreState = state_of(store)
         self.component = component
         self.bound = bound
-        self.handles: list[_HandleEntry | None] = [None]
+        # One table for resource handles and the async ABI's waitables, waitable sets and
+        # error contexts, as in the spec (their indices share one space).
+        self.handles: list[Any] = [None]
         self.free: list[int] = []
         self.may_enter = True
+        self.may_leave = True  # false during realloc and post-return: built-ins trap
+        self.current_task: Task | None = None
+        self._no_task_storage = [0, 0]  # context.get/set outside any task (a core start function)
+        self.backpressure = 0
         self.closed = False
         self._envs: list[int] = []
         self._tramps: list[Callable[[Any], int]] = []
@@ -291,6 +337,8 @@ class ComponentInstance:
             ext = self._lower(item)
         elif isinstance(item, ResourceBuiltin):
             ext = self._builtin(item)
+        elif isinstance(item, Builtin):
+            ext = self._async_builtin(item)
         else:
             raise LinkError(f"unknown core item {item!r}")
         self._core[id(item)] = ext
@@ -378,7 +426,11 @@ class ComponentInstance:
         raw_vals[2].i32 = align
         raw_vals[3].i32 = size
         trap = _TRAP_P()
-        err = _func_call(self.context, ctypes.byref(func), raw_vals, 4, ctypes.byref(trap))
+        may_leave, self.may_leave = self.may_leave, False
+        try:
+            err = _func_call(self.context, ctypes.byref(func), raw_vals, 4, ctypes.byref(trap))
+        finally:
+            self.may_leave = may_leave
         self._raise_if_failed(err, trap, None)
         return raw_vals[0].i32 & 0xFFFF_FFFF
 
@@ -390,7 +442,7 @@ class ComponentInstance:
         raise WasmtimeError(f"{what}: {message}" if what else message)
 
     # --- handle table -----------------------------------------------------------------------
-    def _add(self, entry: _HandleEntry) -> int:
+    def add(self, entry: Any) -> int:
         if self.free:
             h = self.free.pop()
             self.handles[h] = entry
@@ -400,14 +452,14 @@ class ComponentInstance:
         self.handles.append(entry)
         return len(self.handles) - 1
 
-    def _entry(self, h: int) -> _HandleEntry:
+    def get(self, h: int) -> Any:
         entry = self.handles[h] if 0 < h < len(self.handles) else None
         if entry is None:
             raise Trap(f"unknown handle index {h}")
         return entry
 
-    def _remove(self, h: int) -> _HandleEntry:
-        entry = self._entry(h)
+    def remove(self, h: int) -> Any:
+        entry = self.get(h)
         self.handles[h] = None
         self.free.append(h)
         return entry
@@ -420,7 +472,7 @@ class ComponentInstance:
         ``ResourceTable.take``). When the call returns, the trampoline drops it unless the
         function keeps it (``resources.drop_consumed_arguments``, as on the component backend).
         """
-        entry = self._entry(h)
+        entry = self.get(h)
         key = _key(rt)
         if entry.key is not key:
             raise Trap(f"handle index {h} is not a {_rname(rt)}")
@@ -428,14 +480,14 @@ class ComponentInstance:
             raise Trap(f"handle index {h} is borrowed, but an own handle is required")
         if entry.lends:
             raise Trap(f"handle index {h} is lent out and cannot be moved")
-        self._remove(h)
+        self.remove(h)
         if isinstance(rt, ImportedResource):
             return self.state.table.take(entry.rep, rt.kind)
         return GuestResource(rt, entry.rep)
 
     def lend(self, m: canon.MemCx, h: int, rt: ResourceT) -> Any:
         """A ``borrow`` argument: the handle stays the guest's, lent for this call."""
-        entry = self._entry(h)
+        entry = self.get(h)
         if entry.key is not _key(rt):
             raise Trap(f"handle index {h} is not a {_rname(rt)}")
         if entry.own:
@@ -460,9 +512,9 @@ class ComponentInstance:
             if not isinstance(obj, kind.py_class):
                 raise Trap(f"expected a {kind.name} ({kind.py_class.__name__}), got {obj!r}")
             rep = self.state.table.insert(obj, kind)
-            return self._add(_HandleEntry(kind, rep, True))
+            return self.add(_HandleEntry(kind, rep, True))
         if isinstance(obj, GuestResource) and obj.resource is rt:
-            return self._add(_HandleEntry(rt, obj.rep, True))
+            return self.add(_HandleEntry(rt, obj.rep, True))
         raise Trap(f"expected a handle of this component's own resource, got {obj!r}")
 
     def new_borrow(self, m: canon.MemCx, rt: ResourceT, obj: Any) -> int:
@@ -473,10 +525,10 @@ class ComponentInstance:
             rep = self.state.table.insert(obj, rt.kind)
             scope.count += 1
             m.temp_reps.append((rep, rt.kind))
-            return self._add(_HandleEntry(rt.kind, rep, False, scope))
+            return self.add(_HandleEntry(rt.kind, rep, False, scope))
         if isinstance(obj, GuestResource) and obj.resource is rt:
             scope.count += 1
-            return self._add(_HandleEntry(rt, obj.rep, False, scope))
+            return self.add(_HandleEntry(rt, obj.rep, False, scope))
         raise Trap(f"expected a handle of this component's own resource, got {obj!r}")
 
     def _builtin(self, item: ResourceBuiltin) -> Any:
@@ -488,7 +540,7 @@ class ComponentInstance:
 
             def new(args: Any) -> int:
                 try:
-                    args[0].i32 = self._add(_HandleEntry(rt, args[0].i32 & 0xFFFF_FFFF, True))
+                    args[0].i32 = self.add(_HandleEntry(rt, args[0].i32 & 0xFFFF_FFFF, True))
                     return 0
                 except Trap as e:
                     return _trap_ptr(f"resource.new: {e}")
@@ -499,7 +551,7 @@ class ComponentInstance:
 
             def rep(args: Any) -> int:
                 try:
-                    entry = self._entry(args[0].i32 & 0xFFFF_FFFF)
+                    entry = self.get(args[0].i32 & 0xFFFF_FFFF)
                     if entry.key is not key:
                         raise Trap(f"handle index {args[0].i32 & 0xFFFF_FFFF} is not of this resource type")
                     args[0].i32 = entry.rep
@@ -526,12 +578,12 @@ class ComponentInstance:
         return self._new_func(["i32"], [], drop)
 
     def drop_handle(self, h: int, key: Any, dtor: Any) -> None:
-        entry = self._entry(h)
+        entry = self.get(h)
         if entry.key is not key:
             raise Trap(f"handle index {h} is not of the dropped resource type")
         if entry.lends:
             raise Trap(f"handle index {h} is lent out and cannot be dropped")
-        self._remove(h)
+        self.remove(h)
         if not entry.own:
             if entry.scope is not None:
                 entry.scope.count -= 1
@@ -540,6 +592,133 @@ class ComponentInstance:
             self.state.table.drop(entry.rep)
         elif dtor is not None:
             self.call_core(dtor, [entry.rep], ["i32"], [])
+
+    # --- the async ABI: built-ins, waiting, streams and futures crossing ------------------------
+    def _async_builtin(self, item: Builtin) -> Any:
+        params, results, body = builtins.make(self, item)
+        readers = _readers(params)
+        writers = [_writer(t) for t in results]
+        op = item.op
+        state = self.state
+
+        def tramp(args: Any) -> int:
+            try:
+                out = body([r(args[i]) for i, r in enumerate(readers)])
+                for i, w in enumerate(writers):
+                    w(args[i], out[i])
+                return 0
+            except Trap as e:
+                message = str(e)
+                return _trap_ptr(message if message.startswith(op) else f"{op}: {message}")
+            except Exception as e:  # a call into the guest (realloc) trapped, or a host bug
+                return _trap_ptr(host_call_failure(f"canon {op}", e, lambda code: setattr(state, "exit_code", code)))
+
+        return self._new_func(params, results, tramp)
+
+    @property
+    def scheduler(self) -> Scheduler:
+        return self.state.scheduler
+
+    def block_until(self, done: Callable[[], bool], what: str) -> None:
+        """Run the store's host work until ``done()``; the current task blocks meanwhile
+        (only ``async`` functions may: a synchronous one traps, as the spec says)."""
+        scheduler = self.scheduler
+        scheduler.run_ready()
+        if done():
+            return
+        task = self.current_task
+        if task is not None and not task.ft.is_async and task.state != Task.RESOLVED:
+            raise Trap(f"cannot block a synchronous task before returning ({what})")
+        scheduler.wait_until(done, what)
+
+    def wait_for_event(self, wset: WaitableSet, cancellable: bool) -> tuple[int, int, int]:
+        task = self.current_task
+        if task is not None and task.deliver_pending_cancel(cancellable):
+            return (EventCode.TASK_CANCELLED, 0, 0)
+        wset.num_waiting += 1
+        try:
+            self.block_until(wset.has_pending_event, "the guest waits on a waitable set")
+        finally:
+            wset.num_waiting -= 1
+        return wset.get_pending_event()
+
+    def wait_sync(self, w: Waitable) -> None:
+        """A synchronous read, write, cancel or call waits for its own event."""
+        w.has_sync_waiter = True
+        try:
+            self.block_until(w.has_pending_event, f"the guest waits for its {w.what} synchronously")
+        finally:
+            w.has_sync_waiter = False
+
+    def finish_copy(self, e: CopyEnd, async_: bool, op: str) -> list[Any]:
+        """The end of ``stream_copy``/``future_copy``: a host on the other side may complete
+        the copy at once (it runs now); otherwise wait (sync) or report BLOCKED (async)."""
+        if not e.has_pending_event():
+            self.scheduler.run_ready()
+        if not e.has_pending_event():
+            if not async_:
+                self.wait_sync(e)
+            else:
+                return [BLOCKED]
+        _, _, payload = e.get_pending_event()
+        return [payload]
+
+    def cancel_subtask(self, subtask: Subtask) -> None:
+        """Ask the host function behind ``subtask`` to stop (its coroutine gets Cancelled)."""
+        host_task = subtask.host_task
+        if host_task is not None and not host_task.done:
+            host_task.cancel()
+
+    def context_storage(self) -> list[int]:
+        task = self.current_task
+        return task.storage if task is not None else self._no_task_storage
+
+    def same_lift_options(self, m: canon.MemCx | None, task_mem: canon.MemCx) -> bool:
+        """``LiftOptions.equal`` of task.return's options and the lift's: the same memory
+        instance and string encoding."""
+        memory = m.memory if m is not None else None
+        encoding = m.encoding if m is not None else "utf8"
+        return _same_memory(memory, task_mem.memory) and encoding == task_mem.encoding
+
+    def lift_async_end(self, h: int, t: StreamT | FutureT) -> Stream | Future:
+        """A readable end leaves the guest's table (``lift_async_value``): ownership moves."""
+        is_stream = isinstance(t, StreamT)
+        kind = "stream" if is_stream else "future"
+        e = self.get(h)
+        if not isinstance(e, ReadableStreamEnd if is_stream else ReadableFutureEnd):
+            raise Trap(f"handle index {h} is not the readable end of a {kind} (it is a {getattr(e, 'what', 'resource handle')})")
+        if not same_type(e.shared.t, t.elem):
+            raise Trap(f"the {kind} at handle index {h} has another element type than {t.signature()}")
+        if e.state == CopyState.DONE:
+            raise Trap("cannot lift stream after being notified that the writable end dropped" if is_stream
+                       else "cannot lift future after previous read succeeded")
+        if e.state != CopyState.IDLE:
+            raise Trap(f"cannot remove busy {kind} (a copy is in progress)")
+        if e.wset is not None:
+            raise Trap(f"cannot lift {kind} while it's in a waitable set")
+        self.remove(h)
+        return e.shared
+
+    def lower_async_end(self, value: Any, t: StreamT | FutureT) -> int:
+        is_stream = isinstance(t, StreamT)
+        if not isinstance(value, Stream if is_stream else Future):
+            raise Trap(f"expected a {'Stream' if is_stream else 'Future'} for {t.signature()}, got {value!r}")
+        if value.t is UNSET:
+            value.t = t.elem  # a host-made stream or future learns its element type here
+        elif not same_type(value.t, t.elem):
+            raise Trap(f"a {'stream' if is_stream else 'future'} of another element type cannot cross as {t.signature()}")
+        return self.add(ReadableStreamEnd(value) if is_stream else ReadableFutureEnd(value))
+
+    def lift_error_context(self, h: int) -> ErrorContext:
+        e = self.get(h)
+        if not isinstance(e, ErrorContext):
+            raise Trap(f"handle index {h} is not an error context")
+        return e
+
+    def lower_error_context(self, value: Any) -> int:
+        if not isinstance(value, ErrorContext):
+            value = ErrorContext(str(value))
+        return self.add(value)
 
     # --- canon lower --------------------------------------------------------------------------
     def _lower(self, item: Lowered) -> Any:
@@ -551,27 +730,72 @@ class ComponentInstance:
                 raise LinkError(f"the component needs an import this host does not provide: {hi.interface}#{hi.name}")
             spec = self.bound.specs[id(hi)] = LowerSpec(fn, hi.type)
         m = self.memcx(item.opts)
+        if item.opts.async_:
+            params, results = hi.type.async_lower_core_type()
+            return self._new_func(params, results, make_async_trampoline(self, spec, m))
         params, results = spec.core_type
         return self._new_func(params, results, make_trampoline(self, spec, m))
 
+    def finish_host_call(self, spec: LowerSpec, m: canon.MemCx, host_task: HostTask, retptr: int, subtask: Subtask | None) -> int:
+        """An async host call ended: its result goes to the guest's result pointer; returns
+        the subtask state to report. Failures other than a WIT error trap the guest."""
+        fn = spec.fn
+        error = host_task.error
+        if error is None:
+            result = host_task.result
+        elif isinstance(error, WitError):
+            if not spec.returns_result:
+                raise Trap(f"{fn.qualname}: error {error.payload!r} from a function that returns no result")
+            result = Err(error.payload)
+        elif isinstance(error, Cancelled):
+            if subtask is not None and subtask.cancellation_requested:
+                return Subtask.CANCELLED_BEFORE_RETURNED
+            raise Trap(f"{fn.qualname}: the host call was cancelled")
+        else:
+            raise Trap(host_call_failure(fn.qualname, error if isinstance(error, Exception) else Exception(repr(error)),
+                                         lambda code: setattr(self.state, "exit_code", code)))
+        if OUTGOING_VALUE_HOOKS:
+            for hook in OUTGOING_VALUE_HOOKS:
+                hook(fn.qualname, result)
+        if spec.result_conv is not None:
+            m.forget()
+            canon.check_range(m.view(), retptr, spec.result_size, "result")
+            spec.result_conv.store(m, result, retptr)
+            m.forget()
+        return Subtask.RETURNED
+
     # --- canon lift -------------------------------------------------------------------------------
     def call_export(self, lifted: Lifted, args: tuple[Any, ...]) -> Any:
+        """Call a lifted export with Python values (``canon lift``): synchronously, or, for
+        an ``async`` lift, through task.return and (with a callback) the event loop that
+        runs until the task exits, with host work run while it waits."""
         ft = lifted.type
+        opts = lifted.opts
         if len(args) != len(ft.params):
             raise TypeError(f"expected {len(ft.params)} arguments, got {len(args)}")
         if self.closed:
             raise WasmtimeError("the component instance is closed")
         if not self.may_enter:
-            raise WasmtimeError("cannot enter the component instance: it is already running (reentrance)")
-        params, results = ft.lift_core_type()
+            raise WasmtimeError("cannot enter component instance: it is already running (reentrance)")
+        if opts.async_:
+            params, results = ft.async_lift_core_type(opts.callback is not None)
+        else:
+            params, results = ft.lift_core_type()
         func = self._checked_func(lifted.core_func, params, results, "lifted export")
-        post = None
-        if lifted.opts.post_return is not None:
-            post = self._checked_func(lifted.opts.post_return, results, [], "post-return")
-        m = self.memcx(lifted.opts)
+        post = callback = None
+        if opts.post_return is not None:
+            post = self._checked_func(opts.post_return, results, [], "post-return")
+        if opts.callback is not None:
+            callback = self._checked_func(opts.callback, ["i32", "i32", "i32"], ["i32"], "callback")
+        m = self.memcx(opts)
+        if ft.is_async and self.backpressure > 0:
+            raise WasmtimeError("cannot enter component instance: it has backpressure set "
+                                "(backpressure.inc without backpressure.dec) and no task runs that could clear it")
         scope = _BorrowScope()
         m.borrow_scope = scope
         m.temp_reps = []
+        task = Task(ft, opts, m)
+        outer_task, self.current_task = self.current_task, task
         self.may_enter = False
         try:
             try:
@@ -588,30 +812,31 @@ class ComponentInstance:
             except Trap as e:  # the embedder's values do not fit the export's types
                 raise TypeError(str(e)) from None
             m.forget()
-            out = self.call_core(func, flat, params, results)
-            m.forget()
             try:
-                value = None
-                if ft.result is not None:
-                    c = canon.conv(ft.result)
-                    if ft.results_spill:
-                        ptr = out[0]
-                        if ptr != align_to(ptr, ft.result.align):
-                            raise Trap(f"result pointer {ptr:#x} is misaligned")
-                        v = m.view()
-                        canon.check_range(v, ptr, ft.result.size, "result")
-                        value = c.load(m, v, ptr)
-                    else:
-                        value, _ = c.lift_flat(m, out, 0)
+                out = self.call_core(func, flat, params, results)
+                m.forget()
+                if opts.async_:
+                    if callback is not None:
+                        self._event_loop(task, callback, out[0])
+                    if task.state != Task.RESOLVED:
+                        raise Trap("the async export exited without calling task.return (or task.cancel)")
+                    value = task.result
+                else:
+                    value = self._lift_result(ft, m, out)
             except Trap as e:
-                raise WasmtimeError(f"lifting the result: {e}") from None
+                raise WasmtimeError(str(e)) from None
             if post is not None:
-                self.call_core(post, out, results, [])
+                self.may_leave = False
+                try:
+                    self.call_core(post, out, results, [])
+                finally:
+                    self.may_leave = True
             if scope.count:
                 raise WasmtimeError("borrow handles still remain at the end of the call")
             return value
         finally:
             self.may_enter = True
+            self.current_task = outer_task
             m.borrow_scope = None
             for rep, kind in m.temp_reps:
                 try:
@@ -619,6 +844,55 @@ class ComponentInstance:
                 except Trap:
                     pass
             m.forget()
+
+    def _lift_result(self, ft: FuncT, m: canon.MemCx, out: list[Any]) -> Any:
+        if ft.result is None:
+            return None
+        c = canon.conv(ft.result)
+        try:
+            if ft.results_spill:
+                ptr = out[0]
+                if ptr != align_to(ptr, ft.result.align):
+                    raise Trap(f"result pointer {ptr:#x} is misaligned")
+                v = m.view()
+                canon.check_range(v, ptr, ft.result.size, "result")
+                return c.load(m, v, ptr)
+            value, _ = c.lift_flat(m, out, 0)
+            return value
+        except Trap as e:
+            raise Trap(f"lifting the result: {e}") from None
+
+    def _event_loop(self, task: Task, callback: Any, packed: int) -> None:
+        """The ``async callback`` loop of ``canon_lift``: EXIT ends it, YIELD lets host work
+        run, WAIT waits for an event of the given waitable set; each event goes to the
+        callback. Once the task has returned its value, a wait nothing can end stops the
+        loop instead of trapping (its remaining work could never finish)."""
+        scheduler = self.scheduler
+        while True:
+            code, si = packed & 0xF, packed >> 4
+            if code == CallbackCode.EXIT:
+                task.exited = True
+                return
+            if code == CallbackCode.YIELD:
+                if task.deliver_pending_cancel(True):
+                    event: tuple[int, int, int] = (EventCode.TASK_CANCELLED, 0, 0)
+                else:
+                    scheduler.run_ready()
+                    scheduler.poll(block=False)
+                    scheduler.run_ready()
+                    event = (EventCode.NONE, 0, 0)
+            elif code == CallbackCode.WAIT:
+                wset = self.get(si)
+                if not isinstance(wset, WaitableSet):
+                    raise Trap(f"the callback returned WAIT on handle index {si}, which is not a waitable set")
+                if task.state == Task.RESOLVED and not wset.has_pending_event():
+                    scheduler.run_ready()
+                    if not wset.has_pending_event() and not scheduler.poll(block=False) and not wset.has_pending_event():
+                        return  # returned, and nothing can ever wake it: done
+                event = self.wait_for_event(wset, True)
+            else:
+                raise Trap(f"unsupported callback code: {code}")
+            packed = self.call_core(callback, list(event), ["i32", "i32", "i32"], ["i32"])[0]
 
     def lookup_export(self, path: list[str]) -> Lifted | None:
         node: Any = self.component.plan.exports
@@ -679,6 +953,14 @@ def _views_alive(lent: list[tuple[Any, memoryview]]) -> bool:
     return False
 
 
+def _same_memory(a: Any, b: Any) -> bool:
+    """Whether two ``wasmtime_memory_t`` values name one memory instance (the structs are
+    copies: compare the store and the index, not the Python objects)."""
+    if a is None or b is None:
+        return a is b
+    return bytes(a) == bytes(b)
+
+
 def _trap_message(trap: Any) -> str:
     from wasmtime import Trap as WasmTrap
 
@@ -732,10 +1014,13 @@ def make_trampoline(inst: ComponentInstance, spec: LowerSpec, m: canon.MemCx) ->
     result_writer = spec.result_writer
     single_lift = param_convs[0] if len(param_convs) == 1 and not ft.params_spill else None
     fills = fn.fills
+    is_async = fn.is_async
 
     owned, kept = fn.owned, fn.kept
 
     def tramp(args: Any) -> int:
+        if not inst.may_leave:
+            return _trap_ptr(f"{qualname}: cannot call an import during realloc or post-return")
         m.forget()
         outer_borrows, m.borrows = m.borrows, None  # a nested call (from realloc) keeps its own
         pyargs: Any = []
@@ -765,6 +1050,8 @@ def make_trampoline(inst: ComponentInstance, spec: LowerSpec, m: canon.MemCx) ->
                         result = impl(state, *pyargs, fill=canon.Filler(m))
                     else:
                         result = impl(state, *pyargs)
+                    if is_async:  # an async import called synchronously: the task blocks
+                        result = run_to_completion(inst, result, qualname)
                     returned = True
                 except WitError as e:
                     if not returns_result:
@@ -800,6 +1087,116 @@ def make_trampoline(inst: ComponentInstance, spec: LowerSpec, m: canon.MemCx) ->
                 m.borrows = outer_borrows
             return 0
         except Exception as e:
+            return _trap_ptr(host_call_failure(qualname, e, lambda code: setattr(state, "exit_code", code)))
+
+    return tramp
+
+
+def run_to_completion(inst: ComponentInstance, coro: Any, qualname: str) -> Any:
+    """Run an async host function's coroutine until it returns (a synchronous caller)."""
+    host_task = inst.scheduler.start(coro, qualname)
+    if not host_task.done:
+        inst.block_until(lambda: host_task.done, f"the guest called {qualname} synchronously")
+    if host_task.error is not None:
+        raise host_task.error
+    return host_task.result
+
+
+def make_async_trampoline(inst: ComponentInstance, spec: LowerSpec, m: canon.MemCx) -> Callable[[Any], int]:
+    """The native body of ``canon lower ... async`` of a host function: lift the arguments,
+    start the host coroutine and run it until it first waits; if it finished, store the
+    result and return RETURNED, else return a new subtask (STARTED), whose SUBTASK event
+    comes when the coroutine ends and its result is in guest memory."""
+    fn = spec.fn
+    ft = spec.ft
+    impl = fn.impl
+    qualname = fn.qualname
+    state = inst.state
+    spill = ft.async_params_spill
+    readers = _readers(["i32"] if spill else ft.all_flat_params)
+    nparams = len(readers)
+    param_convs = [canon.conv(t).lift_flat for _, t in ft.params]
+    tuple_conv = canon.conv(ft.param_tuple) if spill and ft.param_tuple is not None else None
+    tuple_size = ft.param_tuple.size if ft.param_tuple is not None else 0
+    tuple_align = ft.param_tuple.align if ft.param_tuple is not None else 1
+    has_result = ft.result is not None
+    result_align = spec.result_align
+    result_size = spec.result_size
+    owned, kept = fn.owned, fn.kept
+
+    def tramp(args: Any) -> int:
+        if not inst.may_leave:
+            return _trap_ptr(f"{qualname}: cannot call an import during realloc or post-return")
+        m.forget()
+        outer_borrows, m.borrows = m.borrows, None
+        pyargs: Any = []
+        lent: list[_HandleEntry] = []
+        try:
+            try:
+                if tuple_conv is not None:
+                    ptr = args[0].i32 & 0xFFFF_FFFF
+                    if ptr != align_to(ptr, tuple_align):
+                        raise Trap(f"argument pointer {ptr:#x} is misaligned")
+                    v = m.view()
+                    canon.check_range(v, ptr, tuple_size, "arguments")
+                    pyargs = list(tuple_conv.load(m, v, ptr))
+                else:
+                    flat = [r(args[i]) for i, r in enumerate(readers)]
+                    i = 0
+                    for lift in param_convs:
+                        value, i = lift(m, flat, i)
+                        pyargs.append(value)
+                retptr = 0
+                if has_result:
+                    retptr = args[nparams].i32 & 0xFFFF_FFFF
+                    if retptr != align_to(retptr, result_align):
+                        raise Trap(f"result pointer {retptr:#x} is misaligned")
+                    canon.check_range(m.view(), retptr, result_size, "result")
+                lent = [inst.handles[h] for h in m.borrows or ()]
+            finally:
+                m.borrows = outer_borrows
+            call = impl(state, *pyargs)
+            if not fn.is_async:  # a synchronous host function behind an async lower
+                async def done_now(value: Any = call) -> Any:
+                    return value
+                call = done_now()
+            host_task = inst.scheduler.start(call, qualname)
+            if host_task.done:
+                entries, lent = lent, []
+                consumed, pyargs = pyargs, []
+                try:
+                    inst.finish_host_call(spec, m, host_task, retptr, None)
+                finally:
+                    if owned:
+                        drop_consumed_arguments(consumed, owned, kept, host_task.error is None)
+                    for entry in entries:
+                        entry.lends -= 1
+                args[0].i32 = Subtask.RETURNED
+                return 0
+            subtask = Subtask(qualname)
+            subtask.host_task = host_task
+            subtask.lenders = lent
+            subtask.index = inst.add(subtask)
+            lent, pyargs_kept, pyargs = [], pyargs, []
+
+            def on_done(t: HostTask) -> None:
+                if inst.closed or t.scheduler.closed:
+                    return
+                try:
+                    subtask.resolve(inst.finish_host_call(spec, m, t, retptr, subtask))
+                finally:
+                    if owned:
+                        drop_consumed_arguments(pyargs_kept, owned, kept, t.error is None)
+                subtask.set_pending_event(subtask.event)
+
+            host_task.add_done_callback(on_done)
+            args[0].i32 = Subtask.STARTED | (subtask.index << 4)
+            return 0
+        except Exception as e:
+            for entry in lent:
+                entry.lends -= 1
+            if owned and pyargs:
+                drop_consumed_arguments(pyargs, owned, kept, False)
             return _trap_ptr(host_call_failure(qualname, e, lambda code: setattr(state, "exit_code", code)))
 
     return tramp

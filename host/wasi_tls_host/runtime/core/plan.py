@@ -21,9 +21,9 @@ from typing import Any
 
 from .. import leb128
 from .types import (
-    PRIM_CODES, PRIMS, AbstractResource, ComponentT, DefinedResource, Flags, FuncT, Handle, ImportedResource,
-    InstanceT, ListT, Malformed, Record, ResourceT, Tuple, Unsupported, ValType, Variant, enum_type, option_type,
-    result_type,
+    ERROR_CONTEXT, PRIM_CODES, PRIMS, AbstractResource, Prim, ComponentT, DefinedResource, Flags, FuncT, FutureT, Handle,
+    ImportedResource, InstanceT, ListT, Malformed, Record, Refused, ResourceT, StreamT, Tuple, Unsupported, ValType,
+    Variant, contains_borrow, enum_type, option_type, result_type,
 )
 
 # --- core items a plan refers to --------------------------------------------------------------
@@ -53,6 +53,8 @@ class Opts:
     memory: Any = None
     realloc: Any = None
     post_return: Any = None
+    async_: bool = False
+    callback: Any = None
 
 
 @dataclass(eq=False)
@@ -72,6 +74,19 @@ class Lifted:
 class ResourceBuiltin:
     op: str  # new | drop | rep
     resource: ResourceT
+
+
+@dataclass(eq=False)
+class Builtin:
+    """A ``canon`` built-in of the async ABI (task, waitable, stream, future, error-context,
+    context and backpressure built-ins): ``op`` is its name in CanonicalABI.md
+    (``stream.read``, ``waitable-set.wait``, ...)."""
+
+    op: str
+    type: Any = None  # stream.*/future.*: the StreamT/FutureT; task.return: the result type
+    opts: Opts | None = None
+    flag: bool = False  # the async? or cancellable? immediate
+    index: int = 0  # context.get/set: the slot
 
 
 @dataclass(eq=False)
@@ -283,7 +298,7 @@ class Planner:
             return Handle(self.resource_of(scope, r.u32()), True)
         if code == 0x68:
             return Handle(self.resource_of(scope, r.u32()), False)
-        if code == 0x40:
+        if code in (0x40, 0x43):
             params = [(r.name(), self.valtype(r, scope)) for _ in range(r.u32())]
             tag = r.byte()
             if tag == 0x00:
@@ -292,7 +307,16 @@ class Planner:
                 result = None
             else:
                 raise Unsupported("functions with named results")
-            return FuncT(params, result)
+            return FuncT(params, result, is_async=code == 0x43)
+        if code == 0x66:
+            elem = self.opt_valtype(r, scope)
+            if isinstance(elem, Prim) and elem.name == "char":
+                raise Malformed("`stream<char>` is not valid (the Canonical ABI does not define it yet)")
+            return StreamT(elem)
+        if code == 0x65:
+            return FutureT(self.opt_valtype(r, scope))
+        if code == 0x64:
+            return ERROR_CONTEXT
         if code == 0x42:
             return self.instance_type(r, Scope(scope))
         if code == 0x41:
@@ -306,8 +330,7 @@ class Planner:
                 dtor = ("core func", r.u32())
             res = DefinedResource(dtor)
             return res
-        names = {0x43: "async functions", 0x67: "fixed-length lists", 0x66: "streams", 0x65: "futures",
-                 0x64: "error-context", 0x63: "maps", 0x3E: "async resources"}
+        names = {0x67: "fixed-length lists", 0x63: "maps", 0x3E: "async resources"}
         raise Unsupported(names.get(code, f"type constructor 0x{code:02x}"))
 
     def externtype(self, r: Reader, scope: Scope) -> tuple[str, Any]:
@@ -430,7 +453,9 @@ class Planner:
             elif tag == 0x05:
                 o.post_return = scope.get("core func", r.u32())
             elif tag == 0x06:
-                raise Unsupported("async canon option")
+                o.async_ = True
+            elif tag == 0x07:
+                o.callback = scope.get("core func", r.u32())
             else:
                 raise Unsupported(f"canon option 0x{tag:02x}")
         return o
@@ -445,6 +470,7 @@ class Planner:
             ft = scope.get("type", r.u32())
             if not isinstance(ft, FuncT):
                 raise Malformed("canon lift with a non-function type")
+            check_lift_opts(opts, ft)
             scope.add("func", Lifted(core_func, opts, ft))
         elif tag == 0x01:
             if r.byte() != 0x00:
@@ -453,12 +479,70 @@ class Planner:
             opts = self.opts(r, scope)
             if not isinstance(func, HostImport):
                 raise Unsupported("canon lower of a function the component defines itself (component-to-component calls)")
+            if opts.callback is not None or opts.post_return is not None:
+                raise Malformed("canon lower takes no callback or post-return option")
+            if opts.async_ and not func.type.is_async:
+                raise Malformed(f"the `async` canonical option requires an async function type ({func.name})")
+            if opts.async_ and opts.memory is None and (func.type.result is not None or func.type.async_params_spill):
+                raise Malformed(f"canon lower async of {func.name} has no memory option")
             scope.add("core func", Lowered(func, opts))
         elif tag in (0x02, 0x03, 0x04):
             res = self.resource_of(scope, r.u32()).resolve()
             scope.add("core func", ResourceBuiltin({0x02: "new", 0x03: "drop", 0x04: "rep"}[tag], res))
         else:
-            raise Unsupported(f"canon built-in 0x{tag:02x} (async, streams, threads)")
+            scope.add("core func", self.builtin(tag, r, scope))
+
+    def builtin(self, tag: int, r: Reader, scope: Scope) -> Builtin:
+        """The async ABI's built-ins (Binary.md ``canon``); the thread built-ins that need a
+        second wasm stack are refused, naming the feature."""
+        simple = BUILTINS_WITHOUT_IMMEDIATES.get(tag)
+        if simple is not None:
+            return Builtin(simple)
+        if tag == 0x09:  # task.return
+            result = None
+            flag = r.byte()
+            if flag == 0x00:
+                result = self.valtype(r, scope)
+            elif flag == 0x01:
+                if r.byte() != 0x00:
+                    raise Unsupported("task.return with named results")
+            else:
+                raise Malformed("bad task.return result list")
+            return Builtin("task.return", result, self.opts(r, scope))
+        if tag in (0x0A, 0x0B):  # context.get/set
+            if r.byte() != 0x7F:
+                raise Refused("64-bit context.get/set (the memory64 ABI)")
+            index = r.u32()
+            if index > 1:
+                raise Malformed(f"context slot {index} (there are two)")
+            return Builtin("context.get" if tag == 0x0A else "context.set", index=index)
+        if tag in STREAM_FUTURE_BUILTINS:
+            op, with_opts, with_flag = STREAM_FUTURE_BUILTINS[tag]
+            t = scope.get("type", r.u32())
+            want = StreamT if op.startswith("stream.") else FutureT
+            if not isinstance(t, want):
+                raise Malformed(f"{op} of a type that is not a {want.__name__[:-1].lower()}")
+            if contains_borrow(t.elem):
+                raise Malformed(f"{op} of a type holding borrowed handles")
+            opts = self.opts(r, scope) if with_opts else None
+            flag = r.byte() == 0x01 if with_flag else False
+            if opts is not None and t.elem is not None and opts.memory is None:
+                raise Malformed(f"{op} of {t.signature()} has no memory option")
+            return Builtin(op, t, opts, flag)
+        if tag == 0x06:  # subtask.cancel async?
+            return Builtin("subtask.cancel", flag=r.byte() == 0x01)
+        if tag == 0x0C:  # thread.yield cancellable?
+            return Builtin("thread.yield", flag=r.byte() == 0x01)
+        if tag in (0x20, 0x21):  # waitable-set.wait/poll cancellable? memory
+            flag = r.byte() == 0x01
+            opts = Opts(memory=scope.get("core memory", r.u32()))
+            return Builtin("waitable-set.wait" if tag == 0x20 else "waitable-set.poll", opts=opts, flag=flag)
+        if tag in (0x1C, 0x1D):  # error-context.new/debug-message opts
+            return Builtin("error-context.new" if tag == 0x1C else "error-context.debug-message", opts=self.opts(r, scope))
+        if tag in THREAD_BUILTINS:
+            raise Refused(f"canon {THREAD_BUILTINS[tag]} (cooperative threads need stack switching, which "
+                          "wasmtime's core API does not offer)")
+        raise Unsupported(f"canon built-in 0x{tag:02x}")
 
     # sections ------------------------------------------------------------------------------
     def component(self, data: bytes | memoryview, scope: Scope, args: dict[str, tuple[str, Any]] | None) -> dict[str, tuple[str, Any]]:
@@ -613,6 +697,39 @@ class Planner:
                 scope.add("type", target)
         else:
             raise Unsupported(f"{sort} imports")
+
+
+BUILTINS_WITHOUT_IMMEDIATES = {
+    0x05: "task.cancel", 0x0D: "subtask.drop", 0x1E: "error-context.drop", 0x1F: "waitable-set.new",
+    0x22: "waitable-set.drop", 0x23: "waitable.join", 0x24: "backpressure.inc", 0x25: "backpressure.dec",
+    0x26: "thread.index",
+}
+# tag -> (op, has canon options, has an async? immediate)
+STREAM_FUTURE_BUILTINS = {
+    0x0E: ("stream.new", False, False), 0x0F: ("stream.read", True, False), 0x10: ("stream.write", True, False),
+    0x11: ("stream.cancel-read", False, True), 0x12: ("stream.cancel-write", False, True),
+    0x13: ("stream.drop-readable", False, False), 0x14: ("stream.drop-writable", False, False),
+    0x15: ("future.new", False, False), 0x16: ("future.read", True, False), 0x17: ("future.write", True, False),
+    0x18: ("future.cancel-read", False, True), 0x19: ("future.cancel-write", False, True),
+    0x1A: ("future.drop-readable", False, False), 0x1B: ("future.drop-writable", False, False),
+}
+THREAD_BUILTINS = {
+    0x27: "thread.new-indirect", 0x28: "thread.resume-later", 0x29: "thread.suspend",
+    0x2A: "thread.suspend-then-resume", 0x2B: "thread.yield-then-resume", 0x2C: "thread.suspend-then-promote",
+    0x2D: "thread.yield-then-promote", 0x40: "thread.spawn-ref", 0x41: "thread.spawn-indirect",
+    0x42: "thread.available-parallelism",
+}
+
+
+def check_lift_opts(opts: Opts, ft: FuncT) -> None:
+    """``canonopt`` validation of a ``canon lift`` (CanonicalABI.md, canon lift)."""
+    if opts.async_:
+        if not ft.is_async:
+            raise Malformed("the `async` canonical option requires an async function type")
+        if opts.post_return is not None:
+            raise Malformed("canon lift async takes no post-return option")
+    elif opts.callback is not None:
+        raise Malformed("canon lift has a callback but is not async")
 
 
 def make_plan(wasm: bytes) -> Plan:

@@ -10,10 +10,16 @@ from typing import Any
 
 MAX_FLAT_PARAMS = 16
 MAX_FLAT_RESULTS = 1
+MAX_FLAT_ASYNC_PARAMS = 4  # async lower: more flat parameters than this go by pointer
 
 
 class Unsupported(Exception):
     """A construct this backend does not implement: the host falls back to the component backend."""
+
+
+class Refused(Unsupported):
+    """A construct no backend of this host runs (the component runtime has no async ABI, so
+    falling back would only fail later): the component is refused at load, naming it."""
 
 
 class Malformed(Exception):
@@ -238,6 +244,95 @@ class Handle(ValType):
         return "own" if self.own else "borrow"
 
 
+# --- async values (streams, futures, error contexts) --------------------------------------------
+
+
+@dataclass(eq=False)
+class StreamT(ValType):
+    """``stream<T>`` (``elem`` None for ``stream``): an i32 index of a readable end."""
+
+    elem: ValType | None
+
+    def __post_init__(self) -> None:
+        self.size, self.align, self.flat = 4, 4, ["i32"]
+
+    def signature(self) -> str:
+        return f"stream<{self.elem.signature()}>" if self.elem is not None else "stream"
+
+
+@dataclass(eq=False)
+class FutureT(ValType):
+    """``future<T>`` (``elem`` None for ``future``): an i32 index of a readable end."""
+
+    elem: ValType | None
+
+    def __post_init__(self) -> None:
+        self.size, self.align, self.flat = 4, 4, ["i32"]
+
+    def signature(self) -> str:
+        return f"future<{self.elem.signature()}>" if self.elem is not None else "future"
+
+
+@dataclass(eq=False)
+class ErrorContextT(ValType):
+    def __post_init__(self) -> None:
+        self.size, self.align, self.flat = 4, 4, ["i32"]
+
+    def signature(self) -> str:
+        return "error-context"
+
+
+ERROR_CONTEXT = ErrorContextT()
+
+
+def same_type(a: ValType | None, b: ValType | None) -> bool:
+    """Structural equality of two value types, as the spec's ``trap_if(e.shared.t != t)``
+    compares them (resource types by identity)."""
+    if a is b:
+        return True
+    if a is None or b is None or type(a) is not type(b):
+        return False
+    if isinstance(a, Prim):
+        return a.name == b.name  # type: ignore[attr-defined]
+    if isinstance(a, Handle):
+        return a.own == b.own and same_resource(a.resource, b.resource)  # type: ignore[attr-defined]
+    if isinstance(a, (ListT, StreamT, FutureT)):
+        return same_type(a.elem, b.elem)  # type: ignore[attr-defined]
+    if isinstance(a, Record):
+        return [n for n, _ in a.fields] == [n for n, _ in b.fields] and all(  # type: ignore[attr-defined]
+            same_type(x, y) for (_, x), (_, y) in zip(a.fields, b.fields))  # type: ignore[attr-defined]
+    if isinstance(a, Tuple):
+        return len(a.elems) == len(b.elems) and all(same_type(x, y) for x, y in zip(a.elems, b.elems))  # type: ignore[attr-defined]
+    if isinstance(a, Variant):
+        return a.kind == b.kind and [n for n, _ in a.cases] == [n for n, _ in b.cases] and all(  # type: ignore[attr-defined]
+            same_type(x, y) for (_, x), (_, y) in zip(a.cases, b.cases))  # type: ignore[attr-defined]
+    return a.signature() == b.signature()  # flags, error-context
+
+
+def same_resource(a: ResourceT, b: ResourceT) -> bool:
+    ra, rb = a.resolve(), b.resolve()
+    if ra is rb:
+        return True
+    # Two imports of one host resource are one type once bound to the host's kind.
+    return isinstance(ra, ImportedResource) and isinstance(rb, ImportedResource) and ra.kind is not None and ra.kind is rb.kind
+
+
+def contains_borrow(t: ValType | None) -> bool:
+    if t is None or isinstance(t, (Prim, StreamT, FutureT, ErrorContextT)):
+        return False
+    if isinstance(t, Handle):
+        return not t.own
+    if isinstance(t, ListT):
+        return contains_borrow(t.elem)
+    if isinstance(t, Record):
+        return any(contains_borrow(ft) for _, ft in t.fields)
+    if isinstance(t, Tuple):
+        return any(contains_borrow(et) for et in t.elems)
+    if isinstance(t, Variant):
+        return any(contains_borrow(ct) for _, ct in t.cases)
+    return False
+
+
 # --- functions and instance types -----------------------------------------------------------
 
 
@@ -245,6 +340,7 @@ class Handle(ValType):
 class FuncT:
     params: list[tuple[str, ValType]]
     result: ValType | None
+    is_async: bool = False  # ``async func`` (may block its caller)
 
     def __post_init__(self) -> None:
         flat_params: list[str] = []
@@ -259,7 +355,8 @@ class FuncT:
 
     def signature(self) -> str:
         params = ",".join(t.signature() for _, t in self.params)
-        return f"({params})->{self.result.signature() if self.result is not None else '()'}"
+        text = f"({params})->{self.result.signature() if self.result is not None else '()'}"
+        return f"async{text}" if self.is_async else text
 
     def lower_core_type(self) -> tuple[list[str], list[str]]:
         """The core signature of ``canon lower`` of this function (results by pointer)."""
@@ -270,6 +367,30 @@ class FuncT:
     def lift_core_type(self) -> tuple[list[str], list[str]]:
         """The core signature a ``canon lift`` of this function must have."""
         return list(self.flat_params), list(self.flat_results)
+
+    @property
+    def all_flat_params(self) -> list[str]:
+        flat: list[str] = []
+        for _, t in self.params:
+            flat += t.flat
+        return flat
+
+    @property
+    def async_params_spill(self) -> bool:
+        return len(self.all_flat_params) > MAX_FLAT_ASYNC_PARAMS
+
+    def async_lower_core_type(self) -> tuple[list[str], list[str]]:
+        """``canon lower ... async``: at most 4 flat parameters (else one pointer), the
+        result always by pointer, and an i32 status returned (CanonicalABI flatten_functype)."""
+        params = ["i32"] if self.async_params_spill else self.all_flat_params
+        if self.result is not None:
+            params = [*params, "i32"]
+        return params, ["i32"]
+
+    def async_lift_core_type(self, callback: bool) -> tuple[list[str], list[str]]:
+        """``canon lift ... async``: the parameters as for a sync lift; an i32 callback code
+        returned with a callback, nothing without (the result goes through task.return)."""
+        return list(self.flat_params), (["i32"] if callback else [])
 
 
 @dataclass(eq=False)

@@ -1,0 +1,226 @@
+;; The async ABI against a host interface of async functions, streams and futures, written
+;; by hand so that every built-in call and status code is visible (tests/test_async_abi.py).
+;;
+;; Exports lifted `async` without a callback ("stackful": they wait inline in
+;; waitable-set.wait) and one lifted with a callback (the event loop):
+;;   sleep(ms)          -> the host's async sleep-ms through a subtask and a waitable set
+;;   read-all(n)        -> reads the host's produce(n) stream to its end: the byte count
+;;   checksum(n)        -> the same, summing the bytes (checks what arrived, not just how much)
+;;   write-all(n)       -> writes n bytes into the host's consume(stream): what it counted
+;;   future-get(v)      -> reads the host's future-later(v)
+;;   cb-sleep(ms)       -> sleep, with the callback ABI
+(component
+  (import "wasi-tls-host:test/async-probe" (instance $host
+    (export "sleep-ms" (func async (param "ms" u32) (result u32)))
+    (export "produce" (func (param "n" u32) (result (stream u8))))
+    (export "consume" (func async (param "data" (stream u8)) (result u32)))
+    (export "future-later" (func (param "v" u32) (result (future u32))))
+  ))
+
+  (core module $Libc
+    (memory (export "memory") 2)
+    (global $bump (mut i32) (i32.const 65536))
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32)
+      (local $p i32)
+      (local.set $p (global.get $bump))
+      (global.set $bump (i32.add (global.get $bump) (i32.const 64)))
+      (local.get $p)))
+  (core instance $libc (instantiate $Libc))
+  (alias core export $libc "memory" (core memory $mem))
+  (alias core export $libc "realloc" (core func $realloc))
+
+  (type $ST (stream u8))
+  (type $FT (future u32))
+  (core func $sleep-ms (canon lower (func $host "sleep-ms") async (memory $mem)))
+  (core func $produce (canon lower (func $host "produce")))
+  (core func $consume (canon lower (func $host "consume") async (memory $mem)))
+  (core func $future-later (canon lower (func $host "future-later")))
+  (core func $ws-new (canon waitable-set.new))
+  (core func $ws-wait (canon waitable-set.wait (memory $mem)))
+  (core func $ws-drop (canon waitable-set.drop))
+  (core func $join (canon waitable.join))
+  (core func $subtask-drop (canon subtask.drop))
+  (core func $task-return (canon task.return (result u32)))
+  (core func $stream-new (canon stream.new $ST))
+  (core func $stream-read (canon stream.read $ST async (memory $mem)))
+  (core func $stream-write (canon stream.write $ST async (memory $mem)))
+  (core func $drop-readable (canon stream.drop-readable $ST))
+  (core func $drop-writable (canon stream.drop-writable $ST))
+  (core func $future-read (canon future.read $FT async (memory $mem)))
+  (core func $future-drop-readable (canon future.drop-readable $FT))
+
+  (core module $Main
+    (import "libc" "memory" (memory 2))
+    (import "h" "sleep-ms" (func $sleep-ms (param i32 i32) (result i32)))
+    (import "h" "produce" (func $produce (param i32) (result i32)))
+    (import "h" "consume" (func $consume (param i32 i32) (result i32)))
+    (import "h" "future-later" (func $future-later (param i32) (result i32)))
+    (import "h" "ws-new" (func $ws-new (result i32)))
+    (import "h" "ws-wait" (func $ws-wait (param i32 i32) (result i32)))
+    (import "h" "ws-drop" (func $ws-drop (param i32)))
+    (import "h" "join" (func $join (param i32 i32)))
+    (import "h" "subtask-drop" (func $subtask-drop (param i32)))
+    (import "h" "task-return" (func $task-return (param i32)))
+    (import "h" "stream-new" (func $stream-new (result i64)))
+    (import "h" "stream-read" (func $stream-read (param i32 i32 i32) (result i32)))
+    (import "h" "stream-write" (func $stream-write (param i32 i32 i32) (result i32)))
+    (import "h" "drop-readable" (func $drop-readable (param i32)))
+    (import "h" "drop-writable" (func $drop-writable (param i32)))
+    (import "h" "future-read" (func $future-read (param i32 i32) (result i32)))
+    (import "h" "future-drop-readable" (func $future-drop-readable (param i32)))
+
+    ;; memory: 0..8 event payload, 16 call result, 1024.. 32 KiB data buffer
+    (global $ws (mut i32) (i32.const 0))
+    (global $cb-subtask (mut i32) (i32.const 0))
+
+    ;; wait until `handle` has an event (it joins a fresh set for the wait); the event code
+    (func $wait-on (param $handle i32) (result i32)
+      (local $ws i32) (local $code i32)
+      (local.set $ws (call $ws-new))
+      (call $join (local.get $handle) (local.get $ws))
+      (local.set $code (call $ws-wait (local.get $ws) (i32.const 0)))
+      (if (i32.ne (i32.load (i32.const 0)) (local.get $handle)) (then unreachable))
+      (call $join (local.get $handle) (i32.const 0))
+      (call $ws-drop (local.get $ws))
+      (local.get $code))
+
+    ;; call the async import and wait for its subtask: its u32 result
+    (func (export "sleep") (param $ms i32)
+      (local $status i32) (local $subtask i32)
+      (local.set $status (call $sleep-ms (local.get $ms) (i32.const 16)))
+      (if (i32.ne (i32.and (local.get $status) (i32.const 0xf)) (i32.const 2 (; RETURNED ;)))
+        (then
+          (if (i32.ne (i32.and (local.get $status) (i32.const 0xf)) (i32.const 1 (; STARTED ;))) (then unreachable))
+          (local.set $subtask (i32.shr_u (local.get $status) (i32.const 4)))
+          (if (i32.ne (call $wait-on (local.get $subtask)) (i32.const 1 (; SUBTASK ;))) (then unreachable))
+          (if (i32.ne (i32.load (i32.const 4)) (i32.const 2 (; RETURNED ;))) (then unreachable))
+          (call $subtask-drop (local.get $subtask))))
+      (call $task-return (i32.load (i32.const 16))))
+
+    ;; read a stream to its end; returns the byte count, or the bytes' sum with $sum
+    (func $drain (param $rx i32) (param $sum i32) (result i32)
+      (local $ret i32) (local $total i32) (local $n i32) (local $i i32)
+      (block $done
+        (loop $more
+          (local.set $ret (call $stream-read (local.get $rx) (i32.const 1024) (i32.const 32768)))
+          (if (i32.eq (local.get $ret) (i32.const -1 (; BLOCKED ;)))
+            (then
+              (if (i32.ne (call $wait-on (local.get $rx)) (i32.const 2 (; STREAM_READ ;))) (then unreachable))
+              (local.set $ret (i32.load (i32.const 4)))))
+          (local.set $n (i32.shr_u (local.get $ret) (i32.const 4)))
+          (if (local.get $sum)
+            (then
+              (local.set $i (i32.const 0))
+              (block $s (loop $add
+                (br_if $s (i32.ge_u (local.get $i) (local.get $n)))
+                (local.set $total (i32.add (local.get $total) (i32.load8_u (i32.add (i32.const 1024) (local.get $i)))))
+                (local.set $i (i32.add (local.get $i) (i32.const 1)))
+                (br $add))))
+            (else (local.set $total (i32.add (local.get $total) (local.get $n)))))
+          (br_if $done (i32.eq (i32.and (local.get $ret) (i32.const 0xf)) (i32.const 1 (; DROPPED ;))))
+          (br $more)))
+      (call $drop-readable (local.get $rx))
+      (local.get $total))
+
+    (func (export "read-all") (param $n i32)
+      (call $task-return (call $drain (call $produce (local.get $n)) (i32.const 0))))
+
+    (func (export "checksum") (param $n i32)
+      (call $task-return (call $drain (call $produce (local.get $n)) (i32.const 1))))
+
+    (func (export "write-all") (param $n i32)
+      (local $pair i64) (local $rx i32) (local $tx i32) (local $status i32) (local $subtask i32)
+      (local $left i32) (local $chunk i32) (local $ret i32) (local $i i32)
+      (local.set $pair (call $stream-new))
+      (local.set $rx (i32.wrap_i64 (local.get $pair)))
+      (local.set $tx (i32.wrap_i64 (i64.shr_u (local.get $pair) (i64.const 32))))
+      ;; fill the buffer with 1s
+      (block $f (loop $fill
+        (br_if $f (i32.ge_u (local.get $i) (i32.const 32768)))
+        (i32.store8 (i32.add (i32.const 1024) (local.get $i)) (i32.const 1))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br $fill)))
+      (local.set $status (call $consume (local.get $rx) (i32.const 16)))
+      (if (i32.ne (i32.and (local.get $status) (i32.const 0xf)) (i32.const 1 (; STARTED ;))) (then unreachable))
+      (local.set $subtask (i32.shr_u (local.get $status) (i32.const 4)))
+      (local.set $left (local.get $n))
+      (block $sent (loop $write
+        (br_if $sent (i32.eqz (local.get $left)))
+        (local.set $chunk (select (local.get $left) (i32.const 32768) (i32.lt_u (local.get $left) (i32.const 32768))))
+        (local.set $ret (call $stream-write (local.get $tx) (i32.const 1024) (local.get $chunk)))
+        (if (i32.eq (local.get $ret) (i32.const -1 (; BLOCKED ;)))
+          (then
+            (if (i32.ne (call $wait-on (local.get $tx)) (i32.const 3 (; STREAM_WRITE ;))) (then unreachable))
+            (local.set $ret (i32.load (i32.const 4)))))
+        (if (i32.ne (i32.and (local.get $ret) (i32.const 0xf)) (i32.const 0 (; COMPLETED ;))) (then unreachable))
+        (local.set $left (i32.sub (local.get $left) (i32.shr_u (local.get $ret) (i32.const 4))))
+        (br $write)))
+      (call $drop-writable (local.get $tx))
+      (if (i32.ne (call $wait-on (local.get $subtask)) (i32.const 1 (; SUBTASK ;))) (then unreachable))
+      (if (i32.ne (i32.load (i32.const 4)) (i32.const 2 (; RETURNED ;))) (then unreachable))
+      (call $subtask-drop (local.get $subtask))
+      (call $task-return (i32.load (i32.const 16))))
+
+    (func (export "future-get") (param $v i32)
+      (local $rx i32) (local $ret i32)
+      (local.set $rx (call $future-later (local.get $v)))
+      (local.set $ret (call $future-read (local.get $rx) (i32.const 16)))
+      (if (i32.eq (local.get $ret) (i32.const -1 (; BLOCKED ;)))
+        (then
+          (if (i32.ne (call $wait-on (local.get $rx)) (i32.const 4 (; FUTURE_READ ;))) (then unreachable))
+          (local.set $ret (i32.load (i32.const 4)))))
+      (if (i32.ne (local.get $ret) (i32.const 0 (; COMPLETED ;))) (then unreachable))
+      (call $future-drop-readable (local.get $rx))
+      (call $task-return (i32.load (i32.const 16))))
+
+    ;; the callback ABI: start the sleep, return WAIT on a set holding the subtask
+    (func (export "cb-sleep") (param $ms i32) (result i32)
+      (local $status i32)
+      (local.set $status (call $sleep-ms (local.get $ms) (i32.const 16)))
+      (if (i32.eq (i32.and (local.get $status) (i32.const 0xf)) (i32.const 2 (; RETURNED ;)))
+        (then
+          (call $task-return (i32.load (i32.const 16)))
+          (return (i32.const 0 (; EXIT ;)))))
+      (global.set $cb-subtask (i32.shr_u (local.get $status) (i32.const 4)))
+      (global.set $ws (call $ws-new))
+      (call $join (global.get $cb-subtask) (global.get $ws))
+      (i32.or (i32.const 2 (; WAIT ;)) (i32.shl (global.get $ws) (i32.const 4))))
+    (func (export "cb-sleep-callback") (param $event i32) (param $p1 i32) (param $p2 i32) (result i32)
+      (if (i32.ne (local.get $event) (i32.const 1 (; SUBTASK ;))) (then unreachable))
+      (if (i32.ne (local.get $p1) (global.get $cb-subtask)) (then unreachable))
+      (if (i32.ne (local.get $p2) (i32.const 2 (; RETURNED ;))) (then unreachable))
+      (call $join (global.get $cb-subtask) (i32.const 0))
+      (call $subtask-drop (global.get $cb-subtask))
+      (call $ws-drop (global.get $ws))
+      (call $task-return (i32.load (i32.const 16)))
+      (i32.const 0 (; EXIT ;)))
+  )
+  (core instance $main (instantiate $Main
+    (with "libc" (instance $libc))
+    (with "h" (instance
+      (export "sleep-ms" (func $sleep-ms))
+      (export "produce" (func $produce))
+      (export "consume" (func $consume))
+      (export "future-later" (func $future-later))
+      (export "ws-new" (func $ws-new))
+      (export "ws-wait" (func $ws-wait))
+      (export "ws-drop" (func $ws-drop))
+      (export "join" (func $join))
+      (export "subtask-drop" (func $subtask-drop))
+      (export "task-return" (func $task-return))
+      (export "stream-new" (func $stream-new))
+      (export "stream-read" (func $stream-read))
+      (export "stream-write" (func $stream-write))
+      (export "drop-readable" (func $drop-readable))
+      (export "drop-writable" (func $drop-writable))
+      (export "future-read" (func $future-read))
+      (export "future-drop-readable" (func $future-drop-readable))
+    ))))
+  (func (export "sleep") async (param "ms" u32) (result u32) (canon lift (core func $main "sleep") async))
+  (func (export "read-all") async (param "n" u32) (result u32) (canon lift (core func $main "read-all") async))
+  (func (export "checksum") async (param "n" u32) (result u32) (canon lift (core func $main "checksum") async))
+  (func (export "write-all") async (param "n" u32) (result u32) (canon lift (core func $main "write-all") async))
+  (func (export "future-get") async (param "v" u32) (result u32) (canon lift (core func $main "future-get") async))
+  (func (export "cb-sleep") async (param "ms" u32) (result u32)
+    (canon lift (core func $main "cb-sleep") async (callback (core func $main "cb-sleep-callback"))))
+)

@@ -1,0 +1,585 @@
+"""The async ABI's ``canon`` built-ins (CanonicalABI.md, "Canonical Definitions"), one
+function each, as the spec defines them, over the state of ``concurrent.py``.
+
+``make(inst, item)`` gives a planned ``Builtin`` its core signature and body; the body
+takes the raw core values and returns the results (or raises ``Trap``, whose message the
+trampoline turns into the guest's trap). Trap messages start with what wasmtime says for
+the same misuse (the spec's tests match on them), then say more where it helps.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import TYPE_CHECKING, Any, Callable
+
+from ..streams import CopyResult, Future, Stream
+from ..values import Trap
+from . import canon
+from .concurrent import (
+    BLOCKED, END_CLASSES, CopyEnd, CopyState, ErrorContext, EventCode, GuestBuffer, ReadableFutureEnd,
+    ReadableStreamEnd, Subtask, Task, Waitable, WaitableSet, WritableFutureEnd, WritableStreamEnd,
+)
+from .plan import Builtin
+from .types import MAX_FLAT_PARAMS, FutureT, StreamT, align_to, same_type
+
+if TYPE_CHECKING:
+    from .instance import ComponentInstance
+
+# (core params, core results, body(args) -> list of results)
+Made = tuple[list[str], list[str], Callable[[list[int]], list[Any]]]
+
+_SYNC_WAITER = "waitable cannot be used synchronously while added to a waitable set"
+
+
+def make(inst: ComponentInstance, item: Builtin) -> Made:
+    factory = _FACTORIES.get(item.op)
+    if factory is None:
+        raise Trap(f"canon {item.op} is not implemented")
+    return factory(inst, item)
+
+
+def _guard(inst: ComponentInstance, op: str) -> None:
+    if not inst.may_leave:
+        raise Trap(f"{op}: cannot leave the component instance during realloc or post-return")
+
+
+def _table_get(inst: ComponentInstance, i: int, cls: type | tuple[type, ...], what: str) -> Any:
+    e = inst.get(i)
+    if not isinstance(e, cls):
+        raise Trap(f"handle index {i} is not a {what} (it is a {getattr(e, 'what', 'resource handle')})")
+    return e
+
+
+def _table_remove(inst: ComponentInstance, i: int, cls: type | tuple[type, ...], what: str) -> Any:
+    e = _table_get(inst, i, cls, what)
+    inst.remove(i)
+    return e
+
+
+def _current_task(inst: ComponentInstance, op: str) -> Task:
+    task = inst.current_task
+    if task is None:
+        raise Trap(f"{op}: no task is running in this component instance")
+    return task
+
+
+# --- tasks ------------------------------------------------------------------------------------------
+
+
+def _task_return(inst: ComponentInstance, item: Builtin) -> Made:
+    result_t = item.type
+    opts = item.opts
+    flat = result_t.flat if result_t is not None else []
+    spill = len(flat) > MAX_FLAT_PARAMS
+    params = ["i32"] if spill else list(flat)
+    m = inst.memcx(opts) if opts is not None else None
+    c = canon.conv(result_t) if result_t is not None else None
+
+    def task_return(args: list[int]) -> list[Any]:
+        _guard(inst, "task.return")
+        task = _current_task(inst, "task.return")
+        if not task.opts.async_:
+            raise Trap("task.return: the current task was not lifted async (it returns its value by returning)")
+        if not same_type(result_t, task.ft.result):
+            raise Trap("task.return: invalid `task.return` signature and/or options for current task "
+                       f"(result type {result_t.signature() if result_t else 'none'}, the export returns "
+                       f"{task.ft.result.signature() if task.ft.result else 'none'})")
+        if not inst.same_lift_options(m, task.mem):
+            raise Trap("task.return: invalid `task.return` signature and/or options for current task "
+                       "(its memory or string encoding differs from the export's)")
+        value = None
+        if c is not None:
+            assert m is not None
+            m.forget()
+            if spill:
+                ptr = args[0] & 0xFFFF_FFFF
+                if ptr != align_to(ptr, result_t.align):
+                    raise Trap(f"task.return: result pointer {ptr:#x} is misaligned")
+                v = m.view()
+                canon.check_range(v, ptr, result_t.size, "task.return result")
+                value = c.load(m, v, ptr)
+            else:
+                value, _ = c.lift_flat(m, [a for a in args], 0)
+        task.return_(value)
+        return []
+
+    return params, [], task_return
+
+
+def _task_cancel(inst: ComponentInstance, item: Builtin) -> Made:
+    def task_cancel(args: list[int]) -> list[Any]:
+        _guard(inst, "task.cancel")
+        task = _current_task(inst, "task.cancel")
+        if not task.opts.async_:
+            raise Trap("task.cancel: the current task was not lifted async")
+        task.cancel()
+        return []
+
+    return [], [], task_cancel
+
+
+def _context_get(inst: ComponentInstance, item: Builtin) -> Made:
+    i = item.index
+
+    def context_get(args: list[int]) -> list[Any]:
+        return [inst.context_storage()[i]]
+
+    return [], ["i32"], context_get
+
+
+def _context_set(inst: ComponentInstance, item: Builtin) -> Made:
+    i = item.index
+
+    def context_set(args: list[int]) -> list[Any]:
+        inst.context_storage()[i] = args[0] & 0xFFFF_FFFF
+        return []
+
+    return ["i32"], [], context_set
+
+
+def _backpressure(delta: int) -> Callable[[ComponentInstance, Builtin], Made]:
+    def factory(inst: ComponentInstance, item: Builtin) -> Made:
+        def backpressure(args: list[int]) -> list[Any]:
+            inst.backpressure += delta
+            if inst.backpressure >= 2**16:
+                raise Trap("backpressure.inc: backpressure counter overflow (65536 increments)")
+            if inst.backpressure < 0:
+                inst.backpressure = 0
+                raise Trap("backpressure.dec: backpressure counter underflow (more decrements than increments)")
+            return []
+
+        return [], [], backpressure
+
+    return factory
+
+
+def _thread_yield(inst: ComponentInstance, item: Builtin) -> Made:
+    cancellable = item.flag
+
+    def thread_yield(args: list[int]) -> list[Any]:
+        _guard(inst, "thread.yield")
+        task = inst.current_task
+        if task is not None and task.deliver_pending_cancel(cancellable):
+            return [1]
+        inst.scheduler.run_ready()
+        inst.scheduler.poll(block=False)
+        inst.scheduler.run_ready()
+        return [0]
+
+    return [], ["i32"], thread_yield
+
+
+def _thread_index(inst: ComponentInstance, item: Builtin) -> Made:
+    def thread_index(args: list[int]) -> list[Any]:
+        return [1]  # each task has its implicit thread only (thread.new-indirect is refused at load)
+
+    return [], ["i32"], thread_index
+
+
+# --- waitables ---------------------------------------------------------------------------------------
+
+
+def _unpack_event(inst: ComponentInstance, m: canon.MemCx, ptr: int, event: tuple[int, int, int]) -> list[Any]:
+    code, p1, p2 = event
+    v = m.view()
+    if ptr != align_to(ptr, 4):
+        raise Trap(f"event pointer {ptr:#x} is not 4-byte aligned")
+    canon.check_range(v, ptr, 8, "event")
+    canon._U32.pack_into(v, ptr, p1 & 0xFFFF_FFFF)
+    canon._U32.pack_into(v, ptr + 4, p2 & 0xFFFF_FFFF)
+    return [int(code)]
+
+
+def _waitable_set_new(inst: ComponentInstance, item: Builtin) -> Made:
+    def waitable_set_new(args: list[int]) -> list[Any]:
+        _guard(inst, "waitable-set.new")
+        return [inst.add(WaitableSet())]
+
+    return [], ["i32"], waitable_set_new
+
+
+def _waitable_set_wait(inst: ComponentInstance, item: Builtin) -> Made:
+    cancellable = item.flag
+    assert item.opts is not None
+    m = inst.memcx(item.opts)
+
+    def waitable_set_wait(args: list[int]) -> list[Any]:
+        _guard(inst, "waitable-set.wait")
+        wset = _table_get(inst, args[0] & 0xFFFF_FFFF, WaitableSet, "waitable set")
+        event = inst.wait_for_event(wset, cancellable)
+        m.forget()
+        return _unpack_event(inst, m, args[1] & 0xFFFF_FFFF, event)
+
+    return ["i32", "i32"], ["i32"], waitable_set_wait
+
+
+def _waitable_set_poll(inst: ComponentInstance, item: Builtin) -> Made:
+    cancellable = item.flag
+    assert item.opts is not None
+    m = inst.memcx(item.opts)
+
+    def waitable_set_poll(args: list[int]) -> list[Any]:
+        _guard(inst, "waitable-set.poll")
+        wset = _table_get(inst, args[0] & 0xFFFF_FFFF, WaitableSet, "waitable set")
+        inst.scheduler.run_ready()
+        inst.scheduler.poll(block=False)
+        inst.scheduler.run_ready()
+        task = inst.current_task
+        if task is not None and task.deliver_pending_cancel(cancellable):
+            event: tuple[int, int, int] = (EventCode.TASK_CANCELLED, 0, 0)
+        elif not wset.has_pending_event():
+            event = (EventCode.NONE, 0, 0)
+        else:
+            event = wset.get_pending_event()
+        m.forget()
+        return _unpack_event(inst, m, args[1] & 0xFFFF_FFFF, event)
+
+    return ["i32", "i32"], ["i32"], waitable_set_poll
+
+
+def _waitable_set_drop(inst: ComponentInstance, item: Builtin) -> Made:
+    def waitable_set_drop(args: list[int]) -> list[Any]:
+        _guard(inst, "waitable-set.drop")
+        i = args[0] & 0xFFFF_FFFF
+        wset = _table_get(inst, i, WaitableSet, "waitable set")
+        if wset.num_waiting:
+            raise Trap("cannot drop waitable set with waiters")
+        wset.drop()
+        inst.remove(i)
+        return []
+
+    return ["i32"], [], waitable_set_drop
+
+
+def _waitable_join(inst: ComponentInstance, item: Builtin) -> Made:
+    def waitable_join(args: list[int]) -> list[Any]:
+        _guard(inst, "waitable.join")
+        w = _table_get(inst, args[0] & 0xFFFF_FFFF, Waitable, "waitable")
+        if w.has_sync_waiter:
+            raise Trap(f"waitable.join: {_SYNC_WAITER}")
+        si = args[1] & 0xFFFF_FFFF
+        w.join(None if si == 0 else _table_get(inst, si, WaitableSet, "waitable set"))
+        return []
+
+    return ["i32", "i32"], [], waitable_join
+
+
+# --- subtasks ---------------------------------------------------------------------------------------
+
+
+def _subtask_cancel(inst: ComponentInstance, item: Builtin) -> Made:
+    async_ = item.flag
+
+    def subtask_cancel(args: list[int]) -> list[Any]:
+        _guard(inst, "subtask.cancel")
+        i = args[0] & 0xFFFF_FFFF
+        subtask = _table_get(inst, i, Subtask, "subtask")
+        if subtask.resolve_delivered():
+            raise Trap("subtask.cancel: the subtask has already resolved and its result was delivered")
+        if subtask.cancellation_requested:
+            raise Trap("subtask.cancel: cancellation was already requested for this subtask")
+        if subtask.wset is not None and not async_:
+            raise Trap(f"subtask.cancel: {_SYNC_WAITER}")
+        if not subtask.resolved():
+            subtask.cancellation_requested = True
+            inst.cancel_subtask(subtask)
+            if not subtask.resolved():
+                if not async_:
+                    inst.wait_sync(subtask)
+                else:
+                    return [BLOCKED]
+        code, index, payload = subtask.get_pending_event()
+        return [subtask.state]
+
+    return ["i32"], ["i32"], subtask_cancel
+
+
+def _subtask_drop(inst: ComponentInstance, item: Builtin) -> Made:
+    def subtask_drop(args: list[int]) -> list[Any]:
+        _guard(inst, "subtask.drop")
+        i = args[0] & 0xFFFF_FFFF
+        subtask = _table_get(inst, i, Subtask, "subtask")
+        if not subtask.resolve_delivered():
+            raise Trap("cannot drop a subtask which has not yet resolved")
+        subtask.drop()
+        inst.remove(i)
+        return []
+
+    return ["i32"], [], subtask_drop
+
+
+# --- streams and futures ---------------------------------------------------------------------------
+
+
+def _new(is_stream: bool) -> Callable[[ComponentInstance, Builtin], Made]:
+    def factory(inst: ComponentInstance, item: Builtin) -> Made:
+        t = item.type.elem
+
+        def new(args: list[int]) -> list[Any]:
+            _guard(inst, "stream.new" if is_stream else "future.new")
+            shared: Stream | Future = Stream(t) if is_stream else Future(t)
+            ri = inst.add(END_CLASSES[(is_stream, True)](shared))
+            wi = inst.add(END_CLASSES[(is_stream, False)](shared))
+            return [ri | (wi << 32)]
+
+        return [], ["i64"], new
+
+    return factory
+
+
+def _end_for_copy(inst: ComponentInstance, i: int, cls: type[CopyEnd], t: StreamT | FutureT, op: str, async_: bool) -> CopyEnd:
+    e = _table_get(inst, i, cls, _end_name(cls))
+    if not same_type(e.shared.t, t.elem) and not (e.shared.t is None and t.elem is None):
+        raise Trap(f"{op}: the {_end_name(cls)} at index {i} has another element type")
+    if e.state != CopyState.IDLE:
+        raise Trap(_busy_message(e, op))
+    if e.wset is not None and not async_:
+        raise Trap(f"{op}: {_SYNC_WAITER}")
+    return e
+
+
+def _end_name(cls: type[CopyEnd]) -> str:
+    return f"{'readable' if cls.readable else 'writable'} end of a {'stream' if cls.is_stream else 'future'}"
+
+
+def _busy_message(e: CopyEnd, op: str) -> str:
+    kind = "stream" if e.is_stream else "future"
+    if e.state == CopyState.DONE:
+        if e.is_stream:
+            return (f"cannot read from stream after being notified that the writable end dropped" if e.readable
+                    else "cannot write to stream after being notified that the readable end dropped")
+        return ("cannot read from future after previous read succeeded" if e.readable
+                else "cannot write to future after previous write succeeded or readable end dropped")
+    return f"{op}: the {kind} end already has a copy in progress"
+
+
+def _stream_copy(is_read: bool) -> Callable[[ComponentInstance, Builtin], Made]:
+    op = "stream.read" if is_read else "stream.write"
+    cls = ReadableStreamEnd if is_read else WritableStreamEnd
+    event_code = EventCode.STREAM_READ if is_read else EventCode.STREAM_WRITE
+
+    def factory(inst: ComponentInstance, item: Builtin) -> Made:
+        stream_t = item.type
+        opts = item.opts
+        assert opts is not None
+        async_ = opts.async_
+        m = inst.memcx(opts)
+        elem = stream_t.elem
+
+        def stream_copy(args: list[int]) -> list[Any]:
+            _guard(inst, op)
+            i = args[0] & 0xFFFF_FFFF
+            e = _end_for_copy(inst, i, cls, stream_t, op, async_)
+            m.forget()
+            buffer = GuestBuffer(elem, m, args[1] & 0xFFFF_FFFF, args[2] & 0xFFFF_FFFF)
+
+            def stream_event(result: CopyResult, reclaim_buffer: Callable[[], None]) -> tuple[int, int, int]:
+                reclaim_buffer()
+                e.state = CopyState.DONE if result == CopyResult.DROPPED else CopyState.IDLE
+                return (event_code, i, int(result) | (buffer.progress << 4))
+
+            def on_copy(reclaim_buffer: Callable[[], None]) -> None:
+                e.set_pending_event(partial(stream_event, CopyResult.COMPLETED, reclaim_buffer))
+
+            def on_copy_done(result: CopyResult) -> None:
+                e.set_pending_event(partial(stream_event, result, _nothing))
+
+            e.state = CopyState.COPYING
+            shared = e.shared
+            assert isinstance(shared, Stream)
+            if is_read:
+                shared.read(inst, buffer, on_copy, on_copy_done)
+            else:
+                shared.write(inst, buffer, on_copy, on_copy_done)
+            return inst.finish_copy(e, async_, op)
+
+        return ["i32", "i32", "i32"], ["i32"], stream_copy
+
+    return factory
+
+
+def _future_copy(is_read: bool) -> Callable[[ComponentInstance, Builtin], Made]:
+    op = "future.read" if is_read else "future.write"
+    cls = ReadableFutureEnd if is_read else WritableFutureEnd
+    event_code = EventCode.FUTURE_READ if is_read else EventCode.FUTURE_WRITE
+
+    def factory(inst: ComponentInstance, item: Builtin) -> Made:
+        future_t = item.type
+        opts = item.opts
+        assert opts is not None
+        async_ = opts.async_
+        m = inst.memcx(opts)
+        elem = future_t.elem
+
+        def future_copy(args: list[int]) -> list[Any]:
+            _guard(inst, op)
+            i = args[0] & 0xFFFF_FFFF
+            e = _end_for_copy(inst, i, cls, future_t, op, async_)
+            m.forget()
+            buffer = GuestBuffer(elem, m, args[1] & 0xFFFF_FFFF, 1)
+
+            def future_event(result: CopyResult) -> tuple[int, int, int]:
+                e.state = CopyState.DONE if result in (CopyResult.DROPPED, CopyResult.COMPLETED) else CopyState.IDLE
+                return (event_code, i, int(result))
+
+            def on_copy_done(result: CopyResult) -> None:
+                e.set_pending_event(partial(future_event, result))
+
+            e.state = CopyState.COPYING
+            shared = e.shared
+            assert isinstance(shared, Future)
+            if is_read:
+                shared.read(inst, buffer, on_copy_done)
+            else:
+                shared.write(inst, buffer, on_copy_done)
+            return inst.finish_copy(e, async_, op)
+
+        return ["i32", "i32"], ["i32"], future_copy
+
+    return factory
+
+
+def _nothing() -> None:
+    pass
+
+
+def _cancel_copy(is_stream: bool, is_read: bool) -> Callable[[ComponentInstance, Builtin], Made]:
+    cls = END_CLASSES[(is_stream, is_read)]
+    op = f"{'stream' if is_stream else 'future'}.cancel-{'read' if is_read else 'write'}"
+
+    def factory(inst: ComponentInstance, item: Builtin) -> Made:
+        t = item.type
+        async_ = item.flag
+
+        def cancel_copy(args: list[int]) -> list[Any]:
+            _guard(inst, op)
+            i = args[0] & 0xFFFF_FFFF
+            e = _table_get(inst, i, cls, _end_name(cls))
+            if not same_type(e.shared.t, t.elem) and not (e.shared.t is None and t.elem is None):
+                raise Trap(f"{op}: the {_end_name(cls)} at index {i} has another element type")
+            if e.state != CopyState.COPYING or e.has_sync_waiter:
+                raise Trap(f"{op}: there is no {'read' if is_read else 'write'} in progress to cancel")
+            if e.wset is not None and not async_:
+                raise Trap(f"{op}: {_SYNC_WAITER}")
+            e.state = CopyState.CANCELLING_COPY
+            if not e.has_pending_event():
+                e.shared.cancel()
+                if not e.has_pending_event():
+                    if not async_:
+                        inst.wait_sync(e)
+                    else:
+                        return [BLOCKED]
+            code, index, payload = e.get_pending_event()
+            return [payload]
+
+        return ["i32"], ["i32"], cancel_copy
+
+    return factory
+
+
+def _drop_end(is_stream: bool, is_read: bool) -> Callable[[ComponentInstance, Builtin], Made]:
+    cls = END_CLASSES[(is_stream, is_read)]
+    op = f"{'stream' if is_stream else 'future'}.drop-{'readable' if is_read else 'writable'}"
+
+    def factory(inst: ComponentInstance, item: Builtin) -> Made:
+        t = item.type
+
+        def drop(args: list[int]) -> list[Any]:
+            _guard(inst, op)
+            i = args[0] & 0xFFFF_FFFF
+            e = _table_get(inst, i, cls, _end_name(cls))
+            if not same_type(e.shared.t, t.elem) and not (e.shared.t is None and t.elem is None):
+                raise Trap(f"{op}: the {_end_name(cls)} at index {i} has another element type")
+            if e.copying():
+                raise Trap(f"cannot drop busy {'stream' if is_stream else 'future'} ({op} while a copy is in progress)")
+            if isinstance(e, WritableFutureEnd) and e.state != CopyState.DONE:
+                raise Trap("cannot drop future write end without first writing a value")
+            e.drop()
+            inst.remove(i)
+            return []
+
+        return ["i32"], [], drop
+
+    return factory
+
+
+# --- error contexts --------------------------------------------------------------------------------
+
+
+def _error_context_new(inst: ComponentInstance, item: Builtin) -> Made:
+    assert item.opts is not None
+    m = inst.memcx(item.opts)
+
+    def error_context_new(args: list[int]) -> list[Any]:
+        _guard(inst, "error-context.new")
+        m.forget()
+        message = canon.lift_string(m, m.view(), args[0] & 0xFFFF_FFFF, args[1] & 0xFFFF_FFFF)
+        return [inst.add(ErrorContext(message))]
+
+    return ["i32", "i32"], ["i32"], error_context_new
+
+
+def _error_context_debug_message(inst: ComponentInstance, item: Builtin) -> Made:
+    assert item.opts is not None
+    m = inst.memcx(item.opts)
+
+    def error_context_debug_message(args: list[int]) -> list[Any]:
+        _guard(inst, "error-context.debug-message")
+        e = _table_get(inst, args[0] & 0xFFFF_FFFF, ErrorContext, "error context")
+        ptr = args[1] & 0xFFFF_FFFF
+        if ptr != align_to(ptr, 4):
+            raise Trap(f"error-context.debug-message: pointer {ptr:#x} is not 4-byte aligned")
+        m.forget()
+        canon.check_range(m.view(), ptr, 8, "error-context.debug-message")
+        string_ptr, units = canon.lower_string(m, e.message)
+        canon._PTR_LEN.pack_into(m.view(), ptr, string_ptr, units)
+        return []
+
+    return ["i32", "i32"], [], error_context_debug_message
+
+
+def _error_context_drop(inst: ComponentInstance, item: Builtin) -> Made:
+    def error_context_drop(args: list[int]) -> list[Any]:
+        _guard(inst, "error-context.drop")
+        _table_remove(inst, args[0] & 0xFFFF_FFFF, ErrorContext, "error context")
+        return []
+
+    return ["i32"], [], error_context_drop
+
+
+_FACTORIES: dict[str, Callable[[ComponentInstance, Builtin], Made]] = {
+    "task.return": _task_return,
+    "task.cancel": _task_cancel,
+    "context.get": _context_get,
+    "context.set": _context_set,
+    "backpressure.inc": _backpressure(1),
+    "backpressure.dec": _backpressure(-1),
+    "thread.yield": _thread_yield,
+    "thread.index": _thread_index,
+    "waitable-set.new": _waitable_set_new,
+    "waitable-set.wait": _waitable_set_wait,
+    "waitable-set.poll": _waitable_set_poll,
+    "waitable-set.drop": _waitable_set_drop,
+    "waitable.join": _waitable_join,
+    "subtask.cancel": _subtask_cancel,
+    "subtask.drop": _subtask_drop,
+    "stream.new": _new(True),
+    "stream.read": _stream_copy(True),
+    "stream.write": _stream_copy(False),
+    "stream.cancel-read": _cancel_copy(True, True),
+    "stream.cancel-write": _cancel_copy(True, False),
+    "stream.drop-readable": _drop_end(True, True),
+    "stream.drop-writable": _drop_end(True, False),
+    "future.new": _new(False),
+    "future.read": _future_copy(True),
+    "future.write": _future_copy(False),
+    "future.cancel-read": _cancel_copy(False, True),
+    "future.cancel-write": _cancel_copy(False, False),
+    "future.drop-readable": _drop_end(False, True),
+    "future.drop-writable": _drop_end(False, False),
+    "error-context.new": _error_context_new,
+    "error-context.debug-message": _error_context_debug_message,
+    "error-context.drop": _error_context_drop,
+}
+
+__all__ = ["make"]

@@ -1,0 +1,333 @@
+"""The runtime state of the Component Model's async ABI (CanonicalABI.md, "Runtime State"):
+what a component instance's handle table holds besides resource handles.
+
+Class names follow the spec's reference definitions (``Task``, ``Subtask``, ``Waitable``,
+``WaitableSet``, ``ReadableStreamEnd``, ...), so a reader can hold the spec beside the
+code; the built-ins that use them are in ``builtins.py``. One difference of substance: this
+host runs every guest task on the embedder's thread with one wasm stack, so a task blocks
+by running the store's scheduler (``runtime/scheduler.py``) until what it waits for has
+happened, instead of switching stacks.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import TYPE_CHECKING, Any, Callable
+
+from ..streams import MAX_BUFFER_LENGTH, Future, ReadableBuffer, Stream, WritableBuffer
+from ..values import Trap
+from . import canon
+from .types import Prim, ValType, align_to
+
+if TYPE_CHECKING:
+    from ..scheduler import HostTask
+    from .instance import _HandleEntry
+
+BLOCKED = 0xFFFF_FFFF
+
+
+class EventCode(IntEnum):
+    NONE = 0
+    SUBTASK = 1
+    STREAM_READ = 2
+    STREAM_WRITE = 3
+    FUTURE_READ = 4
+    FUTURE_WRITE = 5
+    TASK_CANCELLED = 6
+
+
+class CallbackCode(IntEnum):
+    EXIT = 0
+    YIELD = 1
+    WAIT = 2
+
+
+EventTuple = tuple[int, int, int]
+
+
+class Waitable:
+    """Something ``waitable-set.wait`` can wait on; holds at most one pending event, a
+    closure computed when the event is delivered (the spec's ``pending_event``)."""
+
+    key: Any = None  # never a resource handle: resource built-ins refuse it by this
+    what = "waitable"
+
+    def __init__(self) -> None:
+        self.pending_event: Callable[[], EventTuple] | None = None
+        self.wset: WaitableSet | None = None
+        self.has_sync_waiter = False
+
+    def set_pending_event(self, pending_event: Callable[[], EventTuple]) -> None:
+        self.pending_event = pending_event
+        if self.wset is not None:
+            self.wset.ready[self] = None
+
+    def has_pending_event(self) -> bool:
+        return self.pending_event is not None
+
+    def get_pending_event(self) -> EventTuple:
+        pending_event = self.pending_event
+        assert pending_event is not None
+        self.pending_event = None
+        if self.wset is not None:
+            self.wset.ready.pop(self, None)
+        return pending_event()
+
+    def join(self, wset: WaitableSet | None) -> None:
+        if self.wset is not None:
+            self.wset.elems.discard(self)
+            self.wset.ready.pop(self, None)
+        self.wset = wset
+        if wset is not None:
+            wset.elems.add(self)
+            if self.pending_event is not None:
+                wset.ready[self] = None
+
+    def drop(self) -> None:
+        self.join(None)
+
+
+class WaitableSet:
+    """The spec's ``WaitableSet``, with the waitables that have an event kept apart so a
+    wait finds one in O(1)."""
+
+    key: Any = None
+    what = "waitable set"
+
+    def __init__(self) -> None:
+        self.elems: set[Waitable] = set()
+        self.ready: dict[Waitable, None] = {}  # insertion-ordered: events in arrival order
+        self.num_waiting = 0
+
+    def has_pending_event(self) -> bool:
+        return bool(self.ready)
+
+    def get_pending_event(self) -> EventTuple:
+        waitable = next(iter(self.ready))
+        return waitable.get_pending_event()
+
+    def drop(self) -> None:
+        if self.elems:
+            raise Trap(f"waitable-set.drop: the set still holds {len(self.elems)} waitable(s)")
+        if self.num_waiting:
+            raise Trap("waitable-set.drop: a task is waiting on this set")
+
+
+class ErrorContext:
+    key: Any = None
+    what = "error context"
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+# --- tasks and subtasks --------------------------------------------------------------------------
+
+
+class Task:
+    """One call of a lifted export (``canon lift``): its state, result and context slots."""
+
+    INITIAL, STARTED, PENDING_CANCEL, CANCEL_DELIVERED, RESOLVED = range(1, 6)
+
+    def __init__(self, ft: Any, opts: Any, mem: Any) -> None:
+        self.ft = ft
+        self.opts = opts
+        self.mem = mem  # the lift's MemCx (task.return must use the same memory)
+        self.state = Task.STARTED
+        self.num_borrows = 0
+        self.storage = [0, 0]
+        self.result: Any = None
+        self.has_result = False
+        self.exited = False
+
+    def return_(self, value: Any) -> None:
+        if self.state == Task.RESOLVED:
+            raise Trap("task.return: the task has already returned or been cancelled")
+        if self.num_borrows > 0:
+            raise Trap(f"task.return: {self.num_borrows} borrowed handle(s) given to this task are still held")
+        self.result, self.has_result = value, True
+        self.state = Task.RESOLVED
+
+    def cancel(self) -> None:
+        if self.state != Task.CANCEL_DELIVERED:
+            raise Trap("task.cancel: the task was not asked to cancel (no TASK_CANCELLED was delivered)")
+        if self.num_borrows > 0:
+            raise Trap(f"task.cancel: {self.num_borrows} borrowed handle(s) given to this task are still held")
+        self.state = Task.RESOLVED
+
+    def deliver_pending_cancel(self, cancellable: bool) -> bool:
+        if cancellable and self.state == Task.PENDING_CANCEL:
+            self.state = Task.CANCEL_DELIVERED
+            return True
+        return False
+
+
+class Subtask(Waitable):
+    """A call the guest made to an async import (``canon lower ... async``) that did not
+    finish at once: the host coroutine runs on, and its result lands in guest memory."""
+
+    what = "subtask"
+    STARTING, STARTED, RETURNED, CANCELLED_BEFORE_STARTED, CANCELLED_BEFORE_RETURNED = range(5)
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+        self.state = Subtask.STARTED  # host callees take their arguments at once
+        self.lenders: list[_HandleEntry] | None = []
+        self.cancellation_requested = False
+        self.host_task: HostTask | None = None
+        self.index = 0
+
+    def resolved(self) -> bool:
+        return self.state >= Subtask.RETURNED
+
+    def resolve(self, state: int) -> None:
+        assert not self.resolved()
+        self.state = state
+
+    def deliver_resolve(self) -> None:
+        for h in self.lenders or ():
+            h.lends -= 1
+        self.lenders = None
+
+    def resolve_delivered(self) -> bool:
+        return self.lenders is None
+
+    def event(self) -> EventTuple:
+        if self.resolved() and not self.resolve_delivered():
+            self.deliver_resolve()
+        return (EventCode.SUBTASK, self.index, self.state)
+
+    def drop(self) -> None:
+        if not self.resolve_delivered():
+            raise Trap(f"subtask.drop: the call to {self.name} has not resolved (or its result was not yet delivered)")
+        Waitable.drop(self)
+
+
+# --- stream and future ends ----------------------------------------------------------------------
+
+
+class CopyState(IntEnum):
+    IDLE = 1
+    COPYING = 2
+    CANCELLING_COPY = 3
+    DONE = 4
+
+
+class CopyEnd(Waitable):
+    readable = True
+    is_stream = True
+
+    def __init__(self, shared: Stream | Future) -> None:
+        super().__init__()
+        self.state = CopyState.IDLE
+        self.shared = shared
+
+    @property
+    def what(self) -> str:  # type: ignore[override]
+        return f"{'readable' if self.readable else 'writable'} end of a {'stream' if self.is_stream else 'future'}"
+
+    def copying(self) -> bool:
+        return self.state in (CopyState.COPYING, CopyState.CANCELLING_COPY)
+
+    def drop(self) -> None:
+        if self.copying():
+            raise Trap(f"cannot drop the {self.what} while a copy is in progress (cancel it first)")
+        self.shared.drop()
+        Waitable.drop(self)
+
+
+class ReadableStreamEnd(CopyEnd):
+    pass
+
+
+class WritableStreamEnd(CopyEnd):
+    readable = False
+
+
+class ReadableFutureEnd(CopyEnd):
+    is_stream = False
+
+
+class WritableFutureEnd(CopyEnd):
+    readable = False
+    is_stream = False
+
+    def drop(self) -> None:
+        if self.state != CopyState.DONE:
+            raise Trap("cannot drop the writable end of a future before a value was written (or the reader dropped it)")
+        CopyEnd.drop(self)
+
+
+END_CLASSES: dict[tuple[bool, bool], type[CopyEnd]] = {
+    (True, True): ReadableStreamEnd, (True, False): WritableStreamEnd,
+    (False, True): ReadableFutureEnd, (False, False): WritableFutureEnd,
+}
+
+
+# --- guest memory as a buffer --------------------------------------------------------------------
+
+
+class GuestBuffer(ReadableBuffer, WritableBuffer):
+    """A region of a guest's linear memory (the spec's ``{Readable,Writable}BufferGuestImpl``):
+    range and alignment are checked when it is made, and the memory's address is looked up
+    again on every access (a call into the guest may move it)."""
+
+    def __init__(self, t: ValType | None, m: canon.MemCx, ptr: int, length: int) -> None:
+        if length > MAX_BUFFER_LENGTH:
+            raise Trap(f"buffer length {length} is over the limit of {MAX_BUFFER_LENGTH}")
+        self.t = t
+        self.m = m
+        self.ptr = ptr
+        self.length = length
+        self.progress = 0
+        self.is_bytes = isinstance(t, Prim) and t.name == "u8"
+        if t is not None:
+            self.size = t.size
+            self.conv = None if self.is_bytes else canon.conv(t)
+            if length > 0:
+                if ptr != align_to(ptr, t.align):
+                    raise Trap(f"buffer pointer {ptr:#x} is not {t.align}-byte aligned")
+                canon.check_range(m.view(), ptr, length * t.size, "buffer")
+
+    def read(self, n: int) -> Any:
+        assert n <= self.remain()
+        start = self.ptr
+        self.progress += n
+        if self.t is None:
+            return [None] * n
+        self.ptr += n * self.size
+        v = self.m.view()
+        if self.is_bytes:
+            return bytes(v[start:start + n])
+        load = self.conv.load  # type: ignore[union-attr]
+        return [load(self.m, v, start + i * self.size) for i in range(n)]
+
+    def write(self, values: Any) -> None:
+        n = len(values)
+        assert n <= self.remain()
+        start = self.ptr
+        self.progress += n
+        if self.t is None:
+            return
+        self.ptr += n * self.size
+        if self.is_bytes:
+            self.m.view()[start:start + n] = values
+            return
+        store = self.conv.store  # type: ignore[union-attr]
+        for i, value in enumerate(values):
+            store(self.m, value, start + i * self.size)
+
+    def view(self, k: int) -> memoryview:
+        return self.m.view()[self.ptr:self.ptr + k]
+
+    def advance(self, k: int) -> None:
+        self.ptr += k
+        self.progress += k
+
+
+__all__ = [
+    "BLOCKED", "CallbackCode", "CopyEnd", "CopyState", "END_CLASSES", "ErrorContext", "EventCode", "GuestBuffer",
+    "ReadableFutureEnd", "ReadableStreamEnd", "Subtask", "Task", "Waitable", "WaitableSet", "WritableFutureEnd",
+    "WritableStreamEnd",
+]

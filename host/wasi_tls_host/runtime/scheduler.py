@@ -1,0 +1,398 @@
+"""The host's side of the async ABI: one scheduler per store, on the guest's thread.
+
+WASI 0.3 and wasi:tls 0.3 are written as ordinary ``async def`` functions. Their coroutines
+do not run on asyncio: the ``Scheduler`` steps them itself, whenever the guest calls a
+built-in (so a host producer can complete a ``stream.read`` before the call returns) and
+while the guest waits (``waitable-set.wait``, the callback event loop, a synchronous call
+to an async import). A coroutine suspends on one of four things:
+
+* ``readable(fd)`` / ``writable(fd)``: a descriptor becomes ready (one ``poll`` of the
+  kernel for everything that waits, so a waiting guest uses no CPU);
+* ``sleep_until(ns)``: a ``time.monotonic_ns`` deadline;
+* an ``Event`` another coroutine or the Canonical ABI sets (a stream's reader arrived);
+* another ``HostTask`` (``await task``).
+
+Every wait also watches the store's interrupt descriptor, so an embedder can stop a guest
+that waits forever (``Interruptor``), and a wait that nothing can ever end is reported as a
+deadlock instead of hanging.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import select
+import time
+from collections import deque
+from typing import Any, Callable, Coroutine, Generator
+
+from .values import Trap
+
+log = logging.getLogger("wasi_tls_host.runtime")
+
+_POLL_IN = select.POLLIN | select.POLLPRI
+_POLL_OUT = select.POLLOUT
+
+
+class _Wait:
+    """What a suspended coroutine waits for (yielded to the scheduler)."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        yield self
+
+
+class _Fd(_Wait):
+    __slots__ = ("fd", "write")
+
+    def __init__(self, fd: int, write: bool) -> None:
+        self.fd, self.write = fd, write
+
+
+class _Until(_Wait):
+    __slots__ = ("deadline",)
+
+    def __init__(self, deadline: int) -> None:
+        self.deadline = deadline
+
+
+class _Yield(_Wait):
+    __slots__ = ()
+
+
+def readable(fd: int) -> _Wait:
+    """Suspend until ``fd`` is readable (or has an error or hang-up to report)."""
+    return _Fd(fd, False)
+
+
+def writable(fd: int) -> _Wait:
+    return _Fd(fd, True)
+
+
+def sleep_until(deadline_ns: int) -> _Wait:
+    return _Until(deadline_ns)
+
+
+def yield_now() -> _Wait:
+    """Let every other ready coroutine run once before this one goes on."""
+    return _Yield()
+
+
+class Event:
+    """A flag coroutines wait on; ``set`` wakes them all. Re-armed with ``clear``."""
+
+    __slots__ = ("is_set", "_waiters", "_callbacks")
+
+    def __init__(self) -> None:
+        self.is_set = False
+        self._waiters: list[HostTask] = []
+        self._callbacks: list[Callable[[], None]] = []
+
+    def set(self) -> None:
+        if self.is_set:
+            return
+        self.is_set = True
+        waiters, self._waiters = self._waiters, []
+        for task in waiters:
+            task.scheduler._make_ready(task)
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def clear(self) -> None:
+        self.is_set = False
+
+    def on_set(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (once) when the event is next set, or now if it is."""
+        if self.is_set:
+            callback()
+        else:
+            self._callbacks.append(callback)
+
+    def __await__(self) -> Generator[Any, None, None]:
+        while not self.is_set:
+            yield self
+
+
+class Cancelled(BaseException):
+    """Thrown into a host coroutine whose work is no longer wanted (the guest cancelled the
+    subtask, dropped the stream, or the store is closing). A BaseException, like asyncio's
+    CancelledError, so that ``except Exception`` in host code does not swallow it."""
+
+
+class HostTask:
+    """One host coroutine driven by a ``Scheduler``."""
+
+    __slots__ = ("scheduler", "coro", "name", "done", "result", "error", "_joiners", "_callbacks", "_waiting", "_queued")
+
+    def __init__(self, scheduler: Scheduler, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        self.scheduler = scheduler
+        self.coro = coro
+        self.name = name
+        self.done = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self._joiners: list[HostTask] = []
+        self._callbacks: list[Callable[[HostTask], None]] = []
+        self._waiting: Any = None  # what it is suspended on
+        self._queued = False
+
+    def add_done_callback(self, callback: Callable[[HostTask], None]) -> None:
+        if self.done:
+            callback(self)
+        else:
+            self._callbacks.append(callback)
+
+    def cancel(self) -> None:
+        """Throw ``Cancelled`` into the coroutine at once (it may clean up; it may even go
+        on, but then it must finish by itself)."""
+        if self.done:
+            return
+        self.scheduler._unwait(self)
+        self.scheduler._step(self, throw=Cancelled())
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        while not self.done:
+            yield self
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+    def __repr__(self) -> str:
+        return f"<HostTask {self.name} {'done' if self.done else 'pending'}>"
+
+
+class Scheduler:
+    """Runs host coroutines for one store (see the module's docstring)."""
+
+    def __init__(self, interrupt_fd: int | None = None, check_interrupt: Callable[[], None] | None = None,
+                 clear_wake: Callable[[], None] | None = None) -> None:
+        self._ready: deque[HostTask] = deque()
+        self._readers: dict[int, list[HostTask]] = {}
+        self._writers: dict[int, list[HostTask]] = {}
+        self._timers: list[tuple[int, int, HostTask]] = []
+        self._timer_seq = itertools.count()
+        self._interrupt_fd = interrupt_fd
+        self._check_interrupt = check_interrupt or (lambda: None)
+        self._clear_wake = clear_wake or (lambda: None)
+        self._tasks: set[HostTask] = set()
+        self._stepping: HostTask | None = None
+        self.closed = False
+
+    # --- tasks ------------------------------------------------------------------------------
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str = "") -> HostTask:
+        """Start a coroutine: it runs at the next ``run_ready`` (soon: every built-in call
+        and every wait runs the ready ones)."""
+        if self.closed:
+            coro.close()
+            raise Trap("the store is closed: no more host work can start")
+        task = HostTask(self, coro, name or getattr(coro, "__qualname__", "host task"))
+        self._tasks.add(task)
+        self._make_ready(task)
+        return task
+
+    def start(self, coro: Coroutine[Any, Any, Any], name: str = "") -> HostTask:
+        """``spawn`` and run it until it first suspends (or finishes), now."""
+        task = self.spawn(coro, name)
+        self._ready.remove(task)
+        task._queued = False
+        self._step(task)
+        return task
+
+    def _make_ready(self, task: HostTask) -> None:
+        if not task.done and not task._queued:
+            task._queued = True
+            task._waiting = None
+            self._ready.append(task)
+
+    def _step(self, task: HostTask, throw: BaseException | None = None) -> None:
+        outer = self._stepping
+        self._stepping = task
+        try:
+            waiting = task.coro.throw(throw) if throw is not None else task.coro.send(None)
+        except StopIteration as e:
+            self._finish(task, e.value, None)
+            return
+        except BaseException as e:  # the task's own failure: its awaiter or callback sees it
+            self._finish(task, None, e)
+            return
+        finally:
+            self._stepping = outer
+        self._suspend(task, waiting)
+
+    def _suspend(self, task: HostTask, waiting: Any) -> None:
+        task._waiting = waiting
+        if isinstance(waiting, _Fd):
+            (self._writers if waiting.write else self._readers).setdefault(waiting.fd, []).append(task)
+        elif isinstance(waiting, _Until):
+            heapq.heappush(self._timers, (waiting.deadline, next(self._timer_seq), task))
+        elif isinstance(waiting, _Yield):
+            self._make_ready(task)
+        elif isinstance(waiting, Event):
+            if waiting.is_set:
+                self._make_ready(task)
+            else:
+                waiting._waiters.append(task)
+        elif isinstance(waiting, HostTask):
+            if waiting.done:
+                self._make_ready(task)
+            else:
+                waiting._joiners.append(task)
+        else:
+            self._finish(task, None, Trap(f"host coroutine {task.name} awaited {waiting!r}, which this scheduler cannot wait on"))
+            task.coro.close()
+
+    def _unwait(self, task: HostTask) -> None:
+        """Forget what ``task`` is suspended on (it is about to be resumed another way)."""
+        waiting, task._waiting = task._waiting, None
+        if isinstance(waiting, _Fd):
+            table = self._writers if waiting.write else self._readers
+            tasks = table.get(waiting.fd)
+            if tasks and task in tasks:
+                tasks.remove(task)
+                if not tasks:
+                    del table[waiting.fd]
+        elif isinstance(waiting, Event):
+            if task in waiting._waiters:
+                waiting._waiters.remove(task)
+        elif isinstance(waiting, HostTask):
+            if task in waiting._joiners:
+                waiting._joiners.remove(task)
+        # timers: a stale heap entry is skipped when it fires (the task is not waiting on it)
+        if task._queued:
+            task._queued = False
+            try:
+                self._ready.remove(task)
+            except ValueError:
+                pass
+
+    def _finish(self, task: HostTask, result: Any, error: BaseException | None) -> None:
+        task.done = True
+        task.result, task.error = result, error
+        task._waiting = None
+        self._tasks.discard(task)
+        joiners, task._joiners = task._joiners, []
+        for joiner in joiners:
+            self._make_ready(joiner)
+        callbacks, task._callbacks = task._callbacks, []
+        for callback in callbacks:
+            callback(task)
+        if error is not None and not callbacks and not joiners and not isinstance(error, Cancelled):
+            # Nobody will look at it: a background task's failure is logged, not lost.
+            log.error("host task %s failed: %s: %s", task.name, type(error).__name__, error)
+
+    # --- running ------------------------------------------------------------------------------
+    def run_ready(self) -> None:
+        """Step every coroutine that is ready now (and those they make ready), once each
+        per pass; a coroutine that yields goes to the next pass."""
+        ready = self._ready
+        for _ in range(len(ready) + 1024):  # bounded: each pass makes progress or stops
+            if not ready:
+                return
+            batch = len(ready)
+            for _ in range(batch):
+                task = ready.popleft()
+                task._queued = False
+                self._step(task)
+            if ready and all(isinstance(t._waiting, _Yield) for t in ready):
+                return  # only yielders left: the caller decides whether to come back
+
+    def wait_until(self, done: Callable[[], bool], what: str) -> None:
+        """Run host work, sleeping in the kernel between events, until ``done()``.
+        Traps if the store is interrupted, or if nothing could ever make ``done()`` true."""
+        while True:
+            self._check_interrupt()
+            self.run_ready()
+            if done():
+                return
+            if not self.poll(block=True):
+                raise Trap(f"deadlock detected: event loop cannot make further progress ({what}, "
+                           "and no host work is pending that could end the wait)")
+
+    def poll(self, block: bool) -> bool:
+        """Wait for descriptors and timers (at most until the next deadline; not at all
+        unless ``block``) and make their tasks ready. False if there was nothing to wait
+        for (no descriptor, no timer, no ready task)."""
+        if self._ready:
+            block = False
+        now = time.monotonic_ns()
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, _, task = heapq.heappop(timers)
+            if isinstance(task._waiting, _Until):
+                self._make_ready(task)
+        if self._ready:
+            block = False
+        if not self._readers and not self._writers and not timers:
+            return bool(self._ready)
+        poller = select.poll()
+        readers, writers = self._readers, self._writers
+        for fd in readers:
+            poller.register(fd, _POLL_IN | (_POLL_OUT if fd in writers else 0))
+        for fd in writers:
+            if fd not in readers:
+                poller.register(fd, _POLL_OUT)
+        if self._interrupt_fd is not None:
+            poller.register(self._interrupt_fd, _POLL_IN)
+        timeout_ms: float | None = 0
+        if block:
+            if timers:
+                wait = max(0.0, (timers[0][0] - time.monotonic_ns()) / 1e6)
+                timeout_ms = int(wait) + (1 if wait % 1 else 0)  # rounding up: no early spin
+            else:
+                timeout_ms = None
+        events = poller.poll(timeout_ms)
+        for fd, mask in events:
+            if fd == self._interrupt_fd:
+                self._clear_wake()  # a wake() (not an interrupt): look again
+                continue
+            hangup = mask & (select.POLLERR | select.POLLHUP | select.POLLNVAL)
+            if mask & _POLL_IN or hangup:
+                for task in readers.pop(fd, ()):
+                    self._make_ready(task)
+            if mask & _POLL_OUT or hangup:
+                for task in writers.pop(fd, ()):
+                    self._make_ready(task)
+        now = time.monotonic_ns()
+        while timers and timers[0][0] <= now:
+            _, _, task = heapq.heappop(timers)
+            if isinstance(task._waiting, _Until):
+                self._make_ready(task)
+        return True
+
+    def forget_fd(self, fd: int) -> None:
+        """A descriptor is being closed: its waiters are woken (they will see the error)."""
+        for table in (self._readers, self._writers):
+            for task in table.pop(fd, ()):
+                self._make_ready(task)
+
+    @property
+    def pending(self) -> int:
+        return len(self._tasks)
+
+    def close(self) -> None:
+        """Cancel every coroutine (their ``finally`` blocks release what they hold)."""
+        if self.closed:
+            return
+        self.closed = True
+        for _ in range(3):  # a cancelled task may start another; give those their turn
+            tasks = list(self._tasks)
+            if not tasks:
+                break
+            for task in tasks:
+                if not task.done:
+                    self._unwait(task)
+                    try:
+                        task.coro.close()
+                    except BaseException as e:  # noqa: BLE001 - a coroutine refusing to close
+                        log.warning("host task %s did not close cleanly: %s", task.name, e)
+                    self._finish(task, None, Cancelled())
+        self._ready.clear()
+        self._readers.clear()
+        self._writers.clear()
+        self._timers.clear()
+
+
+__all__ = ["Cancelled", "Event", "HostTask", "Scheduler", "readable", "sleep_until", "writable", "yield_now"]

@@ -1,0 +1,556 @@
+"""Streams and futures of the Component Model (CanonicalABI.md, "Stream State" and "Future
+State"), and the host's ends of them.
+
+``Stream`` and ``Future`` are the shared state of one stream or future: the spec's
+``SharedStreamImpl``/``SharedFutureImpl`` rendezvous, where a read and a write meet and one
+copies straight from the writer's buffer into the reader's. Guests reach them through
+``stream.*``/``future.*`` built-ins (``runtime/core/concurrent.py``); the host through:
+
+* ``StreamWriter`` (the host produces, e.g. ``tcp-socket.receive``): it waits for the
+  reader's buffer and fills it in place, so bytes can go from ``recv_into`` straight into
+  guest memory (``fill``), or writes Python values into it (``write``);
+* ``StreamReader`` (the host consumes, e.g. ``tcp-socket.send``): it offers a buffer of its
+  own, as the spec's host reader does, and gets what the writer copies into it;
+* ``FutureWriter`` / ``FutureReader``: the same for one value.
+
+A host function returns a ``Stream``/``Future`` to hand the guest its readable end, and
+receives one for each ``stream<T>``/``future<T>`` parameter (the readable end the guest
+gave up). Element values use ``runtime.values`` shapes; ``stream<u8>`` moves ``bytes``.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Any, Callable
+
+from .scheduler import Cancelled, Event, _Wait
+from .values import Trap
+
+MAX_BUFFER_LENGTH = 2**28 - 1
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "<element type not known yet>"
+
+
+# A host-made stream or future learns its element type when it first crosses into a guest
+# (``None`` is a real element type: ``stream`` and ``future`` without one).
+UNSET: Any = _Unset()
+
+
+class CopyResult(IntEnum):
+    COMPLETED = 0
+    DROPPED = 1
+    CANCELLED = 2
+
+
+class StreamClosed(Exception):
+    """The other end of the stream or future is gone (the reader dropped it, for a writer)."""
+
+
+# --- buffers -------------------------------------------------------------------------------------
+
+
+class Buffer:
+    """A region values are read from or written into (the spec's ``Buffer``): ``length``
+    values in all, ``progress`` of them done. ``is_bytes`` buffers (``u8`` elements) also
+    offer ``view(k)``/``advance(k)`` so a producer can fill them in place."""
+
+    t: Any = None
+    length: int = 0
+    progress: int = 0
+    is_bytes = False
+
+    def remain(self) -> int:
+        return self.length - self.progress
+
+    def is_zero_length(self) -> bool:
+        return self.length == 0
+
+
+class ReadableBuffer(Buffer):
+    def read(self, n: int) -> Any:
+        raise NotImplementedError
+
+
+class WritableBuffer(Buffer):
+    def write(self, values: Any) -> None:
+        raise NotImplementedError
+
+    def view(self, k: int) -> memoryview:
+        """The next ``k`` bytes to fill (``is_bytes`` buffers only); valid until
+        ``advance`` or any call into the guest."""
+        raise NotImplementedError
+
+    def advance(self, k: int) -> None:
+        raise NotImplementedError
+
+
+class HostReadableBuffer(ReadableBuffer):
+    """Values a host writer offers (bytes for ``u8`` streams, else a list)."""
+
+    def __init__(self, t: Any, values: Any) -> None:
+        self.t = t
+        self.values = values
+        self.length = len(values)
+        self.progress = 0
+        self.is_bytes = isinstance(values, (bytes, bytearray, memoryview))
+
+    def read(self, n: int) -> Any:
+        start = self.progress
+        self.progress += n
+        return self.values[start:start + n]
+
+
+class HostWritableBuffer(WritableBuffer):
+    """Room for up to ``length`` values a host reader takes."""
+
+    def __init__(self, t: Any, length: int, is_bytes: bool) -> None:
+        self.t = t
+        self.length = length
+        self.progress = 0
+        self.is_bytes = is_bytes
+        self.data: Any = bytearray(length) if is_bytes else []
+
+    def write(self, values: Any) -> None:
+        n = len(values)
+        if self.is_bytes:
+            self.data[self.progress:self.progress + n] = values
+        else:
+            self.data.extend(values)
+        self.progress += n
+
+    def view(self, k: int) -> memoryview:
+        return memoryview(self.data)[self.progress:self.progress + k]
+
+    def advance(self, k: int) -> None:
+        self.progress += k
+
+    def values(self) -> Any:
+        return bytes(self.data[:self.progress]) if self.is_bytes else self.data
+
+
+def copy(dst: WritableBuffer, src: ReadableBuffer, n: int) -> None:
+    dst.write(src.read(n))
+
+
+def _none_or_number(t: Any) -> bool:
+    return t is None or getattr(t, "name", None) in ("u8", "u16", "u32", "u64", "s8", "s16", "s32", "s64", "f32", "f64")
+
+
+OnCopy = Callable[[Callable[[], None]], None]
+OnCopyDone = Callable[[CopyResult], None]
+
+
+# --- streams ---------------------------------------------------------------------------------------
+
+
+class Stream:
+    """One stream's shared state (the spec's ``SharedStreamImpl``), readable by a guest or
+    the host, written by a guest (``stream.new``) or the host (``StreamWriter``)."""
+
+    def __init__(self, t: Any = UNSET) -> None:
+        self.t = t  # the element type (UNSET until a host-made stream first crosses into a guest)
+        self.dropped = False
+        self.writer: StreamWriter | None = None  # the host's writer, told when a read is pending
+        self.reset_pending()
+
+    def reset_pending(self) -> None:
+        self.set_pending(None, None, None, None)
+
+    def set_pending(self, inst: Any, buffer: Buffer | None, on_copy: OnCopy | None, on_copy_done: OnCopyDone | None) -> None:
+        self.pending_inst = inst
+        self.pending_buffer = buffer
+        self.pending_on_copy = on_copy
+        self.pending_on_copy_done = on_copy_done
+
+    def reset_and_notify_pending(self, result: CopyResult) -> None:
+        on_copy_done = self.pending_on_copy_done
+        self.reset_pending()
+        if on_copy_done is not None:
+            on_copy_done(result)
+
+    def cancel(self) -> None:
+        self.reset_and_notify_pending(CopyResult.CANCELLED)
+
+    def drop(self) -> None:
+        if not self.dropped:
+            self.dropped = True
+            if self.pending_buffer is not None:
+                self.reset_and_notify_pending(CopyResult.DROPPED)
+            if self.writer is not None:
+                self.writer.wake.set()
+
+    def read(self, inst: Any, dst: WritableBuffer, on_copy: OnCopy, on_copy_done: OnCopyDone) -> None:
+        if self.dropped:
+            on_copy_done(CopyResult.DROPPED)
+        elif self.pending_buffer is None:
+            self.set_pending(inst, dst, on_copy, on_copy_done)
+            if self.writer is not None:
+                self.writer.wake.set()
+        else:
+            src = self.pending_buffer
+            assert isinstance(src, ReadableBuffer)
+            if inst is not None and inst is self.pending_inst and not _none_or_number(self.t):
+                raise Trap("a stream of non-number values cannot be read and written by the same component instance (yet)")
+            if src.remain() > 0:
+                if dst.remain() > 0:
+                    copy(dst, src, min(dst.remain(), src.remain()))
+                    assert self.pending_on_copy is not None
+                    self.pending_on_copy(self.reset_pending)
+                on_copy_done(CopyResult.COMPLETED)
+            else:
+                self.reset_and_notify_pending(CopyResult.COMPLETED)
+                self.set_pending(inst, dst, on_copy, on_copy_done)
+
+    def write(self, inst: Any, src: ReadableBuffer, on_copy: OnCopy, on_copy_done: OnCopyDone) -> None:
+        if self.dropped:
+            on_copy_done(CopyResult.DROPPED)
+        elif self.pending_buffer is None:
+            self.set_pending(inst, src, on_copy, on_copy_done)
+        else:
+            dst = self.pending_buffer
+            assert isinstance(dst, WritableBuffer)
+            if inst is not None and inst is self.pending_inst and not _none_or_number(self.t):
+                raise Trap("a stream of non-number values cannot be read and written by the same component instance (yet)")
+            if dst.remain() > 0:
+                if src.remain() > 0:
+                    copy(dst, src, min(dst.remain(), src.remain()))
+                    assert self.pending_on_copy is not None
+                    self.pending_on_copy(self.reset_pending)
+                on_copy_done(CopyResult.COMPLETED)
+            elif src.is_zero_length() and dst.is_zero_length():
+                on_copy_done(CopyResult.COMPLETED)
+            else:
+                self.reset_and_notify_pending(CopyResult.COMPLETED)
+                self.set_pending(inst, src, on_copy, on_copy_done)
+
+    def reader(self) -> StreamReader:
+        return StreamReader(self)
+
+
+class StreamWriter:
+    """The host's writable end of a ``Stream`` (``stream, writer = new_stream()``).
+
+    It writes only when the reader has a read pending, straight into the reader's buffer
+    (guest memory, for a guest reader): no copy is queued in between, so a slow reader
+    holds the producer back (backpressure) instead of growing a buffer.
+    """
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+        self.wake = Event()
+        self.closed = False
+        stream.writer = self
+
+    async def reader_buffer(self) -> WritableBuffer:
+        """Wait until the reader has a read pending; its buffer. Raises ``StreamClosed``
+        once the reader has dropped its end."""
+        s = self.stream
+        while True:
+            if self.closed:
+                raise StreamClosed("the host closed this stream")
+            if s.dropped:
+                raise StreamClosed("the reader dropped the stream")
+            buf = s.pending_buffer
+            if isinstance(buf, WritableBuffer):
+                return buf
+            self.wake.clear()
+            await self.wake
+
+    def _copied(self) -> None:
+        s = self.stream
+        on_copy = s.pending_on_copy
+        assert on_copy is not None
+        on_copy(s.reset_pending)
+
+    async def write(self, values: Any) -> None:
+        """Write all of ``values`` (bytes for ``stream<u8>``, else a sequence), waiting
+        for the reader as often as needed."""
+        offset, n = 0, len(values)
+        while offset < n:
+            offset += await self.write_some(values[offset:] if offset else values)
+
+    async def write_some(self, values: Any) -> int:
+        """Write what the reader's pending buffer takes (at least one value); the count."""
+        while True:
+            buf = await self.reader_buffer()
+            room = buf.remain()
+            if room == 0:  # a zero-length read: "tell me when there is something"
+                self.stream.reset_and_notify_pending(CopyResult.COMPLETED)
+                continue
+            k = min(room, len(values))
+            buf.write(values[:k])
+            self._copied()
+            return k
+
+    async def fill(self, produce: Callable[[memoryview], int], ready: Callable[[], _Wait] | None = None) -> int:
+        """Let ``produce(view)`` write bytes straight into the reader's buffer (e.g.
+        ``sock.recv_into``) and return how many; 0 means the producer has reached its end
+        (nothing is copied). ``produce`` may raise ``BlockingIOError``: then this waits for
+        ``ready()`` (e.g. ``readable(fd)``) and tries again. A zero-length read is answered
+        once ``ready()`` says data can come."""
+        while True:
+            buf = await self.reader_buffer()
+            room = buf.remain()
+            if room == 0:
+                if ready is not None:
+                    await ready()
+                if self.stream.pending_buffer is buf:
+                    self.stream.reset_and_notify_pending(CopyResult.COMPLETED)
+                continue
+            if not buf.is_bytes:
+                raise Trap("fill() needs a stream<u8> reader")
+            view = buf.view(room)
+            try:
+                n = produce(view)
+            except BlockingIOError:
+                view.release()
+                if ready is None:
+                    raise
+                await ready()
+                continue
+            except BaseException:
+                view.release()
+                raise
+            view.release()
+            if n <= 0:
+                return 0
+            if self.stream.pending_buffer is not buf:
+                raise Trap("the stream's reader changed while the host was filling its buffer")
+            buf.advance(n)
+            self._copied()
+            return n
+
+    def close(self) -> None:
+        """Drop the writable end: the reader sees the end of the stream (DROPPED) once it
+        has read what was written."""
+        if not self.closed:
+            self.closed = True
+            self.stream.writer = None
+            self.stream.drop()
+
+
+class StreamReader:
+    """The host's readable end of a ``Stream`` a guest (or the host) writes."""
+
+    def __init__(self, stream: Stream, is_bytes: bool | None = None) -> None:
+        self.stream = stream
+        t = stream.t
+        self.is_bytes = is_bytes if is_bytes is not None else getattr(t, "name", None) == "u8"
+        self.closed = False
+        self.ended = False
+
+    async def read(self, max_count: int = 65536) -> Any:
+        """Up to ``max_count`` values (bytes for ``stream<u8>``), waiting for the writer;
+        None at the end of the stream (the writer dropped its end)."""
+        if self.closed:
+            raise StreamClosed("this stream reader is closed")
+        if self.ended:
+            return None
+        if not 0 < max_count <= MAX_BUFFER_LENGTH:
+            raise ValueError(f"max_count must be in 1..{MAX_BUFFER_LENGTH}")
+        buf = HostWritableBuffer(self.stream.t, max_count, self.is_bytes)
+        done = Event()
+        outcome: list[Any] = []
+
+        def on_copy(reclaim: Callable[[], None]) -> None:
+            outcome.append(reclaim)
+            done.set()
+
+        def on_copy_done(result: CopyResult) -> None:
+            outcome.append(result)
+            done.set()
+
+        self.stream.read(None, buf, on_copy, on_copy_done)
+        try:
+            await done
+        except Cancelled:
+            if not done.is_set and self.stream.pending_buffer is buf:
+                self.stream.reset_pending()  # take the buffer back: nothing more lands in it
+            raise
+        first = outcome[0]
+        if callable(first):  # copied into, buffer still lent to the writer: take it back
+            if self.stream.pending_buffer is buf:
+                first()
+        elif first == CopyResult.DROPPED:
+            self.ended = True
+            if buf.progress == 0:
+                return None
+        return buf.values()
+
+    async def read_all(self, limit: int | None = None) -> Any:
+        """Everything until the end of the stream (at most ``limit`` values)."""
+        parts: list[Any] = []
+        total = 0
+        while True:
+            chunk = await self.read(65536 if limit is None else max(1, min(65536, limit - total + 1)))
+            if chunk is None:
+                break
+            parts.append(chunk)
+            total += len(chunk)
+            if limit is not None and total > limit:
+                raise ValueError(f"more than {limit} values")
+        if self.is_bytes:
+            return b"".join(parts)
+        return [v for part in parts for v in part]
+
+    def close(self) -> None:
+        """Drop the readable end: the writer's next write sees DROPPED."""
+        if not self.closed:
+            self.closed = True
+            if self.stream.pending_buffer is not None and self.stream.pending_on_copy_done is not None \
+                    and isinstance(self.stream.pending_buffer, HostWritableBuffer):
+                self.stream.reset_pending()
+            self.stream.drop()
+
+
+def new_stream(t: Any = UNSET) -> tuple[Stream, StreamWriter]:
+    """A stream the host writes: return the ``Stream`` to the guest, keep the writer."""
+    stream = Stream(t)
+    return stream, StreamWriter(stream)
+
+
+# --- futures ----------------------------------------------------------------------------------------
+
+
+class Future:
+    """One future's shared state (the spec's ``SharedFutureImpl``)."""
+
+    def __init__(self, t: Any = UNSET) -> None:
+        self.t = t
+        self.dropped = False
+        self.reset_pending()
+
+    def reset_pending(self) -> None:
+        self.set_pending(None, None, None)
+
+    def set_pending(self, inst: Any, buffer: Buffer | None, on_copy_done: OnCopyDone | None) -> None:
+        self.pending_inst = inst
+        self.pending_buffer = buffer
+        self.pending_on_copy_done = on_copy_done
+
+    def reset_and_notify_pending(self, result: CopyResult) -> None:
+        on_copy_done = self.pending_on_copy_done
+        self.reset_pending()
+        if on_copy_done is not None:
+            on_copy_done(result)
+
+    def cancel(self) -> None:
+        self.reset_and_notify_pending(CopyResult.CANCELLED)
+
+    def drop(self) -> None:
+        if not self.dropped:
+            self.dropped = True
+            if self.pending_buffer is not None:
+                self.reset_and_notify_pending(CopyResult.DROPPED)
+
+    def read(self, inst: Any, dst: WritableBuffer, on_copy_done: OnCopyDone) -> None:
+        if self.dropped and self.pending_buffer is None:
+            # The writer went away without a value (only the host can: a guest traps first).
+            on_copy_done(CopyResult.DROPPED)
+        elif self.pending_buffer is None:
+            self.set_pending(inst, dst, on_copy_done)
+        else:
+            if inst is not None and inst is self.pending_inst and not _none_or_number(self.t):
+                raise Trap("a future of non-number values cannot be read and written by the same component instance (yet)")
+            src = self.pending_buffer
+            assert isinstance(src, ReadableBuffer)
+            copy(dst, src, 1)
+            self.reset_and_notify_pending(CopyResult.COMPLETED)
+            on_copy_done(CopyResult.COMPLETED)
+
+    def write(self, inst: Any, src: ReadableBuffer, on_copy_done: OnCopyDone) -> None:
+        if self.dropped:
+            on_copy_done(CopyResult.DROPPED)
+        elif self.pending_buffer is None:
+            self.set_pending(inst, src, on_copy_done)
+        else:
+            if inst is not None and inst is self.pending_inst and not _none_or_number(self.t):
+                raise Trap("a future of non-number values cannot be read and written by the same component instance (yet)")
+            dst = self.pending_buffer
+            assert isinstance(dst, WritableBuffer)
+            copy(dst, src, 1)
+            self.reset_and_notify_pending(CopyResult.COMPLETED)
+            on_copy_done(CopyResult.COMPLETED)
+
+    def reader(self) -> FutureReader:
+        return FutureReader(self)
+
+
+class FutureWriter:
+    """The host's writable end of a ``Future``: ``write(value)`` once, now or later."""
+
+    def __init__(self, future: Future) -> None:
+        self.future = future
+        self.written = False
+        self.reader_gone = False
+
+    def write(self, value: Any) -> bool:
+        """Deliver ``value`` (at once if the reader is waiting, else when it reads). False
+        if the reader has dropped its end (the value is discarded)."""
+        if self.written:
+            raise Trap("a future is written once")
+        self.written = True
+
+        def on_copy_done(result: CopyResult) -> None:
+            if result == CopyResult.DROPPED:
+                self.reader_gone = True
+
+        self.future.write(None, HostReadableBuffer(self.future.t, [value]), on_copy_done)
+        return not self.reader_gone
+
+    def close(self) -> None:
+        """Give up without a value (only when the guest is going away: a guest reader would
+        see its read end DROPPED)."""
+        if not self.written:
+            self.written = True
+            self.future.drop()
+
+
+class FutureReader:
+    """The host's readable end of a ``Future`` a guest (or the host) writes."""
+
+    def __init__(self, future: Future) -> None:
+        self.future = future
+        self.closed = False
+
+    async def read(self) -> Any:
+        """The value; raises ``StreamClosed`` if the writer went away without one."""
+        buf = HostWritableBuffer(self.future.t, 1, False)
+        done = Event()
+        result: list[CopyResult] = []
+
+        def on_copy_done(r: CopyResult) -> None:
+            result.append(r)
+            done.set()
+
+        self.future.read(None, buf, on_copy_done)
+        try:
+            await done
+        except Cancelled:
+            if not done.is_set and self.future.pending_buffer is buf:
+                self.future.reset_pending()
+            raise
+        if result[0] != CopyResult.COMPLETED:
+            raise StreamClosed("the future's writer went away without a value")
+        return buf.data[0]
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.future.drop()
+
+
+def new_future(t: Any = UNSET) -> tuple[Future, FutureWriter]:
+    """A future the host writes: return the ``Future`` to the guest, keep the writer."""
+    future = Future(t)
+    return future, FutureWriter(future)
+
+
+__all__ = [
+    "Buffer", "CopyResult", "Future", "FutureReader", "FutureWriter", "HostReadableBuffer", "HostWritableBuffer",
+    "ReadableBuffer", "Stream", "StreamClosed", "StreamReader", "StreamWriter", "UNSET", "WritableBuffer",
+    "new_future", "new_stream",
+]
