@@ -23,7 +23,7 @@ from .runtime.cache import ComponentCache
 from .runtime.limits import EpochTicker, RunGuard, format_bytes
 from .runtime.core.instance import BoundHost, ComponentInstance, CoreComponent, LinkError, bind
 from .runtime.core.loader import CoreModuleCache
-from .runtime.core.types import Malformed, Unsupported
+from .runtime.core.types import Malformed, Refused, Unsupported
 from .runtime.store import StoreState, attach, detach, state_of
 from .runtime.abi import ConversionError
 from .runtime.values import Err
@@ -183,7 +183,9 @@ class GuestInstance:
         return self._outcome(lambda: exports.call(self.store, func))
 
     def _run_core(self, core: ComponentInstance) -> RunResult:
-        run_iface = next((n for n in core.component.plan.exports if n.startswith("wasi:cli/run@0.2.")), None)
+        # A WASI 0.3 command's run is an async function: call_export runs its event loop.
+        exported = core.component.plan.exports
+        run_iface = next((n for prefix in ("wasi:cli/run@0.3.", "wasi:cli/run@0.2.") for n in exported if n.startswith(prefix)), None)
         if run_iface is None:
             raise GuestError("the component does not export wasi:cli/run (use --invoke for other components)")
         lifted = core.lookup_export([run_iface, "run"])
@@ -356,6 +358,8 @@ class Host:
             if component is None and self.runtime == "core":
                 try:
                     component = self.core_cache.load(wasm, sha256_hex)
+                except Refused as e:
+                    raise GuestError(f"this host cannot run the component: it uses {e}") from None
                 except Unsupported as e:
                     log.info("the core runtime does not support %s: running this component on the component runtime", e)
                 except (Malformed, WasmtimeError) as e:
@@ -363,6 +367,9 @@ class Host:
             try:
                 component = component or self.cache.load(wasm, sha256_hex)
             except WasmtimeError as e:
+                if "component model async" in str(e):
+                    raise GuestError("the component uses the Component Model's async ABI (WASI 0.3 guests do), which only "
+                                     "the core runtime runs; wasmtime-py's component runtime does not (--runtime core, the default)") from None
                 raise GuestError(f"invalid component: {e}") from None
             self._evidence[component] = evidence
         return component
