@@ -193,7 +193,7 @@ class Stream:
             src = self.pending_buffer
             assert isinstance(src, ReadableBuffer)
             if inst is not None and inst is self.pending_inst and not _none_or_number(self.t):
-                raise Trap("a stream of non-number values cannot be read and written by the same component instance (yet)")
+                raise Trap("cannot read from and write to intra-component stream (of non-number values: the Canonical ABI does not allow it yet)")
             if src.remain() > 0:
                 if dst.remain() > 0:
                     copy(dst, src, min(dst.remain(), src.remain()))
@@ -213,7 +213,7 @@ class Stream:
             dst = self.pending_buffer
             assert isinstance(dst, WritableBuffer)
             if inst is not None and inst is self.pending_inst and not _none_or_number(self.t):
-                raise Trap("a stream of non-number values cannot be read and written by the same component instance (yet)")
+                raise Trap("cannot read from and write to intra-component stream (of non-number values: the Canonical ABI does not allow it yet)")
             if dst.remain() > 0:
                 if src.remain() > 0:
                     copy(dst, src, min(dst.remain(), src.remain()))
@@ -454,7 +454,7 @@ class Future:
             self.set_pending(inst, dst, on_copy_done)
         else:
             if inst is not None and inst is self.pending_inst and not _none_or_number(self.t):
-                raise Trap("a future of non-number values cannot be read and written by the same component instance (yet)")
+                raise Trap("cannot read from and write to intra-component future (of non-number values: the Canonical ABI does not allow it yet)")
             src = self.pending_buffer
             assert isinstance(src, ReadableBuffer)
             copy(dst, src, 1)
@@ -468,7 +468,7 @@ class Future:
             self.set_pending(inst, src, on_copy_done)
         else:
             if inst is not None and inst is self.pending_inst and not _none_or_number(self.t):
-                raise Trap("a future of non-number values cannot be read and written by the same component instance (yet)")
+                raise Trap("cannot read from and write to intra-component future (of non-number values: the Canonical ABI does not allow it yet)")
             dst = self.pending_buffer
             assert isinstance(dst, WritableBuffer)
             copy(dst, src, 1)

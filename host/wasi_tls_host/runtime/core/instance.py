@@ -271,6 +271,7 @@ class ComponentInstance:
         self.current_task: Task | None = None
         self._no_task_storage = [0, 0]  # context.get/set outside any task (a core start function)
         self.backpressure = 0
+        self.poisoned: str | None = None  # why the instance trapped (it cannot be entered again)
         self.closed = False
         self._envs: list[int] = []
         self._tramps: list[Callable[[Any], int]] = []
@@ -775,6 +776,8 @@ class ComponentInstance:
             raise TypeError(f"expected {len(ft.params)} arguments, got {len(args)}")
         if self.closed:
             raise WasmtimeError("the component instance is closed")
+        if self.poisoned is not None:
+            raise WasmtimeError(f"cannot enter component instance: it trapped before ({self.poisoned})")
         if not self.may_enter:
             raise WasmtimeError("cannot enter component instance: it is already running (reentrance)")
         if opts.async_:
@@ -834,6 +837,10 @@ class ComponentInstance:
             if scope.count:
                 raise WasmtimeError("borrow handles still remain at the end of the call")
             return value
+        except WasmtimeError as e:
+            # A trap takes the instance out, as in wasmtime: its state may be half-updated.
+            self.poisoned = _trap_summary(str(e))
+            raise
         finally:
             self.may_enter = True
             self.current_task = outer_task
@@ -951,6 +958,14 @@ def _views_alive(lent: list[tuple[Any, memoryview]]) -> bool:
         if sys.getrefcount(array) > 3:
             return True
     return False
+
+
+def _trap_summary(message: str) -> str:
+    """The trap's cause in one line (without the wasm backtrace)."""
+    _, sep, cause = message.rpartition("Caused by:")
+    text = cause if sep else message
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else message
 
 
 def _same_memory(a: Any, b: Any) -> bool:
