@@ -104,31 +104,39 @@ class HostReadableBuffer(ReadableBuffer):
 
 
 class HostWritableBuffer(WritableBuffer):
-    """Room for up to ``length`` values a host reader takes."""
+    """Room for up to ``length`` values a host reader takes. Bytes are kept as the chunks
+    written (no copy); a producer filling in place (``view``) gets a bytearray."""
 
     def __init__(self, t: Any, length: int, is_bytes: bool) -> None:
         self.t = t
         self.length = length
         self.progress = 0
         self.is_bytes = is_bytes
-        self.data: Any = bytearray(length) if is_bytes else []
+        self.data: list[Any] = []
+        self._filling = bytearray()
 
     def write(self, values: Any) -> None:
-        n = len(values)
         if self.is_bytes:
-            self.data[self.progress:self.progress + n] = values
+            self.data.append(values)
         else:
             self.data.extend(values)
-        self.progress += n
+        self.progress += len(values)
 
     def view(self, k: int) -> memoryview:
-        return memoryview(self.data)[self.progress:self.progress + k]
+        self._filling = bytearray(k)
+        return memoryview(self._filling)
 
     def advance(self, k: int) -> None:
+        chunk = self._filling
+        self.data.append(chunk if k == len(chunk) else chunk[:k])
         self.progress += k
 
     def values(self) -> Any:
-        return bytes(self.data[:self.progress]) if self.is_bytes else self.data
+        if not self.is_bytes:
+            return self.data
+        if len(self.data) == 1 and isinstance(self.data[0], bytes):
+            return self.data[0]
+        return b"".join(self.data)
 
 
 def copy(dst: WritableBuffer, src: ReadableBuffer, n: int) -> None:
@@ -535,7 +543,7 @@ class FutureReader:
             raise
         if result[0] != CopyResult.COMPLETED:
             raise StreamClosed("the future's writer went away without a value")
-        return buf.data[0]
+        return buf.values()[0]
 
     def close(self) -> None:
         if not self.closed:

@@ -1,0 +1,128 @@
+"""The async ABI on the core runtime (issue 15): host calls and stream<u8> copies, each
+beside a reference measured in the same run.
+
+- a synchronous host call, an async call that finishes before returning (RETURNED), and
+  an async call that finishes later (subtask, SUBTASK event, waitable-set.wait, drop): the
+  round trip per call;
+- ``stream<u8>`` host->guest (the host fills the guest's read buffer in place, as
+  ``tcp-socket.receive`` does with ``recv_into``) and guest->host (the host offers its
+  buffer, as ``send`` and stdout do), 64 KiB per copy, against ``ctypes.memmove`` of the
+  same 64 KiB in this process (the copy's ceiling).
+
+Run: python benchmarks/bench_async.py
+"""
+
+from __future__ import annotations
+
+import ctypes
+import time
+
+from wasi_tls_host import Host, guests
+from wasi_tls_host.runtime.binding import Interface
+from wasi_tls_host.runtime.scheduler import yield_now
+from wasi_tls_host.runtime.streams import Stream, StreamReader, new_stream
+
+CHUNK = 64 * 1024
+TOTAL = 256 * 1024 * 1024
+CALLS = 20_000
+_PAYLOAD = bytes(range(256)) * (CHUNK // 256)
+
+bench = Interface("wasi-tls-host:bench/async")
+
+
+@bench.func("nop")
+def nop(cx: object, x: int) -> int:
+    return x
+
+
+@bench.func("nop-async")
+async def nop_async(cx: object, x: int) -> int:
+    return x
+
+
+@bench.func("later")
+async def later(cx: object, x: int) -> int:
+    await yield_now()
+    return x
+
+
+def _fill(view: memoryview) -> int:
+    n = len(view)
+    view[:n] = _PAYLOAD[:n]
+    return n
+
+
+@bench.func("source")
+def source(cx, total: int) -> Stream:
+    stream, writer = new_stream()
+
+    async def feed() -> None:
+        sent = 0
+        try:
+            while sent < total:
+                sent += await writer.fill(_fill)
+        finally:
+            writer.close()
+
+    cx.scheduler.spawn(feed(), "bench source")
+    return stream
+
+
+@bench.func("sink")
+async def sink(cx, data: Stream) -> int:
+    reader = StreamReader(data)
+    total = 0
+    try:
+        while (chunk := await reader.read(CHUNK)) is not None:
+            total += len(chunk)
+    finally:
+        reader.close()
+    return total
+
+
+def best(fn, repeat: int = 3) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def memmove_rate() -> float:
+    src = ctypes.create_string_buffer(_PAYLOAD, CHUNK)
+    dst = ctypes.create_string_buffer(CHUNK)
+    n = TOTAL // CHUNK
+
+    def copy() -> None:
+        for _ in range(n):
+            ctypes.memmove(dst, src, CHUNK)
+
+    return TOTAL / best(copy) / 1e6
+
+
+def main() -> None:
+    host = Host(interfaces=[bench], runtime="core")
+    with host.instantiate(guests.build("async_bench")) as g:
+        print(f"async host calls, {CALLS} each (per call, best of 3):")
+        sync = best(lambda: g.call("sync-calls", CALLS)) / CALLS * 1e6
+        ready = best(lambda: g.call("ready-calls", CALLS)) / CALLS * 1e6
+        event = best(lambda: g.call("event-calls", CALLS)) / CALLS * 1e6
+        callback = best(lambda: g.call("cb-calls", CALLS)) / CALLS * 1e6
+        print(f"  sync host call (reference)              {sync:7.2f} us")
+        print(f"  async call, finished at once (RETURNED) {ready:7.2f} us  ({ready / sync:.1f}x sync)")
+        print(f"  async call round trip, callback ABI     {callback:7.2f} us  ({callback / sync:.1f}x sync: lower, "
+              "subtask, join, SUBTASK event to the callback, drop)")
+        print(f"  the same, stackful (join, wait, drop)   {event:7.2f} us  ({event / sync:.1f}x sync)")
+        ref = memmove_rate()
+        down = TOTAL / best(lambda: g.call("read", TOTAL)) / 1e6
+        up = TOTAL / best(lambda: g.call("write", TOTAL)) / 1e6
+        print(f"stream<u8>, {TOTAL >> 20} MiB in 64 KiB copies (best of 3):")
+        print(f"  ctypes.memmove, 64 KiB (reference)      {ref:8.0f} MB/s")
+        print(f"  host -> guest (fill in place)           {down:8.0f} MB/s  ({down / ref:.0%} of memmove)")
+        print(f"  guest -> host (host buffer)             {up:8.0f} MB/s  ({up / ref:.0%} of memmove)")
+    host.close()
+
+
+if __name__ == "__main__":
+    main()
