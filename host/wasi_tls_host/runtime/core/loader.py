@@ -29,6 +29,7 @@ from .plan import Plan, make_plan
 log = logging.getLogger("wasi_tls_host.cache")
 
 
+PLAN_FORMAT = 2  # 2: the async ABI (built-ins, stream/future types, async options)
 _PLAN_MODULES = {"wasi_tls_host.runtime.core.plan", "wasi_tls_host.runtime.core.types"}
 
 
@@ -45,8 +46,10 @@ class CoreModuleCache:
         self._memory: dict[str, CoreComponent] = {}
 
     def key(self, wasm: bytes, sha256_hex: str | None = None) -> str:
-        # The component cache's key names the digest, wasmtime version and engine settings.
-        return f"{self.cache.key(wasm, sha256_hex)}-core"
+        # The component cache's key names the digest, wasmtime version and engine settings;
+        # PLAN_FORMAT the shape of the pickled plan (bumped when the planner changes, so
+        # hosts of two versions sharing the cache never read each other's plans).
+        return f"{self.cache.key(wasm, sha256_hex)}-core{PLAN_FORMAT}"
 
     def load(self, wasm: bytes, sha256_hex: str | None = None) -> CoreComponent:
         """Plan ``wasm`` and get its compiled modules (memory, disk, or compile).
