@@ -9,11 +9,14 @@ host writes later, and the callback event loop.
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
+from wasmtime import WasmtimeError
 
-from wasi_tls_host import Host
+from wasi_tls_host import Host, WasiConfig
+from wasi_tls_host.runtime.limits import GuestLimits
 from wasi_tls_host.runtime.binding import Interface
 from wasi_tls_host.runtime.scheduler import sleep_until, yield_now
 from wasi_tls_host.runtime.streams import Stream, StreamReader, new_future, new_stream
@@ -115,3 +118,33 @@ def test_many_calls_leave_no_handles_behind(guest) -> None:
         assert guest.call("future-get", 1) == 2
     assert [h for h in guest.core.handles if h is not None] == []
     assert guest.state.scheduler.pending == 0
+
+
+def test_a_waiting_guest_uses_no_cpu(guest, no_gc) -> None:
+    guest.call("sleep", 0)  # warm up
+    cpu = time.thread_time()
+    started = time.monotonic()
+    assert guest.call("cb-sleep", 400) == 400
+    elapsed, used = time.monotonic() - started, time.thread_time() - cpu
+    assert 0.4 <= elapsed < 0.8
+    assert used < 0.1, used  # a host polling in a loop would burn ~0.4 s
+
+
+def test_timeout_stops_a_guest_waiting_on_the_host(async_host: Host, guest_path) -> None:
+    started = time.monotonic()
+    with async_host.instantiate(guest_path("async_probe"), WasiConfig(limits=GuestLimits(timeout=0.3))) as g:
+        with pytest.raises(WasmtimeError, match=r"ran out of time"):
+            g.call("sleep", 60_000)
+    assert time.monotonic() - started < 10  # not the minute it asked for
+
+
+def test_interrupt_from_another_thread_stops_a_waiting_guest(async_host: Host, guest_path) -> None:
+    with async_host.instantiate(guest_path("async_probe")) as g:
+        timer = threading.Timer(0.2, g.interrupt, args=("stopped by the test",))
+        timer.start()
+        try:
+            with pytest.raises(WasmtimeError, match="stopped by the test"):
+                g.call("cb-sleep", 60_000)
+        finally:
+            timer.cancel()
+
