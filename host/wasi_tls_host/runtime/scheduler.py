@@ -182,22 +182,24 @@ class Scheduler:
         self.closed = False
 
     # --- tasks ------------------------------------------------------------------------------
-    def spawn(self, coro: Coroutine[Any, Any, Any], name: str = "") -> HostTask:
-        """Start a coroutine: it runs at the next ``run_ready`` (soon: every built-in call
-        and every wait runs the ready ones)."""
+    def _new_task(self, coro: Coroutine[Any, Any, Any], name: str) -> HostTask:
         if self.closed:
             coro.close()
             raise Trap("the store is closed: no more host work can start")
         task = HostTask(self, coro, name or getattr(coro, "__qualname__", "host task"))
         self._tasks.add(task)
+        return task
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str = "") -> HostTask:
+        """Start a coroutine: it runs at the next ``run_ready`` (soon: every built-in call
+        and every wait runs the ready ones)."""
+        task = self._new_task(coro, name)
         self._make_ready(task)
         return task
 
     def start(self, coro: Coroutine[Any, Any, Any], name: str = "") -> HostTask:
-        """``spawn`` and run it until it first suspends (or finishes), now."""
-        task = self.spawn(coro, name)
-        self._ready.remove(task)
-        task._queued = False
+        """Run a new coroutine now, until it first suspends (or finishes)."""
+        task = self._new_task(coro, name)
         self._step(task)
         return task
 

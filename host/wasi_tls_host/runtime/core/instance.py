@@ -214,6 +214,10 @@ _READERS: dict[str, Callable[[Any], Any]] = {
 _WRITERS: dict[str, Callable[[Any, Any], None]] = {"i32": _w32, "i64": _w64, "f32": _wf32, "f64": _wf64}
 
 
+# ctypes array types of raw values by length, made once (making one per call is slow).
+_RAW_ARRAYS = [ffi.wasmtime_val_raw_t * n for n in range(17)]
+
+
 def _readers(flat: list[str]) -> list[Callable[[Any], Any]]:
     return [_READERS.get(t, _READERS["f64"]) for t in flat]
 
@@ -414,13 +418,14 @@ class ComponentInstance:
 
     def call_core(self, func: Any, args: list[Any], params: list[str], results: list[str]) -> list[Any]:
         n = max(len(params), len(results), 1)
-        raw_vals = (ffi.wasmtime_val_raw_t * n)()
+        raw_vals = _RAW_ARRAYS[n]() if n < len(_RAW_ARRAYS) else (ffi.wasmtime_val_raw_t * n)()
         for i, (t, x) in enumerate(zip(params, args)):
-            _writer(t)(raw_vals[i], x)
+            _WRITERS.get(t, _wf64)(raw_vals[i], x)
         trap = _TRAP_P()
         err = _func_call(self.context, ctypes.byref(func), raw_vals, n, ctypes.byref(trap))
-        self._raise_if_failed(err, trap, None)
-        return [r(raw_vals[i]) for i, r in enumerate(_readers(results))]
+        if err or trap:
+            self._raise_if_failed(err, trap, None)
+        return [_READERS.get(t, _READERS["f64"])(raw_vals[i]) for i, t in enumerate(results)]
 
     def call_realloc(self, func: Any, align: int, size: int) -> int:
         raw_vals = (ffi.wasmtime_val_raw_t * 4)()

@@ -49,7 +49,7 @@ class CoreModuleCache:
         # The component cache's key names the digest, wasmtime version and engine settings;
         # PLAN_FORMAT the shape of the pickled plan (bumped when the planner changes, so
         # hosts of two versions sharing the cache never read each other's plans).
-        return f"{self.cache.key(wasm, sha256_hex)}-core{PLAN_FORMAT}"
+        return f"{self.cache.key(wasm, sha256_hex)}-core-v{PLAN_FORMAT}"
 
     def load(self, wasm: bytes, sha256_hex: str | None = None) -> CoreComponent:
         """Plan ``wasm`` and get its compiled modules (memory, disk, or compile).
