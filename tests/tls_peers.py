@@ -252,3 +252,54 @@ def stall(conn: socket.socket, server: PeerServer) -> None:
         readable, _, _ = select.select([conn], [], [], 0.05)
         if readable and not conn.recv(4096):
             return
+
+
+class GnutlsServer:
+    """``gnutls-serv --echo`` (GnuTLS) on a free port of 127.0.0.1 with ``args`` (certificate,
+    key, ``--require-client-cert``...); ``log`` is what it printed, ``resumed`` how many of
+    its connections resumed a session."""
+
+    def __init__(self, *args: str, cwd: Path) -> None:
+        self.port = free_port()  # gnutls-serv cannot pick one itself and say which
+        self.log_path = cwd / f"gnutls-serv-{self.port}.log"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(["gnutls-serv", "--echo", "-p", str(self.port), *args], cwd=cwd,
+                                     stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + TIMEOUT
+        while b"listening on IPv4" not in self.log_path.read_bytes():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"gnutls-serv did not start: {self.log_path.read_text(errors='replace')}")
+            time.sleep(0.02)
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    @property
+    def resumed(self) -> int:
+        return self.log.count("This is a resumed session")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(TIMEOUT)
+        self._log.close()
+
+
+def rsa_pss_files(directory: Path) -> dict[str, Path]:
+    """RSA-PSS keys (``id-RSASSA-PSS``, as ``openssl genpkey -algorithm RSA-PSS`` makes them)
+    and certificates made by the openssl command: ``ca``, a server ``server`` (localhost,
+    127.0.0.1) and a client ``client`` (CN pss-client), each ``NAME.pem`` and ``NAME.key``."""
+    def run(*cmd: str) -> None:
+        subprocess.run(["openssl", *cmd], cwd=directory, check=True, capture_output=True, timeout=60)
+
+    for name in ("ca", "server", "client"):
+        run("genpkey", "-algorithm", "RSA-PSS", "-pkeyopt", "rsa_keygen_bits:2048", "-out", f"{name}.key")
+    run("req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=pss-ca", "-days", "30", "-out", "ca.pem")
+    extensions = {"server": "subjectAltName=DNS:localhost,IP:127.0.0.1", "client": "extendedKeyUsage=clientAuth"}
+    for name, subject in (("server", "/CN=localhost"), ("client", "/CN=pss-client")):
+        run("req", "-new", "-key", f"{name}.key", "-subj", subject, "-addext", extensions[name], "-out", f"{name}.csr")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-days", "30",
+            "-copy_extensions", "copy", "-out", f"{name}.pem")
+    return {f"{name}.{ext}": directory / f"{name}.{ext}" for name in ("ca", "server", "client") for ext in ("pem", "key")}

@@ -95,7 +95,9 @@ class TlsConfig:
     profile: str = DEFAULT_PROFILE
     resumption: bool = True
     ticket_key_lifetime: float = 3600.0
-    _client_contexts: dict[tuple[int, int], SSL.Context] = field(default_factory=dict, init=False, repr=False, compare=False)
+    # Client contexts by (version bounds, id of the client identity or 0); each entry holds
+    # its identity, so that id cannot be reused by another while the entry lives.
+    _client_contexts: dict[tuple[int, int, int], tuple[Any, SSL.Context]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for version in (self.min_version, self.max_version):
@@ -144,8 +146,9 @@ class TlsConfig:
                 line = f"identity {identity.name!r}: reloaded from {identity.files.cert} (sha256 {fresh.public.fingerprint.hex()[:16]}...)"
                 _log.info("%s", line)
             report.append(line)
-        # Server contexts are built per identity object: drop them with the old objects.
+        # Contexts are built per identity object: drop them with the old objects.
         self._server_contexts = {}
+        self._client_contexts = {}
         return report
 
     def client_anchors(self) -> list[x509.Certificate]:
@@ -167,22 +170,27 @@ class TlsConfig:
             self._server_contexts_born = now
         return self._server_contexts
 
-    def client_context(self, versions: tuple[int, int] | None = None) -> SSL.Context:
+    def client_context(self, versions: tuple[int, int] | None = None, identity: Any = None) -> SSL.Context:
         """The OpenSSL context for client connections with these version bounds (default:
-        the config's own), built once per bounds."""
+        the config's own) presenting ``identity`` (a PrivateIdentity: its whole chain) when a
+        server asks for a certificate; built once per bounds and identity."""
         versions = versions or self.version_bounds()
-        ctx = self._client_contexts.get(versions)
-        if ctx is None:
-            ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
-            self.policy.configure(ctx, self.policy.narrow_versions(*versions))
-            ctx.set_verify(SSL.VERIFY_PEER)
-            if self.use_system_roots:
-                ctx.set_default_verify_paths()
-            store = ctx.get_cert_store()
-            assert store is not None
-            for cert in self.anchors:
-                store.add_cert(crypto.X509.from_cryptography(cert))
-            self._client_contexts[versions] = ctx
+        key = (*versions, id(identity) if identity is not None else 0)
+        cached = self._client_contexts.get(key)
+        if cached is not None and cached[0] is identity:
+            return cached[1]
+        ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        self.policy.configure(ctx, self.policy.narrow_versions(*versions))
+        ctx.set_verify(SSL.VERIFY_PEER)
+        if self.use_system_roots:
+            ctx.set_default_verify_paths()
+        store = ctx.get_cert_store()
+        assert store is not None
+        for cert in self.anchors:
+            store.add_cert(crypto.X509.from_cryptography(cert))
+        if identity is not None:
+            identity.use_in(ctx)
+        self._client_contexts[key] = (identity, ctx)
         return ctx
 
 

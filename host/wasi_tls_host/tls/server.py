@@ -115,12 +115,7 @@ def server_context(config: TlsConfig, hello: OutgoingServerHello) -> SSL.Context
         config.policy.check_suites(hello.suites)
     config.policy.configure(ctx, policy_versions(config, hello.min_version, hello.max_version), hello.suites)
     configure_resumption(ctx, config.resumption, hashlib.sha256(repr(key).encode()).digest(), config.ticket_key_lifetime)
-    identity = hello.identity
-    ctx.use_certificate(identity.chain[0])
-    for extra in identity.chain[1:]:
-        ctx.add_extra_chain_cert(extra)
-    ctx.use_privatekey(identity.key)
-    ctx.check_privatekey()
+    hello.identity.use_in(ctx)
     if hello.client_auth is not None:
         anchors = config.client_anchors()
         if not anchors:
