@@ -22,9 +22,10 @@ from ..wasi.io import CallbackPollable, InputStream, OutputStream, Pollable
 from .ciphers import suite_number
 from .config import TlsConfig, tls_config
 from .connection import answer, failure_error, finish_established, limit_error, peer_identity, tls_error
-from .engine import TlsEngine, TlsFailure
+from .engine import TlsFailure
 from .identities import PrivateIdentity, PrivateIdentityHandle, PublicIdentity
 from .limits import LimitExceeded, usage_of
+from .sessions import client_engine
 from .states import SERVER_HELLO
 from .transport import HandshakeDeadline, PendingHandshake, TlsTransport
 
@@ -108,7 +109,7 @@ def outgoing_client_hello_connect(cx: StoreState, this: OutgoingClientHello, inp
     try:
         # The identity's whole chain is presented: servers that trust only a root need
         # the intermediates too.
-        engine = TlsEngine(config.client_context(versions, this.identity), server_side=False, server_name=this.server_name)
+        engine = client_engine(cx, config, this.server_name, input, versions, this.identity)
         if this.alpn_ids:
             engine.conn.set_alpn_protos(this.alpn_ids)
     except TlsFailure as e:

@@ -70,8 +70,9 @@ class TlsConfig:
     ``tls.profiles``) bounds versions, suites and groups; ``min_version``/``max_version``
     ("1.2", "1.3") narrow it further, and guests can only narrow what is left.
     ``resumption``: TLS servers issue session tickets (encrypted under keys the host
-    replaces every ``ticket_key_lifetime`` seconds) and resume sessions; 0-RTT is never
-    accepted.
+    replaces every ``ticket_key_lifetime`` seconds) and resume sessions; TLS clients keep
+    the tickets servers give them (per guest instance, ``tls.sessions``) and offer them on
+    the next connection to the same server. 0-RTT is never sent or accepted.
     """
 
     trust: list[TrustAnchor] = field(default_factory=list)
@@ -188,6 +189,8 @@ class TlsConfig:
         assert store is not None
         for cert in self.anchors:
             store.add_cert(crypto.X509.from_cryptography(cert))
+        if not self.resumption:
+            ctx.set_options(SSL.OP_NO_TICKET)  # TLS 1.2 servers then issue none
         if identity is not None:
             identity.use_in(ctx)
         self._client_contexts[key] = (identity, ctx)

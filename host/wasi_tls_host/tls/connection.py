@@ -109,6 +109,11 @@ def connection_peer_identity(cx: StoreState, this: Connection) -> PublicIdentity
     return PublicIdentity(this.peer.chain) if this.peer is not None else None
 
 
+@connection_iface.func("[method]connection.resumed")
+def connection_resumed(cx: StoreState, this: Connection) -> bool:
+    return this.transport.engine.resumed()
+
+
 @connection_iface.func("[method]connection.close-output")
 def connection_close_output(cx: StoreState, this: Connection) -> None:
     this.close_output()

@@ -92,6 +92,7 @@ class HandshakeInfo:
     cipher: str | None
     alpn: bytes | None
     peer_chain_der: list[bytes]
+    resumed: bool = False  # an earlier session was resumed (no certificate was sent)
 
 
 RECORD_CHANGE_CIPHER_SPEC = 20
@@ -305,6 +306,10 @@ class TlsEngine:
         proto = self.conn.get_alpn_proto_negotiated()
         return proto or None
 
+    def resumed(self) -> bool:
+        # pyOpenSSL has no session_reused(): its private binding of SSL_session_reused.
+        return bool(_lib.SSL_session_reused(self.conn._ssl))
+
     def info(self) -> HandshakeInfo:
         return HandshakeInfo(
             server_side=self.server_side,
@@ -314,6 +319,7 @@ class TlsEngine:
             cipher=self.cipher_name(),
             alpn=self.alpn(),
             peer_chain_der=self.peer_chain_der(),
+            resumed=self.resumed(),
         )
 
     def requested_server_name(self) -> str | None:
