@@ -10,7 +10,7 @@ and CPython (2 shared cores are noisy); the server is a CPython ``ssl`` server i
 process, so it shares no GIL with the host under test. The embedder's ``on_handshake``
 hook and CPython's ``session_reused`` confirm that what is labelled resumed was.
 
-Run: python benchmarks/bench_tls_resumption.py [--rounds 5] [--runtime core] [--tls 1.3]
+Run: python benchmarks/bench_tls_resumption.py [--rounds 5] [--runtime core] [--tls 1.3] [--key ecdsa|rsa]
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import argparse
 import socket
 import ssl
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,47 +31,21 @@ from wasi_tls_host.tls import TlsConfig
 from wasi_tls_host.tls.engine import HandshakeInfo
 from wasi_tls_host.wasi.sockets import NetworkPolicy
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_tls_client import ServerProcess, serve_tls, write_pki  # noqa: E402  (the same server and certificates)
+
 ROUND = 10
 
 
-def serve(cert_chain: str, port_file: str, version: str) -> None:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(cert_chain)
-    ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_3 if version == "1.3" else ssl.TLSVersion.TLSv1_2
-    listener = socket.create_server(("127.0.0.1", 0), backlog=64)
-    Path(port_file).write_text(str(listener.getsockname()[1]))
-    while True:
-        raw, _ = listener.accept()
-        raw.settimeout(30)
-        try:
-            with ctx.wrap_socket(raw, server_side=True) as conn:
-                line = b""
-                while not line.endswith(b"\n"):
-                    chunk = conn.recv(64)
-                    if not chunk:
-                        break
-                    line += chunk
-                conn.sendall(line)
-                conn.recv(64)  # the client's close_notify (or EOF)
-        except (OSError, ssl.SSLError):
-            pass
-
-
-class ServerProcess:
-    def __init__(self, cert_chain: Path, workdir: Path, version: str) -> None:
-        port_file = workdir / "port"
-        self.proc = subprocess.Popen([sys.executable, __file__, "--serve", str(cert_chain), str(port_file), version])
-        deadline = time.monotonic() + 20
-        while not port_file.exists() or not port_file.read_text():
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                self.stop()
-                raise RuntimeError("benchmark server did not start")
-            time.sleep(0.02)
-        self.port = int(port_file.read_text())
-
-    def stop(self) -> None:
-        self.proc.kill()
-        self.proc.wait(10)
+def echo_line(conn: ssl.SSLSocket) -> None:
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = conn.recv(64)
+        if not chunk:
+            return
+        line += chunk
+    conn.sendall(line)
+    conn.recv(64)  # the client's close_notify (or EOF)
 
 
 def cpython_round(ctx: ssl.SSLContext, port: int, count: int, resume: bool) -> tuple[list[float], int]:
@@ -123,21 +96,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help=f"rounds of {ROUND} connections for each of the four")
     parser.add_argument("--runtime", default="core", choices=["core", "component"])
     parser.add_argument("--tls", default="1.3", choices=["1.2", "1.3"])
+    parser.add_argument("--key", default="ecdsa", choices=["ecdsa", "rsa"], help="the server certificate's key (P-256 or RSA 2048)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-resume-") as tmp:
-        workdir = Path(tmp)
-        ca = trustme.CA()
-        chain = workdir / "server.pem"
-        ca.issue_cert("localhost").private_key_and_cert_chain_pem.write_to_path(str(chain))
-        ca_pem = workdir / "ca.pem"
-        ca.cert_pem.write_to_path(str(ca_pem))
+        chain, ca_pem = write_pki(Path(tmp), trustme.KeyType[args.key.upper()])
         tls_args: dict[str, object] = {"trust": [ca_pem], "use_system_roots": False, "min_version": args.tls, "max_version": args.tls}
         ref_ctx = ssl.create_default_context(cafile=str(ca_pem))
 
         host = Host(runtime=args.runtime)
         guests.build("tls_probe")
-        server = ServerProcess(chain, workdir, args.tls)
+        server = ServerProcess(chain, Path(tmp), __file__, args.tls)
         figures: dict[str, list[float]] = {k: [] for k in ("guest full", "guest resumed", "cpython full", "cpython resumed")}
         resumed: dict[str, int] = dict.fromkeys(figures, 0)
         try:
@@ -161,7 +130,7 @@ def main() -> None:
 
     n = args.rounds * ROUND
     print(f"== TLS {args.tls} client handshake (TCP already connected), median of {n} each, "
-          f"rounds of {ROUND} alternating; runtime {args.runtime}; one local CPython ssl server (ECDSA P-256)")
+          f"rounds of {ROUND} alternating; runtime {args.runtime}; one local CPython ssl server ({'ECDSA P-256' if args.key == 'ecdsa' else 'RSA 2048'})")
     for name, values in figures.items():
         print(f"  {name:16} {ms(values)}   resumed {resumed[name]}/{len(values)}")
     med = {name: statistics.median(values) for name, values in figures.items()}
@@ -171,6 +140,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) == 5 and sys.argv[1] == "--serve":
-        serve(sys.argv[2], sys.argv[3], sys.argv[4])
+        serve_tls(sys.argv[2], sys.argv[3], echo_line, ssl.TLSVersion.TLSv1_3 if sys.argv[4] == "1.3" else ssl.TLSVersion.TLSv1_2)
     else:
         main()

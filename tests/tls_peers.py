@@ -71,21 +71,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class OpensslServer:
-    """``openssl s_server`` on 127.0.0.1; ``args`` picks the mode (``-WWW``, ``-tls1_3``...)."""
+class PeerProcess:
+    """A peer server subprocess whose output goes to ``log_path``; started once ``ready``
+    appears in it (bounded), killed by ``stop``."""
 
-    def __init__(self, leaf: LeafFiles, *args: str, cwd: Path) -> None:
-        self.port = free_port()
-        self.log_path = cwd / f"s_server-{self.port}.log"
-        self._log = open(self.log_path, "wb")
-        cmd = ["openssl", "s_server", "-accept", f"127.0.0.1:{self.port}", "-cert", str(leaf.chain_pem), *args]
-        # stdin stays an open pipe: s_server treats EOF on stdin as "quit" in some modes.
-        self.proc = subprocess.Popen(cmd, cwd=cwd, stdin=subprocess.PIPE, stdout=self._log, stderr=subprocess.STDOUT)
+    def __init__(self, cmd: list[str], ready: bytes, *, log_path: Path, cwd: Path, stdin: int = subprocess.DEVNULL) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen(cmd, cwd=cwd, stdin=stdin, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + TIMEOUT
-        while b"ACCEPT" not in self.log_path.read_bytes():
+        while ready not in log_path.read_bytes():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"openssl s_server did not start: {self.log_path.read_text(errors='replace')}")
+                raise RuntimeError(f"{cmd[0]} did not start: {self.log}")
             time.sleep(0.02)
 
     @property
@@ -96,9 +94,19 @@ class OpensslServer:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(TIMEOUT)
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
         self._log.close()
+
+
+class OpensslServer(PeerProcess):
+    """``openssl s_server`` on 127.0.0.1; ``args`` picks the mode (``-WWW``, ``-tls1_3``...)."""
+
+    def __init__(self, leaf: LeafFiles, *args: str, cwd: Path) -> None:
+        self.port = free_port()
+        cmd = ["openssl", "s_server", "-accept", f"127.0.0.1:{self.port}", "-cert", str(leaf.chain_pem), *args]
+        # stdin stays an open pipe: s_server treats EOF on stdin as "quit" in some modes.
+        super().__init__(cmd, b"ACCEPT", log_path=cwd / f"s_server-{self.port}.log", cwd=cwd, stdin=subprocess.PIPE)
 
 
 Behaviour = Callable[[socket.socket, "PeerServer"], None]
@@ -254,37 +262,18 @@ def stall(conn: socket.socket, server: PeerServer) -> None:
             return
 
 
-class GnutlsServer:
-    """``gnutls-serv --echo`` (GnuTLS) on a free port of 127.0.0.1 with ``args`` (certificate,
-    key, ``--require-client-cert``...); ``log`` is what it printed, ``resumed`` how many of
-    its connections resumed a session."""
+class GnutlsServer(PeerProcess):
+    """``gnutls-serv --echo`` (GnuTLS) on a free port with ``args`` (certificate, key,
+    ``--require-client-cert``...); ``resumed`` counts its connections that resumed a session."""
 
     def __init__(self, *args: str, cwd: Path) -> None:
         self.port = free_port()  # gnutls-serv cannot pick one itself and say which
-        self.log_path = cwd / f"gnutls-serv-{self.port}.log"
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(["gnutls-serv", "--echo", "-p", str(self.port), *args], cwd=cwd,
-                                     stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + TIMEOUT
-        while b"listening on IPv4" not in self.log_path.read_bytes():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"gnutls-serv did not start: {self.log_path.read_text(errors='replace')}")
-            time.sleep(0.02)
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        super().__init__(["gnutls-serv", "--echo", "-p", str(self.port), *args], b"listening on IPv4",
+                         log_path=cwd / f"gnutls-serv-{self.port}.log", cwd=cwd)
 
     @property
     def resumed(self) -> int:
         return self.log.count("This is a resumed session")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(TIMEOUT)
-        self._log.close()
 
 
 def rsa_pss_files(directory: Path) -> dict[str, Path]:

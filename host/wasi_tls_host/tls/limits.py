@@ -9,10 +9,10 @@ connection's state machine ends it, never when a counter is balanced by hand.
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..runtime.store import PerStore
 from .client_hello import DEFAULT_MAX_HELLO_SIZE
 
 
@@ -75,12 +75,5 @@ class TlsUsage:
         self.connections.discard(key)
 
 
-_USAGE: weakref.WeakKeyDictionary[Any, TlsUsage] = weakref.WeakKeyDictionary()
-
-
-def usage_of(cx: Any) -> TlsUsage:
-    """The TLS usage of the store a host function runs in."""
-    usage = _USAGE.get(cx)
-    if usage is None:
-        usage = _USAGE[cx] = TlsUsage()
-    return usage
+# The TLS usage of the store a host function runs in: usage_of(cx).
+usage_of = PerStore(TlsUsage).of

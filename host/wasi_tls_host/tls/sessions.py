@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import time
-import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -34,6 +33,7 @@ from OpenSSL import SSL
 from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _lib
 
+from ..runtime.store import PerStore
 from ..wasi.io import InputStream
 from ..wasi.socket_streams import SocketInput
 from .config import TlsConfig
@@ -145,15 +145,8 @@ class ClientSessions:
             self._servers.popitem(last=False)
 
 
-_SESSIONS: weakref.WeakKeyDictionary[Any, ClientSessions] = weakref.WeakKeyDictionary()
-
-
-def sessions_of(cx: Any) -> ClientSessions:
-    """The client sessions of the guest instance a host function runs in."""
-    sessions = _SESSIONS.get(cx)
-    if sessions is None:
-        sessions = _SESSIONS[cx] = ClientSessions()
-    return sessions
+# The client sessions of the guest instance a host function runs in: sessions_of(cx).
+sessions_of = PerStore(ClientSessions).of
 
 
 def remote_port(stream: InputStream) -> int | None:
