@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Union
@@ -96,9 +97,11 @@ class TlsConfig:
     profile: str = DEFAULT_PROFILE
     resumption: bool = True
     ticket_key_lifetime: float = 3600.0
-    # Client contexts by (version bounds, id of the client identity or 0); each entry holds
-    # its identity, so that id cannot be reused by another while the entry lives.
-    _client_contexts: dict[tuple[int, int, int], tuple[Any, SSL.Context]] = field(default_factory=dict, init=False, repr=False, compare=False)
+    # Client contexts by client identity (None: none) and version bounds. Held weakly by
+    # identity: an instance's attested identity goes with the instance, its contexts too.
+    _client_contexts: dict[tuple[int, int], SSL.Context] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _identity_client_contexts: weakref.WeakKeyDictionary[Any, dict[tuple[int, int], SSL.Context]] = field(
+        default_factory=weakref.WeakKeyDictionary, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for version in (self.min_version, self.max_version):
@@ -147,9 +150,8 @@ class TlsConfig:
                 line = f"identity {identity.name!r}: reloaded from {identity.files.cert} (sha256 {fresh.public.fingerprint.hex()[:16]}...)"
                 _log.info("%s", line)
             report.append(line)
-        # Contexts are built per identity object: drop them with the old objects.
+        # Server contexts are built per identity object: drop them with the old objects.
         self._server_contexts = {}
-        self._client_contexts = {}
         return report
 
     def client_anchors(self) -> list[x509.Certificate]:
@@ -176,10 +178,13 @@ class TlsConfig:
         the config's own) presenting ``identity`` (a PrivateIdentity: its whole chain) when a
         server asks for a certificate; built once per bounds and identity."""
         versions = versions or self.version_bounds()
-        key = (*versions, id(identity) if identity is not None else 0)
-        cached = self._client_contexts.get(key)
-        if cached is not None and cached[0] is identity:
-            return cached[1]
+        if identity is None:
+            contexts = self._client_contexts
+        else:
+            contexts = self._identity_client_contexts.setdefault(identity, {})
+        ctx = contexts.get(versions)
+        if ctx is not None:
+            return ctx
         ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
         self.policy.configure(ctx, self.policy.narrow_versions(*versions))
         ctx.set_verify(SSL.VERIFY_PEER)
@@ -193,7 +198,7 @@ class TlsConfig:
             ctx.set_options(SSL.OP_NO_TICKET)  # TLS 1.2 servers then issue none
         if identity is not None:
             identity.use_in(ctx)
-        self._client_contexts[key] = (identity, ctx)
+        contexts[versions] = ctx
         return ctx
 
 
