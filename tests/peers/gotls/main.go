@@ -41,7 +41,11 @@
 //
 // A failed handshake has "ok":false and "error"; a client's line adds "reply" (with -send).
 // Version names are OpenSSL's (TLSv1.2, TLSv1.3); suites are IANA names. A client exits 1
-// if any of its connections failed; bad flags exit 2.
+// if any of its connections failed; bad flags exit 2. Go reads no RSA-PSS (id-RSASSA-PSS)
+// keys or certificates: use GnuTLS or OpenSSL for those.
+//
+// tests/gotls_peer.py builds it (go build, no network) and runs it for pytest: the gotls
+// fixture.
 package main
 
 import (
