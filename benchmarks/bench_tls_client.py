@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import trustme
 
@@ -53,9 +54,13 @@ BODY = bytes(range(256)) * (DOWNLOAD_MIB << 12)
 # --- the server (child process) ------------------------------------------------------------
 
 
-def serve(cert_chain: str, port_file: str) -> None:
+def serve_tls(cert_chain: str, port_file: str, handle: Callable[[ssl.SSLSocket], None], version: ssl.TLSVersion | None = None) -> None:
+    """Accept TLS connections one at a time, forever, passing each to ``handle``; the port
+    goes to ``port_file``."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert_chain)
+    if version is not None:
+        ctx.minimum_version = ctx.maximum_version = version
     listener = socket.create_server(("127.0.0.1", 0), backlog=64)
     Path(port_file).write_text(str(listener.getsockname()[1]))
     while True:
@@ -63,23 +68,41 @@ def serve(cert_chain: str, port_file: str) -> None:
         raw.settimeout(30)
         try:
             with ctx.wrap_socket(raw, server_side=True) as conn:
-                request = b""
-                while b"\r\n\r\n" not in request:
-                    chunk = conn.recv(4096)  # b"" or SSLZeroReturnError: handshake-only client
-                    if not chunk:
-                        break
-                    request += chunk
-                if request:
-                    conn.sendall(BODY)
-                    conn.unwrap()
+                handle(conn)
         except (OSError, ssl.SSLError):
             pass
 
 
+def send_body(conn: ssl.SSLSocket) -> None:
+    """The body after a request; nothing for a client that only shakes hands."""
+    request = b""
+    while b"\r\n\r\n" not in request:
+        chunk = conn.recv(4096)  # b"" or SSLZeroReturnError: handshake-only client
+        if not chunk:
+            break
+        request += chunk
+    if request:
+        conn.sendall(BODY)
+        conn.unwrap()
+
+
+def write_pki(workdir: Path, key_type: trustme.KeyType = trustme.KeyType.ECDSA) -> tuple[Path, Path]:
+    """A test CA and a "localhost" certificate from it: (server key and chain file, CA file)."""
+    ca = trustme.CA(key_type=key_type)
+    chain = workdir / "server.pem"
+    ca.issue_cert("localhost", key_type=key_type).private_key_and_cert_chain_pem.write_to_path(str(chain))
+    ca_pem = workdir / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_pem))
+    return chain, ca_pem
+
+
 class ServerProcess:
-    def __init__(self, cert_chain: Path, workdir: Path) -> None:
+    """``python SCRIPT --serve CHAIN PORT_FILE ARGS...`` (this script's server by default),
+    started once it wrote the port it listens on."""
+
+    def __init__(self, cert_chain: Path, workdir: Path, script: str = __file__, *args: str) -> None:
         port_file = workdir / "port"
-        self.proc = subprocess.Popen([sys.executable, __file__, "--serve", str(cert_chain), str(port_file)])
+        self.proc = subprocess.Popen([sys.executable, script, "--serve", str(cert_chain), str(port_file), *args])
         deadline = time.monotonic() + 20
         while not port_file.exists() or not port_file.read_text():
             if time.monotonic() > deadline or self.proc.poll() is not None:
@@ -186,11 +209,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-tls-") as tmp:
         workdir = Path(tmp)
-        ca = trustme.CA()
-        chain = workdir / "server.pem"
-        ca.issue_cert("localhost").private_key_and_cert_chain_pem.write_to_path(str(chain))
-        ca_pem = workdir / "ca.pem"
-        ca.cert_pem.write_to_path(str(ca_pem))
+        chain, ca_pem = write_pki(workdir)
         tls = TlsConfig(trust=[ca_pem], use_system_roots=False)
         ref_ctx = ssl.create_default_context(cafile=str(ca_pem))
 
@@ -260,6 +279,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--serve":
-        serve(sys.argv[2], sys.argv[3])
+        serve_tls(sys.argv[2], sys.argv[3], send_body)
     else:
         main()

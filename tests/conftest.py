@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import pytest
 
+from gotls_peer import GoTls, GoUnavailable, build_gotls
 from tls_peers import LeafFiles, OpensslServer
 from wasi_tls_host import Host, WasiConfig
 from wasi_tls_host import guests
@@ -127,3 +128,21 @@ def s_server(pki: ServerPki, tmp_path: Path) -> Iterator[Callable[..., OpensslSe
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def gotls_binary() -> Path:
+    """The Go TLS peer (tests/peers/gotls), built once per source hash; skips without Go."""
+    try:
+        return build_gotls()
+    except GoUnavailable as e:
+        pytest.skip(str(e))
+
+
+@pytest.fixture
+def gotls(gotls_binary: Path) -> Iterator[GoTls]:
+    """gotls.server(ARGS...) starts the Go TLS peer as a server (listening once it returns);
+    gotls.client(ARGS...) runs it as a client. Servers stop when the test ends."""
+    peers = GoTls(gotls_binary)
+    yield peers
+    peers.stop()

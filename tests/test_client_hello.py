@@ -20,7 +20,10 @@ from hello_capture import CLIENTS, capture
 from wasi_tls_host.tls.client_hello import (
     ALERT_DECODE_ERROR,
     ALERT_FATAL,
+    ALERT_ILLEGAL_PARAMETER,
+    ALERT_PROTOCOL_VERSION,
     DECODE_ERROR,
+    ILLEGAL_PARAMETER,
     PROTOCOL_VERSION,
     RECORD_OVERFLOW,
     UNEXPECTED_MESSAGE,
@@ -32,7 +35,7 @@ from wasi_tls_host.tls.client_hello import (
     without_grease,
 )
 
-CODES = {DECODE_ERROR, UNEXPECTED_MESSAGE, RECORD_OVERFLOW, PROTOCOL_VERSION}
+CODES = {DECODE_ERROR, UNEXPECTED_MESSAGE, RECORD_OVERFLOW, PROTOCOL_VERSION, ILLEGAL_PARAMETER}
 HYPOTHESIS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
@@ -341,11 +344,6 @@ def _sni(name: bytes) -> bytes:
 
 
 MALFORMED = {
-    "sni with NUL": (replace_ext(base_parts(), 0, _sni(b"good.test\x00.evil")), "NUL"),
-    "sni not ascii": (replace_ext(base_parts(), 0, _sni("bücher.test".encode())), "IDNA"),
-    "sni bad characters": (replace_ext(base_parts(), 0, _sni(b"a b.test")), "characters"),
-    "sni empty label": (replace_ext(base_parts(), 0, _sni(b"a..test")), "label"),
-    "sni duplicate host_name": (replace_ext(base_parts(), 0, b"\x00\x0a\x00\x00\x03a.b\x00\x00\x01c"), "more than one"),
     "sni list cut": (replace_ext(base_parts(), 0, b"\x00\x0f\x00\x00\x0cexample.tes"), "server_name"),
     "alpn empty name": (replace_ext(base_parts(), 16, b"\x00\x04\x02h2\x00"), "protocol name"),
     "alpn list cut": (replace_ext(base_parts(), 16, b"\x00\x0c\x02h2\x08http/1."), "ALPN"),
@@ -368,6 +366,27 @@ def test_malformed_structures(case: str) -> None:
     err = expect_error(records(parts.message()), DECODE_ERROR, words)
     assert err.alert == ALERT_DECODE_ERROR
     assert err.message.startswith("malformed ClientHello")
+
+
+# A server_name extension that decodes but names no DNS host gets illegal_parameter (RFC 8446
+# section 6.2, as tlsfuzzer's test-invalid-server-name-extension expects), not decode_error.
+ILLEGAL_NAMES = {
+    "NUL": (_sni(b"good.test\x00.evil"), "NUL"),
+    "BEL": (_sni(b"localhos\x07"), "'\\x07'"),
+    "ANSI colour escape": (_sni(b"localhost\x1b[31m"), "'\\x1b'"),
+    "not ascii": (_sni("bücher.test".encode()), "IDNA"),
+    "space": (_sni(b"a b.test"), "characters"),
+    "empty label": (_sni(b"a..test"), "label"),
+    "two host_names": (b"\x00\x0a\x00\x00\x03a.b\x00\x00\x01c", "more than one"),
+}
+
+
+@pytest.mark.parametrize("case", list(ILLEGAL_NAMES))
+def test_illegal_server_names_get_illegal_parameter(case: str) -> None:
+    ext, words = ILLEGAL_NAMES[case]
+    err = expect_error(records(replace_ext(base_parts(), 0, ext).message()), ILLEGAL_PARAMETER, words)
+    assert err.alert == ALERT_ILLEGAL_PARAMETER
+    assert err.message.startswith("malformed ClientHello: server_name: ")
 
 
 def test_trailing_garbage_after_extensions() -> None:
@@ -394,7 +413,7 @@ def test_bytes_after_the_hello_are_kept_for_replay() -> None:
 
 def test_plain_http() -> None:
     err = expect_error(b"GET / HTTP/1.1\r\nHost: example.test\r\n\r\n", DECODE_ERROR, "plain HTTP", "GET / HTTP/1.1", "https://")
-    assert err.alert == ALERT_DECODE_ERROR
+    assert err.alert is None  # no TLS alert to a peer that does not speak TLS (as OpenSSL and Go)
     reader = ClientHelloReader()
     assert [reader.feed(b) for b in (b"P", b"O", b"S")] == [None, None, None]
     with pytest.raises(ClientHelloError, match="plain HTTP"):
@@ -412,10 +431,9 @@ def test_sslv2_hello() -> None:
     "data, code, words",
     [
         (b"\x15\x03\x03\x00\x02\x02\x28", UNEXPECTED_MESSAGE, ["content type 21"]),
+        (b"\x18\x03\x03\x00\x03\x01\x00\x00", UNEXPECTED_MESSAGE, ["content type 24"]),
         (b"\x00\x00\x00\x00\x00", DECODE_ERROR, ["not speaking TLS"]),
-        (b"\x16\x03\x00\x00\x30", PROTOCOL_VERSION, ["0x0300"]),
-        (b"\x16\x03\x04\x00\x30", PROTOCOL_VERSION, ["0x0304"]),
-        (b"\x16\x02\x00", DECODE_ERROR, ["not TLS"]),
+        (b"\x16\x02\x00", DECODE_ERROR, ["not speaking TLS", "16 02 00"]),
         (b"\x16\x03\x01\x40\x01", RECORD_OVERFLOW, ["16385"]),
         (b"\x16\x03\x01\x00\x00", DECODE_ERROR, ["empty handshake record"]),
         (b"\x16\x03\x01\x00\x04\x02\x00\x00\x00", UNEXPECTED_MESSAGE, ["type 2"]),
@@ -425,6 +443,39 @@ def test_sslv2_hello() -> None:
 )
 def test_bad_records(data: bytes, code: str, words: list[str]) -> None:
     expect_error(data, code, *words)
+
+
+@pytest.mark.parametrize("version", [0x0300, 0x0301, 0x0302, 0x0303, 0x0304, 0x03FF])
+def test_any_0x03xx_record_version_carries_the_hello(openssl_hello: bytes, version: int) -> None:
+    # RFC 5246 Appendix E.1: a server accepts any 0x03XX record version (tlsfuzzer and some
+    # clients send 0x0300); RFC 8446 section 5.1: the field is ignored. OpenSSL agrees.
+    whole = records(openssl_hello[5:], version=version)
+    assert parse(whole) == parse(openssl_hello)
+    mixed = records(openssl_hello[5:], [40, 40], version=version)
+    mixed = mixed[:1] + b"\x03\x01" + mixed[3:]  # first record 0x0301, the rest `version`
+    assert parse(mixed) == parse(openssl_hello)
+
+
+@pytest.mark.parametrize("version", [0x0000, 0x0200, 0x0400, 0xFFFF])
+def test_a_record_version_of_another_major_number(openssl_hello: bytes, version: int) -> None:
+    # As OpenSSL: a first record of another major version is not TLS (the peer gets no
+    # alert); a later one, within a TLS flight, gets protocol_version.
+    first = expect_error(records(openssl_hello[5:], version=version), DECODE_ERROR, "not speaking TLS")
+    assert first.not_tls and first.alert is None
+    later = records(openssl_hello[5:], [40])
+    later = later[:45 + 1] + version.to_bytes(2, "big") + later[45 + 3:]
+    err = expect_error(later, PROTOCOL_VERSION, f"0x{version:04x}")
+    assert err.alert == ALERT_PROTOCOL_VERSION
+
+
+@pytest.mark.parametrize("legacy_version", [0x0400, 0x0401, 0x7F7F, 0xFEFE])
+def test_a_future_legacy_version_is_answered(legacy_version: int) -> None:
+    # RFC 5246 Appendix E.1: a server answers a higher version with its highest (tlsfuzzer's
+    # test-version-numbers sends (4, 1) and (254, 254)); only below SSL 3 is refused here.
+    hello = parse(records(base_parts(version=legacy_version.to_bytes(2, "big")).message()))
+    assert hello.legacy_version == legacy_version
+    err = expect_error(records(base_parts(version=b"\x02\x00").message()), PROTOCOL_VERSION, "0x0200")
+    assert err.alert == ALERT_PROTOCOL_VERSION
 
 
 def test_error_is_sticky() -> None:
@@ -461,6 +512,20 @@ def test_large_hello_within_limit_parses() -> None:
     parts = base_parts()
     parts.extensions.insert(0, (21, bytes(40_000)))
     assert parse(records(parts.message())).server_name == "example.test"
+
+
+def test_no_limit_reads_a_hello_over_the_default() -> None:
+    # 70 KB over five records: over the default 64 KiB, within the protocol's 24-bit length.
+    parts = base_parts(suites=b"\x13\x01" * 15_000)
+    parts.extensions.append((21, bytes(40_000)))
+    data = records(parts.message())
+    assert len(data) > 65536
+    reader = ClientHelloReader(max_hello_size=None)
+    hello = None
+    for i in range(0, len(data), 1000):
+        hello = reader.feed(data[i : i + 1000])
+    assert hello is not None and len(hello.cipher_suites) == 15_000
+    expect_error(data, DECODE_ERROR, "65536-byte limit", "--max-client-hello")
 
 
 @HYPOTHESIS

@@ -16,26 +16,30 @@ import re
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
 
-from conftest import free_port, open_fds, without_gc
-from tls_server_util import (PASSPHRASE, TIMEOUT, GuestServer, KeyAudit, ServerPki, connection_line, fields, s_client,
+from conftest import SHARED, free_port, open_fds, without_gc
+from tls_server_util import (PASSPHRASE, TIMEOUT, AccessLog, GuestServer, KeyAudit, ServerPki, connection_line, fields, s_client,
                              ssl_client_context)
 from wasi_tls_host import Host
 from wasi_tls_host.runtime.binding import OUTGOING_VALUE_HOOKS
 from wasi_tls_host.tls import TlsConfig
 from wasi_tls_host.cli.options_identities import parse_identity_option
 from wasi_tls_host.tls.identities import PrivateIdentity
+from wasi_tls_host.tls.limits import TlsLimits
 from wasi_tls_host.wasi.sockets import NetworkPolicy
 
 pytestmark = pytest.mark.timeout(120)
 
 ALERT_DECODE_ERROR = 50
 ALERT_RECORD_OVERFLOW = 22
+ALERT_ILLEGAL_PARAMETER = 47
 
 
 @pytest.fixture(scope="module")
@@ -322,36 +326,144 @@ def test_identity_from_encrypted_key_and_cli_option(pki: ServerPki, monkeypatch:
         PrivateIdentity.from_pem("mixed", pki.a_chain.read_bytes(), pki.leaf_b.private_key_pem.bytes())
 
 
-# --- malformed first flights -------------------------------------------------------------
+# --- first flights: record versions, malformed and refused hellos ------------------------
+
+
+def _read_to_end(sock: socket.socket) -> bytes:
+    """What the server sends until it closes. A server that closes with part of our flight
+    unread makes its kernel answer the rest with a reset, which ends the reading too (what
+    arrived before it is still read first)."""
+    reply = b""
+    while True:
+        try:
+            chunk = sock.recv(4096)
+        except ConnectionResetError:
+            return reply
+        if not chunk:
+            return reply
+        reply += chunk
 
 
 def _alert_after(port: int, data: bytes) -> bytes:
+    """Everything the server sends after ``data``, until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as s:
+        try:
+            s.sendall(data)
+        except (ConnectionResetError, BrokenPipeError):
+            pass  # refused before we finished sending: what it said is still to be read
+        return _read_to_end(s)
+
+
+def cpython_hello(name: str = "a.test", alpn: list[str] | None = None) -> bytes:
+    """CPython's first flight for ``name`` (one record), made without a socket."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=name)
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+def with_record_version(flight: bytes, version: int) -> bytes:
+    return flight[:1] + version.to_bytes(2, "big") + flight[3:]
+
+
+def _server_hello_after(port: int, data: bytes) -> bytes:
+    """The server's first record after ``data`` (its header and body), or b"" if it closed."""
     with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as s:
         s.sendall(data)
         reply = b""
-        while True:
-            chunk = s.recv(4096)
+        while len(reply) < 5 or len(reply) < 5 + int.from_bytes(reply[3:5], "big"):
+            chunk = s.recv(65536)
             if not chunk:
-                return reply
+                break
             reply += chunk
+        return reply
+
+
+@pytest.mark.parametrize("version", [0x0300, 0x0304])
+def test_a_hello_in_a_record_of_any_0x03xx_version_is_answered(start_server, version: int) -> None:
+    """RFC 5246 Appendix E.1: any 0x03XX record version carries a first ClientHello (tlsfuzzer
+    sends 0x0300); it was refused with protocol_version."""
+    server = start_server()
+    reply = _server_hello_after(server.port, with_record_version(cpython_hello(), version))
+    assert reply[:1] == b"\x16" and reply[5:6] == b"\x02", reply[:16]  # a ServerHello
+    assert server.wait_for("#1 ").startswith("#1 handshake failed: closed:")  # we left after it
+
+
+def test_tlsfuzzer_tls13_conversation(start_server, tmp_path) -> None:
+    """tlsfuzzer's own script, unmodified: its first ClientHello is in a 0x0300 record."""
+    suite = Path(os.environ.get("TLSFUZZER", SHARED / "testsuites" / "tlsfuzzer"))
+    if not (suite / "tlsfuzzer" / "_apps" / "test_tls13_conversation.py").is_file():
+        pytest.skip(f"tlsfuzzer is not at {suite} (set TLSFUZZER)")
+    server = start_server("--mode", "http", "--count", "3")
+    # The scripts in scripts/ are symbolic links to one stub; run the module it would run.
+    r = subprocess.run([sys.executable, "-m", "tlsfuzzer._apps.test_tls13_conversation", "-h", "127.0.0.1", "-p", str(server.port)],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(suite)})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert re.search(r"^PASS: 3$", r.stdout, re.M) and re.search(r"^FAIL: 0$", r.stdout, re.M), r.stdout[-1500:]
+    assert server.stop().exit_code == 0  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(("label", "data", "reason", "alert"), [
-    ("plain HTTP", b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n", "plain HTTP", ALERT_DECODE_ERROR),
-    ("garbage", bytes(range(256)) * 4, "", ALERT_DECODE_ERROR),
+    # A peer that does not speak TLS gets no alert, only the close (as OpenSSL and Go).
+    ("plain HTTP", b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n", "plain HTTP", None),
+    ("garbage", bytes(range(256)) * 4, "not speaking TLS", None),
+    ("record version 0x0200", with_record_version(b"\x16\x03\x01\x00\x04\x01\x00\x00\x30", 0x0200), "not speaking TLS", None),
     # A record over 2^14 bytes gets record_overflow, as RFC 8446 section 5.1 demands; the
     # guest still sees decode-error.
     ("oversized record", b"\x16\x03\x01\x50\x00" + b"\x01" + b"\x00" * 200, "record", ALERT_RECORD_OVERFLOW),
     ("oversized hello", b"\x16\x03\x01\x40\x00\x01\x10\x00\x00" + b"\x03\x03" + os.urandom(16378), "limit", ALERT_DECODE_ERROR),
+    # A server name that decodes but is no DNS name (RFC 8446 section 6.2, as tlsfuzzer's
+    # test-invalid-server-name-extension expects).
+    ("SNI with BEL", cpython_hello("a.test").replace(b"a.test", b"a.tes\x07"), "'\\x07'", ALERT_ILLEGAL_PARAMETER),
+    ("SNI with an ANSI escape", cpython_hello("abcdefg.test").replace(b"abcdefg", b"a\x1b[31mb"), "'\\x1b'", ALERT_ILLEGAL_PARAMETER),
 ])
-def test_malformed_hello_gets_decode_error_alert(start_server, label: str, data: bytes, reason: str, alert: int) -> None:
+def test_malformed_first_flights_are_refused(start_server, label: str, data: bytes, reason: str, alert: int | None) -> None:
     server = start_server()
     reply = _alert_after(server.port, data)
-    assert reply[:1] == b"\x15" and reply[-2:] == bytes([2, alert]), reply  # a fatal alert, then the close
+    if alert is None:
+        assert reply == b""
+    else:
+        assert reply[:1] == b"\x15" and reply[-2:] == bytes([2, alert]), reply  # a fatal alert, then the close
     line = server.wait_for("#1 ")
     assert line.startswith("#1 rejected: decode-error: "), line
     assert reason.lower() in line.lower(), line
     assert server.stop().exit_code == 0  # type: ignore[union-attr]
+
+
+def inflated_hello(suites: int, padding: int) -> bytes:
+    """CPython's first flight with ``suites`` unassigned cipher suites added and an extension
+    of unassigned type 80 (as tlsfuzzer uses) holding ``padding`` bytes, in records of at most
+    2^14 bytes."""
+    body = cpython_hello()[9:]
+    at = 2 + 32 + 1 + body[34]  # after version, random and session id
+    count = int.from_bytes(body[at:at + 2], "big")
+    extra = b"".join((0x0100 + i).to_bytes(2, "big") for i in range(suites))
+    body = body[:at] + (count + len(extra)).to_bytes(2, "big") + body[at + 2:at + 2 + count] + extra + body[at + 2 + count:]
+    at += 2 + count + len(extra)
+    at += 1 + body[at]  # compression methods; the extensions block follows
+    extensions = body[at + 2:] + (80).to_bytes(2, "big") + padding.to_bytes(2, "big") + bytes(padding)
+    body = body[:at] + len(extensions).to_bytes(2, "big") + extensions
+    message = b"\x01" + len(body).to_bytes(3, "big") + body
+    return b"".join(b"\x16\x03\x01" + len(message[i:i + 16384]).to_bytes(2, "big") + message[i:i + 16384]
+                    for i in range(0, len(message), 16384))
+
+
+def test_without_a_client_hello_limit_a_hello_over_64_kib_is_answered(start_server, pki: ServerPki) -> None:
+    """TlsLimits(max_client_hello=None) (``--max-client-hello none``) leaves only OpenSSL's own
+    bound; the default refuses the same flight with decode_error."""
+    flight = inflated_hello(32_000, 4_000)
+    assert len(flight) > 65_536
+    unlimited = pki.server_config()
+    unlimited.limits = TlsLimits(max_client_hello=None)
+    reply = _server_hello_after(start_server(tls=unlimited).port, flight)
+    assert reply[:1] == b"\x16" and reply[5:6] == b"\x02", reply[:16]
+    reply = _alert_after(start_server().port, flight)
+    assert reply == bytes([21, 3, 3, 0, 2, 2, ALERT_DECODE_ERROR])
 
 
 def test_tls10_client_is_refused_with_protocol_version(start_server, pki: ServerPki) -> None:
@@ -362,6 +474,120 @@ def test_tls10_client_is_refused_with_protocol_version(start_server, pki: Server
     assert "alert protocol version" in r.stdout + r.stderr, r.stdout + r.stderr
     line = server.wait_for("#1 ")
     assert line.startswith("#1 handshake failed: protocol-version:"), line
+
+
+# --- the access log: why a connection failed, and the one spelling of its server name -----
+
+
+def _hold(port: int, data: bytes = b"") -> socket.socket:
+    """A client that sends ``data`` (e.g. half a ClientHello) and then waits."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    sock.sendall(data)
+    return sock
+
+
+def _client_port(sock: socket.socket) -> int:
+    return sock.getsockname()[1]  # type: ignore[no-any-return]
+
+
+def _send_and_read_to_end(port: int, data: bytes) -> int:
+    """Send ``data``, read until the server closes; the client's port."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.sendall(data)
+        _read_to_end(sock)
+        return _client_port(sock)
+
+
+def _ssl_attempt(port: int, ctx: ssl.SSLContext, name: str) -> int:
+    """A CPython handshake the server refuses; the client's port."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as raw:
+        client_port = _client_port(raw)
+        with pytest.raises(ssl.SSLError):
+            with ctx.wrap_socket(raw, server_hostname=name):
+                pass
+        return client_port
+
+
+def _limited(pki: ServerPki, **limits: Any) -> TlsConfig:
+    config = pki.server_config()
+    config.limits = TlsLimits(**limits)
+    return config
+
+
+def scenario_garbage(start_server, pki: ServerPki) -> tuple[int, str | None]:
+    return _send_and_read_to_end(start_server().port, bytes(range(256))), None
+
+
+def scenario_plain_http(start_server, pki: ServerPki) -> tuple[int, str | None]:
+    return _send_and_read_to_end(start_server().port, b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n"), None
+
+
+def scenario_no_common_alpn(start_server, pki: ServerPki) -> tuple[int, str | None]:
+    ctx = ssl_client_context(pki)
+    ctx.set_alpn_protocols(["spdy/3"])
+    return _ssl_attempt(start_server().port, ctx, "a.test"), "a.test"
+
+
+def scenario_version_refused_after_the_hello(start_server, pki: ServerPki) -> tuple[int, str | None]:
+    return _ssl_attempt(start_server("--tls", "1.3").port, ssl_client_context(pki, version=ssl.TLSVersion.TLSv1_2), "b.test"), "b.test"
+
+
+def scenario_handshake_cap(start_server, pki: ServerPki) -> tuple[int, str | None]:
+    server = start_server("--concurrent", "--count", "2", tls=_limited(pki, max_handshakes=1))
+    with _hold(server.port):  # a handshake in progress: the guest's one
+        return _send_and_read_to_end(server.port, cpython_hello()), None
+
+
+def scenario_connection_cap(start_server, pki: ServerPki) -> tuple[int, str | None]:
+    server = start_server("--concurrent", "--count", "2", tls=_limited(pki, max_connections=1))
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as raw:
+        with ssl_client_context(pki).wrap_socket(raw, server_hostname="a.test") as first:
+            first.sendall(b"x")
+            assert first.recv(1) == b"x"  # established, and held open
+            return _send_and_read_to_end(server.port, cpython_hello()), None
+
+
+def scenario_timeout_before_the_hello(start_server, pki: ServerPki) -> tuple[int, str | None]:
+    server = start_server(tls=_limited(pki, handshake_timeout=0.3))
+    return _send_and_read_to_end(server.port, cpython_hello()[:100]), None
+
+
+ACCESS_SCENARIOS = {
+    "garbage": (scenario_garbage, "failed: the client is not speaking TLS"),
+    "plain HTTP": (scenario_plain_http, "failed: the client sent plain HTTP ('GET / HTTP/1.1'...)"),
+    "no common ALPN": (scenario_no_common_alpn, "failed: the guest refused the ClientHello with no_application_protocol (120)"),
+    "version refused after the hello": (scenario_version_refused_after_the_hello, "failed: TLS handshake failed: "),
+    "handshake cap": (scenario_handshake_cap, "failed: TLS connection refused by the host: this guest already has 1 TLS handshakes in progress"),
+    "connection cap": (scenario_connection_cap, "failed: TLS connection refused by the host: this guest already has 1 TLS connections open"),
+    "timeout before the hello": (scenario_timeout_before_the_hello, "failed: TLS handshake timed out: not established within 0.3 s"),
+}
+
+
+@pytest.mark.parametrize("case", list(ACCESS_SCENARIOS))
+def test_access_log_says_why_a_handshake_failed_and_for_which_name(start_server, pki: ServerPki, case: str) -> None:
+    """``tls=failed: REASON`` whenever the handshake did not happen, with the reason the guest
+    was given; ``sni=`` whenever the ClientHello was read."""
+    scenario, reason = ACCESS_SCENARIOS[case]
+    with AccessLog() as log:
+        port, sni = scenario(start_server, pki)
+        line = log.of(port)
+    assert line["tls"].startswith(reason), line
+    assert line["sni"] == (sni or "-"), line
+    assert line["version"] == "-" and line["handshake_ms"] == "-", line
+
+
+def test_one_spelling_of_a_server_name(start_server, pki: ServerPki) -> None:
+    """SNI ``B.TEST``: the guest's hello and connection, and the access log, all say ``b.test``
+    (DNS names compare without case); the connection and the log said ``B.TEST``."""
+    server = start_server("--mode", "alpn")
+    with AccessLog() as log:
+        r = s_client(server.port, "-servername", "B.TEST", "-alpn", "h2", pki=pki)
+        assert "alpn=h2" in r.stdout, r.stdout + r.stderr
+        facts = connection_line(server)  # the guest chose by hello.server-name, printed connection.server-name
+        assert (facts["sni"], facts["identity"]) == ("b.test", "b"), facts["line"]
+        assert server.stop().exit_code == 0  # type: ignore[union-attr]
+        [line] = log.lines
+    assert " sni=b.test " in line and " tls=ok " in line, line
 
 
 # --- many clients at once, and no leaks ----------------------------------------------------

@@ -575,6 +575,8 @@ def test_cli_tls_limit_flags_take_none_for_no_limit() -> None:
     assert (lifted.max_connections, lifted.max_handshakes, lifted.handshake_timeout) == (None, None, None)
     assert limits("--tls-handshake-timeout", "0").handshake_timeout is None  # 0 keeps meaning no deadline
     assert limits("--tls-handshake-timeout", "500ms", "--max-tls-handshakes", "7") == TlsLimits(handshake_timeout=0.5, max_handshakes=7)
+    assert limits("--max-client-hello", "none").max_client_hello is None  # it was refused ("invalid int value")
+    assert limits("--max-client-hello", "128K").max_client_hello == 128 << 10
     usage = TlsUsage()
     for key in range(1200):  # past the default of 1,000 handshakes: no limit means none
         usage.start(key, lifted)

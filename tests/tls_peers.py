@@ -71,21 +71,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class OpensslServer:
-    """``openssl s_server`` on 127.0.0.1; ``args`` picks the mode (``-WWW``, ``-tls1_3``...)."""
+class PeerProcess:
+    """A peer server subprocess whose output goes to ``log_path``; started once ``ready``
+    appears in it (bounded), killed by ``stop``."""
 
-    def __init__(self, leaf: LeafFiles, *args: str, cwd: Path) -> None:
-        self.port = free_port()
-        self.log_path = cwd / f"s_server-{self.port}.log"
-        self._log = open(self.log_path, "wb")
-        cmd = ["openssl", "s_server", "-accept", f"127.0.0.1:{self.port}", "-cert", str(leaf.chain_pem), *args]
-        # stdin stays an open pipe: s_server treats EOF on stdin as "quit" in some modes.
-        self.proc = subprocess.Popen(cmd, cwd=cwd, stdin=subprocess.PIPE, stdout=self._log, stderr=subprocess.STDOUT)
+    def __init__(self, cmd: list[str], ready: bytes, *, log_path: Path, cwd: Path, stdin: int = subprocess.DEVNULL) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen(cmd, cwd=cwd, stdin=stdin, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + TIMEOUT
-        while b"ACCEPT" not in self.log_path.read_bytes():
+        while ready not in log_path.read_bytes():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"openssl s_server did not start: {self.log_path.read_text(errors='replace')}")
+                raise RuntimeError(f"{cmd[0]} did not start: {self.log}")
             time.sleep(0.02)
 
     @property
@@ -96,9 +94,19 @@ class OpensslServer:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(TIMEOUT)
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
         self._log.close()
+
+
+class OpensslServer(PeerProcess):
+    """``openssl s_server`` on 127.0.0.1; ``args`` picks the mode (``-WWW``, ``-tls1_3``...)."""
+
+    def __init__(self, leaf: LeafFiles, *args: str, cwd: Path) -> None:
+        self.port = free_port()
+        cmd = ["openssl", "s_server", "-accept", f"127.0.0.1:{self.port}", "-cert", str(leaf.chain_pem), *args]
+        # stdin stays an open pipe: s_server treats EOF on stdin as "quit" in some modes.
+        super().__init__(cmd, b"ACCEPT", log_path=cwd / f"s_server-{self.port}.log", cwd=cwd, stdin=subprocess.PIPE)
 
 
 Behaviour = Callable[[socket.socket, "PeerServer"], None]
@@ -252,3 +260,35 @@ def stall(conn: socket.socket, server: PeerServer) -> None:
         readable, _, _ = select.select([conn], [], [], 0.05)
         if readable and not conn.recv(4096):
             return
+
+
+class GnutlsServer(PeerProcess):
+    """``gnutls-serv --echo`` (GnuTLS) on a free port with ``args`` (certificate, key,
+    ``--require-client-cert``...); ``resumed`` counts its connections that resumed a session."""
+
+    def __init__(self, *args: str, cwd: Path) -> None:
+        self.port = free_port()  # gnutls-serv cannot pick one itself and say which
+        super().__init__(["gnutls-serv", "--echo", "-p", str(self.port), *args], b"listening on IPv4",
+                         log_path=cwd / f"gnutls-serv-{self.port}.log", cwd=cwd)
+
+    @property
+    def resumed(self) -> int:
+        return self.log.count("This is a resumed session")
+
+
+def rsa_pss_files(directory: Path) -> dict[str, Path]:
+    """RSA-PSS keys (``id-RSASSA-PSS``, as ``openssl genpkey -algorithm RSA-PSS`` makes them)
+    and certificates made by the openssl command: ``ca``, a server ``server`` (localhost,
+    127.0.0.1) and a client ``client`` (CN pss-client), each ``NAME.pem`` and ``NAME.key``."""
+    def run(*cmd: str) -> None:
+        subprocess.run(["openssl", *cmd], cwd=directory, check=True, capture_output=True, timeout=60)
+
+    for name in ("ca", "server", "client"):
+        run("genpkey", "-algorithm", "RSA-PSS", "-pkeyopt", "rsa_keygen_bits:2048", "-out", f"{name}.key")
+    run("req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=pss-ca", "-days", "30", "-out", "ca.pem")
+    extensions = {"server": "subjectAltName=DNS:localhost,IP:127.0.0.1", "client": "extendedKeyUsage=clientAuth"}
+    for name, subject in (("server", "/CN=localhost"), ("client", "/CN=pss-client")):
+        run("req", "-new", "-key", f"{name}.key", "-subj", subject, "-addext", extensions[name], "-out", f"{name}.csr")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-days", "30",
+            "-copy_extensions", "copy", "-out", f"{name}.pem")
+    return {f"{name}.{ext}": directory / f"{name}.{ext}" for name in ("ca", "server", "client") for ext in ("pem", "key")}

@@ -7,10 +7,15 @@
   printed lines collected; ``stop()`` waits for it to exit (bounded) and interrupts it if not.
 * ``KeyAudit``: the forms a private key can be leaked in, and a walker that searches any
   value a host function returns for them.
+* ``AccessLog``: the access-log lines (``wasi_tls_host.access``) written while it is
+  installed, found by the client's port.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import re
 import ssl
 import subprocess
 import threading
@@ -259,6 +264,52 @@ class KeyAudit:
         elif isinstance(value, Variant):
             blobs += self._blobs(value.payload, depth + 1)
         return blobs
+
+
+# --- the access log ------------------------------------------------------------------------
+
+
+class AccessLog(logging.Handler):
+    """``with AccessLog() as log``: the access-log lines written meanwhile (one per accepted
+    connection, when it closes), as the CLI's ``--access-log`` would print them."""
+
+    _FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._logger = logging.getLogger("wasi_tls_host.access")
+        self._level = self._logger.level
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self._changed:
+            self.lines.append(record.getMessage())
+            self._changed.notify_all()
+
+    def __enter__(self) -> AccessLog:
+        self._level = self._logger.level
+        self._logger.setLevel(logging.INFO)
+        self._logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._logger.removeHandler(self)
+        self._logger.setLevel(self._level)
+
+    def of(self, client_port: int, timeout: float = TIMEOUT) -> dict[str, str]:
+        """The fields of the line for the connection from 127.0.0.1:``client_port`` (waiting
+        for it, bounded); quoted values unquoted."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for line in self.lines:
+                    if f"peer=127.0.0.1:{client_port} " in line:
+                        return {k: json.loads(v) if v.startswith('"') else v for k, v in self._FIELD.findall(line)}
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no access-log line for client port {client_port}; lines:\n" + "\n".join(self.lines))
+                self._changed.wait(left)
 
 
 # --- clients and the guest's output, shared by the server test files ---------------------

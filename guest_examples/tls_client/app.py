@@ -2,12 +2,16 @@
 
     tls_client ADDRESS PORT [--server-name NAME] [--alpn h2,http/1.1] [--tls 1.2|1.3]
                [--identity NAME] [--expect-code sha256:HEX] [--send LINE] [--timeout SECONDS]
+               [--connections N]
 
 Connects over wasi:sockets to ADDRESS (an IPv4 literal), verifies the server as NAME
 (default: ADDRESS), and prints one ``key=value`` line per fact: the server chain's subjects,
-the host's verification verdict, the negotiated version, suite and ALPN id, and with
-``--send`` the server's one-line reply. A failure prints ``error=<code>: <message>`` and
-exits with status 1. Every wait is bounded by ``--timeout`` (default 10 s).
+the host's verification verdict, the negotiated version, suite and ALPN id, whether the
+handshake resumed an earlier session, and with ``--send`` the server's one-line reply.
+``--connections N`` does all that N times, one connection after another (the second can
+resume the first's session: a TLS 1.3 ticket arrives after the handshake, so use ``--send``).
+A failure prints ``error=<code>: <message>`` and exits with status 1. Every wait is bounded
+by ``--timeout`` (default 10 s, for each connection).
 """
 
 from componentize_py_types import Err, Ok
@@ -122,11 +126,16 @@ def write_all(tx, data, deadline):
 
 def main(argv):
     address, port = argv[0], int(argv[1])
-    opts = {"--server-name": address, "--timeout": "10"}
+    opts = {"--server-name": address, "--timeout": "10", "--connections": "1"}
     i = 2
     while i < len(argv):
         opts[argv[i]] = argv[i + 1]
         i += 2
+    for _ in range(int(opts["--connections"])):
+        connection(address, port, opts)
+
+
+def connection(address, port, opts):
     deadline = Deadline(float(opts["--timeout"]))
 
     hello = client.OutgoingClientHello(opts["--server-name"])
@@ -167,6 +176,7 @@ def main(argv):
     say(f"alpn={alpn.decode() if alpn else '-'}")
     ready.__exit__(None, None, None)
     conn, prx, ptx = client.IncomingServerHello.finish(handshake)
+    say(f"resumed={str(conn.resumed()).lower()}")
 
     if "--send" in opts:
         try:
@@ -176,6 +186,8 @@ def main(argv):
         reply = read_line(prx, deadline)
         say(f"reply={reply if reply is not None else '-'}")
     conn.close_output()
+    for resource in (prx, ptx, conn, sock):
+        resource.__exit__(None, None, None)
     say("done")
 
 

@@ -15,6 +15,10 @@ one WIT call.
     drop-future HOST PORT          drop the future mid-handshake, then connect again
     bench-handshake HOST PORT N [NAME]  N connect+handshake timings (microseconds)
     bench-download HOST PORT [NAME]  send a GET line, time the download (no digest)
+    resume HOST PORT N [NAME]      N connections one after another, each: handshake (timed,
+                                   microseconds), send a line, read the echoed line, close;
+                                   reading after the handshake brings TLS 1.3 tickets, so
+                                   the host can resume the next connection
 """
 
 import hashlib
@@ -264,6 +268,29 @@ def cmd_bench_handshake(host, port, count, name):
     out("tls-only-us=" + ",".join(str(t) for t in handshakes))
 
 
+def cmd_resume(host, port, count, name):
+    handshakes = []
+    for _ in range(count):
+        sock, rx, tx = tcp_connect(host, port)
+        start = monotonic_clock.now()
+        connection, plain_rx, plain_tx = handshake(rx, tx, name)
+        handshakes.append((monotonic_clock.now() - start) // 1000)
+        with TlsConnection(sock, connection, plain_rx, plain_tx, name) as conn:
+            conn.write_all(b"ping\n", timeout=20)
+            line = b""
+            while not line.endswith(b"\n"):
+                data = conn.read(64, timeout=20)
+                if not data:
+                    break
+                line += data
+            if line != b"ping\n":
+                out(f"error=echoed {line!r}")
+                return 1
+    out(f"connections={count}")
+    out("handshake-us=" + ",".join(str(t) for t in handshakes))
+    return 0
+
+
 def main(argv):
     cmd, args = argv[1], argv[2:]
     host = args[0] if args else ""
@@ -288,6 +315,8 @@ def main(argv):
         cmd_drop_future(host, port)
     elif cmd == "bench-handshake":
         cmd_bench_handshake(host, port, int(args[2]), name_arg(args, 3, host))
+    elif cmd == "resume":
+        return cmd_resume(host, port, int(args[2]), name_arg(args, 3, host))
     else:
         out(f"unknown subcommand {cmd!r}")
         return 2

@@ -259,7 +259,7 @@ class Client:
         conn = self.conn
         alpn = conn.alpn_id()
         self.log(
-            f"connection sni={self.sni or '-'} identity={self.identity_name} version=0x{conn.protocol_version():04x} "
+            f"connection sni={conn.server_name() or '-'} identity={self.identity_name} version=0x{conn.protocol_version():04x} "
             f"suite=0x{conn.cipher_suite():04x} alpn={text(alpn)} client={subject}"
         )
         if self.opts.mode == "alpn":

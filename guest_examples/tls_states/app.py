@@ -161,6 +161,7 @@ def cmd_connection(port, calls):
         "alpn-id": conn.alpn_id,
         "server-name": conn.server_name,
         "peer-identity": conn.peer_identity,
+        "resumed": conn.resumed,
         "close-output": conn.close_output,
     }, calls)
 

@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--tls-min", choices=VERSIONS, default="1.2", help="lowest TLS version to negotiate")
     group.add_argument("--tls-max", choices=VERSIONS, default=None, help="highest TLS version to negotiate")
     group.add_argument("--tls-profile", choices=sorted(PROFILES), default=DEFAULT_PROFILE, help="what guests may negotiate: modern (TLS 1.3 only), intermediate (Mozilla's; the default), compat (old peers: CBC suites, more groups)")
-    group.add_argument("--no-resumption", action="store_true", help="no session tickets or resumption on guest TLS servers (0-RTT is never accepted)")
+    group.add_argument("--no-resumption", action="store_true", help="no session resumption: guest TLS servers issue no session tickets, guest TLS clients keep none (0-RTT is never used)")
 
 
 def apply(args: argparse.Namespace, config: WasiConfig) -> None:

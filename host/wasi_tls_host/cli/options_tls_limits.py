@@ -10,7 +10,7 @@ from ..tls.config import TlsConfig
 from ..tls.limits import TlsLimits
 from ..wasi.context import WasiConfig
 from .errors import UsageError
-from .options_limits import limit_value, or_unlimited, parse_duration, whole_number
+from .options_limits import limit_value, or_unlimited, parse_duration, parse_size, whole_number
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,8 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help=f"TLS connections a guest may have open at once (default {defaults.max_connections})")
     group.add_argument("--max-tls-handshakes", type=or_unlimited(whole_number(1)), metavar="N",
                        help=f"TLS handshakes a guest may have in progress at once (default {defaults.max_handshakes})")
-    group.add_argument("--max-client-hello", type=int, metavar="BYTES", default=defaults.max_client_hello,
-                       help=f"largest ClientHello a guest server accepts (default {defaults.max_client_hello})")
+    group.add_argument("--max-client-hello", type=or_unlimited(parse_size), metavar="BYTES",
+                       help=f"largest first flight (the records carrying a ClientHello) a guest server reads, e.g. 64K; "
+                            f"none = only OpenSSL's own limit (default {defaults.max_client_hello})")
 
 
 def _timeout(text: str) -> float:
@@ -37,12 +38,13 @@ def apply(args: argparse.Namespace, config: WasiConfig) -> None:
         "handshake_timeout": args.tls_handshake_timeout,
         "max_connections": args.max_tls_connections,
         "max_handshakes": args.max_tls_handshakes,
+        "max_client_hello": args.max_client_hello,
     }
     changes = {name: limit_value(value) for name, value in given.items() if value is not None}
     if changes.get("handshake_timeout") == 0.0:
         changes["handshake_timeout"] = None
     try:
-        limits = dataclasses.replace(defaults, max_client_hello=args.max_client_hello, **changes)
+        limits = dataclasses.replace(defaults, **changes)
     except ValueError as e:
         raise UsageError(str(e)) from None
     if config.tls is None:

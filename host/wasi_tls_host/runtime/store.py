@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import weakref
-from typing import Any
+from typing import Any, Callable, Generic, TypeVar
 
 from wasmtime import Store
 
@@ -101,3 +101,21 @@ def state_for_context(context: Any) -> StoreState:
 
 def state_for_context_or_none(context: Any) -> StoreState | None:
     return _STATES.get(context_key(context))
+
+
+T = TypeVar("T")
+
+
+class PerStore(Generic[T]):
+    """One ``T`` per store (guest instance), made by ``factory`` when first asked for and
+    gone with the store's state: ``of(cx)`` in a host function."""
+
+    def __init__(self, factory: Callable[[], T]) -> None:
+        self._factory = factory
+        self._items: weakref.WeakKeyDictionary[StoreState, T] = weakref.WeakKeyDictionary()
+
+    def of(self, cx: StoreState) -> T:
+        item = self._items.get(cx)
+        if item is None:
+            item = self._items[cx] = self._factory()
+        return item

@@ -22,9 +22,10 @@ from ..wasi.io import CallbackPollable, InputStream, OutputStream, Pollable
 from .ciphers import suite_number
 from .config import TlsConfig, tls_config
 from .connection import answer, failure_error, finish_established, limit_error, peer_identity, tls_error
-from .engine import TlsEngine, TlsFailure
+from .engine import TlsFailure
 from .identities import PrivateIdentity, PrivateIdentityHandle, PublicIdentity
 from .limits import LimitExceeded, usage_of
+from .sessions import client_engine
 from .states import SERVER_HELLO
 from .transport import HandshakeDeadline, PendingHandshake, TlsTransport
 
@@ -49,15 +50,15 @@ class OutgoingClientHello(HostResource):
         self.identity: PrivateIdentity | None = None
 
 
-def client_context(config: TlsConfig, hello: OutgoingClientHello) -> SSL.Context:
-    """A context with this hello's version bounds; the guest can narrow the embedder's
+def client_versions(config: TlsConfig, hello: OutgoingClientHello) -> tuple[int, int]:
+    """This hello's version bounds (OpenSSL constants): the guest can narrow the embedder's
     bounds, never widen them."""
     floor, ceiling = config.version_bounds()
     low = max(floor, _VERSIONS[hello.min_version]) if hello.min_version else floor
     high = min(ceiling, _VERSIONS[hello.max_version]) if hello.max_version else ceiling
     if low > high:
         raise tls_error("protocol-version", "the requested TLS versions are outside what the embedder allows")
-    return config.client_context((low, high))
+    return low, high
 
 
 class IncomingServerHello(PendingHandshake):
@@ -100,19 +101,17 @@ def outgoing_client_hello_set_client_identity(cx: StoreState, this: OutgoingClie
 def outgoing_client_hello_connect(cx: StoreState, this: OutgoingClientHello, input: InputStream, output: OutputStream) -> IncomingServerHello:
     config = tls_config(cx)
     usage = usage_of(cx)
+    versions = client_versions(config, this)  # before the connection counts: it may refuse
     try:
         usage.start(input, config.limits)
     except LimitExceeded as e:
         raise limit_error(e) from None
     try:
-        engine = TlsEngine(client_context(config, this), server_side=False, server_name=this.server_name)
+        # The identity's whole chain is presented: servers that trust only a root need
+        # the intermediates too.
+        engine = client_engine(cx, config, this.server_name, input, versions, this.identity)
         if this.alpn_ids:
             engine.conn.set_alpn_protos(this.alpn_ids)
-        if this.identity is not None:
-            engine.conn.use_certificate(this.identity.chain[0])
-            engine.conn.use_privatekey(this.identity.key)
-            # Intermediates go in the context's extra chain in OpenSSL; for client
-            # identities a leaf issued directly by the server's client CA is the usual case.
     except TlsFailure as e:
         usage.closed(input)
         raise failure_error(e) from None  # the call failed: input and output are dropped

@@ -28,6 +28,7 @@ alert to send, and a sentence a person can act on.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 # Error codes (the same strings the rest of the TLS host uses for guest-visible errors).
@@ -35,20 +36,42 @@ DECODE_ERROR = "decode-error"
 UNEXPECTED_MESSAGE = "unexpected-message"
 RECORD_OVERFLOW = "record-overflow"
 PROTOCOL_VERSION = "protocol-version"
+ILLEGAL_PARAMETER = "illegal-parameter"
 
 # TLS AlertLevel / AlertDescription values (RFC 8446 §6).
 ALERT_WARNING = 1
 ALERT_FATAL = 2
 ALERT_UNEXPECTED_MESSAGE = 10
 ALERT_RECORD_OVERFLOW = 22
+ALERT_ILLEGAL_PARAMETER = 47
 ALERT_DECODE_ERROR = 50
 ALERT_PROTOCOL_VERSION = 70
+
+# AlertDescription names (IANA "TLS Alerts"), for logs.
+ALERT_NAMES = {
+    0: "close_notify", 10: "unexpected_message", 20: "bad_record_mac", 22: "record_overflow",
+    40: "handshake_failure", 42: "bad_certificate", 43: "unsupported_certificate",
+    44: "certificate_revoked", 45: "certificate_expired", 46: "certificate_unknown",
+    47: "illegal_parameter", 48: "unknown_ca", 49: "access_denied", 50: "decode_error",
+    51: "decrypt_error", 70: "protocol_version", 71: "insufficient_security", 80: "internal_error",
+    86: "inappropriate_fallback", 90: "user_canceled", 109: "missing_extension",
+    110: "unsupported_extension", 112: "unrecognized_name", 113: "bad_certificate_status_response",
+    115: "unknown_psk_identity", 116: "certificate_required", 120: "no_application_protocol",
+}
+
+
+def alert_name(description: int) -> str:
+    """``120`` -> ``no_application_protocol (120)``; unassigned numbers stay numbers."""
+    name = ALERT_NAMES.get(description)
+    return f"{name} ({description})" if name else f"alert {description}"
+
 
 _ALERT_FOR_CODE = {
     DECODE_ERROR: ALERT_DECODE_ERROR,
     UNEXPECTED_MESSAGE: ALERT_UNEXPECTED_MESSAGE,
     RECORD_OVERFLOW: ALERT_RECORD_OVERFLOW,
     PROTOCOL_VERSION: ALERT_PROTOCOL_VERSION,
+    ILLEGAL_PARAMETER: ALERT_ILLEGAL_PARAMETER,
 }
 
 # Record content types (RFC 8446 §5.1).
@@ -91,17 +114,19 @@ class ClientHelloError(Exception):
 
     ``code`` is for programs (and the guest), ``message`` for people, and ``alert`` is the
     TLS AlertDescription the server should send (``alert_record(ALERT_FATAL, e.alert)``)
-    before closing.
+    before closing, or None when the peer is not speaking TLS at all (``not_tls``): as
+    OpenSSL and Go do, such a peer gets no alert, only the close.
     """
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, *, not_tls: bool = False) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.not_tls = not_tls
 
     @property
-    def alert(self) -> int:
-        return _ALERT_FOR_CODE.get(self.code, ALERT_DECODE_ERROR)
+    def alert(self) -> int | None:
+        return None if self.not_tls else _ALERT_FOR_CODE.get(self.code, ALERT_DECODE_ERROR)
 
     def __str__(self) -> str:
         return self.message
@@ -211,26 +236,40 @@ def _u16_list(data: bytes, what: str) -> list[int]:
     return [int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2)]
 
 
+def _illegal_name(message: str) -> ClientHelloError:
+    # A server_name extension that decodes but names no DNS host: RFC 8446 section 6.2's
+    # illegal_parameter ("a field ... was incorrect"), not decode_error (which is for
+    # lengths and ranges); tlsfuzzer expects the same.
+    return ClientHelloError(ILLEGAL_PARAMETER, f"malformed ClientHello: server_name: {message}")
+
+
 def _hostname(raw: bytes) -> str:
-    # RFC 6066 §3: ASCII host name (IDNA A-labels), no trailing dot, no IP literals. A
-    # trailing dot is tolerated (some clients send one); NUL, non-ASCII and empty labels are
-    # not, since a name that compares differently in C and Python invites certificate mixups.
+    # RFC 6066 section 3: an ASCII host name (IDNA A-labels), no trailing dot, no IP
+    # literals. A trailing dot is tolerated (some clients send one); NUL, control
+    # characters, non-ASCII and empty labels are not, since a name that compares
+    # differently in C and Python, or reaches a log, invites mix-ups.
     if b"\x00" in raw:
-        raise _decode("server_name: host name contains a NUL byte")
+        raise _illegal_name("host name contains a NUL byte")
     if any(b >= 0x80 for b in raw):
-        raise _decode("server_name: host name is not ASCII (internationalised names must be sent as IDNA A-labels, xn--...)")
+        raise _illegal_name("host name is not ASCII (internationalised names must be sent as IDNA A-labels, xn--...)")
     name = raw[:-1] if raw.endswith(b".") else raw
     if not name or len(name) > 253:
-        raise _decode(f"server_name: host name length {len(name)} is outside 1..253")
+        raise _illegal_name(f"host name length {len(name)} is outside 1..253")
     bad = set(name) - _HOSTNAME_CHARS
     if bad:
         shown = ", ".join(repr(chr(b)) for b in sorted(bad))
-        raise _decode(f"server_name: host name contains characters not allowed in DNS names ({shown})")
+        raise _illegal_name(f"host name contains characters not allowed in DNS names ({shown})")
     for label in name.split(b"."):
         if not 1 <= len(label) <= 63:
-            raise _decode(f"server_name: host name {name.decode()!r} has a label of length {len(label)} (must be 1..63)")
-    # DNS names compare case-insensitively; hand the guest one canonical spelling.
-    return name.decode("ascii").lower()
+            raise _illegal_name(f"host name {name.decode()!r} has a label of length {len(label)} (must be 1..63)")
+    return canonical_server_name(name.decode("ascii"))
+
+
+def canonical_server_name(name: str) -> str:
+    """The one spelling of a DNS server name the host hands out and logs: lower-case ASCII
+    without a trailing dot (DNS names compare without case, RFC 4343; nginx does the same
+    to a Host header before it looks up a server)."""
+    return name.rstrip(".").lower()
 
 
 def _parse_server_name(data: bytes) -> str | None:
@@ -243,7 +282,8 @@ def _parse_server_name(data: bytes) -> str | None:
         name_type = names.uint(1, "name_type")
         value = names.vector(2, 1, 0xFFFF, "name")
         if name_type in seen:
-            raise _decode(f"server_name: more than one name of type {name_type}")
+            # RFC 6066 section 3: "MUST NOT contain more than one name of the same name_type".
+            raise _illegal_name(f"more than one name of type {name_type}")
         seen.add(name_type)
         if name_type == 0:  # host_name; other types are unassigned and ignored
             host = _hostname(value)
@@ -298,10 +338,12 @@ def parse_client_hello(message: bytes) -> ClientHello:
     head.end()
 
     legacy_version = body.uint(2, "legacy_version")
-    if legacy_version >> 8 != 3:
+    if legacy_version < SSL3_0:
+        # Anything higher is a future version, answered with the highest one the server has
+        # (RFC 5246 Appendix E.1), as OpenSSL does; SSL 3.0 itself is OpenSSL's to refuse.
         raise ClientHelloError(
             PROTOCOL_VERSION,
-            f"the ClientHello offers protocol version 0x{legacy_version:04x}, which is not SSL 3 or TLS",
+            f"the ClientHello offers protocol version 0x{legacy_version:04x}, older than SSL 3 and TLS",
         )
     random = body.take(32, "random")
     session_id = body.vector(1, 0, 32, "legacy_session_id")
@@ -370,12 +412,18 @@ def parse_client_hello(message: bytes) -> ClientHello:
 
 
 def _not_tls(first: bytes) -> ClientHelloError:
-    """Explain a first record that is not a handshake, naming the likely cause."""
+    """Explain a first record that is not a TLS handshake record, naming the likely cause.
+
+    A peer that is not speaking TLS at all gets no alert (``not_tls``), as OpenSSL and Go
+    do; one that sends a TLS record of another type, or an SSL 2.0 hello, gets the alert
+    OpenSSL sends for it.
+    """
     if first[:4] in _HTTP_STARTS:
         line = first.split(b"\r\n", 1)[0][:40].decode("ascii", "replace")
         return ClientHelloError(
             DECODE_ERROR,
             f"the client sent plain HTTP ({line!r}...) to a TLS port; it should connect with https://",
+            not_tls=True,
         )
     if first[0] & 0x80 and len(first) >= 3 and first[2] == 1:
         return ClientHelloError(
@@ -383,14 +431,15 @@ def _not_tls(first: bytes) -> ClientHelloError:
             "the client sent an SSL 2.0-format ClientHello, used only by obsolete clients; "
             "it must be upgraded to speak TLS 1.2 or later",
         )
-    if first[0] in (CONTENT_CHANGE_CIPHER_SPEC, CONTENT_ALERT, CONTENT_APPLICATION_DATA):
+    if first[0] != CONTENT_HANDSHAKE and first[1:2] == b"\x03":
         return ClientHelloError(
             UNEXPECTED_MESSAGE,
             f"the client's first TLS record has content type {first[0]}, but a connection must start with a handshake (22)",
         )
     return ClientHelloError(
         DECODE_ERROR,
-        f"the client is not speaking TLS: its first bytes are {first[:8].hex(' ')}, not a handshake record (16 03 0x)",
+        f"the client is not speaking TLS: its first bytes are {first[:8].hex(' ')}, not a handshake record (16 03 xx)",
+        not_tls=True,
     )
 
 
@@ -403,13 +452,15 @@ class ClientHelloReader:
 
     Limits: every record is a handshake record of at most 2^14 bytes, and the records
     carrying the hello, headers included, fit in ``max_hello_size`` bytes. While feed()
-    returns None, ``len(buffered())`` never exceeds ``max_hello_size``.
+    returns None, ``len(buffered())`` never exceeds ``max_hello_size``. None lifts that
+    limit: what bounds the flight then is the hello's own 24-bit length.
     """
 
-    def __init__(self, max_hello_size: int = DEFAULT_MAX_HELLO_SIZE) -> None:
-        if max_hello_size < RECORD_HEADER_SIZE + HANDSHAKE_HEADER_SIZE + _MIN_BODY:
+    def __init__(self, max_hello_size: int | None = DEFAULT_MAX_HELLO_SIZE) -> None:
+        if max_hello_size is not None and max_hello_size < RECORD_HEADER_SIZE + HANDSHAKE_HEADER_SIZE + _MIN_BODY:
             raise ValueError(f"max_hello_size {max_hello_size} is too small for any ClientHello")
         self.max_hello_size = max_hello_size
+        self._limit: float = math.inf if max_hello_size is None else max_hello_size
         self._raw = bytearray()
         self._pos = 0  # start of the first record not yet consumed
         self._handshake = bytearray()  # reassembled handshake fragments
@@ -439,16 +490,16 @@ class ClientHelloReader:
 
     def _advance(self) -> ClientHello | None:
         raw = self._raw
-        if self._pos == 0 and raw and raw[0] != CONTENT_HANDSHAKE:
+        if self._pos == 0 and raw and (raw[0] != CONTENT_HANDSHAKE or raw[1:2] not in (b"", b"\x03")):
             # Wait for a few bytes before judging, to say what the client spoke instead.
-            wanted = 4 if 0x41 <= raw[0] <= 0x5A else 3 if raw[0] & 0x80 else 1
+            wanted = 4 if 0x41 <= raw[0] <= 0x5A else 3 if raw[0] & 0x80 else 2
             if len(raw) < wanted:
                 return None
             raise _not_tls(bytes(raw[:64]))
 
         while True:
             available = len(raw) - self._pos
-            if self._pos + RECORD_HEADER_SIZE > self.max_hello_size:
+            if self._pos + RECORD_HEADER_SIZE > self._limit:
                 raise self._too_big()
             if available < RECORD_HEADER_SIZE:
                 self._check_partial_header()
@@ -457,7 +508,7 @@ class ClientHelloReader:
             content_type, version, length = header[0], int.from_bytes(header[1:3], "big"), int.from_bytes(header[3:5], "big")
             self._check_record_header(content_type, version, length)
             end = self._pos + RECORD_HEADER_SIZE + length
-            if end > self.max_hello_size:
+            if end > self._limit:
                 raise self._too_big()
             if len(raw) < end:
                 return None
@@ -468,7 +519,7 @@ class ClientHelloReader:
                 return hello
 
     def _check_partial_header(self) -> None:
-        # Judge a record header as soon as its first byte is here, so a wrong type fails fast.
+        # Judge a record header as soon as its first bytes are here, so a wrong type fails fast.
         partial = self._raw[self._pos :]
         if partial and partial[0] != CONTENT_HANDSHAKE:
             self._check_record_header(partial[0], TLS1_2, 1)
@@ -477,21 +528,18 @@ class ClientHelloReader:
 
     def _check_record_header(self, content_type: int, version: int, length: int) -> None:
         if content_type != CONTENT_HANDSHAKE:
-            # RFC 8446 §5.1: handshake messages must not be interleaved with other records.
+            # RFC 8446 section 5.1: handshake messages must not be interleaved with other records.
             raise ClientHelloError(
                 UNEXPECTED_MESSAGE,
                 f"the client sent a record of content type {content_type} before its ClientHello was complete",
             )
+        # The record version is otherwise ignored: RFC 5246 Appendix E.1 has servers accept
+        # any 0x03XX here (clients send 0x0300 to 0x0303), RFC 8446 section 5.1 ignores it.
+        # (A first record with another major version never gets here: it is not TLS.)
         if version >> 8 != 3:
             raise ClientHelloError(
-                DECODE_ERROR,
-                f"a record in the client's first flight has version 0x{version:04x}; this is not TLS",
-            )
-        if not TLS1_0 <= version <= TLS1_2:
-            raise ClientHelloError(
                 PROTOCOL_VERSION,
-                f"the client's record version is 0x{version:04x}; only TLS 1.0-1.2 record versions "
-                "(0x0301-0x0303) may carry a ClientHello (SSL 3.0 clients are not supported)",
+                f"a record in the client's first flight has version 0x{version:04x}, not 0x03xx as TLS records do",
             )
         if length > MAX_RECORD_PAYLOAD:
             raise ClientHelloError(
@@ -516,7 +564,7 @@ class ClientHelloReader:
             # Judge an impossible length now rather than wait for bytes that cannot help.
             raise _decode(f"ClientHello body length {length} is below the minimum of {_MIN_BODY}")
         total = HANDSHAKE_HEADER_SIZE + length
-        if total > self.max_hello_size:
+        if total > self._limit:
             raise self._too_big(total)
         if len(hs) < total:
             return None
@@ -534,4 +582,5 @@ class ClientHelloReader:
             what = f"declares a {declared}-byte ClientHello, over"
         else:
             what = "sent ClientHello records exceeding"
-        return ClientHelloError(DECODE_ERROR, f"the client {what} the {self.max_hello_size}-byte limit for a first flight")
+        return ClientHelloError(DECODE_ERROR, f"the client {what} the {self.max_hello_size}-byte limit for a first flight "
+                                              "(the embedder's --max-client-hello, TlsLimits.max_client_hello)")

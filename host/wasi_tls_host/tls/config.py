@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Union
@@ -70,8 +71,9 @@ class TlsConfig:
     ``tls.profiles``) bounds versions, suites and groups; ``min_version``/``max_version``
     ("1.2", "1.3") narrow it further, and guests can only narrow what is left.
     ``resumption``: TLS servers issue session tickets (encrypted under keys the host
-    replaces every ``ticket_key_lifetime`` seconds) and resume sessions; 0-RTT is never
-    accepted.
+    replaces every ``ticket_key_lifetime`` seconds) and resume sessions; TLS clients keep
+    the tickets servers give them (per guest instance, ``tls.sessions``) and offer them on
+    the next connection to the same server. 0-RTT is never sent or accepted.
     """
 
     trust: list[TrustAnchor] = field(default_factory=list)
@@ -95,7 +97,11 @@ class TlsConfig:
     profile: str = DEFAULT_PROFILE
     resumption: bool = True
     ticket_key_lifetime: float = 3600.0
+    # Client contexts by client identity (None: none) and version bounds. Held weakly by
+    # identity: an instance's attested identity goes with the instance, its contexts too.
     _client_contexts: dict[tuple[int, int], SSL.Context] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _identity_client_contexts: weakref.WeakKeyDictionary[Any, dict[tuple[int, int], SSL.Context]] = field(
+        default_factory=weakref.WeakKeyDictionary, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for version in (self.min_version, self.max_version):
@@ -167,22 +173,32 @@ class TlsConfig:
             self._server_contexts_born = now
         return self._server_contexts
 
-    def client_context(self, versions: tuple[int, int] | None = None) -> SSL.Context:
+    def client_context(self, versions: tuple[int, int] | None = None, identity: Any = None) -> SSL.Context:
         """The OpenSSL context for client connections with these version bounds (default:
-        the config's own), built once per bounds."""
+        the config's own) presenting ``identity`` (a PrivateIdentity: its whole chain) when a
+        server asks for a certificate; built once per bounds and identity."""
         versions = versions or self.version_bounds()
-        ctx = self._client_contexts.get(versions)
-        if ctx is None:
-            ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
-            self.policy.configure(ctx, self.policy.narrow_versions(*versions))
-            ctx.set_verify(SSL.VERIFY_PEER)
-            if self.use_system_roots:
-                ctx.set_default_verify_paths()
-            store = ctx.get_cert_store()
-            assert store is not None
-            for cert in self.anchors:
-                store.add_cert(crypto.X509.from_cryptography(cert))
-            self._client_contexts[versions] = ctx
+        if identity is None:
+            contexts = self._client_contexts
+        else:
+            contexts = self._identity_client_contexts.setdefault(identity, {})
+        ctx = contexts.get(versions)
+        if ctx is not None:
+            return ctx
+        ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        self.policy.configure(ctx, self.policy.narrow_versions(*versions))
+        ctx.set_verify(SSL.VERIFY_PEER)
+        if self.use_system_roots:
+            ctx.set_default_verify_paths()
+        store = ctx.get_cert_store()
+        assert store is not None
+        for cert in self.anchors:
+            store.add_cert(crypto.X509.from_cryptography(cert))
+        if not self.resumption:
+            ctx.set_options(SSL.OP_NO_TICKET)  # TLS 1.2 servers then issue none
+        if identity is not None:
+            identity.use_in(ctx)
+        contexts[versions] = ctx
         return ctx
 
 

@@ -25,9 +25,14 @@ ERROR_CODES = frozenset({
 })
 
 
+# The ClientHello reader's finer codes (each with its own alert), which the guest sees as one.
+_DECODE_ERRORS = frozenset({"unexpected-message", "record-overflow", "illegal-parameter"})
+
+
 def tls_error(code: str, message: str) -> WitError:
     """The ``error`` record of this package, raised as the function's error result."""
-    return WitError({"code": code if code in ERROR_CODES else "decode-error" if code in {"unexpected-message", "record-overflow"} else "internal", "message": message})
+    return WitError({"code": code if code in ERROR_CODES else "decode-error" if code in _DECODE_ERRORS else "internal", "message": message})
+
 
 
 def failure_error(failure: TlsFailure) -> WitError:
@@ -102,6 +107,11 @@ def connection_server_name(cx: StoreState, this: Connection) -> str | None:
 @connection_iface.func("[method]connection.peer-identity")
 def connection_peer_identity(cx: StoreState, this: Connection) -> PublicIdentity | None:
     return PublicIdentity(this.peer.chain) if this.peer is not None else None
+
+
+@connection_iface.func("[method]connection.resumed")
+def connection_resumed(cx: StoreState, this: Connection) -> bool:
+    return this.transport.engine.resumed()
 
 
 @connection_iface.func("[method]connection.close-output")

@@ -92,6 +92,7 @@ class HandshakeInfo:
     cipher: str | None
     alpn: bytes | None
     peer_chain_der: list[bytes]
+    resumed: bool = False  # an earlier session was resumed (no certificate was sent)
 
 
 RECORD_CHANGE_CIPHER_SPEC = 20
@@ -136,6 +137,8 @@ class TlsEngine:
     def __init__(self, context: SSL.Context, *, server_side: bool, server_name: str | None = None) -> None:
         self.conn = SSL.Connection(context, None)
         self.server_side = server_side
+        # A client's: the name it sends and checks the certificate against; a server's: the
+        # SNI of the ClientHello the host parsed (OpenSSL's copy keeps the client's spelling).
         self.server_name = server_name
         self.handshake_done = False
         self.close_notify_received = False
@@ -303,6 +306,10 @@ class TlsEngine:
         proto = self.conn.get_alpn_proto_negotiated()
         return proto or None
 
+    def resumed(self) -> bool:
+        # pyOpenSSL has no session_reused(): its private binding of SSL_session_reused.
+        return bool(_lib.SSL_session_reused(self.conn._ssl))
+
     def info(self) -> HandshakeInfo:
         return HandshakeInfo(
             server_side=self.server_side,
@@ -312,14 +319,13 @@ class TlsEngine:
             cipher=self.cipher_name(),
             alpn=self.alpn(),
             peer_chain_der=self.peer_chain_der(),
+            resumed=self.resumed(),
         )
 
     def requested_server_name(self) -> str | None:
-        """SNI: what the client asked for (server side) or what this client sent."""
-        if not self.server_side:
-            return self.server_name
-        name = self.conn.get_servername()
-        return name.decode("ascii", "replace") if name else None
+        """SNI: what this client sent, or (server side) what the client asked for as the host
+        read it from the ClientHello, in its one canonical spelling (client_hello.py)."""
+        return self.server_name
 
     def peer_chain_der(self) -> list[bytes]:
         from cryptography.hazmat.primitives.serialization import Encoding

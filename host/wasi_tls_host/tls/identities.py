@@ -18,6 +18,10 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import types as key_types
+from cryptography.x509.oid import PublicKeyAlgorithmOID
+from OpenSSL import SSL, crypto
+from OpenSSL._util import exception_from_error_queue as _exception_from_error_queue
+from OpenSSL._util import lib as _lib
 
 from ..runtime.binding import Interface
 from ..runtime.resources import HostResource
@@ -87,12 +91,17 @@ class PrivateIdentity:
     """A named certificate chain and private key, owned by the embedder.
 
     The key is loaded into OpenSSL contexts by the host; nothing hands it to a guest.
+    ``openssl_key`` is the same key as OpenSSL loaded it from the PEM file: cryptography
+    reads an RSA-PSS key (``id-RSASSA-PSS``) as a plain RSA key, and OpenSSL pairs a
+    certificate only with a key of its own type, so a key converted from ``key`` would
+    leave an RSA-PSS certificate without a key (no handshake could use it).
     """
 
     name: str
     chain: list[x509.Certificate]
     key: PrivateKey = field(repr=False)
     files: IdentityFiles | None = field(default=None, compare=False)
+    openssl_key: crypto.PKey | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.chain:
@@ -105,7 +114,40 @@ class PrivateIdentity:
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         ) != self.key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo):
             raise ValueError(f"identity {self.name!r}: the private key does not match the certificate")
+        if self.openssl_key is None:
+            self.openssl_key = crypto.PKey.from_cryptography_key(self.key)
+        self._check_openssl_pairs()
         self.public = PublicIdentity(self.chain)
+
+    def _check_openssl_pairs(self) -> None:
+        """Refuse now, in one line, a certificate and key that OpenSSL would not use
+        together, rather than fail every handshake that presents them."""
+        ctx = SSL.Context(SSL.TLS_METHOD)
+        try:
+            ctx.use_certificate(self.chain[0])
+            self._use_key(ctx)
+        except SSL.Error as e:
+            reasons = "; ".join(str(r[2]) for r in e.args[0]) if e.args and isinstance(e.args[0], list) else str(e)
+            hint = ""
+            if self.chain[0].public_key_algorithm_oid == PublicKeyAlgorithmOID.RSASSA_PSS:
+                hint = ("; an RSA-PSS key must be given as its PEM (PrivateIdentity.from_pem or from_files): "
+                        "cryptography reads it as a plain RSA key")
+            raise ValueError(f"identity {self.name!r}: OpenSSL cannot use this certificate with this key ({reasons}){hint}") from None
+
+    def use_in(self, ctx: SSL.Context) -> None:
+        """Present this identity from ``ctx``: the leaf, the intermediates after it, the key."""
+        ctx.use_certificate(self.chain[0])
+        for extra in self.chain[1:]:
+            ctx.add_extra_chain_cert(extra)
+        self._use_key(ctx)
+
+    def _use_key(self, ctx: SSL.Context) -> None:
+        # pyOpenSSL deprecates passing a PKey to use_privatekey, and a cryptography key would
+        # lose the RSA-PSS type (see openssl_key): its private binding of SSL_CTX_use_PrivateKey.
+        assert self.openssl_key is not None
+        if not _lib.SSL_CTX_use_PrivateKey(ctx._context, self.openssl_key._pkey):
+            _exception_from_error_queue(SSL.Error)
+        ctx.check_privatekey()
 
     @classmethod
     def from_pem(cls, name: str, cert_pem: bytes, key_pem: bytes, passphrase: bytes | None = None) -> PrivateIdentity:
@@ -118,7 +160,13 @@ class PrivateIdentity:
             raise ValueError(f"identity {name!r}: {e} (the key is encrypted: give its passphrase)") from None
         except (ValueError, UnsupportedAlgorithm) as e:
             raise ValueError(f"identity {name!r}: cannot load the private key: {e}") from None
-        return cls(name, chain, key)  # type: ignore[arg-type]
+        # OpenSSL's own reading keeps the key's type (see openssl_key). The passphrase was
+        # checked just above; b"" rather than None so OpenSSL can never prompt for one.
+        try:
+            openssl_key = crypto.load_privatekey(crypto.FILETYPE_PEM, key_pem, passphrase or b"")
+        except crypto.Error as e:
+            raise ValueError(f"identity {name!r}: OpenSSL cannot load the private key: {e}") from None
+        return cls(name, chain, key, openssl_key=openssl_key)  # type: ignore[arg-type]
 
     @classmethod
     def from_files(cls, name: str, cert: str | Path, key: str | Path, passphrase: bytes | None = None) -> PrivateIdentity:

@@ -9,10 +9,10 @@ connection's state machine ends it, never when a counter is balanced by hand.
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..runtime.store import PerStore
 from .client_hello import DEFAULT_MAX_HELLO_SIZE
 
 
@@ -29,8 +29,10 @@ class TlsLimits:
     # Of those, how many may still be handshaking.
     max_handshakes: int | None = 1_000
     # Largest first flight (records carrying the ClientHello, headers included) a guest
-    # server accepts; a bigger one is refused with a decode_error alert.
-    max_client_hello: int = DEFAULT_MAX_HELLO_SIZE
+    # server accepts; a bigger one is refused with a decode_error alert. None: the host
+    # reads any ClientHello the protocol can express, and OpenSSL's own limit (131,396
+    # bytes, refused with illegal_parameter) is the only one.
+    max_client_hello: int | None = DEFAULT_MAX_HELLO_SIZE
 
     def __post_init__(self) -> None:
         if self.handshake_timeout is not None and not self.handshake_timeout > 0:
@@ -39,7 +41,7 @@ class TlsLimits:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be at least 1, or None for no limit, not {value!r}")
-        if self.max_client_hello < 512:
+        if self.max_client_hello is not None and self.max_client_hello < 512:
             raise ValueError(f"max_client_hello must be at least 512 bytes, not {self.max_client_hello}")
 
 
@@ -73,12 +75,5 @@ class TlsUsage:
         self.connections.discard(key)
 
 
-_USAGE: weakref.WeakKeyDictionary[Any, TlsUsage] = weakref.WeakKeyDictionary()
-
-
-def usage_of(cx: Any) -> TlsUsage:
-    """The TLS usage of the store a host function runs in."""
-    usage = _USAGE.get(cx)
-    if usage is None:
-        usage = _USAGE[cx] = TlsUsage()
-    return usage
+# The TLS usage of the store a host function runs in: usage_of(cx).
+usage_of = PerStore(TlsUsage).of

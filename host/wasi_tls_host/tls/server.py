@@ -27,8 +27,9 @@ from ..runtime.resources import HostResource
 from ..runtime.store import StoreState
 from ..runtime.values import WitError
 from ..wasi.io import InputStream, OutputStream, Pollable, StreamClosed, StreamFailed, CallbackPollable, Waits
+from ..wasi.socket_streams import ConnectionRecord
 from .ciphers import split_suites
-from .client_hello import ALERT_FATAL, ClientHello, ClientHelloError, ClientHelloReader, alert_record
+from .client_hello import ALERT_FATAL, ClientHello, ClientHelloError, ClientHelloReader, alert_name, alert_record
 from .config import TlsConfig, tls_config
 from .connection import answer, finish_established, peer_identity, tls_error
 from .engine import BAD_CERTIFICATE, TlsEngine, TlsFailure
@@ -114,12 +115,7 @@ def server_context(config: TlsConfig, hello: OutgoingServerHello) -> SSL.Context
         config.policy.check_suites(hello.suites)
     config.policy.configure(ctx, policy_versions(config, hello.min_version, hello.max_version), hello.suites)
     configure_resumption(ctx, config.resumption, hashlib.sha256(repr(key).encode()).digest(), config.ticket_key_lifetime)
-    identity = hello.identity
-    ctx.use_certificate(identity.chain[0])
-    for extra in identity.chain[1:]:
-        ctx.add_extra_chain_cert(extra)
-    ctx.use_privatekey(identity.key)
-    ctx.check_privatekey()
+    hello.identity.use_in(ctx)
     if hello.client_auth is not None:
         anchors = config.client_anchors()
         if not anchors:
@@ -145,9 +141,12 @@ class IncomingClientHello(HostResource):
     States (``CLIENT_HELLO`` in states.py): READING until the hello is parsed (RECEIVED) or
     cannot be (FAILED: malformed, too big, peer gone, deadline passed; the client got an
     alert and the streams are closed); accept or reject consume it (ANSWERED).
+
+    An accepted socket's access-log record learns the SNI as soon as the hello is read, and
+    why the connection ended here if it did (``tls=failed: ...``).
     """
 
-    def __init__(self, input: InputStream, output: OutputStream, *, max_size: int,
+    def __init__(self, input: InputStream, output: OutputStream, *, max_size: int | None,
                  deadline: HandshakeDeadline | None = None) -> None:
         self.states = StateMachine(CLIENT_HELLO)
         self.input: InputStream | None = input
@@ -157,6 +156,7 @@ class IncomingClientHello(HostResource):
         self.hello: ClientHello | None = None
         self.usage: TlsUsage | None = None  # set by accept once the limits let it start
         self.deadline = deadline
+        self.record: ConnectionRecord | None = getattr(input, "record", None)  # accepted sockets only
 
     @property
     def state(self) -> ClientHelloState:
@@ -187,13 +187,21 @@ class IncomingClientHello(HostResource):
             self.fail("closed", f"reading the ClientHello failed: {e}")
             return True
         self.states.advance(Event.HELLO_COMPLETE)
+        if self.record is not None and self.hello.server_name is not None:
+            self.record.annotate(sni=self.hello.server_name)
         return True
 
     def fail(self, code: str, message: str, alert: int | None = None) -> None:
         """The FAIL transition: later calls answer this error; the client gets ``alert``."""
         log.info("TLS server: %s", message)
         self.states.advance(Event.FAIL, tls_error(code, message))
+        self.note_failure(message)
         self.send_alert(alert)
+
+    def note_failure(self, reason: str) -> None:
+        """Tell the access log why the connection ended before its handshake began."""
+        if self.record is not None:
+            self.record.annotate(tls=f"failed: {reason}")
 
     def refuse(self, code: str, message: str, alert: int) -> NoReturn:
         """Fail (the client gets ``alert``) and raise the error for the guest."""
@@ -251,6 +259,8 @@ class IncomingClientHello(HostResource):
         """Dropped unanswered (or consumed by a refused accept): the client is told."""
         if self.state in (ClientHelloState.READING, ClientHelloState.RECEIVED):
             self.states.advance(Event.REJECT)
+            self.note_failure("the guest let go of the connection without answering its ClientHello "
+                              f"(the client got {alert_name(ALERT_USER_CANCELED)})")
             self.send_alert(ALERT_USER_CANCELED)
         self.close_streams()
 
@@ -341,7 +351,7 @@ def incoming_client_hello_accept(cx: StoreState, this: IncomingClientHello, resp
         this.refuse("invalid-argument", f"cannot use this answer: {e}", alert=ALERT_INTERNAL_ERROR)
     except WitError as e:
         this.refuse(e.payload["code"], e.payload["message"], alert=ALERT_INTERNAL_ERROR)
-    engine = TlsEngine(context, server_side=True)
+    engine = TlsEngine(context, server_side=True, server_name=hello.server_name)
     engine.conn.set_app_data(response.alpn)
     engine.feed(this.reader.buffered())
     cin, cout = this.take_streams()
@@ -356,6 +366,7 @@ def incoming_client_hello_accept(cx: StoreState, this: IncomingClientHello, resp
 def incoming_client_hello_reject(cx: StoreState, this: IncomingClientHello, alert: int) -> None:
     this.states.require("reject")
     this.states.advance(Event.REJECT)
+    this.note_failure(f"the guest refused the ClientHello with {alert_name(alert)}")
     this.send_alert(alert)
 
 

@@ -190,7 +190,7 @@ CONNECTION: Machine[ConnectionState] = Machine(
     },
     calls={
         "protocol-version": _OPEN, "cipher-suite": _OPEN, "alpn-id": _OPEN, "server-name": _OPEN,
-        "peer-identity": _OPEN, "close-output": _OPEN,
+        "peer-identity": _OPEN, "resumed": _OPEN, "close-output": _OPEN,
     },
 )
 

@@ -20,6 +20,7 @@ from ..wasi.io import CallbackPollable, InputStream, IoError, OutputStream, Poll
 from .config import tls_config
 from .engine import ACCESS_DENIED, INVALID_ARGUMENT, TlsEngine, TlsFailure
 from .limits import LimitExceeded, usage_of
+from .sessions import client_engine
 from .states import FUTURE_CLIENT_STREAMS, Event, HandshakeState, WrongState
 from .transport import HandshakeDeadline, PendingHandshake, TlsConnection, TlsInputStream, TlsOutputStream, TlsTransport
 
@@ -75,7 +76,7 @@ def client_handshake_finish(cx: StoreState, this: ClientHandshake) -> FutureClie
     cin, cout = this.take_streams()
     refused: TlsFailure | None = None
     try:
-        engine = TlsEngine(config.client_context(), server_side=False, server_name=this.server_name)
+        engine: TlsEngine = client_engine(cx, config, this.server_name, cin)
     except TlsFailure as e:
         if e.code != INVALID_ARGUMENT:
             cin.drop()
