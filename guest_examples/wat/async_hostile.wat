@@ -6,6 +6,7 @@
     (export "sleep-ms" (func async (param "ms" u32) (result u32)))
     (export "produce" (func (param "n" u32) (result (stream u8))))
     (export "consume" (func async (param "data" (stream u8)) (result u32)))
+    (export "consume-direct" (func async (param "data" (stream u8)) (result u32)))
     (export "future-later" (func (param "v" u32) (result (future u32))))
   ))
   (core module $Libc (memory (export "memory") 1))

@@ -73,6 +73,13 @@ class ReadableBuffer(Buffer):
     def read(self, n: int) -> Any:
         raise NotImplementedError
 
+    def view(self, k: int) -> memoryview:
+        """The next ``k`` bytes to take (``is_bytes`` buffers only), until ``advance``."""
+        raise NotImplementedError
+
+    def advance(self, k: int) -> None:
+        raise NotImplementedError
+
 
 class WritableBuffer(Buffer):
     def write(self, values: Any) -> None:
@@ -101,6 +108,12 @@ class HostReadableBuffer(ReadableBuffer):
         start = self.progress
         self.progress += n
         return self.values[start:start + n]
+
+    def view(self, k: int) -> memoryview:
+        return memoryview(self.values)[self.progress:self.progress + k]
+
+    def advance(self, k: int) -> None:
+        self.progress += k
 
 
 class HostWritableBuffer(WritableBuffer):
@@ -162,6 +175,7 @@ class Stream:
         self.t = t  # the element type (UNSET until a host-made stream first crosses into a guest)
         self.dropped = False
         self.writer: StreamWriter | None = None  # the host's writer, told when a read is pending
+        self.reader: StreamReader | None = None  # the host's draining reader, told when a write is
         self.reset_pending()
 
     def reset_pending(self) -> None:
@@ -187,8 +201,9 @@ class Stream:
             self.dropped = True
             if self.pending_buffer is not None:
                 self.reset_and_notify_pending(CopyResult.DROPPED)
-            if self.writer is not None:
-                self.writer.wake.set()
+            for end in (self.writer, self.reader):
+                if end is not None:
+                    end.wake.set()
 
     def read(self, inst: Any, dst: WritableBuffer, on_copy: OnCopy, on_copy_done: OnCopyDone) -> None:
         if self.dropped:
@@ -217,6 +232,8 @@ class Stream:
             on_copy_done(CopyResult.DROPPED)
         elif self.pending_buffer is None:
             self.set_pending(inst, src, on_copy, on_copy_done)
+            if self.reader is not None:
+                self.reader.wake.set()
         else:
             dst = self.pending_buffer
             assert isinstance(dst, WritableBuffer)
@@ -262,9 +279,9 @@ class StreamWriter:
             if s.dropped:
                 raise StreamClosed("the reader dropped the stream")
             buf = s.pending_buffer
-            if isinstance(buf, WritableBuffer):
+            if buf is not None and (buf.remain() > 0 or buf.is_zero_length()):
                 return buf
-            self.wake.clear()
+            self.wake.clear()  # no read pending (or one filled, until its event is delivered)
             await self.wake
 
     def _copied(self) -> None:
@@ -286,7 +303,8 @@ class StreamWriter:
             buf = await self.reader_buffer()
             room = buf.remain()
             if room == 0:  # a zero-length read: "tell me when there is something"
-                self.stream.reset_and_notify_pending(CopyResult.COMPLETED)
+                if self.stream.pending_buffer is buf:
+                    self.stream.reset_and_notify_pending(CopyResult.COMPLETED)
                 continue
             k = min(room, len(values))
             buf.write(values[:k])
@@ -349,6 +367,56 @@ class StreamReader:
         self.is_bytes = is_bytes if is_bytes is not None else getattr(t, "name", None) == "u8"
         self.closed = False
         self.ended = False
+        self.wake = Event()
+
+    async def drain(self, consume: Callable[[memoryview], int], ready: Callable[[], _Wait] | None = None) -> int | None:
+        """Let ``consume(view)`` take bytes straight from the writer's pending buffer (guest
+        memory, for a guest writer: e.g. ``sock.send``) and return how many it took; None at
+        the end of the stream. ``consume`` may raise ``BlockingIOError``: then this waits for
+        ``ready()`` (e.g. ``writable(fd)``) and tries again. The guest's write completes with
+        what was taken, so a slow consumer holds the writer back. Use either ``drain`` or
+        ``read`` on one reader, not both."""
+        s = self.stream
+        s.reader = self
+        while True:
+            if self.closed:
+                raise StreamClosed("this stream reader is closed")
+            buf = s.pending_buffer
+            if buf is not None and (buf.remain() > 0 or buf.is_zero_length()):
+                room = buf.remain()
+                if room == 0:  # a zero-length write asks "may I write?": yes, once ready
+                    if ready is not None:
+                        await ready()
+                    if s.pending_buffer is buf:
+                        s.reset_and_notify_pending(CopyResult.COMPLETED)
+                    continue
+                if not buf.is_bytes:
+                    raise Trap("drain() needs a stream<u8> writer")
+                view = buf.view(room)
+                try:
+                    n = consume(view)
+                except BlockingIOError:
+                    view.release()
+                    if ready is None:
+                        raise
+                    await ready()
+                    continue
+                except BaseException:
+                    view.release()
+                    raise
+                view.release()
+                if s.pending_buffer is not buf:
+                    raise Trap("the stream's writer changed while the host was taking its bytes")
+                buf.advance(n)
+                on_copy = s.pending_on_copy
+                assert on_copy is not None
+                on_copy(s.reset_pending)
+                return n
+            if s.dropped and buf is None:
+                self.ended = True
+                return None
+            self.wake.clear()  # no write pending (or one taken whole, until its event is delivered)
+            await self.wake
 
     async def read(self, max_count: int = 65536) -> Any:
         """Up to ``max_count`` values (bytes for ``stream<u8>``), waiting for the writer;
@@ -408,6 +476,8 @@ class StreamReader:
         """Drop the readable end: the writer's next write sees DROPPED."""
         if not self.closed:
             self.closed = True
+            if self.stream.reader is self:
+                self.stream.reader = None
             if self.stream.pending_buffer is not None and self.stream.pending_on_copy_done is not None \
                     and isinstance(self.stream.pending_buffer, HostWritableBuffer):
                 self.stream.reset_pending()
