@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from wasmtime import Config, Engine, ExitTrap, Store, WasmtimeError
+from wasmtime import Engine, ExitTrap, Store, WasmtimeError
 from wasmtime.component import Component, Instance, Linker
 
 from .provenance import CodeEvidence, CodePolicy
 from .runtime import binding, exports
 from .runtime.binding import Interface
 from .runtime.cache import ComponentCache
+from .runtime.engine import CONCURRENCY_OFF, engine_config
 from .runtime.limits import EpochTicker, RunGuard, format_bytes
 from .runtime.core.instance import BoundHost, ComponentInstance, CoreComponent, LinkError, bind
 from .runtime.core.loader import CoreModuleCache
@@ -263,11 +264,11 @@ class Host:
         class builds when none is given, False for an embedder's engine."""
         if engine is None:
             epochs = epoch_interruption is not False
-            config = Config()
-            config.epoch_interruption = epochs
-            engine = Engine(config)
+            engine = Engine(engine_config(epoch_interruption=epochs))
+            concurrency_off = True
         else:
             epochs = bool(epoch_interruption)
+            concurrency_off = False  # the embedder's engine: its settings are not known here
         if runtime not in RUNTIMES:
             raise ValueError(f"unknown runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
         self.runtime = runtime
@@ -279,7 +280,7 @@ class Host:
         # Keys trusted to vouch for artifacts compiled elsewhere (provenance/precompiled.py);
         # engine_label names this engine's configuration in what they sign.
         self.trust_compiled = list(trust_compiled)
-        self.engine_label = engine_label or ("epoch-interruption" if epochs else "default")
+        self.engine_label = engine_label or ("epoch-interruption" if epochs else "default") + (f",{CONCURRENCY_OFF}" if concurrency_off else "")
         self.epoch_interruption = epochs
         self.ticker: EpochTicker | None = EpochTicker(self.engine) if epochs else None
         self.linker = Linker(self.engine)
@@ -287,9 +288,10 @@ class Host:
         add_to_linker(self.linker, self.interfaces)
         # Keyed by the component itself (weakly): an id() could be reused by a later one.
         self._checked: weakref.WeakKeyDictionary[Component, list[str]] = weakref.WeakKeyDictionary()
-        # Epoch checks change the compiled code: artifacts of the two kinds must not mix.
+        # Epoch checks change the compiled code, and wasmtime refuses artifacts compiled
+        # under another concurrency setting: artifacts of different settings must not mix.
         self.cache = ComponentCache(self.engine, cache_dir, enabled=use_cache,
-                                    engine_tag="epochs" if epochs else "")
+                                    engine_tag="-".join(["epochs"] * epochs + [CONCURRENCY_OFF] * concurrency_off))
         self.core_cache = CoreModuleCache(self.cache)
         self._bound: weakref.WeakKeyDictionary[CoreComponent, BoundHost] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
