@@ -132,7 +132,7 @@ def s_server(pki: ServerPki, tmp_path: Path) -> Iterator[Callable[..., OpensslSe
 
 @pytest.fixture(scope="session")
 def gotls_binary() -> Path:
-    """The Go TLS peer (tests/peers/gotls), built once per source hash; skips without Go."""
+    """The Go TLS peer (wasi_tls_host/interop/peers/gotls), built once per source hash; skips without Go."""
     try:
         return build_gotls()
     except GoUnavailable as e:

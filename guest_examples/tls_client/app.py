@@ -2,12 +2,16 @@
 
     tls_client ADDRESS PORT [--server-name NAME] [--alpn h2,http/1.1] [--tls 1.2|1.3]
                [--identity NAME] [--expect-code sha256:HEX] [--send LINE] [--timeout SECONDS]
-               [--connections N]
+               [--connections N] [--read-to-end] [--end close|truncate]
 
 Connects over wasi:sockets to ADDRESS (an IPv4 literal), verifies the server as NAME
 (default: ADDRESS), and prints one ``key=value`` line per fact: the server chain's subjects,
 the host's verification verdict, the negotiated version, suite and ALPN id, whether the
-handshake resumed an earlier session, and with ``--send`` the server's one-line reply.
+handshake resumed an earlier session, the handshake's microseconds as the guest measured
+them (``handshake-us``, from the ClientHello to the established connection), with ``--send``
+the server's one-line reply, and with ``--read-to-end`` the bytes read until the server ended
+the stream (``received``) and how it ended (``end=close_notify`` or ``end=<code>: <message>``).
+``--end truncate`` drops the connection without close_notify (default: close_notify).
 ``--connections N`` does all that N times, one connection after another (the second can
 resume the first's session: a TLS 1.3 ticket arrives after the handshake, so use ``--send``).
 A failure prints ``error=<code>: <message>`` and exits with status 1. Every wait is bounded
@@ -126,13 +130,34 @@ def write_all(tx, data, deadline):
 
 def main(argv):
     address, port = argv[0], int(argv[1])
-    opts = {"--server-name": address, "--timeout": "10", "--connections": "1"}
+    opts = {"--server-name": address, "--timeout": "10", "--connections": "1", "--end": "close"}
     i = 2
     while i < len(argv):
+        if argv[i] == "--read-to-end":
+            opts[argv[i]] = "yes"
+            i += 1
+            continue
         opts[argv[i]] = argv[i + 1]
         i += 2
     for _ in range(int(opts["--connections"])):
         connection(address, port, opts)
+
+
+def read_to_end(rx, deadline):
+    """(bytes read, how the stream ended) reading until the server ends it."""
+    ready = rx.subscribe()
+    total = 0
+    try:
+        while True:
+            try:
+                chunk = rx.read(65536)
+            except Err as e:
+                return total, stream_error(e) or "close_notify"
+            if not chunk:
+                deadline.wait(ready, "the end of the stream")
+            total += len(chunk)
+    finally:
+        ready.__exit__(None, None, None)
 
 
 def connection(address, port, opts):
@@ -155,6 +180,7 @@ def connection(address, port, opts):
         say(f"client-identity={identity.public_identity().subject()}")
 
     sock, rx, tx = connect_tcp(address, port, deadline)
+    started = monotonic_clock.now()
     handshake = client.OutgoingClientHello.connect(hello, rx, tx)
     ready = handshake.subscribe()
     try:
@@ -176,6 +202,7 @@ def connection(address, port, opts):
     say(f"alpn={alpn.decode() if alpn else '-'}")
     ready.__exit__(None, None, None)
     conn, prx, ptx = client.IncomingServerHello.finish(handshake)
+    say(f"handshake-us={(monotonic_clock.now() - started) // 1000}")
     say(f"resumed={str(conn.resumed()).lower()}")
 
     if "--send" in opts:
@@ -185,7 +212,12 @@ def connection(address, port, opts):
             fail(stream_error(e) or "closed")
         reply = read_line(prx, deadline)
         say(f"reply={reply if reply is not None else '-'}")
-    conn.close_output()
+    if "--read-to-end" in opts:
+        received, end = read_to_end(prx, deadline)
+        say(f"received={received}")
+        say(f"end={end}")
+    if opts["--end"] != "truncate":
+        conn.close_output()
     for resource in (prx, ptx, conn, sock):
         resource.__exit__(None, None, None)
     say("done")

@@ -16,7 +16,9 @@ one WIT call.
     bench-handshake HOST PORT N [NAME]  N connect+handshake timings (microseconds)
     bench-download HOST PORT [NAME]  send a GET line, time the download (no digest)
     resume HOST PORT N [NAME]      N connections one after another, each: handshake (timed,
-                                   microseconds), send a line, read the echoed line, close;
+                                   microseconds), send a line, read it echoed, close (the
+                                   line is a palindrome: a server echoing lines reversed, as
+                                   openssl s_server -rev, echoes it too);
                                    reading after the handshake brings TLS 1.3 tickets, so
                                    the host can resume the next connection
 """
@@ -276,14 +278,14 @@ def cmd_resume(host, port, count, name):
         connection, plain_rx, plain_tx = handshake(rx, tx, name)
         handshakes.append((monotonic_clock.now() - start) // 1000)
         with TlsConnection(sock, connection, plain_rx, plain_tx, name) as conn:
-            conn.write_all(b"ping\n", timeout=20)
+            conn.write_all(b"level\n", timeout=20)
             line = b""
             while not line.endswith(b"\n"):
                 data = conn.read(64, timeout=20)
                 if not data:
                     break
                 line += data
-            if line != b"ping\n":
+            if line != b"level\n":
                 out(f"error=echoed {line!r}")
                 return 1
     out(f"connections={count}")

@@ -18,7 +18,7 @@ import sys
 
 from ..host import GuestError, trap_cause
 from ..provenance import ProvenanceError
-from . import build_guest, provenance, run
+from . import build_guest, interop, provenance, run
 from .errors import UsageError
 from .options_server import worker_number
 from .version import VersionAction
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="fetch https://localhost from a guest through this host, with a throwaway CA (no network needed)")
     demo.add_argument("which", nargs="?", choices=["https", "attest"], default="https", help="attest: a client guest pins the code of a server guest (code-bound identities)")
     build_guest.add_parser(sub)
+    interop.add_parser(sub)
     return parser
 
 
@@ -42,6 +43,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run.command(args)
     if args.command in provenance.COMMANDS:
         return provenance.COMMANDS[args.command](args)
+    if args.command == "interop":
+        return interop.command(args)
     if args.command == "demo" and args.which == "attest":
         from .demo_attest import run_attest_demo
 

@@ -1,0 +1,311 @@
+"""The guests of the matrix and how to drive them: the arguments each receives and what its
+output means.
+
+Two adapters are the documented contract for a user's own guest (``--client-guest``,
+``--server-guest``; the project's ``tls_client`` and ``tls_server`` follow it):
+
+Client contract: ``GUEST ADDRESS PORT --server-name NAME --timeout SECONDS [--tls 1.2|1.3]
+[--alpn P1,P2] [--identity NAME] [--send LINE] [--connections N] [--read-to-end]
+[--end close|truncate]``; it prints ``key=value`` lines per connection and ``done`` after
+each: ``verification=ok`` once the server was verified (or ``verification=CODE: MESSAGE``),
+``version=0x0303|0x0304``, ``alpn=ID|-``, ``resumed=true|false``, ``reply=LINE`` (with
+``--send``), ``received=N`` and ``end=close_notify|CODE: MESSAGE`` (with ``--read-to-end``),
+optionally ``handshake-us=N``; a failure prints ``error=CODE: MESSAGE`` and exits 1.
+
+Server contract: ``GUEST PORT --count 0 --concurrent --mode echo|http|alpn [--tls 1.2|1.3]
+[--alpn P1,P2] [--client-auth none|optional|required]``, with identities preopened (named
+``server``, and ``sni`` for a second server name); it listens on 127.0.0.1:PORT, prints a
+line containing ``listening``, then per connection ``#N connection sni=NAME|- version=0x0304
+alpn=ID|- client=SUBJECT|-`` once established, ``#N handshake failed: CODE: MESSAGE`` or
+``#N rejected: REASON`` when not, and ``#N closed ...`` (the client's close_notify) or
+``#N read error: CODE: MESSAGE`` when the client ended. Modes: ``echo`` echoes lines until
+the client ends, ``http`` answers one HTTP request, ``alpn`` answers one line and ends with
+close_notify.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .. import guests as examples
+from ..guests import installed_version
+from .specs import LINE, ClientSpec, Observation, Seen, ServerSpec, version_name
+
+CLIENT_CONTRACT = "key=value lines ending with 'done' per connection (verification=ok, version=0x0304, ...; see the client guest contract)"
+SERVER_CONTRACT = "'#N connection ...' lines (see the server guest contract)"
+
+
+def _value(text: str) -> str:
+    return "" if text == "-" else text
+
+
+# --- client adapters ---------------------------------------------------------------------
+
+
+class ClientAdapter:
+    abilities: frozenset[str] = frozenset()
+    http_only = False  # the servers it meets must answer HTTP
+    needs_dns = False  # it resolves "localhost" itself
+
+    def args(self, spec: ClientSpec, port: int, timeout: float) -> list[str]:
+        raise NotImplementedError
+
+    def parse(self, stdout: str, stderr: str, exit_code: int | None, spec: ClientSpec) -> Observation:
+        raise NotImplementedError
+
+
+class ContractClient(ClientAdapter):
+    """The client contract (``tls_client``, ``--client-guest``)."""
+
+    abilities = frozenset({"pin-version", "alpn", "client-cert", "resume", "verify", "read-to-end", "truncate", "echo"})
+
+    def args(self, spec: ClientSpec, port: int, timeout: float) -> list[str]:
+        args = ["127.0.0.1", str(port), "--server-name", spec.server_name, "--timeout", f"{timeout:g}", "--tls", spec.version]
+        if spec.alpn:
+            args += ["--alpn", ",".join(spec.alpn)]
+        if spec.identity is not None:
+            args += ["--identity", "client"]
+        if spec.send is not None:
+            args += ["--send", spec.send]
+        if spec.connections > 1:
+            args += ["--connections", str(spec.connections)]
+        if spec.read_to_end:
+            args.append("--read-to-end")
+        if spec.ending == "truncate":
+            args += ["--end", "truncate"]
+        return args
+
+    def parse(self, stdout: str, stderr: str, exit_code: int | None, spec: ClientSpec) -> Observation:
+        seen: list[Seen] = []
+        current: dict[str, str] = {}
+
+        def close() -> None:
+            if not current:
+                return
+            verified = current.get("verification") == "ok"
+            error = current.get("error") or (None if verified else current.get("verification"))
+            us = current.get("handshake-us", "")
+            received = current.get("received", "")
+            seen.append(Seen(
+                ok=verified, error=error, version=version_name(current.get("version")),
+                alpn=_value(current["alpn"]) if "alpn" in current else None,
+                resumed={"true": True, "false": False}.get(current.get("resumed", "")),
+                reply=_value(current["reply"]) if "reply" in current else None,
+                received=int(received) if received.isdigit() else None, end=current.get("end"),
+                handshake_ms=int(us) / 1000 if us.isdigit() else None,
+            ))
+
+        for line in stdout.splitlines():
+            if line.strip() == "done":
+                close()
+                current = {}
+            elif "=" in line:
+                key, value = line.split("=", 1)
+                current[key.strip()] = value.strip()
+        close()
+        problem = None
+        if not seen:
+            problem = f"expected {CLIENT_CONTRACT}; got (exit status {exit_code}): {_excerpt(stdout + stderr)}"
+        return Observation(seen, exit_code=exit_code, output=stdout + stderr, problem=problem)
+
+
+class ProbeClient(ClientAdapter):
+    """``tls_probe`` (upstream ``wasi:tls@0.2.0-draft``): ``resume`` for lines echoed over N
+    connections, ``download`` to read to the end. The draft API has no ALPN, no version
+    choice and no client certificates."""
+
+    abilities = frozenset({"resume", "verify", "read-to-end", "echo"})
+
+    def args(self, spec: ClientSpec, port: int, timeout: float) -> list[str]:
+        if spec.read_to_end:
+            return ["download", "127.0.0.1", str(port), spec.server_name]
+        return ["resume", "127.0.0.1", str(port), str(spec.connections), spec.server_name]
+
+    def parse(self, stdout: str, stderr: str, exit_code: int | None, spec: ClientSpec) -> Observation:
+        facts = dict(line.split("=", 1) for line in stdout.splitlines() if "=" in line)
+        error = facts.get("error") or facts.get("TimeoutError") or facts.get("ConnectionError")
+        output = stdout + stderr
+        if spec.read_to_end:
+            if "bytes" not in facts:
+                return Observation([Seen(ok=False, error=error or _excerpt(output))] if error else [], exit_code=exit_code, output=output,
+                                   problem=None if error else f"expected bytes=N and end=...; got: {_excerpt(output)}")
+            end = "close_notify" if facts.get("end") == "closed" else (facts.get("error") or facts.get("end"))
+            return Observation([Seen(ok=True, received=int(facts["bytes"]), end=end)], exit_code=exit_code, output=output)
+        if error is not None:
+            return Observation([Seen(ok=False, error=error)], exit_code=exit_code, output=output)
+        if "connections" not in facts:
+            return Observation([], exit_code=exit_code, output=output, problem=f"expected connections=N; got: {_excerpt(output)}")
+        times = [int(t) for t in facts.get("handshake-us", "").split(",") if t.isdigit()]
+        return Observation([Seen(ok=True, reply=LINE, handshake_ms=t / 1000) for t in times] or [Seen(ok=True, reply=LINE)],
+                           exit_code=exit_code, output=output)
+
+
+class HttpsGetClient(ClientAdapter):
+    """``https_get`` (upstream ``wasi:tls@0.2.0-draft``): one GET of https://localhost:PORT/."""
+
+    abilities = frozenset({"verify"})
+    http_only = True
+    needs_dns = True
+
+    def args(self, spec: ClientSpec, port: int, timeout: float) -> list[str]:
+        return [f"https://{spec.server_name}:{port}/"]
+
+    def parse(self, stdout: str, stderr: str, exit_code: int | None, spec: ClientSpec) -> Observation:
+        status = re.search(r"^status: (\S+) (\d+)", stdout, flags=re.M)
+        error = re.search(r"^error: (.*)$", stderr, flags=re.M)
+        output = stdout + stderr
+        if status:
+            ok = status.group(2).startswith("2")
+            return Observation([Seen(ok=True, version=None, error=None if ok else f"HTTP status {status.group(2)}")],
+                               exit_code=exit_code, output=output)
+        if error:
+            return Observation([Seen(ok=False, error=error.group(1))], exit_code=exit_code, output=output)
+        return Observation([], exit_code=exit_code, output=output, problem=f"expected 'status: ...' or 'error: ...'; got: {_excerpt(output)}")
+
+
+# --- server adapters ---------------------------------------------------------------------
+
+
+class ServerAdapter:
+    abilities: frozenset[str] = frozenset()
+
+    def args(self, spec: ServerSpec, port: int) -> list[str]:
+        raise NotImplementedError
+
+    def parse(self, output: str) -> list[Seen]:
+        raise NotImplementedError
+
+
+MODES = {"echo": "echo", "http": "http", "close": "alpn"}
+
+
+class ContractServer(ServerAdapter):
+    """The server contract (``tls_server``, ``--server-guest``)."""
+
+    abilities = frozenset({"pin-version", "alpn", "client-auth", "client-auth-optional", "sni-select", "echo", "http", "close",
+                           "report-end", "key-ecdsa-p384", "key-rsa", "key-ed25519"})
+
+    def args(self, spec: ServerSpec, port: int) -> list[str]:
+        args = [str(port), "--count", "0", "--concurrent", "--mode", MODES[spec.behaviour], "--tls", spec.version,
+                "--client-auth", spec.client_auth]
+        if spec.alpn:
+            args += ["--alpn", ",".join(spec.alpn)]
+        return args
+
+    def parse(self, output: str) -> list[Seen]:
+        by_number: dict[str, Seen] = {}
+        for line in output.splitlines():
+            match = re.match(r"#(\d+) (.*)$", line.strip())
+            if not match:
+                continue
+            number, text = match.groups()
+            if text.startswith("connection "):
+                facts = dict(re.findall(r"(\w+)=(\S+)", text.split(" client=", 1)[0]))
+                client = text.split(" client=", 1)[1] if " client=" in text else "-"
+                by_number[number] = Seen(ok=True, server_name=_value(facts.get("sni", "-")), version=version_name(facts.get("version")),
+                                         alpn=_value(facts.get("alpn", "-")), peer_subject=_value(client.split(" code=", 1)[0]))
+            elif text.startswith(("handshake failed:", "rejected:", "answer refused:")):
+                by_number[number] = Seen(ok=False, error=text.split(":", 1)[1].strip())
+            elif number in by_number and text.startswith("closed"):
+                by_number[number].end = "close_notify"
+            elif number in by_number and text.startswith(("read error:", "write error:")) and by_number[number].end is None:
+                by_number[number].end = text.split(":", 1)[1].strip()
+        return [by_number[n] for n in sorted(by_number, key=int)]
+
+
+class EchoServerAdapter(ServerAdapter):
+    """``tls_echo_server PORT COUNT``: identity by SNI, ALPN fixed (h2, then http/1.1), no
+    client authentication, no version choice."""
+
+    abilities = frozenset({"sni-select", "echo", "report-end", "key-ecdsa-p384", "key-rsa", "key-ed25519"})
+
+    def args(self, spec: ServerSpec, port: int) -> list[str]:
+        return [str(port), "1000"]
+
+    def parse(self, output: str) -> list[Seen]:
+        seen: list[Seen] = []
+        for line in output.splitlines():
+            text = line.strip()
+            if text.startswith("connection error:"):
+                if seen:
+                    seen[-1].end = text.split(":", 1)[1].strip()
+            elif text.startswith("connection "):
+                facts = dict(re.findall(r"(\w+)=(\S+)", text))
+                seen.append(Seen(ok=True, server_name=_value(facts.get("sni", "-")), version=version_name(facts.get("version")),
+                                 alpn=_value(facts.get("alpn", "-"))))
+            elif text.startswith(("handshake failed:", "rejected:")):
+                seen.append(Seen(ok=False, error=text.split(":", 1)[1].strip()))
+            elif text.startswith("echoed") and seen:
+                seen[-1].end = "close_notify"
+        return seen
+
+
+def _excerpt(text: str, limit: int = 300) -> str:
+    flat = " | ".join(line.strip() for line in text.splitlines() if line.strip())
+    return (flat if len(flat) <= limit else "..." + flat[-limit:]) or "(nothing)"
+
+
+# --- the guests --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Guest:
+    """A guest of the matrix: a component and the adapter that drives it."""
+
+    name: str
+    role: str  # "client" or "server"
+    wasi: str  # "0.2" or "0.3"
+    toolchain: str
+    api: str  # the TLS interface it uses
+    source: Callable[[], Path]  # the component (built on first use)
+    client: ClientAdapter | None = None
+    server: ServerAdapter | None = None
+    features: frozenset[str] | None = None  # only these features (None: every feature)
+
+    @property
+    def upstream(self) -> bool:
+        """Uses only upstream interfaces, so the wasmtime CLI can run it too."""
+        return self.api.startswith("wasi:tls@")
+
+    @property
+    def adapter_abilities(self) -> frozenset[str]:
+        adapter = self.client if self.role == "client" else self.server
+        assert adapter is not None
+        return adapter.abilities
+
+
+COMPONENTIZE_PY = f"componentize-py {installed_version('componentize-py') if installed_version('componentize-py') != 'unknown' else examples.COMPONENTIZE_PY.split('==')[1]}"
+PROJECT_API = "wasi-tls-host:tls"
+UPSTREAM_02 = "wasi:tls@0.2.0-draft"
+USER_CONTRACT = "the guest contract"
+HTTPS_GET_FEATURES = frozenset({"handshake", "cert-expired", "cert-wrong-host", "cert-unknown-ca", "group-x25519", "group-p-256",
+                                "group-p-384", "sig-ecdsa-p384", "sig-rsa-pss", "sig-ed25519"})
+
+
+def _example(name: str) -> Callable[[], Path]:
+    return lambda: examples.build(name)
+
+
+def builtin_guests() -> list[Guest]:
+    """The project's example guests that speak TLS (WASI 0.2)."""
+    return [
+        Guest("tls_client", "client", "0.2", COMPONENTIZE_PY, PROJECT_API, _example("tls_client"), client=ContractClient()),
+        Guest("tls_probe", "client", "0.2", COMPONENTIZE_PY, UPSTREAM_02, _example("tls_probe"), client=ProbeClient()),
+        Guest("https_get", "client", "0.2", COMPONENTIZE_PY, UPSTREAM_02, _example("https_get"), client=HttpsGetClient(),
+              features=HTTPS_GET_FEATURES),
+        Guest("tls_server", "server", "0.2", COMPONENTIZE_PY, PROJECT_API, _example("tls_server"), server=ContractServer()),
+        Guest("tls_echo_server", "server", "0.2", COMPONENTIZE_PY, PROJECT_API, _example("tls_echo_server"), server=EchoServerAdapter()),
+    ]
+
+
+def user_guest(path: Path, role: str) -> Guest:
+    """A user's component following the client or server contract."""
+    if role == "client":
+        return Guest(path.name, "client", "0.2", "user", USER_CONTRACT, lambda: path, client=ContractClient())
+    return Guest(path.name, "server", "0.2", "user", USER_CONTRACT, lambda: path, server=ContractServer())
+
+
+__all__ = ["Guest", "builtin_guests", "user_guest", "ContractClient", "ContractServer"]

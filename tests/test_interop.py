@@ -1,0 +1,191 @@
+"""``wasi-tls-host interop``: the matrix against real peers and the project's guests, its
+report, its faults (peers that crash, hang or send garbage; a guest that hangs or breaks
+its contract), the run's cleanup, and the command's usage errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from wasi_tls_host import guests
+from wasi_tls_host.interop import MatrixOptions, run_matrix
+from wasi_tls_host.interop.peers import Peer, PeerServer, RunContext
+from wasi_tls_host.interop.peers.gotls import json_peer_server
+from wasi_tls_host.interop.report import OUTCOMES
+from wasi_tls_host.interop.specs import ServerSpec
+
+pytestmark = pytest.mark.timeout(900)
+HOSTILE = Path(__file__).resolve().parent / "hostile_tls_peer.py"
+CASE_FIELDS = {"guest", "toolchain", "wasi", "role", "host", "runtime", "peer", "peer_version", "tls_version", "feature", "outcome",
+               "detail", "ms"}
+
+
+def interop(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "wasi_tls_host.cli", "interop", *args], capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL, env=env)
+
+
+def children() -> set[int]:
+    """Processes whose parent is this one."""
+    mine = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid():
+                mine.add(int(entry))
+    return mine
+
+
+def scratch_folders() -> set[str]:
+    return {p for p in os.listdir(tempfile.gettempdir()) if p.startswith("wasi-tls-host-interop-")}
+
+
+def test_a_small_matrix_passes_and_writes_the_report(tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    r = interop("--out", str(out), "--guests", "tls_client,tls_server", "--runtime", "core", "--peers", "openssl,python",
+                "--features", "handshake,alpn-agreed,cert-expired,resumption,truncation-*", "--tls", "1.3", "--no-wasmtime")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.strip().endswith(f"report: {out / 'index.html'}"), r.stdout
+    report = json.loads((out / "report.json").read_text())
+    cases = report["cases"]
+    assert all(set(c) == CASE_FIELDS for c in cases)
+    assert {c["outcome"] for c in cases} <= set(OUTCOMES) and not [c for c in cases if c["outcome"] == "fail"]
+    assert {(c["guest"], c["role"]) for c in cases} == {("tls_client", "client"), ("tls_server", "server")}
+    assert {c["peer"] for c in cases} == {"openssl", "python"} and {c["tls_version"] for c in cases} == {"1.3"}
+    summary = report["summary"]
+    assert summary["cases"] == len(cases) == sum(summary[o] for o in OUTCOMES)
+    assert summary["peers"]["openssl"]["version"].startswith("OpenSSL 3") and summary["peers"]["python"]["status"] == "ok"
+    # What each case says: a resumption pass names who saw it; a refusal the guest's error code.
+    by = {(c["guest"], c["peer"], c["feature"]): c for c in cases}
+    assert by[("tls_client", "python", "resumption")]["outcome"] == "pass"
+    assert "resumed" in by[("tls_client", "python", "resumption")]["detail"]
+    assert by[("tls_client", "openssl", "cert-expired")]["detail"].startswith("client saw: expired:")
+    # s_server cannot end a connection on its own: n/a with the reason, never a pass.
+    assert by[("tls_client", "openssl", "truncation-server")]["outcome"] == "n/a"
+    assert "openssl s_server cannot" in by[("tls_client", "openssl", "truncation-server")]["detail"]
+    assert by[("tls_client", "python", "truncation-server")]["outcome"] == "pass"
+    assert by[("tls_server", "python", "truncation-client")]["outcome"] == "pass"
+    # Handshake times, and the figures beside the peers' own handshake.
+    assert by[("tls_client", "openssl", "handshake")]["ms"] > 0 and by[("tls_server", "python", "handshake")]["ms"] > 0
+    figures = {(f["guest"], f["peer"]): f for f in summary["figures"]}
+    assert figures[("tls_client", "openssl")]["reference"] == "pyssl_peer.py (CPython ssl) -> openssl s_server"
+    assert figures[("tls_client", "openssl")]["reference_ms"] > 0 and figures[("tls_client", "openssl")]["ratio"] > 0
+    assert figures[("tls_server", "openssl")]["reference"] == "openssl s_client -> pyssl_peer.py (CPython ssl)"
+    markdown = (out / "report.md").read_text()
+    assert "| handshake | pass |" in markdown and "## Handshake figures" in markdown
+    page = (out / "index.html").read_text()
+    assert page.startswith("<!doctype html>") and "<script" not in page and "src=" not in page and "href=" not in page
+    assert page.count("class='c pass'") == summary["pass"]
+
+
+def test_a_peer_that_is_not_installed_is_skipped_with_the_reason(tmp_path: Path) -> None:
+    path = tmp_path / "bin"
+    path.mkdir()
+    for tool in ("openssl",):  # openssl only: no gnutls, no go, no curl
+        (path / tool).symlink_to(subprocess.run(["which", tool], capture_output=True, text=True).stdout.strip())
+    env = {**os.environ, "PATH": str(path)}
+    r = interop("--out", str(tmp_path / "r"), "--guests", "tls_client", "--runtime", "core", "--peers", "openssl,gnutls,go",
+                "--features", "handshake", "--tls", "1.3", "--no-wasmtime", "--no-reference", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    cases = {c["peer"]: c for c in json.loads((tmp_path / "r" / "report.json").read_text())["cases"]}
+    assert cases["openssl"]["outcome"] == "pass"
+    assert (cases["gnutls"]["outcome"], cases["gnutls"]["detail"]) == ("skip", "gnutls: skipped: gnutls-serv, gnutls-cli not installed (Debian: gnutls-bin)")
+    assert (cases["go"]["outcome"], cases["go"]["detail"]) == ("skip", "go: skipped: go not installed (Debian: golang-go)")
+    assert "1 pass, 0 fail, 2 skip" in r.stdout
+
+
+class HostilePeer(Peer):
+    """A server that crashes, hangs, sends garbage or never starts (tests/hostile_tls_peer.py)."""
+
+    implementation = "hostile"
+    client_tool = None
+
+    def __init__(self, mode: str) -> None:
+        self.name = f"hostile-{mode}"
+        self.server_tool = f"hostile_tls_peer.py {mode}"
+        self.mode = mode
+
+    def abilities(self, role: str) -> frozenset[str]:
+        return frozenset({"echo", "pin-version"})
+
+    def start_server(self, spec: ServerSpec, ctx: RunContext) -> PeerServer:
+        return json_peer_server(ctx, self.name, [sys.executable, str(HOSTILE), self.mode])
+
+
+def test_peers_that_crash_hang_or_send_garbage_end_their_cases_and_the_matrix_goes_on() -> None:
+    before, folders = children(), scratch_folders()
+    threads = threading.active_count()
+    started = time.monotonic()
+    report = run_matrix(MatrixOptions(
+        peer_objects=[HostilePeer(m) for m in ("crash", "hang", "garbage", "nostart")],
+        guests=["tls_client"], runtimes=["core"], features=["handshake"], versions=["1.3"], wasmtime=False, references=False,
+        timeout=5))
+    elapsed = time.monotonic() - started
+    details = {c.peer: c for c in report.cases}
+    assert {c.outcome for c in report.cases} == {"fail"}, [(c.peer, c.outcome, c.detail) for c in report.cases]
+    assert "closed" in details["hostile-crash"].detail or "reset" in details["hostile-crash"].detail, details["hostile-crash"].detail
+    assert "time" in details["hostile-hang"].detail, details["hostile-hang"].detail  # the handshake's deadline
+    assert details["hostile-garbage"].detail.startswith("expected a verified handshake, got:"), details["hostile-garbage"].detail
+    assert details["hostile-nostart"].detail.startswith("hostile-nostart failed to start:"), details["hostile-nostart"].detail
+    assert "cannot start: told not to" in details["hostile-nostart"].detail
+    # Each case ended within its bound (5 s for the guest, 2 s for the server's report).
+    assert elapsed < 4 * (5 + 2 + 10), elapsed
+    # Nothing left behind: no process, no scratch folder, no thread.
+    assert children() == before
+    assert scratch_folders() == folders
+    assert threading.active_count() <= threads + 1  # the epoch ticker may still be winding down
+
+
+def test_a_guest_that_hangs_is_stopped_at_its_timeout_and_one_that_breaks_its_contract_fails(tmp_path: Path) -> None:
+    spin = guests.build("spin_command")
+    hello = guests.build("hello")
+    started = time.monotonic()
+    report = run_matrix(MatrixOptions(
+        builtin=False, client_guests=[spin, hello], server_guests=[hello], peers=["python"], runtimes=["core"],
+        features=["handshake"], versions=["1.3"], wasmtime=False, references=False, timeout=3))
+    elapsed = time.monotonic() - started
+    by_guest = {(c.guest, c.role): c for c in report.cases}
+    spinning = by_guest[(spin.name, "client")]
+    assert (spinning.outcome, spinning.detail) == ("fail", "the guest was stopped at its timeout (3 s); it said: (nothing)")
+    talking = by_guest[(hello.name, "client")]
+    assert talking.outcome == "fail"
+    assert talking.detail.startswith("expected key=value lines ending with 'done' per connection"), talking.detail
+    assert "got (exit status 0): hello" in talking.detail
+    server = by_guest[(hello.name, "server")]
+    assert server.outcome == "fail"
+    assert server.detail.startswith("the server guest did not listen on 127.0.0.1:"), server.detail
+    assert server.detail.endswith("(it ended: exit status 0)"), server.detail
+    assert elapsed < 60, elapsed
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--peers", "openssl,nss-nope"], "error: unknown peer 'nss-nope' (known: openssl, gnutls, go, python, java, curl)"),
+    (["--features", "alpn-sometimes"], "error: unknown feature 'alpn-sometimes' (known: handshake, sni,"),
+    (["--client-guest", "/nonexistent/guest.wasm"], "error: no component at /nonexistent/guest.wasm"),
+    (["--out", "/proc/self/interop-report"], "error: --out /proc/self/interop-report: cannot write there ("),
+])
+def test_bad_input_is_one_line_and_exit_status_2(args: list[str], message: str) -> None:
+    r = interop(*args, "--no-wasmtime", timeout=120)
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), r.stderr
+    assert r.stdout == ""
+
+
+def test_out_into_a_file_is_refused(tmp_path: Path) -> None:
+    a_file = tmp_path / "report.json"
+    a_file.write_text("keep me")
+    r = interop("--out", str(a_file), "--no-wasmtime", timeout=120)
+    assert (r.returncode, r.stderr.strip()) == (2, f"error: --out {a_file}: this is a file, not a folder")
+    assert a_file.read_text() == "keep me"
