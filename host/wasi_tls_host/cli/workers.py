@@ -8,6 +8,14 @@ others, as gunicorn does. Other patterns are bound by each worker with SO_REUSEP
 first stop signal the supervisor closes its copies, so once the workers have stopped
 accepting the kernel refuses new clients.
 
+The supervisor also reads the ``--identity`` files (and asks for passphrases) and hands the
+bytes to every worker it starts (options_identities.write_sources). On SIGHUP it reads them
+again before passing the signal on, and keeps the previous bytes of an identity whose files
+fail to load, as the workers keep its certificate: a worker restarted later starts with the
+identities in use, not with a file the reload refused. Workers start with SIGTERM, SIGINT and
+SIGHUP blocked until their own handlers are in place (startup.py): a signal passed on while a
+worker starts is acted on, never the default action.
+
 Exit status: 0 when every worker stopped with 0; else the first non-zero status a worker
 stopped with during shutdown (2 when a worker could not start: bad options or guest).
 """
@@ -25,7 +33,9 @@ import time
 from typing import Any
 
 from ..wasi.sockets import AddressPattern, IPAddress, format_address
-from .options_server import LISTENERS_ENV, WORKER_ENV, format_listeners
+from .options_identities import IDENTITIES_ENV, IdentitySource, reload_sources, write_sources
+from .options_server import LISTENERS_ENV, format_listeners
+from .startup import STOP_SIGNALS, WORKER_ENV, StartupSignals, block_in_child
 
 log = logging.getLogger("wasi_tls_host.workers")
 
@@ -34,7 +44,9 @@ RESTART_BACKOFF_S = 1.0  # a worker that dies this soon after starting waits bef
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def _prepare_worker() -> None:
+    """Run in the worker between fork and exec."""
+    block_in_child()  # signals wait for the worker's handlers (startup.py)
     # A worker must not outlive its supervisor (e.g. one killed with SIGKILL).
     try:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -79,14 +91,20 @@ class Worker:
         self.listeners = listeners
         self.process: subprocess.Popen[bytes] | None = None
         self.started = 0.0
+        self.stopped_pid: int | None = None  # the process a stop signal was last passed to
 
-    def start(self) -> None:
+    def start(self, identities: list[IdentitySource]) -> None:
         handed = {address: sock.fileno() for address, sock in self.listeners.items()}
-        env = dict(os.environ, **{WORKER_ENV: str(self.number), LISTENERS_ENV: format_listeners(handed)})
-        # Its own session: a terminal's Ctrl-C reaches the supervisor only, which decides.
-        self.process = subprocess.Popen([sys.executable, "-m", "wasi_tls_host.cli", *self.argv], env=env,
-                                        pass_fds=list(handed.values()),
-                                        start_new_session=True, preexec_fn=_die_with_parent)
+        identities_fd = write_sources(identities)
+        try:
+            env = dict(os.environ, **{WORKER_ENV: str(self.number), LISTENERS_ENV: format_listeners(handed),
+                                      IDENTITIES_ENV: str(identities_fd)})
+            # Its own session: a terminal's Ctrl-C reaches the supervisor only, which decides.
+            self.process = subprocess.Popen([sys.executable, "-m", "wasi_tls_host.cli", *self.argv], env=env,
+                                            pass_fds=[*handed.values(), identities_fd],
+                                            start_new_session=True, preexec_fn=_prepare_worker)
+        finally:
+            os.close(identities_fd)  # the worker has its own
         self.started = time.monotonic()
         log.warning("worker %d started (pid %d)", self.number, self.process.pid)
 
@@ -95,25 +113,41 @@ class Worker:
             try:
                 self.process.send_signal(signum)
             except ProcessLookupError:
-                pass
+                return
+            if signum in STOP_SIGNALS:
+                self.stopped_pid = self.process.pid
 
 
 class Supervisor:
-    def __init__(self, count: int, argv: list[str], listen: list[AddressPattern] | None = None) -> None:
+    def __init__(self, count: int, argv: list[str], listen: list[AddressPattern] | None = None,
+                 identities: list[IdentitySource] | None = None, held: StartupSignals | None = None) -> None:
         self.count = count
         self.argv = argv
         self.listen = list(listen or [])
+        self.identities = list(identities or [])  # the bytes in use, handed to each worker started
+        self.held = held  # signals that came during start-up
         self.listeners: dict[tuple[IPAddress, int], socket.socket] = {}
         self.workers: list[Worker] = []
         self.stopping = 0  # stop signals received
 
     def on_signal(self, signum: int, frame: Any) -> None:
-        if signum != signal.SIGHUP:
+        if signum == signal.SIGHUP:
+            log.warning("SIGHUP: reloading identities for workers started later; passing it on")
+            self.identities = reload_sources(self.identities)
+        else:
             self.stopping += 1
             log.warning("%s: %s workers", signal.Signals(signum).name, "stopping" if self.stopping == 1 else "ending")
             self._close_listeners()  # the workers' copies close as they stop accepting
         for worker in self.workers:
             worker.signal(signum)
+
+    def _start(self, worker: Worker) -> None:
+        if self.stopping:
+            return  # the listeners it would inherit are closed; it has nothing to drain
+        worker.start(self.identities)
+        assert worker.process is not None
+        if self.stopping and worker.stopped_pid != worker.process.pid:
+            worker.signal(signal.SIGTERM)  # a stop that came while it was being started
 
     def _close_listeners(self) -> None:
         for sock in self.listeners.values():
@@ -138,11 +172,17 @@ class Supervisor:
         previous = {s: signal.signal(s, self.on_signal) for s in handled}
         statuses: dict[int, int] = {}
         try:
+            if self.held is not None and self.held.stop_signal() is not None:
+                return 0  # stopped before any worker started (said when the signal came)
+            if self.held is not None and self.held.take_hangup():
+                self.on_signal(signal.SIGHUP, None)
             for worker in self.workers:
-                worker.start()
+                self._start(worker)
             while True:
                 for worker in self.workers:
-                    assert worker.process is not None
+                    if worker.process is None:  # never started: a stop came first
+                        statuses[worker.number] = 0
+                        continue
                     status = worker.process.poll()
                     if status is None:
                         continue
@@ -160,7 +200,9 @@ class Supervisor:
                     log.warning("worker %d (pid %d) exited with status %d; restarting it", worker.number, worker.process.pid, status)
                     if time.monotonic() - worker.started < RESTART_BACKOFF_S:
                         time.sleep(RESTART_BACKOFF_S)
-                    worker.start()
+                    if self.stopping:  # a stop came meanwhile: nothing of this worker's to drain
+                        statuses[worker.number] = 0
+                    self._start(worker)
                 if self.stopping and len(statuses) == len(self.workers):
                     break
                 time.sleep(0.05)
