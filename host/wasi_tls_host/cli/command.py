@@ -19,7 +19,7 @@ import sys
 from ..host import GuestError, trap_cause
 from ..provenance import ProvenanceError
 from ..tls.config import rotation_log
-from . import build_guest, provenance, run, startup
+from . import build_guest, cache, provenance, run, startup
 from .errors import UsageError, print_error
 from .version import VersionAction
 
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="fetch https://localhost from a guest through this host, with a throwaway CA (no network needed)")
     demo.add_argument("which", nargs="?", choices=["https", "attest"], default="https", help="attest: a client guest pins the code of a server guest (code-bound identities)")
     build_guest.add_parser(sub)
+    cache.add_parser(sub)
     return parser
 
 
@@ -50,6 +51,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .demo import run_demo
 
         return run_demo()
+    if args.command == "cache":
+        return cache.command(args)
     return build_guest.command(args)
 
 

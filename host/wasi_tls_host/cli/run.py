@@ -15,7 +15,7 @@ from ..host import DEFAULT_RUNTIME, RUNTIMES, GuestInstance, Host
 from ..wasi.context import WasiConfig
 from .invoke import format_value, parse_invoke
 from . import options_identities, options_server, provenance, startup
-from .errors import print_error, print_line
+from .errors import UsageError, print_error, print_line
 from .options import OPTION_GROUPS
 from .serve import serve
 
@@ -85,7 +85,10 @@ def command(args: argparse.Namespace) -> int:
         sources = options_identities.read_sources(args.identity)
         return Supervisor(args.workers, args.argv, args.allow_listen, sources, held).run()
     config = wasi_config(args)
-    host = Host(use_cache=not args.no_cache, runtime=args.runtime, policy=provenance.code_policy(args), trust_compiled=provenance.public_keys(args.trust_compiled))
+    try:
+        host = Host(use_cache=not args.no_cache, runtime=args.runtime, policy=provenance.code_policy(args), trust_compiled=provenance.public_keys(args.trust_compiled))
+    except ValueError as e:  # $WASI_TLS_HOST_CACHE_MAX_SIZE
+        raise UsageError(str(e)) from None
     component = host.load(provenance.guest_source(args), precompiled=provenance.precompiled_artifact(args))
     if args.invoke:
         held.release()  # an export call is not operated by signals: they act as usual
