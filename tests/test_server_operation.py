@@ -463,6 +463,39 @@ def test_deadline_and_second_signal_exit_statuses(server) -> None:
     held.close()
 
 
+def test_a_signal_handler_never_waits_for_the_guests_locks(host, guest_path, certs) -> None:
+    """A handler runs wherever the main thread is, maybe holding the guest's socket registry
+    lock (to count connections while draining). The handler used to act there (ask whether
+    the guest listens: that lock again), and a worker that got two SIGTERMs in a row hung for
+    good. It only notes the signal now; the main loop acts on it."""
+    import threading
+
+    from tls_server_util import GuestServer
+
+    from wasi_tls_host import PrivateIdentity, TlsConfig
+    from wasi_tls_host.cli.serve import Operator
+    from wasi_tls_host.wasi import sockets
+
+    tls = TlsConfig(identities=[PrivateIdentity.from_files("web", certs["dir"] / "one.pem", certs["dir"] / "one.key")], use_system_roots=False)
+    server = GuestServer(host, host.load(guest_path("tls_server")), free_port(), "--count", "0", "--concurrent", tls=tls)
+    try:
+        operator = Operator(host, server.guest, graceful_timeout=5.0)
+        registry = sockets._REGISTRIES[server.guest.ctx]
+        with registry._lock:  # as if the signal came while the main thread counted connections
+            handler = threading.Thread(target=operator.on_signal, args=(signal.SIGTERM, None))
+            handler.start()
+            handler.join(2.0)
+            returned = not handler.is_alive()
+        handler.join(TIMEOUT)
+        assert returned, "the handler waited for the socket registry's lock"
+        assert server.guest.is_listening()  # nothing acted yet...
+        operator.tick()  # ...until the loop's next tick
+        assert operator.deadline is not None  # a graceful stop began
+    finally:
+        server.guest.interrupt("test teardown")
+        server.stop()
+
+
 def test_host_reload_identities_in_the_api(host, guest_path, certs, tmp_path: Path) -> None:
     """The embedder's way to rotate: ``Host.reload_identities()`` for every live guest."""
     from tls_server_util import GuestServer

@@ -1,6 +1,10 @@
 """Running a guest so that a person can operate it: signals for rotation and graceful stop.
 
-The guest runs on a thread; the main thread handles signals:
+The guest runs on a thread; the main thread handles signals. The handlers only note them:
+the main thread's loop acts on them within a tick (50 ms). A handler runs wherever the main
+thread happens to be, possibly holding a lock the action needs (the socket registry's, to
+ask whether the guest listens): acting in the handler deadlocked a worker that got two
+SIGTERMs in a row.
 
 * SIGHUP: ``Host.reload_identities()`` (new connections present the new certificates, open
   ones keep theirs; a file that fails to load keeps the old identity, with a log line).
@@ -24,6 +28,7 @@ import logging
 import signal
 import threading
 import time
+from collections import deque
 from typing import Any
 
 from ..host import GuestInstance, Host, RunResult
@@ -46,8 +51,13 @@ class Operator:
         self.graceful_timeout = graceful_timeout
         self.deadline: float | None = None  # set by the first stop signal
         self.exit_status: int | None = None  # decided by the operator, not the guest
+        self.signals: deque[int] = deque()  # noted by the handler, acted on by tick()
 
     def on_signal(self, signum: int, frame: Any) -> None:
+        """The signal handler: notes the signal and nothing else (see the module's notes)."""
+        self.signals.append(signum)
+
+    def handle(self, signum: int) -> None:
         name = signal.Signals(signum).name
         if signum == signal.SIGHUP:
             log.warning("SIGHUP: reloading identities")
@@ -65,7 +75,9 @@ class Operator:
         self.guest.stop_accepting()
 
     def tick(self) -> None:
-        """Called every few ms on the main thread while draining."""
+        """Called every few ms on the main thread: the signals noted since, then the drain."""
+        while self.signals and self.exit_status is None:
+            self.handle(self.signals.popleft())
         if self.deadline is None or self.exit_status is not None:
             return
         remaining = self.guest.open_connections()
@@ -105,7 +117,7 @@ def serve(host: Host, guest: GuestInstance, graceful_timeout: float, held: Start
             may_listen = guest.ctx.network is not None and bool(guest.ctx.network.bind)
             return None, EXIT_DRAINED if may_listen else 128 + stop  # never run (said when it came)
         if held is not None and held.take_hangup():
-            operator.on_signal(signal.SIGHUP, None)
+            operator.handle(signal.SIGHUP)
         worker.start()
         while worker.is_alive():
             worker.join(_TICK_S)

@@ -14,7 +14,9 @@ again before passing the signal on, and keeps the previous bytes of an identity 
 fail to load, as the workers keep its certificate: a worker restarted later starts with the
 identities in use, not with a file the reload refused. Workers start with SIGTERM, SIGINT and
 SIGHUP blocked until their own handlers are in place (startup.py): a signal passed on while a
-worker starts is acted on, never the default action.
+worker starts is acted on, never the default action. The supervisor's handler only notes a
+signal; its loop acts on it (as serve.py does), so no signal lands in the middle of starting
+a worker.
 
 Exit status: 0 when every worker stopped with 0; else the first non-zero status a worker
 stopped with during shutdown (2 when a worker could not start: bad options or guest).
@@ -30,12 +32,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections import deque
 from typing import Any
 
 from ..wasi.sockets import AddressPattern, IPAddress, format_address
 from .options_identities import IDENTITIES_ENV, IdentitySource, reload_sources, write_sources
 from .options_server import LISTENERS_ENV, format_listeners
-from .startup import STOP_SIGNALS, WORKER_ENV, StartupSignals, block_in_child
+from .startup import WORKER_ENV, StartupSignals, block_in_child
 
 log = logging.getLogger("wasi_tls_host.workers")
 
@@ -91,7 +94,6 @@ class Worker:
         self.listeners = listeners
         self.process: subprocess.Popen[bytes] | None = None
         self.started = 0.0
-        self.stopped_pid: int | None = None  # the process a stop signal was last passed to
 
     def start(self, identities: list[IdentitySource]) -> None:
         handed = {address: sock.fileno() for address, sock in self.listeners.items()}
@@ -113,9 +115,7 @@ class Worker:
             try:
                 self.process.send_signal(signum)
             except ProcessLookupError:
-                return
-            if signum in STOP_SIGNALS:
-                self.stopped_pid = self.process.pid
+                pass
 
 
 class Supervisor:
@@ -129,8 +129,17 @@ class Supervisor:
         self.listeners: dict[tuple[IPAddress, int], socket.socket] = {}
         self.workers: list[Worker] = []
         self.stopping = 0  # stop signals received
+        self.signals: deque[int] = deque()  # noted by the handler, acted on by the loop
 
     def on_signal(self, signum: int, frame: Any) -> None:
+        """The signal handler: notes the signal (acted on by ``_act``, from the loop)."""
+        self.signals.append(signum)
+
+    def _act(self) -> None:
+        while self.signals:
+            self.handle(self.signals.popleft())
+
+    def handle(self, signum: int) -> None:
         if signum == signal.SIGHUP:
             log.warning("SIGHUP: reloading identities for workers started later; passing it on")
             self.identities = reload_sources(self.identities)
@@ -142,12 +151,9 @@ class Supervisor:
             worker.signal(signum)
 
     def _start(self, worker: Worker) -> None:
-        if self.stopping:
-            return  # the listeners it would inherit are closed; it has nothing to drain
-        worker.start(self.identities)
-        assert worker.process is not None
-        if self.stopping and worker.stopped_pid != worker.process.pid:
-            worker.signal(signal.SIGTERM)  # a stop that came while it was being started
+        self._act()
+        if not self.stopping:  # else the listeners it would inherit are closed; it has nothing to drain
+            worker.start(self.identities)
 
     def _close_listeners(self) -> None:
         for sock in self.listeners.values():
@@ -175,10 +181,11 @@ class Supervisor:
             if self.held is not None and self.held.stop_signal() is not None:
                 return 0  # stopped before any worker started (said when the signal came)
             if self.held is not None and self.held.take_hangup():
-                self.on_signal(signal.SIGHUP, None)
+                self.handle(signal.SIGHUP)
             for worker in self.workers:
                 self._start(worker)
             while True:
+                self._act()
                 for worker in self.workers:
                     if worker.process is None:  # never started: a stop came first
                         statuses[worker.number] = 0
@@ -193,16 +200,16 @@ class Supervisor:
                         continue
                     if status == USAGE_ERROR:
                         log.error("worker %d could not start (status %d); stopping", worker.number, status)
-                        self.on_signal(signal.SIGTERM, None)
-                        self.on_signal(signal.SIGTERM, None)
+                        self.handle(signal.SIGTERM)
+                        self.handle(signal.SIGTERM)
                         statuses[worker.number] = status
                         continue
                     log.warning("worker %d (pid %d) exited with status %d; restarting it", worker.number, worker.process.pid, status)
                     if time.monotonic() - worker.started < RESTART_BACKOFF_S:
                         time.sleep(RESTART_BACKOFF_S)
+                    self._start(worker)
                     if self.stopping:  # a stop came meanwhile: nothing of this worker's to drain
                         statuses[worker.number] = 0
-                    self._start(worker)
                 if self.stopping and len(statuses) == len(self.workers):
                     break
                 time.sleep(0.05)
