@@ -19,7 +19,7 @@ from wasmtime.component import Component, Instance, Linker
 from .provenance import CodeEvidence, CodePolicy
 from .runtime import binding, exports
 from .runtime.binding import Interface
-from .runtime.cache import ComponentCache
+from .runtime.cache import FROM_ENVIRONMENT, CacheSize, ComponentCache, resolve_max_size
 from .runtime.limits import EpochTicker, RunGuard, format_bytes
 from .runtime.core.instance import BoundHost, ComponentInstance, CoreComponent, LinkError, bind
 from .runtime.core.loader import CoreModuleCache
@@ -250,6 +250,7 @@ class Host:
         *,
         cache_dir: Path | None = None,
         use_cache: bool = True,
+        cache_max_size: CacheSize = FROM_ENVIRONMENT,
         interfaces: Iterable[Interface] | None = None,
         policy: CodePolicy | None = None,
         trust_compiled: Iterable[Any] = (),
@@ -257,10 +258,15 @@ class Host:
         epoch_interruption: bool | None = None,
         runtime: str = DEFAULT_RUNTIME,
     ) -> None:
-        """``epoch_interruption``: whether ``engine`` was built with
+        """``cache_dir``: the compiled-component cache (default ``$WASI_TLS_HOST_CACHE`` or
+        ``~/.cache/wasi-tls-host/components``); ``cache_max_size``: bytes it may hold, least
+        recently used entries evicted past it (None: no limit; default
+        ``$WASI_TLS_HOST_CACHE_MAX_SIZE`` or 1 GiB).
+        ``epoch_interruption``: whether ``engine`` was built with
         ``Config.epoch_interruption`` (needed to stop guests that compute without waiting,
         and for ``GuestLimits.timeout`` to reach them). Default: True for the engine this
         class builds when none is given, False for an embedder's engine."""
+        cache_max_size = resolve_max_size(cache_max_size)  # ValueError before anything starts
         if engine is None:
             epochs = epoch_interruption is not False
             config = Config()
@@ -289,7 +295,7 @@ class Host:
         self._checked: weakref.WeakKeyDictionary[Component, list[str]] = weakref.WeakKeyDictionary()
         # Epoch checks change the compiled code: artifacts of the two kinds must not mix.
         self.cache = ComponentCache(self.engine, cache_dir, enabled=use_cache,
-                                    engine_tag="epochs" if epochs else "")
+                                    engine_tag="epochs" if epochs else "", max_size=cache_max_size)
         self.core_cache = CoreModuleCache(self.cache)
         self._bound: weakref.WeakKeyDictionary[CoreComponent, BoundHost] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
