@@ -315,6 +315,13 @@ class Scheduler:
             if all(isinstance(t._waiting, _Yield) for queue in queues for t in queue):
                 return  # only yielders left: the caller decides whether to come back
 
+    def run_now(self, task: HostTask) -> None:
+        """Step ``task`` now if it is ready (e.g. a guest task told of its cancellation,
+        which the spec resumes at once)."""
+        if task._queued:
+            self._unwait(task)
+            self._step(task)
+
     def has_work(self) -> bool:
         """Whether anything could still make progress: a ready coroutine, or one waiting on
         a descriptor or a timer."""

@@ -151,6 +151,7 @@ class Task:
         self.exited = False
         self.waiting_cancellably = False  # in the event loop (WAIT/YIELD): cancellation can reach it
         self.wake: Any = None  # the driver's Event, set when cancellation is delivered
+        self.resume_caller: Any = None  # the instance resuming it now, if not the host (cancellation)
 
     def needs_exclusive(self) -> bool:
         """Whether its core code must not interleave with another such task's in the same

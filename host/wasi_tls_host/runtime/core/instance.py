@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable
 from wasmtime import FuncType, Module, Store, WasmtimeError
 from wasmtime import _ffi as ffi
 
+from .. import callback_guard
 from ..binding import GuestExit, HostFunc, Interface, host_call_failure, interface_key, version_family
 from ..store import StoreState, state_of
 from ..values import Trap
@@ -298,6 +299,7 @@ class ComponentInstance(ComponentState):
         trap = native.TRAP_P()
         err = native.func_call(self.context, ctypes.byref(func), raw_vals, n, ctypes.byref(trap))
         if err or trap:
+            callback_guard.raise_pending()
             native.raise_if_failed(err, trap, None)
         return [readers[t](raw_vals[i]) for i, t in enumerate(results)]
 
@@ -307,7 +309,9 @@ class ComponentInstance(ComponentState):
         raw_vals[3].i32 = size
         trap = native.TRAP_P()
         err = native.func_call(self.context, ctypes.byref(func), raw_vals, 4, ctypes.byref(trap))
-        native.raise_if_failed(err, trap, None)
+        if err or trap:
+            callback_guard.raise_pending()
+            native.raise_if_failed(err, trap, None)
         return raw_vals[0].i32 & 0xFFFF_FFFF
 
     # --- waiting with guest code on the stack ---------------------------------------------

@@ -204,7 +204,7 @@ async def _event_loop(callee: ComponentState, setup: CallSetup, task: Task, pack
             while callee.exclusive is not None and callee.exclusive is not task:
                 await callee.enter_gate
             callee.exclusive = task
-        packed = callee.run_core(task, None, setup.callback, list(event), ["i32", "i32", "i32"], ["i32"])[0]
+        packed = callee.run_core(task, task.resume_caller, setup.callback, list(event), ["i32", "i32", "i32"], ["i32"])[0]
 
 
 async def _wait_for_event(callee: ComponentState, task: Task, wset: WaitableSet, wake: Event) -> tuple[int, int, int]:

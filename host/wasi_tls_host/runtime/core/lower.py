@@ -451,6 +451,7 @@ def make_c2c_trampoline(caller: ComponentState, m: canon.MemCx, async_: bool, ca
                 args[0].i32 = Subtask.RETURNED
                 return 0
             subtask.callee_task = task
+            subtask.host_task = driver
             subtask.index = caller.add(subtask)
 
             def on_driver_done(t: HostTask) -> None:

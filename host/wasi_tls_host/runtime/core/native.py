@@ -15,6 +15,8 @@ from wasmtime import FuncType, ValType as CoreValType, WasmtimeError
 from wasmtime import _bindings as raw
 from wasmtime import _ffi as ffi
 
+from .. import callback_guard
+
 log = logging.getLogger("wasi_tls_host.runtime")
 
 CORE_TYPES = {"i32": CoreValType.i32, "i64": CoreValType.i64, "f32": CoreValType.f32, "f64": CoreValType.f64}
@@ -66,6 +68,9 @@ def host_entry(env: Any, caller: Any, args: Any, nargs: int) -> int:
     except Exception as e:  # a bug in a built-in (resource.new/rep/drop): never unwind into wasm
         log.exception("core runtime built-in failed")
         return trap_ptr(f"host error: {type(e).__name__}: {e}")
+    except BaseException as e:  # see callback_guard: raised again when wasm returns
+        callback_guard.keep(e)
+        return trap_ptr(f"interrupted: {type(e).__name__}")
 
 
 @ctypes.CFUNCTYPE(None, ctypes.c_void_p)

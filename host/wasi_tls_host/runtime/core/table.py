@@ -321,6 +321,16 @@ class ComponentState:
         Cancelled; another component's task TASK_CANCELLED (or ends, if it had not started)."""
         if subtask.callee_task is not None:
             subtask.callee_task.request_cancellation()
+            driver = subtask.host_task
+            if driver is not None and not driver.done:
+                # A task waiting in its event loop hears of it at once (as the spec resumes
+                # it inside request_cancellation, entering from the caller), so a prompt
+                # task.cancel resolves it now.
+                subtask.callee_task.resume_caller = self
+                try:
+                    self.scheduler.run_now(driver)
+                finally:
+                    subtask.callee_task.resume_caller = None
             return
         host_task = subtask.host_task
         if host_task is not None and not host_task.done:
