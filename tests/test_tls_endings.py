@@ -5,9 +5,12 @@
 * A client that half-closes TCP right after its request still gets the answer.
 * A guest client that a GnuTLS server refuses (TLS 1.3, no client certificate) sees the
   server's alert, not the broken pipe the closed connection causes when it writes.
+* The ``tls_server`` example survives a client that resets after its request, and answers
+  HTTP requests whose lines end in a bare LF; ``tls_echo_server`` survives a connection the
+  host refuses at accept.
 
-Guests: ``tls_server`` (on a thread of this process, its printed lines asserted on) and
-``tls_client``.
+Guests: ``tls_server`` and ``tls_echo_server`` (on threads of this process, their printed
+lines asserted on) and ``tls_client``.
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ from typing import Any, Iterator
 import pytest
 
 from conftest import SHARED, free_port
-from tls_server_util import TIMEOUT, GuestServer, ServerPki, ssl_client_context
+from tls_server_util import TIMEOUT, GuestServer, GuestThread, ServerPki, ssl_client_context
 from wasi_tls_host import Host
+from wasi_tls_host.runtime.limits import GuestLimits
 from wasi_tls_host.tls import TlsConfig
 from wasi_tls_host.wasi.sockets import NetworkPolicy
 
@@ -282,3 +286,48 @@ def test_a_guest_client_sees_the_alert_of_a_gnutls_server_that_requires_a_certif
     assert r.trap is None, r.trap
     assert "version=0x0304" in r.out
     assert "error=bad-certificate: TLS connection failed: the peer sent alert 'certificate required'" in r.out, r.out
+
+
+# --- the example server against peers that misbehave (issue 20, defect 3) -------------------
+
+
+def test_the_example_server_survives_a_client_that_resets_after_its_request(http_server: GuestServer, pki: ServerPki) -> None:
+    """Regression: the answer's flush() was not guarded, so the reset ended the guest's run."""
+    for _ in range(4):
+        raw = socket.create_connection(("127.0.0.1", http_server.port), timeout=TIMEOUT)
+        tls = ssl_client_context(pki).wrap_socket(raw, server_hostname="b.test")
+        tls.sendall(b"GET /reset HTTP/1.1\r\nHost: b.test\r\n\r\n")
+        tls.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        tls.close()  # RST at once, before the answer
+    assert b"200 OK" in answered(http_server, pki)
+    assert http_server.thread.is_alive(), http_server.out
+
+
+def test_the_example_server_answers_requests_with_bare_lf_line_endings(http_server: GuestServer, pki: ServerPki) -> None:
+    response = answered(http_server, pki, b"GET /lf HTTP/1.0\n\n")
+    assert response.startswith(b"HTTP/1.1 200 OK"), response
+    http_server.wait_for("request GET /lf HTTP/1.0")
+
+
+def test_the_echo_example_keeps_serving_when_a_connection_cannot_be_accepted(host: Host, guest_path: Any, pki: ServerPki) -> None:
+    """A connection the host refuses at accept (here: over the guest's socket limit, which
+    its listener already fills) is reported and the server waits for the next; it used to
+    end the guest's run."""
+    port = free_port()
+    guest = GuestThread(host, host.load(guest_path("tls_echo_server")), ["tls_echo_server", str(port), "1"],
+                        network=NetworkPolicy().allow_listen(f"127.0.0.1:{port}"), tls=pki.server_config(),
+                        limits=GuestLimits(max_sockets=1))
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while "listening on" not in guest.out and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as refused:
+            assert refused.recv(1) == b""  # closed by the host at once
+        while "accept failed" not in guest.out and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert "accept failed: new-socket-limit; still serving" in guest.out, guest.out
+        assert guest.thread.is_alive() and guest.result is None
+    finally:
+        guest.guest.interrupt("test teardown")
+        guest.thread.join(TIMEOUT)
+    assert not guest.thread.is_alive()
