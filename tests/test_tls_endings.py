@@ -15,6 +15,7 @@ lines asserted on) and ``tls_client``.
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import socket
@@ -28,7 +29,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from conftest import SHARED, free_port
+from conftest import SHARED, free_port, without_gc
 from tls_server_util import TIMEOUT, GuestServer, GuestThread, ServerPki, ssl_client_context
 from wasi_tls_host import Host
 from wasi_tls_host.runtime.limits import GuestLimits
@@ -331,3 +332,71 @@ def test_the_echo_example_keeps_serving_when_a_connection_cannot_be_accepted(hos
         guest.guest.interrupt("test teardown")
         guest.thread.join(TIMEOUT)
     assert not guest.thread.is_alive()
+
+
+# --- what an ended connection leaves behind (issue 19, item 6) -------------------------------
+
+
+def _client_hello(context: ssl.SSLContext, server_name: str) -> bytes:
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    try:
+        context.wrap_bio(incoming, outgoing, server_hostname=server_name).do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return outgoing.read()
+
+
+def test_every_way_a_connection_ends_frees_its_tls_objects_without_the_garbage_collector(http_server: GuestServer, pki: ServerPki) -> None:
+    """Regression: a failure was kept as the exception that had been raised, whose traceback
+    held the frames it passed through and so the handshake or stream keeping it: every
+    failed handshake's OpenSSL connection (about 70 KiB) waited for a garbage collection,
+    and RSS grew by tens of MB under clients that abandon handshakes."""
+    from wasi_tls_host.tls.client_hello import ClientHelloReader
+    from wasi_tls_host.tls.engine import TlsEngine
+    from wasi_tls_host.tls.server import IncomingClientHello
+    from wasi_tls_host.tls.transport import PendingHandshake, TlsInputStream, TlsTransport
+
+    kept = (TlsEngine, TlsTransport, PendingHandshake, TlsInputStream, IncomingClientHello, ClientHelloReader)
+    context = ssl_client_context(pki)
+    hello = _client_hello(context, "b.test")
+
+    def abandoned(read_first: bool) -> None:
+        with socket.create_connection(("127.0.0.1", http_server.port), timeout=TIMEOUT) as raw:
+            raw.sendall(hello)
+            if read_first:
+                raw.recv(100)
+
+    def garbage() -> None:
+        with socket.create_connection(("127.0.0.1", http_server.port), timeout=TIMEOUT) as raw:
+            raw.sendall(b"GET / HTTP/1.1\r\n\r\n")
+            raw.recv(100)
+
+    def after_the_handshake(data: bytes, close_notify: bool) -> None:
+        client = MemoryTlsClient(http_server.port, context, "b.test")
+        try:
+            if data:
+                client.sock.sendall(data)  # raw bytes, not through TLS
+            else:
+                client.send(b"GET /partial")
+            if close_notify:
+                client.tls.unwrap()
+                client._flush()
+        except ssl.SSLError:
+            pass
+        finally:
+            client.close()
+
+    gc.collect()
+    with without_gc():
+        for _ in range(3):
+            abandoned(read_first=True)
+            abandoned(read_first=False)
+            garbage()
+            after_the_handshake(b"", close_notify=False)  # truncated
+            after_the_handshake(b"\x17\x03\x03\x00\x20" + bytes(32), close_notify=False)  # bad_record_mac
+        deadline = time.monotonic() + TIMEOUT
+        while http_server.guest.open_connections() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert http_server.guest.open_connections() == 0
+        left = [type(o).__name__ for o in gc.get_objects() if isinstance(o, kept)]
+    assert left == [], left

@@ -16,6 +16,8 @@ from OpenSSL import SSL
 from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _lib
 
+from .states import detached
+
 # Error codes, shared by the guest-visible interfaces.
 UNKNOWN_ISSUER = "unknown-issuer"
 EXPIRED = "expired"
@@ -239,7 +241,7 @@ class TlsEngine:
         """``error`` as a failure for guests; ``from_peer``: raised while reading the peer's records."""
         failure = self._describe(error, during_handshake=during_handshake, from_peer=from_peer)
         if self.failure is None:
-            self.failure = failure
+            self.failure = detached(failure)
         return failure
 
     def _describe(self, error: SSL.Error, *, during_handshake: bool, from_peer: bool) -> TlsFailure:
@@ -248,7 +250,7 @@ class TlsEngine:
         if not reasons:
             # OpenSSL's queue is empty: a call on a connection that already failed.
             if self.failure is not None:
-                return self.failure
+                return detached(self.failure)
             return TlsFailure(INTERNAL, f"{what}: OpenSSL refused the operation without giving a reason "
                                         f"({type(error).__name__})")
         if isinstance(error, SSL.SysCallError) or any("unexpected eof" in r for r in reasons):
@@ -307,7 +309,7 @@ class TlsEngine:
         Used when sending failed, so the peer's last word is reported rather than the
         broken pipe it caused."""
         if self.failure is not None:
-            return self.failure
+            return detached(self.failure)
         try:
             self.conn.recv(1, socket.MSG_PEEK)
         except (SSL.WantReadError, SSL.ZeroReturnError):

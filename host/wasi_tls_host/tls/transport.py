@@ -29,7 +29,7 @@ from ..wasi.socket_streams import access_log
 from .client_hello import ALERT_FATAL, alert_record
 from .engine import CLOSED, TRUNCATED, HandshakeInfo, TlsClosed, TlsEngine, TlsFailure
 from .limits import TlsLimits, TlsUsage
-from .states import CONNECTION, SERVER_HELLO, ConnectionState, Event, HandshakeState, Machine, StateMachine
+from .states import CONNECTION, SERVER_HELLO, ConnectionState, Event, HandshakeState, Machine, StateMachine, detached
 
 # Ciphertext read per pump, and how much encrypted output may wait for the transport before
 # plaintext writes are held back (the plaintext stream's permit shrinks accordingly).
@@ -132,9 +132,9 @@ class TlsTransport:
         """The connection failed: later calls report ``failure`` (or the first one), and what
         OpenSSL queued on failing (its alert) is sent now, before anyone closes the socket."""
         if self.failure is None:
-            self.failure = self.explain(failure)
+            self.failure = detached(self.explain(failure))
         self.send_pending()
-        return self.failure
+        return detached(self.failure)
 
     def explain(self, failure: TlsFailure) -> TlsFailure:
         """Add the transport's reason to failures that only say the data ended."""
@@ -151,7 +151,7 @@ class TlsTransport:
         sent one before going away (an alert waiting in the socket: that is why it closed),
         else the transport's."""
         if self.failure is not None:
-            return self.failure
+            return detached(self.failure)
         if not during_handshake:  # a handshake has already read all there is
             self._receive()
             received = self.engine.received_failure()
@@ -165,9 +165,9 @@ class TlsTransport:
         close_notify (a TCP half-close) ends reading only: the guest can still answer, so
         it does not fail the connection; anything else does."""
         if self.failure is not None:
-            return self.failure
+            return detached(self.failure)
         if failure.code == TRUNCATED:
-            return self.explain(failure)
+            return detached(self.explain(failure))
         return self.fail(failure)
 
     def pump(self) -> bool:
@@ -341,7 +341,7 @@ class TlsInputStream(InputStream):
                 break
             except TlsFailure as e:
                 # Reported by the next read, after these bytes; OpenSSL's alert goes now.
-                self._deferred_failure = e
+                self._deferred_failure = detached(e)
                 self.transport.send_pending()
                 break
             if not more:
@@ -527,7 +527,7 @@ class PendingHandshake(HostResource):
             t.pump()
             while not t.engine.advance_handshake():
                 if t.failure is not None:
-                    raise t.failure
+                    raise detached(t.failure)
                 if not t.pump():
                     if t.send_broken:
                         # Nothing more to read now and nothing can be sent: no way forward.
