@@ -139,6 +139,10 @@ class TlsEngine:
 
     def __init__(self, context: SSL.Context, *, server_side: bool, server_name: str | None = None) -> None:
         self.conn = SSL.Connection(context, None)
+        # OpenSSL frees its record buffers whenever they are empty (as nginx has it do): a
+        # handshake waiting on its peer holds about 53 KiB instead of 70, an idle connection
+        # about 33 KiB less.
+        _lib.SSL_set_mode(self.conn._ssl, SSL.MODE_RELEASE_BUFFERS)
         self.server_side = server_side
         # A client's: the name it sends and checks the certificate against; a server's: the
         # SNI of the ClientHello the host parsed (OpenSSL's copy keeps the client's spelling).
