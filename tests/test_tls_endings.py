@@ -107,9 +107,7 @@ def conversation_after_handshake(port: int, *steps: Any, alert: str) -> Any:
     from tlsfuzzer.helpers import SIG_ALL, key_share_gen
 
     m, e = fuzzer.messages, fuzzer.expect
-    # Record version 0x0301 for the first flight, as most clients send (0x0300, tlsfuzzer's
-    # default, is issue 20's first defect, not the subject here).
-    root = m.Connect("127.0.0.1", port, version=(3, 1), timeout=TIMEOUT)
+    root = m.Connect("127.0.0.1", port, timeout=TIMEOUT)
     extensions = {
         ExtensionType.key_share: ext_.ClientKeyShareExtension().create([key_share_gen(GroupName.secp256r1)]),
         ExtensionType.supported_versions: ext_.SupportedVersionsExtension().create([(3, 4), (3, 3)]),
