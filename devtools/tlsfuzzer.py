@@ -11,12 +11,13 @@ tried. Its scripts need tlslite-ng and ecdsa (the ``test`` extra).
 it needs, and every probe expected to fail here with the reason, passed to the script as
 ``-x PROBE -X ERROR`` (a probe listed there that passes fails the script: XPASS).
 
-    python -m devtools.tlsfuzzer serve-pyopenssl PORT CERT KEY [--profile P] [--mode M]
+    python -m devtools.tlsfuzzer serve-pyopenssl PORT CERT KEY [--profile P] [--mode M] [--alpn IDS]
 """
 
 from __future__ import annotations
 
 import ast
+import importlib.util
 import os
 import re
 import socket
@@ -45,11 +46,9 @@ def available() -> str | None:
     """None when the suite can run here, else why not (for a skip message)."""
     if not (SUITE / "tlsfuzzer" / "_apps").is_dir():
         return f"no tlsfuzzer at {SUITE}: set TLSFUZZER to its folder (it lives outside the repository)"
-    try:
-        import ecdsa  # noqa: F401
-        import tlslite  # noqa: F401
-    except ImportError as e:
-        return f"tlsfuzzer needs tlslite-ng and ecdsa (the 'test' extra): {e}"
+    missing = [name for name in ("tlslite", "ecdsa") if importlib.util.find_spec(name) is None]
+    if missing:
+        return f"tlsfuzzer needs tlslite-ng and ecdsa (the 'test' extra); missing: {', '.join(missing)}"
     return None
 
 
@@ -62,8 +61,10 @@ class Expected:
 
     probe: str
     reason: str
-    error: str  # a substring of tlsfuzzer's failure message that must be the cause (-X)
-    same_on: tuple[str, ...] = ()  # reference servers that fail it the same way
+    # A substring of tlsfuzzer's failure message that must be the cause (-X); None where
+    # the failure shows in more than one way (an alert, or a reset that overtook it).
+    error: str | None
+    same_on: tuple[str, ...] = ()  # reference servers that fail it too (checked by the tests)
 
 
 @dataclass(frozen=True)
@@ -102,21 +103,62 @@ class Script:
         return tuple(e for e in self.expected if server in e.same_on)
 
 
-# Reasons shared by several scripts.
-SHA1_ONLY = (
-    "the ClientHello has no signature_algorithms extension, so TLS 1.2 assumes SHA-1, which "
-    "OpenSSL 3.0 and later refuse at their default security level ('no suitable signature "
-    "algorithm'); s_server and a bare pyOpenSSL server refuse it too, and both pass with "
-    "-cipher DEFAULT:@SECLEVEL=0"
+# --- why probes fail here -----------------------------------------------------------------
+
+BOTH = (PYOPENSSL, S_SERVER)
+
+# The host's own choices.
+CLIENT_HELLO_CAP = (
+    "a ClientHello over 64 KiB: the host refuses it before OpenSSL sees it (--max-client-hello, "
+    "65536 by default; decode_error, or a close when the reset for the unread rest overtakes "
+    "the alert)"
 )
 NO_RENEGOTIATION = (
-    "every TLS profile of the host refuses renegotiation (no_renegotiation alert); the bare "
-    "pyOpenSSL server with the same profile answers the same, s_server renegotiates"
+    "the host's TLS profiles refuse renegotiation (no_renegotiation); the bare pyOpenSSL "
+    "server with the profile answers the same, s_server renegotiates"
 )
-CLIENT_HELLO_CAP = (
-    "the host refuses a ClientHello over 64 KiB (--max-client-hello 65536, the default): "
-    "decode_error before OpenSSL sees it"
+CBC_FALLBACK = (
+    "the script's TLS 1.2 fallback offers only CBC suites, which the default profile refuses "
+    "(handshake_failure; the bare pyOpenSSL server with the profile answers the same, "
+    "s_server accepts CBC)"
 )
+# OpenSSL's behaviour, shared by OpenSSL 3.0 (s_server) and the host's build (4.0).
+SHA1_ONLY = (
+    "no signature_algorithms extension, so TLS 1.2 assumes SHA-1 signatures, which OpenSSL 3.0 "
+    "and later refuse at their default security level (handshake_failure, 'no suitable "
+    "signature algorithm'); s_server and the bare pyOpenSSL server refuse it too, s_server "
+    "passes with -cipher DEFAULT:@SECLEVEL=0"
+)
+PADDED_FINISHED = (
+    "OpenSSL answers a Finished message with padding around it with illegal_parameter where "
+    "the script expects decode_error (s_server and the bare pyOpenSSL server the same)"
+)
+# OpenSSL 4.0's behaviour: the host's build and the bare pyOpenSSL server on it fail these,
+# OpenSSL 3.0's s_server passes them.
+LONG_SIGALGS = (
+    "213 or more unusable signature schemes before the two usable RSA-PSS ones: OpenSSL 4.0, "
+    "the host's build, finds no shared signature algorithm (handshake_failure) and the bare "
+    "pyOpenSSL server on it the same; OpenSSL 3.0's s_server finds them"
+)
+MANY_KEY_SHARES = (
+    "about 220 key shares of unassigned groups before the one it knows: OpenSSL 4.0, the "
+    "host's build, answers handshake_failure ('no suitable key share') and the bare pyOpenSSL "
+    "server on it the same; OpenSSL 3.0's s_server uses the known share"
+)
+
+
+def _each(reason: str, error: str | None, same_on: tuple[str, ...], *probes: str) -> tuple[Expected, ...]:
+    return tuple(Expected(p, reason, error, same_on) for p in probes)
+
+
+def _over_cap(template: str, first: int, last: int) -> tuple[Expected, ...]:
+    """The probes ``template.format(n)`` for n in [first, last]: large-hello's hellos grow
+    with n and pass 64 KiB at ``first`` (measured on a run of every probe)."""
+    return _each(CLIENT_HELLO_CAP, None, (), *(template.format(n) for n in range(first, last + 1)))
+
+
+_CIPHERS = ("TLS_AES_128_GCM_SHA256", "TLS_CHACHA20_POLY1305_SHA256")
+_SIGALG_COUNTS = (213, 2353, 8130, 23752, 32715)
 
 COMPAT = Kind("compat")
 ECHO = Kind(mode="echo")
@@ -125,36 +167,126 @@ SCRIPTS: tuple[Script, ...] = (
     Script("conversation", ("-d", "-C", GCM)),
     Script("tls13-conversation"),
     Script("tls13-hrr"),
-    Script("tls13-keyupdate", ci_n=20, report_n=0),
+    Script("tls13-keyupdate", ci_n=20, report_n=0, expected=(
+        *_each("OpenSSL answers a KeyUpdate that requests one with its own before its next "
+               "application data (as RFC 8446 section 4.6.3 asks), and an HTTP server has none "
+               "to send before the rest of the request the script holds back until it sees "
+               "that KeyUpdate (s_server and the bare pyOpenSSL server time out the same)",
+               "Timeout when waiting for peer message", BOTH, "app data split, conversation with KeyUpdate msg"),
+        *_each("OpenSSL answers a KeyUpdate message with a trailing byte with illegal_parameter, "
+               "where the script expects decode_error (s_server and the bare pyOpenSSL server the "
+               "same)",
+               'received "illegal_parameter"', BOTH, "large KeyUpdate message"),
+    )),
     Script("tls13-ccs"),
-    Script("tls13-multiple-ccs-messages"),
-    Script("tls13-finished", ci_n=20, report_n=0),
+    Script("tls13-multiple-ccs-messages", expected=(
+        *_each("OpenSSL answers decode_error to a second ChangeCipherSpec, in the same record or "
+               "the next, where the script expects unexpected_message (RFC 8446 section 5); "
+               "s_server and the bare pyOpenSSL server the same",
+               'received "decode_error"', BOTH,
+               "multiple CCS Messages in one TLS record", "multiple CCS Messages in one TCP packet",
+               "CH and multiple CCS Messages in one TCP packet"),
+        *_each("the script sends a ChangeCipherSpec right after its ClientHello in a record of "
+               "the same version, 0x0300; OpenSSL, reading it after its ServerHello, refuses the "
+               "record ('wrong version number'; s_server and the bare pyOpenSSL server answer "
+               "decode_error), and the host, taking the peer for one not speaking TLS, closes "
+               "without an alert",
+               None, BOTH, "sanity with one CCS message", "second CCS before client finished"),
+    )),
+    Script("tls13-finished", ci_n=20, report_n=0, expected=_each(
+        PADDED_FINISHED, "illegal_parameter", BOTH,
+        *(f"padding - cipher TLS_AES_128_GCM_SHA256, pad_byte 0, pad_left {left}, pad_right {right}"
+          for left, right in ((0, 48), (0, 16348), (0, 131072), (0, 196608), (0, 16777183), (48, 0), (16348, 0))),
+        *(f"padding - cipher TLS_AES_256_GCM_SHA384, pad_byte 0, pad_left {left}, pad_right {right}"
+          for left, right in ((0, 32), (0, 48), (0, 16332), (0, 131072), (0, 196608), (0, 16777167),
+                              (32, 0), (48, 0), (16332, 0))),
+    )),
     Script("tls13-lengths", kind=ECHO, ci_n=40, report_n=300),
     Script("tls13-legacy-version"),
     Script("tls13-invalid-ciphers", ci_n=20, report_n=200),
     Script("tls13-nociphers"),
     Script("tls13-keyshare-omitted"),
     Script("tls13-empty-alert"),
-    Script("tls13-0rtt-garbage", ("-d",)),
-    Script("tls13-record-layer-limits", ci_n=20, report_n=0),
+    Script("tls13-0rtt-garbage", ("-d",), expected=_each(
+        CBC_FALLBACK, "Alert(fatal, handshake_failure)", (PYOPENSSL,),
+        "handshake with invalid 0-RTT and unknown version (downgrade to TLS 1.2)")),
+    Script("tls13-record-layer-limits", ci_n=20, report_n=0, expected=(
+        *_each("a padded Finished filling a record of 2^14 + 256 bytes, the most TLS 1.3 allows: "
+               "OpenSSL never answers (s_server and the bare pyOpenSSL server time out too)",
+               "Timeout when waiting for peer message", BOTH,
+               *(f"max size of Finished msg, with 16587 bytes of record layer padding {c}" for c in _CIPHERS)),
+        *_each(PADDED_FINISHED, 'received "illegal_parameter"', BOTH,
+               *(f"max size payload (2**14) of Finished msg, with 16348 bytes of left padding, cipher {c}"
+                 for c in _CIPHERS)),
+        *_each("OpenSSL accepts a record whose plaintext with its padding is one byte over 2^14 + 1 "
+               "(RFC 8446 section 5.4 counts the padding; s_server and the bare pyOpenSSL server "
+               "answer it too)",
+               "Unexpected message from peer: ApplicationData", BOTH,
+               *(f"too big plaintext, size: 2**14 - 8, with an additional 9 bytes of padding, cipher {c}"
+                 for c in _CIPHERS)),
+    )),
     Script("tls13-zero-length-data"),
-    Script("tls13-unrecognised-groups", kind=COMPAT),
-    Script("tls13-signature-algorithms", ci_n=20, report_n=0),
+    Script("tls13-unrecognised-groups", kind=COMPAT, expected=_each(
+        MANY_KEY_SHARES, "Alert(fatal, handshake_failure)", (PYOPENSSL,),
+        *(f"known group {group} and unknown groups from {kind} range, key_share of size {size}"
+          for group in ("secp256r1", "ffdhe2048") for kind in ("EC", "FFDHE") for size in (64, 128, 256)))),
+    Script("tls13-signature-algorithms", ci_n=20, report_n=0, expected=(
+        *_each(LONG_SIGALGS, "Alert(fatal, handshake_failure)", (PYOPENSSL,),
+               *(f"{n} invalid schemes" for n in _SIGALG_COUNTS[:-1]),
+               *(f"duplicated {n} non-rsa schemes" for n in _SIGALG_COUNTS[:-1]),
+               *(f"tolerance {n} methods" for n in _SIGALG_COUNTS[:-1])),
+        # The longest lists make hellos over 64 KiB: the cap refuses them first.
+        *_each(CLIENT_HELLO_CAP, None, (),
+               "32715 invalid schemes", "duplicated 32715 non-rsa schemes", "tolerance 32715 methods",
+               "tolerance 32715 methods with sig_alg_cert"),
+    )),
     Script("tls13-connection-abort"),
-    Script("record-layer-fragmentation", ("-d", "-C", GCM)),
+    Script("record-layer-fragmentation", ("-d", "-C", GCM), expected=_each(
+        CLIENT_HELLO_CAP, None, (), "maximum size: max fragment - 65385B extension")),
     Script("fuzzed-ciphertext", ("-d",), ci_n=20),
     Script("fuzzed-plaintext", ("-d",), kind=COMPAT, ci_n=20, report_n=200),
-    Script("fuzzed-finished", kind=COMPAT, ci_n=20),
+    # Every probe needs the handshake the sanity probe shows refused: only that one runs.
+    Script("fuzzed-finished", kind=COMPAT, only=("sanity",), expected=_each(
+        SHA1_ONLY, "Alert(fatal, handshake_failure)", BOTH, "sanity")),
     Script("invalid-client-hello-w-record-overflow", ("-d", "-C", GCM), ci_n=40),
     Script("ccs", ("-d", "-C", GCM)),
     Script("renegotiation-disabled", ("-d", "-C", GCM)),
     # The guest also offers h2, so a resumption that changes to it can succeed (only the
     # negotiation is tested: nothing speaks HTTP/2 after it).
-    Script("alpn-negotiation", ("-d",), kind=Kind("compat", alpn="h2,http/1.1")),
+    Script("alpn-negotiation", ("-d",), kind=Kind("compat", alpn="h2,http/1.1"), expected=_each(
+        NO_RENEGOTIATION, "no_renegotiation", (PYOPENSSL,),
+        "renegotiation 2nd handshake alpn", "renegotiation with protocol change",
+        "renegotiation without protocol change")),
     Script("truncating-of-client-hello", ("-d", "-C", GCM)),
-    Script("large-hello", ("-d",), ci_n=10),
-    Script("extensions", kind=COMPAT),
-    Script("invalid-server-name-extension", ("-d",), kind=COMPAT),
+    Script("large-hello", ("-d",), ci_n=10, expected=(
+        *_over_cap("ciphers even {0}", 10949, 11003),
+        *_over_cap("ciphers odd {0}", 10947, 11003),
+        *_over_cap("ext #80, {0} bytes", 65414, 65484),
+        *_over_cap("ext padding, {0} bytes", 65414, 65484),
+        *_over_cap("fragmented, padding ext {0} bytes", 65409, 65484),
+        *_over_cap("multiple extensions {0}", 16356, 16373),
+        *_over_cap("two ext, #80 {0} bytes", 61314, 61380),
+        *_each(CLIENT_HELLO_CAP, None, (), "huge hello"),
+    )),
+    Script("extensions", kind=COMPAT, expected=(
+        *_each(SHA1_ONLY, "Alert(fatal, handshake_failure)", BOTH, "sanity", "sanity - secure renego ext",
+               *(f"{n} extensions{last}" for n in (31, 32, 33, 63, 64, 65, 100, 127, 128, 129, 256, 1024, 4085, 4086, 4096, 8192)
+                 for last in ("", " last empty"))),
+        # Over 64 KiB as well: the cap refuses them here before SHA-1 could.
+        *_each(CLIENT_HELLO_CAP, None, (), "16383 extensions", "16383 extensions last empty"),
+    )),
+    Script("invalid-server-name-extension", ("-d",), kind=COMPAT, expected=(
+        *_each("the guest answers a name it has no certificate for with its default one and no "
+               "alert: RFC 6066 section 3 lets a server go on, and advises against the "
+               "warning-level unrecognized_name the script expects (s_server and the bare "
+               "pyOpenSSL server go on the same)",
+               "Unexpected message from peer: Handshake(server_hello)", BOTH, "incorrect SNI"),
+        *_each("a server_name list holding a name of an unknown type besides the host_name is "
+               "refused with decode_error, as OpenSSL refuses it (s_server and the bare pyOpenSSL "
+               "server); the script expects the unknown type to be ignored",
+               "Alert(fatal, decode_error)", BOTH,
+               "multiple types in SNI, host_name first", "multiple types in SNI, host_name last"),
+    )),
     Script("ssl-death-alert", ("-d",), kind=COMPAT),
 )
 
@@ -201,9 +333,10 @@ class Outcome:
         return text
 
     def why(self, probe: str) -> str:
-        """The last error line tlsfuzzer printed for ``probe`` (for failure messages)."""
-        block = self.output.split(f"\n{probe} ...\n", 1)[-1] if f"\n{probe} ...\n" in "\n" + self.output else ""
-        errors = [line for line in block.split("\n\n", 1)[0].splitlines() if re.match(r"^[\w.]*(Error|Exception)\b", line)]
+        """The last error line tlsfuzzer printed for ``probe``'s first run (for messages)."""
+        _, found, rest = ("\n" + self.output).partition(f"\n{probe} ...\n")
+        block = re.split(r"\n(?=\S.* \.\.\.\n)", rest, maxsplit=1)[0] if found else ""
+        errors = [line for line in block.splitlines() if re.match(r"^[\w.]*(Error|Exception)\b", line)]
         return errors[-1] if errors else "(no error line)"
 
 
@@ -226,7 +359,7 @@ def command(script: Script, port: int, *, n: int | None = None, expected: tuple[
     if n is not None:
         args += ["-n", str(n)]
     for e in expected:
-        args += ["-x", e.probe, "-X", e.error]
+        args += ["-x", e.probe] + (["-X", e.error] if e.error is not None else [])
     return [sys.executable, "-c", _BOOT, str(SEED), script.module, *args, *only]
 
 

@@ -30,7 +30,8 @@ import trustme
 
 from devtools import tlsfuzzer as tf
 
-pytestmark = pytest.mark.tlsfuzzer
+# The first test sets up the module's run: every script, minutes on a busy machine.
+pytestmark = [pytest.mark.tlsfuzzer, pytest.mark.timeout(1200)]
 if (why := tf.available()) is not None:
     pytest.skip(why, allow_module_level=True)
 
