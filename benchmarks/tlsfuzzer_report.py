@@ -60,6 +60,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     scripts = [s for s in tf.SCRIPTS if args.k in s.name]
     guest = guests.build("tls_server")
+    tf.compile_once(guest)
     with tempfile.TemporaryDirectory(prefix="tlsfuzzer-report-") as tmp:
         work = Path(tmp)
         cert, key = write_pki(work)

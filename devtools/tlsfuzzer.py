@@ -441,6 +441,15 @@ class ServerProcess:
         self._log.close()
 
 
+def compile_once(guest: Path) -> None:
+    """Compile the guest into the shared component cache, so servers started together each
+    load it instead of each compiling it (seconds of CPU apiece)."""
+    from wasi_tls_host import Host
+
+    with Host() as host:
+        host.load(guest)
+
+
 class GuestServer(ServerProcess):
     """``wasi-tls-host run ... tls_server PORT --count 0 --concurrent --mode MODE``."""
 
