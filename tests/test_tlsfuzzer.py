@@ -23,7 +23,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Hashable, Iterator, TypeVar
 
 import pytest
 import trustme
@@ -34,6 +34,9 @@ from devtools import tlsfuzzer as tf
 pytestmark = [pytest.mark.tlsfuzzer, pytest.mark.timeout(1200)]
 if (why := tf.available()) is not None:
     pytest.skip(why, allow_module_level=True)
+
+K = TypeVar("K", bound=Hashable)
+S = TypeVar("S", bound=tf.ServerProcess)
 
 JOBS = 2  # scripts run at once: each is a client process, the guest server one more
 REFERENCES = (tf.PYOPENSSL, tf.S_SERVER)
@@ -59,15 +62,16 @@ def _selected(request: pytest.FixtureRequest, parameter: str, everything: tuple[
     return [s for s in everything if s.name in names] or list(everything)
 
 
-def _start_all(make: dict[tf.Kind, object]) -> dict:
-    """Start servers on threads (each guest spends seconds loading the component)."""
-    started: dict = {}
+def _start_all(make: dict[K, Callable[[], S]]) -> dict[K, S]:
+    """Start servers on threads (each guest spends seconds loading the component); if one
+    fails to start, the others are stopped and its error raised."""
+    started: dict[K, S] = {}
     errors: list[BaseException] = []
 
-    def start(key: object, factory: object) -> None:
+    def start(key: K, factory: Callable[[], S]) -> None:
         try:
-            started[key] = factory()  # type: ignore[operator]
-        except BaseException as e:  # reported below, after the others have started or failed
+            started[key] = factory()
+        except BaseException as e:  # raised below, once the others have started or failed
             errors.append(e)
 
     threads = [threading.Thread(target=start, args=item) for item in make.items()]
@@ -125,6 +129,7 @@ def _report(outcome: tf.Outcome) -> str:
 
 @pytest.mark.parametrize("name", [s.name for s in tf.SCRIPTS])
 def test_script(run: Run, name: str) -> None:
+    """Every probe passes but the expected failures, which fail as expected."""
     outcome = run.outcomes[name]
     assert outcome.ok, _report(outcome)
     assert outcome.passed + outcome.xfailed > 0, _report(outcome)
