@@ -32,6 +32,24 @@ from wasi_tls_host.runtime.values import Variant as VariantValue
 SPEC_DIR = Path(os.environ.get("COMPONENT_MODEL_TESTS", Path(__file__).resolve().parents[2] / "shared/wit-reference/component-model/test/async"))
 
 
+ONE_STACK = ("a synchronously lifted callee blocks while its caller's frames are below it on the "
+             "one wasm stack this host runs per store; the spec lets the caller's other tasks run "
+             "meanwhile, which needs a second stack (stack switching), not in wasmtime's C API")
+
+# Files that fail on this host, and why. tests/test_spec_async.py expects each to fail
+# (strictly: one that starts passing fails the test until it is taken off this list).
+KNOWN_FAILURES = {
+    "async-calls-sync": ONE_STACK,
+    "cancel-subtask": ONE_STACK,
+    "sync-barges-in": ONE_STACK,
+    "sync-streams": ONE_STACK,
+    "big-interleaving-test": "49 of 55 commands pass; line 1521 reaches the test's own `unreachable`: an "
+                             "interleaving of sync and async tasks this host orders differently (open)",
+    "cancel-stream": "line 202 reaches the test's own `unreachable`: a cancelled stream copy's "
+                     "progress differs from the reference (open)",
+}
+
+
 @dataclass
 class Outcome:
     name: str

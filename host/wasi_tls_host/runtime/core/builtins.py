@@ -165,7 +165,7 @@ def _backpressure(delta: int) -> Callable[[ComponentInstance, Builtin], Made]:
                 inst.backpressure = 0
                 raise Trap("backpressure.dec: backpressure counter underflow (more decrements than increments)")
             if inst.backpressure == 0:
-                inst.enter_gate.set()
+                inst.open_gate()
             return []
 
         return [], [], backpressure

@@ -79,7 +79,9 @@ class ComponentState:
         self.poisoned: str | None = None  # why the instance trapped (it cannot be entered again)
         # The task whose core code may not interleave with another's (CanonicalABI
         # exclusive_thread); tasks waiting to enter (backpressure, the exclusive lock) wait
-        # on enter_gate, set whenever either is released.
+        # on enter_gate. Each release sets the gate and puts a fresh one in its place: every
+        # waiter wakes once, checks again and waits on the new gate if still held back (a gate
+        # that stayed set would let a waiter spin).
         self.exclusive: Task | None = None
         self.enter_gate = Event()
         self.waiting_to_enter = 0
@@ -115,7 +117,12 @@ class ComponentState:
 
     def release_exclusive(self) -> None:
         self.exclusive = None
-        self.enter_gate.set()
+        self.open_gate()
+
+    def open_gate(self) -> None:
+        """Wake the tasks waiting to enter (backpressure or the exclusive lock was released)."""
+        gate, self.enter_gate = self.enter_gate, Event()
+        gate.set()
 
     def has_other_tasks(self) -> bool:
         return self.live_tasks > 0
