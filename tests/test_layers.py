@@ -51,7 +51,7 @@ def test_no_library_module_imports_the_command_line() -> None:
                 offenders.append(f"{path.relative_to(PACKAGE)} imports {name}")
     assert not offenders, offenders
     # The scan sees the CLI's own imports (so it is not vacuous).
-    assert "argparse" in _imported_names(PACKAGE / "cli" / "main.py")
+    assert "argparse" in _imported_names(PACKAGE / "cli" / "command.py")
     assert "wasi_tls_host.cli.errors.UsageError" in _imported_names(PACKAGE / "cli" / "options_tls.py")
 
 

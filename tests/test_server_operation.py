@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
@@ -43,17 +44,20 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 class Server:
     """``wasi-tls-host run ... tls_server.wasm PORT --count 0 --concurrent`` as a process."""
 
-    def __init__(self, guest: Path, certs: dict[str, Path], tmp: Path, *options: str, mode: str = "echo") -> None:
+    def __init__(self, guest: Path, certs: dict[str, Path], tmp: Path, *options: str, mode: str = "echo", count: int = 0,
+                 key_pem: bytes | None = None, stdin: int = subprocess.DEVNULL) -> None:
         self.port = free_port()
         self.cert, self.key = tmp / "cur.pem", tmp / "cur.key"
         shutil.copyfile(certs["dir"] / "one.pem", self.cert)
         shutil.copyfile(certs["dir"] / "one.key", self.key)
+        if key_pem is not None:
+            self.key.write_bytes(key_pem)
         self.out_path, self.err_path = tmp / "stdout", tmp / "stderr"
         cmd = [sys.executable, "-m", "wasi_tls_host.cli", "run", "--allow-listen", f"127.0.0.1:{self.port}",
                "--identity", f"web={self.cert},{self.key}", "--access-log", *options,
-               str(guest), str(self.port), "--count", "0", "--concurrent", "--mode", mode]
+               str(guest), str(self.port), "--count", str(count), "--concurrent", "--mode", mode]
         with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
-            self.process = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+            self.process = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=stdin)
         self.context = ssl.create_default_context(cafile=str(certs["ca"]))
 
     @property
@@ -111,8 +115,8 @@ def server(host, guest_path, certs, tmp_path: Path) -> Iterator:
     guest = guest_path("tls_server")
     host.load(guest)  # compiled into the shared component cache once, not by every worker
 
-    def start(*options: str, mode: str = "echo") -> Server:
-        s = Server(guest, certs, tmp_path, *options, mode=mode)
+    def start(*options: str, **fields: Any) -> Server:
+        s = Server(guest, certs, tmp_path, *options, **fields)
         started.append(s)
         return s
 
@@ -254,6 +258,160 @@ def test_sighup_rotates_the_certificate_and_open_connections_keep_theirs(server,
     assert s.stop() == 0
 
 
+def _serves_from(s: Server, pid: int, expected_cn: str) -> None:
+    """Connect until worker ``pid`` has served one; every connection presents ``expected_cn``."""
+    for _ in range(60):
+        assert s.certificate_cn() == expected_cn
+        if f"pid {pid}] access" in s.err:
+            return
+    raise AssertionError(f"worker pid {pid} served no connection\n{s.err}")
+
+
+def test_a_worker_restarted_after_a_refused_reload_starts_with_the_certificate_in_use(server) -> None:
+    """The fleet keeps serving: a SIGHUP that refused a broken certificate file keeps the
+    identity in use, and a worker restarted afterwards starts with it too (it used to read
+    the broken file, exit 2, and the supervisor stopped every worker)."""
+    s = server("--workers", "2", "--graceful-timeout", "5")
+    s.wait_for(r"listening on", 2, where="out", timeout=STARTUP)
+    pid = int(s.wait_for(r"worker 1 started \(pid (\d+)\)")[0].group(1))
+    s.cert.write_text("garbage")
+    s.process.send_signal(signal.SIGHUP)
+    s.wait_for(r"worker \d pid \d+\]: identity 'web': kept the certificate in use", 2)
+    os.kill(pid, signal.SIGKILL)
+    new_pid = int(s.wait_for(r"worker 1 started \(pid (\d+)\)", 2)[1].group(1))
+    s.wait_for(r"listening on", 3, where="out", timeout=STARTUP)
+    _serves_from(s, new_pid, "cert-one")
+    assert "could not start" not in s.err and s.process.poll() is None
+    assert s.stop() == 0
+
+
+def test_an_encrypted_key_asked_for_once_serves_workers_restarted_later(server, certs) -> None:
+    """The passphrase typed at start (one prompt, from the supervisor) is what every worker
+    uses, a restarted one included; no worker asks again (two workers used to prompt on the
+    same terminal at once, and a restarted one waited for a passphrase nobody typed)."""
+    import pty
+
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key((certs["dir"] / "one.key").read_bytes(), None)
+    encrypted = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.BestAvailableEncryption(b"open sesame"))
+    controller, terminal = pty.openpty()
+    try:
+        s = server("--workers", "2", "--graceful-timeout", "5", key_pem=encrypted, stdin=terminal)
+        s.wait_for(r"passphrase for identity 'web': ", timeout=STARTUP)  # getpass on a terminal it cannot control: stderr
+        os.write(controller, b"open sesame\n")
+        s.wait_for(r"listening on", 2, where="out", timeout=STARTUP)
+        pid = int(s.wait_for(r"worker 1 started \(pid (\d+)\)")[0].group(1))
+        os.kill(pid, signal.SIGKILL)
+        new_pid = int(s.wait_for(r"worker 1 started \(pid (\d+)\)", 2)[1].group(1))
+        s.wait_for(r"listening on", 3, where="out", timeout=STARTUP)
+        _serves_from(s, new_pid, "cert-one")
+        assert s.stop() == 0
+    finally:
+        os.close(controller)
+        os.close(terminal)
+
+
+def test_a_reload_logs_one_line_per_identity_and_process_naming_the_file(server) -> None:
+    s = server("--workers", "2", "--graceful-timeout", "5")
+    s.wait_for(r"listening on", 2, where="out", timeout=STARTUP)
+    s.cert.write_text("garbage")
+    s.process.send_signal(signal.SIGHUP)
+    s.wait_for(r"kept the certificate in use", 3)  # the supervisor (for workers started later) and each worker
+    assert s.stop() == 0
+    lines = [line for line in s.err.splitlines() if "identity 'web'" in line]
+    assert len(lines) == 3, lines  # each process once (each used to log it twice)
+    assert len({line.split(": ", 1)[0] for line in lines}) == 3, lines
+    for line in lines:
+        assert line.endswith(f"identity 'web': kept the certificate in use: the certificate ({s.cert}): certificates must be PEM or DER X.509 certificates"), line
+
+
+def test_start_up_errors_name_the_identity_and_file_and_the_worker(host, guest_path, certs, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pem"
+    bad.write_text("garbage")
+    base = [sys.executable, "-m", "wasi_tls_host.cli", "run", "--allow-listen", f"127.0.0.1:{free_port()}"]
+    guest = str(guest_path("tls_server"))
+    one = subprocess.run([*base, "--identity", f"web={bad},{certs['dir'] / 'one.key'}", guest, "1"],
+                         capture_output=True, text=True, timeout=STARTUP, stdin=subprocess.DEVNULL)
+    assert one.returncode == 2
+    assert one.stderr == f"error: identity 'web': the certificate ({bad}): certificates must be PEM or DER X.509 certificates\n"
+    # With --workers the supervisor reads the identities first: one line, no worker started.
+    fleet = subprocess.run([*base, "--workers", "2", "--identity", f"web={bad},{certs['dir'] / 'one.key'}", guest, "1"],
+                           capture_output=True, text=True, timeout=STARTUP, stdin=subprocess.DEVNULL)
+    assert fleet.returncode == 2 and fleet.stderr == one.stderr
+    # What only a worker finds wrong (here the guest is missing) says which worker found it.
+    missing = tmp_path / "missing.wasm"  # (no --allow-listen: a port taken meanwhile would be another status 2)
+    fleet = subprocess.run([sys.executable, "-m", "wasi_tls_host.cli", "run", "--workers", "2", str(missing), "1"],
+                           capture_output=True, text=True, timeout=STARTUP, stdin=subprocess.DEVNULL)
+    assert fleet.returncode == 2
+    assert re.search(rf"^wasi-tls-host\[worker [12] pid \d+\]: error: {re.escape(str(missing))}: no such file$", fleet.stderr, re.M), fleet.stderr
+
+
+def _wait_catches(pid: int, signum: int) -> None:
+    """Until process ``pid`` has a handler for ``signum`` (from /proc: SigCgt)."""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        fields = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line)
+        if int(fields["SigCgt"], 16) >> (signum - 1) & 1:
+            return
+        assert time.monotonic() < deadline, f"process {pid} never handled {signal.Signals(signum).name}"
+        time.sleep(0.001)
+
+
+def test_signals_during_start_up_are_acted_on_not_fatal(server) -> None:
+    """The first half second (imports) and the guest's loading used to be covered by no
+    handler: SIGTERM killed the process by the default action, without a word (143), and
+    SIGHUP likewise (129). A stop before the guest runs is a graceful stop with nothing open."""
+    s = server("--graceful-timeout", "5")
+    _wait_catches(s.process.pid, signal.SIGTERM)
+    s.process.send_signal(signal.SIGTERM)
+    assert s.process.wait(STARTUP) == 0, s.err
+    assert s.err == "wasi-tls-host: SIGTERM during start-up: stopping\n"
+    assert s.out == ""  # the guest never ran
+
+    s = server("--graceful-timeout", "5")
+    _wait_catches(s.process.pid, signal.SIGHUP)
+    s.process.send_signal(signal.SIGHUP)  # delivered once the guest runs: the files are read again
+    s.wait_for(r"listening on", where="out", timeout=STARTUP)
+    s.wait_for(r"identity 'web': reloaded from")
+    assert s.stop() == 0
+
+    s = server("--graceful-timeout", "5")
+    _wait_catches(s.process.pid, signal.SIGTERM)
+    s.process.send_signal(signal.SIGTERM)
+    s.wait_for(r"SIGTERM during start-up: stopping")
+    s.process.send_signal(signal.SIGINT)  # a second one: at once
+    assert s.process.wait(STARTUP) == 130, s.err
+    assert "SIGINT: stopping now (during start-up)" in s.err
+
+
+def test_a_supervisor_stopped_while_it_restarts_a_worker_exits_0(server) -> None:
+    """A ``--count`` guest that ended is started again; a graceful stop while that worker
+    imports used to kill it by the default action (143), and the supervisor exited 143."""
+    s = server("--workers", "2", "--graceful-timeout", "5", count=1)
+    s.wait_for(r"listening on", 2, where="out", timeout=STARTUP)
+    assert s.certificate_cn() == "cert-one"  # one guest serves its one connection and ends
+    s.wait_for(r"worker \d \(pid \d+\) exited with status 0; restarting it")
+    pid = int(s.wait_for(r"worker \d started \(pid (\d+)\)", 3)[2].group(1))
+    s.process.send_signal(signal.SIGTERM)
+    assert s.process.wait(STARTUP) == 0, s.err
+    assert re.search(rf"\[worker \d pid {pid}\]: SIGTERM during start-up: stopping", s.err), s.err
+
+
+def test_a_stop_during_a_restart_backoff_starts_no_worker(server) -> None:
+    """A worker that dies within a second of starting is restarted after a pause; a stop
+    in that pause used to start it anyway, never told to stop (the supervisor waited for it
+    forever)."""
+    s = server("--workers", "2", "--graceful-timeout", "5")
+    pid = int(s.wait_for(r"worker 1 started \(pid (\d+)\)")[0].group(1))
+    os.kill(pid, signal.SIGKILL)
+    s.wait_for(rf"worker 1 \(pid {pid}\) exited with status 137; restarting it")
+    s.process.send_signal(signal.SIGTERM)
+    assert s.process.wait(STARTUP) == 0, s.err
+    assert len(re.findall(r"worker 1 started", s.err)) == 1, s.err
+
+
 def test_sigterm_lets_a_slow_client_finish_and_refuses_new_ones(server) -> None:
     s = server("--graceful-timeout", "15")
     s.wait_for(r"listening on", where="out", timeout=STARTUP)
@@ -303,6 +461,39 @@ def test_deadline_and_second_signal_exit_statuses(server) -> None:
     s2.process.send_signal(signal.SIGINT)  # a second signal: at once
     assert s2.process.wait(TIMEOUT) == 130
     held.close()
+
+
+def test_a_signal_handler_never_waits_for_the_guests_locks(host, guest_path, certs) -> None:
+    """A handler runs wherever the main thread is, maybe holding the guest's socket registry
+    lock (to count connections while draining). The handler used to act there (ask whether
+    the guest listens: that lock again), and a worker that got two SIGTERMs in a row hung for
+    good. It only notes the signal now; the main loop acts on it."""
+    import threading
+
+    from tls_server_util import GuestServer
+
+    from wasi_tls_host import PrivateIdentity, TlsConfig
+    from wasi_tls_host.cli.serve import Operator
+    from wasi_tls_host.wasi import sockets
+
+    tls = TlsConfig(identities=[PrivateIdentity.from_files("web", certs["dir"] / "one.pem", certs["dir"] / "one.key")], use_system_roots=False)
+    server = GuestServer(host, host.load(guest_path("tls_server")), free_port(), "--count", "0", "--concurrent", tls=tls)
+    try:
+        operator = Operator(host, server.guest, graceful_timeout=5.0)
+        registry = sockets._REGISTRIES[server.guest.ctx]
+        with registry._lock:  # as if the signal came while the main thread counted connections
+            handler = threading.Thread(target=operator.on_signal, args=(signal.SIGTERM, None))
+            handler.start()
+            handler.join(2.0)
+            returned = not handler.is_alive()
+        handler.join(TIMEOUT)
+        assert returned, "the handler waited for the socket registry's lock"
+        assert server.guest.is_listening()  # nothing acted yet...
+        operator.tick()  # ...until the loop's next tick
+        assert operator.deadline is not None  # a graceful stop began
+    finally:
+        server.guest.interrupt("test teardown")
+        server.stop()
 
 
 def test_host_reload_identities_in_the_api(host, guest_path, certs, tmp_path: Path) -> None:

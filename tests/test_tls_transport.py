@@ -90,12 +90,18 @@ def established(ca: trustme.CA) -> tuple[ssl.SSLObject, ssl.MemoryBIO, ssl.Memor
     return client, to_client, from_client, server
 
 
-@pytest.fixture
-def pair(ca: trustme.CA) -> Iterator[tuple[ssl.SSLObject, ssl.MemoryBIO, TlsTransport, ScriptedInput, Sink]]:
-    client, _, from_client, engine = established(ca)
+def connected(ca: trustme.CA) -> tuple[ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO, TlsTransport, ScriptedInput, Sink]:
+    """``established``, with the server engine in a transport over scripted streams."""
+    client, to_client, from_client, engine = established(ca)
     cin, cout = ScriptedInput(), Sink()
     transport = TlsTransport(engine, cin, cout)
     transport.hand_over()
+    return client, to_client, from_client, transport, cin, cout
+
+
+@pytest.fixture
+def pair(ca: trustme.CA) -> Iterator[tuple[ssl.SSLObject, ssl.MemoryBIO, TlsTransport, ScriptedInput, Sink]]:
+    client, _, from_client, transport, cin, cout = connected(ca)
     yield client, from_client, transport, cin, cout
 
 
@@ -163,3 +169,57 @@ def test_record_watch_follows_framing_across_chunks(chunk: int) -> None:
             seen_at = i + chunk
     assert seen_at is not None and seen_at > len(plaintext)  # not before the protected record's header
     assert seen_at <= len(plaintext) + 5 + chunk
+
+
+def test_a_peer_that_half_closes_after_its_request_can_still_be_answered(ca: trustme.CA) -> None:
+    """Regression: the end of input went into OpenSSL, which failed the whole connection at
+    it; the answer then failed with ``internal: TLS connection failed: []``."""
+    client, to_client, from_client, transport, cin, cout = connected(ca)
+    rx, tx = TlsInputStream(transport), TlsOutputStream(transport)
+    client.write(b"GET / HTTP/1.1\r\n\r\n")
+    cin.steps = [from_client.read(), END]  # the request, then a TCP FIN without close_notify
+    assert rx.read(100) == b"GET / HTTP/1.1\r\n\r\n"
+    with pytest.raises(StreamFailed) as failed:
+        rx.read(100)
+    assert failed.value.error.code == "truncated"  # reading ends
+    assert tx.check_write() > 0  # writing goes on
+    tx.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    tx.flush()
+    to_client.write(bytes(cout.data))
+    assert client.read(100) == b"HTTP/1.1 200 OK\r\n\r\n"
+
+
+def test_openssls_alert_for_a_bad_record_goes_out_before_the_failure_is_reported(ca: trustme.CA) -> None:
+    """Regression: the failure was raised while reading, and the alert OpenSSL had queued
+    never reached the peer (the guest then dropped the connection)."""
+    client, to_client, from_client, transport, cin, cout = connected(ca)
+    client.write(b"GET / HTTP/1.1\r\n\r\n")
+    record = bytearray(from_client.read())
+    record[-1] ^= 1  # the last byte of the AEAD tag
+    cin.steps = [bytes(record)]
+    with pytest.raises(StreamFailed) as failed:
+        TlsInputStream(transport).read(100)
+    assert failed.value.error.code == "decode-error"
+    assert "the peer sent a record TLS does not allow" in str(failed.value)
+    to_client.write(bytes(cout.data))  # what the client receives decrypts to the alert
+    with pytest.raises(ssl.SSLError, match="BAD_RECORD_MAC"):
+        client.read(100)
+
+
+def test_a_write_after_a_failed_read_reports_that_failure(pair) -> None:
+    """A read that failed after returning data keeps its failure for the next read; a write in
+    between used to meet OpenSSL's reasonless error: ``internal: TLS connection failed: []``."""
+    client, from_client, transport, cin, _ = pair
+    client.write(b"first")
+    good = from_client.read()
+    client.write(b"second")
+    bad = bytearray(from_client.read())
+    bad[-1] ^= 1
+    cin.steps = [good + bytes(bad)]
+    rx, tx = TlsInputStream(transport), TlsOutputStream(transport)
+    assert rx.read(100) == b"first"  # the bad record's failure is kept for the next read
+    assert tx.check_write() > 0
+    with pytest.raises(StreamFailed) as failed:
+        tx.write(b"answer")
+    assert failed.value.error.code == "decode-error", str(failed.value)
+    assert "bad record mac" in str(failed.value) or "decryption failed" in str(failed.value)

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from wasi_tls_host import Host, WasiConfig
 from wasi_tls_host.host import RunResult
+from wasi_tls_host.runtime.limits import GuestLimits
 from wasi_tls_host.runtime.values import Err, Ok, Some, Variant
 from wasi_tls_host.tls import TlsConfig
 from wasi_tls_host.tls.identities import PrivateIdentity
@@ -106,11 +107,13 @@ class GuestThread:
     """A guest instance run on a thread of this process; ``out`` and ``lines`` are what it has
     printed so far, ``_changed`` is notified on each write and when the guest ends."""
 
-    def __init__(self, host: Host, component: Any, args: list[str], *, network: NetworkPolicy, tls: TlsConfig, name: str | None = None) -> None:
+    def __init__(self, host: Host, component: Any, args: list[str], *, network: NetworkPolicy, tls: TlsConfig, name: str | None = None,
+                 limits: GuestLimits | None = None) -> None:
         self._out = bytearray()
         self._err = bytearray()
         self._changed = threading.Condition()
-        config = WasiConfig(args=args, stdout=self._write, stderr=self._err.extend, network=network, tls=tls)
+        config = WasiConfig(args=args, stdout=self._write, stderr=self._err.extend, network=network, tls=tls,
+                            limits=limits or GuestLimits())
         self.guest = host.instantiate(component, config)
         self.result: RunResult | None = None
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)

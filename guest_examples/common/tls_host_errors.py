@@ -22,3 +22,14 @@ def stream_error(e):
     code = tls_types.error_code_of(value.value)
     name = code.name.lower().replace("_", "-") if code is not None else "io"
     return f"{name}: {value.value.to_debug_string()}"
+
+
+def error_text(e):
+    """Any Err a TLS guest's connection can meet (a stream's, this package's, a socket's) as
+    one line: `code: message` where there is one."""
+    value = e.value
+    if isinstance(value, (streams.StreamError_Closed, streams.StreamError_LastOperationFailed)):
+        return stream_error(e) or "closed"
+    if isinstance(value, tls_types.Error):
+        return describe(value)
+    return getattr(value, "name", repr(value)).lower().replace("_", "-")

@@ -9,7 +9,9 @@ import sys
 
 from componentize_py_types import Err
 from wit_world import exports
-from wit_world.imports import environment, identities, instance_network, network, poll, server, streams, tcp, tcp_create_socket
+from wit_world.imports import environment, identities, instance_network, network, poll, server, streams, tcp_create_socket
+
+from tls_host_errors import error_text
 
 
 def listen(port):
@@ -23,13 +25,16 @@ def listen(port):
 
 
 def accept(sock):
+    """The next connection. One that fails before it is accepted (a client that reset while
+    waiting, the host's socket limit) is reported, and the server waits for the next."""
     while True:
         try:
             return sock.accept()
         except Err as e:
             if e.value != network.ErrorCode.WOULD_BLOCK:
-                raise
-            poll.poll([sock.subscribe()])
+                print(f"accept failed: {error_text(e)}; still serving", flush=True)
+            with sock.subscribe() as incoming:
+                poll.poll([incoming])
 
 
 def wait_ready(getter, pollable):
@@ -81,15 +86,6 @@ def serve_one(store, rx, tx):
             resource.__exit__(None, None, None)
 
 
-def error_text(e):
-    value = e.value
-    if isinstance(value, streams.StreamError_LastOperationFailed):
-        return value.value.to_debug_string()
-    if isinstance(value, streams.StreamError_Closed):
-        return "the stream is closed"
-    return getattr(value, "message", repr(value))
-
-
 def echo(prx, ptx):
     """Echo until the client's close_notify; a stream error ends it with Err."""
     total = 0
@@ -105,7 +101,8 @@ def echo(prx, ptx):
         while view:
             n = ptx.check_write()
             if n == 0:
-                poll.poll([ptx.subscribe()])
+                with ptx.subscribe() as writable:
+                    poll.poll([writable])
                 continue
             ptx.write(view[:n])
             view = view[n:]

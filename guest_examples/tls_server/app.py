@@ -16,9 +16,14 @@ accepts the next client only when the previous one is done; with it, all at once
 * ALPN: the first of ``--alpn`` (server preference) the client offered; a client that
   offered ALPN ids but none of ours is refused with no_application_protocol.
 * modes: ``echo`` echoes until the client's close_notify; ``alpn`` answers one line
-  ``alpn=<id>`` and closes; ``http`` answers one HTTP/1.x request with a plain-text body.
+  ``alpn=<id>`` and closes; ``http`` answers one HTTP/1.x request with a plain-text body
+  (lines may end in CRLF or a bare LF, as HTTP servers accept; headers are limited to
+  ``MAX_REQUEST`` bytes).
 
-Each event is one printed line (tests assert on them).
+Whatever a client does (resets, half-closes, sends garbage), only its own connection ends:
+every call that can fail for a connection's sake is checked, and ``serve`` ends a connection
+whose step still fails instead of the server. Each event is one printed line (tests assert
+on them).
 """
 
 from componentize_py_types import Err
@@ -34,11 +39,12 @@ from wit_world.imports import (
     tcp_create_socket,
 )
 
-from tls_host_errors import describe, stream_error, would_block
+from tls_host_errors import describe, error_text, stream_error, would_block
 
 ALERT_HANDSHAKE_FAILURE = 40
 ALERT_NO_APPLICATION_PROTOCOL = 120
 VERSIONS = {"1.2": 0x0303, "1.3": 0x0304}
+MAX_REQUEST = 64 * 1024  # bytes of a request head: far above what clients send
 
 
 def say(line):
@@ -55,7 +61,9 @@ def text(alpn):
     return alpn.decode("ascii", "replace") if alpn else "-"
 
 
-
+def end_of_head(request):
+    """Whether an HTTP request head is complete: an empty line, after CRLF or bare LF."""
+    return b"\n\n" in request or b"\n\r\n" in request
 
 
 class Options:
@@ -282,7 +290,12 @@ class Client:
             self.outbox = self.outbox[n:]
             return True
         if self.peer_done:
-            self.tx.flush()
+            try:
+                self.tx.flush()
+            except Err as e:  # the client reset or went away: this connection is over
+                self.log(f"write error: {stream_error(e)}")
+                self.state = "done"
+                return True
             self.state = "flushing"
             return True
         try:
@@ -299,8 +312,12 @@ class Client:
             return False
         if self.opts.mode == "http":
             self.request += data
-            if b"\r\n\r\n" in self.request:
-                first = self.request.split(b"\r\n", 1)[0].decode("ascii", "replace")
+            if not end_of_head(self.request) and len(self.request) > MAX_REQUEST:
+                self.log(f"request refused: no end of the request head within {MAX_REQUEST} bytes")
+                self.outbox = b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+                self.peer_done = True
+            elif end_of_head(self.request):
+                first = self.request.split(b"\n", 1)[0].rstrip(b"\r").decode("ascii", "replace")
                 body = f"identity={self.identity_name} sni={self.sni or '-'} alpn={text(self.conn.alpn_id())}\n".encode()
                 self.outbox = (
                     b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n"
@@ -343,6 +360,16 @@ def listen(port):
     return sock
 
 
+def advance(client):
+    """``client.step()``; an error no state expected ends that connection, never the server."""
+    try:
+        return client.step()
+    except Err as e:
+        client.log(f"connection error: {error_text(e)}")
+        client.close()
+        return True
+
+
 def serve(opts):
     chooser = Identities(opts)
     sock = listen(opts.port)
@@ -364,7 +391,7 @@ def serve(opts):
                 break
             accepted += 1
             client = Client(accepted, opts, chooser, peer, rx, tx)
-            if not client.step():
+            if not advance(client):
                 active.append(client)
         waiting = [c.pollable() for c in active]
         listening = (forever or accepted < opts.count) and (opts.concurrent or not active)
@@ -375,7 +402,7 @@ def serve(opts):
         ready = poll.poll(waiting)
         finished = set()
         for index in ready:
-            if index < len(active) and active[index].step():
+            if index < len(active) and advance(active[index]):
                 finished.add(index)
         if finished:
             active = [c for i, c in enumerate(active) if i not in finished]

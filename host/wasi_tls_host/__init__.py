@@ -19,16 +19,52 @@ or, wasmtime-py style::
     instance = linker.instantiate(store, component)
 """
 
-from .host import GuestError, GuestInstance, Host, RunResult, add_to_linker, set_wasi
-from .runtime.values import Err, Ok, Some, Trap, Variant, WitError
-from .tls.config import TlsConfig
-from .tls.identities import PrivateIdentity
-from .wasi.context import WasiConfig, WasiCtx
-from .wasi.filesystem import Preopen
-from .wasi.sockets import NetworkPolicy
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .host import GuestError, GuestInstance, Host, RunResult, add_to_linker, set_wasi
+    from .runtime.values import Err, Ok, Some, Trap, Variant, WitError
+    from .tls.config import TlsConfig
+    from .tls.identities import PrivateIdentity
+    from .wasi.context import WasiConfig, WasiCtx
+    from .wasi.filesystem import Preopen
+    from .wasi.sockets import NetworkPolicy
 
 __all__ = [
     "Err", "GuestError", "GuestInstance", "Host", "NetworkPolicy", "Ok", "Preopen",
     "PrivateIdentity", "RunResult", "Some", "TlsConfig", "Trap", "Variant", "WasiConfig",
     "WasiCtx", "WitError", "add_to_linker", "set_wasi",
 ]
+
+# Loaded on first use (PEP 562): importing the package costs nothing until a name is used,
+# so the command line can hold signals before wasmtime and OpenSSL load (cli/startup.py).
+_EXPORTS = {
+    ".host": ("GuestError", "GuestInstance", "Host", "RunResult", "add_to_linker", "set_wasi"),
+    ".runtime.values": ("Err", "Ok", "Some", "Trap", "Variant", "WitError"),
+    ".tls.config": ("TlsConfig",),
+    ".tls.identities": ("PrivateIdentity",),
+    ".wasi.context": ("WasiConfig", "WasiCtx"),
+    ".wasi.filesystem": ("Preopen",),
+    ".wasi.sockets": ("NetworkPolicy",),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        value = getattr(importlib.import_module(_WHERE[name], __name__), name)
+        globals()[name] = value  # looked up once
+        return value
+    try:
+        return importlib.import_module(f".{name}", __name__)  # a subpackage, as an eager import made it an attribute
+    except ModuleNotFoundError as e:
+        if e.name != f"{__name__}.{name}":
+            raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

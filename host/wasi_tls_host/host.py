@@ -19,7 +19,7 @@ from wasmtime.component import Component, Instance, Linker
 from .provenance import CodeEvidence, CodePolicy
 from .runtime import binding, exports
 from .runtime.binding import Interface
-from .runtime.cache import ComponentCache
+from .runtime.cache import FROM_ENVIRONMENT, CacheSize, ComponentCache, resolve_max_size
 from .runtime.engine import CONCURRENCY_OFF, engine_config
 from .runtime.limits import EpochTicker, RunGuard, format_bytes
 from .runtime.core.instance import BoundHost, ComponentInstance, CoreComponent, LinkError, bind
@@ -251,6 +251,7 @@ class Host:
         *,
         cache_dir: Path | None = None,
         use_cache: bool = True,
+        cache_max_size: CacheSize = FROM_ENVIRONMENT,
         interfaces: Iterable[Interface] | None = None,
         policy: CodePolicy | None = None,
         trust_compiled: Iterable[Any] = (),
@@ -258,10 +259,15 @@ class Host:
         epoch_interruption: bool | None = None,
         runtime: str = DEFAULT_RUNTIME,
     ) -> None:
-        """``epoch_interruption``: whether ``engine`` was built with
+        """``cache_dir``: the compiled-component cache (default ``$WASI_TLS_HOST_CACHE`` or
+        ``~/.cache/wasi-tls-host/components``); ``cache_max_size``: bytes it may hold, least
+        recently used entries evicted past it (None: no limit; default
+        ``$WASI_TLS_HOST_CACHE_MAX_SIZE`` or 1 GiB).
+        ``epoch_interruption``: whether ``engine`` was built with
         ``Config.epoch_interruption`` (needed to stop guests that compute without waiting,
         and for ``GuestLimits.timeout`` to reach them). Default: True for the engine this
         class builds when none is given, False for an embedder's engine."""
+        cache_max_size = resolve_max_size(cache_max_size)  # ValueError before anything starts
         if engine is None:
             epochs = epoch_interruption is not False
             engine = Engine(engine_config(epoch_interruption=epochs))
@@ -291,7 +297,8 @@ class Host:
         # Epoch checks change the compiled code, and wasmtime refuses artifacts compiled
         # under another concurrency setting: artifacts of different settings must not mix.
         self.cache = ComponentCache(self.engine, cache_dir, enabled=use_cache,
-                                    engine_tag="-".join(["epochs"] * epochs + [CONCURRENCY_OFF] * concurrency_off))
+                                    engine_tag="-".join(["epochs"] * epochs + [CONCURRENCY_OFF] * concurrency_off),
+                                    max_size=cache_max_size)
         self.core_cache = CoreModuleCache(self.cache)
         self._bound: weakref.WeakKeyDictionary[CoreComponent, BoundHost] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
@@ -450,4 +457,6 @@ def describe_link_error(message: str) -> str:
     first = message.strip().splitlines()[0] if message.strip() else message
     if "matching implementation was not found" in message or "was not found" in message:
         return f"the component needs an import this host does not provide: {first}"
+    if "Caused by:" in message:  # a start function trapped: its cause is the line to act on
+        return f"could not instantiate the component: {first.rstrip(':')} trapped: {trap_cause(message)}"
     return f"could not instantiate the component: {first}"

@@ -1,11 +1,38 @@
 """The command line, a layer above the library: it parses flags, calls the library's
 constructors (``NetworkPolicy``, ``Preopen``, ``TlsConfig``, ``PrivateIdentity``...) and
-turns their ``ValueError``s into usage errors. Nothing in the library imports from here."""
+turns their ``ValueError``s into usage errors. Nothing in the library imports from here.
+
+``main`` is the ``wasi-tls-host`` command. It holds SIGTERM, SIGINT and SIGHUP (``startup.py``)
+before the host is imported, so this package imports only the standard library until then;
+the other names load on first use."""
 
 from __future__ import annotations
 
-from .errors import UsageError
-from .invoke import format_value, parse_invoke
-from .main import build_parser, main
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .startup import hold
+
+if TYPE_CHECKING:
+    from .command import build_parser
+    from .errors import UsageError
+    from .invoke import format_value, parse_invoke
 
 __all__ = ["UsageError", "build_parser", "format_value", "main", "parse_invoke"]
+
+_LAZY = {"UsageError": ".errors", "build_parser": ".command", "format_value": ".invoke", "parse_invoke": ".invoke"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``wasi-tls-host`` command (``argv``: default ``sys.argv[1:]``); returns its
+    exit status."""
+    hold()  # before the heavy imports: a signal now is remembered, not fatal
+    from .command import main as command_main
+
+    return command_main(argv)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,21 +3,35 @@ the guest (``PrivateIdentity.from_files``) and the CAs client certificates must 
 
 An encrypted key's passphrase comes from ``$WASI_TLS_HOST_PASSPHRASE_<NAME>`` or, on a
 terminal, a prompt: asking people is the command line's business, not the library's.
+
+With ``--workers`` the supervisor reads the identities (and asks for passphrases) once, keeps
+the bytes of the ones in use (``IdentitySource``: a SIGHUP that fails to load a file keeps
+the previous bytes, as each worker keeps its certificate) and hands them to every worker it
+starts through a private in-memory file (``write_sources``; its descriptor number in
+``IDENTITIES_ENV``), so a worker restarted after a refused reload starts with the identities
+in use, never with a broken file, and without asking for a passphrase again.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import getpass
+import json
 import os
 import sys
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..tls.config import TlsConfig, load_certificates
-from ..tls.identities import PrivateIdentity
+from ..tls.config import TlsConfig, load_certificates, log_rotation
+from ..tls.identities import IdentityFiles, PassphraseNeeded, PrivateIdentity
 from ..wasi.context import WasiConfig
 from .errors import UsageError
+from .options_server import worker_number
+
+# In a worker: the descriptor of the private in-memory file holding the identities in use.
+IDENTITIES_ENV = "WASI_TLS_HOST_IDENTITIES_FD"
 
 
 @dataclass(frozen=True)
@@ -49,22 +63,123 @@ def passphrase(spec: IdentitySpec, *, prompt: bool = True) -> bytes | None:
     return None
 
 
-def load_identity(spec: IdentitySpec, *, prompt: bool = True) -> PrivateIdentity:
-    """Read an identity's files; ask for a passphrase only when the key is encrypted."""
+@dataclass(frozen=True)
+class IdentitySource:
+    """An identity's files as last read and accepted: what a worker started later loads."""
+
+    spec: IdentitySpec
+    cert_pem: bytes = field(repr=False)
+    key_pem: bytes = field(repr=False)
+    passphrase: bytes | None = field(default=None, repr=False)
+
+    def identity(self) -> PrivateIdentity:
+        """The identity these bytes make, reloadable from its files (ValueError if none)."""
+        files = IdentityFiles(self.spec.cert, self.spec.key, self.passphrase)
+        return PrivateIdentity.from_pem(self.spec.name, self.cert_pem, self.key_pem, self.passphrase, files=files)
+
+
+def read_source(spec: IdentitySpec, *, known_passphrase: bytes | None = None, prompt: bool = True) -> tuple[IdentitySource, PrivateIdentity]:
+    """Read an identity's files and load them (ValueError naming the identity and the file);
+    ask for a passphrase only when the key is encrypted and none was given."""
     try:
-        return PrivateIdentity.from_files(spec.name, spec.cert, spec.key)
-    except ValueError as e:
-        if "encrypted" not in str(e):
-            raise
+        cert_pem, key_pem = spec.cert.read_bytes(), spec.key.read_bytes()
+    except OSError as e:
+        raise ValueError(f"identity {spec.name!r}: cannot read {e.filename}: {e.strerror}") from None
+    source = IdentitySource(spec, cert_pem, key_pem, known_passphrase)
+    try:
+        return source, source.identity()
+    except PassphraseNeeded as e:
         secret = passphrase(spec, prompt=prompt)
         if secret is None:
             raise ValueError(f"{e}; set {spec.passphrase_variable}") from None
-        return PrivateIdentity.from_files(spec.name, spec.cert, spec.key, secret)
+    source = replace(source, passphrase=secret)
+    return source, source.identity()
+
+
+def load_identity(spec: IdentitySpec, *, prompt: bool = True) -> PrivateIdentity:
+    """Read an identity's files; ask for a passphrase only when the key is encrypted."""
+    return read_source(spec, prompt=prompt)[1]
 
 
 def parse_identity_option(text: str) -> PrivateIdentity:
     """``NAME=CERT.pem,KEY.pem`` -> a loaded ``PrivateIdentity``."""
     return load_identity(parse_identity_spec(text))
+
+
+def read_sources(texts: list[str]) -> list[IdentitySource]:
+    """Every ``--identity``, read and checked (UsageError naming the identity and file)."""
+    try:
+        return [read_source(parse_identity_spec(text))[0] for text in texts]
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def reload_sources(sources: list[IdentitySource]) -> list[IdentitySource]:
+    """SIGHUP in a supervisor: each identity read again from its files, or kept as it was
+    when they fail to load (one line each, as a worker logs its own reload)."""
+    reloaded = []
+    for source in sources:
+        try:
+            fresh, identity = read_source(source.spec, known_passphrase=source.passphrase, prompt=False)
+        except ValueError as e:
+            log_rotation(source.spec.name, e)
+            reloaded.append(source)
+        else:
+            log_rotation(source.spec.name, identity)
+            reloaded.append(fresh)
+    return reloaded
+
+
+def _b64(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode()
+
+
+def write_sources(sources: list[IdentitySource]) -> int:
+    """A descriptor (close-on-exec, readable by this user only) of an in-memory file holding
+    ``sources``, for a worker to inherit: keys never go through the environment or a file
+    others could open."""
+    document = [{"name": s.spec.name, "cert": str(s.spec.cert), "key": str(s.spec.key), "cert_pem": _b64(s.cert_pem),
+                 "key_pem": _b64(s.key_pem), "passphrase": _b64(s.passphrase)} for s in sources]
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("wasi-tls-host-identities", os.MFD_CLOEXEC)
+    else:  # an unlinked private temporary file
+        fd, path = tempfile.mkstemp(prefix="wasi-tls-host-identities")
+        os.unlink(path)
+    try:
+        os.fchmod(fd, 0o600)
+        data = json.dumps(document).encode()
+        while data:
+            data = data[os.write(fd, data):]
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def take_handed_sources() -> dict[IdentitySpec, IdentitySource]:
+    """In a worker: the identities its supervisor handed down (read once, descriptor closed)."""
+    value = os.environ.pop(IDENTITIES_ENV, None)
+    if value is None or worker_number() is None:
+        return {}
+    try:
+        fd = int(value)
+    except ValueError:
+        raise UsageError(f"{IDENTITIES_ENV} is not a descriptor number: {value!r}") from None
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        with os.fdopen(os.dup(fd), "rb") as f:
+            document = json.loads(f.read())
+        sources = [IdentitySource(IdentitySpec(d["name"], Path(d["cert"]), Path(d["key"])), base64.b64decode(d["cert_pem"]),
+                                  base64.b64decode(d["key_pem"]), None if d["passphrase"] is None else base64.b64decode(d["passphrase"]))
+                   for d in document]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"cannot read the identities the supervisor handed down (descriptor {fd}): {e}") from None
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    return {source.spec: source for source in sources}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,7 +190,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def apply(args: argparse.Namespace, config: WasiConfig) -> None:
     try:
-        identities = [parse_identity_option(text) for text in args.identity]
+        specs = [parse_identity_spec(text) for text in args.identity]
+        handed = take_handed_sources()
+        identities = [handed[spec].identity() if spec in handed else load_identity(spec) for spec in specs]
         client_ca = [cert for path in args.client_ca for cert in load_certificates(path)]
     except ValueError as e:
         raise UsageError(str(e)) from None

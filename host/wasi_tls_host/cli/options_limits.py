@@ -7,14 +7,13 @@ import argparse
 import dataclasses
 from typing import Callable, TypeVar
 
-from ..runtime.limits import GuestLimits, format_bytes
+from ..runtime.limits import GuestLimits, format_bytes, parse_bytes
 from ..wasi.context import WasiConfig
 
 T = TypeVar("T")
 
 # Every limit flag takes "none" for no limit (None in GuestLimits and TlsLimits).
 NO_LIMIT = "none"
-_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 _TIME_UNITS = {"": 1.0, "s": 1.0, "ms": 0.001, "m": 60.0, "h": 3600.0}
 
 
@@ -44,15 +43,10 @@ def limit_value(value: T | Unlimited) -> T | None:
 
 def parse_size(text: str) -> int:
     """``512M``, ``2G``, ``65536``, ``64KiB`` -> bytes (binary units)."""
-    cleaned = text.strip().lower().removesuffix("ib").removesuffix("b")
-    number, unit = cleaned.rstrip("kmg"), cleaned[len(cleaned.rstrip("kmg")):]
     try:
-        value = int(number) * _SIZE_UNITS[unit]
-    except (ValueError, KeyError):
-        raise argparse.ArgumentTypeError(f"want a size such as 512M, 2G or 1048576, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"a size must be positive, got {text!r}")
-    return value
+        return parse_bytes(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def parse_duration(text: str) -> float:

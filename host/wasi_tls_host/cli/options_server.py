@@ -14,10 +14,11 @@ import sys
 from ..wasi.context import WasiConfig
 from ..wasi.sockets import IPAddress, NetworkPolicy, format_address
 from .errors import UsageError
+from .startup import worker_number
 
-# Set in the environment of the processes ``--workers`` starts: the worker's number, and the
-# listening sockets the supervisor hands down (``ADDRESS=FD`` separated by spaces).
-WORKER_ENV = "WASI_TLS_HOST_WORKER"
+# Set in the environment of the processes ``--workers`` starts, besides the worker's number
+# (startup.WORKER_ENV): the listening sockets the supervisor hands down (``ADDRESS=FD`` separated by
+# spaces).
 LISTENERS_ENV = "WASI_TLS_HOST_LISTENERS"
 
 
@@ -39,11 +40,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--workers", type=int, default=1, metavar="N", help="serve from N host processes, each with its own guest instance, accepting from one listening socket per --allow-listen HOST:PORT (opened by a supervisor; other patterns: SO_REUSEPORT); a worker that dies is restarted")
     group.add_argument("--graceful-timeout", type=float, default=30.0, metavar="SECONDS", help="on SIGTERM/SIGINT stop accepting and give open connections this long to finish (default 30); a second signal ends at once")
     group.add_argument("--access-log", action="store_true", help="log one line per connection on stderr: peer, SNI, ALPN, version, suite, client identity, handshake time, bytes each way, how it ended (also with -v)")
-
-
-def worker_number() -> int | None:
-    value = os.environ.get(WORKER_ENV)
-    return int(value) if value and value.isdigit() else None
 
 
 def apply(args: argparse.Namespace, config: WasiConfig) -> None:

@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import os
 import signal
-import sys
 import threading
 from typing import Iterator
 
@@ -15,7 +14,8 @@ from wasmtime import WasmtimeError
 from ..host import DEFAULT_RUNTIME, RUNTIMES, GuestInstance, Host
 from ..wasi.context import WasiConfig
 from .invoke import format_value, parse_invoke
-from . import options_server, provenance
+from . import options_identities, options_server, provenance, startup
+from .errors import UsageError, print_error, print_line
 from .options import OPTION_GROUPS
 from .serve import serve
 
@@ -76,14 +76,22 @@ def _sigint_stops(guest: GuestInstance) -> Iterator[None]:
 
 
 def command(args: argparse.Namespace) -> int:
-    if args.workers > 1 and options_server.worker_number() is None:
+    held = startup.hold()  # what came during start-up (installed by main)
+    if args.workers > 1 and startup.worker_number() is None:
         from .workers import Supervisor
 
-        return Supervisor(args.workers, args.argv, args.allow_listen).run()
+        # Read once here: workers start from these bytes (and passphrases), kept across a
+        # SIGHUP that fails to load a file.
+        sources = options_identities.read_sources(args.identity)
+        return Supervisor(args.workers, args.argv, args.allow_listen, sources, held).run()
     config = wasi_config(args)
-    host = Host(use_cache=not args.no_cache, runtime=args.runtime, policy=provenance.code_policy(args), trust_compiled=provenance.public_keys(args.trust_compiled))
+    try:
+        host = Host(use_cache=not args.no_cache, runtime=args.runtime, policy=provenance.code_policy(args), trust_compiled=provenance.public_keys(args.trust_compiled))
+    except ValueError as e:  # $WASI_TLS_HOST_CACHE_MAX_SIZE
+        raise UsageError(str(e)) from None
     component = host.load(provenance.guest_source(args), precompiled=provenance.precompiled_artifact(args))
     if args.invoke:
+        held.release()  # an export call is not operated by signals: they act as usual
         name, call_args = parse_invoke(args.invoke)
         config.args = [os.path.basename(args.guest)]
         with host.instantiate(component, config) as guest, _sigint_stops(guest):
@@ -96,15 +104,16 @@ def command(args: argparse.Namespace) -> int:
             print(format_value(value))
         return 0
     with host.instantiate(component, config) as guest:
-        result, decided = serve(host, guest, args.graceful_timeout)
+        result, decided = serve(host, guest, args.graceful_timeout, held)
     if decided is not None:
         return decided  # a signal ended it: the status says how (see cli/serve.py)
+    assert result is not None  # only a signal keeps the guest from running
     if result.trap:
         detail = result.trap.strip() if args.verbose else result.trap_cause
-        print(f"error: the guest trapped: {detail}", file=sys.stderr)
+        print_error(f"the guest trapped: {detail}")
         if not args.verbose:
-            print("(run with -v to see the wasm backtrace)", file=sys.stderr)
+            print_line("(run with -v to see the wasm backtrace)")
     elif result.error:
-        print(f"error: {result.error}", file=sys.stderr)
+        print_error(str(result.error))
     return result.exit_code
 

@@ -1,6 +1,10 @@
 """Running a guest so that a person can operate it: signals for rotation and graceful stop.
 
-The guest runs on a thread; the main thread handles signals:
+The guest runs on a thread; the main thread handles signals. The handlers only note them:
+the main thread's loop acts on them within a tick (50 ms). A handler runs wherever the main
+thread happens to be, possibly holding a lock the action needs (the socket registry's, to
+ask whether the guest listens): acting in the handler deadlocked a worker that got two
+SIGTERMs in a row.
 
 * SIGHUP: ``Host.reload_identities()`` (new connections present the new certificates, open
   ones keep theirs; a file that fails to load keeps the old identity, with a log line).
@@ -8,10 +12,14 @@ The guest runs on a thread; the main thread handles signals:
   ``--graceful-timeout`` seconds to finish, then the guest is ended. A guest that does not
   listen (a command) is ended at once.
 * SIGTERM or SIGINT, second: the guest is ended at once.
+* Before the guest runs (start-up, ``startup.py``): a stop signal means it never starts; a
+  SIGHUP is delivered once it runs.
 
 Exit status: the guest's own when it ends by itself; ``EXIT_DRAINED`` (0) when a graceful
-stop saw every connection finish; ``EXIT_DEADLINE`` (3) when the deadline cut connections
-short; 128 + signal number when a signal ended it at once (130 SIGINT, 143 SIGTERM).
+stop saw every connection finish (or came during start-up, to a guest allowed to listen);
+``EXIT_DEADLINE`` (3) when the deadline cut connections short; 128 + signal number when a
+signal ended it at once (130 SIGINT, 143 SIGTERM), or stopped during start-up a guest not
+allowed to listen (a command).
 """
 
 from __future__ import annotations
@@ -20,10 +28,12 @@ import logging
 import signal
 import threading
 import time
+from collections import deque
 from typing import Any
 
 from ..host import GuestInstance, Host, RunResult
 from ..wasi import sockets
+from .startup import StartupSignals
 
 log = logging.getLogger("wasi_tls_host.serve")
 
@@ -41,13 +51,17 @@ class Operator:
         self.graceful_timeout = graceful_timeout
         self.deadline: float | None = None  # set by the first stop signal
         self.exit_status: int | None = None  # decided by the operator, not the guest
+        self.signals: deque[int] = deque()  # noted by the handler, acted on by tick()
 
     def on_signal(self, signum: int, frame: Any) -> None:
+        """The signal handler: notes the signal and nothing else (see the module's notes)."""
+        self.signals.append(signum)
+
+    def handle(self, signum: int) -> None:
         name = signal.Signals(signum).name
         if signum == signal.SIGHUP:
             log.warning("SIGHUP: reloading identities")
-            for line in self.host.reload_identities():
-                log.warning("%s", line)
+            self.host.reload_identities()  # logs one line per identity
             return
         if self.deadline is not None or not self.guest.is_listening():
             self.exit_status = 128 + signum
@@ -61,7 +75,9 @@ class Operator:
         self.guest.stop_accepting()
 
     def tick(self) -> None:
-        """Called every few ms on the main thread while draining."""
+        """Called every few ms on the main thread: the signals noted since, then the drain."""
+        while self.signals and self.exit_status is None:
+            self.handle(self.signals.popleft())
         if self.deadline is None or self.exit_status is not None:
             return
         remaining = self.guest.open_connections()
@@ -76,9 +92,10 @@ class Operator:
             self.guest.interrupt("graceful stop deadline")
 
 
-def serve(host: Host, guest: GuestInstance, graceful_timeout: float) -> tuple[RunResult, int | None]:
-    """Run ``guest`` (wasi:cli/run) with signal handling; returns its result and the exit
-    status the operator decided (None: the guest ended by itself)."""
+def serve(host: Host, guest: GuestInstance, graceful_timeout: float, held: StartupSignals | None = None) -> tuple[RunResult | None, int | None]:
+    """Run ``guest`` (wasi:cli/run) with signal handling; returns its result (None if it
+    never ran) and the exit status the operator decided (None: the guest ended by itself).
+    ``held``: the signals that came during start-up, acted on here first."""
     operator = Operator(host, guest, graceful_timeout)
     outcome: list[RunResult] = []
     failure: list[BaseException] = []
@@ -96,6 +113,11 @@ def serve(host: Host, guest: GuestInstance, graceful_timeout: float) -> tuple[Ru
     previous = {s: signal.signal(s, operator.on_signal) for s in handled} if on_main_thread else {}
     worker = threading.Thread(target=run, name="guest", daemon=True)
     try:
+        if held is not None and (stop := held.stop_signal()) is not None:
+            may_listen = guest.ctx.network is not None and bool(guest.ctx.network.bind)
+            return None, EXIT_DRAINED if may_listen else 128 + stop  # never run (said when it came)
+        if held is not None and held.take_hangup():
+            operator.handle(signal.SIGHUP)
         worker.start()
         while worker.is_alive():
             worker.join(_TICK_S)

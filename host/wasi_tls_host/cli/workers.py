@@ -8,6 +8,16 @@ others, as gunicorn does. Other patterns are bound by each worker with SO_REUSEP
 first stop signal the supervisor closes its copies, so once the workers have stopped
 accepting the kernel refuses new clients.
 
+The supervisor also reads the ``--identity`` files (and asks for passphrases) and hands the
+bytes to every worker it starts (options_identities.write_sources). On SIGHUP it reads them
+again before passing the signal on, and keeps the previous bytes of an identity whose files
+fail to load, as the workers keep its certificate: a worker restarted later starts with the
+identities in use, not with a file the reload refused. Workers start with SIGTERM, SIGINT and
+SIGHUP blocked until their own handlers are in place (startup.py): a signal passed on while a
+worker starts is acted on, never the default action. The supervisor's handler only notes a
+signal; its loop acts on it (as serve.py does), so no signal lands in the middle of starting
+a worker.
+
 Exit status: 0 when every worker stopped with 0; else the first non-zero status a worker
 stopped with during shutdown (2 when a worker could not start: bad options or guest).
 """
@@ -22,10 +32,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections import deque
 from typing import Any
 
 from ..wasi.sockets import AddressPattern, IPAddress, format_address
-from .options_server import LISTENERS_ENV, WORKER_ENV, format_listeners
+from .options_identities import IDENTITIES_ENV, IdentitySource, reload_sources, write_sources
+from .options_server import LISTENERS_ENV, format_listeners
+from .startup import WORKER_ENV, StartupSignals, block_in_child
 
 log = logging.getLogger("wasi_tls_host.workers")
 
@@ -34,7 +47,9 @@ RESTART_BACKOFF_S = 1.0  # a worker that dies this soon after starting waits bef
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def _prepare_worker() -> None:
+    """Run in the worker between fork and exec."""
+    block_in_child()  # signals wait for the worker's handlers (startup.py)
     # A worker must not outlive its supervisor (e.g. one killed with SIGKILL).
     try:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -80,13 +95,18 @@ class Worker:
         self.process: subprocess.Popen[bytes] | None = None
         self.started = 0.0
 
-    def start(self) -> None:
+    def start(self, identities: list[IdentitySource]) -> None:
         handed = {address: sock.fileno() for address, sock in self.listeners.items()}
-        env = dict(os.environ, **{WORKER_ENV: str(self.number), LISTENERS_ENV: format_listeners(handed)})
-        # Its own session: a terminal's Ctrl-C reaches the supervisor only, which decides.
-        self.process = subprocess.Popen([sys.executable, "-m", "wasi_tls_host.cli", *self.argv], env=env,
-                                        pass_fds=list(handed.values()),
-                                        start_new_session=True, preexec_fn=_die_with_parent)
+        identities_fd = write_sources(identities)
+        try:
+            env = dict(os.environ, **{WORKER_ENV: str(self.number), LISTENERS_ENV: format_listeners(handed),
+                                      IDENTITIES_ENV: str(identities_fd)})
+            # Its own session: a terminal's Ctrl-C reaches the supervisor only, which decides.
+            self.process = subprocess.Popen([sys.executable, "-m", "wasi_tls_host.cli", *self.argv], env=env,
+                                            pass_fds=[*handed.values(), identities_fd],
+                                            start_new_session=True, preexec_fn=_prepare_worker)
+        finally:
+            os.close(identities_fd)  # the worker has its own
         self.started = time.monotonic()
         log.warning("worker %d started (pid %d)", self.number, self.process.pid)
 
@@ -99,21 +119,41 @@ class Worker:
 
 
 class Supervisor:
-    def __init__(self, count: int, argv: list[str], listen: list[AddressPattern] | None = None) -> None:
+    def __init__(self, count: int, argv: list[str], listen: list[AddressPattern] | None = None,
+                 identities: list[IdentitySource] | None = None, held: StartupSignals | None = None) -> None:
         self.count = count
         self.argv = argv
         self.listen = list(listen or [])
+        self.identities = list(identities or [])  # the bytes in use, handed to each worker started
+        self.held = held  # signals that came during start-up
         self.listeners: dict[tuple[IPAddress, int], socket.socket] = {}
         self.workers: list[Worker] = []
         self.stopping = 0  # stop signals received
+        self.signals: deque[int] = deque()  # noted by the handler, acted on by the loop
 
     def on_signal(self, signum: int, frame: Any) -> None:
-        if signum != signal.SIGHUP:
+        """The signal handler: notes the signal (acted on by ``_act``, from the loop)."""
+        self.signals.append(signum)
+
+    def _act(self) -> None:
+        while self.signals:
+            self.handle(self.signals.popleft())
+
+    def handle(self, signum: int) -> None:
+        if signum == signal.SIGHUP:
+            log.warning("SIGHUP: reloading identities for workers started later; passing it on")
+            self.identities = reload_sources(self.identities)
+        else:
             self.stopping += 1
             log.warning("%s: %s workers", signal.Signals(signum).name, "stopping" if self.stopping == 1 else "ending")
             self._close_listeners()  # the workers' copies close as they stop accepting
         for worker in self.workers:
             worker.signal(signum)
+
+    def _start(self, worker: Worker) -> None:
+        self._act()
+        if not self.stopping:  # else the listeners it would inherit are closed; it has nothing to drain
+            worker.start(self.identities)
 
     def _close_listeners(self) -> None:
         for sock in self.listeners.values():
@@ -138,11 +178,18 @@ class Supervisor:
         previous = {s: signal.signal(s, self.on_signal) for s in handled}
         statuses: dict[int, int] = {}
         try:
+            if self.held is not None and self.held.stop_signal() is not None:
+                return 0  # stopped before any worker started (said when the signal came)
+            if self.held is not None and self.held.take_hangup():
+                self.handle(signal.SIGHUP)
             for worker in self.workers:
-                worker.start()
+                self._start(worker)
             while True:
+                self._act()
                 for worker in self.workers:
-                    assert worker.process is not None
+                    if worker.process is None:  # never started: a stop came first
+                        statuses[worker.number] = 0
+                        continue
                     status = worker.process.poll()
                     if status is None:
                         continue
@@ -153,14 +200,16 @@ class Supervisor:
                         continue
                     if status == USAGE_ERROR:
                         log.error("worker %d could not start (status %d); stopping", worker.number, status)
-                        self.on_signal(signal.SIGTERM, None)
-                        self.on_signal(signal.SIGTERM, None)
+                        self.handle(signal.SIGTERM)
+                        self.handle(signal.SIGTERM)
                         statuses[worker.number] = status
                         continue
                     log.warning("worker %d (pid %d) exited with status %d; restarting it", worker.number, worker.process.pid, status)
                     if time.monotonic() - worker.started < RESTART_BACKOFF_S:
                         time.sleep(RESTART_BACKOFF_S)
-                    worker.start()
+                    self._start(worker)
+                    if self.stopping:  # a stop came meanwhile: nothing of this worker's to drain
+                        statuses[worker.number] = 0
                 if self.stopping and len(statuses) == len(self.workers):
                     break
                 time.sleep(0.05)

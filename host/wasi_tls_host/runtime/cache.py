@@ -5,7 +5,10 @@ takes milliseconds. Artifacts are keyed by the component's sha256 and the wasmti
 (an artifact from another version is rejected by wasmtime anyway), written atomically, and
 a corrupt or foreign artifact is recompiled instead of failing. Loading an artifact runs
 native code, so each one is authenticated (runtime/artifact_auth.py): the cache loads only
-artifacts it wrote itself.
+artifacts it wrote itself. Its size on disk is bounded (``max_size``, default 1 GiB or
+``$WASI_TLS_HOST_CACHE_MAX_SIZE``): after each compile the least recently used entries
+go, never one a running host has loaded (runtime/cache_space.py: every load marks its entry
+used and leases it until ``close``).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import weakref
 from importlib.metadata import version
 from pathlib import Path
 
@@ -20,10 +24,12 @@ from wasmtime import Engine, WasmtimeError
 from wasmtime.component import Component
 
 from .artifact_auth import ArtifactAuthenticator
+from .cache_space import Lease, describe, max_size_from_environment, primary_name, trim
 
 log = logging.getLogger("wasi_tls_host.cache")
 
 WASMTIME_VERSION = version("wasmtime")
+TRIM_WAIT_S = 2.0
 
 
 def user_cache_dir(name: str, override_env: str) -> Path:
@@ -40,8 +46,37 @@ def default_cache_dir() -> Path:
     return user_cache_dir("components", "WASI_TLS_HOST_CACHE")
 
 
+class FromEnvironment:
+    """The default size limit: ``$WASI_TLS_HOST_CACHE_MAX_SIZE``, else 1 GiB."""
+
+    def __repr__(self) -> str:
+        return "FROM_ENVIRONMENT"
+
+
+FROM_ENVIRONMENT = FromEnvironment()
+CacheSize = int | None | FromEnvironment
+
+
+def resolve_max_size(max_size: CacheSize) -> int | None:
+    """The limit in bytes (None: none); ValueError for anything but a positive size."""
+    if isinstance(max_size, FromEnvironment):
+        return max_size_from_environment()
+    if max_size is not None and (isinstance(max_size, bool) or not isinstance(max_size, int) or max_size <= 0):
+        raise ValueError(f"the cache's max_size must be a positive number of bytes or None, not {max_size!r}")
+    return max_size
+
+
+def _release_all(leases: dict[str, Lease]) -> None:
+    for lease in leases.values():
+        lease.release()
+    leases.clear()
+
+
 class ComponentCache:
-    def __init__(self, engine: Engine, directory: Path | None = None, enabled: bool = True, engine_tag: str = "") -> None:
+    def __init__(self, engine: Engine, directory: Path | None = None, enabled: bool = True, engine_tag: str = "",
+                 max_size: CacheSize = FROM_ENVIRONMENT) -> None:
+        """``max_size``: bytes the cache directory may hold (None: no limit)."""
+        self.max_size = resolve_max_size(max_size)
         self.engine = engine
         # Names the engine settings that change compiled code (e.g. "epochs"), so artifacts
         # compiled under other settings are never looked up.
@@ -52,6 +87,10 @@ class ComponentCache:
         self.compiled = 0  # components compiled (not found in memory or on disk), for reports
         # Shared with the core runtimes module cache (runtime/core/loader.py).
         self.auth = ArtifactAuthenticator(self.directory)
+        # Entries loaded from disk, each leased until close() (no process evicts them); the
+        # finalizer only releases what a host dropped without closing.
+        self._leases: dict[str, Lease] = {}
+        self._finalizer = weakref.finalize(self, _release_all, self._leases)
 
     def key(self, wasm: bytes, sha256_hex: str | None = None) -> str:
         """``sha256_hex``: the digest when the caller has it already (hashing an 18 MB guest
@@ -76,25 +115,59 @@ class ComponentCache:
 
     def close(self) -> None:
         """Forget the compiled components kept in memory. A component loaded from disk maps
-        its artifact file and holds its descriptor until closed; instances already made keep
-        what they use."""
+        its artifact file and holds its descriptor until closed (and its entry's lease:
+        runtime/cache_space.py); instances already made keep what they use."""
         for component in self._memory.values():
             component.close()
         self._memory.clear()
+        _release_all(self._leases)
+
+    # --- the size bound (runtime/cache_space.py) ---------------------------------------------
+    def lease(self, entry: str) -> Lease | None:
+        """Mark ``entry`` used and lease it; None if it is not there (or being evicted)."""
+        return Lease.take(self.directory / primary_name(entry))
+
+    def hold(self, entry: str, lease: Lease) -> None:
+        """Keep ``lease`` until close(): the entry is loaded."""
+        previous = self._leases.pop(entry, None)
+        if previous is not None:
+            previous.release()
+        self._leases[entry] = lease
+
+    def release(self, entry: str) -> None:
+        lease = self._leases.pop(entry, None)
+        if lease is not None:
+            lease.release()
+
+    def trim(self, just_written: str) -> None:
+        """After a compile wrote ``just_written``: evict least recently used entries past
+        ``max_size`` (never that one, nor one in use)."""
+        if self.max_size is None:
+            return
+        try:
+            # Waits for another process's trim (milliseconds), so that what this compile
+            # wrote is counted by one of them.
+            trimmed = trim(self.directory, self.max_size, keep=[just_written], wait=TRIM_WAIT_S)
+        except OSError as e:  # the cache is best effort: never a reason not to run the guest
+            log.warning("could not trim the component cache in %s: %s", self.directory, e)
+            return
+        if trimmed is not None and trimmed.removed:
+            log.info("component cache %s over its limit: %s", self.directory, describe(trimmed))
 
     def _path(self, key: str) -> Path:
         return self.directory / f"{key}.cwasm"
 
     def _load_artifact(self, key: str) -> Component | None:
         path = self._path(key)
-        if not path.exists():
+        lease = self.lease(key)
+        if lease is None:
             return None
         try:
             # deserialize_file maps the artifact instead of copying it twice (30 MB for an
             # 18 MB guest). Mapped files must never be rewritten in place (that would raise
             # SIGBUS in every process using them): this cache only ever replaces them
             # atomically, and a replaced or deleted file stays valid for its current users.
-            return self.auth.load_verified(
+            component = self.auth.load_verified(
                 path, key,
                 lambda p: Component.deserialize_file(self.engine, p),
                 lambda data: Component.deserialize(self.engine, data),
@@ -102,7 +175,12 @@ class ComponentCache:
         except (WasmtimeError, OSError) as e:
             log.warning("ignoring unusable cached artifact %s: %s", path, e)
             path.unlink(missing_ok=True)
-            return None
+            component = None
+        if component is None:
+            lease.release()
+        else:
+            self.hold(key, lease)
+        return component
 
     def _store_artifact(self, key: str, component: Component) -> None:
         if self.auth.key() is None:
@@ -112,3 +190,5 @@ class ComponentCache:
             self.auth.store(self._path(key), key, component.serialize())
         except OSError as e:  # a read-only cache must not stop the guest from running
             log.warning("could not write component cache in %s: %s", self.directory, e)
+            return
+        self.trim(key)

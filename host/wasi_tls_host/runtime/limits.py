@@ -60,6 +60,23 @@ class GuestLimits:
         )
 
 
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def parse_bytes(text: str) -> int:
+    """``512M``, ``2G``, ``65536``, ``64KiB`` -> bytes (binary units; ValueError if it is not
+    a positive size)."""
+    cleaned = text.strip().lower().removesuffix("ib").removesuffix("b")
+    number, unit = cleaned.rstrip("kmg"), cleaned[len(cleaned.rstrip("kmg")):]
+    try:
+        value = int(number) * _SIZE_UNITS[unit]
+    except (ValueError, KeyError):
+        raise ValueError(f"want a size such as 512M, 2G or 1048576, got {text!r}") from None
+    if value <= 0:
+        raise ValueError(f"a size must be positive, got {text!r}")
+    return value
+
+
 def format_bytes(n: int) -> str:
     for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if n >= size and n % size == 0:

@@ -31,6 +31,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from .states import detached
+
 # Error codes (the same strings the rest of the TLS host uses for guest-visible errors).
 DECODE_ERROR = "decode-error"
 UNEXPECTED_MESSAGE = "unexpected-message"
@@ -476,7 +478,7 @@ class ClientHelloReader:
 
     def feed(self, data: bytes) -> ClientHello | None:
         if self._error is not None:
-            raise self._error
+            raise detached(self._error)
         self._raw += data
         if self._hello is not None:
             # Bytes after the hello (a CCS, 0-RTT data) are only kept for the replay.
@@ -484,7 +486,7 @@ class ClientHelloReader:
         try:
             self._hello = self._advance()
         except ClientHelloError as e:
-            self._error = e
+            self._error = detached(e)  # not e: its traceback holds this reader (a cycle)
             raise
         return self._hello
 

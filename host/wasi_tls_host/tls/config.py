@@ -21,6 +21,8 @@ from .profiles import DEFAULT_PROFILE, TlsProfile, profile as lookup_profile
 TrustAnchor = Union[bytes, str, Path, x509.Certificate]
 
 _log = logging.getLogger("wasi_tls_host.tls")
+# Certificate rotation: one line per identity per reload (the command line shows its INFO).
+rotation_log = logging.getLogger("wasi_tls_host.identities")
 
 _VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
 
@@ -60,6 +62,19 @@ def _check_parses(cert: x509.Certificate, index: int) -> None:
             extension.value
     except (ValueError, x509.InvalidVersion, x509.DuplicateExtension, x509.UnsupportedGeneralNameType, UnsupportedAlgorithm) as e:
         raise ValueError(f"certificate {index + 1} is malformed: {e}") from None
+
+
+def log_rotation(name: str, outcome: Any) -> str:
+    """Log (once) and return the line saying what a reload did to identity ``name``:
+    ``outcome`` is the reloaded PrivateIdentity, or the ValueError that kept the old one."""
+    if isinstance(outcome, ValueError):
+        reason = str(outcome).removeprefix(f"identity {name!r}: ")  # the identity is named once
+        line = f"identity {name!r}: kept the certificate in use: {reason}"
+        rotation_log.warning("%s", line)
+    else:
+        line = f"identity {name!r}: reloaded from {outcome.files.cert} (sha256 {outcome.public.fingerprint.hex()[:16]}...)"
+        rotation_log.info("%s", line)
+    return line
 
 
 @dataclass
@@ -134,8 +149,9 @@ class TlsConfig:
     def reload_identities(self) -> list[str]:
         """Read every identity loaded from files again (certificate rotation). Connections
         that start afterwards present the new certificates; open ones keep theirs. An
-        identity whose files fail to load keeps the old one, and the returned line (also
-        logged) says why. Returns one line per identity."""
+        identity whose files fail to load keeps the old one, and the returned line says why.
+        Returns one line per identity, each also logged once (``rotation_log``: INFO when
+        reloaded, WARNING when kept)."""
         report = []
         for index, identity in enumerate(list(self.identities)):
             if identity.files is None:
@@ -143,13 +159,10 @@ class TlsConfig:
             try:
                 fresh = identity.reloaded()
             except ValueError as e:
-                line = f"identity {identity.name!r}: kept the certificate in use: {e}"
-                _log.warning("%s", line)
+                report.append(log_rotation(identity.name, e))
             else:
                 self.identities[index] = fresh
-                line = f"identity {identity.name!r}: reloaded from {identity.files.cert} (sha256 {fresh.public.fingerprint.hex()[:16]}...)"
-                _log.info("%s", line)
-            report.append(line)
+                report.append(log_rotation(identity.name, fresh))
         # Server contexts are built per identity object: drop them with the old objects.
         self._server_contexts = {}
         return report

@@ -77,6 +77,10 @@ class PublicIdentity(HostResource):
         return False
 
 
+class PassphraseNeeded(ValueError):
+    """The private key is encrypted and no passphrase was given."""
+
+
 @dataclass(frozen=True)
 class IdentityFiles:
     """Where an identity was read from, so that it can be read again (rotation)."""
@@ -150,23 +154,33 @@ class PrivateIdentity:
         ctx.check_privatekey()
 
     @classmethod
-    def from_pem(cls, name: str, cert_pem: bytes, key_pem: bytes, passphrase: bytes | None = None) -> PrivateIdentity:
-        chain = load_certificates(cert_pem)
+    def from_pem(cls, name: str, cert_pem: bytes, key_pem: bytes, passphrase: bytes | None = None, *,
+                 files: IdentityFiles | None = None) -> PrivateIdentity:
+        """``files``: where the bytes came from, named in errors and kept for ``reloaded``."""
+        cert_where = f" ({files.cert})" if files else ""
+        key_where = f" ({files.key})" if files else ""
+        try:
+            chain = load_certificates(cert_pem)
+        except ValueError as e:
+            raise ValueError(f"identity {name!r}: the certificate{cert_where}: {e}") from None
         try:
             key = serialization.load_pem_private_key(key_pem, passphrase)
         except TypeError as e:
             if passphrase is not None:  # cryptography: "Password was given but private key is not encrypted"
-                raise ValueError(f"identity {name!r}: a passphrase was given, but the key needs none (it is stored in the clear)") from None
-            raise ValueError(f"identity {name!r}: {e} (the key is encrypted: give its passphrase)") from None
+                raise ValueError(f"identity {name!r}: a passphrase was given, but the key{key_where} needs none (it is stored in the clear)") from None
+            raise PassphraseNeeded(f"identity {name!r}: {e} (the key{key_where} is encrypted: give its passphrase)") from None
         except (ValueError, UnsupportedAlgorithm) as e:
-            raise ValueError(f"identity {name!r}: cannot load the private key: {e}") from None
+            raise ValueError(f"identity {name!r}: cannot load the private key{key_where}: {e}") from None
         # OpenSSL's own reading keeps the key's type (see openssl_key). The passphrase was
         # checked just above; b"" rather than None so OpenSSL can never prompt for one.
         try:
             openssl_key = crypto.load_privatekey(crypto.FILETYPE_PEM, key_pem, passphrase or b"")
         except crypto.Error as e:
-            raise ValueError(f"identity {name!r}: OpenSSL cannot load the private key: {e}") from None
-        return cls(name, chain, key, openssl_key=openssl_key)  # type: ignore[arg-type]
+            raise ValueError(f"identity {name!r}: OpenSSL cannot load the private key{key_where}: {e}") from None
+        try:
+            return cls(name, chain, key, files, openssl_key=openssl_key)  # type: ignore[arg-type]
+        except ValueError as e:
+            raise ValueError(f"{e}{f' ({files.cert}, {files.key})' if files else ''}") from None
 
     @classmethod
     def from_files(cls, name: str, cert: str | Path, key: str | Path, passphrase: bytes | None = None) -> PrivateIdentity:
@@ -174,9 +188,7 @@ class PrivateIdentity:
             cert_pem, key_pem = Path(cert).read_bytes(), Path(key).read_bytes()
         except OSError as e:
             raise ValueError(f"identity {name!r}: cannot read {e.filename}: {e.strerror}") from None
-        identity = cls.from_pem(name, cert_pem, key_pem, passphrase)
-        identity.files = IdentityFiles(Path(cert), Path(key), passphrase)
-        return identity
+        return cls.from_pem(name, cert_pem, key_pem, passphrase, files=IdentityFiles(Path(cert), Path(key), passphrase))
 
     def reloaded(self) -> PrivateIdentity:
         """The same identity read again from its files (ValueError if it cannot be, or was

@@ -205,6 +205,22 @@ class WrongState(Exception):
         self.message = message
 
 
+E = TypeVar("E", bound=BaseException)
+
+
+def detached(failure: E) -> E:
+    """A copy of ``failure`` with no traceback, cause or context, to keep or to raise.
+
+    A failure a resource keeps must never be an exception that was raised, nor be raised
+    itself: its traceback holds the frames it passed through, whose locals hold the resource
+    (a reference cycle only the garbage collector frees, with an OpenSSL connection and its
+    buffers in it: abandoned handshakes piled up that way).
+    """
+    copy = BaseException.__new__(type(failure), *failure.args)
+    copy.__dict__.update(failure.__dict__)
+    return copy
+
+
 class StateMachine(Generic[S]):
     """The current state of one resource, changed only through its machine's table."""
 
@@ -225,7 +241,7 @@ class StateMachine(Generic[S]):
         if following is None:
             raise RuntimeError(f"{self.machine.resource}: no transition for {event.value} in state {self.state.value}")
         if failure is not None and self.failure is None:
-            self.failure = failure
+            self.failure = detached(failure)
         self.state = following
         return following
 
@@ -239,5 +255,5 @@ class StateMachine(Generic[S]):
         if answer == "would-block":
             raise WrongState("would-block", f"{resource}.{call}: not ready yet ({self.state.value}): wait on subscribe()")
         if answer == "failure" and self.failure is not None:
-            raise self.failure
+            raise detached(self.failure)
         raise WrongState("invalid-state", f"{resource}.{call} is not valid once the {resource} is {self.state.value}")

@@ -29,7 +29,7 @@ from ..wasi.socket_streams import access_log
 from .client_hello import ALERT_FATAL, alert_record
 from .engine import CLOSED, TRUNCATED, HandshakeInfo, TlsClosed, TlsEngine, TlsFailure
 from .limits import TlsLimits, TlsUsage
-from .states import CONNECTION, SERVER_HELLO, ConnectionState, Event, HandshakeState, Machine, StateMachine
+from .states import CONNECTION, SERVER_HELLO, ConnectionState, Event, HandshakeState, Machine, StateMachine, detached
 
 # Ciphertext read per pump, and how much encrypted output may wait for the transport before
 # plaintext writes are held back (the plaintext stream's permit shrinks accordingly).
@@ -94,6 +94,8 @@ class TlsTransport:
 
     def let_go(self, role: Role) -> None:
         if role in self.users:
+            if self.users == {role}:
+                self.send_pending()  # the last word (close_notify, an alert) goes out if the stream takes it now
             self.users.discard(role)
             if not self.users:
                 self._release_streams()
@@ -101,7 +103,7 @@ class TlsTransport:
     def close(self) -> None:
         """End the connection now (a failed handshake): later users see it closed."""
         if self.users:
-            self._send()  # what is queued (an alert) goes out if the stream takes it now
+            self.send_pending()  # what is queued (an alert) goes out if the stream takes it now
             self.users.clear()
             self._release_streams()
 
@@ -122,14 +124,17 @@ class TlsTransport:
         self.pending_out += self.engine.take_output()
         if not self.engine.records_protected:
             self.pending_out += alert_record(ALERT_FATAL, description)
-        self._send()
+        self.send_pending()
 
     # --- moving bytes ---------------------------------------------------------------------
 
     def fail(self, failure: TlsFailure) -> TlsFailure:
+        """The connection failed: later calls report ``failure`` (or the first one), and what
+        OpenSSL queued on failing (its alert) is sent now, before anyone closes the socket."""
         if self.failure is None:
-            self.failure = self.explain(failure)
-        return self.failure
+            self.failure = detached(self.explain(failure))
+        self.send_pending()
+        return detached(self.failure)
 
     def explain(self, failure: TlsFailure) -> TlsFailure:
         """Add the transport's reason to failures that only say the data ended."""
@@ -142,19 +147,39 @@ class TlsTransport:
             self.transport_error = reason
 
     def send_failure(self, during_handshake: bool) -> TlsFailure:
-        """The failure to report once sending is impossible and the engine has no better one."""
+        """The failure to report once sending is impossible: the peer's own last word if it
+        sent one before going away (an alert waiting in the socket: that is why it closed),
+        else the transport's."""
+        if self.failure is not None:
+            return detached(self.failure)
+        if not during_handshake:  # a handshake has already read all there is
+            self._receive()
+            received = self.engine.received_failure()
+            if received is not None:
+                return self.fail(received)
         what = "TLS handshake failed" if during_handshake else "TLS connection failed"
         return self.fail(TlsFailure(CLOSED, f"{what}: {self.transport_error}"))
 
+    def read_failure(self, failure: TlsFailure) -> TlsFailure:
+        """What a plaintext read reports for ``failure``. The end of the peer's data without
+        close_notify (a TCP half-close) ends reading only: the guest can still answer, so
+        it does not fail the connection; anything else does."""
+        if self.failure is not None:
+            return detached(self.failure)
+        if failure.code == TRUNCATED:
+            return detached(self.explain(failure))
+        return self.fail(failure)
+
     def pump(self) -> bool:
         """Send and receive what can be moved now; True if any ciphertext arrived."""
-        self._send()
+        self.send_pending()
         received = self._receive()
         if received:
-            self._send()  # the engine may have answered (handshake, key update)
+            self.send_pending()  # the engine may have answered (handshake, key update)
         return received
 
-    def _send(self) -> None:
+    def send_pending(self) -> None:
+        """Send what the engine has queued, as far as the output takes it now (never blocks)."""
         out = self.engine.take_output()
         if out:
             self.pending_out += out
@@ -256,7 +281,7 @@ class TlsInputStream(InputStream):
                 self._closed = True
                 return
             except TlsFailure as e:
-                failure = t.failure or t.fail(e)
+                failure = self.transport.read_failure(e)
                 raise StreamFailed(str(failure), failure.code, "tls") from None
             if data:
                 self._buffer = data
@@ -268,7 +293,7 @@ class TlsInputStream(InputStream):
         deferred = self._deferred_failure
         if deferred is not None and not self._buffer:
             self._deferred_failure = None
-            failure = self.transport.failure or self.transport.fail(deferred)
+            failure = self.transport.read_failure(deferred)
             raise StreamFailed(str(failure), failure.code, "tls")
         self._fill()
         if not self._buffer:
@@ -315,7 +340,9 @@ class TlsInputStream(InputStream):
                 self._closed = True  # reported once the buffered bytes are read
                 break
             except TlsFailure as e:
-                self._deferred_failure = e  # reported by the next read, after these bytes
+                # Reported by the next read, after these bytes; OpenSSL's alert goes now.
+                self._deferred_failure = detached(e)
+                self.transport.send_pending()
                 break
             if not more:
                 break
@@ -500,7 +527,7 @@ class PendingHandshake(HostResource):
             t.pump()
             while not t.engine.advance_handshake():
                 if t.failure is not None:
-                    raise t.failure
+                    raise detached(t.failure)
                 if not t.pump():
                     if t.send_broken:
                         # Nothing more to read now and nothing can be sent: no way forward.

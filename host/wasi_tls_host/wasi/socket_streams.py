@@ -243,7 +243,10 @@ class SocketInput(InputStream):
             # Report a failure once; afterwards the stream is closed (wasi:io semantics).
             error, self._error = self._error, None
             self._ended = True
-            raise error
+            try:
+                raise error
+            finally:
+                del error  # kept in this frame, which its traceback holds: a reference cycle
         if self._ended or self.shared.closed:
             raise StreamClosed()
         if n == 0:
@@ -363,7 +366,10 @@ class SocketOutput(OutputStream):
         if self._error is not None:
             error, self._error = self._error, None
             self._closed = True
-            raise error
+            try:
+                raise error
+            finally:
+                del error  # kept in this frame, which its traceback holds: a reference cycle
         if self._closed:
             raise StreamClosed()
 

@@ -9,7 +9,8 @@ Every file is authenticated like the component backend's artifacts (an HMAC unde
 cache's per-user key, runtime/artifact_auth.py): compiled modules are native code wasmtime
 maps and runs, so only files this cache wrote are loaded; anything else is a miss that
 recompiles. The plan is pickled, and unpickled with only this backend's own plan and type
-classes allowed, as a second line of defence.
+classes allowed, as a second line of defence. The plan is the entry's primary file for the
+cache's size bound: its lease and last use (runtime/cache_space.py).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from .plan import Plan, make_plan
 log = logging.getLogger("wasi_tls_host.cache")
 
 
-PLAN_FORMAT = 2  # 2: the async ABI (built-ins, stream/future types, async options)
+PLAN_FORMAT = 3  # 2: the async ABI (built-ins, stream/future types, async options); 3: component instances
 _PLAN_MODULES = {"wasi_tls_host.runtime.core.plan", "wasi_tls_host.runtime.core.types"}
 
 
@@ -77,10 +78,11 @@ class CoreModuleCache:
 
     def close(self) -> None:
         """Forget the compiled modules kept in memory (each maps its cached file and holds
-        its descriptor); instances already made keep what they use."""
-        for component in self._memory.values():
+        its descriptor, and the entry its lease); instances already made keep what they use."""
+        for key, component in self._memory.items():
             for module in component.modules:
                 module.close()
+            self.cache.release(key)
         self._memory.clear()
 
     def _path(self, key: str, i: int) -> Path:
@@ -91,8 +93,17 @@ class CoreModuleCache:
 
     def _load_artifacts(self, key: str) -> tuple[Plan, list[list[tuple[str, str]]], list[Module]] | None:
         plan_path = self._plan_path(key)
-        if not plan_path.exists():
+        lease = self.cache.lease(key)  # the plan: no process evicts the modules while we read them
+        if lease is None:
             return None
+        loaded = self._load_leased(key, plan_path)
+        if loaded is None:
+            lease.release()
+        else:
+            self.cache.hold(key, lease)
+        return loaded
+
+    def _load_leased(self, key: str, plan_path: Path) -> tuple[Plan, list[list[tuple[str, str]]], list[Module]] | None:
         auth = self.cache.auth
         paths: list[Path] = []
         try:
@@ -132,3 +143,5 @@ class CoreModuleCache:
                 self.cache.auth.store(path, path.name, blob)
         except OSError as e:  # a read-only cache must not stop the guest from running
             log.warning("could not write core module cache in %s: %s", self.cache.directory, e)
+            return
+        self.cache.trim(key)

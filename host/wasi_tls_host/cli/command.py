@@ -4,23 +4,23 @@ Errors an operator can fix (missing file, not a component, missing import, bad o
 one line on stderr and exit status 2; a guest's own exit status is passed through; a trap
 prints its message and exits 1 (like the wasmtime CLI, which also uses 1 for traps).
 
-One module per subcommand (``run.py``, ``build_guest.py``, ``demo.py``, ``provenance.py``) and per option
-group (``options_*.py``); server operation is ``serve.py`` (signals) and ``workers.py``
-(``--workers``); this module only builds the parser and dispatches.
+One module per subcommand (``run.py``, ``build_guest.py``, ``demo.py``, ``provenance.py``,
+``cache.py``) and per option group (``options_*.py``); server operation is ``serve.py``
+(signals), ``workers.py`` (``--workers``) and ``startup.py`` (signals before either is ready);
+this module only builds the parser and dispatches.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
 from ..host import GuestError, trap_cause
 from ..provenance import ProvenanceError
-from . import build_guest, interop, provenance, run
-from .errors import UsageError
-from .options_server import worker_number
+from ..tls.config import rotation_log
+from . import build_guest, cache, interop, provenance, run, startup
+from .errors import UsageError, print_error
 from .version import VersionAction
 
 
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("which", nargs="?", choices=["https", "attest"], default="https", help="attest: a client guest pins the code of a server guest (code-bound identities)")
     build_guest.add_parser(sub)
     interop.add_parser(sub)
+    cache.add_parser(sub)
     return parser
 
 
@@ -53,20 +54,31 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .demo import run_demo
 
         return run_demo()
+    if args.command == "cache":
+        return cache.command(args)
     return build_guest.command(args)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # what --workers starts again
-    worker = worker_number()
-    name = f"wasi-tls-host[worker {worker} pid {os.getpid()}]" if worker is not None else "wasi-tls-host"
-    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)], format=f"{name}: %(message)s")
+    signals = startup.hold()  # held since the entry point (cli/__init__.py) unless called directly
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command != "run":
+            signals.release()  # only `run` operates a guest: the rest take signals as usual
+        args.argv = list(sys.argv[1:] if argv is None else argv)  # what --workers starts again
+        logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)], format=f"{startup.process_name()}: %(message)s")
+        rotation_log.setLevel(min(rotation_log.getEffectiveLevel(), logging.INFO))  # say what each SIGHUP did
+        return _run(args)
+    finally:
+        signals.finish()
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return _dispatch(args)
     except (GuestError, UsageError, ProvenanceError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(str(e))
         return 2
     except Exception as e:
         from wasmtime import WasmtimeError
@@ -74,10 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         from ..guests import BuildError
 
         if isinstance(e, WasmtimeError):
-            print(f"error: the guest trapped: {trap_cause(str(e))}", file=sys.stderr)
+            print_error(f"the guest trapped: {trap_cause(str(e))}")
             return 1
         if isinstance(e, (BuildError, OSError)):
-            print(f"error: {e}", file=sys.stderr)
+            print_error(str(e))
             return 1
         raise
     except KeyboardInterrupt:

@@ -1,0 +1,122 @@
+"""Signals that arrive while the command starts: held from its first line until the command
+is ready to act on them.
+
+Importing the host takes about half a second and loading a guest can take seconds (a
+compile). Without handlers a SIGTERM then would kill the process by the default action,
+without a word (status 143), and a SIGHUP would too (129). So the entry point installs
+``StartupSignals`` before anything heavy is imported (this module uses the standard library
+only), and whoever takes over (``serve.py``, the ``--workers`` supervisor) asks what came:
+
+* a first SIGTERM or SIGINT is said on stderr and remembered: the command stops before the
+  guest runs; a server that had no connection yet exits 0, as a graceful stop that drained;
+* a second one ends the process at once with 128 + its number, as after start-up;
+* SIGHUP is remembered and delivered (identities re-read) once the guest runs.
+
+Subcommands that do not operate a guest get the default dispositions back, and what came
+meanwhile is delivered to them as if it came now. A ``--workers`` supervisor starts its
+workers with these signals blocked (``block_in_child``), so even the interpreter's own start
+is covered; a worker unblocks them once its handlers are in place.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+# Set in the environment of the processes ``--workers`` starts: the worker's number.
+WORKER_ENV = "WASI_TLS_HOST_WORKER"
+
+
+def worker_number() -> int | None:
+    value = os.environ.get(WORKER_ENV)
+    return int(value) if value and value.isdigit() else None
+
+
+def process_name() -> str:
+    """How this process names itself on stderr (workers say which one they are)."""
+    worker = worker_number()
+    return f"wasi-tls-host[worker {worker} pid {os.getpid()}]" if worker is not None else "wasi-tls-host"
+
+
+def say(message: str) -> None:
+    """One line on stderr, from a signal handler: straight to the descriptor (the handler may
+    run while sys.stderr is in the middle of a write, which a second write would break)."""
+    os.write(sys.stderr.fileno(), f"{process_name()}: {message}\n".encode())
+
+
+class StartupSignals:
+    """What arrived before the command was ready, in order."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self.previous: dict[int, Any] = {}
+
+    @property
+    def installed(self) -> bool:
+        return bool(self.previous)
+
+    def install(self) -> None:
+        if self.installed or threading.current_thread() is not threading.main_thread():
+            return  # an embedder calling main() from another thread keeps its own handling
+        self.received = []
+        self.previous = {signum: signal.signal(signum, self._on_signal) for signum in HANDLED}
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)  # held by a supervisor until now
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if signum in STOP_SIGNALS and self.stop_signal() is not None:
+            say(f"{name}: stopping now (during start-up)")
+            raise SystemExit(128 + signum)
+        self.received.append(signum)
+        if signum in STOP_SIGNALS:
+            say(f"{name} during start-up: stopping")
+
+    def stop_signal(self) -> int | None:
+        """The first SIGTERM or SIGINT that arrived, if any."""
+        return next((s for s in self.received if s in STOP_SIGNALS), None)
+
+    def take_hangup(self) -> bool:
+        """Whether a SIGHUP arrived (forgotten once asked)."""
+        came = signal.SIGHUP in self.received
+        self.received = [s for s in self.received if s != signal.SIGHUP]
+        return came
+
+    def release(self) -> None:
+        """The handlers from before back, then what arrived delivered as if it came now
+        (for a command that does not operate a guest)."""
+        pending = self._restore()
+        for signum in dict.fromkeys(pending):
+            signal.raise_signal(signum)
+
+    def finish(self) -> None:
+        """The handlers from before back; what arrived while the command was ending is
+        dropped (it ends anyway)."""
+        self._restore()
+
+    def _restore(self) -> list[int]:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
+        self.previous = {}
+        pending, self.received = self.received, []
+        return pending
+
+
+_current = StartupSignals()
+
+
+def hold() -> StartupSignals:
+    """Install the start-up handlers (unless they are) and return what they record."""
+    _current.install()
+    return _current
+
+
+def block_in_child() -> None:
+    """``preexec_fn`` for a worker: its stop and reload signals are held (blocked) across
+    exec, until its own start-up handlers are in place (``StartupSignals.install``)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
