@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -189,3 +190,14 @@ def test_out_into_a_file_is_refused(tmp_path: Path) -> None:
     r = interop("--out", str(a_file), "--no-wasmtime", timeout=120)
     assert (r.returncode, r.stderr.strip()) == (2, f"error: --out {a_file}: this is a file, not a folder")
     assert a_file.read_text() == "keep me"
+
+
+@pytest.mark.skipif(not (shutil.which("java") and shutil.which("javac")), reason="java is not installed (Debian: default-jdk-headless)")
+def test_jsse_refusals_are_judged_by_their_own_words() -> None:
+    """JSSE says "validity check failed" and "No subject alternative DNS name matching": an
+    expired or wrong-host certificate refused by it is a pass, not a wrong reason."""
+    report = run_matrix(MatrixOptions(
+        peers=["java"], guests=["tls_server"], runtimes=["core"], features=["cert-expired", "cert-wrong-host"], versions=["1.3"],
+        wasmtime=False, references=False))
+    assert [(c.feature, c.outcome) for c in report.cases] == [("cert-expired", "pass"), ("cert-wrong-host", "pass")], \
+        [(c.feature, c.detail) for c in report.cases]

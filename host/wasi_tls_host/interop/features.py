@@ -289,10 +289,12 @@ def _group_feature(group: str) -> Feature:
         judge_established, server_needs=frozenset({"key-rsa"}))
 
 
+# JSSE words two of them its own way: "validity check failed" (PKIX) and "No subject
+# alternative DNS name matching localhost found".
 CERT_ERRORS = {
-    "expired": ("expired",),
+    "expired": ("expired", "validity check failed"),
     "wrong-host": ("name-mismatch", "mismatch", "host name", "hostname", "valid for", "does not match", "doesn't match",
-                   "notvalidforname", "ip address"),
+                   "notvalidforname", "ip address", "no subject alternative"),
     "unknown-ca": ("unknown-issuer", "unknownissuer", "issuer", "unknown ca", "unknown_ca", "unknown authority", "self-signed",
                    "self signed", "not trusted", "untrusted", "unable to find valid certification path"),
 }
