@@ -79,7 +79,7 @@ class Progress:
 
 def command(args: argparse.Namespace) -> int:
     from ..interop import features as feature_list
-    from ..interop.matrix import MatrixOptions, UnknownName, run_matrix, validate
+    from ..interop.matrix import MatrixOptions, UnknownName, default_jobs, run_matrix, validate
     from ..interop.peers import all_peers
     from ..interop.report import write
 
@@ -100,10 +100,9 @@ def command(args: argparse.Namespace) -> int:
         builtin=not args.no_builtin_guests, wasmtime=not args.no_wasmtime, timeout=args.timeout,
         references=not args.no_reference,
     )
-    if args.jobs is not None:
-        if args.jobs < 1:
-            raise UsageError("--jobs must be 1 or more")
-        options.jobs = args.jobs
+    if args.jobs is not None and args.jobs < 1:
+        raise UsageError("--jobs must be 1 or more")
+    options.jobs = args.jobs if args.jobs is not None else default_jobs()
     try:
         validate(options)  # every name checked before anything runs
     except UnknownName as e:

@@ -55,7 +55,10 @@ class MatrixOptions:
     builtin: bool = True  # run the project's example guests
     wasmtime: bool = True  # the wasmtime CLI as a second host, for upstream-interface guests
     timeout: float = 20.0  # seconds for one side of one case
-    jobs: int = field(default_factory=lambda: min(2, os.cpu_count() or 1))  # worker processes running cases
+    # Worker processes running cases. More than 1 spawns interpreters that import the caller's
+    # __main__ again (multiprocessing's rule), so a script must guard its entry point; the
+    # command defaults to ``default_jobs()``.
+    jobs: int = 1
     references: bool = True
     progress: Callable[[int, int, Case], None] | None = None
     peer_objects: Sequence[Peer] | None = None  # instead of the built-in peers (e.g. a peer of your own)
@@ -491,6 +494,11 @@ def _run_parallel(options: MatrixOptions, matrix: Matrix, planned: list[Planned]
                 worker.join(10)
         results.close()
         results.join_thread()
+
+
+def default_jobs() -> int:
+    """Two worker processes, or one on a single CPU (the command's default)."""
+    return min(2, os.cpu_count() or 1)
 
 
 def run_matrix(options: MatrixOptions) -> Report:
