@@ -5,7 +5,8 @@ otherwise shadow the plugin's. The inner tests run real guests against real peer
 
 from __future__ import annotations
 
-import sys
+import os
+from pathlib import Path
 
 import pytest
 
@@ -22,14 +23,25 @@ filterwarnings =
 """
 
 
-def run_inner(pytester: pytest.Pytester, source: str, *args: str) -> pytest.RunResult:
+# The user's cache, read before pytester points HOME at its folder: compiled guests and the
+# built Go peer are reused instead of built again in the inner session.
+USER_CACHE = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+
+
+def run_inner(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, source: str, *args: str) -> pytest.RunResult:
+    monkeypatch.setenv("XDG_CACHE_HOME", USER_CACHE)
     pytester.makeini(INI)
     pytester.makepyfile(test_inner=source)
     return pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q", "-rs", *args, timeout=500)
 
 
-def test_async_and_sync_guests_against_peer_servers(pytester: pytest.Pytester) -> None:
-    result = run_inner(pytester, '''
+# One inner session for all of it: one Host, each guest loaded once (the CI budget).
+INNER = '''
+import sys
+
+import pytest
+
+
 async def test_alpn(tls_peer, run_guest_async):
     server = tls_peer.server("openssl", version="1.3", alpn=("http/1.1",))
     result = await run_guest_async("tls_client", "127.0.0.1", str(server.port), "--server-name", "localhost",
@@ -52,12 +64,8 @@ def test_resumption_seen_by_the_host(python_peer, run_guest):
     result = run_guest("tls_probe", "resume", "127.0.0.1", str(server.port), "2", "localhost")
     assert result.exit_code == 0, result.stdout
     assert [h.resumed for h in result.handshakes] == [False, True]
-''')
-    result.assert_outcomes(passed=3)
 
 
-def test_guest_server_against_peer_clients(pytester: pytest.Pytester) -> None:
-    result = run_inner(pytester, '''
 def test_gnutls_and_curl_clients(serve_guest, gnutls_peer, curl_peer):
     server = serve_guest("tls_server", "--count", "0", "--concurrent", "--mode", "http", "--alpn", "http/1.1")
     seen = gnutls_peer.client(port=server.port, version="1.3", send=None, alpn=("http/1.1",))
@@ -71,35 +79,27 @@ def test_mutual_tls_refused_without_a_certificate(serve_guest, tls_peer):
     server = serve_guest("tls_server", "--count", "0", "--client-auth", "required", client_auth=True)
     seen = tls_peer.client("python", port=server.port, version="1.3")
     assert not (seen.first.ok and seen.first.reply == "level"), seen.output
-''')
-    result.assert_outcomes(passed=2)
 
 
-def test_a_peer_that_is_not_installed_skips_with_its_reason(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Only this interpreter on PATH: no gnutls-serv, so the fixture skips the test, saying why.
-    bin_dir = pytester.path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "python").symlink_to(sys.executable)
-    monkeypatch.setenv("PATH", str(bin_dir))
-    result = run_inner(pytester, '''
-def test_needs_gnutls(gnutls_peer):
-    gnutls_peer.server()
-''')
-    result.assert_outcomes(skipped=1)
-    result.stdout.fnmatch_lines(["*gnutls: gnutls-serv, gnutls-cli not installed (Debian: gnutls-bin)*"])
-
-
-def test_unknown_peer_and_unknown_options_are_errors(pytester: pytest.Pytester) -> None:
-    result = run_inner(pytester, '''
-import pytest
-
-def test_unknown(tls_peer):
+def test_unknown_peer_and_unknown_options_are_errors(tls_peer):
     with pytest.raises(ValueError, match="unknown peer 'nss-nope'"):
         tls_peer.server("nss-nope")
     with pytest.raises(TypeError, match="unknown client options"):
         tls_peer.client("python", 1, colour="blue")
-''')
-    result.assert_outcomes(passed=1)
+
+
+def test_needs_gnutls(gnutls_peer, monkeypatch, tmp_path):
+    # Only this interpreter on PATH: no gnutls-serv, so the fixture skips the test, saying why.
+    (tmp_path / "python").symlink_to(sys.executable)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    gnutls_peer.server()
+'''
+
+
+def test_the_plugins_fixtures_in_another_projects_suite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    result = run_inner(pytester, monkeypatch, INNER)
+    result.assert_outcomes(passed=6, skipped=1)
+    result.stdout.fnmatch_lines(["*gnutls: gnutls-serv, gnutls-cli not installed (Debian: gnutls-bin)*"])
 
 
 def test_the_plugin_is_registered_as_an_entry_point() -> None:
