@@ -290,7 +290,24 @@ def _example(name: str) -> Callable[[], Path]:
 
 
 def builtin_guests() -> list[Guest]:
-    """The project's example guests that speak TLS (WASI 0.2)."""
+    """The project's example guests that speak TLS: the WASI 0.2 ones, then ``WASI_03_GUESTS``.
+
+    The matrix takes its guests from here only; a guest's ``wasi`` decides where it runs
+    (``"0.3"``: this host's core runtime, and the wasmtime CLI with ``-Sp3`` when its ``api``
+    is upstream; the component runtime says n/a)."""
+    return [*_wasi_02_guests(), *WASI_03_GUESTS]
+
+
+# The hook for WASI 0.3 guests (the 0.3 examples and the upstream-0.3 client, being built on
+# branches p3 and tls-p3): append a ``Guest(name, role, "0.3", COMPONENTIZE_PY, api,
+# _example(name), client=... or server=...)`` whose adapter follows the guest contract above
+# (``ContractClient``/``ContractServer``) or has its own adapter class in this module. An
+# upstream-0.3 client names its api ``UPSTREAM_03`` so the wasmtime CLI runs it too.
+UPSTREAM_03 = "wasi:tls@0.3.0-draft"
+WASI_03_GUESTS: list[Guest] = []
+
+
+def _wasi_02_guests() -> list[Guest]:
     return [
         Guest("tls_client", "client", "0.2", COMPONENTIZE_PY, PROJECT_API, _example("tls_client"), client=ContractClient()),
         Guest("tls_probe", "client", "0.2", COMPONENTIZE_PY, UPSTREAM_02, _example("tls_probe"), client=ProbeClient()),
@@ -308,4 +325,4 @@ def user_guest(path: Path, role: str) -> Guest:
     return Guest(path.name, "server", "0.2", "user", USER_CONTRACT, lambda: path, server=ContractServer())
 
 
-__all__ = ["Guest", "builtin_guests", "user_guest", "ContractClient", "ContractServer"]
+__all__ = ["Guest", "WASI_03_GUESTS", "builtin_guests", "user_guest", "ContractClient", "ContractServer"]

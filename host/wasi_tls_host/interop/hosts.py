@@ -217,6 +217,12 @@ def wasmtime_cli() -> Path | None:
     return Path(found) if found else None
 
 
+def _wasm_features(guest: Guest) -> list[str]:
+    """The CLI's wasm feature flags a guest needs (compile and run must agree): a WASI 0.3
+    guest uses the Component Model's async ABI."""
+    return ["-W", "component-model-async"] if guest.wasi == "0.3" else []
+
+
 class WasmtimeCli:
     """The wasmtime CLI (``-S tls``): its wasi:tls is rustls with only the built-in public roots."""
 
@@ -251,12 +257,13 @@ class WasmtimeCli:
         wasm = guest.source()
         if wasm in self._compiled:
             return self._compiled[wasm]
-        digest = hashlib.sha256(wasm.read_bytes() + self.version().encode()).hexdigest()[:20]
+        features = _wasm_features(guest)
+        digest = hashlib.sha256(wasm.read_bytes() + self.version().encode() + " ".join(features).encode()).hexdigest()[:20]
         out = self.cache / f"{wasm.stem}-{digest}.cwasm"
         if not out.exists():
             self.cache.mkdir(parents=True, exist_ok=True)
             partial = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-            done = processes.run([str(self.path), "compile", str(wasm), "-o", str(partial)], timeout=COMPILE_TIMEOUT, name="wasmtime-compile")
+            done = processes.run([str(self.path), "compile", *features, str(wasm), "-o", str(partial)], timeout=COMPILE_TIMEOUT, name="wasmtime-compile")
             if done.exit_code != 0 or not partial.exists():
                 partial.unlink(missing_ok=True)
                 return f"wasmtime compile failed: {done.output.strip()[-300:] or 'timed out'}"
@@ -269,7 +276,8 @@ class WasmtimeCli:
         compiled = self.compiled(guest, processes)
         if isinstance(compiled, str):
             return GuestRun(None, "", compiled, compiled)
-        cmd = [str(self.path), "run", "--allow-precompiled", "-S", "tls,inherit-network,allow-ip-name-lookup", str(compiled), *args]
+        wasi = "p3,tls,inherit-network,allow-ip-name-lookup" if guest.wasi == "0.3" else "tls,inherit-network,allow-ip-name-lookup"
+        cmd = [str(self.path), "run", "--allow-precompiled", *_wasm_features(guest), "-S", wasi, str(compiled), *args]
         done = processes.run(cmd, timeout=timeout, name="wasmtime")
         return GuestRun(done.exit_code, done.stdout, done.stderr, None, done.timed_out)
 
