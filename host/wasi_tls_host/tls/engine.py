@@ -301,6 +301,13 @@ class TlsEngine:
         except SSL.ZeroReturnError:
             self.close_notify_received = True
             raise TlsClosed() from None
+        except SSL.SysCallError as e:
+            if self.conn.get_shutdown() & SSL.RECEIVED_SHUTDOWN:
+                # The peer's close_notify, which OpenSSL 3.0 records but reports as a syscall
+                # error when a TLS 1.3 user_canceled alert came just before it (JSSE closes so).
+                self.close_notify_received = True
+                raise TlsClosed() from None
+            raise self._failure(e, during_handshake=False, from_peer=True) from None
         except SSL.Error as e:
             raise self._failure(e, during_handshake=False, from_peer=True) from None
 
