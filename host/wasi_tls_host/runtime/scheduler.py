@@ -27,7 +27,7 @@ import time
 from collections import deque
 from typing import Any, Callable, Coroutine, Generator
 
-from .values import Trap
+from .values import Trap, WitError
 
 log = logging.getLogger("wasi_tls_host.runtime")
 
@@ -281,8 +281,10 @@ class Scheduler:
         callbacks, task._callbacks = task._callbacks, []
         for callback in callbacks:
             callback(task)
-        if error is not None and not callbacks and not joiners and not isinstance(error, Cancelled):
-            # Nobody will look at it: a background task's failure is logged, not lost.
+        if error is not None and not callbacks and not joiners and not isinstance(error, (Cancelled, WitError)):
+            # Nobody will look at it: a background task's failure is logged, not lost. (A
+            # WitError is a function's error result, not a failure: an async host function
+            # that returns one before it first waits has no callback yet.)
             log.error("host task %s failed: %s: %s", task.name, type(error).__name__, error)
 
     # --- running ------------------------------------------------------------------------------
