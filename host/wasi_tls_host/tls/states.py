@@ -45,7 +45,7 @@ the resource's end, and so a host bug that reuses the object fails loudly.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, Mapping, TypeVar
 
 
@@ -102,6 +102,9 @@ class Machine(Generic[S]):
     pending: frozenset[S] = frozenset()
     # States that answer every unanswered call with the failure that caused them.
     failed: frozenset[S] = frozenset()
+    # What a call refused as invalid-state needed, for the message (when the state's name
+    # alone does not say it).
+    hints: Mapping[str, str] = field(default_factory=dict)
 
     def answer(self, state: S, call: str) -> str:
         """How ``call`` in ``state`` is answered: "ok", "would-block", "failure" or
@@ -191,8 +194,8 @@ class ConnectorState(enum.Enum):
     either order); connect consumes it."""
 
     NEW = "new"
-    SENDING = "send-set-up"
-    RECEIVING = "receive-set-up"
+    SENDING = "sending"
+    RECEIVING = "receiving"
     READY = "ready"
     CONNECTED = "connected"
 
@@ -212,6 +215,11 @@ CONNECTOR: Machine[ConnectorState] = Machine(
         "send": frozenset({_K.NEW, _K.RECEIVING}),
         "receive": frozenset({_K.NEW, _K.SENDING}),
         "connect": frozenset({_K.READY}),
+    },
+    hints={
+        "send": "send was already called on this connector (each connector sends one stream)",
+        "receive": "receive was already called on this connector (each connector receives one stream)",
+        "connect": "connect needs send and receive to be set up first",
     },
 )
 
@@ -291,4 +299,7 @@ class StateMachine(Generic[S]):
             raise WrongState("would-block", f"{resource}.{call}: not ready yet ({self.state.value}): wait on subscribe()")
         if answer == "failure" and self.failure is not None:
             raise detached(self.failure)
+        hint = self.machine.hints.get(call)
+        if hint is not None:
+            raise WrongState("invalid-state", f"{resource}.{call}: {hint} (the {resource} is {self.state.value})")
         raise WrongState("invalid-state", f"{resource}.{call} is not valid once the {resource} is {self.state.value}")

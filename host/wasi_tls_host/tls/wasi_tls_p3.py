@@ -66,6 +66,7 @@ class Connector(HostResource):
         self.port = StreamPort(self.wake, f"{_ORIGIN}.send (ciphertext)")
         self.sender: PlaintextIn | None = None
         self.receiver: PlaintextOut | None = None
+        self.refusal: TlsFailure | None = None  # why a connect that consumed it failed
 
     def require(self, call: str) -> None:
         try:
@@ -78,7 +79,7 @@ class Connector(HostResource):
         future saying why."""
         if self.states.state is ConnectorState.CONNECTED:
             return  # the connection has the streams now
-        failure = TlsFailure(CLOSED, "TLS connection failed: the connector was dropped before it connected")
+        failure = self.refusal or TlsFailure(CLOSED, "TLS connection failed: the connector was dropped before it connected")
         if self.sender is not None:
             self.sender.finish(Err(TlsError(failure)))
         if self.receiver is not None:
@@ -130,19 +131,28 @@ def connector_receive(cx: StoreState, this: Connector, ciphertext: Stream) -> tu
     return this.receiver.stream, this.receiver.future
 
 
+def _refuse_connect(this: Connector, failure: TlsFailure) -> WitError:
+    """connect failed before a connection began: the connector (consumed) ends with it."""
+    this.refusal = TlsFailure(failure.code, f"TLS connection failed: connect was refused: {failure.message}")
+    return WitError(TlsError(failure))
+
+
 @client_iface.func("[static]connector.connect")
 async def connector_connect(cx: StoreState, this: Connector, server_name: str) -> None:
-    this.require("connect")
+    try:
+        this.states.require("connect")
+    except WrongState as e:
+        raise _refuse_connect(this, TlsFailure(e.code, e.message)) from None
     config = tls_config(cx)
     try:
         engine = client_engine(cx, config, server_name, this.port.incoming)
     except TlsFailure as failure:  # a server name that is no name
-        raise WitError(TlsError(failure)) from None
+        raise _refuse_connect(this, failure) from None
     usage = usage_of(cx)
     try:
         usage.start(this.port, config.limits)
     except LimitExceeded as e:
-        raise WitError(TlsError(TlsFailure(ACCESS_DENIED, f"TLS connection refused by the host: {e}"))) from None
+        raise _refuse_connect(this, TlsFailure(ACCESS_DENIED, f"TLS connection refused by the host: {e}")) from None
     this.states.advance(Transition.CONNECT)
     transport = StreamTransport(engine, this.port, CONNECT, error_value=TlsError, usage=usage,
                                 deadline=HandshakeDeadline.start(config.limits), on_handshake=config.on_handshake,
