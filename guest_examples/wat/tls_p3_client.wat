@@ -12,6 +12,8 @@
 ;;       `head` is the first 64 KiB of them, and the three strings say how connect, the
 ;;       receive future and the send future ended: "ok" or the error's to-debug-string (a
 ;;       failed dial is reported as connect's).
+;;   handshake(port, server-name) -> string / close(): connect + TLS ("ok" or the error's
+;;       string), the connection kept open until close (for timing the handshake alone).
 ;;   misuse(kind) -> list<string>: a connector used the wrong way, each outcome as a string:
 ;;       1 send twice, 2 receive twice, 3 connect before receive, 4 drop the connector after
 ;;       send and receive, 5 connect while dropping the incoming ciphertext (a stream dropped
@@ -72,6 +74,8 @@
   (core func $future-drop-readable (canon future.drop-readable $outcome))
   (core func $return-fetch (canon task.return (result (tuple u64 (list u8) string string string)) (memory $mem)))
   (core func $return-strings (canon task.return (result (list string)) (memory $mem)))
+  (core func $return-string (canon task.return (result string) (memory $mem)))
+  (core func $return-nothing (canon task.return))
 
   (core module $Main
     (import "libc" "memory" (memory 80))
@@ -97,6 +101,8 @@
     (import "h" "future-drop-readable" (func $future-drop-readable (param i32)))
     (import "h" "return-fetch" (func $return-fetch (param i64 i32 i32 i32 i32 i32 i32 i32 i32)))
     (import "h" "return-strings" (func $return-strings (param i32 i32)))
+    (import "h" "return-string" (func $return-string (param i32 i32)))
+    (import "h" "return-nothing" (func $return-nothing))
 
     ;; Memory: 0..12 event, 64.. call results, 256 "ok", 512.. list<string> being built,
     ;; 65536.. the head of the plaintext (64 KiB), 131072.. the read buffer (1 MiB),
@@ -240,6 +246,38 @@
         (i32.load (i32.const 160)) (i32.load (i32.const 164))
         (i32.load (i32.const 168)) (i32.load (i32.const 172))
         (i32.load (i32.const 176)) (i32.load (i32.const 180))))
+
+    ;; --- handshake/close: a connection kept open between calls (timing connect + TLS) ---
+
+    (global $open-tx (mut i32) (i32.const 0))
+    (global $open-in (mut i32) (i32.const 0))
+    (global $open-send (mut i32) (i32.const 0))
+    (global $open-receive (mut i32) (i32.const 0))
+
+    (func (export "handshake") (param $port i32) (param $name i32) (param $name-len i32)
+      (local $pair i64) (local $conn i32)
+      (local.set $pair (call $stream-new))
+      (global.set $open-tx (i32.wrap_i64 (i64.shr_u (local.get $pair) (i64.const 32))))
+      (local.set $conn (call $connector-new))
+      (call $connector-send (local.get $conn) (i32.wrap_i64 (local.get $pair)) (i32.const 64))
+      (global.set $open-send (i32.load (i32.const 68)))
+      (call $await (call $dial (local.get $port) (i32.load (i32.const 64)) (i32.const 96)))
+      (if (i32.load8_u (i32.const 96)) (then unreachable))
+      (call $connector-receive (local.get $conn) (i32.load (i32.const 100)) (i32.const 72))
+      (global.set $open-in (i32.load (i32.const 72)))
+      (global.set $open-receive (i32.load (i32.const 76)))
+      (call $await (call $connect (local.get $conn) (local.get $name) (local.get $name-len) (i32.const 80)))
+      (call $outcome-of (i32.const 80) (i32.const 160))
+      (call $return-string (i32.load (i32.const 160)) (i32.load (i32.const 164))))
+
+    ;; close_notify (waiting until it is on its way: host work runs only while the guest is
+    ;; in a call), then let go of everything without waiting for the peer
+    (func (export "close")
+      (call $drop-writable (global.get $open-tx))
+      (call $read-outcome (global.get $open-send) (i32.const 184))
+      (call $drop-readable (global.get $open-in))
+      (call $future-drop-readable (global.get $open-receive))
+      (call $return-nothing))
 
     ;; --- misuse: each outcome is appended, as a string, to the list being built at 512 ---
 
@@ -390,10 +428,15 @@
       (export "future-drop-readable" (func $future-drop-readable))
       (export "return-fetch" (func $return-fetch))
       (export "return-strings" (func $return-strings))
+      (export "return-string" (func $return-string))
+      (export "return-nothing" (func $return-nothing))
     ))))
   (func (export "fetch") async (param "port" u16) (param "server-name" string) (param "request" (list u8))
     (result (tuple u64 (list u8) string string string))
     (canon lift (core func $main "fetch") async (memory $mem) (realloc $realloc)))
   (func (export "misuse") async (param "kind" u32) (param "port" u16) (param "server-name" string) (result (list string))
     (canon lift (core func $main "misuse") async (memory $mem) (realloc $realloc)))
+  (func (export "handshake") async (param "port" u16) (param "server-name" string) (result string)
+    (canon lift (core func $main "handshake") async (memory $mem) (realloc $realloc)))
+  (func (export "close") async (canon lift (core func $main "close") async))
 )
