@@ -841,6 +841,10 @@ class ComponentInstance:
                     self.may_leave = True
             if scope.count:
                 raise WasmtimeError("borrow handles still remain at the end of the call")
+            # Host work the guest's last steps made ready (the end of a stream it dropped, an
+            # alert to a peer) runs now, not at some later call that may never come.
+            if ft.is_async or self.state.has_scheduler:
+                self.scheduler.run_ready()
             return value
         except WasmtimeError as e:
             # A trap takes the instance out, as in wasmtime: its state may be half-updated.
