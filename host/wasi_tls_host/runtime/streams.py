@@ -349,7 +349,8 @@ class StreamWriter:
     def write_nowait(self, values: Any) -> int:
         """Copy as much of ``values`` as the reader's pending read takes now; 0 if no read
         is pending (``wake`` is set when one is). Raises ``StreamClosed`` once the reader
-        has dropped its end."""
+        has dropped its end. A host reader keeps what it takes as given (no copy): values
+        handed over must not be changed afterwards."""
         buf = self._pending_room()
         if buf is None or not len(values):
             return 0
