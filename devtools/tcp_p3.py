@@ -1,17 +1,20 @@
 """A stand-in for WASI 0.3 TCP (``wasi:sockets@0.3.0``) until it lands: the interface
 ``wasi-tls-host:test/tcp`` that tests and benchmarks give WASI 0.3 TLS guests, shaped like
-``tcp-socket``'s ``send``/``receive`` so guests change little when they move to wasi:sockets:
+``tcp-socket``'s ``send``/``receive`` so that guests change little when they move on:
 
-    dial:   async func(port: u16, outgoing: stream<u8>) -> result<stream<u8>, string>
-    accept: async func(port: u16, outgoing: stream<u8>) -> result<stream<u8>, string>
+    resource socket {
+        receive: func() -> stream<u8>;     what the peer sends (ends at its FIN or a reset)
+        send: func(data: stream<u8>);      sent as written; the end of the stream shuts the
+                                           sending side down (FIN)
+    }
+    dial: async func(port: u16) -> result<socket, string>;     connect to 127.0.0.1:port
+    accept: async func(port: u16) -> result<socket, string>;   from the listener a test
+                                                                registered (``listen``)
+    sleep: async func(ms: u32);                                 (wasi:clocks 0.3's wait-for)
 
-``dial`` connects to 127.0.0.1:port; ``accept`` takes the next connection from the listener
-a test registered for that port (``listen``). Either way the host sends what the guest
-writes into ``outgoing`` (then shuts its sending side down, as ``tcp-socket.send`` does at
-the end of its stream) and returns a stream of what the peer sends (ended at the peer's
-FIN or a reset). The socket closes once both directions have ended.
-
-``TcpPipe`` is the same thing for Python code that drives streams itself (tests of the TLS
+As with wasi:sockets, the streams outlive the socket's handle; the OS socket closes once
+both directions have ended (a direction never started ends when the handle is dropped).
+``TcpSocket`` is the same for Python code that drives streams itself (tests of the TLS
 transport without a guest).
 """
 
@@ -19,12 +22,14 @@ from __future__ import annotations
 
 import errno
 import socket
+import time
 
 from wasi_tls_host.runtime.binding import Interface
-from wasi_tls_host.runtime.scheduler import Scheduler, readable, writable
+from wasi_tls_host.runtime.resources import HostResource
+from wasi_tls_host.runtime.scheduler import Scheduler, readable, sleep_until, writable
 from wasi_tls_host.runtime.store import StoreState
-from wasi_tls_host.runtime.streams import Stream, StreamClosed, StreamReader, new_stream
-from wasi_tls_host.runtime.values import WitError
+from wasi_tls_host.runtime.streams import Stream, StreamClosed, StreamReader, StreamWriter, new_stream
+from wasi_tls_host.runtime.values import Trap, WitError
 
 tcp = Interface("wasi-tls-host:test/tcp")
 
@@ -45,33 +50,47 @@ def unlisten(listener: socket.socket) -> None:
     listener.close()
 
 
-class TcpPipe:
-    """A connected socket between two streams: ``outgoing`` (read by the host, sent) and
-    ``incoming`` (what the peer sent, written by the host)."""
+class TcpSocket(HostResource):
+    """A connected socket whose directions are streams (see the module docstring)."""
 
-    def __init__(self, sock: socket.socket, outgoing: Stream, scheduler: Scheduler) -> None:
+    def __init__(self, sock: socket.socket, scheduler: Scheduler) -> None:
         sock.setblocking(False)
         self.sock = sock
         self.fd = sock.fileno()
-        self.incoming, self.writer = new_stream(origin="wasi-tls-host:test/tcp (received)")
-        self.reader = StreamReader(outgoing, is_bytes=True)
-        self.open = 2
-        scheduler.spawn(self._receive(), "tcp stand-in: receive")
-        scheduler.spawn(self._send(), "tcp stand-in: send")
+        self.scheduler = scheduler
+        self.receiving: bool | None = None  # None: not started; True: running; False: ended
+        self.sending: bool | None = None
+        self.closed = False
 
-    async def _receive(self) -> None:
+    def receive(self) -> Stream:
+        if self.receiving is not None:
+            raise Trap("receive was already called on this socket")
+        self.receiving = True
+        incoming, writer = new_stream(origin="wasi-tls-host:test/tcp (received)")
+        self.scheduler.spawn(self._receive(writer), "tcp stand-in: receive")
+        return incoming
+
+    def send(self, data: Stream) -> None:
+        if self.sending is not None:
+            StreamReader(data, is_bytes=True).close()
+            raise Trap("send was already called on this socket")
+        self.sending = True
+        self.scheduler.spawn(self._send(StreamReader(data, is_bytes=True)), "tcp stand-in: send")
+
+    async def _receive(self, writer: StreamWriter) -> None:
         try:
-            while await self.writer.fill(self.sock.recv_into, lambda: readable(self.fd)):
+            while await writer.fill(self.sock.recv_into, lambda: readable(self.fd)):
                 pass
         except (StreamClosed, OSError):
             pass  # the guest dropped the stream, or the peer reset: the stream ends
         finally:
-            self.writer.close()
-            self._ended()
+            writer.close()
+            self.receiving = False
+            self._maybe_close()
 
-    async def _send(self) -> None:
+    async def _send(self, reader: StreamReader) -> None:
         try:
-            while (data := await self.reader.read(1 << 16)) is not None:
+            while (data := await reader.read(1 << 16)) is not None:
                 view = memoryview(data)
                 while view:
                     try:
@@ -82,13 +101,26 @@ class TcpPipe:
         except OSError:
             pass  # the peer is gone: what is left to send is dropped
         finally:
-            self.reader.close()
-            self._ended()
+            reader.close()
+            self.sending = False
+            self._maybe_close()
 
-    def _ended(self) -> None:
-        self.open -= 1
-        if self.open == 0:
+    def _maybe_close(self) -> None:
+        if not self.receiving and not self.sending and self.closed:
             self.sock.close()
+
+    def drop(self) -> None:
+        """The handle is gone: directions never started end now; the socket closes once
+        the started ones have."""
+        self.closed = True
+        if self.receiving is None:
+            self.receiving = False
+        if self.sending is None:
+            self.sending = False
+        self._maybe_close()
+
+
+tcp.resource("socket", TcpSocket)
 
 
 async def connect_socket(port: int) -> socket.socket:
@@ -123,20 +155,33 @@ async def accept_socket(port: int) -> socket.socket:
 
 
 @tcp.func("dial")
-async def dial(cx: StoreState, port: int, outgoing: Stream) -> Stream:
+async def dial(cx: StoreState, port: int) -> TcpSocket:
     try:
         sock = await connect_socket(port)
     except OSError as e:
-        StreamReader(outgoing, is_bytes=True).close()
         raise WitError(f"connect to 127.0.0.1:{port} failed: {e.strerror or e}") from None
-    return TcpPipe(sock, outgoing, cx.scheduler).incoming
+    return TcpSocket(sock, cx.scheduler)
 
 
 @tcp.func("accept")
-async def accept(cx: StoreState, port: int, outgoing: Stream) -> Stream:
+async def accept(cx: StoreState, port: int) -> TcpSocket:
     try:
         sock = await accept_socket(port)
     except OSError as e:
-        StreamReader(outgoing, is_bytes=True).close()
         raise WitError(f"accept on port {port} failed: {e.strerror or e}") from None
-    return TcpPipe(sock, outgoing, cx.scheduler).incoming
+    return TcpSocket(sock, cx.scheduler)
+
+
+@tcp.func("[method]socket.receive")
+def socket_receive(cx: StoreState, this: TcpSocket) -> Stream:
+    return this.receive()
+
+
+@tcp.func("[method]socket.send")
+def socket_send(cx: StoreState, this: TcpSocket, data: Stream) -> None:
+    this.send(data)
+
+
+@tcp.func("sleep")
+async def sleep(cx: StoreState, ms: int) -> None:
+    await sleep_until(time.monotonic_ns() + ms * 1_000_000)

@@ -3,7 +3,7 @@ from Python through the same rendezvous a guest's stream ends use, so each way a
 treat them (read slowly, drop one mid-handshake, never write) happens here exactly.
 
 Peers are real: CPython ``ssl`` servers on loopback threads (tests/tls_peers.py), reached
-through the TCP stand-in ``devtools.tcp_p3.TcpPipe``.
+through the TCP stand-in ``devtools.tcp_p3.TcpSocket``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 import trustme
 
 from conftest import open_fds, without_gc
-from devtools.tcp_p3 import TcpPipe
+from devtools.tcp_p3 import TcpSocket
 from tls_peers import PeerServer, Pki, echo, send_body, stall
 from wasi_tls_host.runtime.scheduler import Event, Scheduler
 from wasi_tls_host.runtime.streams import FutureReader, Stream, StreamReader, StreamWriter, new_stream
@@ -112,9 +112,10 @@ def connect(config: TlsConfig, port: int, name: str = "localhost", *, outgoing: 
     _OPEN.append(scheduler)
     wake = Event()
     port_ = StreamPort(wake, "test ciphertext")
-    sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
-    pipe = TcpPipe(sock, port_.outgoing if outgoing is None else outgoing(port_.outgoing, scheduler), scheduler)
-    port_.attach_incoming(pipe.incoming)
+    tcp = TcpSocket(socket.create_connection(("127.0.0.1", port), timeout=WAIT), scheduler)
+    tcp.send(port_.outgoing if outgoing is None else outgoing(port_.outgoing, scheduler))
+    port_.attach_incoming(tcp.receive())
+    tcp.drop()  # the streams go on
     receiver = PlaintextOut(wake, "test plaintext")
     stream, writer = new_stream()
     sender = PlaintextIn(stream, "test plaintext")

@@ -2,8 +2,8 @@
 ;; runtime): every stream, future and subtask of a TLS connection is visible here. TCP comes
 ;; from the test stand-in wasi-tls-host:test/tcp (devtools/tcp_p3.py) until wasi:sockets 0.3
 ;; is on main; its ciphertext streams are plumbed straight to the socket, as a guest does
-;; with tcp-socket.send/receive: connector.send's ciphertext goes to dial, dial's stream to
-;; connector.receive.
+;; with tcp-socket.send/receive: connector.send's ciphertext goes to socket.send, the
+;; socket's receive stream to connector.receive.
 ;;
 ;; Exports (async, without callback):
 ;;   fetch(port, server-name, request) -> (received, head, connect, receive, send)
@@ -38,7 +38,11 @@
       (result (result (error (own $e))))))))
   (alias export $client-i "connector" (type $connector))
   (import "wasi-tls-host:test/tcp" (instance $tcp-i
-    (export "dial" (func async (param "port" u16) (param "outgoing" (stream u8)) (result (result $bytes (error string)))))))
+    (export "socket" (type $s (sub resource)))
+    (export "dial" (func async (param "port" u16) (result (result (own $s) (error string)))))
+    (export "[method]socket.receive" (func (param "self" (borrow $s)) (result $bytes)))
+    (export "[method]socket.send" (func (param "self" (borrow $s)) (param "data" $bytes)))))
+  (alias export $tcp-i "socket" (type $socket))
 
   (core module $Libc
     (memory (export "memory") 80)
@@ -60,6 +64,9 @@
   (core func $debug-string (canon lower (func $types-i "[method]error.to-debug-string") (memory $mem) (realloc $realloc)))
   (core func $error-drop (canon resource.drop $error))
   (core func $dial (canon lower (func $tcp-i "dial") async (memory $mem) (realloc $realloc)))
+  (core func $sock-receive (canon lower (func $tcp-i "[method]socket.receive")))
+  (core func $sock-send (canon lower (func $tcp-i "[method]socket.send")))
+  (core func $sock-drop (canon resource.drop $socket))
   (core func $ws-new (canon waitable-set.new))
   (core func $ws-wait (canon waitable-set.wait (memory $mem)))
   (core func $ws-drop (canon waitable-set.drop))
@@ -86,7 +93,10 @@
     (import "h" "connector-drop" (func $connector-drop (param i32)))
     (import "h" "debug-string" (func $debug-string (param i32 i32)))
     (import "h" "error-drop" (func $error-drop (param i32)))
-    (import "h" "dial" (func $dial (param i32 i32 i32) (result i32)))
+    (import "h" "dial" (func $dial (param i32 i32) (result i32)))
+    (import "h" "sock-receive" (func $sock-receive (param i32) (result i32)))
+    (import "h" "sock-send" (func $sock-send (param i32 i32)))
+    (import "h" "sock-drop" (func $sock-drop (param i32)))
     (import "h" "ws-new" (func $ws-new (result i32)))
     (import "h" "ws-wait" (func $ws-wait (param i32 i32) (result i32)))
     (import "h" "ws-drop" (func $ws-drop (param i32)))
@@ -203,10 +213,26 @@
       (call $future-drop-readable (local.get $future))
       (call $outcome-of (i32.const 48) (local.get $out)))
 
+    ;; connect to 127.0.0.1:port (result<socket, string> at 96); on success the socket sends
+    ;; `outgoing` and its received stream is returned (the socket's handle is let go: its
+    ;; streams go on); on failure `outgoing` is dropped and -1 returned
+    (func $plumb (param $port i32) (param $outgoing i32) (result i32)
+      (local $sock i32) (local $incoming i32)
+      (call $await (call $dial (local.get $port) (i32.const 96)))
+      (if (i32.load8_u (i32.const 96))
+        (then
+          (call $drop-readable (local.get $outgoing))
+          (return (i32.const -1))))
+      (local.set $sock (i32.load (i32.const 100)))
+      (call $sock-send (local.get $sock) (local.get $outgoing))
+      (local.set $incoming (call $sock-receive (local.get $sock)))
+      (call $sock-drop (local.get $sock))
+      (local.get $incoming))
+
     (func (export "fetch") (param $port i32) (param $name i32) (param $name-len i32) (param $req i32) (param $req-len i32)
       (local $pair i64) (local $clear-rx i32) (local $clear-tx i32) (local $conn i32)
       (local $cipher-out i32) (local $send-future i32) (local $clear-in i32) (local $receive-future i32)
-      (local $total i64)
+      (local $total i64) (local $incoming i32)
       ;; the plaintext the guest writes (the host reads clear-rx)
       (local.set $pair (call $stream-new))
       (local.set $clear-rx (i32.wrap_i64 (local.get $pair)))
@@ -215,9 +241,9 @@
       (call $connector-send (local.get $conn) (local.get $clear-rx) (i32.const 64))
       (local.set $cipher-out (i32.load (i32.const 64)))
       (local.set $send-future (i32.load (i32.const 68)))
-      ;; the socket sends cipher-out and gives what it receives (result<stream, string> at 96)
-      (call $await (call $dial (local.get $port) (local.get $cipher-out) (i32.const 96)))
-      (if (i32.load8_u (i32.const 96))
+      ;; the socket sends cipher-out and gives what it receives
+      (local.set $incoming (call $plumb (local.get $port) (local.get $cipher-out)))
+      (if (i32.eq (local.get $incoming) (i32.const -1))
         (then  ;; no connection: the dial's error is connect's; nothing was received
           (call $connector-drop (local.get $conn))
           (call $drop-writable (local.get $clear-tx))
@@ -228,7 +254,7 @@
             (i32.load (i32.const 176)) (i32.load (i32.const 180))
             (i32.load (i32.const 168)) (i32.load (i32.const 172)))
           (return)))
-      (call $connector-receive (local.get $conn) (i32.load (i32.const 100)) (i32.const 72))
+      (call $connector-receive (local.get $conn) (local.get $incoming) (i32.const 72))
       (local.set $clear-in (i32.load (i32.const 72)))
       (local.set $receive-future (i32.load (i32.const 76)))
       ;; the handshake (connect consumes the connector); its result<_, error> at 80
@@ -261,9 +287,7 @@
       (local.set $conn (call $connector-new))
       (call $connector-send (local.get $conn) (i32.wrap_i64 (local.get $pair)) (i32.const 64))
       (global.set $open-send (i32.load (i32.const 68)))
-      (call $await (call $dial (local.get $port) (i32.load (i32.const 64)) (i32.const 96)))
-      (if (i32.load8_u (i32.const 96)) (then unreachable))
-      (call $connector-receive (local.get $conn) (i32.load (i32.const 100)) (i32.const 72))
+      (call $connector-receive (local.get $conn) (call $plumb (local.get $port) (i32.load (i32.const 64))) (i32.const 72))
       (global.set $open-in (i32.load (i32.const 72)))
       (global.set $open-receive (i32.load (i32.const 76)))
       (call $await (call $connect (local.get $conn) (local.get $name) (local.get $name-len) (i32.const 80)))
@@ -380,9 +404,7 @@
             (call $connector-send (local.get $conn) (local.get $rx) (i32.const 64))
             (local.set $cipher-out (i32.load (i32.const 64)))
             (call $pair) (local.set $relay-tx) (local.set $relay-rx)
-            (call $await (call $dial (local.get $port) (local.get $relay-rx) (i32.const 96)))
-            (if (i32.load8_u (i32.const 96)) (then unreachable))
-            (call $connector-receive (local.get $conn) (i32.load (i32.const 100)) (i32.const 72))
+            (call $connector-receive (local.get $conn) (call $plumb (local.get $port) (local.get $relay-rx)) (i32.const 72))
             (local.set $status (call $connect (local.get $conn) (local.get $name) (local.get $name-len) (i32.const 80)))
             ;; the ClientHello, forwarded to the socket; then the guest lets go of the stream
             (local.set $ret (call $copied (call $stream-read (local.get $cipher-out) (global.get $BUF) (global.get $BUF-CAP))
@@ -414,6 +436,9 @@
       (export "debug-string" (func $debug-string))
       (export "error-drop" (func $error-drop))
       (export "dial" (func $dial))
+      (export "sock-receive" (func $sock-receive))
+      (export "sock-send" (func $sock-send))
+      (export "sock-drop" (func $sock-drop))
       (export "ws-new" (func $ws-new))
       (export "ws-wait" (func $ws-wait))
       (export "ws-drop" (func $ws-drop))
