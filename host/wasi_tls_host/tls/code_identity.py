@@ -17,7 +17,7 @@ is imported by tls/__init__.py before they are linked.
 from __future__ import annotations
 
 import datetime
-from typing import Any
+from typing import Any, Callable
 
 from cryptography import x509
 
@@ -99,24 +99,35 @@ def code_identity_record(identity: PublicIdentity) -> dict[str, Any] | None:
     }
 
 
+def peer_code_problem(identity: PublicIdentity | None, expected: str, config: TlsConfig, peer: str) -> str | None:
+    """Why the peer's certificate does not show the ``expected`` code (not attested by an
+    attestation CA this guest's embedder trusts, or for other code), or None if it does."""
+    anchors = attestation_anchors(config)
+    if identity is None:
+        return f"the {peer} presented no certificate, so its code cannot be checked"
+    if not anchors:
+        return "no attestation CA is trusted for code claims (the embedder gives attest_trust)"
+    try:
+        attestation.verify(identity.chain, anchors, expect_code=expected)
+    except attestation.AttestationError as e:
+        return f"the {peer}'s code identity was refused: {e}"
+    return None
+
+
+def peer_code_check(expected: str | None, config: TlsConfig, peer: str) -> Callable[[PublicIdentity | None], str | None] | None:
+    """The check a handshake runs before it counts as established (None: nothing expected)."""
+    if expected is None:
+        return None
+    return lambda identity: peer_code_problem(identity, expected, config, peer)
+
+
 def enforce_peer_code(handshake: PendingHandshake, expected: str | None, config: TlsConfig, peer: str) -> None:
     """Once the handshake is established, end it with ``code-mismatch`` unless the peer's
     certificate is attested by a trusted attestation CA for the ``expected`` digest."""
     if expected is None or handshake.state is not HandshakeState.ESTABLISHED or handshake.code_checked:
         return
     handshake.code_checked = True
-    identity = peer_identity(handshake.transport)
-    problem = None
-    anchors = attestation_anchors(config)
-    if identity is None:
-        problem = f"the {peer} presented no certificate, so its code cannot be checked"
-    elif not anchors:
-        problem = "no attestation CA is trusted for code claims (the embedder gives attest_trust)"
-    else:
-        try:
-            attestation.verify(identity.chain, anchors, expect_code=expected)
-        except attestation.AttestationError as e:
-            problem = f"the {peer}'s code identity was refused: {e}"
+    problem = peer_code_problem(peer_identity(handshake.transport), expected, config, peer)
     if problem is not None:
         handshake.fail(TlsFailure(CODE_MISMATCH, problem))
 

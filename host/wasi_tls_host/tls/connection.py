@@ -29,10 +29,18 @@ ERROR_CODES = frozenset({
 _DECODE_ERRORS = frozenset({"unexpected-message", "record-overflow", "illegal-parameter"})
 
 
+def error_record(code: str, message: str) -> dict[str, str]:
+    """The ``error`` record of this package (both versions)."""
+    return {"code": code if code in ERROR_CODES else "decode-error" if code in _DECODE_ERRORS else "internal", "message": message}
+
+
 def tls_error(code: str, message: str) -> WitError:
     """The ``error`` record of this package, raised as the function's error result."""
-    return WitError({"code": code if code in ERROR_CODES else "decode-error" if code in _DECODE_ERRORS else "internal", "message": message})
+    return WitError(error_record(code, message))
 
+
+def failure_record(failure: TlsFailure) -> dict[str, str]:
+    return error_record(failure.code, failure.message)
 
 
 def failure_error(failure: TlsFailure) -> WitError:

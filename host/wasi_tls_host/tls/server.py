@@ -265,7 +265,7 @@ class IncomingClientHello(HostResource):
         self.close_streams()
 
 
-def _server_failure(failure: TlsFailure) -> TlsFailure:
+def server_failure(failure: TlsFailure) -> TlsFailure:
     """Failures only a server meets, in the words of the interface."""
     if "peer did not return a certificate" in failure.message:
         # OpenSSL says handshake failure; for the guest this is a missing certificate.
@@ -279,7 +279,7 @@ class IncomingClientExchange(PendingHandshake):
     machine = CLIENT_EXCHANGE
 
     def explain(self, failure: TlsFailure) -> TlsFailure:
-        return _server_failure(failure)
+        return server_failure(failure)
 
 
 server_iface.resource("incoming-client-hello", IncomingClientHello)
@@ -334,26 +334,45 @@ def incoming_client_hello_signature_schemes(cx: StoreState, this: IncomingClient
     return list(this.require("signature-schemes").signature_algorithms)
 
 
+class Refusal(Exception):
+    """The guest's answer to a ClientHello cannot be used: the client gets ``alert``, the
+    guest the error ``code`` and ``message``."""
+
+    def __init__(self, code: str, message: str, alert: int) -> None:
+        super().__init__(message)
+        self.code, self.message, self.alert = code, message, alert
+
+
+def answer_engine(config: TlsConfig, hello: ClientHello, response: OutgoingServerHello, replay: bytes) -> TlsEngine:
+    """The server engine for the guest's answer to ``hello`` (both package versions), with
+    the client's first flight (``replay``) fed in; ``Refusal`` if the answer is unusable."""
+    if response.alpn is not None and response.alpn not in hello.alpn_protocols:
+        raise Refusal("invalid-argument", f"ALPN id {response.alpn!r} was not offered by the client (it offered {hello.alpn_protocols})",
+                      ALERT_NO_APPLICATION_PROTOCOL)
+    try:
+        context = server_context(config, response)
+    except NoClientCa as e:
+        raise Refusal("invalid-state", str(e), ALERT_HANDSHAKE_FAILURE) from None
+    except (SSL.Error, ValueError) as e:
+        raise Refusal("invalid-argument", f"cannot use this answer: {e}", ALERT_INTERNAL_ERROR) from None
+    except WitError as e:
+        raise Refusal(e.payload["code"], e.payload["message"], ALERT_INTERNAL_ERROR) from None
+    engine = TlsEngine(context, server_side=True, server_name=hello.server_name)
+    engine.conn.set_app_data(response.alpn)
+    engine.feed(replay)
+    return engine
+
+
 @server_iface.func("[static]incoming-client-hello.accept")
 def incoming_client_hello_accept(cx: StoreState, this: IncomingClientHello, response: OutgoingServerHello) -> IncomingClientExchange:
     # Every way out of here but success ends the handshake: the client gets an alert (the
     # hello is consumed, so dropping it afterwards closes the streams).
     hello = this.require("accept")
-    if response.alpn is not None and response.alpn not in hello.alpn_protocols:
-        this.refuse("invalid-argument", f"ALPN id {response.alpn!r} was not offered by the client (it offered {hello.alpn_protocols})",
-                    alert=ALERT_NO_APPLICATION_PROTOCOL)
     config = tls_config(cx)
     try:
-        context = server_context(config, response)
-    except NoClientCa as e:
-        this.refuse("invalid-state", str(e), alert=ALERT_HANDSHAKE_FAILURE)
-    except (SSL.Error, ValueError) as e:
-        this.refuse("invalid-argument", f"cannot use this answer: {e}", alert=ALERT_INTERNAL_ERROR)
-    except WitError as e:
-        this.refuse(e.payload["code"], e.payload["message"], alert=ALERT_INTERNAL_ERROR)
-    engine = TlsEngine(context, server_side=True, server_name=hello.server_name)
-    engine.conn.set_app_data(response.alpn)
-    engine.feed(this.reader.buffered())
+        engine = answer_engine(config, hello, response, this.reader.buffered())
+    except Refusal as r:
+        this.refuse(r.code, r.message, alert=r.alert)
     cin, cout = this.take_streams()
     transport = TlsTransport(engine, cin, cout, this.usage)
     exchange = IncomingClientExchange(transport, config.on_handshake, deadline=this.deadline)

@@ -175,6 +175,7 @@ class StreamTransport:
     def __init__(self, engine: TlsEngine, port: StreamPort, machine: Machine[HandshakeState], *,
                  error_value: ErrorValue, usage: TlsUsage | None = None, deadline: HandshakeDeadline | None = None,
                  on_handshake: Callable[[HandshakeInfo], None] | None = None, peer_check: PeerCheck | None = None,
+                 reword: Callable[[TlsFailure], TlsFailure] | None = None,
                  receiver: PlaintextOut | None = None, sender: PlaintextIn | None = None) -> None:
         self.engine = engine
         self.port = port
@@ -186,6 +187,7 @@ class StreamTransport:
         self.deadline = deadline
         self.on_handshake = on_handshake
         self.peer_check = peer_check
+        self.reword = reword  # a side's own words for some of OpenSSL's failures
         self.receiver = receiver
         self.sender = sender
         self.peer: PublicIdentity | None = None  # decoded once, at ESTABLISH
@@ -511,11 +513,16 @@ class StreamTransport:
         are plaintext), both plaintext ends the failure, then the outgoing stream ends."""
         if self.failure is not None:
             return
+        if self.reword is not None:
+            failure = self.reword(failure)
         failure = self.failure = self.explain(failure)
         self.pending_out += self.engine.take_output()  # OpenSSL's alert, if it queued one
         if alert is not None and not self.engine.records_protected:
             self.pending_out += alert_record(ALERT_FATAL, alert)
         if self.state is HandshakeState.RUNNING:
+            if self.peer is None:  # the chain is worth seeing when it did not verify
+                chain = self.engine.peer_chain()
+                self.peer = PublicIdentity(chain) if chain else None
             self.states.advance(Transition.FAIL, failure)
             self._stop_timer()
             log.info("TLS handshake (%s) failed: %s", "server" if self.engine.server_side else self.engine.server_name, failure)
