@@ -462,7 +462,8 @@ class StreamReader:
         self.is_bytes = is_bytes if is_bytes is not None else getattr(t, "name", None) == "u8"
         self.closed = False
         self.ended = False
-        self.wake = Event()
+        self.wake = Event()  # set when a write is pending (drain)
+        self._posted: _PostedRead | None = None  # the read read_nowait keeps posted
 
     async def drain(self, consume: Callable[[memoryview], int], ready: Callable[[], _Wait] | None = None) -> int | None:
         """Let ``consume(view)`` take bytes straight from the writer's pending buffer (guest
@@ -512,7 +513,6 @@ class StreamReader:
                 return None
             self.wake.clear()  # no write pending (or one taken whole, until its event is delivered)
             await self.wake
-        self._posted: _PostedRead | None = None
 
     def _empty(self) -> Any:
         return b"" if self.is_bytes else []
