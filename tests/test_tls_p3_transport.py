@@ -184,6 +184,7 @@ def test_dropping_the_outgoing_ciphertext_mid_handshake_fails_it(config, peers, 
         async def once() -> None:
             await writer.write(await reader.read(1 << 16))  # the ClientHello
             reader.close()  # then the guest lets go of the stream the host writes into
+            writer.close()  # and of the socket's
 
         scheduler.spawn(once())
         return relay
