@@ -69,6 +69,9 @@ def key_audit(pki: ServerPki) -> Iterator[KeyAudit]:
     yield audit
     OUTGOING_VALUE_HOOKS.remove(audit.hook)
     assert audit.findings == [], audit.findings
+    # It saw what crossed into guests through streams and futures, not only results.
+    assert any(f.endswith("connection.receive (plaintext)") for f in audit.functions_seen), audit.functions_seen
+    assert any(f.endswith("#accept (ciphertext)") for f in audit.functions_seen), audit.functions_seen
 
 
 @pytest.fixture(scope="module")
@@ -343,3 +346,112 @@ def test_no_descriptor_leaks_with_the_gc_off(serve, pki: ServerPki) -> None:
         server.result()
         server.close()
         assert open_fds() <= before
+
+
+# --- the client side, and both sides as guests ---------------------------------------------------
+
+
+@dataclass
+class ClientResult:
+    error: str | None
+    message: str
+    version: int
+    suite: int
+    server: str
+    reply: bytes
+    receive: str | None
+    receive_message: str
+
+
+@pytest.fixture
+def request_(p3_host: Host, guest_path, pki: ServerPki):
+    """request(port, name, identity="", expect="", data=b"ping", tls=...) by the 0.3 client guest."""
+    component = p3_host.load(guest_path("tls_p3_host_client"))
+
+    def run(port: int, name: str, identity: str = "", expect: str = "", data: bytes = b"ping", *, tls: TlsConfig | None = None) -> ClientResult:
+        config = tls or TlsConfig(trust=[pki.ca_pem], use_system_roots=False, identities=[pki.identity_alice, pki.identity_mallory])
+        with p3_host.instantiate(component, WasiConfig(tls=config)) as guest:
+            code, message, version, suite, server, reply, rcode, rmessage = guest.call("request", port, name, identity, expect, data)
+        return ClientResult(None if code == -1 else ERROR_CODES[code], message, version, suite, server, reply,
+                            None if rcode == -1 else ERROR_CODES[rcode], rmessage)
+
+    return run
+
+
+def test_guest_client_and_guest_server_with_mutual_tls(serve, request_, pki: ServerPki) -> None:
+    server = serve(count=2, flags=REQUIRE_CLIENT)
+    r = request_(server.port, "b.test", identity="alice", data=b"both guests")
+    assert (r.error, r.reply, r.receive) == (None, b"both guests", None), r
+    assert r.server.startswith("CN=b.test,") and r.version == 0x0304
+    r = request_(server.port, "a.test")  # no identity: the server refuses it
+    # TLS 1.3: the client's handshake is done before the server checks its (missing)
+    # certificate, so the refusal arrives as the server's alert, on the receive future.
+    assert (r.error, r.reply, r.receive) == (None, b"", "bad-certificate"), r
+    assert r.receive_message == "TLS connection failed: the peer sent alert 'certificate required'"
+    client_seen, refused = server.result()
+    assert client_seen.peer.startswith("CN=alice,") and client_seen.error is None, client_seen
+    assert refused.error == "bad-certificate", refused
+
+
+def test_guest_client_against_openssl_requiring_a_client_certificate(request_, s_server, pki: ServerPki) -> None:
+    server = s_server("-Verify", "1", "-verify_return_error", "-CAfile", str(pki.client_ca_pem), "-rev")
+    r = request_(server.port, "a.test", identity="alice", data=b"olleh\n")
+    assert r.error is None and r.reply == b"hello\n", r  # s_server -rev answers each line reversed
+    assert "CN = alice" in server.log or "CN=alice" in server.log
+
+
+def test_a_client_identity_must_be_preopened(request_, pki: ServerPki) -> None:
+    r = request_(1, "a.test", identity="carol")
+    assert r.error == "access-denied" and "no identity named 'carol'" in r.message, r
+
+
+def test_the_guest_client_says_why_verification_failed(serve, request_, pki: ServerPki) -> None:
+    server = serve()
+    r = request_(server.port, "b.test", tls=TlsConfig(use_system_roots=False))  # trusts nothing
+    assert r.error == "unknown-issuer" and "unable to get local issuer certificate" in r.message, r
+    [refused] = server.result()
+    assert refused.error is not None  # the server saw the client's alert
+
+
+# --- code-bound identities ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def attest_pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    import trustme
+
+    directory = tmp_path_factory.mktemp("attest")
+    ca = trustme.CA(organization_name="attestation CA")
+    ca.cert_pem.write_to_path(str(directory / "ca.pem"))
+    ca.private_key_pem.write_to_path(str(directory / "ca.key"))
+    return {"ca": directory / "ca.pem", "key": directory / "ca.key"}
+
+
+def attested_config(attest_pki: dict[str, Path], **options: Any) -> TlsConfig:
+    from wasi_tls_host.attestation import AttestationCA
+
+    ca = AttestationCA.from_files(attest_pki["ca"], attest_pki["key"], names=["svc.test"], identity_name="svc.test")
+    return TlsConfig(use_system_roots=False, attest_ca=ca, **options)
+
+
+def test_expect_peer_code_accepts_the_attested_server_and_refuses_other_code(serve, request_, attest_pki, guest_path) -> None:
+    from wasi_tls_host.provenance import digest
+
+    server_digest = digest(guest_path("tls_p3_server").read_bytes())
+    other = "sha256:" + "00" * 32
+    server = serve(count=2, tls=attested_config(attest_pki))
+    trusting = TlsConfig(trust=[attest_pki["ca"]], attest_trust=[attest_pki["ca"]], use_system_roots=False)
+    r = request_(server.port, "svc.test", expect=server_digest, data=b"attested", tls=trusting)
+    assert (r.error, r.reply) == (None, b"attested"), r  # its identity "svc.test" is its attested one
+    r = request_(server.port, "svc.test", expect=other, tls=trusting)
+    assert r.error == "code-mismatch" and "code identity was refused" in r.message, r
+    assert r.version == 0 and r.reply == b""  # refused before the handshake counted as established
+
+
+def test_an_attested_client_identity_by_name(serve, request_, attest_pki, pki: ServerPki, identities) -> None:
+    server = serve(flags=REQUIRE_CLIENT, tls=TlsConfig(use_system_roots=False, identities=identities, client_ca=[attest_pki["ca"]]))
+    client = attested_config(attest_pki, trust=[pki.ca_pem])
+    r = request_(server.port, "a.test", identity="svc.test", data=b"me", tls=client)
+    assert (r.error, r.reply) == (None, b"me"), r
+    [seen] = server.result()
+    assert seen.error is None and seen.peer == "CN=svc.test", seen  # the attested certificate
