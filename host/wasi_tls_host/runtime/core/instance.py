@@ -226,6 +226,13 @@ def _writer(t: str) -> Callable[[Any, Any], None]:
     return _WRITERS.get(t, _wf64)
 
 
+def _writers(flat: list[str]) -> list[Callable[[Any, Any], None]]:
+    return [_writer(t) for t in flat]
+
+
+_I32x1_WRITERS, _I32x3_WRITERS, _I32_READERS = _writers(["i32"]), _writers(["i32"] * 3), _readers(["i32"])
+
+
 class _HandleEntry:
     """A resource handle in a component instance's table (the spec's ``ResourceHandle``)."""
 
@@ -283,6 +290,7 @@ class ComponentInstance:
         self._instances: list[Any] = []
         self._memcx: dict[tuple[int, int], canon.MemCx] = {}
         self._checked: set[int] = set()
+        self._exports: dict[int, ExportSpec] = {}  # id(Lifted) -> what calling it needs
         self._views: dict[int, tuple[int, int, memoryview]] = {}
         try:
             self._instantiate()
@@ -416,16 +424,19 @@ class ComponentInstance:
         cached = self._views.get(id(memory))
         return cached[0] if cached is not None else 0
 
-    def call_core(self, func: Any, args: list[Any], params: list[str], results: list[str]) -> list[Any]:
-        n = max(len(params), len(results), 1)
+    def call_core(self, func: Any, args: list[Any], writers: list[Callable[[Any, Any], None]],
+                  readers: list[Callable[[Any], Any]]) -> list[Any]:
+        """Call a core function with raw values: ``writers``/``readers`` convert its params
+        and results (built once per signature: ``_writers``/``_readers``)."""
+        n = max(len(writers), len(readers), 1)
         raw_vals = _RAW_ARRAYS[n]() if n < len(_RAW_ARRAYS) else (ffi.wasmtime_val_raw_t * n)()
-        for i, (t, x) in enumerate(zip(params, args)):
-            _WRITERS.get(t, _wf64)(raw_vals[i], x)
+        for i, (write, x) in enumerate(zip(writers, args)):
+            write(raw_vals[i], x)
         trap = _TRAP_P()
         err = _func_call(self.context, ctypes.byref(func), raw_vals, n, ctypes.byref(trap))
         if err or trap:
             self._raise_if_failed(err, trap, None)
-        return [_READERS.get(t, _READERS["f64"])(raw_vals[i]) for i, t in enumerate(results)]
+        return [read(raw_vals[i]) for i, read in enumerate(readers)]
 
     def call_realloc(self, func: Any, align: int, size: int) -> int:
         raw_vals = (ffi.wasmtime_val_raw_t * 4)()
@@ -597,7 +608,7 @@ class ComponentInstance:
         if isinstance(key, ResourceKind):
             self.state.table.drop(entry.rep)
         elif dtor is not None:
-            self.call_core(dtor, [entry.rep], ["i32"], [])
+            self.call_core(dtor, [entry.rep], _I32x1_WRITERS, [])
 
     # --- the async ABI: built-ins, waiting, streams and futures crossing ------------------------
     def _async_builtin(self, item: Builtin) -> Any:
@@ -776,7 +787,6 @@ class ComponentInstance:
         an ``async`` lift, through task.return and (with a callback) the event loop that
         runs until the task exits, with host work run while it waits."""
         ft = lifted.type
-        opts = lifted.opts
         if len(args) != len(ft.params):
             raise TypeError(f"expected {len(ft.params)} arguments, got {len(args)}")
         if self.closed:
@@ -785,17 +795,10 @@ class ComponentInstance:
             raise WasmtimeError(f"cannot enter component instance: it trapped before ({self.poisoned})")
         if not self.may_enter:
             raise WasmtimeError("cannot enter component instance: it is already running (reentrance)")
-        if opts.async_:
-            params, results = ft.async_lift_core_type(opts.callback is not None)
-        else:
-            params, results = ft.lift_core_type()
-        func = self._checked_func(lifted.core_func, params, results, "lifted export")
-        post = callback = None
-        if opts.post_return is not None:
-            post = self._checked_func(opts.post_return, results, [], "post-return")
-        if opts.callback is not None:
-            callback = self._checked_func(opts.callback, ["i32", "i32", "i32"], ["i32"], "callback")
-        m = self.memcx(opts)
+        spec = self._exports.get(id(lifted))
+        if spec is None:
+            spec = self._exports[id(lifted)] = ExportSpec(self, lifted)
+        opts, func, post, callback, m = lifted.opts, spec.func, spec.post, spec.callback, spec.m
         if ft.is_async and self.backpressure > 0:
             raise WasmtimeError("cannot enter component instance: it has backpressure set "
                                 "(backpressure.inc without backpressure.dec) and no task runs that could clear it")
@@ -815,13 +818,13 @@ class ComponentInstance:
                     canon.conv(tup).store(m, tuple(args), ptr)
                     flat = [ptr]
                 else:
-                    for (_, t), x in zip(ft.params, args):
-                        canon.conv(t).lower_flat(m, x, flat)
+                    for lower, x in zip(spec.param_lowers, args):
+                        lower(m, x, flat)
             except Trap as e:  # the embedder's values do not fit the export's types
                 raise TypeError(str(e)) from None
             m.forget()
             try:
-                out = self.call_core(func, flat, params, results)
+                out = self.call_core(func, flat, spec.writers, spec.readers)
                 m.forget()
                 if opts.async_:
                     if callback is not None:
@@ -836,7 +839,7 @@ class ComponentInstance:
             if post is not None:
                 self.may_leave = False
                 try:
-                    self.call_core(post, out, results, [])
+                    self.call_core(post, out, spec.post_writers, [])
                 finally:
                     self.may_leave = True
             if scope.count:
@@ -908,7 +911,7 @@ class ComponentInstance:
                 event = self.wait_for_event(wset, True)
             else:
                 raise Trap(f"unsupported callback code: {code}")
-            packed = self.call_core(callback, list(event), ["i32", "i32", "i32"], ["i32"])[0]
+            packed = self.call_core(callback, list(event), _I32x3_WRITERS, _I32_READERS)[0]
 
     def lookup_export(self, path: list[str]) -> Lifted | None:
         node: Any = self.component.plan.exports
@@ -929,6 +932,7 @@ class ComponentInstance:
         # Each MemCx points back here: without this the cycle would keep the store (its
         # linear memories, the mapped module files) alive until a GC pass.
         self._memcx.clear()
+        self._exports.clear()  # each holds a MemCx too
         self._views.clear()
 
 
@@ -989,6 +993,28 @@ def _trap_message(trap: Any) -> str:
     from wasmtime import Trap as WasmTrap
 
     return str(WasmTrap._from_ptr(trap))
+
+
+class ExportSpec:
+    """What calling one lifted export needs that does not change between calls (built at
+    its first call, per instance): its checked core functions and value converters."""
+
+    def __init__(self, inst: ComponentInstance, lifted: Lifted) -> None:
+        ft, opts = lifted.type, lifted.opts
+        if opts.async_:
+            params, results = ft.async_lift_core_type(opts.callback is not None)
+        else:
+            params, results = ft.lift_core_type()
+        self.func = inst._checked_func(lifted.core_func, params, results, "lifted export")
+        self.post = self.callback = None
+        if opts.post_return is not None:
+            self.post = inst._checked_func(opts.post_return, results, [], "post-return")
+        if opts.callback is not None:
+            self.callback = inst._checked_func(opts.callback, ["i32", "i32", "i32"], ["i32"], "callback")
+        self.m = inst.memcx(opts)
+        self.writers, self.readers = _writers(params), _readers(results)
+        self.post_writers = _writers(results)
+        self.param_lowers = [canon.conv(t).lower_flat for _, t in ft.params]
 
 
 class LowerSpec:
