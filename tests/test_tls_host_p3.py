@@ -440,12 +440,16 @@ def test_expect_peer_code_accepts_the_attested_server_and_refuses_other_code(ser
     server_digest = digest(guest_path("tls_p3_server").read_bytes())
     other = "sha256:" + "00" * 32
     server = serve(count=2, tls=attested_config(attest_pki))
-    trusting = TlsConfig(trust=[attest_pki["ca"]], attest_trust=[attest_pki["ca"]], use_system_roots=False)
+    established: list[Any] = []
+    trusting = TlsConfig(trust=[attest_pki["ca"]], attest_trust=[attest_pki["ca"]], use_system_roots=False,
+                         on_handshake=established.append)
     r = request_(server.port, "svc.test", expect=server_digest, data=b"attested", tls=trusting)
     assert (r.error, r.reply) == (None, b"attested"), r  # its identity "svc.test" is its attested one
     r = request_(server.port, "svc.test", expect=other, tls=trusting)
     assert r.error == "code-mismatch" and "code identity was refused" in r.message, r
-    assert r.version == 0 and r.reply == b""  # refused before the handshake counted as established
+    # Refused before the handshake counted as established: nothing answered for it, and
+    # the embedder's hook saw only the first connection.
+    assert r.version == 0 and r.reply == b"" and len(established) == 1
 
 
 def test_an_attested_client_identity_by_name(serve, request_, attest_pki, pki: ServerPki, identities) -> None:

@@ -1,4 +1,4 @@
-"""The WASI 0.3 TLS transport (tls/transport_p3.py) without a guest: its streams are driven
+"""The WASI 0.3 TLS transport (tls/p3.py) without a guest: its streams are driven
 from Python through the same rendezvous a guest's stream ends use, so each way a guest can
 treat them (read slowly, drop one mid-handshake, never write) happens here exactly.
 
@@ -28,7 +28,7 @@ from wasi_tls_host.tls.engine import TlsEngine, TlsFailure
 from wasi_tls_host.tls.limits import TlsLimits
 from wasi_tls_host.tls.states import CONNECT, HandshakeState
 from wasi_tls_host.tls.transport import HandshakeDeadline
-from wasi_tls_host.tls.transport_p3 import PlaintextIn, PlaintextOut, StreamPort, StreamTransport
+from wasi_tls_host.tls.p3 import PlaintextIn, PlaintextOut, StreamPort, StreamTransport
 
 WAIT = 10.0
 
@@ -120,8 +120,8 @@ def connect(config: TlsConfig, port: int, name: str = "localhost", *, outgoing: 
     stream, writer = new_stream()
     sender = PlaintextIn(stream, "test plaintext")
     engine = TlsEngine(config.client_context(), server_side=False, server_name=name)
-    transport = StreamTransport(engine, port_, CONNECT, error_value=lambda f: f, deadline=deadline,
-                                receiver=receiver, sender=sender)
+    transport = StreamTransport(engine, port_, error_value=lambda f: f, receiver=receiver, sender=sender)
+    transport.begin_handshake(CONNECT, deadline=deadline)
     transport.start(scheduler)
     return Client(scheduler, transport, writer, StreamReader(receiver.stream, is_bytes=True),
                   FutureReader(receiver.future), FutureReader(sender.future))

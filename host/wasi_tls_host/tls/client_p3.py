@@ -18,7 +18,7 @@ from ..runtime.scheduler import Event as Signal
 from ..runtime.store import StoreState
 from ..runtime.streams import Stream
 from .client import OutgoingClientHello, client_iface, client_versions
-from .code_identity import peer_code_check
+from .attested import peer_code_check
 from .config import tls_config
 from .connection import failure_error, failure_record, limit_error
 from .connection_p3 import ConnectionP3, preopened_identity
@@ -26,11 +26,11 @@ from .ciphers import suite_number
 from .engine import TlsFailure
 from .identities import PublicIdentity
 from .limits import LimitExceeded, usage_of
-from .server_p3 import ExchangeP3, finish
+from .server_p3 import ExchangeP3
 from .sessions import client_engine
 from .states import SERVER_HELLO
+from .p3 import StreamPort, StreamTransport
 from .transport import HandshakeDeadline
-from .transport_p3 import StreamPort, StreamTransport
 
 client_iface_p3 = Interface("wasi-tls-host:tls/client@0.2.0")
 
@@ -81,9 +81,9 @@ def outgoing_client_hello_connect(cx: StoreState, this: OutgoingClientHello, cip
     except BaseException:
         port.close()  # the call failed: the stream given is let go, the outgoing one ends
         raise
-    transport = StreamTransport(engine, port, SERVER_HELLO, error_value=failure_record, usage=usage,
-                                deadline=HandshakeDeadline.start(config.limits), on_handshake=config.on_handshake,
-                                peer_check=peer_code_check(this.expected_code, config, "server"))
+    transport = StreamTransport(engine, port, error_value=failure_record, usage=usage)
+    transport.begin_handshake(SERVER_HELLO, deadline=HandshakeDeadline.start(config.limits), on_handshake=config.on_handshake,
+                              peer_check=peer_code_check(this.expected_code, config, "server"))
     transport.start(cx.scheduler)
     return IncomingServerHelloP3(transport), port.outgoing
 
@@ -102,7 +102,7 @@ def _server_chain(transport: StreamTransport) -> list[PublicIdentity]:
     peer = transport.peer
     if peer is None and transport.failure is not None:
         raise failure_error(transport.failure)
-    return [PublicIdentity([cert]) for cert in peer.chain] if peer is not None else []
+    return [PublicIdentity([cert]) for cert in peer.chain] if peer is not None else []  # one handle per certificate
 
 
 for _call, _value in (
@@ -117,8 +117,7 @@ for _call, _value in (
 
 @client_iface_p3.func("[static]incoming-server-hello.finish")
 async def incoming_server_hello_finish(cx: StoreState, this: IncomingServerHelloP3) -> ConnectionP3:
-    await this.transport.settled
-    return finish(this.transport)
+    return await this.finish()
 
 
 INTERFACES = (client_iface_p3,)

@@ -1,7 +1,7 @@
 """``wasi-tls-host:tls@0.2.0`` types, identities and connection: this project's TLS for
 WASI 0.3 guests (wit/deps/tls-host-0.2.0). Identities are served by the 0.1.0 functions
 (the interface did not change but for a 0.3 clock type of the same shape); a connection is a
-``StreamTransport`` (transport_p3.py) whose plaintext ends the guest asks for.
+``StreamTransport`` (p3.py) whose plaintext ends the guest asks for.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from ..runtime.values import Err
 from . import code_identity  # noqa: F401  (completes the 0.1.0 identities interface this one shares)
 from .connection import connection_iface, tls_error
 from .identities import IdentityStore, PrivateIdentity, PrivateIdentityHandle, PublicIdentity, TrustStore, identities_iface
-from .transport_p3 import PlaintextIn, PlaintextOut, StreamTransport, ended_stream, resolved_future
+from .attested import attested_identities
+from .config import tls_config
+from .p3 import PlaintextIn, PlaintextOut, StreamTransport, ended_stream, resolved_future
 
 types_iface = Interface("wasi-tls-host:tls/types@0.2.0")  # types only: nothing to serve
 identities_iface_p3 = Interface("wasi-tls-host:tls/identities@0.2.0")
@@ -33,9 +35,6 @@ _ORIGIN = "wasi-tls-host:tls/connection@0.2.0#connection"
 def preopened_identity(cx: StoreState, name: str) -> PrivateIdentity:
     """The private identity preopened for this guest under ``name`` (the attested one is
     ``attested``); ``access-denied`` naming those there are, if none."""
-    from .code_identity import attested_identities
-    from .config import tls_config
-
     identities = list(tls_config(cx).identities)
     for identity in identities:
         if identity.name == name:

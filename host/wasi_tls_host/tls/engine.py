@@ -33,6 +33,7 @@ TRUNCATED = "truncated"
 ACCESS_DENIED = "access-denied"
 INVALID_ARGUMENT = "invalid-argument"
 INTERNAL = "internal"
+CODE_MISMATCH = "code-mismatch"  # the peer does not show the code expected of it (code_identity.py)
 
 # X509_V_ERR_* values (stable across OpenSSL 1.1 and 3.x) mapped to error codes.
 _VERIFY_CODES = {

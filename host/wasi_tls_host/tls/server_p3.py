@@ -23,50 +23,41 @@ from ..runtime.resources import HostResource
 from ..runtime.scheduler import Cancelled, HostTask, Scheduler, sleep_until
 from ..runtime.scheduler import Event as Signal
 from ..runtime.store import StoreState
-from ..runtime.streams import Stream, StreamClosed
+from ..runtime.streams import Stream
 from ..runtime.values import WitError
-from .client_hello import ALERT_FATAL, ClientHello, ClientHelloError, ClientHelloReader, alert_name, alert_record
-from .code_identity import peer_code_check
+from .attested import peer_code_check
+from .client_hello import ALERT_FATAL, ClientHello, alert_record
 from .config import tls_config
-from .connection import failure_record, tls_error
+from .connection import failure_record, guest_errors
 from .connection_p3 import ConnectionP3, preopened_identity
 from .engine import CLOSED, TlsFailure
 from .identities import PublicIdentity
-from .limits import LimitExceeded, TlsUsage, usage_of
-from .server import ALERT_INTERNAL_ERROR, OutgoingServerHello, Refusal, answer_engine, server_failure, server_iface
-from .states import CLIENT_EXCHANGE, CLIENT_HELLO, ClientHelloState, Event, HandshakeState, StateMachine, WrongState
-from .transport import ALERT_USER_CANCELED, HandshakeDeadline
-from .transport_p3 import StreamPort, StreamTransport
+from .limits import LimitExceeded, usage_of
+from .p3 import StreamPort, StreamTransport
+from .server import ALERT_INTERNAL_ERROR, ClientHelloIntake, OutgoingServerHello, Refusal, answer_engine, server_failure, server_iface
+from .states import CLIENT_EXCHANGE, ClientHelloState, Event, HandshakeState
+from .transport import ALERT_USER_CANCELED, HandshakeDeadline, PortFailed
 
 log = logging.getLogger("wasi_tls_host.tls")
 
 server_iface_p3 = Interface("wasi-tls-host:tls/server@0.2.0")
 
 _ORIGIN = "wasi-tls-host:tls/server@0.2.0#accept"
-_READ_CHUNK = 16384
 
 
-class IncomingClientHelloP3(HostResource):
-    """The client's first flight, read by a task of its own (see the module docstring).
-    States: the ``CLIENT_HELLO`` machine (states.py), as in 0.1.0."""
+class IncomingClientHelloP3(HostResource, ClientHelloIntake):
+    """The client's first flight (``server.ClientHelloIntake``), read by a task of its own
+    that also ends the connection if the guest has not answered by the deadline."""
+
+    port: StreamPort
 
     def __init__(self, port: StreamPort, *, max_size: int | None, deadline: HandshakeDeadline | None) -> None:
-        self.port = port
-        self.states = StateMachine(CLIENT_HELLO)
-        self.reader = ClientHelloReader(max_size)
-        self.hello: ClientHello | None = None
+        ClientHelloIntake.__init__(self, port, max_size=max_size, deadline=deadline)
         self.received = Signal()  # set once the hello is in, or failed
-        self.deadline = deadline
-        self.usage: TlsUsage | None = None  # set once the limits let the connection start
         self.alert = bytearray()  # an alert on its way to the client, before the end
         self.ending = False  # refused, failed or given up: the port closes once the alert is out
-        self.handed_over = False  # an accepted answer gave the port to the connection
         self.task: HostTask | None = None
         self._timer: HostTask | None = None
-
-    @property
-    def state(self) -> ClientHelloState:
-        return self.states.state
 
     def start(self, scheduler: Scheduler) -> None:
         self.task = scheduler.start(self.run(), "TLS server: ClientHello")
@@ -95,66 +86,29 @@ class IncomingClientHelloP3(HostResource):
         """Move on as far as possible now; True once this task is done."""
         if self.handed_over:
             return True
-        if self.state is ClientHelloState.READING:
-            self._read()
-        if self.state is ClientHelloState.RECEIVED and self.deadline is not None and self.deadline.passed():
-            failure = self.deadline.failure()
-            self.fail(failure.code, failure.message, alert=ALERT_USER_CANCELED)
+        if self.read_hello() and self.state is ClientHelloState.RECEIVED:
+            self.received.set()
+            if self.deadline is not None and self.deadline.passed():
+                failure = self.deadline.failure()
+                self.fail(failure.code, failure.message, alert=ALERT_USER_CANCELED)
         if self.ending:
             return self._send_alert_and_close()
         return False
 
-    def _read(self) -> None:
-        while self.hello is None:
-            data = self.port.receive(_READ_CHUNK)
-            if data is None:
-                self.fail(CLOSED, "the client closed the connection before sending a complete ClientHello")
-                return
-            if not data:
-                if self.deadline is not None and self.deadline.passed():
-                    failure = self.deadline.failure()
-                    self.fail(failure.code, failure.message, alert=ALERT_USER_CANCELED)
-                return
-            try:
-                self.hello = self.reader.feed(data)
-            except ClientHelloError as e:
-                self.fail(e.code, e.message, alert=e.alert)
-                return
-        self.states.advance(Event.HELLO_COMPLETE)
-        if self.port.record is not None and self.hello.server_name is not None:
-            self.port.record.annotate(sni=self.hello.server_name)
-        self.received.set()
-
-    def fail(self, code: str, message: str, alert: int | None = None) -> None:
-        """The FAIL transition: later calls answer this error; the client gets ``alert``."""
-        log.info("TLS server: %s", message)
-        self.states.advance(Event.FAIL, tls_error(code, message))
-        self._end(message, alert)
-
-    def _end(self, reason: str, alert: int | None) -> None:
-        if self.port.record is not None:
-            self.port.record.annotate(tls=f"failed: {reason}")
+    def end(self, alert: int | None) -> None:
         if alert is not None:
             self.alert += alert_record(ALERT_FATAL, alert)
         self.ending = True
         self.received.set()
         self.port.wake.set()
 
-    def refuse(self, code: str, message: str, alert: int) -> WitError:
-        self.fail(code, message, alert=alert)
-        return tls_error(code, message)
-
-    def reject(self, alert: int) -> None:
-        self.states.advance(Event.REJECT)
-        self._end(f"the guest refused the ClientHello with {alert_name(alert)}", alert)
-
     def _send_alert_and_close(self) -> bool:
         """The alert, as far as the client's reader takes it now; the end once it is out
         (or can never be)."""
         if self.alert:
             try:
-                taken = self.port.send(bytes(self.alert))  # a host reader keeps what it is given
-            except StreamClosed:
+                taken = self.port.send(bytearray(self.alert))  # a host reader keeps what it is given
+            except PortFailed:
                 taken = len(self.alert)
             del self.alert[:taken]
             if self.alert:
@@ -162,17 +116,8 @@ class IncomingClientHelloP3(HostResource):
         self.close()
         return True
 
-    def close(self) -> None:
-        if not self.handed_over:
-            self.port.close()
-            if self.usage is not None:
-                self.usage.closed(self.port)
-                self.usage = None
-
     def hand_over(self) -> None:
-        """The ACCEPT transition: the port now belongs to the connection."""
-        self.states.advance(Event.ACCEPT)
-        self.handed_over = True
+        ClientHelloIntake.hand_over(self)
         self._stop_timer()
         self.port.wake.set()  # this task ends
 
@@ -185,19 +130,10 @@ class IncomingClientHelloP3(HostResource):
         """The parsed hello, once in, if the state answers ``call``; the guest-facing error
         if not."""
         await self.received
-        try:
-            self.states.require(call)
-        except WrongState as e:
-            raise tls_error(e.code, e.message) from None
-        assert self.hello is not None
-        return self.hello
+        return self.answers(call)
 
     def drop(self) -> None:
-        """Dropped unanswered (or consumed by a refused accept): the client is told."""
-        if self.state in (ClientHelloState.READING, ClientHelloState.RECEIVED):
-            self.states.advance(Event.REJECT)
-            self._end(f"the guest let go of the connection without answering its ClientHello "
-                      f"(the client got {alert_name(ALERT_USER_CANCELED)})", ALERT_USER_CANCELED)
+        self.let_go()
 
 
 class OutgoingServerHelloP3(OutgoingServerHello):
@@ -217,40 +153,23 @@ class ExchangeP3(HostResource):
 
     async def require(self, call: str) -> None:
         await self.transport.settled
-        require_settled(self.transport, call)
+        with guest_errors():
+            self.transport.states.require(call)
+
+    async def finish(self) -> ConnectionP3:
+        """The FINISH transition: the connection now holds the transport."""
+        await self.require("finish")
+        self.transport.states.advance(Event.FINISH)
+        return ConnectionP3(self.transport)
 
     def drop(self) -> None:
-        drop_handshake(self.transport)
-
-
-def require_settled(transport: StreamTransport, call: str) -> None:
-    """Answer ``call`` as the handshake's state table says, in guest-facing errors."""
-    try:
-        transport.states.require(call)
-    except WrongState as e:
-        raise tls_error(e.code, e.message) from None
-    except TlsFailure as e:
-        raise WitError(failure_record(e)) from None
-
-
-def drop_handshake(transport: StreamTransport) -> None:
-    """A handshake resource dropped before its finish: a running handshake is abandoned
-    (the peer gets user_canceled while records are plaintext), an established one closed."""
-    if transport.state is HandshakeState.RUNNING:
-        transport.abort_handshake(TlsFailure(CLOSED, "TLS handshake failed: the guest let go of the handshake"))
-    elif transport.state is HandshakeState.ESTABLISHED:
-        transport.let_go(receiving=True, sending=True)
-
-
-def finish(transport: StreamTransport) -> ConnectionP3:
-    require_settled(transport, "finish")
-    transport.states.advance(Event.FINISH)
-    return ConnectionP3(transport)
-
-
-def copy_of(identity: PublicIdentity | None) -> PublicIdentity | None:
-    # Each handle the guest gets is its own object: dropping one leaves the others valid.
-    return PublicIdentity(identity.chain) if identity is not None else None
+        """Dropped before its finish: a running handshake is abandoned (the peer gets
+        user_canceled while records are plaintext), an established one closed."""
+        t = self.transport
+        if t.state is HandshakeState.RUNNING:
+            t.abort_handshake(TlsFailure(CLOSED, "TLS handshake failed: the guest let go of the handshake"))
+        elif t.state is HandshakeState.ESTABLISHED:
+            t.let_go(receiving=True, sending=True)
 
 
 server_iface_p3.resource("incoming-client-hello", IncomingClientHelloP3)
@@ -307,9 +226,9 @@ async def incoming_client_hello_accept(cx: StoreState, this: IncomingClientHello
     except Refusal as r:
         raise this.refuse(r.code, r.message, r.alert) from None
     this.hand_over()
-    transport = StreamTransport(engine, this.port, CLIENT_EXCHANGE, error_value=failure_record, usage=this.usage,
-                                deadline=this.deadline, on_handshake=config.on_handshake, reword=server_failure,
-                                peer_check=peer_code_check(response.expected_code, config, "client"))
+    transport = StreamTransport(engine, this.port, error_value=failure_record, usage=this.usage)
+    transport.begin_handshake(CLIENT_EXCHANGE, deadline=this.deadline, on_handshake=config.on_handshake, reword=server_failure,
+                              peer_check=peer_code_check(response.expected_code, config, "client"))
     transport.start(cx.scheduler)
     return ExchangeP3(transport)
 
@@ -333,13 +252,13 @@ server_iface_p3.share(server_iface, "[method]outgoing-server-hello.set-alpn-id",
 @server_iface_p3.func("[method]incoming-client-exchange.client-identity")
 async def incoming_client_exchange_client_identity(cx: StoreState, this: ExchangeP3) -> PublicIdentity | None:
     await this.require("client-identity")
-    return copy_of(this.transport.peer)
+    peer = this.transport.peer
+    return peer.copy() if peer is not None else None
 
 
 @server_iface_p3.func("[static]incoming-client-exchange.finish")
 async def incoming_client_exchange_finish(cx: StoreState, this: ExchangeP3) -> ConnectionP3:
-    await this.transport.settled
-    return finish(this.transport)
+    return await this.finish()
 
 
 INTERFACES = (server_iface_p3,)

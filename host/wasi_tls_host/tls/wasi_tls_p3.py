@@ -8,7 +8,7 @@ trust, profiles, limits, client sessions and errors.
     connector.connect(server-name)    consumes the connector, waits for the handshake
 
 ``send`` and ``receive`` each take one stream and return one, in either order, once each;
-``connect`` then starts the connection (transport_p3.StreamTransport) and returns when its
+``connect`` then starts the connection (p3.StreamTransport) and returns when its
 handshake is established or failed. Ciphertext flows only after ``connect``; plaintext only
 after the handshake. An ``error``'s ``to-debug-string`` is the host's sentence for what
 OpenSSL said, prefixed by the error code of ``wasi-tls-host:tls`` (``unknown-issuer: TLS
@@ -35,8 +35,8 @@ from .engine import ACCESS_DENIED, CLOSED, TlsFailure
 from .limits import LimitExceeded, usage_of
 from .sessions import client_engine
 from .states import CONNECT, CONNECTOR, ConnectorState, Event as Transition, HandshakeState, StateMachine, WrongState
+from .p3 import PlaintextIn, PlaintextOut, StreamPort, StreamTransport, ended_stream, resolved_future
 from .transport import HandshakeDeadline
-from .transport_p3 import PlaintextIn, PlaintextOut, StreamPort, StreamTransport, ended_stream, resolved_future
 
 types_iface = Interface("wasi:tls/types@0.3.0-draft")
 client_iface = Interface("wasi:tls/client@0.3.0-draft")
@@ -62,7 +62,7 @@ class Connector(HostResource):
 
     def __init__(self) -> None:
         self.states = StateMachine(CONNECTOR)
-        self.wake = Event()  # the connection's one event (see transport_p3)
+        self.wake = Event()  # the connection's one event (see p3.py)
         self.port = StreamPort(self.wake, f"{_ORIGIN}.send (ciphertext)")
         self.sender: PlaintextIn | None = None
         self.receiver: PlaintextOut | None = None
@@ -154,9 +154,8 @@ async def connector_connect(cx: StoreState, this: Connector, server_name: str) -
     except LimitExceeded as e:
         raise _refuse_connect(this, TlsFailure(ACCESS_DENIED, f"TLS connection refused by the host: {e}")) from None
     this.states.advance(Transition.CONNECT)
-    transport = StreamTransport(engine, this.port, CONNECT, error_value=TlsError, usage=usage,
-                                deadline=HandshakeDeadline.start(config.limits), on_handshake=config.on_handshake,
-                                receiver=this.receiver, sender=this.sender)
+    transport = StreamTransport(engine, this.port, error_value=TlsError, usage=usage, receiver=this.receiver, sender=this.sender)
+    transport.begin_handshake(CONNECT, deadline=HandshakeDeadline.start(config.limits), on_handshake=config.on_handshake)
     transport.start(cx.scheduler)
     try:
         await transport.settled

@@ -1,4 +1,6 @@
-"""A TLS connection over the Component Model's streams (WASI 0.3).
+"""TLS on the Component Model's streams (WASI 0.3): the surface of upstream
+``wasi:tls@0.3.0-draft`` and ``wasi-tls-host:tls@0.2.0`` (transport.py says what is shared
+with WASI 0.2).
 
 The ciphertext the peer sends arrives on a stream the guest gave the host; the ciphertext
 for the peer goes into a stream the host returns (``StreamPort``). Plaintext moves through
@@ -25,10 +27,9 @@ How a connection ends (and what each future says):
 * a failure (the handshake's, the deadline's, a bad record) ends both: the peer gets
   OpenSSL's alert (or the host's, while records are plaintext), the futures the failure.
 
-The handshake's states are a ``HANDSHAKE`` machine of states.py (the one the resource
-seeing it uses: an incoming-server-hello's, an incoming-client-exchange's, the upstream
-connect's); its ESTABLISH transition happens only after the peer's code was checked
-(``expect-peer-code``), so no call answers for a peer that is about to be refused.
+The handshake runs as in WASI 0.2 (``TlsTransport.advance_handshake``, the states of the
+resource that sees it); the calls that would answer ``would-block`` there wait for
+``settled`` here.
 """
 
 from __future__ import annotations
@@ -37,32 +38,23 @@ import logging
 from typing import Any, Callable
 
 from ..runtime.scheduler import Cancelled, Event, HostTask, Scheduler, sleep_until
-from ..runtime.streams import Future, FutureWriter, Stream, StreamClosed, StreamReader, StreamWriter, new_future, new_stream
+from ..runtime.streams import Future, Stream, StreamClosed, StreamReader, new_future, new_stream
 from ..runtime.values import Err, Ok
-from .client_hello import ALERT_FATAL, alert_record
-from .engine import CLOSED, TRUNCATED, HandshakeInfo, TlsClosed, TlsEngine, TlsFailure
-from .identities import PublicIdentity
+from .engine import TRUNCATED, TlsClosed, TlsEngine, TlsFailure
 from .limits import TlsUsage
-from .states import Event as Transition
-from .states import HandshakeState, Machine, StateMachine
-from .transport import ALERT_USER_CANCELED, HandshakeDeadline
+from .states import HandshakeState
+from .transport import ALERT_USER_CANCELED, OUTPUT_HIGH_WATER, READ_CHUNK, PortFailed, TlsTransport
 
 log = logging.getLogger("wasi_tls_host.tls")
 
-# Ciphertext taken per read of the incoming stream, plaintext taken per read of the guest's
-# stream, and how much encrypted output may wait for the outgoing stream's reader before
-# the guest's plaintext is no longer read (its writes then wait: backpressure).
-READ_CHUNK = 1 << 18
+# Plaintext taken per read of the guest's stream.
 WRITE_CHUNK = 1 << 16
-OUTPUT_HIGH_WATER = 1 << 20
 # OpenSSL hands out one record (at most 2^14 bytes) per read; asking for more makes
 # pyOpenSSL allocate a larger temporary buffer for nothing.
 _RECORD = 1 << 14
 
 # Makes the guest-facing error value (a wasi:tls error resource, a wasi-tls-host record).
 ErrorValue = Callable[[TlsFailure], Any]
-# The code check run before ESTABLISH: the peer's identity -> why it is refused, or None.
-PeerCheck = Callable[[PublicIdentity | None], str | None]
 
 
 class StreamPort:
@@ -90,14 +82,19 @@ class StreamPort:
         return self.reader.stream if self.reader is not None else None
 
     def receive(self, limit: int = READ_CHUNK) -> bytes | None:
-        """What arrived (b"" if nothing yet), None once the peer's data ended."""
-        assert self.reader is not None
+        """What arrived (b"" if nothing yet), None once the peer's data ended (or reading
+        stopped)."""
+        if self.reader is None or self.reader.closed:
+            return None
         return self.reader.read_nowait(limit, self.wake)  # type: ignore[no-any-return]
 
     def send(self, data: bytearray) -> int:
-        """How much of ``data`` the outgoing stream's reader took now; raises
-        ``StreamClosed`` once that reader is gone."""
-        return self.writer.write_nowait(data)
+        """How much of ``data`` the outgoing stream's reader took now (a host reader keeps
+        it as given)."""
+        try:
+            return self.writer.write_nowait(data)
+        except StreamClosed:
+            raise PortFailed("the guest dropped the stream of ciphertext to send") from None
 
     def stop_receiving(self) -> None:
         if self.reader is not None:
@@ -168,41 +165,26 @@ def resolved_future(value: Any) -> Future:
     return future
 
 
-class StreamTransport:
-    """One connection's engine, ciphertext port, plaintext ends and the task that moves
-    bytes between them (see the module's docstring)."""
+class StreamTransport(TlsTransport):
+    """One connection's ciphertext port, plaintext ends and the task that moves bytes
+    between them (see the module's docstring). Its handshake starts with
+    ``begin_handshake`` and runs once ``start`` has given it its task."""
 
-    def __init__(self, engine: TlsEngine, port: StreamPort, machine: Machine[HandshakeState], *,
-                 error_value: ErrorValue, usage: TlsUsage | None = None, deadline: HandshakeDeadline | None = None,
-                 on_handshake: Callable[[HandshakeInfo], None] | None = None, peer_check: PeerCheck | None = None,
-                 reword: Callable[[TlsFailure], TlsFailure] | None = None,
+    port: StreamPort
+
+    def __init__(self, engine: TlsEngine, port: StreamPort, *, error_value: ErrorValue, usage: TlsUsage | None = None,
                  receiver: PlaintextOut | None = None, sender: PlaintextIn | None = None) -> None:
-        self.engine = engine
-        self.port = port
+        super().__init__(engine, port, usage)
         self.wake = port.wake
-        self.states: StateMachine[HandshakeState] = StateMachine(machine)
         self.settled = Event()  # the handshake is no longer running (established or failed)
         self.error_value = error_value
-        self.usage = usage
-        self.deadline = deadline
-        self.on_handshake = on_handshake
-        self.peer_check = peer_check
-        self.reword = reword  # a side's own words for some of OpenSSL's failures
         self.receiver = receiver
         self.sender = sender
-        self.peer: PublicIdentity | None = None  # decoded once, at ESTABLISH
-        self.pending_out = bytearray()
-        self.bytes_sent = 0
-        self.bytes_received = 0
-        self.failure: TlsFailure | None = None
-        # Why the ciphertext streams failed (the outgoing stream's reader went away), kept
-        # apart from ``failure`` (see TlsTransport.transport_error).
-        self.transport_error: str | None = None
-        self.send_broken = False
         self.needs_input = True
         self.receiving = True  # the incoming ciphertext is still read
-        self.sending = True  # the outgoing stream is still open (closing once close_notify is queued)
+        self.sending = True  # the outgoing stream is open (closing once close_notify is queued)
         self.closing = False
+        self._ended_by_failure = False
         # A close or failure met while decrypting into the guest's buffer, reported once
         # the bytes decrypted before it were taken.
         self._deferred: BaseException | None = None
@@ -210,10 +192,6 @@ class StreamTransport:
         self._timer: HostTask | None = None
 
     # --- lifetime ---------------------------------------------------------------------
-
-    @property
-    def state(self) -> HandshakeState:
-        return self.states.state
 
     @property
     def finished(self) -> bool:
@@ -240,7 +218,7 @@ class StreamTransport:
             raise
         except BaseException as e:  # a host bug: the guest sees a failure, not a hang
             log.exception("TLS connection task failed")
-            self.fail(TlsFailure("internal", f"TLS connection failed: host error: {type(e).__name__}: {e}"))
+            self.fail_connection(TlsFailure("internal", f"TLS connection failed: host error: {type(e).__name__}: {e}"))
             self.release()
             raise
         self.release()
@@ -248,14 +226,11 @@ class StreamTransport:
     def release(self) -> None:
         """Everything ended: the streams and the connection's place in the limits go."""
         self.receiving = self.sending = False
-        self.port.close()
         self._stop_timer()
-        if self.usage is not None:
-            self.usage.closed(self.port)
+        super().release()
 
     def abandon(self) -> None:
-        """The store is going away (or the connection was given up before it started):
-        close every end, write no futures."""
+        """The store is going away: close every end, write no futures."""
         for end in (self.receiver, self.sender):
             if end is not None and not end.done:
                 end.abandon()
@@ -279,7 +254,7 @@ class StreamTransport:
     def attach_sender(self, sender: PlaintextIn) -> None:
         self.sender = sender
         if self.failure is not None or self.send_broken or self.closing:
-            failure = self.failure or self.send_failure()
+            failure = self.failure or self.send_failure(during_handshake=False)
             sender.finish(Err(self.error_value(failure)))
         self.wake.set()
 
@@ -297,9 +272,11 @@ class StreamTransport:
     def step(self) -> bool:
         """Move what can be moved now; True if anything did."""
         moved = self.send_pending()
-        moved = self._take_ciphertext() or moved
+        if self.receiving and self.needs_input and self.receive():
+            self.needs_input = False
+            moved = True
         if self.state is HandshakeState.RUNNING:
-            moved = self._advance_handshake() or moved
+            moved = self.advance_handshake() or self._want_input() or moved
         elif self.failure is None:
             moved = self._decrypt() or moved
             moved = self._encrypt() or moved
@@ -309,94 +286,27 @@ class StreamTransport:
             moved = True
         return moved
 
-    def _take_ciphertext(self) -> bool:
-        if not (self.receiving and self.needs_input) or self.engine.input_ended or self.port.reader is None:
-            return False
-        data = self.port.receive()
-        if data is None:
-            self.engine.feed_eof()
-            return True
-        if not data:
-            return False
-        self.engine.feed(data)
-        self.bytes_received += len(data)
-        self.needs_input = False
-        return True
-
-    def send_pending(self) -> bool:
-        """Hand queued ciphertext to the outgoing stream's reader, as much as it takes now."""
-        out = self.engine.take_output()
-        if out:
-            self.pending_out += out
-        if not self.pending_out or not self.sending:
-            return bool(out)
-        if self.send_broken:
-            self.pending_out.clear()
-            return bool(out)
-        data, self.pending_out = self.pending_out, bytearray()
-        try:
-            taken = self.port.send(data)
-        except StreamClosed:
-            self.transport_error = self.transport_error or "the guest dropped the stream of ciphertext to send"
-            self.send_broken = True
-            return True
-        if taken < len(data):
-            self.pending_out = data[taken:]
-        self.bytes_sent += taken
-        return bool(out) or taken > 0
+    def _want_input(self) -> bool:
+        """OpenSSL needs more ciphertext: True if that is news (the next step reads)."""
+        wanted, self.needs_input = self.needs_input, True
+        return not wanted
 
     # --- the handshake ------------------------------------------------------------------
 
-    def _advance_handshake(self) -> bool:
-        try:
-            done = self.engine.advance_handshake()
-        except TlsFailure as failure:
-            self.fail(failure)
-            return True
-        if done:
-            self._establish()
-            return True
-        if self._want_input():
-            return True
-        if self.deadline is not None and self.deadline.passed():
-            self.fail(self.deadline.failure(), alert=ALERT_USER_CANCELED)
-            return True
-        if self.send_broken:
-            self.fail(self.send_failure(during_handshake=True))
-            return True
-        return False
-
-    def _establish(self) -> None:
-        self.send_pending()  # our final flight now, not at the first write
-        if self.send_broken:  # OpenSSL is done, but the peer never gets our last flight
-            self.fail(self.send_failure(during_handshake=True))
-            return
-        chain = self.engine.peer_chain()
-        self.peer = PublicIdentity(chain) if chain else None
-        if self.peer_check is not None:
-            problem = self.peer_check(self.peer)
-            if problem is not None:
-                from .code_identity import CODE_MISMATCH
-
-                self.fail(TlsFailure(CODE_MISMATCH, problem))
-                return
-        self.states.advance(Transition.ESTABLISH)
+    def _handshake_established(self) -> None:
         self._stop_timer()
-        if self.usage is not None:
-            self.usage.handshake_ended(self.port)
-        if self.on_handshake is not None:
-            info = self.engine.info(self.peer.der_chain if self.peer is not None else [])
-            try:
-                self.on_handshake(info)
-            except Exception:
-                log.exception("on_handshake hook failed")
         self.settled.set()
+
+    def _handshake_failed(self) -> None:
+        self._stop_timer()
+        self.settled.set()
+        self._failed()
 
     def abort_handshake(self, failure: TlsFailure) -> None:
         """The guest gave up the handshake (dropped it, cancelled the call waiting for it):
         the peer is told (user_canceled while records are plaintext)."""
         if self.state is HandshakeState.RUNNING:
-            self.fail(failure, alert=ALERT_USER_CANCELED)
+            self.fail_handshake(failure, alert=ALERT_USER_CANCELED)
             self.wake.set()
 
     # --- plaintext ----------------------------------------------------------------------
@@ -438,26 +348,21 @@ class StreamTransport:
             return True
         except TlsFailure as failure:
             if failure.code == TRUNCATED:  # the peer's data ended: reading ends, sending may go on
-                out.finish(Err(self.error_value(self.explain(failure))))
+                out.finish(Err(self.error_value(self.read_failure(failure))))
                 self._stop_receiving()
             else:
-                self.fail(failure)
+                self.fail_connection(failure)
             return True
         if n:
             return True
         return out.writer.reader_waiting() and self._want_input()
-
-    def _want_input(self) -> bool:
-        """OpenSSL needs more ciphertext: True if that is news (the next step reads)."""
-        wanted, self.needs_input = self.needs_input, True
-        return not wanted
 
     def _encrypt(self) -> bool:
         src = self.sender
         if src is None or src.done or src.ended or self.closing or len(self.pending_out) >= OUTPUT_HIGH_WATER:
             return False
         if self.send_broken:
-            src.finish(Err(self.error_value(self.send_failure())))
+            src.finish(Err(self.error_value(self.send_failure(during_handshake=False))))
             self._close_sending()
             return True
         data = src.reader.read_nowait(WRITE_CHUNK, self.wake)
@@ -470,7 +375,7 @@ class StreamTransport:
         try:
             self.engine.write(data)
         except TlsFailure as failure:
-            self.fail(failure)
+            self.fail_connection(failure)
         return True
 
     def _stop_receiving(self) -> None:
@@ -492,46 +397,33 @@ class StreamTransport:
             if self.failure is not None:
                 src.finish(Err(self.error_value(self.failure)))
             elif self.send_broken:
-                src.finish(Err(self.error_value(self.send_failure())))
+                src.finish(Err(self.error_value(self.send_failure(during_handshake=False))))
             else:
                 src.finish(Ok(None))
 
     # --- failures -----------------------------------------------------------------------
 
-    def explain(self, failure: TlsFailure) -> TlsFailure:
-        """Add the transport's reason to failures that only say the data ended."""
-        if self.transport_error and failure.code in (CLOSED, TRUNCATED) and self.transport_error not in failure.message:
-            return TlsFailure(failure.code, f"{failure.message} ({self.transport_error})")
-        return failure
-
-    def send_failure(self, during_handshake: bool = False) -> TlsFailure:
-        what = "TLS handshake failed" if during_handshake else "TLS connection failed"
-        return TlsFailure(CLOSED, f"{what}: {self.transport_error or 'the outgoing ciphertext stream is closed'}")
-
-    def fail(self, failure: TlsFailure, alert: int | None = None) -> None:
-        """End the connection: the peer gets OpenSSL's alert (or ``alert``, while records
-        are plaintext), both plaintext ends the failure, then the outgoing stream ends."""
-        if self.failure is not None:
-            return
-        if self.reword is not None:
-            failure = self.reword(failure)
-        failure = self.failure = self.explain(failure)
-        self.pending_out += self.engine.take_output()  # OpenSSL's alert, if it queued one
-        if alert is not None and not self.engine.records_protected:
-            self.pending_out += alert_record(ALERT_FATAL, alert)
+    def fail_connection(self, failure: TlsFailure, alert: int | None = None) -> None:
+        """End the connection: the handshake's failure while it runs, else the
+        connection's; the peer gets OpenSSL's alert, both plaintext ends the failure."""
         if self.state is HandshakeState.RUNNING:
-            if self.peer is None:  # the chain is worth seeing when it did not verify
-                chain = self.engine.peer_chain()
-                self.peer = PublicIdentity(chain) if chain else None
-            self.states.advance(Transition.FAIL, failure)
-            self._stop_timer()
-            log.info("TLS handshake (%s) failed: %s", "server" if self.engine.server_side else self.engine.server_name, failure)
-            self.settled.set()
-        error = self.error_value(failure)
-        if self.receiver is not None and not self.receiver.done:
-            self.receiver.finish(Err(error))
-        if self.sender is not None and not self.sender.done:
-            self.sender.finish(Err(self.error_value(failure)))
+            self.fail_handshake(failure, alert)
+            return
+        if alert is not None:
+            self.send_alert(alert)
+        self.fail(failure)
+        self._failed()
+
+    def _failed(self) -> None:
+        """Both plaintext ends answer the failure; reading stops; the outgoing stream ends
+        once what is queued (the alert) was taken."""
+        if self._ended_by_failure:
+            return
+        self._ended_by_failure = True
+        assert self.failure is not None
+        for end in (self.receiver, self.sender):
+            if end is not None and not end.done:
+                end.finish(Err(self.error_value(self.failure)))  # one error value each (a resource)
         if self.receiving:
             self._stop_receiving()
         self.closing = True
