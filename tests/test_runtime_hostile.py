@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from wasmtime import WasmtimeError
 
-from wasi_tls_host import Host
+from wasi_tls_host import GuestError, Host
 from wasi_tls_host.runtime.binding import Interface
 from wasi_tls_host.runtime.resources import HostResource
 
@@ -202,16 +202,21 @@ def _matches(pattern: str, text: str) -> bool:
     return re.search(pattern, text) is not None
 
 
-def test_unsupported_construct_falls_back_with_one_log_line(guest_path, caplog) -> None:
-    wasm = guest_path("self_call")
+def test_a_construct_neither_runtime_runs_is_refused_with_both_reasons(guest_path, caplog) -> None:
+    # The core runtime falls back to the component runtime for what it does not run (one log
+    # line); re-exporting an imported instance is refused there too: one GuestError, saying why.
     with caplog.at_level("INFO", logger="wasi_tls_host"):
-        host = Host(runtime="core")
-        with host.instantiate(wasm) as g:
-            assert g.runtime == "component"
-            assert g.call("four") == 4
+        with pytest.raises(GuestError, match="reexport of an imported function which is not implemented"):
+            Host(runtime="core").load(guest_path("reexport"))
     lines = [r.getMessage() for r in caplog.records if "core runtime" in r.getMessage()]
-    assert lines == ["the core runtime does not support canon lower of a function the component defines itself "
-                     "(component-to-component calls): running this component on the component runtime"]
+    assert lines == ["the core runtime does not support re-exporting imported instance env: "
+                     "running this component on the component runtime"]
+
+
+def test_a_component_calling_its_own_export_runs_on_the_core_runtime(guest_path) -> None:
+    with Host(runtime="core").instantiate(guest_path("self_call")) as g:
+        assert g.runtime == "core"
+        assert g.call("four") == 4
 
 
 class _Evil:

@@ -1,6 +1,6 @@
 ;; A component that calls its own lifted function through `canon lower` (a component-to-
-;; component call, which needs a fused adapter): the core runtime does not implement that,
-;; so the host runs this component on the component runtime instead.
+;; component call: the core runtime lifts the arguments out of the caller and lowers them
+;; into the callee, the result back, as a fused adapter does).
 (component
   (core module $M (func (export "two") (result i32) (i32.const 2)))
   (core instance $m (instantiate $M))

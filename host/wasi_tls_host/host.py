@@ -454,4 +454,6 @@ def describe_link_error(message: str) -> str:
     first = message.strip().splitlines()[0] if message.strip() else message
     if "matching implementation was not found" in message or "was not found" in message:
         return f"the component needs an import this host does not provide: {first}"
+    if "Caused by:" in message:  # a start function trapped: its cause is the line to act on
+        return f"could not instantiate the component: {first.rstrip(':')} trapped: {trap_cause(message)}"
     return f"could not instantiate the component: {first}"

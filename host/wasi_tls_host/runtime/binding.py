@@ -23,7 +23,7 @@ from wasmtime import _ffi as ffi
 from wasmtime.component import Linker
 from wasmtime.component import _types as wt
 
-from . import abi
+from . import abi, callback_guard
 from .resources import ResourceKind, drop_consumed_arguments
 from .store import StoreState, state_for_context, state_for_context_or_none
 from .values import Err, Trap, WitError
@@ -278,6 +278,9 @@ def _call_host(idx: int, context: Any, ty_raw: Any, args: Any, nargs: int, resul
         return 0
     except Exception as e:
         return _error_ptr(host_call_failure(fn.qualname, e, lambda code: setattr(cx, "exit_code", code)))
+    except BaseException as e:  # see callback_guard: raised again when wasm returns
+        callback_guard.keep(e)
+        return _error_ptr(f"interrupted: {type(e).__name__}")
 
 
 @ffi.wasmtime_component_resource_destructor_t  # type: ignore[misc]
@@ -291,6 +294,9 @@ def _drop_resource(idx: int, context: Any, rep: int) -> int:
     except Exception as e:
         log.exception("dropping %s failed", kind.name)
         return _error_ptr(f"dropping {kind.name}: {e}")
+    except BaseException as e:  # see callback_guard
+        callback_guard.keep(e)
+        return _error_ptr(f"interrupted: {type(e).__name__}")
 
 
 @ctypes.CFUNCTYPE(None, ctypes.c_void_p)

@@ -10,7 +10,7 @@ from wasmtime import _ffi as ffi
 from wasmtime.component import Component, Func, Instance
 from wasmtime.component._enter import enter_wasm
 
-from . import abi
+from . import abi, callback_guard
 from .binding import ALL_KINDS, OUTGOING_VALUE_HOOKS
 from .store import state_of
 
@@ -62,10 +62,14 @@ class ExportFunc:
                 lowered += 1
             result = ffi.wasmtime_component_val_t()
             has_result = self.lift is not None
-            enter_wasm(lambda: ffi.wasmtime_component_func_call(
-                ctypes.byref(self.func._func), context, raw_args, n,
-                ctypes.byref(result) if has_result else None, 1 if has_result else 0,
-            ))
+            try:
+                enter_wasm(lambda: ffi.wasmtime_component_func_call(
+                    ctypes.byref(self.func._func), context, raw_args, n,
+                    ctypes.byref(result) if has_result else None, 1 if has_result else 0,
+                ))
+            except Exception:  # a trap or error: a BaseException behind it goes first
+                callback_guard.raise_pending()
+                raise
             try:
                 value = self.lift(cx, result) if self.lift is not None else None
             finally:

@@ -27,7 +27,7 @@ import time
 from collections import deque
 from typing import Any, Callable, Coroutine, Generator
 
-from .values import Trap, WitError
+from .values import Trap
 
 log = logging.getLogger("wasi_tls_host.runtime")
 
@@ -125,12 +125,16 @@ class Cancelled(BaseException):
 class HostTask:
     """One host coroutine driven by a ``Scheduler``."""
 
-    __slots__ = ("scheduler", "coro", "name", "done", "result", "error", "_joiners", "_callbacks", "_waiting", "_queued")
+    __slots__ = ("scheduler", "coro", "name", "guest", "observed", "done", "result", "error", "_joiners", "_callbacks", "_waiting", "_queued")
 
-    def __init__(self, scheduler: Scheduler, coro: Coroutine[Any, Any, Any], name: str) -> None:
+    def __init__(self, scheduler: Scheduler, coro: Coroutine[Any, Any, Any], name: str, guest: bool = False) -> None:
         self.scheduler = scheduler
         self.coro = coro
         self.name = name
+        # A guest task's event loop: it runs guest code, so it is resumed only where the guest
+        # is waiting (or at the top), never in the middle of a built-in call.
+        self.guest = guest
+        self.observed = False  # its creator reads ``error`` itself (else a failure is logged)
         self.done = False
         self.result: Any = None
         self.error: BaseException | None = None
@@ -170,6 +174,7 @@ class Scheduler:
     def __init__(self, interrupt_fd: int | None = None, check_interrupt: Callable[[], None] | None = None,
                  clear_wake: Callable[[], None] | None = None) -> None:
         self._ready: deque[HostTask] = deque()
+        self._guest_ready: deque[HostTask] = deque()
         self._readers: dict[int, list[HostTask]] = {}
         self._writers: dict[int, list[HostTask]] = {}
         self._timers: list[tuple[int, int, HostTask]] = []
@@ -180,13 +185,16 @@ class Scheduler:
         self._tasks: set[HostTask] = set()
         self._stepping: HostTask | None = None
         self.closed = False
+        # Counts steps that were more than a yield (a task finished or waits on something),
+        # and kernel events: a wait seeing only yields for long has livelocked.
+        self.progress = 0
 
     # --- tasks ------------------------------------------------------------------------------
-    def _new_task(self, coro: Coroutine[Any, Any, Any], name: str) -> HostTask:
+    def _new_task(self, coro: Coroutine[Any, Any, Any], name: str, guest: bool = False) -> HostTask:
         if self.closed:
             coro.close()
             raise Trap("the store is closed: no more host work can start")
-        task = HostTask(self, coro, name or getattr(coro, "__qualname__", "host task"))
+        task = HostTask(self, coro, name or getattr(coro, "__qualname__", "host task"), guest)
         self._tasks.add(task)
         return task
 
@@ -197,9 +205,11 @@ class Scheduler:
         self._make_ready(task)
         return task
 
-    def start(self, coro: Coroutine[Any, Any, Any], name: str = "") -> HostTask:
-        """Run a new coroutine now, until it first suspends (or finishes)."""
-        task = self._new_task(coro, name)
+    def start(self, coro: Coroutine[Any, Any, Any], name: str = "", guest: bool = False, observed: bool = False) -> HostTask:
+        """Run a new coroutine now, until it first suspends (or finishes). ``observed``: the
+        caller reads the task's ``error`` itself."""
+        task = self._new_task(coro, name, guest)
+        task.observed = observed
         self._step(task)
         return task
 
@@ -207,7 +217,7 @@ class Scheduler:
         if not task.done and not task._queued:
             task._queued = True
             task._waiting = None
-            self._ready.append(task)
+            (self._guest_ready if task.guest else self._ready).append(task)
 
     def _step(self, task: HostTask, throw: BaseException | None = None) -> None:
         outer = self._stepping
@@ -226,6 +236,8 @@ class Scheduler:
 
     def _suspend(self, task: HostTask, waiting: Any) -> None:
         task._waiting = waiting
+        if not isinstance(waiting, _Yield):
+            self.progress += 1
         if isinstance(waiting, _Fd):
             (self._writers if waiting.write else self._readers).setdefault(waiting.fd, []).append(task)
         elif isinstance(waiting, _Until):
@@ -266,11 +278,12 @@ class Scheduler:
         if task._queued:
             task._queued = False
             try:
-                self._ready.remove(task)
+                (self._guest_ready if task.guest else self._ready).remove(task)
             except ValueError:
                 pass
 
     def _finish(self, task: HostTask, result: Any, error: BaseException | None) -> None:
+        self.progress += 1
         task.done = True
         task.result, task.error = result, error
         task._waiting = None
@@ -281,36 +294,57 @@ class Scheduler:
         callbacks, task._callbacks = task._callbacks, []
         for callback in callbacks:
             callback(task)
-        if error is not None and not callbacks and not joiners and not isinstance(error, (Cancelled, WitError)):
-            # Nobody will look at it: a background task's failure is logged, not lost. (A
-            # WitError is a function's error result, not a failure: an async host function
-            # that returns one before it first waits has no callback yet.)
+        if error is not None and not callbacks and not joiners and not task.observed and not isinstance(error, Cancelled):
+            # Nobody will look at it: a background task's failure is logged, not lost.
             log.error("host task %s failed: %s: %s", task.name, type(error).__name__, error)
 
     # --- running ------------------------------------------------------------------------------
-    def run_ready(self) -> None:
+    def run_ready(self, guests: bool = False) -> None:
         """Step every coroutine that is ready now (and those they make ready), once each
-        per pass; a coroutine that yields goes to the next pass."""
-        ready = self._ready
-        for _ in range(len(ready) + 1024):  # bounded: each pass makes progress or stops
-            if not ready:
+        per pass; a coroutine that yields goes to the next pass. Guest tasks' event loops
+        only with ``guests`` (where the guest is waiting)."""
+        queues = (self._ready, self._guest_ready) if guests else (self._ready,)
+        for _ in range(1024):  # bounded: each pass makes progress or stops
+            if not any(queues):
                 return
-            batch = len(ready)
-            for _ in range(batch):
-                task = ready.popleft()
-                task._queued = False
-                self._step(task)
-            if ready and all(isinstance(t._waiting, _Yield) for t in ready):
+            for queue in queues:
+                for _ in range(len(queue)):
+                    task = queue.popleft()
+                    task._queued = False
+                    self._step(task)
+            if all(isinstance(t._waiting, _Yield) for queue in queues for t in queue):
                 return  # only yielders left: the caller decides whether to come back
 
-    def wait_until(self, done: Callable[[], bool], what: str) -> None:
-        """Run host work, sleeping in the kernel between events, until ``done()``.
-        Traps if the store is interrupted, or if nothing could ever make ``done()`` true."""
+    def run_now(self, task: HostTask) -> None:
+        """Step ``task`` now if it is ready (e.g. a guest task told of its cancellation,
+        which the spec resumes at once)."""
+        if task._queued:
+            self._unwait(task)
+            self._step(task)
+
+    def has_work(self) -> bool:
+        """Whether anything could still make progress: a ready coroutine, or one waiting on
+        a descriptor or a timer."""
+        return bool(self._ready or self._guest_ready or self._readers or self._writers or self._timers)
+
+    def wait_until(self, done: Callable[[], bool], what: str, livelock_after: float | None = None) -> None:
+        """Run host work and guest tasks, sleeping in the kernel between events, until
+        ``done()``. Traps if the store is interrupted, or if nothing could ever make
+        ``done()`` true; with ``livelock_after``, also when for that many seconds nothing
+        happened but tasks yielding."""
+        last_progress, since = self.progress, time.monotonic()
         while True:
             self._check_interrupt()
-            self.run_ready()
+            self.run_ready(guests=True)
             if done():
                 return
+            if livelock_after is not None:
+                if self.progress != last_progress:
+                    last_progress, since = self.progress, time.monotonic()
+                elif time.monotonic() - since > livelock_after:
+                    raise Trap(f"deadlock detected: event loop cannot make further progress ({what}, and the tasks "
+                               "that could run only yield: they wait for a task below them on the stack, which this "
+                               "host cannot interleave with them, as it runs one wasm stack per store)")
             if not self.poll(block=True):
                 raise Trap(f"deadlock detected: event loop cannot make further progress ({what}, "
                            "and no host work is pending that could end the wait)")
@@ -319,7 +353,7 @@ class Scheduler:
         """Wait for descriptors and timers (at most until the next deadline; not at all
         unless ``block``) and make their tasks ready. False if there was nothing to wait
         for (no descriptor, no timer, no ready task)."""
-        if self._ready:
+        if self._ready or self._guest_ready:
             block = False
         now = time.monotonic_ns()
         timers = self._timers
@@ -327,10 +361,10 @@ class Scheduler:
             _, _, task = heapq.heappop(timers)
             if isinstance(task._waiting, _Until):
                 self._make_ready(task)
-        if self._ready:
+        if self._ready or self._guest_ready:
             block = False
         if not self._readers and not self._writers and not timers:
-            return bool(self._ready)
+            return bool(self._ready or self._guest_ready)
         poller = select.poll()
         readers, writers = self._readers, self._writers
         for fd in readers:
@@ -348,6 +382,8 @@ class Scheduler:
             else:
                 timeout_ms = None
         events = poller.poll(timeout_ms)
+        if events:
+            self.progress += 1
         for fd, mask in events:
             if fd == self._interrupt_fd:
                 self._clear_wake()  # a wake() (not an interrupt): look again
@@ -363,6 +399,7 @@ class Scheduler:
         while timers and timers[0][0] <= now:
             _, _, task = heapq.heappop(timers)
             if isinstance(task._waiting, _Until):
+                self.progress += 1
                 self._make_ready(task)
         return True
 
@@ -394,6 +431,7 @@ class Scheduler:
                         log.warning("host task %s did not close cleanly: %s", task.name, e)
                     self._finish(task, None, Cancelled())
         self._ready.clear()
+        self._guest_ready.clear()
         self._readers.clear()
         self._writers.clear()
         self._timers.clear()

@@ -42,11 +42,6 @@ class StoreState:
             self._scheduler = scheduler
         return scheduler
 
-    @property
-    def has_scheduler(self) -> bool:
-        """Whether host coroutines ever ran for this store."""
-        return self._scheduler is not None
-
     def close(self) -> None:
         if not self.closed:
             self.closed = True

@@ -53,10 +53,9 @@ class MemCx:
         self.borrows: list[int] | None = None
         self.base = 0  # the memory's address when view() last looked
         self.lent: list[tuple[Any, memoryview]] = []  # views of guest memory lent this call
-        # During an export call: borrow handles given to the guest, and host objects put in
-        # the store's table for them only (both undone when the call ends).
+        # While a call's arguments are lowered: the task they are lent to (``Task``; borrow
+        # handles given to the guest are counted there and undone when it ends).
         self.borrow_scope: Any = None
-        self.temp_reps: list[tuple[int, Any]] = []
 
     def view(self) -> memoryview:
         v = self._view

@@ -59,8 +59,11 @@ class Waitable:
 
     def set_pending_event(self, pending_event: Callable[[], EventTuple]) -> None:
         self.pending_event = pending_event
-        if self.wset is not None:
-            self.wset.ready[self] = None
+        wset = self.wset
+        if wset is not None:
+            wset.ready[self] = None
+            if wset.notify is not None:
+                wset.notify.set()
 
     def has_pending_event(self) -> bool:
         return self.pending_event is not None
@@ -82,6 +85,8 @@ class Waitable:
             wset.elems.add(self)
             if self.pending_event is not None:
                 wset.ready[self] = None
+                if wset.notify is not None:
+                    wset.notify.set()
 
     def drop(self) -> None:
         self.join(None)
@@ -98,6 +103,7 @@ class WaitableSet:
         self.elems: set[Waitable] = set()
         self.ready: dict[Waitable, None] = {}  # insertion-ordered: events in arrival order
         self.num_waiting = 0
+        self.notify: Any = None  # an Event a task's event loop waits on, set when an event arrives
 
     def has_pending_event(self) -> bool:
         return bool(self.ready)
@@ -125,35 +131,64 @@ class ErrorContext:
 
 
 class Task:
-    """One call of a lifted export (``canon lift``): its state, result and context slots."""
+    """One call of a lifted export (``canon lift``), from the host or another component:
+    its state, result, context slots, and who to tell when it resolves."""
 
     INITIAL, STARTED, PENDING_CANCEL, CANCEL_DELIVERED, RESOLVED = range(1, 6)
 
-    def __init__(self, ft: Any, opts: Any, mem: Any) -> None:
+    def __init__(self, ft: Any, opts: Any, mem: Any, on_resolve: Callable[[Any], None] | None = None) -> None:
         self.ft = ft
         self.opts = opts
         self.mem = mem  # the lift's MemCx (task.return must use the same memory)
+        self.on_resolve = on_resolve  # called with the value, or None when cancelled
+        self.on_start: Callable[[], None] | None = None  # called when it gets past backpressure
         self.state = Task.STARTED
-        self.num_borrows = 0
+        self.num_borrows = 0  # borrow handles given to it, not yet dropped
+        self.temp_reps: list[tuple[int, Any]] = []  # host objects in the store's table for those borrows
         self.storage = [0, 0]
         self.result: Any = None
         self.has_result = False
         self.exited = False
+        self.waiting_cancellably = False  # in the event loop (WAIT/YIELD): cancellation can reach it
+        self.wake: Any = None  # the driver's Event, set when cancellation is delivered
+        self.resume_caller: Any = None  # the instance resuming it now, if not the host (cancellation)
+
+    def needs_exclusive(self) -> bool:
+        """Whether its core code must not interleave with another such task's in the same
+        instance (sync-lifted or callback-lifted async functions; CanonicalABI Task)."""
+        return not self.opts.async_ or self.opts.callback is not None
+
+    def _resolve(self, value: Any) -> None:
+        self.state = Task.RESOLVED
+        if self.on_resolve is not None:
+            self.on_resolve(value)
 
     def return_(self, value: Any) -> None:
         if self.state == Task.RESOLVED:
             raise Trap("task.return: the task has already returned or been cancelled")
         if self.num_borrows > 0:
-            raise Trap(f"task.return: {self.num_borrows} borrowed handle(s) given to this task are still held")
+            raise Trap(f"borrow handles still remain at the end of the call ({self.num_borrows} given to this task, not dropped)")
         self.result, self.has_result = value, True
-        self.state = Task.RESOLVED
+        self._resolve(value)
 
     def cancel(self) -> None:
         if self.state != Task.CANCEL_DELIVERED:
             raise Trap("task.cancel: the task was not asked to cancel (no TASK_CANCELLED was delivered)")
         if self.num_borrows > 0:
-            raise Trap(f"task.cancel: {self.num_borrows} borrowed handle(s) given to this task are still held")
-        self.state = Task.RESOLVED
+            raise Trap(f"borrow handles still remain at the end of the call ({self.num_borrows} given to this task, not dropped)")
+        self._resolve(None)
+
+    def request_cancellation(self) -> None:
+        """The caller cancels (``subtask.cancel``): a task not yet started ends at once; one
+        waiting in its event loop gets TASK_CANCELLED now; any other at its next cancellable
+        wait."""
+        if self.state == Task.INITIAL:
+            self.state = Task.CANCEL_DELIVERED
+            self._resolve(None)
+        elif self.state == Task.STARTED:
+            self.state = Task.PENDING_CANCEL
+            if self.waiting_cancellably and self.wake is not None:
+                self.wake.set()
 
     def deliver_pending_cancel(self, cancellable: bool) -> bool:
         if cancellable and self.state == Task.PENDING_CANCEL:
@@ -175,7 +210,8 @@ class Subtask(Waitable):
         self.state = Subtask.STARTED  # host callees take their arguments at once
         self.lenders: list[_HandleEntry] | None = []
         self.cancellation_requested = False
-        self.host_task: HostTask | None = None
+        self.host_task: HostTask | None = None  # a host function's coroutine, or
+        self.callee_task: Task | None = None  # another component's task
         self.index = 0
 
     def resolved(self) -> bool:

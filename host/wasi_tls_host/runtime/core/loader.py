@@ -31,7 +31,7 @@ from .plan import Plan, make_plan
 log = logging.getLogger("wasi_tls_host.cache")
 
 
-PLAN_FORMAT = 2  # 2: the async ABI (built-ins, stream/future types, async options)
+PLAN_FORMAT = 3  # 2: the async ABI (built-ins, stream/future types, async options); 3: component instances
 _PLAN_MODULES = {"wasi_tls_host.runtime.core.plan", "wasi_tls_host.runtime.core.types"}
 
 

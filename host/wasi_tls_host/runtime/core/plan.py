@@ -59,8 +59,9 @@ class Opts:
 
 @dataclass(eq=False)
 class Lowered:
-    target: HostImport
+    target: HostImport | Lifted  # a host function, or another component's lifted export
     opts: Opts
+    cid: int = 0  # the component instance that lowers it (the caller)
 
 
 @dataclass(eq=False)
@@ -68,12 +69,14 @@ class Lifted:
     core_func: Any
     opts: Opts
     type: FuncT
+    cid: int = 0  # the component instance whose core function this lifts (the callee)
 
 
 @dataclass(eq=False)
 class ResourceBuiltin:
     op: str  # new | drop | rep
     resource: ResourceT
+    cid: int = 0  # the component instance whose handle table it works on
 
 
 @dataclass(eq=False)
@@ -87,6 +90,7 @@ class Builtin:
     opts: Opts | None = None
     flag: bool = False  # the async? or cancellable? immediate
     index: int = 0  # context.get/set: the slot
+    cid: int = 0  # the component instance whose tasks and handle table it works on
 
 
 @dataclass(eq=False)
@@ -107,6 +111,9 @@ class Plan:
     exports: dict[str, Any] = field(default_factory=dict)  # name -> Lifted | dict (instance)
     host_imports: list[HostImport] = field(default_factory=list)
     imported_resources: list[ImportedResource] = field(default_factory=list)
+    # One entry per component instance (0: the outermost; one more for each nested
+    # component it instantiates): the index of the instance that instantiated it.
+    component_parents: list[int | None] = field(default_factory=lambda: [None])
 
 
 # --- binary reading --------------------------------------------------------------------------
@@ -197,8 +204,10 @@ def read_sort(r: Reader) -> str:
 class Scope:
     """The index spaces of one component definition (or of one instance/component type)."""
 
-    def __init__(self, parent: Scope | None) -> None:
+    def __init__(self, parent: Scope | None, cid: int | None = None) -> None:
         self.parent = parent
+        # The component instance this scope's definitions belong to (type scopes: their parent's).
+        self.cid: int = cid if cid is not None else (parent.cid if parent is not None else 0)
         self.spaces: dict[str, list[Any]] = {s: [] for s in (*CORE_SORTS.values(), *SORTS.values())}
 
     def get(self, sort: str, idx: int) -> Any:
@@ -328,7 +337,7 @@ class Planner:
             dtor = None
             if r.byte() == 0x01:
                 dtor = ("core func", r.u32())
-            res = DefinedResource(dtor)
+            res = DefinedResource(dtor, scope.cid)
             return res
         names = {0x67: "fixed-length lists", 0x63: "maps", 0x3E: "async resources"}
         raise Unsupported(names.get(code, f"type constructor 0x{code:02x}"))
@@ -471,26 +480,29 @@ class Planner:
             if not isinstance(ft, FuncT):
                 raise Malformed("canon lift with a non-function type")
             check_lift_opts(opts, ft)
-            scope.add("func", Lifted(core_func, opts, ft))
+            scope.add("func", Lifted(core_func, opts, ft, scope.cid))
         elif tag == 0x01:
             if r.byte() != 0x00:
                 raise Malformed("canon lower of a non-function")
             func = scope.get("func", r.u32())
             opts = self.opts(r, scope)
-            if not isinstance(func, HostImport):
-                raise Unsupported("canon lower of a function the component defines itself (component-to-component calls)")
+            if not isinstance(func, (HostImport, Lifted)):
+                raise Malformed("canon lower of something that is not a function")
             if opts.callback is not None or opts.post_return is not None:
                 raise Malformed("canon lower takes no callback or post-return option")
+            name = func.name if isinstance(func, HostImport) else "a lifted function"
             if opts.async_ and not func.type.is_async:
-                raise Malformed(f"the `async` canonical option requires an async function type ({func.name})")
+                raise Malformed(f"the `async` canonical option requires an async function type ({name})")
             if opts.async_ and opts.memory is None and (func.type.result is not None or func.type.async_params_spill):
-                raise Malformed(f"canon lower async of {func.name} has no memory option")
-            scope.add("core func", Lowered(func, opts))
+                raise Malformed(f"canon lower async of {name} has no memory option")
+            scope.add("core func", Lowered(func, opts, scope.cid))
         elif tag in (0x02, 0x03, 0x04):
             res = self.resource_of(scope, r.u32()).resolve()
-            scope.add("core func", ResourceBuiltin({0x02: "new", 0x03: "drop", 0x04: "rep"}[tag], res))
+            scope.add("core func", ResourceBuiltin({0x02: "new", 0x03: "drop", 0x04: "rep"}[tag], res, scope.cid))
         else:
-            scope.add("core func", self.builtin(tag, r, scope))
+            item = self.builtin(tag, r, scope)
+            item.cid = scope.cid
+            scope.add("core func", item)
 
     def builtin(self, tag: int, r: Reader, scope: Scope) -> Builtin:
         """The async ABI's built-ins (Binary.md ``canon``); the thread built-ins that need a
@@ -643,7 +655,9 @@ class Planner:
                 args[name] = (sort, scope.get(sort, r.u32()))
             if not isinstance(comp, ComponentDef):
                 raise Unsupported("instantiating an imported component")
-            exports = self.component(comp.data, Scope(comp.parent), args)
+            cid = len(self.plan.component_parents)
+            self.plan.component_parents.append(scope.cid)
+            exports = self.component(comp.data, Scope(comp.parent, cid), args)
             scope.add("instance", exports)
         elif tag == 0x01:
             exports = {}

@@ -232,6 +232,7 @@ class DefinedResource(ResourceT):
     """A resource the component defines itself (``(type (resource (rep i32) (dtor f)))``)."""
 
     dtor: Any = None  # a core func reference (planned), or None
+    cid: int = 0  # the component instance that defines it (its implementation)
 
 
 @dataclass(eq=False)

@@ -1,0 +1,470 @@
+"""``canon lower`` of host functions: the native bodies (trampolines) a guest calls.
+
+A synchronous lower lifts the arguments straight out of the guest's flat values and linear
+memory, calls the Python impl (running an ``async def`` one to completion on the store's
+scheduler), and lowers the result straight into memory through the guest's ``realloc``. An
+``async`` lower starts the impl's coroutine and returns RETURNED if it finished at once, or
+a subtask whose SUBTASK event comes when it does.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+from typing import Any, Callable
+
+from ..binding import OUTGOING_VALUE_HOOKS, HostFunc, host_call_failure
+from ..resources import drop_consumed_arguments
+from ..scheduler import Cancelled, HostTask
+from ..values import Err, Trap, WitError
+from . import canon, lift, native
+from .concurrent import Subtask
+from .table import ComponentState, _HandleEntry
+from .types import FuncT, ListT, Prim, align_to
+
+
+def _end_loans(m: canon.MemCx, strict: bool = True) -> None:
+    """End the loan of guest memory views: any later use of the lent view raises, instead of
+    reading memory that a later call may have grown or moved; a view derived from it (which
+    cannot be revoked) is reported as the host bug it is."""
+    lent, m.lent = m.lent, []
+    for loan in lent:
+        try:
+            loan[1].release()
+        except BufferError:
+            pass  # a view exported from this one is alive: the check below sees it
+    if not strict:
+        return
+    # A reference cycle (a traceback that held a slice, say) may keep a view a little
+    # longer: collect once before blaming the host.
+    if _views_alive(lent):
+        gc.collect()
+        if _views_alive(lent):
+            raise Trap("the host kept a view of guest memory beyond the call")
+
+
+def _views_alive(lent: list[tuple[Any, memoryview]]) -> bool:
+    """Whether a view derived from a lent one is still alive (it keeps the array)."""
+    for array, _ in lent:
+        # References otherwise: the tuple in `lent`, `array`, getrefcount's argument.
+        if sys.getrefcount(array) > 3:
+            return True
+    return False
+
+
+class LowerSpec:
+    """What a ``canon lower`` trampoline needs that does not depend on the instance (built
+    once per imported function and component)."""
+
+    def __init__(self, fn: HostFunc, ft: FuncT) -> None:
+        self.fn = fn
+        self.ft = ft
+        self.core_type = ft.lower_core_type()
+        self.returns_result = ft.result is not None and getattr(ft.result, "kind", "") == "result"
+        self.nflat = len(ft.flat_params)
+        self.readers = native.readers(ft.flat_params)
+        self.param_convs = [canon.conv(t).lift_flat for _, t in ft.params]
+        # list<u8> arguments lent as views of guest memory (see HostFunc.bytes_views).
+        if fn.bytes_views and not ft.params_spill:
+            for i, (_, t) in enumerate(ft.params):
+                if isinstance(t, ListT) and isinstance(t.elem, Prim) and t.elem.name == "u8":
+                    self.param_convs[i] = canon.lift_bytes_view_flat
+        self.spill_tuple = canon.conv(ft.param_tuple) if ft.params_spill and ft.param_tuple is not None else None
+        self.spill_align = ft.param_tuple.align if ft.param_tuple is not None else 1
+        self.result_conv = canon.conv(ft.result) if ft.result is not None else None
+        self.result_align = ft.result.align if ft.result is not None else 1
+        self.result_size = ft.result.size if ft.result is not None else 0
+        self.result_writer = native.writer(ft.flat_results[0]) if ft.result is not None and not ft.results_spill else None
+
+
+def make_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx) -> Callable[[Any], int]:
+    """The native body of one ``canon lower``: lift, call, lower, with every failure a trap
+    that names the function."""
+    fn = spec.fn
+    ft = spec.ft
+    impl = fn.impl
+    qualname = fn.qualname
+    state = inst.state
+    returns_result = spec.returns_result
+    nflat = spec.nflat
+    readers = spec.readers
+    param_convs = spec.param_convs
+    spill_tuple = spec.spill_tuple
+    spill_align = spec.spill_align
+    spill_size = ft.param_tuple.size if ft.param_tuple is not None else 0
+    result_conv = spec.result_conv
+    result_spill = ft.results_spill
+    result_align = spec.result_align
+    result_size = spec.result_size
+    result_writer = spec.result_writer
+    single_lift = param_convs[0] if len(param_convs) == 1 and not ft.params_spill else None
+    fills = fn.fills
+    is_async = fn.is_async
+
+    owned, kept = fn.owned, fn.kept
+
+    def tramp(args: Any) -> int:
+        if not inst.may_leave:
+            return native.trap_ptr(f"{qualname}: cannot call an import during realloc or post-return")
+        m.forget()
+        outer_borrows, m.borrows = m.borrows, None  # a nested call (from realloc) keeps its own
+        pyargs: Any = []
+        succeeded = False
+        try:
+            try:
+                if spill_tuple is not None:
+                    ptr = args[0].i32 & 0xFFFF_FFFF
+                    if ptr != align_to(ptr, spill_align):
+                        raise Trap(f"argument pointer {ptr:#x} is misaligned")
+                    v = m.view()
+                    canon.check_range(v, ptr, spill_size, "arguments")
+                    pyargs = spill_tuple.load(m, v, ptr)
+                else:
+                    flat = [r(args[i]) for i, r in enumerate(readers)]
+                    if single_lift is not None:
+                        pyargs = (single_lift(m, flat, 0)[0],)
+                    else:
+                        pyargs = []
+                        i = 0
+                        for lift in param_convs:
+                            value, i = lift(m, flat, i)
+                            pyargs.append(value)
+                returned = False
+                try:
+                    if fills and not OUTGOING_VALUE_HOOKS:  # audited values must be seen as bytes
+                        result = impl(state, *pyargs, fill=canon.Filler(m))
+                    else:
+                        result = impl(state, *pyargs)
+                    if is_async:  # an async import called synchronously: the task blocks
+                        result = run_to_completion(inst, result, qualname)
+                    returned = True
+                except WitError as e:
+                    if not returns_result:
+                        raise Trap(f"error {e.payload!r} from a function that returns no result") from e
+                    result = Err(e.payload)
+                except BaseException:
+                    if m.lent:
+                        _end_loans(m, strict=False)  # the traceback may still hold a view
+                    raise
+                if m.lent:
+                    _end_loans(m)
+                if OUTGOING_VALUE_HOOKS:
+                    for hook in OUTGOING_VALUE_HOOKS:
+                        hook(qualname, result)
+                if result_conv is not None:
+                    if result_spill:
+                        retptr = args[nflat].i32 & 0xFFFF_FFFF
+                        if retptr != align_to(retptr, result_align):
+                            raise Trap(f"result pointer {retptr:#x} is misaligned")
+                        canon.check_range(m.view(), retptr, result_size, "result")
+                        result_conv.store(m, result, retptr)
+                    else:
+                        out: list[Any] = []
+                        result_conv.lower_flat(m, result, out)
+                        result_writer(args[0], out[0])  # type: ignore[misc]
+                # Kept arguments live on in the result only once the guest has it.
+                succeeded = returned
+            finally:
+                if owned:
+                    drop_consumed_arguments(pyargs, owned, kept, succeeded)
+                if m.borrows:
+                    inst.end_lends(m)
+                m.borrows = outer_borrows
+            return 0
+        except Exception as e:
+            return native.trap_ptr(host_call_failure(qualname, e, lambda code: setattr(state, "exit_code", code)))
+
+    return tramp
+
+
+def run_to_completion(inst: ComponentState, coro: Any, qualname: str) -> Any:
+    """Run an async host function's coroutine until it returns (a synchronous caller)."""
+    host_task = inst.scheduler.start(coro, qualname, observed=True)  # its error is read below
+    if not host_task.done:
+        inst.block_until(lambda: host_task.done, f"the guest called {qualname} synchronously")
+    if host_task.error is not None:
+        raise host_task.error
+    return host_task.result
+
+
+def make_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx) -> Callable[[Any], int]:
+    """The native body of ``canon lower ... async`` of a host function: lift the arguments,
+    start the host coroutine and run it until it first waits; if it finished, store the
+    result and return RETURNED, else return a new subtask (STARTED), whose SUBTASK event
+    comes when the coroutine ends and its result is in guest memory."""
+    fn = spec.fn
+    ft = spec.ft
+    impl = fn.impl
+    qualname = fn.qualname
+    state = inst.state
+    spill = ft.async_params_spill
+    readers = native.readers(["i32"] if spill else ft.all_flat_params)
+    nparams = len(readers)
+    param_convs = [canon.conv(t).lift_flat for _, t in ft.params]
+    tuple_conv = canon.conv(ft.param_tuple) if spill and ft.param_tuple is not None else None
+    tuple_size = ft.param_tuple.size if ft.param_tuple is not None else 0
+    tuple_align = ft.param_tuple.align if ft.param_tuple is not None else 1
+    has_result = ft.result is not None
+    result_align = spec.result_align
+    result_size = spec.result_size
+    owned, kept = fn.owned, fn.kept
+
+    def tramp(args: Any) -> int:
+        if not inst.may_leave:
+            return native.trap_ptr(f"{qualname}: cannot call an import during realloc or post-return")
+        m.forget()
+        outer_borrows, m.borrows = m.borrows, None
+        pyargs: Any = []
+        lent: list[_HandleEntry] = []
+        try:
+            try:
+                if tuple_conv is not None:
+                    ptr = args[0].i32 & 0xFFFF_FFFF
+                    if ptr != align_to(ptr, tuple_align):
+                        raise Trap(f"argument pointer {ptr:#x} is misaligned")
+                    v = m.view()
+                    canon.check_range(v, ptr, tuple_size, "arguments")
+                    pyargs = list(tuple_conv.load(m, v, ptr))
+                else:
+                    flat = [r(args[i]) for i, r in enumerate(readers)]
+                    i = 0
+                    for lift in param_convs:
+                        value, i = lift(m, flat, i)
+                        pyargs.append(value)
+                retptr = 0
+                if has_result:
+                    retptr = args[nparams].i32 & 0xFFFF_FFFF
+                    if retptr != align_to(retptr, result_align):
+                        raise Trap(f"result pointer {retptr:#x} is misaligned")
+                    canon.check_range(m.view(), retptr, result_size, "result")
+                lent = [inst.handles[h] for h in m.borrows or ()]
+            finally:
+                m.borrows = outer_borrows
+            call = impl(state, *pyargs)
+            if not fn.is_async:  # a synchronous host function behind an async lower
+                async def done_now(value: Any = call) -> Any:
+                    return value
+                call = done_now()
+            host_task = inst.scheduler.start(call, qualname, observed=True)  # finish_host_call reads its error
+            if host_task.done:
+                entries, lent = lent, []
+                consumed, pyargs = pyargs, []
+                try:
+                    finish_host_call(inst, spec, m, host_task, retptr, None)
+                finally:
+                    if owned:
+                        drop_consumed_arguments(consumed, owned, kept, host_task.error is None)
+                    for entry in entries:
+                        entry.lends -= 1
+                args[0].i32 = Subtask.RETURNED
+                return 0
+            subtask = Subtask(qualname)
+            subtask.host_task = host_task
+            subtask.lenders = lent
+            subtask.index = inst.add(subtask)
+            lent, pyargs_kept, pyargs = [], pyargs, []
+
+            def on_done(t: HostTask) -> None:
+                if inst.closed or t.scheduler.closed:
+                    return
+                try:
+                    subtask.resolve(finish_host_call(inst, spec, m, t, retptr, subtask))
+                finally:
+                    if owned:
+                        drop_consumed_arguments(pyargs_kept, owned, kept, t.error is None)
+                subtask.set_pending_event(subtask.event)
+
+            host_task.add_done_callback(on_done)
+            args[0].i32 = Subtask.STARTED | (subtask.index << 4)
+            return 0
+        except Exception as e:
+            for entry in lent:
+                entry.lends -= 1
+            if owned and pyargs:
+                drop_consumed_arguments(pyargs, owned, kept, False)
+            return native.trap_ptr(host_call_failure(qualname, e, lambda code: setattr(state, "exit_code", code)))
+
+    return tramp
+
+
+def finish_host_call(inst: ComponentState, spec: LowerSpec, m: canon.MemCx, host_task: HostTask, retptr: int, subtask: Subtask | None) -> int:
+    """An async host call ended: its result goes to the guest's result pointer; returns
+    the subtask state to report. Failures other than a WIT error trap the guest."""
+    fn = spec.fn
+    error = host_task.error
+    if error is None:
+        result = host_task.result
+    elif isinstance(error, WitError):
+        if not spec.returns_result:
+            raise Trap(f"{fn.qualname}: error {error.payload!r} from a function that returns no result")
+        result = Err(error.payload)
+    elif isinstance(error, Cancelled):
+        if subtask is not None and subtask.cancellation_requested:
+            return Subtask.CANCELLED_BEFORE_RETURNED
+        raise Trap(f"{fn.qualname}: the host call was cancelled")
+    else:
+        raise Trap(host_call_failure(fn.qualname, error if isinstance(error, Exception) else Exception(repr(error)),
+                                     lambda code: setattr(inst.state, "exit_code", code)))
+    if OUTGOING_VALUE_HOOKS:
+        for hook in OUTGOING_VALUE_HOOKS:
+            hook(fn.qualname, result)
+    if spec.result_conv is not None:
+        m.forget()
+        canon.check_range(m.view(), retptr, spec.result_size, "result")
+        spec.result_conv.store(m, result, retptr)
+        m.forget()
+    return Subtask.RETURNED
+
+
+
+
+
+def make_c2c_trampoline(caller: ComponentState, m: canon.MemCx, async_: bool, callee: ComponentState, lifted: Any) -> Callable[[Any], int]:
+    """``canon lower`` of another component's lifted export (the fused adapter): the
+    arguments are lifted out of the caller into Python values and lowered into the callee by
+    its task (``lift.start_call``), the result the other way. Synchronously, the caller waits
+    for the value; ``async``, it gets RETURNED at once or a subtask (STARTING while the
+    callee holds it back, STARTED once it has the arguments)."""
+    ft = lifted.type
+    what = "a call to another component's export"
+    if async_:
+        spill = ft.async_params_spill
+        flat_params = ["i32"] if spill else ft.all_flat_params
+    else:
+        spill = ft.params_spill
+        flat_params = list(ft.flat_params)
+    readers = native.readers(flat_params)
+    nparams = len(readers)
+    param_convs = [canon.conv(t).lift_flat for _, t in ft.params]
+    tuple_conv = canon.conv(ft.param_tuple) if spill and ft.param_tuple is not None else None
+    tuple_size = ft.param_tuple.size if ft.param_tuple is not None else 0
+    tuple_align = ft.param_tuple.align if ft.param_tuple is not None else 1
+    result_conv = canon.conv(ft.result) if ft.result is not None else None
+    result_size = ft.result.size if ft.result is not None else 0
+    result_align = ft.result.align if ft.result is not None else 1
+    result_by_ptr = ft.result is not None and (async_ or ft.results_spill)
+    result_writer = native.writer(ft.flat_results[0]) if result_conv is not None and not result_by_ptr else None
+    state = caller.state
+
+    def lift_args(args: Any) -> list[Any]:
+        if tuple_conv is not None:
+            ptr = args[0].i32 & 0xFFFF_FFFF
+            if ptr != align_to(ptr, tuple_align):
+                raise Trap(f"argument pointer {ptr:#x} is misaligned")
+            v = m.view()
+            canon.check_range(v, ptr, tuple_size, "arguments")
+            return list(tuple_conv.load(m, v, ptr))
+        flat = [r(args[i]) for i, r in enumerate(readers)]
+        values, i = [], 0
+        for lift_flat in param_convs:
+            value, i = lift_flat(m, flat, i)
+            values.append(value)
+        return values
+
+    def result_pointer(args: Any) -> int:
+        retptr = args[nparams].i32 & 0xFFFF_FFFF
+        if retptr != align_to(retptr, result_align):
+            raise Trap(f"result pointer {retptr:#x} is misaligned")
+        canon.check_range(m.view(), retptr, result_size, "result")
+        return retptr
+
+    def store_result(value: Any, retptr: int) -> None:
+        assert result_conv is not None
+        m.forget()
+        result_conv.store(m, value, retptr)
+        m.forget()
+
+    def sync_tramp(args: Any) -> int:
+        if not caller.may_leave:
+            return native.trap_ptr(f"{what}: cannot call an import during realloc or post-return")
+        m.forget()
+        outer_borrows, m.borrows = m.borrows, None
+        try:
+            try:
+                pyargs = lift_args(args)
+                retptr = result_pointer(args) if result_by_ptr else 0
+            finally:
+                lent, m.borrows = m.borrows, outer_borrows
+            if ft.is_async and caller.current_task is None:
+                # A start function runs with no task to block: an async callee could block it.
+                raise Trap("cannot block a synchronous task before returning (a start function calls an async function)")
+            result: list[Any] = []
+            try:
+                task, driver = lift.start_call(callee, lifted, tuple(pyargs), caller, result.append, what)
+                if not driver.done and task.state != task.RESOLVED:
+                    caller.block_until(lambda: driver.done or task.state == task.RESOLVED, f"the guest called {what} synchronously")
+                if driver.done and driver.error is not None:
+                    raise driver.error
+            finally:
+                for h in lent or ():
+                    entry = caller.handles[h] if h < len(caller.handles) else None
+                    if entry is not None and entry.lends:
+                        entry.lends -= 1
+            if result_conv is not None:
+                if result_by_ptr:
+                    store_result(result[0], retptr)
+                else:
+                    out: list[Any] = []
+                    m.forget()
+                    result_conv.lower_flat(m, result[0], out)
+                    result_writer(args[0], out[0])  # type: ignore[misc]
+            return 0
+        except Exception as e:
+            return native.trap_ptr(host_call_failure(what, e, lambda code: setattr(state, "exit_code", code)))
+
+    def async_tramp(args: Any) -> int:
+        if not caller.may_leave:
+            return native.trap_ptr(f"{what}: cannot call an import during realloc or post-return")
+        m.forget()
+        outer_borrows, m.borrows = m.borrows, None
+        try:
+            try:
+                pyargs = lift_args(args)
+                retptr = result_pointer(args) if result_conv is not None else 0
+            finally:
+                lent_handles, m.borrows = m.borrows, outer_borrows
+            subtask = Subtask(what)
+            subtask.lenders = [caller.handles[h] for h in lent_handles or ()]
+            subtask.state = Subtask.STARTING
+
+            def on_start() -> None:
+                subtask.state = Subtask.STARTED
+                if subtask.index:
+                    subtask.set_pending_event(subtask.event)
+
+            def on_resolve(value: Any) -> None:
+                if value is None and subtask.cancellation_requested:
+                    subtask.state = (Subtask.CANCELLED_BEFORE_STARTED if subtask.state == Subtask.STARTING
+                                     else Subtask.CANCELLED_BEFORE_RETURNED)
+                else:
+                    if result_conv is not None:
+                        store_result(value, retptr)
+                    subtask.state = Subtask.RETURNED
+                if subtask.index:
+                    subtask.set_pending_event(subtask.event)
+
+            task, driver = lift.start_call(callee, lifted, tuple(pyargs), caller, on_resolve, what, on_start)
+            if driver.done and driver.error is not None:
+                raise driver.error
+            if subtask.resolved():
+                subtask.deliver_resolve()
+                args[0].i32 = Subtask.RETURNED
+                return 0
+            subtask.callee_task = task
+            subtask.host_task = driver
+            subtask.index = caller.add(subtask)
+
+            def on_driver_done(t: HostTask) -> None:
+                if t.error is not None and not isinstance(t.error, Cancelled) and not caller.closed:
+                    raise t.error  # the callee trapped: so does everything on the stack
+
+            driver.add_done_callback(on_driver_done)
+            args[0].i32 = subtask.state | (subtask.index << 4)
+            return 0
+        except Exception as e:
+            return native.trap_ptr(host_call_failure(what, e, lambda code: setattr(state, "exit_code", code)))
+
+    return async_tramp if async_ else sync_tramp
+
+
+__all__ = ["LowerSpec", "finish_host_call", "make_async_trampoline", "make_c2c_trampoline", "make_trampoline", "run_to_completion"]

@@ -1,0 +1,132 @@
+"""The wasmtime C entry points the core runtime calls directly, and the one native callback
+every trampoline goes through (``host_entry``): wasmtime keeps an integer, the trampoline is
+found by it, so a trampoline whose instance is gone is refused instead of called.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import logging
+import weakref
+from typing import Any, Callable
+
+from wasmtime import FuncType, ValType as CoreValType, WasmtimeError
+from wasmtime import _bindings as raw
+from wasmtime import _ffi as ffi
+
+from .. import callback_guard
+
+log = logging.getLogger("wasi_tls_host.runtime")
+
+CORE_TYPES = {"i32": CoreValType.i32, "i64": CoreValType.i64, "f32": CoreValType.f32, "f64": CoreValType.f64}
+ERR_P = ctypes.POINTER(ffi.wasmtime_error_t)
+TRAP_P = ctypes.POINTER(ffi.wasm_trap_t)
+EXTERN_FUNC = int(getattr(ffi.WASMTIME_EXTERN_FUNC, "value", ffi.WASMTIME_EXTERN_FUNC))
+EXTERN_MEMORY = int(getattr(ffi.WASMTIME_EXTERN_MEMORY, "value", ffi.WASMTIME_EXTERN_MEMORY))
+
+# Raw C entry points (the wasmtime._bindings wrappers add a Python frame per call).
+func_call = raw._wasmtime_func_call_unchecked
+func_new = raw._wasmtime_func_new_unchecked
+# Our own prototype of wasmtime_memory_data returning the address as an int (indexing the
+# dll makes a new function object, so wasmtime-py's own prototype is left alone).
+mem_data = raw.dll["wasmtime_memory_data"]
+mem_data.restype = ctypes.c_void_p
+mem_data.argtypes = raw._wasmtime_memory_data.argtypes
+mem_size = raw._wasmtime_memory_data_size
+trap_new = raw._wasmtime_trap_new
+instance_new = raw._wasmtime_instance_new
+export_get = raw._wasmtime_instance_export_get
+
+
+def core_functype(params: list[str], results: list[str]) -> FuncType:
+    return FuncType([CORE_TYPES[p]() for p in params], [CORE_TYPES[r]() for r in results])
+
+
+# --- native entry points -----------------------------------------------------------------
+
+# Weak: each instance holds its own trampolines (``_tramps``), so one its embedder never
+# closed can still be collected, store and all, instead of living on through this table.
+TRAMPOLINES: weakref.WeakValueDictionary[int, Callable[[Any], int]] = weakref.WeakValueDictionary()
+# Trampoline ids: itertools.count is atomic under the GIL (instances are created on worker
+# threads by run_async), and an id is never reused, so a stale callback finds nothing.
+env_ids = itertools.count(1)
+
+
+def trap_ptr(message: str) -> int:
+    data = message.encode("utf-8", "replace")
+    return ctypes.cast(trap_new(data, len(data)), ctypes.c_void_p).value or 0
+
+
+@ffi.wasmtime_func_unchecked_callback_t  # type: ignore[misc]
+def host_entry(env: Any, caller: Any, args: Any, nargs: int) -> int:
+    tramp = TRAMPOLINES.get(env or 0)
+    if tramp is None:
+        return trap_ptr("host function called after its instance was closed")
+    try:
+        return tramp(args)
+    except Exception as e:  # a bug in a built-in (resource.new/rep/drop): never unwind into wasm
+        log.exception("core runtime built-in failed")
+        return trap_ptr(f"host error: {type(e).__name__}: {e}")
+    except BaseException as e:  # see callback_guard: raised again when wasm returns
+        callback_guard.keep(e)
+        return trap_ptr(f"interrupted: {type(e).__name__}")
+
+
+@ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+def forget_trampoline(env: Any) -> None:
+    if TRAMPOLINES is not None:
+        TRAMPOLINES.pop(env or 0, None)
+
+
+def _w32(slot: Any, x: Any) -> None:
+    slot.i32 = x
+
+
+def _w64(slot: Any, x: Any) -> None:
+    slot.i64 = x
+
+
+def _wf32(slot: Any, x: Any) -> None:
+    slot.f32 = x
+
+
+def _wf64(slot: Any, x: Any) -> None:
+    slot.f64 = x
+
+
+# One reader and one writer per core value type, built once (call_core uses them per call).
+READERS: dict[str, Callable[[Any], Any]] = {
+    "i32": lambda v: v.i32 & 0xFFFF_FFFF,
+    "i64": lambda v: v.i64 & 0xFFFF_FFFF_FFFF_FFFF,
+    "f32": lambda v: v.f32,
+    "f64": lambda v: v.f64,
+}
+WRITERS: dict[str, Callable[[Any, Any], None]] = {"i32": _w32, "i64": _w64, "f32": _wf32, "f64": _wf64}
+
+
+# ctypes array types of raw values by length, made once (making one per call is slow).
+RAW_ARRAYS = [ffi.wasmtime_val_raw_t * n for n in range(17)]
+
+
+def readers(flat: list[str]) -> list[Callable[[Any], Any]]:
+    return [READERS.get(t, READERS["f64"]) for t in flat]
+
+
+def writer(t: str) -> Callable[[Any, Any], None]:
+    return WRITERS.get(t, _wf64)
+
+
+def trap_message(trap: Any) -> str:
+    from wasmtime import Trap as WasmTrap
+
+    return str(WasmTrap._from_ptr(trap))
+
+
+def raise_if_failed(err: Any, trap: Any, what: str | None) -> None:
+    """Turn a failed wasmtime call's error or trap into a ``WasmtimeError``."""
+    if not err and not trap:
+        return
+    error = WasmtimeError._from_ptr(err) if err else None
+    message = str(error) if error is not None else trap_message(trap)
+    raise WasmtimeError(f"{what}: {message}" if what else message)
