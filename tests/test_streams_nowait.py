@@ -4,6 +4,7 @@ both ends are the host's (the rendezvous is the same one a guest end meets)."""
 
 from __future__ import annotations
 
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -90,6 +91,39 @@ def test_the_async_read_is_the_same_read() -> None:
     scheduler.wait_until(lambda: all(t.done for t in tasks), "the test's tasks")
     assert [t.error for t in tasks] == [None, None]
     assert b"".join(got) == b"abcdefg" and max(map(len, got)) <= 3
+
+
+def test_a_filler_that_found_nothing_holds_no_room_while_it_waits() -> None:
+    """A socket's filler with no data waits for it without the room it made for a read
+    (each idle TLS connection held 256 KiB that way)."""
+    scheduler = Scheduler()
+    stream, writer = new_stream()
+    reader = StreamReader(stream, is_bytes=True)
+    reader.read_nowait(1 << 20)  # a big read posted, as a connection's receive posts one
+    data_ready = Event()
+    offered: list[int] = []
+
+    def produce(view: memoryview) -> int:
+        offered.append(len(view))
+        if not data_ready.is_set:
+            raise BlockingIOError
+        view[:2] = b"ok"
+        return 2
+
+    tracemalloc.start()
+    try:
+        assert writer.fill_nowait(lambda view: 0) == 0  # nothing now, without waiting
+        task = scheduler.spawn(writer.fill(produce, lambda: data_ready))
+        scheduler.run_ready()
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert offered == [1 << 20] and not task.done
+    assert held < 64 << 10, held
+    data_ready.set()
+    scheduler.wait_until(lambda: task.done, "the filler")
+    assert task.error is None and task.result == 2
+    assert reader.read_nowait(1 << 20) == b"ok"
 
 
 def test_values_host_writers_hand_over_are_audited() -> None:

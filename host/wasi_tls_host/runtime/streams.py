@@ -100,6 +100,9 @@ class WritableBuffer(Buffer):
         ``advance`` or any call into the guest."""
         raise NotImplementedError
 
+    def drop_view(self) -> None:
+        """The producer filled nothing into the last ``view``: what it held may go."""
+
     def advance(self, k: int) -> None:
         raise NotImplementedError
 
@@ -149,8 +152,13 @@ class HostWritableBuffer(WritableBuffer):
         self._filling = bytearray(k)
         return memoryview(self._filling)
 
+    def drop_view(self) -> None:
+        # A filler waiting for data would otherwise hold a whole read's worth of room per
+        # stream while idle (256 KiB per TLS connection).
+        self._filling = bytearray()
+
     def advance(self, k: int) -> None:
-        chunk = self._filling
+        chunk, self._filling = self._filling, bytearray()
         self.data.append(chunk if k == len(chunk) else chunk[:k])
         self.progress += k
 
@@ -379,6 +387,7 @@ class StreamWriter:
         finally:
             view.release()
         if n <= 0:
+            buf.drop_view()
             return 0
         buf.advance(n)
         self._copied()
@@ -406,17 +415,20 @@ class StreamWriter:
                 n = produce(view)
             except BlockingIOError:
                 view.release()
+                buf.drop_view()
                 if ready is None:
                     raise
                 await ready()
                 continue
             except BaseException:
                 view.release()
+                buf.drop_view()
                 raise
             if n > 0 and OUTGOING_VALUE_HOOKS:
                 _audit(self.origin, bytes(view[:n]))
             view.release()
             if n <= 0:
+                buf.drop_view()
                 return 0
             if self.stream.pending_buffer is not buf:
                 raise Trap("the stream's reader changed while the host was filling its buffer")
