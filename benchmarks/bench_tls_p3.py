@@ -23,7 +23,6 @@ Run: python benchmarks/bench_tls_p3.py [--quick]
 from __future__ import annotations
 
 import argparse
-import json
 import socket
 import ssl
 import statistics
@@ -122,20 +121,7 @@ def serve_p3(cert: str, key: str, port_file: str, count: int) -> None:
 
 def idle_kib_per_connection(proc: subprocess.Popen[bytes], port: int, ca: str, count: int) -> float:
     """RSS of ``proc`` with ``count`` idle connections held open, less before, per connection."""
-    time.sleep(0.3)
-    before = bench_tls_server.rss_kib(proc.pid)
-    holder = bench_tls_server.child("hold", str(port), ca, str(count), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    try:
-        assert holder.stdout is not None and holder.stdin is not None
-        opened = json.loads(holder.stdout.readline() or "{}").get("open", 0)
-        time.sleep(0.3)
-        after = bench_tls_server.rss_kib(proc.pid)
-        holder.stdin.close()
-        holder.wait(30)
-    finally:
-        if holder.poll() is None:
-            holder.kill()
-            holder.wait(5)
+    before, after, opened = bench_tls_server.rss_with_idle_connections(proc.pid, port, ca, count)
     assert opened == count, opened
     return (after - before) / opened
 
