@@ -8,6 +8,7 @@
 * ``tcp.py``, ``udp.py``, ``lookup.py``: the engine (non-blocking OS sockets, the TCP state
   table, the ``--workers`` listener hand-down, name lookups on a small thread pool).
 * ``p2.py`` (with ``p2_streams.py``): WASI 0.2, pollables and wasi:io streams.
+* ``p3.py``: WASI 0.3, async functions, streams and futures.
 
 The functions below are what the embedder (``GuestInstance``, ``cli/serve.py``) calls for
 server operation; they take a store's WASI context and are safe from any thread.
@@ -19,7 +20,7 @@ import os
 from typing import Any, Iterable
 
 from ...runtime.binding import Interface
-from . import lookup, p2
+from . import lookup, p2, p3
 from .addresses import SockAddr
 from .p2 import ResolveAddressStream
 from .policy import AddressPattern, IPAddress, IPNetwork, NetworkPolicy, format_address
@@ -55,7 +56,7 @@ def is_listening(wasi: Any) -> bool:
     return registry(wasi).listening()
 
 
-INTERFACES: Iterable[Interface] = tuple(p2.INTERFACES)
+INTERFACES: Iterable[Interface] = (*p2.INTERFACES, *p3.INTERFACES)
 
 __all__ = [
     "AddressPattern", "INTERFACES", "IPAddress", "IPNetwork", "NetworkPolicy", "ResolveAddressStream", "SockAddr",

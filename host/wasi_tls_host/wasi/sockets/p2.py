@@ -204,7 +204,7 @@ class TcpSocket(HostResource):
         return self.socket.is_listening() and self.in_progress != "listen"
 
     def shutdown(self, how: str) -> None:
-        self.socket.require("transfer")
+        self.socket.require("shutdown")
         if how in ("receive", "both") and self.input is not None:
             self.input.shutdown_read()
             self.input.conn.shutdown_read()

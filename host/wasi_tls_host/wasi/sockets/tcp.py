@@ -78,10 +78,15 @@ CALLS: Mapping[str, frozenset[TcpState]] = {
     "accept": frozenset({_S.LISTENING}),
     "local-address": frozenset({_S.BOUND, _S.LISTENING, _S.CONNECTED}),
     "remote-address": frozenset({_S.CONNECTED}),
-    "transfer": frozenset({_S.CONNECTED}),                 # send, receive, shutdown
+    "send": frozenset({_S.CONNECTED}),
+    "receive": frozenset({_S.CONNECTED}),
+    "shutdown": frozenset({_S.CONNECTED}),
     "set-listen-backlog-size": frozenset({_S.UNBOUND, _S.BOUND, _S.LISTENING}),
     "option": _HAS_SOCKET,                                 # keep-alive, hop limit, buffers
 }
+# The calls a socket whose WASI 0.3 connect failed answers with that failure (the others
+# with invalid-state), as wasmtime does.
+REPORTS_FAILURE = frozenset({"local-address", "remote-address", "send", "set-listen-backlog-size", "option"})
 
 DEFAULT_BACKLOG = 128
 _NS = 1_000_000_000
@@ -100,6 +105,7 @@ class TcpSocket:
         self.shared = shared.acquire()
         self.family = family
         self.state = state
+        self.failure: str | None = None  # why a WASI 0.3 connect failed (see REPORTS_FAILURE)
         self.backlog = DEFAULT_BACKLOG
         self._released = False
 
@@ -118,6 +124,8 @@ class TcpSocket:
     def require(self, call: str) -> None:
         """The one place a call in the wrong state is refused."""
         if self.state not in CALLS[call] or self.shared.closed:
+            if self.failure is not None and call in REPORTS_FAILURE:
+                raise WitError(self.failure)
             raise WitError("invalid-state")
 
     def advance(self, event: TcpEvent) -> None:
@@ -253,15 +261,21 @@ class TcpSocket:
         self._tune_connected()
 
     async def connect(self, wasi: Any, value: Any) -> None:
-        """``start_connect``, then wait on the store's scheduler until it resolves."""
-        self.start_connect(wasi, value)
+        """``start_connect``, then wait on the store's scheduler until it resolves. A
+        failure is kept: the socket's later calls report it (``REPORTS_FAILURE``)."""
+        self.require("connect")
         try:
+            self.start_connect(wasi, value)
             while not self.connect_done():
                 await writable(self.sock.fileno())
+            self.finish_connect()
+        except WitError as e:
+            if self.state is TcpState.CLOSED:
+                self.failure = e.payload  # this attempt failed (not: it was refused)
+            raise
         except BaseException:
             self.advance(TcpEvent.FAIL)  # cancelled: the socket is of no further use
             raise
-        self.finish_connect()
 
     def _tune_connected(self) -> None:
         # Nagle's algorithm off, as asyncio does: guests write whole messages (TLS flights,
@@ -272,9 +286,10 @@ class TcpSocket:
         except OSError:
             pass  # not fatal: only latency
 
-    def connection(self) -> TcpConnection:
-        """A new handle on this connected socket (release it when done)."""
-        self.require("transfer")
+    def connection(self, call: str) -> TcpConnection:
+        """A new handle on this connected socket for ``call`` ("send" or "receive"),
+        released by its user when done."""
+        self.require(call)
         return TcpConnection(self.shared)
 
     # --- addresses ----------------------------------------------------------------------
