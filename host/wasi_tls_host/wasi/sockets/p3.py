@@ -7,9 +7,10 @@ coroutines on the store's scheduler. TCP data moves through host tasks, one per 
   kernel into the guest's read buffer; nothing is read before the guest asks. The stream
   ends at the peer's FIN (future: ok) or a failure (future: the error); a guest dropping
   the stream shuts the receive side down (``SHUT_RD``).
-* ``send``: reads at most ``SEND_CHUNK`` bytes from the guest's stream, gives them to the
-  kernel, and only then reads more, so a slow peer holds the guest back instead of growing
-  a buffer. The guest dropping its end sends FIN; the future says how it went.
+* ``send``: ``StreamReader.drain(send, writable)`` gives each guest write to the kernel
+  straight from guest memory; the write completes with what the kernel took, so a slow
+  peer holds the guest back and the host buffers nothing. The guest dropping its end sends
+  FIN; the future says how it went.
 * ``listen``: a stream of accepted ``tcp-socket``s. A connection is accepted only once the
   guest reads from the stream (until then it waits in the kernel's backlog, where another
   ``--workers`` process may take it); a graceful stop ends the stream.
@@ -51,8 +52,6 @@ from .registry import error_code as os_error_code
 from .registry import SharedSocket, SocketRegistry, registry
 
 log = logging.getLogger("wasi_tls_host.sockets")
-
-SEND_CHUNK = 256 * 1024  # what send() holds of the guest's stream at a time
 
 # --- error codes ---------------------------------------------------------------------------
 
@@ -240,13 +239,10 @@ def tcp_send(cx: StoreState, sock: TcpSocket, data: Stream) -> Future:
 async def _send(conn: tcp.TcpConnection, reader: StreamReader, result: FutureWriter) -> None:
     outcome: Any = None
     try:
-        while (chunk := await reader.read(SEND_CHUNK)) is not None:
-            view = memoryview(chunk)
-            while view:
-                try:
-                    view = view[conn.send(view):]
-                except BlockingIOError:
-                    await conn.writable()
+        # Each guest write is given to the kernel in place; it completes with what the
+        # kernel took, so the host holds none of it.
+        while await reader.drain(conn.send, conn.writable) is not None:
+            pass
         conn.shutdown_write()  # the guest dropped its end: FIN
     except OSError as e:
         outcome = Err(failure_code(e))
