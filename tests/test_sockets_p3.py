@@ -17,9 +17,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from conftest import free_port, open_fds
-from sockets_util import TIMEOUT, loopback_policy
+from conftest import GuestRun, free_port, open_fds
+from sockets_util import TIMEOUT, GuestThread, ServerThread, echo_until_eof, has_ipv6_loopback, loopback_policy
 from wasi_tls_host import Host, NetworkPolicy, WasiConfig
+from wasi_tls_host.runtime.limits import GuestLimits
 
 ACCESS_DENIED, INVALID_STATE, ADDRESS_IN_USE, CONNECTION_BROKEN, CONNECTION_RESET, OK = 0, 5, 7, 10, 11, 100
 
@@ -164,3 +165,196 @@ def test_a_listen_stream_dropped_with_a_client_waiting_refuses_the_client(hostil
         pass  # the port is free
     guest.close()
     assert open_fds() == before
+
+
+# --- componentize-py guests: sockets_probe_p3, echo_server_p3 ---------------------------------
+
+PROBE = "sockets_probe_p3"
+needs_ipv6 = pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback")
+
+
+@pytest.fixture(scope="module")
+def probe_wasm(core_host: Host, guest_path):
+    wasm = guest_path(PROBE)
+    core_host.load(wasm)
+    return wasm
+
+
+@pytest.fixture
+def probe(core_host: Host, probe_wasm):
+    def run(*args: str, policy: NetworkPolicy | None = None, limits: GuestLimits | None = None) -> GuestRun:
+        out, err = bytearray(), bytearray()
+        config = WasiConfig(args=[PROBE, *args], stdout=out, stderr=err,
+                            network=policy if policy is not None else loopback_policy())
+        if limits is not None:
+            config.limits = limits
+        result = core_host.run(probe_wasm, config)
+        return GuestRun(result.exit_code, bytes(out), bytes(err), result.trap)
+
+    return run
+
+
+@pytest.mark.parametrize("family", [socket.AF_INET, pytest.param(socket.AF_INET6, marks=needs_ipv6)], ids=["ipv4", "ipv6"])
+def test_echo_client_against_a_cpython_server(probe, family) -> None:
+    server = ServerThread(echo_until_eof, family)
+    addr = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+    message = "hello over wasi:sockets@0.3.0 " * 500
+    run = probe("echo-client", addr, str(server.port), message)
+    server.close()
+    shown = f"[{addr}]:{server.port}" if family == socket.AF_INET6 else f"{addr}:{server.port}"
+    assert run.out.splitlines() == [
+        f"local {'ipv6' if family == socket.AF_INET6 else 'ipv4'} remote {shown}",
+        f"echo: {message}",
+        "send ok receive ok",
+    ], run.err
+
+
+def test_download_reads_every_byte_until_the_peers_fin(probe) -> None:
+    payload = bytes(range(256)) * 4096 * 5  # 5 MiB
+    server = ServerThread(lambda conn: conn.sendall(payload))
+    run = probe("download", "127.0.0.1", str(server.port))
+    server.close()
+    assert run.out == f"bytes {len(payload)} end ok\n", run.err
+
+
+def test_upload_arrives_whole_then_fin(probe) -> None:
+    received: list[int] = []
+
+    def count(conn: socket.socket) -> None:
+        total = 0
+        while chunk := conn.recv(1 << 20):
+            total += len(chunk)
+        received.append(total)
+
+    server = ServerThread(count)
+    run = probe("upload", "127.0.0.1", str(server.port), str(3 << 20 | 123))
+    server.close()
+    assert run.out == f"sent {3 << 20 | 123} end ok\n", run.err
+    assert received == [3 << 20 | 123]
+
+
+def test_connection_refused(probe) -> None:
+    assert probe("connect", "127.0.0.1", str(free_port())).out == "connect error connection-refused\n"
+
+
+def test_connect_and_listen_outside_the_policy_are_denied(probe) -> None:
+    port = free_port()
+    policy = NetworkPolicy().allow_connect("127.0.0.1:1-2")
+    assert probe("connect", "127.0.0.1", str(port), policy=policy).out == "connect error access-denied\n"
+    assert probe("bind", "127.0.0.1", str(port), policy=policy).out == "bind error access-denied\n"
+
+
+def test_max_sockets_is_other_with_words(probe) -> None:
+    run = probe("hoard", "10", limits=GuestLimits(max_sockets=3))
+    assert run.out.splitlines() == ["holding 3 then other", "after closing: created one more"], run.err
+
+
+@pytest.mark.parametrize("splice", [False, True], ids=["through-the-guest", "spliced-by-the-host"])
+def test_guest_echo_server_serves_concurrent_clients(core_host: Host, guest_path, splice: bool) -> None:
+    clients = 5
+    port = free_port()
+    args = [str(port), "--count", str(clients), *(["--splice"] if splice else [])]
+    with GuestThread(core_host, guest_path("echo_server_p3"), args, loopback_policy()) as guest:
+        guest.wait_for(f"listening on 127.0.0.1:{port}")
+        conns = [socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) for _ in range(clients)]
+        try:
+            for i, c in enumerate(reversed(conns)):  # all connected before any finishes
+                c.sendall(f"client {i} says hi ".encode() * 1000)
+                c.shutdown(socket.SHUT_WR)
+            for i, c in enumerate(reversed(conns)):
+                got = bytearray()
+                while chunk := c.recv(65536):
+                    got += chunk
+                assert got == f"client {i} says hi ".encode() * 1000
+        finally:
+            for c in conns:
+                c.close()
+        assert guest.join().exit_code == 0
+    assert guest.out.splitlines()[-1] == f"served {clients}"
+
+
+@pytest.mark.parametrize("addr", ["127.0.0.1", pytest.param("::1", marks=needs_ipv6)], ids=["ipv4", "ipv6"])
+def test_udp_echo_pair(core_host: Host, probe_wasm, probe, addr: str) -> None:
+    port = free_port(socket.AF_INET6 if ":" in addr else socket.AF_INET)
+    with GuestThread(core_host, probe_wasm, ["udp-echo", addr, str(port), "3"], loopback_policy()) as server:
+        server.wait_for("ready")
+        run = probe("udp-client", addr, str(port), "one", "two", "three")
+        assert server.join().exit_code == 0
+    shown = f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+    assert run.out.splitlines() == [f"remote {shown}", *(f"reply: {m} from {shown}" for m in ("one", "two", "three"))]
+    assert server.out.splitlines()[-1] == "udp echoed 3"
+
+
+def test_lookups(probe) -> None:
+    addresses = [line.split()[1] for line in probe("lookup", "localhost").out.splitlines()]
+    assert "127.0.0.1" in addresses and set(addresses) <= {"127.0.0.1", "::1"}
+    no_dns = loopback_policy()
+    no_dns.dns = False
+    assert probe("lookup", "::1", policy=no_dns).out == "address ::1\n"
+    assert probe("lookup", "localhost", policy=no_dns).out == "error access-denied\n"
+    assert probe("lookup", "bad name").out == "error invalid-argument\n"
+    assert probe("lookup", "no-such-host.invalid").out == "error name-unresolvable\n"
+
+
+def test_wrong_state_calls_and_options(probe) -> None:
+    """A few lines of ``states`` (test_runtime_differential.py compares all of them with the
+    wasmtime CLI)."""
+    run = probe("states", "127.0.0.1")
+    got = {k: v for k, _, v in (line.partition(" ") for line in run.out.splitlines())}
+    assert got["bind-twice"] == "invalid-state" and got["listen-twice"] == "invalid-state"
+    assert got["send"] == "ok send-again invalid-state"
+    assert got["receive-again"] == "b'' invalid-state"
+    assert got["connect-refused"] == "connection-refused"
+    assert got["options-after-failure"] == "connection-refused connection-refused"
+    assert got["rcvbuf"] == "invalid-argument ok 65536"
+    assert got["udp-send-too-large"] == "datagram-too-large"
+    assert run.out.endswith("done\n"), run.err
+
+
+def test_thousand_connections_leave_no_descriptor(probe, no_gc) -> None:
+    accepted: list[socket.socket] = []
+    listener = socket.create_server(("127.0.0.1", 0), backlog=1024)
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def accept_loop() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            conn.close()
+            accepted.append(conn)
+
+    thread = threading.Thread(target=accept_loop, daemon=True)
+    thread.start()
+    try:
+        assert probe("churn", "127.0.0.1", str(port), "1").out == "churned 1\n"
+        before = open_fds()
+        assert probe("churn", "127.0.0.1", str(port), "1000").out == "churned 1000\n"
+        assert open_fds() <= before
+    finally:
+        stop.set()
+        thread.join(TIMEOUT)
+        listener.close()
+
+
+def test_dropping_the_instance_closes_everything(core_host: Host, guest_path, no_gc) -> None:
+    wasm = guest_path("echo_server_p3")
+    core_host.load(wasm)
+    before = open_fds()
+    port = free_port()
+    with GuestThread(core_host, wasm, [str(port)], loopback_policy()) as guest:
+        guest.wait_for("listening on")
+        conn = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        conn.sendall(b"ping")
+        assert conn.recv(4) == b"ping"  # an open connection, streams and tasks at work
+        guest.stop()
+    try:
+        data = conn.recv(10)
+    except ConnectionResetError:
+        data = b""
+    assert data == b""
+    conn.close()
+    assert open_fds() <= before

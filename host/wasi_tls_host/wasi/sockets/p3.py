@@ -53,6 +53,8 @@ from .registry import SharedSocket, SocketRegistry, registry
 
 log = logging.getLogger("wasi_tls_host.sockets")
 
+SPLICE_CHUNK = 256 * 1024  # what send holds at a time of a stream the host itself writes
+
 # --- error codes ---------------------------------------------------------------------------
 
 ERROR_CASES = frozenset(
@@ -239,11 +241,22 @@ def tcp_send(cx: StoreState, sock: TcpSocket, data: Stream) -> Future:
 async def _send(conn: tcp.TcpConnection, reader: StreamReader, result: FutureWriter) -> None:
     outcome: Any = None
     try:
-        # Each guest write is given to the kernel in place; it completes with what the
-        # kernel took, so the host holds none of it.
-        while await reader.drain(conn.send, conn.writable) is not None:
-            pass
-        conn.shutdown_write()  # the guest dropped its end: FIN
+        if reader.stream.writer is None:
+            # Each guest write is given to the kernel in place; it completes with what the
+            # kernel took, so the host holds none of it.
+            while await reader.drain(conn.send, conn.writable) is not None:
+                pass
+        else:
+            # The host writes this stream itself (the guest passed another socket's receive
+            # stream): there is no guest buffer to take, so move it through one of ours.
+            while (chunk := await reader.read(SPLICE_CHUNK)) is not None:
+                view = memoryview(chunk)
+                while view:
+                    try:
+                        view = view[conn.send(view):]
+                    except BlockingIOError:
+                        await conn.writable()
+        conn.shutdown_write()  # the writer dropped its end: FIN
     except OSError as e:
         outcome = Err(failure_code(e))
     except Cancelled:
