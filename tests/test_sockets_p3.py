@@ -13,6 +13,7 @@ import logging
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -358,3 +359,36 @@ def test_dropping_the_instance_closes_everything(core_host: Host, guest_path, no
     assert data == b""
     conn.close()
     assert open_fds() <= before
+
+
+# --- the engine on its own ------------------------------------------------------------------------
+
+
+def test_accepted_and_connected_engine_sockets_have_nagle_off() -> None:
+    """Both WASI versions get sockets that send small writes at once (TCP_NODELAY)."""
+    from wasi_tls_host.runtime.values import Variant
+    from wasi_tls_host.wasi.context import WasiCtx
+    from wasi_tls_host.wasi.sockets import tcp
+
+    ctx = WasiCtx(WasiConfig(network=loopback_policy()))
+    try:
+        listener = tcp.TcpSocket.create(ctx, "ipv4")
+        listener.bind(ctx, Variant("ipv4", {"port": 0, "address": (127, 0, 0, 1)}))
+        listener.listen(ctx)
+        port = listener.local_address().port
+        client = tcp.TcpSocket.create(ctx, "ipv4")
+        client.start_connect(ctx, Variant("ipv4", {"port": port, "address": (127, 0, 0, 1)}))
+        accepted = None
+        deadline = time.monotonic() + TIMEOUT
+        while accepted is None and time.monotonic() < deadline:
+            accepted = listener.accept(ctx)
+        assert accepted is not None
+        while not client.connect_done():
+            assert time.monotonic() < deadline
+        client.finish_connect()
+        for sock in (accepted, client):
+            assert sock.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+            sock.release()
+        listener.release()
+    finally:
+        ctx.close()

@@ -191,7 +191,6 @@ class TcpSocket(HostResource):
         return (client, *client._open_streams())
 
     def _open_streams(self) -> tuple[SocketInput, SocketOutput]:
-        self.socket._tune_connected()
         self.input = SocketInput(self.socket.shared)
         self.output = SocketOutput(self.socket.shared)
         return self.input, self.output

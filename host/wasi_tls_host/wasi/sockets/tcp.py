@@ -228,7 +228,9 @@ class TcpSocket:
         except WitError:
             conn.close()
             raise
-        return TcpSocket(SharedSocket(conn, reg, ConnectionRecord(os_address_text(peer))), self.family, TcpState.CONNECTED)
+        client = TcpSocket(SharedSocket(conn, reg, ConnectionRecord(os_address_text(peer))), self.family, TcpState.CONNECTED)
+        client._tune_connected()
+        return client
 
     # --- connect --------------------------------------------------------------------------
     def start_connect(self, wasi: Any, value: Any) -> None:
