@@ -392,3 +392,33 @@ def test_accepted_and_connected_engine_sockets_have_nagle_off() -> None:
         listener.release()
     finally:
         ctx.close()
+
+
+def test_a_receive_stream_names_its_tcp_connection_for_the_layers_above(core_host: Host, guest_path) -> None:
+    """``p3.connection_of(stream)``: what TLS over 0.3 streams finds beneath a guest's
+    ciphertext stream (the connection's access-log record, its readiness)."""
+    from wasi_tls_host.runtime.binding import OUTGOING_VALUE_HOOKS
+    from wasi_tls_host.wasi.sockets import p3
+
+    seen: list[tuple[object, str | None]] = []
+
+    def look(name: str, value: object) -> None:
+        if name.endswith("[method]tcp-socket.receive"):
+            conn = p3.connection_of(value[0])  # type: ignore[index]
+            seen.append((conn, conn.record.peer if conn is not None and conn.record is not None else None))
+
+    port = free_port()
+    OUTGOING_VALUE_HOOKS.append(look)
+    try:
+        with GuestThread(core_host, guest_path("echo_server_p3"), [str(port), "--count", "1"], loopback_policy()) as guest:
+            guest.wait_for("listening on")
+            with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as c:
+                c.sendall(b"hi")
+                c.shutdown(socket.SHUT_WR)
+                assert c.recv(10) == b"hi"
+                local = c.getsockname()
+            assert guest.join().exit_code == 0
+    finally:
+        OUTGOING_VALUE_HOOKS.remove(look)
+    assert len(seen) == 1 and isinstance(seen[0][0], p3.tcp.TcpConnection)
+    assert seen[0][1] == f"{local[0]}:{local[1]}"
