@@ -6,27 +6,25 @@ processes, real signals, CPython clients on 127.0.0.1."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from conftest import free_port
+from test_server_operation import STARTUP, TIMEOUT, _refused_soon, _wait_stopped
+from test_server_operation import Server as TlsServer
 
-TIMEOUT = 20.0
-STARTUP = 120.0  # a process loading the guest on a busy 2-core machine
 
+class Server(TlsServer):
+    """``wasi-tls-host run ... echo_server_p3.wasm PORT`` as a process: the TLS server's
+    operations (output, waiting for lines, echo, stop) over plain TCP."""
 
-class Server:
-    """``wasi-tls-host run ... echo_server_p3.wasm PORT`` as a process."""
-
-    def __init__(self, guest: Path, tmp: Path, *options: str) -> None:
+    def __init__(self, guest: Path, tmp: Path, *options: str) -> None:  # no certificates here
         self.port = free_port()
         self.out_path, self.err_path = tmp / f"stdout-{self.port}", tmp / f"stderr-{self.port}"
         cmd = [sys.executable, "-m", "wasi_tls_host.cli", "run", "--allow-listen", f"127.0.0.1:{self.port}",
@@ -34,46 +32,8 @@ class Server:
         with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
             self.process = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
 
-    @property
-    def out(self) -> str:
-        return self.out_path.read_text()
-
-    @property
-    def err(self) -> str:
-        return self.err_path.read_text()
-
-    def wait_for(self, pattern: str, count: int = 1, where: str = "err", timeout: float = TIMEOUT) -> list[re.Match[str]]:
-        deadline = time.monotonic() + timeout
-        while True:
-            found = list(re.finditer(pattern, self.err if where == "err" else self.out))
-            if len(found) >= count:
-                return found
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                raise AssertionError(f"no {count} x {pattern!r}; exit {self.process.poll()}\nstdout:\n{self.out}\nstderr:\n{self.err}")
-            time.sleep(0.05)
-
-    def connect(self, timeout: float = TIMEOUT) -> socket.socket:
+    def connect(self, timeout: float = TIMEOUT) -> socket.socket:  # type: ignore[override]
         return socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
-
-    @staticmethod
-    def echo(conn: socket.socket, data: bytes) -> bytes:
-        conn.sendall(data)
-        got = b""
-        while len(got) < len(data):
-            chunk = conn.recv(len(data) - len(got))
-            if not chunk:
-                break
-            got += chunk
-        return got
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                return self.process.wait(TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        return self.process.wait(TIMEOUT)
 
 
 @pytest.fixture
@@ -95,24 +55,6 @@ def server(guest_path, tmp_path: Path) -> Iterator:
         if s.process.poll() is None:
             s.process.kill()
             s.process.wait(TIMEOUT)
-
-
-def _refused_soon(port: int) -> bool:
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT).close()
-        except ConnectionRefusedError:
-            return True
-        time.sleep(0.05)
-    return False
-
-
-def _wait_stopped(pid: int) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
-        assert time.monotonic() < deadline, f"process {pid} did not stop"
-        time.sleep(0.01)
 
 
 def test_two_workers_share_the_handed_down_listener_and_a_stalled_one_loses_no_client(server) -> None:

@@ -12,14 +12,22 @@ from __future__ import annotations
 import logging
 import socket
 import struct
-import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 
 from conftest import GuestRun, free_port, open_fds
-from sockets_util import TIMEOUT, GuestThread, ServerThread, echo_until_eof, has_ipv6_loopback, loopback_policy
+from sockets_util import (
+    TIMEOUT,
+    AcceptAndClose,
+    GuestThread,
+    ServerThread,
+    echo_until_eof,
+    eof_or_reset,
+    has_ipv6_loopback,
+    loopback_policy,
+)
 from wasi_tls_host import Host, NetworkPolicy, WasiConfig
 from wasi_tls_host.runtime.limits import GuestLimits
 
@@ -47,32 +55,6 @@ def hostile(core_host: Host, guest_path):
     yield make
     for guest in made:
         guest.close()
-
-
-class Peer:
-    """A CPython TCP server on 127.0.0.1 running ``handle(conn)`` for one connection."""
-
-    def __init__(self, handle) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(TIMEOUT)
-        self.port = self.listener.getsockname()[1]
-        self.result: list[object] = []
-        self.thread = threading.Thread(target=self._serve, args=(handle,), daemon=True)
-        self.thread.start()
-
-    def _serve(self, handle) -> None:
-        conn, _ = self.listener.accept()
-        conn.settimeout(TIMEOUT)
-        try:
-            self.result.append(handle(conn))
-        finally:
-            conn.close()
-
-    def close(self) -> object:
-        self.thread.join(TIMEOUT)
-        self.listener.close()
-        assert not self.thread.is_alive()
-        return self.result[0] if self.result else None
 
 
 def reset(conn: socket.socket) -> None:
@@ -111,7 +93,7 @@ def test_receive_after_a_peer_reset_ends_the_stream_with_connection_reset(hostil
         conn.sendall(b"x" * 1000)
         reset(conn)
 
-    peer = Peer(send_then_reset)
+    peer = ServerThread(send_then_reset)
     result = hostile().call("receive-reset", peer.port)
     peer.close()
     assert result & 0xFF == CONNECTION_RESET
@@ -123,26 +105,29 @@ def test_send_to_a_peer_that_reset_ends_with_an_error_not_a_hang(hostile) -> Non
         assert conn.recv(1)
         reset(conn)
 
-    peer = Peer(reset_on_data)
+    peer = ServerThread(reset_on_data)
     result = hostile().call("send-reset", peer.port)
     peer.close()
     assert result in (CONNECTION_RESET, CONNECTION_BROKEN)
 
 
 def test_streams_left_undropped_are_closed_with_the_guest(hostile, core_host, no_gc) -> None:
-    def read_until_eof(conn: socket.socket) -> int:
+    received: list[int] = []
+
+    def read_until_eof(conn: socket.socket) -> None:
         total = 0
         while chunk := conn.recv(65536):
             total += len(chunk)
-        return total
+        received.append(total)
 
     before = open_fds()
-    peer = Peer(read_until_eof)
+    peer = ServerThread(read_until_eof)
     guest = hostile()
     assert guest.call("leave-streams", peer.port) == OK
     assert guest.state.scheduler.pending > 0  # its receiver and sender are still at work
     guest.close()
-    assert peer.close() == 1000  # the peer got what was written, then the end
+    peer.close()
+    assert received == [1000]  # the peer got what was written, then the end
     assert open_fds() == before
 
 
@@ -155,11 +140,7 @@ def test_a_listen_stream_dropped_with_a_client_waiting_refuses_the_client(hostil
     assert guest.call("listen-and-read", port) == OK
     client = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)  # waits in the backlog
     assert guest.call("cancel-and-drop") == 0  # the cancelled read had delivered no socket
-    try:
-        data = client.recv(10)
-    except ConnectionResetError:
-        data = b""
-    assert data == b""
+    assert eof_or_reset(client) == b""
     client.close()
     assert guest.state.scheduler.pending == 0
     with socket.create_server(("127.0.0.1", port)):
@@ -313,32 +294,11 @@ def test_wrong_state_calls_and_options(probe) -> None:
 
 
 def test_thousand_connections_leave_no_descriptor(probe, no_gc) -> None:
-    accepted: list[socket.socket] = []
-    listener = socket.create_server(("127.0.0.1", 0), backlog=1024)
-    port = listener.getsockname()[1]
-    stop = threading.Event()
-
-    def accept_loop() -> None:
-        listener.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            conn.close()
-            accepted.append(conn)
-
-    thread = threading.Thread(target=accept_loop, daemon=True)
-    thread.start()
-    try:
-        assert probe("churn", "127.0.0.1", str(port), "1").out == "churned 1\n"
+    with AcceptAndClose() as server:
+        assert probe("churn", "127.0.0.1", str(server.port), "1").out == "churned 1\n"
         before = open_fds()
-        assert probe("churn", "127.0.0.1", str(port), "1000").out == "churned 1000\n"
+        assert probe("churn", "127.0.0.1", str(server.port), "1000").out == "churned 1000\n"
         assert open_fds() <= before
-    finally:
-        stop.set()
-        thread.join(TIMEOUT)
-        listener.close()
 
 
 def test_dropping_the_instance_closes_everything(core_host: Host, guest_path, no_gc) -> None:
@@ -352,11 +312,7 @@ def test_dropping_the_instance_closes_everything(core_host: Host, guest_path, no
         conn.sendall(b"ping")
         assert conn.recv(4) == b"ping"  # an open connection, streams and tasks at work
         guest.stop()
-    try:
-        data = conn.recv(10)
-    except ConnectionResetError:
-        data = b""
-    assert data == b""
+    assert eof_or_reset(conn) == b""
     conn.close()
     assert open_fds() <= before
 

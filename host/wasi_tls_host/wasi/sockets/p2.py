@@ -10,7 +10,6 @@ answered meanwhile. ``connect`` is a real non-blocking connect polled by ``finis
 from __future__ import annotations
 
 import select
-import socket
 import time
 from typing import Any, Iterable
 
@@ -20,7 +19,7 @@ from ...runtime.store import StoreState
 from ...runtime.values import Trap, Variant, WitError
 from ..io import InputStream, IoError, OutputStream, Pollable, ReadyPollable, Waits
 from . import lookup, tcp, udp
-from .addresses import SockAddr, ip_to_wit, remote_address
+from .addresses import ip_to_wit
 from .p2_streams import SocketInput, SocketOutput, SocketPollable
 from .registry import poll_now
 
@@ -566,12 +565,12 @@ def udp_address_family(cx: StoreState, sock: UdpSocket) -> str:
 
 @udp_iface.func("[method]udp-socket.unicast-hop-limit")
 def udp_unicast_hop_limit(cx: StoreState, sock: UdpSocket) -> int:
-    return sock.socket.unicast_hop_limit()
+    return sock.socket.hop_limit()
 
 
 @udp_iface.func("[method]udp-socket.set-unicast-hop-limit")
 def udp_set_unicast_hop_limit(cx: StoreState, sock: UdpSocket, value: int) -> None:
-    sock.socket.set_unicast_hop_limit(value)
+    sock.socket.set_hop_limit(value)
 
 
 @udp_iface.func("[method]udp-socket.receive-buffer-size")

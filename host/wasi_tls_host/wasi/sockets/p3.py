@@ -489,12 +489,12 @@ def udp_get_address_family(cx: StoreState, sock: UdpSocket) -> str:
 
 @_func(types_iface, "[method]udp-socket.get-unicast-hop-limit")
 def udp_get_unicast_hop_limit(cx: StoreState, sock: UdpSocket) -> int:
-    return sock.socket.unicast_hop_limit()
+    return sock.socket.hop_limit()
 
 
 @_func(types_iface, "[method]udp-socket.set-unicast-hop-limit")
 def udp_set_unicast_hop_limit(cx: StoreState, sock: UdpSocket, value: int) -> None:
-    sock.socket.set_unicast_hop_limit(value)
+    sock.socket.set_hop_limit(value)
 
 
 @_func(types_iface, "[method]udp-socket.get-receive-buffer-size")

@@ -35,6 +35,7 @@ from ...runtime.scheduler import readable, writable
 from ...runtime.values import WitError
 from .addresses import SockAddr, local_address, os_address_text, remote_address, unspecified
 from .policy import IPAddress, check_bind, check_connect, format_address, policy_of
+from .base import EngineSocket
 from .registry import ConnectionRecord, SharedSocket, error_code, os_error, poll_now, registry
 
 log = logging.getLogger("wasi_tls_host.sockets")
@@ -93,29 +94,23 @@ _NS = 1_000_000_000
 _MAX_KEEPIDLE = 32767  # Linux limits (seconds, seconds, probes)
 _MAX_KEEPINTVL = 32767
 _MAX_KEEPCNT = 127
-_MAX_I32 = 0x7FFF_FFFF
+_MAX_BACKLOG = 0x7FFF_FFFF
 # connect: an implicit bind that found no ephemeral port (the spec's address-in-use).
 _CONNECT_ERRORS = {errno.EADDRNOTAVAIL: "address-in-use"}
 
 
-class TcpSocket:
+class TcpSocket(EngineSocket):
     """One TCP socket of a guest, whichever WASI version made it."""
 
     def __init__(self, shared: SharedSocket, family: str, state: TcpState = TcpState.UNBOUND) -> None:
-        self.shared = shared.acquire()
-        self.family = family
+        super().__init__(shared, family)
         self.state = state
         self.failure: str | None = None  # why a WASI 0.3 connect failed (see REPORTS_FAILURE)
         self.backlog = DEFAULT_BACKLOG
-        self._released = False
 
     @classmethod
     def create(cls, wasi: Any, family: str) -> TcpSocket:
         return cls(registry(wasi).new_socket(family, socket.SOCK_STREAM), family)
-
-    @property
-    def sock(self) -> socket.socket:
-        return self.shared.sock
 
     def __repr__(self) -> str:
         return f"<TcpSocket {self.family} {self.state.value}>"
@@ -193,7 +188,7 @@ class TcpSocket:
         if value == 0:
             raise WitError("invalid-argument")
         self.require("set-listen-backlog-size")
-        self.backlog = min(value, _MAX_I32)
+        self.backlog = min(value, _MAX_BACKLOG)
         if self.state is TcpState.LISTENING:
             try:
                 self.sock.listen(self.backlog)  # Linux updates the backlog of a listener
@@ -312,20 +307,9 @@ class TcpSocket:
     def is_listening(self) -> bool:
         return self.state is TcpState.LISTENING
 
-    # --- options ------------------------------------------------------------------------
-    def _get(self, level: int, option: int) -> int:
+    # --- options (hop limit and buffer sizes: EngineSocket) -----------------------------
+    def check_option(self) -> None:
         self.require("option")
-        try:
-            return self.sock.getsockopt(level, option)
-        except OSError as e:
-            raise os_error(e) from None
-
-    def _set(self, level: int, option: int, value: int) -> None:
-        self.require("option")
-        try:
-            self.sock.setsockopt(level, option, value)
-        except OSError as e:
-            raise os_error(e) from None
 
     def keep_alive_enabled(self) -> bool:
         return bool(self._get(socket.SOL_SOCKET, socket.SO_KEEPALIVE))
@@ -352,33 +336,6 @@ class TcpSocket:
         if value == 0:
             raise WitError("invalid-argument")
         self._set(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, min(value, _MAX_KEEPCNT))
-
-    def hop_limit(self) -> int:
-        return min(255, self._get(*hop_limit_option(self.family)))
-
-    def set_hop_limit(self, value: int) -> None:
-        if value == 0:
-            raise WitError("invalid-argument")
-        self._set(*hop_limit_option(self.family), value)
-
-    def receive_buffer_size(self) -> int:
-        return self._get(socket.SOL_SOCKET, socket.SO_RCVBUF)
-
-    def set_receive_buffer_size(self, value: int) -> None:
-        self._set(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer_size(value))
-
-    def send_buffer_size(self) -> int:
-        return self._get(socket.SOL_SOCKET, socket.SO_SNDBUF)
-
-    def set_send_buffer_size(self, value: int) -> None:
-        self._set(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer_size(value))
-
-    # --- lifetime -------------------------------------------------------------------------
-    def release(self) -> None:
-        """The socket resource is gone (its streams and tasks may still hold the OS socket)."""
-        if not self._released:
-            self._released = True
-            self.shared.release()
 
 
 class TcpConnection:
@@ -423,13 +380,33 @@ class TcpConnection:
 
     def recv_into(self, view: Any) -> int:
         """Bytes straight into ``view`` (e.g. guest memory); 0 at the end of the stream."""
+        return self._received(self._io(self.shared.sock.recv_into, view))
+
+    def recv(self, n: int) -> bytes:
+        data: bytes = self._io(self.shared.sock.recv, n)
+        self._received(len(data))
+        return data
+
+    def send(self, data: Any) -> int:
+        """What the kernel takes of ``data`` now (at least one byte)."""
+        sent: int = self._io(self.shared.sock.send, data, socket.MSG_NOSIGNAL)
+        record = self.shared.record
+        if record is not None:
+            record.bytes_out += sent
+        return sent
+
+    def _io(self, op: Any, *args: Any) -> Any:
+        """One non-blocking socket call: BlockingIOError when it would wait; a failure is
+        noted in the access-log record and raised."""
         try:
-            n = self.shared.sock.recv_into(view)
+            return op(*args)
         except (BlockingIOError, InterruptedError):
             raise BlockingIOError() from None
         except OSError as e:
             self.note_failure(e)
             raise
+
+    def _received(self, n: int) -> int:
         record = self.shared.record
         if record is not None:
             if n:
@@ -437,36 +414,6 @@ class TcpConnection:
             else:
                 record.note_end("peer-closed")
         return n
-
-    def recv(self, n: int) -> bytes:
-        try:
-            data = self.shared.sock.recv(n)
-        except (BlockingIOError, InterruptedError):
-            raise BlockingIOError() from None
-        except OSError as e:
-            self.note_failure(e)
-            raise
-        record = self.shared.record
-        if record is not None:
-            if data:
-                record.bytes_in += len(data)
-            else:
-                record.note_end("peer-closed")
-        return data
-
-    def send(self, data: Any) -> int:
-        """What the kernel takes of ``data`` now (at least one byte)."""
-        try:
-            sent = self.shared.sock.send(data, socket.MSG_NOSIGNAL)
-        except (BlockingIOError, InterruptedError):
-            raise BlockingIOError() from None
-        except OSError as e:
-            self.note_failure(e)
-            raise
-        record = self.shared.record
-        if record is not None:
-            record.bytes_out += sent
-        return sent
 
     def queued(self) -> int:
         """Bytes the kernel holds for us to read (FIONREAD); 0 if it cannot say."""
@@ -497,19 +444,6 @@ class TcpConnection:
         if not self.released:
             self.released = True
             self.shared.release()
-
-
-def hop_limit_option(family: str) -> tuple[int, int]:
-    if family == "ipv4":
-        return socket.IPPROTO_IP, socket.IP_TTL
-    return socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS
-
-
-def buffer_size(value: int) -> int:
-    """A buffer size to set: 0 is invalid-argument, anything larger is clamped."""
-    if value == 0:
-        raise WitError("invalid-argument")
-    return min(value, _MAX_I32)
 
 
 def _ns_to_seconds(value: int, limit: int) -> int:

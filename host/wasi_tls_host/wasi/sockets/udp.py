@@ -17,8 +17,8 @@ from typing import Any
 from ...runtime.values import WitError
 from .addresses import SockAddr, local_address, remote_address
 from .policy import check_bind, check_connect
+from .base import EngineSocket
 from .registry import SharedSocket, os_error, registry
-from .tcp import buffer_size, hop_limit_option
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 MAX_DATAGRAM = 65535
@@ -35,23 +35,17 @@ def _disconnect(sock: socket.socket) -> None:
             raise OSError(code, "disconnect failed")
 
 
-class UdpSocket:
+class UdpSocket(EngineSocket):
     """One UDP socket of a guest, whichever WASI version made it."""
 
     def __init__(self, shared: SharedSocket, family: str) -> None:
-        self.shared = shared.acquire()
-        self.family = family
+        super().__init__(shared, family)
         self.bound = False
         self.remote: SockAddr | None = None  # the peer of a "connected" socket
-        self._released = False
 
     @classmethod
     def create(cls, wasi: Any, family: str) -> UdpSocket:
         return cls(registry(wasi).new_socket(family, socket.SOCK_DGRAM), family)
-
-    @property
-    def sock(self) -> socket.socket:
-        return self.shared.sock
 
     def bind(self, wasi: Any, value: Any) -> None:
         """Bind to the WIT address ``value`` (checked as the spec asks, then against the policy)."""
@@ -131,41 +125,3 @@ class UdpSocket:
         if self.remote is None:
             raise WitError("invalid-state")
         return SockAddr.from_os(self.sock.getpeername())
-
-    # --- options ------------------------------------------------------------------------
-    def _get(self, level: int, option: int) -> int:
-        try:
-            return self.sock.getsockopt(level, option)
-        except OSError as e:
-            raise os_error(e) from None
-
-    def _set(self, level: int, option: int, value: int) -> None:
-        try:
-            self.sock.setsockopt(level, option, value)
-        except OSError as e:
-            raise os_error(e) from None
-
-    def unicast_hop_limit(self) -> int:
-        return min(255, self._get(*hop_limit_option(self.family)))
-
-    def set_unicast_hop_limit(self, value: int) -> None:
-        if value == 0:
-            raise WitError("invalid-argument")
-        self._set(*hop_limit_option(self.family), value)
-
-    def receive_buffer_size(self) -> int:
-        return self._get(socket.SOL_SOCKET, socket.SO_RCVBUF)
-
-    def set_receive_buffer_size(self, value: int) -> None:
-        self._set(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer_size(value))
-
-    def send_buffer_size(self) -> int:
-        return self._get(socket.SOL_SOCKET, socket.SO_SNDBUF)
-
-    def set_send_buffer_size(self, value: int) -> None:
-        self._set(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer_size(value))
-
-    def release(self) -> None:
-        if not self._released:
-            self._released = True
-            self.shared.release()
