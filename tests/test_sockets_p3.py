@@ -100,6 +100,28 @@ def test_receive_after_a_peer_reset_ends_the_stream_with_connection_reset(hostil
     assert result >> 8 <= 1000  # what arrived before the reset (the kernel may drop it)
 
 
+def test_dropping_the_receive_stream_mid_transfer_ends_it_with_ok(hostile, no_gc) -> None:
+    """The guest stops reading while the peer still sends: the receive side shuts down, the
+    future says ok, and the socket closes with its handle."""
+    outcome: list[str] = []
+
+    def flood(conn: socket.socket) -> None:
+        try:
+            while True:
+                conn.sendall(b"x" * 65536)
+        except OSError as e:  # the guest's side is closed: a reset or a broken pipe
+            outcome.append(type(e).__name__)
+
+    before = open_fds()
+    peer = ServerThread(flood)
+    guest = hostile()
+    assert guest.call("receive-drop", peer.port) == OK
+    peer.close()
+    assert outcome and outcome[0] in ("ConnectionResetError", "BrokenPipeError")
+    guest.close()
+    assert open_fds() == before
+
+
 def test_send_to_a_peer_that_reset_ends_with_an_error_not_a_hang(hostile) -> None:
     def reset_on_data(conn: socket.socket) -> None:
         assert conn.recv(1)

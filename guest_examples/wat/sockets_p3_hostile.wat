@@ -9,8 +9,10 @@
 ;;                               on PORT again at once: the second listen's result
 ;;   receive-reset(port)      -> connect, send one byte and FIN, read the receive stream to
 ;;                               its end: bytes * 256 + the receive future's result
-;;   send-reset(port)         -> connect, send 1 MiB through a stream until the host stops
-;;                               taking it: the send future's result
+;;   receive-drop(port)       -> connect, read once from the receive stream, drop it while
+;;                               the peer still sends: the receive future's result
+;;   send-reset(port)         -> connect, write 64 KiB at a time into send until the host
+;;                               stops taking it: the send future's result
 ;;   leave-streams(port)      -> connect, receive and send, write 1000 bytes, and return with
 ;;                               every stream, future and socket still held
 ;;   accept-after-drop(port)  -> listen on PORT, drop the socket, connect to PORT, accept
@@ -269,6 +271,21 @@
       (call $tcp-drop (local.get $sock))
       (call $task-return (i32.or (i32.shl (local.get $total) (i32.const 8)) (local.get $ret))))
 
+    (func (export "receive-drop") (param $port i32)
+      (local $sock i32) (local $rx i32) (local $ret i32)
+      (local.set $sock (call $new-socket))
+      (if (i32.ne (call $connect-local (local.get $sock) (local.get $port)) (i32.const 100)) (then unreachable))
+      (call $receive (local.get $sock) (i32.const 32))
+      (local.set $rx (i32.load (i32.const 32)))
+      (local.set $ret (call $bytes-read (local.get $rx) (i32.const 1024) (i32.const 65536)))
+      (if (i32.eq (local.get $ret) (i32.const -1 (; BLOCKED ;)))
+        (then
+          (if (i32.ne (call $wait-on (local.get $rx)) (i32.const 2 (; STREAM_READ ;))) (then unreachable))))
+      (call $bytes-drop-readable (local.get $rx))  ;; the peer is still sending
+      (local.set $ret (call $await-done (i32.load (i32.const 36))))
+      (call $tcp-drop (local.get $sock))
+      (call $task-return (local.get $ret)))
+
     (func (export "send-reset") (param $port i32)
       (local $sock i32) (local $pair i64) (local $rx i32) (local $tx i32) (local $done i32)
       (local $ret i32) (local $sent i32)
@@ -380,6 +397,7 @@
   (func (export "huge-backlog") (param "port" u32) (result u32) (canon lift (core func $main "huge-backlog")))
   (func (export "rebind") (param "port" u32) (result u32) (canon lift (core func $main "rebind")))
   (func (export "receive-reset") async (param "port" u32) (result u32) (canon lift (core func $main "receive-reset") async))
+  (func (export "receive-drop") async (param "port" u32) (result u32) (canon lift (core func $main "receive-drop") async))
   (func (export "send-reset") async (param "port" u32) (result u32) (canon lift (core func $main "send-reset") async))
   (func (export "leave-streams") async (param "port" u32) (result u32) (canon lift (core func $main "leave-streams") async))
   (func (export "accept-after-drop") async (param "port" u32) (result u32) (canon lift (core func $main "accept-after-drop") async))
