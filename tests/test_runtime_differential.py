@@ -133,3 +133,60 @@ def test_cli_runtime_flag_runs_both_backends_alike(guest_path) -> None:
     assert runs["core"].stdout == runs["component"].stdout == b"same bytes on both"
     bad = subprocess.run([sys.executable, "-m", "wasi_tls_host.cli", "run", "--runtime", "nope", probe], capture_output=True, timeout=120)
     assert bad.returncode == 2 and b"invalid choice: 'nope'" in bad.stderr
+
+
+# --- WASI 0.3 guests against the wasmtime CLI ---------------------------------------------------
+# The component runtime has no async ABI, so for WASI 0.3 the reference is the wasmtime CLI
+# (`-Wcomponent-model-async -Sp3,inherit-network,allow-ip-name-lookup`, the component
+# precompiled once); this host runs them with the network policy that grants as much
+# (``NetworkPolicy.inherit()``). Stderr is each host's own wording, so stdout and the exit
+# status are compared.
+
+P3_SCENARIOS = [
+    Scenario("sockets_probe_p3"),
+    Scenario("sockets_probe_p3", ("states", "127.0.0.1")),
+    Scenario("sockets_probe_p3", ("states", "::1")),
+    Scenario("sockets_probe_p3", ("lookup", "localhost")),
+    Scenario("sockets_probe_p3", ("lookup", "bad name")),
+    Scenario("sockets_probe_p3", ("lookup", "no-such-host.invalid")),
+    Scenario("sockets_probe_p3", ("connect", "127.0.0.1", "PORT")),  # PORT: one nobody listens on
+]
+
+
+@pytest.fixture(scope="module")
+def wasmtime_cli() -> Any:
+    from devtools.conformance import wasmtime_binary
+
+    try:
+        return wasmtime_binary()
+    except Exception as e:  # noqa: BLE001 - the reference is optional (the `bench` extra)
+        pytest.skip(f"no wasmtime CLI: {e}")
+
+
+def _precompiled(cli: Path, wasm: Path) -> Path:
+    import subprocess
+
+    cwasm = wasm.with_suffix(".p3.cwasm")
+    if not cwasm.exists():
+        tmp = cwasm.with_suffix(".tmp")
+        subprocess.run([str(cli), "compile", "-Wcomponent-model-async", str(wasm), "-o", str(tmp)], check=True, timeout=600)
+        tmp.replace(cwasm)
+    return cwasm
+
+
+@pytest.mark.parametrize("scenario", P3_SCENARIOS, ids=[s.id for s in P3_SCENARIOS])
+def test_p3_guest_same_as_on_the_wasmtime_cli(hosts: dict[str, Host], guest_path, wasmtime_cli: Path, scenario: Scenario) -> None:
+    import subprocess
+
+    from conftest import free_port
+    from wasi_tls_host import NetworkPolicy
+
+    wasm = guest_path(scenario.guest)
+    args = [str(free_port()) if a == "PORT" else a for a in scenario.args]
+    out = bytearray()
+    ours = hosts["core"].run(wasm, WasiConfig(args=[scenario.guest, *args], stdout=out, network=NetworkPolicy.inherit()))
+    theirs = subprocess.run(
+        [str(wasmtime_cli), "run", "--allow-precompiled", "-Wcomponent-model-async", "-Sp3,inherit-network,allow-ip-name-lookup",
+         str(_precompiled(wasmtime_cli, wasm)), *args],
+        capture_output=True, stdin=subprocess.DEVNULL, timeout=300)
+    assert (ours.exit_code, bytes(out)) == (theirs.returncode, theirs.stdout), theirs.stderr.decode(errors="replace")

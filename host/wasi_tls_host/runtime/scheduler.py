@@ -10,7 +10,9 @@ to an async import). A coroutine suspends on one of four things:
   kernel for everything that waits, so a waiting guest uses no CPU);
 * ``sleep_until(ns)``: a ``time.monotonic_ns`` deadline;
 * an ``Event`` another coroutine or the Canonical ABI sets (a stream's reader arrived);
-* another ``HostTask`` (``await task``).
+* another ``HostTask`` (``await task``);
+* ``any_of(...)`` of descriptors and ``Event``s: whichever comes first (a producer waiting on
+  its socket that must also hear of its reader going away).
 
 Every wait also watches the store's interrupt descriptor, so an embedder can stop a guest
 that waits forever (``Interruptor``), and a wait that nothing can ever end is reported as a
@@ -27,7 +29,7 @@ import time
 from collections import deque
 from typing import Any, Callable, Coroutine, Generator
 
-from .values import Trap
+from .values import Trap, WitError
 
 log = logging.getLogger("wasi_tls_host.runtime")
 
@@ -62,6 +64,13 @@ class _Yield(_Wait):
     __slots__ = ()
 
 
+class _AnyOf(_Wait):
+    __slots__ = ("waits",)
+
+    def __init__(self, waits: tuple[Any, ...]) -> None:
+        self.waits = waits
+
+
 def readable(fd: int) -> _Wait:
     """Suspend until ``fd`` is readable (or has an error or hang-up to report)."""
     return _Fd(fd, False)
@@ -78,6 +87,16 @@ def sleep_until(deadline_ns: int) -> _Wait:
 def yield_now() -> _Wait:
     """Let every other ready coroutine run once before this one goes on."""
     return _Yield()
+
+
+def any_of(*waits: Any) -> _Wait:
+    """Suspend until the first of ``waits`` (``readable``/``writable`` descriptors and
+    ``Event``s) is met; the others are forgotten then. The coroutine is not told which:
+    it looks again at what it waits for."""
+    for wait in waits:
+        if not isinstance(wait, (_Fd, Event)):
+            raise TypeError(f"any_of() waits on descriptors and Events, not {wait!r}")
+    return _AnyOf(waits)
 
 
 class Event:
@@ -215,6 +234,8 @@ class Scheduler:
 
     def _make_ready(self, task: HostTask) -> None:
         if not task.done and not task._queued:
+            if isinstance(task._waiting, _AnyOf):
+                self._forget_waits(task, task._waiting.waits)
             task._queued = True
             task._waiting = None
             (self._guest_ready if task.guest else self._ready).append(task)
@@ -254,6 +275,15 @@ class Scheduler:
                 self._make_ready(task)
             else:
                 waiting._joiners.append(task)
+        elif isinstance(waiting, _AnyOf):
+            if any(isinstance(w, Event) and w.is_set for w in waiting.waits):
+                self._make_ready(task)
+                return
+            for w in waiting.waits:
+                if isinstance(w, _Fd):
+                    (self._writers if w.write else self._readers).setdefault(w.fd, []).append(task)
+                else:
+                    w._waiters.append(task)
         else:
             self._finish(task, None, Trap(f"host coroutine {task.name} awaited {waiting!r}, which this scheduler cannot wait on"))
             task.coro.close()
@@ -261,16 +291,10 @@ class Scheduler:
     def _unwait(self, task: HostTask) -> None:
         """Forget what ``task`` is suspended on (it is about to be resumed another way)."""
         waiting, task._waiting = task._waiting, None
-        if isinstance(waiting, _Fd):
-            table = self._writers if waiting.write else self._readers
-            tasks = table.get(waiting.fd)
-            if tasks and task in tasks:
-                tasks.remove(task)
-                if not tasks:
-                    del table[waiting.fd]
-        elif isinstance(waiting, Event):
-            if task in waiting._waiters:
-                waiting._waiters.remove(task)
+        if isinstance(waiting, (_Fd, Event)):
+            self._forget_waits(task, (waiting,))
+        elif isinstance(waiting, _AnyOf):
+            self._forget_waits(task, waiting.waits)
         elif isinstance(waiting, HostTask):
             if task in waiting._joiners:
                 waiting._joiners.remove(task)
@@ -281,6 +305,18 @@ class Scheduler:
                 (self._guest_ready if task.guest else self._ready).remove(task)
             except ValueError:
                 pass
+
+    def _forget_waits(self, task: HostTask, waits: tuple[Any, ...]) -> None:
+        for wait in waits:
+            if isinstance(wait, _Fd):
+                table = self._writers if wait.write else self._readers
+                tasks = table.get(wait.fd)
+                if tasks and task in tasks:
+                    tasks.remove(task)
+                    if not tasks:
+                        del table[wait.fd]
+            elif task in wait._waiters:
+                wait._waiters.remove(task)
 
     def _finish(self, task: HostTask, result: Any, error: BaseException | None) -> None:
         self.progress += 1
@@ -294,7 +330,7 @@ class Scheduler:
         callbacks, task._callbacks = task._callbacks, []
         for callback in callbacks:
             callback(task)
-        if error is not None and not callbacks and not joiners and not task.observed and not isinstance(error, Cancelled):
+        if error is not None and not callbacks and not joiners and not task.observed and not isinstance(error, (Cancelled, WitError)):
             # Nobody will look at it: a background task's failure is logged, not lost.
             log.error("host task %s failed: %s: %s", task.name, type(error).__name__, error)
 
@@ -437,4 +473,4 @@ class Scheduler:
         self._timers.clear()
 
 
-__all__ = ["Cancelled", "Event", "HostTask", "Scheduler", "readable", "sleep_until", "writable", "yield_now"]
+__all__ = ["Cancelled", "Event", "HostTask", "Scheduler", "any_of", "readable", "sleep_until", "writable", "yield_now"]

@@ -23,7 +23,7 @@ from __future__ import annotations
 from enum import IntEnum
 from typing import Any, Callable
 
-from .scheduler import Cancelled, Event, _Wait
+from .scheduler import Cancelled, Event, _Wait, any_of
 from .values import Trap
 
 MAX_BUFFER_LENGTH = 2**28 - 1
@@ -315,14 +315,16 @@ class StreamWriter:
         """Let ``produce(view)`` write bytes straight into the reader's buffer (e.g.
         ``sock.recv_into``) and return how many; 0 means the producer has reached its end
         (nothing is copied). ``produce`` may raise ``BlockingIOError``: then this waits for
-        ``ready()`` (e.g. ``readable(fd)``) and tries again. A zero-length read is answered
-        once ``ready()`` says data can come."""
+        ``ready()`` (``readable(fd)``/``writable(fd)``) and tries again; a reader that drops
+        the stream meanwhile ends the wait (``StreamClosed``), so a producer never holds its
+        source for a reader that is gone. A zero-length read is answered once ``ready()``
+        says data can come."""
         while True:
             buf = await self.reader_buffer()
             room = buf.remain()
             if room == 0:
                 if ready is not None:
-                    await ready()
+                    await self._until_ready(ready)
                 if self.stream.pending_buffer is buf:
                     self.stream.reset_and_notify_pending(CopyResult.COMPLETED)
                 continue
@@ -335,7 +337,7 @@ class StreamWriter:
                 view.release()
                 if ready is None:
                     raise
-                await ready()
+                await self._until_ready(ready)
                 continue
             except BaseException:
                 view.release()
@@ -348,6 +350,11 @@ class StreamWriter:
             buf.advance(n)
             self._copied()
             return n
+
+    async def _until_ready(self, ready: Callable[[], _Wait]) -> None:
+        """Wait for ``ready()`` or for the reader to drop or renew its read (``wake``)."""
+        self.wake.clear()
+        await any_of(ready(), self.wake)
 
     def close(self) -> None:
         """Drop the writable end: the reader sees the end of the stream (DROPPED) once it

@@ -25,7 +25,7 @@ from ..wasi.io import (
     StreamFailed,
     Waits,
 )
-from ..wasi.socket_streams import access_log
+from ..wasi.sockets.registry import access_log
 from .client_hello import ALERT_FATAL, alert_record
 from .engine import CLOSED, TRUNCATED, HandshakeInfo, TlsClosed, TlsEngine, TlsFailure
 from .limits import TlsLimits, TlsUsage

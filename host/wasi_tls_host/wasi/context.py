@@ -23,6 +23,7 @@ from .io import (
     SinkOutput,
     start_reader_thread,
 )
+from .sockets.registry import SocketRegistry
 
 # What a guest's stdin may be: "inherit" (the host's), None (closed at once), bytes, or a
 # factory for any InputStream.
@@ -151,7 +152,9 @@ class WasiCtx:
         self.preopens: list[Any] = list(config.preopens)
         self.network = config.network
         self.tls = config.tls
-        self._on_close: list[Callable[[], None]] = []
+        # Every socket the guest opens (both WASI versions); closed with the store.
+        self.sockets = SocketRegistry(getattr(config.limits, "max_sockets", None))
+        self._on_close: list[Callable[[], None]] = [self.sockets.close_all]
 
     def shared_stdin(self) -> InputStream:
         return _SharedStdin(self.stdin)
