@@ -125,7 +125,8 @@ class Cancelled(BaseException):
 class HostTask:
     """One host coroutine driven by a ``Scheduler``."""
 
-    __slots__ = ("scheduler", "coro", "name", "done", "result", "error", "_joiners", "_callbacks", "_waiting", "_queued")
+    __slots__ = ("scheduler", "coro", "name", "done", "result", "error", "observed", "_joiners", "_callbacks", "_waiting",
+                 "_queued")
 
     def __init__(self, scheduler: Scheduler, coro: Coroutine[Any, Any, Any], name: str) -> None:
         self.scheduler = scheduler
@@ -138,6 +139,7 @@ class HostTask:
         self._callbacks: list[Callable[[HostTask], None]] = []
         self._waiting: Any = None  # what it is suspended on
         self._queued = False
+        self.observed = False  # its starter takes the outcome (``Scheduler.start``)
 
     def add_done_callback(self, callback: Callable[[HostTask], None]) -> None:
         if self.done:
@@ -198,8 +200,10 @@ class Scheduler:
         return task
 
     def start(self, coro: Coroutine[Any, Any, Any], name: str = "") -> HostTask:
-        """Run a new coroutine now, until it first suspends (or finishes)."""
+        """Run a new coroutine now, until it first suspends (or finishes). The caller takes
+        its outcome (a host function's error result is no failure to log)."""
         task = self._new_task(coro, name)
+        task.observed = True
         self._step(task)
         return task
 
@@ -281,7 +285,7 @@ class Scheduler:
         callbacks, task._callbacks = task._callbacks, []
         for callback in callbacks:
             callback(task)
-        if error is not None and not callbacks and not joiners and not isinstance(error, Cancelled):
+        if error is not None and not callbacks and not joiners and not task.observed and not isinstance(error, Cancelled):
             # Nobody will look at it: a background task's failure is logged, not lost.
             log.error("host task %s failed: %s: %s", task.name, type(error).__name__, error)
 
