@@ -8,10 +8,12 @@ to the descriptor it is given with, so nothing outside that directory is reachab
 sandbox.py for how). Path operations other than open act on one final name inside a parent
 directory that was itself opened beneath the base.
 
-Permissions follow the WIT: a directory descriptor without ``mutate-directory`` (every
-descriptor of a read-only preopen) refuses to create, remove, rename or modify anything,
-and to open files for writing, with ``read-only``; a file descriptor without ``write``
-refuses writes with ``bad-descriptor``, like a POSIX descriptor opened O_RDONLY.
+Permissions follow the WIT and wasmtime, which keep two things apart: what a tree allows
+(``Descriptor.mutable``: every descriptor of a read-only preopen refuses to create, remove,
+rename or modify anything, and to open files for writing, with ``read-only``) and what a
+descriptor was opened for (its ``flags``, which ``get-flags`` reports: a file descriptor
+without ``write`` refuses writes with ``bad-descriptor``, like a POSIX descriptor opened
+O_RDONLY).
 
 Operations raise ``FsError`` (a policy refusal), ``sandbox.Escape`` or ``OSError``;
 ``error_code`` names each as a WIT error-code case, which each surface returns in its own
@@ -200,13 +202,16 @@ def _utimensat(dirfd: int, path: str | None, atime: Variant, mtime: Variant, nof
 
 
 class Descriptor(HostResource):
-    """An open file or directory; ``flags`` are the WIT descriptor-flags it grants. Each
-    surface subclasses it (its WIT resource); what a descriptor opens is of its own class."""
+    """An open file or directory: ``flags`` are the WIT descriptor-flags it was opened with,
+    ``mutable`` whether the tree it belongs to may be changed (its preopen is not
+    read-only). Each surface subclasses it (its WIT resource); what a descriptor opens is of
+    its own class."""
 
-    def __init__(self, fd: int, flags: frozenset[str], kind: str) -> None:
+    def __init__(self, fd: int, flags: frozenset[str], kind: str, mutable: bool) -> None:
         self.fd = fd
         self.flags = flags
         self.kind = kind  # descriptor-type at open time
+        self.mutable = mutable
 
     @property
     def is_dir(self) -> bool:
@@ -225,7 +230,7 @@ class Descriptor(HostResource):
 
     def mutable_directory(self) -> int:
         fd = self.directory()
-        if "mutate-directory" not in self.flags:
+        if not self.mutable:
             raise FsError("read-only")
         return fd
 
@@ -246,6 +251,14 @@ class Descriptor(HostResource):
 D = TypeVar("D", bound=Descriptor)
 
 
+def _refuse_escape(base: int, path: str) -> None:
+    """Raise ``Escape`` if following ``path`` leaves ``base``; nothing otherwise."""
+    try:
+        os.close(open_beneath(base, path, os.O_PATH))
+    except OSError:
+        pass
+
+
 class _Parent:
     """The directory holding a path's final component, opened beneath a base descriptor:
     ``with _Parent(base_fd, path) as (dirfd, name): os.mkdir(name, dir_fd=dirfd)``."""
@@ -263,6 +276,10 @@ class _Parent:
             # The kernel refuses to create/remove/rename "." and "..", but ".." must not even
             # be looked at when it leads out of the base.
             os.close(open_beneath(self.base_fd, self.path, os.O_PATH))
+        elif name.endswith("/"):
+            # A trailing slash follows a final symlink, which may lead out ("/" itself,
+            # which has no parent, is refused here too).
+            _refuse_escape(self.base_fd, self.path)
         return self.fd, name
 
     def __exit__(self, *exc: object) -> None:
@@ -314,11 +331,12 @@ def set_size(desc: Descriptor, size: int) -> None:
 
 
 def set_times(desc: Descriptor, atime: Variant, mtime: Variant) -> None:
-    # Changing metadata is a write: refused on read-only files and directories.
+    # Changing metadata is a change to the tree (not a write to the file: a file opened for
+    # reading may have its times set, as with futimens), refused in a read-only one.
     if desc.is_dir:
         desc.mutable_directory()
-    else:
-        desc.writable_file()
+    elif not desc.mutable:
+        raise FsError("bad-descriptor")
     _utimensat(desc.fd, None, atime, mtime, nofollow=False)
 
 
@@ -369,19 +387,31 @@ def link_at(desc: Descriptor, old_flags: set[str], old_path: str, new_desc: Desc
 _OPEN_FLAG_BITS = {"create": os.O_CREAT, "directory": os.O_DIRECTORY, "exclusive": os.O_EXCL, "truncate": os.O_TRUNC}
 
 
+def _file_flags(flags: set[str], open_flags: set[str]) -> set[str]:
+    """What a file is opened for (as wasmtime decides): reading when neither reading nor
+    writing was asked for, and writing whenever it is created."""
+    granted = set(flags) - {"mutate-directory"}
+    if not granted & {"read", "write"}:
+        granted.add("read")
+    if "create" in open_flags:
+        granted.add("write")
+    return granted
+
+
 def open_at(desc: D, path_flags: set[str], path: str, open_flags: set[str], flags: set[str]) -> D:
     """Open ``path`` beneath ``desc``: a descriptor of ``desc``'s own class."""
     base = desc.directory()
     writes = "write" in flags or "create" in open_flags or "truncate" in open_flags
-    if writes and "mutate-directory" not in desc.flags:
+    if writes and not desc.mutable:
         raise FsError("read-only")
     if "truncate" in open_flags and "write" not in flags:
         raise FsError("invalid")  # POSIX leaves O_TRUNC|O_RDONLY undefined; refuse it
+    granted = _file_flags(flags, open_flags)
     os_flags = os.O_NOCTTY
     for name in open_flags:
         os_flags |= _OPEN_FLAG_BITS[name]
-    if "write" in flags:
-        os_flags |= os.O_RDWR if "read" in flags else os.O_WRONLY
+    if "write" in granted:
+        os_flags |= os.O_RDWR if "read" in granted else os.O_WRONLY
     if "file-integrity-sync" in flags:
         os_flags |= os.O_SYNC
     elif "data-integrity-sync" in flags:
@@ -396,16 +426,13 @@ def open_at(desc: D, path_flags: set[str], path: str, open_flags: set[str], flag
         os.close(fd)
         raise
     kind = descriptor_type(st.st_mode)
-    granted = set(flags)
     if kind == "directory":
-        # A directory's rights come from the directory it was opened from, whatever the
-        # guest asked for (as in wasmtime): the preview1 adapter opens directories without
-        # asking for mutate-directory and then creates files in them, and a read-only
-        # preopen must hand out read-only directories only.
-        granted = {"read"} | (set(desc.flags) & {"mutate-directory"})
-    else:
-        granted.discard("mutate-directory")
-    return type(desc)(fd, frozenset(granted), kind)
+        # What a directory allows comes from the tree, whatever the guest asked for (as in
+        # wasmtime): the preview1 adapter opens directories without asking for
+        # mutate-directory and then creates files in them, and a read-only preopen must
+        # hand out read-only directories only. It reports what was asked for and allowed.
+        granted = {"read"} | ({"mutate-directory"} & set(flags) if desc.mutable else set())
+    return type(desc)(fd, frozenset(granted), kind, desc.mutable)
 
 
 def readlink_at(desc: Descriptor, path: str) -> str:
@@ -585,7 +612,7 @@ def preopened_directories(cx: StoreState, make: type[D]) -> list[tuple[D, str]]:
     out = []
     for fd, p in _preopen_fds(cx).entries:
         flags = frozenset({"read"} if p.read_only else {"read", "mutate-directory"})
-        out.append((make(os.dup(fd), flags, "directory"), p.guest_path))
+        out.append((make(os.dup(fd), flags, "directory", not p.read_only), p.guest_path))
     return out
 
 
