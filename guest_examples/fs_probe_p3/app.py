@@ -154,7 +154,8 @@ async def escape() -> None:
 
 async def readonly() -> None:
     root = first_dir()
-    say(f"flags: {sorted(f.name.lower() for f in DescriptorFlags if f in await root.get_flags())}")
+    flags = await root.get_flags()
+    say(f"flags: {sorted(f.name.lower() for f in DescriptorFlags if f in flags)}")
     f = await attempt("open-read", lambda: root.open_at(FOLLOW, "data.txt", NONE, READ))
     if f is not None:
         data, result = await read_all(f)
@@ -174,7 +175,8 @@ async def readonly() -> None:
     await attempt("hardlink", lambda: root.link_at(NOFOLLOW, "data.txt", root, "hard"))
     await attempt("set-times-at", lambda: root.set_times_at(FOLLOW, "data.txt", NewTimestamp_Now(), NewTimestamp_Now()))
     sub = await root.open_at(FOLLOW, "sub", OpenFlags.DIRECTORY, READ | DescriptorFlags.MUTATE_DIRECTORY)
-    say(f"sub-flags: {sorted(f.name.lower() for f in DescriptorFlags if f in await sub.get_flags())}")
+    flags = await sub.get_flags()
+    say(f"sub-flags: {sorted(f.name.lower() for f in DescriptorFlags if f in flags)}")
     await attempt("sub-create", lambda: sub.open_at(FOLLOW, "new.txt", OpenFlags.CREATE, WRITE))
     names, result = await list_dir(sub)
     say(f"sub-list: {result} {' '.join(names)}")

@@ -13,15 +13,20 @@ file's descriptor: a stream outlives the descriptor it came from, as in wasmtime
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Callable
 
 from ...runtime.binding import Interface
-from ...runtime.scheduler import yield_now
+from ...runtime.scheduler import Cancelled, HostTask, yield_now
 from ...runtime.store import StoreState
-from ...runtime.streams import Future, Stream, StreamClosed, StreamReader, StreamWriter, new_future, new_stream
+from ...runtime.streams import (
+    Future, FutureWriter, Stream, StreamClosed, StreamReader, StreamWriter, new_future, new_stream,
+)
 from ...runtime.values import Err, Variant
 from .. import filesystem_engine as engine
+
+log = logging.getLogger("wasi_tls_host.runtime")
 
 # 0.3's error-code variant has no would-block (0.2's enum does): such a failure is other.
 _NOT_IN_0_3 = frozenset({"would-block"})
@@ -82,42 +87,91 @@ def _failed_stream(e: BaseException) -> tuple[Stream, Future]:
     return stream, future
 
 
-async def _file_to_stream(fd: int, position: int, writer: StreamWriter, outcome: Any) -> None:
-    try:
-        while True:
-            at = position
-            n = await writer.fill(lambda view: engine.pread_into(fd, view, at))
-            if n == 0:
-                break
-            position += n
-            await yield_now()
-        outcome.write(None)
-    except StreamClosed:  # the guest dropped the stream: nothing failed
-        outcome.write(None)
-    except engine.FAILURES as e:
-        outcome.write(_failure(e))
-    finally:
-        writer.close()
-        os.close(fd)
-        outcome.close()  # only if nothing was written: the store is going away
+class _Pump:
+    """One stream's host side: a coroutine moving data, and what it holds (the stream's
+    host end, the outcome future's writer, a descriptor). ``release`` frees them when the
+    coroutine ends, however it ends: finished, failed, or cancelled with the store, even
+    before it first ran (a coroutine that never started runs no ``finally``)."""
+
+    def __init__(self, fd: int, outcome: FutureWriter, end: StreamWriter | StreamReader) -> None:
+        self.fd, self.outcome, self.end = fd, outcome, end
+
+    async def run(self) -> None:
+        raise NotImplementedError
+
+    def start(self, cx: StoreState, name: str) -> None:
+        try:
+            task = cx.scheduler.spawn(self.run(), name)
+        except BaseException:  # the store is closing
+            self.release()
+            raise
+        task.add_done_callback(self._ended)
+
+    def _ended(self, task: HostTask) -> None:
+        self.release()
+        if task.error is not None and not isinstance(task.error, Cancelled):
+            log.error("host task %s failed: %s: %s", task.name, type(task.error).__name__, task.error)
+
+    def release(self) -> None:
+        self.end.close()  # a reader at the end of the stream, or a writer cut off
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        self.outcome.close()  # only if nothing was written: the store is going away
 
 
-async def _stream_to_file(reader: StreamReader, fd: int, position: int | None, outcome: Any) -> None:
-    """Write what the guest sends at ``position`` onwards (None: append each chunk)."""
-    try:
-        while (chunk := await reader.read(engine.MAX_CHUNK)) is not None:
-            if position is None:
-                engine.append_all(fd, chunk)
-            else:
-                position = engine.pwrite_all(fd, chunk, position)
-            await yield_now()
-        outcome.write(None)
-    except engine.FAILURES as e:
-        outcome.write(_failure(e))
-    finally:
-        reader.close()  # after a failure the guest's next write sees the stream dropped
-        os.close(fd)
-        outcome.close()
+class _FileToStream(_Pump):
+    """``read-via-stream``: the file from ``position`` on, read straight into the buffers
+    the guest offers."""
+
+    end: StreamWriter
+
+    def __init__(self, fd: int, position: int, outcome: FutureWriter, writer: StreamWriter) -> None:
+        super().__init__(fd, outcome, writer)
+        self.position = position
+
+    async def run(self) -> None:
+        fd, writer = self.fd, self.end
+        try:
+            while True:
+                at = self.position
+                n = await writer.fill(lambda view: engine.pread_into(fd, view, at))
+                if n == 0:
+                    break
+                self.position += n
+                await yield_now()
+        except StreamClosed:  # the guest dropped the stream: nothing failed
+            pass
+        except engine.FAILURES as e:
+            self.outcome.write(_failure(e))
+            return
+        self.outcome.write(None)
+
+
+class _StreamToFile(_Pump):
+    """``write-via-stream`` (at ``position`` onwards) and ``append-via-stream`` (position
+    None: each chunk at the end of the file)."""
+
+    end: StreamReader
+
+    def __init__(self, fd: int, position: int | None, outcome: FutureWriter, reader: StreamReader) -> None:
+        super().__init__(fd, outcome, reader)
+        self.position = position
+
+    async def run(self) -> None:
+        fd, reader = self.fd, self.end
+        try:
+            while (chunk := await reader.read(engine.MAX_CHUNK)) is not None:
+                if self.position is None:
+                    engine.append_all(fd, chunk)
+                else:
+                    self.position = engine.pwrite_all(fd, chunk, self.position)
+                await yield_now()
+        except engine.FAILURES as e:
+            # The stream is dropped when the pump ends: the guest's next write sees that.
+            self.outcome.write(_failure(e))
+            return
+        self.outcome.write(None)
 
 
 @types_iface.func("[method]descriptor.read-via-stream")
@@ -128,7 +182,7 @@ def read_via_stream(cx: StoreState, desc: Descriptor, offset: int) -> tuple[Stre
         return _failed_stream(e)
     stream, writer = new_stream()
     future, outcome = new_future()
-    _spawn(cx, _file_to_stream(fd, offset, writer, outcome), "read-via-stream", fd)
+    _FileToStream(fd, offset, outcome, writer).start(cx, "read-via-stream")
     return stream, future
 
 
@@ -141,7 +195,7 @@ def _write_stream(cx: StoreState, desc: Descriptor, data: Stream, position: int 
         reader.close()
         outcome.write(_failure(e))
         return future
-    _spawn(cx, _stream_to_file(reader, fd, position, outcome), "write-via-stream" if position is not None else "append-via-stream", fd)
+    _StreamToFile(fd, position, outcome, reader).start(cx, "write-via-stream" if position is not None else "append-via-stream")
     return future
 
 
@@ -155,29 +209,38 @@ def append_via_stream(cx: StoreState, desc: Descriptor, data: Stream) -> Future:
     return _write_stream(cx, desc, data, None)
 
 
-_ENTRIES_PER_BATCH = 64
+class _ListingToStream(_Pump):
+    """``read-directory``: directory-entry records, as many as the guest's buffer takes."""
 
+    end: StreamWriter
+    per_batch = 64
 
-async def _listing_to_stream(listing: engine.DirectoryListing, writer: StreamWriter, outcome: Any) -> None:
-    try:
-        batch: list[dict[str, Any]] = []
-        while True:
-            if not batch:
-                while len(batch) < _ENTRIES_PER_BATCH and (entry := listing.next()) is not None:
-                    batch.append({"type": descriptor_type(entry["type"]), "name": entry["name"]})
+    def __init__(self, listing: engine.DirectoryListing, outcome: FutureWriter, writer: StreamWriter) -> None:
+        super().__init__(-1, outcome, writer)
+        self.listing = listing
+
+    async def run(self) -> None:
+        listing, writer = self.listing, self.end
+        try:
+            batch: list[dict[str, Any]] = []
+            while True:
                 if not batch:
-                    break
-            batch = batch[await writer.write_some(batch):]
-            await yield_now()
-        outcome.write(None)
-    except StreamClosed:
-        outcome.write(None)
-    except engine.FAILURES as e:
-        outcome.write(_failure(e))
-    finally:
-        listing.close()
-        writer.close()
-        outcome.close()
+                    while len(batch) < self.per_batch and (entry := listing.next()) is not None:
+                        batch.append({"type": descriptor_type(entry["type"]), "name": entry["name"]})
+                    if not batch:
+                        break
+                batch = batch[await writer.write_some(batch):]
+                await yield_now()
+        except StreamClosed:
+            pass
+        except engine.FAILURES as e:
+            self.outcome.write(_failure(e))
+            return
+        self.outcome.write(None)
+
+    def release(self) -> None:
+        self.listing.close()
+        super().release()
 
 
 @types_iface.func("[method]descriptor.read-directory")
@@ -188,20 +251,8 @@ def read_directory(cx: StoreState, desc: Descriptor) -> tuple[Stream, Future]:
         return _failed_stream(e)
     stream, writer = new_stream()
     future, outcome = new_future()
-    try:
-        cx.scheduler.spawn(_listing_to_stream(listing, writer, outcome), "read-directory")
-    except BaseException:
-        listing.close()
-        raise
+    _ListingToStream(listing, outcome, writer).start(cx, "read-directory")
     return stream, future
-
-
-def _spawn(cx: StoreState, pump: Any, name: str, fd: int) -> None:
-    try:
-        cx.scheduler.spawn(pump, name)
-    except BaseException:  # the store is closing: the pump never runs to close its descriptor
-        os.close(fd)
-        raise
 
 
 # --- everything else: the engine's operations as async functions ----------------------------
