@@ -276,3 +276,19 @@ def test_streams_and_descriptors_left_open_are_closed_with_the_instance(hostile,
     assert open_fds() == baseline
     assert (hostile_dir / "out.bin").exists()
     assert hostile("list-directory") == 3
+
+
+def test_an_import_of_another_signature_is_refused_even_by_the_first_importer(p3_host: Host) -> None:
+    """signatures.json holds the 0.3 functions too: a guest importing one with another type
+    (here is-same-object as a plain function) cannot claim it for the guests after it."""
+    from wasmtime import wat2wasm
+
+    from wasi_tls_host import GuestError
+
+    wrong = wat2wasm("""(component
+      (import "wasi:filesystem/types@0.3.0" (instance
+        (export "descriptor" (type (sub resource)))
+        (export "[method]descriptor.is-same-object" (func (param "self" (borrow 0)) (param "other" (borrow 0)) (result bool))))))""")
+    with pytest.raises(GuestError, match=r"descriptor\.is-same-object is imported as \(borrow,borrow\)->bool, "
+                                         r"but this host implements async\(borrow,borrow\)->bool"):
+        p3_host.instantiate(bytes(wrong))
