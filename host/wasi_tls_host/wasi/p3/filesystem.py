@@ -135,11 +135,11 @@ class _FileToStream(_Pump):
         try:
             while True:
                 at = self.position
+                # Each fill waits for the guest's next read: other host work runs meanwhile.
                 n = await writer.fill(lambda view: engine.pread_into(fd, view, at))
                 if n == 0:
                     break
                 self.position += n
-                await yield_now()
         except StreamClosed:  # the guest dropped the stream: nothing failed
             pass
         except engine.FAILURES as e:
@@ -166,6 +166,8 @@ class _StreamToFile(_Pump):
                     engine.append_all(fd, chunk)
                 else:
                     self.position = engine.pwrite_all(fd, chunk, self.position)
+                # A guest's big write is read a chunk at a time without waiting: let other
+                # host work run between chunks.
                 await yield_now()
         except engine.FAILURES as e:
             # The stream is dropped when the pump ends: the guest's next write sees that.
