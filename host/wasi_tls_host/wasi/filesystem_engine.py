@@ -519,6 +519,15 @@ def append_all(fd: int, data: Any) -> None:
     pwrite_all(fd, data, os.fstat(fd).st_size)
 
 
+def pwrite_some(fd: int, view: memoryview, position: int | None) -> int:
+    """Write from ``view`` (at most MAX_CHUNK bytes) at ``position``, or at the file's end
+    when None; how many bytes were written."""
+    n = os.pwrite(fd, view[:MAX_CHUNK], os.fstat(fd).st_size if position is None else position)
+    if n == 0 and len(view):
+        raise OSError(errno.ENOSPC, "no progress writing")
+    return n
+
+
 # --- directory listings ----------------------------------------------------------------------
 
 
@@ -618,6 +627,6 @@ def preopened_directories(cx: StoreState, make: type[D]) -> list[tuple[D, str]]:
 
 __all__ = [
     "Descriptor", "DirectoryListing", "FAILURES", "FsError", "MAX_CHUNK", "Preopen", "append_all", "descriptor_type",
-    "error_code", "metadata_hash_value", "own_fd", "preopened_directories", "pread_into", "pwrite_all", "raising",
-    "timestamp",
+    "error_code", "metadata_hash_value", "own_fd", "preopened_directories", "pread_into", "pwrite_all", "pwrite_some",
+    "raising", "timestamp",
 ]

@@ -5,10 +5,13 @@ permissions and error codes).
 What is new in 0.3 is how data moves. ``read-via-stream`` and ``read-directory`` hand the
 guest a stream the host writes and a future with the outcome; ``write-via-stream`` and
 ``append-via-stream`` take a stream the guest writes. Each is pumped by a host coroutine on
-the store's scheduler in bounded chunks: file reads go with ``preadv`` straight into the
-buffer the guest offered (``StreamWriter.fill``). A regular file is always ready, so a pump
-yields after each chunk to let other host work run. Pumps use their own duplicate of the
-file's descriptor: a stream outlives the descriptor it came from, as in wasmtime.
+the store's scheduler in bounded chunks (``filesystem_engine.MAX_CHUNK``), straight between
+the file and guest memory: ``preadv`` into the buffer the guest's read offers
+(``StreamWriter.fill``), ``pwrite`` from the buffer its write offers (``StreamReader.drain``).
+A regular file is always ready, so no pump waits on the kernel; each chunk completes the
+guest's read or write, and the pump goes on only when the guest reads or writes again, so
+other host work runs in between. Pumps use their own duplicate of the file's descriptor: a
+stream outlives the descriptor it came from, as in wasmtime.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import os
 from typing import Any, Callable
 
 from ...runtime.binding import Interface
-from ...runtime.scheduler import Cancelled, HostTask, yield_now
+from ...runtime.scheduler import Cancelled, HostTask
 from ...runtime.store import StoreState
 from ...runtime.streams import (
     Future, FutureWriter, Stream, StreamClosed, StreamReader, StreamWriter, new_future, new_stream,
@@ -161,14 +164,15 @@ class _StreamToFile(_Pump):
     async def run(self) -> None:
         fd, reader = self.fd, self.end
         try:
-            while (chunk := await reader.read(engine.MAX_CHUNK)) is not None:
-                if self.position is None:
-                    engine.append_all(fd, chunk)
-                else:
-                    self.position = engine.pwrite_all(fd, chunk, self.position)
-                # A guest's big write is read a chunk at a time without waiting: let other
-                # host work run between chunks.
-                await yield_now()
+            while True:
+                # Straight from the guest's buffer; its write completes with what was taken,
+                # so each chunk waits for the guest's next write: other host work runs.
+                at = self.position
+                n = await reader.drain(lambda view: engine.pwrite_some(fd, view, at))
+                if n is None:
+                    break
+                if self.position is not None:
+                    self.position += n
         except engine.FAILURES as e:
             # The stream is dropped when the pump ends: the guest's next write sees that.
             self.outcome.write(_failure(e))
@@ -231,8 +235,7 @@ class _ListingToStream(_Pump):
                         batch.append({"type": descriptor_type(entry["type"]), "name": entry["name"]})
                     if not batch:
                         break
-                batch = batch[await writer.write_some(batch):]
-                await yield_now()
+                batch = batch[await writer.write_some(batch):]  # waits for the guest's next read
         except StreamClosed:
             pass
         except engine.FAILURES as e:
