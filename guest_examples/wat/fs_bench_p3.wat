@@ -2,8 +2,9 @@
 ;; read-via-stream and one written through write-via-stream, in copies of a chosen size, with
 ;; no other work in the guest (it imports wasi:filesystem@0.3.0 only).
 ;;
-;;   read-file(chunk)       data.bin of the first preopen to its end: the byte count
-;;   write-file(mib, chunk) out.bin of the first preopen, mib MiB: the byte count
+;;   read-file(chunk, rounds)       data.bin of the first preopen to its end, rounds times
+;;   write-file(mib, chunk, rounds) out.bin of the first preopen, mib MiB, rounds times
+;; (each answers the byte count)
 (component
   (import "wasi:filesystem/types@0.3.0" (instance $types
     (export "descriptor" (type $desc (sub resource)))
@@ -140,44 +141,54 @@
       (call $future-drop-readable (local.get $future))
       (if (i32.load8_u (i32.const 48)) (then unreachable)))
 
-    ;; data.bin through read-via-stream, `chunk` bytes per read: the byte count
-    (func (export "read-file") (param $chunk i32)
+    ;; data.bin through read-via-stream, `chunk` bytes per read, `rounds` times: the byte count
+    (func (export "read-file") (param $chunk i32) (param $rounds i32)
       (local $f i32) (local $ret i32) (local $total i64)
-      (local.set $f (call $open (i32.const 580) (i32.const 8) (i32.const 0) (i32.const 1 (; read ;))))
-      (call $read-via-stream (local.get $f) (i64.const 0) (i32.const 40))
-      (block $done (loop $more
-        (local.set $ret (call $finish (i32.load (i32.const 40))
-          (call $stream-read (i32.load (i32.const 40)) (global.get $data) (local.get $chunk))))
-        (local.set $total (i64.add (local.get $total) (i64.extend_i32_u (i32.shr_u (local.get $ret) (i32.const 4)))))
-        (br_if $done (i32.eq (i32.and (local.get $ret) (i32.const 0xf)) (i32.const 1 (; DROPPED ;))))
-        (br $more)))
-      (call $drop-readable (i32.load (i32.const 40)))
-      (call $ok (i32.load (i32.const 44)))
-      (call $desc-drop (local.get $f))
+      (block $all (loop $round
+        (br_if $all (i32.eqz (local.get $rounds)))
+        (local.set $rounds (i32.sub (local.get $rounds) (i32.const 1)))
+        (local.set $f (call $open (i32.const 580) (i32.const 8) (i32.const 0) (i32.const 1 (; read ;))))
+        (call $read-via-stream (local.get $f) (i64.const 0) (i32.const 40))
+        (block $done (loop $more
+          (local.set $ret (call $finish (i32.load (i32.const 40))
+            (call $stream-read (i32.load (i32.const 40)) (global.get $data) (local.get $chunk))))
+          (local.set $total (i64.add (local.get $total) (i64.extend_i32_u (i32.shr_u (local.get $ret) (i32.const 4)))))
+          (br_if $done (i32.eq (i32.and (local.get $ret) (i32.const 0xf)) (i32.const 1 (; DROPPED ;))))
+          (br $more)))
+        (call $drop-readable (i32.load (i32.const 40)))
+        (call $ok (i32.load (i32.const 44)))
+        (call $desc-drop (local.get $f))
+        (br $round)))
       (call $task-return (local.get $total)))
 
-    ;; out.bin through write-via-stream, `mib` MiB in writes of `chunk` bytes: the byte count
-    (func (export "write-file") (param $mib i32) (param $chunk i32)
+    ;; out.bin through write-via-stream, `mib` MiB in writes of `chunk` bytes, written anew
+    ;; `rounds` times: the byte count
+    (func (export "write-file") (param $mib i32) (param $chunk i32) (param $rounds i32)
       (local $f i32) (local $pair i64) (local $rx i32) (local $tx i32) (local $future i32)
-      (local $left i64) (local $n i32) (local $ret i32)
-      (local.set $f (call $open (i32.const 560) (i32.const 7) (i32.const 9 (; create|truncate ;)) (i32.const 2 (; write ;))))
-      (local.set $pair (call $stream-new))
-      (local.set $rx (i32.wrap_i64 (local.get $pair)))
-      (local.set $tx (i32.wrap_i64 (i64.shr_u (local.get $pair) (i64.const 32))))
-      (local.set $future (call $write-via-stream (local.get $f) (local.get $rx) (i64.const 0)))
-      (local.set $left (i64.shl (i64.extend_i32_u (local.get $mib)) (i64.const 20)))
-      (block $done (loop $more
-        (br_if $done (i64.eqz (local.get $left)))
-        (local.set $n (select (i32.wrap_i64 (local.get $left)) (local.get $chunk)
-                              (i64.lt_u (local.get $left) (i64.extend_i32_u (local.get $chunk)))))
-        (local.set $ret (call $finish (local.get $tx) (call $stream-write (local.get $tx) (global.get $data) (local.get $n))))
-        (if (i32.ne (i32.and (local.get $ret) (i32.const 0xf)) (i32.const 0 (; COMPLETED ;))) (then unreachable))
-        (local.set $left (i64.sub (local.get $left) (i64.extend_i32_u (i32.shr_u (local.get $ret) (i32.const 4)))))
-        (br $more)))
-      (call $drop-writable (local.get $tx))
-      (call $ok (local.get $future))
-      (call $desc-drop (local.get $f))
-      (call $task-return (i64.shl (i64.extend_i32_u (local.get $mib)) (i64.const 20))))
+      (local $left i64) (local $n i32) (local $ret i32) (local $total i64)
+      (block $all (loop $round
+        (br_if $all (i32.eqz (local.get $rounds)))
+        (local.set $rounds (i32.sub (local.get $rounds) (i32.const 1)))
+        (local.set $f (call $open (i32.const 560) (i32.const 7) (i32.const 9 (; create|truncate ;)) (i32.const 2 (; write ;))))
+        (local.set $pair (call $stream-new))
+        (local.set $rx (i32.wrap_i64 (local.get $pair)))
+        (local.set $tx (i32.wrap_i64 (i64.shr_u (local.get $pair) (i64.const 32))))
+        (local.set $future (call $write-via-stream (local.get $f) (local.get $rx) (i64.const 0)))
+        (local.set $left (i64.shl (i64.extend_i32_u (local.get $mib)) (i64.const 20)))
+        (block $done (loop $more
+          (br_if $done (i64.eqz (local.get $left)))
+          (local.set $n (select (i32.wrap_i64 (local.get $left)) (local.get $chunk)
+                                (i64.lt_u (local.get $left) (i64.extend_i32_u (local.get $chunk)))))
+          (local.set $ret (call $finish (local.get $tx) (call $stream-write (local.get $tx) (global.get $data) (local.get $n))))
+          (if (i32.ne (i32.and (local.get $ret) (i32.const 0xf)) (i32.const 0 (; COMPLETED ;))) (then unreachable))
+          (local.set $left (i64.sub (local.get $left) (i64.extend_i32_u (i32.shr_u (local.get $ret) (i32.const 4)))))
+          (br $more)))
+        (call $drop-writable (local.get $tx))
+        (call $ok (local.get $future))
+        (call $desc-drop (local.get $f))
+        (local.set $total (i64.add (local.get $total) (i64.shl (i64.extend_i32_u (local.get $mib)) (i64.const 20))))
+        (br $round)))
+      (call $task-return (local.get $total)))
   )
   (core instance $main (instantiate $Main
     (with "libc" (instance $libc))
@@ -200,6 +211,8 @@
       (export "future-read" (func $future-read))
       (export "future-drop-readable" (func $future-drop-readable))
     ))))
-  (func (export "read-file") async (param "chunk" u32) (result u64) (canon lift (core func $main "read-file") async))
-  (func (export "write-file") async (param "mib" u32) (param "chunk" u32) (result u64) (canon lift (core func $main "write-file") async))
+  (func (export "read-file") async (param "chunk" u32) (param "rounds" u32) (result u64)
+    (canon lift (core func $main "read-file") async))
+  (func (export "write-file") async (param "mib" u32) (param "chunk" u32) (param "rounds" u32) (result u64)
+    (canon lift (core func $main "write-file") async))
 )
