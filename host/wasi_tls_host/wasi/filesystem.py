@@ -22,14 +22,7 @@ _guard = engine.raising(lambda code: code)
 
 
 def _stat_record(st: os.stat_result) -> dict[str, Any]:
-    return {
-        "type": engine.descriptor_type(st.st_mode),
-        "link_count": st.st_nlink,
-        "size": st.st_size,
-        "data_access_timestamp": engine.timestamp(st.st_atime_ns),
-        "data_modification_timestamp": engine.timestamp(st.st_mtime_ns),
-        "status_change_timestamp": engine.timestamp(st.st_ctime_ns),
-    }
+    return engine.stat_record(st, str)
 
 
 # ---------------------------------------------------------------------------------------

@@ -152,6 +152,19 @@ def timestamp(ns: int) -> dict[str, int]:
     return {"seconds": ns // 1_000_000_000, "nanoseconds": ns % 1_000_000_000}
 
 
+def stat_record(st: os.stat_result, type_shape: Callable[[str], Any]) -> dict[str, Any]:
+    """A ``descriptor-stat`` record (the same fields in 0.2 and 0.3; ``type_shape`` spells
+    the descriptor-type case as the version's type)."""
+    return {
+        "type": type_shape(descriptor_type(st.st_mode)),
+        "link_count": st.st_nlink,
+        "size": st.st_size,
+        "data_access_timestamp": timestamp(st.st_atime_ns),
+        "data_modification_timestamp": timestamp(st.st_mtime_ns),
+        "status_change_timestamp": timestamp(st.st_ctime_ns),
+    }
+
+
 # Keyed so the hash identifies an object without revealing host inode numbers.
 _HASH_KEY = secrets.token_bytes(16)
 
@@ -628,5 +641,5 @@ def preopened_directories(cx: StoreState, make: type[D]) -> list[tuple[D, str]]:
 __all__ = [
     "Descriptor", "DirectoryListing", "FAILURES", "FsError", "MAX_CHUNK", "Preopen", "append_all", "descriptor_type",
     "error_code", "metadata_hash_value", "own_fd", "preopened_directories", "pread_into", "pwrite_all", "pwrite_some",
-    "raising", "timestamp",
+    "raising", "stat_record", "timestamp",
 ]

@@ -45,14 +45,7 @@ def descriptor_type(kind: str) -> Variant:
 
 
 def _stat_record(st: os.stat_result) -> dict[str, Any]:
-    return {
-        "type": descriptor_type(engine.descriptor_type(st.st_mode)),
-        "link_count": st.st_nlink,
-        "size": st.st_size,
-        "data_access_timestamp": engine.timestamp(st.st_atime_ns),
-        "data_modification_timestamp": engine.timestamp(st.st_mtime_ns),
-        "status_change_timestamp": engine.timestamp(st.st_ctime_ns),
-    }
+    return engine.stat_record(st, descriptor_type)
 
 
 def _failure(e: BaseException) -> Err[Variant]:
