@@ -179,7 +179,7 @@ def make_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx) -> Ca
 
 def run_to_completion(inst: ComponentState, coro: Any, qualname: str) -> Any:
     """Run an async host function's coroutine until it returns (a synchronous caller)."""
-    host_task = inst.scheduler.start(coro, qualname)
+    host_task = inst.scheduler.start(coro, qualname, observed=True)
     if not host_task.done:
         inst.block_until(lambda: host_task.done, f"the guest called {qualname} synchronously")
     if host_task.error is not None:
@@ -245,7 +245,7 @@ def make_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx)
                 async def done_now(value: Any = call) -> Any:
                     return value
                 call = done_now()
-            host_task = inst.scheduler.start(call, qualname)
+            host_task = inst.scheduler.start(call, qualname, observed=True)
             if host_task.done:
                 entries, lent = lent, []
                 consumed, pyargs = pyargs, []
