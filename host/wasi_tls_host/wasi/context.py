@@ -147,6 +147,9 @@ class WasiCtx:
         self.stdin_is_terminal = config.stdin == "inherit" and _isatty(0)
         self.stdout_is_terminal = config.stdout == "inherit" and _isatty(1)
         self.stderr_is_terminal = config.stderr == "inherit" and _isatty(2)
+        # WASI 0.3's write-via-stream pumps into stdout and stderr (wasi/p3/pumps.py): what
+        # they hold is written out before the store closes.
+        self.output_pumps: set[Any] = set()
         # Filled by the filesystem and sockets modules from config.preopens / config.network.
         self.preopens: list[Any] = list(config.preopens)
         self.network = config.network
