@@ -60,7 +60,14 @@ def compute_argv(test_path: str,
                  wasi_world: str,
                  wasi_version: str) -> List[str]:
     args, env, root = args_env_root
-    argv = HOST + ["run"]
+    return host_argv(HOST, test_path, args, env, root, proposals)
+
+
+def host_argv(command: List[str], test_path: str, args: List[str], env: Dict[str, str],
+              root: Optional[str], proposals: List[str]) -> List[str]:
+    """``command run [options] test_path args...`` for a test's run operation (also used by
+    ``devtools/conformance_p3.py``, which runs the suite without the official runner)."""
+    argv = list(command) + ["run"]
     for key, value in env.items():
         argv += ["--env", f"{key}={value}"]
     if root:
