@@ -2,8 +2,8 @@
 wasi:clocks and wasi:random at 0.3.0, one subcommand per behaviour.
 
 Output lines are meant for tests to assert on. Everything this guest says goes through
-wasi:cli@0.3.0's streams (``out``/``err`` below); ``print`` is not used, since it would go
-through componentize-py's own WASI 0.2 stdout. A failing run raises ``Err``, which ``run``
+wasi:cli@0.3.0's streams (``out``/``err`` below); ``print`` goes through componentize-py's
+own WASI 0.2 stdout and is used only where that is the point (``mixed``). A failing run raises ``Err``, which ``run``
 returns as its error.
 """
 
@@ -162,6 +162,25 @@ async def cmd_write_after_error(rest):
     with tx:
         pass
     await err(f"sent={sent > 0} result={result} again={again} dropped={tx.reader_dropped}\n")
+
+
+async def cmd_mixed(rest):
+    # componentize-py's print goes through WASI 0.2's stdout, out() through 0.3's: one
+    # stdout, in the order written.
+    print("one (0.2)", flush=True)
+    await out("two (0.3)\n")
+    print("three (0.2)", flush=True)
+
+
+async def cmd_parts(rest):
+    # One line in two writes, 200 ms apart, on one stream.
+    tx, rx = byte_stream()
+    done = stdout.write_via_stream(rx)
+    with tx:
+        await tx.write_all(b"first half, ")
+        await monotonic_clock.wait_for(200_000_000)
+        await tx.write_all(b"second half\n")
+    await done.read()
 
 
 async def cmd_fail(rest):

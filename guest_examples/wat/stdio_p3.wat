@@ -8,13 +8,21 @@
 ;;   read-drop(n) -> count     reads up to n bytes of stdin in one read, drops the stream,
 ;;                             then waits for the stdin future (must be ok)
 ;;   write-twice(n) -> codes   writes n bytes to stdout, waits for its future, then writes
-;;                             again: (future: 0 ok / 1 + error-code) | (second write's copy
-;;                             result << 8: 1 = DROPPED when the host gave up the stream)
-;;   exit-writing(n)           starts a write of n bytes to stdout and exits with code 3
-;;                             without waiting for it or dropping anything
+;;                             again unless the first write saw the host drop the stream:
+;;                             (future: 0 ok / 1 + error-code) | (first write's copy result
+;;                             << 8: 1 = DROPPED) | (second write's << 16: 15 = not tried).
+;;                             With a stdout that works the future never resolves while the
+;;                             stream is open: a deadlock the host reports.
+;;   exit-writing(n)           writes n bytes to stdout twice (the second into a read the
+;;                             host has posted: the host holds them) and exits with code 3,
+;;                             waiting for nothing and dropping nothing
 ;;   exit-reading()            starts a read of stdin and exits with code 4 while it is
 ;;                             pending, stream and future undropped
-;;   drop-busy(n)              drops stdout's writable end while a write is pending (a trap)
+;;   cancel-drop() -> status   starts a read of stdin, cancels it and drops the stream
+;;                             while stdin stays open; the stdin future's result
+;;   drop-busy(n)              writes n bytes into a stream nobody reads yet, hands the
+;;                             stream to stdout and drops its writable end while the write
+;;                             is still pending (a trap)
 (component
   (type $ec (enum "io" "illegal-byte-sequence" "pipe"))
   (import "wasi:cli/types@0.3.0" (instance $types (export "error-code" (type (eq $ec)))))
@@ -59,6 +67,7 @@
   (core func $stream-new (canon stream.new $ST))
   (core func $stream-read (canon stream.read $ST async (memory $mem)))
   (core func $stream-write (canon stream.write $ST async (memory $mem)))
+  (core func $cancel-read (canon stream.cancel-read $ST))
   (core func $drop-readable (canon stream.drop-readable $ST))
   (core func $drop-writable (canon stream.drop-writable $ST))
   (core func $future-read (canon future.read $FT async (memory $mem)))
@@ -81,6 +90,7 @@
     (import "h" "stream-new" (func $stream-new (result i64)))
     (import "h" "stream-read" (func $stream-read (param i32 i32 i32) (result i32)))
     (import "h" "stream-write" (func $stream-write (param i32 i32 i32) (result i32)))
+    (import "h" "cancel-read" (func $cancel-read (param i32) (result i32)))
     (import "h" "drop-readable" (func $drop-readable (param i32)))
     (import "h" "drop-writable" (func $drop-writable (param i32)))
     (import "h" "future-read" (func $future-read (param i32 i32) (result i32)))
@@ -151,11 +161,15 @@
       (local.set $pair (call $stream-new))
       (local.set $tx (i32.wrap_i64 (i64.shr_u (local.get $pair) (i64.const 32))))
       (local.set $future (call $write-via-stream (i32.wrap_i64 (local.get $pair))))
-      (drop (call $settle (local.get $tx) (call $stream-write (local.get $tx) (i32.const 4096) (local.get $n))))
-      (local.set $first (call $outcome (local.get $future)))
-      (local.set $ret (call $settle (local.get $tx) (call $stream-write (local.get $tx) (i32.const 4096) (local.get $n))))
+      (local.set $ret (i32.and (call $settle (local.get $tx) (call $stream-write (local.get $tx) (i32.const 4096) (local.get $n)))
+                               (i32.const 0xf)))
+      (local.set $first (i32.or (call $outcome (local.get $future)) (i32.shl (local.get $ret) (i32.const 8))))
+      (local.set $ret (i32.const 15))
+      (if (i32.ne (i32.and (local.get $first) (i32.const 0xf00)) (i32.const 0x100 (; DROPPED ;)))
+        (then (local.set $ret (i32.and (call $settle (local.get $tx) (call $stream-write (local.get $tx) (i32.const 4096) (local.get $n)))
+                                       (i32.const 0xf)))))
       (call $drop-writable (local.get $tx))
-      (call $return-u32 (i32.or (local.get $first) (i32.shl (i32.and (local.get $ret) (i32.const 0xf)) (i32.const 8)))))
+      (call $return-u32 (i32.or (local.get $first) (i32.shl (local.get $ret) (i32.const 16)))))
 
     (func (export "exit-writing") (param $n i32)
       (local $pair i64) (local $tx i32)
@@ -163,6 +177,7 @@
       (local.set $pair (call $stream-new))
       (local.set $tx (i32.wrap_i64 (i64.shr_u (local.get $pair) (i64.const 32))))
       (drop (call $write-via-stream (i32.wrap_i64 (local.get $pair))))
+      (drop (call $settle (local.get $tx) (call $stream-write (local.get $tx) (i32.const 4096) (local.get $n))))
       (drop (call $stream-write (local.get $tx) (i32.const 4096) (local.get $n)))
       (call $exit-with-code (i32.const 3))
       unreachable)
@@ -173,14 +188,24 @@
       (call $exit-with-code (i32.const 4))
       unreachable)
 
+    (func (export "cancel-drop")
+      (local $rx i32)
+      (call $read-via-stream (i32.const 16))
+      (local.set $rx (i32.load (i32.const 16)))
+      (if (i32.ne (call $stream-read (local.get $rx) (i32.const 4096) (i32.const 100)) (i32.const -1 (; BLOCKED ;)))
+        (then unreachable))
+      (drop (call $cancel-read (local.get $rx)))
+      (call $drop-readable (local.get $rx))
+      (call $return-u32 (call $outcome (i32.load (i32.const 20)))))
+
     (func (export "drop-busy") (param $n i32)
       (local $pair i64) (local $tx i32)
       (call $fill (local.get $n))
       (local.set $pair (call $stream-new))
       (local.set $tx (i32.wrap_i64 (i64.shr_u (local.get $pair) (i64.const 32))))
-      (drop (call $write-via-stream (i32.wrap_i64 (local.get $pair))))
       (if (i32.ne (call $stream-write (local.get $tx) (i32.const 4096) (local.get $n)) (i32.const -1 (; BLOCKED ;)))
         (then unreachable))
+      (drop (call $write-via-stream (i32.wrap_i64 (local.get $pair))))
       (call $drop-writable (local.get $tx))
       (call $return-none))
   )
@@ -202,6 +227,7 @@
       (export "stream-new" (func $stream-new))
       (export "stream-read" (func $stream-read))
       (export "stream-write" (func $stream-write))
+      (export "cancel-read" (func $cancel-read))
       (export "drop-readable" (func $drop-readable))
       (export "drop-writable" (func $drop-writable))
       (export "future-read" (func $future-read))
@@ -214,5 +240,6 @@
   (func (export "write-twice") async (param "n" u32) (result u32) (canon lift (core func $main "write-twice") async))
   (func (export "exit-writing") async (param "n" u32) (canon lift (core func $main "exit-writing") async))
   (func (export "exit-reading") async (canon lift (core func $main "exit-reading") async))
+  (func (export "cancel-drop") async (result u32) (canon lift (core func $main "cancel-drop") async))
   (func (export "drop-busy") async (param "n" u32) (canon lift (core func $main "drop-busy") async))
 )

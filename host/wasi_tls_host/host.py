@@ -159,6 +159,9 @@ class GuestInstance:
                 result = self.core.call_export(lifted, args)
             except TypeError as e:
                 raise GuestError(f"calling {name}: {e}") from None
+            except WasmtimeError:
+                self._finish_output()  # what it wrote before it trapped or exited still goes out
+                raise
             failure = self._finish_output()
             if failure is not None:
                 raise WasmtimeError(failure)

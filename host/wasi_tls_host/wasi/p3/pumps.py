@@ -38,16 +38,21 @@ class WaitsOnNothing(Exception):
     """A pollable that is not ready names nothing to wait for: it could never become ready."""
 
 
-async def wait_ready(scheduler: Scheduler, pollable: Pollable) -> None:
-    """Suspend until ``pollable`` (a WASI 0.2 engine's readiness) is ready."""
+async def wait_ready(scheduler: Scheduler, pollable: Pollable, unless: Event | None = None) -> None:
+    """Suspend until ``pollable`` (a WASI 0.2 engine's readiness) is ready, or ``unless`` is
+    set."""
     while not pollable.ready():
+        if unless is not None and unless.is_set:
+            return
         waits = Waits()
         pollable.add_waits(waits)
-        events = [readable(fd) for fd in waits.readers] + [writable(fd) for fd in waits.writers]
+        events: list[Any] = [readable(fd) for fd in waits.readers] + [writable(fd) for fd in waits.writers]
         if waits.deadline is not None:
             events.append(sleep_until(waits.deadline))
         if not events:
             raise WaitsOnNothing(f"{type(pollable).__name__} is not ready and names nothing to wait for")
+        if unless is not None:
+            events.append(unless)
         if len(events) == 1:
             await events[0]
             continue
@@ -154,10 +159,17 @@ def read_via_stream(cx: StoreState, source: InputStream, error_code: ErrorCodeOf
         view[:len(data)] = data
         return len(data)
 
+    async def data_or_reader() -> None:
+        # Waits for input, or for the reader to drop the stream (or read anew after a
+        # cancelled read): a dropped stream must not wait for input nobody wants.
+        writer.wake.clear()
+        if not stream.dropped:
+            await wait_ready(scheduler, source.subscribe(), unless=writer.wake)
+
     async def run() -> None:
         outcome: Any = None
         try:
-            while await writer.fill(produce, lambda: wait_ready(scheduler, source.subscribe())):
+            while await writer.fill(produce, data_or_reader):
                 pass
         except StreamClosed:
             pass  # the guest dropped its end: nothing more is wanted
