@@ -232,23 +232,37 @@ def test_dropping_stdin_after_a_cancelled_read_ends_at_once(p3_host: Host, stdio
     assert time.monotonic() - started < BOUND_S
 
 
-def test_waiting_for_stdin_sleeps_instead_of_spinning(p3_host: Host, probe: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The guest reads what is there, then waits 0.5 s for more: that wait must be one sleep
-    # in the kernel, not a loop around a stale wakeup.
-    polls = 0
+@pytest.fixture
+def scheduler_polls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the scheduler's polls of the kernel: a wait is a few, a spinning one thousands."""
+    polls = [0]
     original = Scheduler.poll
 
     def counting(self: Scheduler, block: bool) -> bool:
-        nonlocal polls
-        polls += 1
+        polls[0] += 1
         return original(self, block)
 
     monkeypatch.setattr(Scheduler, "poll", counting)
+    return polls
+
+
+def test_waiting_for_more_stdin_sleeps(p3_host: Host, probe: Path, scheduler_polls: list[int]) -> None:
+    # The guest reads what is there, then waits 0.5 s for more (its end).
     pipe = _fed_pipe(b"abc")
     threading.Timer(0.5, pipe.close_writer).start()
     r = run_probe(p3_host, probe, "cat", stdin=lambda: pipe)
     assert (r.exit_code, r.stdout) == (0, b"abc")
-    assert polls < 50, f"{polls} polls for one wait"
+    assert scheduler_polls[0] < 50, f"{scheduler_polls[0]} polls for one wait"
+
+
+def test_waiting_until_stdin_is_readable_sleeps(p3_host: Host, stdio: Path, scheduler_polls: list[int]) -> None:
+    # A zero-length read after the guest took exactly what was there: the wakeup that
+    # announced those bytes must not wake this wait (it spun until the next input).
+    pipe = _fed_pipe(b"abc")
+    threading.Timer(0.5, pipe.close_writer).start()
+    value, _ = call_bounded(p3_host, stdio, "read-then-wait", 3, stdin=lambda: pipe)
+    assert value == 0  # COMPLETED: the end of stdin can be read
+    assert scheduler_polls[0] < 50, f"{scheduler_polls[0]} polls for one wait"
 
 
 def test_stdin_and_a_pipe_of_the_host_process(stdio: Path) -> None:

@@ -18,6 +18,8 @@
 ;;                             waiting for nothing and dropping nothing
 ;;   exit-reading()            starts a read of stdin and exits with code 4 while it is
 ;;                             pending, stream and future undropped
+;;   read-then-wait(n) -> res  reads up to n bytes of stdin, then makes a zero-length read
+;;                             (wait until more can be read) and waits for it: its result
 ;;   cancel-drop() -> status   starts a read of stdin, cancels it and drops the stream
 ;;                             while stdin stays open; the stdin future's result
 ;;   drop-busy(n)              writes n bytes into a stream nobody reads yet, hands the
@@ -188,6 +190,14 @@
       (call $exit-with-code (i32.const 4))
       unreachable)
 
+    (func (export "read-then-wait") (param $n i32)
+      (local $rx i32)
+      (call $read-via-stream (i32.const 16))
+      (local.set $rx (i32.load (i32.const 16)))
+      (drop (call $settle (local.get $rx) (call $stream-read (local.get $rx) (i32.const 4096) (local.get $n))))
+      (call $return-u32 (i32.and (call $settle (local.get $rx) (call $stream-read (local.get $rx) (i32.const 4096) (i32.const 0)))
+                                 (i32.const 0xf))))
+
     (func (export "cancel-drop")
       (local $rx i32)
       (call $read-via-stream (i32.const 16))
@@ -240,6 +250,7 @@
   (func (export "write-twice") async (param "n" u32) (result u32) (canon lift (core func $main "write-twice") async))
   (func (export "exit-writing") async (param "n" u32) (canon lift (core func $main "exit-writing") async))
   (func (export "exit-reading") async (canon lift (core func $main "exit-reading") async))
+  (func (export "read-then-wait") async (param "n" u32) (result u32) (canon lift (core func $main "read-then-wait") async))
   (func (export "cancel-drop") async (result u32) (canon lift (core func $main "cancel-drop") async))
   (func (export "drop-busy") async (param "n" u32) (canon lift (core func $main "drop-busy") async))
 )
