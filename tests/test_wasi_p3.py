@@ -280,8 +280,9 @@ def test_stdin_stream_handed_to_stdout_is_copied_in_the_host(p3_host: Host, stdi
 
 
 def test_write_after_stdout_failed_gets_dropped(probe: Path, stdio: Path) -> None:
-    # stdout is a pipe whose reader is gone: the future says `pipe`, the host gives up the
-    # stream, and the next write is DROPPED (componentize-py: 0 bytes, reader_dropped).
+    # stdout is a pipe whose reader is gone: the write that failed took nothing, the future
+    # says `pipe`, the host gives up the stream, and a later write delivers nothing
+    # (componentize-py: 0 bytes, reader_dropped).
     read_end, write_end = os.pipe()
     os.close(read_end)
     try:
@@ -289,7 +290,7 @@ def test_write_after_stdout_failed_gets_dropped(probe: Path, stdio: Path) -> Non
                               stdout=write_end, stderr=subprocess.PIPE, timeout=BOUND_S * 4)
     finally:
         os.close(write_end)
-    assert (proc.returncode, proc.stderr) == (0, b"sent=True result=ErrorCode.PIPE again=0 dropped=True\n")
+    assert (proc.returncode, proc.stderr) == (0, b"sent=False result=ErrorCode.PIPE again=0 dropped=True\n")
     # The WAT guest: its future (1 + pipe = 3), its write's result (DROPPED: the host gave the
     # stream up), so no second write (15).
     read_end, write_end = os.pipe()

@@ -84,6 +84,7 @@ class _SharedOutput(OutputStream):
     def __init__(self, inner: OutputStream) -> None:
         super().__init__()
         self.inner = inner
+        self.takes_views = inner.takes_views
 
     def _check_write(self) -> int:
         return self.inner.check_write()
@@ -117,7 +118,7 @@ def _make_output(spec: StdoutSpec, inherit_fd: int, whole_lines: bool = False) -
     if spec == "inherit":
         return FdOutput(inherit_fd, whole_lines)
     if isinstance(spec, bytearray):
-        return SinkOutput(spec.extend)
+        return SinkOutput(spec.extend, takes_views=True)
     if hasattr(spec, "write"):
         file = spec
 

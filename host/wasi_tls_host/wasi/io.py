@@ -386,9 +386,12 @@ class SinkOutput(OutputStream):
 
     capacity = 1 << 20
 
-    def __init__(self, sink: Callable[[bytes], object] | None = None) -> None:
+    def __init__(self, sink: Callable[[bytes], object] | None = None, takes_views: bool = False) -> None:
+        """``takes_views``: ``sink`` is done with what it is given when it returns (it copies
+        or writes it), so it may be given a view of guest memory."""
         super().__init__()
         self._sink = sink
+        self.takes_views = takes_views
 
     def _check_write(self) -> int:
         return self.capacity
@@ -417,7 +420,8 @@ class FdOutput(SinkOutput):
     LINE_HOLD = select.PIPE_BUF
 
     def __init__(self, fd: int, whole_lines: bool = False) -> None:
-        super().__init__(self._write_lines if whole_lines else self._write_all)
+        # Written at once (a view of guest memory needs no copy), unless lines are held.
+        super().__init__(self._write_lines if whole_lines else self._write_all, takes_views=not whole_lines)
         self.fd = fd
         self._partial = bytearray()
 

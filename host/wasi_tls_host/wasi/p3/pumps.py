@@ -7,7 +7,8 @@ Stdio (and anything else that is an ``io.InputStream``/``io.OutputStream``, the 
 * ``read_via_stream``: bytes from an ``InputStream`` go straight into the guest's read
   buffer, only when the guest reads (nothing is read ahead of it);
 * ``write_via_stream``: what the guest writes is handed to an ``OutputStream`` with its
-  permit protocol, one chunk at a time, so a slow sink holds the guest's writes back.
+  permit protocol, straight from the guest's buffer, so a slow sink holds the guest's
+  writes back.
 
 A pump waits on the engine's pollable through the scheduler (its descriptors and deadline),
 never by spinning or on a thread of its own. Each reports how it ended through a
@@ -26,8 +27,8 @@ from ...runtime.values import Err
 from ..io import InputStream, OutputStream, Pollable, StreamFailed, Waits
 from ..io import StreamClosed as EndOfStream
 
-# The most bytes one read of a guest's stream takes (a bigger write arrives in pieces).
-CHUNK = 1 << 20
+# The most bytes one read of a stream the host itself writes takes.
+HOST_TO_HOST_CHUNK = 1 << 16
 
 # Maps how an engine failed (EndOfStream: the sink is closed, e.g. a broken pipe;
 # StreamFailed: anything else) to the interface's error-code value.
@@ -75,50 +76,67 @@ async def wait_ready(scheduler: Scheduler, pollable: Pollable, unless: Event | N
 
 
 class OutputPump:
-    """One ``write-via-stream``: ``busy`` while it holds bytes the sink has not taken."""
+    """One ``write-via-stream``: busy while the guest has a write pending that the sink has
+    not taken yet."""
 
-    __slots__ = ("busy", "task")
+    __slots__ = ("stream", "task")
 
-    def __init__(self) -> None:
-        self.busy = False
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
         self.task: Any = None
 
-
-async def write_all(scheduler: Scheduler, sink: OutputStream, data: bytes) -> None:
-    """Hand ``data`` to ``sink`` within its permits, waiting for room as needed."""
-    offset, n = 0, len(data)
-    while offset < n:
-        permit = sink.check_write()
-        if permit == 0:
-            await wait_ready(scheduler, sink.subscribe())
-            continue
-        k = min(permit, n - offset)
-        sink.write(data if k == n else data[offset:offset + k])
-        offset += k
-    sink.flush()
+    @property
+    def busy(self) -> bool:
+        # A draining reader posts no buffer: a pending one is the guest's write.
+        pending = self.stream.pending_buffer
+        return pending is not None and pending.remain() > 0
 
 
 def write_via_stream(cx: StoreState, data: Stream, sink: OutputStream, error_code: ErrorCodeOf) -> Future:
     """Copy the guest's ``data`` stream into ``sink``; the future says how it ended: ok once
     the guest dropped its end and everything was written, else the error (the stream's
-    readable end is then dropped, so the guest's next write sees DROPPED)."""
+    readable end is then dropped, so the guest's next write sees DROPPED).
+
+    The sink takes the bytes straight from the guest's buffer, within its write permits, and
+    the guest's write completes with what it took: a full sink holds the guest's writes
+    back, and bytes a failing sink did not take are not reported written."""
     future, result = new_future()
     reader = StreamReader(data, is_bytes=True)
-    pump = OutputPump()
+    pump = OutputPump(data)
     pumps: set[OutputPump] = cx.wasi.output_pumps
     scheduler = cx.scheduler
+
+    def consume(view: memoryview) -> int:
+        permit = sink.check_write()
+        if permit == 0:
+            raise BlockingIOError
+        k = min(permit, len(view))
+        sink.write(view if k == len(view) else view[:k])
+        sink.flush()
+        return k
+
+    async def write_all(chunk: bytes) -> None:
+        view = memoryview(chunk)
+        while view:
+            try:
+                view = view[consume(view):]
+            except BlockingIOError:
+                await wait_ready(scheduler, sink.subscribe())
 
     async def run() -> None:
         outcome: Any = None
         try:
-            while (chunk := await reader.read(CHUNK)) is not None:
-                pump.busy = True
-                await write_all(scheduler, sink, chunk)
-                pump.busy = False
+            if data.writer is not None:
+                # The host writes this stream too (e.g. stdin's, handed back): a host writer
+                # waits for a reader's buffer, so this end offers one instead of draining.
+                while (chunk := await reader.read(HOST_TO_HOST_CHUNK)) is not None:
+                    await write_all(chunk)
+            else:
+                while await reader.drain(consume, lambda: wait_ready(scheduler, sink.subscribe())) is not None:
+                    pass
         except (EndOfStream, StreamFailed, WaitsOnNothing) as e:
             outcome = Err(error_code(e))
         finally:
-            pump.busy = False
             pumps.discard(pump)
             reader.close()
         result.write(outcome)
@@ -183,4 +201,4 @@ def read_via_stream(cx: StoreState, source: InputStream, error_code: ErrorCodeOf
     return stream, future
 
 
-__all__ = ["CHUNK", "OutputPump", "finish_output", "read_via_stream", "wait_ready", "write_all", "write_via_stream"]
+__all__ = ["OutputPump", "finish_output", "read_via_stream", "wait_ready", "write_via_stream"]
