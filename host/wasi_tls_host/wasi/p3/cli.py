@@ -4,11 +4,10 @@ thin surface over the same state WASI 0.2's ``wasi/cli.py`` serves, the store's 
 
 from __future__ import annotations
 
-from ...runtime.binding import GuestExit, Interface
+from ...runtime.binding import Interface
 from ...runtime.store import StoreState
 from ...runtime.streams import Future, Stream
-from ...runtime.values import Err
-from ..cli import TerminalInput, TerminalOutput
+from .. import cli as p2
 from ..io import StreamClosed as SinkClosed
 from .pumps import read_via_stream, write_via_stream
 
@@ -24,8 +23,8 @@ terminal_stdin_iface = Interface("wasi:cli/terminal-stdin@0.3.0")
 terminal_stdout_iface = Interface("wasi:cli/terminal-stdout@0.3.0")
 terminal_stderr_iface = Interface("wasi:cli/terminal-stderr@0.3.0")
 
-terminal_input_iface.resource("terminal-input", TerminalInput)
-terminal_output_iface.resource("terminal-output", TerminalOutput)
+terminal_input_iface.resource("terminal-input", p2.TerminalInput)
+terminal_output_iface.resource("terminal-output", p2.TerminalOutput)
 
 
 def error_code(e: Exception) -> str:
@@ -34,29 +33,15 @@ def error_code(e: Exception) -> str:
     return "pipe" if isinstance(e, SinkClosed) else "io"
 
 
-@environment_iface.func("get-environment")
-def get_environment(cx: StoreState) -> list[tuple[str, str]]:
-    return cx.wasi.env
-
-
-@environment_iface.func("get-arguments")
-def get_arguments(cx: StoreState) -> list[str]:
-    return cx.wasi.args
-
-
-@environment_iface.func("get-initial-cwd")
-def get_initial_cwd(cx: StoreState) -> str | None:
-    return cx.wasi.cwd
-
-
-@exit_iface.func("exit")
-def exit_(cx: StoreState, status: object) -> None:
-    raise GuestExit(1 if isinstance(status, Err) else 0)
-
-
-@exit_iface.func("exit-with-code")
-def exit_with_code(cx: StoreState, status_code: int) -> None:
-    raise GuestExit(status_code)
+# What 0.3 does as 0.2 does is served by the same functions.
+environment_iface.func("get-environment")(p2.get_environment)
+environment_iface.func("get-arguments")(p2.get_arguments)
+environment_iface.func("get-initial-cwd")(p2.initial_cwd)
+exit_iface.func("exit")(p2.exit_)
+exit_iface.func("exit-with-code")(p2.exit_with_code)
+terminal_stdin_iface.func("get-terminal-stdin")(p2.get_terminal_stdin)
+terminal_stdout_iface.func("get-terminal-stdout")(p2.get_terminal_stdout)
+terminal_stderr_iface.func("get-terminal-stderr")(p2.get_terminal_stderr)
 
 
 @stdin_iface.func("read-via-stream")
@@ -72,21 +57,6 @@ def stdout_write_via_stream(cx: StoreState, data: Stream) -> Future:
 @stderr_iface.func("write-via-stream")
 def stderr_write_via_stream(cx: StoreState, data: Stream) -> Future:
     return write_via_stream(cx, data, cx.wasi.shared_stderr(), error_code)
-
-
-@terminal_stdin_iface.func("get-terminal-stdin")
-def get_terminal_stdin(cx: StoreState) -> TerminalInput | None:
-    return TerminalInput() if cx.wasi.stdin_is_terminal else None
-
-
-@terminal_stdout_iface.func("get-terminal-stdout")
-def get_terminal_stdout(cx: StoreState) -> TerminalOutput | None:
-    return TerminalOutput() if cx.wasi.stdout_is_terminal else None
-
-
-@terminal_stderr_iface.func("get-terminal-stderr")
-def get_terminal_stderr(cx: StoreState) -> TerminalOutput | None:
-    return TerminalOutput() if cx.wasi.stderr_is_terminal else None
 
 
 INTERFACES = (

@@ -6,36 +6,26 @@ from __future__ import annotations
 
 from ...runtime.binding import Interface
 from ...runtime.store import StoreState
-from ..random import MAX_RANDOM_BYTES, insecure_bytes, insecure_u64, secure_bytes, secure_u64
+from .. import random as p2
 
 random_iface = Interface("wasi:random/random@0.3.0")
 insecure_iface = Interface("wasi:random/insecure@0.3.0")
 insecure_seed_iface = Interface("wasi:random/insecure-seed@0.3.0")
 
+# What 0.3 does as 0.2 does is served by the same functions.
+random_iface.func("get-random-u64")(p2.get_random_u64)
+insecure_iface.func("get-insecure-random-u64")(p2.get_insecure_random_u64)
+insecure_seed_iface.func("get-insecure-seed")(p2.insecure_seed)
+
 
 @random_iface.func("get-random-bytes")
 def get_random_bytes(cx: StoreState, max_len: int) -> bytes:
-    return secure_bytes(min(max_len, MAX_RANDOM_BYTES))
-
-
-@random_iface.func("get-random-u64")
-def get_random_u64(cx: StoreState) -> int:
-    return secure_u64()
+    return p2.secure_bytes(min(max_len, p2.MAX_RANDOM_BYTES))
 
 
 @insecure_iface.func("get-insecure-random-bytes")
 def get_insecure_random_bytes(cx: StoreState, max_len: int) -> bytes:
-    return insecure_bytes(min(max_len, MAX_RANDOM_BYTES))
-
-
-@insecure_iface.func("get-insecure-random-u64")
-def get_insecure_random_u64(cx: StoreState) -> int:
-    return insecure_u64()
-
-
-@insecure_seed_iface.func("get-insecure-seed")
-def get_insecure_seed(cx: StoreState) -> tuple[int, int]:
-    return cx.wasi.insecure_seed
+    return p2.insecure_bytes(min(max_len, p2.MAX_RANDOM_BYTES))
 
 
 INTERFACES = (random_iface, insecure_iface, insecure_seed_iface)
