@@ -35,6 +35,7 @@ log = logging.getLogger("wasi_tls_host.runtime")
 
 _POLL_IN = select.POLLIN | select.POLLPRI
 _POLL_OUT = select.POLLOUT
+MAX_POLL_MS = 2**31 - 1  # the longest timeout select.poll accepts
 
 
 class _Wait:
@@ -414,7 +415,9 @@ class Scheduler:
         if block:
             if timers:
                 wait = max(0.0, (timers[0][0] - time.monotonic_ns()) / 1e6)
-                timeout_ms = int(wait) + (1 if wait % 1 else 0)  # rounding up: no early spin
+                # Rounding up: no early spin. poll() takes a C int: a later deadline is
+                # slept towards in steps of about 24 days (a timer not due yet just waits on).
+                timeout_ms = min(int(wait) + (1 if wait % 1 else 0), MAX_POLL_MS)
             else:
                 timeout_ms = None
         events = poller.poll(timeout_ms)

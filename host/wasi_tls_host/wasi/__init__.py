@@ -1,6 +1,5 @@
-"""WASI implemented in Python: one module per interface family for 0.2 (with the engines
-both versions use, e.g. ``filesystem_engine``), and ``p3/`` for 0.3's surfaces over the
-same engines."""
+"""WASI implemented in Python: one module per interface family for 0.2 (each also holds the
+engine both versions use), and ``p3/`` for 0.3's surfaces over the same engines."""
 
 from __future__ import annotations
 

@@ -85,6 +85,7 @@ class _SharedOutput(OutputStream):
     def __init__(self, inner: OutputStream) -> None:
         super().__init__()
         self.inner = inner
+        self.takes_views = inner.takes_views
 
     def _check_write(self) -> int:
         return self.inner.check_write()
@@ -118,7 +119,7 @@ def _make_output(spec: StdoutSpec, inherit_fd: int, whole_lines: bool = False) -
     if spec == "inherit":
         return FdOutput(inherit_fd, whole_lines)
     if isinstance(spec, bytearray):
-        return SinkOutput(spec.extend)
+        return SinkOutput(spec.extend, takes_views=True)
     if hasattr(spec, "write"):
         file = spec
 
@@ -148,6 +149,9 @@ class WasiCtx:
         self.stdin_is_terminal = config.stdin == "inherit" and _isatty(0)
         self.stdout_is_terminal = config.stdout == "inherit" and _isatty(1)
         self.stderr_is_terminal = config.stderr == "inherit" and _isatty(2)
+        # WASI 0.3's write-via-stream pumps into stdout and stderr (wasi/p3/pumps.py): what
+        # they hold is written out before the store closes.
+        self.output_pumps: set[Any] = set()
         # Filled by the filesystem and sockets modules from config.preopens / config.network.
         self.preopens: list[Any] = list(config.preopens)
         self.network = config.network

@@ -1,0 +1,204 @@
+"""Component Model streams over the host's byte engines: what WASI 0.3's
+``read-via-stream``/``write-via-stream`` are made of.
+
+Stdio (and anything else that is an ``io.InputStream``/``io.OutputStream``, the engines WASI
+0.2's streams use) is moved by one host coroutine per stream on the store's scheduler:
+
+* ``read_via_stream``: bytes from an ``InputStream`` go straight into the guest's read
+  buffer, only when the guest reads (nothing is read ahead of it);
+* ``write_via_stream``: what the guest writes is handed to an ``OutputStream`` with its
+  permit protocol, straight from the guest's buffer, so a slow sink holds the guest's
+  writes back.
+
+A pump waits on the engine's pollable through the scheduler (its descriptors and deadline),
+never by spinning or on a thread of its own. Each reports how it ended through a
+``future<result<_, E>>``. What a guest wrote before it returned or exited still reaches the
+sink: ``finish_output`` lets the output pumps write what they hold before the store closes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from ...runtime.scheduler import Event, Scheduler, readable, sleep_until, writable
+from ...runtime.store import StoreState
+from ...runtime.streams import Future, Stream, StreamClosed, StreamReader, new_future, new_stream
+from ...runtime.values import Err
+from ..io import InputStream, OutputStream, Pollable, StreamFailed, Waits
+from ..io import StreamClosed as EndOfStream
+
+# The most bytes one read of a stream the host itself writes takes.
+HOST_TO_HOST_CHUNK = 1 << 16
+
+# Maps how an engine failed (EndOfStream: the sink is closed, e.g. a broken pipe;
+# StreamFailed: anything else) to the interface's error-code value.
+ErrorCodeOf = Callable[[Exception], Any]
+
+
+class WaitsOnNothing(Exception):
+    """A pollable that is not ready names nothing to wait for: it could never become ready."""
+
+
+async def wait_ready(scheduler: Scheduler, pollable: Pollable, unless: Event | None = None) -> None:
+    """Suspend until ``pollable`` (a WASI 0.2 engine's readiness) is ready, or ``unless`` is
+    set."""
+    while not pollable.ready():
+        if unless is not None and unless.is_set:
+            return
+        waits = Waits()
+        pollable.add_waits(waits)
+        events: list[Any] = [readable(fd) for fd in waits.readers] + [writable(fd) for fd in waits.writers]
+        if waits.deadline is not None:
+            events.append(sleep_until(waits.deadline))
+        if not events:
+            raise WaitsOnNothing(f"{type(pollable).__name__} is not ready and names nothing to wait for")
+        if unless is not None:
+            events.append(unless)
+        if len(events) == 1:
+            await events[0]
+            continue
+        # Several things: one helper each, the first to fire wakes this one.
+        fired = Event()
+
+        async def on(event: Any) -> None:
+            await event
+            fired.set()
+
+        helpers = [scheduler.spawn(on(e), "wait for a pollable") for e in events]
+        try:
+            await fired
+        finally:
+            for helper in helpers:
+                helper.cancel()
+
+
+# --- guest writes, host consumes ------------------------------------------------------------
+
+
+class OutputPump:
+    """One ``write-via-stream``: busy while the guest has a write pending that the sink has
+    not taken yet."""
+
+    __slots__ = ("stream", "task")
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+        self.task: Any = None
+
+    @property
+    def busy(self) -> bool:
+        # A draining reader posts no buffer: a pending one is the guest's write.
+        pending = self.stream.pending_buffer
+        return pending is not None and pending.remain() > 0
+
+
+def write_via_stream(cx: StoreState, data: Stream, sink: OutputStream, error_code: ErrorCodeOf) -> Future:
+    """Copy the guest's ``data`` stream into ``sink``; the future says how it ended: ok once
+    the guest dropped its end and everything was written, else the error (the stream's
+    readable end is then dropped, so the guest's next write sees DROPPED).
+
+    The sink takes the bytes straight from the guest's buffer, within its write permits, and
+    the guest's write completes with what it took: a full sink holds the guest's writes
+    back, and bytes a failing sink did not take are not reported written."""
+    future, result = new_future()
+    reader = StreamReader(data, is_bytes=True)
+    pump = OutputPump(data)
+    pumps: set[OutputPump] = cx.wasi.output_pumps
+    scheduler = cx.scheduler
+
+    def consume(view: memoryview) -> int:
+        permit = sink.check_write()
+        if permit == 0:
+            raise BlockingIOError
+        k = min(permit, len(view))
+        sink.write(view if k == len(view) else view[:k])
+        sink.flush()
+        return k
+
+    async def write_all(chunk: bytes) -> None:
+        view = memoryview(chunk)
+        while view:
+            try:
+                view = view[consume(view):]
+            except BlockingIOError:
+                await wait_ready(scheduler, sink.subscribe())
+
+    async def run() -> None:
+        outcome: Any = None
+        try:
+            if data.writer is not None:
+                # The host writes this stream too (e.g. stdin's, handed back): a host writer
+                # waits for a reader's buffer, so this end offers one instead of draining.
+                while (chunk := await reader.read(HOST_TO_HOST_CHUNK)) is not None:
+                    await write_all(chunk)
+            else:
+                while await reader.drain(consume, lambda: wait_ready(scheduler, sink.subscribe())) is not None:
+                    pass
+        except (EndOfStream, StreamFailed, WaitsOnNothing) as e:
+            outcome = Err(error_code(e))
+        finally:
+            pumps.discard(pump)
+            reader.close()
+        result.write(outcome)
+
+    pumps.add(pump)
+    pump.task = scheduler.spawn(run(), "write-via-stream")
+    return future
+
+
+def finish_output(cx: StoreState) -> None:
+    """Let every output pump hand the sink what the guest already wrote (the guest returned
+    or exited; its streams may still be open). Waits through the scheduler, so the store's
+    interrupt and timeout still end it; traps with the reason if they do."""
+    pumps: set[OutputPump] = getattr(cx.wasi, "output_pumps", set())
+    if not pumps:
+        return
+    cx.scheduler.wait_until(lambda: not any(p.busy for p in pumps),
+                            "writing what the guest gave its output streams")
+
+
+# --- host produces, guest reads -------------------------------------------------------------
+
+
+def read_via_stream(cx: StoreState, source: InputStream, error_code: ErrorCodeOf) -> tuple[Stream, Future]:
+    """A stream the guest reads ``source`` through, and a future that says how it ended:
+    ok at the end of the input or when the guest dropped the stream, else the error."""
+    stream, writer = new_stream()
+    future, result = new_future()
+    scheduler = cx.scheduler
+
+    def produce(view: memoryview) -> int:
+        try:
+            data = source.read(len(view))
+        except EndOfStream:
+            return 0
+        if not data:
+            raise BlockingIOError
+        view[:len(data)] = data
+        return len(data)
+
+    async def data_or_reader() -> None:
+        # Waits for input, or for the reader to drop the stream (or read anew after a
+        # cancelled read): a dropped stream must not wait for input nobody wants.
+        writer.wake.clear()
+        if not stream.dropped:
+            await wait_ready(scheduler, source.subscribe(), unless=writer.wake)
+
+    async def run() -> None:
+        outcome: Any = None
+        try:
+            while await writer.fill(produce, data_or_reader):
+                pass
+        except StreamClosed:
+            pass  # the guest dropped its end: nothing more is wanted
+        except (StreamFailed, WaitsOnNothing) as e:
+            outcome = Err(error_code(e))
+        finally:
+            writer.close()
+        result.write(outcome)
+
+    scheduler.spawn(run(), "read-via-stream")
+    return stream, future
+
+
+__all__ = ["OutputPump", "finish_output", "read_via_stream", "wait_ready", "write_via_stream"]
