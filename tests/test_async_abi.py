@@ -176,8 +176,8 @@ def test_interrupt_from_another_thread_stops_a_waiting_guest(async_host: Host, g
 
 
 def test_an_error_result_of_a_started_host_call_is_not_logged_as_a_failure(caplog) -> None:
-    """``start`` hands the outcome to its caller (a trampoline lowers a WitError as the
-    function's error result); only failures nobody looks at are logged."""
+    """A trampoline's ``start(..., observed=True)`` takes the outcome itself (it lowers a
+    WitError as the function's error result); only failures nobody looks at are logged."""
     from wasi_tls_host.runtime.scheduler import Scheduler
     from wasi_tls_host.runtime.values import WitError
 
@@ -186,7 +186,7 @@ def test_an_error_result_of_a_started_host_call_is_not_logged_as_a_failure(caplo
 
     scheduler = Scheduler()
     with caplog.at_level("ERROR", logger="wasi_tls_host.runtime"):
-        started = scheduler.start(refuse(), "refuse")
+        started = scheduler.start(refuse(), "refuse", observed=True)
         assert started.done and isinstance(started.error, WitError)
         assert not caplog.records
         scheduler.spawn(refuse(), "background")

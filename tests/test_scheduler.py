@@ -3,15 +3,14 @@
 
 from __future__ import annotations
 
-import logging
 import socket
+import time
 from typing import Iterator
 
 import pytest
 
-from wasi_tls_host.runtime.scheduler import Event, Scheduler, any_of, readable
+from wasi_tls_host.runtime.scheduler import Event, Scheduler, any_of, readable, sleep_until
 from wasi_tls_host.runtime.streams import StreamClosed, StreamReader, new_stream
-from wasi_tls_host.runtime.values import WitError
 
 
 @pytest.fixture
@@ -57,8 +56,45 @@ def test_any_of_resumes_on_the_descriptor_and_forgets_the_event(pair) -> None:
     assert event._waiters == []
 
 
-def test_any_of_takes_descriptors_and_events_only() -> None:
-    with pytest.raises(TypeError, match="descriptors and Events"):
+def test_any_of_resumes_at_the_deadline_and_forgets_the_descriptor(pair) -> None:
+    # What a WASI 0.2 engine's pollable waits on (descriptors and a deadline) is one wait.
+    a, _ = pair
+    scheduler = Scheduler()
+
+    async def waiter() -> str:
+        await any_of(readable(a.fileno()), sleep_until(time.monotonic_ns() + 20_000_000))
+        return "woken"
+
+    task = scheduler.start(waiter())
+    assert not task.done
+    scheduler.wait_until(lambda: task.done, "the test waits")
+    assert task.result == "woken" and scheduler._readers == {}
+
+
+def test_a_deadline_left_behind_by_any_of_wakes_nothing(pair) -> None:
+    a, b = pair
+    scheduler = Scheduler()
+    event = Event()
+
+    async def waiter() -> str:
+        await any_of(readable(a.fileno()), sleep_until(time.monotonic_ns() + 10_000_000))
+        await event  # the first wait's deadline passes while the task waits here
+        return "woken by the event"
+
+    task = scheduler.start(waiter())
+    b.send(b"x")
+    scheduler.wait_until(lambda: task._waiting is event, "the test waits")
+    time.sleep(0.02)
+    scheduler.poll(block=False)
+    scheduler.run_ready()
+    assert not task.done
+    event.set()
+    scheduler.run_ready()
+    assert task.result == "woken by the event"
+
+
+def test_any_of_takes_descriptors_deadlines_and_events_only() -> None:
+    with pytest.raises(TypeError, match="descriptors, deadlines and Events"):
         any_of(object())
 
 
@@ -87,15 +123,3 @@ def test_fill_waiting_for_its_source_ends_when_the_reader_drops_the_stream(pair)
     scheduler.run_ready()
     assert producer.done and outcome == ["reader gone"]
     assert scheduler._readers == {}
-
-
-def test_an_error_result_of_an_async_host_function_is_not_logged_as_a_failure(caplog) -> None:
-    scheduler = Scheduler()
-
-    async def refuse() -> None:
-        raise WitError("access-denied")
-
-    with caplog.at_level(logging.ERROR, logger="wasi_tls_host.runtime"):
-        task = scheduler.start(refuse())
-    assert isinstance(task.error, WitError)
-    assert caplog.records == []

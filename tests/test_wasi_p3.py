@@ -22,7 +22,7 @@ import pytest
 
 from conftest import open_fds, without_gc
 from wasi_tls_host import GuestError, Host, WasiConfig
-from wasi_tls_host.cli.main import main as cli_main
+from wasi_tls_host.cli import main as cli_main
 from wasi_tls_host.runtime.limits import GuestLimits
 from wasi_tls_host.runtime.scheduler import Scheduler
 from wasi_tls_host.wasi.io import PipeInput

@@ -29,7 +29,7 @@ import time
 from collections import deque
 from typing import Any, Callable, Coroutine, Generator
 
-from .values import Trap, WitError
+from .values import Trap
 
 log = logging.getLogger("wasi_tls_host.runtime")
 
@@ -91,13 +91,25 @@ def yield_now() -> _Wait:
 
 
 def any_of(*waits: Any) -> _Wait:
-    """Suspend until the first of ``waits`` (``readable``/``writable`` descriptors and
-    ``Event``s) is met; the others are forgotten then. The coroutine is not told which:
-    it looks again at what it waits for."""
+    """Suspend until the first of ``waits`` (``readable``/``writable`` descriptors,
+    ``sleep_until`` deadlines, ``Event``s, other ``any_of``s) is met; the others are
+    forgotten then. The coroutine is not told which: it looks again at what it waits for."""
+    flat: list[Any] = []
     for wait in waits:
-        if not isinstance(wait, (_Fd, Event)):
-            raise TypeError(f"any_of() waits on descriptors and Events, not {wait!r}")
-    return _AnyOf(waits)
+        if isinstance(wait, _AnyOf):
+            flat.extend(wait.waits)
+        elif isinstance(wait, (_Fd, _Until, Event)):
+            flat.append(wait)
+        else:
+            raise TypeError(f"any_of() waits on descriptors, deadlines and Events, not {wait!r}")
+    return _AnyOf(tuple(flat))
+
+
+def _deadline_passed(waiting: Any, now: int) -> bool:
+    """Whether a timer that fell due is still what its task waits for (not a stale entry)."""
+    if isinstance(waiting, _Until):
+        return True
+    return isinstance(waiting, _AnyOf) and any(isinstance(w, _Until) and w.deadline <= now for w in waiting.waits)
 
 
 class Event:
@@ -283,6 +295,8 @@ class Scheduler:
             for w in waiting.waits:
                 if isinstance(w, _Fd):
                     (self._writers if w.write else self._readers).setdefault(w.fd, []).append(task)
+                elif isinstance(w, _Until):
+                    heapq.heappush(self._timers, (w.deadline, next(self._timer_seq), task))
                 else:
                     w._waiters.append(task)
         else:
@@ -316,8 +330,9 @@ class Scheduler:
                     tasks.remove(task)
                     if not tasks:
                         del table[wait.fd]
-            elif task in wait._waiters:
+            elif isinstance(wait, Event) and task in wait._waiters:
                 wait._waiters.remove(task)
+            # (a deadline's timer entry stays: it is checked against what the task waits on)
 
     def _finish(self, task: HostTask, result: Any, error: BaseException | None) -> None:
         self.progress += 1
@@ -331,7 +346,7 @@ class Scheduler:
         callbacks, task._callbacks = task._callbacks, []
         for callback in callbacks:
             callback(task)
-        if error is not None and not callbacks and not joiners and not task.observed and not isinstance(error, (Cancelled, WitError)):
+        if error is not None and not callbacks and not joiners and not task.observed and not isinstance(error, Cancelled):
             # Nobody will look at it: a background task's failure is logged, not lost.
             log.error("host task %s failed: %s: %s", task.name, type(error).__name__, error)
 
@@ -396,7 +411,7 @@ class Scheduler:
         timers = self._timers
         while timers and timers[0][0] <= now:
             _, _, task = heapq.heappop(timers)
-            if isinstance(task._waiting, _Until):
+            if _deadline_passed(task._waiting, now):
                 self._make_ready(task)
         if self._ready or self._guest_ready:
             block = False
@@ -437,7 +452,7 @@ class Scheduler:
         now = time.monotonic_ns()
         while timers and timers[0][0] <= now:
             _, _, task = heapq.heappop(timers)
-            if isinstance(task._waiting, _Until):
+            if _deadline_passed(task._waiting, now):
                 self.progress += 1
                 self._make_ready(task)
         return True

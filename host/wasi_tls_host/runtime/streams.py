@@ -23,7 +23,7 @@ from __future__ import annotations
 from enum import IntEnum
 from typing import Any, Callable
 
-from .scheduler import Cancelled, Event, _Wait, any_of
+from .scheduler import Cancelled, Event, _Wait, _Yield, any_of
 from .values import Trap
 
 MAX_BUFFER_LENGTH = 2**28 - 1
@@ -352,9 +352,11 @@ class StreamWriter:
             return n
 
     async def _until_ready(self, ready: Callable[[], _Wait]) -> None:
-        """Wait for ``ready()`` or for the reader to drop or renew its read (``wake``)."""
+        """Wait for ``ready()`` or for the reader to drop or renew its read (``wake``); a
+        ``yield_now()`` (the source says it is ready already) is not raced."""
         self.wake.clear()
-        await any_of(ready(), self.wake)
+        wait = ready()
+        await (wait if isinstance(wait, _Yield) else any_of(wait, self.wake))
 
     def close(self) -> None:
         """Drop the writable end: the reader sees the end of the stream (DROPPED) once it

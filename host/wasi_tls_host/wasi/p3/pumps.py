@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ...runtime.scheduler import Event, Scheduler, readable, sleep_until, writable
+from ...runtime.scheduler import _Wait, any_of, readable, sleep_until, writable, yield_now
 from ...runtime.store import StoreState
 from ...runtime.streams import Future, Stream, StreamClosed, StreamReader, new_future, new_stream
 from ...runtime.values import Err
@@ -39,37 +39,25 @@ class WaitsOnNothing(Exception):
     """A pollable that is not ready names nothing to wait for: it could never become ready."""
 
 
-async def wait_ready(scheduler: Scheduler, pollable: Pollable, unless: Event | None = None) -> None:
-    """Suspend until ``pollable`` (a WASI 0.2 engine's readiness) is ready, or ``unless`` is
-    set."""
+def pollable_wait(pollable: Pollable) -> _Wait:
+    """One scheduler wait for what ``pollable`` (a WASI 0.2 engine's readiness) waits on:
+    its descriptors and its deadline, whichever comes first."""
+    if pollable.ready():
+        return yield_now()
+    waits = Waits()
+    pollable.add_waits(waits)
+    events: list[_Wait] = [readable(fd) for fd in waits.readers] + [writable(fd) for fd in waits.writers]
+    if waits.deadline is not None:
+        events.append(sleep_until(waits.deadline))
+    if not events:
+        raise WaitsOnNothing(f"{type(pollable).__name__} is not ready and names nothing to wait for")
+    return events[0] if len(events) == 1 else any_of(*events)
+
+
+async def wait_ready(pollable: Pollable) -> None:
+    """Suspend until ``pollable`` is ready."""
     while not pollable.ready():
-        if unless is not None and unless.is_set:
-            return
-        waits = Waits()
-        pollable.add_waits(waits)
-        events: list[Any] = [readable(fd) for fd in waits.readers] + [writable(fd) for fd in waits.writers]
-        if waits.deadline is not None:
-            events.append(sleep_until(waits.deadline))
-        if not events:
-            raise WaitsOnNothing(f"{type(pollable).__name__} is not ready and names nothing to wait for")
-        if unless is not None:
-            events.append(unless)
-        if len(events) == 1:
-            await events[0]
-            continue
-        # Several things: one helper each, the first to fire wakes this one.
-        fired = Event()
-
-        async def on(event: Any) -> None:
-            await event
-            fired.set()
-
-        helpers = [scheduler.spawn(on(e), "wait for a pollable") for e in events]
-        try:
-            await fired
-        finally:
-            for helper in helpers:
-                helper.cancel()
+        await pollable_wait(pollable)
 
 
 # --- guest writes, host consumes ------------------------------------------------------------
@@ -121,7 +109,7 @@ def write_via_stream(cx: StoreState, data: Stream, sink: OutputStream, error_cod
             try:
                 view = view[consume(view):]
             except BlockingIOError:
-                await wait_ready(scheduler, sink.subscribe())
+                await wait_ready(sink.subscribe())
 
     async def run() -> None:
         outcome: Any = None
@@ -132,7 +120,7 @@ def write_via_stream(cx: StoreState, data: Stream, sink: OutputStream, error_cod
                 while (chunk := await reader.read(HOST_TO_HOST_CHUNK)) is not None:
                     await write_all(chunk)
             else:
-                while await reader.drain(consume, lambda: wait_ready(scheduler, sink.subscribe())) is not None:
+                while await reader.drain(consume, lambda: wait_ready(sink.subscribe())) is not None:
                     pass
         except (EndOfStream, StreamFailed, WaitsOnNothing) as e:
             outcome = Err(error_code(e))
@@ -177,17 +165,12 @@ def read_via_stream(cx: StoreState, source: InputStream, error_code: ErrorCodeOf
         view[:len(data)] = data
         return len(data)
 
-    async def data_or_reader() -> None:
-        # Waits for input, or for the reader to drop the stream (or read anew after a
-        # cancelled read): a dropped stream must not wait for input nobody wants.
-        writer.wake.clear()
-        if not stream.dropped:
-            await wait_ready(scheduler, source.subscribe(), unless=writer.wake)
-
     async def run() -> None:
         outcome: Any = None
         try:
-            while await writer.fill(produce, data_or_reader):
+            # fill() also ends the wait when the reader drops the stream (or reads anew after a
+            # cancelled read): a dropped stream must not wait for input nobody wants.
+            while await writer.fill(produce, lambda: pollable_wait(source.subscribe())):
                 pass
         except StreamClosed:
             pass  # the guest dropped its end: nothing more is wanted
@@ -201,4 +184,4 @@ def read_via_stream(cx: StoreState, source: InputStream, error_code: ErrorCodeOf
     return stream, future
 
 
-__all__ = ["OutputPump", "finish_output", "read_via_stream", "wait_ready", "write_via_stream"]
+__all__ = ["OutputPump", "finish_output", "pollable_wait", "read_via_stream", "wait_ready", "write_via_stream"]
