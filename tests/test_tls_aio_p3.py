@@ -1,12 +1,17 @@
 """The asyncio-style guest binding (``guest_examples/common/wasi_tls_aio.py``) in a real WASI
 0.3 componentize-py guest, ``https_get_p3``, run by the CLI against a CPython ``ssl`` server
 on loopback whose certificate comes from a trustme CA given with ``--trust``.
+
+``tls_echo_server_p3`` is the server side: ``start_server`` with ``select_identity`` choosing
+a preopened identity by SNI, against concurrent CPython ``ssl`` clients.
 """
 
 from __future__ import annotations
 
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -114,3 +119,63 @@ def test_untrusted_server_is_unknown_issuer(
     trustme.CA().cert_pem.write_to_path(str(other))
     assert run_guest(https_get_p3, other, server.port, "localhost", str(server.port)) == 1
     assert capfd.readouterr().out.startswith("tls error: unknown-issuer: ")
+
+
+@pytest.fixture(scope="module")
+def tls_echo_server_p3() -> Path:
+    return build("tls_echo_server_p3")
+
+
+def echo_client(port: int, ctx: ssl.SSLContext, name: str, results: dict[str, object]) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw, \
+            ctx.wrap_socket(raw, server_hostname=name) as tls:
+        stream = tls.makefile("rwb")
+        first = stream.readline()
+        stream.write(f"hello {name}\n".encode())
+        stream.flush()
+        echoed = stream.readline()
+        san = tls.getpeercert()["subjectAltName"]
+        stream.close()
+        tls.unwrap()  # the guest's writer.close() sent close_notify
+        results[name] = (first, echoed, san)
+
+
+def test_start_server_selects_identities_by_sni_and_serves_concurrently(
+        tls_echo_server_p3: Path, tmp_path: Path) -> None:
+    ca = trustme.CA()
+    args = []
+    for name, host_name in (("a.test", "a.test"), ("default", "default.test")):
+        cert = ca.issue_cert(host_name)
+        cert.cert_chain_pems[0].write_to_path(str(tmp_path / f"{name}.crt"))
+        cert.private_key_pem.write_to_path(str(tmp_path / f"{name}.key"))
+        args += ["--identity", f"{name}={tmp_path / f'{name}.crt'},{tmp_path / f'{name}.key'}"]
+    cli = Path(sys.executable).parent / "wasi-tls-host"
+    proc = subprocess.Popen([str(cli), "run", "--allow-listen", "127.0.0.1:*", *args, str(tls_echo_server_p3),
+                             "127.0.0.1", "0", "2", "a.test"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        listening = proc.stdout.readline().split()
+        assert listening[0] == "listening", listening
+        port = int(listening[1])
+        ctx = ssl.create_default_context()
+        ca.configure_trust(ctx)
+        ctx.set_alpn_protocols(["h2", "echo"])
+        results: dict[str, object] = {}
+        # Both connections are open at once: the second is served while the first waits.
+        clients = [threading.Thread(target=echo_client, args=(port, ctx, n, results)) for n in ("a.test", "default.test")]
+        for t in clients:
+            t.start()
+        for t in clients:
+            t.join(timeout=60)
+        assert results == {
+            "a.test": (b"TLSv1.3 echo\n", b"HELLO A.TEST\n", (("DNS", "a.test"),)),
+            "default.test": (b"TLSv1.3 echo\n", b"HELLO DEFAULT.TEST\n", (("DNS", "default.test"),)),
+        }
+        # close() after the second connection stops serve_forever at the next attempt.
+        socket.create_connection(("127.0.0.1", port), timeout=10).close()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert (proc.returncode, out, err) == (0, "closed after 2\n", "")

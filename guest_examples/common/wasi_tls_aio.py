@@ -20,6 +20,7 @@ name, the message is the host's, e.g. what OpenSSL said about the certificate),
 
 import asyncio
 import ipaddress
+import sys
 
 import wit_world
 from componentize_py_types import Err
@@ -33,9 +34,11 @@ from wit_world.imports.wasi_sockets_types import (
     Ipv6SocketAddress,
     TcpSocket,
 )
+from wit_world.imports import server as tls_server
+from wit_world.imports.server import IncomingClientExchange, IncomingClientHello, OutgoingServerHello
 from wit_world.imports.wasi_tls_host_tls_client import IncomingServerHello, OutgoingClientHello
 
-__all__ = ["open_connection", "StreamReader", "StreamWriter", "TlsError"]
+__all__ = ["open_connection", "start_server", "Server", "ClientHello", "StreamReader", "StreamWriter", "TlsError"]
 
 CHUNK = 1 << 16
 DEFAULT_LIMIT = 1 << 16  # asyncio's default line limit
@@ -231,12 +234,31 @@ class StreamWriter:
         self._sent = sent  # future: the socket's send finished
         self._extra = extra
         self._buffer = bytearray()
+        self._flushing = None  # the task handing the buffer to the host
+        self._error = None
         self._closing = None
 
     def write(self, data):
+        """Queue ``data``; it is sent in the background at once (as asyncio's transports
+        do), and ``drain()`` waits until the queue is handed to the host."""
         if self._closing is not None:
             raise RuntimeError("write() after close()")
+        if self._error is not None:
+            raise self._error
         self._buffer += data
+        if self._flushing is None and self._buffer:
+            self._flushing = asyncio.get_event_loop().create_task(self._flush())
+
+    async def _flush(self):
+        try:
+            while self._buffer:
+                data, self._buffer = bytes(self._buffer), bytearray()
+                written = await self._data.write_all(data)
+                if written < len(data):
+                    self._error = ConnectionResetError("the TLS connection no longer takes data")
+                    self._buffer.clear()
+        finally:
+            self._flushing = None
 
     def writelines(self, data):
         for chunk in data:
@@ -252,12 +274,11 @@ class StreamWriter:
         return self._extra.get(name, default)
 
     async def drain(self):
-        while self._buffer:
-            data, self._buffer = bytes(self._buffer), bytearray()
-            written = await self._data.write_all(data)
-            if written < len(data):
-                await self._finish()
-                raise ConnectionResetError("the TLS connection no longer takes data")
+        flushing = self._flushing
+        if flushing is not None:
+            await flushing
+        if self._error is not None:
+            raise self._error
 
     def close(self):
         if self._closing is None:
@@ -266,9 +287,10 @@ class StreamWriter:
     async def _finish(self):
         """Flush, end the plaintext (close_notify), and wait until the socket sent it all."""
         try:
+            if self._flushing is not None:
+                await self._flushing
             if self._buffer:
-                data, self._buffer = bytes(self._buffer), bytearray()
-                await self._data.write_all(data)
+                await self._flush()
         finally:
             self._data.__exit__(None, None, None)
         ended = await self._done.read()
@@ -332,6 +354,12 @@ async def open_connection(host, port, *, server_hostname=None, alpn=None, identi
     except BaseException:
         sock.__exit__(None, None, None)
         raise
+    extra = {"peername": (host, port), "server_hostname": server_hostname or host}
+    return _streams(sock, connection, sent, extra, limit)
+
+
+def _streams(sock, connection, sent, extra, limit):
+    """The reader and writer of an established connection (either side)."""
     plaintext_in, receive_done = connection.receive()
     tx, rx = wit_world.byte_stream()
     send_done = connection.send(rx)
@@ -339,12 +367,168 @@ async def open_connection(host, port, *, server_hostname=None, alpn=None, identi
     version = VERSIONS.get(connection.protocol_version(), "0x%04x" % connection.protocol_version())
     suite = connection.cipher_suite()
     name, bits = CIPHERS.get(suite, ("0x%04x" % suite, None))
-    extra = {
-        "peername": (host, port),
-        "server_hostname": server_hostname or host,
+    extra.update({
         "peercert": _peercert(connection.peer_identity()),
         "cipher": (name, version, bits),
         "version": version,
         "alpn": alpn_id.decode() if alpn_id is not None else None,
-    }
+    })
     return StreamReader(plaintext_in, receive_done, limit), StreamWriter(sock, connection, tx, send_done, sent, extra)
+
+
+class ClientHello:
+    """What a client asked for, as ``select_identity`` sees it: ``server_name`` (SNI or
+    None), ``alpn`` (protocol names), ``versions`` (e.g. ``["TLSv1.3", "TLSv1.2"]``)."""
+
+    def __init__(self, server_name, alpn, versions):
+        self.server_name = server_name
+        self.alpn = alpn
+        self.versions = versions
+
+    def __repr__(self):
+        return f"ClientHello(server_name={self.server_name!r}, alpn={self.alpn!r}, versions={self.versions!r})"
+
+
+ALERT_UNRECOGNIZED_NAME = 112
+ALERT_INTERNAL_ERROR = 80
+
+
+class Server:
+    """A listening TLS server, as asyncio.Server: ``serve_forever()``, ``close()``,
+    ``wait_closed()``, ``sockets`` (here: the bound ``(host, port)`` pairs)."""
+
+    def __init__(self, sock, incoming, handle, address):
+        self._sock = sock
+        self._incoming = incoming  # StreamReader of accepted TcpSockets
+        self._handle = handle
+        self._tasks = set()
+        self._closed = False
+        self._serving = None
+        self.sockets = [address]
+
+    def is_serving(self):
+        return not self._closed
+
+    async def serve_forever(self):
+        """Accept connections until close(): each is handled in a task of its own."""
+        loop = asyncio.get_event_loop()
+        self._serving = True
+        while not self._closed:
+            accepted = await self._incoming.read(16)
+            if not accepted and self._incoming.writer_dropped:
+                break
+            for sock in accepted:
+                if self._closed:
+                    sock.__exit__(None, None, None)
+                    continue
+                task = loop.create_task(self._handle(sock))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        self._drop_listener()
+
+    def close(self):
+        """Stop accepting. A serve_forever() waiting for a connection stops when the next
+        one arrives (which is refused); connections being served go on."""
+        self._closed = True
+
+    def _drop_listener(self):
+        if self._incoming is not None:
+            self._incoming.__exit__(None, None, None)
+            self._sock.__exit__(None, None, None)
+            self._incoming = None
+
+    async def wait_closed(self):
+        """Wait until every connection handler has returned."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        self.close()
+        if self._incoming is not None and self._serving is None:
+            self._drop_listener()
+        await self.wait_closed()
+
+
+async def start_server(client_connected_cb, host, port, *, identity=None, select_identity=None, alpn=None,
+                       require_client_cert=False, limit=DEFAULT_LIMIT):
+    """Listen on ``host:port`` (port 0: any) and call ``client_connected_cb(reader, writer)``
+    (a coroutine function or a plain one) for each TLS connection, concurrently.
+
+    The server's certificate is an identity the embedder preopened (``--identity NAME=...``):
+    ``identity="NAME"``, or ``select_identity(client_hello) -> NAME or None`` (may be async)
+    chooses one per connection from the ClientHello (None refuses it with an
+    unrecognized_name alert). ``alpn`` lists the server's protocols in preference order.
+    ``require_client_cert`` asks for a client certificate, verified by the host's
+    ``--client-ca``. Returns a ``Server``; handshake failures are printed to stderr."""
+    if (identity is None) == (select_identity is None):
+        raise ValueError("give exactly one of identity= and select_identity=")
+    ip = (await _addresses(host))[0]
+    family, address = _socket_address(ip, port)
+    sock = TcpSocket.create(family)
+    try:
+        sock.bind(address)
+        incoming = sock.listen()
+        bound = sock.get_local_address()
+    except Err as e:
+        sock.__exit__(None, None, None)
+        raise _socket_error(e, f"cannot listen on {host}:{port}") from None
+    protocols = [p.encode() if isinstance(p, str) else p for p in alpn or []]
+
+    async def handle(conn_sock):
+        peer = None
+        try:
+            try:
+                peer = conn_sock.get_remote_address()
+                peername = (str(_ip_of(peer)), peer.value.port)
+            except Err:
+                peername = None
+            ciphertext_in, received = conn_sock.receive()
+            received.__exit__(None, None, None)
+            hello, ciphertext_out = tls_server.accept(ciphertext_in)
+            sent = conn_sock.send(ciphertext_out)
+            try:
+                name = identity
+                if select_identity is not None:
+                    info = ClientHello(await hello.server_name(), [p.decode(errors="replace") for p in await hello.alpn_ids()],
+                                       [VERSIONS.get(v, "0x%04x" % v) for v in await hello.protocol_versions()])
+                    name = select_identity(info)
+                    if hasattr(name, "__await__"):
+                        name = await name
+                    if name is None:
+                        IncomingClientHello.reject(hello, ALERT_UNRECOGNIZED_NAME)
+                        await sent.read()
+                        return
+                response = OutgoingServerHello(name)
+                if protocols:
+                    offered = await hello.alpn_ids()
+                    chosen = next((p for p in protocols if p in offered), None)
+                    if chosen is not None:
+                        response.set_alpn_id(chosen)
+                if require_client_cert:
+                    response.request_client_identity(True)
+                exchange = await IncomingClientHello.accept(hello, response)
+                connection = await IncomingClientExchange.finish(exchange)
+            except Err as e:
+                sent.__exit__(None, None, None)
+                raise _tls_error(e) from None
+            reader, writer = _streams(conn_sock, connection, sent, {"peername": peername, "sockname": (host, bound.value.port)}, limit)
+            conn_sock = None  # the writer owns it now
+            result = client_connected_cb(reader, writer)
+            if hasattr(result, "__await__"):
+                await result
+        except Exception as e:
+            print(f"wasi_tls_aio: connection from {peername}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        finally:
+            if conn_sock is not None:
+                conn_sock.__exit__(None, None, None)
+
+    return Server(sock, incoming, handle, (str(ip), bound.value.port))
+
+
+def _ip_of(address):
+    if isinstance(address, IpSocketAddress_Ipv4):
+        return ipaddress.IPv4Address(bytes(address.value.address))
+    return ipaddress.IPv6Address(b"".join(w.to_bytes(2, "big") for w in address.value.address))
