@@ -53,7 +53,12 @@ class HttpsServer:
                         request = b""
                         while b"\r\n\r\n" not in request:
                             request += tls.recv(4096)
-                        tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY) + BODY)
+                        head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY)
+                        if request.startswith(b"GET /truncate "):
+                            tls.sendall(head + BODY[:1000])
+                            self.endings.append("truncated")
+                            continue  # the TCP connection ends without close_notify
+                        tls.sendall(head + BODY)
                         tls.unwrap()  # our close_notify, then the guest's
                         self.endings.append("close_notify " + request.split(b"\r\n")[0].decode())
                 except (OSError, ssl.SSLError) as e:
@@ -111,6 +116,17 @@ def test_wrong_hostname_is_a_clear_tls_error(
     out = capfd.readouterr().out
     assert out.startswith("tls error: name-mismatch: ")
     assert "not valid for 'wrong.example'" in out
+
+
+def test_a_peer_ending_without_close_notify_is_truncated(
+        https_get_p3: Path, ca_file: tuple[trustme.CA, Path], server: HttpsServer,
+        capfd: pytest.CaptureFixture[str]) -> None:
+    assert run_guest(https_get_p3, ca_file[1], server.port, "localhost", str(server.port), "/truncate") == 1
+    out = capfd.readouterr().out.splitlines()
+    assert out[:2] == ["version TLSv1.3 alpn http/1.1", "status HTTP/1.1 200 OK"]
+    # readexactly() reports the TLS error, not an IncompleteReadError of a clean end.
+    assert out[2].startswith("tls error: truncated: "), out
+    assert len(out) == 3
 
 
 def test_untrusted_server_is_unknown_issuer(
