@@ -200,9 +200,9 @@ def test_cli_reports_exit_and_errors_for_0_3_guests(probe: Path, stdio: Path, ca
     assert capsys.readouterr().out.endswith("20\n")
 
 
-def test_component_runtime_refuses_a_0_3_guest_in_one_line(guest_path) -> None:
+def test_component_runtime_refuses_a_0_3_guest_in_one_line(stdio: Path) -> None:
     with Host(runtime="component") as host, pytest.raises(GuestError) as info:
-        host.instantiate(guest_path("hello_p3"))
+        host.instantiate(stdio)
     assert "async ABI (WASI 0.3 guests do), which only the core runtime runs" in str(info.value)
     assert "--runtime core" in str(info.value)
 
