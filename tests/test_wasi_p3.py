@@ -276,6 +276,13 @@ def test_stdin_stream_handed_to_stdout_is_copied_in_the_host(p3_host: Host, stdi
     assert (value, out) == (0, b"z" * 200_000)
 
 
+def test_returning_with_stdin_flowing_to_stdout_ends_the_run(p3_host: Host, stdio: Path) -> None:
+    # stdin (open, never ended) is handed to stdout and the guest returns: what stdin had is
+    # copied, and the run ends without waiting for stdin's end.
+    value, out = call_bounded(p3_host, stdio, "cat-return", stdin=lambda: _fed_pipe(b"abc"))
+    assert (value, out) == (None, b"abc")
+
+
 # --- stdout failures -----------------------------------------------------------------------------
 
 
