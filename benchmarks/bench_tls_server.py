@@ -197,6 +197,26 @@ def stop(proc: subprocess.Popen[str]) -> None:
         proc.wait(5)
 
 
+def rss_with_idle_connections(pid: int, port: int, ca: str, count: int) -> tuple[int, int, int]:
+    """(RSS KiB of process ``pid`` before, RSS with ``count`` idle connections open, how many
+    opened): the connections are held by a child process, closed before this returns."""
+    time.sleep(0.5)
+    before = rss_kib(pid)
+    holder = child("hold", str(port), ca, str(count), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        opened = json.loads(holder.stdout.readline() or "{}").get("open", 0)
+        time.sleep(0.5)
+        after = rss_kib(pid)
+        holder.stdin.close()
+        holder.wait(30)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait(5)
+    return before, after, opened
+
+
 def measure(kind: str, cert: str, key: str, ca: str, clients: int, duration: float, idle: int) -> dict[str, float]:
     server, port = start_server(kind, cert, key)
     try:
@@ -205,20 +225,7 @@ def measure(kind: str, cert: str, key: str, ca: str, clients: int, duration: flo
         rate = json.loads(out.stdout)
         if rate["errors"]:
             print(f"  {kind}: {rate['errors']} client errors, e.g. {rate['first_errors']}", file=sys.stderr)
-        time.sleep(0.5)
-        before = rss_kib(server.pid)
-        holder = child("hold", str(port), ca, str(idle), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        try:
-            assert holder.stdout is not None and holder.stdin is not None
-            opened = json.loads(holder.stdout.readline() or "{}").get("open", 0)
-            time.sleep(0.5)
-            after = rss_kib(server.pid)
-            holder.stdin.close()
-            holder.wait(30)
-        finally:
-            if holder.poll() is None:
-                holder.kill()
-                holder.wait(5)
+        before, after, opened = rss_with_idle_connections(server.pid, port, ca, idle)
         return {
             "handshakes_per_s": rate["handshakes"] / rate["seconds"],
             "handshakes": rate["handshakes"],

@@ -364,7 +364,7 @@ def test_demo_attest() -> None:
 
 
 def test_an_instance_outliving_its_certificate_gets_a_fresh_one(pki) -> None:
-    from wasi_tls_host.tls.code_identity import InstanceAttestation
+    from wasi_tls_host.tls.attested import InstanceAttestation
     from wasi_tls_host.tls import TlsConfig as Tls
 
     ca = pki.attest_ca(lifetime=datetime.timedelta(seconds=50))  # renewed in its last 5 s

@@ -197,6 +197,23 @@ def test_closing_the_host_releases_its_mapped_artifacts(tmp_path, guest_path, ru
         host.instantiate(wasm)
 
 
+def test_closing_the_host_frees_the_conversions_of_its_components_types(tmp_path, guest_path) -> None:
+    """The core runtime builds each type's conversions once and keeps them by type; a closed
+    host lets go of its components' (a long-lived embedder loading many components would
+    otherwise keep every type it ever saw)."""
+    from wasi_tls_host.runtime.core import canon
+    from wasi_tls_host.runtime.core.types import types_in
+
+    host = Host(interfaces=[probe], cache_dir=tmp_path, runtime="core")
+    component = host.load(guest_path("runtime_probe"))
+    with host.instantiate(component) as g:
+        assert g.call("two-borrows", 2, 3) == 5
+    ids = {id(t) for t in types_in(component.plan)}
+    assert ids & canon._CACHE.keys()  # converted while the guest ran
+    host.close()
+    assert not ids & canon._CACHE.keys()
+
+
 def test_a_guest_never_closed_is_still_collected(probe_host: Host, guest_path) -> None:
     """Closing is the way to free a guest at once; one its embedder forgot must at least go
     at a GC pass, store and memories included, not live on through host tables."""

@@ -352,7 +352,8 @@ def test_every_way_a_connection_ends_frees_its_tls_objects_without_the_garbage_c
     from wasi_tls_host.tls.client_hello import ClientHelloReader
     from wasi_tls_host.tls.engine import TlsEngine
     from wasi_tls_host.tls.server import IncomingClientHello
-    from wasi_tls_host.tls.transport import PendingHandshake, TlsInputStream, TlsTransport
+    from wasi_tls_host.tls.p2 import PendingHandshake, TlsInputStream
+    from wasi_tls_host.tls.transport import TlsTransport
 
     kept = (TlsEngine, TlsTransport, PendingHandshake, TlsInputStream, IncomingClientHello, ClientHelloReader)
     context = ssl_client_context(pki)

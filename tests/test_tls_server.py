@@ -25,8 +25,9 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from conftest import SHARED, free_port, open_fds, without_gc
-from tls_server_util import (PASSPHRASE, TIMEOUT, AccessLog, GuestServer, KeyAudit, ServerPki, connection_line, fields, s_client,
-                             ssl_client_context)
+from tls_server_util import (PASSPHRASE, TIMEOUT, AccessLog, GuestServer, KeyAudit, ServerPki, alert_after, connection_line,
+                             cpython_hello, fields, read_to_end, s_client, server_hello_after, ssl_client_context,
+                             with_record_version)
 from wasi_tls_host import Host
 from wasi_tls_host.runtime.binding import OUTGOING_VALUE_HOOKS
 from wasi_tls_host.tls import TlsConfig
@@ -329,67 +330,12 @@ def test_identity_from_encrypted_key_and_cli_option(pki: ServerPki, monkeypatch:
 # --- first flights: record versions, malformed and refused hellos ------------------------
 
 
-def _read_to_end(sock: socket.socket) -> bytes:
-    """What the server sends until it closes. A server that closes with part of our flight
-    unread makes its kernel answer the rest with a reset, which ends the reading too (what
-    arrived before it is still read first)."""
-    reply = b""
-    while True:
-        try:
-            chunk = sock.recv(4096)
-        except ConnectionResetError:
-            return reply
-        if not chunk:
-            return reply
-        reply += chunk
-
-
-def _alert_after(port: int, data: bytes) -> bytes:
-    """Everything the server sends after ``data``, until it closes."""
-    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as s:
-        try:
-            s.sendall(data)
-        except (ConnectionResetError, BrokenPipeError):
-            pass  # refused before we finished sending: what it said is still to be read
-        return _read_to_end(s)
-
-
-def cpython_hello(name: str = "a.test", alpn: list[str] | None = None) -> bytes:
-    """CPython's first flight for ``name`` (one record), made without a socket."""
-    ctx = ssl.create_default_context()
-    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-    if alpn:
-        ctx.set_alpn_protocols(alpn)
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=name)
-    with pytest.raises(ssl.SSLWantReadError):
-        tls.do_handshake()
-    return outgoing.read()
-
-
-def with_record_version(flight: bytes, version: int) -> bytes:
-    return flight[:1] + version.to_bytes(2, "big") + flight[3:]
-
-
-def _server_hello_after(port: int, data: bytes) -> bytes:
-    """The server's first record after ``data`` (its header and body), or b"" if it closed."""
-    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as s:
-        s.sendall(data)
-        reply = b""
-        while len(reply) < 5 or len(reply) < 5 + int.from_bytes(reply[3:5], "big"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            reply += chunk
-        return reply
-
-
 @pytest.mark.parametrize("version", [0x0300, 0x0304])
 def test_a_hello_in_a_record_of_any_0x03xx_version_is_answered(start_server, version: int) -> None:
     """RFC 5246 Appendix E.1: any 0x03XX record version carries a first ClientHello (tlsfuzzer
     sends 0x0300); it was refused with protocol_version."""
     server = start_server()
-    reply = _server_hello_after(server.port, with_record_version(cpython_hello(), version))
+    reply = server_hello_after(server.port, with_record_version(cpython_hello(), version))
     assert reply[:1] == b"\x16" and reply[5:6] == b"\x02", reply[:16]  # a ServerHello
     assert server.wait_for("#1 ").startswith("#1 handshake failed: closed:")  # we left after it
 
@@ -424,7 +370,7 @@ def test_tlsfuzzer_tls13_conversation(start_server, tmp_path) -> None:
 ])
 def test_malformed_first_flights_are_refused(start_server, label: str, data: bytes, reason: str, alert: int | None) -> None:
     server = start_server()
-    reply = _alert_after(server.port, data)
+    reply = alert_after(server.port, data)
     if alert is None:
         assert reply == b""
     else:
@@ -460,9 +406,9 @@ def test_without_a_client_hello_limit_a_hello_over_64_kib_is_answered(start_serv
     assert len(flight) > 65_536
     unlimited = pki.server_config()
     unlimited.limits = TlsLimits(max_client_hello=None)
-    reply = _server_hello_after(start_server(tls=unlimited).port, flight)
+    reply = server_hello_after(start_server(tls=unlimited).port, flight)
     assert reply[:1] == b"\x16" and reply[5:6] == b"\x02", reply[:16]
-    reply = _alert_after(start_server().port, flight)
+    reply = alert_after(start_server().port, flight)
     assert reply == bytes([21, 3, 3, 0, 2, 2, ALERT_DECODE_ERROR])
 
 
@@ -494,7 +440,7 @@ def _send_and_read_to_end(port: int, data: bytes) -> int:
     """Send ``data``, read until the server closes; the client's port."""
     with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
         sock.sendall(data)
-        _read_to_end(sock)
+        read_to_end(sock)
         return _client_port(sock)
 
 
@@ -638,7 +584,7 @@ def test_descriptors_return_to_baseline(start_server, pki: ServerPki) -> None:
         threads = threading.active_count()
         server = start_server("--count", "3", "--client-auth", "optional")
         ssl_echo(server.port, ssl_client_context(pki), "a.test", b"x" * 1000)
-        _alert_after(server.port, b"GET / HTTP/1.0\r\n\r\n")
+        alert_after(server.port, b"GET / HTTP/1.0\r\n\r\n")
         with pytest.raises(ssl.SSLError):
             ssl_echo(server.port, ssl_client_context(pki, pki.rogue_client.pem), "a.test", b"x")
         assert server.stop().exit_code == 0  # type: ignore[union-attr]

@@ -1,7 +1,7 @@
 """The transport between a TLS engine and its ciphertext streams, without sockets.
 
 The client is CPython's ssl on memory BIOs (an independent implementation); the server is
-the host's ``TlsEngine`` in a ``TlsTransport``. The ciphertext input is scripted so that the
+the host's ``TlsEngine`` in a ``WasiIoTransport``. The ciphertext input is scripted so that the
 order in which bytes and the end of input arrive is exact: races a socket test can only hit
 by luck happen here every time.
 """
@@ -19,7 +19,7 @@ from OpenSSL import SSL
 
 from wasi_tls_host.tls.connection import Connection
 from wasi_tls_host.tls.engine import RecordWatch, TlsEngine
-from wasi_tls_host.tls.transport import Role, TlsInputStream, TlsOutputStream, TlsTransport
+from wasi_tls_host.tls.p2 import PendingHandshake, Role, TlsInputStream, TlsOutputStream, WasiIoPort, WasiIoTransport
 from wasi_tls_host.wasi.io import CallbackPollable, InputStream, Pollable, SinkOutput, StreamClosed, StreamFailed, Waits
 
 END = object()  # the peer closed: read raises StreamClosed from here on
@@ -90,17 +90,17 @@ def established(ca: trustme.CA) -> tuple[ssl.SSLObject, ssl.MemoryBIO, ssl.Memor
     return client, to_client, from_client, server
 
 
-def connected(ca: trustme.CA) -> tuple[ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO, TlsTransport, ScriptedInput, Sink]:
+def connected(ca: trustme.CA) -> tuple[ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO, WasiIoTransport, ScriptedInput, Sink]:
     """``established``, with the server engine in a transport over scripted streams."""
     client, to_client, from_client, engine = established(ca)
     cin, cout = ScriptedInput(), Sink()
-    transport = TlsTransport(engine, cin, cout)
+    transport = WasiIoTransport(engine, WasiIoPort(cin, cout))
     transport.hand_over()
     return client, to_client, from_client, transport, cin, cout
 
 
 @pytest.fixture
-def pair(ca: trustme.CA) -> Iterator[tuple[ssl.SSLObject, ssl.MemoryBIO, TlsTransport, ScriptedInput, Sink]]:
+def pair(ca: trustme.CA) -> Iterator[tuple[ssl.SSLObject, ssl.MemoryBIO, WasiIoTransport, ScriptedInput, Sink]]:
     client, _, from_client, transport, cin, cout = connected(ca)
     yield client, from_client, transport, cin, cout
 
@@ -142,11 +142,9 @@ def test_the_transport_closes_when_the_last_of_its_users_lets_go(pair) -> None:
 
 
 def test_a_handshake_that_never_finished_closes_its_transport_when_dropped(ca: trustme.CA) -> None:
-    from wasi_tls_host.tls.transport import PendingHandshake
-
     _, _, _, engine = established(ca)
     cin, cout = ScriptedInput(), Sink()
-    handshake = PendingHandshake(TlsTransport(engine, cin, cout))
+    handshake = PendingHandshake(WasiIoTransport(engine, WasiIoPort(cin, cout)))
     assert handshake.transport.users == {Role.HANDSHAKE}
     handshake.drop()
     assert cin.dropped and cout.dropped

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import logging
 import re
 import ssl
@@ -345,3 +346,63 @@ def ssl_client_context(pki: ServerPki, cert: Path | None = None, *, version: ssl
     if version is not None:
         ctx.minimum_version = ctx.maximum_version = version
     return ctx
+
+
+# --- raw first flights and what a server answers them with --------------------------------
+
+
+def read_to_end(sock: socket.socket) -> bytes:
+    """What the server sends until it closes. A server that closes with part of our flight
+    unread makes its kernel answer the rest with a reset, which ends the reading too (what
+    arrived before it is still read first)."""
+    reply = b""
+    while True:
+        try:
+            chunk = sock.recv(4096)
+        except ConnectionResetError:
+            return reply
+        if not chunk:
+            return reply
+        reply += chunk
+
+
+def alert_after(port: int, data: bytes) -> bytes:
+    """Everything the server sends after ``data``, until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as s:
+        try:
+            s.sendall(data)
+        except (ConnectionResetError, BrokenPipeError):
+            pass  # refused before we finished sending: what it said is still to be read
+        return read_to_end(s)
+
+
+def cpython_hello(name: str = "a.test", alpn: list[str] | None = None) -> bytes:
+    """CPython's first flight for ``name`` (one record), made without a socket."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=name)
+    try:
+        tls.do_handshake()
+    except ssl.SSLWantReadError:
+        return outgoing.read()
+    raise AssertionError("a handshake without a server cannot complete")
+
+
+def with_record_version(flight: bytes, version: int) -> bytes:
+    return flight[:1] + version.to_bytes(2, "big") + flight[3:]
+
+
+def server_hello_after(port: int, data: bytes) -> bytes:
+    """The server's first record after ``data`` (its header and body), or b"" if it closed."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as s:
+        s.sendall(data)
+        reply = b""
+        while len(reply) < 5 or len(reply) < 5 + int.from_bytes(reply[3:5], "big"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+        return reply

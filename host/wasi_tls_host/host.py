@@ -137,7 +137,7 @@ class GuestInstance:
         if evidence is None:
             self.close()
             raise GuestError("an attested identity needs the component's bytes: load it with Host.load (or pass a path or bytes)")
-        from .tls.code_identity import InstanceAttestation
+        from .tls.attested import InstanceAttestation
 
         self.ctx.attestation = InstanceAttestation(ca, evidence, config)
 

@@ -208,6 +208,13 @@ class Interface:
 
         return register
 
+    def share(self, other: Interface, *names: str) -> None:
+        """Serve ``names`` with ``other``'s implementations: for another version of an
+        interface whose functions did not change (their resources are this interface's)."""
+        for name in names:
+            fn = other.funcs[name]
+            self.func(name, keeps=fn.keeps, bytes_views=fn.bytes_views, fills=fn.fills)(fn.impl)
+
 
 # Native callbacks look their Python target up by index: wasmtime keeps only the index.
 _FUNCS: dict[int, HostFunc] = {}

@@ -13,6 +13,15 @@ copies straight from the writer's buffer into the reader's. Guests reach them th
   own, as the spec's host reader does, and gets what the writer copies into it;
 * ``FutureWriter`` / ``FutureReader``: the same for one value.
 
+A host task that serves several streams at once (a TLS connection moves ciphertext and
+plaintext both ways) uses the ``*_nowait`` forms, which never wait: each end sets an
+``Event`` the task shares (``wake``) when it can make progress, and the task waits on that
+one event.
+
+Every value a host writer hands to a reader is shown to the audit hooks
+(``binding.OUTGOING_VALUE_HOOKS``, as host functions' results are), named by the writer's
+``origin``: the key audit sees what crosses into guests through streams and futures too.
+
 A host function returns a ``Stream``/``Future`` to hand the guest its readable end, and
 receives one for each ``stream<T>``/``future<T>`` parameter (the readable end the guest
 gave up). Element values use ``runtime.values`` shapes; ``stream<u8>`` moves ``bytes``.
@@ -23,6 +32,7 @@ from __future__ import annotations
 from enum import IntEnum
 from typing import Any, Callable
 
+from .binding import OUTGOING_VALUE_HOOKS
 from .scheduler import Cancelled, Event, _Wait, _Yield, any_of
 from .values import Trap
 
@@ -90,6 +100,9 @@ class WritableBuffer(Buffer):
         ``advance`` or any call into the guest."""
         raise NotImplementedError
 
+    def drop_view(self) -> None:
+        """The producer filled nothing into the last ``view``: what it held may go."""
+
     def advance(self, k: int) -> None:
         raise NotImplementedError
 
@@ -139,8 +152,13 @@ class HostWritableBuffer(WritableBuffer):
         self._filling = bytearray(k)
         return memoryview(self._filling)
 
+    def drop_view(self) -> None:
+        # A filler waiting for data would otherwise hold a whole read's worth of room per
+        # stream while idle (256 KiB per TLS connection).
+        self._filling = bytearray()
+
     def advance(self, k: int) -> None:
-        chunk = self._filling
+        chunk, self._filling = self._filling, bytearray()
         self.data.append(chunk if k == len(chunk) else chunk[:k])
         self.progress += k
 
@@ -154,6 +172,11 @@ class HostWritableBuffer(WritableBuffer):
 
 def copy(dst: WritableBuffer, src: ReadableBuffer, n: int) -> None:
     dst.write(src.read(n))
+
+
+def _audit(origin: str, values: Any) -> None:
+    for hook in OUTGOING_VALUE_HOOKS:
+        hook(origin, values)
 
 
 def _none_or_number(t: Any) -> bool:
@@ -263,10 +286,13 @@ class StreamWriter:
     holds the producer back (backpressure) instead of growing a buffer.
     """
 
-    def __init__(self, stream: Stream) -> None:
+    def __init__(self, stream: Stream, wake: Event | None = None, origin: str = "stream") -> None:
         self.stream = stream
-        self.wake = Event()
+        # Set when the reader posts a read or drops its end (shared, with ``wake``, by a
+        # task that waits for several things at once).
+        self.wake = wake if wake is not None else Event()
         self.closed = False
+        self.origin = origin  # what the audit hooks are told wrote the values
         stream.writer = self
 
     async def reader_buffer(self) -> WritableBuffer:
@@ -300,16 +326,72 @@ class StreamWriter:
     async def write_some(self, values: Any) -> int:
         """Write what the reader's pending buffer takes (at least one value); the count."""
         while True:
-            buf = await self.reader_buffer()
-            room = buf.remain()
-            if room == 0:  # a zero-length read: "tell me when there is something"
-                if self.stream.pending_buffer is buf:
-                    self.stream.reset_and_notify_pending(CopyResult.COMPLETED)
-                continue
-            k = min(room, len(values))
-            buf.write(values[:k])
-            self._copied()
-            return k
+            await self.reader_buffer()
+            k = self.write_nowait(values)
+            if k:
+                return k
+
+    def reader_waiting(self) -> bool:
+        """Whether the reader has a read pending with room (a write now would be taken)."""
+        buf = self.stream.pending_buffer
+        return isinstance(buf, WritableBuffer) and buf.remain() > 0 and not self.closed and not self.stream.dropped
+
+    def _pending_room(self) -> WritableBuffer | None:
+        """The reader's pending buffer if it has room; a zero-length read ("tell me when
+        there is something") is answered now. Raises ``StreamClosed`` once either end is
+        gone."""
+        s = self.stream
+        if self.closed:
+            raise StreamClosed("the host closed this stream")
+        if s.dropped:
+            raise StreamClosed("the reader dropped the stream")
+        buf = s.pending_buffer
+        if not isinstance(buf, WritableBuffer):
+            return None
+        if buf.remain() == 0:
+            if buf.is_zero_length():  # (a filled one waits for its event to be delivered)
+                s.reset_and_notify_pending(CopyResult.COMPLETED)
+            return None
+        return buf
+
+    def write_nowait(self, values: Any) -> int:
+        """Copy as much of ``values`` as the reader's pending read takes now; 0 if no read
+        is pending (``wake`` is set when one is). Raises ``StreamClosed`` once the reader
+        has dropped its end. A host reader keeps what it takes as given (no copy): values
+        handed over must not be changed afterwards."""
+        buf = self._pending_room()
+        if buf is None or not len(values):
+            return 0
+        k = min(buf.remain(), len(values))
+        chunk = values[:k] if k < len(values) else values
+        if OUTGOING_VALUE_HOOKS:
+            _audit(self.origin, chunk)
+        buf.write(chunk)
+        self._copied()
+        return k
+
+    def fill_nowait(self, produce: Callable[[memoryview], int]) -> int:
+        """``fill`` without waiting: ``produce(view)`` writes into the reader's pending
+        buffer and returns how many bytes; 0 if no read is pending or the producer had
+        nothing. Whatever ``produce`` raises propagates (nothing is copied)."""
+        buf = self._pending_room()
+        if buf is None:
+            return 0
+        if not buf.is_bytes:
+            raise Trap("fill() needs a stream<u8> reader")
+        view = buf.view(buf.remain())
+        try:
+            n = produce(view)
+            if n > 0 and OUTGOING_VALUE_HOOKS:
+                _audit(self.origin, bytes(view[:n]))
+        finally:
+            view.release()
+        if n <= 0:
+            buf.drop_view()
+            return 0
+        buf.advance(n)
+        self._copied()
+        return n
 
     async def fill(self, produce: Callable[[memoryview], int], ready: Callable[[], _Wait] | None = None) -> int:
         """Let ``produce(view)`` write bytes straight into the reader's buffer (e.g.
@@ -335,15 +417,20 @@ class StreamWriter:
                 n = produce(view)
             except BlockingIOError:
                 view.release()
+                buf.drop_view()
                 if ready is None:
                     raise
                 await self._until_ready(ready)
                 continue
             except BaseException:
                 view.release()
+                buf.drop_view()
                 raise
+            if n > 0 and OUTGOING_VALUE_HOOKS:
+                _audit(self.origin, bytes(view[:n]))
             view.release()
             if n <= 0:
+                buf.drop_view()
                 return 0
             if self.stream.pending_buffer is not buf:
                 raise Trap("the stream's reader changed while the host was filling its buffer")
@@ -367,6 +454,26 @@ class StreamWriter:
             self.stream.drop()
 
 
+class _PostedRead:
+    """A read a host reader keeps posted on a stream: the writer's copies land in ``buf``."""
+
+    __slots__ = ("buf", "result", "wake")
+
+    def __init__(self, buf: HostWritableBuffer, wake: Event | None) -> None:
+        self.buf = buf
+        self.result: CopyResult | None = None  # set when the read completed
+        self.wake = wake
+
+    def on_copy(self, reclaim: Callable[[], None]) -> None:
+        if self.wake is not None:
+            self.wake.set()
+
+    def on_copy_done(self, result: CopyResult) -> None:
+        self.result = result
+        if self.wake is not None:
+            self.wake.set()
+
+
 class StreamReader:
     """The host's readable end of a ``Stream`` a guest (or the host) writes."""
 
@@ -376,7 +483,8 @@ class StreamReader:
         self.is_bytes = is_bytes if is_bytes is not None else getattr(t, "name", None) == "u8"
         self.closed = False
         self.ended = False
-        self.wake = Event()
+        self.wake = Event()  # set when a write is pending (drain)
+        self._posted: _PostedRead | None = None  # the read read_nowait keeps posted
 
     async def drain(self, consume: Callable[[memoryview], int], ready: Callable[[], _Wait] | None = None) -> int | None:
         """Let ``consume(view)`` take bytes straight from the writer's pending buffer (guest
@@ -427,43 +535,66 @@ class StreamReader:
             self.wake.clear()  # no write pending (or one taken whole, until its event is delivered)
             await self.wake
 
-    async def read(self, max_count: int = 65536) -> Any:
-        """Up to ``max_count`` values (bytes for ``stream<u8>``), waiting for the writer;
-        None at the end of the stream (the writer dropped its end)."""
+    def _empty(self) -> Any:
+        return b"" if self.is_bytes else []
+
+    def read_nowait(self, max_count: int = 65536, wake: Event | None = None) -> Any:
+        """What the writer has copied so far (bytes for ``stream<u8>``, else a list), an
+        empty one if nothing yet, None at the end of the stream. Never waits: a read of up
+        to ``max_count`` stays posted until something arrives, so the writer copies
+        straight into it, and ``wake`` is set when it does (or the writer drops its end)."""
         if self.closed:
             raise StreamClosed("this stream reader is closed")
-        if self.ended:
+        while True:
+            posted = self._posted
+            if posted is None:
+                if self.ended:
+                    return None
+                if not 0 < max_count <= MAX_BUFFER_LENGTH:
+                    raise ValueError(f"max_count must be in 1..{MAX_BUFFER_LENGTH}")
+                posted = self._posted = _PostedRead(HostWritableBuffer(self.stream.t, max_count, self.is_bytes), wake)
+                self.stream.read(None, posted.buf, posted.on_copy, posted.on_copy_done)
+            else:
+                posted.wake = wake
+            buf = posted.buf
+            if buf.progress == 0 and posted.result is None:
+                return self._empty()
+            if posted.result is None and self.stream.pending_buffer is buf:
+                self.stream.reset_pending()  # take the buffer back: nothing more lands in it
+            self._posted = None
+            if posted.result == CopyResult.DROPPED:
+                self.ended = True
+            if buf.progress:
+                return buf.values()
+            if self.ended:
+                return None
+
+    def _take_back(self) -> None:
+        """Withdraw the posted read (what was copied into it is dropped)."""
+        posted, self._posted = self._posted, None
+        if posted is not None and posted.result is None and self.stream.pending_buffer is posted.buf:
+            self.stream.reset_pending()
+
+    async def read(self, max_count: int = 65536) -> Any:
+        """Up to ``max_count`` values (bytes for ``stream<u8>``, else a list), waiting for
+        the writer; None at the end of the stream (the writer dropped its end)."""
+        if self.closed:
+            raise StreamClosed("this stream reader is closed")
+        if self.ended and self._posted is None:
             return None
         if not 0 < max_count <= MAX_BUFFER_LENGTH:
             raise ValueError(f"max_count must be in 1..{MAX_BUFFER_LENGTH}")
-        buf = HostWritableBuffer(self.stream.t, max_count, self.is_bytes)
-        done = Event()
-        outcome: list[Any] = []
-
-        def on_copy(reclaim: Callable[[], None]) -> None:
-            outcome.append(reclaim)
-            done.set()
-
-        def on_copy_done(result: CopyResult) -> None:
-            outcome.append(result)
-            done.set()
-
-        self.stream.read(None, buf, on_copy, on_copy_done)
+        arrived = Event()
         try:
-            await done
+            while True:
+                arrived.clear()
+                got = self.read_nowait(max_count, arrived)
+                if got is None or len(got):
+                    return got
+                await arrived
         except Cancelled:
-            if not done.is_set and self.stream.pending_buffer is buf:
-                self.stream.reset_pending()  # take the buffer back: nothing more lands in it
+            self._take_back()
             raise
-        first = outcome[0]
-        if callable(first):  # copied into, buffer still lent to the writer: take it back
-            if self.stream.pending_buffer is buf:
-                first()
-        elif first == CopyResult.DROPPED:
-            self.ended = True
-            if buf.progress == 0:
-                return None
-        return buf.values()
 
     async def read_all(self, limit: int | None = None) -> Any:
         """Everything until the end of the stream (at most ``limit`` values)."""
@@ -487,16 +618,15 @@ class StreamReader:
             self.closed = True
             if self.stream.reader is self:
                 self.stream.reader = None
-            if self.stream.pending_buffer is not None and self.stream.pending_on_copy_done is not None \
-                    and isinstance(self.stream.pending_buffer, HostWritableBuffer):
-                self.stream.reset_pending()
+            self._take_back()
             self.stream.drop()
 
 
-def new_stream(t: Any = UNSET) -> tuple[Stream, StreamWriter]:
-    """A stream the host writes: return the ``Stream`` to the guest, keep the writer."""
+def new_stream(t: Any = UNSET, wake: Event | None = None, origin: str = "stream") -> tuple[Stream, StreamWriter]:
+    """A stream the host writes: return the ``Stream`` to the guest, keep the writer
+    (``wake`` and ``origin``: see ``StreamWriter``)."""
     stream = Stream(t)
-    return stream, StreamWriter(stream)
+    return stream, StreamWriter(stream, wake, origin)
 
 
 # --- futures ----------------------------------------------------------------------------------------
@@ -569,10 +699,11 @@ class Future:
 class FutureWriter:
     """The host's writable end of a ``Future``: ``write(value)`` once, now or later."""
 
-    def __init__(self, future: Future) -> None:
+    def __init__(self, future: Future, origin: str = "future") -> None:
         self.future = future
         self.written = False
         self.reader_gone = False
+        self.origin = origin  # what the audit hooks are told wrote the value
 
     def write(self, value: Any) -> bool:
         """Deliver ``value`` (at once if the reader is waiting, else when it reads). False
@@ -580,6 +711,8 @@ class FutureWriter:
         if self.written:
             raise Trap("a future is written once")
         self.written = True
+        if OUTGOING_VALUE_HOOKS:
+            _audit(self.origin, value)
 
         def on_copy_done(result: CopyResult) -> None:
             if result == CopyResult.DROPPED:
@@ -630,10 +763,10 @@ class FutureReader:
             self.future.drop()
 
 
-def new_future(t: Any = UNSET) -> tuple[Future, FutureWriter]:
+def new_future(t: Any = UNSET, origin: str = "future") -> tuple[Future, FutureWriter]:
     """A future the host writes: return the ``Future`` to the guest, keep the writer."""
     future = Future(t)
-    return future, FutureWriter(future)
+    return future, FutureWriter(future, origin)
 
 
 __all__ = [

@@ -20,24 +20,25 @@ from ..runtime.resources import HostResource
 from ..runtime.store import StoreState
 from ..wasi.io import CallbackPollable, InputStream, OutputStream, Pollable
 from .ciphers import suite_number
-from .config import TlsConfig, tls_config
-from .connection import answer, failure_error, finish_established, limit_error, peer_identity, tls_error
+from .config import TlsConfig, openssl_version, tls_config
+from .connection import answer, failure_error, finish_established, limit_error, tls_error
 from .engine import TlsFailure
 from .identities import PrivateIdentity, PrivateIdentityHandle, PublicIdentity
 from .limits import LimitExceeded, usage_of
 from .sessions import client_engine
 from .states import SERVER_HELLO
-from .transport import HandshakeDeadline, PendingHandshake, TlsTransport
+from .attested import peer_code_check
+from .p2 import PendingHandshake, WasiIoPort, WasiIoTransport
+from .transport import HandshakeDeadline
 
 
 client_iface = Interface("wasi-tls-host:tls/client@0.1.0")
 
-_VERSIONS = {0x0303: SSL.TLS1_2_VERSION, 0x0304: SSL.TLS1_3_VERSION}
-
-
-def _check_version(value: int) -> None:
-    if value not in _VERSIONS:
-        raise tls_error("invalid-argument", f"protocol version 0x{value:04x} is not supported (0x0303 = TLS 1.2, 0x0304 = TLS 1.3)")
+def _check_version(value: int) -> int:
+    try:
+        return openssl_version(value)
+    except ValueError as e:
+        raise tls_error("invalid-argument", str(e)) from None
 
 
 class OutgoingClientHello(HostResource):
@@ -54,8 +55,8 @@ def client_versions(config: TlsConfig, hello: OutgoingClientHello) -> tuple[int,
     """This hello's version bounds (OpenSSL constants): the guest can narrow the embedder's
     bounds, never widen them."""
     floor, ceiling = config.version_bounds()
-    low = max(floor, _VERSIONS[hello.min_version]) if hello.min_version else floor
-    high = min(ceiling, _VERSIONS[hello.max_version]) if hello.max_version else ceiling
+    low = max(floor, openssl_version(hello.min_version)) if hello.min_version else floor
+    high = min(ceiling, openssl_version(hello.max_version)) if hello.max_version else ceiling
     if low > high:
         raise tls_error("protocol-version", "the requested TLS versions are outside what the embedder allows")
     return low, high
@@ -102,9 +103,11 @@ def outgoing_client_hello_connect(cx: StoreState, this: OutgoingClientHello, inp
     config = tls_config(cx)
     usage = usage_of(cx)
     versions = client_versions(config, this)  # before the connection counts: it may refuse
+    port = WasiIoPort(input, output)
     try:
-        usage.start(input, config.limits)
+        usage.start(port, config.limits)
     except LimitExceeded as e:
+        port.close()
         raise limit_error(e) from None
     try:
         # The identity's whole chain is presented: servers that trust only a root need
@@ -113,11 +116,11 @@ def outgoing_client_hello_connect(cx: StoreState, this: OutgoingClientHello, inp
         if this.alpn_ids:
             engine.conn.set_alpn_protos(this.alpn_ids)
     except TlsFailure as e:
-        usage.closed(input)
+        usage.closed(port)
+        port.close()
         raise failure_error(e) from None  # the call failed: input and output are dropped
-    hello = IncomingServerHello(TlsTransport(engine, input, output, usage), config.on_handshake,
-                                deadline=HandshakeDeadline.start(config.limits))
-    hello.expected_code = this.expected_code
+    hello = IncomingServerHello(WasiIoTransport(engine, port, usage), config.on_handshake, deadline=HandshakeDeadline.start(config.limits),
+                                peer_check=peer_code_check(this.expected_code, config, "server"))
     hello.poll()
     return hello
 
@@ -148,7 +151,7 @@ def incoming_server_hello_alpn_id(cx: StoreState, this: IncomingServerHello) -> 
 @client_iface.func("[method]incoming-server-hello.server-chain")
 def incoming_server_hello_server_chain(cx: StoreState, this: IncomingServerHello) -> list[PublicIdentity]:
     answer(this, "server-chain")
-    identity = peer_identity(this.transport)
+    identity = this.transport.peer
     if identity is None:
         if this.failure is not None:
             raise failure_error(this.failure)  # no chain to show: say why
@@ -158,21 +161,12 @@ def incoming_server_hello_server_chain(cx: StoreState, this: IncomingServerHello
 
 @client_iface.func("[method]incoming-server-hello.verification")
 def incoming_server_hello_verification(cx: StoreState, this: IncomingServerHello) -> None:
-    _check_server_code(cx, this)
     answer(this, "verification")
 
 
 @client_iface.func("[static]incoming-server-hello.finish")
 def incoming_server_hello_finish(cx: StoreState, this: IncomingServerHello) -> Any:
-    _check_server_code(cx, this)
     return finish_established(this)
-
-
-def _check_server_code(cx: StoreState, this: IncomingServerHello) -> None:
-    from .code_identity import check_server  # it adds functions to this module's interface
-
-    this.poll()
-    check_server(cx, this)
 
 
 INTERFACES = (client_iface,)

@@ -1,14 +1,13 @@
 """Code-bound identities in the TLS interfaces (wasi-tls-host:tls, issue 10).
 
-- ``InstanceAttestation``: one guest instance's attested identity, issued by the embedder's
-  attestation CA on first use; it is one more private identity (``attested-identity()``,
-  and an entry of ``preopened-identities()``), so every server and client path that takes
-  a private identity takes it, and its key stays in the host like any other.
+- ``attested-identity()``: the instance's attested identity (attested.py), one more private
+  identity (also an entry of ``preopened-identities()``), so every server and client path
+  that takes a private identity takes it, and its key stays in the host like any other.
 - ``public-identity.code-identity()``: the Open DICE claims of a certificate, as stated.
 - ``expect-peer-code(digest)`` on a client hello (the server's code) and on a server hello
-  (the client identity's code): after the handshake the peer's leaf must have been issued
-  by an attestation CA this guest's embedder trusts and must name that digest; otherwise
-  the handshake ends with ``code-mismatch``.
+  (the client identity's code): the handshake checks the peer's leaf before it counts as
+  established (attested.peer_code_check); if it was not issued by an attestation CA this
+  guest's embedder trusts for that digest, the handshake ends with ``code-mismatch``.
 
 This module adds functions to the interfaces of identities.py, client.py and server.py and
 is imported by tls/__init__.py before they are linked.
@@ -16,109 +15,15 @@ is imported by tls/__init__.py before they are linked.
 
 from __future__ import annotations
 
-import datetime
 from typing import Any
 
-from cryptography import x509
-
-from .. import attestation
-from ..provenance import CodeEvidence, parse_digest
-from ..provenance.dice import MODE_DEBUG, claims_of
+from ..provenance import parse_digest
 from ..runtime.store import StoreState
+from .attested import code_identity_record, instance_attestation
 from .client import OutgoingClientHello, client_iface
-from .config import TlsConfig, load_certificates, tls_config
-from .connection import peer_identity, tls_error
-from .engine import TlsFailure
-from .identities import PrivateIdentity, PrivateIdentityHandle, PublicIdentity, identities_iface
+from .connection import tls_error
+from .identities import PrivateIdentityHandle, PublicIdentity, identities_iface
 from .server import OutgoingServerHello, server_iface
-from .states import HandshakeState
-from .transport import PendingHandshake
-
-CODE_MISMATCH = "code-mismatch"
-
-
-class InstanceAttestation:
-    """The code-bound identity of one guest instance: a fresh key made on first use, kept
-    only here and in OpenSSL contexts, certified with this instance's code and grants."""
-
-    def __init__(self, ca: attestation.AttestationCA, evidence: CodeEvidence, config: Any) -> None:
-        self.ca = ca
-        self.evidence = evidence
-        self.document = attestation.configuration_document(config)
-        self.tls = config.tls
-        self._identity: PrivateIdentity | None = None
-
-    def identity(self) -> PrivateIdentity:
-        """The current identity; a fresh key and certificate once the last one is in the
-        final tenth of its lifetime (an instance may outlive a short-lived certificate;
-        handles the guest already holds keep the identity they named)."""
-        if self._identity is not None:
-            remaining = self._identity.chain[0].not_valid_after_utc - datetime.datetime.now(datetime.timezone.utc)
-            if remaining < self.ca.lifetime / 10:
-                self._identity = None
-        if self._identity is None:
-            cert, key = self.ca.issue(self.evidence, self.document)
-            self._identity = PrivateIdentity(self.ca.identity_name, [cert], key)
-        return self._identity
-
-
-def instance_attestation(cx: StoreState) -> InstanceAttestation | None:
-    found = getattr(cx.wasi, "attestation", None)
-    return found if isinstance(found, InstanceAttestation) else None
-
-
-def attested_identities(cx: StoreState) -> list[PrivateIdentity]:
-    """The instance's attested identity, if the embedder preopened an attestation CA."""
-    found = instance_attestation(cx)
-    return [found.identity()] if found is not None else []
-
-
-def attestation_anchors(config: TlsConfig) -> list[x509.Certificate]:
-    """CAs whose code claims this guest may rely on: ``attest_trust`` and the guest's own
-    attestation CA."""
-    anchors = [c for a in config.attest_trust for c in load_certificates(a)]  # certificates already (TlsConfig)
-    if config.attest_ca is not None:
-        anchors.append(config.attest_ca.certificate)
-    return anchors
-
-
-def code_identity_record(identity: PublicIdentity) -> dict[str, Any] | None:
-    try:
-        claims = claims_of(identity.leaf)
-    except ValueError:
-        return None
-    if claims is None:
-        return None
-    return {
-        "digest": claims.digest or "",
-        "code_hash": claims.code_hash,
-        "configuration_hash": claims.configuration_hash or b"",
-        "configuration": (claims.configuration_descriptor or b"").decode("utf-8", "replace"),
-        "authority_hash": claims.authority_hash or b"",
-        "debug": claims.mode == MODE_DEBUG,
-    }
-
-
-def enforce_peer_code(handshake: PendingHandshake, expected: str | None, config: TlsConfig, peer: str) -> None:
-    """Once the handshake is established, end it with ``code-mismatch`` unless the peer's
-    certificate is attested by a trusted attestation CA for the ``expected`` digest."""
-    if expected is None or handshake.state is not HandshakeState.ESTABLISHED or handshake.code_checked:
-        return
-    handshake.code_checked = True
-    identity = peer_identity(handshake.transport)
-    problem = None
-    anchors = attestation_anchors(config)
-    if identity is None:
-        problem = f"the {peer} presented no certificate, so its code cannot be checked"
-    elif not anchors:
-        problem = "no attestation CA is trusted for code claims (the embedder gives attest_trust)"
-    else:
-        try:
-            attestation.verify(identity.chain, anchors, expect_code=expected)
-        except attestation.AttestationError as e:
-            problem = f"the {peer}'s code identity was refused: {e}"
-    if problem is not None:
-        handshake.fail(TlsFailure(CODE_MISMATCH, problem))
 
 
 def _expected(digest: str) -> str:
@@ -151,13 +56,3 @@ def outgoing_server_hello_expect_peer_code(cx: StoreState, this: OutgoingServerH
     this.expected_code = _expected(digest)
     if this.client_auth is None:
         this.client_auth = "required"  # a client's code can only be checked on its certificate
-
-
-def check_server(cx: StoreState, handshake: PendingHandshake) -> None:
-    """Client side: the server's code, if the guest asked (called before results are given)."""
-    enforce_peer_code(handshake, handshake.expected_code, tls_config(cx), "server")
-
-
-def check_client(cx: StoreState, handshake: PendingHandshake) -> None:
-    """Server side: the client identity's code, if the guest asked."""
-    enforce_peer_code(handshake, handshake.expected_code, tls_config(cx), "client")

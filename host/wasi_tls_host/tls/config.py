@@ -25,6 +25,17 @@ _log = logging.getLogger("wasi_tls_host.tls")
 rotation_log = logging.getLogger("wasi_tls_host.identities")
 
 _VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
+# The versions guests may name, by their IANA (wire) value: the OpenSSL constant.
+_WIRE_VERSIONS = {0x0303: SSL.TLS1_2_VERSION, 0x0304: SSL.TLS1_3_VERSION}
+
+
+def openssl_version(wire: int) -> int:
+    """The OpenSSL constant of a protocol version a guest names by its IANA value
+    (ValueError, saying which are supported, for any other)."""
+    try:
+        return _WIRE_VERSIONS[wire]
+    except KeyError:
+        raise ValueError(f"protocol version 0x{wire:04x} is not supported (0x0303 = TLS 1.2, 0x0304 = TLS 1.3)") from None
 
 
 def load_certificates(anchor: TrustAnchor) -> list[x509.Certificate]:

@@ -3,6 +3,9 @@ this package's interfaces, and the established connection both sides end with.""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 from ..runtime.binding import Interface
 from ..runtime.store import StoreState
 from ..runtime.values import WitError
@@ -12,7 +15,7 @@ from .engine import TlsFailure
 from .identities import PublicIdentity
 from .limits import LimitExceeded
 from .states import WrongState
-from .transport import PendingHandshake, TlsConnection, TlsInputStream, TlsOutputStream, TlsTransport
+from .p2 import PendingHandshake, TlsConnection, TlsInputStream, TlsOutputStream
 
 types_iface = Interface("wasi-tls-host:tls/types@0.1.0")
 connection_iface = Interface("wasi-tls-host:tls/connection@0.1.0")
@@ -29,24 +32,40 @@ ERROR_CODES = frozenset({
 _DECODE_ERRORS = frozenset({"unexpected-message", "record-overflow", "illegal-parameter"})
 
 
+def error_record(code: str, message: str) -> dict[str, str]:
+    """The ``error`` record of this package (both versions)."""
+    return {"code": code if code in ERROR_CODES else "decode-error" if code in _DECODE_ERRORS else "internal", "message": message}
+
+
 def tls_error(code: str, message: str) -> WitError:
     """The ``error`` record of this package, raised as the function's error result."""
-    return WitError({"code": code if code in ERROR_CODES else "decode-error" if code in _DECODE_ERRORS else "internal", "message": message})
+    return WitError(error_record(code, message))
 
+
+def failure_record(failure: TlsFailure) -> dict[str, str]:
+    return error_record(failure.code, failure.message)
 
 
 def failure_error(failure: TlsFailure) -> WitError:
     return tls_error(failure.code, failure.message)
 
 
-def answer(handshake: PendingHandshake, call: str) -> None:
-    """Raise the guest-facing error unless the handshake's state answers ``call``."""
+@contextmanager
+def guest_errors() -> Iterator[None]:
+    """A call refused by a state table (``WrongState``) or ended by a failure, as the
+    error result of this package's functions."""
     try:
-        handshake.require(call)
+        yield
     except WrongState as e:
         raise tls_error(e.code, e.message) from None
     except TlsFailure as e:
         raise failure_error(e) from None
+
+
+def answer(handshake: PendingHandshake, call: str) -> None:
+    """Raise the guest-facing error unless the handshake's state answers ``call``."""
+    with guest_errors():
+        handshake.require(call)
 
 
 def limit_error(e: LimitExceeded) -> WitError:
@@ -55,8 +74,8 @@ def limit_error(e: LimitExceeded) -> WitError:
 
 def finish_established(handshake: PendingHandshake) -> tuple[Connection, TlsInputStream, TlsOutputStream]:
     """The connection and plaintext streams of a completed handshake, handed out once."""
-    answer(handshake, "finish")
-    t = handshake.finish()
+    with guest_errors():
+        t = handshake.finish()
     return Connection(t), TlsInputStream(t), TlsOutputStream(t)
 
 
@@ -65,20 +84,8 @@ def error_code_of(cx: StoreState, err: IoError) -> str | None:
     return err.code if err.domain == "tls" and err.code in ERROR_CODES else None
 
 
-def peer_identity(transport: TlsTransport) -> PublicIdentity | None:
-    """The peer's certificate chain as a public identity (None if it sent none)."""
-    from cryptography import x509
-
-    chain = transport.engine.peer_chain_der()
-    return PublicIdentity([x509.load_der_x509_certificate(der) for der in chain]) if chain else None
-
-
 class Connection(TlsConnection):
     """An established connection (either side); its streams are separate resources."""
-
-    def __init__(self, transport: TlsTransport) -> None:
-        super().__init__(transport)
-        self.peer = peer_identity(transport)
 
 
 connection_iface.resource("connection", Connection)
@@ -106,7 +113,7 @@ def connection_server_name(cx: StoreState, this: Connection) -> str | None:
 
 @connection_iface.func("[method]connection.peer-identity")
 def connection_peer_identity(cx: StoreState, this: Connection) -> PublicIdentity | None:
-    return PublicIdentity(this.peer.chain) if this.peer is not None else None
+    return this.peer.copy() if this.peer is not None else None
 
 
 @connection_iface.func("[method]connection.resumed")

@@ -33,6 +33,7 @@ TRUNCATED = "truncated"
 ACCESS_DENIED = "access-denied"
 INVALID_ARGUMENT = "invalid-argument"
 INTERNAL = "internal"
+CODE_MISMATCH = "code-mismatch"  # the peer does not show the code expected of it (code_identity.py)
 
 # X509_V_ERR_* values (stable across OpenSSL 1.1 and 3.x) mapped to error codes.
 _VERIFY_CODES = {
@@ -292,8 +293,15 @@ class TlsEngine:
         Raises TlsClosed after close_notify and TlsFailure for errors, including an EOF
         without close_notify (truncation).
         """
+        return self._plaintext(self.conn.recv, n)  # type: ignore[no-any-return]
+
+    def read_into(self, view: memoryview) -> int | None:
+        """``read`` decrypting into ``view`` (one record at most): the count."""
+        return self._plaintext(self.conn.recv_into, view)  # type: ignore[no-any-return]
+
+    def _plaintext(self, receive: Any, arg: Any) -> Any:
         try:
-            return self.conn.recv(n)
+            return receive(arg)
         except SSL.WantReadError:
             if self.input_ended:
                 raise TlsFailure(TRUNCATED, "TLS connection failed: the peer closed the connection without close_notify (truncated data)") from None
@@ -354,7 +362,8 @@ class TlsEngine:
         # pyOpenSSL has no session_reused(): its private binding of SSL_session_reused.
         return bool(_lib.SSL_session_reused(self.conn._ssl))
 
-    def info(self) -> HandshakeInfo:
+    def info(self, peer_chain_der: list[bytes] | None = None) -> HandshakeInfo:
+        """What was negotiated; ``peer_chain_der`` if the caller decoded the chain already."""
         return HandshakeInfo(
             server_side=self.server_side,
             server_name=self.server_name,
@@ -362,7 +371,7 @@ class TlsEngine:
             protocol_name=self.conn.get_protocol_version_name(),
             cipher=self.cipher_name(),
             alpn=self.alpn(),
-            peer_chain_der=self.peer_chain_der(),
+            peer_chain_der=self.peer_chain_der() if peer_chain_der is None else peer_chain_der,
             resumed=self.resumed(),
         )
 
@@ -371,13 +380,17 @@ class TlsEngine:
         read it from the ClientHello, in its one canonical spelling (client_hello.py)."""
         return self.server_name
 
-    def peer_chain_der(self) -> list[bytes]:
-        from cryptography.hazmat.primitives.serialization import Encoding
-
+    def peer_chain(self) -> list[Any]:
+        """The peer's certificates (cryptography objects), leaf first; [] if it sent none."""
         chain: Any = list(self.conn.get_peer_cert_chain(as_cryptography=True) or [])
         if self.server_side:
             # On a server OpenSSL leaves the client's leaf out of the peer chain.
             leaf = self.conn.get_peer_certificate(as_cryptography=True)
             if leaf is not None and (not chain or chain[0] != leaf):
                 chain.insert(0, leaf)
-        return [cert.public_bytes(Encoding.DER) for cert in chain]
+        return chain  # type: ignore[no-any-return]
+
+    def peer_chain_der(self) -> list[bytes]:
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        return [cert.public_bytes(Encoding.DER) for cert in self.peer_chain()]

@@ -47,6 +47,13 @@ class PublicIdentity(HostResource):
         self.der_chain = [c.public_bytes(serialization.Encoding.DER) for c in chain]
         self.fingerprint = hashlib.sha256(self.der_chain[0]).digest()
 
+    def copy(self) -> PublicIdentity:
+        """Another handle on the same certificates (each handle a guest gets is its own
+        object, so dropping one leaves the others valid); nothing is decoded again."""
+        twin = PublicIdentity.__new__(PublicIdentity)
+        twin.__dict__.update(self.__dict__)
+        return twin
+
     def names(self) -> list[str]:
         try:
             sans = self.leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -242,8 +249,7 @@ identities_iface.resource("trust-store", TrustStore)
 
 
 def _copy(identity: PublicIdentity) -> PublicIdentity:
-    # Each handle the guest gets is its own object: dropping one leaves the others valid.
-    return PublicIdentity(identity.chain)
+    return identity.copy()
 
 
 @identities_iface.func("[method]public-identity.subject")
@@ -328,7 +334,7 @@ def trust_store_find_by_fingerprint(cx: StoreState, this: TrustStore, sha256: by
 
 @identities_iface.func("preopened-identities")
 def preopened_identities(cx: StoreState) -> IdentityStore:
-    from .code_identity import attested_identities  # the instance's code-bound identity, if any
+    from .attested import attested_identities  # the instance's code-bound identity, if any
 
     return IdentityStore(tls_config(cx), attested_identities(cx))
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any
 
 from OpenSSL import SSL, crypto
 
@@ -26,32 +26,32 @@ from ..runtime.binding import Interface
 from ..runtime.resources import HostResource
 from ..runtime.store import StoreState
 from ..runtime.values import WitError
-from ..wasi.io import InputStream, OutputStream, Pollable, StreamClosed, StreamFailed, CallbackPollable, Waits
-from ..wasi.socket_streams import ConnectionRecord
+from ..wasi.io import CallbackPollable, InputStream, OutputStream, Pollable, Waits
 from .ciphers import split_suites
 from .client_hello import ALERT_FATAL, ClientHello, ClientHelloError, ClientHelloReader, alert_name, alert_record
-from .config import TlsConfig, tls_config
-from .connection import answer, finish_established, peer_identity, tls_error
+from .attested import peer_code_check
+from .config import TlsConfig, openssl_version, tls_config
+from .connection import answer, finish_established, guest_errors, tls_error
 from .engine import BAD_CERTIFICATE, TlsEngine, TlsFailure
 from .profiles import configure_resumption
 from .identities import PrivateIdentity, PrivateIdentityHandle, PublicIdentity
 from .limits import LimitExceeded, TlsUsage, usage_of
 from .states import CLIENT_EXCHANGE, CLIENT_HELLO, ClientHelloState, Event, StateMachine, WrongState
-from .transport import ALERT_USER_CANCELED, HandshakeDeadline, PendingHandshake, TlsTransport
+from .p2 import PendingHandshake, WasiIoPort, WasiIoTransport
+from .transport import ALERT_USER_CANCELED, CiphertextPort, HandshakeDeadline, PortFailed
 
 log = logging.getLogger("wasi_tls_host.tls")
 
 server_iface = Interface("wasi-tls-host:tls/server@0.1.0")
 
-_VERSIONS = {0x0303: SSL.TLS1_2_VERSION, 0x0304: SSL.TLS1_3_VERSION}
 _READ_CHUNK = 16384
 
 
 def _version(value: int) -> int:
     try:
-        return _VERSIONS[value]
-    except KeyError:
-        raise tls_error("invalid-argument", f"protocol version 0x{value:04x} is not supported (0x0303 = TLS 1.2, 0x0304 = TLS 1.3)") from None
+        return openssl_version(value)
+    except ValueError as e:
+        raise tls_error("invalid-argument", str(e)) from None
 
 
 ALERT_HANDSHAKE_FAILURE = 40
@@ -135,41 +135,41 @@ def server_context(config: TlsConfig, hello: OutgoingServerHello) -> SSL.Context
     return ctx
 
 
-class IncomingClientHello(HostResource):
-    """Reads the client's first flight from the ciphertext input until it is complete.
+class ClientHelloIntake:
+    """A client's first flight, read from a ciphertext port until it is complete (either
+    surface: ``IncomingClientHello`` here, ``server_p3.IncomingClientHelloP3``).
 
     States (``CLIENT_HELLO`` in states.py): READING until the hello is parsed (RECEIVED) or
-    cannot be (FAILED: malformed, too big, peer gone, deadline passed; the client got an
-    alert and the streams are closed); accept or reject consume it (ANSWERED).
+    cannot be (FAILED: malformed, too big, peer gone, deadline passed; the client gets an
+    alert and the port is closed); accept or reject consume it (ANSWERED).
 
     An accepted socket's access-log record learns the SNI as soon as the hello is read, and
     why the connection ended here if it did (``tls=failed: ...``).
     """
 
-    def __init__(self, input: InputStream, output: OutputStream, *, max_size: int | None,
-                 deadline: HandshakeDeadline | None = None) -> None:
+    def __init__(self, port: CiphertextPort, *, max_size: int | None, deadline: HandshakeDeadline | None) -> None:
+        self.port = port
         self.states = StateMachine(CLIENT_HELLO)
-        self.input: InputStream | None = input
-        self.output: OutputStream | None = output
-        self._input_ready = input.subscribe()
         self.reader = ClientHelloReader(max_size)
         self.hello: ClientHello | None = None
-        self.usage: TlsUsage | None = None  # set by accept once the limits let it start
+        self.usage: TlsUsage | None = None  # set once the limits let the connection start
         self.deadline = deadline
-        self.record: ConnectionRecord | None = getattr(input, "record", None)  # accepted sockets only
+        self.handed_over = False  # an accepted answer gave the port to the connection
 
     @property
     def state(self) -> ClientHelloState:
         return self.states.state
 
-    def poll(self) -> bool:
-        """Read what is there; True once the hello is complete or failed."""
+    def read_hello(self) -> bool:
+        """Read what the port has; True once the hello is complete or failed."""
         if self.state is not ClientHelloState.READING:
             return True
-        assert self.input is not None
         try:
             while self.hello is None:
-                data = self.input.read(_READ_CHUNK)
+                data = self.port.receive(_READ_CHUNK)
+                if data is None:
+                    self.fail("closed", "the client closed the connection before sending a complete ClientHello")
+                    return True
                 if not data:
                     if self.deadline is not None and self.deadline.passed():
                         failure = self.deadline.failure()
@@ -180,15 +180,12 @@ class IncomingClientHello(HostResource):
         except ClientHelloError as e:
             self.fail(e.code, e.message, alert=e.alert)
             return True
-        except StreamClosed:
-            self.fail("closed", "the client closed the connection before sending a complete ClientHello")
-            return True
-        except StreamFailed as e:
-            self.fail("closed", f"reading the ClientHello failed: {e}")
+        except PortFailed as e:
+            self.fail("closed", f"reading the ClientHello failed: {e.reason}")
             return True
         self.states.advance(Event.HELLO_COMPLETE)
-        if self.record is not None and self.hello.server_name is not None:
-            self.record.annotate(sni=self.hello.server_name)
+        if self.port.record is not None and self.hello.server_name is not None:
+            self.port.record.annotate(sni=self.hello.server_name)
         return True
 
     def fail(self, code: str, message: str, alert: int | None = None) -> None:
@@ -196,76 +193,95 @@ class IncomingClientHello(HostResource):
         log.info("TLS server: %s", message)
         self.states.advance(Event.FAIL, tls_error(code, message))
         self.note_failure(message)
-        self.send_alert(alert)
+        self.end(alert)
+
+    def refuse(self, code: str, message: str, alert: int) -> WitError:
+        """Fail (the client gets ``alert``); the error to raise for the guest."""
+        self.fail(code, message, alert=alert)
+        return tls_error(code, message)
+
+    def reject(self, alert: int, reason: str | None = None) -> None:
+        """The REJECT transition (the guest refused it, or let it go unanswered)."""
+        self.states.advance(Event.REJECT)
+        self.note_failure(reason or f"the guest refused the ClientHello with {alert_name(alert)}")
+        self.end(alert)
 
     def note_failure(self, reason: str) -> None:
         """Tell the access log why the connection ended before its handshake began."""
-        if self.record is not None:
-            self.record.annotate(tls=f"failed: {reason}")
+        if self.port.record is not None:
+            self.port.record.annotate(tls=f"failed: {reason}")
 
-    def refuse(self, code: str, message: str, alert: int) -> NoReturn:
-        """Fail (the client gets ``alert``) and raise the error for the guest."""
-        self.fail(code, message, alert=alert)
-        raise tls_error(code, message)
+    def end(self, alert: int | None) -> None:
+        """The connection ends here: the client gets ``alert`` (if any), the port closes.
+        A surface sends it as it can (WASI 0.2: now, if the stream takes it; 0.3: once
+        its reader takes it)."""
+        raise NotImplementedError
 
-    def send_alert(self, description: int | None) -> None:
-        """Best effort: a fatal alert to the client (if any), then both streams are closed."""
-        if self.output is not None and description is not None:
-            try:
-                if self.output.check_write() >= 7:
-                    self.output.write(alert_record(ALERT_FATAL, description))
-                    self.output.flush()
-            except (StreamClosed, StreamFailed):
-                pass
-        self.close_streams()
-
-    def close_streams(self) -> None:
-        if self.input is not None and self.output is not None:
+    def close(self) -> None:
+        """Let go of the port (unless the connection has it) and of the guest's limits."""
+        if not self.handed_over:
+            self.port.close()
             if self.usage is not None:
-                self.usage.closed(self.input)
-            self._input_ready.drop()
-            self.input.drop()
-            self.output.drop()
-        self.input = self.output = None
+                self.usage.closed(self.port)
+                self.usage = None
 
-    def take_streams(self) -> tuple[InputStream, OutputStream]:
-        """The ACCEPT transition: the streams go to the exchange's transport."""
-        assert self.input is not None and self.output is not None
+    def hand_over(self) -> None:
+        """The ACCEPT transition: the port now belongs to the connection's transport."""
         self.states.advance(Event.ACCEPT)
-        streams = (self.input, self.output)
-        self._input_ready.drop()
-        self.input = self.output = None
-        return streams
+        self.handed_over = True
+
+    def let_go(self) -> None:
+        """The guest dropped it unanswered (or a refused accept consumed it): the client is
+        told."""
+        if self.state in (ClientHelloState.READING, ClientHelloState.RECEIVED):
+            self.reject(ALERT_USER_CANCELED, "the guest let go of the connection without answering its ClientHello "
+                                             f"(the client got {alert_name(ALERT_USER_CANCELED)})")
+
+    def answers(self, call: str) -> ClientHello:
+        """The parsed hello, if the state answers ``call``; the guest-facing error if not."""
+        with guest_errors():
+            self.states.require(call)
+        assert self.hello is not None
+        return self.hello
+
+
+class IncomingClientHello(HostResource, ClientHelloIntake):
+    """The client's first flight over wasi:io streams, read inside guest calls (``poll``)
+    and waited on through the input's pollable."""
+
+    port: WasiIoPort
+
+    def __init__(self, port: WasiIoPort, *, max_size: int | None, deadline: HandshakeDeadline | None = None) -> None:
+        ClientHelloIntake.__init__(self, port, max_size=max_size, deadline=deadline)
+
+    def poll(self) -> bool:
+        return self.read_hello()
+
+    def end(self, alert: int | None) -> None:
+        """Best effort: a fatal alert to the client (if the stream takes it whole now), then
+        the port closes."""
+        if alert is not None:
+            self.port.send_whole(alert_record(ALERT_FATAL, alert))
+        self.close()
 
     def waits(self, waits: Waits) -> None:
         if self.state is not ClientHelloState.READING:
             waits.soon()
             return
-        self._input_ready.add_waits(waits)
+        self.port.add_waits(waits, output=False, input=True)
         if self.deadline is not None:
             waits.until(self.deadline.at_ns)
 
     def require(self, call: str) -> ClientHello:
-        """The parsed hello, if the state answers ``call``; the guest-facing error if not."""
         self.poll()
-        try:
-            self.states.require(call)
-        except WrongState as e:
-            raise tls_error(e.code, e.message) from None
-        assert self.hello is not None
-        return self.hello
+        return self.answers(call)
 
     def drop(self) -> None:
-        """Dropped unanswered (or consumed by a refused accept): the client is told."""
-        if self.state in (ClientHelloState.READING, ClientHelloState.RECEIVED):
-            self.states.advance(Event.REJECT)
-            self.note_failure("the guest let go of the connection without answering its ClientHello "
-                              f"(the client got {alert_name(ALERT_USER_CANCELED)})")
-            self.send_alert(ALERT_USER_CANCELED)
-        self.close_streams()
+        self.let_go()
+        self.close()
 
 
-def _server_failure(failure: TlsFailure) -> TlsFailure:
+def server_failure(failure: TlsFailure) -> TlsFailure:
     """Failures only a server meets, in the words of the interface."""
     if "peer did not return a certificate" in failure.message:
         # OpenSSL says handshake failure; for the guest this is a missing certificate.
@@ -277,9 +293,7 @@ class IncomingClientExchange(PendingHandshake):
     """The rest of the handshake, run by OpenSSL over the replayed hello."""
 
     machine = CLIENT_EXCHANGE
-
-    def explain(self, failure: TlsFailure) -> TlsFailure:
-        return _server_failure(failure)
+    reword = staticmethod(server_failure)
 
 
 server_iface.resource("incoming-client-hello", IncomingClientHello)
@@ -291,9 +305,9 @@ server_iface.resource("incoming-client-exchange", IncomingClientExchange)
 def accept(cx: StoreState, input: InputStream, output: OutputStream) -> IncomingClientHello:
     limits = tls_config(cx).limits
     usage = usage_of(cx)
-    hello = IncomingClientHello(input, output, max_size=limits.max_client_hello, deadline=HandshakeDeadline.start(limits))
+    hello = IncomingClientHello(WasiIoPort(input, output), max_size=limits.max_client_hello, deadline=HandshakeDeadline.start(limits))
     try:
-        usage.start(input, limits)
+        usage.start(hello.port, limits)
     except LimitExceeded as e:
         # accept has no error result: the hello answers with the refusal, the client is told.
         hello.fail("access-denied", f"TLS connection refused by the host: {e}", alert=ALERT_USER_CANCELED)
@@ -334,30 +348,49 @@ def incoming_client_hello_signature_schemes(cx: StoreState, this: IncomingClient
     return list(this.require("signature-schemes").signature_algorithms)
 
 
+class Refusal(Exception):
+    """The guest's answer to a ClientHello cannot be used: the client gets ``alert``, the
+    guest the error ``code`` and ``message``."""
+
+    def __init__(self, code: str, message: str, alert: int) -> None:
+        super().__init__(message)
+        self.code, self.message, self.alert = code, message, alert
+
+
+def answer_engine(config: TlsConfig, hello: ClientHello, response: OutgoingServerHello, replay: bytes) -> TlsEngine:
+    """The server engine for the guest's answer to ``hello`` (both package versions), with
+    the client's first flight (``replay``) fed in; ``Refusal`` if the answer is unusable."""
+    if response.alpn is not None and response.alpn not in hello.alpn_protocols:
+        raise Refusal("invalid-argument", f"ALPN id {response.alpn!r} was not offered by the client (it offered {hello.alpn_protocols})",
+                      ALERT_NO_APPLICATION_PROTOCOL)
+    try:
+        context = server_context(config, response)
+    except NoClientCa as e:
+        raise Refusal("invalid-state", str(e), ALERT_HANDSHAKE_FAILURE) from None
+    except (SSL.Error, ValueError) as e:
+        raise Refusal("invalid-argument", f"cannot use this answer: {e}", ALERT_INTERNAL_ERROR) from None
+    except WitError as e:
+        raise Refusal(e.payload["code"], e.payload["message"], ALERT_INTERNAL_ERROR) from None
+    engine = TlsEngine(context, server_side=True, server_name=hello.server_name)
+    engine.conn.set_app_data(response.alpn)
+    engine.feed(replay)
+    return engine
+
+
 @server_iface.func("[static]incoming-client-hello.accept")
 def incoming_client_hello_accept(cx: StoreState, this: IncomingClientHello, response: OutgoingServerHello) -> IncomingClientExchange:
     # Every way out of here but success ends the handshake: the client gets an alert (the
     # hello is consumed, so dropping it afterwards closes the streams).
     hello = this.require("accept")
-    if response.alpn is not None and response.alpn not in hello.alpn_protocols:
-        this.refuse("invalid-argument", f"ALPN id {response.alpn!r} was not offered by the client (it offered {hello.alpn_protocols})",
-                    alert=ALERT_NO_APPLICATION_PROTOCOL)
     config = tls_config(cx)
     try:
-        context = server_context(config, response)
-    except NoClientCa as e:
-        this.refuse("invalid-state", str(e), alert=ALERT_HANDSHAKE_FAILURE)
-    except (SSL.Error, ValueError) as e:
-        this.refuse("invalid-argument", f"cannot use this answer: {e}", alert=ALERT_INTERNAL_ERROR)
-    except WitError as e:
-        this.refuse(e.payload["code"], e.payload["message"], alert=ALERT_INTERNAL_ERROR)
-    engine = TlsEngine(context, server_side=True, server_name=hello.server_name)
-    engine.conn.set_app_data(response.alpn)
-    engine.feed(this.reader.buffered())
-    cin, cout = this.take_streams()
-    transport = TlsTransport(engine, cin, cout, this.usage)
-    exchange = IncomingClientExchange(transport, config.on_handshake, deadline=this.deadline)
-    exchange.expected_code = response.expected_code
+        engine = answer_engine(config, hello, response, this.reader.buffered())
+    except Refusal as r:
+        raise this.refuse(r.code, r.message, alert=r.alert) from None
+    this.hand_over()
+    transport = WasiIoTransport(engine, this.port, this.usage)
+    exchange = IncomingClientExchange(transport, config.on_handshake, deadline=this.deadline,
+                                      peer_check=peer_code_check(response.expected_code, config, "client"))
     exchange.poll()
     return exchange
 
@@ -365,9 +398,7 @@ def incoming_client_hello_accept(cx: StoreState, this: IncomingClientHello, resp
 @server_iface.func("[static]incoming-client-hello.reject")
 def incoming_client_hello_reject(cx: StoreState, this: IncomingClientHello, alert: int) -> None:
     this.states.require("reject")
-    this.states.advance(Event.REJECT)
-    this.note_failure(f"the guest refused the ClientHello with {alert_name(alert)}")
-    this.send_alert(alert)
+    this.reject(alert)
 
 
 @server_iface.func("[constructor]outgoing-server-hello")
@@ -421,22 +452,14 @@ def incoming_client_exchange_subscribe(cx: StoreState, this: IncomingClientExcha
 
 @server_iface.func("[method]incoming-client-exchange.client-identity")
 def incoming_client_exchange_client_identity(cx: StoreState, this: IncomingClientExchange) -> PublicIdentity | None:
-    _check_client_code(cx, this)
     answer(this, "client-identity")
-    return peer_identity(this.transport)
+    peer = this.transport.peer
+    return peer.copy() if peer is not None else None
 
 
 @server_iface.func("[static]incoming-client-exchange.finish")
 def incoming_client_exchange_finish(cx: StoreState, this: IncomingClientExchange) -> Any:
-    _check_client_code(cx, this)
     return finish_established(this)
-
-
-def _check_client_code(cx: StoreState, this: IncomingClientExchange) -> None:
-    from .code_identity import check_client  # it adds functions to this module's interface
-
-    this.poll()
-    check_client(cx, this)
 
 
 INTERFACES = (server_iface,)

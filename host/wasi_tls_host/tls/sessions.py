@@ -34,7 +34,6 @@ from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _lib
 
 from ..runtime.store import PerStore
-from ..wasi.io import InputStream
 from ..wasi.socket_streams import SocketInput
 from .config import TlsConfig
 from .engine import TlsEngine
@@ -149,10 +148,12 @@ class ClientSessions:
 sessions_of = PerStore(ClientSessions).of
 
 
-def remote_port(stream: InputStream) -> int | None:
-    """The peer's port when ``stream`` reads from a connected socket."""
+def remote_port(stream: Any) -> int | None:
+    """The peer's port when ``stream`` reads from a connected socket (a wasi:io stream of
+    one, or any stream whose implementation says ``remote_port``)."""
     if not isinstance(stream, SocketInput):
-        return None
+        port = getattr(stream, "remote_port", None)
+        return port if isinstance(port, int) else None
     try:
         return int(stream.shared.sock.getpeername()[1])
     except (OSError, IndexError):
@@ -190,9 +191,9 @@ class ClientEngine(TlsEngine):
                      self.cipher_name(), "resumed a session" if self.resumed() else "full handshake")
         return True
 
-    def read(self, n: int) -> bytes | None:
+    def _plaintext(self, receive: Any, arg: Any) -> Any:
         try:
-            return super().read(n)
+            return super()._plaintext(receive, arg)
         finally:
             if self.sessions is not None and self.handshake_done:
                 self._watch()
@@ -211,7 +212,7 @@ class ClientEngine(TlsEngine):
         self.sessions.keep(self.key, session, single_use=self.protocol_version() == 0x0304)
 
 
-def client_engine(cx: Any, config: TlsConfig, server_name: str, ciphertext_in: InputStream,
+def client_engine(cx: Any, config: TlsConfig, server_name: str, ciphertext_in: Any,
                   versions: tuple[int, int] | None = None, identity: Any = None) -> ClientEngine:
     """The engine of a guest's new client connection to ``server_name`` over the streams
     beginning with ``ciphertext_in``: the config's context for these versions and client

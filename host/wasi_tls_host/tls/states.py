@@ -7,7 +7,9 @@ The rules of this file (after h11's ``_state.py``):
   a call in the wrong state (``would-block`` while the state can still change on its own,
   ``invalid-state`` when it cannot, the recorded failure in a failed state).
 * Resource classes (``server.py``, ``client.py``, ``connection.py``, ``wasi_tls.py``,
-  ``transport.py``) keep one ``StateMachine`` each and change it only through ``advance``.
+  ``transport.py``, and their WASI 0.3 forms, ``*_p3.py``) keep one ``StateMachine`` each
+  and change it only through ``advance``. The 0.3 forms use the same tables: where a 0.2
+  call answers ``would-block``, the 0.3 call (``async``) waits for the state to change.
 * This file moves no bytes and knows nothing of OpenSSL or of which package (upstream
   ``wasi:tls`` or ``wasi-tls-host:tls``) is calling; it does not know the WIT error types.
 
@@ -23,7 +25,13 @@ hello, incoming-client-exchange
 wasi:tls future-client-streams  ``HANDSHAKE``                get takes the outcome (FINISHED)
 wasi-tls-host connection,       ``CONNECTION``               the guest drops it
 wasi:tls client-connection
+wasi:tls 0.3 connector          ``CONNECTOR``                connect consumes it
+wasi:tls 0.3 connect's          ``HANDSHAKE`` (``CONNECT``)  it is established or fails
+handshake
 =============================  ===========================  =================================
+
+(``HANDSHAKE`` is one set of transitions, ``_HANDSHAKE_TRANSITIONS``; each resource seeing a
+handshake has its own ``calls``.)
 
 The resources the guest only fills in (outgoing-client-hello, outgoing-server-hello, wasi:tls
 client-handshake) have one state, answer every call until a consuming call takes them, and
@@ -37,7 +45,7 @@ the resource's end, and so a host bug that reuses the object fails loudly.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, Mapping, TypeVar
 
 
@@ -72,6 +80,9 @@ class Event(enum.Enum):
     ESTABLISH = "establish"
     FINISH = "finish"
     CLOSE_OUTPUT = "close-output"
+    SEND = "send"
+    RECEIVE = "receive"
+    CONNECT = "connect"
 
 
 S = TypeVar("S", bound=enum.Enum)
@@ -91,6 +102,9 @@ class Machine(Generic[S]):
     pending: frozenset[S] = frozenset()
     # States that answer every unanswered call with the failure that caused them.
     failed: frozenset[S] = frozenset()
+    # What a call refused as invalid-state needed, for the message (when the state's name
+    # alone does not say it).
+    hints: Mapping[str, str] = field(default_factory=dict)
 
     def answer(self, state: S, call: str) -> str:
         """How ``call`` in ``state`` is answered: "ok", "would-block", "failure" or
@@ -141,43 +155,72 @@ _HANDSHAKE_TRANSITIONS: Mapping[HandshakeState, Mapping[Event, HandshakeState]] 
 _LIVE = frozenset({_H.RUNNING, _H.ESTABLISHED, _H.FAILED})
 _ESTABLISHED = frozenset({_H.ESTABLISHED})
 
-# wasi-tls-host incoming-server-hello (client side).
-SERVER_HELLO: Machine[HandshakeState] = Machine(
-    resource="incoming-server-hello",
-    initial=_H.RUNNING,
-    transitions=_HANDSHAKE_TRANSITIONS,
-    calls={
-        "subscribe": _LIVE,
-        "protocol-version": _ESTABLISHED,
-        "cipher-suite": _ESTABLISHED,
-        "alpn-id": _ESTABLISHED,
-        # The chain is worth seeing when verification failed too (the guest can show why).
-        "server-chain": frozenset({_H.ESTABLISHED, _H.FAILED}),
-        "verification": _ESTABLISHED,
-        "finish": _ESTABLISHED,
+
+def _handshake(resource: str, calls: Mapping[str, frozenset[HandshakeState]], *, failure_answers: bool = True) -> Machine[HandshakeState]:
+    """A resource that sees one handshake run (the transitions above): calls not answered
+    yet would block while it runs; with ``failure_answers`` a failed one answers them with
+    its failure."""
+    return Machine(resource=resource, initial=_H.RUNNING, transitions=_HANDSHAKE_TRANSITIONS, calls=calls,
+                   pending=frozenset({_H.RUNNING}), failed=frozenset({_H.FAILED}) if failure_answers else frozenset())
+
+
+# wasi-tls-host incoming-server-hello (client side; both package versions).
+SERVER_HELLO = _handshake("incoming-server-hello", {
+    "subscribe": _LIVE,
+    "protocol-version": _ESTABLISHED,
+    "cipher-suite": _ESTABLISHED,
+    "alpn-id": _ESTABLISHED,
+    # The chain is worth seeing when verification failed too (the guest can show why).
+    "server-chain": frozenset({_H.ESTABLISHED, _H.FAILED}),
+    "verification": _ESTABLISHED,
+    "finish": _ESTABLISHED,
+})
+
+# wasi-tls-host incoming-client-exchange (server side; both package versions).
+CLIENT_EXCHANGE = _handshake("incoming-client-exchange", {"subscribe": _LIVE, "client-identity": _ESTABLISHED, "finish": _ESTABLISHED})
+
+# Upstream wasi:tls 0.2 future-client-streams: ``get`` answers once with the outcome, success
+# or failure (FINISHED after), then ``invalid-state`` (WIT: ``some(err)``).
+FUTURE_CLIENT_STREAMS = _handshake("future-client-streams", {"subscribe": frozenset(_H), "get": frozenset({_H.ESTABLISHED, _H.FAILED})},
+                                   failure_answers=False)
+
+# Upstream wasi:tls 0.3 connect: the handshake the static async connect waits for; it
+# answers ok once established, else the failure.
+CONNECT = _handshake("connect", {"connect": _ESTABLISHED})
+
+
+class ConnectorState(enum.Enum):
+    """Upstream wasi:tls 0.3 connector: send and receive set up its streams (each once, in
+    either order); connect consumes it."""
+
+    NEW = "new"
+    SENDING = "sending"
+    RECEIVING = "receiving"
+    READY = "ready"
+    CONNECTED = "connected"
+
+
+_K = ConnectorState
+CONNECTOR: Machine[ConnectorState] = Machine(
+    resource="connector",
+    initial=_K.NEW,
+    transitions={
+        _K.NEW: {Event.SEND: _K.SENDING, Event.RECEIVE: _K.RECEIVING},
+        _K.SENDING: {Event.RECEIVE: _K.READY},
+        _K.RECEIVING: {Event.SEND: _K.READY},
+        _K.READY: {Event.CONNECT: _K.CONNECTED},
+        _K.CONNECTED: {},
     },
-    pending=frozenset({_H.RUNNING}),
-    failed=frozenset({_H.FAILED}),
-)
-
-# wasi-tls-host incoming-client-exchange (server side).
-CLIENT_EXCHANGE: Machine[HandshakeState] = Machine(
-    resource="incoming-client-exchange",
-    initial=_H.RUNNING,
-    transitions=_HANDSHAKE_TRANSITIONS,
-    calls={"subscribe": _LIVE, "client-identity": _ESTABLISHED, "finish": _ESTABLISHED},
-    pending=frozenset({_H.RUNNING}),
-    failed=frozenset({_H.FAILED}),
-)
-
-# Upstream wasi:tls future-client-streams: ``get`` answers once with the outcome, success or
-# failure (FINISHED after), then ``invalid-state`` (WIT: ``some(err)``).
-FUTURE_CLIENT_STREAMS: Machine[HandshakeState] = Machine(
-    resource="future-client-streams",
-    initial=_H.RUNNING,
-    transitions=_HANDSHAKE_TRANSITIONS,
-    calls={"subscribe": frozenset(_H), "get": frozenset({_H.ESTABLISHED, _H.FAILED})},
-    pending=frozenset({_H.RUNNING}),
+    calls={
+        "send": frozenset({_K.NEW, _K.RECEIVING}),
+        "receive": frozenset({_K.NEW, _K.SENDING}),
+        "connect": frozenset({_K.READY}),
+    },
+    hints={
+        "send": "send was already called on this connector (each connector sends one stream)",
+        "receive": "receive was already called on this connector (each connector receives one stream)",
+        "connect": "connect needs send and receive to be set up first",
+    },
 )
 
 _OPEN = frozenset(_C)
@@ -256,4 +299,7 @@ class StateMachine(Generic[S]):
             raise WrongState("would-block", f"{resource}.{call}: not ready yet ({self.state.value}): wait on subscribe()")
         if answer == "failure" and self.failure is not None:
             raise detached(self.failure)
+        hint = self.machine.hints.get(call)
+        if hint is not None:
+            raise WrongState("invalid-state", f"{resource}.{call}: {hint} (the {resource} is {self.state.value})")
         raise WrongState("invalid-state", f"{resource}.{call} is not valid once the {resource} is {self.state.value}")

@@ -22,7 +22,8 @@ from .engine import ACCESS_DENIED, INVALID_ARGUMENT, TlsEngine, TlsFailure
 from .limits import LimitExceeded, usage_of
 from .sessions import client_engine
 from .states import FUTURE_CLIENT_STREAMS, Event, HandshakeState, WrongState
-from .transport import HandshakeDeadline, PendingHandshake, TlsConnection, TlsInputStream, TlsOutputStream, TlsTransport
+from .p2 import PendingHandshake, TlsConnection, TlsInputStream, TlsOutputStream, WasiIoPort, WasiIoTransport
+from .transport import HandshakeDeadline
 
 types_iface = Interface("wasi:tls/types@0.2.0-draft")
 
@@ -86,13 +87,13 @@ def client_handshake_finish(cx: StoreState, this: ClientHandshake) -> FutureClie
         # future answers with it (the engine is never driven).
         refused = e
         engine = TlsEngine(config.client_context(), server_side=False)
-    transport = TlsTransport(engine, cin, cout)
+    transport = WasiIoTransport(engine, WasiIoPort(cin, cout))
     future = FutureClientStreams(transport, config.on_handshake, deadline=HandshakeDeadline.start(config.limits))
     if refused is not None:
         future.fail(refused)
         return future
     try:
-        usage.start(cin, config.limits)
+        usage.start(transport.port, config.limits)
     except LimitExceeded as e:
         # This interface has no error result here: the future answers with the refusal.
         future.fail(TlsFailure(ACCESS_DENIED, f"TLS connection refused by the host: {e}"))

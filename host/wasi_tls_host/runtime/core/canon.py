@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..values import Err, Ok, Some, Trap
 from ..values import Variant as VariantValue
-from .types import ErrorContextT, Flags, FutureT, Handle, ListT, Prim, Record, StreamT, Tuple, ValType, Variant, align_to
+from .types import ErrorContextT, Flags, FutureT, Handle, ListT, Prim, Record, StreamT, Tuple, ValType, Variant, align_to, types_in
 
 if TYPE_CHECKING:
     from .instance import ComponentInstance
@@ -96,12 +96,14 @@ LowerFlat = Callable[[MemCx, Any, list], None]
 class Conv:
     """The four conversions of one type."""
 
-    __slots__ = ("t", "load", "store", "lift_flat", "lower_flat")
+    __slots__ = ("load", "store", "lift_flat", "lower_flat")
 
     def __init__(self, t: ValType, load: Load, store: Store, lift_flat: LiftFlat, lower_flat: LowerFlat) -> None:
-        self.t, self.load, self.store, self.lift_flat, self.lower_flat = t, load, store, lift_flat, lower_flat
+        self.load, self.store, self.lift_flat, self.lower_flat = load, store, lift_flat, lower_flat
 
 
+# Conversions built per type object (each entry holds its type, so an id is never reused
+# while it is here); a plan's entries go with the plan (``forget``, at Host.close()).
 _CACHE: dict[int, tuple[ValType, Conv]] = {}
 
 
@@ -112,6 +114,18 @@ def conv(t: ValType) -> Conv:
     c = _build(t)
     _CACHE[id(t)] = (t, c)
     return c
+
+
+def forget(root: Any) -> int:
+    """Drop the conversions of every type reachable from ``root`` (a plan whose components
+    are closed); how many were dropped. A type used again later is simply converted anew."""
+    dropped = 0
+    for t in types_in(root):
+        hit = _CACHE.get(id(t))
+        if hit is not None and hit[0] is t:
+            del _CACHE[id(t)]
+            dropped += 1
+    return dropped
 
 
 def _int_checked(lo: int, hi: int, name: str) -> Callable[[Any], int]:

@@ -247,6 +247,9 @@ def call_from_host(callee: ComponentState, lifted: Lifted, args: tuple[Any, ...]
         raise driver.error
     if task.state != Task.RESOLVED:
         raise Trap("the export call ended without a value")
+    # Host work the guest's last steps made ready (the end of a stream it dropped, an alert
+    # for a peer) runs now, not at some later call that may never come.
+    callee.scheduler.run_ready()
     return result[0] if result else task.result
 
 

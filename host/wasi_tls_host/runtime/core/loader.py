@@ -24,6 +24,7 @@ from typing import Any
 from wasmtime import Module, WasmtimeError
 
 from ..cache import ComponentCache
+from . import canon
 from .instance import CoreComponent
 from .plan import Plan, make_plan
 
@@ -83,6 +84,7 @@ class CoreModuleCache:
             for module in component.modules:
                 module.close()
             self.cache.release(key)
+            canon.forget(component.plan)  # its types' conversions, kept for good otherwise
         self._memory.clear()
 
     def _path(self, key: str, i: int) -> Path:

@@ -52,6 +52,37 @@ def _views_alive(lent: list[tuple[Any, memoryview]]) -> bool:
     return False
 
 
+def load_spilled_arguments(m: canon.MemCx, args: Any, conv: Any, size: int, align: int) -> Any:
+    """The arguments of a call whose parameters spill: a tuple at the pointer in ``args[0]``."""
+    ptr = args[0].i32 & 0xFFFF_FFFF
+    if ptr != align_to(ptr, align):
+        raise Trap(f"argument pointer {ptr:#x} is misaligned")
+    v = m.view()
+    canon.check_range(v, ptr, size, "arguments")
+    return conv.load(m, v, ptr)
+
+
+def lift_flat_arguments(m: canon.MemCx, args: Any, readers: list[Callable[[Any], Any]],
+                        param_convs: list[Any]) -> list[Any]:
+    """The arguments of a call from its flat core values."""
+    flat = [r(args[i]) for i, r in enumerate(readers)]
+    pyargs = []
+    i = 0
+    for lift in param_convs:
+        value, i = lift(m, flat, i)
+        pyargs.append(value)
+    return pyargs
+
+
+def result_pointer(m: canon.MemCx, raw: Any, size: int, align: int) -> int:
+    """The guest's pointer for a result stored in memory, checked."""
+    ptr = raw.i32 & 0xFFFF_FFFF
+    if ptr != align_to(ptr, align):
+        raise Trap(f"result pointer {ptr:#x} is misaligned")
+    canon.check_range(m.view(), ptr, size, "result")
+    return ptr
+
+
 class LowerSpec:
     """What a ``canon lower`` trampoline needs that does not depend on the instance (built
     once per imported function and component)."""
@@ -113,22 +144,11 @@ def make_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx) -> Ca
         try:
             try:
                 if spill_tuple is not None:
-                    ptr = args[0].i32 & 0xFFFF_FFFF
-                    if ptr != align_to(ptr, spill_align):
-                        raise Trap(f"argument pointer {ptr:#x} is misaligned")
-                    v = m.view()
-                    canon.check_range(v, ptr, spill_size, "arguments")
-                    pyargs = spill_tuple.load(m, v, ptr)
+                    pyargs = load_spilled_arguments(m, args, spill_tuple, spill_size, spill_align)
+                elif single_lift is not None:  # the common case, without a loop
+                    pyargs = (single_lift(m, [r(args[i]) for i, r in enumerate(readers)], 0)[0],)
                 else:
-                    flat = [r(args[i]) for i, r in enumerate(readers)]
-                    if single_lift is not None:
-                        pyargs = (single_lift(m, flat, 0)[0],)
-                    else:
-                        pyargs = []
-                        i = 0
-                        for lift in param_convs:
-                            value, i = lift(m, flat, i)
-                            pyargs.append(value)
+                    pyargs = lift_flat_arguments(m, args, readers, param_convs)
                 returned = False
                 try:
                     if fills and not OUTGOING_VALUE_HOOKS:  # audited values must be seen as bytes
@@ -153,11 +173,7 @@ def make_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx) -> Ca
                         hook(qualname, result)
                 if result_conv is not None:
                     if result_spill:
-                        retptr = args[nflat].i32 & 0xFFFF_FFFF
-                        if retptr != align_to(retptr, result_align):
-                            raise Trap(f"result pointer {retptr:#x} is misaligned")
-                        canon.check_range(m.view(), retptr, result_size, "result")
-                        result_conv.store(m, result, retptr)
+                        result_conv.store(m, result, result_pointer(m, args[nflat], result_size, result_align))
                     else:
                         out: list[Any] = []
                         result_conv.lower_flat(m, result, out)
@@ -179,7 +195,7 @@ def make_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx) -> Ca
 
 def run_to_completion(inst: ComponentState, coro: Any, qualname: str) -> Any:
     """Run an async host function's coroutine until it returns (a synchronous caller)."""
-    host_task = inst.scheduler.start(coro, qualname, observed=True)
+    host_task = inst.scheduler.start(coro, qualname, observed=True)  # its error is read below
     if not host_task.done:
         inst.block_until(lambda: host_task.done, f"the guest called {qualname} synchronously")
     if host_task.error is not None:
@@ -219,24 +235,10 @@ def make_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx)
         try:
             try:
                 if tuple_conv is not None:
-                    ptr = args[0].i32 & 0xFFFF_FFFF
-                    if ptr != align_to(ptr, tuple_align):
-                        raise Trap(f"argument pointer {ptr:#x} is misaligned")
-                    v = m.view()
-                    canon.check_range(v, ptr, tuple_size, "arguments")
-                    pyargs = list(tuple_conv.load(m, v, ptr))
+                    pyargs = list(load_spilled_arguments(m, args, tuple_conv, tuple_size, tuple_align))
                 else:
-                    flat = [r(args[i]) for i, r in enumerate(readers)]
-                    i = 0
-                    for lift in param_convs:
-                        value, i = lift(m, flat, i)
-                        pyargs.append(value)
-                retptr = 0
-                if has_result:
-                    retptr = args[nparams].i32 & 0xFFFF_FFFF
-                    if retptr != align_to(retptr, result_align):
-                        raise Trap(f"result pointer {retptr:#x} is misaligned")
-                    canon.check_range(m.view(), retptr, result_size, "result")
+                    pyargs = lift_flat_arguments(m, args, readers, param_convs)
+                retptr = result_pointer(m, args[nparams], result_size, result_align) if has_result else 0
                 lent = [inst.handles[h] for h in m.borrows or ()]
             finally:
                 m.borrows = outer_borrows
@@ -245,7 +247,7 @@ def make_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx)
                 async def done_now(value: Any = call) -> Any:
                     return value
                 call = done_now()
-            host_task = inst.scheduler.start(call, qualname, observed=True)
+            host_task = inst.scheduler.start(call, qualname, observed=True)  # finish_host_call reads its error
             if host_task.done:
                 entries, lent = lent, []
                 consumed, pyargs = pyargs, []
@@ -348,25 +350,8 @@ def make_c2c_trampoline(caller: ComponentState, m: canon.MemCx, async_: bool, ca
 
     def lift_args(args: Any) -> list[Any]:
         if tuple_conv is not None:
-            ptr = args[0].i32 & 0xFFFF_FFFF
-            if ptr != align_to(ptr, tuple_align):
-                raise Trap(f"argument pointer {ptr:#x} is misaligned")
-            v = m.view()
-            canon.check_range(v, ptr, tuple_size, "arguments")
-            return list(tuple_conv.load(m, v, ptr))
-        flat = [r(args[i]) for i, r in enumerate(readers)]
-        values, i = [], 0
-        for lift_flat in param_convs:
-            value, i = lift_flat(m, flat, i)
-            values.append(value)
-        return values
-
-    def result_pointer(args: Any) -> int:
-        retptr = args[nparams].i32 & 0xFFFF_FFFF
-        if retptr != align_to(retptr, result_align):
-            raise Trap(f"result pointer {retptr:#x} is misaligned")
-        canon.check_range(m.view(), retptr, result_size, "result")
-        return retptr
+            return list(load_spilled_arguments(m, args, tuple_conv, tuple_size, tuple_align))
+        return lift_flat_arguments(m, args, readers, param_convs)
 
     def store_result(value: Any, retptr: int) -> None:
         assert result_conv is not None
@@ -382,7 +367,7 @@ def make_c2c_trampoline(caller: ComponentState, m: canon.MemCx, async_: bool, ca
         try:
             try:
                 pyargs = lift_args(args)
-                retptr = result_pointer(args) if result_by_ptr else 0
+                retptr = result_pointer(m, args[nparams], result_size, result_align) if result_by_ptr else 0
             finally:
                 lent, m.borrows = m.borrows, outer_borrows
             if ft.is_async and caller.current_task is None:
@@ -420,7 +405,7 @@ def make_c2c_trampoline(caller: ComponentState, m: canon.MemCx, async_: bool, ca
         try:
             try:
                 pyargs = lift_args(args)
-                retptr = result_pointer(args) if result_conv is not None else 0
+                retptr = result_pointer(m, args[nparams], result_size, result_align) if result_conv is not None else 0
             finally:
                 lent_handles, m.borrows = m.borrows, outer_borrows
             subtask = Subtask(what)

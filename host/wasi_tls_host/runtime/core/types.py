@@ -5,6 +5,8 @@ sizes, alignments and flattenings (CanonicalABI.md: ``elem_size``, ``alignment``
 
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -402,3 +404,25 @@ class InstanceT:
 @dataclass(eq=False)
 class ComponentT:
     pass
+
+
+def types_in(root: Any) -> list[ValType]:
+    """Every value type reachable from ``root`` (a plan, a function type...), following
+    dataclass fields, lists, tuples and dicts; each once."""
+    found: list[ValType] = []
+    seen: set[int] = set()
+    todo = [root]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, (str, bytes, bytearray, int, float, bool)) or item is None or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, ValType):
+            found.append(item)
+        if isinstance(item, dict):
+            todo.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            todo.extend(item)
+        elif dataclasses.is_dataclass(item):
+            todo.extend(getattr(item, f.name) for f in dataclasses.fields(item))
+    return found

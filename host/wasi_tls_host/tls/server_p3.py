@@ -1,0 +1,264 @@
+"""``wasi-tls-host:tls/server@0.2.0``: TLS servers for WASI 0.3 guests, the 0.1.0 design on
+native streams (see wit/deps/tls-host-0.2.0/server.wit):
+
+    accept(ciphertext)                    -> (incoming-client-hello, outgoing ciphertext)
+    incoming-client-hello.accept(answer)  -> incoming-client-exchange   (async: waits for the hello)
+    incoming-client-exchange.finish()     -> connection                 (async: waits for the handshake)
+
+From ``accept`` on, a host task reads the client's first flight (``ClientHelloReader``,
+as in 0.1.0) and, once the hello is in, waits for the guest's answer; the embedder's
+handshake deadline ends the connection whichever comes first: a guest that never answers
+leaves the client with an alert, not a hung socket. The answer builds the same OpenSSL
+engine as 0.1.0 (``server.answer_engine``) and the connection goes on in a
+``StreamTransport`` over the same ciphertext streams.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ..runtime.binding import Interface
+from ..runtime.resources import HostResource
+from ..runtime.scheduler import Cancelled, HostTask, Scheduler, sleep_until
+from ..runtime.scheduler import Event as Signal
+from ..runtime.store import StoreState
+from ..runtime.streams import Stream
+from ..runtime.values import WitError
+from .attested import peer_code_check
+from .client_hello import ALERT_FATAL, ClientHello, alert_record
+from .config import tls_config
+from .connection import failure_record, guest_errors
+from .connection_p3 import ConnectionP3, preopened_identity
+from .engine import CLOSED, TlsFailure
+from .identities import PublicIdentity
+from .limits import LimitExceeded, usage_of
+from .p3 import StreamPort, StreamTransport
+from .server import ALERT_INTERNAL_ERROR, ClientHelloIntake, OutgoingServerHello, Refusal, answer_engine, server_failure, server_iface
+from .states import CLIENT_EXCHANGE, ClientHelloState, Event, HandshakeState
+from .transport import ALERT_USER_CANCELED, HandshakeDeadline, PortFailed
+
+log = logging.getLogger("wasi_tls_host.tls")
+
+server_iface_p3 = Interface("wasi-tls-host:tls/server@0.2.0")
+
+_ORIGIN = "wasi-tls-host:tls/server@0.2.0#accept"
+
+
+class IncomingClientHelloP3(HostResource, ClientHelloIntake):
+    """The client's first flight (``server.ClientHelloIntake``), read by a task of its own
+    that also ends the connection if the guest has not answered by the deadline."""
+
+    port: StreamPort
+
+    def __init__(self, port: StreamPort, *, max_size: int | None, deadline: HandshakeDeadline | None) -> None:
+        ClientHelloIntake.__init__(self, port, max_size=max_size, deadline=deadline)
+        self.received = Signal()  # set once the hello is in, or failed
+        self.alert = bytearray()  # an alert on its way to the client, before the end
+        self.ending = False  # refused, failed or given up: the port closes once the alert is out
+        self.task: HostTask | None = None
+        self._timer: HostTask | None = None
+
+    def start(self, scheduler: Scheduler) -> None:
+        self.task = scheduler.start(self.run(), "TLS server: ClientHello")
+        if self.deadline is not None and not self.task.done:
+            self._timer = scheduler.spawn(self._expire(self.deadline.at_ns), "TLS handshake deadline")
+
+    async def _expire(self, at_ns: int) -> None:
+        await sleep_until(at_ns)
+        self.port.wake.set()
+
+    async def run(self) -> None:
+        wake = self.port.wake
+        try:
+            while True:
+                wake.clear()
+                if self.step():
+                    return
+                await wake
+        except (Cancelled, GeneratorExit):
+            self.close()
+            raise
+        finally:
+            self._stop_timer()
+
+    def step(self) -> bool:
+        """Move on as far as possible now; True once this task is done."""
+        if self.handed_over:
+            return True
+        if self.read_hello() and self.state is ClientHelloState.RECEIVED:
+            self.received.set()
+            if self.deadline is not None and self.deadline.passed():
+                failure = self.deadline.failure()
+                self.fail(failure.code, failure.message, alert=ALERT_USER_CANCELED)
+        if self.ending:
+            return self._send_alert_and_close()
+        return False
+
+    def end(self, alert: int | None) -> None:
+        if alert is not None:
+            self.alert += alert_record(ALERT_FATAL, alert)
+        self.ending = True
+        self.received.set()
+        self.port.wake.set()
+
+    def _send_alert_and_close(self) -> bool:
+        """The alert, as far as the client's reader takes it now; the end once it is out
+        (or can never be)."""
+        if self.alert:
+            try:
+                taken = self.port.send(bytearray(self.alert))  # a host reader keeps what it is given
+            except PortFailed:
+                taken = len(self.alert)
+            del self.alert[:taken]
+            if self.alert:
+                return False
+        self.close()
+        return True
+
+    def hand_over(self) -> None:
+        ClientHelloIntake.hand_over(self)
+        self._stop_timer()
+        self.port.wake.set()  # this task ends
+
+    def _stop_timer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+
+    async def require(self, call: str) -> ClientHello:
+        """The parsed hello, once in, if the state answers ``call``; the guest-facing error
+        if not."""
+        await self.received
+        return self.answers(call)
+
+    def drop(self) -> None:
+        self.let_go()
+
+
+class OutgoingServerHelloP3(OutgoingServerHello):
+    """The guest's answer; its identity is named, and found when the answer is used."""
+
+    def __init__(self, identity_name: str) -> None:
+        super().__init__(None)  # type: ignore[arg-type]
+        self.identity_name = identity_name
+
+
+class ExchangeP3(HostResource):
+    """incoming-client-exchange: the handshake in its ``StreamTransport``, until finish
+    hands out the connection."""
+
+    def __init__(self, transport: StreamTransport) -> None:
+        self.transport = transport
+
+    async def require(self, call: str) -> None:
+        await self.transport.settled
+        with guest_errors():
+            self.transport.states.require(call)
+
+    async def finish(self) -> ConnectionP3:
+        """The FINISH transition: the connection now holds the transport."""
+        await self.require("finish")
+        self.transport.states.advance(Event.FINISH)
+        return ConnectionP3(self.transport)
+
+    def drop(self) -> None:
+        """Dropped before its finish: a running handshake is abandoned (the peer gets
+        user_canceled while records are plaintext), an established one closed."""
+        t = self.transport
+        if t.state is HandshakeState.RUNNING:
+            t.abort_handshake(TlsFailure(CLOSED, "TLS handshake failed: the guest let go of the handshake"))
+        elif t.state is HandshakeState.ESTABLISHED:
+            t.let_go(receiving=True, sending=True)
+
+
+server_iface_p3.resource("incoming-client-hello", IncomingClientHelloP3)
+server_iface_p3.resource("outgoing-server-hello", OutgoingServerHelloP3)
+server_iface_p3.resource("incoming-client-exchange", ExchangeP3)
+
+
+@server_iface_p3.func("accept")
+def accept(cx: StoreState, ciphertext: Stream) -> tuple[IncomingClientHelloP3, Stream]:
+    limits = tls_config(cx).limits
+    port = StreamPort(Signal(), f"{_ORIGIN} (ciphertext)", ciphertext)
+    hello = IncomingClientHelloP3(port, max_size=limits.max_client_hello, deadline=HandshakeDeadline.start(limits))
+    usage = usage_of(cx)
+    try:
+        usage.start(port, limits)
+    except LimitExceeded as e:
+        # accept has no error result: the hello answers with the refusal, the client is told.
+        hello.fail("access-denied", f"TLS connection refused by the host: {e}", alert=ALERT_USER_CANCELED)
+    else:
+        hello.usage = usage
+    hello.start(cx.scheduler)
+    return hello, port.outgoing
+
+
+def _hello_getter(call: str, value: Any) -> Any:
+    async def get(cx: StoreState, this: IncomingClientHelloP3) -> Any:
+        return value(await this.require(call))
+
+    get.__name__ = get.__qualname__ = f"incoming_client_hello_{call.replace('-', '_')}"
+    return get
+
+
+for _call, _value in (
+    ("server-name", lambda hello: hello.server_name),
+    ("alpn-ids", lambda hello: list(hello.alpn_protocols)),
+    ("protocol-versions", lambda hello: list(hello.supported_versions) or [hello.legacy_version]),
+    ("cipher-suites", lambda hello: list(hello.cipher_suites)),
+    ("signature-schemes", lambda hello: list(hello.signature_algorithms)),
+):
+    server_iface_p3.func(f"[method]incoming-client-hello.{_call}")(_hello_getter(_call, _value))
+
+
+@server_iface_p3.func("[static]incoming-client-hello.accept")
+async def incoming_client_hello_accept(cx: StoreState, this: IncomingClientHelloP3, response: OutgoingServerHelloP3) -> ExchangeP3:
+    # Every way out of here but success ends the handshake: the client gets an alert.
+    hello = await this.require("accept")
+    config = tls_config(cx)
+    try:
+        response.identity = preopened_identity(cx, response.identity_name)
+    except WitError as e:
+        raise this.refuse(e.payload["code"], e.payload["message"], ALERT_INTERNAL_ERROR) from None
+    try:
+        engine = answer_engine(config, hello, response, this.reader.buffered())
+    except Refusal as r:
+        raise this.refuse(r.code, r.message, r.alert) from None
+    this.hand_over()
+    transport = StreamTransport(engine, this.port, error_value=failure_record, usage=this.usage)
+    transport.begin_handshake(CLIENT_EXCHANGE, deadline=this.deadline, on_handshake=config.on_handshake, reword=server_failure,
+                              peer_check=peer_code_check(response.expected_code, config, "client"))
+    transport.start(cx.scheduler)
+    return ExchangeP3(transport)
+
+
+@server_iface_p3.func("[static]incoming-client-hello.reject")
+def incoming_client_hello_reject(cx: StoreState, this: IncomingClientHelloP3, alert: int) -> None:
+    this.states.require("reject")
+    this.reject(alert)
+
+
+@server_iface_p3.func("[constructor]outgoing-server-hello")
+def outgoing_server_hello_new(cx: StoreState, identity: str) -> OutgoingServerHelloP3:
+    return OutgoingServerHelloP3(identity)
+
+
+server_iface_p3.share(server_iface, "[method]outgoing-server-hello.set-alpn-id", "[method]outgoing-server-hello.set-protocol-versions",
+                      "[method]outgoing-server-hello.set-cipher-suites", "[method]outgoing-server-hello.request-client-identity",
+                      "[method]outgoing-server-hello.expect-peer-code")
+
+
+@server_iface_p3.func("[method]incoming-client-exchange.client-identity")
+async def incoming_client_exchange_client_identity(cx: StoreState, this: ExchangeP3) -> PublicIdentity | None:
+    await this.require("client-identity")
+    peer = this.transport.peer
+    return peer.copy() if peer is not None else None
+
+
+@server_iface_p3.func("[static]incoming-client-exchange.finish")
+async def incoming_client_exchange_finish(cx: StoreState, this: ExchangeP3) -> ConnectionP3:
+    return await this.finish()
+
+
+INTERFACES = (server_iface_p3,)
