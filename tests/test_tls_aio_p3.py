@@ -137,6 +137,22 @@ def test_untrusted_server_is_unknown_issuer(
     assert capfd.readouterr().out.startswith("tls error: unknown-issuer: ")
 
 
+def test_open_connection_through_the_upstream_connector(
+        ca_file: tuple[trustme.CA, Path], server: HttpsServer, tmp_path: Path,
+        capfd: pytest.CaptureFixture[str]) -> None:
+    """A world with only wasi:tls@0.3.0-draft: the same call goes through upstream's connector."""
+    guest = build("https_get_upstream_p3")
+    server.endings.clear()
+    assert run_guest(guest, ca_file[1], server.port, "localhost", str(server.port)) == 0
+    head = b"Content-Length: %d\r\n\r\n" % len(BODY)
+    assert capfd.readouterr().out.splitlines() == ["status HTTP/1.1 200 OK", f"rest {len(head) + len(BODY)} bytes"]
+    assert server.endings == ["close_notify GET / HTTP/1.1"]
+    other = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other))
+    assert run_guest(guest, other, server.port, "localhost", str(server.port)) == 1
+    assert capfd.readouterr().out.startswith("tls error: unknown-issuer: ")
+
+
 @pytest.fixture(scope="module")
 def tls_echo_server_p3() -> Path:
     return build("tls_echo_server_p3")

@@ -34,9 +34,14 @@ from wit_world.imports.wasi_sockets_types import (
     Ipv6SocketAddress,
     TcpSocket,
 )
-from wit_world.imports import server as tls_server
-from wit_world.imports.server import IncomingClientExchange, IncomingClientHello, OutgoingServerHello
-from wit_world.imports.wasi_tls_host_tls_client import IncomingServerHello, OutgoingClientHello
+
+try:  # this project's wasi-tls-host:tls (world tls-host-p3): clients and servers
+    from wit_world.imports import server as tls_server
+    from wit_world.imports.server import IncomingClientExchange, IncomingClientHello, OutgoingServerHello
+    from wit_world.imports.wasi_tls_host_tls_client import IncomingServerHello, OutgoingClientHello
+    Connector = None
+except ImportError:  # only the upstream wasi:tls@0.3.0-draft client (world tls-client-p3, wasmtime -Stls)
+    from wit_world.imports.client import Connector
 
 __all__ = ["open_connection", "start_server", "Server", "ClientHello", "StreamReader", "StreamWriter", "TlsError"]
 
@@ -83,6 +88,13 @@ def _wit_name(value):
 
 def _tls_error(err):
     e = err.value if isinstance(err, Err) else err
+    if hasattr(e, "to_debug_string"):  # upstream's error resource: a message, no code field
+        with e:
+            message = e.to_debug_string()
+        code, sep, rest = message.partition(": ")  # this host's messages start with the code
+        if sep and code.replace("-", "").isalpha() and code.islower():
+            return TlsError(code, rest)
+        return TlsError("error", message)
     return TlsError(e.code.name.lower().replace("_", "-"), e.message)
 
 
@@ -297,7 +309,8 @@ class StreamWriter:
         self._done.__exit__(None, None, None)
         sent = await self._sent.read()
         self._sent.__exit__(None, None, None)
-        self._connection.__exit__(None, None, None)
+        if self._connection is not None:
+            self._connection.__exit__(None, None, None)
         self._sock.__exit__(None, None, None)
         if isinstance(ended, Err):
             raise _tls_error(ended)
@@ -333,6 +346,8 @@ async def open_connection(host, port, *, server_hostname=None, alpn=None, identi
     ``host``). ``alpn`` is a list of protocol names; ``identity`` names a client identity the
     embedder preopened (mutual TLS). Returns ``(StreamReader, StreamWriter)``."""
     sock = await _tcp_connect(host, port)
+    if Connector is not None:
+        return await _open_upstream(sock, host, port, server_hostname or host, alpn, identity, limit)
     try:
         ciphertext_in, received = sock.receive()
         received.__exit__(None, None, None)  # the TLS future reports how the data ended
@@ -356,6 +371,35 @@ async def open_connection(host, port, *, server_hostname=None, alpn=None, identi
         raise
     extra = {"peername": (host, port), "server_hostname": server_hostname or host}
     return _streams(sock, connection, sent, extra, limit)
+
+
+async def _open_upstream(sock, host, port, server_name, alpn, identity, limit):
+    """open_connection through upstream's connector: no ALPN, client identities or
+    connection details there (``get_extra_info`` gives None for them)."""
+    if alpn or identity is not None:
+        sock.__exit__(None, None, None)
+        raise ValueError("alpn= and identity= need wasi-tls-host:tls (world tls-host-p3); "
+                         "this guest has only the upstream wasi:tls client")
+    connector = Connector()
+    try:
+        tx, cleartext_out = wit_world.byte_stream()
+        ciphertext_out, send_done = connector.send(cleartext_out)
+        ciphertext_in, received = sock.receive()
+        received.__exit__(None, None, None)
+        plaintext_in, receive_done = connector.receive(ciphertext_in)
+        sent = sock.send(ciphertext_out)
+        try:
+            await Connector.connect(connector, server_name)
+        except Err as e:
+            for end in (tx, plaintext_in, receive_done, send_done, sent):
+                end.__exit__(None, None, None)
+            raise _tls_error(e) from None
+    except BaseException:
+        sock.__exit__(None, None, None)
+        raise
+    extra = {"peername": (host, port), "server_hostname": server_name,
+             "peercert": None, "cipher": None, "version": None, "alpn": None}
+    return StreamReader(plaintext_in, receive_done, limit), StreamWriter(sock, None, tx, send_done, sent, extra)
 
 
 def _streams(sock, connection, sent, extra, limit):
