@@ -1,7 +1,10 @@
-"""Run the wasi-testsuite preview1 programs on this host and on the wasmtime CLI, in one go,
-and print both pass lists and their difference.
+"""Run the wasi-testsuite preview1 programs (or, with --p3, its WASI 0.3 programs) on this
+host and on the wasmtime CLI, in one go, and print both pass lists and their difference.
 
-    /work/venv/bin/python benchmarks/wasi_testsuite_compare.py [-k SUBSTRING] [-v]
+    .venv/bin/python benchmarks/wasi_testsuite_compare.py [--p3] [-k SUBSTRING] [-v]
+
+The WASI 0.3 programs run as the suite's official runner runs them (devtools/conformance_p3.py),
+through this host's command line and the wasmtime CLI with -Sp3.
 """
 
 from __future__ import annotations
@@ -10,26 +13,37 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # devtools/ (not installed)
 from wasi_tls_host import Host  # noqa: E402
 from devtools.conformance import SUITE, Outcome, discover, run_on_host, run_on_wasmtime_cli, to_component
+from devtools import conformance_p3
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-k", default="", help="only cases whose name contains this")
     parser.add_argument("-v", "--verbose", action="store_true", help="print why each failing case failed")
+    parser.add_argument("--p3", action="store_true", help="the WASI 0.3 programs ($WASI_TESTSUITE_P3)")
     args = parser.parse_args()
-    if not SUITE.is_dir():
-        print(f"no testsuite at {SUITE}: set WASI_TESTSUITE to the suite's folder", file=sys.stderr)
+    suite = conformance_p3.SUITE_P3 if args.p3 else SUITE
+    if not suite.is_dir():
+        print(f"no testsuite at {suite}: set {'WASI_TESTSUITE_P3' if args.p3 else 'WASI_TESTSUITE'} to the suite's folder", file=sys.stderr)
         return 2
-    cases = [c for c in discover() if args.k in c.name]
-    for case in cases:
-        to_component(case)  # convert (or reuse) before timing either runner
-    host = Host()
-    results: dict[str, dict[str, Outcome]] = {"wasi-tls-host": {}, "wasmtime CLI": {}}
-    runners = {"wasi-tls-host": lambda c: run_on_host(host, c), "wasmtime CLI": run_on_wasmtime_cli}
+    runners: dict[str, Callable[[Any], Any]]
+    if args.p3:
+        cases: list[Any] = [c for c in conformance_p3.discover() if args.k in c.name]
+        on_host, on_wasmtime = conformance_p3.on_host(), conformance_p3.on_wasmtime_cli()
+        runners = {"wasi-tls-host": lambda c: conformance_p3.run_case(c, on_host),
+                   "wasmtime CLI": lambda c: conformance_p3.run_case(c, on_wasmtime)}
+    else:
+        cases = [c for c in discover() if args.k in c.name]
+        for case in cases:
+            to_component(case)  # convert (or reuse) before timing either runner
+        host = Host()
+        runners = {"wasi-tls-host": lambda c: run_on_host(host, c), "wasmtime CLI": run_on_wasmtime_cli}
+    results: dict[str, dict[str, Any]] = {"wasi-tls-host": {}, "wasmtime CLI": {}}
     for runner_name, run in runners.items():
         started = time.monotonic()
         for case in cases:

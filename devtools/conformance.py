@@ -164,3 +164,18 @@ def run_on_wasmtime_cli(case: Case) -> Outcome:
         except subprocess.TimeoutExpired:
             return Outcome(False, f"timed out after {TIMEOUT_S} s")
         return _judge(case, proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"))
+
+
+def precompiled_for_wasmtime(wasm: Path, *flags: str) -> Path:
+    """``wasmtime compile`` of ``wasm`` with ``flags`` (e.g. ``-Wcomponent-model-async``),
+    cached by content: a componentize-py guest takes the CLI a minute or more to compile on
+    a loaded machine, and ``wasmtime run --allow-precompiled`` then starts in milliseconds."""
+    binary = wasmtime_binary()
+    key = hashlib.sha256(wasm.read_bytes() + "\0".join(flags).encode() + str(binary.stat().st_size).encode()).hexdigest()[:20]
+    out = CACHE / f"{wasm.stem}-{key}.cwasm"
+    if not out.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(f".{os.getpid()}.tmp")
+        subprocess.run([str(binary), "compile", *flags, str(wasm), "-o", str(tmp)], check=True, capture_output=True, timeout=900)
+        os.replace(tmp, out)
+    return out

@@ -140,3 +140,42 @@ def echo_until_eof(conn: socket.socket) -> None:
     while chunk := conn.recv(65536):
         data += chunk
     conn.sendall(data)
+
+
+class AcceptAndClose:
+    """A CPython listener on 127.0.0.1 that accepts connections on a thread and closes each
+    at once, counting them (``with AcceptAndClose() as server: ... server.port``)."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0), backlog=1024)
+        self.listener.settimeout(0.2)
+        self.port: int = self.listener.getsockname()[1]
+        self.accepted = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="accept-and-close", daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            conn.close()
+            self.accepted += 1
+
+    def __enter__(self) -> AcceptAndClose:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(TIMEOUT)
+        self.listener.close()
+
+
+def eof_or_reset(conn: socket.socket) -> bytes:
+    """What a connection the other side closed gives: b"" at its FIN, or b"" for a reset."""
+    try:
+        return conn.recv(10)
+    except ConnectionResetError:
+        return b""

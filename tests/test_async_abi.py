@@ -9,6 +9,7 @@ host writes later, and the callback event loop.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -18,7 +19,7 @@ from wasmtime import WasmtimeError
 from wasi_tls_host import Host, WasiConfig
 from wasi_tls_host.runtime.limits import GuestLimits
 from wasi_tls_host.runtime.binding import Interface
-from wasi_tls_host.runtime.scheduler import sleep_until, yield_now
+from wasi_tls_host.runtime.scheduler import readable, sleep_until, yield_now
 from wasi_tls_host.runtime.streams import Stream, StreamReader, new_future, new_stream
 
 probe = Interface("wasi-tls-host:test/async-probe")
@@ -173,3 +174,66 @@ def test_interrupt_from_another_thread_stops_a_waiting_guest(async_host: Host, g
         finally:
             timer.cancel()
 
+
+def test_an_error_result_of_a_started_host_call_is_not_logged_as_a_failure(caplog) -> None:
+    """A trampoline's ``start(..., observed=True)`` takes the outcome itself (it lowers a
+    WitError as the function's error result); only failures nobody looks at are logged."""
+    from wasi_tls_host.runtime.scheduler import Scheduler
+    from wasi_tls_host.runtime.values import WitError
+
+    async def refuse() -> None:
+        raise WitError("no-entry")
+
+    scheduler = Scheduler()
+    with caplog.at_level("ERROR", logger="wasi_tls_host.runtime"):
+        started = scheduler.start(refuse(), "refuse", observed=True)
+        assert started.done and isinstance(started.error, WitError)
+        assert not caplog.records
+        scheduler.spawn(refuse(), "background")
+        scheduler.run_ready()
+    assert [r.getMessage() for r in caplog.records] == ["host task background failed: WitError: no-entry"]
+
+
+# The same guest against a producer that fills the reader's buffer in place (``fill``) from
+# a source whose readiness is a descriptor that never becomes ready: after a buffer is
+# filled exactly, the producer must wait for the reader's next read, not for its source.
+filling = Interface("wasi-tls-host:test/async-probe")
+for _name, _fn in probe.funcs.items():
+    if _name != "produce":
+        filling.func(_name)(_fn.impl)
+
+
+@filling.func("produce")
+def produce_by_filling(cx, n: int) -> Stream:
+    stream, writer = new_stream()
+    never_read, never_written = os.pipe()
+    left = [n]
+
+    def produce(view: memoryview) -> int:
+        k = min(len(view), left[0])
+        view[:k] = bytes(k)
+        left[0] -= k
+        return k
+
+    async def feed() -> None:
+        try:
+            while await writer.fill(produce, lambda: readable(never_read)):
+                pass
+        finally:
+            writer.close()
+            os.close(never_read)
+            os.close(never_written)
+
+    cx.scheduler.spawn(feed(), "produce by filling")
+    return stream
+
+
+@pytest.mark.parametrize("n", [32768, 65536])
+def test_a_filled_buffer_is_no_zero_length_read(guest_path, n: int) -> None:
+    with Host(interfaces=[filling], runtime="core") as host, host.instantiate(guest_path("async_probe")) as g:
+        timer = threading.Timer(30, g.interrupt, args=("the producer waited on its source instead of the reader",))
+        timer.start()
+        try:
+            assert g.call("read-all", n) == n  # the guest reads 32 KiB at a time
+        finally:
+            timer.cancel()

@@ -1,6 +1,7 @@
 """Differential: every example guest and every wasi-testsuite program, run on the core runtime
 and on the component runtime (the reference), must produce the same stdout, stderr and exit
-status, byte for byte.
+status, byte for byte; WASI 0.3 guests, which only the core runtime runs, against the
+wasmtime CLI.
 
 Scenarios are the deterministic ones (no clocks, randomness or network peers in the output).
 """
@@ -8,6 +9,7 @@ Scenarios are the deterministic ones (no clocks, randomness or network peers in 
 from __future__ import annotations
 
 import shutil
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,3 +135,132 @@ def test_cli_runtime_flag_runs_both_backends_alike(guest_path) -> None:
     assert runs["core"].stdout == runs["component"].stdout == b"same bytes on both"
     bad = subprocess.run([sys.executable, "-m", "wasi_tls_host.cli", "run", "--runtime", "nope", probe], capture_output=True, timeout=120)
     assert bad.returncode == 2 and b"invalid choice: 'nope'" in bad.stderr
+
+
+# --- WASI 0.3 guests against the wasmtime CLI ---------------------------------------------------
+# The component runtime cannot run the async ABI, so the reference for 0.3 guests is the
+# wasmtime CLI (-Sp3): the same stdout, stderr and exit status. Where the two report a trap
+# in their own words, the guest's own stderr must start the CLI's, and both must fail (this
+# host: status 1; the CLI: 134, as it aborts).
+
+P3_FLAGS = ("-Wcomponent-model-async,component-model-async-stackful",)
+P3_SCENARIOS = [
+    Scenario("hello_p3", ("a", "b c")),
+    Scenario("wasi_probe_p3", ("args", "x", "ÿ", "")),
+    Scenario("wasi_probe_p3", ("env", "A", "B", "C"), env=(("A", "1"), ("B", "two=2"))),
+    Scenario("wasi_probe_p3", ("bytes",)),
+    Scenario("wasi_probe_p3", ("cat", "1000"), stdin=bytes(range(256)) * 300),
+    Scenario("wasi_probe_p3", ("stdin-closed",)),
+    Scenario("wasi_probe_p3", ("mixed",)),
+    Scenario("wasi_probe_p3", ("exit", "ok")),
+    Scenario("wasi_probe_p3", ("exit", "err")),
+    Scenario("wasi_probe_p3", ("exit-code", "7")),
+    Scenario("wasi_probe_p3", ("exit-undropped", "4")),
+    Scenario("wasi_probe_p3", ("return-undropped",)),
+    Scenario("wasi_probe_p3", ("drop-future",)),
+    Scenario("wasi_probe_p3", ("err",)),
+    Scenario("wasi_probe_p3", ("fail",)),
+    Scenario("wasi_probe_p3", ("clocks",)),
+    Scenario("wasi_probe_p3", ("sleep", "10")),
+    Scenario("wasi_probe_p3", ("random",)),
+    Scenario("wasi_probe_p3", ("terminal",)),
+    Scenario("wasi_probe_p3", ("no-such-command",)),
+]
+WASMTIME_TRAP_STATUS = 134
+
+
+def _on_wasmtime_cli(wasm: Path, scenario: Scenario, invoke: str | None = None, wasi: str = "p3") -> tuple[int, bytes, bytes]:
+    from devtools.conformance import precompiled_for_wasmtime, wasmtime_binary
+
+    cmd = [str(wasmtime_binary()), "run", "--allow-precompiled", *P3_FLAGS, f"-S{wasi}", "--argv0", scenario.guest]
+    for key, value in scenario.env:
+        cmd += ["--env", f"{key}={value}"]
+    if invoke:
+        cmd += ["--invoke", invoke]
+    cmd += [str(precompiled_for_wasmtime(wasm, *P3_FLAGS)), *scenario.args]
+    proc = subprocess.run(cmd, input=scenario.stdin or b"", capture_output=True, timeout=300)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def _p3_outcome(status: int, trapped: bool, out: bytes, err: bytes) -> tuple[Any, bytes, bytes]:
+    return ("trap" if trapped else status), out, err
+
+
+@pytest.mark.parametrize("scenario", P3_SCENARIOS, ids=[s.id for s in P3_SCENARIOS])
+def test_p3_guest_same_as_on_the_wasmtime_cli(hosts: dict[str, Host], guest_path, scenario: Scenario) -> None:
+    wasm = guest_path(scenario.guest)
+    out, err = bytearray(), bytearray()
+    config = WasiConfig(args=[scenario.guest, *scenario.args], env=dict(scenario.env), stdin=scenario.stdin,
+                        stdout=out, stderr=err)
+    result = hosts["core"].run(wasm, config)
+    ours = _p3_outcome(result.exit_code, result.trap is not None, bytes(out), bytes(err))
+    status, cli_out, cli_err = _on_wasmtime_cli(wasm, scenario)
+    theirs = _p3_outcome(status, status == WASMTIME_TRAP_STATUS, cli_out, cli_err)
+    if ours[0] == "trap":
+        assert result.exit_code == 1
+        assert cli_err.startswith(bytes(err)), (cli_err[:2000], bytes(err))
+        theirs = (theirs[0], theirs[1], bytes(err))
+    assert ours == theirs
+
+
+@pytest.mark.parametrize("invoke, stdin", [
+    ("cat()", b"through the host"), ("read-drop(5)", b"hello, world"), ("wait-for(5)", b""),
+    ("exit-writing(100)", b""), ("exit-reading()", b"unread"),
+])
+def test_p3_invoke_same_as_on_the_wasmtime_cli(guest_path, invoke: str, stdin: bytes) -> None:
+    import sys
+
+    wasm = guest_path("stdio_p3")
+    ours = subprocess.run([sys.executable, "-m", "wasi_tls_host.cli", "run", "--invoke", invoke, str(wasm)],
+                          input=stdin, capture_output=True, timeout=300)
+    theirs = _on_wasmtime_cli(wasm, Scenario("stdio_p3", stdin=stdin), invoke=invoke)
+    assert (ours.returncode, ours.stdout, ours.stderr) == theirs
+
+
+def test_p3_write_after_a_broken_pipe_same_as_on_the_wasmtime_cli(guest_path) -> None:
+    import os
+    import sys
+
+    from devtools.conformance import precompiled_for_wasmtime, wasmtime_binary
+
+    wasm = guest_path("wasi_probe_p3")
+    results = []
+    for cmd in ([sys.executable, "-m", "wasi_tls_host.cli", "run", str(wasm), "write-after-error"],
+                [str(wasmtime_binary()), "run", "--allow-precompiled", *P3_FLAGS, "-Sp3",
+                 str(precompiled_for_wasmtime(wasm, *P3_FLAGS)), "write-after-error"]):
+        read_end, write_end = os.pipe()
+        os.close(read_end)  # stdout's reader is gone before the guest writes
+        try:
+            proc = subprocess.run(cmd, stdout=write_end, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, timeout=300)
+        finally:
+            os.close(write_end)
+        results.append((proc.returncode, proc.stderr))
+    # Both write from the guest's buffer: the failed write took nothing (sent=False).
+    assert results[0] == results[1] == (0, b"sent=False result=ErrorCode.PIPE again=0 dropped=True\n")
+
+
+# Sockets: the CLI with `-Sp3,inherit-network,allow-ip-name-lookup`, this host with the network
+# policy that grants as much (``NetworkPolicy.inherit()``). Stderr is each host's own wording,
+# so stdout and the exit status are compared.
+P3_NETWORK_SCENARIOS = [
+    Scenario("sockets_probe_p3"),
+    Scenario("sockets_probe_p3", ("states", "127.0.0.1")),
+    Scenario("sockets_probe_p3", ("states", "::1")),
+    Scenario("sockets_probe_p3", ("lookup", "localhost")),
+    Scenario("sockets_probe_p3", ("lookup", "bad name")),
+    Scenario("sockets_probe_p3", ("lookup", "no-such-host.invalid")),
+    Scenario("sockets_probe_p3", ("connect", "127.0.0.1", "PORT")),  # PORT: one nobody listens on
+]
+
+
+@pytest.mark.parametrize("scenario", P3_NETWORK_SCENARIOS, ids=[s.id for s in P3_NETWORK_SCENARIOS])
+def test_p3_sockets_guest_same_as_on_the_wasmtime_cli(hosts: dict[str, Host], guest_path, scenario: Scenario) -> None:
+    from conftest import free_port
+    from wasi_tls_host import NetworkPolicy
+
+    wasm = guest_path(scenario.guest)
+    scenario = Scenario(scenario.guest, tuple(str(free_port()) if a == "PORT" else a for a in scenario.args))
+    out = bytearray()
+    ours = hosts["core"].run(wasm, WasiConfig(args=[scenario.guest, *scenario.args], stdout=out, network=NetworkPolicy.inherit()))
+    status, cli_out, cli_err = _on_wasmtime_cli(wasm, scenario, wasi="p3,inherit-network,allow-ip-name-lookup")
+    assert (ours.exit_code, bytes(out)) == (status, cli_out), cli_err.decode(errors="replace")

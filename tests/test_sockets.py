@@ -437,7 +437,7 @@ def test_name_lookups_are_bounded(monkeypatch) -> None:
     assert threading.active_count() <= threads + 8
     for stream in streams:
         stream.drop()
-    monkeypatch.setattr(sockets, "_MAX_PENDING_LOOKUPS", 0)
+    monkeypatch.setattr(sockets.lookup, "MAX_PENDING", 0)
     with pytest.raises(WitError) as info:
         sockets.ResolveAddressStream("localhost")
     assert info.value.payload == "temporary-resolver-failure"

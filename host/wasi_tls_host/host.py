@@ -27,10 +27,11 @@ from .runtime.core.loader import CoreModuleCache
 from .runtime.core.types import Malformed, Refused, Unsupported
 from .runtime.store import StoreState, attach, detach, state_of
 from .runtime.abi import ConversionError
-from .runtime.values import Err
+from .runtime.values import Err, Trap
 from .wasi import interfaces as wasi_interfaces
 from .wasi import sockets
 from .wasi.context import WasiConfig, WasiCtx
+from .wasi.p3.pumps import finish_output
 
 log = logging.getLogger("wasi_tls_host")
 
@@ -66,6 +67,8 @@ class GuestError(Exception):
 
 
 RUN_RETURNED_ERR = "the guest's wasi:cli/run returned an error"
+ASYNC_ON_COMPONENT_RUNTIME = ("the component uses the Component Model's async ABI (WASI 0.3 guests do), which only "
+                              "the core runtime runs; wasmtime-py's component runtime does not (--runtime core, the default)")
 
 
 @dataclass
@@ -154,9 +157,16 @@ class GuestInstance:
             if lifted is None:
                 raise GuestError(f"the component has no export named {name!r}")
             try:
-                return self.core.call_export(lifted, args)
+                result = self.core.call_export(lifted, args)
             except TypeError as e:
                 raise GuestError(f"calling {name}: {e}") from None
+            except WasmtimeError:
+                self._finish_output()  # what it wrote before it trapped or exited still goes out
+                raise
+            failure = self._finish_output()
+            if failure is not None:
+                raise WasmtimeError(failure)
+            return result
         assert self.instance is not None
         export = self._exports.get(name)
         if export is None:
@@ -196,6 +206,13 @@ class GuestInstance:
 
     def _outcome(self, call_run: Callable[[], Any]) -> RunResult:
         """Call ``wasi:cli/run`` (either runtime) and turn its outcome into an exit code."""
+        outcome = self._run_outcome(call_run)
+        failure = self._finish_output()
+        if failure is not None and outcome.trap is None:
+            return RunResult(1, trap=failure)
+        return outcome
+
+    def _run_outcome(self, call_run: Callable[[], Any]) -> RunResult:
         try:
             result = call_run()
         except ExitTrap as e:
@@ -206,6 +223,16 @@ class GuestInstance:
                 return RunResult(code)
             return RunResult(1, trap=str(e))
         return RunResult(1, error=RUN_RETURNED_ERR) if isinstance(result, Err) else RunResult(0)
+
+    def _finish_output(self) -> str | None:
+        """Write out what the guest gave its WASI 0.3 output streams before it returned or
+        exited (the stream may still be open); the reason if the store's interrupt or
+        timeout ended that first."""
+        try:
+            finish_output(self.state)
+        except Trap as e:
+            return str(e)
+        return None
 
     def interrupt(self, reason: str = "interrupted by the embedder") -> None:
         """Stop the guest from any thread: a wait it is in traps at once, and code that
@@ -377,8 +404,7 @@ class Host:
                 component = component or self.cache.load(wasm, sha256_hex)
             except WasmtimeError as e:
                 if "component model async" in str(e):
-                    raise GuestError("the component uses the Component Model's async ABI (WASI 0.3 guests do), which only "
-                                     "the core runtime runs; wasmtime-py's component runtime does not (--runtime core, the default)") from None
+                    raise GuestError(ASYNC_ON_COMPONENT_RUNTIME) from None
                 raise GuestError(f"invalid component: {e}") from None
             self._evidence[component] = evidence
         return component
@@ -423,8 +449,13 @@ class Host:
         else:
             problems = self._checked.get(component)
             if problems is None:
-                problems = binding.check_imports(component, self.engine, self.interfaces)
+                # wasmtime-py compiles async components, but its linker cannot serve them.
+                asynchronous = exports.async_function(component, self.engine)
+                problems = ([f"{ASYNC_ON_COMPONENT_RUNTIME} ({asynchronous} is async)"] if asynchronous
+                            else binding.check_imports(component, self.engine, self.interfaces))
                 self._checked[component] = problems
+            if problems and problems[0].startswith(ASYNC_ON_COMPONENT_RUNTIME):
+                raise GuestError(problems[0])
         if problems:
             raise GuestError(f"the component's imports do not match this host: {problems[0]}"
                              + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))

@@ -100,6 +100,8 @@ def command(args: argparse.Namespace) -> int:
             except WasmtimeError:
                 if guest.guard is not None and guest.guard.reason == SIGINT_REASON:
                     raise KeyboardInterrupt from None
+                if guest.state.exit_code is not None:  # wasi:cli/exit: its status, as for run
+                    return guest.state.exit_code
                 raise
             print(format_value(value))
         return 0

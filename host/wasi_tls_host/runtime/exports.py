@@ -8,6 +8,7 @@ from typing import Any
 from wasmtime import Store
 from wasmtime import _ffi as ffi
 from wasmtime.component import Component, Func, Instance
+from wasmtime.component import _types as wt
 from wasmtime.component._enter import enter_wasm
 
 from . import abi, callback_guard
@@ -20,6 +21,21 @@ def find_export(component: Component, engine: Any, prefix: str) -> str | None:
     for name in component.type.exports(engine):
         if name.startswith(prefix):
             return name
+    return None
+
+
+def async_function(component: Component, engine: Any) -> str | None:
+    """The name of an import or export that is an ``async`` function, if the component has
+    one (a WASI 0.3 guest's ``run`` and clock waits are): wasmtime-py compiles such a
+    component, but its linker cannot serve it."""
+    for kind, items in (("import", component.type.imports(engine)), ("export", component.type.exports(engine))):
+        for name, item in items.items():
+            ty = item.ty if hasattr(item, "ty") else item
+            funcs = ty.exports(engine).items() if isinstance(ty, wt.ComponentInstanceType) else [("", ty)]
+            for func_name, func in funcs:
+                fty = func.ty if hasattr(func, "ty") else func
+                if isinstance(fty, wt.FuncType) and ffi.wasmtime_component_func_type_async(fty.ptr()):
+                    return f"{kind} {name}#{func_name}" if func_name else f"{kind} {name}"
     return None
 
 

@@ -10,7 +10,9 @@ to an async import). A coroutine suspends on one of four things:
   kernel for everything that waits, so a waiting guest uses no CPU);
 * ``sleep_until(ns)``: a ``time.monotonic_ns`` deadline;
 * an ``Event`` another coroutine or the Canonical ABI sets (a stream's reader arrived);
-* another ``HostTask`` (``await task``).
+* another ``HostTask`` (``await task``);
+* ``any_of(...)`` of descriptors and ``Event``s: whichever comes first (a producer waiting on
+  its socket that must also hear of its reader going away).
 
 Every wait also watches the store's interrupt descriptor, so an embedder can stop a guest
 that waits forever (``Interruptor``), and a wait that nothing can ever end is reported as a
@@ -33,6 +35,7 @@ log = logging.getLogger("wasi_tls_host.runtime")
 
 _POLL_IN = select.POLLIN | select.POLLPRI
 _POLL_OUT = select.POLLOUT
+MAX_POLL_MS = 2**31 - 1  # the longest timeout select.poll accepts
 
 
 class _Wait:
@@ -62,6 +65,13 @@ class _Yield(_Wait):
     __slots__ = ()
 
 
+class _AnyOf(_Wait):
+    __slots__ = ("waits",)
+
+    def __init__(self, waits: tuple[Any, ...]) -> None:
+        self.waits = waits
+
+
 def readable(fd: int) -> _Wait:
     """Suspend until ``fd`` is readable (or has an error or hang-up to report)."""
     return _Fd(fd, False)
@@ -78,6 +88,28 @@ def sleep_until(deadline_ns: int) -> _Wait:
 def yield_now() -> _Wait:
     """Let every other ready coroutine run once before this one goes on."""
     return _Yield()
+
+
+def any_of(*waits: Any) -> _Wait:
+    """Suspend until the first of ``waits`` (``readable``/``writable`` descriptors,
+    ``sleep_until`` deadlines, ``Event``s, other ``any_of``s) is met; the others are
+    forgotten then. The coroutine is not told which: it looks again at what it waits for."""
+    flat: list[Any] = []
+    for wait in waits:
+        if isinstance(wait, _AnyOf):
+            flat.extend(wait.waits)
+        elif isinstance(wait, (_Fd, _Until, Event)):
+            flat.append(wait)
+        else:
+            raise TypeError(f"any_of() waits on descriptors, deadlines and Events, not {wait!r}")
+    return _AnyOf(tuple(flat))
+
+
+def _deadline_passed(waiting: Any, now: int) -> bool:
+    """Whether a timer that fell due is still what its task waits for (not a stale entry)."""
+    if isinstance(waiting, _Until):
+        return True
+    return isinstance(waiting, _AnyOf) and any(isinstance(w, _Until) and w.deadline <= now for w in waiting.waits)
 
 
 class Event:
@@ -215,6 +247,8 @@ class Scheduler:
 
     def _make_ready(self, task: HostTask) -> None:
         if not task.done and not task._queued:
+            if isinstance(task._waiting, _AnyOf):
+                self._forget_waits(task, task._waiting.waits)
             task._queued = True
             task._waiting = None
             (self._guest_ready if task.guest else self._ready).append(task)
@@ -254,6 +288,17 @@ class Scheduler:
                 self._make_ready(task)
             else:
                 waiting._joiners.append(task)
+        elif isinstance(waiting, _AnyOf):
+            if any(isinstance(w, Event) and w.is_set for w in waiting.waits):
+                self._make_ready(task)
+                return
+            for w in waiting.waits:
+                if isinstance(w, _Fd):
+                    (self._writers if w.write else self._readers).setdefault(w.fd, []).append(task)
+                elif isinstance(w, _Until):
+                    heapq.heappush(self._timers, (w.deadline, next(self._timer_seq), task))
+                else:
+                    w._waiters.append(task)
         else:
             self._finish(task, None, Trap(f"host coroutine {task.name} awaited {waiting!r}, which this scheduler cannot wait on"))
             task.coro.close()
@@ -261,16 +306,10 @@ class Scheduler:
     def _unwait(self, task: HostTask) -> None:
         """Forget what ``task`` is suspended on (it is about to be resumed another way)."""
         waiting, task._waiting = task._waiting, None
-        if isinstance(waiting, _Fd):
-            table = self._writers if waiting.write else self._readers
-            tasks = table.get(waiting.fd)
-            if tasks and task in tasks:
-                tasks.remove(task)
-                if not tasks:
-                    del table[waiting.fd]
-        elif isinstance(waiting, Event):
-            if task in waiting._waiters:
-                waiting._waiters.remove(task)
+        if isinstance(waiting, (_Fd, Event)):
+            self._forget_waits(task, (waiting,))
+        elif isinstance(waiting, _AnyOf):
+            self._forget_waits(task, waiting.waits)
         elif isinstance(waiting, HostTask):
             if task in waiting._joiners:
                 waiting._joiners.remove(task)
@@ -281,6 +320,19 @@ class Scheduler:
                 (self._guest_ready if task.guest else self._ready).remove(task)
             except ValueError:
                 pass
+
+    def _forget_waits(self, task: HostTask, waits: tuple[Any, ...]) -> None:
+        for wait in waits:
+            if isinstance(wait, _Fd):
+                table = self._writers if wait.write else self._readers
+                tasks = table.get(wait.fd)
+                if tasks and task in tasks:
+                    tasks.remove(task)
+                    if not tasks:
+                        del table[wait.fd]
+            elif isinstance(wait, Event) and task in wait._waiters:
+                wait._waiters.remove(task)
+            # (a deadline's timer entry stays: it is checked against what the task waits on)
 
     def _finish(self, task: HostTask, result: Any, error: BaseException | None) -> None:
         self.progress += 1
@@ -359,7 +411,7 @@ class Scheduler:
         timers = self._timers
         while timers and timers[0][0] <= now:
             _, _, task = heapq.heappop(timers)
-            if isinstance(task._waiting, _Until):
+            if _deadline_passed(task._waiting, now):
                 self._make_ready(task)
         if self._ready or self._guest_ready:
             block = False
@@ -378,7 +430,9 @@ class Scheduler:
         if block:
             if timers:
                 wait = max(0.0, (timers[0][0] - time.monotonic_ns()) / 1e6)
-                timeout_ms = int(wait) + (1 if wait % 1 else 0)  # rounding up: no early spin
+                # Rounding up: no early spin. poll() takes a C int: a later deadline is
+                # slept towards in steps of about 24 days (a timer not due yet just waits on).
+                timeout_ms = min(int(wait) + (1 if wait % 1 else 0), MAX_POLL_MS)
             else:
                 timeout_ms = None
         events = poller.poll(timeout_ms)
@@ -398,7 +452,7 @@ class Scheduler:
         now = time.monotonic_ns()
         while timers and timers[0][0] <= now:
             _, _, task = heapq.heappop(timers)
-            if isinstance(task._waiting, _Until):
+            if _deadline_passed(task._waiting, now):
                 self.progress += 1
                 self._make_ready(task)
         return True
@@ -437,4 +491,4 @@ class Scheduler:
         self._timers.clear()
 
 
-__all__ = ["Cancelled", "Event", "HostTask", "Scheduler", "readable", "sleep_until", "writable", "yield_now"]
+__all__ = ["Cancelled", "Event", "HostTask", "Scheduler", "any_of", "readable", "sleep_until", "writable", "yield_now"]

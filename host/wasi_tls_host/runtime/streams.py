@@ -33,7 +33,7 @@ from enum import IntEnum
 from typing import Any, Callable
 
 from .binding import OUTGOING_VALUE_HOOKS
-from .scheduler import Cancelled, Event, _Wait
+from .scheduler import Cancelled, Event, _Wait, _Yield, any_of
 from .values import Trap
 
 MAX_BUFFER_LENGTH = 2**28 - 1
@@ -397,14 +397,16 @@ class StreamWriter:
         """Let ``produce(view)`` write bytes straight into the reader's buffer (e.g.
         ``sock.recv_into``) and return how many; 0 means the producer has reached its end
         (nothing is copied). ``produce`` may raise ``BlockingIOError``: then this waits for
-        ``ready()`` (e.g. ``readable(fd)``) and tries again. A zero-length read is answered
-        once ``ready()`` says data can come."""
+        ``ready()`` (``readable(fd)``/``writable(fd)``) and tries again; a reader that drops
+        the stream meanwhile ends the wait (``StreamClosed``), so a producer never holds its
+        source for a reader that is gone. A zero-length read is answered once ``ready()``
+        says data can come."""
         while True:
             buf = await self.reader_buffer()
             room = buf.remain()
             if room == 0:
                 if ready is not None:
-                    await ready()
+                    await self._until_ready(ready)
                 if self.stream.pending_buffer is buf:
                     self.stream.reset_and_notify_pending(CopyResult.COMPLETED)
                 continue
@@ -418,7 +420,7 @@ class StreamWriter:
                 buf.drop_view()
                 if ready is None:
                     raise
-                await ready()
+                await self._until_ready(ready)
                 continue
             except BaseException:
                 view.release()
@@ -435,6 +437,13 @@ class StreamWriter:
             buf.advance(n)
             self._copied()
             return n
+
+    async def _until_ready(self, ready: Callable[[], _Wait]) -> None:
+        """Wait for ``ready()`` or for the reader to drop or renew its read (``wake``); a
+        ``yield_now()`` (the source says it is ready already) is not raced."""
+        self.wake.clear()
+        wait = ready()
+        await (wait if isinstance(wait, _Yield) else any_of(wait, self.wake))
 
     def close(self) -> None:
         """Drop the writable end: the reader sees the end of the stream (DROPPED) once it

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
-from ..wasi.socket_streams import access_log
+from ..wasi.sockets.registry import access_log
 from .client_hello import ALERT_FATAL, alert_record
 from .engine import CLOSED, CODE_MISMATCH, TRUNCATED, HandshakeInfo, TlsEngine, TlsFailure
 from .identities import PublicIdentity

@@ -1,4 +1,5 @@
-"""wasi:clocks (monotonic-clock, wall-clock, timezone)."""
+"""wasi:clocks (monotonic-clock, wall-clock, timezone): the host's clocks, and their WASI 0.2
+surface (``p3/clocks.py`` is the 0.3 one, on the same clocks)."""
 
 from __future__ import annotations
 
@@ -14,17 +15,49 @@ wall_iface = Interface("wasi:clocks/wall-clock@0.2.8")
 timezone_iface = Interface("wasi:clocks/timezone@0.2.8")
 
 # Deadlines are held as time.monotonic_ns() values; the guest sees the same clock.
-_MAX_INSTANT = 2**64 - 1
+MAX_INSTANT = 2**64 - 1
+
+
+# --- the clocks both WASI versions read --------------------------------------------------
+
+
+def monotonic_ns() -> int:
+    return time.monotonic_ns()
+
+
+def monotonic_resolution_ns() -> int:
+    return max(1, int(time.clock_getres(time.CLOCK_MONOTONIC) * 1e9))
+
+
+def monotonic_deadline(duration_ns: int) -> int:
+    """The instant ``duration_ns`` from now (saturating at the largest instant)."""
+    return min(time.monotonic_ns() + duration_ns, MAX_INSTANT)
+
+
+def wall_ns() -> int:
+    return time.time_ns()
+
+
+def wall_resolution_ns() -> int:
+    return max(1, int(time.clock_getres(time.CLOCK_REALTIME) * 1e9))
+
+
+# Guests see UTC: the host's local zone is configuration the guest was not given.
+TIMEZONE_NAME = "UTC"
+TIMEZONE_OFFSET_S = 0
+
+
+# --- WASI 0.2 --------------------------------------------------------------------------
 
 
 @monotonic_iface.func("now")
 def monotonic_now(cx: StoreState) -> int:
-    return time.monotonic_ns()
+    return monotonic_ns()
 
 
 @monotonic_iface.func("resolution")
 def monotonic_resolution(cx: StoreState) -> int:
-    return max(1, int(time.clock_getres(time.CLOCK_MONOTONIC) * 1e9))
+    return monotonic_resolution_ns()
 
 
 @monotonic_iface.func("subscribe-instant")
@@ -34,7 +67,7 @@ def subscribe_instant(cx: StoreState, when: int) -> Pollable:
 
 @monotonic_iface.func("subscribe-duration")
 def subscribe_duration(cx: StoreState, when: int) -> Pollable:
-    return DeadlinePollable(min(time.monotonic_ns() + when, _MAX_INSTANT))
+    return DeadlinePollable(monotonic_deadline(when))
 
 
 def _datetime(ns: int) -> dict[str, int]:
@@ -43,23 +76,22 @@ def _datetime(ns: int) -> dict[str, int]:
 
 @wall_iface.func("now")
 def wall_now(cx: StoreState) -> dict[str, int]:
-    return _datetime(time.time_ns())
+    return _datetime(wall_ns())
 
 
 @wall_iface.func("resolution")
 def wall_resolution(cx: StoreState) -> dict[str, int]:
-    return _datetime(max(1, int(time.clock_getres(time.CLOCK_REALTIME) * 1e9)))
+    return _datetime(wall_resolution_ns())
 
 
 @timezone_iface.func("display")
 def timezone_display(cx: StoreState, when: dict[str, Any]) -> dict[str, Any]:
-    # Guests see UTC: the host's local zone is configuration the guest was not given.
-    return {"utc_offset": 0, "name": "UTC", "in_daylight_saving_time": False}
+    return {"utc_offset": TIMEZONE_OFFSET_S, "name": TIMEZONE_NAME, "in_daylight_saving_time": False}
 
 
 @timezone_iface.func("utc-offset")
 def timezone_utc_offset(cx: StoreState, when: dict[str, Any]) -> int:
-    return 0
+    return TIMEZONE_OFFSET_S
 
 
 INTERFACES = (monotonic_iface, wall_iface, timezone_iface)

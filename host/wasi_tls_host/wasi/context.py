@@ -23,6 +23,7 @@ from .io import (
     SinkOutput,
     start_reader_thread,
 )
+from .sockets.registry import SocketRegistry
 
 # What a guest's stdin may be: "inherit" (the host's), None (closed at once), bytes, or a
 # factory for any InputStream.
@@ -84,6 +85,7 @@ class _SharedOutput(OutputStream):
     def __init__(self, inner: OutputStream) -> None:
         super().__init__()
         self.inner = inner
+        self.takes_views = inner.takes_views
 
     def _check_write(self) -> int:
         return self.inner.check_write()
@@ -117,7 +119,7 @@ def _make_output(spec: StdoutSpec, inherit_fd: int, whole_lines: bool = False) -
     if spec == "inherit":
         return FdOutput(inherit_fd, whole_lines)
     if isinstance(spec, bytearray):
-        return SinkOutput(spec.extend)
+        return SinkOutput(spec.extend, takes_views=True)
     if hasattr(spec, "write"):
         file = spec
 
@@ -147,11 +149,16 @@ class WasiCtx:
         self.stdin_is_terminal = config.stdin == "inherit" and _isatty(0)
         self.stdout_is_terminal = config.stdout == "inherit" and _isatty(1)
         self.stderr_is_terminal = config.stderr == "inherit" and _isatty(2)
+        # WASI 0.3's write-via-stream pumps into stdout and stderr (wasi/p3/pumps.py): what
+        # they hold is written out before the store closes.
+        self.output_pumps: set[Any] = set()
         # Filled by the filesystem and sockets modules from config.preopens / config.network.
         self.preopens: list[Any] = list(config.preopens)
         self.network = config.network
         self.tls = config.tls
-        self._on_close: list[Callable[[], None]] = []
+        # Every socket the guest opens (both WASI versions); closed with the store.
+        self.sockets = SocketRegistry(getattr(config.limits, "max_sockets", None))
+        self._on_close: list[Callable[[], None]] = [self.sockets.close_all]
 
     def shared_stdin(self) -> InputStream:
         return _SharedStdin(self.stdin)

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable
 
 from ..runtime.binding import Interface
 from ..runtime.resources import HostResource
+from ..runtime.scheduler import MAX_POLL_MS
 from ..runtime.store import StoreState
 from ..runtime.values import Trap, Variant, WitError
 
@@ -186,8 +187,9 @@ def block_until(cx: StoreState | None, pollables: list[Pollable]) -> list[int]:
             timeout_ms = None
         else:
             timeout_ms = max(0.0, (waits.deadline - time.monotonic_ns()) / 1e6)
-            # poll() rounds down; sleeping a little long is better than spinning early.
-            timeout_ms = int(timeout_ms) + (1 if timeout_ms % 1 else 0)
+            # poll() rounds down; sleeping a little long is better than spinning early. It
+            # takes a C int: a later deadline is slept towards in steps of about 24 days.
+            timeout_ms = min(int(timeout_ms) + (1 if timeout_ms % 1 else 0), MAX_POLL_MS)
         events = poller.poll(timeout_ms)
         if interruptor is not None and interruptor.reason is None and any(fd == interruptor.notifier.fd for fd, _ in events):
             interruptor.notifier.clear()  # a wake(): consumed here, or every poll would spin
@@ -384,9 +386,12 @@ class SinkOutput(OutputStream):
 
     capacity = 1 << 20
 
-    def __init__(self, sink: Callable[[bytes], object] | None = None) -> None:
+    def __init__(self, sink: Callable[[bytes], object] | None = None, takes_views: bool = False) -> None:
+        """``takes_views``: ``sink`` is done with what it is given when it returns (it copies
+        or writes it), so it may be given a view of guest memory."""
         super().__init__()
         self._sink = sink
+        self.takes_views = takes_views
 
     def _check_write(self) -> int:
         return self.capacity
@@ -415,7 +420,8 @@ class FdOutput(SinkOutput):
     LINE_HOLD = select.PIPE_BUF
 
     def __init__(self, fd: int, whole_lines: bool = False) -> None:
-        super().__init__(self._write_lines if whole_lines else self._write_all)
+        # Written at once (a view of guest memory needs no copy), unless lines are held.
+        super().__init__(self._write_lines if whole_lines else self._write_all, takes_views=not whole_lines)
         self.fd = fd
         self._partial = bytearray()
 
@@ -494,7 +500,13 @@ class PipeInput(InputStream):
 
     def _ready(self) -> bool:
         with self._lock:
-            return bool(self._buffer) or self._eof
+            if self._buffer or self._eof:
+                return True
+            # About to be waited on: a notification for bytes already read must not wake
+            # the wait (it would spin). Cleared under the lock, so a feed() after this check
+            # notifies again.
+            self._notifier.clear()
+            return False
 
     def _waits(self, waits: Waits) -> None:
         waits.read_fd(self._notifier.fd)

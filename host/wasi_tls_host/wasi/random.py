@@ -1,4 +1,5 @@
-"""wasi:random (random, insecure, insecure-seed)."""
+"""wasi:random (random, insecure, insecure-seed): the host's random sources, and their WASI
+0.2 surface (``p3/random.py`` is the 0.3 one, on the same sources)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,34 @@ random_iface = Interface("wasi:random/random@0.2.8")
 insecure_iface = Interface("wasi:random/insecure@0.2.8")
 insecure_seed_iface = Interface("wasi:random/insecure-seed@0.2.8")
 
-# A single request larger than this is refused: it could not be returned into a 32-bit guest.
+# The most bytes one call returns: more could not be returned into a 32-bit guest. WASI 0.2
+# refuses a larger request (its functions return exactly what was asked for); WASI 0.3
+# returns this many (its functions may return fewer).
 MAX_RANDOM_BYTES = 1 << 26
+
+
+# --- the sources both WASI versions read ------------------------------------------------
+
+_insecure = _pyrandom.Random()
+
+
+def secure_bytes(n: int) -> bytes:
+    return os.urandom(n)
+
+
+def secure_u64() -> int:
+    return int.from_bytes(os.urandom(8), "little")
+
+
+def insecure_bytes(n: int) -> bytes:
+    return _insecure.randbytes(n)
+
+
+def insecure_u64() -> int:
+    return _insecure.getrandbits(64)
+
+
+# --- WASI 0.2 ---------------------------------------------------------------------------
 
 
 def _check(n: int) -> int:
@@ -25,25 +52,22 @@ def _check(n: int) -> int:
 
 @random_iface.func("get-random-bytes")
 def get_random_bytes(cx: StoreState, len: int) -> bytes:
-    return os.urandom(_check(len))
+    return secure_bytes(_check(len))
 
 
 @random_iface.func("get-random-u64")
 def get_random_u64(cx: StoreState) -> int:
-    return int.from_bytes(os.urandom(8), "little")
-
-
-_insecure = _pyrandom.Random()
+    return secure_u64()
 
 
 @insecure_iface.func("get-insecure-random-bytes")
 def get_insecure_random_bytes(cx: StoreState, len: int) -> bytes:
-    return _insecure.randbytes(_check(len))
+    return insecure_bytes(_check(len))
 
 
 @insecure_iface.func("get-insecure-random-u64")
 def get_insecure_random_u64(cx: StoreState) -> int:
-    return _insecure.getrandbits(64)
+    return insecure_u64()
 
 
 @insecure_seed_iface.func("insecure-seed")

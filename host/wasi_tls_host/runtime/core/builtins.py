@@ -515,6 +515,9 @@ def _drop_end(is_stream: bool, is_read: bool) -> Callable[[ComponentInstance, Bu
                 raise Trap("cannot drop future write end without first writing a value")
             e.drop()
             inst.remove(i)
+            # A host task at the other end (a socket's sender or receiver) hears of it now
+            # and lets go of what it holds, before the guest's next call.
+            inst.scheduler.run_ready()
             return []
 
         return ["i32"], [], drop

@@ -1,0 +1,578 @@
+"""asyncio-style TLS streams for WASI 0.3 Python guests (componentize-py), like the stdlib's.
+
+    from wasi_tls_aio import open_connection
+    reader, writer = await open_connection("example.com", 443, alpn=["http/1.1"])
+    writer.write(b"GET / HTTP/1.0\\r\\nHost: example.com\\r\\n\\r\\n")
+    await writer.drain()
+    status = await reader.readline()
+    writer.close()
+    await writer.wait_closed()
+
+The guest's world must import wasi:sockets@0.3.0 and this project's
+``wasi-tls-host:tls@0.2.0`` (world ``tls-host-p3``). The TCP socket's byte streams go straight
+to the host's TLS (nothing is copied through the guest); the host verifies the server with
+its own trust (``--trust``) and holds any client key (``identity=`` names one the embedder
+preopened). Errors: ``TlsError`` (handshake or connection: ``.code`` is the WIT error code's
+name, the message is the host's, e.g. what OpenSSL said about the certificate),
+``ConnectionError`` and its subclasses for TCP, ``asyncio.IncompleteReadError`` and
+``asyncio.LimitOverrunError`` as asyncio raises them.
+"""
+
+import asyncio
+import ipaddress
+import sys
+
+import wit_world
+from componentize_py_types import Err
+from wit_world.imports import ip_name_lookup
+from wit_world.imports.wasi_sockets_types import (
+    IpAddressFamily,
+    IpAddress_Ipv4,
+    IpSocketAddress_Ipv4,
+    IpSocketAddress_Ipv6,
+    Ipv4SocketAddress,
+    Ipv6SocketAddress,
+    TcpSocket,
+)
+
+try:  # this project's wasi-tls-host:tls (world tls-host-p3): clients and servers
+    from wit_world.imports import server as tls_server
+    from wit_world.imports.server import IncomingClientExchange, IncomingClientHello, OutgoingServerHello
+    from wit_world.imports.wasi_tls_host_tls_client import IncomingServerHello, OutgoingClientHello
+    Connector = None
+except ImportError:  # only the upstream wasi:tls@0.3.0-draft client (world tls-client-p3, wasmtime -Stls)
+    from wit_world.imports.client import Connector
+
+__all__ = ["open_connection", "start_server", "Server", "ClientHello", "StreamReader", "StreamWriter", "TlsError"]
+
+CHUNK = 1 << 16
+DEFAULT_LIMIT = 1 << 16  # asyncio's default line limit
+
+# IANA protocol versions and the names Python's ssl gives them.
+VERSIONS = {0x0301: "TLSv1", 0x0302: "TLSv1.1", 0x0303: "TLSv1.2", 0x0304: "TLSv1.3"}
+# IANA cipher suites: (OpenSSL name, secret bits), as ssl's SSLSocket.cipher() reports them.
+CIPHERS = {
+    0x1301: ("TLS_AES_128_GCM_SHA256", 128),
+    0x1302: ("TLS_AES_256_GCM_SHA384", 256),
+    0x1303: ("TLS_CHACHA20_POLY1305_SHA256", 256),
+    0xC02B: ("ECDHE-ECDSA-AES128-GCM-SHA256", 128),
+    0xC02C: ("ECDHE-ECDSA-AES256-GCM-SHA384", 256),
+    0xC02F: ("ECDHE-RSA-AES128-GCM-SHA256", 128),
+    0xC030: ("ECDHE-RSA-AES256-GCM-SHA384", 256),
+    0xCCA8: ("ECDHE-RSA-CHACHA20-POLY1305", 256),
+    0xCCA9: ("ECDHE-ECDSA-CHACHA20-POLY1305", 256),
+}
+# wasi:sockets error codes with a more specific builtin exception than ConnectionError.
+SOCKET_ERRORS = {
+    "connection-refused": ConnectionRefusedError,
+    "connection-reset": ConnectionResetError,
+    "connection-aborted": ConnectionAbortedError,
+    "timeout": TimeoutError,
+}
+
+
+class TlsError(ConnectionError):
+    """The TLS handshake or connection failed; ``code`` names the WIT error code
+    (``unknown-issuer``, ``name-mismatch``, ``truncated``, ...)."""
+
+    def __init__(self, code, message):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+def _wit_name(value):
+    """A variant case as its WIT name: ErrorCode_ConnectionRefused -> connection-refused."""
+    name = type(value).__name__.partition("_")[2]
+    return "".join("-" + c.lower() if c.isupper() else c for c in name).lstrip("-") or repr(value)
+
+
+def _tls_error(err):
+    e = err.value if isinstance(err, Err) else err
+    if hasattr(e, "to_debug_string"):  # upstream's error resource: a message, no code field
+        with e:
+            message = e.to_debug_string()
+        code, sep, rest = message.partition(": ")  # this host's messages start with the code
+        if sep and code.replace("-", "").isalpha() and code.islower():
+            return TlsError(code, rest)
+        return TlsError("error", message)
+    return TlsError(e.code.name.lower().replace("_", "-"), e.message)
+
+
+def _socket_error(err, what):
+    code = _wit_name(err.value if isinstance(err, Err) else err)
+    return SOCKET_ERRORS.get(code, ConnectionError)(f"{what}: {code}")
+
+
+async def _addresses(host):
+    """The IP addresses of ``host`` (a literal, or a name the host resolves)."""
+    try:
+        return [ipaddress.ip_address(host)]
+    except ValueError:
+        pass
+    try:
+        found = await ip_name_lookup.resolve_addresses(host)
+    except Err as e:
+        raise _socket_error(e, f"cannot resolve {host!r}") from None
+    out = []
+    for a in found:
+        if isinstance(a, IpAddress_Ipv4):
+            out.append(ipaddress.IPv4Address(bytes(a.value)))
+        else:
+            out.append(ipaddress.IPv6Address(b"".join(w.to_bytes(2, "big") for w in a.value)))
+    return out
+
+
+def _socket_address(ip, port):
+    if ip.version == 4:
+        return IpAddressFamily.IPV4, IpSocketAddress_Ipv4(Ipv4SocketAddress(port, tuple(ip.packed)))
+    words = tuple(int.from_bytes(ip.packed[i:i + 2], "big") for i in range(0, 16, 2))
+    return IpAddressFamily.IPV6, IpSocketAddress_Ipv6(Ipv6SocketAddress(port, 0, words, 0))
+
+
+async def _tcp_connect(host, port):
+    """A connected TcpSocket: each address of ``host`` in turn, the last error if none."""
+    error = None
+    for ip in await _addresses(host):
+        family, address = _socket_address(ip, port)
+        sock = TcpSocket.create(family)
+        try:
+            await sock.connect(address)
+            return sock
+        except Err as e:
+            sock.__exit__(None, None, None)
+            error = _socket_error(e, f"cannot connect to {host}:{port}")
+    raise error or ConnectionError(f"cannot resolve {host!r}: no addresses")
+
+
+class StreamReader:
+    """The plaintext the server sends, read as with asyncio.StreamReader."""
+
+    def __init__(self, data, done, limit=DEFAULT_LIMIT):
+        self._data = data  # ByteStreamReader of plaintext
+        self._done = done  # future: how the peer's data ended
+        self._buffer = bytearray()
+        self._eof = False
+        self._limit = limit
+
+    async def _fill(self):
+        """Read more plaintext into the buffer; False at the end of the peer's data."""
+        if self._eof:
+            return False
+        chunk = await self._data.read(CHUNK)
+        if chunk:
+            self._buffer += chunk
+            return True
+        if not self._data.writer_dropped:
+            return True
+        self._eof = True
+        self._data.__exit__(None, None, None)
+        ended = await self._done.read()
+        self._done.__exit__(None, None, None)
+        if isinstance(ended, Err):
+            raise _tls_error(ended)
+        return False
+
+    def at_eof(self):
+        return self._eof and not self._buffer
+
+    async def read(self, n=-1):
+        if n == 0:
+            return b""
+        if n < 0:
+            while await self._fill():
+                pass
+            data, self._buffer = bytes(self._buffer), bytearray()
+            return data
+        if not self._buffer:
+            await self._fill()
+            while not self._buffer and not self._eof:
+                await self._fill()
+        data = bytes(self._buffer[:n])
+        del self._buffer[:n]
+        return data
+
+    async def readexactly(self, n):
+        while len(self._buffer) < n:
+            if not await self._fill():
+                partial, self._buffer = bytes(self._buffer), bytearray()
+                raise asyncio.IncompleteReadError(partial, n)
+        data = bytes(self._buffer[:n])
+        del self._buffer[:n]
+        return data
+
+    async def readuntil(self, separator=b"\n"):
+        start = 0
+        while True:
+            i = self._buffer.find(separator, start)
+            if i >= 0:
+                end = i + len(separator)
+                if end > self._limit:
+                    raise asyncio.LimitOverrunError("separator found, but chunk is longer than limit", i)
+                data = bytes(self._buffer[:end])
+                del self._buffer[:end]
+                return data
+            if len(self._buffer) > self._limit:
+                raise asyncio.LimitOverrunError("separator not found, and chunk exceeds the limit", len(self._buffer))
+            start = max(0, len(self._buffer) - len(separator) + 1)
+            if not await self._fill():
+                partial, self._buffer = bytes(self._buffer), bytearray()
+                raise asyncio.IncompleteReadError(partial, None)
+
+    async def readline(self):
+        try:
+            return await self.readuntil(b"\n")
+        except asyncio.IncompleteReadError as e:
+            return e.partial
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        line = await self.readline()
+        if not line:
+            raise StopAsyncIteration
+        return line
+
+
+class StreamWriter:
+    """Plaintext to the server, written as with asyncio.StreamWriter: ``write`` buffers,
+    ``drain`` hands the buffer to the host, ``close`` sends close_notify after it."""
+
+    def __init__(self, sock, connection, data, done, sent, extra):
+        self._sock = sock
+        self._connection = connection
+        self._data = data  # ByteStreamWriter of plaintext
+        self._done = done  # future: every byte encrypted and handed to the socket
+        self._sent = sent  # future: the socket's send finished
+        self._extra = extra
+        self._buffer = bytearray()
+        self._flushing = None  # the task handing the buffer to the host
+        self._error = None
+        self._closing = None
+
+    def write(self, data):
+        """Queue ``data``; it is sent in the background at once (as asyncio's transports
+        do), and ``drain()`` waits until the queue is handed to the host."""
+        if self._closing is not None:
+            raise RuntimeError("write() after close()")
+        if self._error is not None:
+            raise self._error
+        self._buffer += data
+        if self._flushing is None and self._buffer:
+            self._flushing = asyncio.get_event_loop().create_task(self._flush())
+
+    async def _flush(self):
+        try:
+            while self._buffer:
+                data, self._buffer = bytes(self._buffer), bytearray()
+                written = await self._data.write_all(data)
+                if written < len(data):
+                    self._error = ConnectionResetError("the TLS connection no longer takes data")
+                    self._buffer.clear()
+        finally:
+            self._flushing = None
+
+    def writelines(self, data):
+        for chunk in data:
+            self.write(chunk)
+
+    def can_write_eof(self):
+        return False
+
+    def is_closing(self):
+        return self._closing is not None
+
+    def get_extra_info(self, name, default=None):
+        return self._extra.get(name, default)
+
+    async def drain(self):
+        flushing = self._flushing
+        if flushing is not None:
+            await flushing
+        if self._error is not None:
+            raise self._error
+
+    def close(self):
+        if self._closing is None:
+            self._closing = asyncio.get_event_loop().create_task(self._finish())
+
+    async def _finish(self):
+        """Flush, end the plaintext (close_notify), and wait until the socket sent it all."""
+        try:
+            if self._flushing is not None:
+                await self._flushing
+            if self._buffer:
+                await self._flush()
+        finally:
+            self._data.__exit__(None, None, None)
+        ended = await self._done.read()
+        self._done.__exit__(None, None, None)
+        sent = await self._sent.read()
+        self._sent.__exit__(None, None, None)
+        if self._connection is not None:
+            self._connection.__exit__(None, None, None)
+        self._sock.__exit__(None, None, None)
+        if isinstance(ended, Err):
+            raise _tls_error(ended)
+        if isinstance(sent, Err):
+            raise _socket_error(sent, "sending to the server")
+
+    async def wait_closed(self):
+        self.close()
+        await self._closing
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.wait_closed()
+
+
+def _peercert(identity):
+    """The server's certificate as ssl.SSLSocket.getpeercert() shapes it (plus ``der``)."""
+    if identity is None:
+        return None
+    with identity:
+        return {
+            "subject": identity.subject(),
+            "issuer": identity.issuer(),
+            "subjectAltName": tuple(("DNS", n) for n in identity.subject_alt_names()),
+            "der": identity.export_der(),
+        }
+
+
+async def open_connection(host, port, *, server_hostname=None, alpn=None, identity=None, limit=DEFAULT_LIMIT):
+    """Connect over TCP and TLS; the server is verified as ``server_hostname`` (default:
+    ``host``). ``alpn`` is a list of protocol names; ``identity`` names a client identity the
+    embedder preopened (mutual TLS). Returns ``(StreamReader, StreamWriter)``."""
+    sock = await _tcp_connect(host, port)
+    if Connector is not None:
+        return await _open_upstream(sock, host, port, server_hostname or host, alpn, identity, limit)
+    try:
+        ciphertext_in, received = sock.receive()
+        received.__exit__(None, None, None)  # the TLS future reports how the data ended
+        hello = OutgoingClientHello(server_hostname or host)
+        try:
+            if alpn:
+                hello.set_alpn_ids([p.encode() if isinstance(p, str) else p for p in alpn])
+            if identity is not None:
+                hello.set_client_identity(identity)
+            server_hello, ciphertext_out = OutgoingClientHello.connect(hello, ciphertext_in)
+        except Err as e:
+            raise _tls_error(e) from None
+        sent = sock.send(ciphertext_out)
+        try:
+            connection = await IncomingServerHello.finish(server_hello)
+        except Err as e:
+            sent.__exit__(None, None, None)
+            raise _tls_error(e) from None
+    except BaseException:
+        sock.__exit__(None, None, None)
+        raise
+    extra = {"peername": (host, port), "server_hostname": server_hostname or host}
+    return _streams(sock, connection, sent, extra, limit)
+
+
+async def _open_upstream(sock, host, port, server_name, alpn, identity, limit):
+    """open_connection through upstream's connector: no ALPN, client identities or
+    connection details there (``get_extra_info`` gives None for them)."""
+    if alpn or identity is not None:
+        sock.__exit__(None, None, None)
+        raise ValueError("alpn= and identity= need wasi-tls-host:tls (world tls-host-p3); "
+                         "this guest has only the upstream wasi:tls client")
+    connector = Connector()
+    try:
+        tx, cleartext_out = wit_world.byte_stream()
+        ciphertext_out, send_done = connector.send(cleartext_out)
+        ciphertext_in, received = sock.receive()
+        received.__exit__(None, None, None)
+        plaintext_in, receive_done = connector.receive(ciphertext_in)
+        sent = sock.send(ciphertext_out)
+        try:
+            await Connector.connect(connector, server_name)
+        except Err as e:
+            for end in (tx, plaintext_in, receive_done, send_done, sent):
+                end.__exit__(None, None, None)
+            raise _tls_error(e) from None
+    except BaseException:
+        sock.__exit__(None, None, None)
+        raise
+    extra = {"peername": (host, port), "server_hostname": server_name,
+             "peercert": None, "cipher": None, "version": None, "alpn": None}
+    return StreamReader(plaintext_in, receive_done, limit), StreamWriter(sock, None, tx, send_done, sent, extra)
+
+
+def _streams(sock, connection, sent, extra, limit):
+    """The reader and writer of an established connection (either side)."""
+    plaintext_in, receive_done = connection.receive()
+    tx, rx = wit_world.byte_stream()
+    send_done = connection.send(rx)
+    alpn_id = connection.alpn_id()
+    version = VERSIONS.get(connection.protocol_version(), "0x%04x" % connection.protocol_version())
+    suite = connection.cipher_suite()
+    name, bits = CIPHERS.get(suite, ("0x%04x" % suite, None))
+    extra.update({
+        "peercert": _peercert(connection.peer_identity()),
+        "cipher": (name, version, bits),
+        "version": version,
+        "alpn": alpn_id.decode() if alpn_id is not None else None,
+    })
+    return StreamReader(plaintext_in, receive_done, limit), StreamWriter(sock, connection, tx, send_done, sent, extra)
+
+
+class ClientHello:
+    """What a client asked for, as ``select_identity`` sees it: ``server_name`` (SNI or
+    None), ``alpn`` (protocol names), ``versions`` (e.g. ``["TLSv1.3", "TLSv1.2"]``)."""
+
+    def __init__(self, server_name, alpn, versions):
+        self.server_name = server_name
+        self.alpn = alpn
+        self.versions = versions
+
+    def __repr__(self):
+        return f"ClientHello(server_name={self.server_name!r}, alpn={self.alpn!r}, versions={self.versions!r})"
+
+
+ALERT_UNRECOGNIZED_NAME = 112
+ALERT_INTERNAL_ERROR = 80
+
+
+class Server:
+    """A listening TLS server, as asyncio.Server: ``serve_forever()``, ``close()``,
+    ``wait_closed()``, ``sockets`` (here: the bound ``(host, port)`` pairs)."""
+
+    def __init__(self, sock, incoming, handle, address):
+        self._sock = sock
+        self._incoming = incoming  # StreamReader of accepted TcpSockets
+        self._handle = handle
+        self._tasks = set()
+        self._closed = False
+        self._serving = None
+        self.sockets = [address]
+
+    def is_serving(self):
+        return not self._closed
+
+    async def serve_forever(self):
+        """Accept connections until close(): each is handled in a task of its own."""
+        loop = asyncio.get_event_loop()
+        self._serving = True
+        while not self._closed:
+            accepted = await self._incoming.read(16)
+            if not accepted and self._incoming.writer_dropped:
+                break
+            for sock in accepted:
+                if self._closed:
+                    sock.__exit__(None, None, None)
+                    continue
+                task = loop.create_task(self._handle(sock))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        self._drop_listener()
+
+    def close(self):
+        """Stop accepting. A serve_forever() waiting for a connection stops when the next
+        one arrives (which is refused); connections being served go on."""
+        self._closed = True
+
+    def _drop_listener(self):
+        if self._incoming is not None:
+            self._incoming.__exit__(None, None, None)
+            self._sock.__exit__(None, None, None)
+            self._incoming = None
+
+    async def wait_closed(self):
+        """Wait until every connection handler has returned."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        self.close()
+        if self._incoming is not None and self._serving is None:
+            self._drop_listener()
+        await self.wait_closed()
+
+
+async def start_server(client_connected_cb, host, port, *, identity=None, select_identity=None, alpn=None,
+                       require_client_cert=False, limit=DEFAULT_LIMIT):
+    """Listen on ``host:port`` (port 0: any) and call ``client_connected_cb(reader, writer)``
+    (a coroutine function or a plain one) for each TLS connection, concurrently.
+
+    The server's certificate is an identity the embedder preopened (``--identity NAME=...``):
+    ``identity="NAME"``, or ``select_identity(client_hello) -> NAME or None`` (may be async)
+    chooses one per connection from the ClientHello (None refuses it with an
+    unrecognized_name alert). ``alpn`` lists the server's protocols in preference order.
+    ``require_client_cert`` asks for a client certificate, verified by the host's
+    ``--client-ca``. Returns a ``Server``; handshake failures are printed to stderr."""
+    if (identity is None) == (select_identity is None):
+        raise ValueError("give exactly one of identity= and select_identity=")
+    ip = (await _addresses(host))[0]
+    family, address = _socket_address(ip, port)
+    sock = TcpSocket.create(family)
+    try:
+        sock.bind(address)
+        incoming = sock.listen()
+        bound = sock.get_local_address()
+    except Err as e:
+        sock.__exit__(None, None, None)
+        raise _socket_error(e, f"cannot listen on {host}:{port}") from None
+    protocols = [p.encode() if isinstance(p, str) else p for p in alpn or []]
+
+    async def handle(conn_sock):
+        peer = None
+        try:
+            try:
+                peer = conn_sock.get_remote_address()
+                peername = (str(_ip_of(peer)), peer.value.port)
+            except Err:
+                peername = None
+            ciphertext_in, received = conn_sock.receive()
+            received.__exit__(None, None, None)
+            hello, ciphertext_out = tls_server.accept(ciphertext_in)
+            sent = conn_sock.send(ciphertext_out)
+            try:
+                name = identity
+                if select_identity is not None:
+                    info = ClientHello(await hello.server_name(), [p.decode(errors="replace") for p in await hello.alpn_ids()],
+                                       [VERSIONS.get(v, "0x%04x" % v) for v in await hello.protocol_versions()])
+                    name = select_identity(info)
+                    if hasattr(name, "__await__"):
+                        name = await name
+                    if name is None:
+                        IncomingClientHello.reject(hello, ALERT_UNRECOGNIZED_NAME)
+                        await sent.read()
+                        return
+                response = OutgoingServerHello(name)
+                if protocols:
+                    offered = await hello.alpn_ids()
+                    chosen = next((p for p in protocols if p in offered), None)
+                    if chosen is not None:
+                        response.set_alpn_id(chosen)
+                if require_client_cert:
+                    response.request_client_identity(True)
+                exchange = await IncomingClientHello.accept(hello, response)
+                connection = await IncomingClientExchange.finish(exchange)
+            except Err as e:
+                sent.__exit__(None, None, None)
+                raise _tls_error(e) from None
+            reader, writer = _streams(conn_sock, connection, sent, {"peername": peername, "sockname": (host, bound.value.port)}, limit)
+            conn_sock = None  # the writer owns it now
+            result = client_connected_cb(reader, writer)
+            if hasattr(result, "__await__"):
+                await result
+        except Exception as e:
+            print(f"wasi_tls_aio: connection from {peername}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        finally:
+            if conn_sock is not None:
+                conn_sock.__exit__(None, None, None)
+
+    return Server(sock, incoming, handle, (str(ip), bound.value.port))
+
+
+def _ip_of(address):
+    if isinstance(address, IpSocketAddress_Ipv4):
+        return ipaddress.IPv4Address(bytes(address.value.address))
+    return ipaddress.IPv6Address(b"".join(w.to_bytes(2, "big") for w in address.value.address))

@@ -1,0 +1,104 @@
+"""Socket addresses between their WIT shape (the same in WASI 0.2 and 0.3), Python's
+``ipaddress`` and the OS tuples of the ``socket`` module, and the address checks the spec
+asks for (each failing one is ``invalid-argument``)."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from ...runtime.values import Variant, WitError
+from .policy import IPAddress
+
+FAMILIES = {"ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}
+
+
+@dataclass(frozen=True)
+class SockAddr:
+    ip: IPAddress
+    port: int
+    flow_info: int = 0
+    scope_id: int = 0
+
+    @property
+    def family(self) -> str:
+        return "ipv4" if self.ip.version == 4 else "ipv6"
+
+    def os_tuple(self) -> tuple[Any, ...]:
+        if self.ip.version == 4:
+            return (str(self.ip), self.port)
+        return (str(self.ip), self.port, self.flow_info, self.scope_id)
+
+    def to_wit(self) -> Variant:
+        if isinstance(self.ip, ipaddress.IPv4Address):
+            return Variant("ipv4", {"port": self.port, "address": tuple(self.ip.packed)})
+        return Variant("ipv6", {
+            "port": self.port,
+            "flow_info": self.flow_info,
+            "address": struct.unpack("!8H", self.ip.packed),
+            "scope_id": self.scope_id,
+        })
+
+    @classmethod
+    def from_wit(cls, value: Variant) -> SockAddr:
+        p = value.payload
+        if value.tag == "ipv4":
+            return cls(ipaddress.IPv4Address(bytes(p["address"])), p["port"])
+        return cls(ipaddress.IPv6Address(struct.pack("!8H", *p["address"])), p["port"], p["flow_info"], p["scope_id"])
+
+    @classmethod
+    def from_os(cls, addr: tuple[Any, ...]) -> SockAddr:
+        ip = ipaddress.ip_address(addr[0].split("%")[0])
+        if len(addr) >= 4:
+            return cls(ip, addr[1], addr[2], addr[3])
+        return cls(ip, addr[1])
+
+    def __str__(self) -> str:
+        return f"[{self.ip}]:{self.port}" if self.ip.version == 6 else f"{self.ip}:{self.port}"
+
+
+def unspecified(family: str) -> IPAddress:
+    """``0.0.0.0`` or ``::``: where an implicit bind binds."""
+    return ipaddress.IPv4Address(0) if family == "ipv4" else ipaddress.IPv6Address(0)
+
+
+def os_address_text(addr: tuple[Any, ...]) -> str:
+    """``host:port`` (``[v6]:port``) of an address tuple from the socket module."""
+    return f"[{addr[0]}]:{addr[1]}" if ":" in str(addr[0]) else f"{addr[0]}:{addr[1]}"
+
+
+def ip_to_wit(ip: IPAddress) -> Variant:
+    if isinstance(ip, ipaddress.IPv4Address):
+        return Variant("ipv4", tuple(ip.packed))
+    return Variant("ipv6", struct.unpack("!8H", ip.packed))
+
+
+def _is_mapped(ip: IPAddress) -> bool:
+    return isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None
+
+
+def _is_unicast(ip: IPAddress) -> bool:
+    if ip.is_multicast:
+        return False
+    return not (isinstance(ip, ipaddress.IPv4Address) and ip == ipaddress.IPv4Address("255.255.255.255"))
+
+
+def local_address(family: str, value: Variant) -> SockAddr:
+    """A bind address, checked as the spec asks: the socket's family, unicast, not an
+    IPv4-mapped IPv6 address."""
+    addr = SockAddr.from_wit(value)
+    if addr.family != family or _is_mapped(addr.ip) or not _is_unicast(addr.ip):
+        raise WitError("invalid-argument")
+    return addr
+
+
+def remote_address(family: str, value: Variant) -> SockAddr:
+    """A connect or send address: as ``local_address``, and neither the unspecified
+    address nor port 0."""
+    addr = local_address(family, value)
+    if addr.ip.is_unspecified or addr.port == 0:
+        raise WitError("invalid-argument")
+    return addr

@@ -1,0 +1,541 @@
+"""wasi:sockets 0.3 (types, ip-name-lookup) over the engine.
+
+The async functions (TCP ``connect``, UDP ``send``/``receive``, ``resolve-addresses``) are
+coroutines on the store's scheduler. TCP data moves through host tasks, one per direction:
+
+* ``receive``: ``StreamWriter.fill(recv_into, readable)`` puts bytes straight from the
+  kernel into the guest's read buffer; nothing is read before the guest asks. The stream
+  ends at the peer's FIN (future: ok) or a failure (future: the error); a guest dropping
+  the stream shuts the receive side down (``SHUT_RD``).
+* ``send``: ``StreamReader.drain(send, writable)`` gives each guest write to the kernel
+  straight from guest memory; the write completes with what the kernel took, so a slow
+  peer holds the guest back and the host buffers nothing. The guest dropping its end sends
+  FIN; the future says how it went.
+* ``listen``: a stream of accepted ``tcp-socket``s. A connection is accepted only once the
+  guest reads from the stream (until then it waits in the kernel's backlog, where another
+  ``--workers`` process may take it); a graceful stop ends the stream.
+
+Engine errors carry WASI 0.2's code names; ``error_code`` renames the few that differ in 0.3
+(``concurrency-conflict`` and ``not-in-progress`` are ``invalid-state``; what 0.3 lacks is
+``other``). ``connection_of(stream)`` finds the TCP connection beneath a receive stream (for
+TLS and the access log).
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import inspect
+import logging
+import weakref
+from typing import Any, Callable, Iterable
+
+from ...runtime.binding import Interface
+from ...runtime.resources import HostResource
+from ...runtime.scheduler import Cancelled, any_of, readable, writable
+from ...runtime.store import StoreState
+from ...runtime.streams import (
+    Future,
+    FutureWriter,
+    Stream,
+    StreamClosed,
+    StreamReader,
+    StreamWriter,
+    WritableBuffer,
+    new_future,
+    new_stream,
+)
+from ...runtime.values import Err, Variant, WitError
+from . import lookup, tcp, udp
+from .addresses import ip_to_wit
+from .registry import error_code as os_error_code
+from .registry import SharedSocket, SocketRegistry, registry
+
+log = logging.getLogger("wasi_tls_host.sockets")
+
+SPLICE_CHUNK = 256 * 1024  # what send holds at a time of a stream the host itself writes
+
+# --- error codes ---------------------------------------------------------------------------
+
+ERROR_CASES = frozenset(
+    "access-denied not-supported invalid-argument out-of-memory timeout invalid-state address-not-bindable "
+    "address-in-use remote-unreachable connection-refused connection-broken connection-reset connection-aborted "
+    "datagram-too-large".split()
+)
+LOOKUP_ERROR_CASES = frozenset(
+    "access-denied invalid-argument name-unresolvable temporary-resolver-failure permanent-resolver-failure".split()
+)
+_RENAMED = {"concurrency-conflict": "invalid-state", "not-in-progress": "invalid-state"}
+# Codes 0.3 has no case for, said in words in ``other``.
+_IN_WORDS = {
+    "new-socket-limit": "new-socket-limit: the guest holds as many sockets as the host allows (--max-sockets)",
+    "would-block": "would-block",
+}
+
+
+def error_code(payload: Any, cases: frozenset[str] = ERROR_CASES) -> Variant:
+    """An engine error (a 0.2 code name) as a 0.3 ``error-code`` value."""
+    if isinstance(payload, Variant):
+        return payload
+    code = _RENAMED.get(payload, payload)
+    if code in cases:
+        return Variant(code)
+    return Variant("other", _IN_WORDS.get(code))
+
+
+def failure_code(e: OSError) -> Variant:
+    """What a failed send or receive is in 0.3 (EPIPE is connection-broken here)."""
+    if e.errno == errno.EPIPE:
+        return Variant("connection-broken")
+    return error_code(os_error_code(e))
+
+
+def _func(iface: Interface, name: str, cases: frozenset[str] = ERROR_CASES) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``iface.func(name)`` for an impl that raises engine errors: they reach the guest as
+    0.3 error codes."""
+
+    def register(impl: Callable[..., Any]) -> Callable[..., Any]:
+        wrapper: Callable[..., Any]
+        if inspect.iscoroutinefunction(impl):
+            @functools.wraps(impl)
+            async def wrapper(cx: StoreState, *args: Any) -> Any:
+                try:
+                    return await impl(cx, *args)
+                except WitError as e:
+                    raise WitError(error_code(e.payload, cases)) from None
+        else:
+            @functools.wraps(impl)
+            def wrapper(cx: StoreState, *args: Any) -> Any:
+                try:
+                    return impl(cx, *args)
+                except WitError as e:
+                    raise WitError(error_code(e.payload, cases)) from None
+        iface.func(name)(wrapper)
+        return impl
+
+    return register
+
+
+# --- TCP -------------------------------------------------------------------------------------
+
+
+class TcpSocket(HostResource):
+    """wasi:sockets/types@0.3.0 ``tcp-socket``: an engine socket; ``send`` and ``receive``
+    may each be called once."""
+
+    def __init__(self, socket: tcp.TcpSocket) -> None:
+        self.socket = socket
+        self.sending = False
+        self.receiving = False
+
+    def drop(self) -> None:
+        self.socket.release()
+
+
+# The TCP connection beneath each receive stream (weak: the stream's life is the guest's).
+_CONNECTIONS: weakref.WeakKeyDictionary[Stream, tcp.TcpConnection] = weakref.WeakKeyDictionary()
+
+
+def connection_of(stream: Stream) -> tcp.TcpConnection | None:
+    """The TCP connection a ``receive`` stream reads from (None for any other stream): TLS
+    annotates its access-log record, and may read the socket itself."""
+    return _CONNECTIONS.get(stream)
+
+
+types_iface = Interface("wasi:sockets/types@0.3.0")
+types_iface.resource("tcp-socket", TcpSocket)
+
+
+@_func(types_iface, "[static]tcp-socket.create")
+def tcp_create(cx: StoreState, address_family: str) -> TcpSocket:
+    return TcpSocket(tcp.TcpSocket.create(cx.wasi, address_family))
+
+
+@_func(types_iface, "[method]tcp-socket.bind")
+def tcp_bind(cx: StoreState, sock: TcpSocket, local_address: Variant) -> None:
+    sock.socket.bind(cx.wasi, local_address)
+
+
+@_func(types_iface, "[method]tcp-socket.connect")
+async def tcp_connect(cx: StoreState, sock: TcpSocket, remote_address: Variant) -> None:
+    await sock.socket.connect(cx.wasi, remote_address)
+
+
+@_func(types_iface, "[method]tcp-socket.listen")
+def tcp_listen(cx: StoreState, sock: TcpSocket) -> Stream:
+    sock.socket.listen(cx.wasi, implicit_bind=True)
+    stream, writer = new_stream()
+    # The stream keeps the listener open (the guest may drop the socket and go on accepting).
+    shared = sock.socket.shared.acquire()
+    cx.scheduler.spawn(_accept(cx.wasi, sock.socket, shared, writer), "tcp-socket.listen")
+    return stream
+
+
+async def _accept(wasi: Any, listener: tcp.TcpSocket, shared: SharedSocket, writer: StreamWriter) -> None:
+    """The listen stream: a connection for each read of the guest, until it drops the
+    stream or a graceful stop ends it. ``shared`` is the listener, acquired for this task."""
+    reg = registry(wasi)
+    try:
+        drain_fd = reg.drain_fd()
+        while await _reader_waits(writer, reg, drain_fd) and not listener.draining():
+            try:
+                accepted = listener.accept(wasi)
+            except WitError as e:
+                if e.payload == "new-socket-limit":
+                    continue  # that client was refused at once (logged); the next may fit
+                return  # the listener is gone
+            except OSError as e:
+                # Linux passes a connection's pending network error on from accept(): the
+                # spec lets hosts skip such a connection; the listener goes on.
+                log.info("skipped a connection that failed before it was accepted: %s", e)
+                continue
+            if accepted is None:
+                writer.wake.clear()  # the guest dropping the stream ends this wait too
+                await any_of(readable(shared.sock.fileno()), readable(drain_fd), writer.wake)
+                continue
+            client = TcpSocket(accepted)
+            try:
+                await writer.write_some([client])
+            except StreamClosed:
+                client.drop()  # the guest dropped the stream: this client is closed at once
+                raise
+    except StreamClosed:
+        pass
+    finally:
+        writer.close()
+        shared.release()
+
+
+async def _reader_waits(writer: StreamWriter, reg: SocketRegistry, drain_fd: int) -> bool:
+    """Wait until the guest reads from the stream (True) or a graceful stop (False): a
+    connection is accepted for a guest that asks, not ahead of it. StreamClosed if the
+    guest dropped the stream."""
+    stream = writer.stream
+    while not isinstance(stream.pending_buffer, WritableBuffer):
+        if stream.dropped:
+            raise StreamClosed("the guest dropped the listen stream")
+        if reg.draining:
+            return False
+        writer.wake.clear()
+        await any_of(writer.wake, readable(drain_fd))
+    return True
+
+
+@types_iface.func("[method]tcp-socket.send")
+def tcp_send(cx: StoreState, sock: TcpSocket, data: Stream) -> Future:
+    future, result = new_future()
+    reader = StreamReader(data, is_bytes=True)
+    try:
+        if sock.sending:
+            raise WitError("invalid-state")
+        conn = sock.socket.connection("send")
+    except WitError as e:
+        reader.close()
+        result.write(Err(error_code(e.payload)))
+        return future
+    sock.sending = True
+    cx.scheduler.spawn(_send(conn, reader, result), "tcp-socket.send")
+    return future
+
+
+async def _send(conn: tcp.TcpConnection, reader: StreamReader, result: FutureWriter) -> None:
+    outcome: Any = None
+    try:
+        if reader.stream.writer is None:
+            # Each guest write is given to the kernel in place; it completes with what the
+            # kernel took, so the host holds none of it.
+            while await reader.drain(conn.send, conn.writable) is not None:
+                pass
+        else:
+            # The host writes this stream itself (the guest passed another socket's receive
+            # stream): there is no guest buffer to take, so move it through one of ours.
+            while (chunk := await reader.read(SPLICE_CHUNK)) is not None:
+                view = memoryview(chunk)
+                while view:
+                    try:
+                        view = view[conn.send(view):]
+                    except BlockingIOError:
+                        await conn.writable()
+        conn.shutdown_write()  # the writer dropped its end: FIN
+    except OSError as e:
+        outcome = Err(failure_code(e))
+    except Cancelled:
+        result.close()  # the store is closing: nobody will read it
+        raise
+    except Exception as e:  # a host bug: the guest hears of it rather than waiting forever
+        log.exception("tcp-socket.send failed")
+        outcome = Err(Variant("other", f"host error: {e}"))
+    finally:
+        reader.close()
+        conn.release()
+    result.write(outcome)
+
+
+@types_iface.func("[method]tcp-socket.receive")
+def tcp_receive(cx: StoreState, sock: TcpSocket) -> tuple[Stream, Future]:
+    stream, writer = new_stream()
+    future, result = new_future()
+    try:
+        if sock.receiving:
+            raise WitError("invalid-state")
+        conn = sock.socket.connection("receive")
+    except WitError as e:
+        writer.close()
+        result.write(Err(error_code(e.payload)))
+        return stream, future
+    sock.receiving = True
+    _CONNECTIONS[stream] = conn
+    cx.scheduler.spawn(_receive(conn, writer, result), "tcp-socket.receive")
+    return stream, future
+
+
+async def _receive(conn: tcp.TcpConnection, writer: StreamWriter, result: FutureWriter) -> None:
+    outcome: Any = None
+    try:
+        while await writer.fill(conn.recv_into, conn.readable):
+            pass  # each fill put bytes into one read of the guest; 0 is the peer's FIN
+    except StreamClosed:
+        conn.shutdown_read()  # the guest dropped the stream: unread data is discarded
+    except OSError as e:
+        outcome = Err(failure_code(e))
+    except Cancelled:
+        result.close()
+        raise
+    except Exception as e:  # a host bug: the guest hears of it rather than waiting forever
+        log.exception("tcp-socket.receive failed")
+        outcome = Err(Variant("other", f"host error: {e}"))
+    finally:
+        writer.close()
+        conn.release()
+    result.write(outcome)
+
+
+@_func(types_iface, "[method]tcp-socket.get-local-address")
+def tcp_get_local_address(cx: StoreState, sock: TcpSocket) -> Variant:
+    return sock.socket.local_address().to_wit()
+
+
+@_func(types_iface, "[method]tcp-socket.get-remote-address")
+def tcp_get_remote_address(cx: StoreState, sock: TcpSocket) -> Variant:
+    return sock.socket.remote_address().to_wit()
+
+
+@types_iface.func("[method]tcp-socket.get-is-listening")
+def tcp_get_is_listening(cx: StoreState, sock: TcpSocket) -> bool:
+    return sock.socket.is_listening()
+
+
+@types_iface.func("[method]tcp-socket.get-address-family")
+def tcp_get_address_family(cx: StoreState, sock: TcpSocket) -> str:
+    return sock.socket.family
+
+
+@_func(types_iface, "[method]tcp-socket.set-listen-backlog-size")
+def tcp_set_listen_backlog_size(cx: StoreState, sock: TcpSocket, value: int) -> None:
+    sock.socket.set_listen_backlog_size(value)
+
+
+@_func(types_iface, "[method]tcp-socket.get-keep-alive-enabled")
+def tcp_get_keep_alive_enabled(cx: StoreState, sock: TcpSocket) -> bool:
+    return sock.socket.keep_alive_enabled()
+
+
+@_func(types_iface, "[method]tcp-socket.set-keep-alive-enabled")
+def tcp_set_keep_alive_enabled(cx: StoreState, sock: TcpSocket, value: bool) -> None:
+    sock.socket.set_keep_alive_enabled(value)
+
+
+@_func(types_iface, "[method]tcp-socket.get-keep-alive-idle-time")
+def tcp_get_keep_alive_idle_time(cx: StoreState, sock: TcpSocket) -> int:
+    return sock.socket.keep_alive_idle_time()
+
+
+@_func(types_iface, "[method]tcp-socket.set-keep-alive-idle-time")
+def tcp_set_keep_alive_idle_time(cx: StoreState, sock: TcpSocket, value: int) -> None:
+    sock.socket.set_keep_alive_idle_time(value)
+
+
+@_func(types_iface, "[method]tcp-socket.get-keep-alive-interval")
+def tcp_get_keep_alive_interval(cx: StoreState, sock: TcpSocket) -> int:
+    return sock.socket.keep_alive_interval()
+
+
+@_func(types_iface, "[method]tcp-socket.set-keep-alive-interval")
+def tcp_set_keep_alive_interval(cx: StoreState, sock: TcpSocket, value: int) -> None:
+    sock.socket.set_keep_alive_interval(value)
+
+
+@_func(types_iface, "[method]tcp-socket.get-keep-alive-count")
+def tcp_get_keep_alive_count(cx: StoreState, sock: TcpSocket) -> int:
+    return sock.socket.keep_alive_count()
+
+
+@_func(types_iface, "[method]tcp-socket.set-keep-alive-count")
+def tcp_set_keep_alive_count(cx: StoreState, sock: TcpSocket, value: int) -> None:
+    sock.socket.set_keep_alive_count(value)
+
+
+@_func(types_iface, "[method]tcp-socket.get-hop-limit")
+def tcp_get_hop_limit(cx: StoreState, sock: TcpSocket) -> int:
+    return sock.socket.hop_limit()
+
+
+@_func(types_iface, "[method]tcp-socket.set-hop-limit")
+def tcp_set_hop_limit(cx: StoreState, sock: TcpSocket, value: int) -> None:
+    sock.socket.set_hop_limit(value)
+
+
+# Linux reports twice the buffer size it was given (bookkeeping included); 0.3 hosts report
+# it halved, as wasmtime does, so that what a guest sets is what it reads back.
+@_func(types_iface, "[method]tcp-socket.get-receive-buffer-size")
+def tcp_get_receive_buffer_size(cx: StoreState, sock: TcpSocket) -> int:
+    return sock.socket.receive_buffer_size() // 2
+
+
+@_func(types_iface, "[method]tcp-socket.set-receive-buffer-size")
+def tcp_set_receive_buffer_size(cx: StoreState, sock: TcpSocket, value: int) -> None:
+    sock.socket.set_receive_buffer_size(value)
+
+
+@_func(types_iface, "[method]tcp-socket.get-send-buffer-size")
+def tcp_get_send_buffer_size(cx: StoreState, sock: TcpSocket) -> int:
+    return sock.socket.send_buffer_size() // 2
+
+
+@_func(types_iface, "[method]tcp-socket.set-send-buffer-size")
+def tcp_set_send_buffer_size(cx: StoreState, sock: TcpSocket, value: int) -> None:
+    sock.socket.set_send_buffer_size(value)
+
+
+# --- UDP -------------------------------------------------------------------------------------
+
+
+class UdpSocket(HostResource):
+    """wasi:sockets/types@0.3.0 ``udp-socket``."""
+
+    def __init__(self, socket: udp.UdpSocket) -> None:
+        self.socket = socket
+
+    def drop(self) -> None:
+        self.socket.release()
+
+
+types_iface.resource("udp-socket", UdpSocket)
+
+
+@_func(types_iface, "[static]udp-socket.create")
+def udp_create(cx: StoreState, address_family: str) -> UdpSocket:
+    return UdpSocket(udp.UdpSocket.create(cx.wasi, address_family))
+
+
+@_func(types_iface, "[method]udp-socket.bind")
+def udp_bind(cx: StoreState, sock: UdpSocket, local_address: Variant) -> None:
+    sock.socket.bind(cx.wasi, local_address)
+
+
+@_func(types_iface, "[method]udp-socket.connect")
+def udp_connect(cx: StoreState, sock: UdpSocket, remote_address: Variant) -> None:
+    sock.socket.connect(cx.wasi, remote_address)
+
+
+@_func(types_iface, "[method]udp-socket.disconnect")
+def udp_disconnect(cx: StoreState, sock: UdpSocket) -> None:
+    if sock.socket.remote is None:
+        raise WitError("invalid-state")
+    sock.socket.disconnect_if_connected()
+
+
+@_func(types_iface, "[method]udp-socket.send")
+async def udp_send(cx: StoreState, sock: UdpSocket, data: bytes, remote_address: Variant | None) -> None:
+    if len(data) > udp.MAX_DATAGRAM:
+        raise WitError("datagram-too-large")
+    engine = sock.socket
+    destination = engine.destination(cx.wasi, remote_address)
+    while True:
+        try:
+            engine.send(data, destination)
+            return
+        except BlockingIOError:
+            await writable(engine.sock.fileno())
+
+
+@_func(types_iface, "[method]udp-socket.receive")
+async def udp_receive(cx: StoreState, sock: UdpSocket) -> tuple[bytes, Variant]:
+    engine = sock.socket
+    if not engine.bound:
+        raise WitError("invalid-state")
+    while True:
+        try:
+            data, source = engine.receive()
+            return data, source.to_wit()
+        except BlockingIOError:
+            await readable(engine.sock.fileno())
+
+
+@_func(types_iface, "[method]udp-socket.get-local-address")
+def udp_get_local_address(cx: StoreState, sock: UdpSocket) -> Variant:
+    return sock.socket.local_address().to_wit()
+
+
+@_func(types_iface, "[method]udp-socket.get-remote-address")
+def udp_get_remote_address(cx: StoreState, sock: UdpSocket) -> Variant:
+    return sock.socket.remote_address().to_wit()
+
+
+@types_iface.func("[method]udp-socket.get-address-family")
+def udp_get_address_family(cx: StoreState, sock: UdpSocket) -> str:
+    return sock.socket.family
+
+
+@_func(types_iface, "[method]udp-socket.get-unicast-hop-limit")
+def udp_get_unicast_hop_limit(cx: StoreState, sock: UdpSocket) -> int:
+    return sock.socket.hop_limit()
+
+
+@_func(types_iface, "[method]udp-socket.set-unicast-hop-limit")
+def udp_set_unicast_hop_limit(cx: StoreState, sock: UdpSocket, value: int) -> None:
+    sock.socket.set_hop_limit(value)
+
+
+@_func(types_iface, "[method]udp-socket.get-receive-buffer-size")
+def udp_get_receive_buffer_size(cx: StoreState, sock: UdpSocket) -> int:
+    return sock.socket.receive_buffer_size() // 2
+
+
+@_func(types_iface, "[method]udp-socket.set-receive-buffer-size")
+def udp_set_receive_buffer_size(cx: StoreState, sock: UdpSocket, value: int) -> None:
+    sock.socket.set_receive_buffer_size(value)
+
+
+@_func(types_iface, "[method]udp-socket.get-send-buffer-size")
+def udp_get_send_buffer_size(cx: StoreState, sock: UdpSocket) -> int:
+    return sock.socket.send_buffer_size() // 2
+
+
+@_func(types_iface, "[method]udp-socket.set-send-buffer-size")
+def udp_set_send_buffer_size(cx: StoreState, sock: UdpSocket, value: int) -> None:
+    sock.socket.set_send_buffer_size(value)
+
+
+# --- ip-name-lookup ---------------------------------------------------------------------------
+
+lookup_iface = Interface("wasi:sockets/ip-name-lookup@0.3.0")
+
+
+@_func(lookup_iface, "resolve-addresses", LOOKUP_ERROR_CASES)
+async def resolve_addresses(cx: StoreState, name: str) -> list[Variant]:
+    target = lookup.parse_name(cx.wasi, name)
+    if not isinstance(target, str):
+        return [ip_to_wit(target)]  # an address literal: no lookup
+    job = lookup.Lookup(target)
+    try:
+        while not job.done:
+            await readable(job.notifier.fd)
+    finally:
+        job.close()
+    if job.error is not None:
+        raise WitError(job.error)
+    return [ip_to_wit(ip) for ip in job.addresses or ()]
+
+
+INTERFACES: Iterable[Interface] = (types_iface, lookup_iface)

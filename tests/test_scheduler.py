@@ -1,0 +1,125 @@
+"""The store's scheduler of host coroutines and the host ends of streams, driven directly
+(no guest): ``any_of`` and a producer that must hear of its reader going away."""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Iterator
+
+import pytest
+
+from wasi_tls_host.runtime.scheduler import Event, Scheduler, any_of, readable, sleep_until
+from wasi_tls_host.runtime.streams import StreamClosed, StreamReader, new_stream
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def test_any_of_resumes_on_the_event_and_forgets_the_descriptor(pair) -> None:
+    a, _ = pair
+    scheduler = Scheduler()
+    event = Event()
+
+    async def waiter() -> str:
+        await any_of(readable(a.fileno()), event)
+        return "woken"
+
+    task = scheduler.start(waiter())
+    assert not task.done
+    event.set()
+    scheduler.run_ready()
+    assert task.result == "woken"
+    assert scheduler._readers == {}  # not left waiting on the socket
+
+
+def test_any_of_resumes_on_the_descriptor_and_forgets_the_event(pair) -> None:
+    a, b = pair
+    scheduler = Scheduler()
+    event = Event()
+
+    async def waiter() -> bytes:
+        await any_of(readable(a.fileno()), event)
+        return a.recv(10)
+
+    task = scheduler.start(waiter())
+    b.send(b"data")
+    scheduler.wait_until(lambda: task.done, "the test waits")
+    assert task.result == b"data"
+    assert event._waiters == []
+
+
+def test_any_of_resumes_at_the_deadline_and_forgets_the_descriptor(pair) -> None:
+    # What a WASI 0.2 engine's pollable waits on (descriptors and a deadline) is one wait.
+    a, _ = pair
+    scheduler = Scheduler()
+
+    async def waiter() -> str:
+        await any_of(readable(a.fileno()), sleep_until(time.monotonic_ns() + 20_000_000))
+        return "woken"
+
+    task = scheduler.start(waiter())
+    assert not task.done
+    scheduler.wait_until(lambda: task.done, "the test waits")
+    assert task.result == "woken" and scheduler._readers == {}
+
+
+def test_a_deadline_left_behind_by_any_of_wakes_nothing(pair) -> None:
+    a, b = pair
+    scheduler = Scheduler()
+    event = Event()
+
+    async def waiter() -> str:
+        await any_of(readable(a.fileno()), sleep_until(time.monotonic_ns() + 10_000_000))
+        await event  # the first wait's deadline passes while the task waits here
+        return "woken by the event"
+
+    task = scheduler.start(waiter())
+    b.send(b"x")
+    scheduler.wait_until(lambda: task._waiting is event, "the test waits")
+    time.sleep(0.02)
+    scheduler.poll(block=False)
+    scheduler.run_ready()
+    assert not task.done
+    event.set()
+    scheduler.run_ready()
+    assert task.result == "woken by the event"
+
+
+def test_any_of_takes_descriptors_deadlines_and_events_only() -> None:
+    with pytest.raises(TypeError, match="descriptors, deadlines and Events"):
+        any_of(object())
+
+
+def test_fill_waiting_for_its_source_ends_when_the_reader_drops_the_stream(pair) -> None:
+    """A socket receiver parked on its socket (no data yet) hears at once that the reader
+    dropped the stream, instead of holding the socket until the peer sends something."""
+    a, _ = pair
+    scheduler = Scheduler()
+    stream, writer = new_stream()
+    reader = StreamReader(stream, is_bytes=True)
+    outcome: list[str] = []
+
+    async def produce() -> None:
+        try:
+            await writer.fill(a.recv_into, lambda: readable(a.fileno()))
+        except StreamClosed:
+            outcome.append("reader gone")
+
+    async def consume() -> None:
+        await reader.read(100)
+
+    scheduler.start(consume())  # a read is pending: the producer tries recv, gets nothing, waits
+    producer = scheduler.start(produce())
+    assert not producer.done
+    reader.close()
+    scheduler.run_ready()
+    assert producer.done and outcome == ["reader gone"]
+    assert scheduler._readers == {}

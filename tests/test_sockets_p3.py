@@ -1,0 +1,402 @@
+"""wasi:sockets@0.3.0 on the core runtime, with real sockets on 127.0.0.1 and CPython peers.
+
+``guest_examples/wat/sockets_p3_hostile.wat`` mistreats the interface on purpose: binds
+outside the policy, a huge backlog, reads and writes on connections the peer reset, streams
+left undropped, a listen stream dropped with a client waiting. Each must end in the error
+code WASI specifies, and the host must close everything the guest held (descriptors are
+counted with the garbage collector off).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from conftest import GuestRun, free_port, open_fds
+from sockets_util import (
+    TIMEOUT,
+    AcceptAndClose,
+    GuestThread,
+    ServerThread,
+    echo_until_eof,
+    eof_or_reset,
+    has_ipv6_loopback,
+    loopback_policy,
+)
+from wasi_tls_host import Host, NetworkPolicy, WasiConfig
+from wasi_tls_host.runtime.limits import GuestLimits
+
+ACCESS_DENIED, INVALID_STATE, ADDRESS_IN_USE, CONNECTION_BROKEN, CONNECTION_RESET, OK = 0, 5, 7, 10, 11, 100
+
+
+@pytest.fixture(scope="module")
+def core_host() -> Iterator[Host]:
+    with Host(runtime="core") as host:
+        yield host
+
+
+@pytest.fixture
+def hostile(core_host: Host, guest_path):
+    """hostile(policy) -> a new instance of the hostile guest (closed after the test)."""
+    wasm = guest_path("sockets_p3_hostile")
+    core_host.load(wasm)  # its compiled files are mapped for good: not the guest's descriptors
+    made = []
+
+    def make(policy: NetworkPolicy | None = None):
+        guest = core_host.instantiate(wasm, WasiConfig(network=policy if policy is not None else loopback_policy()))
+        made.append(guest)
+        return guest
+
+    yield make
+    for guest in made:
+        guest.close()
+
+
+def reset(conn: socket.socket) -> None:
+    """Close with RST instead of FIN."""
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+def test_bind_outside_the_policy_is_access_denied_and_logged(hostile, caplog) -> None:
+    allowed, other = free_port(), free_port()
+    guest = hostile(NetworkPolicy().allow_listen(f"127.0.0.1:{allowed}"))
+    with caplog.at_level(logging.WARNING, logger="wasi_tls_host.sockets"):
+        assert guest.call("bind", other) == ACCESS_DENIED
+    assert f"network policy denied TCP bind on 127.0.0.1:{other}" in caplog.text
+    assert guest.call("bind", allowed) == OK
+
+
+def test_no_policy_denies_every_bind(hostile) -> None:
+    assert hostile(NetworkPolicy()).call("bind", free_port()) == ACCESS_DENIED
+
+
+def test_a_huge_backlog_is_clamped_not_refused(hostile) -> None:
+    assert hostile().call("huge-backlog", free_port()) == (OK << 8) | OK
+
+
+def test_dropping_the_listen_stream_and_socket_frees_the_port_before_the_next_call(hostile) -> None:
+    assert hostile().call("rebind", free_port()) == OK
+
+
+def test_the_listen_stream_keeps_the_listener_open_after_the_socket_is_dropped(hostile) -> None:
+    assert hostile().call("accept-after-drop", free_port()) == 1
+
+
+def test_receive_after_a_peer_reset_ends_the_stream_with_connection_reset(hostile) -> None:
+    def send_then_reset(conn: socket.socket) -> None:
+        assert conn.recv(1) == b"!"  # the guest is connected
+        conn.sendall(b"x" * 1000)
+        reset(conn)
+
+    peer = ServerThread(send_then_reset)
+    result = hostile().call("receive-reset", peer.port)
+    peer.close()
+    assert result & 0xFF == CONNECTION_RESET
+    assert result >> 8 <= 1000  # what arrived before the reset (the kernel may drop it)
+
+
+def test_dropping_the_receive_stream_mid_transfer_ends_it_with_ok(hostile, no_gc) -> None:
+    """The guest stops reading while the peer still sends: the receive side shuts down, the
+    future says ok, and the socket closes with its handle."""
+    outcome: list[str] = []
+
+    def flood(conn: socket.socket) -> None:
+        try:
+            while True:
+                conn.sendall(b"x" * 65536)
+        except OSError as e:  # the guest's side is closed: a reset or a broken pipe
+            outcome.append(type(e).__name__)
+
+    before = open_fds()
+    peer = ServerThread(flood)
+    guest = hostile()
+    assert guest.call("receive-drop", peer.port) == OK
+    peer.close()
+    assert outcome and outcome[0] in ("ConnectionResetError", "BrokenPipeError")
+    guest.close()
+    assert open_fds() == before
+
+
+def test_send_to_a_peer_that_reset_ends_with_an_error_not_a_hang(hostile) -> None:
+    def reset_on_data(conn: socket.socket) -> None:
+        assert conn.recv(1)
+        reset(conn)
+
+    peer = ServerThread(reset_on_data)
+    result = hostile().call("send-reset", peer.port)
+    peer.close()
+    assert result in (CONNECTION_RESET, CONNECTION_BROKEN)
+
+
+def test_streams_left_undropped_are_closed_with_the_guest(hostile, core_host, no_gc) -> None:
+    received: list[int] = []
+
+    def read_until_eof(conn: socket.socket) -> None:
+        total = 0
+        while chunk := conn.recv(65536):
+            total += len(chunk)
+        received.append(total)
+
+    before = open_fds()
+    peer = ServerThread(read_until_eof)
+    guest = hostile()
+    assert guest.call("leave-streams", peer.port) == OK
+    assert guest.state.scheduler.pending > 0  # its receiver and sender are still at work
+    guest.close()
+    peer.close()
+    assert received == [1000]  # the peer got what was written, then the end
+    assert open_fds() == before
+
+
+def test_a_listen_stream_dropped_with_a_client_waiting_refuses_the_client(hostile, no_gc) -> None:
+    """The host accepts a connection only for a guest that reads: the client waiting in the
+    backlog when the stream and socket are dropped is refused, never held by the host."""
+    before = open_fds()
+    port = free_port()
+    guest = hostile()
+    assert guest.call("listen-and-read", port) == OK
+    client = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)  # waits in the backlog
+    assert guest.call("cancel-and-drop") == 0  # the cancelled read had delivered no socket
+    assert eof_or_reset(client) == b""
+    client.close()
+    assert guest.state.scheduler.pending == 0
+    with socket.create_server(("127.0.0.1", port)):
+        pass  # the port is free
+    guest.close()
+    assert open_fds() == before
+
+
+# --- componentize-py guests: sockets_probe_p3, echo_server_p3 ---------------------------------
+
+PROBE = "sockets_probe_p3"
+needs_ipv6 = pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback")
+
+
+@pytest.fixture(scope="module")
+def probe_wasm(core_host: Host, guest_path):
+    wasm = guest_path(PROBE)
+    core_host.load(wasm)
+    return wasm
+
+
+@pytest.fixture
+def probe(core_host: Host, probe_wasm):
+    def run(*args: str, policy: NetworkPolicy | None = None, limits: GuestLimits | None = None) -> GuestRun:
+        out, err = bytearray(), bytearray()
+        config = WasiConfig(args=[PROBE, *args], stdout=out, stderr=err,
+                            network=policy if policy is not None else loopback_policy())
+        if limits is not None:
+            config.limits = limits
+        result = core_host.run(probe_wasm, config)
+        return GuestRun(result.exit_code, bytes(out), bytes(err), result.trap)
+
+    return run
+
+
+@pytest.mark.parametrize("family", [socket.AF_INET, pytest.param(socket.AF_INET6, marks=needs_ipv6)], ids=["ipv4", "ipv6"])
+def test_echo_client_against_a_cpython_server(probe, family) -> None:
+    server = ServerThread(echo_until_eof, family)
+    addr = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+    message = "hello over wasi:sockets@0.3.0 " * 500
+    run = probe("echo-client", addr, str(server.port), message)
+    server.close()
+    shown = f"[{addr}]:{server.port}" if family == socket.AF_INET6 else f"{addr}:{server.port}"
+    assert run.out.splitlines() == [
+        f"local {'ipv6' if family == socket.AF_INET6 else 'ipv4'} remote {shown}",
+        f"echo: {message}",
+        "send ok receive ok",
+    ], run.err
+
+
+def test_download_reads_every_byte_until_the_peers_fin(probe) -> None:
+    payload = bytes(range(256)) * 4096 * 5  # 5 MiB
+    server = ServerThread(lambda conn: conn.sendall(payload))
+    run = probe("download", "127.0.0.1", str(server.port))
+    server.close()
+    assert run.out == f"bytes {len(payload)} end ok\n", run.err
+
+
+def test_upload_arrives_whole_then_fin(probe) -> None:
+    received: list[int] = []
+
+    def count(conn: socket.socket) -> None:
+        total = 0
+        while chunk := conn.recv(1 << 20):
+            total += len(chunk)
+        received.append(total)
+
+    server = ServerThread(count)
+    run = probe("upload", "127.0.0.1", str(server.port), str(3 << 20 | 123))
+    server.close()
+    assert run.out == f"sent {3 << 20 | 123} end ok\n", run.err
+    assert received == [3 << 20 | 123]
+
+
+def test_connection_refused(probe) -> None:
+    assert probe("connect", "127.0.0.1", str(free_port())).out == "connect error connection-refused\n"
+
+
+def test_connect_and_listen_outside_the_policy_are_denied(probe) -> None:
+    port = free_port()
+    policy = NetworkPolicy().allow_connect("127.0.0.1:1-2")
+    assert probe("connect", "127.0.0.1", str(port), policy=policy).out == "connect error access-denied\n"
+    assert probe("bind", "127.0.0.1", str(port), policy=policy).out == "bind error access-denied\n"
+
+
+def test_max_sockets_is_other_with_words(probe) -> None:
+    run = probe("hoard", "10", limits=GuestLimits(max_sockets=3))
+    assert run.out.splitlines() == ["holding 3 then other", "after closing: created one more"], run.err
+
+
+@pytest.mark.parametrize("splice", [False, True], ids=["through-the-guest", "spliced-by-the-host"])
+def test_guest_echo_server_serves_concurrent_clients(core_host: Host, guest_path, splice: bool) -> None:
+    clients = 5
+    port = free_port()
+    args = [str(port), "--count", str(clients), *(["--splice"] if splice else [])]
+    with GuestThread(core_host, guest_path("echo_server_p3"), args, loopback_policy()) as guest:
+        guest.wait_for(f"listening on 127.0.0.1:{port}")
+        conns = [socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) for _ in range(clients)]
+        try:
+            for i, c in enumerate(reversed(conns)):  # all connected before any finishes
+                c.sendall(f"client {i} says hi ".encode() * 1000)
+                c.shutdown(socket.SHUT_WR)
+            for i, c in enumerate(reversed(conns)):
+                got = bytearray()
+                while chunk := c.recv(65536):
+                    got += chunk
+                assert got == f"client {i} says hi ".encode() * 1000
+        finally:
+            for c in conns:
+                c.close()
+        assert guest.join().exit_code == 0
+    assert guest.out.splitlines()[-1] == f"served {clients}"
+
+
+@pytest.mark.parametrize("addr", ["127.0.0.1", pytest.param("::1", marks=needs_ipv6)], ids=["ipv4", "ipv6"])
+def test_udp_echo_pair(core_host: Host, probe_wasm, probe, addr: str) -> None:
+    port = free_port(socket.AF_INET6 if ":" in addr else socket.AF_INET)
+    with GuestThread(core_host, probe_wasm, ["udp-echo", addr, str(port), "3"], loopback_policy()) as server:
+        server.wait_for("ready")
+        run = probe("udp-client", addr, str(port), "one", "two", "three")
+        assert server.join().exit_code == 0
+    shown = f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+    assert run.out.splitlines() == [f"remote {shown}", *(f"reply: {m} from {shown}" for m in ("one", "two", "three"))]
+    assert server.out.splitlines()[-1] == "udp echoed 3"
+
+
+def test_lookups(probe) -> None:
+    addresses = [line.split()[1] for line in probe("lookup", "localhost").out.splitlines()]
+    assert "127.0.0.1" in addresses and set(addresses) <= {"127.0.0.1", "::1"}
+    no_dns = loopback_policy()
+    no_dns.dns = False
+    assert probe("lookup", "::1", policy=no_dns).out == "address ::1\n"
+    assert probe("lookup", "localhost", policy=no_dns).out == "error access-denied\n"
+    assert probe("lookup", "bad name").out == "error invalid-argument\n"
+    assert probe("lookup", "no-such-host.invalid").out == "error name-unresolvable\n"
+
+
+def test_wrong_state_calls_and_options(probe) -> None:
+    """A few lines of ``states`` (test_runtime_differential.py compares all of them with the
+    wasmtime CLI)."""
+    run = probe("states", "127.0.0.1")
+    got = {k: v for k, _, v in (line.partition(" ") for line in run.out.splitlines())}
+    assert got["bind-twice"] == "invalid-state" and got["listen-twice"] == "invalid-state"
+    assert got["send"] == "ok send-again invalid-state"
+    assert got["receive-again"] == "b'' invalid-state"
+    assert got["connect-refused"] == "connection-refused"
+    assert got["options-after-failure"] == "connection-refused connection-refused"
+    assert got["rcvbuf"] == "invalid-argument ok 65536"
+    assert got["udp-send-too-large"] == "datagram-too-large"
+    assert run.out.endswith("done\n"), run.err
+
+
+def test_thousand_connections_leave_no_descriptor(probe, no_gc) -> None:
+    with AcceptAndClose() as server:
+        assert probe("churn", "127.0.0.1", str(server.port), "1").out == "churned 1\n"
+        before = open_fds()
+        assert probe("churn", "127.0.0.1", str(server.port), "1000").out == "churned 1000\n"
+        assert open_fds() <= before
+
+
+def test_dropping_the_instance_closes_everything(core_host: Host, guest_path, no_gc) -> None:
+    wasm = guest_path("echo_server_p3")
+    core_host.load(wasm)
+    before = open_fds()
+    port = free_port()
+    with GuestThread(core_host, wasm, [str(port)], loopback_policy()) as guest:
+        guest.wait_for("listening on")
+        conn = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        conn.sendall(b"ping")
+        assert conn.recv(4) == b"ping"  # an open connection, streams and tasks at work
+        guest.stop()
+    assert eof_or_reset(conn) == b""
+    conn.close()
+    assert open_fds() <= before
+
+
+# --- the engine on its own ------------------------------------------------------------------------
+
+
+def test_accepted_and_connected_engine_sockets_have_nagle_off() -> None:
+    """Both WASI versions get sockets that send small writes at once (TCP_NODELAY)."""
+    from wasi_tls_host.runtime.values import Variant
+    from wasi_tls_host.wasi.context import WasiCtx
+    from wasi_tls_host.wasi.sockets import tcp
+
+    ctx = WasiCtx(WasiConfig(network=loopback_policy()))
+    try:
+        listener = tcp.TcpSocket.create(ctx, "ipv4")
+        listener.bind(ctx, Variant("ipv4", {"port": 0, "address": (127, 0, 0, 1)}))
+        listener.listen(ctx)
+        port = listener.local_address().port
+        client = tcp.TcpSocket.create(ctx, "ipv4")
+        client.start_connect(ctx, Variant("ipv4", {"port": port, "address": (127, 0, 0, 1)}))
+        accepted = None
+        deadline = time.monotonic() + TIMEOUT
+        while accepted is None and time.monotonic() < deadline:
+            accepted = listener.accept(ctx)
+        assert accepted is not None
+        while not client.connect_done():
+            assert time.monotonic() < deadline
+        client.finish_connect()
+        for sock in (accepted, client):
+            assert sock.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+            sock.release()
+        listener.release()
+    finally:
+        ctx.close()
+
+
+def test_a_receive_stream_names_its_tcp_connection_for_the_layers_above(core_host: Host, guest_path) -> None:
+    """``p3.connection_of(stream)``: what TLS over 0.3 streams finds beneath a guest's
+    ciphertext stream (the connection's access-log record, its readiness)."""
+    from wasi_tls_host.runtime.binding import OUTGOING_VALUE_HOOKS
+    from wasi_tls_host.wasi.sockets import p3
+
+    seen: list[tuple[object, str | None]] = []
+
+    def look(name: str, value: object) -> None:
+        if name.endswith("[method]tcp-socket.receive"):
+            conn = p3.connection_of(value[0])  # type: ignore[index]
+            seen.append((conn, conn.record.peer if conn is not None and conn.record is not None else None))
+
+    port = free_port()
+    OUTGOING_VALUE_HOOKS.append(look)
+    try:
+        with GuestThread(core_host, guest_path("echo_server_p3"), [str(port), "--count", "1"], loopback_policy()) as guest:
+            guest.wait_for("listening on")
+            with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as c:
+                c.sendall(b"hi")
+                c.shutdown(socket.SHUT_WR)
+                assert c.recv(10) == b"hi"
+                local = c.getsockname()
+            assert guest.join().exit_code == 0
+    finally:
+        OUTGOING_VALUE_HOOKS.remove(look)
+    assert len(seen) == 1 and isinstance(seen[0][0], p3.tcp.TcpConnection)
+    assert seen[0][1] == f"{local[0]}:{local[1]}"

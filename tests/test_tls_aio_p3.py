@@ -1,0 +1,213 @@
+"""The asyncio-style guest binding (``guest_examples/common/wasi_tls_aio.py``) in a real WASI
+0.3 componentize-py guest, ``https_get_p3``, run by the CLI against a CPython ``ssl`` server
+on loopback whose certificate comes from a trustme CA given with ``--trust``.
+
+``tls_echo_server_p3`` is the server side: ``start_server`` with ``select_identity`` choosing
+a preopened identity by SNI, against concurrent CPython ``ssl`` clients.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import trustme
+
+from wasi_tls_host.cli import main as cli_main
+from wasi_tls_host.guests import build
+
+pytestmark = pytest.mark.timeout(180)
+
+BODY = bytes(range(256)) * 400  # 100 KiB: several TLS records and stream reads
+
+
+class HttpsServer:
+    """CPython ssl serving one fixed response per connection; records how each ended."""
+
+    def __init__(self, ctx: ssl.SSLContext) -> None:
+        self.ctx = ctx
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.1)  # accept() wakes to see `stopping`
+        self.stopping = threading.Event()
+        self.port = self.listener.getsockname()[1]
+        self.endings: list[str] = []
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(30)
+                try:
+                    with self.ctx.wrap_socket(conn, server_side=True) as tls:
+                        request = b""
+                        while b"\r\n\r\n" not in request:
+                            request += tls.recv(4096)
+                        head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY)
+                        if request.startswith(b"GET /truncate "):
+                            tls.sendall(head + BODY[:1000])
+                            self.endings.append("truncated")
+                            continue  # the TCP connection ends without close_notify
+                        tls.sendall(head + BODY)
+                        tls.unwrap()  # our close_notify, then the guest's
+                        self.endings.append("close_notify " + request.split(b"\r\n")[0].decode())
+                except (OSError, ssl.SSLError) as e:
+                    self.endings.append(f"error {e}")
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=10)
+        self.listener.close()
+
+
+@pytest.fixture(scope="module")
+def ca_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[trustme.CA, Path]:
+    ca = trustme.CA()
+    path = tmp_path_factory.mktemp("aio") / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return ca, path
+
+
+@pytest.fixture(scope="module")
+def server(ca_file: tuple[trustme.CA, Path]) -> Iterator[HttpsServer]:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca_file[0].issue_cert("localhost", "127.0.0.1").configure_cert(ctx)
+    ctx.set_alpn_protocols(["http/1.1"])
+    srv = HttpsServer(ctx)
+    yield srv
+    srv.close()
+
+
+@pytest.fixture(scope="module")
+def https_get_p3() -> Path:
+    return build("https_get_p3")
+
+
+def run_guest(guest: Path, ca: Path, port: int, *args: str) -> int:
+    return cli_main(["run", "--trust", str(ca), "--allow-connect", f"127.0.0.1:{port}", "--allow-dns",
+                     str(guest), *args])
+
+
+def test_open_connection_gets_a_page_and_closes_with_close_notify(
+        https_get_p3: Path, ca_file: tuple[trustme.CA, Path], server: HttpsServer,
+        capfd: pytest.CaptureFixture[str]) -> None:
+    server.endings.clear()
+    assert run_guest(https_get_p3, ca_file[1], server.port, "localhost", str(server.port), "/page") == 0
+    out = capfd.readouterr().out.splitlines()
+    assert out == ["version TLSv1.3 alpn http/1.1", "status HTTP/1.1 200 OK", f"body {len(BODY)} bytes"]
+    # writer.close() + wait_closed() sent close_notify after the request: unwrap() saw it.
+    assert server.endings == ["close_notify GET /page HTTP/1.1"]
+
+
+def test_wrong_hostname_is_a_clear_tls_error(
+        https_get_p3: Path, ca_file: tuple[trustme.CA, Path], server: HttpsServer,
+        capfd: pytest.CaptureFixture[str]) -> None:
+    assert run_guest(https_get_p3, ca_file[1], server.port, "127.0.0.1", str(server.port), "/", "wrong.example") == 1
+    out = capfd.readouterr().out
+    assert out.startswith("tls error: name-mismatch: ")
+    assert "not valid for 'wrong.example'" in out
+
+
+def test_a_peer_ending_without_close_notify_is_truncated(
+        https_get_p3: Path, ca_file: tuple[trustme.CA, Path], server: HttpsServer,
+        capfd: pytest.CaptureFixture[str]) -> None:
+    assert run_guest(https_get_p3, ca_file[1], server.port, "localhost", str(server.port), "/truncate") == 1
+    out = capfd.readouterr().out.splitlines()
+    assert out[:2] == ["version TLSv1.3 alpn http/1.1", "status HTTP/1.1 200 OK"]
+    # readexactly() reports the TLS error, not an IncompleteReadError of a clean end.
+    assert out[2].startswith("tls error: truncated: "), out
+    assert len(out) == 3
+
+
+def test_untrusted_server_is_unknown_issuer(
+        https_get_p3: Path, server: HttpsServer, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    other = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other))
+    assert run_guest(https_get_p3, other, server.port, "localhost", str(server.port)) == 1
+    assert capfd.readouterr().out.startswith("tls error: unknown-issuer: ")
+
+
+def test_open_connection_through_the_upstream_connector(
+        ca_file: tuple[trustme.CA, Path], server: HttpsServer, tmp_path: Path,
+        capfd: pytest.CaptureFixture[str]) -> None:
+    """A world with only wasi:tls@0.3.0-draft: the same call goes through upstream's connector."""
+    guest = build("https_get_upstream_p3")
+    server.endings.clear()
+    assert run_guest(guest, ca_file[1], server.port, "localhost", str(server.port)) == 0
+    head = b"Content-Length: %d\r\n\r\n" % len(BODY)
+    assert capfd.readouterr().out.splitlines() == ["status HTTP/1.1 200 OK", f"rest {len(head) + len(BODY)} bytes"]
+    assert server.endings == ["close_notify GET / HTTP/1.1"]
+    other = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other))
+    assert run_guest(guest, other, server.port, "localhost", str(server.port)) == 1
+    assert capfd.readouterr().out.startswith("tls error: unknown-issuer: ")
+
+
+@pytest.fixture(scope="module")
+def tls_echo_server_p3() -> Path:
+    return build("tls_echo_server_p3")
+
+
+def echo_client(port: int, ctx: ssl.SSLContext, name: str, results: dict[str, object]) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw, \
+            ctx.wrap_socket(raw, server_hostname=name) as tls:
+        stream = tls.makefile("rwb")
+        first = stream.readline()
+        stream.write(f"hello {name}\n".encode())
+        stream.flush()
+        echoed = stream.readline()
+        san = tls.getpeercert()["subjectAltName"]
+        stream.close()
+        tls.unwrap()  # the guest's writer.close() sent close_notify
+        results[name] = (first, echoed, san)
+
+
+def test_start_server_selects_identities_by_sni_and_serves_concurrently(
+        tls_echo_server_p3: Path, tmp_path: Path) -> None:
+    ca = trustme.CA()
+    args = []
+    for name, host_name in (("a.test", "a.test"), ("default", "default.test")):
+        cert = ca.issue_cert(host_name)
+        cert.cert_chain_pems[0].write_to_path(str(tmp_path / f"{name}.crt"))
+        cert.private_key_pem.write_to_path(str(tmp_path / f"{name}.key"))
+        args += ["--identity", f"{name}={tmp_path / f'{name}.crt'},{tmp_path / f'{name}.key'}"]
+    cli = Path(sys.executable).parent / "wasi-tls-host"
+    proc = subprocess.Popen([str(cli), "run", "--allow-listen", "127.0.0.1:*", *args, str(tls_echo_server_p3),
+                             "127.0.0.1", "0", "2", "a.test"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        listening = proc.stdout.readline().split()
+        assert listening[0] == "listening", listening
+        port = int(listening[1])
+        ctx = ssl.create_default_context()
+        ca.configure_trust(ctx)
+        ctx.set_alpn_protocols(["h2", "echo"])
+        results: dict[str, object] = {}
+        # Both connections are open at once: the second is served while the first waits.
+        clients = [threading.Thread(target=echo_client, args=(port, ctx, n, results)) for n in ("a.test", "default.test")]
+        for t in clients:
+            t.start()
+        for t in clients:
+            t.join(timeout=60)
+        assert results == {
+            "a.test": (b"TLSv1.3 echo\n", b"HELLO A.TEST\n", (("DNS", "a.test"),)),
+            "default.test": (b"TLSv1.3 echo\n", b"HELLO DEFAULT.TEST\n", (("DNS", "default.test"),)),
+        }
+        # close() after the second connection stops serve_forever at the next attempt.
+        socket.create_connection(("127.0.0.1", port), timeout=10).close()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert (proc.returncode, out, err) == (0, "closed after 2\n", "")
