@@ -474,13 +474,12 @@ def test_a_signal_handler_never_waits_for_the_guests_locks(host, guest_path, cer
 
     from wasi_tls_host import PrivateIdentity, TlsConfig
     from wasi_tls_host.cli.serve import Operator
-    from wasi_tls_host.wasi import sockets
 
     tls = TlsConfig(identities=[PrivateIdentity.from_files("web", certs["dir"] / "one.pem", certs["dir"] / "one.key")], use_system_roots=False)
     server = GuestServer(host, host.load(guest_path("tls_server")), free_port(), "--count", "0", "--concurrent", tls=tls)
     try:
         operator = Operator(host, server.guest, graceful_timeout=5.0)
-        registry = sockets._REGISTRIES[server.guest.ctx]
+        registry = server.guest.ctx.sockets
         with registry._lock:  # as if the signal came while the main thread counted connections
             handler = threading.Thread(target=operator.on_signal, args=(signal.SIGTERM, None))
             handler.start()
