@@ -25,7 +25,7 @@ from .version import VersionAction
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wasi-tls-host", description="Run WebAssembly components with WASI 0.2 and wasi:tls implemented in Python.")
+    parser = argparse.ArgumentParser(prog="wasi-tls-host", description="Run WebAssembly components with WASI 0.2 and 0.3 and wasi:tls implemented in Python.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log host activity (repeat for more)")
     parser.add_argument("--version", action=VersionAction, help="print the versions of wasi-tls-host, wasmtime and OpenSSL and exit")
     sub = parser.add_subparsers(dest="command", required=True)
