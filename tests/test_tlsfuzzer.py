@@ -143,7 +143,7 @@ def test_script(run: Run, name: str) -> None:
     assert outcome.passed + outcome.xfailed > 0, _report(outcome)
 
 
-@pytest.mark.parametrize("kind", sorted({s.kind for s in SCRIPTS}, key=str), ids=str)
+@pytest.mark.parametrize("kind", sorted({s.kind for s in tf.SCRIPTS}, key=str), ids=str)
 def test_guest_server_survives_and_keeps_no_descriptors(run: Run, kind: tf.Kind) -> None:
     if kind not in run.servers:
         pytest.skip(f"no selected script uses a {kind} server")
