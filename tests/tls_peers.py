@@ -204,7 +204,17 @@ def send_body(body: bytes, *, close_notify: bool) -> Behaviour:
         conn.sendall(body)
         if close_notify:
             clean_close(conn)
-        # otherwise: conn.close() in the server loop drops TCP without close_notify
+            return
+        # A FIN without close_notify, then whatever the client still sends is read until it
+        # closes: closing with unread bytes would make the kernel send a reset, which can
+        # discard the body's last segment in the client's kernel before the host reads it.
+        conn.shutdown(socket.SHUT_WR)  # drops the TLS layer without close_notify
+        conn.settimeout(5)
+        try:
+            while conn.recv(1 << 16):
+                pass
+        except OSError:
+            pass
 
     return behaviour
 
