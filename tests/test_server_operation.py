@@ -441,7 +441,9 @@ def test_sigterm_lets_a_slow_client_finish_and_refuses_new_ones(server) -> None:
     assert int(fields["in"]) > 0 and int(fields["out"]) > 0 and fields["end"] in {"peer-closed", "closed"}
 
 
-def test_deadline_and_second_signal_exit_statuses(server) -> None:
+def check_deadline_and_second_signal(server: Any) -> None:
+    """The exit statuses of a graceful stop: 3 when the deadline cuts a connection short,
+    130 when a second signal ends it at once (shared with the WASI 0.3 server tests)."""
     s = server("--graceful-timeout", "0.5")
     s.wait_for(r"listening on", where="out", timeout=STARTUP)
     held = s.connect()
@@ -461,6 +463,10 @@ def test_deadline_and_second_signal_exit_statuses(server) -> None:
     s2.process.send_signal(signal.SIGINT)  # a second signal: at once
     assert s2.process.wait(TIMEOUT) == 130
     held.close()
+
+
+def test_deadline_and_second_signal_exit_statuses(server) -> None:
+    check_deadline_and_second_signal(server)
 
 
 def test_a_signal_handler_never_waits_for_the_guests_locks(host, guest_path, certs) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port
-from test_server_operation import STARTUP, TIMEOUT, _refused_soon, _wait_stopped
+from test_server_operation import STARTUP, TIMEOUT, _refused_soon, _wait_stopped, check_deadline_and_second_signal
 from test_server_operation import Server as TlsServer
 
 
@@ -103,22 +103,4 @@ def test_sigterm_ends_the_listen_stream_and_lets_an_open_connection_finish(serve
 
 
 def test_deadline_and_second_signal_exit_statuses(server) -> None:
-    s = server("--graceful-timeout", "0.5")
-    s.wait_for(r"listening on", where="out", timeout=STARTUP)
-    held = s.connect()
-    assert s.echo(held, b"x") == b"x"
-    s.process.send_signal(signal.SIGTERM)
-    assert s.process.wait(TIMEOUT) == 3  # the deadline cut a connection short
-    assert "1 connection(s) still open after 0.5 s" in s.err
-    assert "end=host-stopped" in s.err
-    held.close()
-
-    s2 = server("--graceful-timeout", "60")
-    s2.wait_for(r"listening on", where="out", timeout=STARTUP)
-    held = s2.connect()
-    assert s2.echo(held, b"x") == b"x"
-    s2.process.send_signal(signal.SIGTERM)
-    s2.wait_for(r"stopped accepting")
-    s2.process.send_signal(signal.SIGINT)  # a second signal: at once
-    assert s2.process.wait(TIMEOUT) == 130
-    held.close()
+    check_deadline_and_second_signal(server)
