@@ -12,6 +12,8 @@ from wasmtime import WasmtimeError
 from test_async_abi import probe
 from wasi_tls_host import Host
 
+pytestmark = pytest.mark.hostile  # the hostile suite: pytest -m hostile
+
 MISUSES = {
     "wait-on-non-set": r"waitable-set.wait: handle index \d+ is not a waitable set \(it is a readable end of a stream\)",
     "wait-on-unknown-set": r"unknown handle index 4242",

@@ -1,9 +1,9 @@
 """wasi:filesystem@0.3.0: the same sandbox, read-only preopens and error codes as 0.2 (one
-engine), streams and futures in place of wasi:io, the wasmtime CLI as the reference, and a
-hostile guest misusing descriptors, streams and futures.
+engine), streams and futures in place of wasi:io, the wasmtime CLI as the reference. The hostile
+WAT guest (``fs_hostile_p3.wat``) is in the hostile suite: ``tests/test_hostile_wasi_p3.py``.
 
 Guest-side checks use guest_examples/fs_probe_p3 (componentize-py, world command-p3: one
-"label: result" line per attempt, like fs_probe) and guest_examples/wat/fs_hostile_p3.wat.
+"label: result" line per attempt, like fs_probe).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from wasmtime import WasmtimeError
 
 from conftest import GuestRun, open_fds
 from test_filesystem import ESCAPES, _pattern_sha256, jail, resolver, results, snapshot  # noqa: F401 (fixtures)
@@ -202,69 +201,6 @@ def test_same_answers_as_the_wasmtime_cli(run_p3, guest_path, tmp_path: Path, co
             assert (theirs.split(": ", 1)[1], ours.split(": ", 1)[1]) == CLI_DIFFERS[label]
         else:
             assert ours == theirs
-
-
-# --- a hostile guest ---------------------------------------------------------------------------
-
-NOT_PERMITTED = 30  # error-code's case index
-
-
-@pytest.fixture
-def hostile_dir(tmp_path: Path) -> Path:
-    (tmp_path / "data.txt").write_bytes(bytes(range(256)) * 20)  # 5120 bytes
-    (tmp_path / "sub").mkdir()
-    return tmp_path
-
-
-@pytest.fixture
-def hostile(p3_host: Host, guest_path, hostile_dir: Path):
-    """hostile("export", *args): call one export in a fresh instance, closed afterwards."""
-
-    def call(export: str, *args: Any) -> Any:
-        with p3_host.instantiate(guest_path("fs_hostile_p3"), WasiConfig(preopens=[Preopen(str(hostile_dir), "/d")])) as g:
-            return g.call(export, *args)
-
-    return call
-
-
-@pytest.mark.parametrize(("export", "answer"), [
-    ("open-dotdot", 1000 + NOT_PERMITTED),
-    ("open-absolute", 1000 + NOT_PERMITTED),
-    ("read-after-drop", 5120),            # the stream outlives its descriptor; the future says ok
-    ("drop-stream-early", 0),             # ok: the reader gave up, nothing failed
-    ("drop-future-first", 5120),          # the stream does not need its future
-    ("write-cancel-mid-copy", 0),         # what was written before the cancel stays; ok
-    ("list-directory", 2),                # data.txt, sub: records with strings, 3 at a time
-    ("list-drop-early", 0),
-])
-def test_misuse_gets_its_defined_answer_and_leaks_nothing(hostile, export: str, answer: int, no_gc: None) -> None:
-    hostile("open-dotdot")  # warm up: the host's own caches
-    baseline = open_fds()
-    assert hostile(export) == answer
-    assert open_fds() == baseline
-    assert hostile("read-after-drop") == 5120  # the host is unharmed
-
-
-@pytest.mark.parametrize(("export", "cause"), [
-    ("write-drop-mid-copy", "cannot drop busy stream"),  # the Canonical ABI: cancel a copy first
-    ("use-after-drop", "unknown handle index"),
-])
-def test_misuse_that_must_trap_traps_and_leaks_nothing(hostile, export: str, cause: str, no_gc: None) -> None:
-    hostile("open-dotdot")
-    baseline = open_fds()
-    with pytest.raises(WasmtimeError, match=cause):
-        hostile(export)
-    assert open_fds() == baseline  # the write pump's descriptor too, though it never ran
-    assert hostile("read-after-drop") == 5120
-
-
-def test_streams_and_descriptors_left_open_are_closed_with_the_instance(hostile, hostile_dir: Path, no_gc: None) -> None:
-    hostile("open-dotdot")
-    baseline = open_fds()
-    assert hostile("leave-open", 30) == 30  # each: a descriptor, read, write and directory streams
-    assert open_fds() == baseline
-    assert (hostile_dir / "out.bin").exists()
-    assert hostile("list-directory") == 3
 
 
 def test_an_import_of_another_signature_is_refused_even_by_the_first_importer(p3_host: Host) -> None:

@@ -17,6 +17,8 @@ from wasi_tls_host import GuestError, Host
 from wasi_tls_host.runtime.binding import Interface
 from wasi_tls_host.runtime.resources import HostResource
 
+pytestmark = pytest.mark.hostile  # the hostile suite: pytest -m hostile
+
 hostile = Interface("wasi-tls-host:test/hostile")
 REENTER: list[Any] = []  # the guest instance the "reenter" host function calls back into
 

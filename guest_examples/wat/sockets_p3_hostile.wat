@@ -3,6 +3,7 @@
 ;; (0 access-denied, 5 invalid-state, 7 address-in-use, 9 connection-refused, 10
 ;; connection-broken, 11 connection-reset, ...) or 100 for ok.
 ;;
+;;   create()                 -> create an IPv4 TCP socket and drop it: 100 or the error
 ;;   bind(port)               -> bind 127.0.0.1:PORT: the policy decides
 ;;   huge-backlog(port)       -> set-listen-backlog-size(2^64-1), bind, listen: set * 256 + listen
 ;;   rebind(port)             -> listen on PORT, drop the listen stream and the socket, listen
@@ -193,6 +194,12 @@
       (if (i32.ne (local.get $ret) (i32.const 0 (; COMPLETED ;))) (then unreachable))
       (call $done-drop-readable (local.get $future))
       (call $outcome (i32.const 128)))
+
+    (func (export "create") (result i32)
+      (call $create (i32.const 0 (; ipv4 ;)) (i32.const 16))
+      (if (result i32) (i32.load8_u (i32.const 16))
+        (then (i32.load8_u (i32.const 20)))
+        (else (call $tcp-drop (i32.load (i32.const 20))) (i32.const 100))))
 
     (func (export "bind") (param $port i32) (result i32)
       (local $sock i32) (local $result i32)
@@ -393,6 +400,7 @@
       (export "done-read" (func $done-read))
       (export "done-drop-readable" (func $done-drop-readable))
     ))))
+  (func (export "create") (result u32) (canon lift (core func $main "create")))
   (func (export "bind") (param "port" u32) (result u32) (canon lift (core func $main "bind")))
   (func (export "huge-backlog") (param "port" u32) (result u32) (canon lift (core func $main "huge-backlog")))
   (func (export "rebind") (param "port" u32) (result u32) (canon lift (core func $main "rebind")))
