@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import pytest
 
 from gotls_peer import GoTls, GoUnavailable, build_gotls
+from sockets_util import ServerThread
 from tls_peers import LeafFiles, OpensslServer
 from wasi_tls_host import Host, WasiConfig
 from wasi_tls_host import guests
@@ -45,6 +46,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture(scope="session")
 def host(runtime: str) -> Host:
     return Host(runtime=runtime)
+
+
+@pytest.fixture(autouse=True)
+def close_leftover_servers() -> Iterator[None]:
+    """A CPython server a failed test left open is closed with the test, not by the GC later."""
+    yield
+    ServerThread.close_leftovers()
 
 
 @pytest.fixture(scope="session")

@@ -103,7 +103,22 @@ class GuestThread:
 
 
 class ServerThread:
-    """A CPython TCP server on loopback running ``handle(conn)`` for each connection."""
+    """A CPython TCP server on loopback running ``handle(conn)`` for each connection.
+
+    A test that fails before ``close()`` leaves it open: ``close_leftovers()`` (an autouse
+    fixture in conftest.py) closes its listener then, instead of the garbage collector
+    finding it in a later test (an unraisable ResourceWarning there)."""
+
+    open_servers: set[ServerThread] = set()
+
+    @classmethod
+    def close_leftovers(cls) -> int:
+        """Close the listener of every server a test left open; how many there were."""
+        leftovers = list(cls.open_servers)
+        for server in leftovers:
+            server.listener.close()
+            cls.open_servers.discard(server)
+        return len(leftovers)
 
     def __init__(self, handle: Callable[[socket.socket], None], family: int = socket.AF_INET, connections: int = 1) -> None:
         host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
@@ -116,6 +131,7 @@ class ServerThread:
         self._handle, self._connections = handle, connections
         self.thread = threading.Thread(target=self._serve, name="cpython-server", daemon=True)
         self.thread.start()
+        ServerThread.open_servers.add(self)
 
     def _serve(self) -> None:
         try:
@@ -130,6 +146,7 @@ class ServerThread:
     def close(self) -> None:
         self.thread.join(TIMEOUT)
         self.listener.close()
+        ServerThread.open_servers.discard(self)
         assert not self.thread.is_alive(), "server thread did not finish"
         if self.errors:
             raise self.errors[0]

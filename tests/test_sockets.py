@@ -29,16 +29,21 @@ needs_ipv6 = pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopbac
 
 
 @pytest.fixture
-def probe(run_guest):
+def wasm(host, guest_path):
+    """The probe, compiled before the test starts: the session's first run of it compiles
+    for up to minutes on a loaded machine, which must not happen inside a test holding a
+    CPython server (with its 20 s timeouts) open."""
+    path = guest_path(GUEST)
+    host.load(path)
+    return path
+
+
+@pytest.fixture
+def probe(run_guest, wasm):
     def run(*args: str, policy=None):
         return run_guest(GUEST, *args, network=policy if policy is not None else loopback_policy())
 
     return run
-
-
-@pytest.fixture
-def wasm(guest_path):
-    return guest_path(GUEST)
 
 
 def lines(text: str) -> dict[str, str]:
@@ -355,6 +360,28 @@ def test_thousand_connections_leave_no_descriptor(probe, no_gc):
 
 
 # --- the reusable socket streams on their own ---------------------------------------------------
+
+
+def test_a_socket_made_after_the_store_closed_is_closed_at_once():
+    """A host task outliving its store (an accept, a new socket) cannot add a descriptor that
+    nothing would close: it is closed at once, and a new socket is refused."""
+    from wasi_tls_host.runtime.values import WitError
+    from wasi_tls_host.wasi.sockets.registry import SocketRegistry
+
+    registry = SocketRegistry()
+    registry.close_all()
+    with pytest.raises(WitError, match="invalid-state"):
+        registry.new_socket("ipv4", socket.SOCK_STREAM)
+    late = socket.socket()
+    shared = SharedSocket(late, registry)
+    assert shared.closed and late.fileno() == -1 and len(registry) == 0
+
+
+def test_a_server_a_failed_test_left_open_is_closed_with_the_test():
+    server = ServerThread(echo_until_eof)  # never closed, as when the guest run raised
+    assert ServerThread.close_leftovers() == 1
+    assert server.listener.fileno() == -1
+    server.thread.join(TIMEOUT)
 
 
 def test_socket_output_flush_completes_when_the_kernel_took_the_bytes():

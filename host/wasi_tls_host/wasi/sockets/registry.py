@@ -143,7 +143,11 @@ class SocketRegistry:
     def add(self, shared: SharedSocket) -> None:
         shared.registry = self
         with self._lock:
-            self._live.add(shared)
+            if not self.closed:
+                self._live.add(shared)
+                return
+        # The store has closed (a host task outlived it): nothing may keep a descriptor now.
+        shared.close()
 
     def forget(self, shared: SharedSocket) -> None:
         with self._lock:
@@ -166,6 +170,8 @@ class SocketRegistry:
     def new_socket(self, family: str, kind: int) -> SharedSocket:
         """A new non-blocking OS socket of ``family`` ("ipv4"/"ipv6"); IPv6 ones v6-only."""
         self.check_limit("creating a socket")
+        if self.closed:
+            raise WitError("invalid-state")
         try:
             sock = socket.socket(FAMILIES[family], kind)
         except OSError as e:
@@ -203,7 +209,8 @@ class SocketRegistry:
         return any(s.listening and not s.closed for s in self._snapshot())
 
     def close_all(self) -> None:
-        self.closed = True
+        with self._lock:
+            self.closed = True
         for shared in self._snapshot():
             if shared.record is not None:
                 shared.record.note_end("host-stopped")
