@@ -152,6 +152,30 @@ def test_inherited_output_writes_whole_lines_when_asked(whole_lines: bool) -> No
         assert writes == [b"hello", b" ", b"world", b"\nnext", b" line\nlast", b"x" * FdOutput.LINE_HOLD]
 
 
+def test_a_large_write_to_an_inherited_pipe_grows_the_pipe_first() -> None:
+    """A 64 KiB pipe makes a guest writing megabytes wait for its reader once per 64 KiB;
+    the first large write grows the pipe to FdOutput.PIPE_SIZE (the speed is measured in
+    benchmarks/bench_p3.py). Small writes (a print) leave the pipe as it is."""
+    import fcntl
+    import os
+
+    from wasi_tls_host.wasi.io import FdOutput
+
+    read_end, write_end = os.pipe()
+    try:
+        out = FdOutput(write_end)
+        out.check_write()
+        out.write(b"hello\n")
+        assert fcntl.fcntl(write_end, fcntl.F_GETPIPE_SZ) == 65536
+        out.check_write()
+        out.write(b"x" * 200_000)  # more than the pipe held: no reader is needed now
+        assert fcntl.fcntl(write_end, fcntl.F_GETPIPE_SZ) == FdOutput.PIPE_SIZE
+        assert os.read(read_end, 1 << 20) == b"hello\n" + b"x" * 200_000
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
 def test_permit_protocol(run_guest) -> None:
     r = run_guest("wasi_probe", "permits")
     assert r.stdout.startswith(b"a" * 10 + b"\0\0\0")
