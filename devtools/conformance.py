@@ -93,10 +93,20 @@ def prepare_dirs(case: Case, scratch: Path) -> list[tuple[Path, str]]:
         for path in [dest, *dest.rglob("*")]:
             if not path.is_symlink():
                 path.chmod(path.stat().st_mode | stat.S_IWUSR)
-        for leftover in dest.rglob("*.cleanup"):
-            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+        remove_leftovers(dest)
         pairs.append((dest, rel))
     return pairs
+
+
+def remove_leftovers(root: Path) -> None:
+    """Remove the ``*.cleanup`` files, directories and symlinks an earlier run left in a
+    suite's directory (a symlink, e.g. filesystem-hard-links' ``parent.cleanup -> ..``, is
+    removed itself, never followed)."""
+    for leftover in list(root.rglob("*.cleanup")):
+        if leftover.is_symlink() or not leftover.is_dir():
+            leftover.unlink()
+        else:
+            shutil.rmtree(leftover)
 
 
 def _judge(case: Case, exit_code: int, stdout: str, extra: str = "") -> Outcome:

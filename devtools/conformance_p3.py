@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from devtools.conformance import wasmtime_binary
+from devtools.conformance import remove_leftovers, wasmtime_binary
 from devtools.wasi_testsuite_adapter import host_argv
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,8 +135,7 @@ class _Session:
             for path in [root, *root.rglob("*")]:
                 if not path.is_symlink():
                     path.chmod(path.stat().st_mode | stat.S_IWUSR)
-            for leftover in root.rglob("*.cleanup"):
-                shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+            remove_leftovers(root)
         argv = self.argv_for(str(self.case.wasm), list(op.get("args", [])), dict(op.get("env", {})),
                              str(root) if root else None, self.case.proposals)
         # Unbuffered pipes: reads below wait with select() on their descriptors.

@@ -40,3 +40,17 @@ def test_suite_is_complete() -> None:
     """The suite measured here has 37 programs; a partial copy must not pass silently."""
     assert len(CASES) == 37
     assert set(EXPECTED_FAILURES) <= {c.name for c in CASES}
+
+
+def test_leftovers_of_an_earlier_run_are_removed_and_symlinks_not_followed(tmp_path) -> None:
+    """filesystem-hard-links leaves ``parent.cleanup -> ..`` in the suite's directory when
+    the official runner runs it in place: removing it must not follow it (rmtree refused)."""
+    from devtools.conformance import remove_leftovers
+
+    (tmp_path / "keep.txt").write_text("keep")
+    (tmp_path / "parent.cleanup").symlink_to("..")
+    (tmp_path / "dir.cleanup").mkdir()
+    (tmp_path / "dir.cleanup" / "f").write_text("x")
+    (tmp_path / "file.cleanup").write_text("x")
+    remove_leftovers(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
