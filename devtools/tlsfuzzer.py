@@ -1,4 +1,5 @@
-"""Running tlsfuzzer's scripts against TLS servers: the ``tls_server`` example guest on this
+"""Running tlsfuzzer's scripts against TLS servers: the ``tls_server`` example guest (WASI
+0.2) and its WASI 0.3 counterpart ``tls_server_p3`` (written with the asyncio binding) on this
 host, ``openssl s_server``, and a bare pyOpenSSL server on the host's own OpenSSL build and
 TLS profile (the witness for "OpenSSL does this, not the host").
 
@@ -9,7 +10,9 @@ tried. Its scripts need tlslite-ng and ecdsa (the ``test`` extra).
 
 ``SCRIPTS`` is the curated list: each script's options, the host TLS profile and guest mode
 it needs, and every probe expected to fail here with the reason, passed to the script as
-``-x PROBE -X ERROR`` (a probe listed there that passes fails the script: XPASS).
+``-x PROBE -X ERROR`` (a probe listed there that passes fails the script: XPASS). Both guests
+take the same arguments and fail the same probes, but where a script says otherwise
+(``Script.on``: the 0.3 guest refuses a server name it has no identity for).
 
     python -m devtools.tlsfuzzer serve-pyopenssl PORT CERT KEY [--profile P] [--mode M] [--alpn IDS]
 """
@@ -26,7 +29,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,6 +43,8 @@ PYOPENSSL = "pyopenssl"  # bare pyOpenSSL: the host's OpenSSL build and TLS prof
 S_SERVER = "s_server"  # openssl s_server (the system OpenSSL, another version)
 
 GCM = "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"  # an ECDHE AEAD suite the default profile allows
+# The example guest serving the scripts, per WASI version: same arguments, same answers.
+GUESTS = {"0.2": "tls_server", "0.3": "tls_server_p3"}
 
 
 def available() -> str | None:
@@ -70,14 +75,16 @@ class Expected:
 @dataclass(frozen=True)
 class Kind:
     """What a server is configured with: the host's TLS profile, the guest's mode and ALPN
-    ids (None: the guest's default for the mode, http/1.1 for http)."""
+    ids (None: the guest's default for the mode, http/1.1 for http), and the WASI version of
+    the guest (``GUESTS``)."""
 
     profile: str = "intermediate"
     mode: str = "http"
     alpn: str | None = None
+    wasi: str = "0.2"
 
     def __str__(self) -> str:
-        return f"{self.profile}/{self.mode}" + (f"/alpn={self.alpn}" if self.alpn else "")
+        return f"{self.wasi}/{self.profile}/{self.mode}" + (f"/alpn={self.alpn}" if self.alpn else "")
 
     @property
     def alpn_ids(self) -> str:
@@ -94,10 +101,20 @@ class Script:
     report_n: int | None = None  # -n in the report; 0 runs every probe
     expected: tuple[Expected, ...] = ()
     only: tuple[str, ...] = ()  # run just these probes (when every other one fails like them)
+    # Against the WASI 0.3 guest: more script options, and expected failures it passes.
+    p3_args: tuple[str, ...] = ()
+    p3_passes: tuple[str, ...] = ()
 
     @property
     def module(self) -> str:
         return "tlsfuzzer._apps.test_" + self.name.replace("-", "_")
+
+    def on(self, wasi: str) -> Script:
+        """This script as run against the guest of WASI version ``wasi``."""
+        if wasi == self.kind.wasi:
+            return self
+        return replace(self, kind=replace(self.kind, wasi=wasi), args=self.args + self.p3_args,
+                       expected=tuple(e for e in self.expected if e.probe not in self.p3_passes))
 
     def expected_on(self, server: str) -> tuple[Expected, ...]:
         return tuple(e for e in self.expected if server in e.same_on)
@@ -275,9 +292,11 @@ SCRIPTS: tuple[Script, ...] = (
         # Over 64 KiB as well: the cap refuses them here before SHA-1 could.
         *_each(CLIENT_HELLO_CAP, None, (), "16383 extensions", "16383 extensions last empty"),
     )),
-    Script("invalid-server-name-extension", ("-d",), kind=COMPAT, expected=(
-        *_each("the guest answers a name it has no certificate for with its default one and no "
-               "alert: RFC 6066 section 3 lets a server go on, and advises against the "
+    # The 0.3 guest refuses a name it has no identity for with a fatal unrecognized_name,
+    # which the script checks with --sni-fatal: "incorrect SNI" passes there.
+    Script("invalid-server-name-extension", ("-d",), kind=COMPAT, p3_args=("--sni-fatal",), p3_passes=("incorrect SNI",), expected=(
+        *_each("the 0.2 guest answers a name it has no certificate for with its default one and "
+               "no alert: RFC 6066 section 3 lets a server go on, and advises against the "
                "warning-level unrecognized_name the script expects (s_server and the bare "
                "pyOpenSSL server go on the same)",
                "Unexpected message from peer: Handshake(server_hello)", BOTH, "incorrect SNI"),
@@ -451,18 +470,18 @@ def compile_once(guest: Path) -> None:
 
 
 class GuestServer(ServerProcess):
-    """``wasi-tls-host run ... tls_server PORT --count 0 --concurrent --mode MODE``."""
-
-    label = "the tls_server guest"
+    """``wasi-tls-host run ... tls_server PORT --count 0 --concurrent --mode MODE`` (or
+    ``tls_server_p3``: ``guest`` is the one of ``kind.wasi``)."""
 
     def __init__(self, guest: Path, cert: Path, key: Path, workdir: Path, kind: Kind) -> None:
+        self.label = f"the {GUESTS[kind.wasi]} guest"
         port = free_port()
         cmd = [sys.executable, "-m", "wasi_tls_host.cli", "run", "--allow-listen", f"127.0.0.1:{port}",
                "--identity", f"web={cert},{key}", "--tls-profile", kind.profile, "--access-log",
                str(guest), str(port), "--count", "0", "--concurrent", "--mode", kind.mode]
         if kind.alpn:
             cmd += ["--alpn", kind.alpn]
-        super().__init__(cmd, workdir / f"guest-{kind.profile}-{kind.mode}-{port}.log", "listening on", port=port)
+        super().__init__(cmd, workdir / f"{GUESTS[kind.wasi]}-{kind.profile}-{kind.mode}-{port}.log", "listening on", port=port)
 
     def connections(self) -> int:
         """Connections served so far (one access-log line each, written when it closes)."""

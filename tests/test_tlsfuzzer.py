@@ -1,6 +1,7 @@
-"""tlsfuzzer, the TLS test suite OpenSSL, NSS and GnuTLS are tested with, against the
-``tls_server`` example guest on this host (``wasi-tls-host run ... tls_server PORT --count 0
---concurrent --mode http``; ``echo`` for tls13-lengths), in the default TLS profile and in
+"""tlsfuzzer, the TLS test suite OpenSSL, NSS and GnuTLS are tested with, against the example
+guest servers on this host: ``tls_server_p3`` (WASI 0.3, written with the asyncio binding)
+and ``tls_server`` (WASI 0.2), both run as ``wasi-tls-host run ... GUEST PORT --count 0
+--concurrent --mode http`` (``echo`` for tls13-lengths), in the default TLS profile and in
 ``compat`` where a script needs CBC suites, RSA key exchange or finite-field groups.
 
 The curated list and every expected failure with its reason are in devtools/tlsfuzzer.py;
@@ -12,8 +13,10 @@ with a fixed seed and a bounded ``-n`` (benchmarks/tlsfuzzer_report.py runs more
 s_server). One guest server per configuration serves every script; its descriptors are
 counted before and after.
 
-Every script runs by default; the checks of OpenSSL's failures on its own servers run with
-``WASI_TLS_HOST_TLSFUZZER=all`` (minutes more).
+The 0.3 guest runs every script; the 0.2 guest the scripts whose outcome its own code decides
+(``BOTH_GUESTS``: the rest exercise the host's engine and transport, which both guests share).
+``WASI_TLS_HOST_TLSFUZZER=all`` runs every script against both, and checks OpenSSL's failures
+on its own servers (minutes more).
 
 tlsfuzzer is GPL and lives outside the repository (``$TLSFUZZER``, else
 ``../shared/testsuites/tlsfuzzer``); without it this module is skipped. Deselect it with
@@ -50,6 +53,18 @@ JOBS = 2  # scripts run at once: each is a client process, the guest server one 
 REFERENCES = (tf.PYOPENSSL, tf.S_SERVER)
 PER_REASON = 2  # probes of each reason checked on the reference servers
 
+# The scripts whose outcome depends on the guest's code, not only on the host's engine and
+# transport: its answers (HTTP, echo), its ALPN and server-name choices, how it ends a
+# connection (close_notify, a reset mid-request), and errors after the handshake reaching it
+# through its WASI version's streams. Both guests run these; the 0.3 guest runs the rest too.
+BOTH_GUESTS = frozenset({
+    "conversation", "tls13-conversation", "tls13-lengths", "tls13-keyupdate", "tls13-empty-alert",
+    "tls13-zero-length-data", "tls13-connection-abort", "fuzzed-ciphertext", "alpn-negotiation",
+    "invalid-server-name-extension",
+})
+RUNS = [(wasi, s.name) for wasi in ("0.3", "0.2") for s in tf.SCRIPTS
+        if wasi == "0.3" or EVERYTHING or s.name in BOTH_GUESTS]
+
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
@@ -62,12 +77,12 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return cert, key
 
 
-def _selected(request: pytest.FixtureRequest, parameter: str, everything: tuple[tf.Script, ...]) -> list[tf.Script]:
-    """The scripts this session's selected tests of this module ask for (all if none does:
-    e.g. only the descriptor test was selected), so ``-k NAME`` runs one script."""
-    names = {item.callspec.params[parameter] for item in request.session.items
-             if item.module is request.module and hasattr(item, "callspec") and parameter in item.callspec.params}
-    return [s for s in everything if s.name in names] or list(everything)
+def _selected(request: pytest.FixtureRequest, parameters: tuple[str, ...], everything: list[tuple]) -> list[tuple]:
+    """The parameter tuples this session's selected tests of this module ask for (all if none
+    does: e.g. only the descriptor test was selected), so ``-k NAME`` runs one script."""
+    chosen = {tuple(item.callspec.params[p] for p in parameters) for item in request.session.items
+              if item.module is request.module and hasattr(item, "callspec") and all(p in item.callspec.params for p in parameters)}
+    return [e for e in everything if e in chosen] or list(everything)
 
 
 def _start_all(make: dict[K, Callable[[], S]]) -> dict[K, S]:
@@ -99,26 +114,27 @@ class Run:
     """The guest servers and what every selected script did against them."""
 
     servers: dict[tf.Kind, tf.GuestServer]
-    outcomes: dict[str, tf.Outcome] = field(default_factory=dict)
+    outcomes: dict[tuple[str, str], tf.Outcome] = field(default_factory=dict)  # (wasi, script name) ->
     fds_before: dict[tf.Kind, int] = field(default_factory=dict)
     fds_after: dict[tf.Kind, int] = field(default_factory=dict)
 
 
 @pytest.fixture(scope="module")
 def run(request: pytest.FixtureRequest, guest_path, pki: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
-    scripts = _selected(request, "name", tf.SCRIPTS)
+    scripts = [tf.script(name).on(wasi) for wasi, name in _selected(request, ("wasi", "name"), RUNS)]
     cert, key = pki
     work = tmp_path_factory.mktemp("tlsfuzzer")
-    guest = guest_path("tls_server")
-    tf.compile_once(guest)
+    guests = {wasi: guest_path(tf.GUESTS[wasi]) for wasi in {s.kind.wasi for s in scripts}}
+    for guest in guests.values():
+        tf.compile_once(guest)
     kinds = {s.kind for s in scripts}
-    servers = _start_all({kind: (lambda kind=kind: tf.GuestServer(guest, cert, key, work, kind)) for kind in kinds})
+    servers = _start_all({kind: (lambda kind=kind: tf.GuestServer(guests[kind.wasi], cert, key, work, kind)) for kind in kinds})
     try:
         result = Run(servers)
         result.fds_before = {kind: server.descriptors() for kind, server in servers.items()}
         with ThreadPoolExecutor(JOBS) as pool:
             outcomes = pool.map(lambda s: tf.run(s, servers[s.kind].port, n=s.ci_n, expected=s.expected, only=s.only), scripts)
-            result.outcomes = {s.name: o for s, o in zip(scripts, outcomes)}
+            result.outcomes = {(s.kind.wasi, s.name): o for s, o in zip(scripts, outcomes)}
         result.fds_after = {kind: server.settled_descriptors(result.fds_before[kind]) for kind, server in servers.items()}
         yield result
     finally:
@@ -135,15 +151,15 @@ def _report(outcome: tf.Outcome) -> str:
     return "\n".join(lines)
 
 
-@pytest.mark.parametrize("name", [s.name for s in tf.SCRIPTS])
-def test_script(run: Run, name: str) -> None:
+@pytest.mark.parametrize(("wasi", "name"), RUNS, ids=[f"{wasi}-{name}" for wasi, name in RUNS])
+def test_script(run: Run, wasi: str, name: str) -> None:
     """Every probe passes but the expected failures, which fail as expected."""
-    outcome = run.outcomes[name]
+    outcome = run.outcomes[(wasi, name)]
     assert outcome.ok, _report(outcome)
     assert outcome.passed + outcome.xfailed > 0, _report(outcome)
 
 
-@pytest.mark.parametrize("kind", sorted({s.kind for s in tf.SCRIPTS}, key=str), ids=str)
+@pytest.mark.parametrize("kind", sorted({tf.script(name).on(wasi).kind for wasi, name in RUNS}, key=str), ids=str)
 def test_guest_server_survives_and_keeps_no_descriptors(run: Run, kind: tf.Kind) -> None:
     if kind not in run.servers:
         pytest.skip(f"no selected script uses a {kind} server")
@@ -175,7 +191,7 @@ def witnessed(request: pytest.FixtureRequest, pki: tuple[Path, Path], tmp_path_f
     selected here: (script name, reference) -> (probes, outcome)."""
     cert, key = pki
     work = tmp_path_factory.mktemp("tlsfuzzer-references")
-    selected = {s.name for s in _selected(request, "name", tuple(s for s, _ in WITNESSED))}
+    selected = {name for name, _ in _selected(request, ("name", "reference"), [(s.name, ref) for s, ref in WITNESSED])}
     checks = [(s, ref) for s, ref in WITNESSED if s.name in selected]
     bare = _start_all({s.kind: (lambda kind=s.kind: tf.PyOpenSSLServer(cert, key, work, kind))
                        for s, ref in checks if ref == tf.PYOPENSSL})

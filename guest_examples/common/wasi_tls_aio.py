@@ -434,6 +434,7 @@ class ClientHello:
 
 
 ALERT_UNRECOGNIZED_NAME = 112
+ALERT_NO_APPLICATION_PROTOCOL = 120
 ALERT_INTERNAL_ERROR = 80
 
 
@@ -504,7 +505,8 @@ async def start_server(client_connected_cb, host, port, *, identity=None, select
     The server's certificate is an identity the embedder preopened (``--identity NAME=...``):
     ``identity="NAME"``, or ``select_identity(client_hello) -> NAME or None`` (may be async)
     chooses one per connection from the ClientHello (None refuses it with an
-    unrecognized_name alert). ``alpn`` lists the server's protocols in preference order.
+    unrecognized_name alert). ``alpn`` lists the server's protocols in preference order; a
+    client offering only others is refused with no_application_protocol (RFC 7301).
     ``require_client_cert`` asks for a client certificate, verified by the host's
     ``--client-ca``. Returns a ``Server``; handshake failures are printed to stderr."""
     if (identity is None) == (select_identity is None):
@@ -545,12 +547,17 @@ async def start_server(client_connected_cb, host, port, *, identity=None, select
                         IncomingClientHello.reject(hello, ALERT_UNRECOGNIZED_NAME)
                         await sent.read()
                         return
-                response = OutgoingServerHello(name)
+                chosen = None
                 if protocols:
                     offered = await hello.alpn_ids()
                     chosen = next((p for p in protocols if p in offered), None)
-                    if chosen is not None:
-                        response.set_alpn_id(chosen)
+                    if offered and chosen is None:  # RFC 7301 section 3.2: a fatal alert
+                        IncomingClientHello.reject(hello, ALERT_NO_APPLICATION_PROTOCOL)
+                        await sent.read()
+                        return
+                response = OutgoingServerHello(name)
+                if chosen is not None:
+                    response.set_alpn_id(chosen)
                 if require_client_cert:
                     response.request_client_identity(True)
                 exchange = await IncomingClientHello.accept(hello, response)

@@ -38,7 +38,7 @@ REPO = BUNDLED if (BUNDLED / "guest_examples").is_dir() else PACKAGE.parents[1]
 EXAMPLES = REPO / "guest_examples"
 WIT = REPO / "wit"
 # Guests built into the wheel (setup.py), so the demo needs no build tools.
-PREBUILT_GUESTS = ("https_get",)
+PREBUILT_GUESTS = ("https_get_p3", "https_get")
 COMPONENTIZE_PY = "componentize-py==0.25.1"  # keep equal to the pin in pyproject.toml
 # A build takes about 10 s (componentize-py) on this 2-core machine; a stuck one is reported, not waited on.
 BUILD_TIMEOUT = 600.0

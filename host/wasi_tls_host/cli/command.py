@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     provenance.add_arguments(sub, run_parser)
     demo = sub.add_parser("demo", help="fetch https://localhost from a guest through this host, with a throwaway CA (no network needed)")
     demo.add_argument("which", nargs="?", choices=["https", "attest"], default="https", help="attest: a client guest pins the code of a server guest (code-bound identities)")
+    demo.add_argument("--wasi", choices=["0.3", "0.2"], default="0.3", help="the WASI version of the https demo's guest (default 0.3: https_get_p3, written with the asyncio binding; 0.2: https_get)")
     build_guest.add_parser(sub)
     interop.add_parser(sub)
     cache.add_parser(sub)
@@ -53,7 +54,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from .demo import run_demo
 
-        return run_demo()
+        return run_demo(wasi=args.wasi)
     if args.command == "cache":
         return cache.command(args)
     return build_guest.command(args)
