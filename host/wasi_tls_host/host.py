@@ -316,9 +316,12 @@ class Host:
         self.engine_label = engine_label or ("epoch-interruption" if epochs else "default") + (f",{CONCURRENCY_OFF}" if concurrency_off else "")
         self.epoch_interruption = epochs
         self.ticker: EpochTicker | None = EpochTicker(self.engine) if epochs else None
-        self.linker = Linker(self.engine)
-        self.interfaces = all_interfaces() if interfaces is None else list(interfaces)
-        add_to_linker(self.linker, self.interfaces)
+        # This host's interfaces unless the embedder names them. Loaded as needed: the TLS
+        # interfaces (pyOpenSSL, about 150 ms) only for a component that imports one, and the
+        # component runtime's linker only for that runtime (see bind and linker).
+        self._interfaces = None if interfaces is None else list(interfaces)
+        self._linker: Linker | None = None
+        self._linker_lock = threading.Lock()
         # Keyed by the component itself (weakly): an id() could be reused by a later one.
         self._checked: weakref.WeakKeyDictionary[Component, list[str]] = weakref.WeakKeyDictionary()
         # Epoch checks change the compiled code, and wasmtime refuses artifacts compiled
@@ -331,6 +334,23 @@ class Host:
         self._lock = threading.Lock()
         self._instances: weakref.WeakSet[GuestInstance] = weakref.WeakSet()
         self.closed = False
+
+    @property
+    def interfaces(self) -> list[Interface]:
+        """Every interface this host serves (loads the TLS ones if they are not yet)."""
+        if self._interfaces is None:
+            self._interfaces = all_interfaces()
+        return self._interfaces
+
+    @property
+    def linker(self) -> Linker:
+        """wasmtime's component linker with this host's interfaces (the component runtime)."""
+        with self._linker_lock:
+            if self._linker is None:
+                linker = Linker(self.engine)
+                add_to_linker(linker, self.interfaces)
+                self._linker = linker
+            return self._linker
 
     def close(self) -> None:
         """Release the compiled components this host keeps (each cached artifact stays
@@ -436,7 +456,16 @@ class Host:
         """The host functions a core-backend component's imports resolve to (cached)."""
         bound = self._bound.get(component)
         if bound is None:
-            bound = self._bound[component] = bind(component, self.interfaces)
+            if self._interfaces is None:
+                # WASI's interfaces first: a component that imports nothing else binds
+                # without loading the TLS ones (their names are disjoint, so the result is
+                # the same as against all of them).
+                bound = bind(component, wasi_interfaces())
+                if bound.missing:
+                    bound = bind(component, self.interfaces)
+            else:
+                bound = bind(component, self._interfaces)
+            self._bound[component] = bound
         return bound
 
     def check(self, component: AnyComponent) -> None:

@@ -11,11 +11,12 @@ from __future__ import annotations
 import hashlib
 import threading
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-from . import signatures
 from .digest import DigestMismatch, parse_digest
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 
 @dataclass(frozen=True)
@@ -68,5 +69,7 @@ class CodePolicy:
             raise DigestMismatch(evidence.digest, self.digests)
         if not self.signers:
             return evidence
+        from . import signatures  # cryptography: loaded only when signers are required (start-up time)
+
         verified = signatures.verify(wasm, self.signers, self.signature, require_all=self.require_all_signers)
         return replace(evidence, signers=tuple(sorted(signatures.raw_public_key(k) for k in verified.signers)))
