@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable
 from wasmtime import Engine, ExitTrap, Store, WasmtimeError
 from wasmtime.component import Component, Instance, Linker
 
-from .provenance import CodeEvidence, CodePolicy
+from .provenance import CodeEvidence, CodePolicy, ProvenanceError
 from .runtime import binding, exports
 from .runtime.binding import Interface
 from .runtime.cache import FROM_ENVIRONMENT, CacheSize, ComponentCache, resolve_max_size
@@ -140,6 +140,11 @@ class GuestInstance:
             raise GuestError("an attested identity needs the component's bytes: load it with Host.load (or pass a path or bytes)")
         from .tls.attested import InstanceAttestation
 
+        try:
+            evidence.sha512  # taken now if the load left it for later: a file changed since is refused here
+        except ProvenanceError as e:
+            self.close()
+            raise GuestError(str(e)) from None
         self.ctx.attestation = InstanceAttestation(ca, evidence, config)
 
     @property
@@ -387,6 +392,7 @@ class Host:
         ``trust_compiled`` vouches for it for this component, wasmtime, engine and platform;
         otherwise the component is compiled here.
         """
+        path: Path | None = None
         if isinstance(source, (str, Path)):
             path = Path(source)
             try:
@@ -398,7 +404,7 @@ class Host:
         else:
             wasm = bytes(source)
         policy = policy or self.policy
-        evidence = policy.check(wasm) if policy is not None else CodeEvidence.of(wasm)
+        evidence = policy.check(wasm, path) if policy is not None else CodeEvidence.of(wasm, path=path)
         if wasm[:4] != b"\0asm":
             raise GuestError("not a WebAssembly binary (no \\0asm header)")
         if wasm[4:8] == b"\x01\0\0\0":
