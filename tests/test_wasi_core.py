@@ -240,7 +240,7 @@ def test_cli_runs_a_command_and_passes_exit_status(guest_path) -> None:
 
 # Loaded only when a component or an option needs them (start-up time, issue 15).
 _NOT_FOR_A_PLAIN_RUN = ("OpenSSL", "cryptography", "ssl", "urllib.request", "importlib.metadata", "wasi_tls_host.tls.config",
-                        "wasi_tls_host.provenance.signatures")
+                        "wasi_tls_host.provenance.signatures", "ctypes.util", "concurrent.futures")
 
 
 def test_cli_run_of_a_plain_guest_loads_no_tls_and_collects_again(guest_path) -> None:

@@ -29,7 +29,6 @@ import logging
 import os
 import stat
 import mmap
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -87,6 +86,8 @@ class ArtifactAuthenticator:
 
     @staticmethod
     def _create(path: Path) -> None:
+        import tempfile  # only to write (start-up time)
+
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".key")  # mkstemp: mode 0600
         try:
             os.write(fd, os.urandom(32))
@@ -177,6 +178,8 @@ def _read_or_none(path: Path) -> bytes | None:
 def write_atomically(path: Path, data: bytes, mode: int | None = None) -> None:
     """Replace ``path`` with ``data`` through a temporary file beside it, which a failure
     (a full disk, say) removes again. The file is private (0600) unless ``mode`` says."""
+    import tempfile  # only to write (start-up time)
+
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     try:
         if mode is not None:
