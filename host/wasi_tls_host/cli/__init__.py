@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .startup import hold, pause_collection, resume_collection
+from .startup import end_collection_pause, hold, pause_collection
 
 if TYPE_CHECKING:
     from .command import build_parser
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return command_main(argv)
     finally:
-        resume_collection()
+        end_collection_pause()
 
 
 def __getattr__(name: str) -> Any:

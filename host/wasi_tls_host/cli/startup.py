@@ -124,6 +124,7 @@ def block_in_child() -> None:
 
 
 _collection_paused = False
+_collection_frozen = False
 
 
 def pause_collection() -> None:
@@ -138,10 +139,22 @@ def pause_collection() -> None:
 
 
 def resume_collection() -> None:
-    """Collection back on (if ``pause_collection`` turned it off), with what exists now frozen:
-    the start-up's objects live as long as the process, so no collection needs to scan them."""
-    global _collection_paused
+    """Collection back on (if ``pause_collection`` turned it off), with what exists now frozen
+    while the command runs: the start-up's objects live as long as the guest, so no
+    collection needs to scan them."""
+    global _collection_paused, _collection_frozen
     if _collection_paused:
         _collection_paused = False
         gc.freeze()
+        _collection_frozen = True
         gc.enable()
+
+
+def end_collection_pause() -> None:
+    """When the command returns: collection as it was before it (for a process that called
+    ``main`` and goes on: what was frozen is collectable again)."""
+    global _collection_frozen
+    resume_collection()
+    if _collection_frozen:
+        _collection_frozen = False
+        gc.unfreeze()
