@@ -10,7 +10,8 @@ import stat
 import pytest
 
 from wasi_tls_host import Host, WasiConfig
-from wasi_tls_host.runtime.artifact_auth import KEY_FILE, TAG_SUFFIX, ArtifactAuthenticator
+from wasi_tls_host.runtime import artifact_auth
+from wasi_tls_host.runtime.artifact_auth import KEY_FILE, SEEN_SUFFIX, TAG_SUFFIX, ArtifactAuthenticator
 
 
 def _artifact(cache_dir, wasm_host: Host, wasm: bytes):
@@ -90,6 +91,44 @@ def test_the_core_runtime_loads_only_modules_and_plans_it_wrote(tmp_path, guest_
         assert again.cache.compiled == 1, victim.name  # a miss: compiled again (and rewritten)
         assert "authentication failed" in caplog.text
         caplog.clear()
+
+
+def test_a_verified_module_is_mapped_again_unread_until_its_file_changes(tmp_path, guest_path, monkeypatch) -> None:
+    """Once verified, a module whose open file is the same (inode, size, mtime, ctime) is
+    mapped without hashing its bytes again; a file rewritten in place with its size and mtime
+    put back, or replaced by a copy, is hashed again, and a changed byte is still a miss."""
+    monkeypatch.setattr(artifact_auth, "SETTLED_NS", 0)  # the files here are brand new
+    wasm = guest_path("exit_code").read_bytes()
+    Host(cache_dir=tmp_path, runtime="core").load(wasm)
+    first = Host(cache_dir=tmp_path, runtime="core")
+    first.load(wasm)
+    modules = sorted(tmp_path.glob(f"{first.core_cache.key(wasm)}-*.cwasm"))
+    assert modules and all(p.with_name(p.name + SEEN_SUFFIX).exists() for p in modules)
+    assert first.cache.auth.content_checks == len(modules) + 1  # and the plan
+    again = Host(cache_dir=tmp_path, runtime="core")
+    assert again.run(wasm, WasiConfig(args=["x", "5"])).exit_code == 5
+    assert again.cache.auth.content_checks == 1  # only the plan (each load marks its use on it)
+
+    victim = modules[0]
+    info = victim.stat()
+    victim.write_bytes(victim.read_bytes())  # same bytes, same inode: only its ctime moves
+    os.utime(victim, ns=(info.st_atime_ns, info.st_mtime_ns))
+    copy = modules[-1].with_name("copy")
+    copy.write_bytes(modules[-1].read_bytes())
+    os.utime(copy, ns=(modules[-1].stat().st_atime_ns, modules[-1].stat().st_mtime_ns))
+    os.replace(copy, modules[-1])
+    changed = Host(cache_dir=tmp_path, runtime="core")
+    assert changed.run(wasm, WasiConfig(args=["x", "7"])).exit_code == 7
+    assert changed.cache.auth.content_checks == 1 + len({victim, modules[-1]}) and changed.cache.compiled == 0
+
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    info = victim.stat()
+    victim.write_bytes(bytes(data))
+    os.utime(victim, ns=(info.st_atime_ns, info.st_mtime_ns))
+    flipped = Host(cache_dir=tmp_path, runtime="core")
+    assert flipped.run(wasm, WasiConfig(args=["x", "8"])).exit_code == 8
+    assert flipped.cache.compiled == 1  # a miss: compiled again
 
 
 def test_a_failed_write_leaves_no_file_behind(tmp_path) -> None:

@@ -151,6 +151,26 @@ def test_an_attested_instance_of_a_component_the_host_did_not_load_is_refused(pk
         host.instantiate(foreign, WasiConfig(tls=TlsConfig(attest_ca=pki.attest_ca())))
 
 
+def test_the_code_hash_of_a_component_loaded_from_a_file_is_of_the_code_loaded(pki, host, guest_path, tmp_path) -> None:
+    """Loading from a file leaves the SHA-512 for later (start-up time); when an attested
+    instance needs it, it is taken from the file again, and a file changed since the load is
+    refused with a GuestError instead of being certified as the code that runs."""
+    from wasi_tls_host import GuestError
+
+    wasm = guest_path("tls_server").read_bytes()
+    path = tmp_path / "server.wasm"
+    path.write_bytes(wasm)
+    component = host.load(path)
+    evidence = host.evidence(component)
+    assert evidence is not None and evidence.code_hash is None
+    assert evidence.sha512 == hashlib.sha512(wasm).digest() and evidence.code_hash == evidence.sha512
+    changed = Host(cache_dir=tmp_path / "cache")
+    component = changed.load(path)
+    path.write_bytes(wasm + b"\0")
+    with pytest.raises(GuestError, match="changed since it was loaded"):
+        changed.instantiate(component, WasiConfig(tls=TlsConfig(attest_ca=pki.attest_ca())))
+
+
 # --- guests ---------------------------------------------------------------------------------
 
 

@@ -262,6 +262,31 @@ def test_cli_runs_a_command_and_passes_exit_status(guest_path) -> None:
     assert r.stdout == b"through the cli"
 
 
+# Loaded only when a component or an option needs them (start-up time, issue 15).
+_NOT_FOR_A_PLAIN_RUN = ("OpenSSL", "cryptography", "ssl", "urllib.request", "importlib.metadata", "wasi_tls_host.tls.config",
+                        "wasi_tls_host.provenance.signatures", "ctypes.util", "concurrent.futures")
+
+
+def test_cli_run_of_a_plain_guest_loads_no_tls_and_collects_again(guest_path) -> None:
+    """``run`` of a guest that imports no wasi:tls never loads pyOpenSSL, cryptography,
+    urllib or importlib.metadata, and the collector paused for start-up is as it was once
+    ``main`` returns (nothing left frozen for a process that goes on)."""
+    def loaded_after_run(guest: str, *args: str) -> str:
+        check = f"""
+import gc, sys
+from wasi_tls_host.cli import main
+status = main(["run", {str(guest_path(guest))!r}, *{args!r}])
+loaded = [m for m in {_NOT_FOR_A_PLAIN_RUN!r} if m in sys.modules]
+print(status, loaded, gc.isenabled(), gc.get_freeze_count())
+"""
+        r = subprocess.run([sys.executable, "-c", check], capture_output=True, timeout=120)
+        return r.stdout.decode().strip().splitlines()[-1]
+
+    assert loaded_after_run("wasi_probe", "exit", "0") == "0 [] True 0"
+    # The check sees them when a guest imports wasi:tls (its usage message and status 2).
+    assert "'OpenSSL'" in loaded_after_run("tls_probe")
+
+
 def test_cli_inherit_env(guest_path) -> None:
     r = subprocess.run([*CLI, "run", "--inherit-env", str(guest_path("wasi_probe")), "env", "MARKER"],
                        env={**os.environ, "MARKER": "inherited"}, capture_output=True, timeout=120)

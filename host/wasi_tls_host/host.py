@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable
 from wasmtime import Engine, ExitTrap, Store, WasmtimeError
 from wasmtime.component import Component, Instance, Linker
 
-from .provenance import CodeEvidence, CodePolicy
+from .provenance import CodeEvidence, CodePolicy, ProvenanceError
 from .runtime import binding, exports
 from .runtime.binding import Interface
 from .runtime.cache import FROM_ENVIRONMENT, CacheSize, ComponentCache, resolve_max_size
@@ -140,6 +140,11 @@ class GuestInstance:
             raise GuestError("an attested identity needs the component's bytes: load it with Host.load (or pass a path or bytes)")
         from .tls.attested import InstanceAttestation
 
+        try:
+            evidence.sha512  # taken now if the load left it for later: a file changed since is refused here
+        except ProvenanceError as e:
+            self.close()
+            raise GuestError(str(e)) from None
         self.ctx.attestation = InstanceAttestation(ca, evidence, config)
 
     @property
@@ -316,9 +321,12 @@ class Host:
         self.engine_label = engine_label or ("epoch-interruption" if epochs else "default") + (f",{CONCURRENCY_OFF}" if concurrency_off else "")
         self.epoch_interruption = epochs
         self.ticker: EpochTicker | None = EpochTicker(self.engine) if epochs else None
-        self.linker = Linker(self.engine)
-        self.interfaces = all_interfaces() if interfaces is None else list(interfaces)
-        add_to_linker(self.linker, self.interfaces)
+        # This host's interfaces unless the embedder names them. Loaded as needed: the TLS
+        # interfaces (pyOpenSSL, about 150 ms) only for a component that imports one, and the
+        # component runtime's linker only for that runtime (see bind and linker).
+        self._interfaces = None if interfaces is None else list(interfaces)
+        self._linker: Linker | None = None
+        self._linker_lock = threading.Lock()
         # Keyed by the component itself (weakly): an id() could be reused by a later one.
         self._checked: weakref.WeakKeyDictionary[Component, list[str]] = weakref.WeakKeyDictionary()
         # Epoch checks change the compiled code, and wasmtime refuses artifacts compiled
@@ -331,6 +339,23 @@ class Host:
         self._lock = threading.Lock()
         self._instances: weakref.WeakSet[GuestInstance] = weakref.WeakSet()
         self.closed = False
+
+    @property
+    def interfaces(self) -> list[Interface]:
+        """Every interface this host serves (loads the TLS ones if they are not yet)."""
+        if self._interfaces is None:
+            self._interfaces = all_interfaces()
+        return self._interfaces
+
+    @property
+    def linker(self) -> Linker:
+        """wasmtime's component linker with this host's interfaces (the component runtime)."""
+        with self._linker_lock:
+            if self._linker is None:
+                linker = Linker(self.engine)
+                add_to_linker(linker, self.interfaces)
+                self._linker = linker
+            return self._linker
 
     def close(self) -> None:
         """Release the compiled components this host keeps (each cached artifact stays
@@ -367,6 +392,7 @@ class Host:
         ``trust_compiled`` vouches for it for this component, wasmtime, engine and platform;
         otherwise the component is compiled here.
         """
+        path: Path | None = None
         if isinstance(source, (str, Path)):
             path = Path(source)
             try:
@@ -378,7 +404,7 @@ class Host:
         else:
             wasm = bytes(source)
         policy = policy or self.policy
-        evidence = policy.check(wasm) if policy is not None else CodeEvidence.of(wasm)
+        evidence = policy.check(wasm, path) if policy is not None else CodeEvidence.of(wasm, path=path)
         if wasm[:4] != b"\0asm":
             raise GuestError("not a WebAssembly binary (no \\0asm header)")
         if wasm[4:8] == b"\x01\0\0\0":
@@ -436,7 +462,16 @@ class Host:
         """The host functions a core-backend component's imports resolve to (cached)."""
         bound = self._bound.get(component)
         if bound is None:
-            bound = self._bound[component] = bind(component, self.interfaces)
+            if self._interfaces is None:
+                # WASI's interfaces first: a component that imports nothing else binds
+                # without loading the TLS ones (their names are disjoint, so the result is
+                # the same as against all of them).
+                bound = bind(component, wasi_interfaces())
+                if bound.missing:
+                    bound = bind(component, self.interfaces)
+            else:
+                bound = bind(component, self._interfaces)
+            self._bound[component] = bound
         return bound
 
     def check(self, component: AnyComponent) -> None:

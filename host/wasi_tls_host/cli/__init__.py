@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .startup import hold
+from .startup import end_collection_pause, hold, pause_collection
 
 if TYPE_CHECKING:
     from .command import build_parser
@@ -27,9 +27,13 @@ def main(argv: list[str] | None = None) -> int:
     """Run the ``wasi-tls-host`` command (``argv``: default ``sys.argv[1:]``); returns its
     exit status."""
     hold()  # before the heavy imports: a signal now is remembered, not fatal
-    from .command import main as command_main
+    pause_collection()  # until the guest runs (startup.py)
+    try:
+        from .command import main as command_main
 
-    return command_main(argv)
+        return command_main(argv)
+    finally:
+        end_collection_pause()
 
 
 def __getattr__(name: str) -> Any:

@@ -18,7 +18,7 @@ import sys
 
 from ..host import GuestError, trap_cause
 from ..provenance import ProvenanceError
-from ..tls.config import rotation_log
+from ..tls.names import ROTATION_LOG
 from . import build_guest, cache, interop, provenance, run, startup
 from .errors import UsageError, print_error
 from .version import VersionAction
@@ -66,9 +66,11 @@ def main(argv: list[str] | None = None) -> int:
         parser = build_parser()
         args = parser.parse_args(argv)
         if args.command != "run":
+            startup.resume_collection()
             signals.release()  # only `run` operates a guest: the rest take signals as usual
         args.argv = list(sys.argv[1:] if argv is None else argv)  # what --workers starts again
         logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)], format=f"{startup.process_name()}: %(message)s")
+        rotation_log = logging.getLogger(ROTATION_LOG)  # tls.config's, without loading OpenSSL for it
         rotation_log.setLevel(min(rotation_log.getEffectiveLevel(), logging.INFO))  # say what each SIGHUP did
         return _run(args)
     finally:

@@ -23,12 +23,17 @@ import sys
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..tls.config import TlsConfig, load_certificates, log_rotation
-from ..tls.identities import IdentityFiles, PassphraseNeeded, PrivateIdentity
 from ..wasi.context import WasiConfig
 from .errors import UsageError
 from .options_server import worker_number
+
+if TYPE_CHECKING:
+    from ..tls.identities import PrivateIdentity
+
+# The TLS modules (pyOpenSSL) load only when an identity is given: a run without one never
+# needs them (start-up time).
 
 # In a worker: the descriptor of the private in-memory file holding the identities in use.
 IDENTITIES_ENV = "WASI_TLS_HOST_IDENTITIES_FD"
@@ -74,6 +79,8 @@ class IdentitySource:
 
     def identity(self) -> PrivateIdentity:
         """The identity these bytes make, reloadable from its files (ValueError if none)."""
+        from ..tls.identities import IdentityFiles, PrivateIdentity
+
         files = IdentityFiles(self.spec.cert, self.spec.key, self.passphrase)
         return PrivateIdentity.from_pem(self.spec.name, self.cert_pem, self.key_pem, self.passphrase, files=files)
 
@@ -81,6 +88,8 @@ class IdentitySource:
 def read_source(spec: IdentitySpec, *, known_passphrase: bytes | None = None, prompt: bool = True) -> tuple[IdentitySource, PrivateIdentity]:
     """Read an identity's files and load them (ValueError naming the identity and the file);
     ask for a passphrase only when the key is encrypted and none was given."""
+    from ..tls.identities import PassphraseNeeded
+
     try:
         cert_pem, key_pem = spec.cert.read_bytes(), spec.key.read_bytes()
     except OSError as e:
@@ -117,6 +126,8 @@ def read_sources(texts: list[str]) -> list[IdentitySource]:
 def reload_sources(sources: list[IdentitySource]) -> list[IdentitySource]:
     """SIGHUP in a supervisor: each identity read again from its files, or kept as it was
     when they fail to load (one line each, as a worker logs its own reload)."""
+    from ..tls.config import log_rotation
+
     reloaded = []
     for source in sources:
         try:
@@ -192,6 +203,10 @@ def apply(args: argparse.Namespace, config: WasiConfig) -> None:
     try:
         specs = [parse_identity_spec(text) for text in args.identity]
         handed = take_handed_sources()
+        if not specs and not args.client_ca:
+            return
+        from ..tls.config import TlsConfig, load_certificates
+
         identities = [handed[spec].identity() if spec in handed else load_identity(spec) for spec in specs]
         client_ca = [cert for path in args.client_ca for cert in load_certificates(path)]
     except ValueError as e:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from ..tls.config import TlsConfig
 from ..tls.limits import TlsLimits
 from ..wasi.context import WasiConfig
 from .errors import UsageError
@@ -41,6 +40,8 @@ def apply(args: argparse.Namespace, config: WasiConfig) -> None:
         "max_client_hello": args.max_client_hello,
     }
     changes = {name: limit_value(value) for name, value in given.items() if value is not None}
+    if not changes:
+        return  # the library's defaults (see options_tls: OpenSSL loads only if the guest uses TLS)
     if changes.get("handshake_timeout") == 0.0:
         changes["handshake_timeout"] = None
     try:
@@ -48,5 +49,7 @@ def apply(args: argparse.Namespace, config: WasiConfig) -> None:
     except ValueError as e:
         raise UsageError(str(e)) from None
     if config.tls is None:
+        from ..tls.config import TlsConfig
+
         config.tls = TlsConfig()
     config.tls.limits = limits

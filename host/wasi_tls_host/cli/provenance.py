@@ -86,6 +86,8 @@ def _read(path: str, what: str) -> bytes:
 
 
 def public_keys(paths: list[str]) -> list[Any]:
+    if not paths:
+        return []  # cryptography loads only for keys (start-up time)
     from ..provenance.signatures import load_public_key
 
     try:
@@ -119,10 +121,10 @@ def code_policy(args: argparse.Namespace) -> CodePolicy | None:
 def guest_source(args: argparse.Namespace) -> str | bytes:
     """The guest's path, or the verified bytes of a component named sha256:<hex>."""
     from ..provenance import is_digest
-    from ..provenance import store
 
     if not is_digest(args.guest) or os.path.exists(args.guest):
         return args.guest
+    from ..provenance import store  # urllib and ssl: only for a guest named by its digest
     try:
         stores = [store.open_store(loc, max_bytes=args.module_max_size or store.DEFAULT_MAX_BYTES) for loc in args.module_store]
     except ValueError as e:

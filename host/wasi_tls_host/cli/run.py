@@ -83,6 +83,7 @@ def command(args: argparse.Namespace) -> int:
         # Read once here: workers start from these bytes (and passphrases), kept across a
         # SIGHUP that fails to load a file.
         sources = options_identities.read_sources(args.identity)
+        startup.resume_collection()
         return Supervisor(args.workers, args.argv, args.allow_listen, sources, held).run()
     config = wasi_config(args)
     try:
@@ -95,6 +96,7 @@ def command(args: argparse.Namespace) -> int:
         name, call_args = parse_invoke(args.invoke)
         config.args = [os.path.basename(args.guest)]
         with host.instantiate(component, config) as guest, _sigint_stops(guest):
+            startup.resume_collection()  # started: what runs from here collects as usual
             try:
                 value = guest.call(name, *call_args)
             except WasmtimeError:
@@ -106,6 +108,7 @@ def command(args: argparse.Namespace) -> int:
             print(format_value(value))
         return 0
     with host.instantiate(component, config) as guest:
+        startup.resume_collection()
         result, decided = serve(host, guest, args.graceful_timeout, held)
     if decided is not None:
         return decided  # a signal ended it: the status says how (see cli/serve.py)

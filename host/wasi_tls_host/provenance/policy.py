@@ -11,31 +11,57 @@ from __future__ import annotations
 import hashlib
 import threading
 from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from .digest import DigestMismatch, ProvenanceError, parse_digest
 
-from . import signatures
-from .digest import DigestMismatch, parse_digest
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 
 @dataclass(frozen=True)
 class CodeEvidence:
-    """Facts about one component's bytes, established before it was compiled."""
+    """Facts about one component's bytes, established before it was compiled.
+
+    The SHA-512 (the DICE code hash) is only needed by a code-bound identity, and hashing an
+    18 MB guest costs about 25 ms of every start: for a component loaded from a file it is
+    taken when first asked, from the file read again, whose SHA-256 must still be ``digest``
+    (ProvenanceError otherwise), so it is always the hash of the code that was loaded."""
 
     digest: str                         # "sha256:<hex>" of the bytes as loaded
-    sha512: bytes                       # SHA-512 of the same bytes (the DICE code hash)
+    code_hash: bytes | None             # SHA-512 of the same bytes, or None: taken from ``path`` when asked
     signers: tuple[bytes, ...] = ()     # raw Ed25519 public keys that verified its signature
+    path: Path | None = field(default=None, compare=False)  # where the bytes were read from
 
     @classmethod
-    def of(cls, wasm: bytes, signers: tuple[bytes, ...] = ()) -> CodeEvidence:
-        # Every load hashes the whole component twice (about 16 + 25 ms for an 18 MB guest):
-        # hashlib releases the GIL on large inputs, so SHA-512 runs on another core meanwhile.
+    def of(cls, wasm: bytes, signers: tuple[bytes, ...] = (), path: Path | None = None) -> CodeEvidence:
+        """``path``: the file ``wasm`` was read from; the SHA-512 waits until it is asked for."""
+        if path is not None:
+            return cls("sha256:" + hashlib.sha256(wasm).hexdigest(), None, tuple(sorted(signers)), path)
+        # Both hashes of the whole component: hashlib releases the GIL on large inputs, so
+        # SHA-512 runs on another core meanwhile.
         sha512: list[bytes] = []
         worker = threading.Thread(target=lambda: sha512.append(hashlib.sha512(wasm).digest()), name="sha512")
         worker.start()
         sha256 = hashlib.sha256(wasm).hexdigest()
         worker.join()
         return cls("sha256:" + sha256, sha512[0], tuple(sorted(signers)))
+
+    @property
+    def sha512(self) -> bytes:
+        """SHA-512 of the component's bytes (the DICE code hash)."""
+        if self.code_hash is None:
+            assert self.path is not None
+            try:
+                wasm = self.path.read_bytes()
+            except OSError as e:
+                raise ProvenanceError(f"{self.path}: cannot read the component again for its code hash: {e.strerror}") from None
+            if "sha256:" + hashlib.sha256(wasm).hexdigest() != self.digest:
+                raise ProvenanceError(f"{self.path} changed since it was loaded (its code hash must be of the code that runs): load it again")
+            object.__setattr__(self, "code_hash", hashlib.sha512(wasm).digest())
+        assert self.code_hash is not None
+        return self.code_hash
 
 
 @dataclass
@@ -60,13 +86,15 @@ class CodePolicy:
     def empty(self) -> bool:
         return not self.digests and not self.signers
 
-    def check(self, wasm: bytes) -> CodeEvidence:
+    def check(self, wasm: bytes, path: Path | None = None) -> CodeEvidence:
         """Raise ProvenanceError (DigestMismatch, SignatureError) unless ``wasm`` satisfies
-        this policy; return what was established."""
-        evidence = CodeEvidence.of(wasm)  # its sha256 is the digest the pins are checked against
+        this policy; return what was established (``path``: see ``CodeEvidence.of``)."""
+        evidence = CodeEvidence.of(wasm, path=path)  # its sha256 is the digest the pins are checked against
         if self.digests and evidence.digest not in self.digests:
             raise DigestMismatch(evidence.digest, self.digests)
         if not self.signers:
             return evidence
+        from . import signatures  # cryptography: loaded only when signers are required (start-up time)
+
         verified = signatures.verify(wasm, self.signers, self.signature, require_all=self.require_all_signers)
         return replace(evidence, signers=tuple(sorted(signatures.raw_public_key(k) for k in verified.signers)))

@@ -4,7 +4,7 @@ running host has loaded.
 
 An entry is what one load reads: the component runtime's ``KEY.cwasm``, or the core
 runtime's ``KEY-core-vN.plan`` with its ``KEY-core-vN-I.cwasm`` modules, each file with its
-``.mac`` tag. The entry's primary file (the artifact, or the plan, which is written last) carries:
+``.mac`` tag (and ``.seen``, runtime/artifact_auth.py). The entry's primary file (the artifact, or the plan, which is written last) carries:
 
 * its last use, as its modification time, set at every load (access times are unreliable
   under ``relatime``/``noatime``);
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .artifact_auth import TAG_SUFFIX
+from .artifact_auth import SEEN_SUFFIX, TAG_SUFFIX
 from .limits import format_bytes, parse_bytes
 
 log = logging.getLogger("wasi_tls_host.cache")
@@ -66,7 +66,7 @@ def max_size_from_environment() -> int | None:
 
 def entry_name(file_name: str) -> str | None:
     """The entry a cache file belongs to (None: not an entry's file, e.g. the key)."""
-    name = file_name.removesuffix(TAG_SUFFIX)
+    name = file_name.removesuffix(TAG_SUFFIX).removesuffix(SEEN_SUFFIX)
     if name.startswith("."):
         return None
     match = _CORE_MODULE.match(name)

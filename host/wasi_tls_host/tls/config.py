@@ -14,6 +14,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from OpenSSL import SSL, crypto
 
 from .limits import TlsLimits
+from .names import DEFAULT_MIN_VERSION, ROTATION_LOG, VERSION_NAMES
 from .profiles import DEFAULT_PROFILE, TlsProfile, profile as lookup_profile
 
 # A trust anchor: PEM bytes (one or more certificates), a path to a PEM file, or a
@@ -22,9 +23,10 @@ TrustAnchor = Union[bytes, str, Path, x509.Certificate]
 
 _log = logging.getLogger("wasi_tls_host.tls")
 # Certificate rotation: one line per identity per reload (the command line shows its INFO).
-rotation_log = logging.getLogger("wasi_tls_host.identities")
+rotation_log = logging.getLogger(ROTATION_LOG)
 
 _VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
+assert tuple(_VERSIONS) == VERSION_NAMES
 # The versions guests may name, by their IANA (wire) value: the OpenSSL constant.
 _WIRE_VERSIONS = {0x0303: SSL.TLS1_2_VERSION, 0x0304: SSL.TLS1_3_VERSION}
 
@@ -104,7 +106,7 @@ class TlsConfig:
 
     trust: list[TrustAnchor] = field(default_factory=list)
     use_system_roots: bool = True
-    min_version: str = "1.2"
+    min_version: str = DEFAULT_MIN_VERSION
     max_version: str | None = None
     # Called on the host with a HandshakeInfo after each completed handshake (for logs,
     # audits, the demo); exceptions it raises are logged, never passed to the guest.

@@ -23,6 +23,7 @@ from OpenSSL import SSL
 from OpenSSL._util import lib as _lib
 
 from .ciphers import TLS12_SUITES, TLS13_SUITES
+from .names import DEFAULT_PROFILE, PROFILE_NAMES
 
 _VERSION_NAME = {SSL.TLS1_2_VERSION: "TLS 1.2", SSL.TLS1_3_VERSION: "TLS 1.3"}
 
@@ -112,7 +113,7 @@ PROFILES: dict[str, TlsProfile] = {
         _MOZILLA_GROUPS + ("X448", "P-521", "ffdhe2048", "ffdhe3072", "ffdhe4096"),
     ),
 }
-DEFAULT_PROFILE = "intermediate"
+assert sorted(PROFILES) == sorted(PROFILE_NAMES) and DEFAULT_PROFILE in PROFILES
 
 
 def profile(name: str) -> TlsProfile:

@@ -274,14 +274,16 @@ class ComponentInstance(ComponentState):
 
     # --- memory and calls into the guest ---------------------------------------------------
     def memory_view(self, memory: Any) -> memoryview:
-        """A view of ``memory`` as it is now (base and size re-read on every call; the view
-        object is reused while neither changed)."""
+        """A view of ``memory`` as it is now (its size re-read on every call; the view object
+        is reused while the size is the same). A linear memory never shrinks and only moves
+        when it grows, so an unchanged size means an unchanged address: one call into
+        wasmtime per view instead of two (this runs several times per async call and copy)."""
         ref = ctypes.byref(memory)
         size = native.mem_size(self.context, ref)
-        base = native.mem_data(self.context, ref)
         cached = self._views.get(id(memory))
-        if cached is not None and cached[0] == base and cached[1] == size:
+        if cached is not None and cached[1] == size:
             return cached[2]
+        base = native.mem_data(self.context, ref)
         view = memoryview((ctypes.c_ubyte * size).from_address(base)).cast("B") if size else memoryview(bytearray())  # type: ignore[operator]
         self._views[id(memory)] = (base, size, view)
         return view

@@ -11,17 +11,32 @@ from __future__ import annotations
 import ipaddress
 import socket
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...runtime.values import WitError
 from ..io import Notifier
 from .policy import IPAddress, check_dns
 
-_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="wasi-dns")
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
+
+_pool: ThreadPoolExecutor | None = None  # made by the first lookup (start-up time)
 MAX_PENDING = 256
+
+
 _pending = 0
 _pending_lock = threading.Lock()
+
+
+def _lookup_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pending_lock:
+        if _pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="wasi-dns")
+        return _pool
+
 
 _GAI_ERRORS = {
     socket.EAI_NONAME: "name-unresolvable",
@@ -68,7 +83,7 @@ class Lookup:
                 raise WitError("temporary-resolver-failure")
             _pending += 1
         self.notifier = Notifier()
-        _POOL.submit(self._run, name)
+        _lookup_pool().submit(self._run, name)
 
     @property
     def done(self) -> bool:

@@ -8,7 +8,7 @@ streams are in ``p2.py``; WASI 0.3's async send and receive in ``p3.py``.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import errno
 import socket
 import struct
@@ -20,7 +20,16 @@ from .policy import check_bind, check_connect
 from .base import EngineSocket
 from .registry import SharedSocket, os_error, registry
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    """The C library, found when first needed: ``find_library`` runs ``ldconfig`` (start-up time)."""
+    import ctypes.util
+
+    return ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+
+
 MAX_DATAGRAM = 65535
 # Datagram errors: a previous datagram's ICMP unreachable comes back as ECONNRESET.
 DATAGRAM_ERRORS = {errno.ECONNRESET: "remote-unreachable"}
@@ -29,7 +38,7 @@ DATAGRAM_ERRORS = {errno.ECONNRESET: "remote-unreachable"}
 def _disconnect(sock: socket.socket) -> None:
     """``connect(fd, AF_UNSPEC)``: forget a UDP socket's peer (Python has no spelling for it)."""
     unspec = struct.pack("=H14x", socket.AF_UNSPEC)
-    if _libc.connect(sock.fileno(), ctypes.c_char_p(unspec), len(unspec)) != 0:
+    if _libc().connect(sock.fileno(), ctypes.c_char_p(unspec), len(unspec)) != 0:
         code = ctypes.get_errno()
         if code not in (0, errno.EAFNOSUPPORT):  # Linux reports success; some kernels EAFNOSUPPORT
             raise OSError(code, "disconnect failed")
