@@ -442,44 +442,65 @@ class Server:
     ``wait_closed()``, ``sockets`` (here: the bound ``(host, port)`` pairs)."""
 
     def __init__(self, sock, incoming, handle, address):
-        self._sock = sock
+        self._sock = sock  # the listening TcpSocket
         self._incoming = incoming  # StreamReader of accepted TcpSockets
         self._handle = handle
         self._tasks = set()
         self._closed = False
-        self._serving = None
+        self._accepting = False  # a read of ``_incoming`` is pending
         self.sockets = [address]
 
     def is_serving(self):
         return not self._closed
 
     async def serve_forever(self):
-        """Accept connections until close(): each is handled in a task of its own."""
+        """Accept connections until close() (or the host's graceful stop), each handled in
+        a task of its own; returns once the listener is closed. Connections being served go
+        on: ``wait_closed()`` waits for them."""
         loop = asyncio.get_event_loop()
-        self._serving = True
-        while not self._closed:
-            accepted = await self._incoming.read(16)
-            if not accepted and self._incoming.writer_dropped:
-                break
-            for sock in accepted:
-                if self._closed:
-                    sock.__exit__(None, None, None)
-                    continue
-                task = loop.create_task(self._handle(sock))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-        self._drop_listener()
+        try:
+            while not self._closed:
+                self._accepting = True
+                try:
+                    accepted = await self._incoming.read(16)
+                finally:
+                    self._accepting = False
+                if not accepted and self._incoming.writer_dropped:
+                    break  # the host stopped accepting (graceful stop)
+                for sock in accepted:
+                    if self._closed:
+                        sock.__exit__(None, None, None)
+                        continue
+                    task = loop.create_task(self._handle(sock))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+        finally:
+            self._closed = True
+            self._drop_listener()
 
     def close(self):
-        """Stop accepting. A serve_forever() waiting for a connection stops when the next
-        one arrives (which is refused); connections being served go on."""
+        """Stop accepting at once: a serve_forever() waiting for a connection returns and
+        the listener is closed (clients still in its backlog are refused); connections
+        being served go on."""
+        if self._closed:
+            return
         self._closed = True
+        # componentize-py cannot cancel the pending accept read (stream.cancel-read); this
+        # host ends it empty when the socket is dropped, then the stream's drop closes the
+        # listener.
+        if self._sock is not None:
+            self._sock.__exit__(None, None, None)
+            self._sock = None
+        if not self._accepting:
+            self._drop_listener()
 
     def _drop_listener(self):
         if self._incoming is not None:
             self._incoming.__exit__(None, None, None)
-            self._sock.__exit__(None, None, None)
             self._incoming = None
+        if self._sock is not None:
+            self._sock.__exit__(None, None, None)
+            self._sock = None
 
     async def wait_closed(self):
         """Wait until every connection handler has returned."""
@@ -491,8 +512,6 @@ class Server:
 
     async def __aexit__(self, *exc):
         self.close()
-        if self._incoming is not None and self._serving is None:
-            self._drop_listener()
         await self.wait_closed()
 
 

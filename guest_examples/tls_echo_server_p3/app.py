@@ -2,8 +2,8 @@
 asyncio-style binding (wasi_tls_aio.start_server) on WASI 0.3. The identity is chosen per
 connection by SNI among the preopened NAMEs (`default` when the client sent none or another
 name); each line comes back upper-cased, with the negotiated version and ALPN first. After
-COUNT connections it closes the server (which stops at the next connection attempt) and
-waits for the handlers."""
+COUNT connections it closes the server (serve_forever returns at once, the listener is
+closed) and waits for the handlers."""
 
 import sys
 
