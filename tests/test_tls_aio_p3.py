@@ -8,6 +8,7 @@ a preopened identity by SNI, against concurrent CPython ``ssl`` clients.
 
 from __future__ import annotations
 
+import json
 import socket
 import ssl
 import subprocess
@@ -172,23 +173,32 @@ def echo_client(port: int, ctx: ssl.SSLContext, name: str, results: dict[str, ob
         results[name] = (first, echoed, san)
 
 
-def test_start_server_selects_identities_by_sni_and_serves_concurrently(
-        tls_echo_server_p3: Path, tmp_path: Path) -> None:
-    ca = trustme.CA()
-    args = []
+def start_echo_server(guest: Path, tmp_path: Path, ca: trustme.CA, *args: str) -> tuple[subprocess.Popen[str], int]:
+    """tls_echo_server_p3 with identities `a.test` and `default` from ``ca``; ``args``: more
+    CLI options, then `--` and the guest's arguments after HOST PORT. Returns it and its port."""
+    identities = []
     for name, host_name in (("a.test", "a.test"), ("default", "default.test")):
         cert = ca.issue_cert(host_name)
         cert.cert_chain_pems[0].write_to_path(str(tmp_path / f"{name}.crt"))
         cert.private_key_pem.write_to_path(str(tmp_path / f"{name}.key"))
-        args += ["--identity", f"{name}={tmp_path / f'{name}.crt'},{tmp_path / f'{name}.key'}"]
+        identities += ["--identity", f"{name}={tmp_path / f'{name}.crt'},{tmp_path / f'{name}.key'}"]
+    split = args.index("--")
     cli = Path(sys.executable).parent / "wasi-tls-host"
-    proc = subprocess.Popen([str(cli), "run", "--allow-listen", "127.0.0.1:*", *args, str(tls_echo_server_p3),
-                             "127.0.0.1", "0", "2", "a.test"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([str(cli), "run", "--allow-listen", "127.0.0.1:*", *identities, *args[:split], str(guest),
+                             "127.0.0.1", "0", *args[split + 1:]], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    listening = proc.stdout.readline().split()
+    if not listening or listening[0] != "listening":
+        proc.kill()
+        raise AssertionError(f"{listening} {proc.communicate()}")
+    return proc, int(listening[1])
+
+
+def test_start_server_selects_identities_by_sni_and_serves_concurrently(
+        tls_echo_server_p3: Path, tmp_path: Path) -> None:
+    ca = trustme.CA()
+    proc, port = start_echo_server(tls_echo_server_p3, tmp_path, ca, "--", "2", "a.test")
     try:
-        assert proc.stdout is not None
-        listening = proc.stdout.readline().split()
-        assert listening[0] == "listening", listening
-        port = int(listening[1])
         ctx = ssl.create_default_context()
         ca.configure_trust(ctx)
         ctx.set_alpn_protocols(["h2", "echo"])
@@ -211,3 +221,65 @@ def test_start_server_selects_identities_by_sni_and_serves_concurrently(
             proc.kill()
             proc.communicate()
     assert (proc.returncode, out, err) == (0, "closed after 2\n", "")
+
+
+def refused_client(port: int, ctx: ssl.SSLContext) -> str:
+    """The reason a client's first read fails (TLS 1.3 checks the client's certificate after
+    the client's side of the handshake is done)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw, \
+            ctx.wrap_socket(raw, server_hostname="default.test") as tls:
+        try:
+            data = tls.recv(100)
+        except ssl.SSLError as e:
+            return str(e.reason)
+        return f"read {data!r}"
+
+
+def test_start_server_client_ca_verifies_clients_against_a_named_ca_set(
+        tls_echo_server_p3: Path, tmp_path: Path) -> None:
+    """client_ca="clients" verifies against --client-ca clients=CA.pem, not the default
+    --client-ca; the client's certificate is get_extra_info("peercert") in the shape (and
+    with the values) CPython's getpeercert() gives for the same certificate."""
+    ca, clients_ca, other_ca = trustme.CA(), trustme.CA(), trustme.CA()
+    clients_ca.cert_pem.write_to_path(str(tmp_path / "clients-ca.pem"))
+    other_ca.cert_pem.write_to_path(str(tmp_path / "other-ca.pem"))
+    proc, port = start_echo_server(tls_echo_server_p3, tmp_path, ca, "--client-ca", str(tmp_path / "other-ca.pem"),
+                                   "--client-ca", f"clients={tmp_path / 'clients-ca.pem'}", "--", "1", "--client-ca", "clients")
+    try:
+        def client(issuer: trustme.CA | None) -> ssl.SSLContext:
+            ctx = ssl.create_default_context()
+            ca.configure_trust(ctx)
+            ctx.set_alpn_protocols(["echo"])
+            if issuer is not None:
+                issuer.issue_cert("client.test", "127.0.0.1", common_name="Client Example").configure_cert(ctx)
+            return ctx
+
+        assert refused_client(port, client(None)) == "TLSV13_ALERT_CERTIFICATE_REQUIRED"
+        # A certificate from the default --client-ca is not one of the named set's.
+        assert refused_client(port, client(other_ca)) == "TLSV1_ALERT_UNKNOWN_CA"
+        good = clients_ca.issue_cert("client.test", "127.0.0.1", common_name="Client Example")
+        good.cert_chain_pems[0].write_to_path(str(tmp_path / "client.crt"))
+        ctx = client(None)
+        good.configure_cert(ctx)
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as raw, \
+                ctx.wrap_socket(raw, server_hostname="default.test") as tls:
+            stream = tls.makefile("rwb")
+            version, alpn, peercert = stream.readline().decode().split(" ", 2)
+            stream.write(b"hi\n")
+            stream.flush()
+            assert stream.readline() == b"HI\n"
+            stream.close()
+            tls.unwrap()
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert (version, alpn) == ("TLSv1.3", "echo")
+    expected = ssl._ssl._test_decode_cert(str(tmp_path / "client.crt"))  # what getpeercert() gives
+    assert json.loads(peercert) == json.loads(json.dumps(expected))
+    assert expected["notBefore"] and expected["serialNumber"] and expected["version"] == 3
+    assert (proc.returncode, out) == (0, "closed after 1\n")
+    refusals = err.splitlines()
+    assert len(refusals) == 2, err
+    assert "TlsError: " in refusals[0] and "TlsError: " in refusals[1], err

@@ -328,17 +328,136 @@ class StreamWriter:
         await self.wait_closed()
 
 
+# X.509 attribute OIDs by the long names OpenSSL (and so ssl.getpeercert()) gives them.
+NAME_ATTRIBUTES = {
+    "2.5.4.3": "commonName", "2.5.4.4": "surname", "2.5.4.5": "serialNumber", "2.5.4.6": "countryName",
+    "2.5.4.7": "localityName", "2.5.4.8": "stateOrProvinceName", "2.5.4.9": "streetAddress",
+    "2.5.4.10": "organizationName", "2.5.4.11": "organizationalUnitName", "2.5.4.12": "title",
+    "2.5.4.17": "postalCode", "2.5.4.42": "givenName", "2.5.4.46": "dnQualifier", "2.5.4.97": "organizationIdentifier",
+    "1.2.840.113549.1.9.1": "emailAddress", "0.9.2342.19200300.100.1.25": "domainComponent",
+    "0.9.2342.19200300.100.1.1": "userId",
+}
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+OID_SUBJECT_ALT_NAME = "2.5.29.17"
+
+
+def _der(data, at=0):
+    """The DER element at ``at``: (tag, content start, content end)."""
+    tag, length = data[at], data[at + 1]
+    at += 2
+    if length & 0x80:
+        n = length & 0x7F
+        length = int.from_bytes(data[at:at + n], "big")
+        at += n
+    return tag, at, at + length
+
+
+def _der_items(data, start, end):
+    """The elements between ``start`` and ``end``, as (tag, content start, content end)."""
+    while start < end:
+        item = _der(data, start)
+        yield item
+        start = item[2]
+
+
+def _oid(raw):
+    first = raw[0]
+    parts, value = [min(first // 40, 2), first - 40 * min(first // 40, 2)], 0
+    for b in raw[1:]:
+        value = value << 7 | (b & 0x7F)
+        if not b & 0x80:
+            parts.append(value)
+            value = 0
+    return ".".join(map(str, parts))
+
+
+def _der_name(data, start, end):
+    """A Name as getpeercert() shapes it: a tuple of RDNs, each a tuple of (attribute, value)."""
+    rdns = []
+    for _, s, e in _der_items(data, start, end):  # SET per RDN
+        rdn = []
+        for _, a, b in _der_items(data, s, e):  # SEQUENCE { OID, value }
+            (_, os_, oe), (vtag, vs, ve) = _der_items(data, a, b)
+            oid = _oid(data[os_:oe])
+            raw = bytes(data[vs:ve])
+            text = raw.decode("utf-16-be") if vtag == 0x1E else raw.decode("utf-8", "replace")
+            rdn.append((NAME_ATTRIBUTES.get(oid, oid), text))
+        rdns.append(tuple(rdn))
+    return tuple(rdns)
+
+
+def _der_time(data, tag, start, end):
+    """UTCTime or GeneralizedTime as getpeercert() writes it: 'Jan  5 09:34:43 2018 GMT'."""
+    text = bytes(data[start:end]).decode("ascii")
+    if tag == 0x17:  # UTCTime: YYMMDDHHMMSSZ, years 1950-2049
+        year = int(text[:2])
+        text = str(year + (1900 if year >= 50 else 2000)) + text[2:]
+    year, month, day = text[:4], int(text[4:6]), int(text[6:8])
+    return f"{MONTHS[month - 1]} {day:2d} {text[8:10]}:{text[10:12]}:{text[12:14]} {year} GMT"
+
+
+def _der_alt_names(data, start, end):
+    names = []
+    for tag, s, e in _der_items(data, start, end):
+        raw = bytes(data[s:e])
+        if tag == 0x82:
+            names.append(("DNS", raw.decode("ascii", "replace")))
+        elif tag == 0x87:
+            if len(raw) == 4:
+                names.append(("IP Address", ".".join(map(str, raw))))
+            else:
+                names.append(("IP Address", ":".join("%X" % int.from_bytes(raw[i:i + 2], "big") for i in range(0, 16, 2))))
+        elif tag == 0x81:
+            names.append(("email", raw.decode("ascii", "replace")))
+        elif tag == 0x86:
+            names.append(("URI", raw.decode("ascii", "replace")))
+    return tuple(names)
+
+
+def decode_certificate(der):
+    """A DER certificate as ssl.SSLSocket.getpeercert() shapes it: ``subject``, ``issuer``,
+    ``version``, ``serialNumber``, ``notBefore``, ``notAfter``, ``subjectAltName``."""
+    data = memoryview(der)
+    _, cs, ce = _der(data)  # Certificate
+    _, ts, te = _der(data, cs)  # TBSCertificate
+    fields = list(_der_items(data, ts, te))
+    version = 1
+    if fields[0][0] == 0xA0:  # [0] EXPLICIT version
+        _, vs, ve = _der(data, fields[0][1])
+        version = int.from_bytes(data[vs:ve], "big") + 1
+        fields = fields[1:]
+    serial, _, issuer, validity, subject = fields[:5]
+    (bt, bs, be), (at, as_, ae) = _der_items(data, validity[1], validity[2])
+    cert = {
+        "subject": _der_name(data, subject[1], subject[2]),
+        "issuer": _der_name(data, issuer[1], issuer[2]),
+        "version": version,
+        "serialNumber": (bytes(data[serial[1]:serial[2]]).lstrip(b"\0").hex().upper() or "00"),
+        "notBefore": _der_time(data, bt, bs, be),
+        "notAfter": _der_time(data, at, as_, ae),
+    }
+    for tag, s, e in fields[5:]:
+        if tag != 0xA3:  # [3] EXPLICIT extensions
+            continue
+        _, xs, xe = _der(data, s)
+        for _, es, ee in _der_items(data, xs, xe):
+            parts = list(_der_items(data, es, ee))
+            if _oid(data[parts[0][1]:parts[0][2]]) == OID_SUBJECT_ALT_NAME:
+                _, ns, ne = _der(data, parts[-1][1])  # OCTET STRING holding GeneralNames
+                cert["subjectAltName"] = _der_alt_names(data, ns, ne)
+    return cert
+
+
 def _peercert(identity):
-    """The server's certificate as ssl.SSLSocket.getpeercert() shapes it (plus ``der``)."""
+    """The peer's certificate as ssl.SSLSocket.getpeercert() shapes it (decoded here from
+    the DER the host gives), plus ``der``: the leaf's DER."""
     if identity is None:
         return None
     with identity:
-        return {
-            "subject": identity.subject(),
-            "issuer": identity.issuer(),
-            "subjectAltName": tuple(("DNS", n) for n in identity.subject_alt_names()),
-            "der": identity.export_der(),
-        }
+        der = identity.export_der()[0]
+    cert = decode_certificate(der)
+    cert["der"] = der
+    return cert
 
 
 async def open_connection(host, port, *, server_hostname=None, alpn=None, identity=None, limit=DEFAULT_LIMIT):
@@ -516,7 +635,7 @@ class Server:
 
 
 async def start_server(client_connected_cb, host, port, *, identity=None, select_identity=None, alpn=None,
-                       require_client_cert=False, limit=DEFAULT_LIMIT):
+                       client_ca=None, require_client_cert=None, limit=DEFAULT_LIMIT):
     """Listen on ``host:port`` (port 0: any) and call ``client_connected_cb(reader, writer)``
     (a coroutine function or a plain one) for each TLS connection, concurrently.
 
@@ -524,8 +643,12 @@ async def start_server(client_connected_cb, host, port, *, identity=None, select
     ``identity="NAME"``, or ``select_identity(client_hello) -> NAME or None`` (may be async)
     chooses one per connection from the ClientHello (None refuses it with an
     unrecognized_name alert). ``alpn`` lists the server's protocols in preference order.
-    ``require_client_cert`` asks for a client certificate, verified by the host's
-    ``--client-ca``. Returns a ``Server``; handshake failures are printed to stderr."""
+    Mutual TLS: ``client_ca="NAME"`` asks each client for a certificate and verifies it
+    against the CA set the embedder preopened as ``--client-ca NAME=CA.pem`` (trust is named,
+    as identities are); a client without one is refused unless ``require_client_cert=False``.
+    ``require_client_cert=True`` alone uses the host's default ``--client-ca``. The
+    client's certificate is ``writer.get_extra_info("peercert")``. Returns a ``Server``;
+    handshake failures are printed to stderr."""
     if (identity is None) == (select_identity is None):
         raise ValueError("give exactly one of identity= and select_identity=")
     ip = (await _addresses(host))[0]
@@ -570,7 +693,10 @@ async def start_server(client_connected_cb, host, port, *, identity=None, select
                     chosen = next((p for p in protocols if p in offered), None)
                     if chosen is not None:
                         response.set_alpn_id(chosen)
-                if require_client_cert:
+                if client_ca is not None:
+                    response.set_client_ca(client_ca)
+                    response.request_client_identity(require_client_cert is not False)
+                elif require_client_cert:
                     response.request_client_identity(True)
                 exchange = await IncomingClientHello.accept(hello, response)
                 connection = await IncomingClientExchange.finish(exchange)
