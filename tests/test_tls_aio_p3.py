@@ -9,6 +9,8 @@ a preopened identity by SNI, against concurrent CPython ``ssl`` clients.
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import socket
 import ssl
 import subprocess
@@ -283,3 +285,71 @@ def test_start_server_client_ca_verifies_clients_against_a_named_ca_set(
     refusals = err.splitlines()
     assert len(refusals) == 2, err
     assert "TlsError: " in refusals[0] and "TlsError: " in refusals[1], err
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_guest(name: str) -> tuple[str, list[str]]:
+    """The README's Python block that starts with ``# NAME, built with: COMMAND``: its
+    code and COMMAND's words."""
+    for block in re.findall(r"```python\n(.*?)```", README.read_text(), re.S):
+        first = block.splitlines()[0]
+        if first.startswith(f"# {name}, built with: "):
+            return block, shlex.split(first.partition("built with: ")[2])
+    raise AssertionError(f"README.md has no python block starting with '# {name}, built with: '")
+
+
+def build_as_readme_says(name: str, folder: Path, capfd: pytest.CaptureFixture[str]) -> Path:
+    code, command = readme_guest(name)
+    folder.mkdir()
+    (folder / name).write_text(code)
+    assert command[:2] == ["wasi-tls-host", "build-guest"] and name in command, command
+    assert cli_main([str(folder / word) if word == name else word for word in command[1:]]) == 0
+    return Path(capfd.readouterr().out.splitlines()[-1])
+
+
+@pytest.mark.timeout(600)  # two componentize-py builds and their compilation, on a cold cache
+def test_readme_client_and_server_build_and_run_as_shown(
+        ca_file: tuple[trustme.CA, Path], server: HttpsServer, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """The README's guest client and server, built with its one command from a folder of
+    their own: the client fetches from a CPython ssl server, CPython ssl clients fetch from
+    the server, which stops by itself after its COUNT requests."""
+    client = build_as_readme_says("client.py", tmp_path / "client", capfd)
+    server.endings.clear()
+    assert run_guest(client, ca_file[1], server.port, "localhost", str(server.port)) == 0
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY)
+    assert capfd.readouterr().out.splitlines() == ["HTTP/1.1 200 OK over TLSv1.3",
+                                                   f"body and headers: {len(head) + len(BODY) - 17} bytes"]
+    assert server.endings == ["close_notify GET / HTTP/1.1"]
+
+    guest = build_as_readme_says("server.py", tmp_path / "server", capfd)
+    cert = ca_file[0].issue_cert("localhost")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    cli = Path(sys.executable).parent / "wasi-tls-host"
+    proc = subprocess.Popen([str(cli), "run", "--allow-listen", "127.0.0.1:*", "--identity",
+                             f"web={tmp_path / 'cert.pem'},{tmp_path / 'key.pem'}", str(guest), "0", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        listening = proc.stdout.readline().split()
+        assert listening[:2] == ["listening", "on"], listening
+        ctx = ssl.create_default_context()
+        ca_file[0].configure_trust(ctx)
+        ctx.set_alpn_protocols(["http/1.1"])
+        for _ in range(2):
+            with socket.create_connection(("127.0.0.1", int(listening[2])), timeout=30) as raw, \
+                    ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+                tls.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                response = b""
+                while chunk := tls.recv(4096):
+                    response += chunk
+                assert tls.selected_alpn_protocol() == "http/1.1"
+            assert response == b"HTTP/1.1 200 OK\r\nContent-Length: 19\r\n\r\nhello over TLSv1.3\n"
+        out, err = proc.communicate(timeout=30)  # the second request closed the server
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert (proc.returncode, out, err) == (0, "", "")

@@ -1,4 +1,8 @@
-"""asyncio-style TLS streams for WASI 0.3 Python guests (componentize-py), like the stdlib's.
+"""TLS for Python guests (componentize-py), shaped like the standard library's: asyncio
+streams on WASI 0.3, a blocking connection on WASI 0.2. One module for both; the guest's
+world decides which API it has.
+
+WASI 0.3 (``async def run``), like ``asyncio.open_connection``/``start_server``::
 
     from wasi_tls_aio import open_connection
     reader, writer = await open_connection("example.com", 443, alpn=["http/1.1"])
@@ -8,14 +12,26 @@
     writer.close()
     await writer.wait_closed()
 
-The guest's world must import wasi:sockets@0.3.0 and this project's
-``wasi-tls-host:tls@0.2.0`` (world ``tls-host-p3``). The TCP socket's byte streams go straight
-to the host's TLS (nothing is copied through the guest); the host verifies the server with
-its own trust (``--trust``) and holds any client key (``identity=`` names one the embedder
-preopened). Errors: ``TlsError`` (handshake or connection: ``.code`` is the WIT error code's
-name, the message is the host's, e.g. what OpenSSL said about the certificate),
-``ConnectionError`` and its subclasses for TCP, ``asyncio.IncompleteReadError`` and
-``asyncio.LimitOverrunError`` as asyncio raises them.
+The world imports wasi:sockets@0.3.0 and this project's ``wasi-tls-host:tls@0.2.0`` (world
+``tls-host-p3``), or only upstream's ``wasi:tls@0.3.0-draft`` client (``tls-client-p3``,
+as for wasmtime's ``-Sp3 -Stls``). The TCP socket's byte streams go straight to the host's
+TLS (nothing is copied through the guest); the host verifies the server with its own trust
+(``--trust``) and holds any key (``identity=`` names one the embedder preopened). Errors:
+``TlsError`` (handshake or connection: ``.code`` is the WIT error code's name, the message
+is the host's, e.g. what OpenSSL said about the certificate), ``ConnectionError`` and its
+subclasses for TCP, ``asyncio.IncompleteReadError`` and ``asyncio.LimitOverrunError`` as
+asyncio raises them.
+
+WASI 0.2 (a plain ``def run``), over wasi:sockets 0.2 and upstream's
+``wasi:tls@0.2.0-draft`` handshake resources (so it runs on wasmtime's ``-S tls`` too)::
+
+    from wasi_tls_aio import connect
+    with connect("example.com", 443, timeout=10) as conn:
+        conn.write_all(b"GET / HTTP/1.0\\r\\n\\r\\n")
+        body = conn.read_all()
+
+Errors: ``TlsError`` (the host's explanation), ``ConnectionError`` (TCP), ``TimeoutError``.
+(``wasi_tls_client``, this API's old module name, still imports it.)
 """
 
 import asyncio
@@ -24,26 +40,44 @@ import sys
 
 import wit_world
 from componentize_py_types import Err
-from wit_world.imports import ip_name_lookup
-from wit_world.imports.wasi_sockets_types import (
-    IpAddressFamily,
-    IpAddress_Ipv4,
-    IpSocketAddress_Ipv4,
-    IpSocketAddress_Ipv6,
-    Ipv4SocketAddress,
-    Ipv6SocketAddress,
-    TcpSocket,
-)
 
-try:  # this project's wasi-tls-host:tls (world tls-host-p3): clients and servers
-    from wit_world.imports import server as tls_server
-    from wit_world.imports.server import IncomingClientExchange, IncomingClientHello, OutgoingServerHello
-    from wit_world.imports.wasi_tls_host_tls_client import IncomingServerHello, OutgoingClientHello
-    Connector = None
-except ImportError:  # only the upstream wasi:tls@0.3.0-draft client (world tls-client-p3, wasmtime -Stls)
-    from wit_world.imports.client import Connector
+try:  # wasi:io/poll is in WASI 0.2 worlds only
+    from wit_world.imports import poll
+except ImportError:
+    poll = None
 
-__all__ = ["open_connection", "start_server", "Server", "ClientHello", "StreamReader", "StreamWriter", "TlsError"]
+if poll is None:  # WASI 0.3: the asyncio API
+    from wit_world.imports import ip_name_lookup
+    from wit_world.imports.wasi_sockets_types import (
+        IpAddressFamily,
+        IpAddress_Ipv4,
+        IpSocketAddress_Ipv4,
+        IpSocketAddress_Ipv6,
+        Ipv4SocketAddress,
+        Ipv6SocketAddress,
+        TcpSocket,
+    )
+
+    try:  # this project's wasi-tls-host:tls (world tls-host-p3): clients and servers
+        from wit_world.imports import server as tls_server
+        from wit_world.imports.server import IncomingClientExchange, IncomingClientHello, OutgoingServerHello
+        from wit_world.imports.wasi_tls_host_tls_client import IncomingServerHello, OutgoingClientHello
+        Connector = None
+    except ImportError:  # only the upstream wasi:tls@0.3.0-draft client (world tls-client-p3, wasmtime -Stls)
+        from wit_world.imports.client import Connector
+    __all__ = ["open_connection", "start_server", "Server", "ClientHello", "StreamReader", "StreamWriter", "TlsError",
+               "decode_certificate"]
+else:  # WASI 0.2: the blocking API
+    from wit_world.imports import (
+        instance_network,
+        ip_name_lookup,
+        monotonic_clock,
+        network,
+        streams,
+        tcp_create_socket,
+    )
+    from wit_world.imports import wasi_tls_types as tls
+    __all__ = ["connect", "TlsConnection", "TlsError", "handshake", "tcp_connect", "resolve", "decode_certificate"]
 
 CHUNK = 1 << 16
 DEFAULT_LIMIT = 1 << 16  # asyncio's default line limit
@@ -73,11 +107,20 @@ SOCKET_ERRORS = {
 
 class TlsError(ConnectionError):
     """The TLS handshake or connection failed; ``code`` names the WIT error code
-    (``unknown-issuer``, ``name-mismatch``, ``truncated``, ...)."""
+    (``unknown-issuer``, ``name-mismatch``, ``truncated``, ...; None if the host's message
+    names none)."""
 
     def __init__(self, code, message):
-        super().__init__(f"{code}: {message}")
+        super().__init__(f"{code}: {message}" if code else message)
         self.code = code
+
+
+def _tls_error_from_message(message):
+    """This host's messages start with the error code: ``unknown-issuer: ...``."""
+    code, sep, rest = message.partition(": ")
+    if sep and code.replace("-", "").isalpha() and code.islower():
+        return TlsError(code, rest)
+    return TlsError(None, message)
 
 
 def _wit_name(value):
@@ -90,11 +133,7 @@ def _tls_error(err):
     e = err.value if isinstance(err, Err) else err
     if hasattr(e, "to_debug_string"):  # upstream's error resource: a message, no code field
         with e:
-            message = e.to_debug_string()
-        code, sep, rest = message.partition(": ")  # this host's messages start with the code
-        if sep and code.replace("-", "").isalpha() and code.islower():
-            return TlsError(code, rest)
-        return TlsError("error", message)
+            return _tls_error_from_message(e.to_debug_string())
     return TlsError(e.code.name.lower().replace("_", "-"), e.message)
 
 
@@ -464,6 +503,8 @@ async def open_connection(host, port, *, server_hostname=None, alpn=None, identi
     """Connect over TCP and TLS; the server is verified as ``server_hostname`` (default:
     ``host``). ``alpn`` is a list of protocol names; ``identity`` names a client identity the
     embedder preopened (mutual TLS). Returns ``(StreamReader, StreamWriter)``."""
+    if poll is not None:
+        raise RuntimeError("open_connection() needs a WASI 0.3 world (async def run); in WASI 0.2 use connect()")
     sock = await _tcp_connect(host, port)
     if Connector is not None:
         return await _open_upstream(sock, host, port, server_hostname or host, alpn, identity, limit)
@@ -649,6 +690,8 @@ async def start_server(client_connected_cb, host, port, *, identity=None, select
     ``require_client_cert=True`` alone uses the host's default ``--client-ca``. The
     client's certificate is ``writer.get_extra_info("peercert")``. Returns a ``Server``;
     handshake failures are printed to stderr."""
+    if poll is not None or Connector is not None:
+        raise RuntimeError("start_server() needs a WASI 0.3 world with wasi-tls-host:tls (tls-host-p3)")
     if (identity is None) == (select_identity is None):
         raise ValueError("give exactly one of identity= and select_identity=")
     ip = (await _addresses(host))[0]
@@ -721,3 +764,216 @@ def _ip_of(address):
     if isinstance(address, IpSocketAddress_Ipv4):
         return ipaddress.IPv4Address(bytes(address.value.address))
     return ipaddress.IPv6Address(b"".join(w.to_bytes(2, "big") for w in address.value.address))
+
+
+# --- WASI 0.2: the blocking API ---------------------------------------------------
+
+
+def _deadline(timeout):
+    return None if timeout is None else monotonic_clock.now() + int(timeout * 1e9)
+
+
+def _wait(pollable, deadline, what):
+    """Block on ``pollable`` until it is ready or the deadline passes."""
+    if deadline is None:
+        pollable.block()
+        return
+    timer = monotonic_clock.subscribe_instant(deadline)
+    try:
+        if 0 not in poll.poll([pollable, timer]):
+            raise TimeoutError(f"timed out waiting for {what}")
+    finally:
+        timer.__exit__(None, None, None)
+
+
+def _stream_error(err):
+    value = err.value
+    if isinstance(value, streams.StreamError_LastOperationFailed):
+        return value.value.to_debug_string()
+    return "closed"
+
+
+def _ipv4_literal(host):
+    parts = host.split(".")
+    if len(parts) == 4 and all(p.isdigit() and len(p) <= 3 and int(p) < 256 for p in parts):
+        return network.IpAddress_Ipv4(tuple(int(p) for p in parts))
+    return None
+
+
+def resolve(host, deadline=None):
+    """IP addresses for ``host`` (a name or a literal address)."""
+    literal = _ipv4_literal(host)
+    if literal is not None:
+        return [literal]  # no lookup round trips for the common literal case
+    stream = ip_name_lookup.resolve_addresses(instance_network.instance_network(), host)
+    addresses = []
+    while True:
+        try:
+            address = stream.resolve_next_address()
+        except Err as e:
+            if e.value == network.ErrorCode.WOULD_BLOCK:
+                _wait(stream.subscribe(), deadline, f"name lookup of {host}")
+                continue
+            raise ConnectionError(f"cannot resolve {host!r}: {e.value.name.lower().replace('_', '-')}") from None
+        if address is None:  # end of the results
+            if not addresses:
+                raise ConnectionError(f"cannot resolve {host!r}: no addresses")
+            return addresses
+        addresses.append(address)
+
+
+_NETWORK = []
+
+
+def _network():
+    """The instance network handle, fetched once and reused by every connect."""
+    if not _NETWORK:
+        _NETWORK.append(instance_network.instance_network())
+    return _NETWORK[0]
+
+
+def _socket_address_p2(address, port):
+    if isinstance(address, network.IpAddress_Ipv4):
+        return network.IpSocketAddress_Ipv4(network.Ipv4SocketAddress(port, address.value))
+    return network.IpSocketAddress_Ipv6(network.Ipv6SocketAddress(port, 0, address.value, 0))
+
+
+def tcp_connect(host, port, deadline=None):
+    """(socket, input-stream, output-stream) of a TCP connection to host:port."""
+    last_error = None
+    for address in resolve(host, deadline):
+        family = network.IpAddressFamily.IPV4 if isinstance(address, network.IpAddress_Ipv4) else network.IpAddressFamily.IPV6
+        sock = tcp_create_socket.create_tcp_socket(family)
+        try:
+            sock.start_connect(_network(), _socket_address_p2(address, port))
+            # Every host call costs a guest-side round trip: wait first (a non-blocking
+            # connect is practically never complete at once), then finish.
+            ready = sock.subscribe()
+            while True:
+                _wait(ready, deadline, f"TCP connect to {host}:{port}")
+                try:
+                    rx, tx = sock.finish_connect()
+                except Err as e:
+                    if e.value != network.ErrorCode.WOULD_BLOCK:
+                        raise
+                    continue
+                ready.__exit__(None, None, None)
+                return sock, rx, tx
+        except Err as e:
+            last_error = f"{e.value.name.lower().replace('_', '-')}"
+            sock.__exit__(None, None, None)
+    raise ConnectionError(f"cannot connect to {host}:{port}: {last_error}")
+
+
+class TlsConnection:
+    def __init__(self, sock, connection, rx, tx, server_name):
+        self.sock = sock
+        self.connection = connection
+        self.rx = rx
+        self.tx = tx
+        self.server_name = server_name
+        self.eof = False
+
+    def read(self, n=65536, timeout=None):
+        """Up to n bytes; b"" after the peer's close_notify."""
+        if self.eof:
+            return b""
+        deadline = _deadline(timeout)
+        while True:
+            try:
+                data = self.rx.read(n)
+            except Err as e:
+                if isinstance(e.value, streams.StreamError_Closed):
+                    self.eof = True
+                    return b""
+                raise _tls_error_from_message(_stream_error(e)) from None
+            if data:
+                return data
+            _wait(self.rx.subscribe(), deadline, "data from the TLS peer")
+
+    def read_all(self, timeout=None):
+        chunks = []
+        while True:
+            chunk = self.read(1 << 16, timeout)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+    def write_all(self, data, timeout=None):
+        deadline = _deadline(timeout)
+        view = memoryview(data)
+        while view:
+            try:
+                permit = self.tx.check_write()
+                if permit == 0:
+                    _wait(self.tx.subscribe(), deadline, "the TLS peer to accept data")
+                    continue
+                chunk = view[:permit]
+                self.tx.write(bytes(chunk))
+                view = view[len(chunk):]
+            except Err as e:
+                raise _tls_error_from_message(_stream_error(e)) from None
+        self.flush(timeout)
+
+    def flush(self, timeout=None):
+        deadline = _deadline(timeout)
+        try:
+            self.tx.flush()
+            while self.tx.check_write() == 0:
+                _wait(self.tx.subscribe(), deadline, "the TLS peer to accept data")
+        except Err as e:
+            raise _tls_error_from_message(_stream_error(e)) from None
+
+    def close(self):
+        """Send close_notify and release everything (children before parents)."""
+        try:
+            self.connection.close_output()
+            self.flush(timeout=5)
+        except (TlsError, TimeoutError):
+            pass
+        for resource in (self.rx, self.tx, self.connection, self.sock):
+            resource.__exit__(None, None, None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def handshake(rx, tx, server_name, deadline=None):
+    """Run the TLS handshake over any pair of wasi:io streams."""
+    future = tls.ClientHandshake.finish(tls.ClientHandshake(server_name, rx, tx))
+    try:
+        ready = future.subscribe()
+        while True:
+            # The server must answer before anything can complete: wait, then get.
+            _wait(ready, deadline, f"the TLS handshake with {server_name}")
+            outcome = future.get()
+            if outcome is not None:
+                break
+        ready.__exit__(None, None, None)
+    finally:
+        future.__exit__(None, None, None)
+    if isinstance(outcome, Err):
+        raise TlsError(None, "handshake result was already taken")
+    result = outcome.value
+    if isinstance(result, Err):
+        raise _tls_error_from_message(result.value.to_debug_string())
+    return result.value
+
+
+def connect(host, port, server_name=None, timeout=30.0):
+    """A TLS connection to ``host:port`` (verified as ``server_name``, default ``host``),
+    blocking; a ``TlsConnection`` (``read``, ``read_all``, ``write_all``, ``close``)."""
+    if poll is None:
+        raise RuntimeError("connect() is the WASI 0.2 API; in WASI 0.3 use await open_connection()")
+    deadline = _deadline(timeout)
+    sock, rx, tx = tcp_connect(host, port, deadline)
+    name = server_name or host
+    try:
+        connection, plain_rx, plain_tx = handshake(rx, tx, name, deadline)
+    except BaseException:
+        sock.__exit__(None, None, None)
+        raise
+    return TlsConnection(sock, connection, plain_rx, plain_tx, name)
