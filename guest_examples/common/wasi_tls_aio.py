@@ -34,8 +34,6 @@ Errors: ``TlsError`` (the host's explanation), ``ConnectionError`` (TCP), ``Time
 (``wasi_tls_client``, this API's old module name, still imports it.)
 """
 
-import asyncio
-import ipaddress
 import sys
 
 import wit_world
@@ -46,7 +44,10 @@ try:  # wasi:io/poll is in WASI 0.2 worlds only
 except ImportError:
     poll = None
 
-if poll is None:  # WASI 0.3: the asyncio API
+if poll is None:  # WASI 0.3: the asyncio API (a 0.2 guest does not load asyncio)
+    import asyncio
+    import ipaddress
+
     from wit_world.imports import ip_name_lookup
     from wit_world.imports.wasi_sockets_types import (
         IpAddressFamily,
