@@ -8,6 +8,9 @@ a preopened identity by SNI, against concurrent CPython ``ssl`` clients.
 
 from __future__ import annotations
 
+import json
+import re
+import shlex
 import socket
 import ssl
 import subprocess
@@ -172,23 +175,32 @@ def echo_client(port: int, ctx: ssl.SSLContext, name: str, results: dict[str, ob
         results[name] = (first, echoed, san)
 
 
-def test_start_server_selects_identities_by_sni_and_serves_concurrently(
-        tls_echo_server_p3: Path, tmp_path: Path) -> None:
-    ca = trustme.CA()
-    args = []
+def start_echo_server(guest: Path, tmp_path: Path, ca: trustme.CA, *args: str) -> tuple[subprocess.Popen[str], int]:
+    """tls_echo_server_p3 with identities `a.test` and `default` from ``ca``; ``args``: more
+    CLI options, then `--` and the guest's arguments after HOST PORT. Returns it and its port."""
+    identities = []
     for name, host_name in (("a.test", "a.test"), ("default", "default.test")):
         cert = ca.issue_cert(host_name)
         cert.cert_chain_pems[0].write_to_path(str(tmp_path / f"{name}.crt"))
         cert.private_key_pem.write_to_path(str(tmp_path / f"{name}.key"))
-        args += ["--identity", f"{name}={tmp_path / f'{name}.crt'},{tmp_path / f'{name}.key'}"]
+        identities += ["--identity", f"{name}={tmp_path / f'{name}.crt'},{tmp_path / f'{name}.key'}"]
+    split = args.index("--")
     cli = Path(sys.executable).parent / "wasi-tls-host"
-    proc = subprocess.Popen([str(cli), "run", "--allow-listen", "127.0.0.1:*", *args, str(tls_echo_server_p3),
-                             "127.0.0.1", "0", "2", "a.test"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([str(cli), "run", "--allow-listen", "127.0.0.1:*", *identities, *args[:split], str(guest),
+                             "127.0.0.1", "0", *args[split + 1:]], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    listening = proc.stdout.readline().split()
+    if not listening or listening[0] != "listening":
+        proc.kill()
+        raise AssertionError(f"{listening} {proc.communicate()}")
+    return proc, int(listening[1])
+
+
+def test_start_server_selects_identities_by_sni_and_serves_concurrently(
+        tls_echo_server_p3: Path, tmp_path: Path) -> None:
+    ca = trustme.CA()
+    proc, port = start_echo_server(tls_echo_server_p3, tmp_path, ca, "--", "2", "a.test")
     try:
-        assert proc.stdout is not None
-        listening = proc.stdout.readline().split()
-        assert listening[0] == "listening", listening
-        port = int(listening[1])
         ctx = ssl.create_default_context()
         ca.configure_trust(ctx)
         ctx.set_alpn_protocols(["h2", "echo"])
@@ -203,11 +215,141 @@ def test_start_server_selects_identities_by_sni_and_serves_concurrently(
             "a.test": (b"TLSv1.3 echo\n", b"HELLO A.TEST\n", (("DNS", "a.test"),)),
             "default.test": (b"TLSv1.3 echo\n", b"HELLO DEFAULT.TEST\n", (("DNS", "default.test"),)),
         }
-        # close() after the second connection stops serve_forever at the next attempt.
-        socket.create_connection(("127.0.0.1", port), timeout=10).close()
-        out, err = proc.communicate(timeout=60)
+        # close() in the second connection's handler ends serve_forever at once (its
+        # pending accept ends): the run ends with no further connection.
+        out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
     assert (proc.returncode, out, err) == (0, "closed after 2\n", "")
+
+
+def refused_client(port: int, ctx: ssl.SSLContext) -> str:
+    """The reason a client's first read fails (TLS 1.3 checks the client's certificate after
+    the client's side of the handshake is done)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw, \
+            ctx.wrap_socket(raw, server_hostname="default.test") as tls:
+        try:
+            data = tls.recv(100)
+        except ssl.SSLError as e:
+            return str(e.reason)
+        return f"read {data!r}"
+
+
+def test_start_server_client_ca_verifies_clients_against_a_named_ca_set(
+        tls_echo_server_p3: Path, tmp_path: Path) -> None:
+    """client_ca="clients" verifies against --client-ca clients=CA.pem, not the default
+    --client-ca; the client's certificate is get_extra_info("peercert") in the shape (and
+    with the values) CPython's getpeercert() gives for the same certificate."""
+    ca, clients_ca, other_ca = trustme.CA(), trustme.CA(), trustme.CA()
+    clients_ca.cert_pem.write_to_path(str(tmp_path / "clients-ca.pem"))
+    other_ca.cert_pem.write_to_path(str(tmp_path / "other-ca.pem"))
+    proc, port = start_echo_server(tls_echo_server_p3, tmp_path, ca, "--client-ca", str(tmp_path / "other-ca.pem"),
+                                   "--client-ca", f"clients={tmp_path / 'clients-ca.pem'}", "--", "1", "--client-ca", "clients")
+    try:
+        def client(issuer: trustme.CA | None) -> ssl.SSLContext:
+            ctx = ssl.create_default_context()
+            ca.configure_trust(ctx)
+            ctx.set_alpn_protocols(["echo"])
+            if issuer is not None:
+                issuer.issue_cert("client.test", "127.0.0.1", common_name="Client Example").configure_cert(ctx)
+            return ctx
+
+        assert refused_client(port, client(None)) == "TLSV13_ALERT_CERTIFICATE_REQUIRED"
+        # A certificate from the default --client-ca is not one of the named set's.
+        assert refused_client(port, client(other_ca)) == "TLSV1_ALERT_UNKNOWN_CA"
+        good = clients_ca.issue_cert("client.test", "127.0.0.1", common_name="Client Example")
+        good.cert_chain_pems[0].write_to_path(str(tmp_path / "client.crt"))
+        ctx = client(None)
+        good.configure_cert(ctx)
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as raw, \
+                ctx.wrap_socket(raw, server_hostname="default.test") as tls:
+            stream = tls.makefile("rwb")
+            version, alpn, peercert = stream.readline().decode().split(" ", 2)
+            stream.write(b"hi\n")
+            stream.flush()
+            assert stream.readline() == b"HI\n"
+            stream.close()
+            tls.unwrap()
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert (version, alpn) == ("TLSv1.3", "echo")
+    expected = ssl._ssl._test_decode_cert(str(tmp_path / "client.crt"))  # what getpeercert() gives
+    assert json.loads(peercert) == json.loads(json.dumps(expected))
+    assert expected["notBefore"] and expected["serialNumber"] and expected["version"] == 3
+    assert (proc.returncode, out) == (0, "closed after 1\n")
+    refusals = err.splitlines()
+    assert len(refusals) == 2, err
+    assert "TlsError: " in refusals[0] and "TlsError: " in refusals[1], err
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_guest(name: str) -> tuple[str, list[str]]:
+    """The README's Python block that starts with ``# NAME, built with: COMMAND``: its
+    code and COMMAND's words."""
+    for block in re.findall(r"```python\n(.*?)```", README.read_text(), re.S):
+        first = block.splitlines()[0]
+        if first.startswith(f"# {name}, built with: "):
+            return block, shlex.split(first.partition("built with: ")[2])
+    raise AssertionError(f"README.md has no python block starting with '# {name}, built with: '")
+
+
+def build_as_readme_says(name: str, folder: Path, capfd: pytest.CaptureFixture[str]) -> Path:
+    code, command = readme_guest(name)
+    folder.mkdir()
+    (folder / name).write_text(code)
+    assert command[:2] == ["wasi-tls-host", "build-guest"] and name in command, command
+    assert cli_main([str(folder / word) if word == name else word for word in command[1:]]) == 0
+    return Path(capfd.readouterr().out.splitlines()[-1])
+
+
+@pytest.mark.timeout(600)  # two componentize-py builds and their compilation, on a cold cache
+def test_readme_client_and_server_build_and_run_as_shown(
+        ca_file: tuple[trustme.CA, Path], server: HttpsServer, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """The README's guest client and server, built with its one command from a folder of
+    their own: the client fetches from a CPython ssl server, CPython ssl clients fetch from
+    the server, which stops by itself after its COUNT requests."""
+    client = build_as_readme_says("client.py", tmp_path / "client", capfd)
+    server.endings.clear()
+    assert run_guest(client, ca_file[1], server.port, "localhost", str(server.port)) == 0
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY)
+    assert capfd.readouterr().out.splitlines() == ["HTTP/1.1 200 OK over TLSv1.3",
+                                                   f"body and headers: {len(head) + len(BODY) - 17} bytes"]
+    assert server.endings == ["close_notify GET / HTTP/1.1"]
+
+    guest = build_as_readme_says("server.py", tmp_path / "server", capfd)
+    cert = ca_file[0].issue_cert("localhost")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    cli = Path(sys.executable).parent / "wasi-tls-host"
+    proc = subprocess.Popen([str(cli), "run", "--allow-listen", "127.0.0.1:*", "--identity",
+                             f"web={tmp_path / 'cert.pem'},{tmp_path / 'key.pem'}", str(guest), "0", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        listening = proc.stdout.readline().split()
+        assert listening[:2] == ["listening", "on"], listening
+        ctx = ssl.create_default_context()
+        ca_file[0].configure_trust(ctx)
+        ctx.set_alpn_protocols(["http/1.1"])
+        for _ in range(2):
+            with socket.create_connection(("127.0.0.1", int(listening[2])), timeout=30) as raw, \
+                    ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+                tls.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                response = b""
+                while chunk := tls.recv(4096):
+                    response += chunk
+                assert tls.selected_alpn_protocol() == "http/1.1"
+            assert response == b"HTTP/1.1 200 OK\r\nContent-Length: 19\r\n\r\nhello over TLSv1.3\n"
+        out, err = proc.communicate(timeout=30)  # the second request closed the server
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert (proc.returncode, out, err) == (0, "", "")

@@ -1,4 +1,8 @@
-"""asyncio-style TLS streams for WASI 0.3 Python guests (componentize-py), like the stdlib's.
+"""TLS for Python guests (componentize-py), shaped like the standard library's: asyncio
+streams on WASI 0.3, a blocking connection on WASI 0.2. One module for both; the guest's
+world decides which API it has.
+
+WASI 0.3 (``async def run``), like ``asyncio.open_connection``/``start_server``::
 
     from wasi_tls_aio import open_connection
     reader, writer = await open_connection("example.com", 443, alpn=["http/1.1"])
@@ -8,42 +12,73 @@
     writer.close()
     await writer.wait_closed()
 
-The guest's world must import wasi:sockets@0.3.0 and this project's
-``wasi-tls-host:tls@0.2.0`` (world ``tls-host-p3``). The TCP socket's byte streams go straight
-to the host's TLS (nothing is copied through the guest); the host verifies the server with
-its own trust (``--trust``) and holds any client key (``identity=`` names one the embedder
-preopened). Errors: ``TlsError`` (handshake or connection: ``.code`` is the WIT error code's
-name, the message is the host's, e.g. what OpenSSL said about the certificate),
-``ConnectionError`` and its subclasses for TCP, ``asyncio.IncompleteReadError`` and
-``asyncio.LimitOverrunError`` as asyncio raises them.
+The world imports wasi:sockets@0.3.0 and this project's ``wasi-tls-host:tls@0.2.0`` (world
+``tls-host-p3``), or only upstream's ``wasi:tls@0.3.0-draft`` client (``tls-client-p3``,
+as for wasmtime's ``-Sp3 -Stls``). The TCP socket's byte streams go straight to the host's
+TLS (nothing is copied through the guest); the host verifies the server with its own trust
+(``--trust``) and holds any key (``identity=`` names one the embedder preopened). Errors:
+``TlsError`` (handshake or connection: ``.code`` is the WIT error code's name, the message
+is the host's, e.g. what OpenSSL said about the certificate), ``ConnectionError`` and its
+subclasses for TCP, ``asyncio.IncompleteReadError`` and ``asyncio.LimitOverrunError`` as
+asyncio raises them.
+
+WASI 0.2 (a plain ``def run``), over wasi:sockets 0.2 and upstream's
+``wasi:tls@0.2.0-draft`` handshake resources (so it runs on wasmtime's ``-S tls`` too)::
+
+    from wasi_tls_aio import connect
+    with connect("example.com", 443, timeout=10) as conn:
+        conn.write_all(b"GET / HTTP/1.0\\r\\n\\r\\n")
+        body = conn.read_all()
+
+Errors: ``TlsError`` (the host's explanation), ``ConnectionError`` (TCP), ``TimeoutError``.
+(``wasi_tls_client``, this API's old module name, still imports it.)
 """
 
-import asyncio
-import ipaddress
 import sys
 
 import wit_world
 from componentize_py_types import Err
-from wit_world.imports import ip_name_lookup
-from wit_world.imports.wasi_sockets_types import (
-    IpAddressFamily,
-    IpAddress_Ipv4,
-    IpSocketAddress_Ipv4,
-    IpSocketAddress_Ipv6,
-    Ipv4SocketAddress,
-    Ipv6SocketAddress,
-    TcpSocket,
-)
 
-try:  # this project's wasi-tls-host:tls (world tls-host-p3): clients and servers
-    from wit_world.imports import server as tls_server
-    from wit_world.imports.server import IncomingClientExchange, IncomingClientHello, OutgoingServerHello
-    from wit_world.imports.wasi_tls_host_tls_client import IncomingServerHello, OutgoingClientHello
-    Connector = None
-except ImportError:  # only the upstream wasi:tls@0.3.0-draft client (world tls-client-p3, wasmtime -Stls)
-    from wit_world.imports.client import Connector
+try:  # wasi:io/poll is in WASI 0.2 worlds only
+    from wit_world.imports import poll
+except ImportError:
+    poll = None
 
-__all__ = ["open_connection", "start_server", "Server", "ClientHello", "StreamReader", "StreamWriter", "TlsError"]
+if poll is None:  # WASI 0.3: the asyncio API (a 0.2 guest does not load asyncio)
+    import asyncio
+    import ipaddress
+
+    from wit_world.imports import ip_name_lookup
+    from wit_world.imports.wasi_sockets_types import (
+        IpAddressFamily,
+        IpAddress_Ipv4,
+        IpSocketAddress_Ipv4,
+        IpSocketAddress_Ipv6,
+        Ipv4SocketAddress,
+        Ipv6SocketAddress,
+        TcpSocket,
+    )
+
+    try:  # this project's wasi-tls-host:tls (world tls-host-p3): clients and servers
+        from wit_world.imports import server as tls_server
+        from wit_world.imports.server import IncomingClientExchange, IncomingClientHello, OutgoingServerHello
+        from wit_world.imports.wasi_tls_host_tls_client import IncomingServerHello, OutgoingClientHello
+        Connector = None
+    except ImportError:  # only the upstream wasi:tls@0.3.0-draft client (world tls-client-p3, wasmtime -Stls)
+        from wit_world.imports.client import Connector
+    __all__ = ["open_connection", "start_server", "Server", "ClientHello", "StreamReader", "StreamWriter", "TlsError",
+               "decode_certificate"]
+else:  # WASI 0.2: the blocking API
+    from wit_world.imports import (
+        instance_network,
+        ip_name_lookup,
+        monotonic_clock,
+        network,
+        streams,
+        tcp_create_socket,
+    )
+    from wit_world.imports import wasi_tls_types as tls
+    __all__ = ["connect", "TlsConnection", "TlsError", "handshake", "tcp_connect", "resolve", "decode_certificate"]
 
 CHUNK = 1 << 16
 DEFAULT_LIMIT = 1 << 16  # asyncio's default line limit
@@ -73,11 +108,20 @@ SOCKET_ERRORS = {
 
 class TlsError(ConnectionError):
     """The TLS handshake or connection failed; ``code`` names the WIT error code
-    (``unknown-issuer``, ``name-mismatch``, ``truncated``, ...)."""
+    (``unknown-issuer``, ``name-mismatch``, ``truncated``, ...; None if the host's message
+    names none)."""
 
     def __init__(self, code, message):
-        super().__init__(f"{code}: {message}")
+        super().__init__(f"{code}: {message}" if code else message)
         self.code = code
+
+
+def _tls_error_from_message(message):
+    """This host's messages start with the error code: ``unknown-issuer: ...``."""
+    code, sep, rest = message.partition(": ")
+    if sep and code.replace("-", "").isalpha() and code.islower():
+        return TlsError(code, rest)
+    return TlsError(None, message)
 
 
 def _wit_name(value):
@@ -90,11 +134,7 @@ def _tls_error(err):
     e = err.value if isinstance(err, Err) else err
     if hasattr(e, "to_debug_string"):  # upstream's error resource: a message, no code field
         with e:
-            message = e.to_debug_string()
-        code, sep, rest = message.partition(": ")  # this host's messages start with the code
-        if sep and code.replace("-", "").isalpha() and code.islower():
-            return TlsError(code, rest)
-        return TlsError("error", message)
+            return _tls_error_from_message(e.to_debug_string())
     return TlsError(e.code.name.lower().replace("_", "-"), e.message)
 
 
@@ -328,23 +368,144 @@ class StreamWriter:
         await self.wait_closed()
 
 
+# X.509 attribute OIDs by the long names OpenSSL (and so ssl.getpeercert()) gives them.
+NAME_ATTRIBUTES = {
+    "2.5.4.3": "commonName", "2.5.4.4": "surname", "2.5.4.5": "serialNumber", "2.5.4.6": "countryName",
+    "2.5.4.7": "localityName", "2.5.4.8": "stateOrProvinceName", "2.5.4.9": "streetAddress",
+    "2.5.4.10": "organizationName", "2.5.4.11": "organizationalUnitName", "2.5.4.12": "title",
+    "2.5.4.17": "postalCode", "2.5.4.42": "givenName", "2.5.4.46": "dnQualifier", "2.5.4.97": "organizationIdentifier",
+    "1.2.840.113549.1.9.1": "emailAddress", "0.9.2342.19200300.100.1.25": "domainComponent",
+    "0.9.2342.19200300.100.1.1": "userId",
+}
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+OID_SUBJECT_ALT_NAME = "2.5.29.17"
+
+
+def _der(data, at=0):
+    """The DER element at ``at``: (tag, content start, content end)."""
+    tag, length = data[at], data[at + 1]
+    at += 2
+    if length & 0x80:
+        n = length & 0x7F
+        length = int.from_bytes(data[at:at + n], "big")
+        at += n
+    return tag, at, at + length
+
+
+def _der_items(data, start, end):
+    """The elements between ``start`` and ``end``, as (tag, content start, content end)."""
+    while start < end:
+        item = _der(data, start)
+        yield item
+        start = item[2]
+
+
+def _oid(raw):
+    first = raw[0]
+    parts, value = [min(first // 40, 2), first - 40 * min(first // 40, 2)], 0
+    for b in raw[1:]:
+        value = value << 7 | (b & 0x7F)
+        if not b & 0x80:
+            parts.append(value)
+            value = 0
+    return ".".join(map(str, parts))
+
+
+def _der_name(data, start, end):
+    """A Name as getpeercert() shapes it: a tuple of RDNs, each a tuple of (attribute, value)."""
+    rdns = []
+    for _, s, e in _der_items(data, start, end):  # SET per RDN
+        rdn = []
+        for _, a, b in _der_items(data, s, e):  # SEQUENCE { OID, value }
+            (_, os_, oe), (vtag, vs, ve) = _der_items(data, a, b)
+            oid = _oid(data[os_:oe])
+            raw = bytes(data[vs:ve])
+            text = raw.decode("utf-16-be") if vtag == 0x1E else raw.decode("utf-8", "replace")
+            rdn.append((NAME_ATTRIBUTES.get(oid, oid), text))
+        rdns.append(tuple(rdn))
+    return tuple(rdns)
+
+
+def _der_time(data, tag, start, end):
+    """UTCTime or GeneralizedTime as getpeercert() writes it: 'Jan  5 09:34:43 2018 GMT'."""
+    text = bytes(data[start:end]).decode("ascii")
+    if tag == 0x17:  # UTCTime: YYMMDDHHMMSSZ, years 1950-2049
+        year = int(text[:2])
+        text = str(year + (1900 if year >= 50 else 2000)) + text[2:]
+    year, month, day = text[:4], int(text[4:6]), int(text[6:8])
+    return f"{MONTHS[month - 1]} {day:2d} {text[8:10]}:{text[10:12]}:{text[12:14]} {year} GMT"
+
+
+def _der_alt_names(data, start, end):
+    names = []
+    for tag, s, e in _der_items(data, start, end):
+        raw = bytes(data[s:e])
+        if tag == 0x82:
+            names.append(("DNS", raw.decode("ascii", "replace")))
+        elif tag == 0x87:
+            if len(raw) == 4:
+                names.append(("IP Address", ".".join(map(str, raw))))
+            else:
+                names.append(("IP Address", ":".join("%X" % int.from_bytes(raw[i:i + 2], "big") for i in range(0, 16, 2))))
+        elif tag == 0x81:
+            names.append(("email", raw.decode("ascii", "replace")))
+        elif tag == 0x86:
+            names.append(("URI", raw.decode("ascii", "replace")))
+    return tuple(names)
+
+
+def decode_certificate(der):
+    """A DER certificate as ssl.SSLSocket.getpeercert() shapes it: ``subject``, ``issuer``,
+    ``version``, ``serialNumber``, ``notBefore``, ``notAfter``, ``subjectAltName``."""
+    data = memoryview(der)
+    _, cs, ce = _der(data)  # Certificate
+    _, ts, te = _der(data, cs)  # TBSCertificate
+    fields = list(_der_items(data, ts, te))
+    version = 1
+    if fields[0][0] == 0xA0:  # [0] EXPLICIT version
+        _, vs, ve = _der(data, fields[0][1])
+        version = int.from_bytes(data[vs:ve], "big") + 1
+        fields = fields[1:]
+    serial, _, issuer, validity, subject = fields[:5]
+    (bt, bs, be), (at, as_, ae) = _der_items(data, validity[1], validity[2])
+    cert = {
+        "subject": _der_name(data, subject[1], subject[2]),
+        "issuer": _der_name(data, issuer[1], issuer[2]),
+        "version": version,
+        "serialNumber": (bytes(data[serial[1]:serial[2]]).lstrip(b"\0").hex().upper() or "00"),
+        "notBefore": _der_time(data, bt, bs, be),
+        "notAfter": _der_time(data, at, as_, ae),
+    }
+    for tag, s, e in fields[5:]:
+        if tag != 0xA3:  # [3] EXPLICIT extensions
+            continue
+        _, xs, xe = _der(data, s)
+        for _, es, ee in _der_items(data, xs, xe):
+            parts = list(_der_items(data, es, ee))
+            if _oid(data[parts[0][1]:parts[0][2]]) == OID_SUBJECT_ALT_NAME:
+                _, ns, ne = _der(data, parts[-1][1])  # OCTET STRING holding GeneralNames
+                cert["subjectAltName"] = _der_alt_names(data, ns, ne)
+    return cert
+
+
 def _peercert(identity):
-    """The server's certificate as ssl.SSLSocket.getpeercert() shapes it (plus ``der``)."""
+    """The peer's certificate as ssl.SSLSocket.getpeercert() shapes it (decoded here from
+    the DER the host gives), plus ``der``: the leaf's DER."""
     if identity is None:
         return None
     with identity:
-        return {
-            "subject": identity.subject(),
-            "issuer": identity.issuer(),
-            "subjectAltName": tuple(("DNS", n) for n in identity.subject_alt_names()),
-            "der": identity.export_der(),
-        }
+        der = identity.export_der()[0]
+    cert = decode_certificate(der)
+    cert["der"] = der
+    return cert
 
 
 async def open_connection(host, port, *, server_hostname=None, alpn=None, identity=None, limit=DEFAULT_LIMIT):
     """Connect over TCP and TLS; the server is verified as ``server_hostname`` (default:
     ``host``). ``alpn`` is a list of protocol names; ``identity`` names a client identity the
     embedder preopened (mutual TLS). Returns ``(StreamReader, StreamWriter)``."""
+    if poll is not None:
+        raise RuntimeError("open_connection() needs a WASI 0.3 world (async def run); in WASI 0.2 use connect()")
     sock = await _tcp_connect(host, port)
     if Connector is not None:
         return await _open_upstream(sock, host, port, server_hostname or host, alpn, identity, limit)
@@ -443,44 +604,65 @@ class Server:
     ``wait_closed()``, ``sockets`` (here: the bound ``(host, port)`` pairs)."""
 
     def __init__(self, sock, incoming, handle, address):
-        self._sock = sock
+        self._sock = sock  # the listening TcpSocket
         self._incoming = incoming  # StreamReader of accepted TcpSockets
         self._handle = handle
         self._tasks = set()
         self._closed = False
-        self._serving = None
+        self._accepting = False  # a read of ``_incoming`` is pending
         self.sockets = [address]
 
     def is_serving(self):
         return not self._closed
 
     async def serve_forever(self):
-        """Accept connections until close(): each is handled in a task of its own."""
+        """Accept connections until close() (or the host's graceful stop), each handled in
+        a task of its own; returns once the listener is closed. Connections being served go
+        on: ``wait_closed()`` waits for them."""
         loop = asyncio.get_event_loop()
-        self._serving = True
-        while not self._closed:
-            accepted = await self._incoming.read(16)
-            if not accepted and self._incoming.writer_dropped:
-                break
-            for sock in accepted:
-                if self._closed:
-                    sock.__exit__(None, None, None)
-                    continue
-                task = loop.create_task(self._handle(sock))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-        self._drop_listener()
+        try:
+            while not self._closed:
+                self._accepting = True
+                try:
+                    accepted = await self._incoming.read(16)
+                finally:
+                    self._accepting = False
+                if not accepted and self._incoming.writer_dropped:
+                    break  # the host stopped accepting (graceful stop)
+                for sock in accepted:
+                    if self._closed:
+                        sock.__exit__(None, None, None)
+                        continue
+                    task = loop.create_task(self._handle(sock))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+        finally:
+            self._closed = True
+            self._drop_listener()
 
     def close(self):
-        """Stop accepting. A serve_forever() waiting for a connection stops when the next
-        one arrives (which is refused); connections being served go on."""
+        """Stop accepting at once: a serve_forever() waiting for a connection returns and
+        the listener is closed (clients still in its backlog are refused); connections
+        being served go on."""
+        if self._closed:
+            return
         self._closed = True
+        # componentize-py cannot cancel the pending accept read (stream.cancel-read); this
+        # host ends it empty when the socket is dropped, then the stream's drop closes the
+        # listener.
+        if self._sock is not None:
+            self._sock.__exit__(None, None, None)
+            self._sock = None
+        if not self._accepting:
+            self._drop_listener()
 
     def _drop_listener(self):
         if self._incoming is not None:
             self._incoming.__exit__(None, None, None)
-            self._sock.__exit__(None, None, None)
             self._incoming = None
+        if self._sock is not None:
+            self._sock.__exit__(None, None, None)
+            self._sock = None
 
     async def wait_closed(self):
         """Wait until every connection handler has returned."""
@@ -492,13 +674,11 @@ class Server:
 
     async def __aexit__(self, *exc):
         self.close()
-        if self._incoming is not None and self._serving is None:
-            self._drop_listener()
         await self.wait_closed()
 
 
 async def start_server(client_connected_cb, host, port, *, identity=None, select_identity=None, alpn=None,
-                       require_client_cert=False, limit=DEFAULT_LIMIT):
+                       client_ca=None, require_client_cert=None, limit=DEFAULT_LIMIT):
     """Listen on ``host:port`` (port 0: any) and call ``client_connected_cb(reader, writer)``
     (a coroutine function or a plain one) for each TLS connection, concurrently.
 
@@ -507,8 +687,14 @@ async def start_server(client_connected_cb, host, port, *, identity=None, select
     chooses one per connection from the ClientHello (None refuses it with an
     unrecognized_name alert). ``alpn`` lists the server's protocols in preference order; a
     client offering only others is refused with no_application_protocol (RFC 7301).
-    ``require_client_cert`` asks for a client certificate, verified by the host's
-    ``--client-ca``. Returns a ``Server``; handshake failures are printed to stderr."""
+    Mutual TLS: ``client_ca="NAME"`` asks each client for a certificate and verifies it
+    against the CA set the embedder preopened as ``--client-ca NAME=CA.pem`` (trust is named,
+    as identities are); a client without one is refused unless ``require_client_cert=False``.
+    ``require_client_cert=True`` alone uses the host's default ``--client-ca``. The
+    client's certificate is ``writer.get_extra_info("peercert")``. Returns a ``Server``;
+    handshake failures are printed to stderr."""
+    if poll is not None or Connector is not None:
+        raise RuntimeError("start_server() needs a WASI 0.3 world with wasi-tls-host:tls (tls-host-p3)")
     if (identity is None) == (select_identity is None):
         raise ValueError("give exactly one of identity= and select_identity=")
     ip = (await _addresses(host))[0]
@@ -558,7 +744,10 @@ async def start_server(client_connected_cb, host, port, *, identity=None, select
                 response = OutgoingServerHello(name)
                 if chosen is not None:
                     response.set_alpn_id(chosen)
-                if require_client_cert:
+                if client_ca is not None:
+                    response.set_client_ca(client_ca)
+                    response.request_client_identity(require_client_cert is not False)
+                elif require_client_cert:
                     response.request_client_identity(True)
                 exchange = await IncomingClientHello.accept(hello, response)
                 connection = await IncomingClientExchange.finish(exchange)
@@ -583,3 +772,216 @@ def _ip_of(address):
     if isinstance(address, IpSocketAddress_Ipv4):
         return ipaddress.IPv4Address(bytes(address.value.address))
     return ipaddress.IPv6Address(b"".join(w.to_bytes(2, "big") for w in address.value.address))
+
+
+# --- WASI 0.2: the blocking API ---------------------------------------------------
+
+
+def _deadline(timeout):
+    return None if timeout is None else monotonic_clock.now() + int(timeout * 1e9)
+
+
+def _wait(pollable, deadline, what):
+    """Block on ``pollable`` until it is ready or the deadline passes."""
+    if deadline is None:
+        pollable.block()
+        return
+    timer = monotonic_clock.subscribe_instant(deadline)
+    try:
+        if 0 not in poll.poll([pollable, timer]):
+            raise TimeoutError(f"timed out waiting for {what}")
+    finally:
+        timer.__exit__(None, None, None)
+
+
+def _stream_error(err):
+    value = err.value
+    if isinstance(value, streams.StreamError_LastOperationFailed):
+        return value.value.to_debug_string()
+    return "closed"
+
+
+def _ipv4_literal(host):
+    parts = host.split(".")
+    if len(parts) == 4 and all(p.isdigit() and len(p) <= 3 and int(p) < 256 for p in parts):
+        return network.IpAddress_Ipv4(tuple(int(p) for p in parts))
+    return None
+
+
+def resolve(host, deadline=None):
+    """IP addresses for ``host`` (a name or a literal address)."""
+    literal = _ipv4_literal(host)
+    if literal is not None:
+        return [literal]  # no lookup round trips for the common literal case
+    stream = ip_name_lookup.resolve_addresses(instance_network.instance_network(), host)
+    addresses = []
+    while True:
+        try:
+            address = stream.resolve_next_address()
+        except Err as e:
+            if e.value == network.ErrorCode.WOULD_BLOCK:
+                _wait(stream.subscribe(), deadline, f"name lookup of {host}")
+                continue
+            raise ConnectionError(f"cannot resolve {host!r}: {e.value.name.lower().replace('_', '-')}") from None
+        if address is None:  # end of the results
+            if not addresses:
+                raise ConnectionError(f"cannot resolve {host!r}: no addresses")
+            return addresses
+        addresses.append(address)
+
+
+_NETWORK = []
+
+
+def _network():
+    """The instance network handle, fetched once and reused by every connect."""
+    if not _NETWORK:
+        _NETWORK.append(instance_network.instance_network())
+    return _NETWORK[0]
+
+
+def _socket_address_p2(address, port):
+    if isinstance(address, network.IpAddress_Ipv4):
+        return network.IpSocketAddress_Ipv4(network.Ipv4SocketAddress(port, address.value))
+    return network.IpSocketAddress_Ipv6(network.Ipv6SocketAddress(port, 0, address.value, 0))
+
+
+def tcp_connect(host, port, deadline=None):
+    """(socket, input-stream, output-stream) of a TCP connection to host:port."""
+    last_error = None
+    for address in resolve(host, deadline):
+        family = network.IpAddressFamily.IPV4 if isinstance(address, network.IpAddress_Ipv4) else network.IpAddressFamily.IPV6
+        sock = tcp_create_socket.create_tcp_socket(family)
+        try:
+            sock.start_connect(_network(), _socket_address_p2(address, port))
+            # Every host call costs a guest-side round trip: wait first (a non-blocking
+            # connect is practically never complete at once), then finish.
+            ready = sock.subscribe()
+            while True:
+                _wait(ready, deadline, f"TCP connect to {host}:{port}")
+                try:
+                    rx, tx = sock.finish_connect()
+                except Err as e:
+                    if e.value != network.ErrorCode.WOULD_BLOCK:
+                        raise
+                    continue
+                ready.__exit__(None, None, None)
+                return sock, rx, tx
+        except Err as e:
+            last_error = f"{e.value.name.lower().replace('_', '-')}"
+            sock.__exit__(None, None, None)
+    raise ConnectionError(f"cannot connect to {host}:{port}: {last_error}")
+
+
+class TlsConnection:
+    def __init__(self, sock, connection, rx, tx, server_name):
+        self.sock = sock
+        self.connection = connection
+        self.rx = rx
+        self.tx = tx
+        self.server_name = server_name
+        self.eof = False
+
+    def read(self, n=65536, timeout=None):
+        """Up to n bytes; b"" after the peer's close_notify."""
+        if self.eof:
+            return b""
+        deadline = _deadline(timeout)
+        while True:
+            try:
+                data = self.rx.read(n)
+            except Err as e:
+                if isinstance(e.value, streams.StreamError_Closed):
+                    self.eof = True
+                    return b""
+                raise _tls_error_from_message(_stream_error(e)) from None
+            if data:
+                return data
+            _wait(self.rx.subscribe(), deadline, "data from the TLS peer")
+
+    def read_all(self, timeout=None):
+        chunks = []
+        while True:
+            chunk = self.read(1 << 16, timeout)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+    def write_all(self, data, timeout=None):
+        deadline = _deadline(timeout)
+        view = memoryview(data)
+        while view:
+            try:
+                permit = self.tx.check_write()
+                if permit == 0:
+                    _wait(self.tx.subscribe(), deadline, "the TLS peer to accept data")
+                    continue
+                chunk = view[:permit]
+                self.tx.write(bytes(chunk))
+                view = view[len(chunk):]
+            except Err as e:
+                raise _tls_error_from_message(_stream_error(e)) from None
+        self.flush(timeout)
+
+    def flush(self, timeout=None):
+        deadline = _deadline(timeout)
+        try:
+            self.tx.flush()
+            while self.tx.check_write() == 0:
+                _wait(self.tx.subscribe(), deadline, "the TLS peer to accept data")
+        except Err as e:
+            raise _tls_error_from_message(_stream_error(e)) from None
+
+    def close(self):
+        """Send close_notify and release everything (children before parents)."""
+        try:
+            self.connection.close_output()
+            self.flush(timeout=5)
+        except (TlsError, TimeoutError):
+            pass
+        for resource in (self.rx, self.tx, self.connection, self.sock):
+            resource.__exit__(None, None, None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def handshake(rx, tx, server_name, deadline=None):
+    """Run the TLS handshake over any pair of wasi:io streams."""
+    future = tls.ClientHandshake.finish(tls.ClientHandshake(server_name, rx, tx))
+    try:
+        ready = future.subscribe()
+        while True:
+            # The server must answer before anything can complete: wait, then get.
+            _wait(ready, deadline, f"the TLS handshake with {server_name}")
+            outcome = future.get()
+            if outcome is not None:
+                break
+        ready.__exit__(None, None, None)
+    finally:
+        future.__exit__(None, None, None)
+    if isinstance(outcome, Err):
+        raise TlsError(None, "handshake result was already taken")
+    result = outcome.value
+    if isinstance(result, Err):
+        raise _tls_error_from_message(result.value.to_debug_string())
+    return result.value
+
+
+def connect(host, port, server_name=None, timeout=30.0):
+    """A TLS connection to ``host:port`` (verified as ``server_name``, default ``host``),
+    blocking; a ``TlsConnection`` (``read``, ``read_all``, ``write_all``, ``close``)."""
+    if poll is None:
+        raise RuntimeError("connect() is the WASI 0.2 API; in WASI 0.3 use await open_connection()")
+    deadline = _deadline(timeout)
+    sock, rx, tx = tcp_connect(host, port, deadline)
+    name = server_name or host
+    try:
+        connection, plain_rx, plain_tx = handshake(rx, tx, name, deadline)
+    except BaseException:
+        sock.__exit__(None, None, None)
+        raise
+    return TlsConnection(sock, connection, plain_rx, plain_tx, name)

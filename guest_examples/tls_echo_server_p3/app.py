@@ -1,10 +1,14 @@
-"""`tls_echo_server_p3 HOST PORT COUNT NAME...`: a TLS line echo server written with the
-asyncio-style binding (wasi_tls_aio.start_server) on WASI 0.3. The identity is chosen per
-connection by SNI among the preopened NAMEs (`default` when the client sent none or another
-name); each line comes back upper-cased, with the negotiated version and ALPN first. After
-COUNT connections it closes the server (which stops at the next connection attempt) and
-waits for the handlers."""
+"""`tls_echo_server_p3 HOST PORT COUNT NAME... [--client-ca SET]`: a TLS line echo server
+written with the asyncio-style binding (wasi_tls_aio.start_server) on WASI 0.3. The identity
+is chosen per connection by SNI among the preopened NAMEs (`default` when the client sent
+none or another name); each line comes back upper-cased, with the negotiated version and
+ALPN first. With `--client-ca SET` clients must present a certificate from the embedder's
+client CA set SET (`--client-ca SET=CA.pem`), and the first line also carries that
+certificate as `get_extra_info("peercert")` gives it (JSON). After COUNT connections it
+closes the server (serve_forever returns at once, the listener is closed) and waits for
+the handlers."""
 
+import json
 import sys
 
 from wasi_tls_aio import start_server
@@ -13,7 +17,13 @@ from wit_world import exports
 
 class Run(exports.Run):
     async def run(self) -> None:
-        host, port, count, names = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), set(sys.argv[4:])
+        args = sys.argv[1:]
+        client_ca = None
+        if "--client-ca" in args:
+            at = args.index("--client-ca")
+            client_ca = args[at + 1]
+            del args[at:at + 2]
+        host, port, count, names = args[0], int(args[1]), int(args[2]), set(args[3:])
         served = 0
 
         def select_identity(hello):
@@ -24,14 +34,20 @@ class Run(exports.Run):
             served += 1
             if served >= count:
                 server.close()
-            writer.write(f"{writer.get_extra_info('version')} {writer.get_extra_info('alpn')}\n".encode())
+            first = f"{writer.get_extra_info('version')} {writer.get_extra_info('alpn')}"
+            if client_ca is not None:
+                peercert = dict(writer.get_extra_info("peercert"))
+                del peercert["der"]
+                first += " " + json.dumps(peercert)
+            writer.write(first.encode() + b"\n")
             async for line in reader:
                 writer.write(line.upper())
                 await writer.drain()
             writer.close()
             await writer.wait_closed()
 
-        server = await start_server(echo, host, port, select_identity=select_identity, alpn=["echo", "http/1.1"])
+        server = await start_server(echo, host, port, select_identity=select_identity, alpn=["echo", "http/1.1"],
+                                    client_ca=client_ca)
         print("listening", server.sockets[0][1], flush=True)
         async with server:
             await server.serve_forever()

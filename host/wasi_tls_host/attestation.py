@@ -94,6 +94,9 @@ def configuration_document(config: Any) -> bytes:
             "identities": sorted(({"name": i.name, "certificate": _fingerprint(i.chain[0])} for i in tls.identities), key=lambda i: i["name"]),
             "attestation_ca": _fingerprint(tls.attest_ca.certificate) if getattr(tls, "attest_ca", None) else None,
         }
+        if tls.client_ca_sets:  # (only when there are: configurations without keep their hash)
+            document["tls"]["client_ca_sets"] = {name: sorted(_fingerprint(c) for c in tls.client_anchors(name))
+                                                 for name in tls.client_ca_sets}
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 

@@ -100,6 +100,35 @@ def available() -> list[str]:
     return sorted(names)
 
 
+def build_path(source: Path, *, world: str | None = None, quiet: bool = True) -> Path:
+    """Path of the component built from a guest author's own ``source``: a ``.py`` file
+    (its folder's modules are importable too) or a folder with ``app.py``; world ``world``,
+    else the folder's ``guest.json``, else ``command``. The bindings in
+    ``guest_examples/common/`` (``wasi_tls_aio``) are on its path, as for the examples."""
+    source = source.resolve()
+    if source.is_file():
+        if source.suffix != ".py":
+            raise BuildError(f"{source}: expected a Python file (.py) or a folder with app.py")
+        folder, module = source.parent, source.stem
+        inputs = sorted(folder.glob("*.py"))
+    elif (source / "app.py").is_file():
+        folder, module = source, "app"
+        inputs = [q for q in source.rglob("*.py")
+                  if not any(part.startswith(".") or part in ("__pycache__", "site-packages") for part in q.relative_to(source).parts)]
+    else:
+        raise BuildError(f"{source}: no such Python file, or a folder without app.py")
+    spec = json.loads((folder / "guest.json").read_text()) if (folder / "guest.json").exists() else {}
+    world = world or spec.get("world", "command")
+    features = spec.get("features", [])
+    h = hashlib.sha256(f"{module}|{world}|{features}|{installed_version('componentize-py')}".encode())
+    for path in sorted(inputs):
+        h.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes() + b"\0")
+    common = EXAMPLES / "common"
+    h.update(_hash_files(_sources(common) + _sources(WIT), "").encode())
+    # "own-": never the name of an example (whose older builds a new build deletes).
+    return _componentize(f"own-{module}-{h.hexdigest()[:16]}", folder, module, world, features, quiet=quiet)
+
+
 def build(name: str, *, quiet: bool = True) -> Path:
     """Path of the built component for guest ``name``, building it if needed."""
     prebuilt = PREBUILT / f"{name}.wasm"
@@ -114,10 +143,17 @@ def build(name: str, *, quiet: bool = True) -> Path:
     spec = json.loads((folder / "guest.json").read_text()) if (folder / "guest.json").exists() else {}
     world = spec.get("world", "command")
     features = spec.get("features", [])
-    common = EXAMPLES / "common"
-    inputs = _sources(folder) + _sources(common) + _sources(WIT)
+    inputs = _sources(folder) + _sources(EXAMPLES / "common") + _sources(WIT)
     key = _hash_files(inputs, f"{world}|{features}|{installed_version('componentize-py')}")
-    out = cache_dir() / f"{name}-{key}.wasm"
+    return _componentize(f"{name}-{key}", folder, "app", world, features, quiet=quiet)
+
+
+def _componentize(stem: str, folder: Path, module: str, world: str, features: list[str], *, quiet: bool) -> Path:
+    """``cache_dir()/STEM.wasm``: ``module`` of ``folder`` built by componentize-py (with
+    ``guest_examples/common/`` on its path), unless already there."""
+    name = stem.rpartition("-")[0]
+    common = EXAMPLES / "common"
+    out = cache_dir() / f"{stem}.wasm"
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -130,7 +166,7 @@ def build(name: str, *, quiet: bool = True) -> Path:
             print(f"building guest {name} with componentize-py (about 10 s, cached afterwards)...", file=sys.stderr)
         if features:
             cmd += ["--features", ",".join(features)]
-        cmd += ["componentize", "-p", str(folder), "-p", str(common), "app", "-o"]
+        cmd += ["componentize", "-p", str(folder), "-p", str(common), module, "-o"]
         with tempfile.TemporaryDirectory() as tmp:
             tmp_out = Path(tmp) / "app.wasm"
             env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}

@@ -19,11 +19,12 @@ import base64
 import getpass
 import json
 import os
+import re
 import sys
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..wasi.context import WasiConfig
 from .errors import UsageError
@@ -196,7 +197,9 @@ def take_handed_sources() -> dict[IdentitySpec, IdentitySource]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("TLS identities (private keys stay in the host)")
     group.add_argument("--identity", action="append", default=[], metavar="NAME=CERT.pem,KEY.pem", help="preopen a certificate chain and key for the guest (repeatable)")
-    group.add_argument("--client-ca", action="append", default=[], metavar="CA.pem", help="CA certificates for verifying client certificates (mutual TLS)")
+    group.add_argument("--client-ca", action="append", default=[], metavar="[NAME=]CA.pem",
+                       help="CA certificates for verifying client certificates (mutual TLS); with NAME=, a set a guest server "
+                            "chooses by name (set-client-ca, wasi_tls_aio's client_ca=) instead of the default one (repeatable)")
 
 
 def apply(args: argparse.Namespace, config: WasiConfig) -> None:
@@ -208,10 +211,27 @@ def apply(args: argparse.Namespace, config: WasiConfig) -> None:
         from ..tls.config import TlsConfig, load_certificates
 
         identities = [handed[spec].identity() if spec in handed else load_identity(spec) for spec in specs]
-        client_ca = [cert for path in args.client_ca for cert in load_certificates(path)]
+        client_ca: list[Any] = []
+        client_ca_sets: dict[str, list[Any]] = {}
+        for text in args.client_ca:
+            name, path = parse_client_ca(text)
+            (client_ca if name is None else client_ca_sets.setdefault(name, [])).extend(load_certificates(path))
     except ValueError as e:
         raise UsageError(str(e)) from None
     if config.tls is None:
         config.tls = TlsConfig()
     config.tls.identities.extend(identities)
     config.tls.client_ca.extend(client_ca)
+    for name, anchors in client_ca_sets.items():
+        config.tls.client_ca_sets.setdefault(name, []).extend(anchors)
+
+
+def parse_client_ca(text: str) -> tuple[str | None, str]:
+    """``--client-ca [NAME=]CA.pem``: (NAME or None, path). A path that exists as given is
+    a path even if it has ``=`` in it."""
+    name, sep, path = text.partition("=")
+    if not sep or Path(text).exists() or not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+        return None, text
+    if not path:
+        raise ValueError(f"--client-ca {text!r}: expected NAME=CA.pem")
+    return name, path

@@ -115,6 +115,9 @@ class TlsConfig:
     # CAs that client certificates must chain to (mutual TLS on guest servers).
     identities: list[Any] = field(default_factory=list)
     client_ca: list[TrustAnchor] = field(default_factory=list)
+    # Named client CA sets (``--client-ca NAME=CA.pem``): a guest server names one in its
+    # answer (set-client-ca) to verify that server's clients against it instead.
+    client_ca_sets: dict[str, list[TrustAnchor]] = field(default_factory=dict)
     # Code-bound identities (attestation.py, tls/code_identity.py): the CA that certifies
     # each guest instance's own key with its code (an attestation.AttestationCA), and the
     # CAs whose code claims this guest may rely on in expect-peer-code.
@@ -180,8 +183,11 @@ class TlsConfig:
         self._server_contexts = {}
         return report
 
-    def client_anchors(self) -> list[x509.Certificate]:
-        return [cert for anchor in self.client_ca for cert in load_certificates(anchor)]
+    def client_anchors(self, name: str | None = None) -> list[x509.Certificate]:
+        """The CAs client certificates must chain to: ``client_ca``, or the set named
+        ``name`` (KeyError if there is none)."""
+        anchors = self.client_ca if name is None else self.client_ca_sets[name]
+        return [cert for anchor in anchors for cert in load_certificates(anchor)]
 
     def version_bounds(self) -> tuple[int, int]:
         """OpenSSL (min, max) protocol versions the embedder allows: its min/max within the

@@ -67,6 +67,7 @@ class OutgoingServerHello(HostResource):
         self.max_version = 0x0304
         self.suites: list[int] | None = None
         self.client_auth: str | None = None  # None, "optional" or "required"
+        self.client_ca: str | None = None  # a named client CA set (None: the default one)
         self.expected_code: str | None = None  # set by expect-peer-code (tls/code_identity.py)
 
 
@@ -77,6 +78,7 @@ class _ContextKey:
     max_version: int
     suites: tuple[int, ...] | None
     client_auth: str | None
+    client_ca: str | None
 
 
 class NoClientCa(Exception):
@@ -106,7 +108,7 @@ def server_context(config: TlsConfig, hello: OutgoingServerHello) -> SSL.Context
     # reused by another identity while the entry lives (and a hit is checked against it).
     cache = config.server_context_cache()
     key = _ContextKey(id(hello.identity), hello.min_version, hello.max_version,
-                      tuple(hello.suites) if hello.suites is not None else None, hello.client_auth)
+                      tuple(hello.suites) if hello.suites is not None else None, hello.client_auth, hello.client_ca)
     cached = cache.get(key)
     if cached is not None and cached[0] is hello.identity:
         return cached[1]
@@ -117,7 +119,7 @@ def server_context(config: TlsConfig, hello: OutgoingServerHello) -> SSL.Context
     configure_resumption(ctx, config.resumption, hashlib.sha256(repr(key).encode()).digest(), config.ticket_key_lifetime)
     hello.identity.use_in(ctx)
     if hello.client_auth is not None:
-        anchors = config.client_anchors()
+        anchors = config.client_anchors(hello.client_ca)
         if not anchors:
             raise NoClientCa("client certificates were requested but the embedder configured no client CA (--client-ca)")
         mode = SSL.VERIFY_PEER | SSL.VERIFY_CLIENT_ONCE

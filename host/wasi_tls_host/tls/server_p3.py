@@ -28,7 +28,7 @@ from ..runtime.values import WitError
 from .attested import peer_code_check
 from .client_hello import ALERT_FATAL, ClientHello, alert_record
 from .config import tls_config
-from .connection import failure_record, guest_errors
+from .connection import failure_record, guest_errors, tls_error
 from .connection_p3 import ConnectionP3, preopened_identity
 from .engine import CLOSED, TlsFailure
 from .identities import PublicIdentity
@@ -242,6 +242,16 @@ def incoming_client_hello_reject(cx: StoreState, this: IncomingClientHelloP3, al
 @server_iface_p3.func("[constructor]outgoing-server-hello")
 def outgoing_server_hello_new(cx: StoreState, identity: str) -> OutgoingServerHelloP3:
     return OutgoingServerHelloP3(identity)
+
+
+@server_iface_p3.func("[method]outgoing-server-hello.set-client-ca")
+def outgoing_server_hello_set_client_ca(cx: StoreState, this: OutgoingServerHelloP3, name: str) -> None:
+    sets = tls_config(cx).client_ca_sets
+    if name not in sets:
+        have = ", ".join(sorted(sets)) or "none"
+        raise tls_error("access-denied", f"no client CA set named {name!r} was preopened for this guest (it has: {have}; "
+                                         "the embedder gives --client-ca NAME=CA.pem)")
+    this.client_ca = name
 
 
 server_iface_p3.share(server_iface, "[method]outgoing-server-hello.set-alpn-id", "[method]outgoing-server-hello.set-protocol-versions",

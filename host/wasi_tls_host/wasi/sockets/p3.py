@@ -13,7 +13,10 @@ coroutines on the store's scheduler. TCP data moves through host tasks, one per 
   FIN; the future says how it went.
 * ``listen``: a stream of accepted ``tcp-socket``s. A connection is accepted only once the
   guest reads from the stream (until then it waits in the kernel's backlog, where another
-  ``--workers`` process may take it); a graceful stop ends the stream.
+  ``--workers`` process may take it); a graceful stop ends the stream. The stream keeps
+  the listener (as wasmtime's does); dropping the socket completes a read pending on it
+  with no sockets, so a guest whose runtime has no ``stream.cancel-read`` (componentize-py)
+  can stop its accept loop and drop the stream, which closes the listener.
 
 Engine errors carry WASI 0.2's code names; ``error_code`` renames the few that differ in 0.3
 (``concurrency-conflict`` and ``not-in-progress`` are ``invalid-state``; what 0.3 lacks is
@@ -35,6 +38,7 @@ from ...runtime.resources import HostResource
 from ...runtime.scheduler import Cancelled, any_of, readable, writable
 from ...runtime.store import StoreState
 from ...runtime.streams import (
+    CopyResult,
     Future,
     FutureWriter,
     Stream,
@@ -127,9 +131,14 @@ class TcpSocket(HostResource):
         self.socket = socket
         self.sending = False
         self.receiving = False
+        self.accepts: StreamWriter | None = None  # the listen stream, once listening
 
     def drop(self) -> None:
         self.socket.release()
+        if self.accepts is not None and self.accepts.reader_waiting():
+            # The guest's pending accept ends empty; the stream (and listener) lives on.
+            self.accepts.stream.reset_and_notify_pending(CopyResult.COMPLETED)
+        self.accepts = None
 
 
 # The TCP connection beneath each receive stream (weak: the stream's life is the guest's).
@@ -166,6 +175,7 @@ def tcp_listen(cx: StoreState, sock: TcpSocket) -> Stream:
     sock.socket.listen(cx.wasi, implicit_bind=True)
     stream, writer = new_stream()
     # The stream keeps the listener open (the guest may drop the socket and go on accepting).
+    sock.accepts = writer
     shared = sock.socket.shared.acquire()
     cx.scheduler.spawn(_accept(cx.wasi, sock.socket, shared, writer), "tcp-socket.listen")
     return stream
