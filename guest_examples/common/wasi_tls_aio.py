@@ -752,7 +752,12 @@ async def start_server(client_connected_cb, host, port, *, identity=None, select
                 exchange = await IncomingClientHello.accept(hello, response)
                 connection = await IncomingClientExchange.finish(exchange)
             except Err as e:
-                sent.__exit__(None, None, None)
+                # The host queued its alert and ends the ciphertext stream after it: wait until
+                # the socket sent it, or closing the socket could drop the alert (under load).
+                try:
+                    await sent.read()
+                except Exception:
+                    pass
                 raise _tls_error(e) from None
             reader, writer = _streams(conn_sock, connection, sent, {"peername": peername, "sockname": (host, bound.value.port)}, limit)
             conn_sock = None  # the writer owns it now
