@@ -2,8 +2,10 @@
 process's open descriptors and RSS (issue 12, item 5; issue 19, item 6). Not a test: it
 prints figures.
 
-The ``tls_server`` guest (``--concurrent --count 0``, echo mode) runs in a child process of
-its own, so the figures are the host's alone; nothing forces a garbage collection there.
+The ``tls_server`` guest (``--concurrent --count 0``, echo mode), or with ``--guest
+tls_echo_server_p3`` the WASI 0.3 guest written with the asyncio-style binding (it sends a
+line first, then echoes lines upper-cased), runs in a child process of its own, so the
+figures are the host's alone; nothing forces a garbage collection there.
 This process drives connections of each kind in turn, ``--connections`` of each:
 
 - ``normal``: TLS 1.3 handshake, 32 bytes echoed, close_notify, close;
@@ -46,6 +48,7 @@ HOST = "127.0.0.1"
 NAME = "a.test"
 KINDS = ("normal", "aborted", "abandoned", "no-close-notify", "hostile")
 BURST = 64  # connections per "abandoned" burst (the default of --burst)
+LINES = False  # the guest echoes lines upper-cased after a line of its own (--guest tls_echo_server_p3)
 HOSTILE = [
     b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n",
     b"\x80\x2e\x01\x00\x02\x00\x15\x00\x00\x00\x10" + bytes(37),  # SSL 2.0 hello
@@ -54,20 +57,29 @@ HOSTILE = [
 ]
 
 
-def serve(port: int, cert: str, key: str, max_sockets: int | None) -> None:
+GUESTS = ("tls_server", "tls_echo_server_p3")
+
+
+def serve(port: int, cert: str, key: str, max_sockets: int | None, guest: str = "tls_server") -> None:
     from wasi_tls_host import Host, WasiConfig, guests
     from wasi_tls_host.runtime.limits import GuestLimits
     from wasi_tls_host.tls import TlsConfig
     from wasi_tls_host.tls.identities import PrivateIdentity
     from wasi_tls_host.wasi.sockets import NetworkPolicy
 
-    identity = PrivateIdentity.from_files("a", cert, key)
-    config = WasiConfig(args=["tls_server", str(port), "--concurrent", "--count", "0", "--mode", "echo"],
-                        stdout=None, stderr="inherit", network=NetworkPolicy().allow_listen(f"{HOST}:{port}"),
+    if guest == "tls_server":
+        identity = PrivateIdentity.from_files("a", cert, key)
+        args = ["tls_server", str(port), "--concurrent", "--count", "0", "--mode", "echo"]
+    else:  # without an SNI it knows, the 0.3 guest presents "default"
+        identity = PrivateIdentity.from_files("default", cert, key)
+        args = [guest, HOST, str(port), str(10**9)]
+    # The 0.3 guest's binding writes a line per failed connection (hundreds here): not shown.
+    config = WasiConfig(args=args,
+                        stdout=None, stderr="inherit" if guest == "tls_server" else None, network=NetworkPolicy().allow_listen(f"{HOST}:{port}"),
                         tls=TlsConfig(use_system_roots=False, identities=[identity]))
     if max_sockets != -1:
         config.limits = GuestLimits(max_sockets=max_sockets)
-    result = Host(runtime=os.environ.get("SOAK_RUNTIME", "core")).run(guests.build("tls_server"), config)
+    result = Host(runtime=os.environ.get("SOAK_RUNTIME", "core")).run(guests.build(guest), config)
     print(f"soak: the guest server ended: {result}", file=sys.stderr)
 
 
@@ -144,6 +156,8 @@ def one(kind: str, port: int, ctx: ssl.SSLContext, rnd: random.Random, burst: in
     if kind == "abandoned":
         return abandon_together(port, ctx, burst)
     payload = bytes(rnd.getrandbits(8) for _ in range(32))
+    if LINES:  # the 0.3 guest echoes lines, upper-cased, after a line of its own
+        payload = payload.hex().encode()[:31] + b"\n"
     with socket.create_connection((HOST, port), timeout=10) as raw:
         if kind == "aborted":
             raw.sendall(client_hello(ctx))
@@ -155,8 +169,8 @@ def one(kind: str, port: int, ctx: ssl.SSLContext, rnd: random.Random, burst: in
             return True
         tls = ctx.wrap_socket(raw, server_hostname=NAME)
         tls.sendall(payload)
-        got = b""
-        while len(got) < len(payload):
+        got, expected = b"", payload.upper() if LINES else payload
+        while not got.endswith(expected):
             chunk = tls.recv(4096)
             if not chunk:
                 break
@@ -166,7 +180,7 @@ def one(kind: str, port: int, ctx: ssl.SSLContext, rnd: random.Random, burst: in
             tls.unwrap().close()
         else:
             tls.close()  # CPython's close sends no close_notify: the TCP connection just ends
-        return got == payload
+        return got.endswith(expected)
 
 
 @dataclass
@@ -226,11 +240,14 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=12)
     parser.add_argument("--kinds", default=",".join(KINDS), help="which kinds of connection to run, in this order")
     parser.add_argument("--max-sockets", type=int, default=-1, help="the guest's socket limit (default: the host's default; 0: none)")
+    parser.add_argument("--guest", choices=GUESTS, default="tls_server", help="the guest server (tls_echo_server_p3: WASI 0.3)")
     parser.add_argument("--serve", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(int(args.serve[0]), args.serve[1], args.serve[2], None if args.max_sockets == 0 else args.max_sockets)
+        serve(int(args.serve[0]), args.serve[1], args.serve[2], None if args.max_sockets == 0 else args.max_sockets, args.guest)
         return 0
+    global LINES
+    LINES = args.guest == "tls_echo_server_p3"
     kinds = [k for k in args.kinds.split(",") if k]
     if any(k not in KINDS for k in kinds):
         raise SystemExit(f"--kinds: choose from {', '.join(KINDS)}")
@@ -248,7 +265,7 @@ def main() -> int:
         ca.configure_trust(ctx)
         port = free_port()
         server = subprocess.Popen([sys.executable, __file__, "--serve", str(port), str(cert), str(key),
-                                   "--max-sockets", str(args.max_sockets)])
+                                   "--max-sockets", str(args.max_sockets), "--guest", args.guest])
         try:
             deadline = time.monotonic() + 120
             while True:
@@ -273,7 +290,7 @@ def main() -> int:
             start = settle(server.pid)
             print(f"soak: before the warm-up: fds {cold[0]}, rss {cold[1] / 2**20:.1f} MiB; "
                   f"after {args.warmup} warm-up connections: fds {start[0]}, rss {start[1] / 2**20:.1f} MiB")
-            print(f"soak: guest tls_server pid {server.pid}, {args.connections} connections of each of {', '.join(kinds)}")
+            print(f"soak: guest {args.guest} pid {server.pid}, {args.connections} connections of each of {', '.join(kinds)}")
             print(f"{'kind':>16} {'connections':>11} {'fds':>5} {'rss MiB':>8} {'failures':>8} {'seconds':>8}")
             phases = [run_phase(kind, args.connections, args.every, args.burst, port, ctx, rnd, server) for kind in kinds]
             print(f"\n{'kind':>16} {'connections':>11} {'fds before':>10} {'fds after':>9} {'rss before':>10} "

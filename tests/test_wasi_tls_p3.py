@@ -284,6 +284,22 @@ def test_the_outgoing_ciphertext_dropped_mid_handshake(misuse, peers, leaf) -> N
     assert misuse(6, server.port) == [failure] * 3
 
 
+def test_the_outgoing_ciphertext_dropped_while_the_host_writes(misuse, peers, leaf) -> None:
+    server = PeerServer(echo, leaf.server_context())
+    peers.append(server)
+    failure = "closed: TLS connection failed: the guest dropped the stream of ciphertext to send"
+    # connect; the guest's 2 MiB write, taken only in part (the host holds at most about 1 MiB
+    # of ciphertext nobody reads); both futures: the connection failed as a whole (before,
+    # the receive future waited forever for a peer with nothing to say)
+    assert misuse(7, server.port) == ["ok", "end", failure, failure]
+    server.wait_idle()  # the peer saw the connection end
+    with without_gc():  # and nothing of it is left (the first run opened the host's lazy descriptors)
+        before = open_fds()
+        assert misuse(7, server.port) == ["ok", "end", failure, failure]
+        server.wait_idle()
+        assert open_fds() <= before
+
+
 def test_a_refused_call_is_an_error_result_not_a_logged_failure(misuse, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.ERROR):
         misuse(3)

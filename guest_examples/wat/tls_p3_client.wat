@@ -18,7 +18,11 @@
 ;;       1 send twice, 2 receive twice, 3 connect before receive, 4 drop the connector after
 ;;       send and receive, 5 connect while dropping the incoming ciphertext (a stream dropped
 ;;       mid-handshake), 6 connect while dropping the outgoing ciphertext after the first
-;;       flight (port: a server that gets the ClientHello).
+;;       flight (port: a server that gets the ClientHello), 7 the outgoing ciphertext dropped
+;;       while the host writes application data into it (the guest relays the handshake's two
+;;       flights to the socket itself, then writes 2 MiB of plaintext, reads none of its
+;;       ciphertext and drops that stream; port: an echo server). Its outcomes: connect's,
+;;       "end" if the host took only part of the 2 MiB, the send and receive futures.
 (component
   (type $bytes (stream u8))
   (import "wasi:tls/types@0.3.0-draft" (instance $types-i
@@ -332,6 +336,13 @@
       (i32.wrap_i64 (local.get $pair))
       (i32.wrap_i64 (i64.shr_u (local.get $pair) (i64.const 32))))
 
+    ;; one read of `from` (waiting for it), written on to `to`
+    (func $relay-once (param $from i32) (param $to i32)
+      (local $ret i32)
+      (local.set $ret (call $copied (call $stream-read (local.get $from) (global.get $BUF) (global.get $BUF-CAP))
+                                    (local.get $from) (i32.const 2 (; STREAM_READ ;))))
+      (call $write-all (local.get $to) (global.get $BUF) (i32.shr_u (local.get $ret) (i32.const 4))))
+
     (func (export "misuse") (param $kind i32) (param $port i32) (param $name i32) (param $name-len i32)
       (local $conn i32) (local $rx i32) (local $tx i32) (local $rx2 i32) (local $tx2 i32) (local $ret i32)
       (local $cipher-out i32) (local $relay-rx i32) (local $relay-tx i32) (local $status i32)
@@ -418,6 +429,34 @@
             (call $add-outcome (i32.load (i32.const 76)))
             (call $drop-writable (local.get $relay-tx))
             (call $drop-readable (i32.load (i32.const 72)))
+            (call $drop-readable (local.get $rx2))
+            (br $done)))
+        (if (i32.eq (local.get $kind) (i32.const 7))  ;; the outgoing ciphertext dropped while the host writes
+          (then
+            (call $connector-send (local.get $conn) (local.get $rx) (i32.const 64))
+            (local.set $cipher-out (i32.load (i32.const 64)))
+            (call $pair) (local.set $relay-tx) (local.set $relay-rx)
+            (call $connector-receive (local.get $conn) (call $plumb (local.get $port) (local.get $relay-rx)) (i32.const 72))
+            (local.set $status (call $connect (local.get $conn) (local.get $name) (local.get $name-len) (i32.const 80)))
+            (call $relay-once (local.get $cipher-out) (local.get $relay-tx))  ;; the ClientHello
+            (call $relay-once (local.get $cipher-out) (local.get $relay-tx))  ;; the client's Finished
+            (call $await (local.get $status))
+            (call $outcome-of (i32.const 80) (i32.const 184))
+            (call $add (i32.load (i32.const 184)) (i32.load (i32.const 188)))
+            ;; 2 MiB of plaintext, more than the host takes (1 MiB of ciphertext waiting, a
+            ;; chunk) before its ciphertext is read; the guest lets go of the ciphertext while
+            ;; the host waits to write it
+            (local.set $ret (call $stream-write (local.get $tx) (global.get $BUF) (i32.const 0x200000)))
+            (call $drop-readable (local.get $cipher-out))
+            (local.set $ret (call $copied (local.get $ret) (local.get $tx) (i32.const 3 (; STREAM_WRITE ;))))
+            ;; "end": the host took part of it (its reader stopped), "data": all of it
+            (if (i32.lt_u (i32.shr_u (local.get $ret) (i32.const 4)) (i32.const 0x200000))
+              (then (call $add (i32.const 258) (i32.const 3)))
+              (else (call $add (i32.const 261) (i32.const 4))))
+            (call $drop-writable (local.get $relay-tx))  ;; the peer sees the end of TCP
+            (call $drop-readable (i32.load (i32.const 72)))
+            (call $add-outcome (i32.load (i32.const 68)))
+            (call $add-outcome (i32.load (i32.const 76)))
             (call $drop-readable (local.get $rx2))
             (br $done)))
         unreachable)

@@ -29,13 +29,14 @@ if TYPE_CHECKING:
     from .runtime.values import Err, Ok, Some, Trap, Variant, WitError
     from .tls.config import TlsConfig
     from .tls.identities import PrivateIdentity
+    from .tls.ticket_keys import TicketKeys
     from .wasi.context import WasiConfig, WasiCtx
     from .wasi.filesystem import Preopen
     from .wasi.sockets import NetworkPolicy
 
 __all__ = [
     "Err", "GuestError", "GuestInstance", "Host", "NetworkPolicy", "Ok", "Preopen",
-    "PrivateIdentity", "RunResult", "Some", "TlsConfig", "Trap", "Variant", "WasiConfig",
+    "PrivateIdentity", "RunResult", "Some", "TicketKeys", "TlsConfig", "Trap", "Variant", "WasiConfig",
     "WasiCtx", "WitError", "add_to_linker", "set_wasi",
 ]
 
@@ -46,6 +47,7 @@ _EXPORTS = {
     ".runtime.values": ("Err", "Ok", "Some", "Trap", "Variant", "WitError"),
     ".tls.config": ("TlsConfig",),
     ".tls.identities": ("PrivateIdentity",),
+    ".tls.ticket_keys": ("TicketKeys",),
     ".wasi.context": ("WasiConfig", "WasiCtx"),
     ".wasi.filesystem": ("Preopen",),
     ".wasi.sockets": ("NetworkPolicy",),

@@ -152,14 +152,19 @@ def write_sources(sources: list[IdentitySource]) -> int:
     others could open."""
     document = [{"name": s.spec.name, "cert": str(s.spec.cert), "key": str(s.spec.key), "cert_pem": _b64(s.cert_pem),
                  "key_pem": _b64(s.key_pem), "passphrase": _b64(s.passphrase)} for s in sources]
+    return private_file("wasi-tls-host-identities", json.dumps(document).encode())
+
+
+def private_file(name: str, data: bytes) -> int:
+    """A descriptor (close-on-exec, readable by this user only) of an in-memory file holding
+    ``data``: how a supervisor hands secrets to a worker."""
     if hasattr(os, "memfd_create"):
-        fd = os.memfd_create("wasi-tls-host-identities", os.MFD_CLOEXEC)
+        fd = os.memfd_create(name, os.MFD_CLOEXEC)
     else:  # an unlinked private temporary file
-        fd, path = tempfile.mkstemp(prefix="wasi-tls-host-identities")
+        fd, path = tempfile.mkstemp(prefix=name)
         os.unlink(path)
     try:
         os.fchmod(fd, 0o600)
-        data = json.dumps(document).encode()
         while data:
             data = data[os.write(fd, data):]
         return fd
@@ -168,29 +173,41 @@ def write_sources(sources: list[IdentitySource]) -> int:
         raise
 
 
-def take_handed_sources() -> dict[IdentitySpec, IdentitySource]:
-    """In a worker: the identities its supervisor handed down (read once, descriptor closed)."""
-    value = os.environ.pop(IDENTITIES_ENV, None)
+def take_handed(variable: str, what: str) -> bytes | None:
+    """In a worker: the bytes of the private file its supervisor handed down under the
+    environment ``variable`` (read once, descriptor closed); None outside a worker."""
+    value = os.environ.pop(variable, None)
     if value is None or worker_number() is None:
-        return {}
+        return None
     try:
         fd = int(value)
     except ValueError:
-        raise UsageError(f"{IDENTITIES_ENV} is not a descriptor number: {value!r}") from None
+        raise UsageError(f"{variable} is not a descriptor number: {value!r}") from None
     try:
         os.lseek(fd, 0, os.SEEK_SET)
         with os.fdopen(os.dup(fd), "rb") as f:
-            document = json.loads(f.read())
-        sources = [IdentitySource(IdentitySpec(d["name"], Path(d["cert"]), Path(d["key"])), base64.b64decode(d["cert_pem"]),
-                                  base64.b64decode(d["key_pem"]), None if d["passphrase"] is None else base64.b64decode(d["passphrase"]))
-                   for d in document]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UsageError(f"cannot read the identities the supervisor handed down (descriptor {fd}): {e}") from None
+            return f.read()
+    except OSError as e:
+        raise UsageError(f"cannot read the {what} the supervisor handed down (descriptor {fd}): {e}") from None
     finally:
         try:
             os.close(fd)
         except OSError:
             pass
+
+
+def take_handed_sources() -> dict[IdentitySpec, IdentitySource]:
+    """In a worker: the identities its supervisor handed down (read once, descriptor closed)."""
+    data = take_handed(IDENTITIES_ENV, "identities")
+    if data is None:
+        return {}
+    try:
+        document = json.loads(data)
+        sources = [IdentitySource(IdentitySpec(d["name"], Path(d["cert"]), Path(d["key"])), base64.b64decode(d["cert_pem"]),
+                                  base64.b64decode(d["key_pem"]), None if d["passphrase"] is None else base64.b64decode(d["passphrase"]))
+                   for d in document]
+    except (ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"cannot read the identities the supervisor handed down: {e}") from None
     return {source.spec: source for source in sources}
 
 

@@ -14,7 +14,7 @@ from wasmtime import WasmtimeError
 from ..host import DEFAULT_RUNTIME, RUNTIMES, GuestInstance, Host
 from ..wasi.context import WasiConfig
 from .invoke import format_value, parse_invoke
-from . import options_identities, options_server, provenance, startup
+from . import options_identities, options_server, options_tls, provenance, startup
 from .errors import UsageError, print_error, print_line
 from .options import OPTION_GROUPS
 from .serve import serve
@@ -83,8 +83,9 @@ def command(args: argparse.Namespace) -> int:
         # Read once here: workers start from these bytes (and passphrases), kept across a
         # SIGHUP that fails to load a file.
         sources = options_identities.read_sources(args.identity)
+        ticket_keys = options_tls.read_ticket_keys(args)
         startup.resume_collection()
-        return Supervisor(args.workers, args.argv, args.allow_listen, sources, held).run()
+        return Supervisor(args.workers, args.argv, args.allow_listen, sources, held, ticket_keys).run()
     config = wasi_config(args)
     try:
         host = Host(use_cache=not args.no_cache, runtime=args.runtime, policy=provenance.code_policy(args), trust_compiled=provenance.public_keys(args.trust_compiled))

@@ -60,7 +60,7 @@ class Operator:
     def handle(self, signum: int) -> None:
         name = signal.Signals(signum).name
         if signum == signal.SIGHUP:
-            log.warning("SIGHUP: reloading identities")
+            log.warning("SIGHUP: reloading identities and ticket keys")
             self.host.reload_identities()  # logs one line per identity
             return
         if self.deadline is not None or not self.guest.is_listening():

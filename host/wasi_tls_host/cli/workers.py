@@ -8,10 +8,11 @@ others, as gunicorn does. Other patterns are bound by each worker with SO_REUSEP
 first stop signal the supervisor closes its copies, so once the workers have stopped
 accepting the kernel refuses new clients.
 
-The supervisor also reads the ``--identity`` files (and asks for passphrases) and hands the
-bytes to every worker it starts (options_identities.write_sources). On SIGHUP it reads them
+The supervisor also reads the ``--identity`` files (and asks for passphrases) and the
+``--ticket-keys`` file, and hands the bytes to every worker it starts
+(options_identities.write_sources, private_file). On SIGHUP it reads them
 again before passing the signal on, and keeps the previous bytes of an identity whose files
-fail to load, as the workers keep its certificate: a worker restarted later starts with the
+(or of the ticket keys whose file) fail to load, as the workers keep its certificate: a worker restarted later starts with the
 identities in use, not with a file the reload refused. Workers start with SIGTERM, SIGINT and
 SIGHUP blocked until their own handlers are in place (startup.py): a signal passed on while a
 worker starts is acted on, never the default action. The supervisor's handler only notes a
@@ -36,7 +37,9 @@ from collections import deque
 from typing import Any
 
 from ..wasi.sockets import AddressPattern, IPAddress, format_address
-from .options_identities import IDENTITIES_ENV, IdentitySource, reload_sources, write_sources
+from ..tls.ticket_keys import TicketKeys, log_reload as log_ticket_keys
+from .options_identities import IDENTITIES_ENV, IdentitySource, private_file, reload_sources, write_sources
+from .options_tls import TICKET_KEYS_ENV
 from .options_server import LISTENERS_ENV, format_listeners
 from .startup import WORKER_ENV, StartupSignals, block_in_child
 
@@ -95,18 +98,21 @@ class Worker:
         self.process: subprocess.Popen[bytes] | None = None
         self.started = 0.0
 
-    def start(self, identities: list[IdentitySource]) -> None:
+    def start(self, identities: list[IdentitySource], ticket_keys: TicketKeys | None = None) -> None:
         handed = {address: sock.fileno() for address, sock in self.listeners.items()}
-        identities_fd = write_sources(identities)
+        secrets = {IDENTITIES_ENV: write_sources(identities)}
         try:
-            env = dict(os.environ, **{WORKER_ENV: str(self.number), LISTENERS_ENV: format_listeners(handed),
-                                      IDENTITIES_ENV: str(identities_fd)})
+            if ticket_keys is not None:
+                secrets[TICKET_KEYS_ENV] = private_file("wasi-tls-host-ticket-keys", ticket_keys.data())
+            env = dict(os.environ, **{WORKER_ENV: str(self.number), LISTENERS_ENV: format_listeners(handed)},
+                       **{variable: str(fd) for variable, fd in secrets.items()})
             # Its own session: a terminal's Ctrl-C reaches the supervisor only, which decides.
             self.process = subprocess.Popen([sys.executable, "-m", "wasi_tls_host.cli", *self.argv], env=env,
-                                            pass_fds=[*handed.values(), identities_fd],
+                                            pass_fds=[*handed.values(), *secrets.values()],
                                             start_new_session=True, preexec_fn=_prepare_worker)
         finally:
-            os.close(identities_fd)  # the worker has its own
+            for fd in secrets.values():
+                os.close(fd)  # the worker has its own
         self.started = time.monotonic()
         log.warning("worker %d started (pid %d)", self.number, self.process.pid)
 
@@ -120,11 +126,13 @@ class Worker:
 
 class Supervisor:
     def __init__(self, count: int, argv: list[str], listen: list[AddressPattern] | None = None,
-                 identities: list[IdentitySource] | None = None, held: StartupSignals | None = None) -> None:
+                 identities: list[IdentitySource] | None = None, held: StartupSignals | None = None,
+                 ticket_keys: TicketKeys | None = None) -> None:
         self.count = count
         self.argv = argv
         self.listen = list(listen or [])
         self.identities = list(identities or [])  # the bytes in use, handed to each worker started
+        self.ticket_keys = ticket_keys  # likewise
         self.held = held  # signals that came during start-up
         self.listeners: dict[tuple[IPAddress, int], socket.socket] = {}
         self.workers: list[Worker] = []
@@ -143,6 +151,7 @@ class Supervisor:
         if signum == signal.SIGHUP:
             log.warning("SIGHUP: reloading identities for workers started later; passing it on")
             self.identities = reload_sources(self.identities)
+            self._reload_ticket_keys()
         else:
             self.stopping += 1
             log.warning("%s: %s workers", signal.Signals(signum).name, "stopping" if self.stopping == 1 else "ending")
@@ -150,10 +159,22 @@ class Supervisor:
         for worker in self.workers:
             worker.signal(signum)
 
+    def _reload_ticket_keys(self) -> None:
+        keys = self.ticket_keys
+        if keys is None or keys.path is None:
+            return
+        try:
+            fresh = TicketKeys.from_file(keys.path)
+        except ValueError as e:
+            log_ticket_keys(keys, e)
+        else:
+            log_ticket_keys(keys, fresh)
+            self.ticket_keys = fresh
+
     def _start(self, worker: Worker) -> None:
         self._act()
         if not self.stopping:  # else the listeners it would inherit are closed; it has nothing to drain
-            worker.start(self.identities)
+            worker.start(self.identities, self.ticket_keys)
 
     def _close_listeners(self) -> None:
         for sock in self.listeners.values():

@@ -26,6 +26,7 @@ import itertools
 import logging
 import select
 import time
+import weakref
 from collections import deque
 from typing import Any, Callable, Coroutine, Generator
 
@@ -157,7 +158,8 @@ class Cancelled(BaseException):
 class HostTask:
     """One host coroutine driven by a ``Scheduler``."""
 
-    __slots__ = ("scheduler", "coro", "name", "guest", "observed", "done", "result", "error", "_joiners", "_callbacks", "_waiting", "_queued")
+    __slots__ = ("scheduler", "coro", "name", "guest", "observed", "done", "result", "error", "_joiners", "_callbacks", "_waiting",
+                 "_queued", "__weakref__")
 
     def __init__(self, scheduler: Scheduler, coro: Coroutine[Any, Any, Any], name: str, guest: bool = False) -> None:
         self.scheduler = scheduler
@@ -209,7 +211,12 @@ class Scheduler:
         self._guest_ready: deque[HostTask] = deque()
         self._readers: dict[int, list[HostTask]] = {}
         self._writers: dict[int, list[HostTask]] = {}
-        self._timers: list[tuple[int, int, HostTask]] = []
+        # (deadline, sequence, task) as a heap. An entry stays when its task stops waiting on
+        # it (it is skipped when it falls due), so it holds the task weakly: a finished task,
+        # whose error may carry the frames of everything its coroutine referenced (a TLS
+        # connection's whole transport, for a cancelled handshake deadline), is freed now,
+        # not when a deadline long past its use comes (live tasks are held by ``_tasks``).
+        self._timers: list[tuple[int, int, weakref.ref[HostTask]]] = []
         self._timer_seq = itertools.count()
         self._interrupt_fd = interrupt_fd
         self._check_interrupt = check_interrupt or (lambda: None)
@@ -275,7 +282,7 @@ class Scheduler:
         if isinstance(waiting, _Fd):
             (self._writers if waiting.write else self._readers).setdefault(waiting.fd, []).append(task)
         elif isinstance(waiting, _Until):
-            heapq.heappush(self._timers, (waiting.deadline, next(self._timer_seq), task))
+            heapq.heappush(self._timers, (waiting.deadline, next(self._timer_seq), weakref.ref(task)))
         elif isinstance(waiting, _Yield):
             self._make_ready(task)
         elif isinstance(waiting, Event):
@@ -296,7 +303,7 @@ class Scheduler:
                 if isinstance(w, _Fd):
                     (self._writers if w.write else self._readers).setdefault(w.fd, []).append(task)
                 elif isinstance(w, _Until):
-                    heapq.heappush(self._timers, (w.deadline, next(self._timer_seq), task))
+                    heapq.heappush(self._timers, (w.deadline, next(self._timer_seq), weakref.ref(task)))
                 else:
                     w._waiters.append(task)
         else:
@@ -337,6 +344,11 @@ class Scheduler:
     def _finish(self, task: HostTask, result: Any, error: BaseException | None) -> None:
         self.progress += 1
         task.done = True
+        if isinstance(error, Cancelled):
+            # Nobody reads where a cancellation went through, and its traceback would hold the
+            # coroutine's frames (all they reference) and ``_step``'s (a cycle back to the
+            # task): without it, a cancelled task frees what it held now, not at a GC pass.
+            error.__traceback__ = None
         task.result, task.error = result, error
         task._waiting = None
         self._tasks.discard(task)
@@ -410,8 +422,9 @@ class Scheduler:
         now = time.monotonic_ns()
         timers = self._timers
         while timers and timers[0][0] <= now:
-            _, _, task = heapq.heappop(timers)
-            if _deadline_passed(task._waiting, now):
+            _, _, ref = heapq.heappop(timers)
+            task = ref()
+            if task is not None and _deadline_passed(task._waiting, now):
                 self._make_ready(task)
         if self._ready or self._guest_ready:
             block = False
@@ -451,8 +464,9 @@ class Scheduler:
                     self._make_ready(task)
         now = time.monotonic_ns()
         while timers and timers[0][0] <= now:
-            _, _, task = heapq.heappop(timers)
-            if _deadline_passed(task._waiting, now):
+            _, _, ref = heapq.heappop(timers)
+            task = ref()
+            if task is not None and _deadline_passed(task._waiting, now):
                 self.progress += 1
                 self._make_ready(task)
         return True

@@ -16,6 +16,7 @@ from OpenSSL import SSL, crypto
 from .limits import TlsLimits
 from .names import DEFAULT_MIN_VERSION, ROTATION_LOG, VERSION_NAMES
 from .profiles import DEFAULT_PROFILE, TlsProfile, profile as lookup_profile
+from .ticket_keys import KeyRing, TicketKeys, log_reload as log_ticket_keys, openssl_tickets
 
 # A trust anchor: PEM bytes (one or more certificates), a path to a PEM file, or a
 # cryptography certificate.
@@ -102,6 +103,10 @@ class TlsConfig:
     replaces every ``ticket_key_lifetime`` seconds) and resume sessions; TLS clients keep
     the tickets servers give them (per guest instance, ``tls.sessions``) and offer them on
     the next connection to the same server. 0-RTT is never sent or accepted.
+    ``ticket_keys`` (a ``tls.ticket_keys.TicketKeys``, ``--ticket-keys FILE``): servers
+    encrypt tickets with the first of these keys and accept tickets under any of them
+    instead of the host's own random keys, so hosts sharing the keys resume each other's
+    sessions; ``reload_identities`` reads a key file again.
     """
 
     trust: list[TrustAnchor] = field(default_factory=list)
@@ -128,6 +133,7 @@ class TlsConfig:
     profile: str = DEFAULT_PROFILE
     resumption: bool = True
     ticket_key_lifetime: float = 3600.0
+    ticket_keys: TicketKeys | None = None
     # Client contexts by client identity (None: none) and version bounds. Held weakly by
     # identity: an instance's attested identity goes with the instance, its contexts too.
     _client_contexts: dict[tuple[int, int], SSL.Context] = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -145,6 +151,12 @@ class TlsConfig:
         self.policy.narrow_versions(low, high)  # ValueError if nothing of the profile is left
         if not self.ticket_key_lifetime > 0:
             raise ValueError(f"ticket_key_lifetime must be a positive number of seconds, not {self.ticket_key_lifetime!r}")
+        self.ticket_key_ring: KeyRing | None = None
+        if self.ticket_keys is not None:
+            if not self.resumption:
+                raise ValueError("ticket keys are for session resumption, which is off (--no-resumption)")
+            openssl_tickets()  # TicketKeysUnsupported (a ValueError) now, not at the first handshake
+            self.ticket_key_ring = KeyRing(self.ticket_keys)
         self._server_contexts: dict[Any, SSL.Context] = {}
         self._server_contexts_born = time.monotonic()
         self.anchors = [cert for anchor in self.trust for cert in load_certificates(anchor)]
@@ -181,7 +193,22 @@ class TlsConfig:
                 report.append(log_rotation(identity.name, fresh))
         # Server contexts are built per identity object: drop them with the old objects.
         self._server_contexts = {}
-        return report
+        return report + self.reload_ticket_keys()
+
+    def reload_ticket_keys(self) -> list[str]:
+        """Read the ticket key file again (a SIGHUP): new tickets are encrypted with its first
+        key, and tickets under any of its keys resume, from the next handshake on. A file that
+        fails to load keeps the keys in use. One line (logged), or none without a key file."""
+        ring = self.ticket_key_ring
+        if ring is None or ring.keys.path is None:
+            return []
+        try:
+            fresh = TicketKeys.from_file(ring.keys.path)
+        except ValueError as e:
+            return [log_ticket_keys(ring.keys, e)]
+        line = log_ticket_keys(ring.keys, fresh)
+        ring.keys = self.ticket_keys = fresh
+        return [line]
 
     def client_anchors(self, name: str | None = None) -> list[x509.Certificate]:
         """The CAs client certificates must chain to: ``client_ca``, or the set named

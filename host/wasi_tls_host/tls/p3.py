@@ -281,6 +281,12 @@ class StreamTransport(TlsTransport):
             moved = self._decrypt() or moved
             moved = self._encrypt() or moved
         moved = self.send_pending() or moved
+        if self.failure is not None and not self._ended_by_failure and self.state is not HandshakeState.RUNNING:
+            # A failure met on the sending side (the guest dropped the outgoing ciphertext
+            # while the host wrote to it) ends the connection as any failure does: reading
+            # stops and its future says why, instead of waiting for a peer that may never speak.
+            self._failed()
+            moved = True
         if self.closing and self.sending and (not self.pending_out or self.send_broken):
             self._end_sending()
             moved = True

@@ -24,6 +24,7 @@ from OpenSSL._util import lib as _lib
 
 from .ciphers import TLS12_SUITES, TLS13_SUITES
 from .names import DEFAULT_PROFILE, PROFILE_NAMES
+from .ticket_keys import KeyRing, use_ticket_keys
 
 _VERSION_NAME = {SSL.TLS1_2_VERSION: "TLS 1.2", SSL.TLS1_3_VERSION: "TLS 1.3"}
 
@@ -123,18 +124,22 @@ def profile(name: str) -> TlsProfile:
         raise ValueError(f"TLS profile must be one of {sorted(PROFILES)}, not {name!r}") from None
 
 
-def configure_resumption(ctx: SSL.Context, enabled: bool, context_id: bytes, lifetime: float) -> None:
+def configure_resumption(ctx: SSL.Context, enabled: bool, context_id: bytes, lifetime: float, ticket_keys: KeyRing | None = None) -> None:
     """Session tickets and resumption on a server context, or neither.
 
     On: OpenSSL's stateless tickets under the context's own random keys (the host rotates
-    them by replacing contexts, see ``TlsConfig.server_context_cache``), valid for at most
+    them by replacing contexts, see ``TlsConfig.server_context_cache``), or under
+    ``ticket_keys`` (a ``ticket_keys.KeyRing``: keys shared by hosts), valid for at most
     ``lifetime`` seconds; ``context_id`` keeps sessions from resuming under another answer
-    (identity, client authentication). Off: no tickets and no session cache.
+    (identity, client authentication): it must be the same on every host for the same answer.
+    Off: no tickets and no session cache.
     """
     if enabled:
         ctx.set_session_id(context_id[:32])
         ctx.set_timeout(max(1, int(lifetime)))
         ctx.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
+        if ticket_keys is not None:
+            use_ticket_keys(ctx, ticket_keys)
     else:
         ctx.set_options(SSL.OP_NO_TICKET)
         ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)

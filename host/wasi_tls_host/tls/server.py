@@ -116,7 +116,11 @@ def server_context(config: TlsConfig, hello: OutgoingServerHello) -> SSL.Context
     if hello.suites is not None:
         config.policy.check_suites(hello.suites)
     config.policy.configure(ctx, policy_versions(config, hello.min_version, hello.max_version), hello.suites)
-    configure_resumption(ctx, config.resumption, hashlib.sha256(repr(key).encode()).digest(), config.ticket_key_lifetime)
+    # The session id context names the answer by what it is, not by this process's objects, so
+    # that hosts sharing ticket keys resume each other's sessions for the same answer.
+    answer = (hello.identity.name, hello.identity.public.fingerprint, key.min_version, key.max_version, key.suites, key.client_auth)
+    configure_resumption(ctx, config.resumption, hashlib.sha256(repr(answer).encode()).digest(), config.ticket_key_lifetime,
+                         config.ticket_key_ring)
     hello.identity.use_in(ctx)
     if hello.client_auth is not None:
         anchors = config.client_anchors(hello.client_ca)

@@ -119,7 +119,12 @@ class IncomingClientHelloP3(HostResource, ClientHelloIntake):
     def hand_over(self) -> None:
         ClientHelloIntake.hand_over(self)
         self._stop_timer()
-        self.port.wake.set()  # this task ends
+        # This task ends now. Setting the port's wake event is not enough: the event is the
+        # connection's from here on, and its task clears it as it starts, so the wake-up
+        # could be lost and this task (with the port and socket) wait forever.
+        task = self.task
+        if task is not None and not task.done and task.scheduler._stepping is not task:
+            task.cancel()
 
     def _stop_timer(self) -> None:
         timer, self._timer = self._timer, None

@@ -1,0 +1,211 @@
+"""A WASI 0.3 guest TLS server written with the asyncio-style binding (issue 17): handshakes
+per second beside a CPython asyncio ``ssl`` server, and the host's share beside both.
+
+Servers, each in its own process, with the same certificate and key:
+- ``tls_echo_server_p3`` (componentize-py, ``wasi_tls_aio.start_server``) under
+  ``wasi-tls-host run``: after the handshake it writes a line (version, ALPN), then echoes
+  lines upper-cased;
+- a CPython asyncio ``ssl`` server doing the same (the reference, target: the guest >= 0.8x);
+- the WAT 0.3 server guest ``tls_p3_server`` (no language runtime: the host's work alone; it
+  takes its handshakes one after another, over the TCP stand-in of devtools/tcp_p3.py), which
+  echoes bytes.
+The load (bench_tls_server.py's design): CLIENTS concurrent loopback asyncio ``ssl`` clients
+in one more process, each looping connect -> TLS 1.3 handshake verifying a.test -> send
+"x\\n" -> read until the echo -> close, for DURATION seconds after a one-second warm-up.
+The servers are measured alternately, ROUNDS times; the best of each is printed.
+
+Run: python benchmarks/bench_tls_server_p3.py [--clients N] [--duration S] [--rounds R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # devtools/ (not installed)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_tls_server  # noqa: E402
+import trustme  # noqa: E402
+from bench_tls_server import HOST, NAME, free_port, stop  # noqa: E402
+
+WAT_CONNECTIONS = 16000  # the WAT guest's record table holds this many
+
+
+def child(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, __file__, *args], text=True)
+
+
+def serve_cpython(port: int, cert: str, key: str) -> None:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    ctx.set_alpn_protocols(["echo", "http/1.1"])
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        tls = writer.get_extra_info("ssl_object")
+        writer.write(f"{tls.version()} {tls.selected_alpn_protocol()}\n".encode())
+        try:
+            async for line in reader:
+                writer.write(line.upper())
+                await writer.drain()
+            writer.close()
+            await writer.wait_closed()
+        except (ConnectionError, ssl.SSLError):
+            pass
+
+    async def main() -> None:
+        server = await asyncio.start_server(echo, HOST, port, ssl=ctx, backlog=1024)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+
+
+def serve_wat(port_file: str, cert: str, key: str) -> None:
+    import bench_tls_p3
+
+    bench_tls_p3.serve_p3(cert, key, port_file, WAT_CONNECTIONS)
+
+
+def load(port: int, ca: str, clients: int, duration: float) -> None:
+    ctx = bench_tls_server.client_context(ca)
+
+    async def one() -> None:
+        reader, writer = await asyncio.open_connection(HOST, port, ssl=ctx, server_hostname=NAME)
+        writer.write(b"x\n")
+        await writer.drain()
+        while (line := await reader.readline()) not in (b"x\n", b"X\n"):
+            if not line:
+                raise EOFError("the server closed before echoing")
+        await bench_tls_server._close(writer)
+
+    async def worker(stop_at: float, counts: list[int], errors: list[str]) -> None:
+        while time.monotonic() < stop_at:
+            try:
+                await asyncio.wait_for(one(), 10)
+                counts[0] += 1
+            except Exception as e:  # noqa: BLE001 - reported, never hidden
+                errors.append(f"{type(e).__name__}: {e}")
+
+    async def main() -> dict[str, object]:
+        await asyncio.gather(*(worker(time.monotonic() + 1.0, [0], []) for _ in range(clients)))
+        counts, errors = [0], []
+        started = time.monotonic()
+        await asyncio.gather(*(worker(started + duration, counts, errors) for _ in range(clients)))
+        elapsed = time.monotonic() - started
+        return {"handshakes": counts[0], "seconds": elapsed, "errors": len(errors), "first_errors": errors[:3]}
+
+    print(json.dumps(asyncio.run(main())), flush=True)
+
+
+def start(kind: str, guest: Path, cert: str, key: str, workdir: Path) -> tuple[subprocess.Popen[str], int]:
+    if kind == "cpython":
+        port = free_port()
+        proc = child("serve-cpython", str(port), cert, key)
+        _wait(proc, port)
+        return proc, port
+    if kind == "guest":
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, "-m", "wasi_tls_host.cli", "run", "--allow-listen", f"{HOST}:{port}",
+                                 "--identity", f"default={cert},{key}", str(guest), HOST, str(port), "1000000000"],
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        line = proc.stdout.readline().split()
+        if line[:1] != ["listening"]:
+            proc.kill()
+            raise RuntimeError(f"the guest server did not start: {line}")
+        return proc, port
+    port_file = workdir / f"wat-port-{time.monotonic_ns()}"
+    proc = child("serve-wat", str(port_file), cert, key)
+    deadline = time.monotonic() + 60
+    while not port_file.exists() or not port_file.read_text():
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise RuntimeError("the WAT server guest did not start")
+        time.sleep(0.02)
+    return proc, int(port_file.read_text())
+
+
+def _wait(proc: subprocess.Popen[str], port: int) -> None:
+    import socket
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection((HOST, port), timeout=1).close()
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("the CPython server did not start") from None
+            time.sleep(0.05)
+
+
+def measure(kind: str, guest: Path, cert: str, key: str, ca: str, clients: int, duration: float, workdir: Path) -> float:
+    server, port = start(kind, guest, cert, key, workdir)
+    try:
+        out = subprocess.run([sys.executable, __file__, "load", str(port), ca, str(clients), str(duration)],
+                             capture_output=True, text=True, timeout=duration + 60)
+        rate = json.loads(out.stdout)
+        if rate["errors"]:
+            print(f"  {kind}: {rate['errors']} client errors, e.g. {rate['first_errors']}", file=sys.stderr)
+        return rate["handshakes"] / rate["seconds"]
+    finally:
+        stop(server)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] in ("serve-cpython", "serve-wat", "load"):
+        command, *rest = sys.argv[1:]
+        if command == "serve-cpython":
+            serve_cpython(int(rest[0]), rest[1], rest[2])
+        elif command == "serve-wat":
+            serve_wat(*rest)
+        else:
+            load(int(rest[0]), rest[1], int(rest[2]), float(rest[3]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--duration", type=float, default=4.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--no-wat", action="store_true", help="skip the WAT guest (the host's share)")
+    args = parser.parse_args()
+    from wasi_tls_host import Host, guests
+
+    guest = guests.build("tls_echo_server_p3")
+    with Host(runtime="core") as host:
+        host.load(guest)  # compiled into the shared cache before anything is timed
+        guests.build("tls_p3_server")
+    kinds = ["guest", "cpython"] + ([] if args.no_wat else ["wat"])
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        ca = trustme.CA()
+        leaf = ca.issue_cert(NAME)
+        cert, key, ca_pem = (str(workdir / n) for n in ("cert.pem", "key.pem", "ca.pem"))
+        Path(cert).write_bytes(b"".join(c.bytes() for c in leaf.cert_chain_pems))
+        leaf.private_key_pem.write_to_path(key)
+        ca.cert_pem.write_to_path(ca_pem)
+        best = {kind: 0.0 for kind in kinds}
+        for _ in range(args.rounds):
+            for kind in kinds:
+                best[kind] = max(best[kind], measure(kind, guest, cert, key, ca_pem, args.clients, args.duration, workdir))
+    print(f"load: {os.getloadavg()[0]:.1f} (1-minute average), {os.cpu_count()} cores; {args.clients} clients, "
+          f"{args.duration:.0f} s x {args.rounds} rounds, best of each")
+    g, c = best["guest"], best["cpython"]
+    print(f"handshakes/s: 0.3 binding guest (tls_echo_server_p3) {g:.0f}; CPython asyncio ssl {c:.0f}; "
+          f"guest = {g / c:.2f}x (target >= 0.8x)")
+    if "wat" in best:
+        print(f"handshakes/s: 0.3 WAT server guest (tls_p3_server, one handshake at a time) {best['wat']:.0f} "
+              f"= {best['wat'] / c:.2f}x CPython (the host's share)")
+
+
+if __name__ == "__main__":
+    main()
