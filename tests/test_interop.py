@@ -209,3 +209,27 @@ def test_jsse_closes_and_refusals() -> None:
         ("tls_server", "close-notify-server"): "pass", ("tls_server", "truncation-client"): "pass",
         ("tls_server", "cert-expired"): "pass", ("tls_server", "cert-wrong-host"): "pass", ("tls_server", "close-notify-client"): "pass",
     }, [(c.guest, c.feature, c.outcome, c.detail) for c in report.cases]
+
+
+def test_wasi_03_guests_take_part_on_the_core_runtime_and_say_what_they_lack() -> None:
+    """The WASI 0.3 examples in the matrix: the 0.3 clients (this project's TLS and upstream
+    wasi:tls@0.3.0-draft) against CPython's HTTPS server, the 0.3 echo server against its
+    client; the SNI the server guest does not print is the host's fact; the component
+    runtime and features a guest cannot do are n/a with the reason."""
+    report = run_matrix(MatrixOptions(
+        peers=["python"], guests=["https_get_p3", "https_get_upstream_p3", "tls_echo_server_p3"], versions=["1.2"],
+        features=["sni", "alpn-agreed", "truncation-client", "cert-unknown-ca"], wasmtime=False, references=False))
+    by = {(c.guest, c.runtime, c.feature): c for c in report.cases}
+    assert {c.wasi for c in report.cases} == {"0.3"}
+    assert {(k, c.outcome) for k, c in by.items() if k[1] == "core"} == {
+        (("https_get_p3", "core", "cert-unknown-ca"), "pass"),
+        (("https_get_upstream_p3", "core", "cert-unknown-ca"), "pass"),
+        (("tls_echo_server_p3", "core", "sni"), "pass"), (("tls_echo_server_p3", "core", "truncation-client"), "pass"),
+        (("tls_echo_server_p3", "core", "cert-unknown-ca"), "pass"), (("tls_echo_server_p3", "core", "alpn-agreed"), "n/a"),
+    }, [(c.guest, c.runtime, c.feature, c.outcome, c.detail) for c in report.cases]
+    assert by[("https_get_p3", "core", "cert-unknown-ca")].detail.startswith("client saw: unknown-issuer:")
+    assert by[("https_get_upstream_p3", "core", "cert-unknown-ca")].detail.startswith("client saw: unknown-issuer:")
+    assert by[("tls_echo_server_p3", "core", "sni")].detail == "sent b.test: the server saw b.test"
+    assert by[("tls_echo_server_p3", "core", "truncation-client")].detail.startswith("the server saw an error: truncated:")
+    assert by[("tls_echo_server_p3", "core", "alpn-agreed")].detail == "tls_echo_server_p3 cannot offer any list of ALPN protocols, or choose among them"
+    assert all(c.outcome == "n/a" and "no async ABI" in c.detail for k, c in by.items() if k[1] == "component")

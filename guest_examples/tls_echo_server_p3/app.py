@@ -1,9 +1,13 @@
-"""`tls_echo_server_p3 HOST PORT COUNT NAME...`: a TLS line echo server written with the
-asyncio-style binding (wasi_tls_aio.start_server) on WASI 0.3. The identity is chosen per
+"""`tls_echo_server_p3 [--plain] HOST PORT COUNT NAME...`: a TLS line echo server written with
+the asyncio-style binding (wasi_tls_aio.start_server) on WASI 0.3. The identity is chosen per
 connection by SNI among the preopened NAMEs (`default` when the client sent none or another
 name); each line comes back upper-cased, with the negotiated version and ALPN first. After
 COUNT connections it closes the server (which stops at the next connection attempt) and
-waits for the handlers."""
+waits for the handlers.
+
+`--plain` (what the interop matrix runs): lines come back as they were, with no first line,
+and each connection is reported on stdout: `#N connection version=V alpn=ID|-`, then
+`#N closed` (the client's close_notify) or `#N read error: MESSAGE`."""
 
 import sys
 
@@ -13,7 +17,11 @@ from wit_world import exports
 
 class Run(exports.Run):
     async def run(self) -> None:
-        host, port, count, names = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), set(sys.argv[4:])
+        args = sys.argv[1:]
+        plain = bool(args) and args[0] == "--plain"
+        if plain:
+            args = args[1:]
+        host, port, count, names = args[0], int(args[1]), int(args[2]), set(args[3:])
         served = 0
 
         def select_identity(hello):
@@ -22,12 +30,26 @@ class Run(exports.Run):
         async def echo(reader, writer):
             nonlocal served
             served += 1
+            number = served
             if served >= count:
                 server.close()
-            writer.write(f"{writer.get_extra_info('version')} {writer.get_extra_info('alpn')}\n".encode())
-            async for line in reader:
-                writer.write(line.upper())
-                await writer.drain()
+            version, alpn = writer.get_extra_info("version"), writer.get_extra_info("alpn")
+            if plain:
+                print(f"#{number} connection version={version} alpn={alpn or '-'}", flush=True)
+            else:
+                writer.write(f"{version} {alpn}\n".encode())
+            try:
+                async for line in reader:
+                    writer.write(line if plain else line.upper())
+                    await writer.drain()
+            except Exception as e:
+                if not plain:
+                    raise
+                print(f"#{number} read error: {e}", flush=True)
+                writer.close()
+                return
+            if plain:
+                print(f"#{number} closed", flush=True)
             writer.close()
             await writer.wait_closed()
 

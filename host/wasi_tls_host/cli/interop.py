@@ -27,7 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("--tls", type=_names, action="extend", metavar="VERSIONS", help="TLS versions: 1.2, 1.3 (default: both)")
     p.add_argument("--runtime", type=_names, action="extend", metavar="NAMES", help="this host's runtimes: core, component (default: both)")
     p.add_argument("--guests", type=_names, action="extend", metavar="NAMES",
-                   help="the project's guests to run (default: all): tls_client, tls_probe, https_get, tls_server, tls_echo_server")
+                   help="the project's guests to run (default: all): tls_client, tls_probe, https_get, tls_server, tls_echo_server, "
+                        "https_get_p3, https_get_upstream_p3, tls_echo_server_p3")
     p.add_argument("--client-guest", action="append", default=[], metavar="PATH", help="your client component (the client contract; repeatable)")
     p.add_argument("--server-guest", action="append", default=[], metavar="PATH", help="your server component (the server contract; repeatable)")
     p.add_argument("--no-builtin-guests", action="store_true", help="run only the guests given with --client-guest/--server-guest")

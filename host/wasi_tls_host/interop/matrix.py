@@ -252,9 +252,14 @@ class Runner:
             if "report-end" in p.feature.server_needs:
                 self._await_end(p, running, deadline + SERVER_REPORT_WAIT)
             server = Observation(p.guest.server.parse(running.output), output=running.output)
+            # Facts a server guest does not print (tls_echo_server_p3: the SNI): the host's.
             for seen, info in zip((c for c in server.connections if c.ok), running.handshakes):
                 if seen.resumed is None:
                     seen.resumed = info.resumed
+                if seen.server_name is None:
+                    seen.server_name = info.server_name or ""
+                if seen.version is None:
+                    seen.version = version_name(info.protocol_name)
             if not running.thread.is_alive():
                 server.problem = f"the server guest ended: {running.ended()}"
         finally:
