@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -38,6 +39,24 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("--jobs", type=int, default=None, metavar="N", help="cases run at once, each in a worker process (default: 2, or 1 on one CPU)")
     p.add_argument("--list", action="store_true", help="list the peers and features, then exit")
     return p
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Stopped(BaseException):
+    """SIGINT or SIGTERM arrived: unwinds the matrix like KeyboardInterrupt, so every
+    ``finally`` on the way ends what it started (peers, workers, the scratch folder)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop(signum: int, frame: object) -> None:
+    for other in STOP_SIGNALS:  # once: a second signal must not cut the clean-up short
+        signal.signal(other, signal.SIG_IGN)
+    raise Stopped(signum)
 
 
 def _check_out(out: Path) -> None:
@@ -113,10 +132,17 @@ def command(args: argparse.Namespace) -> int:
     _check_out(out)
     progress = Progress()
     options.progress = progress
+    previous = {signum: signal.signal(signum, _stop) for signum in STOP_SIGNALS}
     try:
         report = run_matrix(options)
+    except Stopped as e:  # run_matrix ended its peers and workers and removed its scratch folder
+        progress.finish()
+        print(f"wasi-tls-host interop: stopped by {signal.Signals(e.signum).name}; no report written", file=sys.stderr)
+        return 128 + e.signum
     finally:
         progress.finish()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     write(report, out)
     s = report.summary
     counts = report.counts()
