@@ -296,3 +296,22 @@ def test_a_signal_stops_the_peers_and_removes_the_scratch_folder(tmp_path: Path,
     assert not alive, [Path(f"/proc/{p}/cmdline").read_bytes() for p in alive]
     assert not _mentioning(str(scratch)), "a process still uses the run's scratch folder"
     assert list(scratch.iterdir()) == []
+
+
+def test_install_peers_asks_apt_get_for_the_missing_ones_and_says_what_is_still_missing(tmp_path: Path) -> None:
+    """``--install-peers`` with openssl present and gnutls, go and curl absent: apt-get is
+    asked for exactly their Debian packages (a recording apt-get stands in for Debian's, so
+    nothing is installed), and the peers still missing afterwards are named, exit status 1."""
+    path = tmp_path / "bin"
+    path.mkdir()
+    (path / "openssl").symlink_to(shutil.which("openssl") or "/usr/bin/openssl")
+    calls = tmp_path / "apt-calls"
+    (path / "apt-get").write_text(f"#!/bin/sh\necho \"$*\" >> {calls}\n")
+    (path / "apt-get").chmod(0o755)
+    r = interop("--install-peers", "--peers", "openssl,gnutls,go,curl,python", env={**os.environ, "PATH": str(path)}, timeout=120)
+    assert calls.read_text().splitlines() == ["update -qq", "install -y -qq --no-install-recommends gnutls-bin golang-go curl"]
+    assert r.stdout.splitlines() == [
+        "installed: gnutls-bin golang-go curl", "ready: openssl, python",
+        "still missing: gnutls: gnutls-serv, gnutls-cli not installed (Debian: gnutls-bin)",
+        "still missing: go: go not installed (Debian: golang-go)", "still missing: curl: curl not installed"], r.stdout + r.stderr
+    assert r.returncode == 1

@@ -38,6 +38,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("--timeout", type=float, default=20.0, metavar="SECONDS", help="bound on one side of one case (default: 20)")
     p.add_argument("--jobs", type=int, default=None, metavar="N", help="cases run at once, each in a worker process (default: 2, or 1 on one CPU)")
     p.add_argument("--list", action="store_true", help="list the peers and features, then exit")
+    p.add_argument("--install-peers", action="store_true",
+                   help="install the missing peers (--peers, default all but java) with apt-get, build the Go and Java peers, then exit")
     return p
 
 
@@ -97,6 +99,28 @@ class Progress:
         self._clear()
 
 
+def _install(names: list[str] | None) -> int:
+    from ..interop.install import InstallError, install_peers
+    from ..interop.matrix import UnknownName, choose_peers
+    from ..interop.peers import all_peers
+
+    available = all_peers()
+    try:
+        # JSSE needs a JDK (hundreds of MB): installed only when --peers names java.
+        peers = choose_peers(names, available) if names else [p for p in available if p.name != "java"]
+    except UnknownName as e:
+        raise UsageError(str(e)) from None
+    try:
+        result = install_peers(peers)
+    except InstallError as e:
+        raise UsageError(str(e)) from None
+    print(f"installed: {' '.join(result.packages)}" if result.packages else "installed: nothing (no peer was missing)")
+    print(f"ready: {', '.join(result.ready) or 'none'}")
+    for name, reason in result.missing.items():
+        print(f"still missing: {name}: {reason}")
+    return 1 if result.missing else 0
+
+
 def command(args: argparse.Namespace) -> int:
     from ..interop import features as feature_list
     from ..interop.matrix import MatrixOptions, UnknownName, default_jobs, run_matrix, validate
@@ -109,6 +133,8 @@ def command(args: argparse.Namespace) -> int:
         for feature in feature_list.FEATURES:
             print(f"feature {feature.name:24} {feature.about}")
         return 0
+    if args.install_peers:
+        return _install(args.peers)
     out = Path(args.out)
     for path in [*args.client_guest, *args.server_guest]:
         if not Path(path).is_file():
