@@ -19,7 +19,7 @@ import sys
 from ..host import GuestError, trap_cause
 from ..provenance import ProvenanceError
 from ..tls.config import rotation_log
-from . import build_guest, cache, interop, provenance, run, startup
+from . import build_guest, cache, interop, provenance, run, startup, testsuite
 from .errors import UsageError, print_error
 from .version import VersionAction
 
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("which", nargs="?", choices=["https", "attest"], default="https", help="attest: a client guest pins the code of a server guest (code-bound identities)")
     build_guest.add_parser(sub)
     interop.add_parser(sub)
+    testsuite.add_parser(sub)
     cache.add_parser(sub)
     return parser
 
@@ -46,6 +47,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return provenance.COMMANDS[args.command](args)
     if args.command == "interop":
         return interop.command(args)
+    if args.command == "testsuite":
+        return testsuite.command(args)
     if args.command == "demo" and args.which == "attest":
         from .demo_attest import run_attest_demo
 
