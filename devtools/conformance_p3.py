@@ -14,7 +14,7 @@ suite's own copy).
 
 The suite lives outside the repository: ``$WASI_TESTSUITE_P3`` names its folder, else
 ``../shared/testsuites/wasi-testsuite-p3`` beside the checkout. The command line a run
-operation becomes is the one the shipped adapter (``devtools/wasi_testsuite_adapter.py``)
+operation becomes is the one the shipped adapter (``wasi_tls_host/wasi_testsuite_adapter.py``)
 gives the official runner.
 """
 
@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from devtools.conformance import remove_leftovers, wasmtime_binary
-from devtools.wasi_testsuite_adapter import host_argv
+from wasi_tls_host.wasi_testsuite_adapter import host_argv
 
 REPO = Path(__file__).resolve().parents[1]
 SUITE_P3 = Path(os.environ.get("WASI_TESTSUITE_P3") or REPO.parent / "shared" / "testsuites" / "wasi-testsuite-p3")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -209,3 +210,108 @@ def test_jsse_closes_and_refusals() -> None:
         ("tls_server", "close-notify-server"): "pass", ("tls_server", "truncation-client"): "pass",
         ("tls_server", "cert-expired"): "pass", ("tls_server", "cert-wrong-host"): "pass", ("tls_server", "close-notify-client"): "pass",
     }, [(c.guest, c.feature, c.outcome, c.detail) for c in report.cases]
+
+
+def test_wasi_03_guests_take_part_on_the_core_runtime_and_say_what_they_lack() -> None:
+    """The WASI 0.3 examples in the matrix: the 0.3 clients (this project's TLS and upstream
+    wasi:tls@0.3.0-draft) against CPython's HTTPS server, the 0.3 echo server against its
+    client; the SNI the server guest does not print is the host's fact; the component
+    runtime and features a guest cannot do are n/a with the reason."""
+    report = run_matrix(MatrixOptions(
+        peers=["python"], guests=["https_get_p3", "https_get_upstream_p3", "tls_echo_server_p3"], versions=["1.2"],
+        features=["sni", "alpn-agreed", "truncation-client", "cert-unknown-ca"], wasmtime=False, references=False))
+    by = {(c.guest, c.runtime, c.feature): c for c in report.cases}
+    assert {c.wasi for c in report.cases} == {"0.3"}
+    assert {(k, c.outcome) for k, c in by.items() if k[1] == "core"} == {
+        (("https_get_p3", "core", "cert-unknown-ca"), "pass"),
+        (("https_get_upstream_p3", "core", "cert-unknown-ca"), "pass"),
+        (("tls_echo_server_p3", "core", "sni"), "pass"), (("tls_echo_server_p3", "core", "truncation-client"), "pass"),
+        (("tls_echo_server_p3", "core", "cert-unknown-ca"), "pass"), (("tls_echo_server_p3", "core", "alpn-agreed"), "n/a"),
+    }, [(c.guest, c.runtime, c.feature, c.outcome, c.detail) for c in report.cases]
+    assert by[("https_get_p3", "core", "cert-unknown-ca")].detail.startswith("client saw: unknown-issuer:")
+    assert by[("https_get_upstream_p3", "core", "cert-unknown-ca")].detail.startswith("client saw: unknown-issuer:")
+    assert by[("tls_echo_server_p3", "core", "sni")].detail == "sent b.test: the server saw b.test"
+    assert by[("tls_echo_server_p3", "core", "truncation-client")].detail.startswith("the server saw an error: truncated:")
+    assert by[("tls_echo_server_p3", "core", "alpn-agreed")].detail == "tls_echo_server_p3 cannot offer any list of ALPN protocols, or choose among them"
+    assert all(c.outcome == "n/a" and "no async ABI" in c.detail for k, c in by.items() if k[1] == "component")
+
+
+def _descendants(root: int) -> set[int]:
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                parents[int(entry)] = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError):
+                continue
+    found, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _mentioning(text: str) -> set[int]:
+    """Processes whose command line mentions ``text``."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if text in Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace"):
+                    found.add(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.mark.parametrize("signum, jobs", [(signal.SIGINT, "2"), (signal.SIGTERM, "1")])
+def test_a_signal_stops_the_peers_and_removes_the_scratch_folder(tmp_path: Path, signum: int, jobs: str) -> None:
+    """SIGINT or SIGTERM while peers run: the command ends them (and its worker processes),
+    removes its temporary folder and exits 128 + the signal's number, as a shell expects."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    proc = subprocess.Popen([sys.executable, "-m", "wasi_tls_host.cli", "interop", "--out", str(tmp_path / "r"), "--guests", "tls_client",
+                             "--runtime", "core", "--peers", "python", "--no-wasmtime", "--jobs", jobs],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        peers: set[int] = set()
+        while not peers and time.monotonic() < deadline and proc.poll() is None:
+            peers = {pid for pid in _descendants(proc.pid) if pid in _mentioning("pyssl_peer.py")}
+            time.sleep(0.05)
+        assert peers, "no peer process started within 120 s"
+        started = _descendants(proc.pid)
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 128 + signum, (proc.returncode, err)
+    assert err.strip().splitlines()[-1] == f"wasi-tls-host interop: stopped by {signal.Signals(signum).name}; no report written", err
+    assert "Traceback" not in err, err
+    time.sleep(0.2)  # a killed process group is reaped by its parent, which ended too
+    alive = {pid for pid in started if Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]}
+    assert not alive, [Path(f"/proc/{p}/cmdline").read_bytes() for p in alive]
+    assert not _mentioning(str(scratch)), "a process still uses the run's scratch folder"
+    assert list(scratch.iterdir()) == []
+
+
+def test_install_peers_asks_apt_get_for_the_missing_ones_and_says_what_is_still_missing(tmp_path: Path) -> None:
+    """``--install-peers`` with openssl present and gnutls, go and curl absent: apt-get is
+    asked for exactly their Debian packages (a recording apt-get stands in for Debian's, so
+    nothing is installed), and the peers still missing afterwards are named, exit status 1."""
+    path = tmp_path / "bin"
+    path.mkdir()
+    (path / "openssl").symlink_to(shutil.which("openssl") or "/usr/bin/openssl")
+    calls = tmp_path / "apt-calls"
+    (path / "apt-get").write_text(f"#!/bin/sh\necho \"$*\" >> {calls}\n")
+    (path / "apt-get").chmod(0o755)
+    r = interop("--install-peers", "--peers", "openssl,gnutls,go,curl,python", env={**os.environ, "PATH": str(path)}, timeout=120)
+    assert calls.read_text().splitlines() == ["update -qq", "install -y -qq --no-install-recommends gnutls-bin golang-go curl"]
+    assert r.stdout.splitlines() == [
+        "installed: gnutls-bin golang-go curl", "ready: openssl, python",
+        "still missing: gnutls: gnutls-serv, gnutls-cli not installed (Debian: gnutls-bin)",
+        "still missing: go: go not installed (Debian: golang-go)", "still missing: curl: curl not installed"], r.stdout + r.stderr
+    assert r.returncode == 1

@@ -1,6 +1,6 @@
 """Conformance: the official wasi-testsuite's 37 WASI 0.3 programs, run through this host's
 command line with the operations of the suite's own runner (devtools/conformance_p3.py;
-the runner itself needs Python 3.12: devtools/wasi_testsuite_adapter.py lets it run them
+the runner itself needs Python 3.12: wasi_tls_host/wasi_testsuite_adapter.py (``wasi-tls-host testsuite``) lets it run them
 the same way).
 
 Every program is expected to pass (cli, clocks, random, filesystem, sockets, run-with-err);

@@ -19,7 +19,7 @@ import sys
 from ..host import GuestError, trap_cause
 from ..provenance import ProvenanceError
 from ..tls.names import ROTATION_LOG
-from . import build_guest, cache, interop, provenance, run, startup
+from . import build_guest, cache, interop, provenance, run, startup, testsuite
 from .errors import UsageError, print_error
 from .version import VersionAction
 
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--wasi", choices=["0.3", "0.2"], default="0.3", help="the WASI version of the https demo's guest (default 0.3: https_get_p3, written with the asyncio binding; 0.2: https_get)")
     build_guest.add_parser(sub)
     interop.add_parser(sub)
+    testsuite.add_parser(sub)
     cache.add_parser(sub)
     return parser
 
@@ -47,6 +48,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return provenance.COMMANDS[args.command](args)
     if args.command == "interop":
         return interop.command(args)
+    if args.command == "testsuite":
+        return testsuite.command(args)
     if args.command == "demo" and args.which == "attest":
         from .demo_attest import run_attest_demo
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -27,7 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("--tls", type=_names, action="extend", metavar="VERSIONS", help="TLS versions: 1.2, 1.3 (default: both)")
     p.add_argument("--runtime", type=_names, action="extend", metavar="NAMES", help="this host's runtimes: core, component (default: both)")
     p.add_argument("--guests", type=_names, action="extend", metavar="NAMES",
-                   help="the project's guests to run (default: all): tls_client, tls_probe, https_get, tls_server, tls_echo_server")
+                   help="the project's guests to run (default: all): tls_client, tls_probe, https_get, tls_server, tls_echo_server, "
+                        "https_get_p3, https_get_upstream_p3, tls_echo_server_p3")
     p.add_argument("--client-guest", action="append", default=[], metavar="PATH", help="your client component (the client contract; repeatable)")
     p.add_argument("--server-guest", action="append", default=[], metavar="PATH", help="your server component (the server contract; repeatable)")
     p.add_argument("--no-builtin-guests", action="store_true", help="run only the guests given with --client-guest/--server-guest")
@@ -36,7 +38,27 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("--timeout", type=float, default=20.0, metavar="SECONDS", help="bound on one side of one case (default: 20)")
     p.add_argument("--jobs", type=int, default=None, metavar="N", help="cases run at once, each in a worker process (default: 2, or 1 on one CPU)")
     p.add_argument("--list", action="store_true", help="list the peers and features, then exit")
+    p.add_argument("--install-peers", action="store_true",
+                   help="install the missing peers (--peers, default all but java) with apt-get, build the Go and Java peers, then exit")
     return p
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Stopped(BaseException):
+    """SIGINT or SIGTERM arrived: unwinds the matrix like KeyboardInterrupt, so every
+    ``finally`` on the way ends what it started (peers, workers, the scratch folder)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop(signum: int, frame: object) -> None:
+    for other in STOP_SIGNALS:  # once: a second signal must not cut the clean-up short
+        signal.signal(other, signal.SIG_IGN)
+    raise Stopped(signum)
 
 
 def _check_out(out: Path) -> None:
@@ -77,6 +99,28 @@ class Progress:
         self._clear()
 
 
+def _install(names: list[str] | None) -> int:
+    from ..interop.install import InstallError, install_peers
+    from ..interop.matrix import UnknownName, choose_peers
+    from ..interop.peers import all_peers
+
+    available = all_peers()
+    try:
+        # JSSE needs a JDK (hundreds of MB): installed only when --peers names java.
+        peers = choose_peers(names, available) if names else [p for p in available if p.name != "java"]
+    except UnknownName as e:
+        raise UsageError(str(e)) from None
+    try:
+        result = install_peers(peers)
+    except InstallError as e:
+        raise UsageError(str(e)) from None
+    print(f"installed: {' '.join(result.packages)}" if result.packages else "installed: nothing (no peer was missing)")
+    print(f"ready: {', '.join(result.ready) or 'none'}")
+    for name, reason in result.missing.items():
+        print(f"still missing: {name}: {reason}")
+    return 1 if result.missing else 0
+
+
 def command(args: argparse.Namespace) -> int:
     from ..interop import features as feature_list
     from ..interop.matrix import MatrixOptions, UnknownName, default_jobs, run_matrix, validate
@@ -89,6 +133,8 @@ def command(args: argparse.Namespace) -> int:
         for feature in feature_list.FEATURES:
             print(f"feature {feature.name:24} {feature.about}")
         return 0
+    if args.install_peers:
+        return _install(args.peers)
     out = Path(args.out)
     for path in [*args.client_guest, *args.server_guest]:
         if not Path(path).is_file():
@@ -112,10 +158,17 @@ def command(args: argparse.Namespace) -> int:
     _check_out(out)
     progress = Progress()
     options.progress = progress
+    previous = {signum: signal.signal(signum, _stop) for signum in STOP_SIGNALS}
     try:
         report = run_matrix(options)
+    except Stopped as e:  # run_matrix ended its peers and workers and removed its scratch folder
+        progress.finish()
+        print(f"wasi-tls-host interop: stopped by {signal.Signals(e.signum).name}; no report written", file=sys.stderr)
+        return 128 + e.signum
     finally:
         progress.finish()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     write(report, out)
     s = report.summary
     counts = report.counts()

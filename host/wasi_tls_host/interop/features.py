@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .pki import CertificateSource
-from .specs import LINE, ClientSpec, Observation, Seen, ServerSpec, Version
+from .specs import LINE, SNI_NAME, ClientSpec, Observation, Seen, ServerSpec, Version
 
 # Abilities a side may lack, and how a "n/a" detail words the lack.
 ABILITIES = {
@@ -304,7 +304,7 @@ FEATURES: list[Feature] = [
     Feature("handshake", "a full handshake, then a line echoed back",
             lambda pki, v: _plain(pki, v), lambda pki, v: _client(v), judge_established),
     Feature("sni", "the client names b.test; the server has a certificate for localhost (default) and one for b.test",
-            lambda pki, v: _plain(pki, v, sni_cert=pki.server(names=("b.test",))), lambda pki, v: ClientSpec(version=v, server_name="b.test"),
+            lambda pki, v: _plain(pki, v, sni_cert=pki.server(names=(SNI_NAME,))), lambda pki, v: ClientSpec(version=v, server_name=SNI_NAME),
             judge_sni, server_needs=frozenset({"sni-select"})),
     Feature("alpn-agreed", "the client offers h2,http/1.1; the server accepts http/1.1",
             lambda pki, v: _plain(pki, v, alpn=("http/1.1",)), lambda pki, v: _client(v, alpn=("h2", "http/1.1")),

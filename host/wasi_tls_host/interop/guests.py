@@ -32,7 +32,7 @@ from typing import Callable
 
 from .. import guests as examples
 from ..guests import installed_version
-from .specs import LINE, ClientSpec, Observation, Seen, ServerSpec, version_name
+from .specs import LINE, SNI_NAME, ClientSpec, Observation, Seen, ServerSpec, version_name
 
 CLIENT_CONTRACT = "key=value lines ending with 'done' per connection (verification=ok, version=0x0304, ...; see the client guest contract)"
 SERVER_CONTRACT = "'#N connection ...' lines (see the server guest contract)"
@@ -166,11 +166,52 @@ class HttpsGetClient(ClientAdapter):
         return Observation([], exit_code=exit_code, output=output, problem=f"expected 'status: ...' or 'error: ...'; got: {_excerpt(output)}")
 
 
+class AioHttpsGetClient(ClientAdapter):
+    """``https_get_p3 127.0.0.1 PORT / NAME`` (WASI 0.3, wasi_tls_aio's ``open_connection``
+    through this host's wasi-tls-host:tls 0.3): one GET, ALPN http/1.1 offered; it prints
+    ``version V alpn ID``, ``status LINE`` and ``body N bytes``, or ``tls error: CODE: MESSAGE``
+    / ``incomplete: ...`` (exit 1). With ``upstream`` (``https_get_upstream_p3 localhost
+    PORT``, upstream wasi:tls@0.3.0-draft only): the name is the address it resolves, and it
+    prints ``status LINE`` and ``rest N bytes``."""
+
+    abilities = frozenset({"verify"})
+    http_only = True
+
+    def __init__(self, upstream: bool = False) -> None:
+        self.upstream = upstream
+        self.needs_dns = upstream
+
+    def args(self, spec: ClientSpec, port: int, timeout: float) -> list[str]:
+        if self.upstream:
+            return [spec.server_name, str(port)]
+        return ["127.0.0.1", str(port), "/", spec.server_name]
+
+    def parse(self, stdout: str, stderr: str, exit_code: int | None, spec: ClientSpec) -> Observation:
+        output = stdout + stderr
+        error = re.search(r"^(?:tls error|incomplete): (.*)$", stdout, flags=re.M)
+        status = re.search(r"^status (\S+) (\d+)", stdout, flags=re.M)
+        negotiated = re.search(r"^version (\S+) alpn (\S+)", stdout, flags=re.M)
+        version = version_name(negotiated.group(1)) if negotiated else None
+        alpn = (negotiated.group(2) if negotiated.group(2) != "None" else "") if negotiated else None
+        if status and not error:
+            ok = status.group(2).startswith("2")
+            return Observation([Seen(ok=True, version=version, alpn=alpn, error=None if ok else f"HTTP status {status.group(2)}")],
+                               exit_code=exit_code, output=output)
+        if error:
+            # A failure after the handshake (a truncated body) still had a verified handshake.
+            return Observation([Seen(ok=bool(status), version=version, error=error.group(1))], exit_code=exit_code, output=output)
+        return Observation([], exit_code=exit_code, output=output,
+                           problem=f"expected 'status ...' or 'tls error: ...'; got (exit status {exit_code}): {_excerpt(output)}")
+
+
 # --- server adapters ---------------------------------------------------------------------
 
 
 class ServerAdapter:
     abilities: frozenset[str] = frozenset()
+    # The names the host preopens the server's identities under: its default certificate,
+    # and the one for the second server name (features.SNI_NAME) of the "sni" feature.
+    identity_names: tuple[str, str] = ("server", "sni")
 
     def args(self, spec: ServerSpec, port: int) -> list[str]:
         raise NotImplementedError
@@ -243,6 +284,41 @@ class EchoServerAdapter(ServerAdapter):
         return seen
 
 
+class AioEchoServerAdapter(ServerAdapter):
+    """``tls_echo_server_p3 --plain 127.0.0.1 PORT COUNT b.test`` (WASI 0.3, wasi_tls_aio's
+    ``start_server``): identity by SNI among the names given (``default`` otherwise), ALPN
+    fixed (echo, then http/1.1), no client authentication. It reports the version and ALPN
+    of each connection and how the client ended it; the SNI it received is the host's fact."""
+
+    abilities = frozenset({"sni-select", "echo", "report-end", "key-ecdsa-p384", "key-rsa", "key-ed25519"})
+    identity_names = ("default", SNI_NAME)
+
+    def args(self, spec: ServerSpec, port: int) -> list[str]:
+        return ["--plain", "127.0.0.1", str(port), "1000000", SNI_NAME]
+
+    def parse(self, output: str) -> list[Seen]:
+        by_number: dict[str, Seen] = {}
+        failed: list[Seen] = []
+        for line in output.splitlines():
+            text = line.strip()
+            # A handshake that failed never reaches the guest's handler: wasi_tls_aio prints it.
+            if text.startswith("wasi_tls_aio: connection from"):
+                failed.append(Seen(ok=False, error=text.split(": ", 2)[-1]))
+                continue
+            match = re.match(r"#(\d+) (.*)$", text)
+            if not match:
+                continue
+            number, said = match.groups()
+            if said.startswith("connection "):
+                facts = dict(re.findall(r"(\w+)=(\S+)", said))
+                by_number[number] = Seen(ok=True, version=version_name(facts.get("version")), alpn=_value(facts.get("alpn", "-")))
+            elif number in by_number and said == "closed":
+                by_number[number].end = "close_notify"
+            elif number in by_number and said.startswith("read error:"):
+                by_number[number].end = said.split(":", 1)[1].strip()
+        return [by_number[n] for n in sorted(by_number, key=int)] + failed
+
+
 def _excerpt(text: str, limit: int = 300) -> str:
     flat = " | ".join(line.strip() for line in text.splitlines() if line.strip())
     return (flat if len(flat) <= limit else "..." + flat[-limit:]) or "(nothing)"
@@ -304,7 +380,18 @@ def builtin_guests() -> list[Guest]:
 # (``ContractClient``/``ContractServer``) or has its own adapter class in this module. An
 # upstream-0.3 client names its api ``UPSTREAM_03`` so the wasmtime CLI runs it too.
 UPSTREAM_03 = "wasi:tls@0.3.0-draft"
-WASI_03_GUESTS: list[Guest] = []
+PROJECT_API_03 = "wasi-tls-host:tls (async, WASI 0.3)"
+WASI_03_GUESTS: list[Guest] = [
+    Guest("https_get_p3", "client", "0.3", COMPONENTIZE_PY, PROJECT_API_03, _example("https_get_p3"), client=AioHttpsGetClient(),
+          features=HTTPS_GET_FEATURES),
+    Guest("https_get_upstream_p3", "client", "0.3", COMPONENTIZE_PY, UPSTREAM_03, _example("https_get_upstream_p3"),
+          client=AioHttpsGetClient(upstream=True), features=HTTPS_GET_FEATURES),
+    Guest("tls_echo_server_p3", "server", "0.3", COMPONENTIZE_PY, PROJECT_API_03, _example("tls_echo_server_p3"),
+          server=AioEchoServerAdapter()),
+    # The 0.3 contract server, once guest_examples/tls_server_p3 exists (it follows the server
+    # contract, so it needs no adapter of its own):
+    # Guest("tls_server_p3", "server", "0.3", COMPONENTIZE_PY, PROJECT_API_03, _example("tls_server_p3"), server=ContractServer()),
+]
 
 
 def _wasi_02_guests() -> list[Guest]:

@@ -185,9 +185,11 @@ class ThisHost:
         return GuestRun(result.exit_code, out.decode(errors="replace"), err.decode(errors="replace"), result.trap_cause, timed_out, handshakes)
 
     def start_server(self, guest: Guest, args: list[str], spec: ServerSpec, pki: CertificateSource, port: int, timeout: float) -> GuestServerRun:
-        identities = [PrivateIdentity.from_files("server", spec.cert.cert, spec.cert.key)]
+        assert guest.server is not None
+        default_name, sni_name = guest.server.identity_names
+        identities = [PrivateIdentity.from_files(default_name, spec.cert.cert, spec.cert.key)]
         if spec.sni_cert is not None:
-            identities.append(PrivateIdentity.from_files("sni", spec.sni_cert.cert, spec.sni_cert.key))
+            identities.append(PrivateIdentity.from_files(sni_name, spec.sni_cert.cert, spec.sni_cert.key))
         handshakes: list[HandshakeInfo] = []
         tls = TlsConfig(trust=[pki.ca_pem], use_system_roots=False, identities=identities,
                         client_ca=[pki.ca_pem] if spec.client_auth != "none" else [], resumption=spec.tickets,

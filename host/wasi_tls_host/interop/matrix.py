@@ -18,6 +18,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import queue
+import signal
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -41,6 +42,7 @@ RUSTLS_ROOTS = ("the wasmtime CLI's wasi:tls (rustls) trusts only its built-in p
 TIMED_CONNECTIONS = 3  # full handshakes behind each figure
 SERVER_REPORT_WAIT = 2.0  # seconds a server gets to report the connections its client saw
 REFUSED_REPORT_WAIT = 0.5  # the same when the client saw no connection established
+WORKER_STOP_WAIT = 10.0  # seconds a worker gets to end its peers and exit
 
 
 @dataclass
@@ -252,9 +254,14 @@ class Runner:
             if "report-end" in p.feature.server_needs:
                 self._await_end(p, running, deadline + SERVER_REPORT_WAIT)
             server = Observation(p.guest.server.parse(running.output), output=running.output)
+            # Facts a server guest does not print (tls_echo_server_p3: the SNI): the host's.
             for seen, info in zip((c for c in server.connections if c.ok), running.handshakes):
                 if seen.resumed is None:
                     seen.resumed = info.resumed
+                if seen.server_name is None:
+                    seen.server_name = info.server_name or ""
+                if seen.version is None:
+                    seen.version = version_name(info.protocol_name)
             if not running.thread.is_alive():
                 server.problem = f"the server guest ended: {running.ended()}"
         finally:
@@ -443,7 +450,10 @@ def _close_run(matrix: Matrix, ctx: RunContext, runner: Runner) -> None:
 
 def _worker(options: MatrixOptions, workdir: str, indices: list[int], results: Any) -> None:
     """A worker process: the same plan as the parent's, running the cases it was given;
-    each result goes back on ``results`` as (index, outcome, detail, ms)."""
+    each result goes back on ``results`` as (index, outcome, detail, ms). The parent ends it
+    early with SIGTERM: that unwinds like an exception, so the peers it started are ended."""
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C reaches the whole group: the parent decides
     matrix, ctx, runner = _open_run(options, Path(workdir))
     runner.access.install()
     try:
@@ -457,6 +467,11 @@ def _worker(options: MatrixOptions, workdir: str, indices: list[int], results: A
             results.put((index, outcome, detail, ms))
     finally:
         _close_run(matrix, ctx, runner)
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the clean-up runs to its end
+    raise SystemExit(128 + signum)
 
 
 def _run_parallel(options: MatrixOptions, matrix: Matrix, planned: list[Planned], workdir: Path,
@@ -487,11 +502,15 @@ def _run_parallel(options: MatrixOptions, matrix: Matrix, planned: list[Planned]
             codes = ", ".join(str(w.exitcode) for w in workers)
             report(index, "fail", f"the worker process running this case ended early (exit status {codes})", None)
     finally:
+        if pending:  # stopped early (an exception, a signal): the workers stop too, now
+            for worker in workers:
+                if worker.is_alive():
+                    worker.terminate()
         for worker in workers:
-            worker.join(10)
+            worker.join(WORKER_STOP_WAIT)
             if worker.is_alive():
                 worker.kill()
-                worker.join(10)
+                worker.join(WORKER_STOP_WAIT)
         results.close()
         results.join_thread()
 

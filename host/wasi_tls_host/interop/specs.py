@@ -25,6 +25,7 @@ ClientAuth = Literal["none", "optional", "required"]
 PAYLOAD = 1000  # bytes a "close"/"truncate" server sends
 LINE = "level"  # what clients send: a palindrome, so a server that echoes reversed (s_server -rev) echoes it too
 GROUP_NAMES = ("X25519", "P-256", "P-384")
+SNI_NAME = "b.test"  # the second server name of the "sni" feature
 
 
 @dataclass(frozen=True)

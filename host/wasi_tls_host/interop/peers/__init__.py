@@ -105,6 +105,7 @@ class Peer:
     server_tool: str | None = None  # what plays the server, for the report ("openssl s_server")
     client_tool: str | None = None
     http_only = False  # its client speaks HTTP only: servers it meets answer HTTP
+    debian_packages: tuple[str, ...] = ()  # what ``interop --install-peers`` installs when it is missing
 
     def missing(self) -> str | None:
         """Why this peer cannot run here (one line), or None."""

@@ -36,6 +36,7 @@ def parse_output(stdout: str, stderr: str) -> list[Seen]:
 
 class Curl(Peer):
     name = "curl"
+    debian_packages = ("curl",)
     implementation = "curl"
     client_tool = "curl"
     http_only = True

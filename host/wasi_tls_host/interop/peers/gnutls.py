@@ -109,6 +109,7 @@ def _received(block: str) -> int:
 
 class GnuTls(Peer):
     name = "gnutls"
+    debian_packages = ("gnutls-bin",)
     implementation = "GnuTLS"
     server_tool = "gnutls-serv"
     client_tool = "gnutls-cli"

@@ -286,6 +286,7 @@ def flags_for_client(spec: ClientSpec, port: int, ca: Path) -> list[str]:
 
 class GoTls(Peer):
     name = "go"
+    debian_packages = ("golang-go",)
     implementation = "Go crypto/tls"
     server_tool = "gotls (Go crypto/tls)"
     client_tool = "gotls (Go crypto/tls)"

@@ -125,6 +125,7 @@ class _JvmServer(PeerServer):
 
 class Jsse(Peer):
     name = "java"
+    debian_packages = ("default-jdk-headless",)
     implementation = "Java JSSE"
     server_tool = "Peer.java (JSSE)"
     client_tool = "Peer.java (JSSE)"

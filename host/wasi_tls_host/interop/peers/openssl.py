@@ -78,6 +78,7 @@ def parse_client_output(output: str, spec: ClientSpec) -> list[Seen]:
 
 class OpenSsl(Peer):
     name = "openssl"
+    debian_packages = ("openssl",)
     implementation = "OpenSSL"
     server_tool = "openssl s_server"
     client_tool = "openssl s_client"
