@@ -16,7 +16,6 @@ import pytest
 
 from wasi_tls_host import Host, WasiConfig
 from wasi_tls_host.runtime.artifact_auth import KEY_FILE, TAG_SUFFIX
-from wasi_tls_host.runtime.cache import COMPILE_LOCK_FILE
 from wasi_tls_host.runtime.cache_space import GRACE_S, MAX_SIZE_ENV, entry_name, primary_name, scan
 
 TIMEOUT = 120.0
@@ -92,8 +91,8 @@ def test_an_entry_a_running_host_has_loaded_is_never_evicted(tmp_path: Path, run
 def test_a_host_that_misses_while_another_compiles_waits_and_loads_its_artifact(tmp_path: Path, runtime: str,
                                                                                exit_code_wasm: bytes) -> None:
     """Two hosts (parallel test workers, a server's workers) missing the same entry at once
-    compile it once: the second, having missed, waits for the first's compile lock and then
-    finds the artifact on disk. (Two hosts in one process take the lock through separate
+    compile it once: the second, having missed, waits for the first's compile lock on that
+    entry and then finds the artifact on disk. (Two hosts in one process take the lock through separate
     descriptors, as two processes would.)"""
     cache, wasm, config = tmp_path / "cache", variant(exit_code_wasm, 40), WasiConfig(args=["x", "7"])
     with Host(cache_dir=cache, runtime=runtime) as first, Host(cache_dir=cache, runtime=runtime) as second:
@@ -136,7 +135,7 @@ def test_growth_stays_within_the_limit_over_many_compiles(tmp_path: Path, exit_c
         sizes.append(scan(cache).size)
     assert max(sizes) <= limit and sizes[-1] > limit // 2, sizes
     names = [p.name for p in cache.iterdir()]
-    assert all(entry_name(n) is not None or n in {KEY_FILE, ".lock", COMPILE_LOCK_FILE} for n in names), names
+    assert all(entry_name(n) is not None or n in {KEY_FILE, ".lock"} for n in names), names
     assert all((cache / (n + TAG_SUFFIX)).exists() for n in names if n.endswith((".cwasm", ".plan")))
 
 

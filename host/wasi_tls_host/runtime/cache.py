@@ -10,8 +10,8 @@ artifacts it wrote itself. Its size on disk is bounded (``max_size``, default 1 
 go, never one a running host has loaded (runtime/cache_space.py: every load marks its entry
 used and leases it until ``close``).
 Processes that miss the same entry at once (parallel test workers, a server's workers) compile
-it once: a compile holds the directory's compile lock, and whoever waited for it looks on disk
-again before compiling.
+it once: a compile holds the entry's compile lock, and whoever waited for it looks on disk
+again before compiling (compiles of other entries do not wait).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ TRIM_WAIT_S = 2.0
 # Another process's compile is waited for this long at most (an 18 MB guest compiles in
 # seconds, a minute on a loaded machine), then this one compiles too.
 COMPILE_WAIT_S = 120.0
-COMPILE_LOCK_FILE = ".compile.lock"
+COMPILE_LOCK_SUFFIX = ".compile-lock"  # ".KEY.compile-lock", removed after the compile
 
 
 def user_cache_dir(name: str, override_env: str) -> Path:
@@ -116,7 +116,7 @@ class ComponentCache:
             return cached
         component = self._load_artifact(key) if self.enabled else None
         if component is None:
-            with self.compiling() as waited:
+            with self.compiling(key) as waited:
                 # Another process may have compiled it while this one waited.
                 component = self._load_artifact(key) if waited else None
                 if component is None:
@@ -128,25 +128,30 @@ class ComponentCache:
         return component
 
     @contextlib.contextmanager
-    def compiling(self) -> Iterator[bool]:
-        """Held around a compile and the store of its artifacts: one process compiles at a
-        time per cache directory. Yields True when another process held it meanwhile (its
+    def compiling(self, entry: str) -> Iterator[bool]:
+        """Held around the compile of ``entry`` and the store of its artifacts: one process
+        compiles it at a time. Yields True when another process held it meanwhile (its
         artifact may be on disk now). Best effort and bounded: a cache that is disabled or
-        not writable, or a lock held past COMPILE_WAIT_S, yields False without it."""
+        not writable, or a lock held past COMPILE_WAIT_S, yields False without it. The lock
+        file goes afterwards (a process that raced past its removal at worst compiles too)."""
         if not self.enabled:
             yield False
             return
+        path = self.directory / f".{entry}{COMPILE_LOCK_SUFFIX}"
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.directory / COMPILE_LOCK_FILE, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
         except OSError:
             yield False
             return
+        held = False
         try:
             free = flock_within(fd, fcntl.LOCK_EX, 0.0, 0.0)
             held = free or flock_within(fd, fcntl.LOCK_EX, COMPILE_WAIT_S, 0.05)
             yield held and not free
         finally:
+            if held:
+                path.unlink(missing_ok=True)
             os.close(fd)  # releases the lock
 
     def close(self) -> None:

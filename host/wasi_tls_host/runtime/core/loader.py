@@ -66,7 +66,7 @@ class CoreModuleCache:
         if cached is not None:
             plan, imports, modules = cached
         else:
-            with self.cache.compiling() as waited:  # one process compiles (runtime.cache)
+            with self.cache.compiling(key) as waited:  # one process compiles (runtime.cache)
                 cached = self._load_artifacts(key) if waited else None
                 if cached is not None:
                     plan, imports, modules = cached
