@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -85,6 +86,43 @@ def test_an_entry_a_running_host_has_loaded_is_never_evicted(tmp_path: Path, run
     age(cache, a, 3600)
     load_and_close(cache, runtime, variant(exit_code_wasm, 5), cache_max_size=one_entry + one_entry // 2)
     assert a not in scan(cache).entries
+
+
+def test_a_host_that_misses_while_another_compiles_waits_and_loads_its_artifact(tmp_path: Path, runtime: str,
+                                                                               exit_code_wasm: bytes) -> None:
+    """Two hosts (parallel test workers, a server's workers) missing the same entry at once
+    compile it once: the second, having missed, waits for the first's compile lock on that
+    entry and then finds the artifact on disk. (Two hosts in one process take the lock through separate
+    descriptors, as two processes would.)"""
+    cache, wasm, config = tmp_path / "cache", variant(exit_code_wasm, 40), WasiConfig(args=["x", "7"])
+    with Host(cache_dir=cache, runtime=runtime) as first, Host(cache_dir=cache, runtime=runtime) as second:
+        # Ordered by hooks on the caches' own steps: the second misses on disk while the
+        # first has compiled and not yet stored.
+        first_loader, second_loader = (h.core_cache if runtime == "core" else h.cache for h in (first, second))
+        store_name, load_name = ("_store_artifacts", "_load_artifacts") if runtime == "core" else ("_store_artifact", "_load_artifact")
+        real_store, real_load = getattr(first_loader, store_name), getattr(second_loader, load_name)
+        missed = threading.Event()
+        exit_codes: list[int] = []
+        second_run = threading.Thread(target=lambda: exit_codes.append(second.run(wasm, config).exit_code))
+
+        def load_then_tell(key: str):
+            found = real_load(key)
+            missed.set()
+            return found
+
+        def store_once_the_second_missed(*args) -> None:
+            second_run.start()
+            assert missed.wait(TIMEOUT)
+            real_store(*args)
+
+        setattr(second_loader, load_name, load_then_tell)
+        setattr(first_loader, store_name, store_once_the_second_missed)
+        try:
+            assert first.run(wasm, config).exit_code == 7
+        finally:
+            second_run.join(TIMEOUT)
+        assert exit_codes == [7]
+        assert (first.cache.compiled, second.cache.compiled) == (1, 0)
 
 
 def test_growth_stays_within_the_limit_over_many_compiles(tmp_path: Path, exit_code_wasm: bytes) -> None:

@@ -268,10 +268,13 @@ def test_mutual_tls_shows_the_client_and_refuses_one_without_a_certificate(serve
 # --- bad clients --------------------------------------------------------------------------------
 
 
+# Named by label only: the data holds random bytes, and parallel workers (pytest-xdist) must
+# collect the same test names.
 @pytest.mark.parametrize(("label", "data", "code", "alert"), [
-    ("plain HTTP", b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n", "decode-error", None),
-    ("oversized hello", b"\x16\x03\x01\x40\x00\x01\x10\x00\x00" + b"\x03\x03" + os.urandom(16378), "decode-error", 50),
-    ("half a hello, then the end", cpython_hello("a.test")[:40], "closed", None),
+    pytest.param("plain HTTP", b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n", "decode-error", None, id="plain HTTP"),
+    pytest.param("oversized hello", b"\x16\x03\x01\x40\x00\x01\x10\x00\x00" + b"\x03\x03" + os.urandom(16378),
+                 "decode-error", 50, id="oversized hello"),
+    pytest.param("half a hello, then the end", cpython_hello("a.test")[:40], "closed", None, id="half a hello"),
 ])
 def test_malformed_first_flights_are_refused(serve, label: str, data: bytes, code: str, alert: int | None) -> None:
     server = serve()

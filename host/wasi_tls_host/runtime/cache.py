@@ -9,22 +9,28 @@ artifacts it wrote itself. Its size on disk is bounded (``max_size``, default 1 
 ``$WASI_TLS_HOST_CACHE_MAX_SIZE``): after each compile the least recently used entries
 go, never one a running host has loaded (runtime/cache_space.py: every load marks its entry
 used and leases it until ``close``).
+Processes that miss the same entry at once (parallel test workers, a server's workers) compile
+it once: a compile holds the entry's compile lock, and whoever waited for it looks on disk
+again before compiling (compiles of other entries do not wait).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import logging
 import os
 import weakref
 from pathlib import Path
+from typing import Iterator
 
 import wasmtime
 from wasmtime import Engine, WasmtimeError
 from wasmtime.component import Component
 
 from .artifact_auth import ArtifactAuthenticator
-from .cache_space import Lease, describe, max_size_from_environment, primary_name, trim
+from .cache_space import Lease, describe, flock_within, max_size_from_environment, primary_name, trim
 
 log = logging.getLogger("wasi_tls_host.cache")
 
@@ -44,6 +50,10 @@ def installed_version(distribution: str, package_dir: Path) -> str:
 
 WASMTIME_VERSION = installed_version("wasmtime", Path(wasmtime.__file__).parent)
 TRIM_WAIT_S = 2.0
+# Another process's compile is waited for this long at most (an 18 MB guest compiles in
+# seconds, a minute on a loaded machine), then this one compiles too.
+COMPILE_WAIT_S = 120.0
+COMPILE_LOCK_SUFFIX = ".compile-lock"  # ".KEY.compile-lock", removed after the compile
 
 
 def user_cache_dir(name: str, override_env: str) -> Path:
@@ -120,12 +130,43 @@ class ComponentCache:
             return cached
         component = self._load_artifact(key) if self.enabled else None
         if component is None:
-            component = Component(self.engine, wasm)
-            self.compiled += 1
-            if self.enabled:
-                self._store_artifact(key, component)
+            with self.compiling(key) as waited:
+                # Another process may have compiled it while this one waited.
+                component = self._load_artifact(key) if waited else None
+                if component is None:
+                    component = Component(self.engine, wasm)
+                    self.compiled += 1
+                    if self.enabled:
+                        self._store_artifact(key, component)
         self._memory[key] = component
         return component
+
+    @contextlib.contextmanager
+    def compiling(self, entry: str) -> Iterator[bool]:
+        """Held around the compile of ``entry`` and the store of its artifacts: one process
+        compiles it at a time. Yields True when another process held it meanwhile (its
+        artifact may be on disk now). Best effort and bounded: a cache that is disabled or
+        not writable, or a lock held past COMPILE_WAIT_S, yields False without it. The lock
+        file goes afterwards (a process that raced past its removal at worst compiles too)."""
+        if not self.enabled:
+            yield False
+            return
+        path = self.directory / f".{entry}{COMPILE_LOCK_SUFFIX}"
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        except OSError:
+            yield False
+            return
+        held = False
+        try:
+            free = flock_within(fd, fcntl.LOCK_EX, 0.0, 0.0)
+            held = free or flock_within(fd, fcntl.LOCK_EX, COMPILE_WAIT_S, 0.05)
+            yield held and not free
+        finally:
+            if held:
+                path.unlink(missing_ok=True)
+            os.close(fd)  # releases the lock
 
     def close(self) -> None:
         """Forget the compiled components kept in memory. A component loaded from disk maps

@@ -132,7 +132,7 @@ def scan(directory: Path) -> Contents:
 _LEASE_WAIT_S = 0.05  # an exclusive lock is held for an instant: to evict, or to see if in use
 
 
-def _flock_within(fd: int, operation: int, seconds: float, poll: float) -> bool:
+def flock_within(fd: int, operation: int, seconds: float, poll: float) -> bool:
     """``flock(fd, operation)``, trying every ``poll`` seconds for at most ``seconds``."""
     deadline = time.monotonic() + seconds
     while True:
@@ -160,7 +160,7 @@ class Lease:
         except OSError:
             return None
         try:
-            if not _flock_within(fd, fcntl.LOCK_SH, _LEASE_WAIT_S, 0.001):
+            if not flock_within(fd, fcntl.LOCK_SH, _LEASE_WAIT_S, 0.001):
                 raise BlockingIOError  # being evicted
             if os.stat(primary, follow_symlinks=False).st_ino != os.fstat(fd).st_ino:
                 raise FileNotFoundError  # evicted (or replaced) between the open and the lock
@@ -202,7 +202,7 @@ def _evicting(directory: Path, wait: float) -> Iterator[bool]:
         yield False  # the directory went meanwhile: nothing to evict
         return
     try:
-        yield _flock_within(fd, fcntl.LOCK_EX, wait, 0.01)
+        yield flock_within(fd, fcntl.LOCK_EX, wait, 0.01)
     finally:
         os.close(fd)
 

@@ -66,13 +66,18 @@ class CoreModuleCache:
         if cached is not None:
             plan, imports, modules = cached
         else:
-            plan = make_plan(wasm)
-            modules = [Module(self.cache.engine, m) for m in plan.modules]
-            self.cache.compiled += 1
-            plan.modules = []  # the binaries are compiled: do not keep 18 MB of them alive
-            imports = [[(i.module, i.name or "") for i in m.imports] for m in modules]
-            if self.cache.enabled:
-                self._store_artifacts(key, modules, (plan, imports))
+            with self.cache.compiling(key) as waited:  # one process compiles (runtime.cache)
+                cached = self._load_artifacts(key) if waited else None
+                if cached is not None:
+                    plan, imports, modules = cached
+                else:
+                    plan = make_plan(wasm)
+                    modules = [Module(self.cache.engine, m) for m in plan.modules]
+                    self.cache.compiled += 1
+                    plan.modules = []  # the binaries are compiled: do not keep 18 MB of them alive
+                    imports = [[(i.module, i.name or "") for i in m.imports] for m in modules]
+                    if self.cache.enabled:
+                        self._store_artifacts(key, modules, (plan, imports))
         component = CoreComponent(plan, modules, imports, key)
         self._memory[key] = component
         return component
