@@ -567,9 +567,13 @@ def test_cli_tls_limit_flags_take_none_for_no_limit() -> None:
     def limits(*argv: str) -> TlsLimits:
         config = WasiConfig()
         options_tls_limits.apply(parser.parse_args(list(argv)), config)
-        assert config.tls is not None
-        return config.tls.limits
+        # No flag: no TLS configuration at all, so the library's defaults apply and OpenSSL
+        # is loaded only if the guest uses TLS (start-up).
+        return TlsLimits() if config.tls is None else config.tls.limits
 
+    untouched = WasiConfig()
+    options_tls_limits.apply(parser.parse_args([]), untouched)
+    assert untouched.tls is None
     assert limits() == TlsLimits()  # the library's defaults when no flag is given
     lifted = limits("--max-tls-connections", "none", "--max-tls-handshakes", "None", "--tls-handshake-timeout", "none")
     assert (lifted.max_connections, lifted.max_handshakes, lifted.handshake_timeout) == (None, None, None)
