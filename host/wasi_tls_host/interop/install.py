@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from .peers import Peer, PeerUnavailable, RunContext
+from .peers import Peer, RunContext
 from .peers.gotls import peer_cache_dir
 from .pki import Pki
 from .processes import Processes
@@ -68,12 +68,7 @@ def install_peers(peers: Sequence[Peer], *, cache: Path | None = None) -> Instal
         ctx = RunContext(Path(scratch), Pki(Path(scratch) / "pki"), processes, 60.0, cache or peer_cache_dir())
         try:
             for peer in peers:
-                reason = peer.missing()
-                if reason is None:
-                    try:
-                        peer.prepare(ctx)
-                    except PeerUnavailable as e:
-                        reason = str(e)
+                reason = peer.make_ready(ctx)
                 if reason is None:
                     result.ready.append(peer.name)
                 else:

@@ -574,12 +574,7 @@ def run_matrix(options: MatrixOptions) -> Report:
 def _prepare(matrix: Matrix, ctx: RunContext) -> None:
     """Find out which peers, hosts and guests can take part (and their versions)."""
     for peer in matrix.peers:
-        reason = peer.missing()
-        if reason is None:
-            try:
-                peer.prepare(ctx)
-            except PeerUnavailable as e:
-                reason = str(e)
+        reason = peer.make_ready(ctx)
         matrix.peer_status[peer.name] = "ok" if reason is None else f"skipped: {reason}"
         matrix.peer_status[f"{peer.name}:version"] = peer.version() if reason is None else "not installed"
     for host in matrix.hosts:

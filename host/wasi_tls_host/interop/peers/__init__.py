@@ -114,6 +114,16 @@ class Peer:
     def prepare(self, ctx: RunContext) -> None:
         """Build what needs building; raise PeerUnavailable if that fails."""
 
+    def make_ready(self, ctx: RunContext) -> str | None:
+        """``missing``, then ``prepare``: None when the peer can take part, else why not."""
+        reason = self.missing()
+        if reason is None:
+            try:
+                self.prepare(ctx)
+            except PeerUnavailable as e:
+                reason = str(e)
+        return reason
+
     def version(self) -> str:
         return "unknown"
 
