@@ -37,6 +37,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Awaitable, Callable
 
 HOST = "127.0.0.1"
 NAME = "a.test"
@@ -112,19 +113,29 @@ async def _close(writer: asyncio.StreamWriter) -> None:
 def load(port: int, ca: str, clients: int, duration: float) -> None:
     ctx = client_context(ca)
 
+    async def one() -> None:
+        _, writer = await _one_handshake(port, ctx)
+        await _close(writer)
+
+    run_load(one, clients, duration)
+
+
+def run_load(one: Callable[[], Awaitable[None]], clients: int, duration: float) -> None:
+    """``clients`` concurrent loops of ``one()`` (a connection, bounded at 10 s each): a
+    second of warm-up, then ``duration`` seconds counted; prints the counts as JSON."""
+
     async def worker(stop_at: float, counts: list[int], errors: list[str]) -> None:
         while time.monotonic() < stop_at:
             try:
-                _, writer = await asyncio.wait_for(_one_handshake(port, ctx), 10)
-                await _close(writer)
+                await asyncio.wait_for(one(), 10)
                 counts[0] += 1
             except Exception as e:  # noqa: BLE001 - reported, never hidden
                 errors.append(f"{type(e).__name__}: {e}")
 
     async def main() -> dict[str, object]:
-        warm_counts: list[int] = [0]
-        await asyncio.gather(*(worker(time.monotonic() + 1.0, warm_counts, []) for _ in range(clients)))
-        counts, errors = [0], []
+        await asyncio.gather(*(worker(time.monotonic() + 1.0, [0], []) for _ in range(clients)))
+        counts: list[int] = [0]
+        errors: list[str] = []
         started = time.monotonic()
         await asyncio.gather(*(worker(started + duration, counts, errors) for _ in range(clients)))
         elapsed = time.monotonic() - started

@@ -87,23 +87,7 @@ def load(port: int, ca: str, clients: int, duration: float) -> None:
                 raise EOFError("the server closed before echoing")
         await bench_tls_server._close(writer)
 
-    async def worker(stop_at: float, counts: list[int], errors: list[str]) -> None:
-        while time.monotonic() < stop_at:
-            try:
-                await asyncio.wait_for(one(), 10)
-                counts[0] += 1
-            except Exception as e:  # noqa: BLE001 - reported, never hidden
-                errors.append(f"{type(e).__name__}: {e}")
-
-    async def main() -> dict[str, object]:
-        await asyncio.gather(*(worker(time.monotonic() + 1.0, [0], []) for _ in range(clients)))
-        counts, errors = [0], []
-        started = time.monotonic()
-        await asyncio.gather(*(worker(started + duration, counts, errors) for _ in range(clients)))
-        elapsed = time.monotonic() - started
-        return {"handshakes": counts[0], "seconds": elapsed, "errors": len(errors), "first_errors": errors[:3]}
-
-    print(json.dumps(asyncio.run(main())), flush=True)
+    bench_tls_server.run_load(one, clients, duration)
 
 
 def start(kind: str, guest: Path, cert: str, key: str, workdir: Path) -> tuple[subprocess.Popen[str], int]:
