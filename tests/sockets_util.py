@@ -12,6 +12,9 @@ from wasi_tls_host.host import RunResult
 from wasi_tls_host.wasi.sockets import NetworkPolicy
 
 TIMEOUT = 20.0
+# How long a server waits for the guest to connect: the guest's component may be compiled
+# first (a cold cache on a loaded CI machine: a minute for an 18 MB componentize-py guest).
+ACCEPT_TIMEOUT = 180.0
 
 
 def loopback_policy() -> NetworkPolicy:
@@ -125,7 +128,7 @@ class ServerThread:
         self.listener = socket.socket(family, socket.SOCK_STREAM)
         self.listener.bind((host, 0))
         self.listener.listen(128)
-        self.listener.settimeout(TIMEOUT)
+        self.listener.settimeout(ACCEPT_TIMEOUT)
         self.port: int = self.listener.getsockname()[1]
         self.errors: list[BaseException] = []
         self._handle, self._connections = handle, connections
@@ -142,9 +145,20 @@ class ServerThread:
                     self._handle(conn)
         except BaseException as e:
             self.errors.append(e)
+        finally:
+            # A client arriving after this is refused at once; with the listener left open
+            # the kernel would queue it and the guest would wait for an echo forever.
+            self.listener.close()
 
     def close(self) -> None:
         self.thread.join(TIMEOUT)
+        if self.thread.is_alive():
+            # Still in accept(): the guest never connected. shutdown() wakes accept().
+            try:
+                self.listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self.thread.join(TIMEOUT)
         self.listener.close()
         ServerThread.open_servers.discard(self)
         assert not self.thread.is_alive(), "server thread did not finish"
