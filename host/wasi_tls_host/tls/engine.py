@@ -211,16 +211,13 @@ class TlsEngine:
         self.input_ended = True
 
     def take_output(self) -> bytes:
-        chunks = []
-        while True:
-            try:
-                chunk = self.conn.bio_read(1 << 17)
-            except SSL.WantReadError:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        out = b"".join(chunks)
+        # The memory BIO says how much it holds (BIO_get_mem_data): most calls find it
+        # empty, and reading an empty one goes through an exception (and a 128 KiB buffer
+        # per try); a full one is taken in one read of exactly its size.
+        size = _lib.BIO_get_mem_data(self.conn._from_ssl, _ffi.NULL)
+        if size <= 0:
+            return b""
+        out = self.conn.bio_read(size)
         if out and not self._sent_protected.seen:
             self._sent_protected.scan(out)
         return out
