@@ -197,11 +197,17 @@ class StreamTransport(TlsTransport):
     def finished(self) -> bool:
         return not self.receiving and not self.sending
 
-    def start(self, scheduler: Scheduler) -> None:
-        """Run the connection on ``scheduler`` (the handshake starts at once)."""
+    def start(self, scheduler: Scheduler, timer: HostTask | None = None) -> None:
+        """Run the connection on ``scheduler`` (the handshake starts at once). ``timer``, if
+        given, already sets ``wake`` at the handshake deadline (the ClientHello's task's):
+        it is kept rather than a second one spawned."""
         self.task = scheduler.start(self.run(), "TLS connection")
         if self.deadline is not None and self.state is HandshakeState.RUNNING:
-            self._timer = scheduler.spawn(self._expire(self.deadline.at_ns), "TLS handshake deadline")
+            if timer is None or timer.done:
+                timer = scheduler.spawn(self._expire(self.deadline.at_ns), "TLS handshake deadline")
+            self._timer = timer
+        elif timer is not None:
+            timer.cancel()
 
     async def _expire(self, at_ns: int) -> None:
         await sleep_until(at_ns)

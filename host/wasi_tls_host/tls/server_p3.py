@@ -131,6 +131,12 @@ class IncomingClientHelloP3(HostResource, ClientHelloIntake):
         if timer is not None:
             timer.cancel()
 
+    def take_timer(self) -> HostTask | None:
+        """The deadline's timer, for the handshake that goes on after the hand-over: the
+        deadline and the event it wakes (the port's) stay the same, so one timer serves both."""
+        timer, self._timer = self._timer, None
+        return timer
+
     async def require(self, call: str) -> ClientHello:
         """The parsed hello, once in, if the state answers ``call``; the guest-facing error
         if not."""
@@ -230,11 +236,12 @@ async def incoming_client_hello_accept(cx: StoreState, this: IncomingClientHello
         engine = answer_engine(config, hello, response, this.reader.buffered())
     except Refusal as r:
         raise this.refuse(r.code, r.message, r.alert) from None
+    timer = this.take_timer()
     this.hand_over()
     transport = StreamTransport(engine, this.port, error_value=failure_record, usage=this.usage)
     transport.begin_handshake(CLIENT_EXCHANGE, deadline=this.deadline, on_handshake=config.on_handshake, reword=server_failure,
                               peer_check=peer_code_check(response.expected_code, config, "client"))
-    transport.start(cx.scheduler)
+    transport.start(cx.scheduler, timer)
     return ExchangeP3(transport)
 
 
