@@ -569,7 +569,8 @@ def _streams(sock, connection, sent, extra, limit):
     tx, rx = wit_world.byte_stream()
     send_done = connection.send(rx)
     alpn_id = connection.alpn_id()
-    version = VERSIONS.get(connection.protocol_version(), "0x%04x" % connection.protocol_version())
+    number = connection.protocol_version()
+    version = VERSIONS.get(number, "0x%04x" % number)
     suite = connection.cipher_suite()
     name, bits = CIPHERS.get(suite, ("0x%04x" % suite, None))
     extra.update({
@@ -723,8 +724,10 @@ async def start_server(client_connected_cb, host, port, *, identity=None, select
             sent = conn_sock.send(ciphertext_out)
             try:
                 name = identity
+                offered = None  # the client's ALPN ids, asked of the host once
                 if select_identity is not None:
-                    info = ClientHello(await hello.server_name(), [p.decode(errors="replace") for p in await hello.alpn_ids()],
+                    offered = await hello.alpn_ids()
+                    info = ClientHello(await hello.server_name(), [p.decode(errors="replace") for p in offered],
                                        [VERSIONS.get(v, "0x%04x" % v) for v in await hello.protocol_versions()])
                     name = select_identity(info)
                     if hasattr(name, "__await__"):
@@ -735,7 +738,8 @@ async def start_server(client_connected_cb, host, port, *, identity=None, select
                         return
                 chosen = None
                 if protocols:
-                    offered = await hello.alpn_ids()
+                    if offered is None:
+                        offered = await hello.alpn_ids()
                     chosen = next((p for p in protocols if p in offered), None)
                     if offered and chosen is None:  # RFC 7301 section 3.2: a fatal alert
                         IncomingClientHello.reject(hello, ALERT_NO_APPLICATION_PROTOCOL)
