@@ -563,8 +563,10 @@ async def _open_upstream(sock, host, port, server_name, alpn, identity, limit):
     return StreamReader(plaintext_in, receive_done, limit), StreamWriter(sock, None, tx, send_done, sent, extra)
 
 
-def _streams(sock, connection, sent, extra, limit):
-    """The reader and writer of an established connection (either side)."""
+def _streams(sock, connection, sent, extra, limit, peer_asked=True):
+    """The reader and writer of an established connection (either side). ``peer_asked``:
+    whether the peer may have presented a certificate (a server that asked for none has
+    no client certificate to fetch)."""
     plaintext_in, receive_done = connection.receive()
     tx, rx = wit_world.byte_stream()
     send_done = connection.send(rx)
@@ -574,7 +576,7 @@ def _streams(sock, connection, sent, extra, limit):
     suite = connection.cipher_suite()
     name, bits = CIPHERS.get(suite, ("0x%04x" % suite, None))
     extra.update({
-        "peercert": _peercert(connection.peer_identity()),
+        "peercert": _peercert(connection.peer_identity()) if peer_asked else None,
         "cipher": (name, version, bits),
         "version": version,
         "alpn": alpn_id.decode() if alpn_id is not None else None,
@@ -715,7 +717,7 @@ async def start_server(client_connected_cb, host, port, *, identity=None, select
         try:
             try:
                 peer = conn_sock.get_remote_address()
-                peername = (str(_ip_of(peer)), peer.value.port)
+                peername = (_ip_text(peer), peer.value.port)
             except Err:
                 peername = None
             ciphertext_in, received = conn_sock.receive()
@@ -763,7 +765,8 @@ async def start_server(client_connected_cb, host, port, *, identity=None, select
                 except Exception:
                     pass
                 raise _tls_error(e) from None
-            reader, writer = _streams(conn_sock, connection, sent, {"peername": peername, "sockname": (host, bound.value.port)}, limit)
+            reader, writer = _streams(conn_sock, connection, sent, {"peername": peername, "sockname": (host, bound.value.port)}, limit,
+                                      peer_asked=client_ca is not None or bool(require_client_cert))
             conn_sock = None  # the writer owns it now
             result = client_connected_cb(reader, writer)
             if hasattr(result, "__await__"):
@@ -777,10 +780,11 @@ async def start_server(client_connected_cb, host, port, *, identity=None, select
     return Server(sock, incoming, handle, (str(ip), bound.value.port))
 
 
-def _ip_of(address):
+def _ip_text(address):
+    """A socket address's IP as text (IPv4 formatted directly: it is asked per connection)."""
     if isinstance(address, IpSocketAddress_Ipv4):
-        return ipaddress.IPv4Address(bytes(address.value.address))
-    return ipaddress.IPv6Address(b"".join(w.to_bytes(2, "big") for w in address.value.address))
+        return "%d.%d.%d.%d" % tuple(address.value.address)
+    return str(ipaddress.IPv6Address(b"".join(w.to_bytes(2, "big") for w in address.value.address)))
 
 
 # --- WASI 0.2: the blocking API ---------------------------------------------------
