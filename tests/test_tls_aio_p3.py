@@ -8,6 +8,7 @@ a preopened identity by SNI, against concurrent CPython ``ssl`` clients.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shlex
@@ -105,39 +106,47 @@ def test_open_connection_gets_a_page_and_closes_with_close_notify(
         https_get_p3: Path, ca_file: tuple[trustme.CA, Path], server: HttpsServer,
         capfd: pytest.CaptureFixture[str]) -> None:
     server.endings.clear()
-    assert run_guest(https_get_p3, ca_file[1], server.port, "localhost", str(server.port), "/page") == 0
+    assert run_guest(https_get_p3, ca_file[1], server.port, f"https://localhost:{server.port}/page?q=1") == 0
     out = capfd.readouterr().out.splitlines()
-    assert out == ["version TLSv1.3 alpn http/1.1", "status HTTP/1.1 200 OK", f"body {len(BODY)} bytes"]
+    # The WASI 0.2 https_get's lines for the same URL, after the negotiated version and ALPN.
+    assert out == ["version: TLSv1.3", "alpn: http/1.1", "status: HTTP/1.1 200 OK", "headers: 1", f"body-bytes: {len(BODY)}",
+                   f"body-sha256: {hashlib.sha256(BODY).hexdigest()}"]
     # writer.close() + wait_closed() sent close_notify after the request: unwrap() saw it.
-    assert server.endings == ["close_notify GET /page HTTP/1.1"]
+    assert server.endings == ["close_notify GET /page?q=1 HTTP/1.1"]
 
 
 def test_wrong_hostname_is_a_clear_tls_error(
         https_get_p3: Path, ca_file: tuple[trustme.CA, Path], server: HttpsServer,
         capfd: pytest.CaptureFixture[str]) -> None:
-    assert run_guest(https_get_p3, ca_file[1], server.port, "127.0.0.1", str(server.port), "/", "wrong.example") == 1
-    out = capfd.readouterr().out
-    assert out.startswith("tls error: name-mismatch: ")
-    assert "not valid for 'wrong.example'" in out
+    assert run_guest(https_get_p3, ca_file[1], server.port, f"https://127.0.0.1:{server.port}/", "--server-name", "wrong.example") == 1
+    captured = capfd.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("error: TlsError: name-mismatch: ")
+    assert "not valid for 'wrong.example'" in captured.err
 
 
 def test_a_peer_ending_without_close_notify_is_truncated(
         https_get_p3: Path, ca_file: tuple[trustme.CA, Path], server: HttpsServer,
         capfd: pytest.CaptureFixture[str]) -> None:
-    assert run_guest(https_get_p3, ca_file[1], server.port, "localhost", str(server.port), "/truncate") == 1
-    out = capfd.readouterr().out.splitlines()
-    assert out[:2] == ["version TLSv1.3 alpn http/1.1", "status HTTP/1.1 200 OK"]
-    # readexactly() reports the TLS error, not an IncompleteReadError of a clean end.
-    assert out[2].startswith("tls error: truncated: "), out
-    assert len(out) == 3
+    assert run_guest(https_get_p3, ca_file[1], server.port, f"https://localhost:{server.port}/truncate") == 1
+    captured = capfd.readouterr()
+    assert captured.out.splitlines() == ["version: TLSv1.3", "alpn: http/1.1"]
+    # Reading to the end reports the TLS error, not a clean end of a short body.
+    assert captured.err.startswith("error: TlsError: truncated: "), captured.err
 
 
 def test_untrusted_server_is_unknown_issuer(
         https_get_p3: Path, server: HttpsServer, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     other = tmp_path / "other-ca.pem"
     trustme.CA().cert_pem.write_to_path(str(other))
-    assert run_guest(https_get_p3, other, server.port, "localhost", str(server.port)) == 1
-    assert capfd.readouterr().out.startswith("tls error: unknown-issuer: ")
+    assert run_guest(https_get_p3, other, server.port, f"https://localhost:{server.port}/") == 1
+    assert capfd.readouterr().err.startswith("error: TlsError: unknown-issuer: ")
+
+
+def test_https_get_p3_refuses_what_is_not_an_https_url(https_get_p3: Path, ca_file: tuple[trustme.CA, Path],
+                                                       capfd: pytest.CaptureFixture[str]) -> None:
+    assert run_guest(https_get_p3, ca_file[1], 1, "http://localhost/") == 1
+    assert capfd.readouterr().err.startswith("error: ValueError: usage: https_get_p3 https://HOST[:PORT]/PATH")
 
 
 def test_open_connection_through_the_upstream_connector(
