@@ -30,7 +30,7 @@ import weakref
 from collections import deque
 from typing import Any, Callable, Coroutine, Generator
 
-from .values import Trap
+from .values import Trap, WitError
 
 log = logging.getLogger("wasi_tls_host.runtime")
 
@@ -344,11 +344,14 @@ class Scheduler:
     def _finish(self, task: HostTask, result: Any, error: BaseException | None) -> None:
         self.progress += 1
         task.done = True
-        if isinstance(error, Cancelled):
-            # Nobody reads where a cancellation went through, and its traceback would hold the
-            # coroutine's frames (all they reference) and ``_step``'s (a cycle back to the
-            # task): without it, a cancelled task frees what it held now, not at a GC pass.
+        if isinstance(error, (Cancelled, WitError)):
+            # Nobody reads where a cancellation or a WIT error result (a value for the guest)
+            # went through, and the traceback would hold the coroutine's frames (all they
+            # reference) and ``_step``'s (a cycle back to the task), as would the exception
+            # it replaced (``raise ... from None`` keeps it as the context): without them, a
+            # task that failed so frees what it held now, not at a GC pass.
             error.__traceback__ = None
+            error.__context__ = None
         task.result, task.error = result, error
         task._waiting = None
         self._tasks.discard(task)
