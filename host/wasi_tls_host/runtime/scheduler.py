@@ -202,6 +202,9 @@ class HostTask:
         return f"<HostTask {self.name} {'done' if self.done else 'pending'}>"
 
 
+TIMER_PRUNE_MIN = 1024  # timer entries before the first look for those of finished tasks
+
+
 class Scheduler:
     """Runs host coroutines for one store (see the module's docstring)."""
 
@@ -218,6 +221,7 @@ class Scheduler:
         # not when a deadline long past its use comes (live tasks are held by ``_tasks``).
         self._timers: list[tuple[int, int, weakref.ref[HostTask]]] = []
         self._timer_seq = itertools.count()
+        self._prune_timers_at = TIMER_PRUNE_MIN
         self._interrupt_fd = interrupt_fd
         self._check_interrupt = check_interrupt or (lambda: None)
         self._clear_wake = clear_wake or (lambda: None)
@@ -282,7 +286,7 @@ class Scheduler:
         if isinstance(waiting, _Fd):
             (self._writers if waiting.write else self._readers).setdefault(waiting.fd, []).append(task)
         elif isinstance(waiting, _Until):
-            heapq.heappush(self._timers, (waiting.deadline, next(self._timer_seq), weakref.ref(task)))
+            self._add_timer(waiting.deadline, task)
         elif isinstance(waiting, _Yield):
             self._make_ready(task)
         elif isinstance(waiting, Event):
@@ -303,12 +307,23 @@ class Scheduler:
                 if isinstance(w, _Fd):
                     (self._writers if w.write else self._readers).setdefault(w.fd, []).append(task)
                 elif isinstance(w, _Until):
-                    heapq.heappush(self._timers, (w.deadline, next(self._timer_seq), weakref.ref(task)))
+                    self._add_timer(w.deadline, task)
                 else:
                     w._waiters.append(task)
         else:
             self._finish(task, None, Trap(f"host coroutine {task.name} awaited {waiting!r}, which this scheduler cannot wait on"))
             task.coro.close()
+
+    def _add_timer(self, deadline: int, task: HostTask) -> None:
+        timers = self._timers
+        if len(timers) >= self._prune_timers_at:
+            # Entries of finished tasks stay until they fall due (30 s for a handshake
+            # deadline): a stream of short connections piles them up, two per connection.
+            # Dropped once they could be half the heap: each entry is looked at O(1) times.
+            timers[:] = [entry for entry in timers if (t := entry[2]()) is not None and not t.done]
+            heapq.heapify(timers)
+            self._prune_timers_at = max(TIMER_PRUNE_MIN, 2 * len(timers))
+        heapq.heappush(timers, (deadline, next(self._timer_seq), weakref.ref(task)))
 
     def _unwait(self, task: HostTask) -> None:
         """Forget what ``task`` is suspended on (it is about to be resumed another way)."""
