@@ -11,25 +11,13 @@ host. The body is read to the server's close_notify: a peer that ends without on
 failure: ``error: TlsError: CODE: MESSAGE``) and the run ends with exit status 1.
 """
 
-import hashlib
 import sys
 from urllib.parse import urlsplit
 
 from componentize_py_types import Err
+from http_summary import summary
 from wasi_tls_aio import TlsError, open_connection
 from wit_world import exports
-
-
-def dechunk(body: bytes) -> bytes:
-    out, rest = [], body
-    while rest:
-        line, _, rest = rest.partition(b"\r\n")
-        size = int(line.split(b";")[0], 16)
-        if size == 0:
-            break
-        out.append(rest[:size])
-        rest = rest[size + 2:]
-    return b"".join(out)
 
 
 async def fetch(url: str, server_name: str | None) -> None:
@@ -48,15 +36,8 @@ async def fetch(url: str, server_name: str | None) -> None:
     response = await reader.read()  # to the end: close_notify, else a TlsError
     writer.close()
     await writer.wait_closed()
-    head, _, body = response.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    if headers.get("transfer-encoding", "").lower() == "chunked":
-        body = dechunk(body)
-    print(f"status: {lines[0]}")
-    print(f"headers: {len(headers)}")
-    print(f"body-bytes: {len(body)}")
-    print(f"body-sha256: {hashlib.sha256(body).hexdigest()}", flush=True)
+    for line in summary(response):
+        print(line, flush=True)
 
 
 class Run(exports.Run):
