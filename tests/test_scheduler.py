@@ -126,6 +126,25 @@ def test_fill_waiting_for_its_source_ends_when_the_reader_drops_the_stream(pair)
     assert scheduler._readers == {}
 
 
+def test_timer_entries_of_finished_tasks_do_not_pile_up() -> None:
+    # Each TLS connection's handshake deadlines leave two entries that fall due 30 s later;
+    # a server taking hundreds of short connections a second kept thousands of them.
+    from wasi_tls_host.runtime.scheduler import TIMER_PRUNE_MIN
+
+    scheduler = Scheduler()
+    far = time.monotonic_ns() + 3600 * 10**9
+
+    async def deadline() -> None:
+        await sleep_until(far)
+
+    waiting = scheduler.start(deadline())  # a live wait is kept through every pruning
+    for _ in range(4 * TIMER_PRUNE_MIN):
+        scheduler.start(deadline()).cancel()
+    assert len(scheduler._timers) <= TIMER_PRUNE_MIN
+    assert any(ref() is waiting for _, _, ref in scheduler._timers)
+    waiting.cancel()
+
+
 def test_a_cancelled_timer_wait_frees_what_its_coroutine_held_at_once() -> None:
     # A TLS connection's handshake-deadline task is cancelled when the handshake ends; its
     # timer entry stays in the heap until the deadline (30 s by default). It used to hold the

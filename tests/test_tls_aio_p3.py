@@ -8,6 +8,7 @@ a preopened identity by SNI, against concurrent CPython ``ssl`` clients.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shlex
@@ -39,7 +40,9 @@ class HttpsServer:
         self.listener.settimeout(0.1)  # accept() wakes to see `stopping`
         self.stopping = threading.Event()
         self.port = self.listener.getsockname()[1]
-        self.endings: list[str] = []
+        self.endings: list[str] = []  # one per connection, in order: it serves one at a time
+        self.accepted = 0
+        self.ended = threading.Condition()
         self.thread = threading.Thread(target=self.serve, daemon=True)
         self.thread.start()
 
@@ -49,6 +52,7 @@ class HttpsServer:
                 conn, _ = self.listener.accept()
             except TimeoutError:
                 continue
+            self.accepted += 1
             with conn:
                 conn.settimeout(30)
                 try:
@@ -66,6 +70,17 @@ class HttpsServer:
                         self.endings.append("close_notify " + request.split(b"\r\n")[0].decode())
                 except (OSError, ssl.SSLError) as e:
                     self.endings.append(f"error {e}")
+                finally:
+                    with self.ended:
+                        self.ended.notify_all()
+
+    def endings_since(self, accepted: int, timeout: float = 30.0) -> list[str]:
+        """How the connections after the first ``accepted`` ended, once the last accepted
+        one has (a guest may exit before this thread saw its close_notify and recorded it,
+        as an earlier test's connection may still be ending when the next test starts)."""
+        with self.ended:
+            self.ended.wait_for(lambda: len(self.endings) >= max(self.accepted, accepted + 1), timeout)
+        return self.endings[accepted:]
 
     def close(self) -> None:
         self.stopping.set()
@@ -104,40 +119,48 @@ def run_guest(guest: Path, ca: Path, port: int, *args: str) -> int:
 def test_open_connection_gets_a_page_and_closes_with_close_notify(
         https_get_p3: Path, ca_file: tuple[trustme.CA, Path], server: HttpsServer,
         capfd: pytest.CaptureFixture[str]) -> None:
-    server.endings.clear()
-    assert run_guest(https_get_p3, ca_file[1], server.port, "localhost", str(server.port), "/page") == 0
+    accepted = server.accepted
+    assert run_guest(https_get_p3, ca_file[1], server.port, f"https://localhost:{server.port}/page?q=1") == 0
     out = capfd.readouterr().out.splitlines()
-    assert out == ["version TLSv1.3 alpn http/1.1", "status HTTP/1.1 200 OK", f"body {len(BODY)} bytes"]
+    # The WASI 0.2 https_get's lines for the same URL, after the negotiated version and ALPN.
+    assert out == ["version: TLSv1.3", "alpn: http/1.1", "status: HTTP/1.1 200 OK", "headers: 1", f"body-bytes: {len(BODY)}",
+                   f"body-sha256: {hashlib.sha256(BODY).hexdigest()}"]
     # writer.close() + wait_closed() sent close_notify after the request: unwrap() saw it.
-    assert server.endings == ["close_notify GET /page HTTP/1.1"]
+    assert server.endings_since(accepted) == ["close_notify GET /page?q=1 HTTP/1.1"]
 
 
 def test_wrong_hostname_is_a_clear_tls_error(
         https_get_p3: Path, ca_file: tuple[trustme.CA, Path], server: HttpsServer,
         capfd: pytest.CaptureFixture[str]) -> None:
-    assert run_guest(https_get_p3, ca_file[1], server.port, "127.0.0.1", str(server.port), "/", "wrong.example") == 1
-    out = capfd.readouterr().out
-    assert out.startswith("tls error: name-mismatch: ")
-    assert "not valid for 'wrong.example'" in out
+    assert run_guest(https_get_p3, ca_file[1], server.port, f"https://127.0.0.1:{server.port}/", "--server-name", "wrong.example") == 1
+    captured = capfd.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("error: TlsError: name-mismatch: ")
+    assert "not valid for 'wrong.example'" in captured.err
 
 
 def test_a_peer_ending_without_close_notify_is_truncated(
         https_get_p3: Path, ca_file: tuple[trustme.CA, Path], server: HttpsServer,
         capfd: pytest.CaptureFixture[str]) -> None:
-    assert run_guest(https_get_p3, ca_file[1], server.port, "localhost", str(server.port), "/truncate") == 1
-    out = capfd.readouterr().out.splitlines()
-    assert out[:2] == ["version TLSv1.3 alpn http/1.1", "status HTTP/1.1 200 OK"]
-    # readexactly() reports the TLS error, not an IncompleteReadError of a clean end.
-    assert out[2].startswith("tls error: truncated: "), out
-    assert len(out) == 3
+    assert run_guest(https_get_p3, ca_file[1], server.port, f"https://localhost:{server.port}/truncate") == 1
+    captured = capfd.readouterr()
+    assert captured.out.splitlines() == ["version: TLSv1.3", "alpn: http/1.1"]
+    # Reading to the end reports the TLS error, not a clean end of a short body.
+    assert captured.err.startswith("error: TlsError: truncated: "), captured.err
 
 
 def test_untrusted_server_is_unknown_issuer(
         https_get_p3: Path, server: HttpsServer, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     other = tmp_path / "other-ca.pem"
     trustme.CA().cert_pem.write_to_path(str(other))
-    assert run_guest(https_get_p3, other, server.port, "localhost", str(server.port)) == 1
-    assert capfd.readouterr().out.startswith("tls error: unknown-issuer: ")
+    assert run_guest(https_get_p3, other, server.port, f"https://localhost:{server.port}/") == 1
+    assert capfd.readouterr().err.startswith("error: TlsError: unknown-issuer: ")
+
+
+def test_https_get_p3_refuses_what_is_not_an_https_url(https_get_p3: Path, ca_file: tuple[trustme.CA, Path],
+                                                       capfd: pytest.CaptureFixture[str]) -> None:
+    assert run_guest(https_get_p3, ca_file[1], 1, "http://localhost/") == 1
+    assert capfd.readouterr().err.startswith("error: ValueError: usage: https_get_p3 https://HOST[:PORT]/PATH")
 
 
 def test_open_connection_through_the_upstream_connector(
@@ -145,11 +168,11 @@ def test_open_connection_through_the_upstream_connector(
         capfd: pytest.CaptureFixture[str]) -> None:
     """A world with only wasi:tls@0.3.0-draft: the same call goes through upstream's connector."""
     guest = build("https_get_upstream_p3")
-    server.endings.clear()
+    accepted = server.accepted
     assert run_guest(guest, ca_file[1], server.port, "localhost", str(server.port)) == 0
     head = b"Content-Length: %d\r\n\r\n" % len(BODY)
     assert capfd.readouterr().out.splitlines() == ["status HTTP/1.1 200 OK", f"rest {len(head) + len(BODY)} bytes"]
-    assert server.endings == ["close_notify GET / HTTP/1.1"]
+    assert server.endings_since(accepted) == ["close_notify GET / HTTP/1.1"]
     other = tmp_path / "other-ca.pem"
     trustme.CA().cert_pem.write_to_path(str(other))
     assert run_guest(guest, other, server.port, "localhost", str(server.port)) == 1
@@ -316,12 +339,12 @@ def test_readme_client_and_server_build_and_run_as_shown(
     their own: the client fetches from a CPython ssl server, CPython ssl clients fetch from
     the server, which stops by itself after its COUNT requests."""
     client = build_as_readme_says("client.py", tmp_path / "client", capfd)
-    server.endings.clear()
+    accepted = server.accepted
     assert run_guest(client, ca_file[1], server.port, "localhost", str(server.port)) == 0
     head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY)
     assert capfd.readouterr().out.splitlines() == ["HTTP/1.1 200 OK over TLSv1.3",
                                                    f"body and headers: {len(head) + len(BODY) - 17} bytes"]
-    assert server.endings == ["close_notify GET / HTTP/1.1"]
+    assert server.endings_since(accepted) == ["close_notify GET / HTTP/1.1"]
 
     guest = build_as_readme_says("server.py", tmp_path / "server", capfd)
     cert = ca_file[0].issue_cert("localhost")

@@ -67,7 +67,7 @@ if poll is None:  # WASI 0.3: the asyncio API (a 0.2 guest does not load asyncio
     except ImportError:  # only the upstream wasi:tls@0.3.0-draft client (world tls-client-p3, wasmtime -Stls)
         from wit_world.imports.client import Connector
     __all__ = ["open_connection", "start_server", "Server", "ClientHello", "StreamReader", "StreamWriter", "TlsError",
-               "decode_certificate"]
+               "CodeMismatchError", "decode_certificate"]
 else:  # WASI 0.2: the blocking API
     from wit_world.imports import (
         instance_network,
@@ -116,11 +116,21 @@ class TlsError(ConnectionError):
         self.code = code
 
 
+class CodeMismatchError(TlsError):
+    """The peer's certificate does not show the code ``expect_peer_code=`` asked for: not
+    attested, attested by a CA the embedder does not trust for code claims, or attested for
+    other code (the message says which, with the digests). ``code`` is ``code-mismatch``."""
+
+
+def _error_for_code(code, message):
+    return (CodeMismatchError if code == "code-mismatch" else TlsError)(code, message)
+
+
 def _tls_error_from_message(message):
     """This host's messages start with the error code: ``unknown-issuer: ...``."""
     code, sep, rest = message.partition(": ")
     if sep and code.replace("-", "").isalpha() and code.islower():
-        return TlsError(code, rest)
+        return _error_for_code(code, rest)
     return TlsError(None, message)
 
 
@@ -135,7 +145,7 @@ def _tls_error(err):
     if hasattr(e, "to_debug_string"):  # upstream's error resource: a message, no code field
         with e:
             return _tls_error_from_message(e.to_debug_string())
-    return TlsError(e.code.name.lower().replace("_", "-"), e.message)
+    return _error_for_code(e.code.name.lower().replace("_", "-"), e.message)
 
 
 def _socket_error(err, what):
@@ -488,27 +498,37 @@ def decode_certificate(der):
     return cert
 
 
-def _peercert(identity):
-    """The peer's certificate as ssl.SSLSocket.getpeercert() shapes it (decoded here from
-    the DER the host gives), plus ``der``: the leaf's DER."""
+def _peer(identity):
+    """(peercert, peer code): the peer's certificate as ssl.SSLSocket.getpeercert() shapes
+    it (decoded here from the DER the host gives), plus ``der``: the leaf's DER; and the
+    ``sha256:<hex>`` code digest its certificate claims (None if it is not attested; a
+    claim is checked only by ``expect_peer_code=``)."""
     if identity is None:
-        return None
+        return None, None
     with identity:
         der = identity.export_der()[0]
+        code = identity.code_identity()
     cert = decode_certificate(der)
     cert["der"] = der
-    return cert
+    return cert, code.digest if code is not None else None
 
 
-async def open_connection(host, port, *, server_hostname=None, alpn=None, identity=None, limit=DEFAULT_LIMIT):
+async def open_connection(host, port, *, server_hostname=None, alpn=None, identity=None, expect_peer_code=None,
+                          limit=DEFAULT_LIMIT):
     """Connect over TCP and TLS; the server is verified as ``server_hostname`` (default:
     ``host``). ``alpn`` is a list of protocol names; ``identity`` names a client identity the
-    embedder preopened (mutual TLS). Returns ``(StreamReader, StreamWriter)``."""
+    embedder preopened (mutual TLS). ``expect_peer_code="sha256:<hex>"`` also requires the
+    server's certificate to be attested, by a CA the embedder trusts for code claims
+    (``--attest-trust``), for exactly that component: otherwise ``CodeMismatchError``, and
+    the connection never counts as established. Returns ``(StreamReader, StreamWriter)``."""
     if poll is not None:
         raise RuntimeError("open_connection() needs a WASI 0.3 world (async def run); in WASI 0.2 use connect()")
+    if Connector is not None and (alpn or identity is not None or expect_peer_code is not None):
+        raise ValueError("alpn=, identity= and expect_peer_code= need wasi-tls-host:tls (world tls-host-p3); "
+                         "this guest has only the upstream wasi:tls client")
     sock = await _tcp_connect(host, port)
     if Connector is not None:
-        return await _open_upstream(sock, host, port, server_hostname or host, alpn, identity, limit)
+        return await _open_upstream(sock, host, port, server_hostname or host, limit)
     try:
         ciphertext_in, received = sock.receive()
         received.__exit__(None, None, None)  # the TLS future reports how the data ended
@@ -518,6 +538,13 @@ async def open_connection(host, port, *, server_hostname=None, alpn=None, identi
                 hello.set_alpn_ids([p.encode() if isinstance(p, str) else p for p in alpn])
             if identity is not None:
                 hello.set_client_identity(identity)
+            if expect_peer_code is not None:
+                hello.expect_peer_code(expect_peer_code)
+        except Err as e:
+            hello.__exit__(None, None, None)
+            ciphertext_in.__exit__(None, None, None)
+            raise _tls_error(e) from None
+        try:
             server_hello, ciphertext_out = OutgoingClientHello.connect(hello, ciphertext_in)
         except Err as e:
             raise _tls_error(e) from None
@@ -534,13 +561,9 @@ async def open_connection(host, port, *, server_hostname=None, alpn=None, identi
     return _streams(sock, connection, sent, extra, limit)
 
 
-async def _open_upstream(sock, host, port, server_name, alpn, identity, limit):
-    """open_connection through upstream's connector: no ALPN, client identities or
-    connection details there (``get_extra_info`` gives None for them)."""
-    if alpn or identity is not None:
-        sock.__exit__(None, None, None)
-        raise ValueError("alpn= and identity= need wasi-tls-host:tls (world tls-host-p3); "
-                         "this guest has only the upstream wasi:tls client")
+async def _open_upstream(sock, host, port, server_name, limit):
+    """open_connection through upstream's connector: no ALPN, client identities, peer code
+    or connection details there (``get_extra_info`` gives None for them)."""
     connector = Connector()
     try:
         tx, cleartext_out = wit_world.byte_stream()
@@ -559,7 +582,7 @@ async def _open_upstream(sock, host, port, server_name, alpn, identity, limit):
         sock.__exit__(None, None, None)
         raise
     extra = {"peername": (host, port), "server_hostname": server_name,
-             "peercert": None, "cipher": None, "version": None, "alpn": None}
+             "peercert": None, "peer_code": None, "cipher": None, "version": None, "alpn": None}
     return StreamReader(plaintext_in, receive_done, limit), StreamWriter(sock, None, tx, send_done, sent, extra)
 
 
@@ -575,8 +598,10 @@ def _streams(sock, connection, sent, extra, limit, peer_asked=True):
     version = VERSIONS.get(number, "0x%04x" % number)
     suite = connection.cipher_suite()
     name, bits = CIPHERS.get(suite, ("0x%04x" % suite, None))
+    peercert, peer_code = _peer(connection.peer_identity()) if peer_asked else (None, None)
     extra.update({
-        "peercert": _peercert(connection.peer_identity()) if peer_asked else None,
+        "peercert": peercert,
+        "peer_code": peer_code,
         "cipher": (name, version, bits),
         "version": version,
         "alpn": alpn_id.decode() if alpn_id is not None else None,
@@ -681,7 +706,7 @@ class Server:
 
 
 async def start_server(client_connected_cb, host, port, *, identity=None, select_identity=None, alpn=None,
-                       client_ca=None, require_client_cert=None, limit=DEFAULT_LIMIT):
+                       client_ca=None, require_client_cert=None, expect_peer_code=None, limit=DEFAULT_LIMIT):
     """Listen on ``host:port`` (port 0: any) and call ``client_connected_cb(reader, writer)``
     (a coroutine function or a plain one) for each TLS connection, concurrently.
 
@@ -694,8 +719,11 @@ async def start_server(client_connected_cb, host, port, *, identity=None, select
     against the CA set the embedder preopened as ``--client-ca NAME=CA.pem`` (trust is named,
     as identities are); a client without one is refused unless ``require_client_cert=False``.
     ``require_client_cert=True`` alone uses the host's default ``--client-ca``. The
-    client's certificate is ``writer.get_extra_info("peercert")``. Returns a ``Server``;
-    handshake failures are printed to stderr."""
+    client's certificate is ``writer.get_extra_info("peercert")``.
+    ``expect_peer_code="sha256:<hex>"`` serves only clients whose certificate is attested
+    for that component (it implies a required client certificate; ``client_ca`` must then
+    name a set holding the attestation CA); others are refused with ``code-mismatch``.
+    Returns a ``Server``; handshake failures are printed to stderr."""
     if poll is not None or Connector is not None:
         raise RuntimeError("start_server() needs a WASI 0.3 world with wasi-tls-host:tls (tls-host-p3)")
     if (identity is None) == (select_identity is None):
@@ -755,6 +783,8 @@ async def start_server(client_connected_cb, host, port, *, identity=None, select
                     response.request_client_identity(require_client_cert is not False)
                 elif require_client_cert:
                     response.request_client_identity(True)
+                if expect_peer_code is not None:
+                    response.expect_peer_code(expect_peer_code)
                 exchange = await IncomingClientHello.accept(hello, response)
                 connection = await IncomingClientExchange.finish(exchange)
             except Err as e:
@@ -766,7 +796,7 @@ async def start_server(client_connected_cb, host, port, *, identity=None, select
                     pass
                 raise _tls_error(e) from None
             reader, writer = _streams(conn_sock, connection, sent, {"peername": peername, "sockname": (host, bound.value.port)}, limit,
-                                      peer_asked=client_ca is not None or bool(require_client_cert))
+                                      peer_asked=client_ca is not None or bool(require_client_cert) or expect_peer_code is not None)
             conn_sock = None  # the writer owns it now
             result = client_connected_cb(reader, writer)
             if hasattr(result, "__await__"):

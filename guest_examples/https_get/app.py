@@ -1,31 +1,20 @@
 """Fetch an https:// URL given on the command line; print the status, headers and a digest
-of the body. Uses the upstream wasi:tls client through guest_examples/common/wasi_tls_client.
+of the body (guest_examples/common/http_summary, shared with https_get_p3). Uses the upstream
+wasi:tls client through guest_examples/common/wasi_tls_client.
 
     wasi-tls-host run --allow-connect 'localhost:*' --allow-dns --trust ca.pem \\
         https_get.wasm https://localhost:8443/
 """
 
-import hashlib
 import sys
 from urllib.parse import urlsplit
 
 from componentize_py_types import Err
+from http_summary import summary
 from wit_world import exports
 from wit_world.imports import environment, exit
 
 from wasi_tls_client import TlsError, connect
-
-
-def dechunk(body: bytes) -> bytes:
-    out, rest = [], body
-    while rest:
-        line, _, rest = rest.partition(b"\r\n")
-        size = int(line.split(b";")[0], 16)
-        if size == 0:
-            break
-        out.append(rest[:size])
-        rest = rest[size + 2:]
-    return b"".join(out)
 
 
 def fetch(url: str) -> int:
@@ -45,15 +34,8 @@ def fetch(url: str) -> int:
     except (TlsError, ConnectionError, TimeoutError) as e:
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
-    head, _, body = response.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    if headers.get("transfer-encoding", "").lower() == "chunked":
-        body = dechunk(body)
-    print(f"status: {lines[0]}")
-    print(f"headers: {len(headers)}")
-    print(f"body-bytes: {len(body)}")
-    print(f"body-sha256: {hashlib.sha256(body).hexdigest()}")
+    for line in summary(response):
+        print(line)
     return 0
 
 

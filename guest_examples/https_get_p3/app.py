@@ -1,44 +1,55 @@
-"""`https_get_p3 HOST PORT [PATH] [SERVER_NAME]`: an HTTPS GET with the asyncio-style binding
-(wasi_tls_aio) on WASI 0.3. Prints the negotiated version and ALPN, the status line and the
-body's length (read with readexactly when the response has a Content-Length); a TLS failure
-prints `tls error: CODE: MESSAGE` and the run ends with an error (exit code 1)."""
+"""Fetch an https:// URL given on the command line, as the WASI 0.2 ``https_get`` does, with
+the asyncio-style binding (wasi_tls_aio) on WASI 0.3; print the negotiated TLS version and
+ALPN protocol, then the status, headers and a digest of the body (the 0.2 guest's lines).
 
-import asyncio
+    wasi-tls-host run --allow-connect 'localhost:*' --allow-dns --trust ca.pem \\
+        https_get_p3.wasm https://localhost:8443/ [--server-name NAME]
+
+``--server-name`` verifies the server as NAME (and sends it as SNI) instead of the URL's
+host. The body is read to the server's close_notify: a peer that ends without one is a
+``TlsError`` (``truncated``). A failure prints ``error: TYPE: MESSAGE`` on stderr (a TLS
+failure: ``error: TlsError: CODE: MESSAGE``) and the run ends with exit status 1.
+"""
+
 import sys
+from urllib.parse import urlsplit
 
 from componentize_py_types import Err
+from http_summary import summary
 from wasi_tls_aio import TlsError, open_connection
 from wit_world import exports
 
 
-async def get(host, port, path, name):
-    reader, writer = await open_connection(host, port, server_hostname=name, alpn=["http/1.1"])
-    print("version", writer.get_extra_info("version"), "alpn", writer.get_extra_info("alpn"), flush=True)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: {name or host}\r\nConnection: close\r\n\r\n".encode())
+async def fetch(url: str, server_name: str | None) -> None:
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ValueError(f"usage: https_get_p3 https://HOST[:PORT]/PATH [--server-name NAME] (got {url!r})")
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    reader, writer = await open_connection(parts.hostname, parts.port or 443, server_hostname=server_name, alpn=["http/1.1"])
+    print(f"version: {writer.get_extra_info('version')}", flush=True)
+    print(f"alpn: {writer.get_extra_info('alpn') or '-'}", flush=True)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nUser-Agent: wasi-tls-host-https-get\r\n"
+                 "Connection: close\r\n\r\n".encode())
     await writer.drain()
-    print("status", (await reader.readline()).decode().strip(), flush=True)
-    length = None
-    while line := (await reader.readuntil(b"\r\n")).strip():
-        key, _, value = line.decode().partition(":")
-        if key.lower() == "content-length":
-            length = int(value)
-    body = await reader.readexactly(length) if length is not None else b""
-    body += await reader.read()  # to the end: close_notify, else an error
-    print("body", len(body), "bytes", flush=True)
+    response = await reader.read()  # to the end: close_notify, else a TlsError
     writer.close()
     await writer.wait_closed()
+    for line in summary(response):
+        print(line, flush=True)
 
 
 class Run(exports.Run):
     async def run(self) -> None:
-        host, port = sys.argv[1], int(sys.argv[2])
-        path = sys.argv[3] if len(sys.argv) > 3 else "/"
-        name = sys.argv[4] if len(sys.argv) > 4 else None
+        args = sys.argv[1:]
+        server_name = None
+        if "--server-name" in args[:-1]:
+            at = args.index("--server-name")
+            server_name = args[at + 1]
+            del args[at:at + 2]
         try:
-            await get(host, port, path, name)
-        except TlsError as e:
-            print(f"tls error: {e}", flush=True)
+            await fetch(args[0] if args else "", server_name)
+        except (TlsError, ConnectionError, TimeoutError, ValueError) as e:
+            print(f"error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
             raise Err(None)  # wasi:cli/run's error: the host exits 1 (sys.exit panics in an async run)
-        except asyncio.IncompleteReadError as e:
-            print(f"incomplete: {len(e.partial)} of {e.expected} bytes", flush=True)
-            raise Err(None)

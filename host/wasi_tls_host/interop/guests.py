@@ -167,12 +167,13 @@ class HttpsGetClient(ClientAdapter):
 
 
 class AioHttpsGetClient(ClientAdapter):
-    """``https_get_p3 127.0.0.1 PORT / NAME`` (WASI 0.3, wasi_tls_aio's ``open_connection``
-    through this host's wasi-tls-host:tls 0.3): one GET, ALPN http/1.1 offered; it prints
-    ``version V alpn ID``, ``status LINE`` and ``body N bytes``, or ``tls error: CODE: MESSAGE``
-    / ``incomplete: ...`` (exit 1). With ``upstream`` (``https_get_upstream_p3 localhost
-    PORT``, upstream wasi:tls@0.3.0-draft only): the name is the address it resolves, and it
-    prints ``status LINE`` and ``rest N bytes``."""
+    """``https_get_p3 https://127.0.0.1:PORT/ --server-name NAME`` (WASI 0.3, wasi_tls_aio's
+    ``open_connection`` through this host's wasi-tls-host:tls 0.3): one GET, ALPN http/1.1
+    offered; it prints ``version: V``, ``alpn: ID``, then ``https_get``'s lines (``status:
+    LINE``, ...), or ``error: TlsError: CODE: MESSAGE`` on stderr (exit 1). With ``upstream``
+    (``https_get_upstream_p3 localhost PORT``, upstream wasi:tls@0.3.0-draft only): the name
+    is the address it resolves, and it prints ``status LINE`` and ``rest N bytes``, or ``tls
+    error: MESSAGE``."""
 
     abilities = frozenset({"verify"})
     http_only = True
@@ -184,24 +185,32 @@ class AioHttpsGetClient(ClientAdapter):
     def args(self, spec: ClientSpec, port: int, timeout: float) -> list[str]:
         if self.upstream:
             return [spec.server_name, str(port)]
-        return ["127.0.0.1", str(port), "/", spec.server_name]
+        return [f"https://127.0.0.1:{port}/", "--server-name", spec.server_name]
 
     def parse(self, stdout: str, stderr: str, exit_code: int | None, spec: ClientSpec) -> Observation:
         output = stdout + stderr
-        error = re.search(r"^(?:tls error|incomplete): (.*)$", stdout, flags=re.M)
-        status = re.search(r"^status (\S+) (\d+)", stdout, flags=re.M)
-        negotiated = re.search(r"^version (\S+) alpn (\S+)", stdout, flags=re.M)
-        version = version_name(negotiated.group(1)) if negotiated else None
-        alpn = (negotiated.group(2) if negotiated.group(2) != "None" else "") if negotiated else None
+        if self.upstream:
+            error = re.search(r"^tls error: (.*)$", stdout, flags=re.M)
+            status = re.search(r"^status (\S+) (\d+)", stdout, flags=re.M)
+            version = alpn = None
+            handshaken = status is not None
+        else:
+            error = re.search(r"^error: (?:\w+: )?(.*)$", stderr, flags=re.M)  # without the exception's name
+            status = re.search(r"^status: (\S+) (\d+)", stdout, flags=re.M)
+            negotiated = re.search(r"^version: (\S+)\nalpn: (\S+)$", stdout, flags=re.M)
+            version = version_name(negotiated.group(1)) if negotiated else None
+            alpn = (negotiated.group(2) if negotiated.group(2) != "-" else "") if negotiated else None
+            handshaken = negotiated is not None  # the status comes after the whole body
         if status and not error:
             ok = status.group(2).startswith("2")
             return Observation([Seen(ok=True, version=version, alpn=alpn, error=None if ok else f"HTTP status {status.group(2)}")],
                                exit_code=exit_code, output=output)
         if error:
             # A failure after the handshake (a truncated body) still had a verified handshake.
-            return Observation([Seen(ok=bool(status), version=version, error=error.group(1))], exit_code=exit_code, output=output)
+            return Observation([Seen(ok=handshaken, version=version, error=error.group(1))],
+                               exit_code=exit_code, output=output)
         return Observation([], exit_code=exit_code, output=output,
-                           problem=f"expected 'status ...' or 'tls error: ...'; got (exit status {exit_code}): {_excerpt(output)}")
+                           problem=f"expected 'status...' or an error; got (exit status {exit_code}): {_excerpt(output)}")
 
 
 # --- server adapters ---------------------------------------------------------------------

@@ -30,7 +30,7 @@ import weakref
 from collections import deque
 from typing import Any, Callable, Coroutine, Generator
 
-from .values import Trap
+from .values import Trap, WitError
 
 log = logging.getLogger("wasi_tls_host.runtime")
 
@@ -202,6 +202,9 @@ class HostTask:
         return f"<HostTask {self.name} {'done' if self.done else 'pending'}>"
 
 
+TIMER_PRUNE_MIN = 1024  # timer entries before the first look for those of finished tasks
+
+
 class Scheduler:
     """Runs host coroutines for one store (see the module's docstring)."""
 
@@ -218,6 +221,7 @@ class Scheduler:
         # not when a deadline long past its use comes (live tasks are held by ``_tasks``).
         self._timers: list[tuple[int, int, weakref.ref[HostTask]]] = []
         self._timer_seq = itertools.count()
+        self._prune_timers_at = TIMER_PRUNE_MIN
         self._interrupt_fd = interrupt_fd
         self._check_interrupt = check_interrupt or (lambda: None)
         self._clear_wake = clear_wake or (lambda: None)
@@ -282,7 +286,7 @@ class Scheduler:
         if isinstance(waiting, _Fd):
             (self._writers if waiting.write else self._readers).setdefault(waiting.fd, []).append(task)
         elif isinstance(waiting, _Until):
-            heapq.heappush(self._timers, (waiting.deadline, next(self._timer_seq), weakref.ref(task)))
+            self._add_timer(waiting.deadline, task)
         elif isinstance(waiting, _Yield):
             self._make_ready(task)
         elif isinstance(waiting, Event):
@@ -303,12 +307,23 @@ class Scheduler:
                 if isinstance(w, _Fd):
                     (self._writers if w.write else self._readers).setdefault(w.fd, []).append(task)
                 elif isinstance(w, _Until):
-                    heapq.heappush(self._timers, (w.deadline, next(self._timer_seq), weakref.ref(task)))
+                    self._add_timer(w.deadline, task)
                 else:
                     w._waiters.append(task)
         else:
             self._finish(task, None, Trap(f"host coroutine {task.name} awaited {waiting!r}, which this scheduler cannot wait on"))
             task.coro.close()
+
+    def _add_timer(self, deadline: int, task: HostTask) -> None:
+        timers = self._timers
+        if len(timers) >= self._prune_timers_at:
+            # Entries of finished tasks stay until they fall due (30 s for a handshake
+            # deadline): a stream of short connections piles them up, two per connection.
+            # Dropped once they could be half the heap: each entry is looked at O(1) times.
+            timers[:] = [entry for entry in timers if (t := entry[2]()) is not None and not t.done]
+            heapq.heapify(timers)
+            self._prune_timers_at = max(TIMER_PRUNE_MIN, 2 * len(timers))
+        heapq.heappush(timers, (deadline, next(self._timer_seq), weakref.ref(task)))
 
     def _unwait(self, task: HostTask) -> None:
         """Forget what ``task`` is suspended on (it is about to be resumed another way)."""
@@ -344,11 +359,14 @@ class Scheduler:
     def _finish(self, task: HostTask, result: Any, error: BaseException | None) -> None:
         self.progress += 1
         task.done = True
-        if isinstance(error, Cancelled):
-            # Nobody reads where a cancellation went through, and its traceback would hold the
-            # coroutine's frames (all they reference) and ``_step``'s (a cycle back to the
-            # task): without it, a cancelled task frees what it held now, not at a GC pass.
+        if isinstance(error, (Cancelled, WitError)):
+            # Nobody reads where a cancellation or a WIT error result (a value for the guest)
+            # went through, and the traceback would hold the coroutine's frames (all they
+            # reference) and ``_step``'s (a cycle back to the task), as would the exception
+            # it replaced (``raise ... from None`` keeps it as the context): without them, a
+            # task that failed so frees what it held now, not at a GC pass.
             error.__traceback__ = None
+            error.__context__ = None
         task.result, task.error = result, error
         task._waiting = None
         self._tasks.discard(task)
