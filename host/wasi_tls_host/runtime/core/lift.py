@@ -208,6 +208,7 @@ async def _event_loop(callee: ComponentState, setup: CallSetup, task: Task, pack
 
 
 async def _wait_for_event(callee: ComponentState, task: Task, wset: WaitableSet, wake: Event) -> tuple[int, int, int]:
+    scheduler = callee.scheduler
     wset.num_waiting += 1
     wset.notify = wake
     task.waiting_cancellably = True
@@ -218,7 +219,11 @@ async def _wait_for_event(callee: ComponentState, task: Task, wset: WaitableSet,
             if wset.has_pending_event():
                 return wset.get_pending_event()
             wake.clear()
-            await wake
+            # Host work that completes the wait runs now when nothing else is ready, and the
+            # event goes straight to the callback (no suspension, no second step).
+            wait = scheduler.resume_inline(wake)
+            if wait is not None:
+                await wait
     finally:
         task.waiting_cancellably = False
         wset.num_waiting -= 1
