@@ -146,6 +146,10 @@ class Event:
     def clear(self) -> None:
         self.is_set = False
 
+    def has_waiters(self) -> bool:
+        """Whether a task or a callback waits for the event."""
+        return bool(self._waiters or self._callbacks)
+
     def on_set(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` (once) when the event is next set, or now if it is."""
         if self.is_set:
@@ -260,6 +264,33 @@ class Scheduler:
         task = self._new_task(coro, name, guest)
         task.observed = observed
         self._step(task)
+        return task
+
+    def first_step(self, coro: Coroutine[Any, Any, Any]) -> tuple[bool, Any, BaseException | None]:
+        """Run a new coroutine until it first suspends, without making a task for it yet:
+        (finished, its value or what it waits on, its error). One that suspends becomes a
+        task with ``adopt``; most host calls finish here (no task, no queue)."""
+        if self.closed:
+            coro.close()
+            raise Trap("the store is closed: no more host work can start")
+        try:
+            waiting = coro.send(None)
+        except StopIteration as e:
+            self.progress += 1
+            return True, e.value, None
+        except BaseException as e:  # the call's own failure: its caller reads it
+            self.progress += 1
+            if isinstance(e, Cancelled):
+                e.__traceback__ = None
+            return True, None, e
+        return False, waiting, None
+
+    def adopt(self, coro: Coroutine[Any, Any, Any], waiting: Any, name: str, observed: bool = False) -> HostTask:
+        """The task of a coroutine that ``first_step`` ran and that now waits on ``waiting``."""
+        task = HostTask(self, coro, name, False)
+        task.observed = observed
+        self._tasks.add(task)
+        self._suspend(task, waiting)
         return task
 
     def _make_ready(self, task: HostTask) -> None:

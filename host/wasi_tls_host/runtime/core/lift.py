@@ -111,7 +111,7 @@ async def _drive(callee: ComponentState, setup: CallSetup, task: Task, args: tup
             if caller is None and not isinstance(e, ArgumentsRefused):
                 raise ArgumentsRefused(str(e)) from None
             raise
-        out = callee.run_core(task, caller, setup.func, flat, setup.params, setup.results)
+        out = callee.run_core(task, caller, callee.runner.call_core, setup.func, flat, setup.params, setup.results)
         if not setup.opts.async_:
             value = _lift_result(ft, m, out)
             task.return_(value)
@@ -181,6 +181,7 @@ def _lift_result(ft: Any, m: canon.MemCx, out: list[Any]) -> Any:
 async def _event_loop(callee: ComponentState, setup: CallSetup, task: Task, packed: int, exclusive: bool) -> None:
     """The ``async callback`` loop of ``canon_lift`` (see the module's docstring)."""
     wake = task.wake = Event()
+    call_callback = callee.runner.call_callback
     while True:
         code, si = packed & 0xF, packed >> 4
         if exclusive and callee.exclusive is task:
@@ -204,7 +205,7 @@ async def _event_loop(callee: ComponentState, setup: CallSetup, task: Task, pack
             while callee.exclusive is not None and callee.exclusive is not task:
                 await callee.enter_gate
             callee.exclusive = task
-        packed = callee.run_core(task, task.resume_caller, setup.callback, list(event), ["i32", "i32", "i32"], ["i32"])[0]
+        packed = callee.run_core(task, task.resume_caller, call_callback, setup.callback, *event)
 
 
 async def _wait_for_event(callee: ComponentState, task: Task, wset: WaitableSet, wake: Event) -> tuple[int, int, int]:

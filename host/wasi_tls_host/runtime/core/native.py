@@ -47,7 +47,10 @@ def core_functype(params: list[str], results: list[str]) -> FuncType:
 
 # Weak: each instance holds its own trampolines (``_tramps``), so one its embedder never
 # closed can still be collected, store and all, instead of living on through this table.
-TRAMPOLINES: weakref.WeakValueDictionary[int, Callable[[Any], int]] = weakref.WeakValueDictionary()
+# A plain dict of weak references (not a WeakValueDictionary, whose ``get`` is a Python
+# frame on every call into the host): an entry goes when its instance closes or wasmtime
+# frees the function (``forget_trampoline``).
+TRAMPOLINES: dict[int, weakref.ref[Callable[[Any], int]]] = {}
 # Trampoline ids: itertools.count is atomic under the GIL (instances are created on worker
 # threads by run_async), and an id is never reused, so a stale callback finds nothing.
 env_ids = itertools.count(1)
@@ -60,7 +63,8 @@ def trap_ptr(message: str) -> int:
 
 @ffi.wasmtime_func_unchecked_callback_t  # type: ignore[misc]
 def host_entry(env: Any, caller: Any, args: Any, nargs: int) -> int:
-    tramp = TRAMPOLINES.get(env or 0)
+    ref = TRAMPOLINES.get(env or 0)
+    tramp = ref() if ref is not None else None
     if tramp is None:
         return trap_ptr("host function called after its instance was closed")
     try:

@@ -67,6 +67,10 @@ class ComponentState:
         self.runner = runner
         self.cid = cid
         self.parent = parent
+        # This instance and those that (transitively) instantiate it: fixed at creation, and
+        # read on every entry (``run_core``), so computed once.
+        self.lineage: tuple[ComponentState, ...] = (self, *(parent.lineage if parent is not None else ()))
+        self._lineage_set = frozenset(self.lineage)
         # One table for resource handles and the async ABI's waitables, waitable sets and
         # error contexts, as in the spec (their indices share one space).
         self.handles: list[Any] = [None]
@@ -120,17 +124,21 @@ class ComponentState:
         self.open_gate()
 
     def open_gate(self) -> None:
-        """Wake the tasks waiting to enter (backpressure or the exclusive lock was released)."""
-        gate, self.enter_gate = self.enter_gate, Event()
-        gate.set()
+        """Wake the tasks waiting to enter (backpressure or the exclusive lock was released).
+        A gate nobody waits at stays as it is (a callback task releases its lock at every
+        wait: no new Event each time)."""
+        gate = self.enter_gate
+        if gate.has_waiters():
+            self.enter_gate = Event()
+            gate.set()
 
     def has_other_tasks(self) -> bool:
         return self.live_tasks > 0
 
-    def run_core(self, task: Task, caller: ComponentState | None, func: Any, args: list[Any],
-                 params: list[str], results: list[str]) -> list[Any]:
+    def run_core(self, task: Task, caller: ComponentState | None, call: Callable[..., Any], *args: Any) -> Any:
         """Run core code of ``task`` in this instance: enter it (and the ancestors the caller
-        is not already in, CanonicalABI ``enter_from``), make ``task`` current, call, leave."""
+        is not already in, CanonicalABI ``enter_from``), make ``task`` current, ``call(*args)``
+        (``runner.call_core`` or ``runner.call_callback``), leave."""
         entering = self.entering_set(caller)
         for st in entering:
             if not st.may_enter:
@@ -142,7 +150,7 @@ class ComponentState:
         outer, self.current_task = self.current_task, task
         self.live_tasks += 1
         try:
-            return self.call_core(func, args, params, results)
+            return call(*args)
         finally:
             self.live_tasks -= 1
             self.current_task = outer
@@ -151,18 +159,14 @@ class ComponentState:
                 st.may_enter = True
 
     # --- reentrance (CanonicalABI.md, "Component Instances") --------------------------------
-    def self_and_ancestors(self) -> set[ComponentState]:
-        found = {self}
-        parent = self.parent
-        while parent is not None:
-            found.add(parent)
-            parent = parent.parent
-        return found
+    def self_and_ancestors(self) -> frozenset[ComponentState]:
+        return self._lineage_set
 
-    def entering_set(self, caller: ComponentState | None) -> set[ComponentState]:
+    def entering_set(self, caller: ComponentState | None) -> tuple[ComponentState, ...]:
         if caller is None:
-            return self.self_and_ancestors()
-        return self.self_and_ancestors() - caller.self_and_ancestors()
+            return self.lineage
+        outer = caller._lineage_set
+        return tuple(st for st in self.lineage if st not in outer)
 
     # --- handle table -----------------------------------------------------------------------
     def add(self, entry: Any) -> int:
