@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from ..binding import OUTGOING_VALUE_HOOKS, HostFunc, host_call_failure
 from ..resources import drop_consumed_arguments
-from ..scheduler import Cancelled, HostTask
+from ..scheduler import Cancelled, HostTask, Scheduler
 from ..values import Err, Trap, WitError
 from . import canon, lift, native
 from .concurrent import Subtask
@@ -224,8 +224,10 @@ def make_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx)
     result_align = spec.result_align
     result_size = spec.result_size
     owned, kept = fn.owned, fn.kept
+    scheduler: Scheduler | None = None  # the store's, looked up once (it is made on first use)
 
     def tramp(args: Any) -> int:
+        nonlocal scheduler
         if not inst.may_leave:
             return native.trap_ptr(f"{qualname}: cannot call an import during realloc or post-return")
         m.forget()
@@ -243,7 +245,8 @@ def make_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx)
             finally:
                 m.borrows = outer_borrows
             call = impl(state, *pyargs)
-            scheduler = inst.scheduler
+            if scheduler is None:
+                scheduler = inst.scheduler
             if fn.is_async:
                 finished, value, error = scheduler.first_step(call)
             else:  # a synchronous host function behind an async lower
