@@ -76,6 +76,12 @@ class Waitable:
             self.wset.ready.pop(self, None)
         return pending_event()
 
+    def clear_pending_event(self) -> None:
+        """Forget the pending event undelivered (a cancel supersedes it)."""
+        self.pending_event = None
+        if self.wset is not None:
+            self.wset.ready.pop(self, None)
+
     def join(self, wset: WaitableSet | None) -> None:
         if self.wset is not None:
             self.wset.elems.discard(self)
@@ -258,6 +264,9 @@ class CopyEnd(Waitable):
         super().__init__()
         self.state = CopyState.IDLE
         self.shared = shared
+        # A stream copy's buffer after the other end copied into or out of part of it: the
+        # copy is still open (more may come) until its event is delivered or it is cancelled.
+        self.open_copy: GuestBuffer | None = None
 
     @property
     def what(self) -> str:  # type: ignore[override]
