@@ -278,7 +278,7 @@ class Scheduler:
         except StopIteration as e:
             self.progress += 1
             return True, e.value, None
-        except BaseException as e:  # the call's own failure: its caller reads it
+        except BaseException as e:  # noqa: BLE001 - the call's own failure: its caller reads it
             self.progress += 1
             if isinstance(e, Cancelled):
                 e.__traceback__ = None

@@ -34,7 +34,7 @@ from .table import ComponentState, GuestResource, _HandleEntry, _key
 from .types import DefinedResource, Handle
 
 log = logging.getLogger("wasi_tls_host.runtime")
-_RAW3 = native.RAW_ARRAYS[3]
+_RAW3, _RAW4 = native.RAW_ARRAYS[3], native.RAW_ARRAYS[4]
 
 
 class LinkError(Exception):
@@ -320,19 +320,18 @@ class ComponentInstance(ComponentState):
         raw_vals[0].i32 = code
         raw_vals[1].i32 = p1
         raw_vals[2].i32 = p2
-        trap = native.TRAP_P()
-        err = native.func_call(self.context, ctypes.byref(func), raw_vals, 3, ctypes.byref(trap))
-        if err or trap:
-            callback_guard.raise_pending()
-            native.raise_if_failed(err, trap, None)
-        return raw_vals[0].i32 & 0xFFFF_FFFF
+        return self._call_to_i32(func, raw_vals, 3)
 
     def raw_realloc(self, func: Any, align: int, size: int) -> int:
-        raw_vals = (ffi.wasmtime_val_raw_t * 4)()
+        raw_vals = _RAW4()
         raw_vals[2].i32 = align
         raw_vals[3].i32 = size
+        return self._call_to_i32(func, raw_vals, 4)
+
+    def _call_to_i32(self, func: Any, raw_vals: Any, n: int) -> int:
+        """Call ``func`` with its arguments in ``raw_vals``: its one i32 result."""
         trap = native.TRAP_P()
-        err = native.func_call(self.context, ctypes.byref(func), raw_vals, 4, ctypes.byref(trap))
+        err = native.func_call(self.context, ctypes.byref(func), raw_vals, n, ctypes.byref(trap))
         if err or trap:
             callback_guard.raise_pending()
             native.raise_if_failed(err, trap, None)
