@@ -67,10 +67,9 @@ class ComponentState:
         self.runner = runner
         self.cid = cid
         self.parent = parent
-        # This instance and those that (transitively) instantiate it: fixed at creation, and
-        # read on every entry (``run_core``), so computed once.
-        self.lineage: tuple[ComponentState, ...] = (self, *(parent.lineage if parent is not None else ()))
-        self._lineage_set = frozenset(self.lineage)
+        # The instances that (transitively) instantiate this one: fixed at creation, and read
+        # on every entry (``run_core``), so computed once (without ``self``: no cycle).
+        self.ancestors: tuple[ComponentState, ...] = (parent, *parent.ancestors) if parent is not None else ()
         # One table for resource handles and the async ABI's waitables, waitable sets and
         # error contexts, as in the spec (their indices share one space).
         self.handles: list[Any] = [None]
@@ -159,14 +158,14 @@ class ComponentState:
                 st.may_enter = True
 
     # --- reentrance (CanonicalABI.md, "Component Instances") --------------------------------
-    def self_and_ancestors(self) -> frozenset[ComponentState]:
-        return self._lineage_set
+    def self_and_ancestors(self) -> tuple[ComponentState, ...]:
+        return (self, *self.ancestors)
 
     def entering_set(self, caller: ComponentState | None) -> tuple[ComponentState, ...]:
         if caller is None:
-            return self.lineage
-        outer = caller._lineage_set
-        return tuple(st for st in self.lineage if st not in outer)
+            return (self, *self.ancestors)
+        outer = caller.self_and_ancestors()
+        return tuple(st for st in (self, *self.ancestors) if st not in outer)
 
     # --- handle table -----------------------------------------------------------------------
     def add(self, entry: Any) -> int:
