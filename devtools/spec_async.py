@@ -43,10 +43,6 @@ KNOWN_FAILURES = {
     "cancel-subtask": ONE_STACK,
     "sync-barges-in": ONE_STACK,
     "sync-streams": ONE_STACK,
-    "big-interleaving-test": "49 of 55 commands pass; line 1521 reaches the test's own `unreachable`: an "
-                             "interleaving of sync and async tasks this host orders differently (open)",
-    "cancel-stream": "line 202 reaches the test's own `unreachable`: a cancelled stream copy's "
-                     "progress differs from the reference (open)",
 }
 
 

@@ -237,3 +237,49 @@ def test_a_filled_buffer_is_no_zero_length_read(guest_path, n: int) -> None:
             assert g.call("read-all", n) == n  # the guest reads 32 KiB at a time
         finally:
             timer.cancel()
+
+
+# Host calls as the benchmark guest (``async_bench.wat``) makes them: async calls that finish
+# at once, and ones whose coroutine finishes on its first resume, whose SUBTASK event the
+# guest's callback takes (the callback's task then waits with only host work ready, which
+# the event loop runs itself and goes on without suspending: the round trip's fast path).
+calls = Interface("wasi-tls-host:bench/async")
+LATER: list[int] = []
+
+
+@calls.func("nop")
+def call_nop(cx, x: int) -> int:
+    return x
+
+
+@calls.func("nop-async")
+async def call_nop_async(cx, x: int) -> int:
+    return x
+
+
+@calls.func("later")
+async def call_later(cx, x: int) -> int:
+    await yield_now()
+    LATER.append(x)
+    return x
+
+
+@calls.func("source")
+def call_source(cx, total: int) -> Stream:
+    raise AssertionError("not called by these tests")
+
+
+@calls.func("sink")
+async def call_sink(cx, data: Stream) -> int:
+    raise AssertionError("not called by these tests")
+
+
+@pytest.mark.parametrize("export", ["cb-calls", "event-calls", "ready-calls"])
+def test_async_calls_that_finish_at_once_or_on_their_first_resume(guest_path, export: str) -> None:
+    """The guest checks each call's status, event (SUBTASK, of that subtask) and result in
+    memory, and traps on any other, and drops every subtask."""
+    LATER.clear()
+    with Host(interfaces=[calls], runtime="core") as host, host.instantiate(guest_path("async_bench")) as g:
+        assert g.call(export, 200) == 200
+        assert g.call(export, 3) == 3
+    assert LATER == ([] if export == "ready-calls" else [*range(200, 0, -1), 3, 2, 1])

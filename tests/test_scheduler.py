@@ -10,7 +10,7 @@ from typing import Iterator
 
 import pytest
 
-from wasi_tls_host.runtime.scheduler import Event, Scheduler, any_of, readable, sleep_until
+from wasi_tls_host.runtime.scheduler import Event, Scheduler, any_of, readable, sleep_until, yield_now
 from wasi_tls_host.runtime.streams import StreamClosed, StreamReader, new_stream
 
 
@@ -184,3 +184,52 @@ def test_a_cancelled_timer_wait_frees_what_its_coroutine_held_at_once() -> None:
         del task
         assert held() is None
     scheduler.close()
+
+
+def _wait_order(inline: bool, first: str) -> tuple[list[str], object]:
+    """Guest tasks g1 and g2 wait on events that one host task sets (``first``'s first);
+    g1 waits either inline (``resume_inline``, as a callback task's event loop does) or by
+    suspending: the order in which everything runs must not depend on it."""
+    scheduler = Scheduler()
+    order: list[str] = []
+    events = {"g1": Event(), "g2": Event()}
+    how: list[object] = []
+
+    async def host() -> None:
+        order.append("host")
+        events[first].set()
+        events["g2" if first == "g1" else "g1"].set()
+
+    async def g2() -> None:
+        await events["g2"]
+        order.append("g2")
+
+    async def g1() -> None:
+        await yield_now()  # resumed by run_ready from here on, as an event loop is
+        scheduler.spawn(host(), "host")
+        if inline:
+            wait = scheduler.resume_inline(events["g1"])
+            how.append(wait)
+            if wait is not None:
+                await wait
+        else:
+            await events["g1"]
+        order.append("g1")
+
+    scheduler.start(g2(), "g2", guest=True)
+    scheduler.start(g1(), "g1", guest=True)
+    for _ in range(5):
+        scheduler.run_ready(guests=True)
+    assert not scheduler.pending
+    return order, how[0] if how else "suspended"
+
+
+@pytest.mark.parametrize("first", ["g1", "g2"])
+def test_a_guest_task_resumed_inline_runs_in_the_order_a_suspended_one_would(first: str) -> None:
+    inline, how = _wait_order(True, first)
+    suspended, _ = _wait_order(False, first)
+    assert inline == suspended == ["host", first, "g2" if first == "g1" else "g1"]
+    if first == "g1":
+        assert how is None  # woken first: it went on inside the same step
+    else:
+        assert how is not None  # woken behind g2: it waited for its turn

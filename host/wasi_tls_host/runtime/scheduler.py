@@ -66,6 +66,15 @@ class _Yield(_Wait):
     __slots__ = ()
 
 
+class _Parked(_Wait):
+    """Yielded by a task that is queued already (``Scheduler.resume_inline``)."""
+
+    __slots__ = ()
+
+
+_PARKED = _Parked()
+
+
 class _AnyOf(_Wait):
     __slots__ = ("waits",)
 
@@ -136,6 +145,10 @@ class Event:
 
     def clear(self) -> None:
         self.is_set = False
+
+    def has_waiters(self) -> bool:
+        """Whether a task or a callback waits for the event."""
+        return bool(self._waiters or self._callbacks)
 
     def on_set(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` (once) when the event is next set, or now if it is."""
@@ -227,6 +240,7 @@ class Scheduler:
         self._clear_wake = clear_wake or (lambda: None)
         self._tasks: set[HostTask] = set()
         self._stepping: HostTask | None = None
+        self._resuming: HostTask | None = None  # the guest task run_ready is stepping now
         self.closed = False
         # Counts steps that were more than a yield (a task finished or waits on something),
         # and kernel events: a wait seeing only yields for long has livelocked.
@@ -254,6 +268,33 @@ class Scheduler:
         task = self._new_task(coro, name, guest)
         task.observed = observed
         self._step(task)
+        return task
+
+    def first_step(self, coro: Coroutine[Any, Any, Any]) -> tuple[bool, Any, BaseException | None]:
+        """Run a new coroutine until it first suspends, without making a task for it yet:
+        (finished, its value or what it waits on, its error). One that suspends becomes a
+        task with ``adopt``; most host calls finish here (no task, no queue)."""
+        if self.closed:
+            coro.close()
+            raise Trap("the store is closed: no more host work can start")
+        try:
+            waiting = coro.send(None)
+        except StopIteration as e:
+            self.progress += 1
+            return True, e.value, None
+        except BaseException as e:  # noqa: BLE001 - the call's own failure: its caller reads it
+            self.progress += 1
+            if isinstance(e, Cancelled):
+                e.__traceback__ = None
+            return True, None, e
+        return False, waiting, None
+
+    def adopt(self, coro: Coroutine[Any, Any, Any], waiting: Any, name: str, observed: bool = False) -> HostTask:
+        """The task of a coroutine that ``first_step`` ran and that now waits on ``waiting``."""
+        task = HostTask(self, coro, name, False)
+        task.observed = observed
+        self._tasks.add(task)
+        self._suspend(task, waiting)
         return task
 
     def _make_ready(self, task: HostTask) -> None:
@@ -289,6 +330,8 @@ class Scheduler:
             self._add_timer(waiting.deadline, task)
         elif isinstance(waiting, _Yield):
             self._make_ready(task)
+        elif isinstance(waiting, _Parked):
+            task._waiting = None  # queued already (resume_inline)
         elif isinstance(waiting, Event):
             if waiting.is_set:
                 self._make_ready(task)
@@ -389,13 +432,57 @@ class Scheduler:
         for _ in range(1024):  # bounded: each pass makes progress or stops
             if not any(queues):
                 return
-            for queue in queues:
-                for _ in range(len(queue)):
-                    task = queue.popleft()
-                    task._queued = False
-                    self._step(task)
+            for _ in range(len(self._ready)):
+                task = self._ready.popleft()
+                task._queued = False
+                self._step(task)
+            if guests:
+                guest_ready = self._guest_ready
+                outer = self._resuming
+                try:
+                    for _ in range(len(guest_ready)):
+                        task = guest_ready.popleft()
+                        task._queued = False
+                        self._resuming = task
+                        self._step(task)
+                finally:
+                    self._resuming = outer
             if all(isinstance(t._waiting, _Yield) for queue in queues for t in queue):
                 return  # only yielders left: the caller decides whether to come back
+
+    def resume_inline(self, event: Event) -> Any:
+        """The guest task being resumed by ``run_ready`` would now wait for ``event``: when
+        no other guest task is ready, run the pass of host work that ``run_ready`` would run
+        next (after polling descriptors and timers, as its caller would) with the task
+        registered as waiting on ``event``, so that a host completion reaches it without a
+        suspension and another step. Returns None if the task goes on now (``event`` woke
+        it, and it is the first guest task to run, as it would be in ``run_ready``); else
+        what to await: ``event`` still, or a parked wait when the event came but another
+        guest task was made ready first (it then runs in its turn)."""
+        task = self._resuming
+        if event.is_set:
+            return None
+        if task is None or task is not self._stepping or self._guest_ready or not self._ready:
+            return event
+        self._check_interrupt()
+        if self._readers or self._writers or self._timers:
+            self.poll(block=False)
+        task._waiting = event
+        event._waiters.append(task)
+        ready = self._ready
+        for _ in range(len(ready)):
+            other = ready.popleft()
+            other._queued = False
+            self._step(other)
+        guest_ready = self._guest_ready
+        if guest_ready and guest_ready[0] is task:
+            guest_ready.popleft()
+            task._queued = False
+            return None
+        if task._queued:
+            return _PARKED  # woken behind another guest task: it runs in its turn
+        self._unwait(task)
+        return event
 
     def run_now(self, task: HostTask) -> None:
         """Step ``task`` now if it is ready (e.g. a guest task told of its cancellation,

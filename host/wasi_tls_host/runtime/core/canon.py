@@ -69,6 +69,13 @@ class MemCx:
     def forget(self) -> None:
         self._view = None
 
+    def check_range(self, ptr: int, size: int, what: str) -> None:
+        """Trap unless ``size`` bytes at ``ptr`` are inside the memory; a range inside the
+        size last seen needs no call into wasmtime (a linear memory never shrinks)."""
+        if self.memory is not None and ptr + size <= self.inst.runner.memory_size_seen(self.memory):
+            return
+        check_range(self.view(), ptr, size, what)
+
     def realloc(self, align: int, size: int) -> int:
         if self.realloc_func is None:
             raise Trap("the canon options give no realloc, but this value needs one")

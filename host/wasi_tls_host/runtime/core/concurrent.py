@@ -76,6 +76,12 @@ class Waitable:
             self.wset.ready.pop(self, None)
         return pending_event()
 
+    def clear_pending_event(self) -> None:
+        """Forget the pending event undelivered (a cancel supersedes it)."""
+        self.pending_event = None
+        if self.wset is not None:
+            self.wset.ready.pop(self, None)
+
     def join(self, wset: WaitableSet | None) -> None:
         if self.wset is not None:
             self.wset.elems.discard(self)
@@ -197,6 +203,9 @@ class Task:
         return False
 
 
+_SUBTASK_EVENT = int(EventCode.SUBTASK)
+
+
 class Subtask(Waitable):
     """A call the guest made to an async import (``canon lower ... async``) that did not
     finish at once: the host coroutine runs on, and its result lands in guest memory."""
@@ -205,7 +214,9 @@ class Subtask(Waitable):
     STARTING, STARTED, RETURNED, CANCELLED_BEFORE_STARTED, CANCELLED_BEFORE_RETURNED = range(5)
 
     def __init__(self, name: str) -> None:
-        super().__init__()
+        self.pending_event = None  # Waitable.__init__, inline: one subtask per async call
+        self.wset = None
+        self.has_sync_waiter = False
         self.name = name
         self.state = Subtask.STARTED  # host callees take their arguments at once
         self.lenders: list[_HandleEntry] | None = []
@@ -230,14 +241,16 @@ class Subtask(Waitable):
         return self.lenders is None
 
     def event(self) -> EventTuple:
-        if self.resolved() and not self.resolve_delivered():
+        state = self.state
+        if state >= Subtask.RETURNED and self.lenders is not None:  # resolved, not yet delivered
             self.deliver_resolve()
-        return (EventCode.SUBTASK, self.index, self.state)
+        return (_SUBTASK_EVENT, self.index, state)
 
     def drop(self) -> None:
-        if not self.resolve_delivered():
+        if self.lenders is not None:  # not resolve_delivered()
             raise Trap(f"subtask.drop: the call to {self.name} has not resolved (or its result was not yet delivered)")
-        Waitable.drop(self)
+        if self.wset is not None:
+            self.join(None)
 
 
 # --- stream and future ends ----------------------------------------------------------------------
@@ -258,6 +271,9 @@ class CopyEnd(Waitable):
         super().__init__()
         self.state = CopyState.IDLE
         self.shared = shared
+        # A stream copy's buffer after the other end copied into or out of part of it: the
+        # copy is still open (more may come) until its event is delivered or it is cancelled.
+        self.open_copy: GuestBuffer | None = None
 
     @property
     def what(self) -> str:  # type: ignore[override]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -33,6 +34,7 @@ from .table import ComponentState, GuestResource, _HandleEntry, _key
 from .types import DefinedResource, Handle
 
 log = logging.getLogger("wasi_tls_host.runtime")
+_RAW3, _RAW4 = native.RAW_ARRAYS[3], native.RAW_ARRAYS[4]
 
 
 class LinkError(Exception):
@@ -134,7 +136,7 @@ class ComponentInstance(ComponentState):
         self.components: list[ComponentState] = [self]
         for cid, parent in enumerate(component.plan.component_parents[1:], start=1):
             self.components.append(ComponentState(self, cid, self.components[parent] if parent is not None else None))
-        self.entered: list[set[ComponentState]] = []  # the entering sets of the calls on the stack
+        self.entered: list[tuple[ComponentState, ...]] = []  # the entering sets of the calls on the stack
         self._envs: list[int] = []
         self._tramps: list[Callable[[Any], int]] = []
         self._core: dict[int, Any] = {}  # id(planned core item) -> ffi.wasmtime_extern_t
@@ -218,7 +220,7 @@ class ComponentInstance(ComponentState):
 
     def _new_func(self, params: list[str], results: list[str], tramp: Callable[[Any], int]) -> Any:
         env = next(native.env_ids)
-        native.TRAMPOLINES[env] = tramp
+        native.TRAMPOLINES[env] = weakref.ref(tramp)
         self._tramps.append(tramp)
         self._envs.append(env)
         # wasmtime ties a function type to the first engine it is used with: cache them per
@@ -288,6 +290,12 @@ class ComponentInstance(ComponentState):
         self._views[id(memory)] = (base, size, view)
         return view
 
+    def memory_size_seen(self, memory: Any) -> int:
+        """The size of ``memory`` when ``memory_view`` last looked (a lower bound of its
+        size now: a linear memory never shrinks), without a call into wasmtime."""
+        cached = self._views.get(id(memory))
+        return cached[1] if cached is not None else 0
+
     def memory_base(self, memory: Any) -> int:
         cached = self._views.get(id(memory))
         return cached[0] if cached is not None else 0
@@ -305,12 +313,25 @@ class ComponentInstance(ComponentState):
             native.raise_if_failed(err, trap, None)
         return [readers[t](raw_vals[i]) for i, t in enumerate(results)]
 
+    def call_callback(self, func: Any, code: int, p1: int, p2: int) -> int:
+        """``call_core`` of an async lift's callback (event code, two payloads -> packed
+        code), without its per-type conversions: this runs once per event."""
+        raw_vals = _RAW3()
+        raw_vals[0].i32 = code
+        raw_vals[1].i32 = p1
+        raw_vals[2].i32 = p2
+        return self._call_to_i32(func, raw_vals, 3)
+
     def raw_realloc(self, func: Any, align: int, size: int) -> int:
-        raw_vals = (ffi.wasmtime_val_raw_t * 4)()
+        raw_vals = _RAW4()
         raw_vals[2].i32 = align
         raw_vals[3].i32 = size
+        return self._call_to_i32(func, raw_vals, 4)
+
+    def _call_to_i32(self, func: Any, raw_vals: Any, n: int) -> int:
+        """Call ``func`` with its arguments in ``raw_vals``: its one i32 result."""
         trap = native.TRAP_P()
-        err = native.func_call(self.context, ctypes.byref(func), raw_vals, 4, ctypes.byref(trap))
+        err = native.func_call(self.context, ctypes.byref(func), raw_vals, n, ctypes.byref(trap))
         if err or trap:
             callback_guard.raise_pending()
             native.raise_if_failed(err, trap, None)
@@ -410,8 +431,25 @@ class ComponentInstance(ComponentState):
         op = item.op
         state = self.state
 
+        n_in = len(params)
+        # The common shapes without per-argument reader calls: up to three i32 arguments and
+        # at most one i32 result (waitable.join, subtask.drop, stream.read/write, ...).
+        plain = all(t == "i32" for t in params) and n_in <= 3 and (results == [] or results == ["i32"])
+        has_result = bool(results)
+
         def tramp(args: Any) -> int:
             try:
+                if plain:
+                    if n_in == 1:
+                        ins = [args[0].i32 & 0xFFFF_FFFF]
+                    elif n_in == 2:
+                        ins = [args[0].i32 & 0xFFFF_FFFF, args[1].i32 & 0xFFFF_FFFF]
+                    else:
+                        ins = [args[i].i32 & 0xFFFF_FFFF for i in range(n_in)]
+                    out = body(ins)
+                    if has_result:
+                        args[0].i32 = out[0]
+                    return 0
                 out = body([r(args[i]) for i, r in enumerate(readers)])
                 for i, w in enumerate(writers):
                     w(args[i], out[i])

@@ -111,7 +111,7 @@ async def _drive(callee: ComponentState, setup: CallSetup, task: Task, args: tup
             if caller is None and not isinstance(e, ArgumentsRefused):
                 raise ArgumentsRefused(str(e)) from None
             raise
-        out = callee.run_core(task, caller, setup.func, flat, setup.params, setup.results)
+        out = callee.run_core(task, caller, callee.runner.call_core, setup.func, flat, setup.params, setup.results)
         if not setup.opts.async_:
             value = _lift_result(ft, m, out)
             task.return_(value)
@@ -178,52 +178,61 @@ def _lift_result(ft: Any, m: canon.MemCx, out: list[Any]) -> Any:
         raise Trap(f"lifting the result: {e}") from None
 
 
+# The callback's codes and the events it is given, as plain ints (read once per event).
+_EXIT, _YIELD, _WAIT = int(CallbackCode.EXIT), int(CallbackCode.YIELD), int(CallbackCode.WAIT)
+_CANCELLED_EVENT = (int(EventCode.TASK_CANCELLED), 0, 0)
+_NO_EVENT = (int(EventCode.NONE), 0, 0)
+
+
 async def _event_loop(callee: ComponentState, setup: CallSetup, task: Task, packed: int, exclusive: bool) -> None:
     """The ``async callback`` loop of ``canon_lift`` (see the module's docstring)."""
     wake = task.wake = Event()
+    call_callback = callee.runner.call_callback
+    scheduler = callee.scheduler
     while True:
         code, si = packed & 0xF, packed >> 4
         if exclusive and callee.exclusive is task:
             callee.release_exclusive()  # other tasks may run while this one waits
-        if code == CallbackCode.EXIT:
+        if code == _EXIT:
             return
-        if code == CallbackCode.YIELD:
+        if code == _YIELD:
             task.waiting_cancellably = True
             await yield_now()
             task.waiting_cancellably = False
-            event: tuple[int, int, int] = ((EventCode.TASK_CANCELLED, 0, 0) if task.deliver_pending_cancel(True)
-                                           else (EventCode.NONE, 0, 0))
-        elif code == CallbackCode.WAIT:
+            event: tuple[int, int, int] = _CANCELLED_EVENT if task.deliver_pending_cancel(True) else _NO_EVENT
+        elif code == _WAIT:
             wset = callee.get(si)
             if not isinstance(wset, WaitableSet):
                 raise Trap(f"the callback returned WAIT on handle index {si}, which is not a waitable set")
-            event = await _wait_for_event(callee, task, wset, wake)
+            wset.num_waiting += 1
+            wset.notify = wake
+            task.waiting_cancellably = True
+            try:
+                while True:
+                    if task.deliver_pending_cancel(True):
+                        event = _CANCELLED_EVENT
+                        break
+                    if wset.ready:
+                        event = wset.get_pending_event()
+                        break
+                    wake.clear()
+                    # Host work that completes the wait runs now when nothing else is ready,
+                    # and the event goes straight to the callback (no suspension, no step).
+                    wait = scheduler.resume_inline(wake)
+                    if wait is not None:
+                        await wait
+            finally:
+                task.waiting_cancellably = False
+                wset.num_waiting -= 1
+                if wset.notify is wake:
+                    wset.notify = None
         else:
             raise Trap(f"unsupported callback code: {code}")
         if exclusive:
             while callee.exclusive is not None and callee.exclusive is not task:
                 await callee.enter_gate
             callee.exclusive = task
-        packed = callee.run_core(task, task.resume_caller, setup.callback, list(event), ["i32", "i32", "i32"], ["i32"])[0]
-
-
-async def _wait_for_event(callee: ComponentState, task: Task, wset: WaitableSet, wake: Event) -> tuple[int, int, int]:
-    wset.num_waiting += 1
-    wset.notify = wake
-    task.waiting_cancellably = True
-    try:
-        while True:
-            if task.deliver_pending_cancel(True):
-                return (EventCode.TASK_CANCELLED, 0, 0)
-            if wset.has_pending_event():
-                return wset.get_pending_event()
-            wake.clear()
-            await wake
-    finally:
-        task.waiting_cancellably = False
-        wset.num_waiting -= 1
-        if wset.notify is wake:
-            wset.notify = None
+        packed = callee.run_core(task, task.resume_caller, call_callback, setup.callback, *event)
 
 
 def call_from_host(callee: ComponentState, lifted: Lifted, args: tuple[Any, ...]) -> Any:

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from ..binding import OUTGOING_VALUE_HOOKS, HostFunc, host_call_failure
 from ..resources import drop_consumed_arguments
-from ..scheduler import Cancelled, HostTask
+from ..scheduler import Cancelled, HostTask, Scheduler
 from ..values import Err, Trap, WitError
 from . import canon, lift, native
 from .concurrent import Subtask
@@ -79,7 +79,7 @@ def result_pointer(m: canon.MemCx, raw: Any, size: int, align: int) -> int:
     ptr = raw.i32 & 0xFFFF_FFFF
     if ptr != align_to(ptr, align):
         raise Trap(f"result pointer {ptr:#x} is misaligned")
-    canon.check_range(m.view(), ptr, size, "result")
+    m.check_range(ptr, size, "result")
     return ptr
 
 
@@ -224,8 +224,10 @@ def make_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx)
     result_align = spec.result_align
     result_size = spec.result_size
     owned, kept = fn.owned, fn.kept
+    scheduler: Scheduler | None = None  # the store's, looked up once (it is made on first use)
 
     def tramp(args: Any) -> int:
+        nonlocal scheduler
         if not inst.may_leave:
             return native.trap_ptr(f"{qualname}: cannot call an import during realloc or post-return")
         m.forget()
@@ -243,23 +245,30 @@ def make_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx)
             finally:
                 m.borrows = outer_borrows
             call = impl(state, *pyargs)
-            if not fn.is_async:  # a synchronous host function behind an async lower
-                async def done_now(value: Any = call) -> Any:
-                    return value
-                call = done_now()
-            host_task = inst.scheduler.start(call, qualname, observed=True)  # finish_host_call reads its error
-            if host_task.done:
+            if scheduler is None:
+                scheduler = inst.scheduler
+            if fn.is_async:
+                finished, value, error = scheduler.first_step(call)
+            else:  # a synchronous host function behind an async lower
+                finished, value, error = True, call, None
+            host_task: HostTask | None = None
+            if not finished:
+                host_task = scheduler.adopt(call, value, qualname, observed=True)  # on_done reads its error
+                if host_task.done:  # it awaited something the scheduler cannot wait on
+                    finished, value, error = True, host_task.result, host_task.error
+            if finished:
                 entries, lent = lent, []
                 consumed, pyargs = pyargs, []
                 try:
-                    finish_host_call(inst, spec, m, host_task, retptr, None)
+                    finish_host_call(inst, spec, m, value, error, retptr, None)
                 finally:
                     if owned:
-                        drop_consumed_arguments(consumed, owned, kept, host_task.error is None)
+                        drop_consumed_arguments(consumed, owned, kept, error is None)
                     for entry in entries:
                         entry.lends -= 1
                 args[0].i32 = Subtask.RETURNED
                 return 0
+            assert host_task is not None
             subtask = Subtask(qualname)
             subtask.host_task = host_task
             subtask.lenders = lent
@@ -270,7 +279,7 @@ def make_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx)
                 if inst.closed or t.scheduler.closed:
                     return
                 try:
-                    subtask.resolve(finish_host_call(inst, spec, m, t, retptr, subtask))
+                    subtask.resolve(finish_host_call(inst, spec, m, t.result, t.error, retptr, subtask))
                 finally:
                     if owned:
                         drop_consumed_arguments(pyargs_kept, owned, kept, t.error is None)
@@ -289,36 +298,33 @@ def make_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx)
     return tramp
 
 
-def finish_host_call(inst: ComponentState, spec: LowerSpec, m: canon.MemCx, host_task: HostTask, retptr: int, subtask: Subtask | None) -> int:
-    """An async host call ended: its result goes to the guest's result pointer; returns
-    the subtask state to report. Failures other than a WIT error trap the guest."""
+def finish_host_call(inst: ComponentState, spec: LowerSpec, m: canon.MemCx, result: Any, error: BaseException | None,
+                     retptr: int, subtask: Subtask | None) -> int:
+    """An async host call ended with ``result`` or ``error``: the result goes to the
+    guest's result pointer; returns the subtask state to report. Failures other than a WIT
+    error trap the guest."""
     fn = spec.fn
-    error = host_task.error
-    if error is None:
-        result = host_task.result
-    elif isinstance(error, WitError):
-        if not spec.returns_result:
-            raise Trap(f"{fn.qualname}: error {error.payload!r} from a function that returns no result")
-        result = Err(error.payload)
-    elif isinstance(error, Cancelled):
-        if subtask is not None and subtask.cancellation_requested:
-            return Subtask.CANCELLED_BEFORE_RETURNED
-        raise Trap(f"{fn.qualname}: the host call was cancelled")
-    else:
-        raise Trap(host_call_failure(fn.qualname, error if isinstance(error, Exception) else Exception(repr(error)),
-                                     lambda code: setattr(inst.state, "exit_code", code)))
+    if error is not None:
+        if isinstance(error, WitError):
+            if not spec.returns_result:
+                raise Trap(f"{fn.qualname}: error {error.payload!r} from a function that returns no result")
+            result = Err(error.payload)
+        elif isinstance(error, Cancelled):
+            if subtask is not None and subtask.cancellation_requested:
+                return Subtask.CANCELLED_BEFORE_RETURNED
+            raise Trap(f"{fn.qualname}: the host call was cancelled")
+        else:
+            raise Trap(host_call_failure(fn.qualname, error if isinstance(error, Exception) else Exception(repr(error)),
+                                         lambda code: setattr(inst.state, "exit_code", code)))
     if OUTGOING_VALUE_HOOKS:
         for hook in OUTGOING_VALUE_HOOKS:
             hook(fn.qualname, result)
     if spec.result_conv is not None:
         m.forget()
-        canon.check_range(m.view(), retptr, spec.result_size, "result")
+        m.check_range(retptr, spec.result_size, "result")
         spec.result_conv.store(m, result, retptr)
         m.forget()
     return Subtask.RETURNED
-
-
-
 
 
 def make_c2c_trampoline(caller: ComponentState, m: canon.MemCx, async_: bool, callee: ComponentState, lifted: Any) -> Callable[[Any], int]:

@@ -26,14 +26,22 @@ EXTERN_FUNC = int(getattr(ffi.WASMTIME_EXTERN_FUNC, "value", ffi.WASMTIME_EXTERN
 EXTERN_MEMORY = int(getattr(ffi.WASMTIME_EXTERN_MEMORY, "value", ffi.WASMTIME_EXTERN_MEMORY))
 
 # Raw C entry points (the wasmtime._bindings wrappers add a Python frame per call).
-func_call = raw._wasmtime_func_call_unchecked
+# The two called on every crossing take plain addresses: ctypes then converts each argument
+# in C, where the typed pointer arguments of wasmtime-py's prototypes go through a type
+# check and a dictionary lookup each (a measurable part of an async host call's round trip).
+# ``func_call`` returns the error's address (or None): ``raise_if_failed`` takes it.
+func_call = raw.dll["wasmtime_func_call_unchecked"]
+func_call.restype = ctypes.c_void_p
+func_call.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
 func_new = raw._wasmtime_func_new_unchecked
 # Our own prototype of wasmtime_memory_data returning the address as an int (indexing the
 # dll makes a new function object, so wasmtime-py's own prototype is left alone).
 mem_data = raw.dll["wasmtime_memory_data"]
 mem_data.restype = ctypes.c_void_p
 mem_data.argtypes = raw._wasmtime_memory_data.argtypes
-mem_size = raw._wasmtime_memory_data_size
+mem_size = raw.dll["wasmtime_memory_data_size"]
+mem_size.restype = ctypes.c_size_t
+mem_size.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
 trap_new = raw._wasmtime_trap_new
 instance_new = raw._wasmtime_instance_new
 export_get = raw._wasmtime_instance_export_get
@@ -47,7 +55,10 @@ def core_functype(params: list[str], results: list[str]) -> FuncType:
 
 # Weak: each instance holds its own trampolines (``_tramps``), so one its embedder never
 # closed can still be collected, store and all, instead of living on through this table.
-TRAMPOLINES: weakref.WeakValueDictionary[int, Callable[[Any], int]] = weakref.WeakValueDictionary()
+# A plain dict of weak references (not a WeakValueDictionary, whose ``get`` is a Python
+# frame on every call into the host): an entry goes when its instance closes or wasmtime
+# frees the function (``forget_trampoline``).
+TRAMPOLINES: dict[int, weakref.ref[Callable[[Any], int]]] = {}
 # Trampoline ids: itertools.count is atomic under the GIL (instances are created on worker
 # threads by run_async), and an id is never reused, so a stale callback finds nothing.
 env_ids = itertools.count(1)
@@ -60,7 +71,8 @@ def trap_ptr(message: str) -> int:
 
 @ffi.wasmtime_func_unchecked_callback_t  # type: ignore[misc]
 def host_entry(env: Any, caller: Any, args: Any, nargs: int) -> int:
-    tramp = TRAMPOLINES.get(env or 0)
+    ref = TRAMPOLINES.get(env or 0)
+    tramp = ref() if ref is not None else None
     if tramp is None:
         return trap_ptr("host function called after its instance was closed")
     try:
@@ -127,6 +139,6 @@ def raise_if_failed(err: Any, trap: Any, what: str | None) -> None:
     """Turn a failed wasmtime call's error or trap into a ``WasmtimeError``."""
     if not err and not trap:
         return
-    error = WasmtimeError._from_ptr(err) if err else None
+    error = WasmtimeError._from_ptr(err if isinstance(err, ERR_P) else ctypes.cast(err, ERR_P)) if err else None
     message = str(error) if error is not None else trap_message(trap)
     raise WasmtimeError(f"{what}: {message}" if what else message)

@@ -67,6 +67,9 @@ class ComponentState:
         self.runner = runner
         self.cid = cid
         self.parent = parent
+        # The instances that (transitively) instantiate this one: fixed at creation, and read
+        # on every entry (``run_core``), so computed once (without ``self``: no cycle).
+        self.ancestors: tuple[ComponentState, ...] = (parent, *parent.ancestors) if parent is not None else ()
         # One table for resource handles and the async ABI's waitables, waitable sets and
         # error contexts, as in the spec (their indices share one space).
         self.handles: list[Any] = [None]
@@ -120,17 +123,21 @@ class ComponentState:
         self.open_gate()
 
     def open_gate(self) -> None:
-        """Wake the tasks waiting to enter (backpressure or the exclusive lock was released)."""
-        gate, self.enter_gate = self.enter_gate, Event()
-        gate.set()
+        """Wake the tasks waiting to enter (backpressure or the exclusive lock was released).
+        A gate nobody waits at stays as it is (a callback task releases its lock at every
+        wait: no new Event each time)."""
+        gate = self.enter_gate
+        if gate.has_waiters():
+            self.enter_gate = Event()
+            gate.set()
 
     def has_other_tasks(self) -> bool:
         return self.live_tasks > 0
 
-    def run_core(self, task: Task, caller: ComponentState | None, func: Any, args: list[Any],
-                 params: list[str], results: list[str]) -> list[Any]:
+    def run_core(self, task: Task, caller: ComponentState | None, call: Callable[..., Any], *args: Any) -> Any:
         """Run core code of ``task`` in this instance: enter it (and the ancestors the caller
-        is not already in, CanonicalABI ``enter_from``), make ``task`` current, call, leave."""
+        is not already in, CanonicalABI ``enter_from``), make ``task`` current, ``call(*args)``
+        (``runner.call_core`` or ``runner.call_callback``), leave."""
         entering = self.entering_set(caller)
         for st in entering:
             if not st.may_enter:
@@ -142,7 +149,7 @@ class ComponentState:
         outer, self.current_task = self.current_task, task
         self.live_tasks += 1
         try:
-            return self.call_core(func, args, params, results)
+            return call(*args)
         finally:
             self.live_tasks -= 1
             self.current_task = outer
@@ -151,18 +158,14 @@ class ComponentState:
                 st.may_enter = True
 
     # --- reentrance (CanonicalABI.md, "Component Instances") --------------------------------
-    def self_and_ancestors(self) -> set[ComponentState]:
-        found = {self}
-        parent = self.parent
-        while parent is not None:
-            found.add(parent)
-            parent = parent.parent
-        return found
+    def self_and_ancestors(self) -> tuple[ComponentState, ...]:
+        return (self, *self.ancestors)
 
-    def entering_set(self, caller: ComponentState | None) -> set[ComponentState]:
+    def entering_set(self, caller: ComponentState | None) -> tuple[ComponentState, ...]:
         if caller is None:
-            return self.self_and_ancestors()
-        return self.self_and_ancestors() - caller.self_and_ancestors()
+            return (self, *self.ancestors)
+        outer = caller.self_and_ancestors()
+        return tuple(st for st in (self, *self.ancestors) if st not in outer)
 
     # --- handle table -----------------------------------------------------------------------
     def add(self, entry: Any) -> int:
