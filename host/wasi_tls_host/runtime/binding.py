@@ -14,6 +14,7 @@ import inspect
 import json
 import logging
 import struct
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -85,6 +86,20 @@ def host_call_failure(qualname: str, e: Exception, record_exit: Callable[[int], 
     return f"{qualname}: host error: {type(e).__name__}: {e}"
 
 
+
+def _positional_names(impl: Any) -> list[str] | None:
+    """The positional parameters of a plain function or bound method, read from its code
+    object (``inspect.signature`` costs ~50 us, paid for every host function a guest imports
+    at each start); None for anything else (wrapped, partial, callable object)."""
+    func, skip = (impl.__func__, 1) if isinstance(impl, types.MethodType) else (impl, 0)
+    while isinstance(func, types.FunctionType) and hasattr(func, "__wrapped__") and not hasattr(func, "__signature__"):
+        func = func.__wrapped__  # functools.wraps: the wrapped function's parameters, as inspect says
+    if not isinstance(func, types.FunctionType) or hasattr(func, "__signature__"):
+        return None
+    code = func.__code__
+    return list(code.co_varnames[skip:code.co_argcount])  # co_argcount counts positional-only ones too
+
+
 @dataclass
 class HostFunc:
     interface: str
@@ -152,6 +167,9 @@ class HostFunc:
 
     def _param_names(self) -> list[str]:
         """The WIT parameters' names as the implementation spells them (after the store)."""
+        names = _positional_names(self.impl)
+        if names is not None:
+            return names[1:]
         try:
             parameters = list(inspect.signature(self.impl).parameters.values())[1:]
         except (TypeError, ValueError):
