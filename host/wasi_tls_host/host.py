@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Union
 
 from wasmtime import Engine, ExitTrap, Store, WasmtimeError
-from wasmtime.component import Component, Instance, Linker
 
 from .provenance import CodeEvidence, CodePolicy, ProvenanceError
-from .runtime import binding, exports
+from .runtime import binding
 from .runtime.binding import Interface
 from .runtime.cache import FROM_ENVIRONMENT, CacheSize, ComponentCache, resolve_max_size
 from .runtime.engine import CONCURRENCY_OFF, engine_config
@@ -27,8 +27,7 @@ from .runtime.core.instance import BoundHost, ComponentInstance, CoreComponent, 
 from .runtime.core.loader import CoreModuleCache
 from .runtime.core.types import Malformed, Refused, Unsupported
 from .runtime.store import StoreState, attach, detach, state_of
-from .runtime.abi import ConversionError
-from .runtime.values import Err, Trap
+from .runtime.values import ConversionError, Err, Trap
 from .wasi import interfaces as wasi_interfaces
 from .wasi import sockets
 from .wasi.context import WasiConfig, WasiCtx
@@ -42,7 +41,21 @@ log = logging.getLogger("wasi_tls_host")
 RUNTIMES = ("core", "component")
 DEFAULT_RUNTIME = "core"
 
-AnyComponent = Component | CoreComponent
+if TYPE_CHECKING:
+    # wasmtime's component API is the component runtime's: loaded when that runtime is used
+    # (importing it is ~15 ms of every start on the core runtime).
+    from wasmtime.component import Component, Instance, Linker
+
+    from .runtime import exports
+
+AnyComponent = Union["Component", CoreComponent]
+
+
+def is_wasmtime_component(value: object) -> bool:
+    """Whether ``value`` is a component compiled for the component runtime (none can exist
+    before wasmtime.component is imported)."""
+    module = sys.modules.get("wasmtime.component")
+    return module is not None and isinstance(value, module.Component)
 
 
 def all_interfaces() -> list[Interface]:
@@ -174,6 +187,8 @@ class GuestInstance:
                 raise WasmtimeError(failure)
             return result
         assert self.instance is not None
+        from .runtime import exports
+
         export = self._exports.get(name)
         if export is None:
             path = name.split("#") if "#" in name else [name]
@@ -190,7 +205,9 @@ class GuestInstance:
         """Call ``wasi:cli/run`` and turn its outcome into an exit code."""
         if self.core is not None:
             return self._run_core(self.core)
-        assert isinstance(self.component, Component) and self.instance is not None
+        from .runtime import exports
+
+        assert is_wasmtime_component(self.component) and self.instance is not None
         run_iface = exports.find_export(self.component, self.host.engine, "wasi:cli/run@0.2.")
         if run_iface is None:
             raise GuestError("the component does not export wasi:cli/run (use --invoke for other components)")
@@ -354,6 +371,8 @@ class Host:
         """wasmtime's component linker with this host's interfaces (the component runtime)."""
         with self._linker_lock:
             if self._linker is None:
+                from wasmtime.component import Linker
+
                 linker = Linker(self.engine)
                 add_to_linker(linker, self.interfaces)
                 self._linker = linker
@@ -471,6 +490,8 @@ class Host:
         return component
 
     def _load_precompiled(self, component_digest: str, precompiled: tuple[bytes, bytes]) -> Component | None:
+        from wasmtime.component import Component
+
         from .provenance import precompiled as pre
         from .runtime.cache import WASMTIME_VERSION
 
@@ -488,7 +509,7 @@ class Host:
 
     def instantiate(self, component: AnyComponent | str | Path | bytes, config: WasiConfig | None = None) -> GuestInstance:
         self._require_open()
-        if not isinstance(component, (Component, CoreComponent)):
+        if not (isinstance(component, CoreComponent) or is_wasmtime_component(component)):
             component = self.load(component)
         self.check(component)
         return GuestInstance(self, component, config or WasiConfig())
@@ -519,6 +540,8 @@ class Host:
         else:
             problems = self._checked.get(component)
             if problems is None:
+                from .runtime import exports
+
                 # wasmtime-py compiles async components, but its linker cannot serve them.
                 asynchronous = exports.async_function(component, self.engine)
                 problems = ([f"{ASYNC_ON_COMPONENT_RUNTIME} ({asynchronous} is async)"] if asynchronous
