@@ -264,12 +264,16 @@ def test_cli_runs_a_command_and_passes_exit_status(guest_path) -> None:
 
 # Loaded only when a component or an option needs them (start-up time, issue 15).
 _NOT_FOR_A_PLAIN_RUN = ("OpenSSL", "cryptography", "ssl", "urllib.request", "importlib.metadata", "wasi_tls_host.tls.config",
-                        "wasi_tls_host.provenance.signatures", "ctypes.util", "concurrent.futures")
+                        "wasi_tls_host.provenance.signatures", "ctypes.util", "concurrent.futures",
+                        # the component runtime's (wasmtime's component API and its value conversions)
+                        "wasmtime.component", "wasi_tls_host.runtime.abi", "wasi_tls_host.runtime.exports",
+                        # the other subcommands' and TLS options' (loaded when used)
+                        "subprocess", "tempfile", "getpass", "wasi_tls_host.tls.limits")
 
 
 def test_cli_run_of_a_plain_guest_loads_no_tls_and_collects_again(guest_path) -> None:
     """``run`` of a guest that imports no wasi:tls never loads pyOpenSSL, cryptography,
-    urllib or importlib.metadata, and the collector paused for start-up is as it was once
+    urllib or importlib.metadata, nor on the core runtime wasmtime's component API, and the collector paused for start-up is as it was once
     ``main`` returns (nothing left frozen for a process that goes on)."""
     def loaded_after_run(guest: str, *args: str) -> str:
         check = f"""
