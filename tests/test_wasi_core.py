@@ -291,6 +291,24 @@ print(status, loaded, gc.isenabled(), gc.get_freeze_count())
     assert "'OpenSSL'" in loaded_after_run("tls_probe")
 
 
+def test_cli_version_alone_loads_no_host() -> None:
+    """``--version`` by itself prints what the parser's --version prints, without importing
+    the host and every subcommand first."""
+    check = """
+import contextlib, io, sys
+from wasi_tls_host.cli import main
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    status = main(["--version"])
+print(status, "wasi_tls_host.host" in sys.modules, out.getvalue().strip())
+"""
+    r = subprocess.run([sys.executable, "-c", check], capture_output=True, timeout=120)
+    status, host_loaded, text = r.stdout.decode().strip().split(" ", 2)
+    assert (status, host_loaded) == ("0", "False") and text.startswith("wasi-tls-host ") and "OpenSSL" in text
+    through_parser = _cli("-v", "--version")
+    assert through_parser.returncode == 0 and through_parser.stdout.decode().strip() == text
+
+
 def test_cli_inherit_env(guest_path) -> None:
     r = subprocess.run([*CLI, "run", "--inherit-env", str(guest_path("wasi_probe")), "env", "MARKER"],
                        env={**os.environ, "MARKER": "inherited"}, capture_output=True, timeout=120)
