@@ -159,6 +159,8 @@ def test_a_component_file_is_read_once_until_it_changes(tmp_path, guest_path, mo
     monkeypatch.setattr(artifact_auth, "SETTLED_NS", 0)
     Host(cache_dir=cache, runtime="core").load(source)
     [record] = (cache / SOURCES_DIR).iterdir()
+    Host(cache_dir=tmp_path / "off", use_cache=False, runtime="core").load(source)
+    assert not (tmp_path / "off").exists()  # without the cache nothing is remembered either
 
     again = Host(cache_dir=cache, runtime="core")
     component = again.load(source)

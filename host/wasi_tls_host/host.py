@@ -461,7 +461,7 @@ class Host:
                     raise GuestError(ASYNC_ON_COMPONENT_RUNTIME) from None
                 raise GuestError(f"invalid component: {e}") from None
             self._evidence[component] = evidence
-        if identity is not None:
+        if identity is not None and self.cache.enabled:
             self.cache.auth.remember_digest(identity, sha256_hex)
         return component
 
