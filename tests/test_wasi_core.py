@@ -264,12 +264,16 @@ def test_cli_runs_a_command_and_passes_exit_status(guest_path) -> None:
 
 # Loaded only when a component or an option needs them (start-up time, issue 15).
 _NOT_FOR_A_PLAIN_RUN = ("OpenSSL", "cryptography", "ssl", "urllib.request", "importlib.metadata", "wasi_tls_host.tls.config",
-                        "wasi_tls_host.provenance.signatures", "ctypes.util", "concurrent.futures")
+                        "wasi_tls_host.provenance.signatures", "ctypes.util", "concurrent.futures",
+                        # the component runtime's (wasmtime's component API and its value conversions)
+                        "wasmtime.component", "wasi_tls_host.runtime.abi", "wasi_tls_host.runtime.exports",
+                        # the other subcommands' and TLS options' (loaded when used)
+                        "subprocess", "tempfile", "getpass", "wasi_tls_host.tls.limits")
 
 
 def test_cli_run_of_a_plain_guest_loads_no_tls_and_collects_again(guest_path) -> None:
     """``run`` of a guest that imports no wasi:tls never loads pyOpenSSL, cryptography,
-    urllib or importlib.metadata, and the collector paused for start-up is as it was once
+    urllib or importlib.metadata, nor on the core runtime wasmtime's component API, and the collector paused for start-up is as it was once
     ``main`` returns (nothing left frozen for a process that goes on)."""
     def loaded_after_run(guest: str, *args: str) -> str:
         check = f"""
@@ -285,6 +289,24 @@ print(status, loaded, gc.isenabled(), gc.get_freeze_count())
     assert loaded_after_run("wasi_probe", "exit", "0") == "0 [] True 0"
     # The check sees them when a guest imports wasi:tls (its usage message and status 2).
     assert "'OpenSSL'" in loaded_after_run("tls_probe")
+
+
+def test_cli_version_alone_loads_no_host() -> None:
+    """``--version`` by itself prints what the parser's --version prints, without importing
+    the host and every subcommand first."""
+    check = """
+import contextlib, io, sys
+from wasi_tls_host.cli import main
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    status = main(["--version"])
+print(status, "wasi_tls_host.host" in sys.modules, out.getvalue().strip())
+"""
+    r = subprocess.run([sys.executable, "-c", check], capture_output=True, timeout=120)
+    status, host_loaded, text = r.stdout.decode().strip().split(" ", 2)
+    assert (status, host_loaded) == ("0", "False") and text.startswith("wasi-tls-host ") and "OpenSSL" in text
+    through_parser = _cli("-v", "--version")
+    assert through_parser.returncode == 0 and through_parser.stdout.decode().strip() == text
 
 
 def test_cli_inherit_env(guest_path) -> None:

@@ -7,17 +7,18 @@ things an embedder of this host needs: a compiled-component cache, clean exit co
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Union
 
 from wasmtime import Engine, ExitTrap, Store, WasmtimeError
-from wasmtime.component import Component, Instance, Linker
 
 from .provenance import CodeEvidence, CodePolicy, ProvenanceError
-from .runtime import binding, exports
+from .runtime import binding
 from .runtime.binding import Interface
 from .runtime.cache import FROM_ENVIRONMENT, CacheSize, ComponentCache, resolve_max_size
 from .runtime.engine import CONCURRENCY_OFF, engine_config
@@ -26,8 +27,7 @@ from .runtime.core.instance import BoundHost, ComponentInstance, CoreComponent, 
 from .runtime.core.loader import CoreModuleCache
 from .runtime.core.types import Malformed, Refused, Unsupported
 from .runtime.store import StoreState, attach, detach, state_of
-from .runtime.abi import ConversionError
-from .runtime.values import Err, Trap
+from .runtime.values import ConversionError, Err, Trap
 from .wasi import interfaces as wasi_interfaces
 from .wasi import sockets
 from .wasi.context import WasiConfig, WasiCtx
@@ -41,7 +41,21 @@ log = logging.getLogger("wasi_tls_host")
 RUNTIMES = ("core", "component")
 DEFAULT_RUNTIME = "core"
 
-AnyComponent = Component | CoreComponent
+if TYPE_CHECKING:
+    # wasmtime's component API is the component runtime's: loaded when that runtime is used
+    # (importing it is ~15 ms of every start on the core runtime).
+    from wasmtime.component import Component, Instance, Linker
+
+    from .runtime import exports
+
+AnyComponent = Union["Component", CoreComponent]
+
+
+def is_wasmtime_component(value: object) -> bool:
+    """Whether ``value`` is a component compiled for the component runtime (none can exist
+    before wasmtime.component is imported)."""
+    module = sys.modules.get("wasmtime.component")
+    return module is not None and isinstance(value, module.Component)
 
 
 def all_interfaces() -> list[Interface]:
@@ -173,6 +187,8 @@ class GuestInstance:
                 raise WasmtimeError(failure)
             return result
         assert self.instance is not None
+        from .runtime import exports
+
         export = self._exports.get(name)
         if export is None:
             path = name.split("#") if "#" in name else [name]
@@ -189,7 +205,9 @@ class GuestInstance:
         """Call ``wasi:cli/run`` and turn its outcome into an exit code."""
         if self.core is not None:
             return self._run_core(self.core)
-        assert isinstance(self.component, Component) and self.instance is not None
+        from .runtime import exports
+
+        assert is_wasmtime_component(self.component) and self.instance is not None
         run_iface = exports.find_export(self.component, self.host.engine, "wasi:cli/run@0.2.")
         if run_iface is None:
             raise GuestError("the component does not export wasi:cli/run (use --invoke for other components)")
@@ -338,6 +356,7 @@ class Host:
         self._bound: weakref.WeakKeyDictionary[CoreComponent, BoundHost] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self._instances: weakref.WeakSet[GuestInstance] = weakref.WeakSet()
+        self.sources_remembered = 0  # loads that took a file's digest from the cache, unread
         self.closed = False
 
     @property
@@ -352,6 +371,8 @@ class Host:
         """wasmtime's component linker with this host's interfaces (the component runtime)."""
         with self._linker_lock:
             if self._linker is None:
+                from wasmtime.component import Linker
+
                 linker = Linker(self.engine)
                 add_to_linker(linker, self.interfaces)
                 self._linker = linker
@@ -393,17 +414,24 @@ class Host:
         otherwise the component is compiled here.
         """
         path: Path | None = None
+        identity: os.stat_result | None = None  # of the file, taken before its bytes were read
+        policy = policy or self.policy
         if isinstance(source, (str, Path)):
             path = Path(source)
+            if policy is None and precompiled is None:
+                known = self._load_known(path)
+                if known is not None:
+                    return known
             try:
-                wasm = path.read_bytes()
+                with open(path, "rb") as f:
+                    identity = os.fstat(f.fileno())
+                    wasm = f.read()
             except FileNotFoundError:
                 raise GuestError(f"{path}: no such file") from None
             except OSError as e:
                 raise GuestError(f"{path}: {e.strerror}") from None
         else:
             wasm = bytes(source)
-        policy = policy or self.policy
         evidence = policy.check(wasm, path) if policy is not None else CodeEvidence.of(wasm, path=path)
         if wasm[:4] != b"\0asm":
             raise GuestError("not a WebAssembly binary (no \\0asm header)")
@@ -433,9 +461,37 @@ class Host:
                     raise GuestError(ASYNC_ON_COMPONENT_RUNTIME) from None
                 raise GuestError(f"invalid component: {e}") from None
             self._evidence[component] = evidence
+        if identity is not None and self.cache.enabled:
+            self.cache.auth.remember_digest(identity, sha256_hex)
+        return component
+
+    def _load_known(self, path: Path) -> CoreComponent | None:
+        """The component in ``path`` without reading it: when the file's identity has a
+        remembered digest (runtime/artifact_auth.py) whose compiled modules are in the cache.
+        (Reading and hashing an 18 MB guest was a sixth of a cached start.)"""
+        if self.runtime != "core" or not self.cache.enabled:
+            return None
+        try:
+            identity = os.stat(path)
+        except OSError:
+            return None  # the full path below says why
+        sha256_hex = self.cache.auth.remembered_digest(identity)
+        if sha256_hex is None:
+            return None
+        with self._lock:
+            self._require_open()
+            try:
+                component = self.core_cache.load_cached(sha256_hex)
+            except (Malformed, WasmtimeError):
+                return None
+            if component is not None:
+                self.sources_remembered += 1
+                self._evidence[component] = CodeEvidence("sha256:" + sha256_hex, None, (), path)
         return component
 
     def _load_precompiled(self, component_digest: str, precompiled: tuple[bytes, bytes]) -> Component | None:
+        from wasmtime.component import Component
+
         from .provenance import precompiled as pre
         from .runtime.cache import WASMTIME_VERSION
 
@@ -453,7 +509,7 @@ class Host:
 
     def instantiate(self, component: AnyComponent | str | Path | bytes, config: WasiConfig | None = None) -> GuestInstance:
         self._require_open()
-        if not isinstance(component, (Component, CoreComponent)):
+        if not (isinstance(component, CoreComponent) or is_wasmtime_component(component)):
             component = self.load(component)
         self.check(component)
         return GuestInstance(self, component, config or WasiConfig())
@@ -484,6 +540,8 @@ class Host:
         else:
             problems = self._checked.get(component)
             if problems is None:
+                from .runtime import exports
+
                 # wasmtime-py compiles async components, but its linker cannot serve them.
                 asynchronous = exports.async_function(component, self.engine)
                 problems = ([f"{ASYNC_ON_COMPONENT_RUNTIME} ({asynchronous} is async)"] if asynchronous

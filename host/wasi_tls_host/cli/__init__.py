@@ -9,6 +9,7 @@ the other names load on first use."""
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import TYPE_CHECKING, Any
 
 from .startup import end_collection_pause, hold, pause_collection
@@ -26,6 +27,13 @@ _LAZY = {"UsageError": ".errors", "build_parser": ".command", "format_value": ".
 def main(argv: list[str] | None = None) -> int:
     """Run the ``wasi-tls-host`` command (``argv``: default ``sys.argv[1:]``); returns its
     exit status."""
+    if (sys.argv[1:] if argv is None else list(argv)) == ["--version"]:
+        # The whole command: answered without importing the host (the parser's --version
+        # does the same after importing every subcommand's modules, half a second).
+        from .version import version_text
+
+        print(version_text())
+        return 0
     hold()  # before the heavy imports: a signal now is remembered, not fatal
     pause_collection()  # until the guest runs (startup.py)
     try:

@@ -7,7 +7,6 @@ import argparse
 import os
 import signal
 import sys
-import tempfile
 from pathlib import Path
 
 from .errors import UsageError
@@ -67,6 +66,8 @@ def _check_out(out: Path) -> None:
         raise UsageError(f"--out {out}: this is a file, not a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
+        import tempfile  # here: the other commands do not pay for it at start-up
+
         fd, probe = tempfile.mkstemp(dir=out, prefix=".write-check-")
         os.close(fd)
         os.unlink(probe)

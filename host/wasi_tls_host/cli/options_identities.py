@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import argparse
 import base64
-import getpass
 import json
 import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,6 +63,8 @@ def passphrase(spec: IdentitySpec, *, prompt: bool = True) -> bytes | None:
     if spec.passphrase_variable in os.environ:
         return os.environ[spec.passphrase_variable].encode()
     if prompt and sys.stdin.isatty():
+        import getpass  # termios: only to ask
+
         return getpass.getpass(f"passphrase for identity {spec.name!r}: ").encode()
     return None
 
@@ -161,6 +161,8 @@ def private_file(name: str, data: bytes) -> int:
     if hasattr(os, "memfd_create"):
         fd = os.memfd_create(name, os.MFD_CLOEXEC)
     else:  # an unlinked private temporary file
+        import tempfile
+
         fd, path = tempfile.mkstemp(prefix=name)
         os.unlink(path)
     try:

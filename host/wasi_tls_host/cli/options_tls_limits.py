@@ -6,24 +6,23 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from ..tls.limits import TlsLimits
+from ..tls.names import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HANDSHAKES, DEFAULT_MAX_HELLO_SIZE
 from ..wasi.context import WasiConfig
 from .errors import UsageError
 from .options_limits import limit_value, or_unlimited, parse_duration, parse_size, whole_number
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = TlsLimits()
     group = parser.add_argument_group("TLS limits (per guest; 'none' lifts a limit)")
     group.add_argument("--tls-handshake-timeout", type=or_unlimited(_timeout), metavar="DURATION",
-                       help=f"end handshakes not established within this time (e.g. 10s): the peer gets an alert, the guest a closed error; 0 or none = no deadline (default {defaults.handshake_timeout:g}s)")
+                       help=f"end handshakes not established within this time (e.g. 10s): the peer gets an alert, the guest a closed error; 0 or none = no deadline (default {DEFAULT_HANDSHAKE_TIMEOUT:g}s)")
     group.add_argument("--max-tls-connections", type=or_unlimited(whole_number(1)), metavar="N",
-                       help=f"TLS connections a guest may have open at once (default {defaults.max_connections})")
+                       help=f"TLS connections a guest may have open at once (default {DEFAULT_MAX_CONNECTIONS})")
     group.add_argument("--max-tls-handshakes", type=or_unlimited(whole_number(1)), metavar="N",
-                       help=f"TLS handshakes a guest may have in progress at once (default {defaults.max_handshakes})")
+                       help=f"TLS handshakes a guest may have in progress at once (default {DEFAULT_MAX_HANDSHAKES})")
     group.add_argument("--max-client-hello", type=or_unlimited(parse_size), metavar="BYTES",
                        help=f"largest first flight (the records carrying a ClientHello) a guest server reads, e.g. 64K; "
-                            f"none = only OpenSSL's own limit (default {defaults.max_client_hello})")
+                            f"none = only OpenSSL's own limit (default {DEFAULT_MAX_HELLO_SIZE})")
 
 
 def _timeout(text: str) -> float:
@@ -32,7 +31,6 @@ def _timeout(text: str) -> float:
 
 
 def apply(args: argparse.Namespace, config: WasiConfig) -> None:
-    defaults = TlsLimits()
     given = {
         "handshake_timeout": args.tls_handshake_timeout,
         "max_connections": args.max_tls_connections,
@@ -44,8 +42,10 @@ def apply(args: argparse.Namespace, config: WasiConfig) -> None:
         return  # the library's defaults (see options_tls: OpenSSL loads only if the guest uses TLS)
     if changes.get("handshake_timeout") == 0.0:
         changes["handshake_timeout"] = None
+    from ..tls.limits import TlsLimits  # only when a limit is given (the TLS modules load on use)
+
     try:
-        limits = dataclasses.replace(defaults, **changes)
+        limits = dataclasses.replace(TlsLimits(), **changes)
     except ValueError as e:
         raise UsageError(str(e)) from None
     if config.tls is None:

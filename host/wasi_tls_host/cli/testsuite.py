@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -37,6 +34,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
 
 def _python(given: str | None) -> str:
     """An interpreter that can run the runner, or a one-line error saying how to get one."""
+    import shutil  # here: the other commands do not pay for them at start-up
+    import subprocess
+
     for candidate in [given] if given else CANDIDATES:
         path = shutil.which(candidate) if candidate else None
         if path is None:
@@ -52,6 +52,10 @@ def _python(given: str | None) -> str:
 
 
 def command(args: argparse.Namespace) -> int:
+    import shlex
+    import shutil
+    import subprocess
+
     from .. import wasi_testsuite_adapter
 
     runner = Path(args.runner_dir) / RUNNER

@@ -26,7 +26,7 @@ from wasmtime import _bindings as _raw
 from wasmtime import _ffi as ffi
 from wasmtime.component import _types as wt
 
-from .values import Err, Ok, Some, Trap, Variant
+from .values import ConversionError, Err, Ok, Some, Trap, Variant
 
 if TYPE_CHECKING:
     from .resources import ResourceKind
@@ -172,10 +172,6 @@ def value_kind(ty: Any) -> int | None:
 
 
 # --- converter construction --------------------------------------------------------------
-
-
-class ConversionError(Trap):
-    pass
 
 
 def _int_conv(field: str, kind: Any, lo: int, hi: int) -> tuple[Lift, Lower]:

@@ -18,6 +18,12 @@ changes its inode or its ctime, which only the kernel sets (to the current time:
 root can put it back), so a substitute never matches; the identity is only remembered of a
 file whose ctime is a few seconds old, so a write within the same timestamp tick as the
 last one cannot go unnoticed either.
+
+The same holds for the component a host loads from a file: hashing it (SHA-256, the cache
+key) means reading 18 MB at every start. Once hashed, its SHA-256 is remembered under
+``sources/`` for the file's identity (``remember_digest``, an HMAC over the digest and that
+identity), and a later load of a file with the same identity takes the digest from there
+(``remembered_digest``) and reads the file only on a cache miss.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ log = logging.getLogger("wasi_tls_host.cache")
 KEY_FILE = "artifact.key"
 TAG_SUFFIX = ".mac"
 SEEN_SUFFIX = ".seen"
+SOURCES_DIR = "sources"  # remembered digests of component files, one per (device, inode)
 # How old an artifact's ctime must be before its identity is remembered: longer than any
 # filesystem's timestamp granularity (ext4 and tmpfs tick in milliseconds, some in seconds).
 SETTLED_NS = 3_000_000_000
@@ -162,10 +169,47 @@ class ArtifactAuthenticator:
             os.close(fd)
 
     def _seen_tag(self, key: bytes, name: str, tag: bytes, info: os.stat_result) -> bytes:
-        identity = f"{info.st_dev}:{info.st_ino}:{info.st_size}:{info.st_mtime_ns}:{info.st_ctime_ns}"
         mac = self._mac(key, "seen\0" + name)
-        mac.update(tag + identity.encode())
+        mac.update(tag + _identity(info))
         return mac.digest()
+
+    def remembered_digest(self, info: os.stat_result) -> str | None:
+        """The SHA-256 (hex) remembered for the file whose identity ``info`` is, if any."""
+        key = self.key()
+        if key is None:
+            return None
+        record = _read_or_none(self._source_record(info))
+        if record is None or len(record) != 64 + 32:
+            return None
+        digest, tag = record[:64], record[64:]
+        if not hmac.compare_digest(self._source_tag(key, digest, info), tag):
+            return None
+        return digest.decode("ascii", "replace")
+
+    def remember_digest(self, info: os.stat_result, sha256_hex: str) -> None:
+        """Remember that the file with identity ``info`` (taken before its bytes were read)
+        hashes to ``sha256_hex``; only for a file whose ctime is settled (see the notes)."""
+        key = self.key()
+        if key is None or time.time_ns() - info.st_ctime_ns <= SETTLED_NS or len(sha256_hex) != 64:
+            return
+        digest = sha256_hex.encode("ascii")
+        path = self._source_record(info)
+        with contextlib.suppress(OSError):  # only a shortcut: a read-only cache still works
+            path.parent.mkdir(exist_ok=True, mode=0o700)
+            write_atomically(path, digest + self._source_tag(key, digest, info))
+
+    def _source_record(self, info: os.stat_result) -> Path:
+        return self.directory / SOURCES_DIR / f"{info.st_dev}-{info.st_ino}"
+
+    def _source_tag(self, key: bytes, digest: bytes, info: os.stat_result) -> bytes:
+        mac = self._mac(key, "source")
+        mac.update(digest + b"\0" + _identity(info))
+        return mac.digest()
+
+
+def _identity(info: os.stat_result) -> bytes:
+    """What changes when a file is replaced or written (ctime: only the kernel sets it)."""
+    return f"{info.st_dev}:{info.st_ino}:{info.st_size}:{info.st_mtime_ns}:{info.st_ctime_ns}".encode()
 
 
 def _read_or_none(path: Path) -> bytes | None:

@@ -14,19 +14,41 @@ import inspect
 import json
 import logging
 import struct
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from typing import TYPE_CHECKING
+
 from wasmtime import WasmtimeError
 from wasmtime import _ffi as ffi
-from wasmtime.component import Linker
-from wasmtime.component import _types as wt
 
-from . import abi, callback_guard
+from . import callback_guard
 from .resources import ResourceKind, drop_consumed_arguments
 from .store import StoreState, state_for_context, state_for_context_or_none
 from .values import Err, Trap, WitError
+
+if TYPE_CHECKING:
+    from wasmtime.component import Linker
+    from wasmtime.component import _types as wt
+
+    from . import abi
+else:
+    # The component runtime's value conversions and wasmtime-py's component types: loaded
+    # by _component_api when that runtime is used (the core runtime needs neither, and
+    # wasmtime.component is ~15 ms of every start).
+    abi = wt = None
+
+
+def _component_api() -> None:
+    global abi, wt
+    if abi is None:
+        from wasmtime.component import _types as wt_module
+
+        from . import abi as abi_module
+
+        abi, wt = abi_module, wt_module
 
 log = logging.getLogger("wasi_tls_host.runtime")
 
@@ -85,6 +107,20 @@ def host_call_failure(qualname: str, e: Exception, record_exit: Callable[[int], 
     return f"{qualname}: host error: {type(e).__name__}: {e}"
 
 
+
+def _positional_names(impl: Any) -> list[str] | None:
+    """The positional parameters of a plain function or bound method, read from its code
+    object (``inspect.signature`` costs ~50 us, paid for every host function a guest imports
+    at each start); None for anything else (wrapped, partial, callable object)."""
+    func, skip = (impl.__func__, 1) if isinstance(impl, types.MethodType) else (impl, 0)
+    while isinstance(func, types.FunctionType) and hasattr(func, "__wrapped__") and not hasattr(func, "__signature__"):
+        func = func.__wrapped__  # functools.wraps: the wrapped function's parameters, as inspect says
+    if not isinstance(func, types.FunctionType) or hasattr(func, "__signature__"):
+        return None
+    code = func.__code__
+    return list(code.co_varnames[skip:code.co_argcount])  # co_argcount counts positional-only ones too
+
+
 @dataclass
 class HostFunc:
     interface: str
@@ -123,6 +159,7 @@ class HostFunc:
         The signature is checked before anything is assigned: a host function is shared by
         every component and store, so a guest importing it with a foreign type must not
         leave its converters behind for the next caller."""
+        _component_api()
         signature = abi.func_signature(fty)
         if self.signature and signature != self.signature:
             raise Trap(f"imported as {signature}, but this host serves it as {self.signature}")
@@ -152,6 +189,9 @@ class HostFunc:
 
     def _param_names(self) -> list[str]:
         """The WIT parameters' names as the implementation spells them (after the store)."""
+        names = _positional_names(self.impl)
+        if names is not None:
+            return names[1:]
         try:
             parameters = list(inspect.signature(self.impl).parameters.values())[1:]
         except (TypeError, ValueError):
@@ -160,6 +200,7 @@ class HostFunc:
 
     def check(self, fty: Any) -> str | None:
         """Why a guest's import of this function cannot be served, or None if it can."""
+        _component_api()
         return self.check_signature(abi.func_signature(fty))
 
     def check_signature(self, signature: str) -> str | None:
@@ -310,6 +351,7 @@ def _finalize(idx: int) -> None:
 
 def _imported_host_funcs(component: Any, engine: Any, interfaces: Iterable[Interface]) -> Iterator[tuple[HostFunc, Any]]:
     """(host function, the function type the component imports it with), for each import."""
+    _component_api()
     by_name = {interface_key(iface.name): iface for iface in interfaces}
     for import_name, extern in component.type.imports(engine).items():
         iface = by_name.get(interface_key(import_name))
@@ -345,6 +387,7 @@ def collect_signatures(component: Any, engine: Any, interfaces: Iterable[Interfa
 
 def define(linker: Linker, interfaces: Iterable[Interface]) -> None:
     """Add the interfaces' resources and functions to ``linker``."""
+    _component_api()  # _call_host uses it
     with linker.root() as root:
         for iface in interfaces:
             with root.add_instance(iface.name) as inst:

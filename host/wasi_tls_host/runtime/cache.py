@@ -23,14 +23,16 @@ import logging
 import os
 import weakref
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import wasmtime
 from wasmtime import Engine, WasmtimeError
-from wasmtime.component import Component
 
 from .artifact_auth import ArtifactAuthenticator
 from .cache_space import Lease, describe, flock_within, max_size_from_environment, primary_name, trim
+
+if TYPE_CHECKING:
+    from wasmtime.component import Component
 
 log = logging.getLogger("wasi_tls_host.cache")
 
@@ -134,6 +136,8 @@ class ComponentCache:
                 # Another process may have compiled it while this one waited.
                 component = self._load_artifact(key) if waited else None
                 if component is None:
+                    from wasmtime.component import Component  # the component runtime's only
+
                     component = Component(self.engine, wasm)
                     self.compiled += 1
                     if self.enabled:
@@ -217,6 +221,8 @@ class ComponentCache:
         lease = self.lease(key)
         if lease is None:
             return None
+        from wasmtime.component import Component
+
         try:
             # deserialize_file maps the artifact instead of copying it twice (30 MB for an
             # 18 MB guest). Mapped files must never be rewritten in place (that would raise

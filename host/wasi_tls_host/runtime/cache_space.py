@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .artifact_auth import SEEN_SUFFIX, TAG_SUFFIX
+from .artifact_auth import SEEN_SUFFIX, SOURCES_DIR, TAG_SUFFIX
 from .limits import format_bytes, parse_bytes
 
 log = logging.getLogger("wasi_tls_host.cache")
@@ -307,5 +307,11 @@ def describe(trimmed: Trimmed) -> str:
 
 
 def clear(directory: Path, wait: float = 5.0) -> Trimmed | None:
-    """Remove every entry no running host holds, and every temporary file."""
-    return trim(directory, 0, grace=0.0, wait=wait)
+    """Remove every entry no running host holds, every temporary file, and the remembered
+    digests of component files (artifact_auth.SOURCES_DIR: hints, taken again when missing)."""
+    trimmed = trim(directory, 0, grace=0.0, wait=wait)
+    with contextlib.suppress(FileNotFoundError):
+        for record in os.scandir(directory / SOURCES_DIR):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(record.path)
+    return trimmed

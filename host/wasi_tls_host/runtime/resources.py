@@ -8,12 +8,11 @@ whose parent's state is gone) is reported as stale instead of silently naming an
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Collection, Iterable, Sequence
-
-from wasmtime.component import ResourceType
 
 from .values import Trap
 
@@ -30,8 +29,13 @@ class ResourceKind:
     py_class: type
     type_id: int = field(default_factory=lambda: next(_next_type_id))
 
-    def __post_init__(self) -> None:
-        self.wasmtime_type = ResourceType.host(self.type_id)
+    @functools.cached_property
+    def wasmtime_type(self) -> Any:
+        """Its type for wasmtime's component API (the component runtime only: made on first
+        use, so the core runtime does not load wasmtime.component)."""
+        from wasmtime.component import ResourceType
+
+        return ResourceType.host(self.type_id)
 
 
 class HostResource:

@@ -52,3 +52,8 @@ class WitError(Exception):
 
 class Trap(Exception):
     """Raised by a host function to trap the guest with a message a person can act on."""
+
+
+class ConversionError(Trap):
+    """A Python value does not fit the WIT type it is converted to (the component runtime's
+    conversions, runtime/abi.py)."""

@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from .names import DEFAULT_MAX_HELLO_SIZE
 from .states import detached
 
 # Error codes (the same strings the rest of the TLS host uses for guest-visible errors).
@@ -86,7 +87,6 @@ HANDSHAKE_CLIENT_HELLO = 1
 RECORD_HEADER_SIZE = 5
 HANDSHAKE_HEADER_SIZE = 4
 MAX_RECORD_PAYLOAD = 1 << 14  # TLSPlaintext.length limit
-DEFAULT_MAX_HELLO_SIZE = 64 * 1024
 
 # Extension types (IANA "TLS ExtensionType Values").
 EXT_SERVER_NAME = 0

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..runtime.store import PerStore
-from .client_hello import DEFAULT_MAX_HELLO_SIZE
+from .names import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HANDSHAKES, DEFAULT_MAX_HELLO_SIZE
 
 
 @dataclass(frozen=True)
@@ -23,11 +23,11 @@ class TlsLimits:
 
     # Seconds from accept/connect until the handshake is established; after it the peer gets
     # an alert and the guest a "closed" error. None: no deadline.
-    handshake_timeout: float | None = 30.0
+    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT
     # TLS connections a guest may have open at once (handshaking or established).
-    max_connections: int | None = 10_000
+    max_connections: int | None = DEFAULT_MAX_CONNECTIONS
     # Of those, how many may still be handshaking.
-    max_handshakes: int | None = 1_000
+    max_handshakes: int | None = DEFAULT_MAX_HANDSHAKES
     # Largest first flight (records carrying the ClientHello, headers included) a guest
     # server accepts; a bigger one is refused with a decode_error alert. None: the host
     # reads any ClientHello the protocol can express, and OpenSSL's own limit (131,396

@@ -10,3 +10,9 @@ DEFAULT_MIN_VERSION = "1.2"
 # The logger of certificate rotation (one line per identity per reload): the command line
 # shows its INFO.
 ROTATION_LOG = "wasi_tls_host.identities"
+# TlsLimits' defaults (tls/limits.py), for the command line's help without loading the TLS
+# modules; what each limit means is said there.
+DEFAULT_HANDSHAKE_TIMEOUT = 30.0
+DEFAULT_MAX_CONNECTIONS = 10_000
+DEFAULT_MAX_HANDSHAKES = 1_000
+DEFAULT_MAX_HELLO_SIZE = 64 * 1024

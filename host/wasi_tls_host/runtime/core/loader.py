@@ -59,25 +59,38 @@ class CoreModuleCache:
         Raises ``types.Unsupported`` for constructs this backend does not run.
         """
         key = self.key(wasm, sha256_hex)
+        hit = self._loaded(key)
+        if hit is not None:
+            return hit
+        with self.cache.compiling(key) as waited:  # one process compiles (runtime.cache)
+            cached = self._load_artifacts(key) if waited else None
+            if cached is not None:
+                plan, imports, modules = cached
+            else:
+                plan = make_plan(wasm)
+                modules = [Module(self.cache.engine, m) for m in plan.modules]
+                self.cache.compiled += 1
+                plan.modules = []  # the binaries are compiled: do not keep 18 MB of them alive
+                imports = [[(i.module, i.name or "") for i in m.imports] for m in modules]
+                if self.cache.enabled:
+                    self._store_artifacts(key, modules, (plan, imports))
+        component = CoreComponent(plan, modules, imports, key)
+        self._memory[key] = component
+        return component
+
+    def load_cached(self, sha256_hex: str) -> CoreComponent | None:
+        """The component with this SHA-256 if it is in memory or on disk, else None (its
+        bytes are not needed: a start whose component file is known by its digest)."""
+        return self._loaded(self.key(b"", sha256_hex))
+
+    def _loaded(self, key: str) -> CoreComponent | None:
         hit = self._memory.get(key)
         if hit is not None:
             return hit
         cached = self._load_artifacts(key) if self.cache.enabled else None
-        if cached is not None:
-            plan, imports, modules = cached
-        else:
-            with self.cache.compiling(key) as waited:  # one process compiles (runtime.cache)
-                cached = self._load_artifacts(key) if waited else None
-                if cached is not None:
-                    plan, imports, modules = cached
-                else:
-                    plan = make_plan(wasm)
-                    modules = [Module(self.cache.engine, m) for m in plan.modules]
-                    self.cache.compiled += 1
-                    plan.modules = []  # the binaries are compiled: do not keep 18 MB of them alive
-                    imports = [[(i.module, i.name or "") for i in m.imports] for m in modules]
-                    if self.cache.enabled:
-                        self._store_artifacts(key, modules, (plan, imports))
+        if cached is None:
+            return None
+        plan, imports, modules = cached
         component = CoreComponent(plan, modules, imports, key)
         self._memory[key] = component
         return component
