@@ -216,10 +216,12 @@ def test_wasi_03_guests_take_part_on_the_core_runtime_and_say_what_they_lack() -
     """The WASI 0.3 examples in the matrix: the 0.3 clients (this project's TLS and upstream
     wasi:tls@0.3.0-draft) against CPython's HTTPS server, the 0.3 echo server against its
     client; the SNI the server guest does not print is the host's fact; the component
-    runtime and features a guest cannot do are n/a with the reason."""
+    runtime and features a guest cannot do are n/a with the reason. Each has a handshake
+    figure on the core runtime beside the same handshake between peers (the clients timed
+    by this host, as they print no time of their own)."""
     report = run_matrix(MatrixOptions(
         peers=["python"], guests=["https_get_p3", "https_get_upstream_p3", "tls_echo_server_p3"], versions=["1.2"],
-        features=["sni", "alpn-agreed", "truncation-client", "cert-unknown-ca"], wasmtime=False, references=False))
+        features=["sni", "alpn-agreed", "truncation-client", "cert-unknown-ca"], wasmtime=False))
     by = {(c.guest, c.runtime, c.feature): c for c in report.cases}
     assert {c.wasi for c in report.cases} == {"0.3"}
     assert {(k, c.outcome) for k, c in by.items() if k[1] == "core"} == {
@@ -234,6 +236,13 @@ def test_wasi_03_guests_take_part_on_the_core_runtime_and_say_what_they_lack() -
     assert by[("tls_echo_server_p3", "core", "truncation-client")].detail.startswith("the server saw an error: truncated:")
     assert by[("tls_echo_server_p3", "core", "alpn-agreed")].detail == "tls_echo_server_p3 cannot offer any list of ALPN protocols, or choose among them"
     assert all(c.outcome == "n/a" and "no async ABI" in c.detail for k, c in by.items() if k[1] == "component")
+    figures = {(f["guest"], f["role"], f["runtime"]): f for f in report.summary["figures"]}
+    assert set(figures) == {("https_get_p3", "client", "core"), ("https_get_upstream_p3", "client", "core"),
+                            ("tls_echo_server_p3", "server", "core")}, figures
+    for (guest, role, _), f in figures.items():
+        assert (f["samples"], f["measured_by"], f["tls_version"]) == (3, "host", "1.2"), f
+        assert f["ms"] > 0 and f["reference_ms"] > 0 and f["ratio"] == round(f["ms"] / f["reference_ms"], 2), f
+    assert figures[("tls_echo_server_p3", "server", "core")]["reference"] == "pyssl_peer.py (CPython ssl) -> pyssl_peer.py (CPython ssl)"
 
 
 def _descendants(root: int) -> set[int]:
