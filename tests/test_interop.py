@@ -214,14 +214,14 @@ def test_jsse_closes_and_refusals() -> None:
 
 def test_wasi_03_guests_take_part_on_the_core_runtime_and_say_what_they_lack() -> None:
     """The WASI 0.3 examples in the matrix: the 0.3 clients (this project's TLS and upstream
-    wasi:tls@0.3.0-draft) against CPython's HTTPS server, the 0.3 echo server against its
-    client; the SNI the server guest does not print is the host's fact; the component
+    wasi:tls@0.3.0-draft) against CPython's HTTPS server, the 0.3 echo server and
+    tls_server_p3 against its client; the SNI the server guest does not print is the host's fact; the component
     runtime and features a guest cannot do are n/a with the reason. Each has a handshake
     figure on the core runtime beside the same handshake between peers (the clients timed
     by this host, as they print no time of their own)."""
     report = run_matrix(MatrixOptions(
-        peers=["python"], guests=["https_get_p3", "https_get_upstream_p3", "tls_echo_server_p3"], versions=["1.2"],
-        features=["sni", "alpn-agreed", "truncation-client", "cert-unknown-ca"], wasmtime=False))
+        peers=["python"], guests=["https_get_p3", "https_get_upstream_p3", "tls_echo_server_p3", "tls_server_p3"], versions=["1.2"],
+        features=["sni", "alpn-agreed", "truncation-client", "cert-unknown-ca", "mtls", "mtls-optional"], wasmtime=False))
     by = {(c.guest, c.runtime, c.feature): c for c in report.cases}
     assert {c.wasi for c in report.cases} == {"0.3"}
     assert {(k, c.outcome) for k, c in by.items() if k[1] == "core"} == {
@@ -229,7 +229,14 @@ def test_wasi_03_guests_take_part_on_the_core_runtime_and_say_what_they_lack() -
         (("https_get_upstream_p3", "core", "cert-unknown-ca"), "pass"),
         (("tls_echo_server_p3", "core", "sni"), "pass"), (("tls_echo_server_p3", "core", "truncation-client"), "pass"),
         (("tls_echo_server_p3", "core", "cert-unknown-ca"), "pass"), (("tls_echo_server_p3", "core", "alpn-agreed"), "n/a"),
+        (("tls_echo_server_p3", "core", "mtls"), "n/a"), (("tls_echo_server_p3", "core", "mtls-optional"), "n/a"),
+        *((("tls_server_p3", "core", f), "pass") for f in ("sni", "alpn-agreed", "truncation-client", "cert-unknown-ca", "mtls")),
+        (("tls_server_p3", "core", "mtls-optional"), "n/a"),
     }, [(c.guest, c.runtime, c.feature, c.outcome, c.detail) for c in report.cases]
+    # tls_server_p3 takes the server contract less --tls (the peer pins the version) and
+    # prints no client certificate: its subject is the host's fact.
+    assert by[("tls_server_p3", "core", "mtls")].detail == "client certificate CN=interop-client accepted"
+    assert by[("tls_server_p3", "core", "mtls-optional")].detail == "tls_server_p3 cannot ask for a client certificate without requiring one"
     assert by[("https_get_p3", "core", "cert-unknown-ca")].detail.startswith("client saw: unknown-issuer:")
     assert by[("https_get_upstream_p3", "core", "cert-unknown-ca")].detail.startswith("client saw: unknown-issuer:")
     assert by[("tls_echo_server_p3", "core", "sni")].detail == "sent b.test: the server saw b.test"
@@ -238,11 +245,11 @@ def test_wasi_03_guests_take_part_on_the_core_runtime_and_say_what_they_lack() -
     assert all(c.outcome == "n/a" and "no async ABI" in c.detail for k, c in by.items() if k[1] == "component")
     figures = {(f["guest"], f["role"], f["runtime"]): f for f in report.summary["figures"]}
     assert set(figures) == {("https_get_p3", "client", "core"), ("https_get_upstream_p3", "client", "core"),
-                            ("tls_echo_server_p3", "server", "core")}, figures
+                            ("tls_echo_server_p3", "server", "core"), ("tls_server_p3", "server", "core")}, figures
     for (guest, role, _), f in figures.items():
         assert (f["samples"], f["measured_by"], f["tls_version"]) == (3, "host", "1.2"), f
         assert f["ms"] > 0 and f["reference_ms"] > 0 and f["ratio"] == round(f["ms"] / f["reference_ms"], 2), f
-    assert figures[("tls_echo_server_p3", "server", "core")]["reference"] == "pyssl_peer.py (CPython ssl) -> pyssl_peer.py (CPython ssl)"
+    assert figures[("tls_server_p3", "server", "core")]["reference"] == "pyssl_peer.py (CPython ssl) -> pyssl_peer.py (CPython ssl)"
 
 
 def _descendants(root: int) -> set[int]:

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from cryptography import x509
+
 from ..guests import BuildError
 from ..host import RUNTIMES
 from .features import ABILITIES, BY_NAME, Feature, pick
@@ -254,7 +256,8 @@ class Runner:
             if "report-end" in p.feature.server_needs:
                 self._await_end(p, running, deadline + SERVER_REPORT_WAIT)
             server = Observation(p.guest.server.parse(running.output), output=running.output)
-            # Facts a server guest does not print (tls_echo_server_p3: the SNI): the host's.
+            # Facts a server guest does not print (tls_echo_server_p3: the SNI; tls_server_p3: the
+            # client certificate): the host's.
             for seen, info in zip((c for c in server.connections if c.ok), running.handshakes):
                 if seen.resumed is None:
                     seen.resumed = info.resumed
@@ -262,6 +265,8 @@ class Runner:
                     seen.server_name = info.server_name or ""
                 if seen.version is None:
                     seen.version = version_name(info.protocol_name)
+                if seen.peer_subject is None:
+                    seen.peer_subject = _subject(info.peer_chain_der)
             if not running.thread.is_alive():
                 server.problem = f"the server guest ended: {running.ended()}"
         finally:
@@ -278,6 +283,11 @@ class Runner:
             if seen and seen[0].end is not None:
                 return
             time.sleep(0.02)
+
+
+def _subject(chain_der: list[bytes]) -> str:
+    """The subject of a chain's leaf ("" for no chain), as this host read it."""
+    return x509.load_der_x509_certificate(chain_der[0]).subject.rfc4514_string() if chain_der else ""
 
 
 # --- references --------------------------------------------------------------------------
