@@ -314,6 +314,45 @@ def test_a_signal_stops_the_peers_and_removes_the_scratch_folder(tmp_path: Path,
     assert list(scratch.iterdir()) == []
 
 
+def test_a_worker_deaf_to_sigterm_is_killed_and_its_peers_are_ended_too(tmp_path: Path) -> None:
+    """A worker that cannot act on SIGTERM (stuck inside wasmtime; here: stopped with
+    SIGSTOP) is killed by the command after its 10 s, and the peers it started, which it
+    could not end, are ended by the command: nothing is left, the scratch folder is gone."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    proc = subprocess.Popen([sys.executable, "-m", "wasi_tls_host.cli", "interop", "--out", str(tmp_path / "r"), "--guests", "tls_client",
+                             "--runtime", "core", "--peers", "python", "--no-wasmtime", "--jobs", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, stdin=subprocess.DEVNULL)
+    stuck: int | None = None
+    try:
+        deadline = time.monotonic() + 120
+        peers: set[int] = set()
+        while not peers and time.monotonic() < deadline and proc.poll() is None:
+            peers = {pid for pid in _descendants(proc.pid) if pid in _mentioning("pyssl_peer.py")}
+            time.sleep(0.05)
+        assert peers, "no peer process started within 120 s"
+        peer = min(peers)
+        stuck = int(Path(f"/proc/{peer}/stat").read_text().rsplit(")", 1)[1].split()[1])  # the worker that started it
+        os.kill(stuck, signal.SIGSTOP)
+        started = _descendants(proc.pid) | {peer}
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        if stuck is not None and Path(f"/proc/{stuck}").exists():
+            os.kill(stuck, signal.SIGKILL)
+    assert proc.returncode == 143, (proc.returncode, err)
+    assert "Traceback" not in err, err
+    time.sleep(0.2)
+    alive = {pid for pid in started if Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]}
+    assert not alive, [Path(f"/proc/{p}/cmdline").read_bytes() for p in alive]
+    assert not _mentioning(str(scratch)), "a process still uses the run's scratch folder"
+    assert list(scratch.iterdir()) == []
+
+
 def test_install_peers_asks_apt_get_for_the_missing_ones_and_says_what_is_still_missing(tmp_path: Path) -> None:
     """``--install-peers`` with openssl present and gnutls, go and curl absent: apt-get is
     asked for exactly their Debian packages (a recording apt-get stands in for Debian's, so

@@ -35,7 +35,7 @@ from .hosts import AccessLines, ThisHost, WasmtimeCli, handshake_ms
 from .peers import Peer, PeerUnavailable, RunContext, all_peers, free_port
 from .peers.gotls import peer_cache_dir
 from .pki import Pki
-from .processes import Processes
+from .processes import Processes, kill_left
 from .report import Case, Figure, Report, machine, median_ms
 from .specs import ClientSpec, Observation, ServerSpec, version_name
 
@@ -563,6 +563,9 @@ def _run_parallel(options: MatrixOptions, matrix: Matrix, planned: list[Planned]
             if worker.is_alive():
                 worker.kill()
                 worker.join(WORKER_STOP_WAIT)
+        for folder in workdir.glob("worker-*"):
+            # A worker killed (stuck inside wasmtime, deaf to SIGTERM) could not end its peers.
+            kill_left(folder / "processes")
         results.close()
         results.join_thread()
 
