@@ -47,7 +47,16 @@ def test_a_python_too_old_for_the_runner_is_named() -> None:
                                 f"error: --python {sys.executable} lacks colorama or requests (pip install colorama requests)")
 
 
-def test_the_official_runner_runs_a_wasi_03_and_a_preview1_program_here(tmp_path: Path) -> None:
+def _listing(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else b"") for p in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.parametrize("where", ["this host", "wasmtime CLI"])
+def test_the_official_runner_runs_a_wasi_03_and_a_preview1_program_here(tmp_path: Path, where: str) -> None:
+    """One WASI 0.3 program and one preview1 program whose description preopens a folder in
+    the older format (``"dirs": ["fs-tests.dir"]``, which the runner ignores): both pass on
+    this host and (``--wasmtime``) on the wasmtime CLI, and the suite folders are left as
+    they were (the runner works on a copy)."""
     python = _runner_python()
     if python is None or not RUNNER_DIR.is_dir():
         pytest.skip("needs the wasi-testsuite runner (WASI_TESTSUITES) and a Python 3.12+ with colorama and requests (WASI_TESTSUITE_PYTHON)")
@@ -56,11 +65,27 @@ def test_the_official_runner_runs_a_wasi_03_and_a_preview1_program_here(tmp_path
     p1.mkdir(parents=True)
     for name in ("manifest.json", "cli-exit.wasm", "cli-exit.json"):
         shutil.copy(TESTSUITES / "wasi-testsuite-p3" / name, p3 / name)
-    for name in ("manifest.json", "clock_time_get.wasm"):
+    for name in ("manifest.json", "fd_readdir.wasm", "fd_readdir.json"):
         shutil.copy(TESTSUITES / "wasi-testsuite-p1" / "rust" / name, p1 / name)
+    shutil.copytree(TESTSUITES / "wasi-testsuite-p1" / "rust" / "fs-tests.dir", p1 / "fs-tests.dir")
     shutil.copy(TESTSUITES / "wasi-testsuite-p1" / "wasi_snapshot_preview1.command.wasm", tmp_path / "p1")
-    r = run_testsuite(str(RUNNER_DIR), str(p3), str(p1), "--python", python, "--runner-arg=--disable-colors")
+    before = _listing(tmp_path)
+    extra = ["--wasmtime"] if where == "wasmtime CLI" else []
+    r = run_testsuite(str(RUNNER_DIR), str(p3), str(p1), "--python", python, "--runner-arg=--disable-colors", *extra)
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.splitlines()
-    assert "Test cli-exit passed" in lines and "Test clock_time_get passed" in lines, r.stdout
+    assert "Test cli-exit passed" in lines and "Test fd_readdir passed" in lines, r.stdout
+    assert lines[-1].startswith("wasmtime " if extra else "wasi-tls-host "), r.stdout
     assert lines[-1].endswith(": PASS: 2 tests passed"), r.stdout
+    assert _listing(tmp_path) == before
+
+
+def test_timeout_is_the_limit_for_each_program(tmp_path: Path) -> None:
+    python = _runner_python()
+    if python is None or not RUNNER_DIR.is_dir():
+        pytest.skip("needs the wasi-testsuite runner (WASI_TESTSUITES) and a Python 3.12+ with colorama and requests (WASI_TESTSUITE_PYTHON)")
+    for name in ("manifest.json", "cli-exit.wasm", "cli-exit.json"):
+        shutil.copy(TESTSUITES / "wasi-testsuite-p3" / name, tmp_path / name)
+    r = run_testsuite(str(RUNNER_DIR), str(tmp_path), "--python", python, "--runner-arg=--disable-colors", "--timeout", "0.01")
+    assert r.returncode != 0
+    assert "timeout expired" in r.stdout, r.stdout
