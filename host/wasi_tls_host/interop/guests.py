@@ -236,6 +236,11 @@ class ContractServer(ServerAdapter):
             args += ["--alpn", ",".join(spec.alpn)]
         return args
 
+    # How a line says the client's end was an error, and whether it names the client
+    # certificate (a guest that does not leaves it to the host: peer_subject None).
+    end_errors: tuple[str, ...] = ("read error:", "write error:")
+    prints_client = True
+
     def parse(self, output: str) -> list[Seen]:
         by_number: dict[str, Seen] = {}
         for line in output.splitlines():
@@ -243,17 +248,19 @@ class ContractServer(ServerAdapter):
             if not match:
                 continue
             number, text = match.groups()
-            if text.startswith("connection "):
+            if text.startswith(self.end_errors):
+                if number in by_number and by_number[number].end is None:
+                    by_number[number].end = text.split(":", 1)[1].strip()
+            elif text.startswith("connection "):
                 facts = dict(re.findall(r"(\w+)=(\S+)", text.split(" client=", 1)[0]))
                 client = text.split(" client=", 1)[1] if " client=" in text else "-"
                 by_number[number] = Seen(ok=True, server_name=_value(facts.get("sni", "-")), version=version_name(facts.get("version")),
-                                         alpn=_value(facts.get("alpn", "-")), peer_subject=_value(client.split(" code=", 1)[0]))
+                                         alpn=_value(facts.get("alpn", "-")),
+                                         peer_subject=_value(client.split(" code=", 1)[0]) if self.prints_client else None)
             elif text.startswith(("handshake failed:", "rejected:", "answer refused:")):
                 by_number[number] = Seen(ok=False, error=text.split(":", 1)[1].strip())
             elif number in by_number and text.startswith("closed"):
                 by_number[number].end = "close_notify"
-            elif number in by_number and text.startswith(("read error:", "write error:")) and by_number[number].end is None:
-                by_number[number].end = text.split(":", 1)[1].strip()
         return [by_number[n] for n in sorted(by_number, key=int)]
 
 
@@ -342,25 +349,11 @@ class AioContractServer(ContractServer):
             args += ["--alpn", ",".join(spec.alpn)]
         return args
 
+    end_errors = ("connection error:",)
+    prints_client = False
+
     def parse(self, output: str) -> list[Seen]:
-        by_number: dict[str, Seen] = {}
-        for line in output.splitlines():
-            match = re.match(r"#(\d+) (.*)$", line.strip())
-            if not match:
-                continue
-            number, text = match.groups()
-            if text.startswith("connection error:"):
-                if number in by_number and by_number[number].end is None:
-                    by_number[number].end = text.split(":", 1)[1].strip()
-            elif text.startswith("connection "):
-                facts = dict(re.findall(r"(\w+)=(\S+)", text))
-                by_number[number] = Seen(ok=True, server_name=_value(facts.get("sni", "-")), version=version_name(facts.get("version")),
-                                         alpn=_value(facts.get("alpn", "-")))
-            elif text.startswith("rejected:"):
-                by_number[number] = Seen(ok=False, error=text.split(":", 1)[1].strip())
-            elif number in by_number and text.startswith("closed"):
-                by_number[number].end = "close_notify"
-        return [by_number[n] for n in sorted(by_number, key=int)] + _binding_failures(output)
+        return super().parse(output) + _binding_failures(output)
 
 
 def _excerpt(text: str, limit: int = 300) -> str:
