@@ -214,12 +214,14 @@ def test_jsse_closes_and_refusals() -> None:
 
 def test_wasi_03_guests_take_part_on_the_core_runtime_and_say_what_they_lack() -> None:
     """The WASI 0.3 examples in the matrix: the 0.3 clients (this project's TLS and upstream
-    wasi:tls@0.3.0-draft) against CPython's HTTPS server, the 0.3 echo server against its
-    client; the SNI the server guest does not print is the host's fact; the component
-    runtime and features a guest cannot do are n/a with the reason."""
+    wasi:tls@0.3.0-draft) against CPython's HTTPS server, the 0.3 echo server and
+    tls_server_p3 against its client; the SNI the server guest does not print is the host's fact; the component
+    runtime and features a guest cannot do are n/a with the reason. Each has a handshake
+    figure on the core runtime beside the same handshake between peers (the clients timed
+    by this host, as they print no time of their own)."""
     report = run_matrix(MatrixOptions(
-        peers=["python"], guests=["https_get_p3", "https_get_upstream_p3", "tls_echo_server_p3"], versions=["1.2"],
-        features=["sni", "alpn-agreed", "truncation-client", "cert-unknown-ca"], wasmtime=False, references=False))
+        peers=["python"], guests=["https_get_p3", "https_get_upstream_p3", "tls_echo_server_p3", "tls_server_p3"], versions=["1.2"],
+        features=["sni", "alpn-agreed", "truncation-client", "cert-unknown-ca", "mtls", "mtls-optional"], wasmtime=False))
     by = {(c.guest, c.runtime, c.feature): c for c in report.cases}
     assert {c.wasi for c in report.cases} == {"0.3"}
     assert {(k, c.outcome) for k, c in by.items() if k[1] == "core"} == {
@@ -227,13 +229,27 @@ def test_wasi_03_guests_take_part_on_the_core_runtime_and_say_what_they_lack() -
         (("https_get_upstream_p3", "core", "cert-unknown-ca"), "pass"),
         (("tls_echo_server_p3", "core", "sni"), "pass"), (("tls_echo_server_p3", "core", "truncation-client"), "pass"),
         (("tls_echo_server_p3", "core", "cert-unknown-ca"), "pass"), (("tls_echo_server_p3", "core", "alpn-agreed"), "n/a"),
+        (("tls_echo_server_p3", "core", "mtls"), "n/a"), (("tls_echo_server_p3", "core", "mtls-optional"), "n/a"),
+        *((("tls_server_p3", "core", f), "pass") for f in ("sni", "alpn-agreed", "truncation-client", "cert-unknown-ca", "mtls")),
+        (("tls_server_p3", "core", "mtls-optional"), "n/a"),
     }, [(c.guest, c.runtime, c.feature, c.outcome, c.detail) for c in report.cases]
+    # tls_server_p3 takes the server contract less --tls (the peer pins the version) and
+    # prints no client certificate: its subject is the host's fact.
+    assert by[("tls_server_p3", "core", "mtls")].detail == "client certificate CN=interop-client accepted"
+    assert by[("tls_server_p3", "core", "mtls-optional")].detail == "tls_server_p3 cannot ask for a client certificate without requiring one"
     assert by[("https_get_p3", "core", "cert-unknown-ca")].detail.startswith("client saw: unknown-issuer:")
     assert by[("https_get_upstream_p3", "core", "cert-unknown-ca")].detail.startswith("client saw: unknown-issuer:")
     assert by[("tls_echo_server_p3", "core", "sni")].detail == "sent b.test: the server saw b.test"
     assert by[("tls_echo_server_p3", "core", "truncation-client")].detail.startswith("the server saw an error: truncated:")
     assert by[("tls_echo_server_p3", "core", "alpn-agreed")].detail == "tls_echo_server_p3 cannot offer any list of ALPN protocols, or choose among them"
     assert all(c.outcome == "n/a" and "no async ABI" in c.detail for k, c in by.items() if k[1] == "component")
+    figures = {(f["guest"], f["role"], f["runtime"]): f for f in report.summary["figures"]}
+    assert set(figures) == {("https_get_p3", "client", "core"), ("https_get_upstream_p3", "client", "core"),
+                            ("tls_echo_server_p3", "server", "core"), ("tls_server_p3", "server", "core")}, figures
+    for (guest, role, _), f in figures.items():
+        assert (f["samples"], f["measured_by"], f["tls_version"]) == (3, "host", "1.2"), f
+        assert f["ms"] > 0 and f["reference_ms"] > 0 and f["ratio"] == round(f["ms"] / f["reference_ms"], 2), f
+    assert figures[("tls_server_p3", "server", "core")]["reference"] == "pyssl_peer.py (CPython ssl) -> pyssl_peer.py (CPython ssl)"
 
 
 def _descendants(root: int) -> set[int]:
@@ -292,6 +308,45 @@ def test_a_signal_stops_the_peers_and_removes_the_scratch_folder(tmp_path: Path,
     assert err.strip().splitlines()[-1] == f"wasi-tls-host interop: stopped by {signal.Signals(signum).name}; no report written", err
     assert "Traceback" not in err, err
     time.sleep(0.2)  # a killed process group is reaped by its parent, which ended too
+    alive = {pid for pid in started if Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]}
+    assert not alive, [Path(f"/proc/{p}/cmdline").read_bytes() for p in alive]
+    assert not _mentioning(str(scratch)), "a process still uses the run's scratch folder"
+    assert list(scratch.iterdir()) == []
+
+
+def test_a_worker_deaf_to_sigterm_is_killed_and_its_peers_are_ended_too(tmp_path: Path) -> None:
+    """A worker that cannot act on SIGTERM (stuck inside wasmtime; here: stopped with
+    SIGSTOP) is killed by the command after its 10 s, and the peers it started, which it
+    could not end, are ended by the command: nothing is left, the scratch folder is gone."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    proc = subprocess.Popen([sys.executable, "-m", "wasi_tls_host.cli", "interop", "--out", str(tmp_path / "r"), "--guests", "tls_client",
+                             "--runtime", "core", "--peers", "python", "--no-wasmtime", "--jobs", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, stdin=subprocess.DEVNULL)
+    stuck: int | None = None
+    try:
+        deadline = time.monotonic() + 120
+        peers: set[int] = set()
+        while not peers and time.monotonic() < deadline and proc.poll() is None:
+            peers = {pid for pid in _descendants(proc.pid) if pid in _mentioning("pyssl_peer.py")}
+            time.sleep(0.05)
+        assert peers, "no peer process started within 120 s"
+        peer = min(peers)
+        stuck = int(Path(f"/proc/{peer}/stat").read_text().rsplit(")", 1)[1].split()[1])  # the worker that started it
+        os.kill(stuck, signal.SIGSTOP)
+        started = _descendants(proc.pid) | {peer}
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        if stuck is not None and Path(f"/proc/{stuck}").exists():
+            os.kill(stuck, signal.SIGKILL)
+    assert proc.returncode == 143, (proc.returncode, err)
+    assert "Traceback" not in err, err
+    time.sleep(0.2)
     alive = {pid for pid in started if Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]}
     assert not alive, [Path(f"/proc/{p}/cmdline").read_bytes() for p in alive]
     assert not _mentioning(str(scratch)), "a process still uses the run's scratch folder"

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import pytest
 
 from conftest import free_port, open_fds, without_gc
-from tls_server_util import TIMEOUT, GuestServer, ServerPki, ssl_client_context
+from tls_server_util import TIMEOUT, AccessLog, GuestServer, ServerPki, ssl_client_context
 from wasi_tls_host import Host
 
 pytestmark = pytest.mark.timeout(300)
@@ -101,6 +101,19 @@ def test_each_server_name_gets_its_identity_and_an_http_answer(http_server: Gues
     line = http_server.wait_for("request GET /lf HTTP/1.0")
     number = line.split()[0]
     assert f"{number} connection sni=b.test identity=b version=TLSv1.3" in http_server.out
+
+
+def test_the_access_log_says_what_each_handshake_negotiated(http_server: GuestServer, pki: ServerPki) -> None:
+    """The 0.3 TLS server annotates the access-log line of the connection beneath it (the
+    socket's receive stream) as the 0.2 one does: SNI, ALPN, version, handshake time."""
+    with AccessLog() as log:
+        with tls_client(http_server.port, pki, "b.test", ["http/1.1"]) as tls:
+            client_port = tls.getsockname()[1]
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            read_answer(tls)
+        line = log.of(client_port)
+    assert (line["sni"], line["alpn"], line["version"], line["tls"]) == ("b.test", "http/1.1", "TLSv1.3", "ok"), line
+    assert float(line["handshake_ms"]) > 0, line
 
 
 def test_no_server_name_gets_the_first_identity(http_server: GuestServer, pki: ServerPki) -> None:

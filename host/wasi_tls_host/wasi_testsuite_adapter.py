@@ -22,6 +22,7 @@ from PATH.
 """
 
 import hashlib
+import json
 import os
 import shlex
 import shutil
@@ -33,17 +34,21 @@ _CHECKOUT_HOST = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "wasi-t
 _DEFAULT = str(_CHECKOUT_HOST) if _CHECKOUT_HOST.exists() else "wasi-tls-host"
 HOST = shlex.split(os.getenv("WASI_TLS_HOST", _DEFAULT), posix=os.name != "nt")
 
-# Seconds the runner gives each program (its default is 5). This host is a Python program
-# that compiles each component on first use (then takes it from its cache): on a loaded
-# 2-core machine a first run can take longer than 5 s before the guest even starts.
-TIMEOUT_S = 30.0
+# Seconds the runner gives each program (its default is 5), unless $WASI_TLS_HOST_TESTSUITE_TIMEOUT
+# says otherwise (``wasi-tls-host testsuite --timeout``). This host is a Python program that
+# compiles each component on first use (then takes it from its cache): on a loaded 2-core
+# machine a first run can take longer than 5 s before the guest even starts.
+DEFAULT_TIMEOUT = 30.0
+TIMEOUT_VARIABLE = "WASI_TLS_HOST_TESTSUITE_TIMEOUT"
 
 
 def get_name() -> str:
-    return "wasi-tls-host"
+    return "wasmtime" if WASMTIME_ADAPTER else "wasi-tls-host"
 
 
 def get_version() -> str:
+    if WASMTIME_ADAPTER:
+        return str(_wasmtime_adapter().get_version())
     # "wasi-tls-host 0.1.0, wasmtime 49.0.0 (wasmtime-py), OpenSSL ..."
     result = subprocess.run(HOST + ["--version"], encoding="UTF-8", capture_output=True, check=True)
     return result.stdout.split(",")[0].split(" ")[-1]
@@ -58,7 +63,8 @@ def get_wasi_worlds() -> List[str]:
 
 
 def get_timeout_seconds() -> float:
-    return TIMEOUT_S
+    """The same limit for either runtime, so the counts compare."""
+    return float(os.getenv(TIMEOUT_VARIABLE) or DEFAULT_TIMEOUT)
 
 
 def compute_argv(test_path: str,
@@ -67,9 +73,50 @@ def compute_argv(test_path: str,
                  wasi_world: str,
                  wasi_version: str) -> List[str]:
     args, env, root = args_env_root
+    program = Path(test_path)
+    if WASMTIME_ADAPTER:
+        # The wasmtime CLI through the runner's own adapter, with the same preopens added.
+        argv = _wasmtime_adapter().compute_argv(test_path, args_env_root, proposals, wasi_world, wasi_version)
+        at = len(shlex.split(os.getenv("WASMTIME", "wasmtime"), posix=os.name != "nt"))
+        return argv[:at] + legacy_dirs(program) + argv[at:]
     if wasi_version == "wasm32-wasip1":
-        test_path = str(preview1_component(Path(test_path)))
-    return host_argv(HOST, test_path, args, env, root, proposals)
+        test_path = str(preview1_component(program))
+    argv = host_argv(HOST, test_path, args, env, root, proposals)
+    at = len(HOST) + 1  # after "run"
+    return argv[:at] + legacy_dirs(program) + argv[at:]
+
+
+def legacy_dirs(program: Path) -> List[str]:
+    """``--dir`` options for the preopens a test's description names in the older format
+    (``"dirs": ["fs-tests.dir"]``, each preopened under its own name, as the preview1
+    programs of the suite's ``prod/testsuite-all`` expect), which runners of the newer
+    format (``root``, preopened as ``/``) ignore with a warning."""
+    description = program.with_suffix(".json")
+    if not description.is_file():
+        return []
+    try:
+        dirs = json.loads(description.read_text(encoding="utf-8")).get("dirs", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    options: List[str] = []
+    for name in dirs if isinstance(dirs, list) else []:
+        options += ["--dir", f"{program.parent / str(name)}::{name}"]
+    return options
+
+
+# $WASI_TLS_HOST_TESTSUITE_WASMTIME_ADAPTER: the runner's adapters/wasmtime.py, to run the
+# programs on the wasmtime CLI instead (``wasi-tls-host testsuite --wasmtime``).
+WASMTIME_ADAPTER = os.getenv("WASI_TLS_HOST_TESTSUITE_WASMTIME_ADAPTER")
+
+
+def _wasmtime_adapter():  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("wasi_testsuite_wasmtime_adapter", WASMTIME_ADAPTER)  # type: ignore[arg-type]
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 COMPONENT_LAYER = b"\0asm\x0d\x00\x01\x00"  # a component's preamble (a core module's is \0asm 1 0 0 0)

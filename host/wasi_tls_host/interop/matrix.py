@@ -25,6 +25,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from cryptography import x509
+
 from ..guests import BuildError
 from ..host import RUNTIMES
 from .features import ABILITIES, BY_NAME, Feature, pick
@@ -33,7 +35,7 @@ from .hosts import AccessLines, ThisHost, WasmtimeCli, handshake_ms
 from .peers import Peer, PeerUnavailable, RunContext, all_peers, free_port
 from .peers.gotls import peer_cache_dir
 from .pki import Pki
-from .processes import Processes
+from .processes import Processes, kill_left
 from .report import Case, Figure, Report, machine, median_ms
 from .specs import ClientSpec, Observation, ServerSpec, version_name
 
@@ -254,7 +256,8 @@ class Runner:
             if "report-end" in p.feature.server_needs:
                 self._await_end(p, running, deadline + SERVER_REPORT_WAIT)
             server = Observation(p.guest.server.parse(running.output), output=running.output)
-            # Facts a server guest does not print (tls_echo_server_p3: the SNI): the host's.
+            # Facts a server guest does not print (tls_echo_server_p3: the SNI; tls_server_p3: the
+            # client certificate): the host's.
             for seen, info in zip((c for c in server.connections if c.ok), running.handshakes):
                 if seen.resumed is None:
                     seen.resumed = info.resumed
@@ -262,6 +265,8 @@ class Runner:
                     seen.server_name = info.server_name or ""
                 if seen.version is None:
                     seen.version = version_name(info.protocol_name)
+                if seen.peer_subject is None:
+                    seen.peer_subject = _subject(info.peer_chain_der)
             if not running.thread.is_alive():
                 server.problem = f"the server guest ended: {running.ended()}"
         finally:
@@ -278,6 +283,11 @@ class Runner:
             if seen and seen[0].end is not None:
                 return
             time.sleep(0.02)
+
+
+def _subject(chain_der: list[bytes]) -> str:
+    """The subject of a chain's leaf ("" for no chain), as this host read it."""
+    return x509.load_der_x509_certificate(chain_der[0]).subject.rfc4514_string() if chain_der else ""
 
 
 # --- references --------------------------------------------------------------------------
@@ -297,10 +307,11 @@ def measure_figures(matrix: Matrix, runner: Runner, versions: Sequence[str]) -> 
     """Handshake figures, one case after another: each guest's median of
     ``TIMED_CONNECTIONS`` full handshakes with each peer, beside the same handshake between
     two peers measured right before it (a client that times itself against the same peer
-    server; the peer's client against a server that times itself)."""
+    server; the peer's client against a server that times itself). WASI 0.3 guests are
+    timed on the core runtime only (the component runtime has no async ABI)."""
     ctx = runner.ctx
     usable = [p for p in matrix.peers if matrix.peer_status.get(p.name) == "ok"]
-    ok_guests = [g for g in matrix.guests if matrix.guest_status.get(g.name, "ok") == "ok" and g.wasi == "0.2"]
+    ok_guests = [g for g in matrix.guests if matrix.guest_status.get(g.name, "ok") == "ok"]
     hosts = [h for h in matrix.hosts if isinstance(h, ThisHost)]
     handshake = BY_NAME["handshake"]
     result: list[Figure] = []
@@ -317,35 +328,76 @@ def measure_figures(matrix: Matrix, runner: Runner, versions: Sequence[str]) -> 
     return result
 
 
+def _hosts_for(guest: Guest, hosts: list[ThisHost]) -> list[ThisHost]:
+    return [h for h in hosts if guest.wasi != "0.3" or h.runtime == "core"]
+
+
 def _figure(guest: Guest, role: str, host: ThisHost, peer: Peer, spec: ServerSpec, values: list[float], label: str,
-            reference: float | None) -> Figure | None:
+            reference: float | None, measured_by: str = "host") -> Figure | None:
     ms = median_ms(values)
     if ms is None:
         return None
     return Figure(guest.name, role, host.name, host.runtime, peer.name, spec.version, ms, len(values), label, reference,
-                  round(ms / reference, 2) if reference else None)
+                  round(ms / reference, 2) if reference else None, measured_by)
+
+
+def _timed_client_runs(guest: Guest, host: ThisHost, port: int, client_spec: ClientSpec, ctx: RunContext) -> tuple[list[float], str]:
+    """Up to ``TIMED_CONNECTIONS`` handshakes of a client guest, and who timed them: the
+    guest's own figures when it prints them (``handshake-us``), else the host's
+    (``HandshakeInfo.handshake_ms``). A guest that makes one connection per run (an HTTPS
+    GET) runs again until there are enough, and stops at the first run without one."""
+    assert guest.client is not None
+    own: list[float] = []
+    hosts: list[float] = []
+    for _ in range(TIMED_CONNECTIONS):
+        run = host.run_client(guest, guest.client.args(client_spec, port, ctx.timeout), client_spec, ctx.pki, ctx.timeout, ctx.processes)
+        seen = guest.client.parse(run.stdout, run.stderr, run.exit_code, client_spec)
+        own += [c.handshake_ms for c in seen.connections if c.ok and c.handshake_ms is not None]
+        hosts += [h.handshake_ms for h in run.handshakes if h.handshake_ms is not None]
+        if own and len(own) >= TIMED_CONNECTIONS:
+            return own[:TIMED_CONNECTIONS], "guest"
+        if not own and (len(hosts) >= TIMED_CONNECTIONS or not run.handshakes):
+            break
+    return (own, "guest") if own else (hosts[:TIMED_CONNECTIONS], "host")
 
 
 def _client_figures(peer: Peer, measurer: Peer, server_spec: ServerSpec, client_spec: ClientSpec, guests: list[Guest],
                     hosts: list[ThisHost], runner: Runner) -> list[Figure]:
+    """Each client guest against ``peer``'s server (one that answers HTTP for the guests
+    that only GET, when the peer has one), beside ``measurer``'s client against it."""
     ctx = runner.ctx
     found: list[Figure] = []
+    clients = [g for g in guests if g.role == "client" and g.client is not None]
     try:
         server = peer.start_server(server_spec, ctx)
     except PeerUnavailable:
         return found
     try:
-        reference = median_ms(c.handshake_ms for c in measurer.run_client(client_spec, server.port, ctx).connections if c.ok)
+        reference = median_ms(c.handshake_ms for c in measurer.run_client(client_spec, server.port, ctx).connections)
         label = f"{measurer.client_tool} -> {peer.server_tool}"
-        for guest in guests:
-            if guest.role != "client" or guest.client is None or guest.client.http_only:
+        for guest in clients:
+            if guest.client is not None and guest.client.http_only:
                 continue
-            for host in hosts:
-                args = guest.client.args(client_spec, server.port, ctx.timeout)
-                run = host.run_client(guest, args, client_spec, ctx.pki, ctx.timeout, ctx.processes)
-                seen = guest.client.parse(run.stdout, run.stderr, run.exit_code, client_spec)
-                figure = _figure(guest, "client", host, peer, server_spec, [c.handshake_ms for c in seen.connections
-                                                                            if c.ok and c.handshake_ms is not None], label, reference)
+            for host in _hosts_for(guest, hosts):
+                values, measured_by = _timed_client_runs(guest, host, server.port, client_spec, ctx)
+                figure = _figure(guest, "client", host, peer, server_spec, values, label, reference, measured_by)
+                if figure is not None:
+                    found.append(figure)
+    finally:
+        server.stop()
+    http_clients = [g for g in clients if g.client is not None and g.client.http_only]
+    if not http_clients or "http" not in peer.abilities("server"):
+        return found
+    http_spec = replace(server_spec, behaviour="http")
+    try:
+        server = peer.start_server(http_spec, ctx)
+    except PeerUnavailable:
+        return found
+    try:
+        for guest in http_clients:
+            for host in _hosts_for(guest, hosts):
+                values, measured_by = _timed_client_runs(guest, host, server.port, replace(client_spec, send=None), ctx)
+                figure = _figure(guest, "client", host, peer, server_spec, values, label, reference, measured_by)
                 if figure is not None:
                     found.append(figure)
     finally:
@@ -367,14 +419,14 @@ def _server_figures(peer: Peer, reference_server: Peer, server_spec: ServerSpec,
         for _ in range(TIMED_CONNECTIONS):
             peer.run_client(one, server.port, ctx)
         seen = server.observe(TIMED_CONNECTIONS, SERVER_REPORT_WAIT)
-        reference = median_ms(c.handshake_ms for c in seen.connections if c.ok)
+        reference = median_ms(c.handshake_ms for c in seen.connections)
     finally:
         server.stop()
     label = f"{peer.client_tool} -> {reference_server.server_tool}"
     for guest in guests:
         if guest.role != "server" or guest.server is None or (peer.http_only and "http" not in guest.server.abilities):
             continue
-        for host in hosts:
+        for host in _hosts_for(guest, hosts):
             port = free_port()
             running = host.start_server(guest, guest.server.args(spec, port), spec, ctx.pki, port, ctx.timeout)
             try:
@@ -511,6 +563,9 @@ def _run_parallel(options: MatrixOptions, matrix: Matrix, planned: list[Planned]
             if worker.is_alive():
                 worker.kill()
                 worker.join(WORKER_STOP_WAIT)
+        for folder in workdir.glob("worker-*"):
+            # A worker killed (stuck inside wasmtime, deaf to SIGTERM) could not end its peers.
+            kill_left(folder / "processes")
         results.close()
         results.join_thread()
 

@@ -4,6 +4,11 @@ Every process starts through one ``Processes`` in its own process group, its out
 to a file in the run's scratch folder (never a pipe that could fill up), every wait is
 bounded, and ``close()`` kills whatever is left, group and all: a run leaves no process
 behind, whatever a peer did.
+
+Each live process also has a marker file in the run's folder (``.live-PID``: its pid and
+start time), so that when the process owning a ``Processes`` is killed before it could
+close it (a matrix worker stuck inside wasmtime, killed by its parent), ``kill_left`` ends
+that process's processes from outside.
 """
 
 from __future__ import annotations
@@ -107,10 +112,14 @@ class Processes:
     def _track(self, proc: subprocess.Popen[bytes]) -> None:
         with self._lock:
             self._live.add(proc)
+        started = _start_time(proc.pid)
+        if started is not None:
+            (self.workdir / f"{LIVE_MARK}{proc.pid}").write_text(f"{proc.pid} {started}\n")
 
     def _forget(self, proc: subprocess.Popen[bytes]) -> None:
         with self._lock:
             self._live.discard(proc)
+        (self.workdir / f"{LIVE_MARK}{proc.pid}").unlink(missing_ok=True)
 
     def start(self, cmd: Sequence[str], *, name: str, cwd: Path | None = None, env: Mapping[str, str] | None = None,
               stdin_pipe: bool = False) -> Service:
@@ -158,3 +167,36 @@ class Processes:
             _kill(proc)
             if proc.stdin is not None:
                 proc.stdin.close()
+            (self.workdir / f"{LIVE_MARK}{proc.pid}").unlink(missing_ok=True)
+
+
+LIVE_MARK = ".live-"
+
+
+def _start_time(pid: int) -> str | None:
+    """A process's start time in clock ticks since boot (field 22 of /proc/PID/stat): with
+    the pid it names one process, never a later one given the same pid."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def kill_left(workdir: Path) -> int:
+    """Kill the process groups that a ``Processes`` in ``workdir`` started and never ended
+    (its owner was killed); the number killed."""
+    killed = 0
+    for mark in workdir.glob(f"{LIVE_MARK}*"):
+        try:
+            pid_text, started = mark.read_text().split()
+            pid = int(pid_text)
+        except (OSError, ValueError):
+            continue
+        if _start_time(pid) == started:  # still that process (an orphan now, reaped by init)
+            try:
+                os.killpg(pid, signal.SIGKILL)
+                killed += 1
+            except ProcessLookupError:
+                pass
+        mark.unlink(missing_ok=True)
+    return killed

@@ -58,6 +58,7 @@ class Figure:
     reference: str
     reference_ms: float | None
     ratio: float | None
+    measured_by: str = "host"  # who timed the guest's side: "host" (this host's TLS) or "guest" (it printed handshake-us)
 
 
 @dataclass
@@ -149,11 +150,14 @@ def markdown(report: Report) -> str:
     figures = s.get("figures", [])
     if figures:
         lines += ["", "## Handshake figures (median ms of 3 full handshakes, one case at a time; the same handshake between peers beside it)", "",
-                  "| guest | role | runtime | peer | TLS | ms | samples | reference | reference ms | ratio |", "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| guest | WASI | role | runtime | peer | TLS | ms | timed by | samples | reference | reference ms | ratio |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        wasi = {name: g.get("wasi", "?") for name, g in s.get("guests", {}).items()}
         for f in figures:
             ratio = f"{f['ratio']:.1f}x" if f["ratio"] is not None else "-"
             ref = f"{f['reference_ms']:.2f}" if f["reference_ms"] is not None else "-"
-            lines.append(f"| {f['guest']} | {f['role']} | {f['runtime']} | {f['peer']} | {f['tls_version']} | {f['ms']:.2f} | {f['samples']} | {f['reference']} | {ref} | {ratio} |")
+            lines.append(f"| {f['guest']} | {wasi.get(f['guest'], '?')} | {f['role']} | {f['runtime']} | {f['peer']} | {f['tls_version']} | {f['ms']:.2f} | "
+                         f"{f.get('measured_by', 'host')} | {f['samples']} | {f['reference']} | {ref} | {ratio} |")
     for (guest, role), cases in _grids(report).items():
         columns = _columns(cases)
         lines += ["", f"## {guest} ({role}, WASI {cases[0].wasi}, {cases[0].toolchain})", "",
@@ -201,13 +205,16 @@ def page(report: Report) -> str:
     figures = s.get("figures", [])
     if figures:
         parts.append("<h2>Handshake figures</h2><p>Median of 3 full handshakes of each guest with each peer, measured one at a "
-                     "time after the matrix, beside the same handshake between two peers measured right before it.</p><table><tr><th>guest</th><th>role</th><th>runtime</th>"
-                     "<th>peer</th><th>TLS</th><th>ms</th><th>samples</th><th>reference</th><th>reference ms</th><th>ratio</th></tr>")
+                     "time after the matrix, beside the same handshake between two peers measured right before it. "
+                     "<i>timed by</i>: the guest's own figure, or this host's (from the guest's request to the established handshake).</p>"
+                     "<table><tr><th>guest</th><th>WASI</th><th>role</th><th>runtime</th>"
+                     "<th>peer</th><th>TLS</th><th>ms</th><th>timed by</th><th>samples</th><th>reference</th><th>reference ms</th><th>ratio</th></tr>")
+        wasi = {name: g.get("wasi", "?") for name, g in s.get("guests", {}).items()}
         for f in figures:
             ratio = f"{f['ratio']:.1f}x" if f["ratio"] is not None else "-"
             ref = f"{f['reference_ms']:.2f}" if f["reference_ms"] is not None else "-"
-            parts.append(f"<tr><td>{e(f['guest'])}</td><td>{f['role']}</td><td>{e(f['runtime'])}</td><td>{e(f['peer'])}</td>"
-                         f"<td>{f['tls_version']}</td><td>{f['ms']:.2f}</td><td>{f['samples']}</td><td>{e(f['reference'])}</td>"
+            parts.append(f"<tr><td>{e(f['guest'])}</td><td>{e(wasi.get(f['guest'], '?'))}</td><td>{f['role']}</td><td>{e(f['runtime'])}</td><td>{e(f['peer'])}</td>"
+                         f"<td>{f['tls_version']}</td><td>{f['ms']:.2f}</td><td>{e(f.get('measured_by', 'host'))}</td><td>{f['samples']}</td><td>{e(f['reference'])}</td>"
                          f"<td>{ref}</td><td>{ratio}</td></tr>")
         parts.append("</table>")
     for (guest, role), cases in _grids(report).items():

@@ -97,6 +97,9 @@ class HandshakeInfo:
     alpn: bytes | None
     peer_chain_der: list[bytes]
     resumed: bool = False  # an earlier session was resumed (no certificate was sent)
+    # From the handshake's start (the guest asked for it) until it was established, as this
+    # host saw it: the handshake alone, without the TCP connect before it.
+    handshake_ms: float | None = None
 
 
 RECORD_CHANGE_CIPHER_SPEC = 20

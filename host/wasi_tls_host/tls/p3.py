@@ -40,6 +40,7 @@ from typing import Any, Callable
 from ..runtime.scheduler import Cancelled, Event, HostTask, Scheduler, sleep_until
 from ..runtime.streams import Future, Stream, StreamClosed, StreamReader, new_future, new_stream
 from ..runtime.values import Err, Ok
+from ..wasi.sockets.p3 import connection_of
 from .engine import TRUNCATED, TlsClosed, TlsEngine, TlsFailure
 from .limits import TlsUsage
 from .states import HandshakeState
@@ -75,7 +76,8 @@ class StreamPort:
 
     def attach_incoming(self, incoming: Stream) -> None:
         self.reader = StreamReader(incoming, is_bytes=True)
-        self.record = getattr(incoming, "record", None)
+        connection = connection_of(incoming)
+        self.record = connection.record if connection is not None else None
 
     @property
     def incoming(self) -> Stream | None:

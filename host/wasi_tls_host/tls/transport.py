@@ -119,6 +119,7 @@ class TlsTransport:
         self.peer_check: PeerCheck | None = None
         self.reword: Callable[[TlsFailure], TlsFailure] | None = None
         self.peer: PublicIdentity | None = None  # the peer's chain, decoded once
+        self.handshake_started_ns: int | None = None  # begin_handshake's moment, for HandshakeInfo.handshake_ms
 
     # --- lifetime ---------------------------------------------------------------------
 
@@ -254,6 +255,7 @@ class TlsTransport:
         """The handshake starts, seen by a resource whose states ``machine`` gives (an
         incoming-server-hello's, a future-client-streams', ...)."""
         self.states = StateMachine(machine)
+        self.handshake_started_ns = time.monotonic_ns()
         self.deadline, self.on_handshake, self.peer_check, self.reword = deadline, on_handshake, peer_check, reword
 
     @property
@@ -303,6 +305,8 @@ class TlsTransport:
         logged = self.port.record is not None and access_log.isEnabledFor(logging.INFO)
         if self.on_handshake is not None or logged:
             info = self.engine.info(self.peer.der_chain if self.peer is not None else [])
+            if self.handshake_started_ns is not None:
+                info.handshake_ms = (time.monotonic_ns() - self.handshake_started_ns) / 1e6
             if self.on_handshake is not None:
                 try:
                     self.on_handshake(info)
