@@ -44,9 +44,11 @@ log = logging.getLogger("wasi_tls_host.cache")
 # 2: the async ABI (built-ins, stream/future types, async options); 3: component instances;
 # 4: the stored plan carries its modules' digests (shared compiled modules).
 PLAN_FORMAT = 4
-# Modules at least this big are compiled under a lock on their digest (smaller ones compile
-# in less time than waiting for another process would take).
-SHARED_COMPILE_LOCK_MIN = 1 << 20
+# Only modules at least this big are looked for in other entries, and compiled under a lock
+# on their digest: smaller ones compile in less time than the search or the wait would take.
+SHARED_MODULE_MIN = 256 << 10
+# Stored plan name -> its modules' digests (a name is a content key: its digests never change).
+_plan_digests: dict[str, list[str]] = {}
 _PLAN_MODULES = {"wasi_tls_host.runtime.core.plan", "wasi_tls_host.runtime.core.types"}
 
 
@@ -126,14 +128,15 @@ class CoreModuleCache:
     def _compiling_modules(self, key: str, binaries: list[bytes], digests: list[str]) -> Iterator[None]:
         """Holds the compile locks of the big modules (in digest order: no two processes wait
         on each other) until the entry is stored, so a process that waited finds them on disk."""
-        big = sorted({d for m, d in zip(binaries, digests) if len(m) >= SHARED_COMPILE_LOCK_MIN})
+        big = sorted({d for m, d in zip(binaries, digests) if len(m) >= SHARED_MODULE_MIN})
         with contextlib.ExitStack() as locks:
             for digest in big:
                 locks.enter_context(self.cache.compiling(f"module-{digest}-{self._suffix(key)}"))
             yield
 
     def _compile_modules(self, key: str, binaries: list[bytes], digests: list[str]) -> list[Module]:
-        donors = self._compiled_elsewhere(key, set(digests)) if self.cache.enabled else {}
+        big = {d for m, d in zip(binaries, digests) if len(m) >= SHARED_MODULE_MIN}
+        donors = self._compiled_elsewhere(key, big) if self.cache.enabled and big else {}
         modules = []
         for binary, digest in zip(binaries, digests):
             module = self._load_donated(donors[digest]) if digest in donors else None
@@ -157,13 +160,15 @@ class CoreModuleCache:
         for plan_path in plans:
             if not wanted - found.keys():
                 break
-            other = plan_path.name.removesuffix(".plan")
-            stored = self._read_plan(plan_path)
-            if stored is None or len(stored) < 3:
-                continue
-            for i, digest in enumerate(stored[2]):
+            digests = _plan_digests.get(plan_path.name)
+            if digests is None:
+                stored = self._read_plan(plan_path)
+                if stored is None:
+                    continue
+                digests = _plan_digests[plan_path.name] = list(stored[2])
+            for i, digest in enumerate(digests):
                 if digest in wanted:
-                    found.setdefault(digest, self._path(other, i))
+                    found.setdefault(digest, self._path(plan_path.name.removesuffix(".plan"), i))
         return found
 
     def _load_donated(self, path: Path) -> Module | None:
