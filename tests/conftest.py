@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import signal
 import socket
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +35,43 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--runtime", action="append", choices=RUNTIMES, default=None,
         help="run the guest tests on this runtime backend only (repeatable; default: every backend)",
     )
+
+
+_prebuild: subprocess.Popen[bytes] | None = None
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # A whole-suite run (no paths given) builds and compiles the suite's componentize-py
+    # guests from the start in one more process (devtools/prebuild.py), so that on a cold
+    # cache the test workers seldom wait for a build or compile the other worker is doing.
+    global _prebuild
+    config = session.config
+    if hasattr(config, "workerinput") or config.args_source is not pytest.Config.ArgsSource.TESTPATHS:
+        return
+    _prebuild = subprocess.Popen([sys.executable, "-m", "devtools.prebuild"], cwd=REPO, start_new_session=True,
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    global _prebuild
+    if _prebuild is not None:
+        # Only still running when the tests ended first (e.g. -x): it and its builds stop.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(_prebuild.pid, signal.SIGTERM)
+        _prebuild.wait(timeout=60)
+        _prebuild = None
+
+
+# Modules that take minutes (on a cold cache, or anyway), run first: --dist=loadfile hands
+# out whole modules in collection order, and one of these started last would leave the other
+# worker idle while it finishes alone.
+LONG_MODULES = ("test_tlsfuzzer.py", "test_runtime_differential.py", "test_wheel.py", "test_interop.py",
+                "test_wasi_testsuite.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONG_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_MODULES)))  # stable: the rest keep their order
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -182,3 +182,44 @@ def test_a_component_file_is_read_once_until_it_changes(tmp_path, guest_path, mo
     component = cheated.load(source)
     assert cheated.sources_remembered == 0
     assert cheated.evidence(component).digest == "sha256:" + hashlib.sha256(other).hexdigest()
+
+
+def test_the_core_runtime_takes_a_shared_module_compiled_for_another_component(tmp_path, guest_path, monkeypatch) -> None:
+    """Two components with a core module in common (as every componentize-py guest has
+    CPython's): the second compiles only its own module and takes the common one from the
+    first's authenticated files; with a changed byte in that file it compiles both."""
+    from wasmtime import wat2wasm
+
+    from wasi_tls_host.guests import EXAMPLES
+    from wasi_tls_host.runtime.core import loader
+
+    monkeypatch.setattr(loader, "SHARED_MODULE_MIN", 0)  # this guest's modules are tiny
+
+    wasm = guest_path("exit_code").read_bytes()
+    text = (EXAMPLES / "wat" / "exit_code.wat").read_text()
+    marker = '    (func (export "run") (result i32)\n'
+    assert text.count(marker) == 1
+    # The same $Libc, another $Main (one more export): another component.
+    variant = bytes(wat2wasm(text.replace(marker, '    (func (export "other") (result i32) (i32.const 1))\n' + marker)))
+    first = Host(cache_dir=tmp_path, runtime="core")
+    first.load(wasm)
+    assert (first.core_cache.modules_compiled, first.core_cache.modules_reused) == (2, 0)
+
+    second = Host(cache_dir=tmp_path, runtime="core")
+    assert second.run(variant, WasiConfig(args=["x", "11"])).exit_code == 11
+    assert (second.core_cache.modules_compiled, second.core_cache.modules_reused) == (1, 1)
+    assert second.cache.compiled == 1
+    again = Host(cache_dir=tmp_path, runtime="core")
+    assert again.run(variant, WasiConfig(args=["x", "12"])).exit_code == 12  # its own entry, complete
+    assert (again.cache.compiled, again.core_cache.modules_compiled) == (0, 0)
+
+    for entry in tmp_path.glob(f"{second.core_cache.key(variant)}*"):
+        entry.unlink()  # the variant is compiled again, and the module it took is now corrupt
+    donor = sorted(tmp_path.glob(f"{first.core_cache.key(wasm)}-*.cwasm"))
+    for p in donor:
+        data = bytearray(p.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        p.write_bytes(bytes(data))
+    third = Host(cache_dir=tmp_path, runtime="core")
+    assert third.run(variant, WasiConfig(args=["x", "13"])).exit_code == 13
+    assert (third.core_cache.modules_compiled, third.core_cache.modules_reused) == (2, 0)

@@ -11,15 +11,25 @@ maps and runs, so only files this cache wrote are loaded; anything else is a mis
 recompiles. The plan is pickled, and unpickled with only this backend's own plan and type
 classes allowed, as a second line of defence. The plan is the entry's primary file for the
 cache's size bound: its lease and last use (runtime/cache_space.py).
+
+Components often share core modules byte for byte: every componentize-py guest carries the
+same 6 MB CPython module, 90 % of its compile (about 18 s of CPU here). So the plan records
+each module's sha256, and a component that misses the cache takes an identical module
+already compiled for another entry (same wasmtime and engine settings, read from that
+entry's authenticated files) instead of compiling it again; each entry still stores its own
+copy, so eviction stays per entry. Big modules are compiled under a lock on their digest, so
+two processes missing two guests that share one compile it once.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 import logging
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from wasmtime import Module, WasmtimeError
 
@@ -31,7 +41,14 @@ from .plan import Plan, make_plan
 log = logging.getLogger("wasi_tls_host.cache")
 
 
-PLAN_FORMAT = 3  # 2: the async ABI (built-ins, stream/future types, async options); 3: component instances
+# 2: the async ABI (built-ins, stream/future types, async options); 3: component instances;
+# 4: the stored plan carries its modules' digests (shared compiled modules).
+PLAN_FORMAT = 4
+# Only modules at least this big are looked for in other entries, and compiled under a lock
+# on their digest: smaller ones compile in less time than the search or the wait would take.
+SHARED_MODULE_MIN = 256 << 10
+# Stored plan name -> its modules' digests (a name is a content key: its digests never change).
+_plan_digests: dict[str, list[str]] = {}
 _PLAN_MODULES = {"wasi_tls_host.runtime.core.plan", "wasi_tls_host.runtime.core.types"}
 
 
@@ -42,10 +59,18 @@ class _PlanUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"a cached plan may not name {module}.{name}")
 
 
+def _read_file(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
 class CoreModuleCache:
     def __init__(self, cache: ComponentCache) -> None:
         self.cache = cache
         self._memory: dict[str, CoreComponent] = {}
+        # Core modules compiled, and taken compiled from another entry, by this cache (reports, tests).
+        self.modules_compiled = 0
+        self.modules_reused = 0
 
     def key(self, wasm: bytes, sha256_hex: str | None = None) -> str:
         # The component cache's key names the digest, wasmtime version and engine settings;
@@ -68,12 +93,14 @@ class CoreModuleCache:
                 plan, imports, modules = cached
             else:
                 plan = make_plan(wasm)
-                modules = [Module(self.cache.engine, m) for m in plan.modules]
-                self.cache.compiled += 1
-                plan.modules = []  # the binaries are compiled: do not keep 18 MB of them alive
-                imports = [[(i.module, i.name or "") for i in m.imports] for m in modules]
-                if self.cache.enabled:
-                    self._store_artifacts(key, modules, (plan, imports))
+                digests = [hashlib.sha256(m).hexdigest() for m in plan.modules]
+                with self._compiling_modules(key, plan.modules, digests):
+                    modules = self._compile_modules(key, plan.modules, digests)
+                    self.cache.compiled += 1
+                    plan.modules = []  # the binaries are compiled: do not keep 18 MB of them alive
+                    imports = [[(i.module, i.name or "") for i in m.imports] for m in modules]
+                    if self.cache.enabled:
+                        self._store_artifacts(key, modules, (plan, imports, digests))
         component = CoreComponent(plan, modules, imports, key)
         self._memory[key] = component
         return component
@@ -105,6 +132,82 @@ class CoreModuleCache:
             canon.forget(component.plan)  # its types' conversions, kept for good otherwise
         self._memory.clear()
 
+    def _suffix(self, key: str) -> str:
+        """What follows the component digest in ``key``: the wasmtime version, the engine
+        settings and the plan format. Entries with the same suffix can share compiled modules."""
+        return key.split("-", 1)[1]
+
+    @contextlib.contextmanager
+    def _compiling_modules(self, key: str, binaries: list[bytes], digests: list[str]) -> Iterator[None]:
+        """Holds the compile locks of the big modules (in digest order: no two processes wait
+        on each other) until the entry is stored, so a process that waited finds them on disk."""
+        big = sorted({d for m, d in zip(binaries, digests) if len(m) >= SHARED_MODULE_MIN})
+        with contextlib.ExitStack() as locks:
+            for digest in big:
+                locks.enter_context(self.cache.compiling(f"module-{digest}-{self._suffix(key)}"))
+            yield
+
+    def _compile_modules(self, key: str, binaries: list[bytes], digests: list[str]) -> list[Module]:
+        big = {d for m, d in zip(binaries, digests) if len(m) >= SHARED_MODULE_MIN}
+        donors = self._compiled_elsewhere(key, big) if self.cache.enabled and big else {}
+        modules = []
+        for binary, digest in zip(binaries, digests):
+            module = self._load_donated(donors[digest]) if digest in donors else None
+            if module is None:
+                module = Module(self.cache.engine, binary)
+                self.modules_compiled += 1
+            else:
+                self.modules_reused += 1
+            modules.append(module)
+        return modules
+
+    def _compiled_elsewhere(self, key: str, wanted: set[str]) -> dict[str, Path]:
+        """digest -> the compiled module file of another entry (same suffix) with that module,
+        for the digests in ``wanted`` found in the stored plans."""
+        found: dict[str, Path] = {}
+        ending = f"-{self._suffix(key)}.plan"
+        try:
+            plans = [p for p in self.cache.directory.iterdir() if p.name.endswith(ending)]
+        except OSError:
+            return found
+        for plan_path in plans:
+            if not wanted - found.keys():
+                break
+            digests = _plan_digests.get(plan_path.name)
+            if digests is None:
+                stored = self._read_plan(plan_path)
+                if stored is None:
+                    continue
+                digests = _plan_digests[plan_path.name] = list(stored[2])
+            for i, digest in enumerate(digests):
+                if digest in wanted:
+                    found.setdefault(digest, self._path(plan_path.name.removesuffix(".plan"), i))
+        return found
+
+    def _load_donated(self, path: Path) -> Module | None:
+        """The compiled module in ``path`` (another entry's, authenticated), or None if it is
+        gone or unusable: then the module is compiled."""
+        try:
+            return self._load_module(path)
+        except (WasmtimeError, OSError) as e:
+            log.info("could not reuse compiled module %s: %s", path, e)
+            return None
+
+    def _read_plan(self, plan_path: Path) -> tuple[Any, ...] | None:
+        """The stored (plan, imports, digests) of ``plan_path``, authenticated; None if unusable."""
+        try:
+            data = self.cache.auth.load_verified(plan_path, plan_path.name, _read_file, lambda data: data)
+            return None if data is None else _PlanUnpickler(io.BytesIO(data)).load()
+        except (OSError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, EOFError) as e:
+            log.info("could not read cached plan %s: %s", plan_path, e)
+            return None
+
+    def _load_module(self, path: Path) -> Module | None:
+        """The authenticated compiled module in ``path`` (None: not written by this cache).
+        Mapped, not copied; files are only ever replaced atomically (see runtime.cache)."""
+        return self.cache.auth.load_verified(path, path.name, lambda f: Module.deserialize_file(self.cache.engine, f),
+                                             lambda data: Module.deserialize(self.cache.engine, data))
+
     def _path(self, key: str, i: int) -> Path:
         return self.cache.directory / f"{key}-{i}.cwasm"
 
@@ -127,20 +230,14 @@ class CoreModuleCache:
         auth = self.cache.auth
         paths: list[Path] = []
         try:
-            def read_file(p: str) -> bytes:
-                with open(p, "rb") as f:
-                    return f.read()
-
-            plan_bytes = auth.load_verified(plan_path, plan_path.name, read_file, lambda data: data)
+            plan_bytes = auth.load_verified(plan_path, plan_path.name, _read_file, lambda data: data)
             if plan_bytes is None:
                 return None
-            plan, imports = _PlanUnpickler(io.BytesIO(plan_bytes)).load()
+            plan, imports, _digests = _PlanUnpickler(io.BytesIO(plan_bytes)).load()
             paths = [self._path(key, i) for i in range(len(imports))]
             modules = []
             for p in paths:
-                # Mapped, not copied; files are only ever replaced atomically (see runtime.cache).
-                module = auth.load_verified(p, p.name, lambda f: Module.deserialize_file(self.cache.engine, f),
-                                            lambda data: Module.deserialize(self.cache.engine, data))
+                module = self._load_module(p)
                 if module is None:
                     return None
                 modules.append(module)
@@ -151,7 +248,7 @@ class CoreModuleCache:
                 p.unlink(missing_ok=True)
             return None
 
-    def _store_artifacts(self, key: str, modules: list[Module], plan: tuple[Plan, list[list[tuple[str, str]]]]) -> None:
+    def _store_artifacts(self, key: str, modules: list[Module], plan: tuple[Plan, list[list[tuple[str, str]]], list[str]]) -> None:
         if self.cache.auth.key() is None:
             return  # files that could not be authenticated would never be loaded
         try:
