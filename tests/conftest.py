@@ -146,6 +146,17 @@ def without_gc() -> Iterator[None]:
             gc.enable()
 
 
+def attestation_ca_files(directory: Path) -> tuple[Path, Path]:
+    """A new attestation CA's certificate and key written as ``ca.pem`` and ``ca.key`` in
+    ``directory`` (what ``--attestation-ca`` and ``AttestationCA.from_files`` read)."""
+    import trustme
+
+    ca = trustme.CA(organization_name="attestation CA")
+    ca.cert_pem.write_to_path(str(directory / "ca.pem"))
+    ca.private_key_pem.write_to_path(str(directory / "ca.key"))
+    return directory / "ca.pem", directory / "ca.key"
+
+
 def free_port(family: int = socket.AF_INET) -> int:
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0))

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-import trustme
+from conftest import attestation_ca_files
 
 from wasi_tls_host.attestation import AttestationCA
 from wasi_tls_host.guests import build
@@ -31,11 +31,8 @@ OTHER_CODE = "sha256:" + "00" * 32
 
 @pytest.fixture(scope="module")
 def attest_ca(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, AttestationCA]:
-    directory = tmp_path_factory.mktemp("attest-p3")
-    ca = trustme.CA(organization_name="attestation CA")
-    ca.cert_pem.write_to_path(str(directory / "ca.pem"))
-    ca.private_key_pem.write_to_path(str(directory / "ca.key"))
-    return directory / "ca.pem", AttestationCA.from_files(directory / "ca.pem", directory / "ca.key", names=[SERVER_NAME])
+    ca_pem, ca_key = attestation_ca_files(tmp_path_factory.mktemp("attest-p3"))
+    return ca_pem, AttestationCA.from_files(ca_pem, ca_key, names=[SERVER_NAME])
 
 
 @pytest.fixture(scope="module")

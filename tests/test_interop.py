@@ -280,23 +280,41 @@ def _mentioning(text: str) -> set[int]:
     return found
 
 
-@pytest.mark.parametrize("signum, jobs", [(signal.SIGINT, "2"), (signal.SIGTERM, "1")])
-def test_a_signal_stops_the_peers_and_removes_the_scratch_folder(tmp_path: Path, signum: int, jobs: str) -> None:
-    """SIGINT or SIGTERM while peers run: the command ends them (and its worker processes),
-    removes its temporary folder and exits 128 + the signal's number, as a shell expects."""
+def _interop_with_a_peer_running(tmp_path: Path, jobs: str) -> tuple[subprocess.Popen[str], Path, set[int]]:
+    """An interop run (python peer, tls_client, its own TMPDIR) once a peer process runs:
+    the process, its scratch folder and the peers' pids."""
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     env = {**os.environ, "TMPDIR": str(scratch)}
     proc = subprocess.Popen([sys.executable, "-m", "wasi_tls_host.cli", "interop", "--out", str(tmp_path / "r"), "--guests", "tls_client",
                              "--runtime", "core", "--peers", "python", "--no-wasmtime", "--jobs", jobs],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    peers: set[int] = set()
+    while not peers and time.monotonic() < deadline and proc.poll() is None:
+        peers = {pid for pid in _descendants(proc.pid) if pid in _mentioning("pyssl_peer.py")}
+        time.sleep(0.05)
+    if not peers:
+        proc.kill()
+        proc.communicate()
+        pytest.fail("no peer process started within 120 s")
+    return proc, scratch, peers
+
+
+def _assert_nothing_left(started: set[int], scratch: Path) -> None:
+    time.sleep(0.2)  # a killed process group is reaped by its parent, which ended too
+    alive = {pid for pid in started if Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]}
+    assert not alive, [Path(f"/proc/{p}/cmdline").read_bytes() for p in alive]
+    assert not _mentioning(str(scratch)), "a process still uses the run's scratch folder"
+    assert list(scratch.iterdir()) == []
+
+
+@pytest.mark.parametrize("signum, jobs", [(signal.SIGINT, "2"), (signal.SIGTERM, "1")])
+def test_a_signal_stops_the_peers_and_removes_the_scratch_folder(tmp_path: Path, signum: int, jobs: str) -> None:
+    """SIGINT or SIGTERM while peers run: the command ends them (and its worker processes),
+    removes its temporary folder and exits 128 + the signal's number, as a shell expects."""
+    proc, scratch, _ = _interop_with_a_peer_running(tmp_path, jobs)
     try:
-        deadline = time.monotonic() + 120
-        peers: set[int] = set()
-        while not peers and time.monotonic() < deadline and proc.poll() is None:
-            peers = {pid for pid in _descendants(proc.pid) if pid in _mentioning("pyssl_peer.py")}
-            time.sleep(0.05)
-        assert peers, "no peer process started within 120 s"
         started = _descendants(proc.pid)
         proc.send_signal(signum)
         out, err = proc.communicate(timeout=60)
@@ -307,31 +325,16 @@ def test_a_signal_stops_the_peers_and_removes_the_scratch_folder(tmp_path: Path,
     assert proc.returncode == 128 + signum, (proc.returncode, err)
     assert err.strip().splitlines()[-1] == f"wasi-tls-host interop: stopped by {signal.Signals(signum).name}; no report written", err
     assert "Traceback" not in err, err
-    time.sleep(0.2)  # a killed process group is reaped by its parent, which ended too
-    alive = {pid for pid in started if Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]}
-    assert not alive, [Path(f"/proc/{p}/cmdline").read_bytes() for p in alive]
-    assert not _mentioning(str(scratch)), "a process still uses the run's scratch folder"
-    assert list(scratch.iterdir()) == []
+    _assert_nothing_left(started, scratch)
 
 
 def test_a_worker_deaf_to_sigterm_is_killed_and_its_peers_are_ended_too(tmp_path: Path) -> None:
     """A worker that cannot act on SIGTERM (stuck inside wasmtime; here: stopped with
     SIGSTOP) is killed by the command after its 10 s, and the peers it started, which it
     could not end, are ended by the command: nothing is left, the scratch folder is gone."""
-    scratch = tmp_path / "tmp"
-    scratch.mkdir()
-    env = {**os.environ, "TMPDIR": str(scratch)}
-    proc = subprocess.Popen([sys.executable, "-m", "wasi_tls_host.cli", "interop", "--out", str(tmp_path / "r"), "--guests", "tls_client",
-                             "--runtime", "core", "--peers", "python", "--no-wasmtime", "--jobs", "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, stdin=subprocess.DEVNULL)
+    proc, scratch, peers = _interop_with_a_peer_running(tmp_path, "2")
     stuck: int | None = None
     try:
-        deadline = time.monotonic() + 120
-        peers: set[int] = set()
-        while not peers and time.monotonic() < deadline and proc.poll() is None:
-            peers = {pid for pid in _descendants(proc.pid) if pid in _mentioning("pyssl_peer.py")}
-            time.sleep(0.05)
-        assert peers, "no peer process started within 120 s"
         peer = min(peers)
         stuck = int(Path(f"/proc/{peer}/stat").read_text().rsplit(")", 1)[1].split()[1])  # the worker that started it
         os.kill(stuck, signal.SIGSTOP)
@@ -346,11 +349,7 @@ def test_a_worker_deaf_to_sigterm_is_killed_and_its_peers_are_ended_too(tmp_path
             os.kill(stuck, signal.SIGKILL)
     assert proc.returncode == 143, (proc.returncode, err)
     assert "Traceback" not in err, err
-    time.sleep(0.2)
-    alive = {pid for pid in started if Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]}
-    assert not alive, [Path(f"/proc/{p}/cmdline").read_bytes() for p in alive]
-    assert not _mentioning(str(scratch)), "a process still uses the run's scratch folder"
-    assert list(scratch.iterdir()) == []
+    _assert_nothing_left(started, scratch)
 
 
 def test_install_peers_asks_apt_get_for_the_missing_ones_and_says_what_is_still_missing(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from conftest import open_fds, without_gc
+from conftest import attestation_ca_files, open_fds, without_gc
 from devtools.tcp_p3 import listen, tcp, unlisten
 from tls_server_util import TIMEOUT, KeyAudit, ServerPki, alert_after, cpython_hello, read_to_end
 from wasi_tls_host import Host, WasiConfig
@@ -464,13 +464,8 @@ def test_the_guest_client_says_why_verification_failed(serve, request_, pki: Ser
 
 @pytest.fixture(scope="module")
 def attest_pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    import trustme
-
-    directory = tmp_path_factory.mktemp("attest")
-    ca = trustme.CA(organization_name="attestation CA")
-    ca.cert_pem.write_to_path(str(directory / "ca.pem"))
-    ca.private_key_pem.write_to_path(str(directory / "ca.key"))
-    return {"ca": directory / "ca.pem", "key": directory / "ca.key"}
+    ca_pem, ca_key = attestation_ca_files(tmp_path_factory.mktemp("attest"))
+    return {"ca": ca_pem, "key": ca_key}
 
 
 def attested_config(attest_pki: dict[str, Path], **options: Any) -> TlsConfig:
