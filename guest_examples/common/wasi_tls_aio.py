@@ -752,6 +752,7 @@ async def start_server(client_connected_cb, host, port, *, identity=None, select
             received.__exit__(None, None, None)
             hello, ciphertext_out = tls_server.accept(ciphertext_in)
             sent = conn_sock.send(ciphertext_out)
+            answered = False  # the hello handed back to the host (accepted or rejected)
             try:
                 name = identity
                 offered = None  # the client's ALPN ids, asked of the host once
@@ -763,6 +764,7 @@ async def start_server(client_connected_cb, host, port, *, identity=None, select
                     if hasattr(name, "__await__"):
                         name = await name
                     if name is None:
+                        answered = True
                         IncomingClientHello.reject(hello, ALERT_UNRECOGNIZED_NAME)
                         await sent.read()
                         return
@@ -772,6 +774,7 @@ async def start_server(client_connected_cb, host, port, *, identity=None, select
                         offered = await hello.alpn_ids()
                     chosen = next((p for p in protocols if p in offered), None)
                     if offered and chosen is None:  # RFC 7301 section 3.2: a fatal alert
+                        answered = True
                         IncomingClientHello.reject(hello, ALERT_NO_APPLICATION_PROTOCOL)
                         await sent.read()
                         return
@@ -785,9 +788,17 @@ async def start_server(client_connected_cb, host, port, *, identity=None, select
                     response.request_client_identity(True)
                 if expect_peer_code is not None:
                     response.expect_peer_code(expect_peer_code)
+                answered = True
                 exchange = await IncomingClientHello.accept(hello, response)
                 connection = await IncomingClientExchange.finish(exchange)
             except Err as e:
+                if not answered:
+                    # The answer could not be made (e.g. set_client_ca of a set the embedder
+                    # did not name): refuse now, not when the host's handshake deadline fires.
+                    try:
+                        IncomingClientHello.reject(hello, ALERT_INTERNAL_ERROR)
+                    except Err:
+                        pass  # the hello had failed already (the peer left): its alert is the host's
                 # The host queued its alert and ends the ciphertext stream after it: wait until
                 # the socket sent it, or closing the socket could drop the alert (under load).
                 try:
