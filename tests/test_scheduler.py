@@ -126,6 +126,38 @@ def test_fill_waiting_for_its_source_ends_when_the_reader_drops_the_stream(pair)
     assert scheduler._readers == {}
 
 
+def test_a_pass_in_which_every_task_only_yielded_ends_run_ready() -> None:
+    """A coroutine that yields again and again (polling something) is stepped once per
+    run_ready when nothing else made progress, so the caller gets to poll descriptors and
+    timers; one that another task wakes meanwhile keeps running in the same call."""
+    scheduler = Scheduler()
+    steps = {"spinner": 0}
+    event = Event()
+
+    async def spinner() -> None:
+        while True:
+            steps["spinner"] += 1
+            await yield_now()
+
+    async def waiter() -> str:
+        await event
+        return "woken"
+
+    spinning = scheduler.spawn(spinner())
+    scheduler.run_ready()
+    assert steps["spinner"] == 1  # was 1024: a yield never counted as "only yielders left"
+
+    waiting = scheduler.start(waiter())
+
+    async def setter() -> None:
+        event.set()
+
+    scheduler.spawn(setter())
+    scheduler.run_ready()
+    assert waiting.result == "woken"  # the setter's pass made progress: the call went on to the waiter
+    spinning.coro.close()
+
+
 def test_timer_entries_of_finished_tasks_do_not_pile_up() -> None:
     # Each TLS connection's handshake deadlines leave two entries that fall due 30 s later;
     # a server taking hundreds of short connections a second kept thousands of them.

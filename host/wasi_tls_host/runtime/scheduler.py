@@ -432,6 +432,7 @@ class Scheduler:
         for _ in range(1024):  # bounded: each pass makes progress or stops
             if not any(queues):
                 return
+            before = self.progress  # a yield is no progress; every other suspension or end is
             for _ in range(len(self._ready)):
                 task = self._ready.popleft()
                 task._queued = False
@@ -447,8 +448,8 @@ class Scheduler:
                         self._step(task)
                 finally:
                     self._resuming = outer
-            if all(isinstance(t._waiting, _Yield) for queue in queues for t in queue):
-                return  # only yielders left: the caller decides whether to come back
+            if self.progress == before:
+                return  # every task stepped only yielded: the caller polls, then comes back
 
     def resume_inline(self, event: Event) -> Any:
         """The guest task being resumed by ``run_ready`` would now wait for ``event``: when
