@@ -376,9 +376,11 @@ def test_cli_run_with_attest_ca_and_debug_mode(pki, guest_path) -> None:
     assert r.returncode == 2 and "CA.pem,CA.key" in r.stderr
 
 
-def test_demo_attest() -> None:
-    r = subprocess.run([*CLI, "demo", "attest"], capture_output=True, text=True, timeout=300)
+@pytest.mark.parametrize("wasi", ["0.3", "0.2"])
+def test_demo_attest(wasi: str) -> None:
+    r = subprocess.run([*CLI, "demo", "attest", "--wasi", wasi], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
+    assert f"({'WASI 0.3, asyncio' if wasi == '0.3' else 'WASI 0.2'})" in r.stdout
     assert "client verdict: ok" in r.stdout and "client verdict: code-mismatch" in r.stdout
     assert "result: OK" in r.stdout
 

@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     provenance.add_arguments(sub, run_parser)
     demo = sub.add_parser("demo", help="fetch https://localhost from a guest through this host, with a throwaway CA (no network needed)")
     demo.add_argument("which", nargs="?", choices=["https", "attest"], default="https", help="attest: a client guest pins the code of a server guest (code-bound identities)")
-    demo.add_argument("--wasi", choices=["0.3", "0.2"], default="0.3", help="the WASI version of the https demo's guest (default 0.3: https_get_p3, written with the asyncio binding; 0.2: https_get)")
+    demo.add_argument("--wasi", choices=["0.3", "0.2"], default="0.3", help="the WASI version of the demo's guests (default 0.3: https_get_p3 or attest_p3, written with the asyncio binding; 0.2: https_get, or tls_server and tls_client)")
     build_guest.add_parser(sub)
     interop.add_parser(sub)
     testsuite.add_parser(sub)
@@ -53,7 +53,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "demo" and args.which == "attest":
         from .demo_attest import run_attest_demo
 
-        return run_attest_demo()
+        return run_attest_demo(wasi=args.wasi)
     if args.command == "demo":
         from .demo import run_demo
 
