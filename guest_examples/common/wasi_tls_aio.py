@@ -204,23 +204,29 @@ class StreamReader:
         self._eof = False
         self._limit = limit
 
-    async def _fill(self):
-        """Read more plaintext into the buffer; False at the end of the peer's data."""
+    async def _next_chunk(self):
+        """The next plaintext the host hands over (b"" if a read ended with none), or None
+        at the end of the peer's data."""
         if self._eof:
-            return False
+            return None
         chunk = await self._data.read(CHUNK)
-        if chunk:
-            self._buffer += chunk
-            return True
-        if not self._data.writer_dropped:
-            return True
+        if chunk or not self._data.writer_dropped:
+            return chunk
         self._eof = True
         self._data.__exit__(None, None, None)
         ended = await self._done.read()
         self._done.__exit__(None, None, None)
         if isinstance(ended, Err):
             raise _tls_error(ended)
-        return False
+        return None
+
+    async def _fill(self):
+        """Read more plaintext into the buffer; False at the end of the peer's data."""
+        chunk = await self._next_chunk()
+        if chunk is None:
+            return False
+        self._buffer += chunk
+        return True
 
     def at_eof(self):
         return self._eof and not self._buffer
@@ -229,14 +235,22 @@ class StreamReader:
         if n == 0:
             return b""
         if n < 0:
-            while await self._fill():
-                pass
-            data, self._buffer = bytes(self._buffer), bytearray()
-            return data
-        if not self._buffer:
-            await self._fill()
-            while not self._buffer and not self._eof:
-                await self._fill()
+            # Chunks kept as they came and joined once, as asyncio does: a bytearray grown to
+            # the whole body would be copied again each time it moves.
+            blocks = [bytes(self._buffer)]
+            self._buffer = bytearray()
+            while (chunk := await self._next_chunk()) is not None:
+                blocks.append(chunk)
+            return b"".join(blocks)
+        while not self._buffer:
+            chunk = await self._next_chunk()
+            if chunk is None:
+                return b""
+            if len(chunk) <= n:
+                if chunk:  # the host's chunk as it came: no copy through the buffer
+                    return chunk
+            else:
+                self._buffer += chunk
         data = bytes(self._buffer[:n])
         del self._buffer[:n]
         return data

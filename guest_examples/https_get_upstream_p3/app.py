@@ -16,7 +16,10 @@ class Run(exports.Run):
             reader, writer = await open_connection(host, port)
             writer.write(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
             print("status", (await reader.readline()).decode().strip(), flush=True)
-            print("rest", len(await reader.read()), "bytes", flush=True)
+            rest = 0
+            while chunk := await reader.read(65536):  # counted as it comes, not held whole
+                rest += len(chunk)
+            print("rest", rest, "bytes", flush=True)
             writer.close()
             await writer.wait_closed()
         except TlsError as e:
