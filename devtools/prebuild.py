@@ -21,7 +21,7 @@ from wasi_tls_host.host import RUNTIMES
 # module) the workers first need them.
 SUITE_GUESTS = (
     "tls_server", "tls_client", "attest_p3", "https_get_p3", "https_get", "fs_probe", "fs_probe_p3", "tls_echo_server_p3",
-    "https_get_upstream_p3", "hello", "sockets_probe", "tls_probe", "wasi_probe", "tls_echo_server", "hello_p3",
+    "https_get_upstream_p3", "tls_probe_p3", "hello", "sockets_probe", "tls_probe", "wasi_probe", "tls_echo_server", "hello_p3",
     "wasi_probe_p3", "sockets_probe_p3", "echo_server_p3", "tls_server_p3", "tls_states", "reference_p3",
 )
 

@@ -58,8 +58,11 @@ class HttpsServer:
                 try:
                     with self.ctx.wrap_socket(conn, server_side=True) as tls:
                         request = b""
-                        while b"\r\n\r\n" not in request:
-                            request += tls.recv(4096)
+                        while b"\r\n\r\n" not in request and (chunk := tls.recv(4096)):
+                            request += chunk
+                        if b"\r\n\r\n" not in request:  # a client that only shook hands
+                            self.endings.append("closed without a request")
+                            continue
                         head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY)
                         if request.startswith(b"GET /truncate "):
                             tls.sendall(head + BODY[:1000])
@@ -177,6 +180,24 @@ def test_open_connection_through_the_upstream_connector(
     trustme.CA().cert_pem.write_to_path(str(other))
     assert run_guest(guest, other, server.port, "localhost", str(server.port)) == 1
     assert capfd.readouterr().out.startswith("tls error: unknown-issuer: ")
+
+
+def test_tls_probe_p3_times_handshakes_and_a_download(
+        ca_file: tuple[trustme.CA, Path], server: HttpsServer, capfd: pytest.CaptureFixture[str]) -> None:
+    """The benchmark guest (bench_tls_p3.py's figures): timings taken inside it, through the
+    upstream connector, of connections that really happened."""
+    guest = build("tls_probe_p3")
+    accepted = server.accepted
+    assert run_guest(guest, ca_file[1], server.port, "bench-handshake", "127.0.0.1", str(server.port), "2", "localhost") == 0
+    timings = capfd.readouterr().out.strip().removeprefix("handshake-us=").split(",")
+    assert len(timings) == 2 and all(int(t) > 0 for t in timings), timings
+    assert run_guest(guest, ca_file[1], server.port, "bench-download", "127.0.0.1", str(server.port), "localhost") == 0
+    facts = dict(line.split("=", 1) for line in capfd.readouterr().out.splitlines())
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY)
+    assert int(facts["bytes"]) == len(head) + len(BODY) and int(facts["download-us"]) > 0, facts
+    assert server.endings_since(accepted) == ["closed without a request"] * 2 + ["close_notify GET / HTTP/1.0"]
+    assert run_guest(guest, ca_file[1], server.port, "bench-handshake", "127.0.0.1", str(server.port), "1", "other.test") == 1
+    assert capfd.readouterr().out.startswith("tls error: ")
 
 
 @pytest.fixture(scope="module")
