@@ -50,6 +50,8 @@ class MemCx:
         self.realloc_func = realloc  # ffi.wasmtime_func_t or None
         self.encoding = encoding
         self._view: memoryview | None = None
+        # The memory's state, shared by every MemCx of the same memory (instance.MemoryState).
+        self.mem_state: Any = inst.runner.memory_state(memory) if memory is not None else None
         self.borrows: list[int] | None = None
         self.base = 0  # the memory's address when view() last looked
         self.lent: list[tuple[Any, memoryview]] = []  # views of guest memory lent this call
@@ -60,10 +62,11 @@ class MemCx:
     def view(self) -> memoryview:
         v = self._view
         if v is None:
-            if self.memory is None:
+            st = self.mem_state
+            if st is None:
                 raise Trap("the canon options give no memory, but this value needs one")
-            v = self._view = self.inst.memory_view(self.memory)
-            self.base = self.inst.memory_base(self.memory)
+            v = self._view = st.current()
+            self.base = st.base
         return v
 
     def forget(self) -> None:
@@ -72,7 +75,8 @@ class MemCx:
     def check_range(self, ptr: int, size: int, what: str) -> None:
         """Trap unless ``size`` bytes at ``ptr`` are inside the memory; a range inside the
         size last seen needs no call into wasmtime (a linear memory never shrinks)."""
-        if self.memory is not None and ptr + size <= self.inst.runner.memory_size_seen(self.memory):
+        st = self.mem_state
+        if st is not None and ptr + size <= st.size:
             return
         check_range(self.view(), ptr, size, what)
 

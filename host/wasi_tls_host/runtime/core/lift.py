@@ -17,6 +17,7 @@ suspends), and a wait nothing can end is a deadlock trap.
 
 from __future__ import annotations
 
+import ctypes
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..scheduler import Event, HostTask, yield_now
@@ -46,6 +47,7 @@ class CallSetup:
         self.post = runner.checked_func(opts.post_return, self.results, [], "post-return") if opts.post_return is not None else None
         self.callback = (runner.checked_func(opts.callback, ["i32", "i32", "i32"], ["i32"], "callback")
                          if opts.callback is not None else None)
+        self.callback_addr = ctypes.addressof(self.callback) if self.callback is not None else 0
         self.m = callee.memcx(opts)
         self.ft, self.opts = ft, opts
         self.param_conv = canon.conv(ft.param_tuple) if ft.params_spill and ft.param_tuple is not None else None
@@ -232,7 +234,7 @@ async def _event_loop(callee: ComponentState, setup: CallSetup, task: Task, pack
             while callee.exclusive is not None and callee.exclusive is not task:
                 await callee.enter_gate
             callee.exclusive = task
-        packed = callee.run_core(task, task.resume_caller, call_callback, setup.callback, *event)
+        packed = callee.run_core(task, task.resume_caller, call_callback, setup.callback_addr, *event)
 
 
 def call_from_host(callee: ComponentState, lifted: Lifted, args: tuple[Any, ...]) -> Any:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import itertools
 import logging
+import struct
 import weakref
 from typing import Any, Callable
 
@@ -38,7 +39,7 @@ func_new = raw._wasmtime_func_new_unchecked
 # dll makes a new function object, so wasmtime-py's own prototype is left alone).
 mem_data = raw.dll["wasmtime_memory_data"]
 mem_data.restype = ctypes.c_void_p
-mem_data.argtypes = raw._wasmtime_memory_data.argtypes
+mem_data.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
 mem_size = raw.dll["wasmtime_memory_data_size"]
 mem_size.restype = ctypes.c_size_t
 mem_size.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
@@ -119,6 +120,41 @@ WRITERS: dict[str, Callable[[Any, Any], None]] = {"i32": _w32, "i64": _w64, "f32
 
 # ctypes array types of raw values by length, made once (making one per call is slow).
 RAW_ARRAYS = [ffi.wasmtime_val_raw_t * n for n in range(17)]
+
+# A call frame for the calls that run on every event or copy (a callback, realloc): four raw
+# values and the trap slot in one buffer, passed to ``func_call`` by address (an int costs
+# ctypes far less to convert than a ``byref``), and filled and read with ``struct`` through
+# a view (cheaper than a ctypes object per value).
+FRAME_VALUES = 4
+_FRAME_TRAP = FRAME_VALUES * ctypes.sizeof(ffi.wasmtime_val_raw_t)
+_FRAME_SIZE = _FRAME_TRAP + ctypes.sizeof(ctypes.c_void_p)
+_FrameBuffer = ctypes.c_ubyte * _FRAME_SIZE
+_RAW_SIZE = ctypes.sizeof(ffi.wasmtime_val_raw_t)
+
+
+class CallFrame:
+    """One reusable call frame (see above). Frames are taken from a pool per call, so a
+    call made while another runs (a callback calling into the host, which calls realloc)
+    has its own."""
+
+    __slots__ = ("buffer", "view", "addr", "trap_addr")
+
+    def __init__(self) -> None:
+        self.buffer = _FrameBuffer()
+        self.view = memoryview(self.buffer).cast("B")
+        self.addr = ctypes.addressof(self.buffer)
+        self.trap_addr = self.addr + _FRAME_TRAP
+
+    def trap(self) -> Any:
+        """The trap the call left (a ``wasm_trap_t`` pointer; NULL if none)."""
+        return ctypes.cast(ctypes.c_void_p.from_buffer(self.buffer, _FRAME_TRAP).value, TRAP_P)
+
+
+# Three i32 arguments (a callback's event code and payloads) and a cleared trap slot.
+PACK_CALLBACK_ARGS = struct.Struct(f"<I{_RAW_SIZE - 4}xI{_RAW_SIZE - 4}xI{_FRAME_TRAP - 2 * _RAW_SIZE - 4}xQ").pack_into
+# realloc's four i32 arguments (old pointer 0, old size 0, align, size) and a cleared trap slot.
+PACK_REALLOC_ARGS = struct.Struct(f"<{_RAW_SIZE * 2}xI{_RAW_SIZE - 4}xI{_FRAME_TRAP - 3 * _RAW_SIZE - 4}xQ").pack_into
+FRAME_RESULT_AND_TRAP = struct.Struct(f"<I{_FRAME_TRAP - 4}xQ").unpack_from
 
 
 def readers(flat: list[str]) -> list[Callable[[Any], Any]]:
