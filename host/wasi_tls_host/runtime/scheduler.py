@@ -95,9 +95,12 @@ def sleep_until(deadline_ns: int) -> _Wait:
     return _Until(deadline_ns)
 
 
+_YIELD = _Yield()  # it holds nothing: one for every yield
+
+
 def yield_now() -> _Wait:
     """Let every other ready coroutine run once before this one goes on."""
-    return _Yield()
+    return _YIELD
 
 
 def any_of(*waits: Any) -> _Wait:
@@ -294,7 +297,11 @@ class Scheduler:
         task = HostTask(self, coro, name, False)
         task.observed = observed
         self._tasks.add(task)
-        self._suspend(task, waiting)
+        if type(waiting) is _Yield:  # _suspend's first case, inline: the usual one here
+            task._queued = True
+            self._ready.append(task)
+        else:
+            self._suspend(task, waiting)
         return task
 
     def _make_ready(self, task: HostTask) -> None:
@@ -321,15 +328,18 @@ class Scheduler:
         self._suspend(task, waiting)
 
     def _suspend(self, task: HostTask, waiting: Any) -> None:
+        if type(waiting) is _Yield:  # no progress; ready again at once (_make_ready, inline)
+            if not task._queued:
+                task._queued = True
+                task._waiting = None
+                (self._guest_ready if task.guest else self._ready).append(task)
+            return
         task._waiting = waiting
-        if not isinstance(waiting, _Yield):
-            self.progress += 1
+        self.progress += 1
         if isinstance(waiting, _Fd):
             (self._writers if waiting.write else self._readers).setdefault(waiting.fd, []).append(task)
         elif isinstance(waiting, _Until):
             self._add_timer(waiting.deadline, task)
-        elif isinstance(waiting, _Yield):
-            self._make_ready(task)
         elif isinstance(waiting, _Parked):
             task._waiting = None  # queued already (resume_inline)
         elif isinstance(waiting, Event):

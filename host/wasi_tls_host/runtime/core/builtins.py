@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 Made = tuple[list[str], list[str], Callable[[list[int]], list[Any]]]
 
 _SYNC_WAITER = "waitable cannot be used synchronously while added to a waitable set"
+_NO_RESULTS: list[Any] = []  # never changed: the trampoline only reads a body's results
 
 
 def make(inst: ComponentInstance, item: Builtin) -> Made:
@@ -270,14 +271,27 @@ def _waitable_set_drop(inst: ComponentInstance, item: Builtin) -> Made:
 
 
 def _waitable_join(inst: ComponentInstance, item: Builtin) -> Made:
+    handles = inst.handles  # the table's list (entries are replaced in place, never the list)
+
     def waitable_join(args: list[int]) -> list[Any]:
-        _guard(inst, "waitable.join")
-        w = _table_get(inst, args[0] & 0xFFFF_FFFF, Waitable, "waitable")
+        if not inst.may_leave:
+            _guard(inst, "waitable.join")
+        wi, si = args
+        # The table lookups inline (this runs on every async call a guest waits for);
+        # anything unexpected goes through _table_get for its message.
+        w = handles[wi] if 0 < wi < len(handles) else None
+        if not isinstance(w, Waitable):
+            w = _table_get(inst, wi, Waitable, "waitable")
         if w.has_sync_waiter:
             raise Trap(f"waitable.join: {_SYNC_WAITER}")
-        si = args[1] & 0xFFFF_FFFF
-        w.join(None if si == 0 else _table_get(inst, si, WaitableSet, "waitable set"))
-        return []
+        if si == 0:
+            w.join(None)
+            return _NO_RESULTS
+        wset = handles[si] if si < len(handles) else None
+        if type(wset) is not WaitableSet:
+            wset = _table_get(inst, si, WaitableSet, "waitable set")
+        w.join(wset)
+        return _NO_RESULTS
 
     return ["i32", "i32"], [], waitable_join
 
@@ -313,15 +327,21 @@ def _subtask_cancel(inst: ComponentInstance, item: Builtin) -> Made:
 
 
 def _subtask_drop(inst: ComponentInstance, item: Builtin) -> Made:
+    handles, free = inst.handles, inst.free
+
     def subtask_drop(args: list[int]) -> list[Any]:
-        _guard(inst, "subtask.drop")
-        i = args[0] & 0xFFFF_FFFF
-        subtask = _table_get(inst, i, Subtask, "subtask")
+        if not inst.may_leave:
+            _guard(inst, "subtask.drop")
+        i = args[0]
+        subtask = handles[i] if 0 < i < len(handles) else None
+        if type(subtask) is not Subtask:
+            subtask = _table_get(inst, i, Subtask, "subtask")
         if not subtask.resolve_delivered():
             raise Trap("cannot drop a subtask which has not yet resolved")
         subtask.drop()
-        inst.remove(i)
-        return []
+        handles[i] = None  # inst.remove(i), the entry being known
+        free.append(i)
+        return _NO_RESULTS
 
     return ["i32"], [], subtask_drop
 

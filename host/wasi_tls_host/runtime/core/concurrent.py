@@ -116,7 +116,11 @@ class WaitableSet:
 
     def get_pending_event(self) -> EventTuple:
         waitable = next(iter(self.ready))
-        return waitable.get_pending_event()
+        # waitable.get_pending_event(), inline: it is in this set's ready ones
+        pending_event = waitable.pending_event
+        waitable.pending_event = None
+        del self.ready[waitable]
+        return pending_event()  # type: ignore[misc, no-any-return]
 
     def drop(self) -> None:
         if self.elems:
@@ -242,8 +246,12 @@ class Subtask(Waitable):
 
     def event(self) -> EventTuple:
         state = self.state
-        if state >= Subtask.RETURNED and self.lenders is not None:  # resolved, not yet delivered
-            self.deliver_resolve()
+        if state >= Subtask.RETURNED:
+            lenders = self.lenders
+            if lenders is not None:  # resolved, not yet delivered: deliver_resolve(), inline
+                for h in lenders:
+                    h.lends -= 1
+                self.lenders = None
         return (_SUBTASK_EVENT, self.index, state)
 
     def drop(self) -> None:

@@ -184,6 +184,7 @@ def _lift_result(ft: Any, m: canon.MemCx, out: list[Any]) -> Any:
 _EXIT, _YIELD, _WAIT = int(CallbackCode.EXIT), int(CallbackCode.YIELD), int(CallbackCode.WAIT)
 _CANCELLED_EVENT = (int(EventCode.TASK_CANCELLED), 0, 0)
 _NO_EVENT = (int(EventCode.NONE), 0, 0)
+_PENDING_CANCEL = Task.PENDING_CANCEL
 
 
 async def _event_loop(callee: ComponentState, setup: CallSetup, task: Task, packed: int, exclusive: bool) -> None:
@@ -203,21 +204,23 @@ async def _event_loop(callee: ComponentState, setup: CallSetup, task: Task, pack
             task.waiting_cancellably = False
             event: tuple[int, int, int] = _CANCELLED_EVENT if task.deliver_pending_cancel(True) else _NO_EVENT
         elif code == _WAIT:
-            wset = callee.get(si)
-            if not isinstance(wset, WaitableSet):
+            handles = callee.handles
+            wset = handles[si] if 0 < si < len(handles) else None
+            if type(wset) is not WaitableSet:
                 raise Trap(f"the callback returned WAIT on handle index {si}, which is not a waitable set")
+            ready = wset.ready
             wset.num_waiting += 1
             wset.notify = wake
             task.waiting_cancellably = True
             try:
                 while True:
-                    if task.deliver_pending_cancel(True):
+                    if task.state == _PENDING_CANCEL and task.deliver_pending_cancel(True):
                         event = _CANCELLED_EVENT
                         break
-                    if wset.ready:
+                    if ready:
                         event = wset.get_pending_event()
                         break
-                    wake.clear()
+                    wake.is_set = False  # wake.clear()
                     # Host work that completes the wait runs now when nothing else is ready,
                     # and the event goes straight to the callback (no suspension, no step).
                     wait = scheduler.resume_inline(wake)
