@@ -336,9 +336,10 @@ def _subtask_drop(inst: ComponentInstance, item: Builtin) -> Made:
         subtask = handles[i] if 0 < i < len(handles) else None
         if type(subtask) is not Subtask:
             subtask = _table_get(inst, i, Subtask, "subtask")
-        if not subtask.resolve_delivered():
+        if subtask.lenders is not None:  # not subtask.resolve_delivered()
             raise Trap("cannot drop a subtask which has not yet resolved")
-        subtask.drop()
+        if subtask.wset is not None:  # subtask.drop(), the check just made
+            subtask.join(None)
         handles[i] = None  # inst.remove(i), the entry being known
         free.append(i)
         return _NO_RESULTS

@@ -461,34 +461,52 @@ class ComponentInstance(ComponentState):
         op = item.op
         state = self.state
 
+        def failed(e: Exception) -> int:
+            if isinstance(e, Trap):
+                message = str(e)
+                return native.trap_ptr(message if message.startswith(op) else f"{op}: {message}")
+            # a call into the guest (realloc) trapped, or a host bug
+            return native.trap_ptr(host_call_failure(f"canon {op}", e, lambda code: setattr(state, "exit_code", code)))
+
         n_in = len(params)
         # The common shapes without per-argument reader calls: up to three i32 arguments and
         # at most one i32 result (waitable.join, subtask.drop, stream.read/write, ...).
         plain = all(t == "i32" for t in params) and n_in <= 3 and (results == [] or results == ["i32"])
         has_result = bool(results)
+        mask = 0xFFFF_FFFF
 
-        def tramp(args: Any) -> int:
-            try:
-                if plain:
-                    if n_in == 1:
-                        ins = [args[0].i32 & 0xFFFF_FFFF]
-                    elif n_in == 2:
-                        ins = [args[0].i32 & 0xFFFF_FFFF, args[1].i32 & 0xFFFF_FFFF]
-                    else:
-                        ins = [args[i].i32 & 0xFFFF_FFFF for i in range(n_in)]
-                    out = body(ins)
+        if plain and n_in == 1 and not has_result:  # subtask.drop, the drops
+            def tramp(args: Any) -> int:
+                try:
+                    body([args[0].i32 & mask])
+                    return 0
+                except Exception as e:
+                    return failed(e)
+        elif plain and n_in == 2 and not has_result:  # waitable.join
+            def tramp(args: Any) -> int:
+                try:
+                    body([args[0].i32 & mask, args[1].i32 & mask])
+                    return 0
+                except Exception as e:
+                    return failed(e)
+        elif plain:
+            def tramp(args: Any) -> int:
+                try:
+                    out = body([args[i].i32 & mask for i in range(n_in)])
                     if has_result:
                         args[0].i32 = out[0]
                     return 0
-                out = body([r(args[i]) for i, r in enumerate(readers)])
-                for i, w in enumerate(writers):
-                    w(args[i], out[i])
-                return 0
-            except Trap as e:
-                message = str(e)
-                return native.trap_ptr(message if message.startswith(op) else f"{op}: {message}")
-            except Exception as e:  # a call into the guest (realloc) trapped, or a host bug
-                return native.trap_ptr(host_call_failure(f"canon {op}", e, lambda code: setattr(state, "exit_code", code)))
+                except Exception as e:
+                    return failed(e)
+        else:
+            def tramp(args: Any) -> int:
+                try:
+                    out = body([r(args[i]) for i, r in enumerate(readers)])
+                    for i, w in enumerate(writers):
+                        w(args[i], out[i])
+                    return 0
+                except Exception as e:
+                    return failed(e)
 
         return self._new_func(params, results, tramp)
 

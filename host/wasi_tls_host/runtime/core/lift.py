@@ -194,8 +194,10 @@ async def _event_loop(callee: ComponentState, setup: CallSetup, task: Task, pack
     scheduler = callee.scheduler
     while True:
         code, si = packed & 0xF, packed >> 4
-        if exclusive and callee.exclusive is task:
-            callee.release_exclusive()  # other tasks may run while this one waits
+        if exclusive and callee.exclusive is task:  # other tasks may run while this one waits
+            callee.exclusive = None  # callee.release_exclusive(), the gate opened only if someone waits
+            if callee.enter_gate.has_waiters():
+                callee.open_gate()
         if code == _EXIT:
             return
         if code == _YIELD:

@@ -318,6 +318,7 @@ def _plain_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemC
     pack, lo, hi = canon.int_store(spec.ft.result) or (None, 0, 0)
     result_size, result_align = spec.result_size, spec.result_align
     mem_state = m.mem_state
+    runner = inst.runner
     scheduler: Scheduler | None = None
     returned = Subtask.RETURNED
     started = Subtask.STARTED
@@ -328,12 +329,12 @@ def _plain_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemC
                 hook(qualname, value)
         if not has_result:
             return
-        m.forget()
-        if type(value) is int and lo <= value <= hi:
-            pack(m.view(), retptr, value)  # type: ignore[misc]
+        if type(value) is int and lo <= value <= hi and mem_state is not None:
+            pack(mem_state.current(), retptr, value)  # type: ignore[misc]
         else:  # the general path: its check says what is wrong with the value
+            m.forget()
             spec.result_conv.store(m, value, retptr)  # type: ignore[union-attr]
-        m.forget()
+            m.forget()
 
     def tramp(args: Any) -> int:
         nonlocal scheduler
@@ -384,7 +385,7 @@ def _plain_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemC
             subtask.index = index = inst.add(subtask)
 
             def on_done(t: HostTask) -> None:
-                if inst.closed or t.scheduler.closed:
+                if runner.closed_ or t.scheduler.closed:
                     return
                 if t.error is None:
                     store(t.result, retptr)
