@@ -246,7 +246,9 @@ class ComponentInstance(ComponentState):
         self._core[id(item)] = ext
         return ext
 
-    def _new_func(self, params: list[str], results: list[str], tramp: Callable[[Any], int]) -> Any:
+    def _new_func(self, params: list[str], results: list[str], tramp: Callable[[Any], int], i32_args: bool = False) -> Any:
+        """A core function whose body is ``tramp(args)``; with ``i32_args`` (all parameters
+        and results i32), ``args`` is a pointer to i32s (``native.host_entry_i32``)."""
         env = next(native.env_ids)
         native.TRAMPOLINES[env] = weakref.ref(tramp)
         self._tramps.append(tramp)
@@ -258,7 +260,12 @@ class ComponentInstance(ComponentState):
         if fty is None:
             fty = self.component.functypes[key] = native.core_functype(params, results)
         func = ffi.wasmtime_func_t()
-        native.func_new(self.context, fty.ptr(), native.host_entry, env, native.forget_trampoline, ctypes.byref(func))
+        if i32_args:
+            assert all(t == "i32" for t in (*params, *results))
+            native.func_new_any(self.context_addr, ctypes.cast(fty.ptr(), ctypes.c_void_p), native.HOST_ENTRY_I32_ADDR, env,
+                                native.FORGET_TRAMPOLINE_ADDR, ctypes.addressof(func))
+        else:
+            native.func_new(self.context, fty.ptr(), native.host_entry, env, native.forget_trampoline, ctypes.byref(func))
         ext = ffi.wasmtime_extern_t()
         ext.kind = native.EXTERN_FUNC
         ext.of.func = func
@@ -475,26 +482,28 @@ class ComponentInstance(ComponentState):
         has_result = bool(results)
         mask = 0xFFFF_FFFF
 
+        # Plain ones get their arguments as i32s (native.host_entry_i32): value i at [i * k].
+        k = native.I32_STRIDE
         if plain and n_in == 1 and not has_result:  # subtask.drop, the drops
             def tramp(args: Any) -> int:
                 try:
-                    body([args[0].i32 & mask])
+                    body([args[0] & mask])
                     return 0
                 except Exception as e:
                     return failed(e)
         elif plain and n_in == 2 and not has_result:  # waitable.join
             def tramp(args: Any) -> int:
                 try:
-                    body([args[0].i32 & mask, args[1].i32 & mask])
+                    body([args[0] & mask, args[k] & mask])
                     return 0
                 except Exception as e:
                     return failed(e)
         elif plain:
             def tramp(args: Any) -> int:
                 try:
-                    out = body([args[i].i32 & mask for i in range(n_in)])
+                    out = body([args[i * k] & mask for i in range(n_in)])
                     if has_result:
-                        args[0].i32 = out[0]
+                        args[0] = out[0]
                     return 0
                 except Exception as e:
                     return failed(e)
@@ -508,7 +517,7 @@ class ComponentInstance(ComponentState):
                 except Exception as e:
                     return failed(e)
 
-        return self._new_func(params, results, tramp)
+        return self._new_func(params, results, tramp, i32_args=plain)
 
     def _lower(self, item: Lowered) -> Any:
         st = self.components[item.cid]
@@ -526,7 +535,8 @@ class ComponentInstance(ComponentState):
             spec = self.bound.specs[id(target)] = LowerSpec(fn, target.type)
         if item.opts.async_:
             params, results = target.type.async_lower_core_type()
-            return self._new_func(params, results, make_async_trampoline(st, spec, m))
+            tramp = make_async_trampoline(st, spec, m)
+            return self._new_func(params, results, tramp, i32_args=getattr(tramp, "i32_args", False))
         params, results = spec.core_type
         return self._new_func(params, results, make_trampoline(st, spec, m))
 

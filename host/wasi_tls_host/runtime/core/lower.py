@@ -319,6 +319,8 @@ def _plain_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemC
     result_size, result_align = spec.result_size, spec.result_align
     mem_state = m.mem_state
     runner = inst.runner
+    k = native.I32_STRIDE  # the arguments come as i32s (native.host_entry_i32): value i at [i * k]
+    retptr_at = nparams * k
     scheduler: Scheduler | None = None
     returned = Subtask.RETURNED
     started = Subtask.STARTED
@@ -343,20 +345,20 @@ def _plain_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemC
         try:
             retptr = 0
             if has_result:
-                retptr = args[nparams].i32 & 0xFFFF_FFFF
+                retptr = args[retptr_at] & 0xFFFF_FFFF
                 if retptr & (result_align - 1):
                     raise Trap(f"result pointer {retptr:#x} is misaligned")
                 if mem_state is None or retptr + result_size > mem_state.size:
                     m.check_range(retptr, result_size, "result")
             if nparams == 1:
-                call = impl(state, args[0].i32 & mask0)
+                call = impl(state, args[0] & mask0)
             else:
-                call = impl(state, *[args[i].i32 & masks[i] for i in range(nparams)])
+                call = impl(state, *[args[i * k] & masks[i] for i in range(nparams)])
             if scheduler is None:
                 scheduler = inst.scheduler
             if not is_async:  # a synchronous host function behind an async lower
                 store(call, retptr)
-                args[0].i32 = returned
+                args[0] = returned
                 return 0
             if scheduler.closed:
                 call.close()
@@ -366,19 +368,19 @@ def _plain_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemC
             except StopIteration as e:
                 scheduler.progress += 1
                 store(e.value, retptr)
-                args[0].i32 = returned
+                args[0] = returned
                 return 0
             except BaseException as e:  # noqa: BLE001 - the call's own failure, handled as finish_host_call does
                 scheduler.progress += 1
                 if isinstance(e, Cancelled):
                     e.__traceback__ = None
                 finish_host_call(inst, spec, m, None, e, retptr, None)
-                args[0].i32 = returned
+                args[0] = returned
                 return 0
             host_task = scheduler.adopt(call, waiting, qualname, observed=True)  # on_done reads its error
             if host_task.done:  # it awaited something the scheduler cannot wait on
                 finish_host_call(inst, spec, m, host_task.result, host_task.error, retptr, None)
-                args[0].i32 = returned
+                args[0] = returned
                 return 0
             subtask = Subtask(qualname)
             subtask.host_task = host_task
@@ -395,11 +397,12 @@ def _plain_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemC
                 subtask.set_pending_event(subtask.event)
 
             host_task._callbacks.append(on_done)
-            args[0].i32 = started | (index << 4)
+            args[0] = started | (index << 4)
             return 0
         except Exception as e:
             return native.trap_ptr(host_call_failure(qualname, e, lambda code: setattr(state, "exit_code", code)))
 
+    tramp.i32_args = True  # type: ignore[attr-defined]
     return tramp
 
 

@@ -70,26 +70,46 @@ def trap_ptr(message: str) -> int:
     return ctypes.cast(trap_new(data, len(data)), ctypes.c_void_p).value or 0
 
 
-@ffi.wasmtime_func_unchecked_callback_t  # type: ignore[misc]
-def host_entry(env: Any, caller: Any, args: Any, nargs: int) -> int:
-    ref = TRAMPOLINES.get(env or 0)
-    tramp = ref() if ref is not None else None
-    if tramp is None:
-        return trap_ptr("host function called after its instance was closed")
-    try:
-        return tramp(args)
-    except Exception as e:  # a bug in a built-in (resource.new/rep/drop): never unwind into wasm
-        log.exception("core runtime built-in failed")
-        return trap_ptr(f"host error: {type(e).__name__}: {e}")
-    except BaseException as e:  # see callback_guard: raised again when wasm returns
-        callback_guard.keep(e)
-        return trap_ptr(f"interrupted: {type(e).__name__}")
+def _make_entry(callback_type: Any) -> Any:
+    @callback_type  # type: ignore[misc]
+    def host_entry(env: Any, caller: Any, args: Any, nargs: int) -> int:
+        ref = TRAMPOLINES.get(env or 0)
+        tramp = ref() if ref is not None else None
+        if tramp is None:
+            return trap_ptr("host function called after its instance was closed")
+        try:
+            return tramp(args)
+        except Exception as e:  # a bug in a built-in (resource.new/rep/drop): never unwind into wasm
+            log.exception("core runtime built-in failed")
+            return trap_ptr(f"host error: {type(e).__name__}: {e}")
+        except BaseException as e:  # see callback_guard: raised again when wasm returns
+            callback_guard.keep(e)
+            return trap_ptr(f"interrupted: {type(e).__name__}")
+    return host_entry
+
+
+# The trampoline gets the raw values as ``wasmtime_val_raw_t`` (``args[i].i32``, ``.i64``, ...).
+host_entry = _make_entry(ffi.wasmtime_func_unchecked_callback_t)
+# The trampoline gets the raw values as i32s (``args[4 * i]`` is value i's i32, read and
+# written as a plain int): for functions of i32s only, a ctypes object less per access.
+I32_STRIDE = ctypes.sizeof(ffi.wasmtime_val_raw_t) // 4
+host_entry_i32 = _make_entry(ctypes.CFUNCTYPE(ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p,
+                                              ctypes.POINTER(ctypes.c_int32), ctypes.c_size_t))
+# wasmtime_func_new_unchecked taking either entry (as an address).
+func_new_any = raw.dll["wasmtime_func_new_unchecked"]
+func_new_any.restype = None
+func_new_any.argtypes = [ctypes.c_void_p] * 6
+HOST_ENTRY_I32_ADDR = ctypes.cast(host_entry_i32, ctypes.c_void_p).value
+FORGET_TRAMPOLINE_ADDR = None  # set below, once forget_trampoline exists
 
 
 @ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 def forget_trampoline(env: Any) -> None:
     if TRAMPOLINES is not None:
         TRAMPOLINES.pop(env or 0, None)
+
+
+FORGET_TRAMPOLINE_ADDR = ctypes.cast(forget_trampoline, ctypes.c_void_p).value
 
 
 def _w32(slot: Any, x: Any) -> None:
