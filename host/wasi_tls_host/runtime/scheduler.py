@@ -412,7 +412,7 @@ class Scheduler:
     def _finish(self, task: HostTask, result: Any, error: BaseException | None) -> None:
         self.progress += 1
         task.done = True
-        if isinstance(error, (Cancelled, WitError)):
+        if error is not None and isinstance(error, (Cancelled, WitError)):
             # Nobody reads where a cancellation or a WIT error result (a value for the guest)
             # went through, and the traceback would hold the coroutine's frames (all they
             # reference) and ``_step``'s (a cycle back to the task), as would the exception
@@ -423,12 +423,16 @@ class Scheduler:
         task.result, task.error = result, error
         task._waiting = None
         self._tasks.discard(task)
-        joiners, task._joiners = task._joiners, []
-        for joiner in joiners:
-            self._make_ready(joiner)
-        callbacks, task._callbacks = task._callbacks, []
-        for callback in callbacks:
-            callback(task)
+        joiners = task._joiners
+        if joiners:
+            task._joiners = []
+            for joiner in joiners:
+                self._make_ready(joiner)
+        callbacks = task._callbacks
+        if callbacks:
+            task._callbacks = []
+            for callback in callbacks:
+                callback(task)
         if error is not None and not callbacks and not joiners and not task.observed and not isinstance(error, Cancelled):
             # Nobody will look at it: a background task's failure is logged, not lost.
             log.error("host task %s failed: %s: %s", task.name, type(error).__name__, error)

@@ -9,6 +9,7 @@ the same misuse (the spec's tests match on them), then say more where it helps.
 
 from __future__ import annotations
 
+import struct
 from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -30,6 +31,8 @@ Made = tuple[list[str], list[str], Callable[[list[int]], list[Any]]]
 
 _SYNC_WAITER = "waitable cannot be used synchronously while added to a waitable set"
 _NO_RESULTS: list[Any] = []  # never changed: the trampoline only reads a body's results
+_PENDING_CANCEL = Task.PENDING_CANCEL
+_CANCELLED_EVENT = (int(EventCode.TASK_CANCELLED), 0, 0)
 
 
 def make(inst: ComponentInstance, item: Builtin) -> Made:
@@ -200,13 +203,16 @@ def _thread_index(inst: ComponentInstance, item: Builtin) -> Made:
 
 def _unpack_event(inst: ComponentInstance, m: canon.MemCx, ptr: int, event: tuple[int, int, int]) -> list[Any]:
     code, p1, p2 = event
-    v = m.view()
-    if ptr != align_to(ptr, 4):
+    if ptr & 3:
         raise Trap(f"event pointer {ptr:#x} is not 4-byte aligned")
-    canon.check_range(v, ptr, 8, "event")
-    canon._U32.pack_into(v, ptr, p1 & 0xFFFF_FFFF)
-    canon._U32.pack_into(v, ptr + 4, p2 & 0xFFFF_FFFF)
+    v = m.view()
+    if ptr + 8 > len(v):
+        canon.check_range(v, ptr, 8, "event")
+    _EVENT_PAYLOADS(v, ptr, p1 & 0xFFFF_FFFF, p2 & 0xFFFF_FFFF)
     return [int(code)]
+
+
+_EVENT_PAYLOADS = struct.Struct("<II").pack_into
 
 
 def _waitable_set_new(inst: ComponentInstance, item: Builtin) -> Made:
@@ -221,13 +227,32 @@ def _waitable_set_wait(inst: ComponentInstance, item: Builtin) -> Made:
     cancellable = item.flag
     assert item.opts is not None
     m = inst.memcx(item.opts)
+    handles = inst.handles
+    store_state = inst.state
 
     def waitable_set_wait(args: list[int]) -> list[Any]:
-        _guard(inst, "waitable-set.wait")
-        wset = _table_get(inst, args[0] & 0xFFFF_FFFF, WaitableSet, "waitable set")
-        event = inst.wait_for_event(wset, cancellable)
+        if not inst.may_leave:
+            _guard(inst, "waitable-set.wait")
+        si, ptr = args
+        wset = handles[si] if 0 < si < len(handles) else None
+        if type(wset) is not WaitableSet:
+            wset = _table_get(inst, si, WaitableSet, "waitable set")
+        task = inst.current_task
+        if task is not None and task.state == _PENDING_CANCEL and task.deliver_pending_cancel(cancellable):
+            event: tuple[int, int, int] = _CANCELLED_EVENT
+        else:
+            # inst.wait_for_event, with block_until's first step inline: the ready host work
+            # runs, and an event it (or anything before) gave the set ends the wait at once.
+            wset.num_waiting += 1
+            try:
+                (store_state._scheduler or store_state.scheduler).run_ready()
+                if not wset.ready:
+                    inst.block_until(wset.has_pending_event, "the guest waits on a waitable set")
+            finally:
+                wset.num_waiting -= 1
+            event = wset.get_pending_event()
         m.forget()
-        return _unpack_event(inst, m, args[1] & 0xFFFF_FFFF, event)
+        return _unpack_event(inst, m, ptr, event)
 
     return ["i32", "i32"], ["i32"], waitable_set_wait
 

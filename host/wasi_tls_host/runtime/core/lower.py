@@ -319,6 +319,7 @@ def _plain_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemC
     result_size, result_align = spec.result_size, spec.result_align
     mem_state = m.mem_state
     runner = inst.runner
+    mem_size = native.mem_size
     k = native.I32_STRIDE  # the arguments come as i32s (native.host_entry_i32): value i at [i * k]
     retptr_at = nparams * k
     scheduler: Scheduler | None = None
@@ -332,7 +333,10 @@ def _plain_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemC
         if not has_result:
             return
         if type(value) is int and lo <= value <= hi and mem_state is not None:
-            pack(mem_state.current(), retptr, value)  # type: ignore[misc]
+            size = mem_size(mem_state.context_addr, mem_state.addr)  # mem_state.current(), inline
+            if size != mem_state.size:
+                mem_state.grew(size)
+            pack(mem_state.view, retptr, value)  # type: ignore[misc]
         else:  # the general path: its check says what is wrong with the value
             m.forget()
             spec.result_conv.store(m, value, retptr)  # type: ignore[union-attr]

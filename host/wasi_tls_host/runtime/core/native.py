@@ -35,12 +35,15 @@ func_call = raw.dll["wasmtime_func_call_unchecked"]
 func_call.restype = ctypes.c_void_p
 func_call.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
 func_new = raw._wasmtime_func_new_unchecked
-# Our own prototype of wasmtime_memory_data returning the address as an int (indexing the
-# dll makes a new function object, so wasmtime-py's own prototype is left alone).
-mem_data = raw.dll["wasmtime_memory_data"]
+# Our own prototypes of wasmtime_memory_data(_size) returning the address and size as ints
+# (indexing the dll makes a new function object, so wasmtime-py's own prototype is left
+# alone), through a PyDLL handle of the same library: two getters that never run guest
+# code, so they keep the GIL (no release and re-take on every fresh view of guest memory).
+_dll_keeping_gil = ctypes.PyDLL(raw.dll._name)
+mem_data = _dll_keeping_gil["wasmtime_memory_data"]
 mem_data.restype = ctypes.c_void_p
 mem_data.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
-mem_size = raw.dll["wasmtime_memory_data_size"]
+mem_size = _dll_keeping_gil["wasmtime_memory_data_size"]
 mem_size.restype = ctypes.c_size_t
 mem_size.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
 trap_new = raw._wasmtime_trap_new
