@@ -394,7 +394,10 @@ def _plain_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemC
                 if runner.closed_ or t.scheduler.closed:
                     return
                 if t.error is None:
-                    store(t.result, retptr)
+                    try:
+                        store(t.result, retptr)
+                    except Trap as e:  # it traps where the guest waits: say whose result it was
+                        raise Trap(f"{qualname}: {e}") from None
                     subtask.state = returned
                 else:
                     subtask.resolve(finish_host_call(inst, spec, m, t.result, t.error, retptr, subtask))
@@ -433,8 +436,13 @@ def finish_host_call(inst: ComponentState, spec: LowerSpec, m: canon.MemCx, resu
             hook(fn.qualname, result)
     if spec.result_conv is not None:
         m.forget()
-        m.check_range(retptr, spec.result_size, "result")
-        spec.result_conv.store(m, result, retptr)
+        try:
+            m.check_range(retptr, spec.result_size, "result")
+            spec.result_conv.store(m, result, retptr)
+        except Trap as e:
+            if subtask is None:  # the trampoline's own failure: it names the function
+                raise
+            raise Trap(f"{fn.qualname}: {e}") from None  # it traps where the guest waits
         m.forget()
     return Subtask.RETURNED
 
