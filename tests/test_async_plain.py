@@ -117,3 +117,12 @@ def test_a_result_out_of_its_range_traps(guest, export: str, args: tuple[int, ..
 def test_a_failure_of_a_function_without_a_result_traps(guest, x: int, cause: str) -> None:
     with pytest.raises(WasmtimeError, match=cause):
         guest.call("no-result", x)
+
+
+def test_a_wait_runs_the_ready_host_work_before_it_takes_an_event_already_pending(guest) -> None:
+    """waitable-set.wait runs the ready host work first even when the set has an event
+    already (its inline step keeps the order of the general wait): the third call, made
+    after the first wait, has finished when the second wait returns the second call's."""
+    assert guest.call("pending-order") == 3
+    assert SEEN == [("later-u16", 1), ("later-u16", 2), ("later-u16", 3)]
+    assert [h for h in guest.core.handles if h is not None] == []

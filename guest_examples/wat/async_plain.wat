@@ -6,6 +6,9 @@
 ;;   later-u16(x, retptr)    -> later-u16 (finishes on its first resume): the u16 at retptr
 ;;   sync-add(a, b)          -> sync-add (an async func the host implements synchronously): the sum
 ;;   no-result(x)            -> no-result: the status code of the call (2: RETURNED)
+;;   pending-order()         -> three later-u16 calls in one set, the third made after the first
+;;                              wait: the u16 the third stored when the second wait returned
+;;                              (with the second call's event, pending before that wait began)
 ;; A call that does not finish at once is waited for (join, waitable-set.wait, drop).
 (component
   (import "wasi-tls-host:test/async-plain" (instance $host
@@ -68,6 +71,30 @@
     (func (export "sync-add") (param $a i32) (param $b i32)
       (drop (call $settle (call $sync-add (local.get $a) (local.get $b) (i32.const 32))))
       (call $ret32 (i32.load (i32.const 32))))
+    (func $wait-for (param $ws i32) (param $subtask i32)
+      (drop (call $ws-wait (local.get $ws) (i32.const 0)))
+      (if (i32.ne (i32.load (i32.const 0)) (local.get $subtask)) (then unreachable)))
+    (func $done (param $subtask i32)
+      (call $join (local.get $subtask) (i32.const 0))
+      (call $subtask-drop (local.get $subtask)))
+    (func (export "pending-order")
+      (local $ws i32) (local $s1 i32) (local $s2 i32) (local $s3 i32) (local $seen i32)
+      (local.set $ws (call $ws-new))
+      (local.set $s1 (i32.shr_u (call $later-u16 (i32.const 1) (i32.const 64)) (i32.const 4)))
+      (local.set $s2 (i32.shr_u (call $later-u16 (i32.const 2) (i32.const 68)) (i32.const 4)))
+      (call $join (local.get $s1) (local.get $ws))
+      (call $join (local.get $s2) (local.get $ws))
+      (call $wait-for (local.get $ws) (local.get $s1))  ;; both calls finished in that wait
+      (local.set $s3 (i32.shr_u (call $later-u16 (i32.const 3) (i32.const 72)) (i32.const 4)))
+      (call $join (local.get $s3) (local.get $ws))
+      (call $wait-for (local.get $ws) (local.get $s2))  ;; pending already: the ready call ran first
+      (local.set $seen (i32.load16_u (i32.const 72)))
+      (call $wait-for (local.get $ws) (local.get $s3))
+      (call $done (local.get $s1))
+      (call $done (local.get $s2))
+      (call $done (local.get $s3))
+      (call $ws-drop (local.get $ws))
+      (call $ret32 (local.get $seen)))
     (func (export "no-result") (param $x i32)
       (call $ret32 (i32.and (call $settle (call $no-result (local.get $x))) (i32.const 0xf))))
   )
@@ -87,6 +114,7 @@
     (canon lift (core func $main "later-u16") async))
   (func (export "sync-add") async (param "a" u32) (param "b" u32) (result u32)
     (canon lift (core func $main "sync-add") async))
+  (func (export "pending-order") async (result u32) (canon lift (core func $main "pending-order") async))
   (func (export "no-result") async (param "x" u32) (result u32)
     (canon lift (core func $main "no-result") async))
 )
