@@ -41,7 +41,7 @@ class MemoryState:
     memory never shrinks and moves only when it grows, so while its size is the same the
     view stays valid: one call into wasmtime (the size) per fresh view, not two."""
 
-    __slots__ = ("context_addr", "addr", "memory", "base", "size", "view")
+    __slots__ = ("addr", "base", "context_addr", "memory", "size", "view")
 
     def __init__(self, context_addr: int, memory: Any) -> None:
         self.context_addr = context_addr
@@ -351,12 +351,7 @@ class ComponentInstance(ComponentState):
         frame = frames.pop() if frames else native.CallFrame()
         try:
             native.PACK_CALLBACK_ARGS(frame.view, 0, code, p1, p2, 0)
-            err = native.func_call(self.context_addr, func_addr, frame.addr, 3, frame.trap_addr)
-            result, trap = native.FRAME_RESULT_AND_TRAP(frame.view, 0)
-            if err or trap:
-                callback_guard.raise_pending()
-                native.raise_if_failed(err, frame.trap(), None)
-            return result  # type: ignore[no-any-return]
+            return self._call_frame(func_addr, frame, 3)
         finally:
             frames.append(frame)
 
@@ -365,14 +360,19 @@ class ComponentInstance(ComponentState):
         frame = frames.pop() if frames else native.CallFrame()
         try:
             native.PACK_REALLOC_ARGS(frame.view, 0, align, size, 0)
-            err = native.func_call(self.context_addr, ctypes.addressof(func), frame.addr, 4, frame.trap_addr)
-            result, trap = native.FRAME_RESULT_AND_TRAP(frame.view, 0)
-            if err or trap:
-                callback_guard.raise_pending()
-                native.raise_if_failed(err, frame.trap(), None)
-            return result  # type: ignore[no-any-return]
+            return self._call_frame(ctypes.addressof(func), frame, 4)
         finally:
             frames.append(frame)
+
+    def _call_frame(self, func_addr: int, frame: native.CallFrame, n: int) -> int:
+        """Call the function at ``func_addr`` with the ``n`` arguments packed in ``frame``:
+        its one i32 result."""
+        err = native.func_call(self.context_addr, func_addr, frame.addr, n, frame.trap_addr)
+        result, trap = native.FRAME_RESULT_AND_TRAP(frame.view, 0)
+        if err or trap:
+            callback_guard.raise_pending()
+            native.raise_if_failed(err, frame.trap(), None)
+        return result  # type: ignore[no-any-return]
 
     # --- waiting with guest code on the stack ---------------------------------------------
     def wait_leaving_stack(self, done: Callable[[], bool], what: str) -> None:
@@ -489,14 +489,14 @@ class ComponentInstance(ComponentState):
                 try:
                     body([args[0] & mask])
                     return 0
-                except Exception as e:
+                except Exception as e:  # noqa: BLE001 - failed() turns every failure into the guest's trap
                     return failed(e)
         elif plain and n_in == 2 and not has_result:  # waitable.join
             def tramp(args: Any) -> int:
                 try:
                     body([args[0] & mask, args[k] & mask])
                     return 0
-                except Exception as e:
+                except Exception as e:  # noqa: BLE001 - failed() turns every failure into the guest's trap
                     return failed(e)
         elif plain:
             def tramp(args: Any) -> int:
@@ -505,7 +505,7 @@ class ComponentInstance(ComponentState):
                     if has_result:
                         args[0] = out[0]
                     return 0
-                except Exception as e:
+                except Exception as e:  # noqa: BLE001 - failed() turns every failure into the guest's trap
                     return failed(e)
         else:
             def tramp(args: Any) -> int:
@@ -514,7 +514,7 @@ class ComponentInstance(ComponentState):
                     for i, w in enumerate(writers):
                         w(args[i], out[i])
                     return 0
-                except Exception as e:
+                except Exception as e:  # noqa: BLE001 - failed() turns every failure into the guest's trap
                     return failed(e)
 
         return self._new_func(params, results, tramp, i32_args=plain)

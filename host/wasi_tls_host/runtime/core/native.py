@@ -160,7 +160,7 @@ class CallFrame:
     call made while another runs (a callback calling into the host, which calls realloc)
     has its own."""
 
-    __slots__ = ("buffer", "view", "addr", "trap_addr")
+    __slots__ = ("addr", "buffer", "trap_addr", "view")
 
     def __init__(self) -> None:
         self.buffer = _FrameBuffer()
