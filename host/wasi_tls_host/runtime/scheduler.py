@@ -139,12 +139,16 @@ class Event:
         if self.is_set:
             return
         self.is_set = True
-        waiters, self._waiters = self._waiters, []
-        for task in waiters:
-            task.scheduler._make_ready(task)
-        callbacks, self._callbacks = self._callbacks, []
-        for callback in callbacks:
-            callback()
+        waiters = self._waiters
+        if waiters:
+            self._waiters = []
+            for task in waiters:
+                task.scheduler._make_ready(task)
+        callbacks = self._callbacks
+        if callbacks:
+            self._callbacks = []
+            for callback in callbacks:
+                callback()
 
     def clear(self) -> None:
         self.is_set = False
