@@ -209,6 +209,7 @@ async def _event_loop(callee: ComponentState, setup: CallSetup, task: Task, pack
             handles = callee.handles
             wset = handles[si] if 0 < si < len(handles) else None
             if type(wset) is not WaitableSet:
+                callee.get(si)  # an unknown index traps as such
                 raise Trap(f"the callback returned WAIT on handle index {si}, which is not a waitable set")
             ready = wset.ready
             wset.num_waiting += 1
