@@ -392,7 +392,10 @@ def _new(is_stream: bool) -> Callable[[ComponentInstance, Builtin], Made]:
 
 
 def _end_for_copy(inst: ComponentInstance, i: int, cls: type[CopyEnd], t: StreamT | FutureT, op: str, async_: bool) -> CopyEnd:
-    e = _table_get(inst, i, cls, _end_name(cls))
+    handles = inst.handles  # the table lookup inline (every copy); anything unexpected via _table_get
+    e = handles[i] if 0 < i < len(handles) else None
+    if type(e) is not cls:
+        e = _table_get(inst, i, cls, _end_name(cls))
     if not same_type(e.shared.t, t.elem) and not (e.shared.t is None and t.elem is None):
         raise Trap(f"{op}: the {_end_name(cls)} at index {i} has another element type")
     if e.state != CopyState.IDLE:

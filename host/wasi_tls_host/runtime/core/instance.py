@@ -498,6 +498,17 @@ class ComponentInstance(ComponentState):
                     return 0
                 except Exception as e:  # noqa: BLE001 - failed() turns every failure into the guest's trap
                     return failed(e)
+        elif plain and n_in == 3:  # stream.read/write
+            k2 = 2 * k
+
+            def tramp(args: Any) -> int:
+                try:
+                    out = body([args[0] & mask, args[k] & mask, args[k2] & mask])
+                    if has_result:
+                        args[0] = out[0]
+                    return 0
+                except Exception as e:  # noqa: BLE001 - failed() turns every failure into the guest's trap
+                    return failed(e)
         elif plain:
             def tramp(args: Any) -> int:
                 try:
