@@ -95,9 +95,12 @@ def sleep_until(deadline_ns: int) -> _Wait:
     return _Until(deadline_ns)
 
 
+_YIELD = _Yield()  # it holds nothing: one for every yield
+
+
 def yield_now() -> _Wait:
     """Let every other ready coroutine run once before this one goes on."""
-    return _Yield()
+    return _YIELD
 
 
 def any_of(*waits: Any) -> _Wait:
@@ -136,12 +139,16 @@ class Event:
         if self.is_set:
             return
         self.is_set = True
-        waiters, self._waiters = self._waiters, []
-        for task in waiters:
-            task.scheduler._make_ready(task)
-        callbacks, self._callbacks = self._callbacks, []
-        for callback in callbacks:
-            callback()
+        waiters = self._waiters
+        if waiters:
+            self._waiters = []
+            for task in waiters:
+                task.scheduler._make_ready(task)
+        callbacks = self._callbacks
+        if callbacks:
+            self._callbacks = []
+            for callback in callbacks:
+                callback()
 
     def clear(self) -> None:
         self.is_set = False
@@ -294,7 +301,11 @@ class Scheduler:
         task = HostTask(self, coro, name, False)
         task.observed = observed
         self._tasks.add(task)
-        self._suspend(task, waiting)
+        if type(waiting) is _Yield:  # _suspend's first case, inline: the usual one here
+            task._queued = True
+            self._ready.append(task)
+        else:
+            self._suspend(task, waiting)
         return task
 
     def _make_ready(self, task: HostTask) -> None:
@@ -321,15 +332,18 @@ class Scheduler:
         self._suspend(task, waiting)
 
     def _suspend(self, task: HostTask, waiting: Any) -> None:
+        if type(waiting) is _Yield:  # no progress; ready again at once (_make_ready, inline)
+            if not task._queued:
+                task._queued = True
+                task._waiting = None
+                (self._guest_ready if task.guest else self._ready).append(task)
+            return
         task._waiting = waiting
-        if not isinstance(waiting, _Yield):
-            self.progress += 1
+        self.progress += 1
         if isinstance(waiting, _Fd):
             (self._writers if waiting.write else self._readers).setdefault(waiting.fd, []).append(task)
         elif isinstance(waiting, _Until):
             self._add_timer(waiting.deadline, task)
-        elif isinstance(waiting, _Yield):
-            self._make_ready(task)
         elif isinstance(waiting, _Parked):
             task._waiting = None  # queued already (resume_inline)
         elif isinstance(waiting, Event):
@@ -402,7 +416,7 @@ class Scheduler:
     def _finish(self, task: HostTask, result: Any, error: BaseException | None) -> None:
         self.progress += 1
         task.done = True
-        if isinstance(error, (Cancelled, WitError)):
+        if error is not None and isinstance(error, (Cancelled, WitError)):
             # Nobody reads where a cancellation or a WIT error result (a value for the guest)
             # went through, and the traceback would hold the coroutine's frames (all they
             # reference) and ``_step``'s (a cycle back to the task), as would the exception
@@ -413,12 +427,16 @@ class Scheduler:
         task.result, task.error = result, error
         task._waiting = None
         self._tasks.discard(task)
-        joiners, task._joiners = task._joiners, []
-        for joiner in joiners:
-            self._make_ready(joiner)
-        callbacks, task._callbacks = task._callbacks, []
-        for callback in callbacks:
-            callback(task)
+        joiners = task._joiners
+        if joiners:
+            task._joiners = []
+            for joiner in joiners:
+                self._make_ready(joiner)
+        callbacks = task._callbacks
+        if callbacks:
+            task._callbacks = []
+            for callback in callbacks:
+                callback(task)
         if error is not None and not callbacks and not joiners and not task.observed and not isinstance(error, Cancelled):
             # Nobody will look at it: a background task's failure is logged, not lost.
             log.error("host task %s failed: %s: %s", task.name, type(error).__name__, error)

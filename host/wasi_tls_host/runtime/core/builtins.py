@@ -9,6 +9,7 @@ the same misuse (the spec's tests match on them), then say more where it helps.
 
 from __future__ import annotations
 
+import struct
 from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
 Made = tuple[list[str], list[str], Callable[[list[int]], list[Any]]]
 
 _SYNC_WAITER = "waitable cannot be used synchronously while added to a waitable set"
+_NO_RESULTS: list[Any] = []  # never changed: the trampoline only reads a body's results
+_PENDING_CANCEL = Task.PENDING_CANCEL
+_CANCELLED_EVENT = (int(EventCode.TASK_CANCELLED), 0, 0)
 
 
 def make(inst: ComponentInstance, item: Builtin) -> Made:
@@ -199,13 +203,16 @@ def _thread_index(inst: ComponentInstance, item: Builtin) -> Made:
 
 def _unpack_event(inst: ComponentInstance, m: canon.MemCx, ptr: int, event: tuple[int, int, int]) -> list[Any]:
     code, p1, p2 = event
-    v = m.view()
-    if ptr != align_to(ptr, 4):
+    if ptr & 3:
         raise Trap(f"event pointer {ptr:#x} is not 4-byte aligned")
-    canon.check_range(v, ptr, 8, "event")
-    canon._U32.pack_into(v, ptr, p1 & 0xFFFF_FFFF)
-    canon._U32.pack_into(v, ptr + 4, p2 & 0xFFFF_FFFF)
+    v = m.view()
+    if ptr + 8 > len(v):
+        canon.check_range(v, ptr, 8, "event")
+    _EVENT_PAYLOADS(v, ptr, p1 & 0xFFFF_FFFF, p2 & 0xFFFF_FFFF)
     return [int(code)]
+
+
+_EVENT_PAYLOADS = struct.Struct("<II").pack_into
 
 
 def _waitable_set_new(inst: ComponentInstance, item: Builtin) -> Made:
@@ -220,13 +227,32 @@ def _waitable_set_wait(inst: ComponentInstance, item: Builtin) -> Made:
     cancellable = item.flag
     assert item.opts is not None
     m = inst.memcx(item.opts)
+    handles = inst.handles
+    store_state = inst.state
 
     def waitable_set_wait(args: list[int]) -> list[Any]:
-        _guard(inst, "waitable-set.wait")
-        wset = _table_get(inst, args[0] & 0xFFFF_FFFF, WaitableSet, "waitable set")
-        event = inst.wait_for_event(wset, cancellable)
+        if not inst.may_leave:
+            _guard(inst, "waitable-set.wait")
+        si, ptr = args
+        wset = handles[si] if 0 < si < len(handles) else None
+        if type(wset) is not WaitableSet:
+            wset = _table_get(inst, si, WaitableSet, "waitable set")
+        task = inst.current_task
+        if task is not None and task.state == _PENDING_CANCEL and task.deliver_pending_cancel(cancellable):
+            event: tuple[int, int, int] = _CANCELLED_EVENT
+        else:
+            # inst.wait_for_event, with block_until's first step inline: the ready host work
+            # runs, and an event it (or anything before) gave the set ends the wait at once.
+            wset.num_waiting += 1
+            try:
+                (store_state._scheduler or store_state.scheduler).run_ready()
+                if not wset.ready:
+                    inst.block_until(wset.has_pending_event, "the guest waits on a waitable set")
+            finally:
+                wset.num_waiting -= 1
+            event = wset.get_pending_event()
         m.forget()
-        return _unpack_event(inst, m, args[1] & 0xFFFF_FFFF, event)
+        return _unpack_event(inst, m, ptr, event)
 
     return ["i32", "i32"], ["i32"], waitable_set_wait
 
@@ -270,14 +296,27 @@ def _waitable_set_drop(inst: ComponentInstance, item: Builtin) -> Made:
 
 
 def _waitable_join(inst: ComponentInstance, item: Builtin) -> Made:
+    handles = inst.handles  # the table's list (entries are replaced in place, never the list)
+
     def waitable_join(args: list[int]) -> list[Any]:
-        _guard(inst, "waitable.join")
-        w = _table_get(inst, args[0] & 0xFFFF_FFFF, Waitable, "waitable")
+        if not inst.may_leave:
+            _guard(inst, "waitable.join")
+        wi, si = args
+        # The table lookups inline (this runs on every async call a guest waits for);
+        # anything unexpected goes through _table_get for its message.
+        w = handles[wi] if 0 < wi < len(handles) else None
+        if not isinstance(w, Waitable):
+            w = _table_get(inst, wi, Waitable, "waitable")
         if w.has_sync_waiter:
             raise Trap(f"waitable.join: {_SYNC_WAITER}")
-        si = args[1] & 0xFFFF_FFFF
-        w.join(None if si == 0 else _table_get(inst, si, WaitableSet, "waitable set"))
-        return []
+        if si == 0:
+            w.join(None)
+            return _NO_RESULTS
+        wset = handles[si] if si < len(handles) else None
+        if type(wset) is not WaitableSet:
+            wset = _table_get(inst, si, WaitableSet, "waitable set")
+        w.join(wset)
+        return _NO_RESULTS
 
     return ["i32", "i32"], [], waitable_join
 
@@ -313,15 +352,22 @@ def _subtask_cancel(inst: ComponentInstance, item: Builtin) -> Made:
 
 
 def _subtask_drop(inst: ComponentInstance, item: Builtin) -> Made:
+    handles, free = inst.handles, inst.free
+
     def subtask_drop(args: list[int]) -> list[Any]:
-        _guard(inst, "subtask.drop")
-        i = args[0] & 0xFFFF_FFFF
-        subtask = _table_get(inst, i, Subtask, "subtask")
-        if not subtask.resolve_delivered():
+        if not inst.may_leave:
+            _guard(inst, "subtask.drop")
+        i = args[0]
+        subtask = handles[i] if 0 < i < len(handles) else None
+        if type(subtask) is not Subtask:
+            subtask = _table_get(inst, i, Subtask, "subtask")
+        if subtask.lenders is not None:  # not subtask.resolve_delivered()
             raise Trap("cannot drop a subtask which has not yet resolved")
-        subtask.drop()
-        inst.remove(i)
-        return []
+        if subtask.wset is not None:  # subtask.drop(), the check just made
+            subtask.join(None)
+        handles[i] = None  # inst.remove(i), the entry being known
+        free.append(i)
+        return _NO_RESULTS
 
     return ["i32"], [], subtask_drop
 
@@ -346,7 +392,10 @@ def _new(is_stream: bool) -> Callable[[ComponentInstance, Builtin], Made]:
 
 
 def _end_for_copy(inst: ComponentInstance, i: int, cls: type[CopyEnd], t: StreamT | FutureT, op: str, async_: bool) -> CopyEnd:
-    e = _table_get(inst, i, cls, _end_name(cls))
+    handles = inst.handles  # the table lookup inline (every copy); anything unexpected via _table_get
+    e = handles[i] if 0 < i < len(handles) else None
+    if type(e) is not cls:
+        e = _table_get(inst, i, cls, _end_name(cls))
     if not same_type(e.shared.t, t.elem) and not (e.shared.t is None and t.elem is None):
         raise Trap(f"{op}: the {_end_name(cls)} at index {i} has another element type")
     if e.state != CopyState.IDLE:

@@ -50,6 +50,8 @@ class MemCx:
         self.realloc_func = realloc  # ffi.wasmtime_func_t or None
         self.encoding = encoding
         self._view: memoryview | None = None
+        # The memory's state, shared by every MemCx of the same memory (instance.MemoryState).
+        self.mem_state: Any = inst.runner.memory_state(memory) if memory is not None else None
         self.borrows: list[int] | None = None
         self.base = 0  # the memory's address when view() last looked
         self.lent: list[tuple[Any, memoryview]] = []  # views of guest memory lent this call
@@ -60,10 +62,11 @@ class MemCx:
     def view(self) -> memoryview:
         v = self._view
         if v is None:
-            if self.memory is None:
+            st = self.mem_state
+            if st is None:
                 raise Trap("the canon options give no memory, but this value needs one")
-            v = self._view = self.inst.memory_view(self.memory)
-            self.base = self.inst.memory_base(self.memory)
+            v = self._view = st.current()
+            self.base = st.base
         return v
 
     def forget(self) -> None:
@@ -72,7 +75,8 @@ class MemCx:
     def check_range(self, ptr: int, size: int, what: str) -> None:
         """Trap unless ``size`` bytes at ``ptr`` are inside the memory; a range inside the
         size last seen needs no call into wasmtime (a linear memory never shrinks)."""
-        if self.memory is not None and ptr + size <= self.inst.runner.memory_size_seen(self.memory):
+        st = self.mem_state
+        if st is not None and ptr + size <= st.size:
             return
         check_range(self.view(), ptr, size, what)
 
@@ -148,6 +152,25 @@ _INT_SPECS: dict[str, tuple[struct.Struct, int, int, int]] = {
     "u32": (_U32, 0, 0xFFFF_FFFF, 0), "s32": (_S32, -(2**31), 2**31 - 1, 32),
     "u64": (_U64, 0, 2**64 - 1, 0), "s64": (_S64, -(2**63), 2**63 - 1, 64),
 }
+
+
+# Masks that turn a flat i32 (as ctypes reads it: signed) into the value of a parameter of
+# these types; ``s32``'s is the identity.
+FLAT_I32_MASKS = {"u8": 0xFF, "u16": 0xFFFF, "u32": 0xFFFF_FFFF, "s32": -1}
+
+
+def flat_i32_mask(t: ValType) -> int | None:
+    """The mask that lifts a flat i32 argument of type ``t`` (see FLAT_I32_MASKS), or None
+    if ``t`` needs more than a mask."""
+    return FLAT_I32_MASKS.get(t.name) if isinstance(t, Prim) else None
+
+
+def int_store(t: ValType | None) -> tuple[Callable[..., None], int, int] | None:
+    """``(pack_into, lo, hi)`` of an integer type (stored as is after a range check), else None."""
+    if isinstance(t, Prim) and t.name in _INT_SPECS:
+        st, lo, hi, _ = _INT_SPECS[t.name]
+        return st.pack_into, lo, hi
+    return None
 
 
 def _build(t: ValType) -> Conv:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from ..streams import MAX_BUFFER_LENGTH, Future, ReadableBuffer, Stream, WritableBuffer
 from ..values import Trap
 from . import canon
-from .types import Prim, ValType, align_to
+from .types import Prim, ValType
 
 if TYPE_CHECKING:
     from ..scheduler import HostTask
@@ -116,7 +116,11 @@ class WaitableSet:
 
     def get_pending_event(self) -> EventTuple:
         waitable = next(iter(self.ready))
-        return waitable.get_pending_event()
+        # waitable.get_pending_event(), inline: it is in this set's ready ones
+        pending_event = waitable.pending_event
+        waitable.pending_event = None
+        del self.ready[waitable]
+        return pending_event()  # type: ignore[misc, no-any-return]
 
     def drop(self) -> None:
         if self.elems:
@@ -242,8 +246,12 @@ class Subtask(Waitable):
 
     def event(self) -> EventTuple:
         state = self.state
-        if state >= Subtask.RETURNED and self.lenders is not None:  # resolved, not yet delivered
-            self.deliver_resolve()
+        if state >= Subtask.RETURNED:
+            lenders = self.lenders
+            if lenders is not None:  # resolved, not yet delivered: deliver_resolve(), inline
+                for h in lenders:
+                    h.lends -= 1
+                self.lenders = None
         return (_SUBTASK_EVENT, self.index, state)
 
     def drop(self) -> None:
@@ -338,9 +346,11 @@ class GuestBuffer(ReadableBuffer, WritableBuffer):
             self.size = t.size
             self.conv = None if self.is_bytes else canon.conv(t)
             if length > 0:
-                if ptr != align_to(ptr, t.align):
+                if ptr & (t.align - 1):
                     raise Trap(f"buffer pointer {ptr:#x} is not {t.align}-byte aligned")
-                canon.check_range(m.view(), ptr, length * t.size, "buffer")
+                # Against the size last seen first (a linear memory never shrinks): no call
+                # into wasmtime when the buffer lies inside it.
+                m.check_range(ptr, length * t.size, "buffer")
 
     def read(self, n: int) -> Any:
         assert n <= self.remain()

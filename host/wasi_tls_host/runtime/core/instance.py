@@ -34,7 +34,33 @@ from .table import ComponentState, GuestResource, _HandleEntry, _key
 from .types import DefinedResource, Handle
 
 log = logging.getLogger("wasi_tls_host.runtime")
-_RAW3, _RAW4 = native.RAW_ARRAYS[3], native.RAW_ARRAYS[4]
+
+
+class MemoryState:
+    """One linear memory as last seen: its address, size and a view of all of it. A linear
+    memory never shrinks and moves only when it grows, so while its size is the same the
+    view stays valid: one call into wasmtime (the size) per fresh view, not two."""
+
+    __slots__ = ("addr", "base", "context_addr", "memory", "size", "view")
+
+    def __init__(self, context_addr: int, memory: Any) -> None:
+        self.context_addr = context_addr
+        self.memory = memory  # keeps the struct at ``addr`` alive
+        self.addr = ctypes.addressof(memory)
+        self.base = 0
+        self.size = -1
+        self.view: memoryview = memoryview(bytearray())
+
+    def current(self) -> memoryview:
+        size = native.mem_size(self.context_addr, self.addr)
+        if size != self.size:
+            self.grew(size)
+        return self.view
+
+    def grew(self, size: int) -> None:
+        base = native.mem_data(self.context_addr, self.addr) or 0
+        self.view = memoryview((ctypes.c_ubyte * size).from_address(base)).cast("B") if size else memoryview(bytearray())  # type: ignore[operator]
+        self.base, self.size = base, size
 
 
 class LinkError(Exception):
@@ -127,6 +153,8 @@ class ComponentInstance(ComponentState):
     def __init__(self, store: Store, component: CoreComponent, bound: BoundHost) -> None:
         self.store = store
         self.context = store._context()
+        self.context_addr: int = ctypes.cast(self.context, ctypes.c_void_p).value or 0
+        self._frames: list[native.CallFrame] = []  # free call frames (call_callback, raw_realloc)
         self.state_: StoreState = state_of(store)
         self.component = component
         self.bound = bound
@@ -144,7 +172,7 @@ class ComponentInstance(ComponentState):
         self._memcx: dict[tuple[int, int, int, str], canon.MemCx] = {}
         self._setups: dict[tuple[int, int], lift.CallSetup] = {}
         self._checked: set[int] = set()
-        self._views: dict[int, tuple[int, int, memoryview]] = {}
+        self._memories: dict[int, MemoryState] = {}
         try:
             self._instantiate()
         except BaseException:
@@ -218,7 +246,9 @@ class ComponentInstance(ComponentState):
         self._core[id(item)] = ext
         return ext
 
-    def _new_func(self, params: list[str], results: list[str], tramp: Callable[[Any], int]) -> Any:
+    def _new_func(self, params: list[str], results: list[str], tramp: Callable[[Any], int], i32_args: bool = False) -> Any:
+        """A core function whose body is ``tramp(args)``; with ``i32_args`` (all parameters
+        and results i32), ``args`` is a pointer to i32s (``native.host_entry_i32``)."""
         env = next(native.env_ids)
         native.TRAMPOLINES[env] = weakref.ref(tramp)
         self._tramps.append(tramp)
@@ -230,7 +260,12 @@ class ComponentInstance(ComponentState):
         if fty is None:
             fty = self.component.functypes[key] = native.core_functype(params, results)
         func = ffi.wasmtime_func_t()
-        native.func_new(self.context, fty.ptr(), native.host_entry, env, native.forget_trampoline, ctypes.byref(func))
+        if i32_args:
+            assert all(t == "i32" for t in (*params, *results))
+            native.func_new_any(self.context_addr, ctypes.cast(fty.ptr(), ctypes.c_void_p), native.HOST_ENTRY_I32_ADDR, env,
+                                native.FORGET_TRAMPOLINE_ADDR, ctypes.addressof(func))
+        else:
+            native.func_new(self.context, fty.ptr(), native.host_entry, env, native.forget_trampoline, ctypes.byref(func))
         ext = ffi.wasmtime_extern_t()
         ext.kind = native.EXTERN_FUNC
         ext.of.func = func
@@ -275,30 +310,25 @@ class ComponentInstance(ComponentState):
         return setup
 
     # --- memory and calls into the guest ---------------------------------------------------
+    def memory_state(self, memory: Any) -> MemoryState:
+        """The one ``MemoryState`` of ``memory`` (each ``MemCx`` of it holds it)."""
+        st = self._memories.get(id(memory))
+        if st is None:
+            st = self._memories[id(memory)] = MemoryState(self.context_addr, memory)
+        return st
+
     def memory_view(self, memory: Any) -> memoryview:
-        """A view of ``memory`` as it is now (its size re-read on every call; the view object
-        is reused while the size is the same). A linear memory never shrinks and only moves
-        when it grows, so an unchanged size means an unchanged address: one call into
-        wasmtime per view instead of two (this runs several times per async call and copy)."""
-        ref = ctypes.byref(memory)
-        size = native.mem_size(self.context, ref)
-        cached = self._views.get(id(memory))
-        if cached is not None and cached[1] == size:
-            return cached[2]
-        base = native.mem_data(self.context, ref)
-        view = memoryview((ctypes.c_ubyte * size).from_address(base)).cast("B") if size else memoryview(bytearray())  # type: ignore[operator]
-        self._views[id(memory)] = (base, size, view)
-        return view
+        return self.memory_state(memory).current()
 
     def memory_size_seen(self, memory: Any) -> int:
-        """The size of ``memory`` when ``memory_view`` last looked (a lower bound of its
+        """The size of ``memory`` when a view of it was last made (a lower bound of its
         size now: a linear memory never shrinks), without a call into wasmtime."""
-        cached = self._views.get(id(memory))
-        return cached[1] if cached is not None else 0
+        st = self._memories.get(id(memory))
+        return max(st.size, 0) if st is not None else 0
 
     def memory_base(self, memory: Any) -> int:
-        cached = self._views.get(id(memory))
-        return cached[0] if cached is not None else 0
+        st = self._memories.get(id(memory))
+        return st.base if st is not None else 0
 
     def call_core(self, func: Any, args: list[Any], params: list[str], results: list[str]) -> list[Any]:
         n = max(len(params), len(results), 1)
@@ -313,29 +343,36 @@ class ComponentInstance(ComponentState):
             native.raise_if_failed(err, trap, None)
         return [readers[t](raw_vals[i]) for i, t in enumerate(results)]
 
-    def call_callback(self, func: Any, code: int, p1: int, p2: int) -> int:
-        """``call_core`` of an async lift's callback (event code, two payloads -> packed
-        code), without its per-type conversions: this runs once per event."""
-        raw_vals = _RAW3()
-        raw_vals[0].i32 = code
-        raw_vals[1].i32 = p1
-        raw_vals[2].i32 = p2
-        return self._call_to_i32(func, raw_vals, 3)
+    def call_callback(self, func_addr: int, code: int, p1: int, p2: int) -> int:
+        """Call an async lift's callback (its address: ``CallSetup.callback_addr``) with an
+        event: the packed code it returns. This runs once per event: one call frame from the
+        pool, arguments packed in one go, no per-value ctypes objects."""
+        frames = self._frames
+        frame = frames.pop() if frames else native.CallFrame()
+        try:
+            native.PACK_CALLBACK_ARGS(frame.view, 0, code, p1, p2, 0)
+            return self._call_frame(func_addr, frame, 3)
+        finally:
+            frames.append(frame)
 
     def raw_realloc(self, func: Any, align: int, size: int) -> int:
-        raw_vals = _RAW4()
-        raw_vals[2].i32 = align
-        raw_vals[3].i32 = size
-        return self._call_to_i32(func, raw_vals, 4)
+        frames = self._frames
+        frame = frames.pop() if frames else native.CallFrame()
+        try:
+            native.PACK_REALLOC_ARGS(frame.view, 0, align, size, 0)
+            return self._call_frame(ctypes.addressof(func), frame, 4)
+        finally:
+            frames.append(frame)
 
-    def _call_to_i32(self, func: Any, raw_vals: Any, n: int) -> int:
-        """Call ``func`` with its arguments in ``raw_vals``: its one i32 result."""
-        trap = native.TRAP_P()
-        err = native.func_call(self.context, ctypes.byref(func), raw_vals, n, ctypes.byref(trap))
+    def _call_frame(self, func_addr: int, frame: native.CallFrame, n: int) -> int:
+        """Call the function at ``func_addr`` with the ``n`` arguments packed in ``frame``:
+        its one i32 result."""
+        err = native.func_call(self.context_addr, func_addr, frame.addr, n, frame.trap_addr)
+        result, trap = native.FRAME_RESULT_AND_TRAP(frame.view, 0)
         if err or trap:
             callback_guard.raise_pending()
-            native.raise_if_failed(err, trap, None)
-        return raw_vals[0].i32 & 0xFFFF_FFFF
+            native.raise_if_failed(err, frame.trap(), None)
+        return result  # type: ignore[no-any-return]
 
     # --- waiting with guest code on the stack ---------------------------------------------
     def wait_leaving_stack(self, done: Callable[[], bool], what: str) -> None:
@@ -431,36 +468,67 @@ class ComponentInstance(ComponentState):
         op = item.op
         state = self.state
 
+        def failed(e: Exception) -> int:
+            if isinstance(e, Trap):
+                message = str(e)
+                return native.trap_ptr(message if message.startswith(op) else f"{op}: {message}")
+            # a call into the guest (realloc) trapped, or a host bug
+            return native.trap_ptr(host_call_failure(f"canon {op}", e, lambda code: setattr(state, "exit_code", code)))
+
         n_in = len(params)
         # The common shapes without per-argument reader calls: up to three i32 arguments and
         # at most one i32 result (waitable.join, subtask.drop, stream.read/write, ...).
         plain = all(t == "i32" for t in params) and n_in <= 3 and (results == [] or results == ["i32"])
         has_result = bool(results)
+        mask = 0xFFFF_FFFF
 
-        def tramp(args: Any) -> int:
-            try:
-                if plain:
-                    if n_in == 1:
-                        ins = [args[0].i32 & 0xFFFF_FFFF]
-                    elif n_in == 2:
-                        ins = [args[0].i32 & 0xFFFF_FFFF, args[1].i32 & 0xFFFF_FFFF]
-                    else:
-                        ins = [args[i].i32 & 0xFFFF_FFFF for i in range(n_in)]
-                    out = body(ins)
-                    if has_result:
-                        args[0].i32 = out[0]
+        # Plain ones get their arguments as i32s (native.host_entry_i32): value i at [i * k].
+        k = native.I32_STRIDE
+        if plain and n_in == 1 and not has_result:  # subtask.drop, the drops
+            def tramp(args: Any) -> int:
+                try:
+                    body([args[0] & mask])
                     return 0
-                out = body([r(args[i]) for i, r in enumerate(readers)])
-                for i, w in enumerate(writers):
-                    w(args[i], out[i])
-                return 0
-            except Trap as e:
-                message = str(e)
-                return native.trap_ptr(message if message.startswith(op) else f"{op}: {message}")
-            except Exception as e:  # a call into the guest (realloc) trapped, or a host bug
-                return native.trap_ptr(host_call_failure(f"canon {op}", e, lambda code: setattr(state, "exit_code", code)))
+                except Exception as e:  # noqa: BLE001 - failed() turns every failure into the guest's trap
+                    return failed(e)
+        elif plain and n_in == 2 and not has_result:  # waitable.join
+            def tramp(args: Any) -> int:
+                try:
+                    body([args[0] & mask, args[k] & mask])
+                    return 0
+                except Exception as e:  # noqa: BLE001 - failed() turns every failure into the guest's trap
+                    return failed(e)
+        elif plain and n_in == 3:  # stream.read/write
+            k2 = 2 * k
 
-        return self._new_func(params, results, tramp)
+            def tramp(args: Any) -> int:
+                try:
+                    out = body([args[0] & mask, args[k] & mask, args[k2] & mask])
+                    if has_result:
+                        args[0] = out[0]
+                    return 0
+                except Exception as e:  # noqa: BLE001 - failed() turns every failure into the guest's trap
+                    return failed(e)
+        elif plain:
+            def tramp(args: Any) -> int:
+                try:
+                    out = body([args[i * k] & mask for i in range(n_in)])
+                    if has_result:
+                        args[0] = out[0]
+                    return 0
+                except Exception as e:  # noqa: BLE001 - failed() turns every failure into the guest's trap
+                    return failed(e)
+        else:
+            def tramp(args: Any) -> int:
+                try:
+                    out = body([r(args[i]) for i, r in enumerate(readers)])
+                    for i, w in enumerate(writers):
+                        w(args[i], out[i])
+                    return 0
+                except Exception as e:  # noqa: BLE001 - failed() turns every failure into the guest's trap
+                    return failed(e)
+
+        return self._new_func(params, results, tramp, i32_args=plain)
 
     def _lower(self, item: Lowered) -> Any:
         st = self.components[item.cid]
@@ -478,7 +546,8 @@ class ComponentInstance(ComponentState):
             spec = self.bound.specs[id(target)] = LowerSpec(fn, target.type)
         if item.opts.async_:
             params, results = target.type.async_lower_core_type()
-            return self._new_func(params, results, make_async_trampoline(st, spec, m))
+            tramp = make_async_trampoline(st, spec, m)
+            return self._new_func(params, results, tramp, i32_args=getattr(tramp, "i32_args", False))
         params, results = spec.core_type
         return self._new_func(params, results, make_trampoline(st, spec, m))
 
@@ -524,7 +593,8 @@ class ComponentInstance(ComponentState):
         # linear memories, the mapped module files) alive until a GC pass.
         self._memcx.clear()
         self._setups.clear()
-        self._views.clear()
+        self._memories.clear()
+        self._frames.clear()
         self.components.clear()
         self.entered.clear()
         self.runner = None  # type: ignore[assignment]  # it was itself: a cycle only a GC pass would break

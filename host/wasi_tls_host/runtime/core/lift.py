@@ -17,6 +17,7 @@ suspends), and a wait nothing can end is a deadlock trap.
 
 from __future__ import annotations
 
+import ctypes
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..scheduler import Event, HostTask, yield_now
@@ -46,6 +47,7 @@ class CallSetup:
         self.post = runner.checked_func(opts.post_return, self.results, [], "post-return") if opts.post_return is not None else None
         self.callback = (runner.checked_func(opts.callback, ["i32", "i32", "i32"], ["i32"], "callback")
                          if opts.callback is not None else None)
+        self.callback_addr = ctypes.addressof(self.callback) if self.callback is not None else 0
         self.m = callee.memcx(opts)
         self.ft, self.opts = ft, opts
         self.param_conv = canon.conv(ft.param_tuple) if ft.params_spill and ft.param_tuple is not None else None
@@ -182,6 +184,7 @@ def _lift_result(ft: Any, m: canon.MemCx, out: list[Any]) -> Any:
 _EXIT, _YIELD, _WAIT = int(CallbackCode.EXIT), int(CallbackCode.YIELD), int(CallbackCode.WAIT)
 _CANCELLED_EVENT = (int(EventCode.TASK_CANCELLED), 0, 0)
 _NO_EVENT = (int(EventCode.NONE), 0, 0)
+_PENDING_CANCEL = Task.PENDING_CANCEL
 
 
 async def _event_loop(callee: ComponentState, setup: CallSetup, task: Task, packed: int, exclusive: bool) -> None:
@@ -191,8 +194,10 @@ async def _event_loop(callee: ComponentState, setup: CallSetup, task: Task, pack
     scheduler = callee.scheduler
     while True:
         code, si = packed & 0xF, packed >> 4
-        if exclusive and callee.exclusive is task:
-            callee.release_exclusive()  # other tasks may run while this one waits
+        if exclusive and callee.exclusive is task:  # other tasks may run while this one waits
+            callee.exclusive = None  # callee.release_exclusive(), the gate opened only if someone waits
+            if callee.enter_gate.has_waiters():
+                callee.open_gate()
         if code == _EXIT:
             return
         if code == _YIELD:
@@ -201,21 +206,24 @@ async def _event_loop(callee: ComponentState, setup: CallSetup, task: Task, pack
             task.waiting_cancellably = False
             event: tuple[int, int, int] = _CANCELLED_EVENT if task.deliver_pending_cancel(True) else _NO_EVENT
         elif code == _WAIT:
-            wset = callee.get(si)
-            if not isinstance(wset, WaitableSet):
+            handles = callee.handles
+            wset = handles[si] if 0 < si < len(handles) else None
+            if type(wset) is not WaitableSet:
+                callee.get(si)  # an unknown index traps as such
                 raise Trap(f"the callback returned WAIT on handle index {si}, which is not a waitable set")
+            ready = wset.ready
             wset.num_waiting += 1
             wset.notify = wake
             task.waiting_cancellably = True
             try:
                 while True:
-                    if task.deliver_pending_cancel(True):
+                    if task.state == _PENDING_CANCEL and task.deliver_pending_cancel(True):
                         event = _CANCELLED_EVENT
                         break
-                    if wset.ready:
+                    if ready:
                         event = wset.get_pending_event()
                         break
-                    wake.clear()
+                    wake.is_set = False  # wake.clear()
                     # Host work that completes the wait runs now when nothing else is ready,
                     # and the event goes straight to the callback (no suspension, no step).
                     wait = scheduler.resume_inline(wake)
@@ -232,7 +240,7 @@ async def _event_loop(callee: ComponentState, setup: CallSetup, task: Task, pack
             while callee.exclusive is not None and callee.exclusive is not task:
                 await callee.enter_gate
             callee.exclusive = task
-        packed = callee.run_core(task, task.resume_caller, call_callback, setup.callback, *event)
+        packed = callee.run_core(task, task.resume_caller, call_callback, setup.callback_addr, *event)
 
 
 def call_from_host(callee: ComponentState, lifted: Lifted, args: tuple[Any, ...]) -> Any:

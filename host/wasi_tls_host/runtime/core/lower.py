@@ -210,6 +210,9 @@ def make_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx)
     comes when the coroutine ends and its result is in guest memory."""
     fn = spec.fn
     ft = spec.ft
+    masks = [canon.flat_i32_mask(t) for _, t in ft.params]
+    if not ft.async_params_spill and all(mask is not None for mask in masks) and (ft.result is None or canon.int_store(ft.result)):
+        return _plain_async_trampoline(inst, spec, m, masks)  # type: ignore[arg-type]
     impl = fn.impl
     qualname = fn.qualname
     state = inst.state
@@ -298,6 +301,118 @@ def make_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx)
     return tramp
 
 
+def _plain_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx, masks: list[int]) -> Callable[[Any], int]:
+    """``make_async_trampoline`` for a function whose parameters are integers of at most 32
+    bits (each lifted by a mask of its flat i32) and whose result, if any, is an integer
+    stored with a range check: the same steps without the general lifting and lowering
+    (no memory is read, no handle is lent, no argument is owned), and a coroutine that
+    finishes on its first step never becomes a task."""
+    fn = spec.fn
+    impl = fn.impl
+    qualname = fn.qualname
+    is_async = fn.is_async
+    state = inst.state
+    nparams = len(masks)
+    mask0 = masks[0] if masks else 0
+    has_result = spec.ft.result is not None
+    pack, lo, hi = canon.int_store(spec.ft.result) or (None, 0, 0)
+    result_size, result_align = spec.result_size, spec.result_align
+    mem_state = m.mem_state
+    runner = inst.runner
+    mem_size = native.mem_size
+    k = native.I32_STRIDE  # the arguments come as i32s (native.host_entry_i32): value i at [i * k]
+    retptr_at = nparams * k
+    scheduler: Scheduler | None = None
+    returned = Subtask.RETURNED
+    started = Subtask.STARTED
+
+    def store(value: Any, retptr: int) -> None:
+        if OUTGOING_VALUE_HOOKS:
+            for hook in OUTGOING_VALUE_HOOKS:
+                hook(qualname, value)
+        if not has_result:
+            return
+        if type(value) is int and lo <= value <= hi and mem_state is not None:
+            size = mem_size(mem_state.context_addr, mem_state.addr)  # mem_state.current(), inline
+            if size != mem_state.size:
+                mem_state.grew(size)
+            pack(mem_state.view, retptr, value)  # type: ignore[misc]
+        else:  # the general path: its check says what is wrong with the value
+            m.forget()
+            spec.result_conv.store(m, value, retptr)  # type: ignore[union-attr]
+            m.forget()
+
+    def tramp(args: Any) -> int:
+        nonlocal scheduler
+        if not inst.may_leave:
+            return native.trap_ptr(f"{qualname}: cannot call an import during realloc or post-return")
+        try:
+            retptr = 0
+            if has_result:
+                retptr = args[retptr_at] & 0xFFFF_FFFF
+                if retptr & (result_align - 1):
+                    raise Trap(f"result pointer {retptr:#x} is misaligned")
+                if mem_state is None or retptr + result_size > mem_state.size:
+                    m.check_range(retptr, result_size, "result")
+            if nparams == 1:
+                call = impl(state, args[0] & mask0)
+            else:
+                call = impl(state, *[args[i * k] & masks[i] for i in range(nparams)])
+            if scheduler is None:
+                scheduler = inst.scheduler
+            if not is_async:  # a synchronous host function behind an async lower
+                store(call, retptr)
+                args[0] = returned
+                return 0
+            if scheduler.closed:
+                call.close()
+                raise Trap("the store is closed: no more host work can start")
+            try:
+                waiting = call.send(None)
+            except StopIteration as e:
+                scheduler.progress += 1
+                store(e.value, retptr)
+                args[0] = returned
+                return 0
+            except BaseException as e:  # noqa: BLE001 - the call's own failure, handled as finish_host_call does
+                scheduler.progress += 1
+                if isinstance(e, Cancelled):
+                    e.__traceback__ = None
+                finish_host_call(inst, spec, m, None, e, retptr, None)
+                args[0] = returned
+                return 0
+            host_task = scheduler.adopt(call, waiting, qualname, observed=True)  # on_done reads its error
+            if host_task.done:  # it awaited something the scheduler cannot wait on
+                finish_host_call(inst, spec, m, host_task.result, host_task.error, retptr, None)
+                args[0] = returned
+                return 0
+            subtask = Subtask(qualname)
+            subtask.host_task = host_task
+            subtask.index = index = inst.add(subtask)
+
+            def on_done(t: HostTask) -> None:
+                if runner.closed_ or t.scheduler.closed:
+                    return
+                if t.error is None:
+                    try:
+                        store(t.result, retptr)
+                    except Trap as e:  # it traps where the guest waits: say whose result it was
+                        raise Trap(f"{qualname}: {e}") from None
+                    subtask.state = returned
+                else:
+                    subtask.resolve(finish_host_call(inst, spec, m, t.result, t.error, retptr, subtask))
+                subtask.set_pending_event(subtask.event)
+
+            host_task._callbacks.append(on_done)
+            args[0] = started | (index << 4)
+            return 0
+        except Exception as e:
+            return native.trap_ptr(host_call_failure(qualname, e, lambda code: setattr(state, "exit_code", code)))
+
+    tramp.i32_args = True  # type: ignore[attr-defined]
+    return tramp
+
+
 def finish_host_call(inst: ComponentState, spec: LowerSpec, m: canon.MemCx, result: Any, error: BaseException | None,
                      retptr: int, subtask: Subtask | None) -> int:
     """An async host call ended with ``result`` or ``error``: the result goes to the
@@ -321,8 +436,13 @@ def finish_host_call(inst: ComponentState, spec: LowerSpec, m: canon.MemCx, resu
             hook(fn.qualname, result)
     if spec.result_conv is not None:
         m.forget()
-        m.check_range(retptr, spec.result_size, "result")
-        spec.result_conv.store(m, result, retptr)
+        try:
+            m.check_range(retptr, spec.result_size, "result")
+            spec.result_conv.store(m, result, retptr)
+        except Trap as e:
+            if subtask is None:  # the trampoline's own failure: it names the function
+                raise
+            raise Trap(f"{fn.qualname}: {e}") from None  # it traps where the guest waits
         m.forget()
     return Subtask.RETURNED
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import itertools
 import logging
+import struct
 import weakref
 from typing import Any, Callable
 
@@ -34,12 +35,15 @@ func_call = raw.dll["wasmtime_func_call_unchecked"]
 func_call.restype = ctypes.c_void_p
 func_call.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
 func_new = raw._wasmtime_func_new_unchecked
-# Our own prototype of wasmtime_memory_data returning the address as an int (indexing the
-# dll makes a new function object, so wasmtime-py's own prototype is left alone).
-mem_data = raw.dll["wasmtime_memory_data"]
+# Our own prototypes of wasmtime_memory_data(_size) returning the address and size as ints
+# (indexing the dll makes a new function object, so wasmtime-py's own prototype is left
+# alone), through a PyDLL handle of the same library: two getters that never run guest
+# code, so they keep the GIL (no release and re-take on every fresh view of guest memory).
+_dll_keeping_gil = ctypes.PyDLL(raw.dll._name)
+mem_data = _dll_keeping_gil["wasmtime_memory_data"]
 mem_data.restype = ctypes.c_void_p
-mem_data.argtypes = raw._wasmtime_memory_data.argtypes
-mem_size = raw.dll["wasmtime_memory_data_size"]
+mem_data.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+mem_size = _dll_keeping_gil["wasmtime_memory_data_size"]
 mem_size.restype = ctypes.c_size_t
 mem_size.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
 trap_new = raw._wasmtime_trap_new
@@ -69,26 +73,46 @@ def trap_ptr(message: str) -> int:
     return ctypes.cast(trap_new(data, len(data)), ctypes.c_void_p).value or 0
 
 
-@ffi.wasmtime_func_unchecked_callback_t  # type: ignore[misc]
-def host_entry(env: Any, caller: Any, args: Any, nargs: int) -> int:
-    ref = TRAMPOLINES.get(env or 0)
-    tramp = ref() if ref is not None else None
-    if tramp is None:
-        return trap_ptr("host function called after its instance was closed")
-    try:
-        return tramp(args)
-    except Exception as e:  # a bug in a built-in (resource.new/rep/drop): never unwind into wasm
-        log.exception("core runtime built-in failed")
-        return trap_ptr(f"host error: {type(e).__name__}: {e}")
-    except BaseException as e:  # see callback_guard: raised again when wasm returns
-        callback_guard.keep(e)
-        return trap_ptr(f"interrupted: {type(e).__name__}")
+def _make_entry(callback_type: Any) -> Any:
+    @callback_type  # type: ignore[misc]
+    def host_entry(env: Any, caller: Any, args: Any, nargs: int) -> int:
+        ref = TRAMPOLINES.get(env or 0)
+        tramp = ref() if ref is not None else None
+        if tramp is None:
+            return trap_ptr("host function called after its instance was closed")
+        try:
+            return tramp(args)
+        except Exception as e:  # a bug in a built-in (resource.new/rep/drop): never unwind into wasm
+            log.exception("core runtime built-in failed")
+            return trap_ptr(f"host error: {type(e).__name__}: {e}")
+        except BaseException as e:  # see callback_guard: raised again when wasm returns
+            callback_guard.keep(e)
+            return trap_ptr(f"interrupted: {type(e).__name__}")
+    return host_entry
+
+
+# The trampoline gets the raw values as ``wasmtime_val_raw_t`` (``args[i].i32``, ``.i64``, ...).
+host_entry = _make_entry(ffi.wasmtime_func_unchecked_callback_t)
+# The trampoline gets the raw values as i32s (``args[4 * i]`` is value i's i32, read and
+# written as a plain int): for functions of i32s only, a ctypes object less per access.
+I32_STRIDE = ctypes.sizeof(ffi.wasmtime_val_raw_t) // 4
+host_entry_i32 = _make_entry(ctypes.CFUNCTYPE(ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p,
+                                              ctypes.POINTER(ctypes.c_int32), ctypes.c_size_t))
+# wasmtime_func_new_unchecked taking either entry (as an address).
+func_new_any = raw.dll["wasmtime_func_new_unchecked"]
+func_new_any.restype = None
+func_new_any.argtypes = [ctypes.c_void_p] * 6
+HOST_ENTRY_I32_ADDR = ctypes.cast(host_entry_i32, ctypes.c_void_p).value
+FORGET_TRAMPOLINE_ADDR = None  # set below, once forget_trampoline exists
 
 
 @ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 def forget_trampoline(env: Any) -> None:
     if TRAMPOLINES is not None:
         TRAMPOLINES.pop(env or 0, None)
+
+
+FORGET_TRAMPOLINE_ADDR = ctypes.cast(forget_trampoline, ctypes.c_void_p).value
 
 
 def _w32(slot: Any, x: Any) -> None:
@@ -119,6 +143,41 @@ WRITERS: dict[str, Callable[[Any, Any], None]] = {"i32": _w32, "i64": _w64, "f32
 
 # ctypes array types of raw values by length, made once (making one per call is slow).
 RAW_ARRAYS = [ffi.wasmtime_val_raw_t * n for n in range(17)]
+
+# A call frame for the calls that run on every event or copy (a callback, realloc): four raw
+# values and the trap slot in one buffer, passed to ``func_call`` by address (an int costs
+# ctypes far less to convert than a ``byref``), and filled and read with ``struct`` through
+# a view (cheaper than a ctypes object per value).
+FRAME_VALUES = 4
+_FRAME_TRAP = FRAME_VALUES * ctypes.sizeof(ffi.wasmtime_val_raw_t)
+_FRAME_SIZE = _FRAME_TRAP + ctypes.sizeof(ctypes.c_void_p)
+_FrameBuffer = ctypes.c_ubyte * _FRAME_SIZE
+_RAW_SIZE = ctypes.sizeof(ffi.wasmtime_val_raw_t)
+
+
+class CallFrame:
+    """One reusable call frame (see above). Frames are taken from a pool per call, so a
+    call made while another runs (a callback calling into the host, which calls realloc)
+    has its own."""
+
+    __slots__ = ("addr", "buffer", "trap_addr", "view")
+
+    def __init__(self) -> None:
+        self.buffer = _FrameBuffer()
+        self.view = memoryview(self.buffer).cast("B")
+        self.addr = ctypes.addressof(self.buffer)
+        self.trap_addr = self.addr + _FRAME_TRAP
+
+    def trap(self) -> Any:
+        """The trap the call left (a ``wasm_trap_t`` pointer; NULL if none)."""
+        return ctypes.cast(ctypes.c_void_p.from_buffer(self.buffer, _FRAME_TRAP).value, TRAP_P)
+
+
+# Three i32 arguments (a callback's event code and payloads) and a cleared trap slot.
+PACK_CALLBACK_ARGS = struct.Struct(f"<I{_RAW_SIZE - 4}xI{_RAW_SIZE - 4}xI{_FRAME_TRAP - 2 * _RAW_SIZE - 4}xQ").pack_into
+# realloc's four i32 arguments (old pointer 0, old size 0, align, size) and a cleared trap slot.
+PACK_REALLOC_ARGS = struct.Struct(f"<{_RAW_SIZE * 2}xI{_RAW_SIZE - 4}xI{_FRAME_TRAP - 3 * _RAW_SIZE - 4}xQ").pack_into
+FRAME_RESULT_AND_TRAP = struct.Struct(f"<I{_FRAME_TRAP - 4}xQ").unpack_from
 
 
 def readers(flat: list[str]) -> list[Callable[[Any], Any]]:

@@ -138,7 +138,7 @@ class ComponentState:
         """Run core code of ``task`` in this instance: enter it (and the ancestors the caller
         is not already in, CanonicalABI ``enter_from``), make ``task`` current, ``call(*args)``
         (``runner.call_core`` or ``runner.call_callback``), leave."""
-        entering = self.entering_set(caller)
+        entering = (self, *self.ancestors) if caller is None else self.entering_set(caller)
         for st in entering:
             if not st.may_enter:
                 raise Trap("cannot enter component instance: it is already running (reentrance)")
