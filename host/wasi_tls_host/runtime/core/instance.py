@@ -17,7 +17,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import weakref
-from dataclasses import dataclass, field
+
 from typing import Any, Callable, Iterable
 
 from wasmtime import FuncType, Module, Store, WasmtimeError
@@ -31,7 +31,7 @@ from . import builtins, canon, lift, native
 from .lower import LowerSpec, make_async_trampoline, make_c2c_trampoline, make_trampoline
 from .plan import Bag, Builtin, CoreExport, Lifted, Lowered, Opts, Plan, ResourceBuiltin
 from .table import ComponentState, GuestResource, _HandleEntry, _key
-from .types import DefinedResource, Handle
+from .types import DefinedResource, Fields, Handle
 
 log = logging.getLogger("wasi_tls_host.runtime")
 _RAW3, _RAW4 = native.RAW_ARRAYS[3], native.RAW_ARRAYS[4]
@@ -41,15 +41,23 @@ class LinkError(Exception):
     """The component cannot be linked against this host (missing import, bad signature)."""
 
 
-@dataclass(eq=False)
-class CoreComponent:
+class CoreComponent(Fields):
     """A component ready to instantiate on the core backend."""
 
     plan: Plan
     modules: list[Module]
     module_imports: list[list[tuple[str, str]]]
     digest: str
-    functypes: dict[tuple[tuple[str, ...], tuple[str, ...]], FuncType] = field(default_factory=dict)
+    functypes: dict[tuple[tuple[str, ...], tuple[str, ...]], FuncType]
+
+    _fields = ("plan", "modules", "module_imports", "digest", "functypes")
+
+    def __init__(self, plan: Plan, modules: list[Module], module_imports: list[list[tuple[str, str]]], digest: str, functypes: dict[tuple[tuple[str, ...], tuple[str, ...]], FuncType] | None = None) -> None:
+        self.plan = plan
+        self.modules = modules
+        self.module_imports = module_imports
+        self.digest = digest
+        self.functypes = {} if functypes is None else functypes
 
 
 class BoundHost:

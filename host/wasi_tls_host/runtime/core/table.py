@@ -9,7 +9,6 @@ core modules of all of them in one store, so the methods that call into wasm go 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..resources import ResourceKind
@@ -22,7 +21,7 @@ from .concurrent import (
     BLOCKED, CopyEnd, CopyState, ErrorContext, EventCode, ReadableFutureEnd, ReadableStreamEnd, Subtask, Task,
     Waitable, WaitableSet,
 )
-from .types import DefinedResource, FutureT, ImportedResource, ResourceT, StreamT, same_type
+from .types import DefinedResource, Fields, FutureT, ImportedResource, ResourceT, StreamT, same_type
 
 if TYPE_CHECKING:
     from .instance import ComponentInstance
@@ -52,12 +51,17 @@ def _rname(rt: ResourceT) -> str:
     return "guest resource"
 
 
-@dataclass(eq=False)
-class GuestResource:
+class GuestResource(Fields):
     """An ``own`` handle of a resource the guest defines, held by the host."""
 
     resource: DefinedResource
     rep: int
+
+    _fields = ("resource", "rep")
+
+    def __init__(self, resource: DefinedResource, rep: int) -> None:
+        self.resource = resource
+        self.rep = rep
 
 
 class ComponentState:
