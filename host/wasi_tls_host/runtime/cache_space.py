@@ -28,12 +28,12 @@ import logging
 import os
 import re
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from .artifact_auth import SEEN_SUFFIX, SOURCES_DIR, TAG_SUFFIX
 from .limits import format_bytes, parse_bytes
+from .records import ValueFields
 
 log = logging.getLogger("wasi_tls_host.cache")
 
@@ -84,20 +84,24 @@ def primary_name(entry: str) -> str:
     return f"{entry}.plan" if re.fullmatch(_CORE_ENTRY, entry) else f"{entry}.cwasm"
 
 
-@dataclass
-class Entry:
-    name: str
-    files: list[str] = field(default_factory=list)  # file names in the cache directory
-    size: int = 0
-    last_used: float = 0.0  # the primary file's modification time (newest file if none)
-    complete: bool = False  # its primary file is there
+class Entry(ValueFields):
+    _fields = ("name", "files", "size", "last_used", "complete")
+
+    def __init__(self, name: str, files: list[str] | None = None, size: int = 0, last_used: float = 0.0, complete: bool = False) -> None:
+        self.name = name
+        self.files: list[str] = [] if files is None else files  # file names in the cache directory
+        self.size = size
+        self.last_used = last_used  # the primary file's modification time (newest file if none)
+        self.complete = complete  # its primary file is there
 
 
-@dataclass
-class Contents:
-    entries: dict[str, Entry]
-    temporary: list[Entry]  # one per temporary file
-    size: int  # bytes of every file counted (entries and temporary files)
+class Contents(ValueFields):
+    _fields = ("entries", "temporary", "size")
+
+    def __init__(self, entries: dict[str, Entry], temporary: list[Entry], size: int) -> None:
+        self.entries = entries
+        self.temporary = temporary  # one per temporary file
+        self.size = size  # bytes of every file counted (entries and temporary files)
 
 
 def scan(directory: Path) -> Contents:
@@ -235,12 +239,14 @@ def _remove(entry: Entry, directory: Path) -> bool:
         os.close(fd)
 
 
-@dataclass
-class Trimmed:
-    removed: int  # entries (and temporary files) removed
-    freed: int  # bytes
-    size: int  # bytes left
-    kept_in_use: int  # entries over the limit left because a host holds them
+class Trimmed(ValueFields):
+    _fields = ("removed", "freed", "size", "kept_in_use")
+
+    def __init__(self, removed: int, freed: int, size: int, kept_in_use: int) -> None:
+        self.removed = removed  # entries (and temporary files) removed
+        self.freed = freed  # bytes
+        self.size = size  # bytes left
+        self.kept_in_use = kept_in_use  # entries over the limit left because a host holds them
 
 
 def trim(directory: Path, max_size: int, keep: Iterable[str] = (), grace: float = GRACE_S, wait: float = 0.0) -> Trimmed | None:
@@ -270,14 +276,16 @@ def trim(directory: Path, max_size: int, keep: Iterable[str] = (), grace: float 
         return Trimmed(removed, freed, size, kept)
 
 
-@dataclass
-class Usage:
-    directory: Path
-    size: int
-    files: int
-    entries: int
-    in_use: int
-    max_size: int | None
+class Usage(ValueFields):
+    _fields = ("directory", "size", "files", "entries", "in_use", "max_size")
+
+    def __init__(self, directory: Path, size: int, files: int, entries: int, in_use: int, max_size: int | None) -> None:
+        self.directory = directory
+        self.size = size
+        self.files = files
+        self.entries = entries
+        self.in_use = in_use
+        self.max_size = max_size
 
     def lines(self) -> list[str]:
         limit = "none" if self.max_size is None else format_bytes(self.max_size)

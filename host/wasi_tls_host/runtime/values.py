@@ -15,70 +15,42 @@ never has to guess how wasmtime-py would tag a value:
 
 from __future__ import annotations
 
-from typing import Any, Generic, NoReturn, TypeVar
+from typing import Any, Generic, TypeVar
+
+from .records import FrozenFields
 
 T = TypeVar("T")
 
-
-class _Frozen:
-    """Immutable value classes, written out instead of ``@dataclass(frozen=True,
-    slots=True)``: that decoration compiles each class's methods from source text and then
-    builds the class a second time for its slots, about 2 ms per class when the command starts
-    (these four are imported by every run). Equal when of the same class with equal fields,
-    hashable, pickled by their fields, as the dataclasses were."""
-
-    __slots__: tuple[str, ...] = ()
-
-    def _values(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, name) for name in self.__slots__)
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        return self._values() == other._values()  # type: ignore[attr-defined]
-
-    def __hash__(self) -> int:
-        return hash(self._values())
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__) + ")"
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), self._values())
-
-    def __setattr__(self, name: str, value: Any) -> NoReturn:
-        raise AttributeError(f"cannot assign to field {name!r}")
-
-    def __delattr__(self, name: str) -> NoReturn:
-        raise AttributeError(f"cannot delete field {name!r}")
+# Written out, not ``@dataclass(frozen=True, slots=True)`` (see records.py): that decorator
+# also builds each class a second time for its slots, about 2 ms a class at every start.
 
 
-class Ok(_Frozen, Generic[T]):
-    __slots__ = ("value",)
+class Ok(FrozenFields, Generic[T]):
+    __slots__ = _fields = ("value",)
     value: T
 
     def __init__(self, value: T = None) -> None:  # type: ignore[assignment]
         object.__setattr__(self, "value", value)
 
 
-class Err(_Frozen, Generic[T]):
-    __slots__ = ("value",)
+class Err(FrozenFields, Generic[T]):
+    __slots__ = _fields = ("value",)
     value: T
 
     def __init__(self, value: T = None) -> None:  # type: ignore[assignment]
         object.__setattr__(self, "value", value)
 
 
-class Some(_Frozen, Generic[T]):
-    __slots__ = ("value",)
+class Some(FrozenFields, Generic[T]):
+    __slots__ = _fields = ("value",)
     value: T
 
     def __init__(self, value: T) -> None:
         object.__setattr__(self, "value", value)
 
 
-class Variant(_Frozen):
-    __slots__ = ("tag", "payload")
+class Variant(FrozenFields):
+    __slots__ = _fields = ("tag", "payload")
     tag: str
     payload: Any
 

@@ -25,13 +25,14 @@ from wasmtime import _ffi as ffi
 
 from .. import callback_guard
 from ..binding import GuestExit, HostFunc, Interface, host_call_failure, interface_key, version_family
+from ..records import Fields
 from ..store import StoreState, state_of
 from ..values import Trap
 from . import builtins, canon, lift, native
 from .lower import LowerSpec, make_async_trampoline, make_c2c_trampoline, make_trampoline
 from .plan import Bag, Builtin, CoreExport, Lifted, Lowered, Opts, Plan, ResourceBuiltin
 from .table import ComponentState, GuestResource, _HandleEntry, _key
-from .types import DefinedResource, Fields, Handle
+from .types import DefinedResource, Handle
 
 log = logging.getLogger("wasi_tls_host.runtime")
 _RAW3, _RAW4 = native.RAW_ARRAYS[3], native.RAW_ARRAYS[4]

@@ -19,8 +19,9 @@ from __future__ import annotations
 from typing import Any
 
 from .. import leb128
+from ..records import Fields, ValueFields
 from .types import (
-    ERROR_CONTEXT, Fields, PRIM_CODES, PRIMS, AbstractResource, Prim, ComponentT, DefinedResource, Flags, FuncT, FutureT, Handle,
+    ERROR_CONTEXT, PRIM_CODES, PRIMS, AbstractResource, Prim, ComponentT, DefinedResource, Flags, FuncT, FutureT, Handle,
     ImportedResource, InstanceT, ListT, Malformed, Record, Refused, ResourceT, StreamT, Tuple, Unsupported, ValType,
     Variant, contains_borrow, enum_type, option_type, result_type,
 )
@@ -160,7 +161,7 @@ class Bag(Fields):
         self.items = items
 
 
-class Plan(Fields):
+class Plan(ValueFields):
     modules: list[bytes]
     steps: list[Instantiate | Bag]
     exports: dict[str, Any]  # name -> Lifted | dict (instance)
@@ -182,12 +183,6 @@ class Plan(Fields):
         self.imported_resources = [] if imported_resources is None else imported_resources
         self.component_parents = [None] if component_parents is None else component_parents
 
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        return all(getattr(self, n) == getattr(other, n) for n in self._fields)
-
-    __hash__ = None  # type: ignore[assignment]  # mutable and compared by value
 
 
 # --- binary reading --------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
+from ..records import Fields
 from ..resources import ResourceKind
 from ..scheduler import Event, Scheduler
 from ..store import StoreState
@@ -21,7 +22,7 @@ from .concurrent import (
     BLOCKED, CopyEnd, CopyState, ErrorContext, EventCode, ReadableFutureEnd, ReadableStreamEnd, Subtask, Task,
     Waitable, WaitableSet,
 )
-from .types import DefinedResource, Fields, FutureT, ImportedResource, ResourceT, StreamT, same_type
+from .types import DefinedResource, FutureT, ImportedResource, ResourceT, StreamT, same_type
 
 if TYPE_CHECKING:
     from .instance import ComponentInstance

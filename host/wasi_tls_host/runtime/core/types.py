@@ -6,8 +6,9 @@ sizes, alignments and flattenings (CanonicalABI.md: ``elem_size``, ``alignment``
 from __future__ import annotations
 
 import dataclasses
-from reprlib import recursive_repr
-from typing import Any, ClassVar
+from typing import Any
+
+from ..records import Fields  # plain classes, not dataclasses: start-up time (see records.py)
 
 MAX_FLAT_PARAMS = 16
 MAX_FLAT_RESULTS = 1
@@ -25,20 +26,6 @@ class Refused(Unsupported):
 
 class Malformed(Exception):
     """The component binary is not well formed (reported, never run)."""
-
-
-class Fields:
-    """Base of the planner's records (the types here, the plan's items in plan.py): plain
-    classes with their ``__init__`` written out. As dataclasses they cost about half a
-    millisecond each when imported (the decorator compiles methods from source text), some
-    15 ms of every start for these 30. ``_fields`` names what the constructor takes, in
-    order (for ``repr`` and ``types_in``); equality is identity unless a class says."""
-
-    _fields: ClassVar[tuple[str, ...]] = ()
-
-    @recursive_repr()
-    def __repr__(self) -> str:
-        return f"{type(self).__qualname__}(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in self._fields) + ")"
 
 
 class ValType(Fields):
