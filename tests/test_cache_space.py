@@ -17,7 +17,7 @@ import pytest
 from wasi_tls_host import Host, WasiConfig
 from wasi_tls_host.runtime import artifact_auth
 from wasi_tls_host.runtime.artifact_auth import KEY_FILE, SOURCES_DIR, TAG_SUFFIX
-from wasi_tls_host.runtime.cache_space import GRACE_S, MAX_SIZE_ENV, entry_name, primary_name, scan
+from wasi_tls_host.runtime.cache_space import GRACE_S, MAX_SIZE_ENV, entry_name, primary_name, scan, trim
 
 TIMEOUT = 120.0
 
@@ -153,6 +153,30 @@ def test_unfinished_writes_are_left_until_they_are_debris(tmp_path: Path, exit_c
     names = {p.name for p in cache.iterdir()}
     assert "tmpyoung.tmp" in names and "f" * 64 + "-young-core-0.cwasm" in names
     assert "tmpold.tmp" not in names and "0" * 64 + "-old-core-0.cwasm" not in names
+
+
+def test_remembered_digests_count_toward_the_limit_and_are_evicted_like_entries(tmp_path: Path, exit_code_wasm: bytes,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The digest a load from a file remembers (``sources/``, one small record per file) is
+    in the cache's size, and goes, oldest first among entries, when the bound needs room; a
+    record is not counted as an entry removed."""
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(artifact_auth, "SETTLED_NS", 0)
+    a = load_and_close(cache, "core", variant(exit_code_wasm, 1))
+    source = tmp_path / "guest.wasm"
+    source.write_bytes(variant(exit_code_wasm, 2))
+    with Host(cache_dir=cache, runtime="core") as host:
+        b = entry_of(host, source.read_bytes())
+        host.load(source)
+    [record] = (cache / SOURCES_DIR).iterdir()
+    contents = scan(cache)
+    assert contents.size == sum(e.size for e in contents.entries.values()) + record.stat().st_size
+    os.utime(record, (time.time() - 3600,) * 2)  # used last: the record, then entry a, then b
+    age(cache, a, 1800)
+    trimmed = trim(cache, contents.size - 1, grace=0.0)
+    assert not record.exists() and set(scan(cache).entries) == {a, b}
+    assert trimmed is not None and (trimmed.removed, trimmed.freed) == (0, contents.records[0].size)
+    assert trim(cache, contents.entries[b].size, grace=0.0).removed == 1 and set(scan(cache).entries) == {b}
 
 
 def test_the_limit_comes_from_the_environment_or_the_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
