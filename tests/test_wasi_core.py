@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -289,6 +290,29 @@ print(status, loaded, gc.isenabled(), gc.get_freeze_count())
     assert loaded_after_run("wasi_probe", "exit", "0") == "0 [] True 0"
     # The check sees them when a guest imports wasi:tls (its usage message and status 2).
     assert "'OpenSSL'" in loaded_after_run("tls_probe")
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "g.wasm", "a", "--b"], ["-vv", "run", "--env", "A=1", "--require-digest", "sha256:00", "g.wasm"],
+    ["run", "--bogus", "g.wasm"], ["-v", "run"], ["run", "--max-memory", "lots", "g.wasm"], ["run", "--help"],
+])
+def test_run_gets_a_parser_of_its_own_that_says_what_the_whole_one_says(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """``run`` is parsed without the other subcommands' parsers (start-up time): the same
+    values, the same help, and the same errors with the same usage line naming every
+    subcommand."""
+    from wasi_tls_host.cli.command import build_parser, chosen_command
+
+    def outcome(parser: Any) -> tuple[Any, str, str]:
+        try:
+            result: Any = vars(parser.parse_args(argv))
+        except SystemExit as e:
+            result = e.code
+        out, err = capsys.readouterr()
+        return result, out, err
+
+    assert chosen_command(argv) == "run"
+    assert outcome(build_parser(only="run")) == outcome(build_parser())
+    assert (chosen_command(["-h", "run"]), chosen_command(["--version"]), chosen_command(["-v", "cache", "info"])) == (None, None, "cache")
 
 
 def test_the_executable_leaves_its_objects_frozen_for_the_interpreter_exit(guest_path, tmp_path) -> None:
