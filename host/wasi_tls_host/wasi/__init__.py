@@ -8,8 +8,9 @@ from . import cli, clocks, filesystem, io, random, sockets
 
 
 def interfaces(wasi_0_3: bool = True) -> list[Interface]:
-    """Every WASI interface this host implements; ``wasi_0_3=False``: without the 0.3 surfaces
-    (the ``p3`` package, loaded on first use: what a component importing only 0.2 needs)."""
+    """Every WASI interface this host implements; ``wasi_0_3=False``: without the ``p3``
+    package's 0.3 surfaces, which then stay unloaded (enough for a component importing only
+    0.2; wasi:sockets@0.3.0 comes with the ``sockets`` package either way)."""
     found = [*io.INTERFACES, *clocks.INTERFACES, *random.INTERFACES, *cli.INTERFACES, *filesystem.INTERFACES,
              *sockets.INTERFACES]
     if wasi_0_3:
