@@ -17,7 +17,7 @@ import pytest
 from wasi_tls_host import Host, WasiConfig
 from wasi_tls_host.runtime import artifact_auth
 from wasi_tls_host.runtime.artifact_auth import KEY_FILE, SOURCES_DIR, TAG_SUFFIX
-from wasi_tls_host.runtime.cache_space import GRACE_S, MAX_SIZE_ENV, entry_name, primary_name, scan
+from wasi_tls_host.runtime.cache_space import GRACE_S, MAX_SIZE_ENV, entry_name, primary_name, scan, trim
 
 TIMEOUT = 120.0
 
@@ -153,6 +153,36 @@ def test_unfinished_writes_are_left_until_they_are_debris(tmp_path: Path, exit_c
     names = {p.name for p in cache.iterdir()}
     assert "tmpyoung.tmp" in names and "f" * 64 + "-young-core-0.cwasm" in names
     assert "tmpold.tmp" not in names and "0" * 64 + "-old-core-0.cwasm" not in names
+
+
+def test_remembered_digests_count_toward_the_limit_and_are_evicted_like_entries(tmp_path: Path, exit_code_wasm: bytes,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The digest a load from a file remembers (``sources/``, one small record per file) is
+    in the cache's size and goes, least recently used first among the entries, when the
+    bound needs room (a load through it counts as a use); it is not counted as an entry
+    removed."""
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(artifact_auth, "SETTLED_NS", 0)
+    a = load_and_close(cache, "core", variant(exit_code_wasm, 1))
+    source = tmp_path / "guest.wasm"
+    source.write_bytes(variant(exit_code_wasm, 2))
+    with Host(cache_dir=cache, runtime="core") as host:
+        b = entry_of(host, source.read_bytes())
+        host.load(source)
+    [record] = (cache / SOURCES_DIR).iterdir()
+    contents = scan(cache)
+    assert contents.size == sum(e.size for e in contents.entries.values()) + record.stat().st_size
+    os.utime(record, (time.time() - 3600,) * 2)
+    age(cache, a, 1800)
+    with Host(cache_dir=cache, runtime="core") as host:
+        host.load(source)  # through the record: it and entry b are used now, a is the oldest
+        assert host.sources_remembered == 1
+    trim(cache, contents.size - 1, grace=0.0)
+    assert record.exists() and set(scan(cache).entries) == {b}
+    os.utime(record, (time.time() - 3600,) * 2)  # now the record is the oldest
+    trimmed = trim(cache, scan(cache).size - 1, grace=0.0)
+    assert not record.exists() and set(scan(cache).entries) == {b}
+    assert trimmed is not None and (trimmed.removed, trimmed.freed) == (0, contents.records[0].size)
 
 
 def test_the_limit_comes_from_the_environment_or_the_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -268,7 +269,9 @@ _NOT_FOR_A_PLAIN_RUN = ("OpenSSL", "cryptography", "ssl", "urllib.request", "imp
                         # the component runtime's (wasmtime's component API and its value conversions)
                         "wasmtime.component", "wasi_tls_host.runtime.abi", "wasi_tls_host.runtime.exports",
                         # the other subcommands' and TLS options' (loaded when used)
-                        "subprocess", "tempfile", "getpass", "wasi_tls_host.tls.limits")
+                        "subprocess", "tempfile", "getpass", "wasi_tls_host.tls.limits",
+                        # WASI 0.3's surfaces, for a component that imports only 0.2
+                        "wasi_tls_host.wasi.p3.cli", "wasi_tls_host.wasi.p3.filesystem")
 
 
 def test_cli_run_of_a_plain_guest_loads_no_tls_and_collects_again(guest_path) -> None:
@@ -289,6 +292,44 @@ print(status, loaded, gc.isenabled(), gc.get_freeze_count())
     assert loaded_after_run("wasi_probe", "exit", "0") == "0 [] True 0"
     # The check sees them when a guest imports wasi:tls (its usage message and status 2).
     assert "'OpenSSL'" in loaded_after_run("tls_probe")
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "g.wasm", "a", "--b"], ["-vv", "run", "--env", "A=1", "--require-digest", "sha256:00", "g.wasm"],
+    ["run", "--bogus", "g.wasm"], ["-v", "run"], ["run", "--max-memory", "lots", "g.wasm"], ["run", "--help"],
+])
+def test_run_gets_a_parser_of_its_own_that_says_what_the_whole_one_says(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """``run`` is parsed without the other subcommands' parsers (start-up time): the same
+    values, the same help, and the same errors with the same usage line naming every
+    subcommand."""
+    from wasi_tls_host.cli.command import build_parser, chosen_command
+
+    def outcome(parser: Any) -> tuple[Any, str, str]:
+        try:
+            result: Any = vars(parser.parse_args(argv))
+        except SystemExit as e:
+            result = e.code
+        out, err = capsys.readouterr()
+        return result, out, err
+
+    assert chosen_command(argv) == "run"
+    assert outcome(build_parser(only="run")) == outcome(build_parser())
+    assert (chosen_command(["-h", "run"]), chosen_command(["--version"]), chosen_command(["-v", "cache", "info"])) == (None, None, "cache")
+
+
+def test_the_executable_leaves_its_objects_frozen_for_the_interpreter_exit(guest_path, tmp_path) -> None:
+    """``python -m wasi_tls_host.cli`` and the console script (``process_main``) freeze what
+    exists once the command returns, so the interpreter's last collection does not walk
+    every object of the start-up (about 70 ms of a cached run); exit handlers still run and
+    the guest's status is the process's."""
+    (tmp_path / "sitecustomize.py").write_text(  # its exit handler runs last (registered first)
+        "import atexit, gc, sys\n"
+        "atexit.register(lambda: sys.stderr.write(f'frozen at exit: {gc.get_freeze_count() > 0}\\n'))\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    r = subprocess.run([*CLI, "run", str(guest_path("wasi_probe")), "exit", "1"], env=env, capture_output=True, timeout=120)
+    assert (r.returncode, r.stderr.decode().strip().splitlines()[-1]) == (1, "frozen at exit: True")
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert 'wasi-tls-host = "wasi_tls_host.cli:process_main"' in pyproject
 
 
 def test_cli_version_alone_loads_no_host() -> None:

@@ -19,7 +19,7 @@ from wasmtime import Engine, ExitTrap, Store, WasmtimeError
 
 from .provenance import CodeEvidence, CodePolicy, ProvenanceError
 from .runtime import binding
-from .runtime.binding import Interface
+from .runtime.binding import Interface, version_family
 from .runtime.cache import FROM_ENVIRONMENT, CacheSize, ComponentCache, resolve_max_size
 from .runtime.engine import CONCURRENCY_OFF, engine_config
 from .runtime.limits import EpochTicker, RunGuard, format_bytes
@@ -56,6 +56,10 @@ def is_wasmtime_component(value: object) -> bool:
     before wasmtime.component is imported)."""
     module = sys.modules.get("wasmtime.component")
     return module is not None and isinstance(value, module.Component)
+
+
+def _imports_only_0_2(component: CoreComponent) -> bool:
+    return all(version_family(hi.interface.partition("@")[2]) == "0.2" for hi in component.plan.host_imports)
 
 
 def all_interfaces() -> list[Interface]:
@@ -521,8 +525,9 @@ class Host:
             if self._interfaces is None:
                 # WASI's interfaces first: a component that imports nothing else binds
                 # without loading the TLS ones (their names are disjoint, so the result is
-                # the same as against all of them).
-                bound = bind(component, wasi_interfaces())
+                # the same as against all of them), and one importing only WASI 0.2 without
+                # the 0.3 surfaces. Something missing is looked for (and reported) in all.
+                bound = bind(component, wasi_interfaces(wasi_0_3=not _imports_only_0_2(component)))
                 if bound.missing:
                     bound = bind(component, self.interfaces)
             else:

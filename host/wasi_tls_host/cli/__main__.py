@@ -1,5 +1,5 @@
 import sys
 
-from . import main
+from . import process_main
 
-sys.exit(main())
+sys.exit(process_main())

@@ -24,13 +24,27 @@ from .errors import UsageError, print_error
 from .version import VersionAction
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Every subcommand, in the order the parser lists them (its usage line names them all).
+COMMANDS = ("run", "store", "inspect-cert", "verify-cert", "precompile", "digest", "sign", "verify",
+            "demo", "build-guest", "interop", "testsuite", "cache")
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line's parser. ``only="run"``: the other subcommands' parsers are left out
+    (a third of the parser's making, every start), with the same usage line, so what ``run``
+    and its errors print is the same; anything else gets the whole parser."""
     parser = argparse.ArgumentParser(prog="wasi-tls-host", description="Run WebAssembly components with WASI 0.2 and 0.3 and wasi:tls implemented in Python.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log host activity (repeat for more)")
     parser.add_argument("--version", action=VersionAction, help="print the versions of wasi-tls-host, wasmtime and OpenSSL and exit")
-    sub = parser.add_subparsers(dest="command", required=True)
+    if only == "run":  # argparse's own usage text, which would name only run
+        sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
+    else:
+        sub = parser.add_subparsers(dest="command", required=True)
     run_parser = run.add_parser(sub)
-    provenance.add_arguments(sub, run_parser)
+    provenance.add_run_arguments(run_parser)
+    if only == "run":
+        return parser
+    provenance.add_parsers(sub)
     demo = sub.add_parser("demo", help="fetch https://localhost from a guest through this host, with a throwaway CA (no network needed)")
     demo.add_argument("which", nargs="?", choices=["https", "attest"], default="https", help="attest: a client guest pins the code of a server guest (code-bound identities)")
     demo.add_argument("--wasi", choices=["0.3", "0.2"], default="0.3", help="the WASI version of the demo's guests (default 0.3: https_get_p3 or attest_p3, written with the asyncio binding; 0.2: https_get, or tls_server and tls_client)")
@@ -39,6 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
     testsuite.add_parser(sub)
     cache.add_parser(sub)
     return parser
+
+
+def chosen_command(argv: list[str]) -> str | None:
+    """The subcommand ``argv`` names when only ``-v`` options come before it (None when
+    something else does, ``-h`` say, which needs the whole parser)."""
+    for arg in argv:
+        if arg == "--verbose" or (arg.startswith("-v") and set(arg[1:]) == {"v"}):
+            continue
+        return arg if arg in COMMANDS else None
+    return None
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -66,12 +90,12 @@ def _dispatch(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     signals = startup.hold()  # held since the entry point (cli/__init__.py) unless called directly
     try:
-        parser = build_parser()
-        args = parser.parse_args(argv)
+        arguments = sys.argv[1:] if argv is None else list(argv)
+        args = build_parser(only=chosen_command(arguments)).parse_args(arguments)
         if args.command != "run":
             startup.resume_collection()
             signals.release()  # only `run` operates a guest: the rest take signals as usual
-        args.argv = list(sys.argv[1:] if argv is None else argv)  # what --workers starts again
+        args.argv = arguments  # what --workers starts again
         logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)], format=f"{startup.process_name()}: %(message)s")
         rotation_log = logging.getLogger(ROTATION_LOG)  # tls.config's, without loading OpenSSL for it
         rotation_log.setLevel(min(rotation_log.getEffectiveLevel(), logging.INFO))  # say what each SIGHUP did

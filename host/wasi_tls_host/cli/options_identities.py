@@ -20,10 +20,10 @@ import json
 import os
 import re
 import sys
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..runtime.records import FrozenFields
 from ..wasi.context import WasiConfig
 from .errors import UsageError
 from .options_server import worker_number
@@ -38,13 +38,18 @@ if TYPE_CHECKING:
 IDENTITIES_ENV = "WASI_TLS_HOST_IDENTITIES_FD"
 
 
-@dataclass(frozen=True)
-class IdentitySpec:
+class IdentitySpec(FrozenFields):
     """Where an identity's files are, so they can be read again (certificate rotation)."""
 
     name: str
     cert: Path
     key: Path
+    _fields = ("name", "cert", "key")
+
+    def __init__(self, name: str, cert: Path, key: Path) -> None:
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "cert", cert)
+        object.__setattr__(self, "key", key)
 
     @property
     def passphrase_variable(self) -> str:
@@ -69,14 +74,21 @@ def passphrase(spec: IdentitySpec, *, prompt: bool = True) -> bytes | None:
     return None
 
 
-@dataclass(frozen=True)
-class IdentitySource:
+class IdentitySource(FrozenFields):
     """An identity's files as last read and accepted: what a worker started later loads."""
 
     spec: IdentitySpec
-    cert_pem: bytes = field(repr=False)
-    key_pem: bytes = field(repr=False)
-    passphrase: bytes | None = field(default=None, repr=False)
+    cert_pem: bytes
+    key_pem: bytes
+    passphrase: bytes | None
+    _fields = ("spec", "cert_pem", "key_pem", "passphrase")
+    _hidden = frozenset({"cert_pem", "key_pem", "passphrase"})  # never in a repr (a log line)
+
+    def __init__(self, spec: IdentitySpec, cert_pem: bytes, key_pem: bytes, passphrase: bytes | None = None) -> None:
+        object.__setattr__(self, "spec", spec)
+        object.__setattr__(self, "cert_pem", cert_pem)
+        object.__setattr__(self, "key_pem", key_pem)
+        object.__setattr__(self, "passphrase", passphrase)
 
     def identity(self) -> PrivateIdentity:
         """The identity these bytes make, reloadable from its files (ValueError if none)."""
@@ -102,7 +114,7 @@ def read_source(spec: IdentitySpec, *, known_passphrase: bytes | None = None, pr
         secret = passphrase(spec, prompt=prompt)
         if secret is None:
             raise ValueError(f"{e}; set {spec.passphrase_variable}") from None
-    source = replace(source, passphrase=secret)
+    source = IdentitySource(source.spec, source.cert_pem, source.key_pem, secret)
     return source, source.identity()
 
 

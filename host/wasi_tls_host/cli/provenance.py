@@ -20,7 +20,8 @@ from .options_limits import whole_number
 
 
 
-def add_arguments(sub: Any, run: argparse.ArgumentParser) -> None:
+def add_run_arguments(run: argparse.ArgumentParser) -> None:
+    """``run``'s provenance and attestation options."""
     group = run.add_argument_group("code provenance (checked before the component is compiled)")
     group.add_argument("--require-digest", action="append", default=[], metavar="sha256:HEX", help="run the component only if it has this digest (repeatable: any of them)")
     group.add_argument("--require-signer", action="append", default=[], metavar="PUB.pem", help="run the component only if signed by this Ed25519 key (repeatable: any of them)")
@@ -31,17 +32,20 @@ def add_arguments(sub: Any, run: argparse.ArgumentParser) -> None:
     group.add_argument("--trust-compiled", action="append", default=[], metavar="PUB.pem", help="an Ed25519 key trusted to vouch for pre-compiled artifacts (repeatable)")
     group.add_argument("--module-max-size", type=whole_number(1), default=None, metavar="BYTES", help="refuse a fetched component larger than this (default 256 MiB)")
 
-    store = sub.add_parser("store", help="content-addressed module store")
-    store_sub = store.add_subparsers(dest="store_command", required=True)
-    store_add = store_sub.add_parser("add", help="put components into a directory store and print their names")
-    store_add.add_argument("files", nargs="+", metavar="GUEST.wasm")
-    store_add.add_argument("--module-store", metavar="DIR", help="the store (default: the per-user store)")
-
     attest = run.add_argument_group("code-bound identities (a key per instance, certified with its code)")
     attest.add_argument("--attest-ca", metavar="CA.pem,CA.key", help="certify each instance's own key with this CA, with the component's digest and grants (Open DICE extension)")
     attest.add_argument("--attest-name", action="append", default=[], metavar="NAME", help="DNS name or IP address for the attested certificate (repeatable)")
     attest.add_argument("--attest-lifetime", default="24h", metavar="24h", help="how long each attested certificate is valid (default 24h)")
     attest.add_argument("--attest-trust", action="append", default=[], metavar="CA.pem", help="an attestation CA whose code claims the guest may rely on (expect-peer-code)")
+
+
+def add_parsers(sub: Any) -> None:
+    """The provenance subcommands (``store``, ``inspect-cert``, ``sign``...)."""
+    store = sub.add_parser("store", help="content-addressed module store")
+    store_sub = store.add_subparsers(dest="store_command", required=True)
+    store_add = store_sub.add_parser("add", help="put components into a directory store and print their names")
+    store_add.add_argument("files", nargs="+", metavar="GUEST.wasm")
+    store_add.add_argument("--module-store", metavar="DIR", help="the store (default: the per-user store)")
 
     inspect = sub.add_parser("inspect-cert", help="print the code claims of a certificate (a PEM/DER file or a TLS server HOST:PORT)")
     inspect.add_argument("source", metavar="FILE|HOST:PORT")

@@ -178,12 +178,15 @@ class ArtifactAuthenticator:
         key = self.key()
         if key is None:
             return None
-        record = _read_or_none(self._source_record(info))
+        path = self._source_record(info)
+        record = _read_or_none(path)
         if record is None or len(record) != 64 + 32:
             return None
         digest, tag = record[:64], record[64:]
         if not hmac.compare_digest(self._source_tag(key, digest, info), tag):
             return None
+        with contextlib.suppress(OSError):  # its last use, as an entry's: the cache's bound evicts by it
+            os.utime(path)
         return digest.decode("ascii", "replace")
 
     def remember_digest(self, info: os.stat_result, sha256_hex: str) -> None:

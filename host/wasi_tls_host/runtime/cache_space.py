@@ -28,12 +28,12 @@ import logging
 import os
 import re
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from .artifact_auth import SEEN_SUFFIX, SOURCES_DIR, TAG_SUFFIX
 from .limits import format_bytes, parse_bytes
+from .records import ValueFields
 
 log = logging.getLogger("wasi_tls_host.cache")
 
@@ -84,20 +84,27 @@ def primary_name(entry: str) -> str:
     return f"{entry}.plan" if re.fullmatch(_CORE_ENTRY, entry) else f"{entry}.cwasm"
 
 
-@dataclass
-class Entry:
-    name: str
-    files: list[str] = field(default_factory=list)  # file names in the cache directory
-    size: int = 0
-    last_used: float = 0.0  # the primary file's modification time (newest file if none)
-    complete: bool = False  # its primary file is there
+class Entry(ValueFields):
+    _fields = ("name", "files", "size", "last_used", "complete")
+
+    def __init__(self, name: str, files: list[str] | None = None, size: int = 0, last_used: float = 0.0, complete: bool = False) -> None:
+        self.name = name
+        self.files: list[str] = [] if files is None else files  # file names in the cache directory
+        self.size = size
+        self.last_used = last_used  # the primary file's modification time (newest file if none)
+        self.complete = complete  # its primary file is there
 
 
-@dataclass
-class Contents:
-    entries: dict[str, Entry]
-    temporary: list[Entry]  # one per temporary file
-    size: int  # bytes of every file counted (entries and temporary files)
+class Contents(ValueFields):
+    _fields = ("entries", "temporary", "size", "records")
+
+    def __init__(self, entries: dict[str, Entry], temporary: list[Entry], size: int, records: list[Entry] | None = None) -> None:
+        self.entries = entries
+        self.temporary = temporary  # one per temporary file
+        self.size = size  # bytes of every file counted (entries, temporary files, records)
+        # One per remembered digest of a component file (artifact_auth.SOURCES_DIR, named
+        # ``sources/NAME``): a hint, evicted like an entry (the next load hashes the file again).
+        self.records: list[Entry] = [] if records is None else records
 
 
 def scan(directory: Path) -> Contents:
@@ -125,8 +132,20 @@ def scan(directory: Path) -> Contents:
             entry.complete, entry.last_used = True, info.st_mtime
         elif not entry.complete:
             entry.last_used = max(entry.last_used, info.st_mtime)
-    size = sum(e.size for e in entries.values()) + sum(t.size for t in temporary)
-    return Contents(entries, temporary, size)
+    records: list[Entry] = []
+    try:
+        remembered = list(os.scandir(directory / SOURCES_DIR))
+    except (FileNotFoundError, NotADirectoryError):
+        remembered = []
+    for item in remembered:
+        try:
+            info = item.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        name = f"{SOURCES_DIR}/{item.name}"
+        records.append(Entry(name, [name], info.st_size, info.st_mtime))
+    size = sum(e.size for e in entries.values()) + sum(t.size for t in temporary) + sum(r.size for r in records)
+    return Contents(entries, temporary, size, records)
 
 
 _LEASE_WAIT_S = 0.05  # an exclusive lock is held for an instant: to evict, or to see if in use
@@ -235,12 +254,14 @@ def _remove(entry: Entry, directory: Path) -> bool:
         os.close(fd)
 
 
-@dataclass
-class Trimmed:
-    removed: int  # entries (and temporary files) removed
-    freed: int  # bytes
-    size: int  # bytes left
-    kept_in_use: int  # entries over the limit left because a host holds them
+class Trimmed(ValueFields):
+    _fields = ("removed", "freed", "size", "kept_in_use")
+
+    def __init__(self, removed: int, freed: int, size: int, kept_in_use: int) -> None:
+        self.removed = removed  # entries (and temporary files) removed; remembered digests are not counted
+        self.freed = freed  # bytes
+        self.size = size  # bytes left
+        self.kept_in_use = kept_in_use  # entries over the limit left because a host holds them
 
 
 def trim(directory: Path, max_size: int, keep: Iterable[str] = (), grace: float = GRACE_S, wait: float = 0.0) -> Trimmed | None:
@@ -260,24 +281,29 @@ def trim(directory: Path, max_size: int, keep: Iterable[str] = (), grace: float 
         keep = set(keep)
         candidates = [e for e in contents.entries.values() if e.name not in keep and (e.complete or now - e.last_used >= grace)]
         candidates += [t for t in contents.temporary if now - t.last_used >= grace]
+        candidates += contents.records  # written whole (atomically): never unfinished
+        records = {id(r) for r in contents.records}
         for entry in sorted(candidates, key=lambda e: e.last_used):
             if size <= max_size:
                 break
             if _remove(entry, directory):
-                size, removed, freed = size - entry.size, removed + 1, freed + entry.size
+                size, freed = size - entry.size, freed + entry.size
+                removed += id(entry) not in records
             else:
                 kept += 1
         return Trimmed(removed, freed, size, kept)
 
 
-@dataclass
-class Usage:
-    directory: Path
-    size: int
-    files: int
-    entries: int
-    in_use: int
-    max_size: int | None
+class Usage(ValueFields):
+    _fields = ("directory", "size", "files", "entries", "in_use", "max_size")
+
+    def __init__(self, directory: Path, size: int, files: int, entries: int, in_use: int, max_size: int | None) -> None:
+        self.directory = directory
+        self.size = size
+        self.files = files
+        self.entries = entries
+        self.in_use = in_use
+        self.max_size = max_size
 
     def lines(self) -> list[str]:
         limit = "none" if self.max_size is None else format_bytes(self.max_size)
@@ -296,7 +322,7 @@ def _megabytes(n: int) -> str:
 def usage(directory: Path, max_size: int | None) -> Usage:
     contents = scan(directory)
     complete = [e for e in contents.entries.values() if e.complete]
-    files = sum(len(e.files) for e in contents.entries.values()) + len(contents.temporary)
+    files = sum(len(e.files) for e in contents.entries.values()) + len(contents.temporary) + len(contents.records)
     busy = sum(in_use(directory / primary_name(e.name)) for e in complete)
     return Usage(directory, contents.size, files, len(complete), busy, max_size)
 

@@ -15,31 +15,48 @@ never has to guess how wasmtime-py would tag a value:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
+
+from .records import FrozenFields
 
 T = TypeVar("T")
 
-
-@dataclass(frozen=True, slots=True)
-class Ok(Generic[T]):
-    value: T = None  # type: ignore[assignment]
+# Written out, not ``@dataclass(frozen=True, slots=True)`` (see records.py): that decorator
+# also builds each class a second time for its slots, about 2 ms a class at every start.
 
 
-@dataclass(frozen=True, slots=True)
-class Err(Generic[T]):
-    value: T = None  # type: ignore[assignment]
-
-
-@dataclass(frozen=True, slots=True)
-class Some(Generic[T]):
+class Ok(FrozenFields, Generic[T]):
+    __slots__ = _fields = ("value",)
     value: T
 
+    def __init__(self, value: T = None) -> None:  # type: ignore[assignment]
+        object.__setattr__(self, "value", value)
 
-@dataclass(frozen=True, slots=True)
-class Variant:
+
+class Err(FrozenFields, Generic[T]):
+    __slots__ = _fields = ("value",)
+    value: T
+
+    def __init__(self, value: T = None) -> None:  # type: ignore[assignment]
+        object.__setattr__(self, "value", value)
+
+
+class Some(FrozenFields, Generic[T]):
+    __slots__ = _fields = ("value",)
+    value: T
+
+    def __init__(self, value: T) -> None:
+        object.__setattr__(self, "value", value)
+
+
+class Variant(FrozenFields):
+    __slots__ = _fields = ("tag", "payload")
     tag: str
-    payload: Any = None
+    payload: Any
+
+    def __init__(self, tag: str, payload: Any = None) -> None:
+        object.__setattr__(self, "tag", tag)
+        object.__setattr__(self, "payload", payload)
 
 
 class WitError(Exception):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import weakref
-from dataclasses import dataclass, field
+
 from typing import Any, Callable, Iterable
 
 from wasmtime import FuncType, Module, Store, WasmtimeError
@@ -25,6 +25,7 @@ from wasmtime import _ffi as ffi
 
 from .. import callback_guard
 from ..binding import GuestExit, HostFunc, Interface, host_call_failure, interface_key, version_family
+from ..records import Fields
 from ..store import StoreState, state_of
 from ..values import Trap
 from . import builtins, canon, lift, native
@@ -67,15 +68,23 @@ class LinkError(Exception):
     """The component cannot be linked against this host (missing import, bad signature)."""
 
 
-@dataclass(eq=False)
-class CoreComponent:
+class CoreComponent(Fields):
     """A component ready to instantiate on the core backend."""
 
     plan: Plan
     modules: list[Module]
     module_imports: list[list[tuple[str, str]]]
     digest: str
-    functypes: dict[tuple[tuple[str, ...], tuple[str, ...]], FuncType] = field(default_factory=dict)
+    functypes: dict[tuple[tuple[str, ...], tuple[str, ...]], FuncType]
+
+    _fields = ("plan", "modules", "module_imports", "digest", "functypes")
+
+    def __init__(self, plan: Plan, modules: list[Module], module_imports: list[list[tuple[str, str]]], digest: str, functypes: dict[tuple[tuple[str, ...], tuple[str, ...]], FuncType] | None = None) -> None:
+        self.plan = plan
+        self.modules = modules
+        self.module_imports = module_imports
+        self.digest = digest
+        self.functypes = {} if functypes is None else functypes
 
 
 class BoundHost:

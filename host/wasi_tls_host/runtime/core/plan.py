@@ -16,10 +16,10 @@ Anything this backend does not implement raises ``Unsupported`` with the constru
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from .. import leb128
+from ..records import Fields, ValueFields
 from .types import (
     ERROR_CONTEXT, PRIM_CODES, PRIMS, AbstractResource, Prim, ComponentT, DefinedResource, Flags, FuncT, FutureT, Handle,
     ImportedResource, InstanceT, ListT, Malformed, Record, Refused, ResourceT, StreamT, Tuple, Unsupported, ValType,
@@ -29,16 +29,20 @@ from .types import (
 # --- core items a plan refers to --------------------------------------------------------------
 
 
-@dataclass(eq=False)
-class CoreExport:
+class CoreExport(Fields):
     """Export ``name`` of the core instance created by step ``slot``."""
 
     slot: int
     name: str
 
+    _fields = ("slot", "name")
 
-@dataclass(eq=False)
-class HostImport:
+    def __init__(self, slot: int, name: str) -> None:
+        self.slot = slot
+        self.name = name
+
+
+class HostImport(Fields):
     """A function imported from the host: ``interface`` is the import name as the component
     spells it (with its version)."""
 
@@ -46,74 +50,139 @@ class HostImport:
     name: str
     type: FuncT
 
+    _fields = ("interface", "name", "type")
 
-@dataclass(eq=False)
-class Opts:
-    encoding: str = "utf8"
-    memory: Any = None
-    realloc: Any = None
-    post_return: Any = None
-    async_: bool = False
-    callback: Any = None
+    def __init__(self, interface: str, name: str, type: FuncT) -> None:
+        self.interface = interface
+        self.name = name
+        self.type = type
 
 
-@dataclass(eq=False)
-class Lowered:
+class Opts(Fields):
+    encoding: str
+    memory: Any
+    realloc: Any
+    post_return: Any
+    async_: bool
+    callback: Any
+
+    _fields = ("encoding", "memory", "realloc", "post_return", "async_", "callback")
+
+    def __init__(self, encoding: str = "utf8", memory: Any = None, realloc: Any = None, post_return: Any = None, async_: bool = False, callback: Any = None) -> None:
+        self.encoding = encoding
+        self.memory = memory
+        self.realloc = realloc
+        self.post_return = post_return
+        self.async_ = async_
+        self.callback = callback
+
+
+class Lowered(Fields):
     target: HostImport | Lifted  # a host function, or another component's lifted export
     opts: Opts
-    cid: int = 0  # the component instance that lowers it (the caller)
+    cid: int  # the component instance that lowers it (the caller)
+
+    _fields = ("target", "opts", "cid")
+
+    def __init__(self, target: HostImport | Lifted, opts: Opts, cid: int = 0) -> None:
+        self.target = target
+        self.opts = opts
+        self.cid = cid
 
 
-@dataclass(eq=False)
-class Lifted:
+class Lifted(Fields):
     core_func: Any
     opts: Opts
     type: FuncT
-    cid: int = 0  # the component instance whose core function this lifts (the callee)
+    cid: int  # the component instance whose core function this lifts (the callee)
+
+    _fields = ("core_func", "opts", "type", "cid")
+
+    def __init__(self, core_func: Any, opts: Opts, type: FuncT, cid: int = 0) -> None:
+        self.core_func = core_func
+        self.opts = opts
+        self.type = type
+        self.cid = cid
 
 
-@dataclass(eq=False)
-class ResourceBuiltin:
+class ResourceBuiltin(Fields):
     op: str  # new | drop | rep
     resource: ResourceT
-    cid: int = 0  # the component instance whose handle table it works on
+    cid: int  # the component instance whose handle table it works on
+
+    _fields = ("op", "resource", "cid")
+
+    def __init__(self, op: str, resource: ResourceT, cid: int = 0) -> None:
+        self.op = op
+        self.resource = resource
+        self.cid = cid
 
 
-@dataclass(eq=False)
-class Builtin:
+class Builtin(Fields):
     """A ``canon`` built-in of the async ABI (task, waitable, stream, future, error-context,
     context and backpressure built-ins): ``op`` is its name in CanonicalABI.md
     (``stream.read``, ``waitable-set.wait``, ...)."""
 
     op: str
-    type: Any = None  # stream.*/future.*: the StreamT/FutureT; task.return: the result type
-    opts: Opts | None = None
-    flag: bool = False  # the async? or cancellable? immediate
-    index: int = 0  # context.get/set: the slot
-    cid: int = 0  # the component instance whose tasks and handle table it works on
+    type: Any  # stream.*/future.*: the StreamT/FutureT; task.return: the result type
+    opts: Opts | None
+    flag: bool  # the async? or cancellable? immediate
+    index: int  # context.get/set: the slot
+    cid: int  # the component instance whose tasks and handle table it works on
+
+    _fields = ("op", "type", "opts", "flag", "index", "cid")
+
+    def __init__(self, op: str, type: Any = None, opts: Opts | None = None, flag: bool = False, index: int = 0, cid: int = 0) -> None:
+        self.op = op
+        self.type = type
+        self.opts = opts
+        self.flag = flag
+        self.index = index
+        self.cid = cid
 
 
-@dataclass(eq=False)
-class Instantiate:
+class Instantiate(Fields):
     module: int
     args: dict[str, int]  # import module name -> step slot
 
+    _fields = ("module", "args")
 
-@dataclass(eq=False)
-class Bag:
+    def __init__(self, module: int, args: dict[str, int]) -> None:
+        self.module = module
+        self.args = args
+
+
+class Bag(Fields):
     items: dict[str, Any]  # export name -> core item
 
+    _fields = ("items",)
 
-@dataclass
-class Plan:
-    modules: list[bytes] = field(default_factory=list)
-    steps: list[Instantiate | Bag] = field(default_factory=list)
-    exports: dict[str, Any] = field(default_factory=dict)  # name -> Lifted | dict (instance)
-    host_imports: list[HostImport] = field(default_factory=list)
-    imported_resources: list[ImportedResource] = field(default_factory=list)
+    def __init__(self, items: dict[str, Any]) -> None:
+        self.items = items
+
+
+class Plan(ValueFields):
+    modules: list[bytes]
+    steps: list[Instantiate | Bag]
+    exports: dict[str, Any]  # name -> Lifted | dict (instance)
+    host_imports: list[HostImport]
+    imported_resources: list[ImportedResource]
     # One entry per component instance (0: the outermost; one more for each nested
     # component it instantiates): the index of the instance that instantiated it.
-    component_parents: list[int | None] = field(default_factory=lambda: [None])
+    component_parents: list[int | None]
+
+    _fields = ("modules", "steps", "exports", "host_imports", "imported_resources", "component_parents")
+
+    def __init__(self, modules: list[bytes] | None = None, steps: list[Instantiate | Bag] | None = None,
+                 exports: dict[str, Any] | None = None, host_imports: list[HostImport] | None = None,
+                 imported_resources: list[ImportedResource] | None = None, component_parents: list[int | None] | None = None) -> None:
+        self.modules = [] if modules is None else modules
+        self.steps = [] if steps is None else steps
+        self.exports = {} if exports is None else exports
+        self.host_imports = [] if host_imports is None else host_imports
+        self.imported_resources = [] if imported_resources is None else imported_resources
+        self.component_parents = [None] if component_parents is None else component_parents
+
 
 
 # --- binary reading --------------------------------------------------------------------------
@@ -228,16 +297,26 @@ class Scope:
         return s
 
 
-@dataclass(eq=False)
-class ComponentDef:
+class ComponentDef(Fields):
     data: bytes
     parent: Scope
 
+    _fields = ("data", "parent")
 
-@dataclass(eq=False)
-class ImportedInstance:
+    def __init__(self, data: bytes, parent: Scope) -> None:
+        self.data = data
+        self.parent = parent
+
+
+class ImportedInstance(Fields):
     name: str
     exports: dict[str, tuple[str, Any]]
+
+    _fields = ("name", "exports")
+
+    def __init__(self, name: str, exports: dict[str, tuple[str, Any]]) -> None:
+        self.name = name
+        self.exports = exports
 
 
 # --- the evaluator -------------------------------------------------------------------------------

@@ -9,9 +9,9 @@ core modules of all of them in one store, so the methods that call into wasm go 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
+from ..records import Fields
 from ..resources import ResourceKind
 from ..scheduler import Event, Scheduler
 from ..store import StoreState
@@ -52,12 +52,17 @@ def _rname(rt: ResourceT) -> str:
     return "guest resource"
 
 
-@dataclass(eq=False)
-class GuestResource:
+class GuestResource(Fields):
     """An ``own`` handle of a resource the guest defines, held by the host."""
 
     resource: DefinedResource
     rep: int
+
+    _fields = ("resource", "rep")
+
+    def __init__(self, resource: DefinedResource, rep: int) -> None:
+        self.resource = resource
+        self.rep = rep
 
 
 class ComponentState:

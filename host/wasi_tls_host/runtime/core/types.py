@@ -6,9 +6,9 @@ sizes, alignments and flattenings (CanonicalABI.md: ``elem_size``, ``alignment``
 from __future__ import annotations
 
 import dataclasses
-
-from dataclasses import dataclass, field
 from typing import Any
+
+from ..records import Fields  # plain classes, not dataclasses: start-up time (see records.py)
 
 MAX_FLAT_PARAMS = 16
 MAX_FLAT_RESULTS = 1
@@ -28,7 +28,7 @@ class Malformed(Exception):
     """The component binary is not well formed (reported, never run)."""
 
 
-class ValType:
+class ValType(Fields):
     size: int
     align: int
     flat: list[str]
@@ -37,11 +37,16 @@ class ValType:
         raise NotImplementedError
 
 
-@dataclass(eq=False)
 class Prim(ValType):
     name: str
 
-    def __post_init__(self) -> None:
+    _fields = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._layout()
+
+    def _layout(self) -> None:
         self.size, self.align, self.flat = _PRIM_LAYOUT[self.name]
 
     def signature(self) -> str:
@@ -73,11 +78,16 @@ def join(a: str, b: str) -> str:
     return "i64"
 
 
-@dataclass(eq=False)
 class ListT(ValType):
     elem: ValType
 
-    def __post_init__(self) -> None:
+    _fields = ("elem",)
+
+    def __init__(self, elem: ValType) -> None:
+        self.elem = elem
+        self._layout()
+
+    def _layout(self) -> None:
         self.size, self.align, self.flat = 8, 4, ["i32", "i32"]
 
     def signature(self) -> str:
@@ -95,22 +105,32 @@ def _record_layout(types: list[ValType]) -> tuple[int, int, list[int], list[str]
     return align_to(size, align), align, offsets, flat
 
 
-@dataclass(eq=False)
 class Record(ValType):
     fields: list[tuple[str, ValType]]
 
-    def __post_init__(self) -> None:
+    _fields = ("fields",)
+
+    def __init__(self, fields: list[tuple[str, ValType]]) -> None:
+        self.fields = fields
+        self._layout()
+
+    def _layout(self) -> None:
         self.size, self.align, self.offsets, self.flat = _record_layout([t for _, t in self.fields])
 
     def signature(self) -> str:
         return "record{" + ",".join(f"{n}:{t.signature()}" for n, t in self.fields) + "}"
 
 
-@dataclass(eq=False)
 class Tuple(ValType):
     elems: list[ValType]
 
-    def __post_init__(self) -> None:
+    _fields = ("elems",)
+
+    def __init__(self, elems: list[ValType]) -> None:
+        self.elems = elems
+        self._layout()
+
+    def _layout(self) -> None:
         self.size, self.align, self.offsets, self.flat = _record_layout(self.elems)
 
     def signature(self) -> str:
@@ -121,15 +141,22 @@ def _disc_size(n: int) -> int:
     return 1 if n <= 256 else 2 if n <= 65536 else 4
 
 
-@dataclass(eq=False)
 class Variant(ValType):
     """Also the layout of enum, option and result (``kind`` says which Python shape)."""
 
     cases: list[tuple[str, ValType | None]]
-    kind: str = "variant"  # variant | enum | option | result
-    extra: Any = None  # option/result: the WIT-level payload types, for signatures
+    kind: str  # variant | enum | option | result
+    extra: Any  # option/result: the WIT-level payload types, for signatures
 
-    def __post_init__(self) -> None:
+    _fields = ("cases", "kind", "extra")
+
+    def __init__(self, cases: list[tuple[str, ValType | None]], kind: str = "variant", extra: Any = None) -> None:
+        self.cases = cases
+        self.kind = kind
+        self.extra = extra
+        self._layout()
+
+    def _layout(self) -> None:
         n = len(self.cases)
         self.disc_size = _disc_size(n)
         max_align = self.disc_size
@@ -173,11 +200,16 @@ def result_type(ok: ValType | None, err: ValType | None) -> Variant:
     return Variant([("ok", ok), ("error", err)], "result")
 
 
-@dataclass(eq=False)
 class Flags(ValType):
     names: list[str]
 
-    def __post_init__(self) -> None:
+    _fields = ("names",)
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        self._layout()
+
+    def _layout(self) -> None:
         n = len(self.names)
         if n == 0:
             self.size, self.align, self.flat = 0, 1, []
@@ -196,20 +228,25 @@ class Flags(ValType):
 # --- resources -----------------------------------------------------------------------------
 
 
-class ResourceT:
+class ResourceT(Fields):
     """A resource type: identity matters (two handles' types are compared with ``is``)."""
 
     def resolve(self) -> ResourceT:
         return self
 
 
-@dataclass(eq=False)
 class AbstractResource(ResourceT):
     """``(export "x" (type (sub resource)))`` inside an instance or component type; bound
     to a concrete resource when an import of that type is made."""
 
     name: str
-    target: ResourceT | None = None
+    target: ResourceT | None
+
+    _fields = ("name", "target")
+
+    def __init__(self, name: str, target: ResourceT | None = None) -> None:
+        self.name = name
+        self.target = target
 
     def resolve(self) -> ResourceT:
         t: ResourceT = self
@@ -218,29 +255,46 @@ class AbstractResource(ResourceT):
         return t
 
 
-@dataclass(eq=False)
 class ImportedResource(ResourceT):
     """A resource the host implements, named by the importing interface."""
 
     interface: str
     name: str
-    kind: Any = None  # the host's ResourceKind, bound when the component is prepared
+    kind: Any  # the host's ResourceKind, bound when the component is prepared
+
+    _fields = ("interface", "name", "kind")
+
+    def __init__(self, interface: str, name: str, kind: Any = None) -> None:
+        self.interface = interface
+        self.name = name
+        self.kind = kind
 
 
-@dataclass(eq=False)
 class DefinedResource(ResourceT):
     """A resource the component defines itself (``(type (resource (rep i32) (dtor f)))``)."""
 
-    dtor: Any = None  # a core func reference (planned), or None
-    cid: int = 0  # the component instance that defines it (its implementation)
+    dtor: Any  # a core func reference (planned), or None
+    cid: int  # the component instance that defines it (its implementation)
+
+    _fields = ("dtor", "cid")
+
+    def __init__(self, dtor: Any = None, cid: int = 0) -> None:
+        self.dtor = dtor
+        self.cid = cid
 
 
-@dataclass(eq=False)
 class Handle(ValType):
     resource: ResourceT
     own: bool
 
-    def __post_init__(self) -> None:
+    _fields = ("resource", "own")
+
+    def __init__(self, resource: ResourceT, own: bool) -> None:
+        self.resource = resource
+        self.own = own
+        self._layout()
+
+    def _layout(self) -> None:
         self.size, self.align, self.flat = 4, 4, ["i32"]
 
     def signature(self) -> str:
@@ -250,35 +304,47 @@ class Handle(ValType):
 # --- async values (streams, futures, error contexts) --------------------------------------------
 
 
-@dataclass(eq=False)
 class StreamT(ValType):
     """``stream<T>`` (``elem`` None for ``stream``): an i32 index of a readable end."""
 
     elem: ValType | None
 
-    def __post_init__(self) -> None:
+    _fields = ("elem",)
+
+    def __init__(self, elem: ValType | None) -> None:
+        self.elem = elem
+        self._layout()
+
+    def _layout(self) -> None:
         self.size, self.align, self.flat = 4, 4, ["i32"]
 
     def signature(self) -> str:
         return f"stream<{self.elem.signature()}>" if self.elem is not None else "stream"
 
 
-@dataclass(eq=False)
 class FutureT(ValType):
     """``future<T>`` (``elem`` None for ``future``): an i32 index of a readable end."""
 
     elem: ValType | None
 
-    def __post_init__(self) -> None:
+    _fields = ("elem",)
+
+    def __init__(self, elem: ValType | None) -> None:
+        self.elem = elem
+        self._layout()
+
+    def _layout(self) -> None:
         self.size, self.align, self.flat = 4, 4, ["i32"]
 
     def signature(self) -> str:
         return f"future<{self.elem.signature()}>" if self.elem is not None else "future"
 
 
-@dataclass(eq=False)
 class ErrorContextT(ValType):
-    def __post_init__(self) -> None:
+    def __init__(self) -> None:
+        self._layout()
+
+    def _layout(self) -> None:
         self.size, self.align, self.flat = 4, 4, ["i32"]
 
     def signature(self) -> str:
@@ -339,13 +405,20 @@ def contains_borrow(t: ValType | None) -> bool:
 # --- functions and instance types -----------------------------------------------------------
 
 
-@dataclass(eq=False)
-class FuncT:
+class FuncT(Fields):
     params: list[tuple[str, ValType]]
     result: ValType | None
-    is_async: bool = False  # ``async func`` (may block its caller)
+    is_async: bool  # ``async func`` (may block its caller)
 
-    def __post_init__(self) -> None:
+    _fields = ("params", "result", "is_async")
+
+    def __init__(self, params: list[tuple[str, ValType]], result: ValType | None, is_async: bool = False) -> None:
+        self.params = params
+        self.result = result
+        self.is_async = is_async
+        self._layout()
+
+    def _layout(self) -> None:
         flat_params: list[str] = []
         for _, t in self.params:
             flat_params += t.flat
@@ -396,19 +469,22 @@ class FuncT:
         return list(self.flat_params), (["i32"] if callback else [])
 
 
-@dataclass(eq=False)
-class InstanceT:
-    exports: dict[str, tuple[str, Any]] = field(default_factory=dict)  # name -> (sort, type)
+class InstanceT(Fields):
+    exports: dict[str, tuple[str, Any]]  # name -> (sort, type)
+
+    _fields = ("exports",)
+
+    def __init__(self, exports: dict[str, tuple[str, Any]] | None = None) -> None:
+        self.exports = {} if exports is None else exports
 
 
-@dataclass(eq=False)
-class ComponentT:
+class ComponentT(Fields):
     pass
 
 
 def types_in(root: Any) -> list[ValType]:
     """Every value type reachable from ``root`` (a plan, a function type...), following
-    dataclass fields, lists, tuples and dicts; each once."""
+    record fields (``Fields``, dataclasses), lists, tuples and dicts; each once."""
     found: list[ValType] = []
     seen: set[int] = set()
     todo = [root]
@@ -423,6 +499,8 @@ def types_in(root: Any) -> list[ValType]:
             todo.extend(item.values())
         elif isinstance(item, (list, tuple, set, frozenset)):
             todo.extend(item)
+        elif isinstance(item, Fields):
+            todo.extend(getattr(item, name) for name in item._fields)
         elif dataclasses.is_dataclass(item):
             todo.extend(getattr(item, f.name) for f in dataclasses.fields(item))
     return found

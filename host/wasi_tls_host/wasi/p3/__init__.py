@@ -6,8 +6,11 @@ moving bytes between those engines and Component Model streams. wasi:sockets@0.3
 from __future__ import annotations
 
 from ...runtime.binding import Interface
-from . import cli, clocks, filesystem, random
 
 
 def interfaces() -> list[Interface]:
+    # Loaded here, not with the package: the embedder's pumps (finish_output) are needed by
+    # every run, these surfaces only by a component that imports WASI 0.3.
+    from . import cli, clocks, filesystem, random
+
     return [*cli.INTERFACES, *clocks.INTERFACES, *random.INTERFACES, *filesystem.INTERFACES]

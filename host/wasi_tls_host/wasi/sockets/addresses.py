@@ -7,21 +7,27 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
-from dataclasses import dataclass
 from typing import Any
 
+from ...runtime.records import FrozenFields
 from ...runtime.values import Variant, WitError
 from .policy import IPAddress
 
 FAMILIES = {"ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}
 
 
-@dataclass(frozen=True)
-class SockAddr:
+class SockAddr(FrozenFields):
     ip: IPAddress
     port: int
-    flow_info: int = 0
-    scope_id: int = 0
+    flow_info: int
+    scope_id: int
+    _fields = ("ip", "port", "flow_info", "scope_id")
+
+    def __init__(self, ip: IPAddress, port: int, flow_info: int = 0, scope_id: int = 0) -> None:
+        object.__setattr__(self, "ip", ip)
+        object.__setattr__(self, "port", port)
+        object.__setattr__(self, "flow_info", flow_info)
+        object.__setattr__(self, "scope_id", scope_id)
 
     @property
     def family(self) -> str:

@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+from ...runtime.records import FrozenFields
 from ...runtime.values import WitError
 
 log = logging.getLogger("wasi_tls_host.sockets")
@@ -21,15 +22,21 @@ IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 
-@dataclass(frozen=True)
-class AddressPattern:
+class AddressPattern(FrozenFields):
     """``HOST:PORTS``: HOST is ``*``, an address, a CIDR block, ``localhost`` or ``[v6]``;
     PORTS is ``*``, a port, or a range ``low-high``."""
 
     networks: tuple[IPNetwork, ...] | None  # None: any address
     low_port: int
     high_port: int
-    text: str = ""
+    text: str
+    _fields = ("networks", "low_port", "high_port", "text")
+
+    def __init__(self, networks: tuple[IPNetwork, ...] | None, low_port: int, high_port: int, text: str = "") -> None:
+        object.__setattr__(self, "networks", networks)
+        object.__setattr__(self, "low_port", low_port)
+        object.__setattr__(self, "high_port", high_port)
+        object.__setattr__(self, "text", text)
 
     @classmethod
     def parse(cls, text: str) -> AddressPattern:

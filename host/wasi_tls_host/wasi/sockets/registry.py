@@ -22,9 +22,9 @@ import select
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
+from ...runtime.records import ValueFields
 from ...runtime.values import WitError
 from ..io import Notifier
 from .addresses import FAMILIES
@@ -76,17 +76,20 @@ def os_error(e: OSError, overrides: dict[int, str] | None = None) -> WitError:
     return WitError(error_code(e, overrides))
 
 
-@dataclass
-class ConnectionRecord:
+class ConnectionRecord(ValueFields):
     """One accepted connection, logged as one grep-able ``key=value`` line when it closes."""
 
-    peer: str
-    accepted_ns: int = field(default_factory=time.monotonic_ns)
-    bytes_in: int = 0
-    bytes_out: int = 0
-    end: str | None = None  # the first thing that ended it (peer-closed, connection-reset, ...)
-    # Added by the layers above (TLS: sni, alpn, version, suite, client, handshake_ms, tls).
-    fields: dict[str, str] = field(default_factory=dict)
+    _fields = ("peer", "accepted_ns", "bytes_in", "bytes_out", "end", "fields")
+
+    def __init__(self, peer: str, accepted_ns: int | None = None, bytes_in: int = 0, bytes_out: int = 0,
+                 end: str | None = None, fields: dict[str, str] | None = None) -> None:
+        self.peer = peer
+        self.accepted_ns = time.monotonic_ns() if accepted_ns is None else accepted_ns
+        self.bytes_in = bytes_in
+        self.bytes_out = bytes_out
+        self.end = end  # the first thing that ended it (peer-closed, connection-reset, ...)
+        # Added by the layers above (TLS: sni, alpn, version, suite, client, handshake_ms, tls).
+        self.fields: dict[str, str] = {} if fields is None else fields
 
     def note_end(self, how: str) -> None:
         if self.end is None:
