@@ -264,6 +264,13 @@ async def call_later(cx, x: int) -> int:
     return x
 
 
+@calls.func("later-wide")
+async def call_later_wide(cx, x: int) -> int:
+    await yield_now()
+    LATER.append(x)
+    return x
+
+
 @calls.func("source")
 def call_source(cx, total: int) -> Stream:
     raise AssertionError("not called by these tests")
@@ -274,7 +281,7 @@ async def call_sink(cx, data: Stream) -> int:
     raise AssertionError("not called by these tests")
 
 
-@pytest.mark.parametrize("export", ["cb-calls", "event-calls", "ready-calls"])
+@pytest.mark.parametrize("export", ["cb-calls", "cb-calls-wide", "event-calls", "ready-calls"])
 def test_async_calls_that_finish_at_once_or_on_their_first_resume(guest_path, export: str) -> None:
     """The guest checks each call's status, event (SUBTASK, of that subtask) and result in
     memory, and traps on any other, and drops every subtask."""

@@ -4,6 +4,9 @@
 ;;   ready-calls(n)  n async calls that finish before returning (status RETURNED)
 ;;   event-calls(n)  n async calls that finish later: subtask, SUBTASK event, drop
 ;;   cb-calls(n)     the same with the callback ABI (each event's callback makes the next call)
+;;   cb-calls-wide(n)  cb-calls of a function taking and returning a u64 (as WASI's durations
+;;                   and offsets are): the general lowering, where cb-calls' u32 -> u32 takes
+;;                   the runtime's integer-only shortcut
 ;;   read(total)     reads a host-written stream<u8> in 64 KiB reads: the byte count
 ;;   write(total)    writes 64 KiB writes into a stream the host reads: the host's count
 (component
@@ -11,6 +14,7 @@
     (export "nop" (func (param "x" u32) (result u32)))
     (export "nop-async" (func async (param "x" u32) (result u32)))
     (export "later" (func async (param "x" u32) (result u32)))
+    (export "later-wide" (func async (param "x" u64) (result u64)))
     (export "source" (func (param "total" u64) (result (stream u8))))
     (export "sink" (func async (param "data" (stream u8)) (result u64)))
   ))
@@ -21,6 +25,7 @@
   (core func $nop (canon lower (func $host "nop")))
   (core func $nop-async (canon lower (func $host "nop-async") async (memory $mem)))
   (core func $later (canon lower (func $host "later") async (memory $mem)))
+  (core func $later-wide (canon lower (func $host "later-wide") async (memory $mem)))
   (core func $source (canon lower (func $host "source")))
   (core func $sink (canon lower (func $host "sink") async (memory $mem)))
   (core func $ws-new (canon waitable-set.new))
@@ -39,6 +44,7 @@
     (import "h" "nop" (func $nop (param i32) (result i32)))
     (import "h" "nop-async" (func $nop-async (param i32 i32) (result i32)))
     (import "h" "later" (func $later (param i32 i32) (result i32)))
+    (import "h" "later-wide" (func $later-wide (param i64 i32) (result i32)))
     (import "h" "source" (func $source (param i64) (result i32)))
     (import "h" "sink" (func $sink (param i32 i32) (result i32)))
     (import "h" "ws-new" (func $ws-new (result i32)))
@@ -90,11 +96,15 @@
     ;; the callback ABI: one call in flight; each SUBTASK event's callback starts the next
     (global $left (mut i32) (i32.const 0))
     (global $calls (mut i32) (i32.const 0))
+    (global $wide (mut i32) (i32.const 0))
     (func $next-call (result i32)
       (local $status i32)
       (block $exit (loop $again
         (br_if $exit (i32.eqz (global.get $left)))
-        (local.set $status (call $later (global.get $left) (i32.const 16)))
+        (local.set $status
+          (if (result i32) (global.get $wide)
+            (then (call $later-wide (i64.extend_i32_u (global.get $left)) (i32.const 16)))
+            (else (call $later (global.get $left) (i32.const 16)))))
         (if (i32.ne (i32.and (local.get $status) (i32.const 0xf)) (i32.const 2))
           (then
             (call $join (i32.shr_u (local.get $status) (i32.const 4)) (call $set))
@@ -104,6 +114,12 @@
       (call $ret32 (global.get $calls))
       (i32.const 0 (; EXIT ;)))
     (func (export "cb-calls") (param $n i32) (result i32)
+      (global.set $wide (i32.const 0))
+      (global.set $left (local.get $n))
+      (global.set $calls (local.get $n))
+      (call $next-call))
+    (func (export "cb-calls-wide") (param $n i32) (result i32)
+      (global.set $wide (i32.const 1))
       (global.set $left (local.get $n))
       (global.set $calls (local.get $n))
       (call $next-call))
@@ -149,7 +165,7 @@
   (core instance $main (instantiate $Main
     (with "libc" (instance $libc))
     (with "h" (instance
-      (export "nop" (func $nop)) (export "nop-async" (func $nop-async)) (export "later" (func $later))
+      (export "nop" (func $nop)) (export "nop-async" (func $nop-async)) (export "later" (func $later)) (export "later-wide" (func $later-wide))
       (export "source" (func $source)) (export "sink" (func $sink))
       (export "ws-new" (func $ws-new)) (export "ws-wait" (func $ws-wait)) (export "join" (func $join))
       (export "subtask-drop" (func $subtask-drop)) (export "ret32" (func $ret32)) (export "ret64" (func $ret64))
@@ -161,6 +177,8 @@
   (func (export "event-calls") async (param "n" u32) (result u32) (canon lift (core func $main "event-calls") async))
   (func (export "cb-calls") async (param "n" u32) (result u32)
     (canon lift (core func $main "cb-calls") async (callback (core func $main "cb-calls-callback"))))
+  (func (export "cb-calls-wide") async (param "n" u32) (result u32)
+    (canon lift (core func $main "cb-calls-wide") async (callback (core func $main "cb-calls-callback"))))
   (func (export "read") async (param "total" u64) (result u64) (canon lift (core func $main "read") async))
   (func (export "write") async (param "total" u64) (result u64) (canon lift (core func $main "write") async))
 )
