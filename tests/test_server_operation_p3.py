@@ -24,11 +24,11 @@ class Server(TlsServer):
     """``wasi-tls-host run ... echo_server_p3.wasm PORT`` as a process: the TLS server's
     operations (output, waiting for lines, echo, stop) over plain TCP."""
 
-    def __init__(self, guest: Path, tmp: Path, *options: str) -> None:  # no certificates here
+    def __init__(self, guest: Path, tmp: Path, *options: str, guest_args: tuple[str, ...] = ()) -> None:  # no certificates here
         self.port = free_port()
         self.out_path, self.err_path = tmp / f"stdout-{self.port}", tmp / f"stderr-{self.port}"
         cmd = [sys.executable, "-m", "wasi_tls_host.cli", "run", "--allow-listen", f"127.0.0.1:{self.port}",
-               "--access-log", *options, str(guest), str(self.port)]
+               "--access-log", *options, str(guest), str(self.port), *guest_args]
         with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
             self.process = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
 
@@ -45,8 +45,8 @@ def server(guest_path, tmp_path: Path) -> Iterator:
     with Host(runtime="core") as host:
         host.load(guest)  # compiled into the shared component cache once, not by every worker
 
-    def start(*options: str) -> Server:
-        s = Server(guest, tmp_path, *options)
+    def start(*options: str, guest_args: tuple[str, ...] = ()) -> Server:
+        s = Server(guest, tmp_path, *options, guest_args=guest_args)
         started.append(s)
         return s
 
@@ -100,6 +100,24 @@ def test_sigterm_ends_the_listen_stream_and_lets_an_open_connection_finish(serve
     fields = dict(part.split("=", 1) for part in line.split()[1:])
     assert fields["in"] == fields["out"] == str(len(b"one" + b"after sighup" + b"two"))
     assert fields["end"] in {"peer-closed", "closed"} and fields["tls"] == "-"
+
+
+def test_a_drained_server_may_end_by_itself_after_its_last_connection(server) -> None:
+    """The guest's listen stream ended and its last connection finished: it is given a moment
+    (DRAIN_SETTLE_S) to finish on its own rather than being cut off at once (this one waits
+    300 ms before its last line, as a server saving its state would)."""
+    s = server("--graceful-timeout", "15", guest_args=("--linger", "300"))
+    s.wait_for(r"listening on", where="out", timeout=STARTUP)
+    conn = s.connect()
+    assert s.echo(conn, b"one") == b"one"
+    s.process.send_signal(signal.SIGTERM)
+    s.wait_for(r"SIGTERM: stopped accepting")
+    conn.shutdown(socket.SHUT_WR)
+    assert conn.recv(10) == b""
+    conn.close()
+    assert s.process.wait(TIMEOUT) == 0
+    s.wait_for(r"graceful stop: every connection finished")
+    assert s.out.splitlines()[-1] == "served 1"  # not interrupted while lingering
 
 
 def test_deadline_and_second_signal_exit_statuses(server) -> None:

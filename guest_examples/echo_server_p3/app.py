@@ -1,11 +1,12 @@
-"""A WASI 0.3 TCP echo server: `echo_server_p3 PORT [--host H] [--count N] [--splice]`.
+"""A WASI 0.3 TCP echo server: `echo_server_p3 PORT [--host H] [--count N] [--splice] [--linger MS]`.
 
 Listens on H:PORT (default 127.0.0.1), prints `listening on ADDR`, and echoes every
 connection concurrently (one asyncio task each) until the client closes its side. With
 `--count N` it stops after N connections (0, the default: until the host stops it; a graceful
 stop ends the listen stream, and the server finishes the connections it has). With
 `--splice` the receive stream goes straight into send (the host moves the bytes) instead of
-through the guest. Prints `served N` at the end.
+through the guest. Prints `served N` at the end, `--linger MS` milliseconds after the last
+connection finished (as a server that saves its state on its way out).
 """
 
 import asyncio
@@ -15,6 +16,7 @@ import sys
 import wit_world
 from componentize_py_types import Err
 from wit_world import exports
+from wit_world.imports import monotonic_clock
 from wit_world.imports.wasi_sockets_types import (
     IpAddressFamily,
     IpSocketAddress_Ipv4,
@@ -56,7 +58,7 @@ async def echo(sock, splice):
         await received.read()
 
 
-async def serve(host, port, count, splice):
+async def serve(host, port, count, splice, linger_ms):
     ip = ipaddress.ip_address(host)
     listener = TcpSocket.create(IpAddressFamily.IPV4 if ip.version == 4 else IpAddressFamily.IPV6)
     listener.bind(sockaddr(host, port))
@@ -75,6 +77,8 @@ async def serve(host, port, count, splice):
             task.add_done_callback(tasks.discard)
     if tasks:
         await asyncio.gather(*tasks)
+    if linger_ms:  # componentize-py's asyncio has no timers (asyncio.sleep): the clock's own wait
+        await monotonic_clock.wait_for(linger_ms * 1_000_000)
     print("served", served, flush=True)
 
 
@@ -82,9 +86,9 @@ class Run(exports.Run):
     async def run(self) -> None:
         args = sys.argv[1:]
         if not args or not args[0].isdigit():
-            print("usage: echo_server_p3 PORT [--host H] [--count N] [--splice]", flush=True)
+            print("usage: echo_server_p3 PORT [--host H] [--count N] [--splice] [--linger MS]", flush=True)
             raise Err(None)
-        host, count, splice = "127.0.0.1", 0, False
+        host, count, splice, linger_ms = "127.0.0.1", 0, False, 0
         rest = args[1:]
         while rest:
             flag = rest.pop(0)
@@ -94,8 +98,10 @@ class Run(exports.Run):
                 count = int(rest.pop(0))
             elif flag == "--splice":
                 splice = True
+            elif flag == "--linger":
+                linger_ms = int(rest.pop(0))
         try:
-            await serve(host, int(args[0]), count, splice)
+            await serve(host, int(args[0]), count, splice, linger_ms)
         except Err as e:
             print("error", type(e.value).__name__, flush=True)
             raise Err(None)

@@ -9,8 +9,10 @@ SIGTERMs in a row.
 * SIGHUP: ``Host.reload_identities()`` (new connections present the new certificates, open
   ones keep theirs; a file that fails to load keeps the old identity, with a log line).
 * SIGTERM or SIGINT, first: the guest's listeners stop accepting; open connections get
-  ``--graceful-timeout`` seconds to finish, then the guest is ended. A guest that does not
-  listen (a command) is ended at once.
+  ``--graceful-timeout`` seconds to finish, then the guest is ended. Once the last one
+  finished, the guest gets ``DRAIN_SETTLE_S`` (within that deadline) to end by itself, as a
+  server does whose listener ended (it may still be writing its last lines); one that goes on
+  is ended then. A guest that does not listen (a command) is ended at once.
 * SIGTERM or SIGINT, second: the guest is ended at once.
 * Before the guest runs (start-up, ``startup.py``): a stop signal means it never starts; a
   SIGHUP is delivered once it runs.
@@ -39,6 +41,7 @@ log = logging.getLogger("wasi_tls_host.serve")
 
 EXIT_DRAINED = 0
 EXIT_DEADLINE = 3
+DRAIN_SETTLE_S = 2.0
 _TICK_S = 0.05
 
 
@@ -50,6 +53,7 @@ class Operator:
         self.guest = guest
         self.graceful_timeout = graceful_timeout
         self.deadline: float | None = None  # set by the first stop signal
+        self.drained_at: float | None = None  # when the drain saw no open connection left
         self.exit_status: int | None = None  # decided by the operator, not the guest
         self.signals: deque[int] = deque()  # noted by the handler, acted on by tick()
 
@@ -81,11 +85,15 @@ class Operator:
         if self.deadline is None or self.exit_status is not None:
             return
         remaining = self.guest.open_connections()
+        now = time.monotonic()
         if remaining == 0:
-            self.exit_status = EXIT_DRAINED
-            log.warning("graceful stop: every connection finished")
-            self.guest.interrupt("graceful stop")
-        elif time.monotonic() >= self.deadline:
+            if self.drained_at is None:
+                self.drained_at = now
+                log.warning("graceful stop: every connection finished")
+            if now >= min(self.drained_at + DRAIN_SETTLE_S, self.deadline):  # it did not end by itself
+                self.exit_status = EXIT_DRAINED
+                self.guest.interrupt("graceful stop")
+        elif now >= self.deadline:
             self.exit_status = EXIT_DEADLINE
             log.warning("graceful stop: %d connection(s) still open after %.1f s; ending them", remaining, self.graceful_timeout)
             sockets.cut_connections(self.guest.ctx)
