@@ -69,13 +69,14 @@ class IncomingClientHelloP3(HostResource, ClientHelloIntake):
         self.port.wake.set()
 
     async def run(self) -> None:
-        wake = self.port.wake
+        port = self.port
         try:
             while True:
-                wake.clear()
+                port.wake.clear()
+                port.want_read = port.want_write = False
                 if self.step():
                     return
-                await wake
+                await port.waits()
         except (Cancelled, GeneratorExit):
             self.close()
             raise
