@@ -248,7 +248,6 @@ class StreamTransport(TlsTransport):
         # the bytes decrypted before it were taken.
         self._deferred: BaseException | None = None
         self.task: HostTask | None = None
-        self._timer: HostTask | None = None
 
     # --- lifetime ---------------------------------------------------------------------
 
@@ -256,21 +255,15 @@ class StreamTransport(TlsTransport):
     def finished(self) -> bool:
         return not self.receiving and not self.sending
 
-    def start(self, scheduler: Scheduler, timer: HostTask | None = None) -> None:
-        """Run the connection on ``scheduler`` (the handshake starts at once). ``timer``, if
-        given, already sets ``wake`` at the handshake deadline (the ClientHello's task's):
-        it is kept rather than a second one spawned."""
+    def start(self, scheduler: Scheduler) -> None:
+        """Run the connection on ``scheduler`` (the handshake starts at once)."""
         self.task = scheduler.start(self.run(), "TLS connection")
-        if self.deadline is not None and self.state is HandshakeState.RUNNING:
-            if timer is None or timer.done:
-                timer = scheduler.spawn(self._expire(self.deadline.at_ns), "TLS handshake deadline")
-            self._timer = timer
-        elif timer is not None:
-            timer.cancel()
 
-    async def _expire(self, at_ns: int) -> None:
-        await sleep_until(at_ns)
-        self.wake.set()
+    def _deadline_ns(self) -> int | None:
+        """When the handshake's deadline passes, while it runs (the task's wait ends then:
+        no timer task of its own)."""
+        deadline = self.deadline
+        return deadline.at_ns if deadline is not None and self.state is HandshakeState.RUNNING else None
 
     async def run(self) -> None:
         port = self.port
@@ -279,7 +272,7 @@ class StreamTransport(TlsTransport):
                 self.wake.clear()
                 port.want_read = port.want_write = False
                 if not self.step():
-                    await port.waits()
+                    await port.waits(self._deadline_ns())
         except (Cancelled, GeneratorExit):  # the store is closing
             self.abandon()
             raise
@@ -293,7 +286,6 @@ class StreamTransport(TlsTransport):
     def release(self) -> None:
         """Everything ended: the streams and the connection's place in the limits go."""
         self.receiving = self.sending = False
-        self._stop_timer()
         super().release()
 
     def abandon(self) -> None:
@@ -303,11 +295,6 @@ class StreamTransport(TlsTransport):
                 end.abandon()
         self.settled.set()
         self.release()
-
-    def _stop_timer(self) -> None:
-        timer, self._timer = self._timer, None
-        if timer is not None:
-            timer.cancel()
 
     # --- attaching plaintext ends (wasi-tls-host connection.receive/send) --------------
 
@@ -367,11 +354,9 @@ class StreamTransport(TlsTransport):
     # --- the handshake ------------------------------------------------------------------
 
     def _handshake_established(self) -> None:
-        self._stop_timer()
         self.settled.set()
 
     def _handshake_failed(self) -> None:
-        self._stop_timer()
         self.settled.set()
         self._failed()
 
