@@ -37,10 +37,11 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
+from ..runtime.binding import OUTGOING_VALUE_HOOKS
 from ..runtime.scheduler import Cancelled, Event, HostTask, Scheduler, any_of, readable, sleep_until, writable
 from ..runtime.streams import Future, Stream, StreamClosed, StreamReader, new_future, new_stream
 from ..runtime.values import Err, Ok
-from ..wasi.sockets.p3 import SocketSink, SocketSource, connection_of, offer_direct_send, take_receive, withdraw_direct_send
+from ..wasi.sockets.p3 import DirectSink, DirectSource, connection_of, offer_direct_send, take_receive, withdraw_direct_send
 from .engine import TRUNCATED, TlsClosed, TlsEngine, TlsFailure
 from .limits import TlsUsage
 from .states import HandshakeState
@@ -68,8 +69,8 @@ class StreamPort:
     either can move. The incoming stream may be attached later (upstream ``receive``).
 
     When the incoming stream is a socket's ``receive`` stream, the socket is read directly
-    (``SocketSource``), and when the guest hands ``outgoing`` to a socket's ``send``, that
-    socket is written directly (``SocketSink``): a flight is one system call, not a stream
+    (a ``DirectSource``), and when the guest hands ``outgoing`` to a socket's ``send``, that
+    socket is written directly (a ``DirectSink``): a flight is one system call, not a stream
     copy and a step of the socket's task each way. Then what the connection's task waits
     for (``waits``) includes the socket's readiness: ``want_read``/``want_write`` say the
     last receive found nothing / the last send was not taken whole (the task clears them
@@ -79,8 +80,8 @@ class StreamPort:
         self.wake = wake
         self.outgoing, self.writer = new_stream(wake=wake, origin=origin)
         self.reader: StreamReader | None = None
-        self.source: SocketSource | None = None
-        self.sink: SocketSink | None = None
+        self.source: DirectSource | None = None
+        self.sink: DirectSink | None = None
         self.want_read = False
         self.want_write = False
         self._incoming: Stream | None = None
@@ -99,7 +100,7 @@ class StreamPort:
         if self.source is None:
             self.reader = StreamReader(incoming, is_bytes=True)
 
-    def _attach_sink(self, sink: SocketSink) -> None:
+    def _attach_sink(self, sink: DirectSink) -> None:
         self.sink = sink
         self.writer.close()  # nothing goes through the stream from now on
         self.wake.set()  # what waited for a reader goes now
@@ -132,6 +133,11 @@ class StreamPort:
                 raise PortFailed(f"sending failed: {e.strerror or type(e).__name__}") from None
             if taken < len(data):
                 self.want_write = True
+            if taken and OUTGOING_VALUE_HOOKS:
+                # The audit sees the ciphertext as it did when it went through the stream
+                # (it no longer enters guest memory, but the key audit still covers it).
+                for hook in OUTGOING_VALUE_HOOKS:
+                    hook(self.writer.origin, bytes(data[:taken]))
             return taken
         try:
             return self.writer.write_nowait(data)

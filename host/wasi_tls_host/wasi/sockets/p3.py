@@ -38,7 +38,7 @@ import functools
 import inspect
 import logging
 import weakref
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Protocol
 
 from ...runtime.binding import Interface
 from ...runtime.resources import HostResource
@@ -162,10 +162,37 @@ class _Receive:
         self.taken = False
 
 
-# The TCP connection beneath each receive stream (weak: the stream's life is the guest's).
+class DirectSource(Protocol):
+    """A socket's receiving side read directly (``SocketSource``; a test stand-in may have
+    its own): ``recv`` gives b"" when nothing is there (wait for ``readable(fd)``), None
+    once receiving ended; ``stop`` ends it early."""
+
+    fd: int
+
+    def recv(self, limit: int) -> bytes | None: ...
+
+    def stop(self) -> None: ...
+
+
+class DirectSink(Protocol):
+    """A socket's sending side written directly (``SocketSink``): ``send`` returns what the
+    kernel took (0: wait for ``writable(fd)``) or raises ``OSError``; ``close`` after the
+    last byte (FIN)."""
+
+    fd: int
+
+    def send(self, data: Any) -> int: ...
+
+    def close(self) -> None: ...
+
+
+# The TCP connection beneath each receive stream while its task runs (weak: the stream's
+# life is the guest's; the entry refers to the stream, so it goes when the task ends).
 _RECEIVES: weakref.WeakKeyDictionary[Stream, _Receive] = weakref.WeakKeyDictionary()
+# Receive streams whose socket a host consumer may read itself: how to take it over.
+_RECEIVE_TAKERS: weakref.WeakKeyDictionary[Stream, Callable[[], DirectSource | None]] = weakref.WeakKeyDictionary()
 # Host writers that write a socket themselves when the guest hands their stream to ``send``.
-_DIRECT_SENDERS: weakref.WeakKeyDictionary[Stream, Callable[[SocketSink], None]] = weakref.WeakKeyDictionary()
+_DIRECT_SENDERS: weakref.WeakKeyDictionary[Stream, Callable[[DirectSink], None]] = weakref.WeakKeyDictionary()
 
 
 def connection_of(stream: Stream) -> tcp.TcpConnection | None:
@@ -218,16 +245,34 @@ class SocketSource:
             self.result.write(outcome)
 
 
-def take_receive(stream: Stream) -> SocketSource | None:
+def take_receive(stream: Stream) -> DirectSource | None:
     """Read the socket beneath ``stream`` (a ``receive`` stream given to the host, e.g. to
     TLS) directly: its task stops and nothing more goes through the stream. None if the
-    stream is no socket's or has ended. Nothing is lost: the task only ever put bytes
-    straight into a read posted on the stream, so none are held between the two."""
-    rx = _RECEIVES.get(stream)
-    if rx is None or rx.taken or rx.task is None or rx.task.done or stream.dropped:
+    stream is no socket's or has ended."""
+    take = _RECEIVE_TAKERS.pop(stream, None)
+    return take() if take is not None and not stream.dropped else None
+
+
+def offer_direct_receive(stream: Stream, take: Callable[[], DirectSource | None]) -> None:
+    """``stream`` (a socket's receive stream) may be read from its socket directly:
+    ``take`` stops what moves bytes into the stream and returns the socket's source (None
+    if it cannot any more). Withdrawn with ``withdraw_direct_receive`` when the stream's
+    task ends (``take`` refers to the stream: the entry would keep it alive)."""
+    _RECEIVE_TAKERS[stream] = take
+
+
+def withdraw_direct_receive(stream: Stream) -> None:
+    _RECEIVE_TAKERS.pop(stream, None)
+
+
+def _take(rx: _Receive) -> SocketSource | None:
+    # Nothing is lost: the task only ever put bytes straight into a read posted on the
+    # stream, so none are held between the two.
+    if rx.taken or rx.task is None or rx.task.done:
         return None
     rx.taken = True
     rx.task.cancel()
+    _RECEIVES.pop(rx.writer.stream, None)
     rx.writer.close()
     return SocketSource(rx.conn, rx.result)
 
@@ -277,7 +322,7 @@ class SocketSink:
             self.result.write(outcome)
 
 
-def offer_direct_send(stream: Stream, attach: Callable[[SocketSink], None]) -> None:
+def offer_direct_send(stream: Stream, attach: Callable[[DirectSink], None]) -> None:
     """If the guest hands ``stream`` (written by the host) to a socket's ``send``, call
     ``attach`` with that socket's sink instead of moving the bytes through the stream.
     The offer ends with ``withdraw_direct_send`` (the writer closed its end)."""
@@ -286,6 +331,13 @@ def offer_direct_send(stream: Stream, attach: Callable[[SocketSink], None]) -> N
 
 def withdraw_direct_send(stream: Stream) -> None:
     _DIRECT_SENDERS.pop(stream, None)
+
+
+def direct_sender(stream: Stream) -> Callable[[DirectSink], None] | None:
+    """What ``send`` hands its socket's sink to instead of reading ``stream`` (offered
+    by the stream's host writer), taken once; None if nothing was offered."""
+    attach = _DIRECT_SENDERS.pop(stream, None)
+    return attach if attach is not None and not stream.dropped else None
 
 
 types_iface = Interface("wasi:sockets/types@0.3.0")
@@ -380,8 +432,8 @@ def tcp_send(cx: StoreState, sock: TcpSocket, data: Stream) -> Future:
         result.write(Err(error_code(e.payload)))
         return future
     sock.sending = True
-    attach = _DIRECT_SENDERS.pop(data, None)
-    if attach is not None and not data.dropped:
+    attach = direct_sender(data)
+    if attach is not None:
         attach(SocketSink(conn, result))
         return future
     cx.scheduler.spawn(_send(conn, StreamReader(data, is_bytes=True), result), "tcp-socket.send")
@@ -436,6 +488,7 @@ def tcp_receive(cx: StoreState, sock: TcpSocket) -> tuple[Stream, Future]:
     sock.receiving = True
     rx = _RECEIVES[stream] = _Receive(conn, writer, result)
     rx.task = cx.scheduler.spawn(_receive(rx), "tcp-socket.receive")
+    offer_direct_receive(stream, functools.partial(_take, rx))
     return stream, future
 
 
@@ -458,6 +511,9 @@ async def _receive(rx: _Receive) -> None:
         outcome = Err(Variant("other", f"host error: {e}"))
     finally:
         if not rx.taken:  # (taken: the socket, the stream and the future are take_receive's)
+            # The entries refer to the stream (through the writer): they go with the task.
+            _RECEIVES.pop(writer.stream, None)
+            withdraw_direct_receive(writer.stream)
             writer.close()
             conn.release()
     result.write(outcome)
