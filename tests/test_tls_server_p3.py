@@ -154,6 +154,26 @@ def test_a_malformed_client_hello_gets_one_alert_and_the_end(http_server: GuestS
     assert out == "15030300020232", out  # one fatal decode_error alert, then the end
 
 
+def test_ended_connections_leave_no_entries_of_their_streams(http_server: GuestServer, pki: ServerPki) -> None:
+    """TLS reads and writes an accepted socket directly (the guest hands it the socket's
+    receive stream and gives its ciphertext stream to the socket's send); the tables that
+    offer that keep nothing of an ended connection (an entry refers to its stream, so a
+    weak-keyed table that kept one kept the stream alive: 2.3 KiB per connection)."""
+    from wasi_tls_host.wasi.sockets import p3 as sockets_p3
+
+    def entries() -> int:
+        return len(sockets_p3._RECEIVES) + len(sockets_p3._RECEIVE_TAKERS) + len(sockets_p3._DIRECT_SENDERS)
+
+    with without_gc():
+        before = entries()
+        for _ in range(6):
+            assert body(get(http_server.port, pki, "a.test")[0]) == b"identity=a sni=a.test alpn=http/1.1\n"
+        deadline = time.monotonic() + TIMEOUT
+        while entries() > before and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert entries() <= before, (before, entries())
+
+
 def test_connections_are_served_concurrently(http_server: GuestServer, pki: ServerPki) -> None:
     """A client holding half a request does not hold up the others."""
     with tls_client(http_server.port, pki, "a.test", ["http/1.1"]) as slow:
