@@ -129,6 +129,15 @@ def test_an_unknown_server_name_is_refused_with_unrecognized_name(http_server: G
     http_server.wait_for("rejected: no identity for sni=c.test (unrecognized_name)")
 
 
+def test_a_client_offering_no_protocols_gets_none(http_server: GuestServer, pki: ServerPki) -> None:
+    """The binding knows the ALPN id from its own answer (it does not ask the host): none
+    when the client offered none, though the server has protocols."""
+    with tls_client(http_server.port, pki, "a.test") as tls:
+        tls.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert tls.selected_alpn_protocol() is None
+        assert body(read_answer(tls)) == b"identity=a sni=a.test alpn=-\n"
+
+
 def test_a_client_offering_only_other_protocols_gets_no_application_protocol(http_server: GuestServer, pki: ServerPki) -> None:
     with pytest.raises(ssl.SSLError, match="no application protocol"):
         tls_client(http_server.port, pki, "a.test", ["h2"]).close()
