@@ -14,6 +14,9 @@
 
 As with wasi:sockets, the streams outlive the socket's handle; the OS socket closes once
 both directions have ended (a direction never started ends when the handle is dropped).
+As wasi:sockets 0.3 does, it lets TLS read and write the socket itself when a guest hands
+TLS its receive stream and gives ``send`` TLS's outgoing stream (``offer_direct_receive``,
+``direct_sender``), so figures measured over it stay those of the real sockets.
 ``TcpSocket`` is the same for Python code that drives streams itself (tests of the TLS
 transport without a guest).
 """
@@ -23,13 +26,15 @@ from __future__ import annotations
 import errno
 import socket
 import time
+from typing import Any
 
 from wasi_tls_host.runtime.binding import Interface
 from wasi_tls_host.runtime.resources import HostResource
-from wasi_tls_host.runtime.scheduler import Scheduler, readable, sleep_until, writable
+from wasi_tls_host.runtime.scheduler import HostTask, Scheduler, readable, sleep_until, writable
 from wasi_tls_host.runtime.store import StoreState
 from wasi_tls_host.runtime.streams import Stream, StreamClosed, StreamReader, StreamWriter, new_stream
 from wasi_tls_host.runtime.values import Trap, WitError
+from wasi_tls_host.wasi.sockets.p3 import direct_sender, offer_direct_receive, withdraw_direct_receive
 
 tcp = Interface("wasi-tls-host:test/tcp")
 
@@ -61,20 +66,36 @@ class TcpSocket(HostResource):
         self.receiving: bool | None = None  # None: not started; True: running; False: ended
         self.sending: bool | None = None
         self.closed = False
+        self._receiver: HostTask | None = None
+        self._taken = False  # the receive stream's socket is read directly (_Source)
 
     def receive(self) -> Stream:
         if self.receiving is not None:
             raise Trap("receive was already called on this socket")
         self.receiving = True
         incoming, writer = new_stream(origin="wasi-tls-host:test/tcp (received)")
-        self.scheduler.spawn(self._receive(writer), "tcp stand-in: receive")
+        self._receiver = self.scheduler.spawn(self._receive(writer), "tcp stand-in: receive")
+        offer_direct_receive(incoming, lambda: self._take_receive(writer))
         return incoming
+
+    def _take_receive(self, writer: StreamWriter) -> _Source | None:
+        task = self._receiver
+        if task is None or task.done:
+            return None
+        self._taken = True
+        task.cancel()
+        writer.close()
+        return _Source(self)
 
     def send(self, data: Stream) -> None:
         if self.sending is not None:
             StreamReader(data, is_bytes=True).close()
             raise Trap("send was already called on this socket")
         self.sending = True
+        attach = direct_sender(data)
+        if attach is not None:
+            attach(_Sink(self))
+            return
         self.scheduler.spawn(self._send(StreamReader(data, is_bytes=True)), "tcp stand-in: send")
 
     async def _receive(self, writer: StreamWriter) -> None:
@@ -84,9 +105,18 @@ class TcpSocket(HostResource):
         except (StreamClosed, OSError):
             pass  # the guest dropped the stream, or the peer reset: the stream ends
         finally:
-            writer.close()
-            self.receiving = False
-            self._maybe_close()
+            if not self._taken:
+                withdraw_direct_receive(writer.stream)
+                writer.close()
+                self.end_receiving()
+
+    def end_receiving(self) -> None:
+        self.receiving = False
+        self._maybe_close()
+
+    def end_sending(self) -> None:
+        self.sending = False
+        self._maybe_close()
 
     async def _send(self, reader: StreamReader) -> None:
         try:
@@ -102,8 +132,7 @@ class TcpSocket(HostResource):
             pass  # the peer is gone: what is left to send is dropped
         finally:
             reader.close()
-            self.sending = False
-            self._maybe_close()
+            self.end_sending()
 
     def _maybe_close(self) -> None:
         if not self.receiving and not self.sending and self.closed:
@@ -118,6 +147,68 @@ class TcpSocket(HostResource):
         if self.sending is None:
             self.sending = False
         self._maybe_close()
+
+
+class _Source:
+    """The receiving side read directly (``wasi.sockets.p3.DirectSource``)."""
+
+    def __init__(self, owner: TcpSocket) -> None:
+        self.owner: TcpSocket | None = owner
+        self.fd = owner.fd
+
+    def recv(self, limit: int) -> bytes | None:
+        owner = self.owner
+        if owner is None:
+            return None
+        try:
+            data = owner.sock.recv(limit)
+        except BlockingIOError:
+            return b""
+        except OSError:
+            data = b""  # the peer reset: the data ends, as the stream would
+        if not data:
+            self.stop()
+            return None
+        return data
+
+    def stop(self) -> None:
+        owner, self.owner = self.owner, None
+        if owner is not None:
+            owner.end_receiving()
+
+
+class _Sink:
+    """The sending side written directly (``wasi.sockets.p3.DirectSink``)."""
+
+    def __init__(self, owner: TcpSocket) -> None:
+        self.owner: TcpSocket | None = owner
+        self.fd = owner.fd
+
+    def send(self, data: Any) -> int:
+        owner = self.owner
+        if owner is None:
+            raise BrokenPipeError("sending has ended")
+        try:
+            return owner.sock.send(data)
+        except BlockingIOError:
+            return 0
+        except OSError:
+            self._end()
+            raise
+
+    def close(self) -> None:
+        owner = self.owner
+        if owner is not None:
+            try:
+                owner.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass  # the peer is gone already
+            self._end()
+
+    def _end(self) -> None:
+        owner, self.owner = self.owner, None
+        if owner is not None:
+            owner.end_sending()
 
 
 tcp.resource("socket", TcpSocket)

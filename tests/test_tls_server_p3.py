@@ -12,6 +12,8 @@ from __future__ import annotations
 import socket
 import ssl
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -127,9 +129,58 @@ def test_an_unknown_server_name_is_refused_with_unrecognized_name(http_server: G
     http_server.wait_for("rejected: no identity for sni=c.test (unrecognized_name)")
 
 
+def test_a_client_offering_no_protocols_gets_none(http_server: GuestServer, pki: ServerPki) -> None:
+    """The binding knows the ALPN id from its own answer (it does not ask the host): none
+    when the client offered none, though the server has protocols."""
+    with tls_client(http_server.port, pki, "a.test") as tls:
+        tls.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert tls.selected_alpn_protocol() is None
+        assert body(read_answer(tls)) == b"identity=a sni=a.test alpn=-\n"
+
+
 def test_a_client_offering_only_other_protocols_gets_no_application_protocol(http_server: GuestServer, pki: ServerPki) -> None:
     with pytest.raises(ssl.SSLError, match="no application protocol"):
         tls_client(http_server.port, pki, "a.test", ["h2"]).close()
+
+
+def test_a_malformed_client_hello_gets_one_alert_and_the_end(http_server: GuestServer) -> None:
+    """A hello already in the socket when the guest accepts fails while the guest is still
+    setting the connection up; the guest's reject of the failed hello lets it go without a
+    second alert (internal_error, which reached the client too, after decode_error, as
+    tlsfuzzer saw). The client is another process, so its hello is sent before this
+    process's guest can take the connection."""
+    client = (
+        "import socket, struct, sys\n"
+        f"raw = socket.create_connection(('127.0.0.1', {http_server.port}), timeout={TIMEOUT})\n"
+        "hello = bytes.fromhex('0100000403030000')\n"  # a ClientHello body far too short
+        "raw.sendall(bytes.fromhex('160301') + struct.pack('!H', len(hello)) + hello)\n"
+        "received = b''\n"
+        "while chunk := raw.recv(4096):\n"
+        "    received += chunk\n"
+        "sys.stdout.write(received.hex())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", client], capture_output=True, text=True, timeout=TIMEOUT * 2, check=True).stdout
+    assert out == "15030300020232", out  # one fatal decode_error alert, then the end
+
+
+def test_ended_connections_leave_no_entries_of_their_streams(http_server: GuestServer, pki: ServerPki) -> None:
+    """TLS reads and writes an accepted socket directly (the guest hands it the socket's
+    receive stream and gives its ciphertext stream to the socket's send); the tables that
+    offer that keep nothing of an ended connection (an entry refers to its stream, so a
+    weak-keyed table that kept one kept the stream alive: 2.3 KiB per connection)."""
+    from wasi_tls_host.wasi.sockets import p3 as sockets_p3
+
+    def entries() -> int:
+        return len(sockets_p3._RECEIVES) + len(sockets_p3._RECEIVE_TAKERS) + len(sockets_p3._DIRECT_SENDERS)
+
+    with without_gc():
+        before = entries()
+        for _ in range(6):
+            assert body(get(http_server.port, pki, "a.test")[0]) == b"identity=a sni=a.test alpn=http/1.1\n"
+        deadline = time.monotonic() + TIMEOUT
+        while entries() > before and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert entries() <= before, (before, entries())
 
 
 def test_connections_are_served_concurrently(http_server: GuestServer, pki: ServerPki) -> None:

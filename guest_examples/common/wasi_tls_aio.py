@@ -600,14 +600,20 @@ async def _open_upstream(sock, host, port, server_name, limit):
     return StreamReader(plaintext_in, receive_done, limit), StreamWriter(sock, None, tx, send_done, sent, extra)
 
 
-def _streams(sock, connection, sent, extra, limit, peer_asked=True):
+_ASK = object()  # _streams: the negotiated ALPN id is the host's to say
+
+
+def _streams(sock, connection, sent, extra, limit, peer_asked=True, alpn_id=_ASK):
     """The reader and writer of an established connection (either side). ``peer_asked``:
     whether the peer may have presented a certificate (a server that asked for none has
-    no client certificate to fetch)."""
+    no client certificate to fetch). ``alpn_id``: the protocol negotiated, when the caller
+    knows it (a server: what it answered, or None if it answered none), so the host is not
+    asked (each call into the host costs a round trip through both runtimes)."""
     plaintext_in, receive_done = connection.receive()
     tx, rx = wit_world.byte_stream()
     send_done = connection.send(rx)
-    alpn_id = connection.alpn_id()
+    if alpn_id is _ASK:
+        alpn_id = connection.alpn_id()
     number = connection.protocol_version()
     version = VERSIONS.get(number, "0x%04x" % number)
     suite = connection.cipher_suite()
@@ -820,8 +826,10 @@ async def start_server(client_connected_cb, host, port, *, identity=None, select
                 except Exception:
                     pass
                 raise _tls_error(e) from None
+            # The host negotiates exactly the answer's ALPN id (none if the client offered none).
             reader, writer = _streams(conn_sock, connection, sent, {"peername": peername, "sockname": (host, bound.value.port)}, limit,
-                                      peer_asked=client_ca is not None or bool(require_client_cert) or expect_peer_code is not None)
+                                      peer_asked=client_ca is not None or bool(require_client_cert) or expect_peer_code is not None,
+                                      alpn_id=chosen)
             conn_sock = None  # the writer owns it now
             result = client_connected_cb(reader, writer)
             if hasattr(result, "__await__"):

@@ -37,10 +37,11 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
-from ..runtime.scheduler import Cancelled, Event, HostTask, Scheduler, sleep_until
+from ..runtime.binding import OUTGOING_VALUE_HOOKS
+from ..runtime.scheduler import Cancelled, Event, HostTask, Scheduler, any_of, readable, sleep_until, writable
 from ..runtime.streams import Future, Stream, StreamClosed, StreamReader, new_future, new_stream
 from ..runtime.values import Err, Ok
-from ..wasi.sockets.p3 import connection_of
+from ..wasi.sockets.p3 import DirectSink, DirectSource, connection_of, offer_direct_send, take_receive, withdraw_direct_send
 from .engine import TRUNCATED, TlsClosed, TlsEngine, TlsFailure
 from .limits import TlsUsage
 from .states import HandshakeState
@@ -53,6 +54,9 @@ WRITE_CHUNK = 1 << 16
 # OpenSSL hands out one record (at most 2^14 bytes) per read; asking for more makes
 # pyOpenSSL allocate a larger temporary buffer for nothing.
 _RECORD = 1 << 14
+# What one read of a socket read directly takes at most (a larger bytes object per read
+# would be allocated and given back to the system each time).
+_DIRECT_READ = 1 << 16
 
 # Makes the guest-facing error value (a wasi:tls error resource, a wasi-tls-host record).
 ErrorValue = Callable[[TlsFailure], Any]
@@ -62,30 +66,58 @@ class StreamPort:
     """A connection's ciphertext: read from the stream the guest gave (``incoming``, with
     one read always posted so the writer's bytes land at once), written into a stream the
     host made (``outgoing``, handed to the guest). Never waits; ``wake`` is set whenever
-    either can move. The incoming stream may be attached later (upstream ``receive``)."""
+    either can move. The incoming stream may be attached later (upstream ``receive``).
+
+    When the incoming stream is a socket's ``receive`` stream, the socket is read directly
+    (a ``DirectSource``), and when the guest hands ``outgoing`` to a socket's ``send``, that
+    socket is written directly (a ``DirectSink``): a flight is one system call, not a stream
+    copy and a step of the socket's task each way. Then what the connection's task waits
+    for (``waits``) includes the socket's readiness: ``want_read``/``want_write`` say the
+    last receive found nothing / the last send was not taken whole (the task clears them
+    before each step)."""
 
     def __init__(self, wake: Event, origin: str, incoming: Stream | None = None) -> None:
         self.wake = wake
         self.outgoing, self.writer = new_stream(wake=wake, origin=origin)
         self.reader: StreamReader | None = None
+        self.source: DirectSource | None = None
+        self.sink: DirectSink | None = None
+        self.want_read = False
+        self.want_write = False
+        self._incoming: Stream | None = None
         # The access-log record of the connection beneath, when the stream is an accepted
         # socket's and its implementation says so.
         self.record: Any = None
+        offer_direct_send(self.outgoing, self._attach_sink)
         if incoming is not None:
             self.attach_incoming(incoming)
 
     def attach_incoming(self, incoming: Stream) -> None:
-        self.reader = StreamReader(incoming, is_bytes=True)
+        self._incoming = incoming
         connection = connection_of(incoming)
         self.record = connection.record if connection is not None else None
+        self.source = take_receive(incoming)
+        if self.source is None:
+            self.reader = StreamReader(incoming, is_bytes=True)
+
+    def _attach_sink(self, sink: DirectSink) -> None:
+        self.sink = sink
+        self.writer.close()  # nothing goes through the stream from now on
+        self.wake.set()  # what waited for a reader goes now
 
     @property
     def incoming(self) -> Stream | None:
-        return self.reader.stream if self.reader is not None else None
+        return self._incoming
 
     def receive(self, limit: int = READ_CHUNK) -> bytes | None:
         """What arrived (b"" if nothing yet), None once the peer's data ended (or reading
         stopped)."""
+        source = self.source
+        if source is not None:
+            data = source.recv(min(limit, _DIRECT_READ))
+            if data == b"":
+                self.want_read = True
+            return data
         if self.reader is None or self.reader.closed:
             return None
         return self.reader.read_nowait(limit, self.wake)  # type: ignore[no-any-return]
@@ -93,17 +125,48 @@ class StreamPort:
     def send(self, data: bytearray) -> int:
         """How much of ``data`` the outgoing stream's reader took now (a host reader keeps
         it as given)."""
+        sink = self.sink
+        if sink is not None:
+            try:
+                taken = sink.send(data)
+            except OSError as e:
+                raise PortFailed(f"sending failed: {e.strerror or type(e).__name__}") from None
+            if taken < len(data):
+                self.want_write = True
+            if taken and OUTGOING_VALUE_HOOKS:
+                # The audit sees the ciphertext as it did when it went through the stream
+                # (it no longer enters guest memory, but the key audit still covers it).
+                for hook in OUTGOING_VALUE_HOOKS:
+                    hook(self.writer.origin, bytes(data[:taken]))
+            return taken
         try:
             return self.writer.write_nowait(data)
         except StreamClosed:
             raise PortFailed("the guest dropped the stream of ciphertext to send") from None
 
+    def waits(self, deadline_ns: int | None = None) -> Any:
+        """What the connection's task awaits when a step moved nothing: ``wake``, and the
+        socket's readiness the last step found missing, and ``deadline_ns``."""
+        extra: list[Any] = []
+        if self.want_read and self.source is not None:
+            extra.append(readable(self.source.fd))
+        if self.want_write and self.sink is not None:
+            extra.append(writable(self.sink.fd))
+        if deadline_ns is not None:
+            extra.append(sleep_until(deadline_ns))
+        return any_of(self.wake, *extra) if extra else self.wake
+
     def stop_receiving(self) -> None:
+        if self.source is not None:
+            self.source.stop()
         if self.reader is not None:
             self.reader.close()
 
     def close_outgoing(self) -> None:
+        withdraw_direct_send(self.outgoing)
         self.writer.close()
+        if self.sink is not None:
+            self.sink.close()
 
     def close(self) -> None:
         self.stop_receiving()
@@ -191,7 +254,6 @@ class StreamTransport(TlsTransport):
         # the bytes decrypted before it were taken.
         self._deferred: BaseException | None = None
         self.task: HostTask | None = None
-        self._timer: HostTask | None = None
 
     # --- lifetime ---------------------------------------------------------------------
 
@@ -199,28 +261,24 @@ class StreamTransport(TlsTransport):
     def finished(self) -> bool:
         return not self.receiving and not self.sending
 
-    def start(self, scheduler: Scheduler, timer: HostTask | None = None) -> None:
-        """Run the connection on ``scheduler`` (the handshake starts at once). ``timer``, if
-        given, already sets ``wake`` at the handshake deadline (the ClientHello's task's):
-        it is kept rather than a second one spawned."""
+    def start(self, scheduler: Scheduler) -> None:
+        """Run the connection on ``scheduler`` (the handshake starts at once)."""
         self.task = scheduler.start(self.run(), "TLS connection")
-        if self.deadline is not None and self.state is HandshakeState.RUNNING:
-            if timer is None or timer.done:
-                timer = scheduler.spawn(self._expire(self.deadline.at_ns), "TLS handshake deadline")
-            self._timer = timer
-        elif timer is not None:
-            timer.cancel()
 
-    async def _expire(self, at_ns: int) -> None:
-        await sleep_until(at_ns)
-        self.wake.set()
+    def _deadline_ns(self) -> int | None:
+        """When the handshake's deadline passes, while it runs (the task's wait ends then:
+        no timer task of its own)."""
+        deadline = self.deadline
+        return deadline.at_ns if deadline is not None and self.state is HandshakeState.RUNNING else None
 
     async def run(self) -> None:
+        port = self.port
         try:
             while not self.finished:
                 self.wake.clear()
+                port.want_read = port.want_write = False
                 if not self.step():
-                    await self.wake
+                    await port.waits(self._deadline_ns())
         except (Cancelled, GeneratorExit):  # the store is closing
             self.abandon()
             raise
@@ -234,7 +292,6 @@ class StreamTransport(TlsTransport):
     def release(self) -> None:
         """Everything ended: the streams and the connection's place in the limits go."""
         self.receiving = self.sending = False
-        self._stop_timer()
         super().release()
 
     def abandon(self) -> None:
@@ -244,11 +301,6 @@ class StreamTransport(TlsTransport):
                 end.abandon()
         self.settled.set()
         self.release()
-
-    def _stop_timer(self) -> None:
-        timer, self._timer = self._timer, None
-        if timer is not None:
-            timer.cancel()
 
     # --- attaching plaintext ends (wasi-tls-host connection.receive/send) --------------
 
@@ -308,11 +360,9 @@ class StreamTransport(TlsTransport):
     # --- the handshake ------------------------------------------------------------------
 
     def _handshake_established(self) -> None:
-        self._stop_timer()
         self.settled.set()
 
     def _handshake_failed(self) -> None:
-        self._stop_timer()
         self.settled.set()
         self._failed()
 

@@ -207,8 +207,13 @@ class ClientHelloIntake:
         return tls_error(code, message)
 
     def reject(self, alert: int, reason: str | None = None) -> None:
-        """The REJECT transition (the guest refused it, or let it go unanswered)."""
+        """The REJECT transition (the guest refused it, or let it go unanswered). A hello
+        that failed has had its alert: rejecting it only lets it go (a second alert could
+        reach the client first, while the first still waits for the socket)."""
+        failed = self.state is ClientHelloState.FAILED
         self.states.advance(Event.REJECT)
+        if failed:
+            return
         self.note_failure(reason or f"the guest refused the ClientHello with {alert_name(alert)}")
         self.end(alert)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..runtime.binding import Interface
 from ..runtime.resources import HostResource
-from ..runtime.scheduler import Cancelled, HostTask, Scheduler, sleep_until
+from ..runtime.scheduler import Cancelled, HostTask, Scheduler
 from ..runtime.scheduler import Event as Signal
 from ..runtime.store import StoreState
 from ..runtime.streams import Stream
@@ -57,30 +57,35 @@ class IncomingClientHelloP3(HostResource, ClientHelloIntake):
         self.alert = bytearray()  # an alert on its way to the client, before the end
         self.ending = False  # refused, failed or given up: the port closes once the alert is out
         self.task: HostTask | None = None
-        self._timer: HostTask | None = None
+        # The connection's transport, once an accepted answer handed the port over: this
+        # task goes on as its task (one task per connection, from accept to the end).
+        self.successor: StreamTransport | None = None
 
     def start(self, scheduler: Scheduler) -> None:
-        self.task = scheduler.start(self.run(), "TLS server: ClientHello")
-        if self.deadline is not None and not self.task.done:
-            self._timer = scheduler.spawn(self._expire(self.deadline.at_ns), "TLS handshake deadline")
+        self.task = scheduler.start(self.run(), "TLS server connection")
 
-    async def _expire(self, at_ns: int) -> None:
-        await sleep_until(at_ns)
-        self.port.wake.set()
+    def _deadline_ns(self) -> int | None:
+        """The handshake deadline, while it can still end this hello (once it fails, the
+        task only waits to send the alert: a passed deadline would wake it at once)."""
+        if self.deadline is None or self.ending or self.state not in (ClientHelloState.READING, ClientHelloState.RECEIVED):
+            return None
+        return self.deadline.at_ns
 
     async def run(self) -> None:
-        wake = self.port.wake
+        port = self.port
         try:
             while True:
-                wake.clear()
+                port.wake.clear()
+                port.want_read = port.want_write = False
                 if self.step():
-                    return
-                await wake
+                    break
+                await port.waits(self._deadline_ns())
         except (Cancelled, GeneratorExit):
             self.close()
             raise
-        finally:
-            self._stop_timer()
+        transport, self.successor = self.successor, None
+        if transport is not None:
+            await transport.run()
 
     def step(self) -> bool:
         """Move on as far as possible now; True once this task is done."""
@@ -116,26 +121,17 @@ class IncomingClientHelloP3(HostResource, ClientHelloIntake):
         self.close()
         return True
 
-    def hand_over(self) -> None:
+    def hand_over(self, transport: StreamTransport, scheduler: Scheduler) -> None:
+        """The ACCEPT transition: ``transport`` runs the connection on, in this task (it
+        waits on the port's event, which wakes it to begin the handshake)."""
         ClientHelloIntake.hand_over(self)
-        self._stop_timer()
-        # This task ends now. Setting the port's wake event is not enough: the event is the
-        # connection's from here on, and its task clears it as it starts, so the wake-up
-        # could be lost and this task (with the port and socket) wait forever.
         task = self.task
-        if task is not None and not task.done and task.scheduler._stepping is not task:
-            task.cancel()
-
-    def _stop_timer(self) -> None:
-        timer, self._timer = self._timer, None
-        if timer is not None:
-            timer.cancel()
-
-    def take_timer(self) -> HostTask | None:
-        """The deadline's timer, for the handshake that goes on after the hand-over: the
-        deadline and the event it wakes (the port's) stay the same, so one timer serves both."""
-        timer, self._timer = self._timer, None
-        return timer
+        if task is not None and not task.done:
+            self.successor = transport
+            transport.task = task
+            self.port.wake.set()
+        else:
+            transport.start(scheduler)
 
     async def require(self, call: str) -> ClientHello:
         """The parsed hello, once in, if the state answers ``call``; the guest-facing error
@@ -236,12 +232,10 @@ async def incoming_client_hello_accept(cx: StoreState, this: IncomingClientHello
         engine = answer_engine(config, hello, response, this.reader.buffered())
     except Refusal as r:
         raise this.refuse(r.code, r.message, r.alert) from None
-    timer = this.take_timer()
-    this.hand_over()
     transport = StreamTransport(engine, this.port, error_value=failure_record, usage=this.usage)
     transport.begin_handshake(CLIENT_EXCHANGE, deadline=this.deadline, on_handshake=config.on_handshake, reword=server_failure,
                               peer_check=peer_code_check(response.expected_code, config, "client"))
-    transport.start(cx.scheduler, timer)
+    this.hand_over(transport, cx.scheduler)
     return ExchangeP3(transport)
 
 

@@ -18,6 +18,13 @@ coroutines on the store's scheduler. TCP data moves through host tasks, one per 
   with no sockets, so a guest whose runtime has no ``stream.cancel-read`` (componentize-py)
   can stop its accept loop and drop the stream, which closes the listener.
 
+A host consumer that owns both ends can skip the streams: when a guest hands TLS a socket's
+``receive`` stream, TLS reads the socket itself (``take_receive``: the stream's task stops,
+the future still says how receiving ended), and when it hands ``send`` a stream whose host
+writer offered to (``offer_direct_send``: TLS's outgoing ciphertext), that writer writes the
+socket itself (``SocketSink``). Each flight then costs a system call instead of a stream
+copy and two task steps.
+
 Engine errors carry WASI 0.2's code names; ``error_code`` renames the few that differ in 0.3
 (``concurrency-conflict`` and ``not-in-progress`` are ``invalid-state``; what 0.3 lacks is
 ``other``). ``connection_of(stream)`` finds the TCP connection beneath a receive stream (for
@@ -31,11 +38,11 @@ import functools
 import inspect
 import logging
 import weakref
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Protocol
 
 from ...runtime.binding import Interface
 from ...runtime.resources import HostResource
-from ...runtime.scheduler import Cancelled, any_of, readable, writable
+from ...runtime.scheduler import Cancelled, HostTask, any_of, readable, writable
 from ...runtime.store import StoreState
 from ...runtime.streams import (
     CopyResult,
@@ -141,14 +148,196 @@ class TcpSocket(HostResource):
         self.accepts = None
 
 
-# The TCP connection beneath each receive stream (weak: the stream's life is the guest's).
-_CONNECTIONS: weakref.WeakKeyDictionary[Stream, tcp.TcpConnection] = weakref.WeakKeyDictionary()
+class _Receive:
+    """A ``receive`` stream's socket, its future and the task moving bytes between them
+    (until ``take_receive`` stops it)."""
+
+    __slots__ = ("conn", "writer", "result", "task", "taken")
+
+    def __init__(self, conn: tcp.TcpConnection, writer: StreamWriter, result: FutureWriter) -> None:
+        self.conn = conn
+        self.writer = writer
+        self.result = result
+        self.task: HostTask | None = None
+        self.taken = False
+
+
+class DirectSource(Protocol):
+    """A socket's receiving side read directly (``SocketSource``; a test stand-in may have
+    its own): ``recv`` gives b"" when nothing is there (wait for ``readable(fd)``), None
+    once receiving ended; ``stop`` ends it early."""
+
+    fd: int
+
+    def recv(self, limit: int) -> bytes | None: ...
+
+    def stop(self) -> None: ...
+
+
+class DirectSink(Protocol):
+    """A socket's sending side written directly (``SocketSink``): ``send`` returns what the
+    kernel took (0: wait for ``writable(fd)``) or raises ``OSError``; ``close`` after the
+    last byte (FIN)."""
+
+    fd: int
+
+    def send(self, data: Any) -> int: ...
+
+    def close(self) -> None: ...
+
+
+# The TCP connection beneath each receive stream while its task runs (weak: the stream's
+# life is the guest's; the entry refers to the stream, so it goes when the task ends).
+_RECEIVES: weakref.WeakKeyDictionary[Stream, _Receive] = weakref.WeakKeyDictionary()
+# Receive streams whose socket a host consumer may read itself: how to take it over.
+_RECEIVE_TAKERS: weakref.WeakKeyDictionary[Stream, Callable[[], DirectSource | None]] = weakref.WeakKeyDictionary()
+# Host writers that write a socket themselves when the guest hands their stream to ``send``.
+_DIRECT_SENDERS: weakref.WeakKeyDictionary[Stream, Callable[[DirectSink], None]] = weakref.WeakKeyDictionary()
 
 
 def connection_of(stream: Stream) -> tcp.TcpConnection | None:
     """The TCP connection a ``receive`` stream reads from (None for any other stream): TLS
     annotates its access-log record, and may read the socket itself."""
-    return _CONNECTIONS.get(stream)
+    rx = _RECEIVES.get(stream)
+    return rx.conn if rx is not None else None
+
+
+class SocketSource:
+    """A socket's receiving side read directly by a host consumer instead of through its
+    ``receive`` stream (``take_receive``). Ends as the stream would have: the future says
+    ok at the peer's FIN or when the consumer stops, else the error."""
+
+    __slots__ = ("conn", "result", "fd")
+
+    def __init__(self, conn: tcp.TcpConnection, result: FutureWriter) -> None:
+        self.conn: tcp.TcpConnection | None = conn
+        self.result = result
+        self.fd = conn.fileno()
+
+    def recv(self, limit: int) -> bytes | None:
+        """What the kernel has now, up to ``limit`` bytes (b"" if nothing: wait for
+        ``readable(fd)``); None once receiving ended (FIN, error, ``stop``)."""
+        conn = self.conn
+        if conn is None:
+            return None
+        try:
+            data = conn.recv(limit)
+        except BlockingIOError:
+            return b""
+        except OSError as e:
+            self._end(Err(failure_code(e)))
+            return None
+        if not data:
+            self._end(None)
+        return data or None
+
+    def stop(self) -> None:
+        """The consumer reads no more (as a guest dropping the stream: unread data is
+        discarded)."""
+        if self.conn is not None:
+            self.conn.shutdown_read()
+            self._end(None)
+
+    def _end(self, outcome: Any) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.release()
+            self.result.write(outcome)
+
+
+def take_receive(stream: Stream) -> DirectSource | None:
+    """Read the socket beneath ``stream`` (a ``receive`` stream given to the host, e.g. to
+    TLS) directly: its task stops and nothing more goes through the stream. None if the
+    stream is no socket's or has ended."""
+    take = _RECEIVE_TAKERS.pop(stream, None)
+    return take() if take is not None and not stream.dropped else None
+
+
+def offer_direct_receive(stream: Stream, take: Callable[[], DirectSource | None]) -> None:
+    """``stream`` (a socket's receive stream) may be read from its socket directly:
+    ``take`` stops what moves bytes into the stream and returns the socket's source (None
+    if it cannot any more). Withdrawn with ``withdraw_direct_receive`` when the stream's
+    task ends (``take`` refers to the stream: the entry would keep it alive)."""
+    _RECEIVE_TAKERS[stream] = take
+
+
+def withdraw_direct_receive(stream: Stream) -> None:
+    _RECEIVE_TAKERS.pop(stream, None)
+
+
+def _take(rx: _Receive) -> SocketSource | None:
+    # Nothing is lost: the task only ever put bytes straight into a read posted on the
+    # stream, so none are held between the two.
+    if rx.taken or rx.task is None or rx.task.done:
+        return None
+    rx.taken = True
+    rx.task.cancel()
+    _RECEIVES.pop(rx.writer.stream, None)
+    rx.writer.close()
+    return SocketSource(rx.conn, rx.result)
+
+
+class SocketSink:
+    """A socket's sending side written directly by the host writer of the stream a guest
+    gave ``send`` (``offer_direct_send``). ``close`` once everything was sent: FIN, and the
+    future says ok; a failure ends it with the error."""
+
+    __slots__ = ("conn", "result", "fd")
+
+    def __init__(self, conn: tcp.TcpConnection, result: FutureWriter) -> None:
+        self.conn: tcp.TcpConnection | None = conn
+        self.result = result
+        self.fd = conn.fileno()
+
+    def send(self, data: Any) -> int:
+        """What the kernel takes now (0: wait for ``writable(fd)``). Raises ``OSError`` if
+        the connection failed (the future has the error then)."""
+        conn = self.conn
+        if conn is None:
+            raise BrokenPipeError("sending has ended")
+        try:
+            return conn.send(data)
+        except BlockingIOError:
+            return 0
+        except OSError as e:
+            self._end(Err(failure_code(e)))
+            raise
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.shutdown_write()
+            self._end(None)
+
+    def abandon(self) -> None:
+        """The store is closing: let the socket go, write no future."""
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.release()
+            self.result.close()
+
+    def _end(self, outcome: Any) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.release()
+            self.result.write(outcome)
+
+
+def offer_direct_send(stream: Stream, attach: Callable[[DirectSink], None]) -> None:
+    """If the guest hands ``stream`` (written by the host) to a socket's ``send``, call
+    ``attach`` with that socket's sink instead of moving the bytes through the stream.
+    The offer ends with ``withdraw_direct_send`` (the writer closed its end)."""
+    _DIRECT_SENDERS[stream] = attach
+
+
+def withdraw_direct_send(stream: Stream) -> None:
+    _DIRECT_SENDERS.pop(stream, None)
+
+
+def direct_sender(stream: Stream) -> Callable[[DirectSink], None] | None:
+    """What ``send`` hands its socket's sink to instead of reading ``stream`` (offered
+    by the stream's host writer), taken once; None if nothing was offered."""
+    attach = _DIRECT_SENDERS.pop(stream, None)
+    return attach if attach is not None and not stream.dropped else None
 
 
 types_iface = Interface("wasi:sockets/types@0.3.0")
@@ -234,17 +423,20 @@ async def _reader_waits(writer: StreamWriter, reg: SocketRegistry, drain_fd: int
 @types_iface.func("[method]tcp-socket.send")
 def tcp_send(cx: StoreState, sock: TcpSocket, data: Stream) -> Future:
     future, result = new_future()
-    reader = StreamReader(data, is_bytes=True)
     try:
         if sock.sending:
             raise WitError("invalid-state")
         conn = sock.socket.connection("send")
     except WitError as e:
-        reader.close()
+        StreamReader(data, is_bytes=True).close()
         result.write(Err(error_code(e.payload)))
         return future
     sock.sending = True
-    cx.scheduler.spawn(_send(conn, reader, result), "tcp-socket.send")
+    attach = direct_sender(data)
+    if attach is not None:
+        attach(SocketSink(conn, result))
+        return future
+    cx.scheduler.spawn(_send(conn, StreamReader(data, is_bytes=True), result), "tcp-socket.send")
     return future
 
 
@@ -294,12 +486,14 @@ def tcp_receive(cx: StoreState, sock: TcpSocket) -> tuple[Stream, Future]:
         result.write(Err(error_code(e.payload)))
         return stream, future
     sock.receiving = True
-    _CONNECTIONS[stream] = conn
-    cx.scheduler.spawn(_receive(conn, writer, result), "tcp-socket.receive")
+    rx = _RECEIVES[stream] = _Receive(conn, writer, result)
+    rx.task = cx.scheduler.spawn(_receive(rx), "tcp-socket.receive")
+    offer_direct_receive(stream, functools.partial(_take, rx))
     return stream, future
 
 
-async def _receive(conn: tcp.TcpConnection, writer: StreamWriter, result: FutureWriter) -> None:
+async def _receive(rx: _Receive) -> None:
+    conn, writer, result = rx.conn, rx.writer, rx.result
     outcome: Any = None
     try:
         while await writer.fill(conn.recv_into, conn.readable):
@@ -309,14 +503,19 @@ async def _receive(conn: tcp.TcpConnection, writer: StreamWriter, result: Future
     except OSError as e:
         outcome = Err(failure_code(e))
     except Cancelled:
-        result.close()
+        if not rx.taken:
+            result.close()
         raise
     except Exception as e:  # a host bug: the guest hears of it rather than waiting forever
         log.exception("tcp-socket.receive failed")
         outcome = Err(Variant("other", f"host error: {e}"))
     finally:
-        writer.close()
-        conn.release()
+        if not rx.taken:  # (taken: the socket, the stream and the future are take_receive's)
+            # The entries refer to the stream (through the writer): they go with the task.
+            _RECEIVES.pop(writer.stream, None)
+            withdraw_direct_receive(writer.stream)
+            writer.close()
+            conn.release()
     result.write(outcome)
 
 
