@@ -218,6 +218,46 @@ def _mask_lift(t: ValType) -> int | None:
     return _MASK_LIFTS.get(t.name) if isinstance(t, Prim) else None
 
 
+def _param_lift(inst: ComponentState, t: ValType) -> Callable[[canon.MemCx, list, int], tuple]:
+    """The ``lift_flat`` of one async lower parameter: for a ``borrow`` of a host resource
+    (the ``self`` of nearly every WASI 0.3 method) and an enum, the usual case inline; any
+    other type, and any value the inline case does not take (an unknown or wrong handle, an
+    enum case out of range), through the type's converter, whose checks trap as ever."""
+    general = canon.conv(t).lift_flat
+    if isinstance(t, Variant) and t.kind == "enum":
+        names = [name for name, _ in t.cases]
+        ncases = len(names)
+
+        def lift_enum(m: canon.MemCx, vals: list, i: int) -> tuple:
+            d = vals[i]
+            if d < ncases:
+                return names[d], i + 1
+            return general(m, vals, i)
+        return lift_enum
+    if not isinstance(t, Handle) or t.own:
+        return general
+    rt = t.resource.resolve()
+    if not isinstance(rt, ImportedResource) or rt.kind is None:
+        return general
+    kind = rt.kind
+    handles = inst.handles
+    table = inst.state.table
+
+    def lift_borrow(m: canon.MemCx, vals: list, i: int) -> tuple:
+        h = vals[i]
+        entry = handles[h] if 0 < h < len(handles) else None
+        if entry is None or entry.key is not kind:
+            return general(m, vals, i)
+        if entry.own:  # inst.lend, inline: the handle is lent until the call resolves
+            entry.lends += 1
+            if m.borrows is None:
+                m.borrows = [h]
+            else:
+                m.borrows.append(h)
+        return table.get(entry.rep, kind), i + 1
+    return lift_borrow
+
+
 def _result_store(inst: ComponentState, spec: LowerSpec, m: canon.MemCx) -> Callable[[Any, int], None]:
     """``store(value, retptr)`` of an async lower's result, specialised for the shapes WASI
     0.3 returns (integers, ``result<_, E>``, ``result<own<T>, E>``) where the value is the
@@ -327,7 +367,7 @@ def make_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx)
     word_masks = [(j * w, _WORD_MASKS[t]) for j, t in enumerate(flat_types)]
     floats = [_FLOAT_OF_BITS.get(t) for t in flat_types]
     has_floats = any(floats)
-    param_convs = [canon.conv(t).lift_flat for _, t in ft.params]
+    param_convs = [_param_lift(inst, t) for _, t in ft.params]
     tuple_conv = canon.conv(ft.param_tuple) if spill and ft.param_tuple is not None else None
     tuple_size = ft.param_tuple.size if ft.param_tuple is not None else 0
     tuple_align = ft.param_tuple.align if ft.param_tuple is not None else 1
