@@ -218,44 +218,52 @@ def _mask_lift(t: ValType) -> int | None:
     return _MASK_LIFTS.get(t.name) if isinstance(t, Prim) else None
 
 
-def _param_lift(inst: ComponentState, t: ValType) -> Callable[[canon.MemCx, list, int], tuple]:
-    """The ``lift_flat`` of one async lower parameter: for a ``borrow`` of a host resource
-    (the ``self`` of nearly every WASI 0.3 method) and an enum, the usual case inline; any
-    other type, and any value the inline case does not take (an unknown or wrong handle, an
-    enum case out of range), through the type's converter, whose checks trap as ever."""
+def _param_lift(inst: ComponentState, t: ValType, at: int) -> Callable[[canon.MemCx, Any], Any] | None:
+    """How an async lower lifts the parameter ``t`` whose flat values start at word ``at``
+    of its arguments: None for an unsigned integer (a mask does it), else ``lift(m, args)``.
+    A ``borrow`` of a host resource (the ``self`` of nearly every WASI 0.3 method) and an
+    enum take the usual case inline; any other type, and any value the inline case does not
+    take (an unknown or wrong handle, an enum case out of range), go through the type's
+    converter, whose checks trap as ever."""
+    if _mask_lift(t) is not None:
+        return None
     general = canon.conv(t).lift_flat
+    w = native.U64_STRIDE
     if isinstance(t, Variant) and t.kind == "enum":
         names = [name for name, _ in t.cases]
         ncases = len(names)
 
-        def lift_enum(m: canon.MemCx, vals: list, i: int) -> tuple:
-            d = vals[i]
+        def lift_enum(m: canon.MemCx, args: Any) -> Any:
+            d = args[at] & 0xFFFF_FFFF
             if d < ncases:
-                return names[d], i + 1
-            return general(m, vals, i)
+                return names[d]
+            return general(m, [d], 0)[0]
         return lift_enum
-    if not isinstance(t, Handle) or t.own:
-        return general
-    rt = t.resource.resolve()
-    if not isinstance(rt, ImportedResource) or rt.kind is None:
-        return general
-    kind = rt.kind
-    handles = inst.handles
-    table = inst.state.table
+    rt = t.resource.resolve() if isinstance(t, Handle) and not t.own else None
+    if isinstance(rt, ImportedResource) and rt.kind is not None:
+        kind = rt.kind
+        handles = inst.handles
+        table = inst.state.table
 
-    def lift_borrow(m: canon.MemCx, vals: list, i: int) -> tuple:
-        h = vals[i]
-        entry = handles[h] if 0 < h < len(handles) else None
-        if entry is None or entry.key is not kind:
-            return general(m, vals, i)
-        if entry.own:  # inst.lend, inline: the handle is lent until the call resolves
-            entry.lends += 1
-            if m.borrows is None:
-                m.borrows = [h]
-            else:
-                m.borrows.append(h)
-        return table.get(entry.rep, kind), i + 1
-    return lift_borrow
+        def lift_borrow(m: canon.MemCx, args: Any) -> Any:
+            h = args[at] & 0xFFFF_FFFF
+            entry = handles[h] if 0 < h < len(handles) else None
+            if entry is None or entry.key is not kind:
+                return general(m, [h], 0)[0]
+            if entry.own:  # inst.lend, inline: the handle is lent until the call resolves
+                entry.lends += 1
+                if m.borrows is None:
+                    m.borrows = [h]
+                else:
+                    m.borrows.append(h)
+            return table.get(entry.rep, kind)
+        return lift_borrow
+    words = [(at + j * w, _WORD_MASKS[ct], _FLOAT_OF_BITS.get(ct)) for j, ct in enumerate(t.flat)]
+
+    def lift_words(m: canon.MemCx, args: Any) -> Any:
+        flat = [args[i] & mask if f is None else f(args[i] & mask) for i, mask, f in words]
+        return general(m, flat, 0)[0]
+    return lift_words
 
 
 def _result_store(inst: ComponentState, spec: LowerSpec, m: canon.MemCx) -> Callable[[Any, int], None]:
@@ -364,10 +372,12 @@ def make_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx)
     ints_only = not spill and all(mask is not None for mask in masks)
     mask0 = masks[0] if ints_only and masks else 0
     nparams = len(masks)
-    word_masks = [(j * w, _WORD_MASKS[t]) for j, t in enumerate(flat_types)]
-    floats = [_FLOAT_OF_BITS.get(t) for t in flat_types]
-    has_floats = any(floats)
-    param_convs = [_param_lift(inst, t) for _, t in ft.params]
+    # Per parameter: its first word, the mask of that word, and its lift (None: the mask alone).
+    plan = []
+    at = 0
+    for _, t in ([] if spill else ft.params):
+        plan.append((at, _WORD_MASKS[t.flat[0]] if t.flat else 0, _param_lift(inst, t, at)))
+        at += len(t.flat) * w
     tuple_conv = canon.conv(ft.param_tuple) if spill and ft.param_tuple is not None else None
     tuple_size = ft.param_tuple.size if ft.param_tuple is not None else 0
     tuple_align = ft.param_tuple.align if ft.param_tuple is not None else 1
@@ -393,15 +403,7 @@ def make_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx)
         m.forget()
         if tuple_conv is not None:
             return list(load_spilled_at(m, args[0] & 0xFFFF_FFFF, tuple_conv, tuple_size, tuple_align))
-        flat = [args[at] & mask for at, mask in word_masks]
-        if has_floats:
-            flat = [f(x) if f is not None else x for f, x in zip(floats, flat)]
-        pyargs = []
-        i = 0
-        for lift_flat in param_convs:
-            value, i = lift_flat(m, flat, i)
-            pyargs.append(value)
-        return pyargs
+        return [args[at] & mask if lift is None else lift(m, args) for at, mask, lift in plan]
 
     def tramp(args: Any) -> int:
         nonlocal scheduler
