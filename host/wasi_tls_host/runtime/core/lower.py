@@ -302,7 +302,10 @@ def _result_store(inst: ComponentState, spec: LowerSpec, m: canon.MemCx) -> Call
 
         def store_int(value: Any, retptr: int) -> None:
             if type(value) is int and lo <= value <= hi:
-                pack(current(), retptr, value)
+                size = mem_size(mem_state.context_addr, mem_state.addr)  # current(), inline: the common case
+                if size != mem_state.size:
+                    mem_state.grew(size)
+                pack(mem_state.view, retptr, value)
             else:
                 general(value, retptr)
         return store_int
@@ -410,7 +413,7 @@ def make_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx)
         if not inst.may_leave:
             return native.trap_ptr(f"{qualname}: cannot call an import during realloc or post-return")
         pyargs: Any = ()
-        lent: list[_HandleEntry] = []
+        lent: Any = ()  # the handle entries lent to this call (a list once there are any)
         try:
             retptr = 0
             if has_result:
@@ -452,6 +455,13 @@ def make_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx)
                     waiting = call.send(None)
                 except StopIteration as e:
                     scheduler.progress += 1
+                    if not lent and not owned:  # the usual case, in short: stored, RETURNED
+                        if OUTGOING_VALUE_HOOKS:
+                            for hook in OUTGOING_VALUE_HOOKS:
+                                hook(qualname, e.value)
+                        store_result(e.value, retptr)
+                        args[0] = returned
+                        return 0
                     value = e.value
                 except BaseException as e:  # noqa: BLE001 - the call's own failure, handled as finish_host_call does
                     scheduler.progress += 1
@@ -463,7 +473,7 @@ def make_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx)
                     if host_task.done:  # it awaited something the scheduler cannot wait on
                         value, error, host_task = host_task.result, host_task.error, None
             if host_task is None:  # finished: the result is in memory before the guest sees RETURNED
-                entries, lent = lent, []
+                entries, lent = lent, ()
                 consumed, pyargs = pyargs, ()
                 try:
                     if error is None:
@@ -480,7 +490,7 @@ def make_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx)
             subtask = Subtask(qualname)
             subtask.host_task = host_task
             if lent:
-                subtask.lenders, lent = lent, []
+                subtask.lenders, lent = lent, ()
             subtask.index = index = inst.add(subtask)
             pyargs_kept, pyargs = pyargs, ()
 
