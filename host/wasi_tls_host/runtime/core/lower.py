@@ -522,7 +522,9 @@ def make_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx)
             return native.trap_ptr(host_call_failure(qualname, e, lambda code: setattr(state, "exit_code", code)))
 
     # What this signature got (reported by benchmarks/bench_async_lowers.py).
-    tramp.lifting = "masks" if ints_only else "spilled" if spill else "converters"  # type: ignore[attr-defined]
+    inline = all(lift is None or lift.__name__ != "lift_words" for _, _, lift in plan)
+    tramp.lifting = ("masks" if ints_only else "spilled" if spill else  # type: ignore[attr-defined]
+                     "inline" if inline else "converter")
     tramp.storing = store_result.__name__  # type: ignore[attr-defined]
     return tramp
 
