@@ -120,6 +120,13 @@ def test_a_wide_result_out_of_its_range_traps_where_the_guest_waits(guest, answe
         guest.call("wide", 1, 1, 64)
 
 
+def test_a_result_pointer_into_memory_the_guest_grew_is_in_range(guest) -> None:
+    """The guest grew its memory after the runtime last looked at it (waitable-set.wait wrote
+    its event): the result pointer in the new page is checked against the memory as it is."""
+    assert guest.call("grown", 7) == 8
+    assert SEEN == [("wide", 7, 0), ("wide", 8, 0)]
+
+
 def test_a_misaligned_result_pointer_traps_before_the_host_function_runs(guest) -> None:
     with pytest.raises(WasmtimeError, match=r"wide.*result pointer 0x44 is misaligned"):
         guest.call("wide", 1, 1, 68)

@@ -2,6 +2,8 @@
 ;; runtime builds each trampoline for its signature), for tests/test_async_lowers.py:
 ;;   wide(x, y, retptr)     -> wide(u64, s64) -> u64 at retptr (finishes later): the u64 stored
 ;;   floats(x, y)           -> floats(f64, f32) -> f64: the f64 stored at 32
+;;   grown(x)               -> wide(x, 0) with its result at 64, then memory.grow by a page
+;;                             and wide(x + 1, 0) with its result in the new page: that one
 ;;   lend(v, n, mode)       -> res.wait(borrow<res>, u64) -> u64 on a new res(v) (finishes later);
 ;;                             mode 0: wait, drop the subtask, then drop the res (the loan ended);
 ;;                             mode 1: drop the res while the call is pending (it is lent: a trap);
@@ -81,6 +83,11 @@
     (func (export "wide") (param $x i64) (param $y i64) (param $retptr i32)
       (call $settle (call $wide (local.get $x) (local.get $y) (local.get $retptr)))
       (call $ret64 (i64.load (local.get $retptr))))
+    (func (export "grown") (param $x i64)
+      (call $settle (call $wide (local.get $x) (i64.const 0) (i32.const 64)))
+      (if (i32.ne (memory.grow (i32.const 1)) (i32.const 1)) (then unreachable))
+      (call $settle (call $wide (i64.add (local.get $x) (i64.const 1)) (i64.const 0) (i32.const 65600)))
+      (call $ret64 (i64.load (i32.const 65600))))
     (func (export "floats") (param $x f64) (param $y f32)
       (call $settle (call $floats (local.get $x) (local.get $y) (i32.const 32)))
       (call $retf64 (f64.load (i32.const 32))))
@@ -117,6 +124,8 @@
       (export "ret32" (func $ret32)) (export "ret64" (func $ret64)) (export "retf64" (func $retf64))))))
   (func (export "wide") async (param "x" u64) (param "y" s64) (param "retptr" u32) (result u64)
     (canon lift (core func $main "wide") async))
+  (func (export "grown") async (param "x" u64) (result u64)
+    (canon lift (core func $main "grown") async))
   (func (export "floats") async (param "x" f64) (param "y" f32) (result f64)
     (canon lift (core func $main "floats") async))
   (func (export "lend") async (param "v" u32) (param "n" u64) (param "mode" u32) (result u64)

@@ -421,6 +421,7 @@ def make_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx)
                 if retptr & (result_align - 1):
                     raise Trap(f"result pointer {retptr:#x} is misaligned")
                 if mem_state is None or retptr + result_size > mem_state.size:
+                    m.forget()  # the guest may have grown its memory since the view was made
                     m.check_range(retptr, result_size, "result")
             if ints_only:
                 if nparams == 1:
