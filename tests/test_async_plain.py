@@ -1,5 +1,6 @@
 """Async lowers of host functions with plain integer parameters and results (the core
-runtime's own trampoline for them, ``lower._plain_async_trampoline``), against a WAT guest
+runtime builds each async lower for its signature, ``lower.make_async_trampoline``; unsigned
+ones are lifted by masks alone), against a WAT guest
 (``guest_examples/wat/async_plain.wat``) that passes the result pointer it is told to: the
 arguments arrive masked or signed as their types say, the result lands at the pointer, and
 every check of the general trampoline still holds (a bad pointer traps before the host

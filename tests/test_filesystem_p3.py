@@ -125,6 +125,17 @@ def test_large_file_streams_both_ways(run_p3, tmp_path: Path) -> None:
     assert read.out.strip() == f"{mib << 20} {expected}"
 
 
+def test_async_lowered_descriptor_calls_of_the_benchmark_guest(p3_host: Host, guest_path, tmp_path: Path) -> None:
+    """fs_bench_p3.wat's ``calls`` (bench_async's WASI 0.3 rows): descriptor.advise (a borrow,
+    two u64s and an enum lifted inline, result<_, error-code> stored directly) and get-flags
+    (result<flags, error-code> through its converter), each succeeding; the file's
+    descriptor, lent to every call, can be dropped at the end (the guest traps otherwise)."""
+    (tmp_path / "data.bin").write_bytes(b"x" * 4096)
+    with p3_host.instantiate(guest_path("fs_bench_p3"), WasiConfig(preopens=[Preopen(str(tmp_path), "/")])) as g:
+        assert g.call("calls", 0, 3) == 3
+        assert g.call("calls", 1, 3) == 3
+
+
 def test_descriptors_and_streams_closed_on_drop_and_at_instance_end(p3_host: Host, guest_path, tmp_path: Path,
                                                                     no_gc: None) -> None:
     (tmp_path / "inside.txt").write_text("x")

@@ -5,8 +5,8 @@
 ;;   event-calls(n)  n async calls that finish later: subtask, SUBTASK event, drop
 ;;   cb-calls(n)     the same with the callback ABI (each event's callback makes the next call)
 ;;   cb-calls-wide(n)  cb-calls of a function taking and returning a u64 (as WASI's durations
-;;                   and offsets are): the general lowering, where cb-calls' u32 -> u32 takes
-;;                   the runtime's integer-only shortcut
+;;                   and offsets are): the same async lowering as cb-calls' u32 -> u32 (the
+;;                   runtime builds one per signature), so the two should cost the same
 ;;   read(total)     reads a host-written stream<u8> in 64 KiB reads: the byte count
 ;;   write(total)    writes 64 KiB writes into a stream the host reads: the host's count
 (component

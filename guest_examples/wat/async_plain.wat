@@ -1,5 +1,5 @@
 ;; Async lowers of host functions whose parameters and results are plain integers (the core
-;; runtime's fast trampoline for them), with the result pointer the caller gives, so that
+;; runtime lifts them by masks alone), with the result pointer the caller gives, so that
 ;; tests/test_async_plain.py can check masks, signs, pointers and range checks:
 ;;   echo-u8(x, retptr)      -> echo-u8 of the host: the u8 stored at retptr
 ;;   echo-s32(x, retptr)     -> echo-s32: the s32 stored at retptr

@@ -5,6 +5,10 @@
 ;;   read-file(chunk, rounds)       data.bin of the first preopen to its end, rounds times
 ;;   write-file(mib, chunk, rounds) out.bin of the first preopen, mib MiB, rounds times
 ;; (each answers the byte count)
+;;   calls(kind, n)                 n async calls on data.bin (benchmarks/bench_async.py's WASI
+;;                                  0.3 rows): kind 0 descriptor.advise (borrow, u64, u64, enum
+;;                                  -> result<_, error-code>), kind 1 descriptor.get-flags
+;;                                  (borrow -> result<flags, error-code>); answers n
 (component
   (import "wasi:filesystem/types@0.3.0" (instance $types
     (export "descriptor" (type $desc (sub resource)))
@@ -35,6 +39,11 @@
     (export "[method]descriptor.open-at" (func async
       (param "self" (borrow $desc)) (param "path-flags" $pf) (param "path" string)
       (param "open-flags" $of) (param "flags" $df) (result (result (own $desc) (error $ec)))))
+    (type $advice (enum "normal" "sequential" "random" "will-need" "dont-need" "no-reuse"))
+    (export "advice" (type $adv (eq $advice)))
+    (export "[method]descriptor.advise" (func async
+      (param "self" (borrow $desc)) (param "offset" u64) (param "length" u64) (param "advice" $adv)
+      (result (result (error $ec)))))
     (export "[method]descriptor.get-flags" (func async
       (param "self" (borrow $desc)) (result (result $df (error $ec)))))
     (export "[method]descriptor.read-via-stream" (func
@@ -78,12 +87,15 @@
   (core func $open-at (canon lower (func $types "[method]descriptor.open-at") (memory $mem) (realloc $realloc)))
   (core func $read-via-stream (canon lower (func $types "[method]descriptor.read-via-stream") (memory $mem)))
   (core func $write-via-stream (canon lower (func $types "[method]descriptor.write-via-stream")))
+  (core func $advise (canon lower (func $types "[method]descriptor.advise") async (memory $mem)))
+  (core func $get-flags (canon lower (func $types "[method]descriptor.get-flags") async (memory $mem)))
   (core func $get-directories (canon lower (func $preopens "get-directories") (memory $mem) (realloc $realloc)))
   (core func $desc-drop (canon resource.drop $desc))
   (core func $ws-new (canon waitable-set.new))
   (core func $ws-wait (canon waitable-set.wait (memory $mem)))
   (core func $ws-drop (canon waitable-set.drop))
   (core func $join (canon waitable.join))
+  (core func $subtask-drop (canon subtask.drop))
   (core func $task-return (canon task.return (result u64)))
   (core func $stream-new (canon stream.new $ST))
   (core func $stream-read (canon stream.read $ST async (memory $mem)))
@@ -99,6 +111,9 @@
     (import "h" "read-via-stream" (func $read-via-stream (param i32 i64 i32)))
     (import "h" "write-via-stream" (func $write-via-stream (param i32 i32 i64) (result i32)))
     (import "h" "get-directories" (func $get-directories (param i32)))
+    (import "h" "advise" (func $advise (param i32 i64 i64 i32 i32) (result i32)))
+    (import "h" "get-flags" (func $get-flags (param i32 i32) (result i32)))
+    (import "h" "subtask-drop" (func $subtask-drop (param i32)))
     (import "h" "desc-drop" (func $desc-drop (param i32)))
     (import "h" "ws-new" (func $ws-new (result i32)))
     (import "h" "ws-wait" (func $ws-wait (param i32 i32) (result i32)))
@@ -140,6 +155,29 @@
       (drop (call $finish (local.get $future) (call $future-read (local.get $future) (i32.const 48))))
       (call $future-drop-readable (local.get $future))
       (if (i32.load8_u (i32.const 48)) (then unreachable)))
+
+    ;; a call's status: wait for its subtask if it did not finish at once
+    (func $settle (param $status i32)
+      (if (i32.ne (i32.and (local.get $status) (i32.const 0xf)) (i32.const 2 (; RETURNED ;)))
+        (then
+          (drop (call $wait-on (i32.shr_u (local.get $status) (i32.const 4))))
+          (call $subtask-drop (i32.shr_u (local.get $status) (i32.const 4))))))
+
+    ;; n async calls on data.bin (see the top): each must succeed
+    (func (export "calls") (param $kind i32) (param $n i32)
+      (local $f i32) (local $left i32)
+      (local.set $f (call $open (i32.const 580) (i32.const 8) (i32.const 0) (i32.const 1 (; read ;))))
+      (local.set $left (local.get $n))
+      (block $done (loop $next
+        (br_if $done (i32.eqz (local.get $left)))
+        (if (local.get $kind)
+          (then (call $settle (call $get-flags (local.get $f) (i32.const 48))))
+          (else (call $settle (call $advise (local.get $f) (i64.const 0) (i64.const 0) (i32.const 1 (; sequential ;)) (i32.const 48)))))
+        (if (i32.load8_u (i32.const 48)) (then unreachable))
+        (local.set $left (i32.sub (local.get $left) (i32.const 1)))
+        (br $next)))
+      (call $desc-drop (local.get $f))
+      (call $task-return (i64.extend_i32_u (local.get $n))))
 
     ;; data.bin through read-via-stream, `chunk` bytes per read, `rounds` times: the byte count
     (func (export "read-file") (param $chunk i32) (param $rounds i32)
@@ -197,6 +235,9 @@
       (export "read-via-stream" (func $read-via-stream))
       (export "write-via-stream" (func $write-via-stream))
       (export "get-directories" (func $get-directories))
+      (export "advise" (func $advise))
+      (export "get-flags" (func $get-flags))
+      (export "subtask-drop" (func $subtask-drop))
       (export "desc-drop" (func $desc-drop))
       (export "ws-new" (func $ws-new))
       (export "ws-wait" (func $ws-wait))
@@ -213,6 +254,8 @@
     ))))
   (func (export "read-file") async (param "chunk" u32) (param "rounds" u32) (result u64)
     (canon lift (core func $main "read-file") async))
+  (func (export "calls") async (param "kind" u32) (param "n" u32) (result u64)
+    (canon lift (core func $main "calls") async))
   (func (export "write-file") async (param "mib" u32) (param "chunk" u32) (param "rounds" u32) (result u64)
     (canon lift (core func $main "write-file") async))
 )

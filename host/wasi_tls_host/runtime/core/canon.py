@@ -154,17 +154,6 @@ _INT_SPECS: dict[str, tuple[struct.Struct, int, int, int]] = {
 }
 
 
-# Masks that turn a flat i32 (as ctypes reads it: signed) into the value of a parameter of
-# these types; ``s32``'s is the identity.
-FLAT_I32_MASKS = {"u8": 0xFF, "u16": 0xFFFF, "u32": 0xFFFF_FFFF, "s32": -1}
-
-
-def flat_i32_mask(t: ValType) -> int | None:
-    """The mask that lifts a flat i32 argument of type ``t`` (see FLAT_I32_MASKS), or None
-    if ``t`` needs more than a mask."""
-    return FLAT_I32_MASKS.get(t.name) if isinstance(t, Prim) else None
-
-
 def int_store(t: ValType | None) -> tuple[Callable[..., None], int, int] | None:
     """``(pack_into, lo, hi)`` of an integer type (stored as is after a range check), else None."""
     if isinstance(t, Prim) and t.name in _INT_SPECS:

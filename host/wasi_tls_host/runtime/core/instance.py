@@ -255,9 +255,11 @@ class ComponentInstance(ComponentState):
         self._core[id(item)] = ext
         return ext
 
-    def _new_func(self, params: list[str], results: list[str], tramp: Callable[[Any], int], i32_args: bool = False) -> Any:
+    def _new_func(self, params: list[str], results: list[str], tramp: Callable[[Any], int], i32_args: bool = False,
+                  u64_args: bool = False) -> Any:
         """A core function whose body is ``tramp(args)``; with ``i32_args`` (all parameters
-        and results i32), ``args`` is a pointer to i32s (``native.host_entry_i32``)."""
+        and results i32), ``args`` is a pointer to i32s (``native.host_entry_i32``); with
+        ``u64_args``, to 64-bit words (``native.host_entry_u64``)."""
         env = next(native.env_ids)
         native.TRAMPOLINES[env] = weakref.ref(tramp)
         self._tramps.append(tramp)
@@ -272,6 +274,9 @@ class ComponentInstance(ComponentState):
         if i32_args:
             assert all(t == "i32" for t in (*params, *results))
             native.func_new_any(self.context_addr, ctypes.cast(fty.ptr(), ctypes.c_void_p), native.HOST_ENTRY_I32_ADDR, env,
+                                native.FORGET_TRAMPOLINE_ADDR, ctypes.addressof(func))
+        elif u64_args:
+            native.func_new_any(self.context_addr, ctypes.cast(fty.ptr(), ctypes.c_void_p), native.HOST_ENTRY_U64_ADDR, env,
                                 native.FORGET_TRAMPOLINE_ADDR, ctypes.addressof(func))
         else:
             native.func_new(self.context, fty.ptr(), native.host_entry, env, native.forget_trampoline, ctypes.byref(func))
@@ -556,7 +561,7 @@ class ComponentInstance(ComponentState):
         if item.opts.async_:
             params, results = target.type.async_lower_core_type()
             tramp = make_async_trampoline(st, spec, m)
-            return self._new_func(params, results, tramp, i32_args=getattr(tramp, "i32_args", False))
+            return self._new_func(params, results, tramp, u64_args=True)
         params, results = spec.core_type
         return self._new_func(params, results, make_trampoline(st, spec, m))
 

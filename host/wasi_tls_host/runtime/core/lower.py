@@ -10,17 +10,20 @@ a subtask whose SUBTASK event comes when it does.
 from __future__ import annotations
 
 import gc
+import struct
 import sys
 from typing import Any, Callable
 
 from ..binding import OUTGOING_VALUE_HOOKS, HostFunc, host_call_failure
 from ..resources import drop_consumed_arguments
 from ..scheduler import Cancelled, HostTask, Scheduler
-from ..values import Err, Trap, WitError
+from ..values import Err, Ok, Trap, WitError
 from . import canon, lift, native
 from .concurrent import Subtask
 from .table import ComponentState, _HandleEntry
-from .types import FuncT, ListT, Prim, align_to
+from .types import FuncT, Handle, ImportedResource, ListT, Prim, ValType, Variant, align_to, contains_borrow
+
+_U8_PACK, _U16_PACK, _U32_PACK = struct.Struct("<B").pack_into, struct.Struct("<H").pack_into, struct.Struct("<I").pack_into
 
 
 def _end_loans(m: canon.MemCx, strict: bool = True) -> None:
@@ -54,12 +57,7 @@ def _views_alive(lent: list[tuple[Any, memoryview]]) -> bool:
 
 def load_spilled_arguments(m: canon.MemCx, args: Any, conv: Any, size: int, align: int) -> Any:
     """The arguments of a call whose parameters spill: a tuple at the pointer in ``args[0]``."""
-    ptr = args[0].i32 & 0xFFFF_FFFF
-    if ptr != align_to(ptr, align):
-        raise Trap(f"argument pointer {ptr:#x} is misaligned")
-    v = m.view()
-    canon.check_range(v, ptr, size, "arguments")
-    return conv.load(m, v, ptr)
+    return load_spilled_at(m, args[0].i32 & 0xFFFF_FFFF, conv, size, align)
 
 
 def lift_flat_arguments(m: canon.MemCx, args: Any, readers: list[Callable[[Any], Any]],
@@ -203,93 +201,319 @@ def run_to_completion(inst: ComponentState, coro: Any, qualname: str) -> Any:
     return host_task.result
 
 
+# How an async lower reads a flat core value from its 64-bit word (native.host_entry_u64):
+# an i32 is the low half, an i64 the word, a float its bits.
+_WORD_MASKS = {"i32": 0xFFFF_FFFF, "i64": 0xFFFF_FFFF_FFFF_FFFF, "f32": 0xFFFF_FFFF, "f64": 0xFFFF_FFFF_FFFF_FFFF}
+_U32_BITS, _U64_BITS = struct.Struct("<I").pack, struct.Struct("<Q").pack
+_F32_OF_BITS, _F64_OF_BITS = struct.Struct("<f").unpack, struct.Struct("<d").unpack
+_FLOAT_OF_BITS: dict[str, Callable[[int], float]] = {
+    "f32": lambda bits: _F32_OF_BITS(_U32_BITS(bits))[0],
+    "f64": lambda bits: _F64_OF_BITS(_U64_BITS(bits))[0],
+}
+# Parameters lifted from their word by a mask alone (CanonicalABI lift_flat_unsigned).
+_MASK_LIFTS = {"u8": 0xFF, "u16": 0xFFFF, "u32": 0xFFFF_FFFF, "u64": 0xFFFF_FFFF_FFFF_FFFF}
+
+
+def _mask_lift(t: ValType) -> int | None:
+    return _MASK_LIFTS.get(t.name) if isinstance(t, Prim) else None
+
+
+def _param_lift(inst: ComponentState, t: ValType, at: int) -> Callable[[canon.MemCx, Any], Any] | None:
+    """How an async lower lifts the parameter ``t`` whose flat values start at word ``at``
+    of its arguments: None for an unsigned integer (a mask does it), else ``lift(m, args)``.
+    A ``borrow`` of a host resource (the ``self`` of nearly every WASI 0.3 method) and an
+    enum take the usual case inline; any other type, and any value the inline case does not
+    take (an unknown or wrong handle, an enum case out of range), go through the type's
+    converter, whose checks trap as ever."""
+    if _mask_lift(t) is not None:
+        return None
+    general = canon.conv(t).lift_flat
+    w = native.U64_STRIDE
+    if isinstance(t, Variant) and t.kind == "enum":
+        names = [name for name, _ in t.cases]
+        ncases = len(names)
+
+        def lift_enum(m: canon.MemCx, args: Any) -> Any:
+            d = args[at] & 0xFFFF_FFFF
+            if d < ncases:
+                return names[d]
+            return general(m, [d], 0)[0]
+        return lift_enum
+    rt = t.resource.resolve() if isinstance(t, Handle) and not t.own else None
+    if isinstance(rt, ImportedResource) and rt.kind is not None:
+        kind = rt.kind
+        handles = inst.handles
+        table = inst.state.table
+
+        def lift_borrow(m: canon.MemCx, args: Any) -> Any:
+            h = args[at] & 0xFFFF_FFFF
+            entry = handles[h] if 0 < h < len(handles) else None
+            if entry is None or entry.key is not kind:
+                return general(m, [h], 0)[0]
+            if entry.own:  # inst.lend, inline: the handle is lent until the call resolves
+                entry.lends += 1
+                if m.borrows is None:
+                    m.borrows = [h]
+                else:
+                    m.borrows.append(h)
+            return table.get(entry.rep, kind)
+        return lift_borrow
+    words = [(at + j * w, _WORD_MASKS[ct], _FLOAT_OF_BITS.get(ct)) for j, ct in enumerate(t.flat)]
+
+    def lift_words(m: canon.MemCx, args: Any) -> Any:
+        flat = [args[i] & mask if f is None else f(args[i] & mask) for i, mask, f in words]
+        return general(m, flat, 0)[0]
+    return lift_words
+
+
+def _result_store(inst: ComponentState, spec: LowerSpec, m: canon.MemCx) -> Callable[[Any, int], None]:
+    """``store(value, retptr)`` of an async lower's result, specialised for the shapes WASI
+    0.3 returns (integers, ``result<_, E>``, ``result<own<T>, E>``) where the value is the
+    usual one; anything else goes through the type's converter, whose checks say what is
+    wrong with a bad value. ``retptr`` was checked (aligned, in range) when the call began,
+    and a linear memory never shrinks."""
+    t = spec.ft.result
+    conv = spec.result_conv
+    mem_state = m.mem_state
+    mem_size = native.mem_size
+
+    def general(value: Any, retptr: int) -> None:
+        m.forget()
+        conv.store(m, value, retptr)  # type: ignore[union-attr]
+        m.forget()
+
+    def store_nothing(value: Any, retptr: int) -> None:
+        pass
+
+    if t is None:
+        return store_nothing
+    if mem_state is None:
+        return general
+
+    def current() -> memoryview:
+        size = mem_size(mem_state.context_addr, mem_state.addr)  # mem_state.current(), inline
+        if size != mem_state.size:
+            mem_state.grew(size)
+        return mem_state.view  # type: ignore[no-any-return]
+
+    ints = canon.int_store(t)
+    if ints is not None:
+        pack, lo, hi = ints
+
+        def store_int(value: Any, retptr: int) -> None:
+            if type(value) is int and lo <= value <= hi:
+                size = mem_size(mem_state.context_addr, mem_state.addr)  # current(), inline: the common case
+                if size != mem_state.size:
+                    mem_state.grew(size)
+                pack(mem_state.view, retptr, value)
+            else:
+                general(value, retptr)
+        return store_int
+
+    if isinstance(t, Variant) and t.kind == "result":
+        ok_type = t.cases[0][1]
+        pack_disc = {1: _U8_PACK, 2: _U16_PACK, 4: _U32_PACK}[t.disc_size]
+        if ok_type is None:
+            def store_unit(value: Any, retptr: int) -> None:
+                if value is None or (type(value) is Ok and value.value is None):
+                    pack_disc(current(), retptr, 0)
+                else:
+                    general(value, retptr)
+            return store_unit
+        if isinstance(ok_type, Handle) and ok_type.own and isinstance(ok_type.resource.resolve(), ImportedResource):
+            kind = ok_type.resource.resolve().kind
+            py_class = kind.py_class
+            payload_at = t.payload_offset
+            table = inst.state.table
+            add = inst.add
+
+            def store_own(value: Any, retptr: int) -> None:
+                if type(value) is Ok:
+                    value = value.value
+                if isinstance(value, py_class):  # inst.new_own, inline
+                    h = add(_HandleEntry(kind, table.insert(value, kind), True))
+                    v = current()
+                    _U32_PACK(v, retptr + payload_at, h)
+                    pack_disc(v, retptr, 0)
+                else:
+                    general(value, retptr)
+            return store_own
+    return general
+
+
+def load_spilled_at(m: canon.MemCx, ptr: int, conv: Any, size: int, align: int) -> Any:
+    """The arguments of a call whose parameters spill: a tuple at ``ptr``."""
+    if ptr != align_to(ptr, align):
+        raise Trap(f"argument pointer {ptr:#x} is misaligned")
+    v = m.view()
+    canon.check_range(v, ptr, size, "arguments")
+    return conv.load(m, v, ptr)
+
+
 def make_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx) -> Callable[[Any], int]:
     """The native body of ``canon lower ... async`` of a host function: lift the arguments,
     start the host coroutine and run it until it first waits; if it finished, store the
     result and return RETURNED, else return a new subtask (STARTED), whose SUBTASK event
-    comes when the coroutine ends and its result is in guest memory."""
+    comes when the coroutine ends and its result is in guest memory.
+
+    Built per signature: the arguments come as 64-bit words (``native.host_entry_u64``);
+    parameters that are unsigned integers are lifted by a mask, others by their type's
+    converter (which checks handles, lends borrows and reads strings and lists); the result
+    is stored by ``_result_store``. A coroutine that finishes on its first step never
+    becomes a task."""
     fn = spec.fn
     ft = spec.ft
-    masks = [canon.flat_i32_mask(t) for _, t in ft.params]
-    if not ft.async_params_spill and all(mask is not None for mask in masks) and (ft.result is None or canon.int_store(ft.result)):
-        return _plain_async_trampoline(inst, spec, m, masks)  # type: ignore[arg-type]
     impl = fn.impl
     qualname = fn.qualname
+    is_async = fn.is_async
     state = inst.state
+    w = native.U64_STRIDE  # value i is the word at [i * w]
     spill = ft.async_params_spill
-    readers = native.readers(["i32"] if spill else ft.all_flat_params)
-    nparams = len(readers)
-    param_convs = [canon.conv(t).lift_flat for _, t in ft.params]
+    flat_types = ["i32"] if spill else ft.all_flat_params
+    masks = [] if spill else [_mask_lift(t) for _, t in ft.params]
+    # Unsigned integers only: no memory is read, no handle lent, no argument owned.
+    ints_only = not spill and all(mask is not None for mask in masks)
+    mask0 = masks[0] if ints_only and masks else 0
+    nparams = len(masks)
+    # Per parameter: its first word, the mask of that word, and its lift (None: the mask alone).
+    plan = []
+    at = 0
+    for _, t in ([] if spill else ft.params):
+        plan.append((at, _WORD_MASKS[t.flat[0]] if t.flat else 0, _param_lift(inst, t, at)))
+        at += len(t.flat) * w
     tuple_conv = canon.conv(ft.param_tuple) if spill and ft.param_tuple is not None else None
     tuple_size = ft.param_tuple.size if ft.param_tuple is not None else 0
     tuple_align = ft.param_tuple.align if ft.param_tuple is not None else 1
-    has_result = ft.result is not None
-    result_align = spec.result_align
-    result_size = spec.result_size
+    lends = any(contains_borrow(t) for _, t in ft.params)
     owned, kept = fn.owned, fn.kept
+    has_result = ft.result is not None
+    result_size, result_align = spec.result_size, spec.result_align
+    retptr_at = len(flat_types) * w
+    mem_state = m.mem_state
+    runner = inst.runner
+    store_result = _result_store(inst, spec, m)
     scheduler: Scheduler | None = None  # the store's, looked up once (it is made on first use)
+    returned = Subtask.RETURNED
+    started = Subtask.STARTED
+
+    def store(value: Any, retptr: int) -> None:
+        if OUTGOING_VALUE_HOOKS:
+            for hook in OUTGOING_VALUE_HOOKS:
+                hook(qualname, value)
+        store_result(value, retptr)
+
+    def lift_args(args: Any) -> list[Any]:
+        m.forget()
+        if tuple_conv is not None:
+            return list(load_spilled_at(m, args[0] & 0xFFFF_FFFF, tuple_conv, tuple_size, tuple_align))
+        return [args[at] & mask if lift is None else lift(m, args) for at, mask, lift in plan]
 
     def tramp(args: Any) -> int:
         nonlocal scheduler
         if not inst.may_leave:
             return native.trap_ptr(f"{qualname}: cannot call an import during realloc or post-return")
-        m.forget()
-        outer_borrows, m.borrows = m.borrows, None
-        pyargs: Any = []
-        lent: list[_HandleEntry] = []
+        pyargs: Any = ()
+        lent: Any = ()  # the handle entries lent to this call (a list once there are any)
         try:
-            try:
-                if tuple_conv is not None:
-                    pyargs = list(load_spilled_arguments(m, args, tuple_conv, tuple_size, tuple_align))
+            retptr = 0
+            if has_result:
+                retptr = args[retptr_at] & 0xFFFF_FFFF
+                if retptr & (result_align - 1):
+                    raise Trap(f"result pointer {retptr:#x} is misaligned")
+                if mem_state is None or retptr + result_size > mem_state.size:
+                    m.forget()  # the guest may have grown its memory since the view was made
+                    m.check_range(retptr, result_size, "result")
+            if ints_only:
+                if nparams == 1:
+                    call = impl(state, args[0] & mask0)
                 else:
-                    pyargs = lift_flat_arguments(m, args, readers, param_convs)
-                retptr = result_pointer(m, args[nparams], result_size, result_align) if has_result else 0
-                lent = [inst.handles[h] for h in m.borrows or ()]
-            finally:
-                m.borrows = outer_borrows
-            call = impl(state, *pyargs)
+                    call = impl(state, *[args[i * w] & masks[i] for i in range(nparams)])
+            else:
+                if lends:
+                    outer_borrows, m.borrows = m.borrows, None  # a nested call (from realloc) keeps its own
+                    try:
+                        pyargs = lift_args(args)
+                        lent = [inst.handles[h] for h in m.borrows or ()]
+                    finally:
+                        if m.borrows and not lent:  # a later argument failed: the earlier loans end
+                            inst.end_lends(m)
+                        m.borrows = outer_borrows
+                else:
+                    pyargs = lift_args(args)
+                call = impl(state, *pyargs)
             if scheduler is None:
                 scheduler = inst.scheduler
-            if fn.is_async:
-                finished, value, error = scheduler.first_step(call)
-            else:  # a synchronous host function behind an async lower
-                finished, value, error = True, call, None
             host_task: HostTask | None = None
-            if not finished:
-                host_task = scheduler.adopt(call, value, qualname, observed=True)  # on_done reads its error
-                if host_task.done:  # it awaited something the scheduler cannot wait on
-                    finished, value, error = True, host_task.result, host_task.error
-            if finished:
-                entries, lent = lent, []
-                consumed, pyargs = pyargs, []
+            error: BaseException | None = None
+            value: Any = None
+            if not is_async:  # a synchronous host function behind an async lower
+                value = call
+            elif scheduler.closed:
+                call.close()
+                raise Trap("the store is closed: no more host work can start")
+            else:
                 try:
-                    finish_host_call(inst, spec, m, value, error, retptr, None)
+                    waiting = call.send(None)
+                except StopIteration as e:
+                    scheduler.progress += 1
+                    if not lent and not owned:  # the usual case, in short: stored, RETURNED
+                        if OUTGOING_VALUE_HOOKS:
+                            for hook in OUTGOING_VALUE_HOOKS:
+                                hook(qualname, e.value)
+                        store_result(e.value, retptr)
+                        args[0] = returned
+                        return 0
+                    value = e.value
+                except BaseException as e:  # noqa: BLE001 - the call's own failure, handled as finish_host_call does
+                    scheduler.progress += 1
+                    if isinstance(e, Cancelled):
+                        e.__traceback__ = None
+                    error = e
+                else:
+                    host_task = scheduler.adopt(call, waiting, qualname, observed=True)  # on_done reads its error
+                    if host_task.done:  # it awaited something the scheduler cannot wait on
+                        value, error, host_task = host_task.result, host_task.error, None
+            if host_task is None:  # finished: the result is in memory before the guest sees RETURNED
+                entries, lent = lent, ()
+                consumed, pyargs = pyargs, ()
+                try:
+                    if error is None:
+                        store(value, retptr)
+                    else:
+                        finish_host_call(inst, spec, m, None, error, retptr, None)
                 finally:
                     if owned:
                         drop_consumed_arguments(consumed, owned, kept, error is None)
                     for entry in entries:
                         entry.lends -= 1
-                args[0].i32 = Subtask.RETURNED
+                args[0] = returned
                 return 0
-            assert host_task is not None
             subtask = Subtask(qualname)
             subtask.host_task = host_task
-            subtask.lenders = lent
-            subtask.index = inst.add(subtask)
-            lent, pyargs_kept, pyargs = [], pyargs, []
+            if lent:
+                subtask.lenders, lent = lent, ()
+            subtask.index = index = inst.add(subtask)
+            pyargs_kept, pyargs = pyargs, ()
 
             def on_done(t: HostTask) -> None:
-                if inst.closed or t.scheduler.closed:
+                if runner.closed_ or t.scheduler.closed:
                     return
                 try:
-                    subtask.resolve(finish_host_call(inst, spec, m, t.result, t.error, retptr, subtask))
+                    if t.error is None:
+                        try:
+                            store(t.result, retptr)
+                        except Trap as e:  # it traps where the guest waits: say whose result it was
+                            raise Trap(f"{qualname}: {e}") from None
+                        subtask.state = returned
+                    else:
+                        subtask.resolve(finish_host_call(inst, spec, m, t.result, t.error, retptr, subtask))
                 finally:
                     if owned:
                         drop_consumed_arguments(pyargs_kept, owned, kept, t.error is None)
                 subtask.set_pending_event(subtask.event)
 
-            host_task.add_done_callback(on_done)
-            args[0].i32 = Subtask.STARTED | (subtask.index << 4)
+            host_task._callbacks.append(on_done)
+            args[0] = started | (index << 4)
             return 0
         except Exception as e:
             for entry in lent:
@@ -298,118 +522,11 @@ def make_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx)
                 drop_consumed_arguments(pyargs, owned, kept, False)
             return native.trap_ptr(host_call_failure(qualname, e, lambda code: setattr(state, "exit_code", code)))
 
-    return tramp
-
-
-def _plain_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx, masks: list[int]) -> Callable[[Any], int]:
-    """``make_async_trampoline`` for a function whose parameters are integers of at most 32
-    bits (each lifted by a mask of its flat i32) and whose result, if any, is an integer
-    stored with a range check: the same steps without the general lifting and lowering
-    (no memory is read, no handle is lent, no argument is owned), and a coroutine that
-    finishes on its first step never becomes a task."""
-    fn = spec.fn
-    impl = fn.impl
-    qualname = fn.qualname
-    is_async = fn.is_async
-    state = inst.state
-    nparams = len(masks)
-    mask0 = masks[0] if masks else 0
-    has_result = spec.ft.result is not None
-    pack, lo, hi = canon.int_store(spec.ft.result) or (None, 0, 0)
-    result_size, result_align = spec.result_size, spec.result_align
-    mem_state = m.mem_state
-    runner = inst.runner
-    mem_size = native.mem_size
-    k = native.I32_STRIDE  # the arguments come as i32s (native.host_entry_i32): value i at [i * k]
-    retptr_at = nparams * k
-    scheduler: Scheduler | None = None
-    returned = Subtask.RETURNED
-    started = Subtask.STARTED
-
-    def store(value: Any, retptr: int) -> None:
-        if OUTGOING_VALUE_HOOKS:
-            for hook in OUTGOING_VALUE_HOOKS:
-                hook(qualname, value)
-        if not has_result:
-            return
-        if type(value) is int and lo <= value <= hi and mem_state is not None:
-            size = mem_size(mem_state.context_addr, mem_state.addr)  # mem_state.current(), inline
-            if size != mem_state.size:
-                mem_state.grew(size)
-            pack(mem_state.view, retptr, value)  # type: ignore[misc]
-        else:  # the general path: its check says what is wrong with the value
-            m.forget()
-            spec.result_conv.store(m, value, retptr)  # type: ignore[union-attr]
-            m.forget()
-
-    def tramp(args: Any) -> int:
-        nonlocal scheduler
-        if not inst.may_leave:
-            return native.trap_ptr(f"{qualname}: cannot call an import during realloc or post-return")
-        try:
-            retptr = 0
-            if has_result:
-                retptr = args[retptr_at] & 0xFFFF_FFFF
-                if retptr & (result_align - 1):
-                    raise Trap(f"result pointer {retptr:#x} is misaligned")
-                if mem_state is None or retptr + result_size > mem_state.size:
-                    m.check_range(retptr, result_size, "result")
-            if nparams == 1:
-                call = impl(state, args[0] & mask0)
-            else:
-                call = impl(state, *[args[i * k] & masks[i] for i in range(nparams)])
-            if scheduler is None:
-                scheduler = inst.scheduler
-            if not is_async:  # a synchronous host function behind an async lower
-                store(call, retptr)
-                args[0] = returned
-                return 0
-            if scheduler.closed:
-                call.close()
-                raise Trap("the store is closed: no more host work can start")
-            try:
-                waiting = call.send(None)
-            except StopIteration as e:
-                scheduler.progress += 1
-                store(e.value, retptr)
-                args[0] = returned
-                return 0
-            except BaseException as e:  # noqa: BLE001 - the call's own failure, handled as finish_host_call does
-                scheduler.progress += 1
-                if isinstance(e, Cancelled):
-                    e.__traceback__ = None
-                finish_host_call(inst, spec, m, None, e, retptr, None)
-                args[0] = returned
-                return 0
-            host_task = scheduler.adopt(call, waiting, qualname, observed=True)  # on_done reads its error
-            if host_task.done:  # it awaited something the scheduler cannot wait on
-                finish_host_call(inst, spec, m, host_task.result, host_task.error, retptr, None)
-                args[0] = returned
-                return 0
-            subtask = Subtask(qualname)
-            subtask.host_task = host_task
-            subtask.index = index = inst.add(subtask)
-
-            def on_done(t: HostTask) -> None:
-                if runner.closed_ or t.scheduler.closed:
-                    return
-                if t.error is None:
-                    try:
-                        store(t.result, retptr)
-                    except Trap as e:  # it traps where the guest waits: say whose result it was
-                        raise Trap(f"{qualname}: {e}") from None
-                    subtask.state = returned
-                else:
-                    subtask.resolve(finish_host_call(inst, spec, m, t.result, t.error, retptr, subtask))
-                subtask.set_pending_event(subtask.event)
-
-            host_task._callbacks.append(on_done)
-            args[0] = started | (index << 4)
-            return 0
-        except Exception as e:
-            return native.trap_ptr(host_call_failure(qualname, e, lambda code: setattr(state, "exit_code", code)))
-
-    tramp.i32_args = True  # type: ignore[attr-defined]
+    # What this signature got (reported by benchmarks/bench_async_lowers.py).
+    inline = all(lift is None or lift.__name__ != "lift_words" for _, _, lift in plan)
+    tramp.lifting = ("masks" if ints_only else "spilled" if spill else  # type: ignore[attr-defined]
+                     "inline" if inline else "converter")
+    tramp.storing = store_result.__name__  # type: ignore[attr-defined]
     return tramp
 
 

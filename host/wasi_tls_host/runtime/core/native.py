@@ -98,11 +98,18 @@ host_entry = _make_entry(ffi.wasmtime_func_unchecked_callback_t)
 I32_STRIDE = ctypes.sizeof(ffi.wasmtime_val_raw_t) // 4
 host_entry_i32 = _make_entry(ctypes.CFUNCTYPE(ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p,
                                               ctypes.POINTER(ctypes.c_int32), ctypes.c_size_t))
+# The trampoline gets the raw values as unsigned 64-bit words (``args[2 * i]`` is value i's
+# i64, or its i32 in the low half, or its float's bits): any core signature, read and
+# written as plain ints (an async lower's arguments, the status written to ``args[0]``).
+U64_STRIDE = ctypes.sizeof(ffi.wasmtime_val_raw_t) // 8
+host_entry_u64 = _make_entry(ctypes.CFUNCTYPE(ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p,
+                                              ctypes.POINTER(ctypes.c_uint64), ctypes.c_size_t))
 # wasmtime_func_new_unchecked taking either entry (as an address).
 func_new_any = raw.dll["wasmtime_func_new_unchecked"]
 func_new_any.restype = None
 func_new_any.argtypes = [ctypes.c_void_p] * 6
 HOST_ENTRY_I32_ADDR = ctypes.cast(host_entry_i32, ctypes.c_void_p).value
+HOST_ENTRY_U64_ADDR = ctypes.cast(host_entry_u64, ctypes.c_void_p).value
 FORGET_TRAMPOLINE_ADDR = None  # set below, once forget_trampoline exists
 
 
