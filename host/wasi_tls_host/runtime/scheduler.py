@@ -37,6 +37,10 @@ log = logging.getLogger("wasi_tls_host.runtime")
 _POLL_IN = select.POLLIN | select.POLLPRI
 _POLL_OUT = select.POLLOUT
 MAX_POLL_MS = 2**31 - 1  # the longest timeout select.poll accepts
+# How often a guest task resumed inline (``resume_inline``) looks at descriptors without a
+# due timer: a guest busy with host work that completes at once still sees a socket that
+# became ready within this time, without a poll (a syscall and a poll object) per event.
+INLINE_POLL_INTERVAL_NS = 500_000
 
 
 class _Wait:
@@ -242,6 +246,7 @@ class Scheduler:
         self._timers: list[tuple[int, int, weakref.ref[HostTask]]] = []
         self._timer_seq = itertools.count()
         self._prune_timers_at = TIMER_PRUNE_MIN
+        self._inline_poll_at = 0  # monotonic_ns when resume_inline next polls descriptors
         self._interrupt_fd = interrupt_fd
         self._check_interrupt = check_interrupt or (lambda: None)
         self._clear_wake = clear_wake or (lambda: None)
@@ -485,7 +490,12 @@ class Scheduler:
             return event
         self._check_interrupt()
         if self._readers or self._writers or self._timers:
-            self.poll(block=False)
+            # Descriptors every INLINE_POLL_INTERVAL_NS, timers when the first is due: as
+            # run_ready's caller polls between passes, not before each.
+            now = time.monotonic_ns()
+            timers = self._timers
+            if now >= self._inline_poll_at or (timers and timers[0][0] <= now):
+                self.poll(block=False)
         task._waiting = event
         event._waiters.append(task)
         ready = self._ready
@@ -544,6 +554,7 @@ class Scheduler:
         if self._ready or self._guest_ready:
             block = False
         now = time.monotonic_ns()
+        self._inline_poll_at = now + INLINE_POLL_INTERVAL_NS
         timers = self._timers
         while timers and timers[0][0] <= now:
             _, _, ref = heapq.heappop(timers)
