@@ -147,7 +147,16 @@ class Event:
         if waiters:
             self._waiters = []
             for task in waiters:
-                task.scheduler._make_ready(task)
+                # task.scheduler._make_ready(task), inline for a task waiting on this alone
+                if task.done or task._queued:
+                    continue
+                if type(task._waiting) is _AnyOf:
+                    task.scheduler._make_ready(task)
+                    continue
+                task._queued = True
+                task._waiting = None
+                scheduler = task.scheduler
+                (scheduler._guest_ready if task.guest else scheduler._ready).append(task)
         callbacks = self._callbacks
         if callbacks:
             self._callbacks = []

@@ -501,7 +501,10 @@ def make_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx)
                 try:
                     if t.error is None:
                         try:
-                            store(t.result, retptr)
+                            if OUTGOING_VALUE_HOOKS:
+                                store(t.result, retptr)
+                            else:
+                                store_result(t.result, retptr)
                         except Trap as e:  # it traps where the guest waits: say whose result it was
                             raise Trap(f"{qualname}: {e}") from None
                         subtask.state = returned
@@ -510,7 +513,13 @@ def make_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx)
                 finally:
                     if owned:
                         drop_consumed_arguments(pyargs_kept, owned, kept, t.error is None)
-                subtask.set_pending_event(subtask.event)
+                # subtask.set_pending_event(subtask.event), inline: once per call that waited
+                subtask.pending_event = subtask.event
+                wset = subtask.wset
+                if wset is not None:
+                    wset.ready[subtask] = None
+                    if wset.notify is not None:
+                        wset.notify.set()
 
             host_task._callbacks.append(on_done)
             args[0] = started | (index << 4)
