@@ -315,7 +315,11 @@ def _waitable_join(inst: ComponentInstance, item: Builtin) -> Made:
         wset = handles[si] if si < len(handles) else None
         if type(wset) is not WaitableSet:
             wset = _table_get(inst, si, WaitableSet, "waitable set")
-        w.join(wset)
+        if w.wset is None and w.pending_event is None:  # w.join(wset), inline: a new call's subtask
+            w.wset = wset
+            wset.elems.add(w)
+        else:
+            w.join(wset)
         return _NO_RESULTS
 
     return ["i32", "i32"], [], waitable_join
@@ -363,8 +367,11 @@ def _subtask_drop(inst: ComponentInstance, item: Builtin) -> Made:
             subtask = _table_get(inst, i, Subtask, "subtask")
         if subtask.lenders is not None:  # not subtask.resolve_delivered()
             raise Trap("cannot drop a subtask which has not yet resolved")
-        if subtask.wset is not None:  # subtask.drop(), the check just made
-            subtask.join(None)
+        wset = subtask.wset
+        if wset is not None:  # subtask.drop(), the check just made; its join(None), inline
+            wset.elems.discard(subtask)
+            wset.ready.pop(subtask, None)
+            subtask.wset = None
         handles[i] = None  # inst.remove(i), the entry being known
         free.append(i)
         return _NO_RESULTS
