@@ -205,16 +205,20 @@ class HostTask:
         self.done = False
         self.result: Any = None
         self.error: BaseException | None = None
-        self._joiners: list[HostTask] = []
-        self._callbacks: list[Callable[[HostTask], None]] = []
+        # Who awaits it and whom to tell when it ends: a list once there is one (most host
+        # calls have one callback and no joiner: no list made for nobody).
+        self._joiners: list[HostTask] | tuple[()] = ()
+        self._callbacks: list[Callable[[HostTask], None]] | tuple[()] = ()
         self._waiting: Any = None  # what it is suspended on
         self._queued = False
 
     def add_done_callback(self, callback: Callable[[HostTask], None]) -> None:
         if self.done:
             callback(self)
+        elif self._callbacks:
+            self._callbacks.append(callback)  # type: ignore[union-attr]
         else:
-            self._callbacks.append(callback)
+            self._callbacks = [callback]
 
     def cancel(self) -> None:
         """Throw ``Cancelled`` into the coroutine at once (it may clean up; it may even go
@@ -368,8 +372,10 @@ class Scheduler:
         elif isinstance(waiting, HostTask):
             if waiting.done:
                 self._make_ready(task)
+            elif waiting._joiners:
+                waiting._joiners.append(task)  # type: ignore[union-attr]
             else:
-                waiting._joiners.append(task)
+                waiting._joiners = [task]
         elif isinstance(waiting, _AnyOf):
             if any(isinstance(w, Event) and w.is_set for w in waiting.waits):
                 self._make_ready(task)
@@ -405,7 +411,7 @@ class Scheduler:
             self._forget_waits(task, waiting.waits)
         elif isinstance(waiting, HostTask):
             if task in waiting._joiners:
-                waiting._joiners.remove(task)
+                waiting._joiners.remove(task)  # type: ignore[union-attr]
         # timers: a stale heap entry is skipped when it fires (the task is not waiting on it)
         if task._queued:
             task._queued = False
@@ -443,12 +449,12 @@ class Scheduler:
         self._tasks.discard(task)
         joiners = task._joiners
         if joiners:
-            task._joiners = []
+            task._joiners = ()
             for joiner in joiners:
                 self._make_ready(joiner)
         callbacks = task._callbacks
         if callbacks:
-            task._callbacks = []
+            task._callbacks = ()
             for callback in callbacks:
                 callback(task)
         if error is not None and not callbacks and not joiners and not task.observed and not isinstance(error, Cancelled):

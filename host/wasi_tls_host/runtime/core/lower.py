@@ -395,6 +395,7 @@ def make_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx)
     scheduler: Scheduler | None = None  # the store's, looked up once (it is made on first use)
     returned = Subtask.RETURNED
     started = Subtask.STARTED
+    handles, free = inst.handles, inst.free  # the table's lists (changed in place, never replaced)
 
     def store(value: Any, retptr: int) -> None:
         if OUTGOING_VALUE_HOOKS:
@@ -492,7 +493,12 @@ def make_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx)
             subtask.host_task = host_task
             if lent:
                 subtask.lenders, lent = lent, ()
-            subtask.index = index = inst.add(subtask)
+            if free:  # inst.add(subtask), inline for a handle index free again (the usual case)
+                index = free.pop()
+                handles[index] = subtask
+            else:
+                index = inst.add(subtask)
+            subtask.index = index
             pyargs_kept, pyargs = pyargs, ()
 
             def on_done(t: HostTask) -> None:
@@ -521,7 +527,7 @@ def make_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx)
                     if wset.notify is not None:
                         wset.notify.set()
 
-            host_task._callbacks.append(on_done)
+            host_task.add_done_callback(on_done)
             args[0] = started | (index << 4)
             return 0
         except Exception as e:
