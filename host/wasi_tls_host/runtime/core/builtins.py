@@ -251,8 +251,16 @@ def _waitable_set_wait(inst: ComponentInstance, item: Builtin) -> Made:
             finally:
                 wset.num_waiting -= 1
             event = wset.get_pending_event()
-        m.forget()
-        return _unpack_event(inst, m, ptr, event)
+        # _unpack_event(inst, m, ptr, event), inline: once per event
+        code, p1, p2 = event
+        if ptr & 3:
+            raise Trap(f"event pointer {ptr:#x} is not 4-byte aligned")
+        m.forget()  # the guest may have grown its memory while it waited
+        v = m.view()
+        if ptr + 8 > len(v):
+            canon.check_range(v, ptr, 8, "event")
+        _EVENT_PAYLOADS(v, ptr, p1 & 0xFFFF_FFFF, p2 & 0xFFFF_FFFF)
+        return [int(code)]
 
     return ["i32", "i32"], ["i32"], waitable_set_wait
 
@@ -310,7 +318,11 @@ def _waitable_join(inst: ComponentInstance, item: Builtin) -> Made:
         if w.has_sync_waiter:
             raise Trap(f"waitable.join: {_SYNC_WAITER}")
         if si == 0:
-            w.join(None)
+            old = w.wset
+            if old is not None:  # w.join(None), inline: a guest leaves the set after each wait
+                old.elems.discard(w)
+                old.ready.pop(w, None)
+                w.wset = None
             return _NO_RESULTS
         wset = handles[si] if si < len(handles) else None
         if type(wset) is not WaitableSet:
