@@ -527,7 +527,10 @@ def make_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx)
                     if wset.notify is not None:
                         wset.notify.set()
 
-            host_task.add_done_callback(on_done)
+            if host_task._callbacks:  # host_task.add_done_callback(on_done), inline: it is not done
+                host_task._callbacks.append(on_done)  # type: ignore[union-attr]
+            else:
+                host_task._callbacks = [on_done]
             args[0] = started | (index << 4)
             return 0
         except Exception as e:
