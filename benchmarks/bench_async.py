@@ -3,7 +3,8 @@ beside a reference measured in the same run.
 
 - a synchronous host call, an async call that finishes before returning (RETURNED), and
   an async call that finishes later (subtask, SUBTASK event, waitable-set.wait, drop): the
-  round trip per call;
+  round trip per call; the callback round trip again while the store also waits on an
+  idle socket and a far timer (as a WASI 0.3 guest with sockets always does);
 - ``stream<u8>`` host->guest (the host fills the guest's read buffer in place, as
   ``tcp-socket.receive`` does with ``recv_into``) and guest->host (the host takes the
   bytes from the guest's write buffer in place, as ``send`` does), 64 KiB per copy,
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import socket
 import sys
 import tempfile
 import time
@@ -30,7 +32,7 @@ from pathlib import Path
 
 from wasi_tls_host import Host, WasiConfig, guests
 from wasi_tls_host.runtime.binding import Interface
-from wasi_tls_host.runtime.scheduler import yield_now
+from wasi_tls_host.runtime.scheduler import readable, sleep_until, yield_now
 from wasi_tls_host.runtime.streams import Stream, StreamReader, new_stream
 from wasi_tls_host.wasi.filesystem import Preopen
 
@@ -70,8 +72,13 @@ def _fill(view: memoryview) -> int:
     return n
 
 
+_STORES: list = []  # the store state of the first call of ``source`` (``waiting_idle``)
+
+
 @bench.func("source")
 def source(cx, total: int) -> Stream:
+    if not _STORES:
+        _STORES.append(cx)
     stream, writer = new_stream()
 
     async def feed() -> None:
@@ -128,6 +135,23 @@ def best_cpu(fn, repeat: int = 3) -> tuple[float, float]:
         cpus.append(time.process_time() - cpu)
         walls.append(time.perf_counter() - start)
     return min(walls), min(cpus)
+
+
+def waiting_idle(g, sock: socket.socket) -> None:
+    """Make the guest's store wait on a socket that stays idle and a timer an hour away,
+    as a WASI 0.3 guest with a listener or a connection open does."""
+    g.call("read", 0)  # ``source`` keeps the store state
+    scheduler = _STORES[0].scheduler
+
+    async def idle_socket() -> None:
+        await readable(sock.fileno())
+
+    async def idle_timer() -> None:
+        await sleep_until(time.monotonic_ns() + 3600 * 10**9)
+
+    scheduler.spawn(idle_socket(), "idle socket")
+    scheduler.spawn(idle_timer(), "idle timer")
+    scheduler.run_ready()
 
 
 def memmove_rate() -> float:
@@ -193,6 +217,13 @@ def main() -> None:
         print(f"async host calls, {CALLS} each (per call, best of 3; wall clock, and the process's CPU time):")
         rows = [(export, *(t / CALLS * 1e6 for t in best_cpu(lambda e=export: g.call(e, CALLS))))
                 for export in ("sync-calls", "ready-calls", "cb-calls", "event-calls", "cb-calls-wide")]
+        idle, other_end = socket.socketpair()
+        waiting_idle(g, idle)
+        rows.append(("cb-calls-idle", *(t / CALLS * 1e6 for t in best_cpu(lambda: g.call("cb-calls", CALLS)))))
+        _STORES[0].scheduler.forget_fd(idle.fileno())
+        _STORES[0].scheduler.run_ready()
+        idle.close()
+        other_end.close()
         _, sync, sync_cpu = rows[0]
         labels = {
             "sync-calls": "sync host call (reference)             ",
@@ -200,6 +231,8 @@ def main() -> None:
             "cb-calls": "async call round trip, callback ABI    ",
             "event-calls": "the same, stackful (join, wait, drop)  ",
             "cb-calls-wide": "round trip, callback, u64 -> u64       ",
+            "cb-calls-idle": "callback round trip, an idle socket and\n"
+                             "  a timer waiting (a guest with sockets) ",
         }
         for export, wall, cpu in rows:
             ratio = "" if export == "sync-calls" else f"  ({wall / sync:.1f}x sync wall, {cpu / sync_cpu:.1f}x CPU)"

@@ -6,10 +6,11 @@ from __future__ import annotations
 import socket
 import time
 import weakref
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
+from wasi_tls_host.runtime import scheduler as scheduler_module
 from wasi_tls_host.runtime.scheduler import Event, Scheduler, any_of, readable, sleep_until, yield_now
 from wasi_tls_host.runtime.streams import StreamClosed, StreamReader, new_stream
 
@@ -265,3 +266,69 @@ def test_a_guest_task_resumed_inline_runs_in_the_order_a_suspended_one_would(fir
         assert how is None  # woken first: it went on inside the same step
     else:
         assert how is not None  # woken behind g2: it waited for its turn
+
+
+def _inline_resumes(scheduler: Scheduler, until: Callable[[int], bool]) -> int:
+    """A guest task that waits inline (``resume_inline``) again and again for an event a
+    host task sets at once, as a callback event loop making host calls does; how many times."""
+    count = [0]
+
+    async def host(event: Event) -> None:
+        event.set()
+
+    async def guest() -> None:
+        await yield_now()  # resumed by run_ready from here on, as an event loop is
+        while not until(count[0]):
+            event = Event()
+            scheduler.spawn(host(event), "host")
+            wait = scheduler.resume_inline(event)
+            assert wait is None  # woken inline every time: no suspension
+            count[0] += 1
+
+    task = scheduler.start(guest(), "guest", guest=True)
+    scheduler.run_ready(guests=True)
+    assert task.done and task.error is None
+    return count[0]
+
+
+def test_an_inline_resume_polls_descriptors_only_when_due(pair, monkeypatch) -> None:
+    """A guest with a socket open (as every WASI 0.3 guest with sockets has) resumed inline
+    does not build a poll object and make a syscall for every event."""
+    a, _ = pair
+    monkeypatch.setattr(scheduler_module, "INLINE_POLL_INTERVAL_NS", 60 * 10**9)
+    scheduler = Scheduler()
+    polls: list[bool] = []
+    poll = scheduler.poll
+    scheduler.poll = lambda block: polls.append(block) or poll(block)  # type: ignore[method-assign]
+
+    async def reader() -> None:
+        await readable(a.fileno())
+
+    scheduler.start(reader())
+    scheduler.poll(block=False)
+    polls.clear()
+    assert _inline_resumes(scheduler, lambda n: n == 200) == 200
+    assert polls == []
+    scheduler.close()
+
+
+def test_an_inline_resume_still_sees_a_descriptor_and_a_timer_in_time(pair) -> None:
+    a, b = pair
+    scheduler = Scheduler()
+    woken: list[str] = []
+
+    async def reader() -> None:
+        await readable(a.fileno())
+        woken.append("socket")
+
+    async def sleeper() -> None:
+        await sleep_until(time.monotonic_ns() + 5_000_000)
+        woken.append("timer")
+
+    scheduler.start(reader())
+    scheduler.start(sleeper())
+    b.send(b"x")
+    deadline = time.monotonic() + 10
+    _inline_resumes(scheduler, lambda n: len(woken) == 2 or time.monotonic() > deadline)
+    assert sorted(woken) == ["socket", "timer"]
+    scheduler.close()

@@ -37,6 +37,10 @@ log = logging.getLogger("wasi_tls_host.runtime")
 _POLL_IN = select.POLLIN | select.POLLPRI
 _POLL_OUT = select.POLLOUT
 MAX_POLL_MS = 2**31 - 1  # the longest timeout select.poll accepts
+# How often a guest task resumed inline (``resume_inline``) looks at descriptors without a
+# due timer: a guest busy with host work that completes at once still sees a socket that
+# became ready within this time, without a poll (a syscall and a poll object) per event.
+INLINE_POLL_INTERVAL_NS = 500_000
 
 
 class _Wait:
@@ -143,7 +147,16 @@ class Event:
         if waiters:
             self._waiters = []
             for task in waiters:
-                task.scheduler._make_ready(task)
+                # task.scheduler._make_ready(task), inline for a task waiting on this alone
+                if task.done or task._queued:
+                    continue
+                if type(task._waiting) is _AnyOf:
+                    task.scheduler._make_ready(task)
+                    continue
+                task._queued = True
+                task._waiting = None
+                scheduler = task.scheduler
+                (scheduler._guest_ready if task.guest else scheduler._ready).append(task)
         callbacks = self._callbacks
         if callbacks:
             self._callbacks = []
@@ -192,16 +205,20 @@ class HostTask:
         self.done = False
         self.result: Any = None
         self.error: BaseException | None = None
-        self._joiners: list[HostTask] = []
-        self._callbacks: list[Callable[[HostTask], None]] = []
+        # Who awaits it and whom to tell when it ends: a list once there is one (most host
+        # calls have one callback and no joiner: no list made for nobody).
+        self._joiners: list[HostTask] | tuple[()] = ()
+        self._callbacks: list[Callable[[HostTask], None]] | tuple[()] = ()
         self._waiting: Any = None  # what it is suspended on
         self._queued = False
 
     def add_done_callback(self, callback: Callable[[HostTask], None]) -> None:
         if self.done:
             callback(self)
+        elif self._callbacks:
+            self._callbacks.append(callback)  # type: ignore[union-attr]
         else:
-            self._callbacks.append(callback)
+            self._callbacks = [callback]
 
     def cancel(self) -> None:
         """Throw ``Cancelled`` into the coroutine at once (it may clean up; it may even go
@@ -242,6 +259,7 @@ class Scheduler:
         self._timers: list[tuple[int, int, weakref.ref[HostTask]]] = []
         self._timer_seq = itertools.count()
         self._prune_timers_at = TIMER_PRUNE_MIN
+        self._inline_poll_at = 0  # monotonic_ns when resume_inline next polls descriptors
         self._interrupt_fd = interrupt_fd
         self._check_interrupt = check_interrupt or (lambda: None)
         self._clear_wake = clear_wake or (lambda: None)
@@ -354,8 +372,10 @@ class Scheduler:
         elif isinstance(waiting, HostTask):
             if waiting.done:
                 self._make_ready(task)
+            elif waiting._joiners:
+                waiting._joiners.append(task)  # type: ignore[union-attr]
             else:
-                waiting._joiners.append(task)
+                waiting._joiners = [task]
         elif isinstance(waiting, _AnyOf):
             if any(isinstance(w, Event) and w.is_set for w in waiting.waits):
                 self._make_ready(task)
@@ -391,7 +411,7 @@ class Scheduler:
             self._forget_waits(task, waiting.waits)
         elif isinstance(waiting, HostTask):
             if task in waiting._joiners:
-                waiting._joiners.remove(task)
+                waiting._joiners.remove(task)  # type: ignore[union-attr]
         # timers: a stale heap entry is skipped when it fires (the task is not waiting on it)
         if task._queued:
             task._queued = False
@@ -429,12 +449,12 @@ class Scheduler:
         self._tasks.discard(task)
         joiners = task._joiners
         if joiners:
-            task._joiners = []
+            task._joiners = ()
             for joiner in joiners:
                 self._make_ready(joiner)
         callbacks = task._callbacks
         if callbacks:
-            task._callbacks = []
+            task._callbacks = ()
             for callback in callbacks:
                 callback(task)
         if error is not None and not callbacks and not joiners and not task.observed and not isinstance(error, Cancelled):
@@ -485,7 +505,12 @@ class Scheduler:
             return event
         self._check_interrupt()
         if self._readers or self._writers or self._timers:
-            self.poll(block=False)
+            # Descriptors every INLINE_POLL_INTERVAL_NS, timers when the first is due: as
+            # run_ready's caller polls between passes, not before each.
+            now = time.monotonic_ns()
+            timers = self._timers
+            if now >= self._inline_poll_at or (timers and timers[0][0] <= now):
+                self.poll(block=False)
         task._waiting = event
         event._waiters.append(task)
         ready = self._ready
@@ -544,6 +569,7 @@ class Scheduler:
         if self._ready or self._guest_ready:
             block = False
         now = time.monotonic_ns()
+        self._inline_poll_at = now + INLINE_POLL_INTERVAL_NS
         timers = self._timers
         while timers and timers[0][0] <= now:
             _, _, ref = heapq.heappop(timers)

@@ -251,8 +251,16 @@ def _waitable_set_wait(inst: ComponentInstance, item: Builtin) -> Made:
             finally:
                 wset.num_waiting -= 1
             event = wset.get_pending_event()
-        m.forget()
-        return _unpack_event(inst, m, ptr, event)
+        # _unpack_event(inst, m, ptr, event), inline: once per event
+        code, p1, p2 = event
+        if ptr & 3:
+            raise Trap(f"event pointer {ptr:#x} is not 4-byte aligned")
+        m.forget()  # the guest may have grown its memory while it waited
+        v = m.view()
+        if ptr + 8 > len(v):
+            canon.check_range(v, ptr, 8, "event")
+        _EVENT_PAYLOADS(v, ptr, p1 & 0xFFFF_FFFF, p2 & 0xFFFF_FFFF)
+        return [int(code)]
 
     return ["i32", "i32"], ["i32"], waitable_set_wait
 
@@ -310,12 +318,20 @@ def _waitable_join(inst: ComponentInstance, item: Builtin) -> Made:
         if w.has_sync_waiter:
             raise Trap(f"waitable.join: {_SYNC_WAITER}")
         if si == 0:
-            w.join(None)
+            old = w.wset
+            if old is not None:  # w.join(None), inline: a guest leaves the set after each wait
+                old.elems.discard(w)
+                old.ready.pop(w, None)
+                w.wset = None
             return _NO_RESULTS
         wset = handles[si] if si < len(handles) else None
         if type(wset) is not WaitableSet:
             wset = _table_get(inst, si, WaitableSet, "waitable set")
-        w.join(wset)
+        if w.wset is None and w.pending_event is None:  # w.join(wset), inline: a new call's subtask
+            w.wset = wset
+            wset.elems.add(w)
+        else:
+            w.join(wset)
         return _NO_RESULTS
 
     return ["i32", "i32"], [], waitable_join
@@ -363,8 +379,11 @@ def _subtask_drop(inst: ComponentInstance, item: Builtin) -> Made:
             subtask = _table_get(inst, i, Subtask, "subtask")
         if subtask.lenders is not None:  # not subtask.resolve_delivered()
             raise Trap("cannot drop a subtask which has not yet resolved")
-        if subtask.wset is not None:  # subtask.drop(), the check just made
-            subtask.join(None)
+        wset = subtask.wset
+        if wset is not None:  # subtask.drop(), the check just made; its join(None), inline
+            wset.elems.discard(subtask)
+            wset.ready.pop(subtask, None)
+            subtask.wset = None
         handles[i] = None  # inst.remove(i), the entry being known
         free.append(i)
         return _NO_RESULTS

@@ -12,7 +12,7 @@ happened, instead of switching stacks.
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from ..streams import MAX_BUFFER_LENGTH, Future, ReadableBuffer, Stream, WritableBuffer
 from ..values import Trap
@@ -223,7 +223,9 @@ class Subtask(Waitable):
         self.has_sync_waiter = False
         self.name = name
         self.state = Subtask.STARTED  # host callees take their arguments at once
-        self.lenders: list[_HandleEntry] | None = []
+        # The handle entries lent to the call (a list, once there are any); None once its
+        # resolution was delivered.
+        self.lenders: Sequence[_HandleEntry] | None = ()
         self.cancellation_requested = False
         self.host_task: HostTask | None = None  # a host function's coroutine, or
         self.callee_task: Task | None = None  # another component's task

@@ -364,8 +364,15 @@ class ComponentInstance(ComponentState):
         frames = self._frames
         frame = frames.pop() if frames else native.CallFrame()
         try:
-            native.PACK_CALLBACK_ARGS(frame.view, 0, code, p1, p2, 0)
-            return self._call_frame(func_addr, frame, 3)
+            view = frame.view
+            native.PACK_CALLBACK_ARGS(view, 0, code, p1, p2, 0)
+            # _call_frame(func_addr, frame, 3), inline: once per event
+            err = native.func_call(self.context_addr, func_addr, frame.addr, 3, frame.trap_addr)
+            result, trap = native.FRAME_RESULT_AND_TRAP(view, 0)
+            if err or trap:
+                callback_guard.raise_pending()
+                native.raise_if_failed(err, frame.trap(), None)
+            return result  # type: ignore[no-any-return]
         finally:
             frames.append(frame)
 

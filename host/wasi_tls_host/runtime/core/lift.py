@@ -196,7 +196,8 @@ async def _event_loop(callee: ComponentState, setup: CallSetup, task: Task, pack
         code, si = packed & 0xF, packed >> 4
         if exclusive and callee.exclusive is task:  # other tasks may run while this one waits
             callee.exclusive = None  # callee.release_exclusive(), the gate opened only if someone waits
-            if callee.enter_gate.has_waiters():
+            gate = callee.enter_gate
+            if gate._waiters or gate._callbacks:  # gate.has_waiters(), inline: once per event
                 callee.open_gate()
         if code == _EXIT:
             return
@@ -221,7 +222,12 @@ async def _event_loop(callee: ComponentState, setup: CallSetup, task: Task, pack
                         event = _CANCELLED_EVENT
                         break
                     if ready:
-                        event = wset.get_pending_event()
+                        # wset.get_pending_event(), inline: once per event
+                        waitable = next(iter(ready))
+                        pending_event = waitable.pending_event
+                        waitable.pending_event = None
+                        del ready[waitable]
+                        event = pending_event()
                         break
                     wake.is_set = False  # wake.clear()
                     # Host work that completes the wait runs now when nothing else is ready,

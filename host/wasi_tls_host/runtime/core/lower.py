@@ -395,6 +395,7 @@ def make_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx)
     scheduler: Scheduler | None = None  # the store's, looked up once (it is made on first use)
     returned = Subtask.RETURNED
     started = Subtask.STARTED
+    handles, free = inst.handles, inst.free  # the table's lists (changed in place, never replaced)
 
     def store(value: Any, retptr: int) -> None:
         if OUTGOING_VALUE_HOOKS:
@@ -492,7 +493,12 @@ def make_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx)
             subtask.host_task = host_task
             if lent:
                 subtask.lenders, lent = lent, ()
-            subtask.index = index = inst.add(subtask)
+            if free:  # inst.add(subtask), inline for a handle index free again (the usual case)
+                index = free.pop()
+                handles[index] = subtask
+            else:
+                index = inst.add(subtask)
+            subtask.index = index
             pyargs_kept, pyargs = pyargs, ()
 
             def on_done(t: HostTask) -> None:
@@ -501,7 +507,10 @@ def make_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx)
                 try:
                     if t.error is None:
                         try:
-                            store(t.result, retptr)
+                            if OUTGOING_VALUE_HOOKS:
+                                store(t.result, retptr)
+                            else:
+                                store_result(t.result, retptr)
                         except Trap as e:  # it traps where the guest waits: say whose result it was
                             raise Trap(f"{qualname}: {e}") from None
                         subtask.state = returned
@@ -510,9 +519,18 @@ def make_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx)
                 finally:
                     if owned:
                         drop_consumed_arguments(pyargs_kept, owned, kept, t.error is None)
-                subtask.set_pending_event(subtask.event)
+                # subtask.set_pending_event(subtask.event), inline: once per call that waited
+                subtask.pending_event = subtask.event
+                wset = subtask.wset
+                if wset is not None:
+                    wset.ready[subtask] = None
+                    if wset.notify is not None:
+                        wset.notify.set()
 
-            host_task._callbacks.append(on_done)
+            if host_task._callbacks:  # host_task.add_done_callback(on_done), inline: it is not done
+                host_task._callbacks.append(on_done)  # type: ignore[union-attr]
+            else:
+                host_task._callbacks = [on_done]
             args[0] = started | (index << 4)
             return 0
         except Exception as e:
