@@ -75,7 +75,6 @@ class ComponentState:
         # The instances that (transitively) instantiate this one: fixed at creation, and read
         # on every entry (``run_core``), so computed once (without ``self``: no cycle).
         self.ancestors: tuple[ComponentState, ...] = (parent, *parent.ancestors) if parent is not None else ()
-        self.self_and_ancestors_: tuple[ComponentState, ...] = (self, *self.ancestors)  # what a call from the host enters
         # One table for resource handles and the async ABI's waitables, waitable sets and
         # error contexts, as in the spec (their indices share one space).
         self.handles: list[Any] = [None]
@@ -144,7 +143,9 @@ class ComponentState:
         """Run core code of ``task`` in this instance: enter it (and the ancestors the caller
         is not already in, CanonicalABI ``enter_from``), make ``task`` current, ``call(*args)``
         (``runner.call_core`` or ``runner.call_callback``), leave."""
-        entering = self.self_and_ancestors_ if caller is None else self.entering_set(caller)
+        # Built per call, not kept: a tuple on the instance holding the instance itself would
+        # be a reference cycle, and the store (its memories, mapped code) would wait for a GC pass.
+        entering = (self, *self.ancestors) if caller is None else self.entering_set(caller)
         for st in entering:
             if not st.may_enter:
                 raise Trap("cannot enter component instance: it is already running (reentrance)")
@@ -165,7 +166,7 @@ class ComponentState:
 
     # --- reentrance (CanonicalABI.md, "Component Instances") --------------------------------
     def self_and_ancestors(self) -> tuple[ComponentState, ...]:
-        return self.self_and_ancestors_
+        return (self, *self.ancestors)
 
     def entering_set(self, caller: ComponentState | None) -> tuple[ComponentState, ...]:
         if caller is None:
