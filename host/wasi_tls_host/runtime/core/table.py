@@ -145,7 +145,7 @@ class ComponentState:
         (``runner.call_core`` or ``runner.call_callback``), leave."""
         # Built per call, not kept: a tuple on the instance holding the instance itself would
         # be a reference cycle, and the store (its memories, mapped code) would wait for a GC pass.
-        entering = (self, *self.ancestors) if caller is None else self.entering_set(caller)
+        entering = self.self_and_ancestors() if caller is None else self.entering_set(caller)
         for st in entering:
             if not st.may_enter:
                 raise Trap("cannot enter component instance: it is already running (reentrance)")
