@@ -163,7 +163,8 @@ class ComponentInstance(ComponentState):
         self.store = store
         self.context = store._context()
         self.context_addr: int = ctypes.cast(self.context, ctypes.c_void_p).value or 0
-        self._frames: list[native.CallFrame] = []  # free call frames (call_callback, raw_realloc)
+        self.context_arg = ctypes.c_void_p(self.context_addr)  # for native.func_call_premade
+        self.frames: list[native.CallFrame] = []  # free call frames (call_callback, raw_realloc, lift._event_loop)
         self.state_: StoreState = state_of(store)
         self.component = component
         self.bound = bound
@@ -361,7 +362,7 @@ class ComponentInstance(ComponentState):
         """Call an async lift's callback (its address: ``CallSetup.callback_addr``) with an
         event: the packed code it returns. This runs once per event: one call frame from the
         pool, arguments packed in one go, no per-value ctypes objects."""
-        frames = self._frames
+        frames = self.frames
         frame = frames.pop() if frames else native.CallFrame()
         try:
             view = frame.view
@@ -377,7 +378,7 @@ class ComponentInstance(ComponentState):
             frames.append(frame)
 
     def raw_realloc(self, func: Any, align: int, size: int) -> int:
-        frames = self._frames
+        frames = self.frames
         frame = frames.pop() if frames else native.CallFrame()
         try:
             native.PACK_REALLOC_ARGS(frame.view, 0, align, size, 0)
@@ -615,7 +616,7 @@ class ComponentInstance(ComponentState):
         self._memcx.clear()
         self._setups.clear()
         self._memories.clear()
-        self._frames.clear()
+        self.frames.clear()
         self.components.clear()
         self.entered.clear()
         self.runner = None  # type: ignore[assignment]  # it was itself: a cycle only a GC pass would break

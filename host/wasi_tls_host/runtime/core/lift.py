@@ -20,9 +20,10 @@ from __future__ import annotations
 import ctypes
 from typing import TYPE_CHECKING, Any, Callable
 
+from .. import callback_guard
 from ..scheduler import Event, HostTask, yield_now
 from ..values import Trap
-from . import canon
+from . import canon, native
 from .concurrent import CallbackCode, EventCode, Task, WaitableSet
 from .types import align_to
 
@@ -48,6 +49,7 @@ class CallSetup:
         self.callback = (runner.checked_func(opts.callback, ["i32", "i32", "i32"], ["i32"], "callback")
                          if opts.callback is not None else None)
         self.callback_addr = ctypes.addressof(self.callback) if self.callback is not None else 0
+        self.callback_arg = ctypes.c_void_p(self.callback_addr)  # for native.func_call_premade
         self.m = callee.memcx(opts)
         self.ft, self.opts = ft, opts
         self.param_conv = canon.conv(ft.param_tuple) if ft.params_spill and ft.param_tuple is not None else None
@@ -190,8 +192,15 @@ _PENDING_CANCEL = Task.PENDING_CANCEL
 async def _event_loop(callee: ComponentState, setup: CallSetup, task: Task, packed: int, exclusive: bool) -> None:
     """The ``async callback`` loop of ``canon_lift`` (see the module's docstring)."""
     wake = task.wake = Event()
-    call_callback = callee.runner.call_callback
+    runner = callee.runner
+    call_callback = runner.call_callback
     scheduler = callee.scheduler
+    # What the callback's call needs (callee.run_core and runner.call_callback, inline below):
+    # the instances it enters when the host resumes it, and the call's ctypes arguments.
+    entering = callee.self_and_ancestors()
+    entered, frames = runner.entered, runner.frames
+    context_arg, callback_arg, nargs = runner.context_arg, setup.callback_arg, native.ARG_COUNTS[3]
+    func_call = native.func_call_premade
     while True:
         code, si = packed & 0xF, packed >> 4
         if exclusive and callee.exclusive is task:  # other tasks may run while this one waits
@@ -246,7 +255,35 @@ async def _event_loop(callee: ComponentState, setup: CallSetup, task: Task, pack
             while callee.exclusive is not None and callee.exclusive is not task:
                 await callee.enter_gate
             callee.exclusive = task
-        packed = callee.run_core(task, task.resume_caller, call_callback, setup.callback_addr, *event)
+        if task.resume_caller is not None:  # another instance resumes it (cancellation)
+            packed = callee.run_core(task, task.resume_caller, call_callback, setup.callback_addr, *event)
+            continue
+        # callee.run_core(task, None, call_callback, ...) and call_callback, inline: once per event
+        for st in entering:
+            if not st.may_enter:
+                raise Trap("cannot enter component instance: it is already running (reentrance)")
+        for st in entering:
+            st.may_enter = False
+        entered.append(entering)
+        outer, callee.current_task = callee.current_task, task
+        callee.live_tasks += 1
+        frame = frames.pop() if frames else native.CallFrame()
+        try:
+            view = frame.view
+            code, p1, p2 = event
+            native.PACK_CALLBACK_ARGS(view, 0, code, p1, p2, 0)
+            err = func_call(context_arg, callback_arg, frame.addr_arg, nargs, frame.trap_arg)
+            packed, trap = native.FRAME_RESULT_AND_TRAP(view, 0)
+            if err or trap:
+                callback_guard.raise_pending()
+                native.raise_if_failed(err, frame.trap(), None)
+        finally:
+            frames.append(frame)
+            callee.live_tasks -= 1
+            callee.current_task = outer
+            entered.pop()
+            for st in entering:
+                st.may_enter = True
 
 
 def call_from_host(callee: ComponentState, lifted: Lifted, args: tuple[Any, ...]) -> Any:

@@ -34,6 +34,14 @@ EXTERN_MEMORY = int(getattr(ffi.WASMTIME_EXTERN_MEMORY, "value", ffi.WASMTIME_EX
 func_call = raw.dll["wasmtime_func_call_unchecked"]
 func_call.restype = ctypes.c_void_p
 func_call.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+# The same entry point without argtypes, for the call made on every event (an async lift's
+# callback): called only with ctypes objects made once (the context, the function, a call
+# frame's addresses, the argument count), which ctypes passes as they are, where each int
+# argument of ``func_call`` goes through a conversion (about a quarter of a microsecond a
+# call). A plain int given to it would be passed as a C int: never call it with one.
+func_call_premade = raw.dll["wasmtime_func_call_unchecked"]
+func_call_premade.restype = ctypes.c_void_p
+ARG_COUNTS = [ctypes.c_size_t(n) for n in range(5)]  # the count argument of func_call_premade
 func_new = raw._wasmtime_func_new_unchecked
 # Our own prototypes of wasmtime_memory_data(_size) returning the address and size as ints
 # (indexing the dll makes a new function object, so wasmtime-py's own prototype is left
@@ -167,13 +175,16 @@ class CallFrame:
     call made while another runs (a callback calling into the host, which calls realloc)
     has its own."""
 
-    __slots__ = ("addr", "buffer", "trap_addr", "view")
+    __slots__ = ("addr", "addr_arg", "buffer", "trap_addr", "trap_arg", "view")
 
     def __init__(self) -> None:
         self.buffer = _FrameBuffer()
         self.view = memoryview(self.buffer).cast("B")
         self.addr = ctypes.addressof(self.buffer)
         self.trap_addr = self.addr + _FRAME_TRAP
+        # The two addresses as ctypes arguments of func_call_premade.
+        self.addr_arg = ctypes.c_void_p(self.addr)
+        self.trap_arg = ctypes.c_void_p(self.trap_addr)
 
     def trap(self) -> Any:
         """The trap the call left (a ``wasm_trap_t`` pointer; NULL if none)."""
