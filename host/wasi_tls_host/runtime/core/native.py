@@ -87,7 +87,7 @@ def _make_entry(callback_type: Any) -> Any:
         ref = TRAMPOLINES.get(env or 0)
         tramp = ref() if ref is not None else None
         if tramp is None:
-            return trap_ptr("host function called after its instance was closed")
+            return trap_ptr(CLOSED_MESSAGE)
         try:
             return tramp(args)
         except Exception as e:  # a bug in a built-in (resource.new/rep/drop): never unwind into wasm
@@ -104,14 +104,36 @@ host_entry = _make_entry(ffi.wasmtime_func_unchecked_callback_t)
 # The trampoline gets the raw values as i32s (``args[4 * i]`` is value i's i32, read and
 # written as a plain int): for functions of i32s only, a ctypes object less per access.
 I32_STRIDE = ctypes.sizeof(ffi.wasmtime_val_raw_t) // 4
-host_entry_i32 = _make_entry(ctypes.CFUNCTYPE(ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p,
-                                              ctypes.POINTER(ctypes.c_int32), ctypes.c_size_t))
+ENTRY_I32 = ctypes.CFUNCTYPE(ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int32), ctypes.c_size_t)
+host_entry_i32 = _make_entry(ENTRY_I32)
 # The trampoline gets the raw values as unsigned 64-bit words (``args[2 * i]`` is value i's
 # i64, or its i32 in the low half, or its float's bits): any core signature, read and
 # written as plain ints (an async lower's arguments, the status written to ``args[0]``).
 U64_STRIDE = ctypes.sizeof(ffi.wasmtime_val_raw_t) // 8
-host_entry_u64 = _make_entry(ctypes.CFUNCTYPE(ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p,
-                                              ctypes.POINTER(ctypes.c_uint64), ctypes.c_size_t))
+ENTRY_U64 = ctypes.CFUNCTYPE(ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64), ctypes.c_size_t)
+host_entry_u64 = _make_entry(ENTRY_U64)
+
+# Direct entries: the functions on an async call's round trip (async lowers, the i32
+# built-ins) each get a native callback of their own (an ``ENTRY_I32``/``ENTRY_U64`` of the
+# trampoline itself, which takes ``(env, caller, args, nargs)`` and turns every exception
+# into a trap), without the shared entry's frame and lookups. Their lifetime: while the
+# instance is open it holds them (a cycle through it, so an instance never closed is still
+# collected, store and all, at a GC pass). Closing it clears ``may_leave`` in each of its
+# component instances, which every direct trampoline checks first: a call that still comes
+# (wasm on the stack while it closed) traps with CLOSED_MESSAGE. Since wasmtime may make such
+# a call as long as the store lives, closing moves the callbacks here, until wasmtime frees
+# the function (``forget_trampoline``); the closed instance lets go of its store, so that
+# this table never keeps one alive.
+RETIRED: dict[int, Any] = {}
+CLOSED_MESSAGE = "host function called after its instance was closed"
+
+
+def interrupted(e: BaseException) -> int:
+    """A BaseException reached a direct trampoline: kept to raise when wasm returns (see
+    ``callback_guard``), the guest trapped meanwhile."""
+    callback_guard.keep(e)
+    return trap_ptr(f"interrupted: {type(e).__name__}")
+
 # wasmtime_func_new_unchecked taking either entry (as an address).
 func_new_any = raw.dll["wasmtime_func_new_unchecked"]
 func_new_any.restype = None
@@ -125,6 +147,8 @@ FORGET_TRAMPOLINE_ADDR = None  # set below, once forget_trampoline exists
 def forget_trampoline(env: Any) -> None:
     if TRAMPOLINES is not None:
         TRAMPOLINES.pop(env or 0, None)
+    if RETIRED is not None:  # (module globals may be gone at interpreter exit)
+        RETIRED.pop(env or 0, None)
 
 
 FORGET_TRAMPOLINE_ADDR = ctypes.cast(forget_trampoline, ctypes.c_void_p).value
