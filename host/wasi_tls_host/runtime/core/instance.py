@@ -24,7 +24,7 @@ from wasmtime import FuncType, Module, Store, WasmtimeError
 from wasmtime import _ffi as ffi
 
 from .. import callback_guard
-from ..binding import GuestExit, HostFunc, Interface, host_call_failure, interface_key, version_family
+from ..binding import GuestExit, HostFunc, Interface, interface_key, version_family
 from ..records import Fields
 from ..store import StoreState, state_of
 from ..values import Trap
@@ -500,14 +500,11 @@ class ComponentInstance(ComponentState):
         readers = native.readers(params)
         writers = [native.writer(t) for t in results]
         op = item.op
-        state = self.state
+        if getattr(body, "direct", False):  # the built-in is its own native callback
+            return self._new_func(params, results, body, i32_args=True, direct=True)
 
         def failed(e: Exception) -> int:
-            if isinstance(e, Trap):
-                message = str(e)
-                return native.trap_ptr(message if message.startswith(op) else f"{op}: {message}")
-            # a call into the guest (realloc) trapped, or a host bug
-            return native.trap_ptr(host_call_failure(f"canon {op}", e, lambda code: setattr(state, "exit_code", code)))
+            return builtins.trap_for(st, op, e)
 
         n_in = len(params)
         # The common shapes without per-argument reader calls: up to three i32 arguments and
