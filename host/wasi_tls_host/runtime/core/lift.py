@@ -198,9 +198,14 @@ async def _event_loop(callee: ComponentState, setup: CallSetup, task: Task, pack
     # What the callback's call needs (callee.run_core and runner.call_callback, inline below):
     # the instances it enters when the host resumes it, and the call's ctypes arguments.
     entering = callee.self_and_ancestors()
-    entered, frames = runner.entered, runner.frames
+    alone = callee if len(entering) == 1 else None  # the usual case: no enclosing component instance
+    entered = runner.entered
     context_arg, callback_arg, nargs = runner.context_arg, setup.callback_arg, native.ARG_COUNTS[3]
-    func_call = native.func_call_premade
+    func_call, pack_args, result_and_trap = native.func_call_premade, native.PACK_CALLBACK_ARGS, native.FRAME_RESULT_AND_TRAP
+    # The task's own call frame: its calls never overlap (a call made meanwhile, such as a
+    # realloc from a built-in the callback calls, takes one from the pool).
+    frame = native.CallFrame()
+    view, frame_arg, trap_arg = frame.view, frame.addr_arg, frame.trap_arg
     while True:
         code, si = packed & 0xF, packed >> 4
         if exclusive and callee.exclusive is task:  # other tasks may run while this one waits
@@ -259,31 +264,36 @@ async def _event_loop(callee: ComponentState, setup: CallSetup, task: Task, pack
             packed = callee.run_core(task, task.resume_caller, call_callback, setup.callback_addr, *event)
             continue
         # callee.run_core(task, None, call_callback, ...) and call_callback, inline: once per event
-        for st in entering:
-            if not st.may_enter:
+        if alone is not None:
+            if not alone.may_enter:
                 raise Trap("cannot enter component instance: it is already running (reentrance)")
-        for st in entering:
-            st.may_enter = False
+            alone.may_enter = False
+        else:
+            for st in entering:
+                if not st.may_enter:
+                    raise Trap("cannot enter component instance: it is already running (reentrance)")
+            for st in entering:
+                st.may_enter = False
         entered.append(entering)
         outer, callee.current_task = callee.current_task, task
         callee.live_tasks += 1
-        frame = frames.pop() if frames else native.CallFrame()
         try:
-            view = frame.view
             code, p1, p2 = event
-            native.PACK_CALLBACK_ARGS(view, 0, code, p1, p2, 0)
-            err = func_call(context_arg, callback_arg, frame.addr_arg, nargs, frame.trap_arg)
-            packed, trap = native.FRAME_RESULT_AND_TRAP(view, 0)
+            pack_args(view, 0, code, p1, p2, 0)
+            err = func_call(context_arg, callback_arg, frame_arg, nargs, trap_arg)
+            packed, trap = result_and_trap(view, 0)
             if err or trap:
                 callback_guard.raise_pending()
                 native.raise_if_failed(err, frame.trap(), None)
         finally:
-            frames.append(frame)
             callee.live_tasks -= 1
             callee.current_task = outer
             entered.pop()
-            for st in entering:
-                st.may_enter = True
+            if alone is not None:
+                alone.may_enter = True
+            else:
+                for st in entering:
+                    st.may_enter = True
 
 
 def call_from_host(callee: ComponentState, lifted: Lifted, args: tuple[Any, ...]) -> Any:

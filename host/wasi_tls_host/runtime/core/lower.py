@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from ..binding import OUTGOING_VALUE_HOOKS, HostFunc, host_call_failure
 from ..resources import drop_consumed_arguments
-from ..scheduler import Cancelled, HostTask, Scheduler
+from ..scheduler import Cancelled, HostTask, Scheduler, _Yield
 from ..values import Err, Ok, Trap, WitError
 from . import canon, lift, native
 from .concurrent import Subtask
@@ -474,9 +474,16 @@ def make_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx)
                             e.__traceback__ = None
                         error = e
                     else:
-                        host_task = scheduler.adopt(call, waiting, qualname, observed=True)  # on_done reads its error
-                        if host_task.done:  # it awaited something the scheduler cannot wait on
-                            value, error, host_task = host_task.result, host_task.error, None
+                        if type(waiting) is _Yield:  # scheduler.adopt(...), inline for the usual case
+                            host_task = HostTask(scheduler, call, qualname)
+                            host_task.observed = True  # on_done reads its error
+                            scheduler._tasks.add(host_task)
+                            host_task._queued = True
+                            scheduler._ready.append(host_task)
+                        else:
+                            host_task = scheduler.adopt(call, waiting, qualname, observed=True)  # on_done reads its error
+                            if host_task.done:  # it awaited something the scheduler cannot wait on
+                                value, error, host_task = host_task.result, host_task.error, None
                 if host_task is None:  # finished: the result is in memory before the guest sees RETURNED
                     entries, lent = lent, ()
                     consumed, pyargs = pyargs, ()
