@@ -358,11 +358,16 @@ class Scheduler:
             return
         task._waiting = waiting
         self.progress += 1
-        if isinstance(waiting, _Fd):
+        kind = type(waiting)  # (the wait classes of this module have no subclasses)
+        if kind is _Fd:
             (self._writers if waiting.write else self._readers).setdefault(waiting.fd, []).append(task)
-        elif isinstance(waiting, _Until):
-            self._add_timer(waiting.deadline, task)
-        elif isinstance(waiting, _Parked):
+        elif kind is _Until:
+            timers = self._timers
+            if len(timers) < self._prune_timers_at:  # self._add_timer(...), inline: no pruning due
+                heapq.heappush(timers, (waiting.deadline, next(self._timer_seq), weakref.ref(task)))
+            else:
+                self._add_timer(waiting.deadline, task)
+        elif kind is _Parked:
             task._waiting = None  # queued already (resume_inline)
         elif isinstance(waiting, Event):
             if waiting.is_set:

@@ -253,10 +253,9 @@ def _waitable_set_wait(inst: ComponentInstance, item: Builtin) -> Made:
     handles = inst.handles
     store_state = inst.state
 
-    def waitable_set_wait(args: list[int]) -> list[Any]:
+    def wait(si: int, ptr: int) -> int:
         if not inst.may_leave:
             _guard(inst, "waitable-set.wait")
-        si, ptr = args
         wset = handles[si] if 0 < si < len(handles) else None
         if type(wset) is not WaitableSet:
             wset = _table_get(inst, si, WaitableSet, "waitable set")
@@ -283,7 +282,22 @@ def _waitable_set_wait(inst: ComponentInstance, item: Builtin) -> Made:
         if ptr + 8 > len(v):
             canon.check_range(v, ptr, 8, "event")
         _EVENT_PAYLOADS(v, ptr, p1 & 0xFFFF_FFFF, p2 & 0xFFFF_FFFF)
-        return [int(code)]
+        return int(code)
+
+    # Its own native callback, as the other built-ins of a round trip (the wait itself stays
+    # a function of its own: it may block, running the store's work under it).
+    k, mask, interrupted = native.I32_STRIDE, 0xFFFF_FFFF, native.interrupted
+
+    @direct
+    def waitable_set_wait(env: Any, caller: Any, args: Any, nargs: int) -> int:
+        try:
+            try:
+                args[0] = wait(args[0] & mask, args[k] & mask)
+                return 0
+            except Exception as e:  # noqa: BLE001 - every failure is the guest's trap
+                return trap_for(inst, "waitable-set.wait", e)
+        except BaseException as e:  # noqa: BLE001 - see callback_guard
+            return interrupted(e)
 
     return ["i32", "i32"], ["i32"], waitable_set_wait
 

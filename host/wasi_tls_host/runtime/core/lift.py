@@ -24,7 +24,7 @@ from .. import callback_guard
 from ..scheduler import Event, HostTask, yield_now
 from ..values import Trap
 from . import canon, native
-from .concurrent import CallbackCode, EventCode, Task, WaitableSet
+from .concurrent import CallbackCode, EventCode, Subtask, Task, WaitableSet
 from .types import align_to
 
 if TYPE_CHECKING:
@@ -187,6 +187,7 @@ _EXIT, _YIELD, _WAIT = int(CallbackCode.EXIT), int(CallbackCode.YIELD), int(Call
 _CANCELLED_EVENT = (int(EventCode.TASK_CANCELLED), 0, 0)
 _NO_EVENT = (int(EventCode.NONE), 0, 0)
 _PENDING_CANCEL = Task.PENDING_CANCEL
+_SUBTASK_EVENT, _RETURNED = int(EventCode.SUBTASK), Subtask.RETURNED
 
 
 async def _event_loop(callee: ComponentState, setup: CallSetup, task: Task, packed: int, exclusive: bool) -> None:
@@ -241,7 +242,14 @@ async def _event_loop(callee: ComponentState, setup: CallSetup, task: Task, pack
                         pending_event = waitable.pending_event
                         waitable.pending_event = None
                         del ready[waitable]
-                        event = pending_event()
+                        if type(waitable) is Subtask and waitable.lenders == ():
+                            # Subtask.event(), inline for a call that lent no handles: the
+                            # round trip's event
+                            event = (_SUBTASK_EVENT, waitable.index, waitable.state)
+                            if waitable.state >= _RETURNED:
+                                waitable.lenders = None  # its resolution is delivered
+                        else:
+                            event = pending_event()
                         break
                     wake.is_set = False  # wake.clear()
                     # Host work that completes the wait runs now when nothing else is ready,

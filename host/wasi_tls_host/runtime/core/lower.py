@@ -474,14 +474,15 @@ def make_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx)
                             e.__traceback__ = None
                         error = e
                     else:
-                        if type(waiting) is _Yield:  # scheduler.adopt(...), inline for the usual case
-                            host_task = HostTask(scheduler, call, qualname)
-                            host_task.observed = True  # on_done reads its error
-                            scheduler._tasks.add(host_task)
+                        # scheduler.adopt(call, waiting, qualname, observed=True), inline
+                        host_task = HostTask(scheduler, call, qualname)
+                        host_task.observed = True  # on_done reads its error
+                        scheduler._tasks.add(host_task)
+                        if type(waiting) is _Yield:
                             host_task._queued = True
                             scheduler._ready.append(host_task)
                         else:
-                            host_task = scheduler.adopt(call, waiting, qualname, observed=True)  # on_done reads its error
+                            scheduler._suspend(host_task, waiting)
                             if host_task.done:  # it awaited something the scheduler cannot wait on
                                 value, error, host_task = host_task.result, host_task.error, None
                 if host_task is None:  # finished: the result is in memory before the guest sees RETURNED
