@@ -336,3 +336,18 @@ def test_a_closed_guest_goes_at_once_with_the_native_callbacks_it_left(guest_pat
         del g
         assert store() is None and instance() is None
         assert not envs & native.RETIRED.keys()
+
+
+def test_a_guest_with_native_callbacks_of_its_own_never_closed_is_still_collected(guest_path) -> None:
+    """The direct trampolines' callbacks are held by their instance alone while it is open:
+    one its embedder forgot goes at a GC pass, store included, like any other."""
+    import gc
+    import weakref
+
+    with Host(interfaces=[calls], runtime="core") as host:
+        g = host.instantiate(guest_path("async_bench"))
+        assert g.call("cb-calls", 3) == 3
+        store = weakref.ref(g.store)
+        del g
+        gc.collect()
+        assert store() is None
