@@ -507,8 +507,8 @@ class ComponentInstance(ComponentState):
             return builtins.trap_for(st, op, e)
 
         n_in = len(params)
-        # The common shapes without per-argument reader calls: up to three i32 arguments and
-        # at most one i32 result (waitable.join, subtask.drop, stream.read/write, ...).
+        # The common shape without per-argument reader calls: up to three i32 arguments and
+        # at most one i32 result (stream.read/write, the drops, ...).
         plain = all(t == "i32" for t in params) and n_in <= 3 and (results == [] or results == ["i32"])
         has_result = bool(results)
         mask = 0xFFFF_FFFF
@@ -517,53 +517,15 @@ class ComponentInstance(ComponentState):
         # (native.ENTRY_I32): value i at [i * k]. After the instance closed, each refuses.
         k = native.I32_STRIDE
         interrupted = native.interrupted
-        if plain and n_in == 1 and not has_result:  # subtask.drop, the drops
-            def tramp(env: Any, caller: Any, args: Any, nargs: int) -> int:
-                if not st.may_leave and self.closed_:
-                    return native.trap_ptr(native.CLOSED_MESSAGE)
-                try:
-                    try:
-                        body([args[0] & mask])
-                        return 0
-                    except Exception as e:  # noqa: BLE001 - failed() turns every failure into the guest's trap
-                        return failed(e)
-                except BaseException as e:  # noqa: BLE001 - see callback_guard (and a failure of failed())
-                    return interrupted(e)
-        elif plain and n_in == 2 and not has_result:  # waitable.join
-            def tramp(env: Any, caller: Any, args: Any, nargs: int) -> int:
-                if not st.may_leave and self.closed_:
-                    return native.trap_ptr(native.CLOSED_MESSAGE)
-                try:
-                    try:
-                        body([args[0] & mask, args[k] & mask])
-                        return 0
-                    except Exception as e:  # noqa: BLE001 - failed() turns every failure into the guest's trap
-                        return failed(e)
-                except BaseException as e:  # noqa: BLE001 - see callback_guard (and a failure of failed())
-                    return interrupted(e)
-        elif plain and n_in == 3:  # stream.read/write
-            k2 = 2 * k
+        if plain:
+            offsets = [i * k for i in range(n_in)]
 
             def tramp(env: Any, caller: Any, args: Any, nargs: int) -> int:
                 if not st.may_leave and self.closed_:
                     return native.trap_ptr(native.CLOSED_MESSAGE)
                 try:
                     try:
-                        out = body([args[0] & mask, args[k] & mask, args[k2] & mask])
-                        if has_result:
-                            args[0] = out[0]
-                        return 0
-                    except Exception as e:  # noqa: BLE001 - failed() turns every failure into the guest's trap
-                        return failed(e)
-                except BaseException as e:  # noqa: BLE001 - see callback_guard (and a failure of failed())
-                    return interrupted(e)
-        elif plain:
-            def tramp(env: Any, caller: Any, args: Any, nargs: int) -> int:
-                if not st.may_leave and self.closed_:
-                    return native.trap_ptr(native.CLOSED_MESSAGE)
-                try:
-                    try:
-                        out = body([args[i * k] & mask for i in range(n_in)])
+                        out = body([args[at] & mask for at in offsets])
                         if has_result:
                             args[0] = out[0]
                         return 0
