@@ -28,7 +28,7 @@ import select
 import time
 import weakref
 from collections import deque
-from typing import Any, Callable, Coroutine, Generator
+from typing import Any, Callable, Coroutine, Generator, Iterator
 
 from .values import Trap, WitError
 
@@ -48,8 +48,10 @@ class _Wait:
 
     __slots__ = ()
 
-    def __await__(self) -> Generator[Any, None, None]:
-        yield self
+    def __await__(self) -> Iterator[Any]:
+        # What a generator yielding itself once would do, without making a generator: the
+        # awaiting coroutine hands it to the scheduler, and its next step ends the await.
+        return iter((self,))
 
 
 class _Fd(_Wait):
@@ -592,7 +594,16 @@ class Scheduler:
         while timers and timers[0][0] <= now:
             _, _, ref = heapq.heappop(timers)
             task = ref()
-            if task is not None and _deadline_passed(task._waiting, now):
+            if task is None:
+                continue
+            waiting = task._waiting
+            if type(waiting) is _Until and not task.done and not task._queued:
+                # _make_ready(task), inline for a task waiting on its deadline alone (a WASI
+                # 0.3 clock wait): once per wait that ends so
+                task._queued = True
+                task._waiting = None
+                (self._guest_ready if task.guest else self._ready).append(task)
+            elif _deadline_passed(waiting, now):
                 self._make_ready(task)
         if self._ready or self._guest_ready:
             block = False
