@@ -13,6 +13,9 @@ beside a reference measured in the same run.
 - real WASI 0.3 calls that finish at once, by a WAT guest (guest_examples/wat/fs_bench_p3.wat):
   ``descriptor.advise`` (borrow, u64, u64, enum -> result<_, error-code>) and
   ``descriptor.get-flags`` (borrow -> result<flags, error-code>), per call;
+- a real WASI 0.3 call that suspends, by a WAT guest (``CLOCK_WAITS_WAT``): the round trip
+  of ``monotonic-clock.wait-for(1 ns)``, whose timer the scheduler polls before the SUBTASK
+  event reaches the guest's callback;
 - with ``--lowers``: how the async lowers of the WASI 0.3 example guests are built (each
   parameter lifted by a mask, inline or by its converter; the result stored directly or by
   its converter), which builds those guests if they are not cached.
@@ -179,6 +182,76 @@ def wasi_calls(sync_cpu: float) -> None:
                 print(f"  {label} {wall:7.2f} us wall {cpu:7.2f} us CPU  ({cpu / sync_cpu:.1f}x the sync host call's CPU)")
 
 
+# A WASI 0.3 call that suspends: monotonic-clock.wait-for(1 ns) puts a timer on the store's
+# scheduler; the guest's task waits (callback ABI), the scheduler polls, the timer's task
+# finishes, and the SUBTASK event goes to the callback, which makes the next call. The path
+# of every WASI 0.3 call that has to wait (a socket's receive waits on its descriptor the
+# same way, with one poll of the kernel more).
+CLOCK_WAITS_WAT = """
+(component
+  (import "wasi:clocks/monotonic-clock@0.3.0" (instance $clock
+    (export "wait-for" (func async (param "how-long" u64)))))
+  (core module $Libc (memory (export "memory") 1))
+  (core instance $libc (instantiate $Libc))
+  (alias core export $libc "memory" (core memory $mem))
+  (core func $wait-for (canon lower (func $clock "wait-for") async (memory $mem)))
+  (core func $ws-new (canon waitable-set.new))
+  (core func $join (canon waitable.join))
+  (core func $subtask-drop (canon subtask.drop))
+  (core func $ret32 (canon task.return (result u32)))
+  (core module $Main
+    (import "h" "wait-for" (func $wait-for (param i64) (result i32)))
+    (import "h" "ws-new" (func $ws-new (result i32)))
+    (import "h" "join" (func $join (param i32 i32)))
+    (import "h" "subtask-drop" (func $subtask-drop (param i32)))
+    (import "h" "ret32" (func $ret32 (param i32)))
+    (global $ws (mut i32) (i32.const 0))
+    (global $left (mut i32) (i32.const 0))
+    (global $calls (mut i32) (i32.const 0))
+    (func $next (result i32)
+      (local $status i32)
+      (block $exit (loop $again
+        (br_if $exit (i32.eqz (global.get $left)))
+        (local.set $status (call $wait-for (i64.const 1)))
+        (if (i32.ne (i32.and (local.get $status) (i32.const 0xf)) (i32.const 2))
+          (then
+            (call $join (i32.shr_u (local.get $status) (i32.const 4)) (global.get $ws))
+            (return (i32.or (i32.const 2) (i32.shl (global.get $ws) (i32.const 4))))))
+        (global.set $left (i32.sub (global.get $left) (i32.const 1)))
+        (br $again)))
+      (call $ret32 (global.get $calls))
+      (i32.const 0))
+    (func (export "waits") (param $n i32) (result i32)
+      (if (i32.eqz (global.get $ws)) (then (global.set $ws (call $ws-new))))
+      (global.set $left (local.get $n))
+      (global.set $calls (local.get $n))
+      (call $next))
+    (func (export "waits-callback") (param $event i32) (param $p1 i32) (param $p2 i32) (result i32)
+      (if (i32.ne (local.get $event) (i32.const 1)) (then unreachable))
+      (if (i32.ne (local.get $p2) (i32.const 2)) (then unreachable))
+      (call $subtask-drop (local.get $p1))
+      (global.set $left (i32.sub (global.get $left) (i32.const 1)))
+      (call $next)))
+  (core instance $main (instantiate $Main (with "h" (instance
+    (export "wait-for" (func $wait-for)) (export "ws-new" (func $ws-new)) (export "join" (func $join))
+    (export "subtask-drop" (func $subtask-drop)) (export "ret32" (func $ret32))))))
+  (func (export "waits") async (param "n" u32) (result u32)
+    (canon lift (core func $main "waits") async (callback (core func $main "waits-callback")))))
+"""
+
+
+def suspending_calls(sync_cpu: float) -> None:
+    """A real WASI 0.3 call that suspends (``CLOCK_WAITS_WAT``), per call, beside the sync host call."""
+    from wasmtime import wat2wasm
+
+    calls = CALLS // 2
+    with Host(runtime="core") as host, host.instantiate(bytes(wat2wasm(CLOCK_WAITS_WAT)), WasiConfig()) as g:
+        assert g.call("waits", 100) == 100
+        wall, cpu = (t / calls * 1e6 for t in best_cpu(lambda: g.call("waits", calls)))
+        print("WASI 0.3 async call that suspends, callback ABI, {calls} (per call, best of 3):".format(calls=calls))
+        print(f"  monotonic-clock.wait-for(1 ns)          {wall:7.2f} us wall {cpu:7.2f} us CPU  ({cpu / sync_cpu:.1f}x the sync host call's CPU)")
+
+
 P3_GUESTS = ("wasi_probe_p3", "sockets_probe_p3", "tls_server_p3", "fs_probe_p3")
 
 
@@ -248,6 +321,7 @@ def main() -> None:
         print(f"  guest -> host (taken in place)          {up:8.0f} MB/s  ({up / ref:.0%} of memmove)")
     host.close()
     wasi_calls(sync_cpu)
+    suspending_calls(sync_cpu)
     if "--lowers" in sys.argv[1:]:
         lowers_report()
 

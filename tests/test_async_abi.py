@@ -245,20 +245,29 @@ def test_a_filled_buffer_is_no_zero_length_read(guest_path, n: int) -> None:
 # the event loop runs itself and goes on without suspending: the round trip's fast path).
 calls = Interface("wasi-tls-host:bench/async")
 LATER: list[int] = []
+ON_CALL: list = []  # what the next host call does first (test_a_host_call_after_its_guest_closed_traps)
+
+
+def _on_call() -> None:
+    if ON_CALL:
+        ON_CALL.pop()()
 
 
 @calls.func("nop")
 def call_nop(cx, x: int) -> int:
+    _on_call()
     return x
 
 
 @calls.func("nop-async")
 async def call_nop_async(cx, x: int) -> int:
+    _on_call()
     return x
 
 
 @calls.func("later")
 async def call_later(cx, x: int) -> int:
+    _on_call()
     await yield_now()
     LATER.append(x)
     return x
@@ -290,3 +299,55 @@ def test_async_calls_that_finish_at_once_or_on_their_first_resume(guest_path, ex
         assert g.call(export, 200) == 200
         assert g.call(export, 3) == 3
     assert LATER == ([] if export == "ready-calls" else [*range(200, 0, -1), 3, 2, 1])
+
+
+@pytest.mark.parametrize("export", ["sync-calls", "ready-calls", "cb-calls"])
+def test_a_host_call_after_its_guest_closed_traps(guest_path, export: str) -> None:
+    """A host function closes its own guest's component instance; the guest then calls the
+    host again (a sync lower through the shared native entry; an async lower, or
+    waitable.join, each with a native callback of its own): the call is refused with a trap
+    that says why, never a call into freed code."""
+    with Host(interfaces=[calls], runtime="core") as host, host.instantiate(guest_path("async_bench")) as g:
+        g.call(export, 2)  # warm: every import used once
+        assert g.core is not None
+        ON_CALL.append(g.core.close)
+        with pytest.raises(WasmtimeError, match="host function called after its instance was closed"):
+            g.call(export, 3)
+        assert not ON_CALL
+
+
+def test_a_closed_guest_goes_at_once_with_the_native_callbacks_it_left(guest_path, no_gc) -> None:
+    """Closing keeps the native callbacks of the direct trampolines until wasmtime frees
+    their functions (a call may still come while the store lives); they must not keep the
+    store, nor the instance, alive: both go with the guest's last reference, no GC pass."""
+    import weakref
+
+    from wasi_tls_host.runtime.core import native
+
+    with Host(interfaces=[calls], runtime="core") as host:
+        g = host.instantiate(guest_path("async_bench"))
+        assert g.call("cb-calls", 3) == 3 and g.call("ready-calls", 3) == 3
+        assert g.core is not None
+        envs = set(g.core._direct)
+        assert envs  # the async lowers and i32 built-ins of this guest
+        g.close()
+        assert envs <= native.RETIRED.keys()
+        store, instance = weakref.ref(g.store), weakref.ref(g.core)
+        del g
+        assert store() is None and instance() is None
+        assert not envs & native.RETIRED.keys()
+
+
+def test_a_guest_with_native_callbacks_of_its_own_never_closed_is_still_collected(guest_path) -> None:
+    """The direct trampolines' callbacks are held by their instance alone while it is open:
+    one its embedder forgot goes at a GC pass, store included, like any other."""
+    import gc
+    import weakref
+
+    with Host(interfaces=[calls], runtime="core") as host:
+        g = host.instantiate(guest_path("async_bench"))
+        assert g.call("cb-calls", 3) == 3
+        store = weakref.ref(g.store)
+        del g
+        gc.collect()
+        assert store() is None

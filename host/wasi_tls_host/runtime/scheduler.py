@@ -28,7 +28,7 @@ import select
 import time
 import weakref
 from collections import deque
-from typing import Any, Callable, Coroutine, Generator
+from typing import Any, Callable, Coroutine, Generator, Iterator
 
 from .values import Trap, WitError
 
@@ -48,8 +48,10 @@ class _Wait:
 
     __slots__ = ()
 
-    def __await__(self) -> Generator[Any, None, None]:
-        yield self
+    def __await__(self) -> Iterator[Any]:
+        # What a generator yielding itself once would do, without making a generator: the
+        # awaiting coroutine hands it to the scheduler, and its next step ends the await.
+        return iter((self,))
 
 
 class _Fd(_Wait):
@@ -358,11 +360,16 @@ class Scheduler:
             return
         task._waiting = waiting
         self.progress += 1
-        if isinstance(waiting, _Fd):
+        kind = type(waiting)  # (the wait classes of this module have no subclasses)
+        if kind is _Fd:
             (self._writers if waiting.write else self._readers).setdefault(waiting.fd, []).append(task)
-        elif isinstance(waiting, _Until):
-            self._add_timer(waiting.deadline, task)
-        elif isinstance(waiting, _Parked):
+        elif kind is _Until:
+            timers = self._timers
+            if len(timers) < self._prune_timers_at:  # self._add_timer(...), inline: no pruning due
+                heapq.heappush(timers, (waiting.deadline, next(self._timer_seq), weakref.ref(task)))
+            else:
+                self._add_timer(waiting.deadline, task)
+        elif kind is _Parked:
             task._waiting = None  # queued already (resume_inline)
         elif isinstance(waiting, Event):
             if waiting.is_set:
@@ -517,7 +524,20 @@ class Scheduler:
         for _ in range(len(ready)):
             other = ready.popleft()
             other._queued = False
-            self._step(other)
+            # self._step(other), inline: once per host completion a waiting guest task takes
+            self._stepping = other
+            try:
+                waiting = other.coro.send(None)
+            except StopIteration as e:
+                self._stepping = task
+                self._finish(other, e.value, None)
+                continue
+            except BaseException as e:  # noqa: BLE001 - the task's own failure, as in _step
+                self._stepping = task
+                self._finish(other, None, e)
+                continue
+            self._stepping = task
+            self._suspend(other, waiting)
         guest_ready = self._guest_ready
         if guest_ready and guest_ready[0] is task:
             guest_ready.popleft()
@@ -574,7 +594,16 @@ class Scheduler:
         while timers and timers[0][0] <= now:
             _, _, ref = heapq.heappop(timers)
             task = ref()
-            if task is not None and _deadline_passed(task._waiting, now):
+            if task is None:
+                continue
+            waiting = task._waiting
+            if type(waiting) is _Until and not task.done and not task._queued:
+                # _make_ready(task), inline for a task waiting on its deadline alone (a WASI
+                # 0.3 clock wait): once per wait that ends so
+                task._queued = True
+                task._waiting = None
+                (self._guest_ready if task.guest else self._ready).append(task)
+            elif _deadline_passed(waiting, now):
                 self._make_ready(task)
         if self._ready or self._guest_ready:
             block = False

@@ -13,9 +13,10 @@ import struct
 from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 
+from ..binding import host_call_failure
 from ..streams import CopyResult, Future, Stream
 from ..values import Trap
-from . import canon
+from . import canon, native
 from .concurrent import (
     BLOCKED, END_CLASSES, CopyEnd, CopyState, ErrorContext, EventCode, GuestBuffer, ReadableFutureEnd,
     ReadableStreamEnd, Subtask, Task, Waitable, WaitableSet, WritableFutureEnd, WritableStreamEnd,
@@ -44,7 +45,29 @@ def make(inst: ComponentInstance, item: Builtin) -> Made:
 
 def _guard(inst: ComponentInstance, op: str) -> None:
     if not inst.may_leave:
+        if inst.closed:  # closing clears may_leave (see native.RETIRED)
+            raise Trap(f"{op}: {native.CLOSED_MESSAGE}")
         raise Trap(f"{op}: cannot leave the component instance during realloc or post-return")
+
+
+def trap_for(inst: ComponentInstance, op: str, e: Exception) -> int:
+    """The guest's trap (its address) for a built-in's failure: a ``Trap`` says what the
+    guest did wrong (prefixed with the built-in's name); anything else is a call into the
+    guest (realloc) that trapped, or a host bug."""
+    if isinstance(e, Trap):
+        message = str(e)
+        return native.trap_ptr(message if message.startswith(op) else f"{op}: {message}")
+    state = inst.state
+    return native.trap_ptr(host_call_failure(f"canon {op}", e, lambda code: setattr(state, "exit_code", code)))
+
+
+def direct(body: Callable[..., int]) -> Callable[..., int]:
+    """Mark a built-in's body as a direct trampoline: it takes ``(env, caller, args, nargs)``
+    (``args`` its i32 arguments, value i at ``args[i * native.I32_STRIDE]``), checks
+    ``may_leave`` first and turns every exception into a trap itself (see native.RETIRED).
+    The built-ins on an async call's round trip are written so: one Python frame a call."""
+    body.direct = True  # type: ignore[attr-defined]
+    return body
 
 
 def _table_get(inst: ComponentInstance, i: int, cls: type | tuple[type, ...], what: str) -> Any:
@@ -230,10 +253,9 @@ def _waitable_set_wait(inst: ComponentInstance, item: Builtin) -> Made:
     handles = inst.handles
     store_state = inst.state
 
-    def waitable_set_wait(args: list[int]) -> list[Any]:
+    def wait(si: int, ptr: int) -> int:
         if not inst.may_leave:
             _guard(inst, "waitable-set.wait")
-        si, ptr = args
         wset = handles[si] if 0 < si < len(handles) else None
         if type(wset) is not WaitableSet:
             wset = _table_get(inst, si, WaitableSet, "waitable set")
@@ -260,7 +282,22 @@ def _waitable_set_wait(inst: ComponentInstance, item: Builtin) -> Made:
         if ptr + 8 > len(v):
             canon.check_range(v, ptr, 8, "event")
         _EVENT_PAYLOADS(v, ptr, p1 & 0xFFFF_FFFF, p2 & 0xFFFF_FFFF)
-        return [int(code)]
+        return int(code)
+
+    # Its own native callback, as the other built-ins of a round trip (the wait itself stays
+    # a function of its own: it may block, running the store's work under it).
+    k, mask, interrupted = native.I32_STRIDE, 0xFFFF_FFFF, native.interrupted
+
+    @direct
+    def waitable_set_wait(env: Any, caller: Any, args: Any, nargs: int) -> int:
+        try:
+            try:
+                args[0] = wait(args[0] & mask, args[k] & mask)
+                return 0
+            except Exception as e:  # noqa: BLE001 - every failure is the guest's trap
+                return trap_for(inst, "waitable-set.wait", e)
+        except BaseException as e:  # noqa: BLE001 - see callback_guard
+            return interrupted(e)
 
     return ["i32", "i32"], ["i32"], waitable_set_wait
 
@@ -305,34 +342,42 @@ def _waitable_set_drop(inst: ComponentInstance, item: Builtin) -> Made:
 
 def _waitable_join(inst: ComponentInstance, item: Builtin) -> Made:
     handles = inst.handles  # the table's list (entries are replaced in place, never the list)
+    k, mask, interrupted = native.I32_STRIDE, 0xFFFF_FFFF, native.interrupted
 
-    def waitable_join(args: list[int]) -> list[Any]:
-        if not inst.may_leave:
-            _guard(inst, "waitable.join")
-        wi, si = args
-        # The table lookups inline (this runs on every async call a guest waits for);
-        # anything unexpected goes through _table_get for its message.
-        w = handles[wi] if 0 < wi < len(handles) else None
-        if not isinstance(w, Waitable):
-            w = _table_get(inst, wi, Waitable, "waitable")
-        if w.has_sync_waiter:
-            raise Trap(f"waitable.join: {_SYNC_WAITER}")
-        if si == 0:
-            old = w.wset
-            if old is not None:  # w.join(None), inline: a guest leaves the set after each wait
-                old.elems.discard(w)
-                old.ready.pop(w, None)
-                w.wset = None
-            return _NO_RESULTS
-        wset = handles[si] if si < len(handles) else None
-        if type(wset) is not WaitableSet:
-            wset = _table_get(inst, si, WaitableSet, "waitable set")
-        if w.wset is None and w.pending_event is None:  # w.join(wset), inline: a new call's subtask
-            w.wset = wset
-            wset.elems.add(w)
-        else:
-            w.join(wset)
-        return _NO_RESULTS
+    @direct
+    def waitable_join(env: Any, caller: Any, args: Any, nargs: int) -> int:
+        try:
+            try:
+                if not inst.may_leave:
+                    _guard(inst, "waitable.join")
+                wi, si = args[0] & mask, args[k] & mask
+                # The table lookups inline (this runs on every async call a guest waits for);
+                # anything unexpected goes through _table_get for its message.
+                w = handles[wi] if 0 < wi < len(handles) else None
+                if not isinstance(w, Waitable):
+                    w = _table_get(inst, wi, Waitable, "waitable")
+                if w.has_sync_waiter:
+                    raise Trap(f"waitable.join: {_SYNC_WAITER}")
+                if si == 0:
+                    old = w.wset
+                    if old is not None:  # w.join(None), inline: a guest leaves the set after each wait
+                        old.elems.discard(w)
+                        old.ready.pop(w, None)
+                        w.wset = None
+                    return 0
+                wset = handles[si] if si < len(handles) else None
+                if type(wset) is not WaitableSet:
+                    wset = _table_get(inst, si, WaitableSet, "waitable set")
+                if w.wset is None and w.pending_event is None:  # w.join(wset), inline: a new call's subtask
+                    w.wset = wset
+                    wset.elems.add(w)
+                else:
+                    w.join(wset)
+                return 0
+            except Exception as e:  # noqa: BLE001 - every failure is the guest's trap
+                return trap_for(inst, "waitable.join", e)
+        except BaseException as e:  # noqa: BLE001 - see callback_guard
+            return interrupted(e)
 
     return ["i32", "i32"], [], waitable_join
 
@@ -369,24 +414,32 @@ def _subtask_cancel(inst: ComponentInstance, item: Builtin) -> Made:
 
 def _subtask_drop(inst: ComponentInstance, item: Builtin) -> Made:
     handles, free = inst.handles, inst.free
+    mask, interrupted = 0xFFFF_FFFF, native.interrupted
 
-    def subtask_drop(args: list[int]) -> list[Any]:
-        if not inst.may_leave:
-            _guard(inst, "subtask.drop")
-        i = args[0]
-        subtask = handles[i] if 0 < i < len(handles) else None
-        if type(subtask) is not Subtask:
-            subtask = _table_get(inst, i, Subtask, "subtask")
-        if subtask.lenders is not None:  # not subtask.resolve_delivered()
-            raise Trap("cannot drop a subtask which has not yet resolved")
-        wset = subtask.wset
-        if wset is not None:  # subtask.drop(), the check just made; its join(None), inline
-            wset.elems.discard(subtask)
-            wset.ready.pop(subtask, None)
-            subtask.wset = None
-        handles[i] = None  # inst.remove(i), the entry being known
-        free.append(i)
-        return _NO_RESULTS
+    @direct
+    def subtask_drop(env: Any, caller: Any, args: Any, nargs: int) -> int:
+        try:
+            try:
+                if not inst.may_leave:
+                    _guard(inst, "subtask.drop")
+                i = args[0] & mask
+                subtask = handles[i] if 0 < i < len(handles) else None
+                if type(subtask) is not Subtask:
+                    subtask = _table_get(inst, i, Subtask, "subtask")
+                if subtask.lenders is not None:  # not subtask.resolve_delivered()
+                    raise Trap("cannot drop a subtask which has not yet resolved")
+                wset = subtask.wset
+                if wset is not None:  # subtask.drop(), the check just made; its join(None), inline
+                    wset.elems.discard(subtask)
+                    wset.ready.pop(subtask, None)
+                    subtask.wset = None
+                handles[i] = None  # inst.remove(i), the entry being known
+                free.append(i)
+                return 0
+            except Exception as e:  # noqa: BLE001 - every failure is the guest's trap
+                return trap_for(inst, "subtask.drop", e)
+        except BaseException as e:  # noqa: BLE001 - see callback_guard
+            return interrupted(e)
 
     return ["i32"], [], subtask_drop
 

@@ -24,7 +24,7 @@ from wasmtime import FuncType, Module, Store, WasmtimeError
 from wasmtime import _ffi as ffi
 
 from .. import callback_guard
-from ..binding import GuestExit, HostFunc, Interface, host_call_failure, interface_key, version_family
+from ..binding import GuestExit, HostFunc, Interface, interface_key, version_family
 from ..records import Fields
 from ..store import StoreState, state_of
 from ..values import Trap
@@ -163,7 +163,8 @@ class ComponentInstance(ComponentState):
         self.store = store
         self.context = store._context()
         self.context_addr: int = ctypes.cast(self.context, ctypes.c_void_p).value or 0
-        self._frames: list[native.CallFrame] = []  # free call frames (call_callback, raw_realloc)
+        self.context_arg = ctypes.c_void_p(self.context_addr)  # for native.func_call_premade
+        self.frames: list[native.CallFrame] = []  # free call frames (call_callback, raw_realloc, lift._event_loop)
         self.state_: StoreState = state_of(store)
         self.component = component
         self.bound = bound
@@ -176,6 +177,7 @@ class ComponentInstance(ComponentState):
         self.entered: list[tuple[ComponentState, ...]] = []  # the entering sets of the calls on the stack
         self._envs: list[int] = []
         self._tramps: list[Callable[[Any], int]] = []
+        self._direct: dict[int, Any] = {}  # env -> the native callback of a direct trampoline
         self._core: dict[int, Any] = {}  # id(planned core item) -> ffi.wasmtime_extern_t
         self._instances: list[Any] = []
         self._memcx: dict[tuple[int, int, int, str], canon.MemCx] = {}
@@ -255,15 +257,26 @@ class ComponentInstance(ComponentState):
         self._core[id(item)] = ext
         return ext
 
-    def _new_func(self, params: list[str], results: list[str], tramp: Callable[[Any], int], i32_args: bool = False,
-                  u64_args: bool = False) -> Any:
+    def _new_func(self, params: list[str], results: list[str], tramp: Callable[..., int], i32_args: bool = False,
+                  u64_args: bool = False, direct: bool = False) -> Any:
         """A core function whose body is ``tramp(args)``; with ``i32_args`` (all parameters
         and results i32), ``args`` is a pointer to i32s (``native.host_entry_i32``); with
-        ``u64_args``, to 64-bit words (``native.host_entry_u64``)."""
+        ``u64_args``, to 64-bit words (``native.host_entry_u64``). With ``direct`` (and one
+        of those), ``tramp(env, caller, args, nargs)`` is the native callback itself (see
+        ``native.RETIRED``): it must check ``may_leave`` of its instance before anything
+        else and turn every exception into a trap."""
         env = next(native.env_ids)
-        native.TRAMPOLINES[env] = weakref.ref(tramp)
-        self._tramps.append(tramp)
-        self._envs.append(env)
+        entry_addr = None
+        if direct:
+            assert i32_args or u64_args
+            thunk = (native.ENTRY_I32 if i32_args else native.ENTRY_U64)(tramp)
+            self._direct[env] = thunk
+            # Its code address (read from it: ctypes.cast would tie it into a reference cycle).
+            entry_addr = ctypes.c_void_p.from_buffer(thunk).value
+        else:
+            native.TRAMPOLINES[env] = weakref.ref(tramp)
+            self._tramps.append(tramp)
+            self._envs.append(env)
         # wasmtime ties a function type to the first engine it is used with: cache them per
         # component (which belongs to one engine), never globally.
         key = (tuple(params), tuple(results))
@@ -273,11 +286,11 @@ class ComponentInstance(ComponentState):
         func = ffi.wasmtime_func_t()
         if i32_args:
             assert all(t == "i32" for t in (*params, *results))
-            native.func_new_any(self.context_addr, ctypes.cast(fty.ptr(), ctypes.c_void_p), native.HOST_ENTRY_I32_ADDR, env,
-                                native.FORGET_TRAMPOLINE_ADDR, ctypes.addressof(func))
+            native.func_new_any(self.context_addr, ctypes.cast(fty.ptr(), ctypes.c_void_p), entry_addr or native.HOST_ENTRY_I32_ADDR,
+                                env, native.FORGET_TRAMPOLINE_ADDR, ctypes.addressof(func))
         elif u64_args:
-            native.func_new_any(self.context_addr, ctypes.cast(fty.ptr(), ctypes.c_void_p), native.HOST_ENTRY_U64_ADDR, env,
-                                native.FORGET_TRAMPOLINE_ADDR, ctypes.addressof(func))
+            native.func_new_any(self.context_addr, ctypes.cast(fty.ptr(), ctypes.c_void_p), entry_addr or native.HOST_ENTRY_U64_ADDR,
+                                env, native.FORGET_TRAMPOLINE_ADDR, ctypes.addressof(func))
         else:
             native.func_new(self.context, fty.ptr(), native.host_entry, env, native.forget_trampoline, ctypes.byref(func))
         ext = ffi.wasmtime_extern_t()
@@ -361,7 +374,7 @@ class ComponentInstance(ComponentState):
         """Call an async lift's callback (its address: ``CallSetup.callback_addr``) with an
         event: the packed code it returns. This runs once per event: one call frame from the
         pool, arguments packed in one go, no per-value ctypes objects."""
-        frames = self._frames
+        frames = self.frames
         frame = frames.pop() if frames else native.CallFrame()
         try:
             view = frame.view
@@ -377,7 +390,7 @@ class ComponentInstance(ComponentState):
             frames.append(frame)
 
     def raw_realloc(self, func: Any, align: int, size: int) -> int:
-        frames = self._frames
+        frames = self.frames
         frame = frames.pop() if frames else native.CallFrame()
         try:
             native.PACK_REALLOC_ARGS(frame.view, 0, align, size, 0)
@@ -487,60 +500,41 @@ class ComponentInstance(ComponentState):
         readers = native.readers(params)
         writers = [native.writer(t) for t in results]
         op = item.op
-        state = self.state
+        if getattr(body, "direct", False):  # the built-in is its own native callback
+            return self._new_func(params, results, body, i32_args=True, direct=True)
 
         def failed(e: Exception) -> int:
-            if isinstance(e, Trap):
-                message = str(e)
-                return native.trap_ptr(message if message.startswith(op) else f"{op}: {message}")
-            # a call into the guest (realloc) trapped, or a host bug
-            return native.trap_ptr(host_call_failure(f"canon {op}", e, lambda code: setattr(state, "exit_code", code)))
+            return builtins.trap_for(st, op, e)
 
         n_in = len(params)
-        # The common shapes without per-argument reader calls: up to three i32 arguments and
-        # at most one i32 result (waitable.join, subtask.drop, stream.read/write, ...).
+        # The common shape without per-argument reader calls: up to three i32 arguments and
+        # at most one i32 result (stream.read/write, the drops, ...).
         plain = all(t == "i32" for t in params) and n_in <= 3 and (results == [] or results == ["i32"])
         has_result = bool(results)
         mask = 0xFFFF_FFFF
 
-        # Plain ones get their arguments as i32s (native.host_entry_i32): value i at [i * k].
+        # Plain ones are direct trampolines (native.RETIRED) taking their arguments as i32s
+        # (native.ENTRY_I32): value i at [i * k]. After the instance closed, each refuses.
         k = native.I32_STRIDE
-        if plain and n_in == 1 and not has_result:  # subtask.drop, the drops
-            def tramp(args: Any) -> int:
-                try:
-                    body([args[0] & mask])
-                    return 0
-                except Exception as e:  # noqa: BLE001 - failed() turns every failure into the guest's trap
-                    return failed(e)
-        elif plain and n_in == 2 and not has_result:  # waitable.join
-            def tramp(args: Any) -> int:
-                try:
-                    body([args[0] & mask, args[k] & mask])
-                    return 0
-                except Exception as e:  # noqa: BLE001 - failed() turns every failure into the guest's trap
-                    return failed(e)
-        elif plain and n_in == 3:  # stream.read/write
-            k2 = 2 * k
+        interrupted = native.interrupted
+        if plain:
+            offsets = [i * k for i in range(n_in)]
 
-            def tramp(args: Any) -> int:
+            def tramp(env: Any, caller: Any, args: Any, nargs: int) -> int:
+                if not st.may_leave and self.closed_:
+                    return native.trap_ptr(native.CLOSED_MESSAGE)
                 try:
-                    out = body([args[0] & mask, args[k] & mask, args[k2] & mask])
-                    if has_result:
-                        args[0] = out[0]
-                    return 0
-                except Exception as e:  # noqa: BLE001 - failed() turns every failure into the guest's trap
-                    return failed(e)
-        elif plain:
-            def tramp(args: Any) -> int:
-                try:
-                    out = body([args[i * k] & mask for i in range(n_in)])
-                    if has_result:
-                        args[0] = out[0]
-                    return 0
-                except Exception as e:  # noqa: BLE001 - failed() turns every failure into the guest's trap
-                    return failed(e)
+                    try:
+                        out = body([args[at] & mask for at in offsets])
+                        if has_result:
+                            args[0] = out[0]
+                        return 0
+                    except Exception as e:  # noqa: BLE001 - failed() turns every failure into the guest's trap
+                        return failed(e)
+                except BaseException as e:  # noqa: BLE001 - see callback_guard (and a failure of failed())
+                    return interrupted(e)
         else:
-            def tramp(args: Any) -> int:
+            def tramp(args: Any) -> int:  # type: ignore[misc]
                 try:
                     out = body([r(args[i]) for i, r in enumerate(readers)])
                     for i, w in enumerate(writers):
@@ -549,7 +543,7 @@ class ComponentInstance(ComponentState):
                 except Exception as e:  # noqa: BLE001 - failed() turns every failure into the guest's trap
                     return failed(e)
 
-        return self._new_func(params, results, tramp, i32_args=plain)
+        return self._new_func(params, results, tramp, i32_args=plain, direct=plain)
 
     def _lower(self, item: Lowered) -> Any:
         st = self.components[item.cid]
@@ -568,7 +562,7 @@ class ComponentInstance(ComponentState):
         if item.opts.async_:
             params, results = target.type.async_lower_core_type()
             tramp = make_async_trampoline(st, spec, m)
-            return self._new_func(params, results, tramp, u64_args=True)
+            return self._new_func(params, results, tramp, u64_args=True, direct=True)
         params, results = spec.core_type
         return self._new_func(params, results, make_trampoline(st, spec, m))
 
@@ -610,14 +604,23 @@ class ComponentInstance(ComponentState):
             native.TRAMPOLINES.pop(env, None)
         self._envs.clear()
         self._tramps.clear()
+        # Direct trampolines refuse every call from now on; wasmtime may still make one while
+        # the store lives, so their callbacks stay until it frees the functions, and the store
+        # is no longer this instance's to keep (see native.RETIRED).
+        for st in self.components:
+            st.may_leave = False
+        native.RETIRED.update(self._direct)
+        self._direct = {}
+        self.store = None  # type: ignore[assignment]
         # Each MemCx points back here: without this the cycle would keep the store (its
         # linear memories, the mapped module files) alive until a GC pass.
         self._memcx.clear()
         self._setups.clear()
         self._memories.clear()
-        self._frames.clear()
+        self.frames.clear()
         self.components.clear()
-        self.entered.clear()
+        # (``entered`` is left as it is: the calls on the stack, if it closed during one, pop
+        # their entries as they return, and it is empty then.)
         self.runner = None  # type: ignore[assignment]  # it was itself: a cycle only a GC pass would break
 
 

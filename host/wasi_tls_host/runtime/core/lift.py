@@ -20,10 +20,11 @@ from __future__ import annotations
 import ctypes
 from typing import TYPE_CHECKING, Any, Callable
 
+from .. import callback_guard
 from ..scheduler import Event, HostTask, yield_now
 from ..values import Trap
-from . import canon
-from .concurrent import CallbackCode, EventCode, Task, WaitableSet
+from . import canon, native
+from .concurrent import CallbackCode, EventCode, Subtask, Task, WaitableSet
 from .types import align_to
 
 if TYPE_CHECKING:
@@ -48,6 +49,7 @@ class CallSetup:
         self.callback = (runner.checked_func(opts.callback, ["i32", "i32", "i32"], ["i32"], "callback")
                          if opts.callback is not None else None)
         self.callback_addr = ctypes.addressof(self.callback) if self.callback is not None else 0
+        self.callback_arg = ctypes.c_void_p(self.callback_addr)  # for native.func_call_premade
         self.m = callee.memcx(opts)
         self.ft, self.opts = ft, opts
         self.param_conv = canon.conv(ft.param_tuple) if ft.params_spill and ft.param_tuple is not None else None
@@ -185,13 +187,26 @@ _EXIT, _YIELD, _WAIT = int(CallbackCode.EXIT), int(CallbackCode.YIELD), int(Call
 _CANCELLED_EVENT = (int(EventCode.TASK_CANCELLED), 0, 0)
 _NO_EVENT = (int(EventCode.NONE), 0, 0)
 _PENDING_CANCEL = Task.PENDING_CANCEL
+_SUBTASK_EVENT, _RETURNED = int(EventCode.SUBTASK), Subtask.RETURNED
 
 
 async def _event_loop(callee: ComponentState, setup: CallSetup, task: Task, packed: int, exclusive: bool) -> None:
     """The ``async callback`` loop of ``canon_lift`` (see the module's docstring)."""
     wake = task.wake = Event()
-    call_callback = callee.runner.call_callback
+    runner = callee.runner
+    call_callback = runner.call_callback
     scheduler = callee.scheduler
+    # What the callback's call needs (callee.run_core and runner.call_callback, inline below):
+    # the instances it enters when the host resumes it, and the call's ctypes arguments.
+    entering = callee.self_and_ancestors()
+    alone = callee if len(entering) == 1 else None  # the usual case: no enclosing component instance
+    entered = runner.entered
+    context_arg, callback_arg, nargs = runner.context_arg, setup.callback_arg, native.ARG_COUNTS[3]
+    func_call, pack_args, result_and_trap = native.func_call_premade, native.PACK_CALLBACK_ARGS, native.FRAME_RESULT_AND_TRAP
+    # The task's own call frame: its calls never overlap (a call made meanwhile, such as a
+    # realloc from a built-in the callback calls, takes one from the pool).
+    frame = native.CallFrame()
+    view, frame_arg, trap_arg = frame.view, frame.addr_arg, frame.trap_arg
     while True:
         code, si = packed & 0xF, packed >> 4
         if exclusive and callee.exclusive is task:  # other tasks may run while this one waits
@@ -227,7 +242,14 @@ async def _event_loop(callee: ComponentState, setup: CallSetup, task: Task, pack
                         pending_event = waitable.pending_event
                         waitable.pending_event = None
                         del ready[waitable]
-                        event = pending_event()
+                        if type(waitable) is Subtask and waitable.lenders == ():
+                            # Subtask.event(), inline for a call that lent no handles: the
+                            # round trip's event
+                            event = (_SUBTASK_EVENT, waitable.index, waitable.state)
+                            if waitable.state >= _RETURNED:
+                                waitable.lenders = None  # its resolution is delivered
+                        else:
+                            event = pending_event()
                         break
                     wake.is_set = False  # wake.clear()
                     # Host work that completes the wait runs now when nothing else is ready,
@@ -246,7 +268,40 @@ async def _event_loop(callee: ComponentState, setup: CallSetup, task: Task, pack
             while callee.exclusive is not None and callee.exclusive is not task:
                 await callee.enter_gate
             callee.exclusive = task
-        packed = callee.run_core(task, task.resume_caller, call_callback, setup.callback_addr, *event)
+        if task.resume_caller is not None:  # another instance resumes it (cancellation)
+            packed = callee.run_core(task, task.resume_caller, call_callback, setup.callback_addr, *event)
+            continue
+        # callee.run_core(task, None, call_callback, ...) and call_callback, inline: once per event
+        if alone is not None:
+            if not alone.may_enter:
+                raise Trap("cannot enter component instance: it is already running (reentrance)")
+            alone.may_enter = False
+        else:
+            for st in entering:
+                if not st.may_enter:
+                    raise Trap("cannot enter component instance: it is already running (reentrance)")
+            for st in entering:
+                st.may_enter = False
+        entered.append(entering)
+        outer, callee.current_task = callee.current_task, task
+        callee.live_tasks += 1
+        try:
+            code, p1, p2 = event
+            pack_args(view, 0, code, p1, p2, 0)
+            err = func_call(context_arg, callback_arg, frame_arg, nargs, trap_arg)
+            packed, trap = result_and_trap(view, 0)
+            if err or trap:
+                callback_guard.raise_pending()
+                native.raise_if_failed(err, frame.trap(), None)
+        finally:
+            callee.live_tasks -= 1
+            callee.current_task = outer
+            entered.pop()
+            if alone is not None:
+                alone.may_enter = True
+            else:
+                for st in entering:
+                    st.may_enter = True
 
 
 def call_from_host(callee: ComponentState, lifted: Lifted, args: tuple[Any, ...]) -> Any:

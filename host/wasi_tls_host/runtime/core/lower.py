@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from ..binding import OUTGOING_VALUE_HOOKS, HostFunc, host_call_failure
 from ..resources import drop_consumed_arguments
-from ..scheduler import Cancelled, HostTask, Scheduler
+from ..scheduler import Cancelled, HostTask, Scheduler, _Yield
 from ..values import Err, Ok, Trap, WitError
 from . import canon, lift, native
 from .concurrent import Subtask
@@ -409,136 +409,149 @@ def make_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx)
             return list(load_spilled_at(m, args[0] & 0xFFFF_FFFF, tuple_conv, tuple_size, tuple_align))
         return [args[at] & mask if lift is None else lift(m, args) for at, mask, lift in plan]
 
-    def tramp(args: Any) -> int:
+    def tramp(env: Any, caller: Any, args: Any, nargs: int) -> int:  # a direct trampoline (native.RETIRED)
         nonlocal scheduler
         if not inst.may_leave:
+            if runner.closed_:
+                return native.trap_ptr(native.CLOSED_MESSAGE)
             return native.trap_ptr(f"{qualname}: cannot call an import during realloc or post-return")
         pyargs: Any = ()
         lent: Any = ()  # the handle entries lent to this call (a list once there are any)
         try:
-            retptr = 0
-            if has_result:
-                retptr = args[retptr_at] & 0xFFFF_FFFF
-                if retptr & (result_align - 1):
-                    raise Trap(f"result pointer {retptr:#x} is misaligned")
-                if mem_state is None or retptr + result_size > mem_state.size:
-                    m.forget()  # the guest may have grown its memory since the view was made
-                    m.check_range(retptr, result_size, "result")
-            if ints_only:
-                if nparams == 1:
-                    call = impl(state, args[0] & mask0)
-                else:
-                    call = impl(state, *[args[i * w] & masks[i] for i in range(nparams)])
-            else:
-                if lends:
-                    outer_borrows, m.borrows = m.borrows, None  # a nested call (from realloc) keeps its own
-                    try:
-                        pyargs = lift_args(args)
-                        lent = [inst.handles[h] for h in m.borrows or ()]
-                    finally:
-                        if m.borrows and not lent:  # a later argument failed: the earlier loans end
-                            inst.end_lends(m)
-                        m.borrows = outer_borrows
-                else:
-                    pyargs = lift_args(args)
-                call = impl(state, *pyargs)
-            if scheduler is None:
-                scheduler = inst.scheduler
-            host_task: HostTask | None = None
-            error: BaseException | None = None
-            value: Any = None
-            if not is_async:  # a synchronous host function behind an async lower
-                value = call
-            elif scheduler.closed:
-                call.close()
-                raise Trap("the store is closed: no more host work can start")
-            else:
-                try:
-                    waiting = call.send(None)
-                except StopIteration as e:
-                    scheduler.progress += 1
-                    if not lent and not owned:  # the usual case, in short: stored, RETURNED
-                        if OUTGOING_VALUE_HOOKS:
-                            for hook in OUTGOING_VALUE_HOOKS:
-                                hook(qualname, e.value)
-                        store_result(e.value, retptr)
-                        args[0] = returned
-                        return 0
-                    value = e.value
-                except BaseException as e:  # noqa: BLE001 - the call's own failure, handled as finish_host_call does
-                    scheduler.progress += 1
-                    if isinstance(e, Cancelled):
-                        e.__traceback__ = None
-                    error = e
-                else:
-                    host_task = scheduler.adopt(call, waiting, qualname, observed=True)  # on_done reads its error
-                    if host_task.done:  # it awaited something the scheduler cannot wait on
-                        value, error, host_task = host_task.result, host_task.error, None
-            if host_task is None:  # finished: the result is in memory before the guest sees RETURNED
-                entries, lent = lent, ()
-                consumed, pyargs = pyargs, ()
-                try:
-                    if error is None:
-                        store(value, retptr)
+            try:
+                retptr = 0
+                if has_result:
+                    retptr = args[retptr_at] & 0xFFFF_FFFF
+                    if retptr & (result_align - 1):
+                        raise Trap(f"result pointer {retptr:#x} is misaligned")
+                    if mem_state is None or retptr + result_size > mem_state.size:
+                        m.forget()  # the guest may have grown its memory since the view was made
+                        m.check_range(retptr, result_size, "result")
+                if ints_only:
+                    if nparams == 1:
+                        call = impl(state, args[0] & mask0)
                     else:
-                        finish_host_call(inst, spec, m, None, error, retptr, None)
-                finally:
-                    if owned:
-                        drop_consumed_arguments(consumed, owned, kept, error is None)
-                    for entry in entries:
-                        entry.lends -= 1
-                args[0] = returned
-                return 0
-            subtask = Subtask(qualname)
-            subtask.host_task = host_task
-            if lent:
-                subtask.lenders, lent = lent, ()
-            if free:  # inst.add(subtask), inline for a handle index free again (the usual case)
-                index = free.pop()
-                handles[index] = subtask
-            else:
-                index = inst.add(subtask)
-            subtask.index = index
-            pyargs_kept, pyargs = pyargs, ()
-
-            def on_done(t: HostTask) -> None:
-                if runner.closed_ or t.scheduler.closed:
-                    return
-                try:
-                    if t.error is None:
+                        call = impl(state, *[args[i * w] & masks[i] for i in range(nparams)])
+                else:
+                    if lends:
+                        outer_borrows, m.borrows = m.borrows, None  # a nested call (from realloc) keeps its own
                         try:
-                            if OUTGOING_VALUE_HOOKS:
-                                store(t.result, retptr)
-                            else:
-                                store_result(t.result, retptr)
-                        except Trap as e:  # it traps where the guest waits: say whose result it was
-                            raise Trap(f"{qualname}: {e}") from None
-                        subtask.state = returned
+                            pyargs = lift_args(args)
+                            lent = [inst.handles[h] for h in m.borrows or ()]
+                        finally:
+                            if m.borrows and not lent:  # a later argument failed: the earlier loans end
+                                inst.end_lends(m)
+                            m.borrows = outer_borrows
                     else:
-                        subtask.resolve(finish_host_call(inst, spec, m, t.result, t.error, retptr, subtask))
-                finally:
-                    if owned:
-                        drop_consumed_arguments(pyargs_kept, owned, kept, t.error is None)
-                # subtask.set_pending_event(subtask.event), inline: once per call that waited
-                subtask.pending_event = subtask.event
-                wset = subtask.wset
-                if wset is not None:
-                    wset.ready[subtask] = None
-                    if wset.notify is not None:
-                        wset.notify.set()
+                        pyargs = lift_args(args)
+                    call = impl(state, *pyargs)
+                if scheduler is None:
+                    scheduler = inst.scheduler
+                host_task: HostTask | None = None
+                error: BaseException | None = None
+                value: Any = None
+                if not is_async:  # a synchronous host function behind an async lower
+                    value = call
+                elif scheduler.closed:
+                    call.close()
+                    raise Trap("the store is closed: no more host work can start")
+                else:
+                    try:
+                        waiting = call.send(None)
+                    except StopIteration as e:
+                        scheduler.progress += 1
+                        if not lent and not owned:  # the usual case, in short: stored, RETURNED
+                            if OUTGOING_VALUE_HOOKS:
+                                for hook in OUTGOING_VALUE_HOOKS:
+                                    hook(qualname, e.value)
+                            store_result(e.value, retptr)
+                            args[0] = returned
+                            return 0
+                        value = e.value
+                    except BaseException as e:  # noqa: BLE001 - the call's own failure, handled as finish_host_call does
+                        scheduler.progress += 1
+                        if isinstance(e, Cancelled):
+                            e.__traceback__ = None
+                        error = e
+                    else:
+                        # scheduler.adopt(call, waiting, qualname, observed=True), inline
+                        host_task = HostTask(scheduler, call, qualname)
+                        host_task.observed = True  # on_done reads its error
+                        scheduler._tasks.add(host_task)
+                        if type(waiting) is _Yield:
+                            host_task._queued = True
+                            scheduler._ready.append(host_task)
+                        else:
+                            scheduler._suspend(host_task, waiting)
+                            if host_task.done:  # it awaited something the scheduler cannot wait on
+                                value, error, host_task = host_task.result, host_task.error, None
+                if host_task is None:  # finished: the result is in memory before the guest sees RETURNED
+                    entries, lent = lent, ()
+                    consumed, pyargs = pyargs, ()
+                    try:
+                        if error is None:
+                            store(value, retptr)
+                        else:
+                            finish_host_call(inst, spec, m, None, error, retptr, None)
+                    finally:
+                        if owned:
+                            drop_consumed_arguments(consumed, owned, kept, error is None)
+                        for entry in entries:
+                            entry.lends -= 1
+                    args[0] = returned
+                    return 0
+                subtask = Subtask(qualname)
+                subtask.host_task = host_task
+                if lent:
+                    subtask.lenders, lent = lent, ()
+                if free:  # inst.add(subtask), inline for a handle index free again (the usual case)
+                    index = free.pop()
+                    handles[index] = subtask
+                else:
+                    index = inst.add(subtask)
+                subtask.index = index
+                pyargs_kept, pyargs = pyargs, ()
 
-            if host_task._callbacks:  # host_task.add_done_callback(on_done), inline: it is not done
-                host_task._callbacks.append(on_done)  # type: ignore[union-attr]
-            else:
-                host_task._callbacks = [on_done]
-            args[0] = started | (index << 4)
-            return 0
-        except Exception as e:
-            for entry in lent:
-                entry.lends -= 1
-            if owned and pyargs:
-                drop_consumed_arguments(pyargs, owned, kept, False)
-            return native.trap_ptr(host_call_failure(qualname, e, lambda code: setattr(state, "exit_code", code)))
+                def on_done(t: HostTask) -> None:
+                    if runner.closed_ or t.scheduler.closed:
+                        return
+                    try:
+                        if t.error is None:
+                            try:
+                                if OUTGOING_VALUE_HOOKS:
+                                    store(t.result, retptr)
+                                else:
+                                    store_result(t.result, retptr)
+                            except Trap as e:  # it traps where the guest waits: say whose result it was
+                                raise Trap(f"{qualname}: {e}") from None
+                            subtask.state = returned
+                        else:
+                            subtask.resolve(finish_host_call(inst, spec, m, t.result, t.error, retptr, subtask))
+                    finally:
+                        if owned:
+                            drop_consumed_arguments(pyargs_kept, owned, kept, t.error is None)
+                    # subtask.set_pending_event(subtask.event), inline: once per call that waited
+                    subtask.pending_event = subtask.event
+                    wset = subtask.wset
+                    if wset is not None:
+                        wset.ready[subtask] = None
+                        if wset.notify is not None:
+                            wset.notify.set()
+
+                if host_task._callbacks:  # host_task.add_done_callback(on_done), inline: it is not done
+                    host_task._callbacks.append(on_done)  # type: ignore[union-attr]
+                else:
+                    host_task._callbacks = [on_done]
+                args[0] = started | (index << 4)
+                return 0
+            except Exception as e:
+                for entry in lent:
+                    entry.lends -= 1
+                if owned and pyargs:
+                    drop_consumed_arguments(pyargs, owned, kept, False)
+                return native.trap_ptr(host_call_failure(qualname, e, lambda code: setattr(state, "exit_code", code)))
+        except BaseException as e:  # noqa: BLE001 - see callback_guard (and a failure of the above)
+            return native.interrupted(e)
 
     # What this signature got (reported by benchmarks/bench_async_lowers.py).
     inline = all(lift is None or lift.__name__ != "lift_words" for _, _, lift in plan)

@@ -34,6 +34,14 @@ EXTERN_MEMORY = int(getattr(ffi.WASMTIME_EXTERN_MEMORY, "value", ffi.WASMTIME_EX
 func_call = raw.dll["wasmtime_func_call_unchecked"]
 func_call.restype = ctypes.c_void_p
 func_call.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+# The same entry point without argtypes, for the call made on every event (an async lift's
+# callback): called only with ctypes objects made once (the context, the function, a call
+# frame's addresses, the argument count), which ctypes passes as they are, where each int
+# argument of ``func_call`` goes through a conversion (about a quarter of a microsecond a
+# call). A plain int given to it would be passed as a C int: never call it with one.
+func_call_premade = raw.dll["wasmtime_func_call_unchecked"]
+func_call_premade.restype = ctypes.c_void_p
+ARG_COUNTS = [ctypes.c_size_t(n) for n in range(5)]  # the count argument of func_call_premade
 func_new = raw._wasmtime_func_new_unchecked
 # Our own prototypes of wasmtime_memory_data(_size) returning the address and size as ints
 # (indexing the dll makes a new function object, so wasmtime-py's own prototype is left
@@ -79,7 +87,7 @@ def _make_entry(callback_type: Any) -> Any:
         ref = TRAMPOLINES.get(env or 0)
         tramp = ref() if ref is not None else None
         if tramp is None:
-            return trap_ptr("host function called after its instance was closed")
+            return trap_ptr(CLOSED_MESSAGE)
         try:
             return tramp(args)
         except Exception as e:  # a bug in a built-in (resource.new/rep/drop): never unwind into wasm
@@ -96,14 +104,36 @@ host_entry = _make_entry(ffi.wasmtime_func_unchecked_callback_t)
 # The trampoline gets the raw values as i32s (``args[4 * i]`` is value i's i32, read and
 # written as a plain int): for functions of i32s only, a ctypes object less per access.
 I32_STRIDE = ctypes.sizeof(ffi.wasmtime_val_raw_t) // 4
-host_entry_i32 = _make_entry(ctypes.CFUNCTYPE(ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p,
-                                              ctypes.POINTER(ctypes.c_int32), ctypes.c_size_t))
+ENTRY_I32 = ctypes.CFUNCTYPE(ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int32), ctypes.c_size_t)
+host_entry_i32 = _make_entry(ENTRY_I32)
 # The trampoline gets the raw values as unsigned 64-bit words (``args[2 * i]`` is value i's
 # i64, or its i32 in the low half, or its float's bits): any core signature, read and
 # written as plain ints (an async lower's arguments, the status written to ``args[0]``).
 U64_STRIDE = ctypes.sizeof(ffi.wasmtime_val_raw_t) // 8
-host_entry_u64 = _make_entry(ctypes.CFUNCTYPE(ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p,
-                                              ctypes.POINTER(ctypes.c_uint64), ctypes.c_size_t))
+ENTRY_U64 = ctypes.CFUNCTYPE(ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64), ctypes.c_size_t)
+host_entry_u64 = _make_entry(ENTRY_U64)
+
+# Direct entries: the functions on an async call's round trip (async lowers, the i32
+# built-ins) each get a native callback of their own (an ``ENTRY_I32``/``ENTRY_U64`` of the
+# trampoline itself, which takes ``(env, caller, args, nargs)`` and turns every exception
+# into a trap), without the shared entry's frame and lookups. Their lifetime: while the
+# instance is open it holds them (a cycle through it, so an instance never closed is still
+# collected, store and all, at a GC pass). Closing it clears ``may_leave`` in each of its
+# component instances, which every direct trampoline checks first: a call that still comes
+# (wasm on the stack while it closed) traps with CLOSED_MESSAGE. Since wasmtime may make such
+# a call as long as the store lives, closing moves the callbacks here, until wasmtime frees
+# the function (``forget_trampoline``); the closed instance lets go of its store, so that
+# this table never keeps one alive.
+RETIRED: dict[int, Any] = {}
+CLOSED_MESSAGE = "host function called after its instance was closed"
+
+
+def interrupted(e: BaseException) -> int:
+    """A BaseException reached a direct trampoline: kept to raise when wasm returns (see
+    ``callback_guard``), the guest trapped meanwhile."""
+    callback_guard.keep(e)
+    return trap_ptr(f"interrupted: {type(e).__name__}")
+
 # wasmtime_func_new_unchecked taking either entry (as an address).
 func_new_any = raw.dll["wasmtime_func_new_unchecked"]
 func_new_any.restype = None
@@ -117,6 +147,8 @@ FORGET_TRAMPOLINE_ADDR = None  # set below, once forget_trampoline exists
 def forget_trampoline(env: Any) -> None:
     if TRAMPOLINES is not None:
         TRAMPOLINES.pop(env or 0, None)
+    if RETIRED is not None:  # (module globals may be gone at interpreter exit)
+        RETIRED.pop(env or 0, None)
 
 
 FORGET_TRAMPOLINE_ADDR = ctypes.cast(forget_trampoline, ctypes.c_void_p).value
@@ -167,13 +199,16 @@ class CallFrame:
     call made while another runs (a callback calling into the host, which calls realloc)
     has its own."""
 
-    __slots__ = ("addr", "buffer", "trap_addr", "view")
+    __slots__ = ("addr", "addr_arg", "buffer", "trap_addr", "trap_arg", "view")
 
     def __init__(self) -> None:
         self.buffer = _FrameBuffer()
         self.view = memoryview(self.buffer).cast("B")
         self.addr = ctypes.addressof(self.buffer)
         self.trap_addr = self.addr + _FRAME_TRAP
+        # The two addresses as ctypes arguments of func_call_premade.
+        self.addr_arg = ctypes.c_void_p(self.addr)
+        self.trap_arg = ctypes.c_void_p(self.trap_addr)
 
     def trap(self) -> Any:
         """The trap the call left (a ``wasm_trap_t`` pointer; NULL if none)."""
