@@ -316,6 +316,17 @@ def test_a_host_call_after_its_guest_closed_traps(guest_path, export: str) -> No
         assert not ON_CALL
 
 
+def test_a_guest_closed_by_the_embedder_during_its_own_call_reports_the_trap(guest_path) -> None:
+    """``GuestInstance.close`` from inside a host call (not only the core instance's): the
+    call still ends with the trap that says why, not a lookup of the closed store's state."""
+    with Host(interfaces=[calls], runtime="core") as host, host.instantiate(guest_path("async_bench")) as g:
+        g.call("cb-calls", 2)
+        ON_CALL.append(g.close)
+        with pytest.raises(WasmtimeError, match="host function called after its instance was closed"):
+            g.call("cb-calls", 3)
+        assert not ON_CALL and g.closed
+
+
 def test_a_closed_guest_goes_at_once_with_the_native_callbacks_it_left(guest_path, no_gc) -> None:
     """Closing keeps the native callbacks of the direct trampolines until wasmtime frees
     their functions (a call may still come while the store lives); they must not keep the

@@ -114,6 +114,7 @@ class GuestInstance:
         self.host = host
         self.component = component
         self.store = Store(host.engine)
+        self.closed = False
         self.ctx = set_wasi(self.store, config)
         self.limits = config.limits
         self.limits.apply_to_store(self.store)
@@ -254,7 +255,10 @@ class GuestInstance:
     def _finish_output(self) -> str | None:
         """Write out what the guest gave its WASI 0.3 output streams before it returned or
         exited (the stream may still be open); the reason if the store's interrupt or
-        timeout ended that first."""
+        timeout ended that first. Nothing if the guest was closed during the call (a host
+        function may close it): its streams went with it, and the call's own trap says why."""
+        if self.closed:
+            return None
         try:
             finish_output(self.state)
         except Trap as e:
@@ -282,6 +286,7 @@ class GuestInstance:
         return sockets.is_listening(self.ctx)
 
     def close(self) -> None:
+        self.closed = True
         self.host._instances.discard(self)  # a closed guest is not live (reload_identities)
         if self.guard is not None and self.host.ticker is not None:
             self.host.ticker.unregister(self.guard)
