@@ -185,3 +185,18 @@ def test_readline_past_the_limit_is_limit_overrun(aio: Any) -> None:
 
     with pytest.raises(asyncio.LimitOverrunError):
         asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0", "255.255.255.255", "10.1.2.3", "127.0.0.01", "256.0.0.1", "1.2.3",
+                                  "1.2.3.4.5", "1..2.3", "١.2.3.4", "+1.2.3.4", " 1.2.3.4", "1.2.3.4 ", "0x7f.0.0.1", "localhost",
+                                  "::1", ""])
+def test_the_connect_path_reads_an_ipv4_literal_as_ipaddress_does(aio: Any, host: str) -> None:
+    # open_connection skips the ipaddress module for a dotted quad (its parsing cost tens
+    # of microseconds per connection in a guest): the same strings must be literals.
+    import ipaddress
+
+    try:
+        expected: tuple[int, ...] | None = tuple(ipaddress.IPv4Address(host).packed)
+    except ValueError:
+        expected = None
+    assert aio._ipv4_quad(host) == expected
