@@ -197,12 +197,35 @@ def _ipv4_quad(host):
     return tuple(quad)
 
 
+# (host, port) of an address literal -> its [(family, socket address)]: the records are
+# plain values, so one connection's serve the next (building them costs tens of microseconds
+# in a guest). Names are looked up each time.
+_LITERAL_TARGETS = {}
+_LITERAL_TARGETS_KEPT = 64
+
+
+def _literal_targets(host, port):
+    """[(family, socket address)] of ``host`` if it is an address literal, else None."""
+    targets = _LITERAL_TARGETS.get((host, port))
+    if targets is None:
+        quad = _ipv4_quad(host)
+        if quad is not None:
+            targets = [(IpAddressFamily.IPV4, IpSocketAddress_Ipv4(Ipv4SocketAddress(port, quad)))]
+        else:
+            try:
+                targets = [_socket_address(ipaddress.ip_address(host), port)]
+            except ValueError:
+                return None
+        if len(_LITERAL_TARGETS) >= _LITERAL_TARGETS_KEPT:
+            _LITERAL_TARGETS.clear()
+        _LITERAL_TARGETS[(host, port)] = targets
+    return targets
+
+
 async def _tcp_connect(host, port):
     """A connected TcpSocket: each address of ``host`` in turn, the last error if none."""
-    quad = _ipv4_quad(host)
-    if quad is not None:
-        targets = [(IpAddressFamily.IPV4, IpSocketAddress_Ipv4(Ipv4SocketAddress(port, quad)))]
-    else:
+    targets = _literal_targets(host, port)
+    if targets is None:
         targets = [_socket_address(ip, port) for ip in await _addresses(host)]
     error = None
     for family, address in targets:
