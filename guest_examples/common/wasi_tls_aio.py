@@ -927,10 +927,8 @@ def _stream_error(err):
 
 
 def _ipv4_literal(host):
-    parts = host.split(".")
-    if len(parts) == 4 and all(p.isdigit() and len(p) <= 3 and int(p) < 256 for p in parts):
-        return network.IpAddress_Ipv4(tuple(int(p) for p in parts))
-    return None
+    quad = _ipv4_quad(host)
+    return network.IpAddress_Ipv4(quad) if quad is not None else None
 
 
 def resolve(host, deadline=None):

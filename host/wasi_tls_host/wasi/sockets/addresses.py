@@ -50,13 +50,6 @@ class SockAddr(FrozenFields):
         })
 
     @classmethod
-    def from_wit(cls, value: Variant) -> SockAddr:
-        p = value.payload
-        if value.tag == "ipv4":
-            return cls(ipaddress.IPv4Address(bytes(p["address"])), p["port"])
-        return cls(ipaddress.IPv6Address(struct.pack("!8H", *p["address"])), p["port"], p["flow_info"], p["scope_id"])
-
-    @classmethod
     def from_os(cls, addr: tuple[Any, ...]) -> SockAddr:
         ip = ipaddress.ip_address(addr[0].split("%")[0])
         if len(addr) >= 4:
