@@ -185,3 +185,36 @@ def test_readline_past_the_limit_is_limit_overrun(aio: Any) -> None:
 
     with pytest.raises(asyncio.LimitOverrunError):
         asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0", "255.255.255.255", "10.1.2.3", "127.0.0.01", "256.0.0.1", "1.2.3",
+                                  "1.2.3.4.5", "1..2.3", "١.2.3.4", "+1.2.3.4", " 1.2.3.4", "1.2.3.4 ", "0x7f.0.0.1", "localhost",
+                                  "::1", ""])
+def test_the_connect_path_reads_an_ipv4_literal_as_ipaddress_does(aio: Any, host: str) -> None:
+    # open_connection skips the ipaddress module for a dotted quad (its parsing cost tens
+    # of microseconds per connection in a guest): the same strings must be literals.
+    import ipaddress
+
+    try:
+        expected: tuple[int, ...] | None = tuple(ipaddress.IPv4Address(host).packed)
+    except ValueError:
+        expected = None
+    assert aio._ipv4_quad(host) == expected
+
+
+def test_address_literals_are_kept_and_names_are_not(aio: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # open_connection keeps the socket address records of a literal host per (host, port)
+    # (building them costs tens of microseconds in a guest); a name is looked up each time.
+    monkeypatch.setattr(aio, "Ipv4SocketAddress", lambda port, quad: ("v4", port, quad))
+    monkeypatch.setattr(aio, "IpSocketAddress_Ipv4", lambda value: ("ipv4", value))
+    monkeypatch.setattr(aio, "Ipv6SocketAddress", lambda port, flow, words, scope: ("v6", port, words))
+    monkeypatch.setattr(aio, "IpSocketAddress_Ipv6", lambda value: ("ipv6", value))
+    monkeypatch.setattr(aio, "IpAddressFamily", types.SimpleNamespace(IPV4="IPV4", IPV6="IPV6"))
+    monkeypatch.setattr(aio, "_LITERAL_TARGETS", {})
+    first = aio._literal_targets("10.0.0.7", 443)
+    assert first == [("IPV4", ("ipv4", ("v4", 443, (10, 0, 0, 7))))]
+    assert aio._literal_targets("10.0.0.7", 443) is first
+    assert aio._literal_targets("10.0.0.7", 80) == [("IPV4", ("ipv4", ("v4", 80, (10, 0, 0, 7))))]
+    assert aio._literal_targets("::1", 443) == [("IPV6", ("ipv6", ("v6", 443, (0, 0, 0, 0, 0, 0, 0, 1))))]
+    assert aio._literal_targets("localhost", 443) is None
+    assert ("localhost", 443) not in aio._LITERAL_TARGETS

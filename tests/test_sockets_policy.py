@@ -14,8 +14,10 @@ import pytest
 from conftest import free_port
 from sockets_util import TIMEOUT
 from wasi_tls_host import cli
+from wasi_tls_host.runtime.values import Variant, WitError
 from wasi_tls_host.wasi.context import WasiConfig
 from wasi_tls_host.wasi.sockets import AddressPattern, NetworkPolicy
+from wasi_tls_host.wasi.sockets.addresses import local_address, remote_address
 
 GUEST = "sockets_probe"
 
@@ -135,3 +137,26 @@ def test_cli_options_build_the_policy(guest_path):
     assert bad.returncode == 2 and "network policy" in bad.stderr
     assert nothing_accepted(listener)
     listener.close()
+
+
+@pytest.mark.parametrize("family, tag, payload", [
+    ("ipv4", "ipv4", {"port": 0, "address": (127, 0, 0, 1)}),  # port 0
+    ("ipv4", "ipv4", {"port": 80, "address": (0, 0, 0, 0)}),  # unspecified
+    ("ipv4", "ipv4", {"port": 80, "address": (224, 0, 0, 1)}),  # multicast
+    ("ipv6", "ipv4", {"port": 80, "address": (127, 0, 0, 1)}),  # another family
+    ("ipv6", "ipv6", {"port": 80, "address": (0, 0, 0, 0, 0, 0xFFFF, 0x7F00, 1), "flow_info": 0, "scope_id": 0}),  # mapped
+])
+def test_a_refused_address_is_refused_every_time(family: str, tag: str, payload: dict) -> None:
+    # Checked addresses are kept (addresses._checked); refusals must not be.
+    for _ in range(2):
+        with pytest.raises(WitError) as refused:
+            remote_address(family, Variant(tag, payload))
+        assert refused.value.payload == "invalid-argument"
+
+
+def test_a_checked_address_is_the_one_given() -> None:
+    v6 = {"port": 443, "address": (0x2001, 0xDB8, 0, 0, 0, 0, 0, 1), "flow_info": 7, "scope_id": 3}
+    for _ in range(2):
+        assert remote_address("ipv4", Variant("ipv4", {"port": 443, "address": (10, 1, 2, 3)})).os_tuple() == ("10.1.2.3", 443)
+        assert remote_address("ipv6", Variant("ipv6", v6)).os_tuple() == ("2001:db8::1", 443, 7, 3)
+        assert local_address("ipv4", Variant("ipv4", {"port": 0, "address": (0, 0, 0, 0)})).os_tuple() == ("0.0.0.0", 0)

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 
 from wasi_tls_host.tls.connection import Connection
-from wasi_tls_host.tls.engine import RecordWatch, TlsEngine
+from wasi_tls_host.tls.engine import RecordWatch, TlsEngine, TlsFailure
 from wasi_tls_host.tls.p2 import PendingHandshake, Role, TlsInputStream, TlsOutputStream, WasiIoPort, WasiIoTransport
 from wasi_tls_host.wasi.io import CallbackPollable, InputStream, Pollable, SinkOutput, StreamClosed, StreamFailed, Waits
 
@@ -221,3 +221,17 @@ def test_a_write_after_a_failed_read_reports_that_failure(pair) -> None:
         tx.write(b"answer")
     assert failed.value.error.code == "decode-error", str(failed.value)
     assert "bad record mac" in str(failed.value) or "decryption failed" in str(failed.value)
+
+
+def test_a_client_engine_names_and_checks_the_server_it_was_given_each_time() -> None:
+    # The parsed and encoded name is kept per name (engine._verify_target): each engine
+    # still sends its own, and a name that is no name is refused every time, not once.
+    context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    for name in ("a.test", "b.test", "a.test", "127.0.0.1"):
+        engine = TlsEngine(context, server_side=False, server_name=name)
+        engine.advance_handshake()
+        hello = engine.take_output()
+        assert (name.encode() in hello) is (name != "127.0.0.1"), name  # no SNI for an address
+    for _ in range(2):
+        with pytest.raises(TlsFailure, match="is not a valid server name"):
+            TlsEngine(context, server_side=False, server_name="a..test")

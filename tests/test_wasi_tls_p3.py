@@ -318,6 +318,9 @@ def test_a_second_connection_resumes_the_session(p3_host: Host, component: Any, 
         for _ in range(2):
             assert guest.call("fetch", server.port, "localhost", REQUEST)[2:] == ("ok", "ok", "ok")
     assert [info.resumed for info in seen] == [False, True]
+    # Upstream offers the guest no certificate, so the host decodes the chain only for
+    # such a hook: it still gets the server's.
+    assert seen[0].peer_chain_der[:1] == [ssl.PEM_cert_to_DER_cert(leaf.leaf.cert_chain_pems[0].bytes().decode())]
 
 
 def test_no_descriptor_leaks_and_the_host_keeps_serving(fetch, peers, leaf) -> None:

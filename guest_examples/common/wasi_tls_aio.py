@@ -179,11 +179,56 @@ def _socket_address(ip, port):
     return IpAddressFamily.IPV6, IpSocketAddress_Ipv6(Ipv6SocketAddress(port, 0, words, 0))
 
 
+def _ipv4_quad(host):
+    """The four numbers of a dotted-quad address literal as ``ipaddress`` accepts it (no
+    leading zeros), else None: the common case of a literal without the module's parsing,
+    which costs tens of microseconds a connection in a guest."""
+    parts = host.split(".")
+    if len(parts) != 4:
+        return None
+    quad = []
+    for part in parts:
+        if not (part.isascii() and part.isdigit()) or len(part) > 3 or (len(part) > 1 and part[0] == "0"):
+            return None
+        number = int(part)
+        if number > 255:
+            return None
+        quad.append(number)
+    return tuple(quad)
+
+
+# (host, port) of an address literal -> its [(family, socket address)]: the records are
+# plain values, so one connection's serve the next (building them costs tens of microseconds
+# in a guest). Names are looked up each time.
+_LITERAL_TARGETS = {}
+_LITERAL_TARGETS_KEPT = 64
+
+
+def _literal_targets(host, port):
+    """[(family, socket address)] of ``host`` if it is an address literal, else None."""
+    targets = _LITERAL_TARGETS.get((host, port))
+    if targets is None:
+        quad = _ipv4_quad(host)
+        if quad is not None:
+            targets = [(IpAddressFamily.IPV4, IpSocketAddress_Ipv4(Ipv4SocketAddress(port, quad)))]
+        else:
+            try:
+                targets = [_socket_address(ipaddress.ip_address(host), port)]
+            except ValueError:
+                return None
+        if len(_LITERAL_TARGETS) >= _LITERAL_TARGETS_KEPT:
+            _LITERAL_TARGETS.clear()
+        _LITERAL_TARGETS[(host, port)] = targets
+    return targets
+
+
 async def _tcp_connect(host, port):
     """A connected TcpSocket: each address of ``host`` in turn, the last error if none."""
+    targets = _literal_targets(host, port)
+    if targets is None:
+        targets = [_socket_address(ip, port) for ip in await _addresses(host)]
     error = None
-    for ip in await _addresses(host):
-        family, address = _socket_address(ip, port)
+    for family, address in targets:
         sock = TcpSocket.create(family)
         try:
             await sock.connect(address)
@@ -302,8 +347,9 @@ class StreamWriter:
     """Plaintext to the server, written as with asyncio.StreamWriter: ``write`` buffers,
     ``drain`` hands the buffer to the host, ``close`` sends close_notify after it."""
 
-    def __init__(self, sock, connection, data, done, sent, extra):
+    def __init__(self, sock, connection, data, done, sent, extra, received=None):
         self._sock = sock
+        self._received = received  # future: how the socket's receiving ended (unread)
         self._connection = connection
         self._data = data  # ByteStreamWriter of plaintext
         self._done = done  # future: every byte encrypted and handed to the socket
@@ -375,6 +421,8 @@ class StreamWriter:
         self._sent.__exit__(None, None, None)
         if self._connection is not None:
             self._connection.__exit__(None, None, None)
+        if self._received is not None:
+            self._received.__exit__(None, None, None)
         self._sock.__exit__(None, None, None)
         if isinstance(ended, Err):
             raise _tls_error(ended)
@@ -582,14 +630,15 @@ async def _open_upstream(sock, host, port, server_name, limit):
     try:
         tx, cleartext_out = wit_world.byte_stream()
         ciphertext_out, send_done = connector.send(cleartext_out)
+        # The TLS future reports how the data ended; the socket's own is dropped with the
+        # socket (not now: each call into the host costs tens of microseconds of handshake).
         ciphertext_in, received = sock.receive()
-        received.__exit__(None, None, None)
         plaintext_in, receive_done = connector.receive(ciphertext_in)
         sent = sock.send(ciphertext_out)
         try:
             await Connector.connect(connector, server_name)
         except Err as e:
-            for end in (tx, plaintext_in, receive_done, send_done, sent):
+            for end in (tx, plaintext_in, receive_done, send_done, sent, received):
                 end.__exit__(None, None, None)
             raise _tls_error(e) from None
     except BaseException:
@@ -597,7 +646,7 @@ async def _open_upstream(sock, host, port, server_name, limit):
         raise
     extra = {"peername": (host, port), "server_hostname": server_name,
              "peercert": None, "peer_code": None, "cipher": None, "version": None, "alpn": None}
-    return StreamReader(plaintext_in, receive_done, limit), StreamWriter(sock, None, tx, send_done, sent, extra)
+    return StreamReader(plaintext_in, receive_done, limit), StreamWriter(sock, None, tx, send_done, sent, extra, received)
 
 
 _ASK = object()  # _streams: the negotiated ALPN id is the host's to say
@@ -878,10 +927,8 @@ def _stream_error(err):
 
 
 def _ipv4_literal(host):
-    parts = host.split(".")
-    if len(parts) == 4 and all(p.isdigit() and len(p) <= 3 and int(p) < 256 for p in parts):
-        return network.IpAddress_Ipv4(tuple(int(p) for p in parts))
-    return None
+    quad = _ipv4_quad(host)
+    return network.IpAddress_Ipv4(quad) if quad is not None else None
 
 
 def resolve(host, deadline=None):

@@ -82,6 +82,7 @@ def outgoing_client_hello_connect(cx: StoreState, this: OutgoingClientHello, cip
         port.close()  # the call failed: the stream given is let go, the outgoing one ends
         raise
     transport = StreamTransport(engine, port, error_value=failure_record, usage=usage)
+    transport.needs_input = False  # a client speaks first: its first step reads no socket
     transport.begin_handshake(SERVER_HELLO, deadline=HandshakeDeadline.start(config.limits), on_handshake=config.on_handshake,
                               peer_check=peer_code_check(this.expected_code, config, "server"))
     transport.start(cx.scheduler)

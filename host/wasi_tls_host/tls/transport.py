@@ -119,6 +119,9 @@ class TlsTransport:
         self.peer_check: PeerCheck | None = None
         self.reword: Callable[[TlsFailure], TlsFailure] | None = None
         self.peer: PublicIdentity | None = None  # the peer's chain, decoded once
+        # Whether the guest may ask for the peer's chain once established (then it is decoded
+        # at establishment, while the connection is sure to hold it).
+        self.offers_peer = True
         self.handshake_started_ns: int | None = None  # begin_handshake's moment, for HandshakeInfo.handshake_ms
 
     # --- lifetime ---------------------------------------------------------------------
@@ -291,8 +294,13 @@ class TlsTransport:
         it no call answers for a peer that is about to be refused, and the embedder's hook
         sees only connections that happen."""
         assert self.states is not None
-        chain = self.engine.peer_chain()
-        self.peer = PublicIdentity(chain) if chain else None
+        logged = self.port.record is not None and access_log.isEnabledFor(logging.INFO)
+        if self.offers_peer or self.peer_check is not None or self.on_handshake is not None or logged:
+            # Decoded only when something reads it (about 0.1-0.2 ms): a surface that offers
+            # the guest no peer certificate (upstream's connector) leaves it to the checks
+            # and hooks here.
+            chain = self.engine.peer_chain()
+            self.peer = PublicIdentity(chain) if chain else None
         if self.peer_check is not None:
             problem = self.peer_check(self.peer)
             if problem is not None:
@@ -302,7 +310,6 @@ class TlsTransport:
             self.usage.handshake_ended(self.port)
         # Built only when someone reads it (the embedder's hook, the access log): it costs
         # about 0.15 ms, a tenth of a handshake.
-        logged = self.port.record is not None and access_log.isEnabledFor(logging.INFO)
         if self.on_handshake is not None or logged:
             info = self.engine.info(self.peer.der_chain if self.peer is not None else [])
             if self.handshake_started_ns is not None:

@@ -155,6 +155,8 @@ async def connector_connect(cx: StoreState, this: Connector, server_name: str) -
         raise _refuse_connect(this, TlsFailure(ACCESS_DENIED, f"TLS connection refused by the host: {e}")) from None
     this.states.advance(Transition.CONNECT)
     transport = StreamTransport(engine, this.port, error_value=TlsError, usage=usage, receiver=this.receiver, sender=this.sender)
+    transport.offers_peer = False  # upstream has no call that shows the server's certificate
+    transport.needs_input = False  # a client speaks first: its first step reads no socket
     transport.begin_handshake(CONNECT, deadline=HandshakeDeadline.start(config.limits), on_handshake=config.on_handshake)
     transport.start(cx.scheduler)
     try:

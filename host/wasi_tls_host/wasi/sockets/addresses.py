@@ -4,6 +4,7 @@ asks for (each failing one is ``invalid-argument``)."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 import struct
@@ -49,13 +50,6 @@ class SockAddr(FrozenFields):
         })
 
     @classmethod
-    def from_wit(cls, value: Variant) -> SockAddr:
-        p = value.payload
-        if value.tag == "ipv4":
-            return cls(ipaddress.IPv4Address(bytes(p["address"])), p["port"])
-        return cls(ipaddress.IPv6Address(struct.pack("!8H", *p["address"])), p["port"], p["flow_info"], p["scope_id"])
-
-    @classmethod
     def from_os(cls, addr: tuple[Any, ...]) -> SockAddr:
         ip = ipaddress.ip_address(addr[0].split("%")[0])
         if len(addr) >= 4:
@@ -95,16 +89,33 @@ def _is_unicast(ip: IPAddress) -> bool:
 def local_address(family: str, value: Variant) -> SockAddr:
     """A bind address, checked as the spec asks: the socket's family, unicast, not an
     IPv4-mapped IPv6 address."""
-    addr = SockAddr.from_wit(value)
-    if addr.family != family or _is_mapped(addr.ip) or not _is_unicast(addr.ip):
-        raise WitError("invalid-argument")
-    return addr
+    return _checked(family, *_key(value), False)
 
 
 def remote_address(family: str, value: Variant) -> SockAddr:
     """A connect or send address: as ``local_address``, and neither the unspecified
     address nor port 0."""
-    addr = local_address(family, value)
-    if addr.ip.is_unspecified or addr.port == 0:
+    return _checked(family, *_key(value), True)
+
+
+def _key(value: Variant) -> tuple[Any, ...]:
+    p = value.payload
+    if value.tag == "ipv4":
+        return "ipv4", tuple(p["address"]), p["port"], 0, 0
+    return value.tag, tuple(p["address"]), p["port"], p["flow_info"], p["scope_id"]
+
+
+@functools.lru_cache(maxsize=256)
+def _checked(family: str, tag: str, address: tuple[int, ...], port: int, flow_info: int, scope_id: int, remote: bool) -> SockAddr:
+    """An address checked once (``SockAddr`` is immutable): a guest connects or sends to few
+    addresses, and building and checking the ``ipaddress`` object each time took ~10 us of
+    every connect. A refused one is not kept (each use raises again)."""
+    if tag == "ipv4":
+        addr = SockAddr(ipaddress.IPv4Address(bytes(address)), port)
+    else:
+        addr = SockAddr(ipaddress.IPv6Address(struct.pack("!8H", *address)), port, flow_info, scope_id)
+    if addr.family != family or _is_mapped(addr.ip) or not _is_unicast(addr.ip):
+        raise WitError("invalid-argument")
+    if remote and (addr.ip.is_unspecified or addr.port == 0):
         raise WitError("invalid-argument")
     return addr
