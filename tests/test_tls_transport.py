@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 
 from wasi_tls_host.tls.connection import Connection
-from wasi_tls_host.tls.engine import RecordWatch, TlsEngine
+from wasi_tls_host.tls.engine import RecordWatch, TlsEngine, TlsFailure
 from wasi_tls_host.tls.p2 import PendingHandshake, Role, TlsInputStream, TlsOutputStream, WasiIoPort, WasiIoTransport
 from wasi_tls_host.wasi.io import CallbackPollable, InputStream, Pollable, SinkOutput, StreamClosed, StreamFailed, Waits
 
@@ -221,3 +221,86 @@ def test_a_write_after_a_failed_read_reports_that_failure(pair) -> None:
         tx.write(b"answer")
     assert failed.value.error.code == "decode-error", str(failed.value)
     assert "bad record mac" in str(failed.value) or "decryption failed" in str(failed.value)
+
+
+class CountingConnection:
+    """An engine's OpenSSL connection, counting the calls that read ciphertext."""
+
+    def __init__(self, conn: SSL.Connection) -> None:
+        self._conn = conn
+        self.reads = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._conn, name)
+
+    def recv_into(self, *args: object) -> int:
+        self.reads += 1
+        return self._conn.recv_into(*args)  # type: ignore[arg-type]
+
+
+def test_an_engine_waiting_for_ciphertext_asks_openssl_again_only_once_more_came(ca: trustme.CA) -> None:
+    """OpenSSL said "want read" and nothing came since: asking again costs an SSL error raised
+    in pyOpenSSL for the same answer, so the engine does not; what comes next is still read
+    whole, and the end of the peer's data is still a truncation."""
+    client, to_client, from_client, engine = established(ca)
+    counting = CountingConnection(engine.conn)
+    engine.conn = counting  # type: ignore[assignment]
+    buffer = memoryview(bytearray(100))
+    assert engine.read_into(buffer) is None
+    assert engine.read_into(buffer) is None and engine.read_into(buffer) is None
+    assert counting.reads == 1
+    client.write(b"hello")
+    record = from_client.read()
+    engine.feed(record[:3])  # a part of a record: OpenSSL is asked, and wants more
+    assert engine.read_into(buffer) is None and engine.read_into(buffer) is None
+    assert counting.reads == 2
+    engine.feed(record[3:])
+    assert engine.read_into(buffer) == 5 and bytes(buffer[:5]) == b"hello"
+    assert engine.read_into(buffer) is None and engine.read_into(buffer) is None
+    assert counting.reads == 4
+    engine.feed_eof()
+    with pytest.raises(TlsFailure) as truncated:
+        engine.read_into(buffer)
+    assert truncated.value.code == "truncated"
+
+
+def test_a_handshake_waiting_for_ciphertext_asks_openssl_again_only_once_more_came(ca: trustme.CA) -> None:
+    leaf = ca.issue_cert("server.test")
+    context = SSL.Context(SSL.TLS_SERVER_METHOD)
+    context.use_certificate(x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes()))
+    context.use_privatekey(serialization.load_pem_private_key(leaf.private_key_pem.bytes(), None))  # type: ignore[arg-type]
+    server = TlsEngine(context, server_side=True)
+    calls = []
+    do_handshake = server.conn.do_handshake
+    server.conn.do_handshake = lambda: calls.append(1) or do_handshake()  # type: ignore[method-assign]
+    assert not server.advance_handshake() and not server.advance_handshake()
+    assert len(calls) == 1
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    to_client, from_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = client_ctx.wrap_bio(to_client, from_client, server_hostname="server.test")
+    with pytest.raises(ssl.SSLWantReadError):
+        client.do_handshake()
+    server.feed(from_client.read())
+    assert not server.advance_handshake() and not server.advance_handshake()  # flight sent, Finished awaited
+    assert len(calls) == 2
+    to_client.write(server.take_output())
+    client.do_handshake()
+    server.feed(from_client.read())
+    assert server.advance_handshake()
+    assert len(calls) == 3
+    server.feed_eof()
+    assert server.advance_handshake()  # done is done, whatever comes after
+
+
+def test_a_handshake_waiting_for_ciphertext_that_will_never_come_fails_as_closed(ca: trustme.CA) -> None:
+    leaf = ca.issue_cert("server.test")
+    context = SSL.Context(SSL.TLS_SERVER_METHOD)
+    context.use_certificate(x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes()))
+    context.use_privatekey(serialization.load_pem_private_key(leaf.private_key_pem.bytes(), None))  # type: ignore[arg-type]
+    server = TlsEngine(context, server_side=True)
+    assert not server.advance_handshake()
+    server.feed_eof()
+    with pytest.raises(TlsFailure) as closed:
+        server.advance_handshake()
+    assert closed.value.code == "closed"
