@@ -420,3 +420,33 @@ def test_readme_client_and_server_build_and_run_as_shown(
             proc.kill()
             proc.communicate()
     assert (proc.returncode, out, err) == (0, "", "")
+
+
+def test_get_extra_info_version_is_the_negotiated_one_for_tls_1_2_and_1_3(tls_echo_server_p3: Path, tmp_path: Path) -> None:
+    """The binding reads TLS 1.3 off the suite (0x13XX suites are TLS 1.3's alone) and asks
+    the host otherwise: each client's version is what the server's get_extra_info says."""
+    ca = trustme.CA()
+    proc, port = start_echo_server(tls_echo_server_p3, tmp_path, ca, "--", "2")
+    try:
+        firsts = []
+        for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+            ctx = ssl.create_default_context()
+            ca.configure_trust(ctx)
+            ctx.minimum_version = ctx.maximum_version = version
+            ctx.set_alpn_protocols(["echo"])
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as raw, \
+                    ctx.wrap_socket(raw, server_hostname="default.test") as tls:
+                stream = tls.makefile("rwb")
+                firsts.append((stream.readline(), tls.version()))
+                stream.write(b"hi\n")
+                stream.flush()
+                assert stream.readline() == b"HI\n"
+                stream.close()
+                tls.unwrap()
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert firsts == [(b"TLSv1.2 echo\n", "TLSv1.2"), (b"TLSv1.3 echo\n", "TLSv1.3")], err
+    assert (proc.returncode, out) == (0, "closed after 2\n")

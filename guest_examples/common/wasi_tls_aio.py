@@ -614,9 +614,11 @@ def _streams(sock, connection, sent, extra, limit, peer_asked=True, alpn_id=_ASK
     send_done = connection.send(rx)
     if alpn_id is _ASK:
         alpn_id = connection.alpn_id()
-    number = connection.protocol_version()
-    version = VERSIONS.get(number, "0x%04x" % number)
     suite = connection.cipher_suite()
+    # A TLS 1.3 suite (0x13XX) is negotiated in TLS 1.3 only (RFC 8446 B.4): the host is asked
+    # for the version only when the suite does not say it.
+    number = 0x0304 if suite >> 8 == 0x13 else connection.protocol_version()
+    version = VERSIONS.get(number, "0x%04x" % number)
     name, bits = CIPHERS.get(suite, ("0x%04x" % suite, None))
     peercert, peer_code = _peer(connection.peer_identity()) if peer_asked else (None, None)
     extra.update({
