@@ -450,3 +450,54 @@ def test_get_extra_info_version_is_the_negotiated_one_for_tls_1_2_and_1_3(tls_ec
             proc.communicate()
     assert firsts == [(b"TLSv1.2 echo\n", "TLSv1.2"), (b"TLSv1.3 echo\n", "TLSv1.3")], err
     assert (proc.returncode, out) == (0, "closed after 2\n")
+
+
+def test_a_connection_whose_callback_fails_is_closed_at_once(tls_echo_server_p3: Path, tmp_path: Path) -> None:
+    """As asyncio's start_server does, the binding closes a connection whose callback raised
+    (here: the echo's read of a client that left without close_notify), instead of leaving
+    its socket open until the guest's garbage collector gets to it."""
+    import os
+    import time
+
+    ca = trustme.CA()
+    proc, port = start_echo_server(tls_echo_server_p3, tmp_path, ca, "--", "3")
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+
+    def echo_once(close_notify: bool) -> None:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+        tls = ctx.wrap_socket(raw, server_hostname="default.test")
+        stream = tls.makefile("rwb")
+        stream.readline()
+        stream.write(b"hi\n")
+        stream.flush()
+        assert stream.readline() == b"HI\n"
+        stream.close()
+        if close_notify:
+            tls.unwrap()
+        tls.close()  # without unwrap(): the TCP connection ends with no close_notify
+
+    def descriptors() -> int:
+        return len(os.listdir(f"/proc/{proc.pid}/fd"))
+
+    def left_open(baseline: int) -> int:
+        """Descriptors above ``baseline`` once they stopped going (at most 10 s)."""
+        deadline = time.monotonic() + 10
+        while descriptors() > baseline and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return descriptors() - baseline
+
+    try:
+        baseline = descriptors()
+        echo_once(close_notify=True)
+        after_clean = left_open(baseline)
+        echo_once(close_notify=False)
+        after_truncated = left_open(baseline)
+        echo_once(close_notify=True)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert (after_clean, after_truncated) == (0, 0), err
+    assert "truncated" in err and (proc.returncode, out) == (0, "closed after 3\n")

@@ -833,9 +833,19 @@ async def start_server(client_connected_cb, host, port, *, identity=None, select
                                       peer_asked=client_ca is not None or bool(require_client_cert) or expect_peer_code is not None,
                                       alpn_id=chosen)
             conn_sock = None  # the writer owns it now
-            result = client_connected_cb(reader, writer)
-            if hasattr(result, "__await__"):
-                await result
+            try:
+                result = client_connected_cb(reader, writer)
+                if hasattr(result, "__await__"):
+                    await result
+            except Exception:
+                # As asyncio's start_server does when its callback fails: the connection is
+                # closed now (close_notify), not whenever the garbage collector gets to it.
+                writer.close()
+                try:
+                    await writer.wait_closed()
+                except Exception:
+                    pass  # the callback's failure is the one to report
+                raise
         except Exception as e:
             print(f"wasi_tls_aio: connection from {peername}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         finally:
