@@ -269,6 +269,23 @@ def test_start_server_selects_identities_by_sni_and_serves_concurrently(
     assert (proc.returncode, out, err) == (0, "closed after 2\n", "")
 
 
+def echo_hi(port: int, ctx: ssl.SSLContext, *, close_notify: bool = True) -> tuple[bytes, str | None]:
+    """One connection to tls_echo_server_p3 as "default.test": its first line and the
+    version negotiated; "hi" comes back as "HI"; then close_notify, or (``close_notify=False``)
+    the TCP connection closed without one."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw, \
+            ctx.wrap_socket(raw, server_hostname="default.test") as tls:
+        stream = tls.makefile("rwb")
+        first, version = stream.readline(), tls.version()
+        stream.write(b"hi\n")
+        stream.flush()
+        assert stream.readline() == b"HI\n"
+        stream.close()
+        if close_notify:
+            tls.unwrap()
+    return first, version
+
+
 def refused_client(port: int, ctx: ssl.SSLContext) -> str:
     """The reason a client's first read fails (TLS 1.3 checks the client's certificate after
     the client's side of the handshake is done)."""
@@ -307,15 +324,8 @@ def test_start_server_client_ca_verifies_clients_against_a_named_ca_set(
         good.cert_chain_pems[0].write_to_path(str(tmp_path / "client.crt"))
         ctx = client(None)
         good.configure_cert(ctx)
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as raw, \
-                ctx.wrap_socket(raw, server_hostname="default.test") as tls:
-            stream = tls.makefile("rwb")
-            version, alpn, peercert = stream.readline().decode().split(" ", 2)
-            stream.write(b"hi\n")
-            stream.flush()
-            assert stream.readline() == b"HI\n"
-            stream.close()
-            tls.unwrap()
+        first, _ = echo_hi(port, ctx)
+        version, alpn, peercert = first.decode().split(" ", 2)
         out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
@@ -434,15 +444,7 @@ def test_get_extra_info_version_is_the_negotiated_one_for_tls_1_2_and_1_3(tls_ec
             ca.configure_trust(ctx)
             ctx.minimum_version = ctx.maximum_version = version
             ctx.set_alpn_protocols(["echo"])
-            with socket.create_connection(("127.0.0.1", port), timeout=30) as raw, \
-                    ctx.wrap_socket(raw, server_hostname="default.test") as tls:
-                stream = tls.makefile("rwb")
-                firsts.append((stream.readline(), tls.version()))
-                stream.write(b"hi\n")
-                stream.flush()
-                assert stream.readline() == b"HI\n"
-                stream.close()
-                tls.unwrap()
+            firsts.append(echo_hi(port, ctx))
         out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
@@ -464,19 +466,6 @@ def test_a_connection_whose_callback_fails_is_closed_at_once(tls_echo_server_p3:
     ctx = ssl.create_default_context()
     ca.configure_trust(ctx)
 
-    def echo_once(close_notify: bool) -> None:
-        raw = socket.create_connection(("127.0.0.1", port), timeout=30)
-        tls = ctx.wrap_socket(raw, server_hostname="default.test")
-        stream = tls.makefile("rwb")
-        stream.readline()
-        stream.write(b"hi\n")
-        stream.flush()
-        assert stream.readline() == b"HI\n"
-        stream.close()
-        if close_notify:
-            tls.unwrap()
-        tls.close()  # without unwrap(): the TCP connection ends with no close_notify
-
     def descriptors() -> int:
         return len(os.listdir(f"/proc/{proc.pid}/fd"))
 
@@ -489,11 +478,11 @@ def test_a_connection_whose_callback_fails_is_closed_at_once(tls_echo_server_p3:
 
     try:
         baseline = descriptors()
-        echo_once(close_notify=True)
+        echo_hi(port, ctx)
         after_clean = left_open(baseline)
-        echo_once(close_notify=False)
+        echo_hi(port, ctx, close_notify=False)
         after_truncated = left_open(baseline)
-        echo_once(close_notify=True)
+        echo_hi(port, ctx)
         out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:

@@ -64,13 +64,18 @@ def ca() -> trustme.CA:
     return trustme.CA()
 
 
-def established(ca: trustme.CA) -> tuple[ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO, TlsEngine]:
-    """A CPython client and a host server engine after a handshake through memory."""
+def server_engine(ca: trustme.CA) -> TlsEngine:
+    """A host server engine for "server.test", before its handshake."""
     leaf = ca.issue_cert("server.test")
     context = SSL.Context(SSL.TLS_SERVER_METHOD)
     context.use_certificate(x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes()))
     context.use_privatekey(serialization.load_pem_private_key(leaf.private_key_pem.bytes(), None))  # type: ignore[arg-type]
-    server = TlsEngine(context, server_side=True)
+    return TlsEngine(context, server_side=True)
+
+
+def established(ca: trustme.CA) -> tuple[ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO, TlsEngine]:
+    """A CPython client and a host server engine after a handshake through memory."""
+    server = server_engine(ca)
     client_ctx = ssl.create_default_context()
     ca.configure_trust(client_ctx)
     to_client, from_client = ssl.MemoryBIO(), ssl.MemoryBIO()
@@ -265,11 +270,7 @@ def test_an_engine_waiting_for_ciphertext_asks_openssl_again_only_once_more_came
 
 
 def test_a_handshake_waiting_for_ciphertext_asks_openssl_again_only_once_more_came(ca: trustme.CA) -> None:
-    leaf = ca.issue_cert("server.test")
-    context = SSL.Context(SSL.TLS_SERVER_METHOD)
-    context.use_certificate(x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes()))
-    context.use_privatekey(serialization.load_pem_private_key(leaf.private_key_pem.bytes(), None))  # type: ignore[arg-type]
-    server = TlsEngine(context, server_side=True)
+    server = server_engine(ca)
     calls = []
     do_handshake = server.conn.do_handshake
     server.conn.do_handshake = lambda: calls.append(1) or do_handshake()  # type: ignore[method-assign]
@@ -294,11 +295,7 @@ def test_a_handshake_waiting_for_ciphertext_asks_openssl_again_only_once_more_ca
 
 
 def test_a_handshake_waiting_for_ciphertext_that_will_never_come_fails_as_closed(ca: trustme.CA) -> None:
-    leaf = ca.issue_cert("server.test")
-    context = SSL.Context(SSL.TLS_SERVER_METHOD)
-    context.use_certificate(x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes()))
-    context.use_privatekey(serialization.load_pem_private_key(leaf.private_key_pem.bytes(), None))  # type: ignore[arg-type]
-    server = TlsEngine(context, server_side=True)
+    server = server_engine(ca)
     assert not server.advance_handshake()
     server.feed_eof()
     with pytest.raises(TlsFailure) as closed:
