@@ -4,7 +4,9 @@ per second beside a CPython asyncio ``ssl`` server, and the host's share beside 
 Servers, each in its own process, with the same certificate and key:
 - ``tls_echo_server_p3`` (componentize-py, ``wasi_tls_aio.start_server``) under
   ``wasi-tls-host run``: after the handshake it writes a line (version, ALPN), then echoes
-  lines upper-cased;
+  lines upper-cased; it serves its one identity, as the reference serves its one certificate
+  (``--sni`` also measures it choosing the identity per connection from the ClientHello's
+  server name, ALPN ids and versions, which costs it three calls into the host);
 - a CPython asyncio ``ssl`` server doing the same (the reference, target: the guest >= 0.8x);
 - the WAT 0.3 server guest ``tls_p3_server`` (no language runtime: the host's work alone; it
   takes its handshakes one after another, over the TCP stand-in of devtools/tcp_p3.py), which
@@ -98,10 +100,11 @@ def start(kind: str, guest: Path, cert: str, key: str, workdir: Path) -> tuple[s
         proc = child("serve-cpython", str(port), cert, key)
         _wait(proc, port)
         return proc, port
-    if kind == "guest":
+    if kind in ("guest", "guest-sni"):
         port = free_port()
+        names = ["default"] if kind == "guest-sni" else []  # a NAME: select_identity per connection
         proc = subprocess.Popen([sys.executable, "-m", "wasi_tls_host.cli", "run", "--allow-listen", f"{HOST}:{port}",
-                                 "--identity", f"default={cert},{key}", str(guest), HOST, str(port), "1000000000"],
+                                 "--identity", f"default={cert},{key}", str(guest), HOST, str(port), "1000000000", *names],
                                 stdout=subprocess.PIPE, text=True)
         assert proc.stdout is not None
         line = proc.stdout.readline().split()
@@ -174,6 +177,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=4.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--no-wat", action="store_true", help="skip the WAT guest (the host's share)")
+    parser.add_argument("--sni", action="store_true", help="also the guest choosing its identity per connection (select_identity)")
     args = parser.parse_args()
     from wasi_tls_host import Host, guests
 
@@ -181,7 +185,7 @@ def main() -> None:
     with Host(runtime="core") as host:
         host.load(guest)  # compiled into the shared cache before anything is timed
         guests.build("tls_p3_server")
-    kinds = ["guest", "cpython"] + ([] if args.no_wat else ["wat"])
+    kinds = ["guest", "cpython"] + (["guest-sni"] if args.sni else []) + ([] if args.no_wat else ["wat"])
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         ca = trustme.CA()
@@ -201,6 +205,9 @@ def main() -> None:
     g, c = best["guest"], best["cpython"]
     print(f"handshakes/s: 0.3 binding guest (tls_echo_server_p3) {g:.0f}; CPython asyncio ssl {c:.0f}; "
           f"guest = {g / c:.2f}x (target >= 0.8x)")
+    if "guest-sni" in best:
+        print(f"handshakes/s: the same guest choosing its identity per connection (select_identity) {best['guest-sni']:.0f} "
+              f"= {best['guest-sni'] / c:.2f}x CPython")
     if "wat" in best:
         print(f"handshakes/s: 0.3 WAT server guest (tls_p3_server, one handshake at a time) {best['wat']:.0f} "
               f"= {best['wat'] / c:.2f}x CPython (the host's share)")

@@ -269,6 +269,23 @@ def test_start_server_selects_identities_by_sni_and_serves_concurrently(
     assert (proc.returncode, out, err) == (0, "closed after 2\n", "")
 
 
+def echo_hi(port: int, ctx: ssl.SSLContext, *, close_notify: bool = True) -> tuple[bytes, str | None]:
+    """One connection to tls_echo_server_p3 as "default.test": its first line and the
+    version negotiated; "hi" comes back as "HI"; then close_notify, or (``close_notify=False``)
+    the TCP connection closed without one."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw, \
+            ctx.wrap_socket(raw, server_hostname="default.test") as tls:
+        stream = tls.makefile("rwb")
+        first, version = stream.readline(), tls.version()
+        stream.write(b"hi\n")
+        stream.flush()
+        assert stream.readline() == b"HI\n"
+        stream.close()
+        if close_notify:
+            tls.unwrap()
+    return first, version
+
+
 def refused_client(port: int, ctx: ssl.SSLContext) -> str:
     """The reason a client's first read fails (TLS 1.3 checks the client's certificate after
     the client's side of the handshake is done)."""
@@ -307,15 +324,8 @@ def test_start_server_client_ca_verifies_clients_against_a_named_ca_set(
         good.cert_chain_pems[0].write_to_path(str(tmp_path / "client.crt"))
         ctx = client(None)
         good.configure_cert(ctx)
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as raw, \
-                ctx.wrap_socket(raw, server_hostname="default.test") as tls:
-            stream = tls.makefile("rwb")
-            version, alpn, peercert = stream.readline().decode().split(" ", 2)
-            stream.write(b"hi\n")
-            stream.flush()
-            assert stream.readline() == b"HI\n"
-            stream.close()
-            tls.unwrap()
+        first, _ = echo_hi(port, ctx)
+        version, alpn, peercert = first.decode().split(" ", 2)
         out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
@@ -420,3 +430,63 @@ def test_readme_client_and_server_build_and_run_as_shown(
             proc.kill()
             proc.communicate()
     assert (proc.returncode, out, err) == (0, "", "")
+
+
+def test_get_extra_info_version_is_the_negotiated_one_for_tls_1_2_and_1_3(tls_echo_server_p3: Path, tmp_path: Path) -> None:
+    """The binding reads TLS 1.3 off the suite (0x13XX suites are TLS 1.3's alone) and asks
+    the host otherwise: each client's version is what the server's get_extra_info says."""
+    ca = trustme.CA()
+    proc, port = start_echo_server(tls_echo_server_p3, tmp_path, ca, "--", "2")
+    try:
+        firsts = []
+        for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+            ctx = ssl.create_default_context()
+            ca.configure_trust(ctx)
+            ctx.minimum_version = ctx.maximum_version = version
+            ctx.set_alpn_protocols(["echo"])
+            firsts.append(echo_hi(port, ctx))
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert firsts == [(b"TLSv1.2 echo\n", "TLSv1.2"), (b"TLSv1.3 echo\n", "TLSv1.3")], err
+    assert (proc.returncode, out) == (0, "closed after 2\n")
+
+
+def test_a_connection_whose_callback_fails_is_closed_at_once(tls_echo_server_p3: Path, tmp_path: Path) -> None:
+    """As asyncio's start_server does, the binding closes a connection whose callback raised
+    (here: the echo's read of a client that left without close_notify), instead of leaving
+    its socket open until the guest's garbage collector gets to it."""
+    import os
+    import time
+
+    ca = trustme.CA()
+    proc, port = start_echo_server(tls_echo_server_p3, tmp_path, ca, "--", "3")
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+
+    def descriptors() -> int:
+        return len(os.listdir(f"/proc/{proc.pid}/fd"))
+
+    def left_open(baseline: int) -> int:
+        """Descriptors above ``baseline`` once they stopped going (at most 10 s)."""
+        deadline = time.monotonic() + 10
+        while descriptors() > baseline and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return descriptors() - baseline
+
+    try:
+        baseline = descriptors()
+        echo_hi(port, ctx)
+        after_clean = left_open(baseline)
+        echo_hi(port, ctx, close_notify=False)
+        after_truncated = left_open(baseline)
+        echo_hi(port, ctx)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert (after_clean, after_truncated) == (0, 0), err
+    assert "truncated" in err and (proc.returncode, out) == (0, "closed after 3\n")

@@ -226,3 +226,59 @@ def test_nothing_leaks_without_the_garbage_collector(config, peers, pki) -> None
         good.wait_idle()
         bad.wait_idle()
         assert open_fds() <= before
+
+
+class ScriptedSource:
+    """A socket read directly (``DirectSource``): hands out ``chunks`` in turn (b"": the
+    kernel has nothing now), counting the reads."""
+
+    fd = -1
+
+    def __init__(self, *chunks: bytes) -> None:
+        self.chunks = list(chunks)
+        self.reads = 0
+
+    def recv(self, limit: int) -> bytes | None:
+        self.reads += 1
+        chunk = self.chunks.pop(0) if self.chunks else b""
+        assert len(chunk) <= limit
+        return chunk
+
+    def stop(self) -> None:
+        self.chunks.clear()
+
+
+def test_a_short_direct_read_is_the_last_of_its_step() -> None:
+    """A read of the socket that got less than it asked for took all the kernel had: the
+    next read in the same step finds nothing without a system call, and the connection
+    waits for the socket to be readable (``want_read``); the next step reads again. A send
+    that failed has the next read ask the kernel (the peer's last words before it left)."""
+    port = StreamPort(Event(), "test")
+    try:
+        port.source = source = ScriptedSource(b"abc", b"def", b"x" * 10, b"yz", b"late alert")
+        assert port.receive(100) == b"abc" and port.want_read
+        assert port.receive(100) == b"" and port.want_read
+        assert source.reads == 1
+        port.begin_step()
+        assert not port.want_read
+        assert port.receive(100) == b"def" and source.reads == 2
+        port.begin_step()
+        assert port.receive(10) == b"x" * 10 and not port.want_read  # as much as asked: maybe more
+        assert port.receive(10) == b"yz" and source.reads == 4 and port.want_read
+
+        class Refusing:
+            fd = -1
+
+            def send(self, data: Any) -> int:
+                raise ConnectionResetError(104, "Connection reset by peer")
+
+            def close(self) -> None:
+                pass
+
+        port.sink = Refusing()
+        with pytest.raises(Exception, match="sending failed"):
+            port.send(bytearray(b"flight"))
+        assert port.receive(100) == b"late alert" and source.reads == 5
+    finally:
+        port.sink = None
+        port.close()

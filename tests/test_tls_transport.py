@@ -64,13 +64,18 @@ def ca() -> trustme.CA:
     return trustme.CA()
 
 
-def established(ca: trustme.CA) -> tuple[ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO, TlsEngine]:
-    """A CPython client and a host server engine after a handshake through memory."""
+def server_engine(ca: trustme.CA) -> TlsEngine:
+    """A host server engine for "server.test", before its handshake."""
     leaf = ca.issue_cert("server.test")
     context = SSL.Context(SSL.TLS_SERVER_METHOD)
     context.use_certificate(x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes()))
     context.use_privatekey(serialization.load_pem_private_key(leaf.private_key_pem.bytes(), None))  # type: ignore[arg-type]
-    server = TlsEngine(context, server_side=True)
+    return TlsEngine(context, server_side=True)
+
+
+def established(ca: trustme.CA) -> tuple[ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO, TlsEngine]:
+    """A CPython client and a host server engine after a handshake through memory."""
+    server = server_engine(ca)
     client_ctx = ssl.create_default_context()
     ca.configure_trust(client_ctx)
     to_client, from_client = ssl.MemoryBIO(), ssl.MemoryBIO()
@@ -235,3 +240,78 @@ def test_a_client_engine_names_and_checks_the_server_it_was_given_each_time() ->
     for _ in range(2):
         with pytest.raises(TlsFailure, match="is not a valid server name"):
             TlsEngine(context, server_side=False, server_name="a..test")
+
+
+class CountingConnection:
+    """An engine's OpenSSL connection, counting the calls that read ciphertext."""
+
+    def __init__(self, conn: SSL.Connection) -> None:
+        self._conn = conn
+        self.reads = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._conn, name)
+
+    def recv_into(self, *args: object) -> int:
+        self.reads += 1
+        return self._conn.recv_into(*args)  # type: ignore[arg-type]
+
+
+def test_an_engine_waiting_for_ciphertext_asks_openssl_again_only_once_more_came(ca: trustme.CA) -> None:
+    """OpenSSL said "want read" and nothing came since: asking again costs an SSL error raised
+    in pyOpenSSL for the same answer, so the engine does not; what comes next is still read
+    whole, and the end of the peer's data is still a truncation."""
+    client, to_client, from_client, engine = established(ca)
+    counting = CountingConnection(engine.conn)
+    engine.conn = counting  # type: ignore[assignment]
+    buffer = memoryview(bytearray(100))
+    assert engine.read_into(buffer) is None
+    assert engine.read_into(buffer) is None and engine.read_into(buffer) is None
+    assert counting.reads == 1
+    client.write(b"hello")
+    record = from_client.read()
+    engine.feed(record[:3])  # a part of a record: OpenSSL is asked, and wants more
+    assert engine.read_into(buffer) is None and engine.read_into(buffer) is None
+    assert counting.reads == 2
+    engine.feed(record[3:])
+    assert engine.read_into(buffer) == 5 and bytes(buffer[:5]) == b"hello"
+    assert engine.read_into(buffer) is None and engine.read_into(buffer) is None
+    assert counting.reads == 4
+    engine.feed_eof()
+    with pytest.raises(TlsFailure) as truncated:
+        engine.read_into(buffer)
+    assert truncated.value.code == "truncated"
+
+
+def test_a_handshake_waiting_for_ciphertext_asks_openssl_again_only_once_more_came(ca: trustme.CA) -> None:
+    server = server_engine(ca)
+    calls = []
+    do_handshake = server.conn.do_handshake
+    server.conn.do_handshake = lambda: calls.append(1) or do_handshake()  # type: ignore[method-assign]
+    assert not server.advance_handshake() and not server.advance_handshake()
+    assert len(calls) == 1
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    to_client, from_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = client_ctx.wrap_bio(to_client, from_client, server_hostname="server.test")
+    with pytest.raises(ssl.SSLWantReadError):
+        client.do_handshake()
+    server.feed(from_client.read())
+    assert not server.advance_handshake() and not server.advance_handshake()  # flight sent, Finished awaited
+    assert len(calls) == 2
+    to_client.write(server.take_output())
+    client.do_handshake()
+    server.feed(from_client.read())
+    assert server.advance_handshake()
+    assert len(calls) == 3
+    server.feed_eof()
+    assert server.advance_handshake()  # done is done, whatever comes after
+
+
+def test_a_handshake_waiting_for_ciphertext_that_will_never_come_fails_as_closed(ca: trustme.CA) -> None:
+    server = server_engine(ca)
+    assert not server.advance_handshake()
+    server.feed_eof()
+    with pytest.raises(TlsFailure) as closed:
+        server.advance_handshake()
+    assert closed.value.code == "closed"

@@ -663,9 +663,11 @@ def _streams(sock, connection, sent, extra, limit, peer_asked=True, alpn_id=_ASK
     send_done = connection.send(rx)
     if alpn_id is _ASK:
         alpn_id = connection.alpn_id()
-    number = connection.protocol_version()
-    version = VERSIONS.get(number, "0x%04x" % number)
     suite = connection.cipher_suite()
+    # A TLS 1.3 suite (0x13XX) is negotiated in TLS 1.3 only (RFC 8446 B.4): the host is asked
+    # for the version only when the suite does not say it.
+    number = 0x0304 if suite >> 8 == 0x13 else connection.protocol_version()
+    version = VERSIONS.get(number, "0x%04x" % number)
     name, bits = CIPHERS.get(suite, ("0x%04x" % suite, None))
     peercert, peer_code = _peer(connection.peer_identity()) if peer_asked else (None, None)
     extra.update({
@@ -880,9 +882,19 @@ async def start_server(client_connected_cb, host, port, *, identity=None, select
                                       peer_asked=client_ca is not None or bool(require_client_cert) or expect_peer_code is not None,
                                       alpn_id=chosen)
             conn_sock = None  # the writer owns it now
-            result = client_connected_cb(reader, writer)
-            if hasattr(result, "__await__"):
-                await result
+            try:
+                result = client_connected_cb(reader, writer)
+                if hasattr(result, "__await__"):
+                    await result
+            except Exception:
+                # As asyncio's start_server does when its callback fails: the connection is
+                # closed now (close_notify), not whenever the garbage collector gets to it.
+                writer.close()
+                try:
+                    await writer.wait_closed()
+                except Exception:
+                    pass  # the callback's failure is the one to report
+                raise
         except Exception as e:
             print(f"wasi_tls_aio: connection from {peername}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         finally:

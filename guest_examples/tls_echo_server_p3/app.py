@@ -1,7 +1,9 @@
 """`tls_echo_server_p3 [--plain] HOST PORT COUNT NAME... [--client-ca SET]`: a TLS line echo
 server written with the asyncio-style binding (wasi_tls_aio.start_server) on WASI 0.3. The
 identity is chosen per connection by SNI among the preopened NAMEs (`default` when the client
-sent none or another name); each line comes back upper-cased, with the negotiated version and
+sent none or another name); with no NAMEs every connection is served as `default`, as a
+server with one certificate is (nothing is asked of the ClientHello but its ALPN ids, for the
+choice of protocol). Each line comes back upper-cased, with the negotiated version and
 ALPN first. With `--client-ca SET` clients must present a certificate from the embedder's
 client CA set SET (`--client-ca SET=CA.pem`), and the first line also carries that
 certificate as `get_extra_info("peercert")` gives it (JSON). After COUNT connections it
@@ -67,8 +69,8 @@ class Run(exports.Run):
             writer.close()
             await writer.wait_closed()
 
-        server = await start_server(echo, host, port, select_identity=select_identity, alpn=["echo", "http/1.1"],
-                                    client_ca=client_ca)
+        chooses = {"select_identity": select_identity} if names else {"identity": "default"}
+        server = await start_server(echo, host, port, alpn=["echo", "http/1.1"], client_ca=client_ca, **chooses)
         print("listening", server.sockets[0][1], flush=True)
         async with server:
             await server.serve_forever()

@@ -29,6 +29,7 @@ alert to send, and a sentence a person can act on.
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass, field
 
 from .names import DEFAULT_MAX_HELLO_SIZE
@@ -196,7 +197,9 @@ class ClientHello:
 
 
 class _Cursor:
-    """Bounds-checked reads over one structure; every failure names the field being read."""
+    """Bounds-checked reads over one structure; every failure names the field being read.
+    (A hello is read once per connection: the reads are written out rather than built on
+    one another, and a field's name is only formatted when it fails.)"""
 
     def __init__(self, data: bytes, what: str) -> None:
         self.data = data
@@ -206,22 +209,41 @@ class _Cursor:
     def remaining(self) -> int:
         return len(self.data) - self.pos
 
+    def _short(self, n: int, field_name: str) -> ClientHelloError:
+        return _decode(f"{self.what}: {field_name} needs {n} bytes but only {self.remaining()} remain")
+
     def take(self, n: int, field_name: str) -> bytes:
-        if n > self.remaining():
-            raise _decode(f"{self.what}: {field_name} needs {n} bytes but only {self.remaining()} remain")
-        chunk = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return chunk
+        pos = self.pos
+        end = pos + n
+        if end > len(self.data):
+            raise self._short(n, field_name)
+        self.pos = end
+        return self.data[pos:end]
 
     def uint(self, width: int, field_name: str) -> int:
-        return int.from_bytes(self.take(width, field_name), "big")
+        pos = self.pos
+        end = pos + width
+        if end > len(self.data):
+            raise self._short(width, field_name)
+        self.pos = end
+        return int.from_bytes(self.data[pos:end], "big")
 
     def vector(self, width: int, lo: int, hi: int, field_name: str) -> bytes:
         """A length-prefixed opaque vector whose length must be within lo..hi."""
-        n = self.uint(width, f"{field_name} length")
+        data, pos = self.data, self.pos
+        start = pos + width
+        if start > len(data):
+            raise self._short(width, f"{field_name} length")
+        n = int.from_bytes(data[pos:start], "big")
         if not lo <= n <= hi:
+            self.pos = start
             raise _decode(f"{self.what}: {field_name} length {n} is outside the allowed {lo}..{hi}")
-        return self.take(n, field_name)
+        end = start + n
+        if end > len(data):
+            self.pos = start
+            raise self._short(n, field_name)
+        self.pos = end
+        return data[start:end]
 
     def end(self) -> None:
         if self.remaining():
@@ -235,7 +257,7 @@ def _decode(message: str) -> ClientHelloError:
 def _u16_list(data: bytes, what: str) -> list[int]:
     if len(data) % 2:
         raise _decode(f"{what}: a list of 16-bit values has odd length {len(data)}")
-    return [int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2)]
+    return list(struct.unpack(f">{len(data) // 2}H", data))
 
 
 def _illegal_name(message: str) -> ClientHelloError:
@@ -327,6 +349,18 @@ def _parse_key_share(data: bytes) -> list[int]:
     return groups
 
 
+def _truncated_extension(block: bytes, pos: int) -> ClientHelloError:
+    """The error for the extension at ``pos`` of the extensions ``block``, which does not fit."""
+    cursor = _Cursor(block, "extensions")
+    cursor.pos = pos
+    try:
+        ext_type = cursor.uint(2, "extension type")
+        cursor.vector(2, 0, 0xFFFF, f"extension {ext_type} data")
+    except ClientHelloError as e:
+        return e
+    raise AssertionError(f"extension at {pos} of {len(block)} fits")
+
+
 def parse_client_hello(message: bytes) -> ClientHello:
     """Parse one complete handshake message (4-byte header included) as a ClientHello."""
     head = _Cursor(message, "handshake message")
@@ -357,11 +391,19 @@ def parse_client_hello(message: bytes) -> ClientHello:
 
     extensions: list[tuple[int, bytes]] = []
     if body.remaining():  # pre-1.3 clients may omit the extensions block entirely
-        ext_block = _Cursor(body.vector(2, 0, 0xFFFF, "extensions"), "extensions")
+        block = body.vector(2, 0, 0xFFFF, "extensions")
+        size, pos = len(block), 0
         seen: set[int] = set()
-        while ext_block.remaining():
-            ext_type = ext_block.uint(2, "extension type")
-            ext_data = ext_block.vector(2, 0, 0xFFFF, f"extension {ext_type} data")
+        while pos < size:
+            # type u16 | length u16 | data, read inline (a dozen per hello); the cursor
+            # words what is wrong when one does not fit.
+            start = pos + 4
+            stop = start + int.from_bytes(block[pos + 2:start], "big") if start <= size else start
+            if stop > size:
+                raise _truncated_extension(block, pos)
+            ext_type = int.from_bytes(block[pos:pos + 2], "big")
+            ext_data = block[start:stop]
+            pos = stop
             if ext_type in seen:
                 raise _decode(f"extension {ext_type} appears more than once")
             seen.add(ext_type)

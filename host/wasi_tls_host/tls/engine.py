@@ -172,6 +172,10 @@ class TlsEngine:
         self.close_notify_received = False
         self.close_notify_sent = False
         self.input_ended = False
+        # OpenSSL last answered "want read" and no ciphertext came since: it has consumed all
+        # it was given and would say the same again, so the handshake and plaintext reads
+        # skip the call (each costs an SSL error raised and caught in pyOpenSSL).
+        self._starved = False
         # The first failure OpenSSL reported: once it fails, OpenSSL answers every later call
         # with an error that has no reason at all, which is reported as this one instead.
         self.failure: TlsFailure | None = None
@@ -208,6 +212,7 @@ class TlsEngine:
             if not self._received_protected.seen:
                 self._received_protected.scan(data)
             self.conn.bio_write(data)
+            self._starved = False
 
     @property
     def records_protected(self) -> bool:
@@ -240,16 +245,19 @@ class TlsEngine:
         """Run the handshake as far as the buffered ciphertext allows; True when done."""
         if self.handshake_done:
             return True
-        try:
-            self.conn.do_handshake()
-        except SSL.WantReadError:
-            if self.input_ended:
-                raise TlsFailure(CLOSED, "TLS handshake failed: the peer closed the connection during the handshake") from None
-            return False
-        except SSL.Error as e:
-            raise self._failure(e, during_handshake=True) from None
-        self.handshake_done = True
-        return True
+        if not self._starved:
+            try:
+                self.conn.do_handshake()
+            except SSL.WantReadError:
+                self._starved = True
+            except SSL.Error as e:
+                raise self._failure(e, during_handshake=True) from None
+            else:
+                self.handshake_done = True
+                return True
+        if self.input_ended:
+            raise TlsFailure(CLOSED, "TLS handshake failed: the peer closed the connection during the handshake")
+        return False
 
     def _failure(self, error: SSL.Error, *, during_handshake: bool, from_peer: bool = False) -> TlsFailure:
         """``error`` as a failure for guests; ``from_peer``: raised while reading the peer's records."""
@@ -309,12 +317,13 @@ class TlsEngine:
         return self._plaintext(self.conn.recv_into, view)  # type: ignore[no-any-return]
 
     def _plaintext(self, receive: Any, arg: Any) -> Any:
+        if self._starved:
+            return self._no_plaintext()
         try:
             return receive(arg)
         except SSL.WantReadError:
-            if self.input_ended:
-                raise TlsFailure(TRUNCATED, "TLS connection failed: the peer closed the connection without close_notify (truncated data)") from None
-            return None
+            self._starved = True
+            return self._no_plaintext()
         except SSL.ZeroReturnError:
             self.close_notify_received = True
             raise TlsClosed() from None
@@ -327,6 +336,12 @@ class TlsEngine:
             raise self._failure(e, during_handshake=False, from_peer=True) from None
         except SSL.Error as e:
             raise self._failure(e, during_handshake=False, from_peer=True) from None
+
+    def _no_plaintext(self) -> None:
+        """OpenSSL needs more ciphertext: None, or the truncation if no more will come."""
+        if self.input_ended:
+            raise TlsFailure(TRUNCATED, "TLS connection failed: the peer closed the connection without close_notify (truncated data)")
+        return None
 
     def pending(self) -> int:
         return self.conn.pending()

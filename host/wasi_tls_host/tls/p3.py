@@ -84,6 +84,10 @@ class StreamPort:
         self.sink: DirectSink | None = None
         self.want_read = False
         self.want_write = False
+        # The last direct read took less than it asked for: the kernel had no more, so the
+        # next read of this step finds nothing without asking it (one failed system call,
+        # and the exceptions around it, less per read).
+        self._drained = False
         self._incoming: Stream | None = None
         # The access-log record of the connection beneath, when the stream is an accepted
         # socket's and its implementation says so.
@@ -114,9 +118,15 @@ class StreamPort:
         stopped)."""
         source = self.source
         if source is not None:
-            data = source.recv(min(limit, _DIRECT_READ))
-            if data == b"":
+            if self._drained:
+                self._drained = False
                 self.want_read = True
+                return b""
+            asked = min(limit, _DIRECT_READ)
+            data = source.recv(asked)
+            if data is not None and len(data) < asked:
+                self.want_read = True
+                self._drained = bool(data)
             return data
         if self.reader is None or self.reader.closed:
             return None
@@ -130,6 +140,7 @@ class StreamPort:
             try:
                 taken = sink.send(data)
             except OSError as e:
+                self._drained = False  # what the peer sent before it went away is read in full
                 raise PortFailed(f"sending failed: {e.strerror or type(e).__name__}") from None
             if taken < len(data):
                 self.want_write = True
@@ -143,6 +154,10 @@ class StreamPort:
             return self.writer.write_nowait(data)
         except StreamClosed:
             raise PortFailed("the guest dropped the stream of ciphertext to send") from None
+
+    def begin_step(self) -> None:
+        """A step of the connection's task begins: what the last one found is forgotten."""
+        self.want_read = self.want_write = self._drained = False
 
     def waits(self, deadline_ns: int | None = None) -> Any:
         """What the connection's task awaits when a step moved nothing: ``wake``, and the
@@ -276,7 +291,7 @@ class StreamTransport(TlsTransport):
         try:
             while not self.finished:
                 self.wake.clear()
-                port.want_read = port.want_write = False
+                port.begin_step()
                 if not self.step():
                     await port.waits(self._deadline_ns())
         except (Cancelled, GeneratorExit):  # the store is closing

@@ -76,7 +76,7 @@ class IncomingClientHelloP3(HostResource, ClientHelloIntake):
         try:
             while True:
                 port.wake.clear()
-                port.want_read = port.want_write = False
+                port.begin_step()
                 if self.step():
                     break
                 await port.waits(self._deadline_ns())
