@@ -273,6 +273,11 @@ class CopyState(IntEnum):
     DONE = 4
 
 
+# Looked up once: an enum member read through its class costs a descriptor call (every drop
+# and lift of an end asks ``copying``).
+_BUSY = frozenset((CopyState.COPYING, CopyState.CANCELLING_COPY))
+
+
 class CopyEnd(Waitable):
     readable = True
     is_stream = True
@@ -290,7 +295,7 @@ class CopyEnd(Waitable):
         return f"{'readable' if self.readable else 'writable'} end of a {'stream' if self.is_stream else 'future'}"
 
     def copying(self) -> bool:
-        return self.state in (CopyState.COPYING, CopyState.CANCELLING_COPY)
+        return self.state in _BUSY
 
     def drop(self) -> None:
         if self.copying():

@@ -384,6 +384,18 @@ class ComponentState:
         return e.shared
 
     def lower_async_end(self, value: Any, t: StreamT | FutureT) -> int:
+        # The usual case first (a host-made end crossing for the first time, or an end of
+        # t's own element type); anything else gets the checks below and their traps.
+        is_stream = type(t) is StreamT
+        if type(value) is (Stream if is_stream else Future):
+            vt = value.t
+            if vt is UNSET:
+                value.t = vt = t.elem
+            if vt is t.elem or same_type(vt, t.elem):
+                return self.add(ReadableStreamEnd(value) if is_stream else ReadableFutureEnd(value))
+        return self._lower_async_end_checked(value, t)
+
+    def _lower_async_end_checked(self, value: Any, t: StreamT | FutureT) -> int:
         is_stream = isinstance(t, StreamT)
         if not isinstance(value, Stream if is_stream else Future):
             raise Trap(f"expected a {'Stream' if is_stream else 'Future'} for {t.signature()}, got {value!r}")

@@ -363,6 +363,42 @@ def same_type(a: ValType | None, b: ValType | None) -> bool:
         return False
     if isinstance(a, Prim):
         return a.name == b.name  # type: ignore[attr-defined]
+    # Compound types are compared on every stream/future crossing and built-in (a future's
+    # result<_, error-code> against each import's own copy of it): a pair found equal once
+    # stays equal (types are not changed once built), so it is remembered on ``a``, holding
+    # ``b`` (its id is not reused meanwhile). Not for types with resource handles: those
+    # hold their component's resource (and its destructor), which ``a`` must not keep alive.
+    equal_to = a.__dict__.get("_equal_to")
+    if equal_to is not None and equal_to.get(id(b)) is b:
+        return True
+    if not _same_compound(a, b):
+        return False
+    if equal_to is None:
+        if _has_handle(a):
+            return True
+        equal_to = a.__dict__["_equal_to"] = {}
+    if len(equal_to) < 64:
+        equal_to[id(b)] = b
+    return True
+
+
+def _has_handle(t: ValType | None) -> bool:
+    if t is None or isinstance(t, (Prim, ErrorContextT)):
+        return False
+    if isinstance(t, Handle):
+        return True
+    if isinstance(t, (ListT, StreamT, FutureT)):
+        return _has_handle(t.elem)
+    if isinstance(t, Record):
+        return any(_has_handle(ft) for _, ft in t.fields)
+    if isinstance(t, Tuple):
+        return any(_has_handle(et) for et in t.elems)
+    if isinstance(t, Variant):
+        return any(_has_handle(ct) for _, ct in t.cases)
+    return False
+
+
+def _same_compound(a: ValType, b: ValType) -> bool:
     if isinstance(a, Handle):
         return a.own == b.own and same_resource(a.resource, b.resource)  # type: ignore[attr-defined]
     if isinstance(a, (ListT, StreamT, FutureT)):
