@@ -276,6 +276,7 @@ class CopyState(IntEnum):
 # Looked up once: an enum member read through its class costs a descriptor call (every drop
 # and lift of an end asks ``copying``).
 _BUSY = frozenset((CopyState.COPYING, CopyState.CANCELLING_COPY))
+_IDLE = CopyState.IDLE
 
 
 class CopyEnd(Waitable):
@@ -283,8 +284,11 @@ class CopyEnd(Waitable):
     is_stream = True
 
     def __init__(self, shared: Stream | Future) -> None:
-        super().__init__()
-        self.state = CopyState.IDLE
+        # Waitable.__init__, inline (an end is made for every stream or future that crosses)
+        self.pending_event: Callable[[], EventTuple] | None = None
+        self.wset: WaitableSet | None = None
+        self.has_sync_waiter = False
+        self.state = _IDLE
         self.shared = shared
         # A stream copy's buffer after the other end copied into or out of part of it: the
         # copy is still open (more may come) until its event is delivered or it is cancelled.
