@@ -195,8 +195,9 @@ class Stream:
     the host, written by a guest (``stream.new``) or the host (``StreamWriter``)."""
 
     # One per stream a host call returns or takes (several per TLS connection): no __dict__.
+    # Weak references: wasi:sockets keys what it knows of a stream by it (sockets/p3.py).
     __slots__ = ("t", "dropped", "writer", "reader", "pending_inst", "pending_buffer", "pending_on_copy",
-                 "pending_on_copy_done")
+                 "pending_on_copy_done", "__weakref__")
 
     def __init__(self, t: Any = UNSET) -> None:
         self.t = t  # the element type (UNSET until a host-made stream first crosses into a guest)
@@ -641,7 +642,7 @@ def new_stream(t: Any = UNSET, wake: Event | None = None, origin: str = "stream"
 class Future:
     """One future's shared state (the spec's ``SharedFutureImpl``)."""
 
-    __slots__ = ("t", "dropped", "pending_inst", "pending_buffer", "pending_on_copy_done")
+    __slots__ = ("t", "dropped", "pending_inst", "pending_buffer", "pending_on_copy_done", "__weakref__")
 
     def __init__(self, t: Any = UNSET) -> None:
         self.t = t
