@@ -32,6 +32,8 @@ class ValType(Fields):
     size: int
     align: int
     flat: list[str]
+    # The types found structurally equal to this one, by id (``same_type``).
+    _equal_to: dict[int, ValType] | None = None
 
     def signature(self) -> str:  # the text form runtime.abi.signature gives the same type
         raise NotImplementedError
@@ -368,7 +370,7 @@ def same_type(a: ValType | None, b: ValType | None) -> bool:
     # stays equal (types are not changed once built), so it is remembered on ``a``, holding
     # ``b`` (its id is not reused meanwhile). Not for types with resource handles: those
     # hold their component's resource (and its destructor), which ``a`` must not keep alive.
-    equal_to = a.__dict__.get("_equal_to")
+    equal_to = a._equal_to
     if equal_to is not None and equal_to.get(id(b)) is b:
         return True
     if not _same_compound(a, b):
@@ -376,7 +378,7 @@ def same_type(a: ValType | None, b: ValType | None) -> bool:
     if equal_to is None:
         if _has_handle(a):
             return True
-        equal_to = a.__dict__["_equal_to"] = {}
+        equal_to = a._equal_to = {}
     if len(equal_to) < 64:
         equal_to[id(b)] = b
     return True
