@@ -38,6 +38,9 @@ WAT = """
   (core func $sdr (canon stream.drop-readable $st))
   (core func $sdw (canon stream.drop-writable $st))
   (core func $fdr (canon future.drop-readable $fut))
+  (core func $wsnew (canon waitable-set.new))
+  (core func $join (canon waitable.join))
+  (core func $sread (canon stream.read $st async (memory $mem)))
   (core module $Main
     (import "h" "open" (func $open (param i32)))
     (import "h" "sink" (func $sink (param i32) (result i32)))
@@ -45,6 +48,9 @@ WAT = """
     (import "h" "sdr" (func $sdr (param i32)))
     (import "h" "sdw" (func $sdw (param i32)))
     (import "h" "fdr" (func $fdr (param i32)))
+    (import "h" "wsnew" (func $wsnew (result i32)))
+    (import "h" "join" (func $join (param i32 i32)))
+    (import "h" "sread" (func $sread (param i32 i32 i32) (result i32)))
     (import "m" "memory" (memory 1))
     (func (export "opens") (param $n i32) (result i32)
       (local $i i32)
@@ -65,13 +71,27 @@ WAT = """
         (call $sdw (i32.wrap_i64 (i64.shr_u (local.get $rw) (i64.const 32))))
         (local.set $i (i32.add (local.get $i) (i32.const 1)))
         (br $again)))
-      (local.get $n)))
+      (local.get $n))
+    ;; sink-bad(kind): passes sink what it may not take: 0 the writable end, 1 a readable end
+    ;; joined to a waitable set, 2 a readable end with a read in progress
+    (func (export "sink-bad") (param $k i32) (result i32)
+      (local $rw i64) (local $r i32)
+      (local.set $rw (call $snew))
+      (local.set $r (i32.wrap_i64 (local.get $rw)))
+      (if (i32.eq (local.get $k) (i32.const 0))
+        (then (local.set $r (i32.wrap_i64 (i64.shr_u (local.get $rw) (i64.const 32))))))
+      (if (i32.eq (local.get $k) (i32.const 1)) (then (call $join (local.get $r) (call $wsnew))))
+      (if (i32.eq (local.get $k) (i32.const 2))
+        (then (drop (call $sread (local.get $r) (i32.const 64) (i32.const 4)))))
+      (call $sink (local.get $r))))
   (core instance $main (instantiate $Main
     (with "m" (instance $libc))
     (with "h" (instance (export "open" (func $open)) (export "sink" (func $sink))
-      (export "snew" (func $snew)) (export "sdr" (func $sdr)) (export "sdw" (func $sdw)) (export "fdr" (func $fdr))))))
+      (export "snew" (func $snew)) (export "sdr" (func $sdr)) (export "sdw" (func $sdw)) (export "fdr" (func $fdr))
+      (export "wsnew" (func $wsnew)) (export "join" (func $join)) (export "sread" (func $sread))))))
   (func (export "opens") (param "n" u32) (result u32) (canon lift (core func $main "opens")))
   (func (export "sinks") (param "n" u32) (result u32) (canon lift (core func $main "sinks")))
+  (func (export "sink-bad") (param "kind" u32) (result u32) (canon lift (core func $main "sink-bad")))
 )
 """
 
@@ -200,3 +220,20 @@ def test_streams_and_futures_can_be_weakly_referenced() -> None:
     future_writer.close()
     del stream, future, writer, future_writer
     assert [r() for r in refs] == [None, None]
+
+
+BAD_ARGUMENTS = {
+    0: r"handle index \d+ is not the readable end of a stream \(it is a writable end of a stream\)",
+    1: r"cannot lift stream while it's in a waitable set",
+    2: r"cannot remove busy stream \(a copy is in progress\)",
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_ARGUMENTS))
+def test_an_end_the_fast_lift_does_not_take_traps_with_its_message(component: tuple[Host, Any], kind: int) -> None:
+    host, comp = component
+    with host.instantiate(comp, WasiConfig()) as g:
+        assert g.call("sinks", 2) == 2  # the fast path first
+        with pytest.raises(WasmtimeError, match=BAD_ARGUMENTS[kind]):
+            g.call("sink-bad", kind)
+        assert len(SEEN) == 2  # the host function never ran for the bad end

@@ -27,6 +27,8 @@ from .types import DefinedResource, FutureT, ImportedResource, ResourceT, Stream
 if TYPE_CHECKING:
     from .instance import ComponentInstance
 
+_IDLE = CopyState.IDLE  # (an enum member read through its class costs a descriptor call)
+
 
 class _HandleEntry:
     """A resource handle in a component instance's table (the spec's ``ResourceHandle``)."""
@@ -366,6 +368,18 @@ class ComponentState:
 
     def lift_async_end(self, h: int, t: StreamT | FutureT) -> Stream | Future:
         """A readable end leaves the guest's table (``lift_async_value``): ownership moves."""
+        # The usual case first (an idle readable end of t's element type, in no set); anything
+        # else gets the checks below and their traps.
+        handles = self.handles
+        e = handles[h] if 0 < h < len(handles) else None
+        if (type(e) is (ReadableStreamEnd if type(t) is StreamT else ReadableFutureEnd) and e.state is _IDLE
+                and e.wset is None and (e.shared.t is t.elem or same_type(e.shared.t, t.elem))):
+            handles[h] = None  # self.remove(h), inline
+            self.free.append(h)
+            return e.shared
+        return self._lift_async_end_checked(h, t)
+
+    def _lift_async_end_checked(self, h: int, t: StreamT | FutureT) -> Stream | Future:
         is_stream = isinstance(t, StreamT)
         kind = "stream" if is_stream else "future"
         e = self.get(h)
