@@ -9,6 +9,7 @@ types never makes unequal types equal.
 from __future__ import annotations
 
 import gc
+import pickle
 from typing import Any
 
 import pytest
@@ -192,21 +193,31 @@ def test_same_type_remembers_equal_pairs_but_never_makes_unequal_types_equal() -
     assert a._equal_to is not None  # remembered
     assert not same_type(a, other) and not same_type(a, other)
     assert not same_type(other, a)
+    # A type is pickled (a cached plan) without what same_type remembered.
+    copy = pickle.loads(pickle.dumps(a))
+    assert copy._equal_to is None and same_type(copy, a)
     assert same_type(Tuple([a, Prim("u8")]), Tuple([b, Prim("u8")]))
     assert not same_type(Tuple([a, Prim("u8")]), Tuple([other, Prim("u8")]))
 
 
-def test_types_with_handles_are_compared_each_time_not_remembered() -> None:
-    # A handle type holds its component's resource (and destructor): remembering it on
-    # another component's type would keep that alive.
+def test_remembered_types_are_held_weakly() -> None:
+    # A type with a handle holds its component's resource (and destructor): remembering it
+    # on another component's type must not keep it alive.
+    import weakref
+
     class _Res:
         def resolve(self) -> Any:
             return self
 
     res = _Res()
     a, b = Tuple([Handle(res, True), Prim("u8")]), Tuple([Handle(res, True), Prim("u8")])
-    assert same_type(a, b)
-    assert a._equal_to is None
+    assert same_type(a, b) and a._equal_to is not None
+    gone = weakref.ref(b)
+    del b
+    gc.collect()
+    assert gone() is None
+    assert same_type(a, Tuple([Handle(res, True), Prim("u8")]))
+    assert not same_type(a, Tuple([Handle(_Res(), True), Prim("u8")]))
 
 
 def test_streams_and_futures_can_be_weakly_referenced() -> None:
