@@ -96,6 +96,7 @@ class ComponentState:
         self.enter_gate = Event()
         self.waiting_to_enter = 0
         self.live_tasks = 0
+        self._scheduler: Scheduler | None = None  # (see ``scheduler``)
 
     @property
     def state(self) -> StoreState:
@@ -287,7 +288,12 @@ class ComponentState:
     # --- the async ABI: waiting, streams and futures crossing --------------------------------
     @property
     def scheduler(self) -> Scheduler:
-        return self.state.scheduler
+        # Asked by every drop of a stream or future end: kept once made (a store's scheduler
+        # is made on first use and never replaced).
+        scheduler = self._scheduler
+        if scheduler is None:
+            scheduler = self._scheduler = self.state.scheduler
+        return scheduler
 
     def block_until(self, done: Callable[[], bool], what: str) -> None:
         """Run the store's work until ``done()``; the current task blocks meanwhile (only
