@@ -248,3 +248,13 @@ def test_an_end_the_fast_lift_does_not_take_traps_with_its_message(component: tu
         with pytest.raises(WasmtimeError, match=BAD_ARGUMENTS[kind]):
             g.call("sink-bad", kind)
         assert len(SEEN) == 2  # the host function never ran for the bad end
+
+
+def test_a_future_writer_hears_that_its_reader_went_away() -> None:
+    from wasi_tls_host.runtime.streams import FutureReader
+
+    future, writer = new_future()
+    FutureReader(future).close()
+    assert writer.write(1) is False and writer.reader_gone
+    future, writer = new_future()
+    assert writer.write(2) is True  # no reader yet: the value waits for it

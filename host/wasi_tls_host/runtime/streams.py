@@ -726,13 +726,12 @@ class FutureWriter:
         self.written = True
         if OUTGOING_VALUE_HOOKS:
             _audit(self.origin, value)
-
-        def on_copy_done(result: CopyResult) -> None:
-            if result == CopyResult.DROPPED:
-                self.reader_gone = True
-
-        self.future.write(None, HostReadableBuffer(self.future.t, [value]), on_copy_done)
+        self.future.write(None, HostReadableBuffer(self.future.t, [value]), self._on_copy_done)
         return not self.reader_gone
+
+    def _on_copy_done(self, result: CopyResult) -> None:
+        if result == CopyResult.DROPPED:
+            self.reader_gone = True
 
     def close(self) -> None:
         """Give up without a value (only when the guest is going away: a guest reader would
