@@ -327,89 +327,36 @@ def main() -> None:
         lowers_report()
 
 
-# Host calls that return or take stream and future ends, in the shapes of wasi:sockets 0.3's
-# and upstream wasi:tls's: receive() -> tuple<stream<u8>, future<result<_, E>>> and
-# send(stream<u8>) -> future<result<_, E>>, each with what the guest does around it (drop the
-# ends it got; stream.new before send), the host functions as small as they can be.
-STREAM_HANDLES_WAT = """
-(component
-  (import "wasi-tls-host:bench/handles" (instance $h
-    (export "receive" (func (result (tuple (stream u8) (future (result (error u32)))))))
-    (export "send" (func (param "data" (stream u8)) (result (future (result (error u32))))))))
-  (core module $Libc (memory (export "memory") 1))
-  (core instance $libc (instantiate $Libc))
-  (alias core export $libc "memory" (core memory $mem))
-  (type $fut (future (result (error u32))))
-  (type $st (stream u8))
-  (core func $receive (canon lower (func $h "receive") (memory $mem)))
-  (core func $send (canon lower (func $h "send") (memory $mem)))
-  (core func $snew (canon stream.new $st))
-  (core func $sdr (canon stream.drop-readable $st))
-  (core func $sdw (canon stream.drop-writable $st))
-  (core func $fdr (canon future.drop-readable $fut))
-  (core module $Main
-    (import "h" "receive" (func $receive (param i32)))
-    (import "h" "send" (func $send (param i32) (result i32)))
-    (import "h" "snew" (func $snew (result i64)))
-    (import "h" "sdr" (func $sdr (param i32)))
-    (import "h" "sdw" (func $sdw (param i32)))
-    (import "h" "fdr" (func $fdr (param i32)))
-    (import "m" "memory" (memory 1))
-    (func (export "receives") (param $n i32) (result i32)
-      (local $i i32)
-      (block $exit (loop $again
-        (br_if $exit (i32.ge_u (local.get $i) (local.get $n)))
-        (call $receive (i32.const 8))
-        (call $sdr (i32.load (i32.const 8)))
-        (call $fdr (i32.load (i32.const 12)))
-        (local.set $i (i32.add (local.get $i) (i32.const 1)))
-        (br $again)))
-      (local.get $n))
-    (func (export "sends") (param $n i32) (result i32)
-      (local $i i32) (local $rw i64)
-      (block $exit (loop $again
-        (br_if $exit (i32.ge_u (local.get $i) (local.get $n)))
-        (local.set $rw (call $snew))
-        (call $fdr (call $send (i32.wrap_i64 (local.get $rw))))
-        (call $sdw (i32.wrap_i64 (i64.shr_u (local.get $rw) (i64.const 32))))
-        (local.set $i (i32.add (local.get $i) (i32.const 1)))
-        (br $again)))
-      (local.get $n)))
-  (core instance $main (instantiate $Main
-    (with "m" (instance $libc))
-    (with "h" (instance (export "receive" (func $receive)) (export "send" (func $send))
-      (export "snew" (func $snew)) (export "sdr" (func $sdr)) (export "sdw" (func $sdw)) (export "fdr" (func $fdr))))))
-  (func (export "receives") (param "n" u32) (result u32) (canon lift (core func $main "receives")))
-  (func (export "sends") (param "n" u32) (result u32) (canon lift (core func $main "sends"))))
-"""
-
-stream_handles = Interface("wasi-tls-host:bench/handles")
+# Host calls that return or take stream and future ends (guest_examples/wat/stream_handles.wat),
+# in the shapes of wasi:sockets 0.3's and upstream wasi:tls's: open() as receive() ->
+# tuple<stream<u8>, future<result<_, E>>>, sink(stream<u8>) as send -> future<result<_, E>>,
+# each with what the guest does around it (drop the ends it got; stream.new before sink),
+# the host functions as small as they can be.
+stream_handles = Interface("wasi-tls-host:test/stream-handles")
 
 
-@stream_handles.func("receive")
-def handles_receive(cx: object) -> tuple[Stream, object]:
+@stream_handles.func("open")
+def handles_open(cx: object) -> tuple[Stream, object]:
     stream, writer = new_stream(origin="bench")
     writer.close()
     future, _ = new_future(origin="bench")
     return stream, future
 
 
-@stream_handles.func("send")
-def handles_send(cx: object, data: Stream) -> object:
+@stream_handles.func("sink")
+def handles_sink(cx: object, data: Stream) -> object:
     StreamReader(data).close()
     return new_future(origin="bench")[0]
 
 
 def stream_handle_calls(sync_cpu: float) -> None:
-    """Host calls that return or take stream/future ends (``STREAM_HANDLES_WAT``), per call
-    with the guest's built-ins around it, beside the sync host call of the same run."""
-    from wasmtime import wat2wasm
-
+    """Host calls that return or take stream/future ends (stream_handles.wat), per call with
+    the guest's built-ins around it, beside the sync host call of the same run."""
     calls = CALLS // 2
-    with Host(interfaces=[stream_handles], runtime="core") as host, host.instantiate(bytes(wat2wasm(STREAM_HANDLES_WAT))) as g:
+    with Host(interfaces=[stream_handles], runtime="core") as host, host.instantiate(guests.build("stream_handles")) as g:
         print(f"host calls returning or taking stream/future ends, {calls} each (per call with the guest's built-ins, best of 3):")
-        for export, label in (("receives", "receive() -> tuple<stream, future>, 2 drops"),
-                              ("sends", "stream.new, send(stream) -> future, 2 drops")):
+        for export, label in (("opens", "receive-like () -> tuple<stream, future>, 2 drops"),
+                              ("sinks", "stream.new, send-like (stream) -> future, 2 drops")):
             assert g.call(export, 100) == 100
             wall, cpu = (t / calls * 1e6 for t in best_cpu(lambda e=export: g.call(e, calls)))
             print(f"  {label:44s} {wall:7.2f} us wall {cpu:7.2f} us CPU  ({cpu / sync_cpu:.1f}x the sync host call's CPU)")
