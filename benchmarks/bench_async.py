@@ -36,7 +36,7 @@ from pathlib import Path
 from wasi_tls_host import Host, WasiConfig, guests
 from wasi_tls_host.runtime.binding import Interface
 from wasi_tls_host.runtime.scheduler import readable, sleep_until, yield_now
-from wasi_tls_host.runtime.streams import Stream, StreamReader, new_stream
+from wasi_tls_host.runtime.streams import Stream, StreamReader, new_future, new_stream
 from wasi_tls_host.wasi.filesystem import Preopen
 
 CHUNK = 64 * 1024
@@ -322,8 +322,44 @@ def main() -> None:
     host.close()
     wasi_calls(sync_cpu)
     suspending_calls(sync_cpu)
+    stream_handle_calls(sync_cpu)
     if "--lowers" in sys.argv[1:]:
         lowers_report()
+
+
+# Host calls that return or take stream and future ends (guest_examples/wat/stream_handles.wat),
+# in the shapes of wasi:sockets 0.3's and upstream wasi:tls's: open() as receive() ->
+# tuple<stream<u8>, future<result<_, E>>>, sink(stream<u8>) as send -> future<result<_, E>>,
+# each with what the guest does around it (drop the ends it got; stream.new before sink),
+# the host functions as small as they can be.
+stream_handles = Interface("wasi-tls-host:test/stream-handles")
+
+
+@stream_handles.func("open")
+def handles_open(cx: object) -> tuple[Stream, object]:
+    stream, writer = new_stream(origin="bench")
+    writer.close()
+    future, _ = new_future(origin="bench")
+    return stream, future
+
+
+@stream_handles.func("sink")
+def handles_sink(cx: object, data: Stream) -> object:
+    StreamReader(data).close()
+    return new_future(origin="bench")[0]
+
+
+def stream_handle_calls(sync_cpu: float) -> None:
+    """Host calls that return or take stream/future ends (stream_handles.wat), per call with
+    the guest's built-ins around it, beside the sync host call of the same run."""
+    calls = CALLS // 2
+    with Host(interfaces=[stream_handles], runtime="core") as host, host.instantiate(guests.build("stream_handles")) as g:
+        print(f"host calls returning or taking stream/future ends, {calls} each (per call with the guest's built-ins, best of 3):")
+        for export, label in (("opens", "receive-like () -> tuple<stream, future>, 2 drops"),
+                              ("sinks", "stream.new, send-like (stream) -> future, 2 drops")):
+            assert g.call(export, 100) == 100
+            wall, cpu = (t / calls * 1e6 for t in best_cpu(lambda e=export: g.call(e, calls)))
+            print(f"  {label:44s} {wall:7.2f} us wall {cpu:7.2f} us CPU  ({cpu / sync_cpu:.1f}x the sync host call's CPU)")
 
 
 if __name__ == "__main__":

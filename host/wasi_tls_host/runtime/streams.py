@@ -194,12 +194,20 @@ class Stream:
     """One stream's shared state (the spec's ``SharedStreamImpl``), readable by a guest or
     the host, written by a guest (``stream.new``) or the host (``StreamWriter``)."""
 
+    # One per stream a host call returns or takes (several per TLS connection): no __dict__.
+    # Weak references: wasi:sockets keys what it knows of a stream by it (sockets/p3.py).
+    __slots__ = ("t", "dropped", "writer", "reader", "pending_inst", "pending_buffer", "pending_on_copy",
+                 "pending_on_copy_done", "__weakref__")
+
     def __init__(self, t: Any = UNSET) -> None:
         self.t = t  # the element type (UNSET until a host-made stream first crosses into a guest)
         self.dropped = False
         self.writer: StreamWriter | None = None  # the host's writer, told when a read is pending
         self.reader: StreamReader | None = None  # the host's draining reader, told when a write is
-        self.reset_pending()
+        self.pending_inst: Any = None  # (reset_pending, inline)
+        self.pending_buffer: Buffer | None = None
+        self.pending_on_copy: OnCopy | None = None
+        self.pending_on_copy_done: OnCopyDone | None = None
 
     def reset_pending(self) -> None:
         self.set_pending(None, None, None, None)
@@ -274,9 +282,6 @@ class Stream:
                 self.reset_and_notify_pending(CopyResult.COMPLETED)
                 self.set_pending(inst, src, on_copy, on_copy_done)
 
-    def reader(self) -> StreamReader:
-        return StreamReader(self)
-
 
 class StreamWriter:
     """The host's writable end of a ``Stream`` (``stream, writer = new_stream()``).
@@ -285,6 +290,8 @@ class StreamWriter:
     (guest memory, for a guest reader): no copy is queued in between, so a slow reader
     holds the producer back (backpressure) instead of growing a buffer.
     """
+
+    __slots__ = ("stream", "wake", "closed", "origin")
 
     def __init__(self, stream: Stream, wake: Event | None = None, origin: str = "stream") -> None:
         self.stream = stream
@@ -635,10 +642,14 @@ def new_stream(t: Any = UNSET, wake: Event | None = None, origin: str = "stream"
 class Future:
     """One future's shared state (the spec's ``SharedFutureImpl``)."""
 
+    __slots__ = ("t", "dropped", "pending_inst", "pending_buffer", "pending_on_copy_done", "__weakref__")
+
     def __init__(self, t: Any = UNSET) -> None:
         self.t = t
         self.dropped = False
-        self.reset_pending()
+        self.pending_inst: Any = None  # (reset_pending, inline)
+        self.pending_buffer: Buffer | None = None
+        self.pending_on_copy_done: OnCopyDone | None = None
 
     def reset_pending(self) -> None:
         self.set_pending(None, None, None)
@@ -699,6 +710,8 @@ class Future:
 class FutureWriter:
     """The host's writable end of a ``Future``: ``write(value)`` once, now or later."""
 
+    __slots__ = ("future", "written", "reader_gone", "origin")
+
     def __init__(self, future: Future, origin: str = "future") -> None:
         self.future = future
         self.written = False
@@ -713,13 +726,12 @@ class FutureWriter:
         self.written = True
         if OUTGOING_VALUE_HOOKS:
             _audit(self.origin, value)
-
-        def on_copy_done(result: CopyResult) -> None:
-            if result == CopyResult.DROPPED:
-                self.reader_gone = True
-
-        self.future.write(None, HostReadableBuffer(self.future.t, [value]), on_copy_done)
+        self.future.write(None, HostReadableBuffer(self.future.t, [value]), self._on_copy_done)
         return not self.reader_gone
+
+    def _on_copy_done(self, result: CopyResult) -> None:
+        if result == CopyResult.DROPPED:
+            self.reader_gone = True
 
     def close(self) -> None:
         """Give up without a value (only when the guest is going away: a guest reader would

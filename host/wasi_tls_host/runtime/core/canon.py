@@ -452,7 +452,9 @@ def _record(t: Record | Tuple) -> Conv:
     parts = list(zip(convs, offsets))
     n = len(convs)
 
-    def values_of(x: Any) -> list:
+    def values_of(x: Any) -> Any:
+        if type(x) is tuple and len(x) == n and not is_record:  # a tuple as it is (no copy)
+            return x
         if is_record:
             try:
                 if isinstance(x, dict):

@@ -273,13 +273,22 @@ class CopyState(IntEnum):
     DONE = 4
 
 
+# Looked up once: an enum member read through its class costs a descriptor call (every drop
+# and lift of an end asks ``copying``).
+_BUSY = frozenset((CopyState.COPYING, CopyState.CANCELLING_COPY))
+_IDLE = CopyState.IDLE
+
+
 class CopyEnd(Waitable):
     readable = True
     is_stream = True
 
     def __init__(self, shared: Stream | Future) -> None:
-        super().__init__()
-        self.state = CopyState.IDLE
+        # Waitable.__init__, inline (an end is made for every stream or future that crosses)
+        self.pending_event: Callable[[], EventTuple] | None = None
+        self.wset: WaitableSet | None = None
+        self.has_sync_waiter = False
+        self.state = _IDLE
         self.shared = shared
         # A stream copy's buffer after the other end copied into or out of part of it: the
         # copy is still open (more may come) until its event is delivered or it is cancelled.
@@ -290,7 +299,7 @@ class CopyEnd(Waitable):
         return f"{'readable' if self.readable else 'writable'} end of a {'stream' if self.is_stream else 'future'}"
 
     def copying(self) -> bool:
-        return self.state in (CopyState.COPYING, CopyState.CANCELLING_COPY)
+        return self.state in _BUSY
 
     def drop(self) -> None:
         if self.copying():

@@ -21,7 +21,9 @@ from ..values import Err, Ok, Trap, WitError
 from . import canon, lift, native
 from .concurrent import Subtask
 from .table import ComponentState, _HandleEntry
-from .types import FuncT, Handle, ImportedResource, ListT, Prim, ValType, Variant, align_to, contains_borrow
+from .types import (
+    FuncT, FutureT, Handle, ImportedResource, ListT, Prim, StreamT, Tuple, ValType, Variant, align_to, contains_borrow,
+)
 
 _U8_PACK, _U16_PACK, _U32_PACK = struct.Struct("<B").pack_into, struct.Struct("<H").pack_into, struct.Struct("<I").pack_into
 
@@ -131,6 +133,9 @@ def make_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx) -> Ca
     is_async = fn.is_async
 
     owned, kept = fn.owned, fn.kept
+    ends_store = _ends_result_store(inst, ft, m)
+    flat_end = ft.result if isinstance(ft.result, (StreamT, FutureT)) and not result_spill else None
+    lower_end = inst.lower_async_end
 
     def tramp(args: Any) -> int:
         if not inst.may_leave:
@@ -169,7 +174,11 @@ def make_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx) -> Ca
                 if OUTGOING_VALUE_HOOKS:
                     for hook in OUTGOING_VALUE_HOOKS:
                         hook(qualname, result)
-                if result_conv is not None:
+                if ends_store is not None:  # tuple<stream, future> (receive), directly
+                    ends_store(result, result_pointer(m, args[nflat], result_size, result_align))
+                elif flat_end is not None:  # future<...> (send), directly
+                    result_writer(args[0], lower_end(result, flat_end))  # type: ignore[misc]
+                elif result_conv is not None:
                     if result_spill:
                         result_conv.store(m, result, result_pointer(m, args[nflat], result_size, result_align))
                     else:
@@ -189,6 +198,30 @@ def make_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx) -> Ca
             return native.trap_ptr(host_call_failure(qualname, e, lambda code: setattr(state, "exit_code", code)))
 
     return tramp
+
+
+def _ends_result_store(inst: ComponentState, ft: FuncT, m: canon.MemCx) -> Callable[[Any, int], None] | None:
+    """``store(value, retptr)`` of a result that is a tuple of stream and future ends (what
+    ``receive`` returns: ``tuple<stream<u8>, future<result<_, E>>>``): each end goes into
+    the table and its index into memory, without the tuple's and each end's converter; a
+    value of another shape goes through the converter, whose checks say what is wrong."""
+    t = ft.result
+    if not (ft.results_spill and isinstance(t, Tuple) and t.elems
+            and all(isinstance(et, (StreamT, FutureT)) for et in t.elems)):
+        return None
+    elems = list(zip(t.elems, t.offsets))
+    n = len(elems)
+    general = canon.conv(t).store
+    lower_end = inst.lower_async_end
+
+    def store_ends(value: Any, retptr: int) -> None:
+        if type(value) is not tuple or len(value) != n:
+            general(m, value, retptr)
+            return
+        for end, (et, offset) in zip(value, elems):  # one after the other, as the converter does
+            h = lower_end(end, et)
+            _U32_PACK(m.view(), retptr + offset, h)
+    return store_ends
 
 
 def run_to_completion(inst: ComponentState, coro: Any, qualname: str) -> Any:

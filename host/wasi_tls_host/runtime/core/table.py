@@ -27,6 +27,8 @@ from .types import DefinedResource, FutureT, ImportedResource, ResourceT, Stream
 if TYPE_CHECKING:
     from .instance import ComponentInstance
 
+_IDLE = CopyState.IDLE  # (an enum member read through its class costs a descriptor call)
+
 
 class _HandleEntry:
     """A resource handle in a component instance's table (the spec's ``ResourceHandle``)."""
@@ -94,6 +96,7 @@ class ComponentState:
         self.enter_gate = Event()
         self.waiting_to_enter = 0
         self.live_tasks = 0
+        self._scheduler: Scheduler | None = None  # (see ``scheduler``)
 
     @property
     def state(self) -> StoreState:
@@ -285,7 +288,12 @@ class ComponentState:
     # --- the async ABI: waiting, streams and futures crossing --------------------------------
     @property
     def scheduler(self) -> Scheduler:
-        return self.state.scheduler
+        # Asked by every drop of a stream or future end: kept once made (a store's scheduler
+        # is made on first use and never replaced).
+        scheduler = self._scheduler
+        if scheduler is None:
+            scheduler = self._scheduler = self.state.scheduler
+        return scheduler
 
     def block_until(self, done: Callable[[], bool], what: str) -> None:
         """Run the store's work until ``done()``; the current task blocks meanwhile (only
@@ -366,6 +374,18 @@ class ComponentState:
 
     def lift_async_end(self, h: int, t: StreamT | FutureT) -> Stream | Future:
         """A readable end leaves the guest's table (``lift_async_value``): ownership moves."""
+        # The usual case first (an idle readable end of t's element type, in no set); anything
+        # else gets the checks below and their traps.
+        handles = self.handles
+        e = handles[h] if 0 < h < len(handles) else None
+        if (type(e) is (ReadableStreamEnd if type(t) is StreamT else ReadableFutureEnd) and e.state is _IDLE
+                and e.wset is None and (e.shared.t is t.elem or same_type(e.shared.t, t.elem))):
+            handles[h] = None  # self.remove(h), inline
+            self.free.append(h)
+            return e.shared
+        return self._lift_async_end_checked(h, t)
+
+    def _lift_async_end_checked(self, h: int, t: StreamT | FutureT) -> Stream | Future:
         is_stream = isinstance(t, StreamT)
         kind = "stream" if is_stream else "future"
         e = self.get(h)
@@ -384,6 +404,18 @@ class ComponentState:
         return e.shared
 
     def lower_async_end(self, value: Any, t: StreamT | FutureT) -> int:
+        # The usual case first (a host-made end crossing for the first time, or an end of
+        # t's own element type); anything else gets the checks below and their traps.
+        is_stream = type(t) is StreamT
+        if type(value) is (Stream if is_stream else Future):
+            vt = value.t
+            if vt is UNSET:
+                value.t = vt = t.elem
+            if vt is t.elem or same_type(vt, t.elem):
+                return self.add(ReadableStreamEnd(value) if is_stream else ReadableFutureEnd(value))
+        return self._lower_async_end_checked(value, t)
+
+    def _lower_async_end_checked(self, value: Any, t: StreamT | FutureT) -> int:
         is_stream = isinstance(t, StreamT)
         if not isinstance(value, Stream if is_stream else Future):
             raise Trap(f"expected a {'Stream' if is_stream else 'Future'} for {t.signature()}, got {value!r}")

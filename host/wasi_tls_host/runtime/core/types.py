@@ -6,6 +6,7 @@ sizes, alignments and flattenings (CanonicalABI.md: ``elem_size``, ``alignment``
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from typing import Any
 
 from ..records import Fields  # plain classes, not dataclasses: start-up time (see records.py)
@@ -32,6 +33,13 @@ class ValType(Fields):
     size: int
     align: int
     flat: list[str]
+    # The types found structurally equal to this one, by id (``same_type``): not part of the
+    # type (a cached plan is pickled without it).
+    _equal_to: dict[int, weakref.ref[ValType]] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__
+        return {k: v for k, v in state.items() if k != "_equal_to"} if "_equal_to" in state else state
 
     def signature(self) -> str:  # the text form runtime.abi.signature gives the same type
         raise NotImplementedError
@@ -363,6 +371,26 @@ def same_type(a: ValType | None, b: ValType | None) -> bool:
         return False
     if isinstance(a, Prim):
         return a.name == b.name  # type: ignore[attr-defined]
+    # Compound types are compared on every stream/future crossing and built-in (a future's
+    # result<_, error> against each import's own copy of it): a pair found equal once stays
+    # equal (types are not changed once built; a resource bound to a host kind stays bound),
+    # so it is remembered on ``a``, by a weak reference to ``b`` (``a`` must not keep another
+    # component's types, their resources and destructors, alive; a dead ``b`` never matches).
+    equal_to = a._equal_to
+    if equal_to is not None:
+        known = equal_to.get(id(b))
+        if known is not None and known() is b:
+            return True
+    if not _same_compound(a, b):
+        return False
+    if equal_to is None:
+        equal_to = a._equal_to = {}
+    if len(equal_to) < 64:
+        equal_to[id(b)] = weakref.ref(b)
+    return True
+
+
+def _same_compound(a: ValType, b: ValType) -> bool:
     if isinstance(a, Handle):
         return a.own == b.own and same_resource(a.resource, b.resource)  # type: ignore[attr-defined]
     if isinstance(a, (ListT, StreamT, FutureT)):
