@@ -219,16 +219,19 @@ def test_a_cancelled_timer_wait_frees_what_its_coroutine_held_at_once() -> None:
     scheduler.close()
 
 
-def _wait_order(inline: bool, first: str) -> tuple[list[str], object]:
-    """Guest tasks g1 and g2 wait on events that one host task sets (``first``'s first);
-    g1 waits either inline (``resume_inline``, as a callback task's event loop does) or by
-    suspending: the order in which everything runs must not depend on it."""
+def _wait_order(inline: bool, first: str, timer: bool = False) -> tuple[list[str], object]:
+    """Guest tasks g1 and g2 wait on events that one host task sets (``first``'s first),
+    with ``timer`` after a deadline that has passed when g1 waits (a WASI 0.3 clock wait of
+    1 ns); g1 waits either inline (``resume_inline``, as a callback task's event loop does)
+    or by suspending: the order in which everything runs must not depend on it."""
     scheduler = Scheduler()
     order: list[str] = []
     events = {"g1": Event(), "g2": Event()}
     how: list[object] = []
 
     async def host() -> None:
+        if timer:
+            await sleep_until(time.monotonic_ns())
         order.append("host")
         events[first].set()
         events["g2" if first == "g1" else "g1"].set()
@@ -239,7 +242,10 @@ def _wait_order(inline: bool, first: str) -> tuple[list[str], object]:
 
     async def g1() -> None:
         await yield_now()  # resumed by run_ready from here on, as an event loop is
-        scheduler.spawn(host(), "host")
+        if timer:
+            scheduler.start(host(), "host")  # runs until it sleeps
+        else:
+            scheduler.spawn(host(), "host")
         if inline:
             wait = scheduler.resume_inline(events["g1"])
             how.append(wait)
@@ -253,14 +259,18 @@ def _wait_order(inline: bool, first: str) -> tuple[list[str], object]:
     scheduler.start(g1(), "g1", guest=True)
     for _ in range(5):
         scheduler.run_ready(guests=True)
+        scheduler.poll(block=False)  # as wait_until does between passes
     assert not scheduler.pending
     return order, how[0] if how else "suspended"
 
 
+@pytest.mark.parametrize("timer", [False, True], ids=["host work ready", "timer due"])
 @pytest.mark.parametrize("first", ["g1", "g2"])
-def test_a_guest_task_resumed_inline_runs_in_the_order_a_suspended_one_would(first: str) -> None:
-    inline, how = _wait_order(True, first)
-    suspended, _ = _wait_order(False, first)
+def test_a_guest_task_resumed_inline_runs_in_the_order_a_suspended_one_would(first: str, timer: bool) -> None:
+    """With a timer: the due timer is taken inside the inline resume (no suspension for a
+    clock wait that has passed), in the order a poll between passes would give."""
+    inline, how = _wait_order(True, first, timer)
+    suspended, _ = _wait_order(False, first, timer)
     assert inline == suspended == ["host", first, "g2" if first == "g1" else "g1"]
     if first == "g1":
         assert how is None  # woken first: it went on inside the same step

@@ -508,19 +508,31 @@ class Scheduler:
         task = self._resuming
         if event.is_set:
             return None
-        if task is None or task is not self._stepping or self._guest_ready or not self._ready:
+        if task is None or task is not self._stepping or self._guest_ready:
             return event
-        self._check_interrupt()
-        if self._readers or self._writers or self._timers:
-            # Descriptors every INLINE_POLL_INTERVAL_NS, timers when the first is due: as
-            # run_ready's caller polls between passes, not before each.
-            now = time.monotonic_ns()
+        ready = self._ready
+        if not ready:
+            # Nothing ready: run_ready's caller would poll next. A timer already due (a WASI
+            # 0.3 clock wait that has passed) is taken now, as that poll would, and the work
+            # it readies runs inline; anything else (nothing due) is waited for there.
             timers = self._timers
-            if now >= self._inline_poll_at or (timers and timers[0][0] <= now):
-                self.poll(block=False)
+            if not timers or timers[0][0] > time.monotonic_ns():
+                return event
+            self._check_interrupt()
+            self.poll(block=False)
+            if self._guest_ready or not ready:
+                return event
+        else:
+            self._check_interrupt()
+            if self._readers or self._writers or self._timers:
+                # Descriptors every INLINE_POLL_INTERVAL_NS, timers when the first is due: as
+                # run_ready's caller polls between passes, not before each.
+                now = time.monotonic_ns()
+                timers = self._timers
+                if now >= self._inline_poll_at or (timers and timers[0][0] <= now):
+                    self.poll(block=False)
         task._waiting = event
         event._waiters.append(task)
-        ready = self._ready
         for _ in range(len(ready)):
             other = ready.popleft()
             other._queued = False
