@@ -342,3 +342,103 @@ def test_an_inline_resume_still_sees_a_descriptor_and_a_timer_in_time(pair) -> N
     _inline_resumes(scheduler, lambda n: len(woken) == 2 or time.monotonic() > deadline)
     assert sorted(woken) == ["socket", "timer"]
     scheduler.close()
+
+
+class _CountingPoller:
+    """The scheduler's poll object, counting the kernel polls (and what they returned)."""
+
+    def __init__(self, poller: object) -> None:
+        self.poller, self.calls, self.events = poller, 0, 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.poller, name)
+
+    def poll(self, timeout: object = None) -> list[tuple[int, int]]:
+        self.calls += 1
+        events = self.poller.poll(timeout)  # type: ignore[attr-defined]
+        self.events += len(events)
+        return events
+
+
+def test_a_descriptor_no_longer_waited_on_is_no_longer_polled(pair) -> None:
+    """The poll object is kept across waits: a socket whose waiter left (its ``any_of``
+    ended on the event) must leave it too, or once the socket is readable every later wait
+    would return at once for it (a waiting guest spinning on the CPU)."""
+    a, b = pair
+    scheduler = Scheduler()
+    event = Event()
+    counting = scheduler._poller = _CountingPoller(scheduler._poller)  # type: ignore[assignment]
+
+    async def either() -> None:
+        await any_of(readable(a.fileno()), event)
+
+    async def sleeper() -> None:
+        await sleep_until(time.monotonic_ns() + 30_000_000)
+
+    waiter = scheduler.start(either())
+    scheduler.poll(block=False)  # the socket is registered (nothing to read yet)
+    assert not waiter.done and counting.calls == 1
+    b.send(b"x")  # readable from now on: nobody reads it
+    event.set()  # the waiter ends on the event instead
+    scheduler.run_ready()
+    assert waiter.done and scheduler._readers == {}
+    counting.calls = counting.events = 0
+    sleeping = scheduler.start(sleeper())
+    scheduler.wait_until(lambda: sleeping.done, "the test's sleeper")
+    assert counting.events == 0 and counting.calls <= 3  # slept in the kernel: no wake for the socket
+    scheduler.close()
+
+
+def test_a_descriptor_number_closed_and_reused_is_polled_as_the_new_socket() -> None:
+    scheduler = Scheduler()
+    a, b = socket.socketpair()
+    number = a.fileno()
+
+    async def reader(sock: socket.socket) -> bytes:
+        await readable(sock.fileno())
+        return sock.recv(10)
+
+    first = scheduler.start(reader(a))
+    scheduler.poll(block=False)  # registered
+    scheduler.forget_fd(number)
+    a.close()
+    b.close()
+    scheduler.run_ready()
+    assert first.done
+    c, d = socket.socketpair()  # the lowest numbers free: those just closed
+    try:
+        assert number in (c.fileno(), d.fileno())
+        new = c if c.fileno() == number else d
+        second = scheduler.start(reader(new))
+        (d if new is c else c).send(b"new")
+        deadline = time.monotonic() + 10
+        while not second.done and time.monotonic() < deadline:
+            scheduler.poll(block=False)
+            scheduler.run_ready()
+        assert second.done and second.result == b"new"
+    finally:
+        c.close()
+        d.close()
+    scheduler.close()
+
+
+def test_schedulers_that_polled_descriptors_leave_no_descriptor_open(pair) -> None:
+    from conftest import open_fds, without_gc
+
+    a, b = pair
+    b.send(b"x")
+    with without_gc():
+        before = open_fds()
+        for _ in range(20):
+            scheduler = Scheduler()
+
+            async def reader() -> None:
+                await readable(a.fileno())
+
+            scheduler.start(reader())
+            scheduler.start(reader())
+            scheduler.poll(block=False)
+            scheduler.run_ready()
+            scheduler.start(reader())
+            scheduler.close()
+        assert open_fds() == before
