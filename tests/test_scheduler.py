@@ -442,3 +442,23 @@ def test_schedulers_that_polled_descriptors_leave_no_descriptor_open(pair) -> No
             scheduler.start(reader())
             scheduler.close()
         assert open_fds() == before
+
+
+def test_a_done_callback_added_beside_a_shared_one_leaves_the_shared_one_alone() -> None:
+    """An async lower's task starts with a tuple of one callback made once per signature
+    (no closure or list per call): a callback added later goes to that task alone."""
+    scheduler = Scheduler()
+    heard: list[tuple[str, str]] = []
+    shared = (lambda t: heard.append(("shared", t.name)),)
+
+    async def quick() -> None:
+        await yield_now()
+
+    tasks = [scheduler.start(quick(), name) for name in ("a", "b")]
+    for task in tasks:
+        task._callbacks = shared
+    tasks[0].add_done_callback(lambda t: heard.append(("own", t.name)))
+    scheduler.run_ready()
+    assert len(shared) == 1
+    assert heard == [("shared", "a"), ("own", "a"), ("shared", "b")]
+    scheduler.close()

@@ -210,17 +210,18 @@ class HostTask:
         # Who awaits it and whom to tell when it ends: a list once there is one (most host
         # calls have one callback and no joiner: no list made for nobody).
         self._joiners: list[HostTask] | tuple[()] = ()
-        self._callbacks: list[Callable[[HostTask], None]] | tuple[()] = ()
+        # (a tuple made once may stand for one callback: it is replaced, never changed)
+        self._callbacks: list[Callable[[HostTask], None]] | tuple[Callable[[HostTask], None], ...] = ()
         self._waiting: Any = None  # what it is suspended on
         self._queued = False
 
     def add_done_callback(self, callback: Callable[[HostTask], None]) -> None:
         if self.done:
             callback(self)
-        elif self._callbacks:
-            self._callbacks.append(callback)  # type: ignore[union-attr]
+        elif type(self._callbacks) is list:
+            self._callbacks.append(callback)
         else:
-            self._callbacks = [callback]
+            self._callbacks = [*self._callbacks, callback]
 
     def cancel(self) -> None:
         """Throw ``Cancelled`` into the coroutine at once (it may clean up; it may even go
