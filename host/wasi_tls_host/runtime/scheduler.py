@@ -563,7 +563,21 @@ class Scheduler:
                 waiting = other.coro.send(None)
             except StopIteration as e:
                 self._stepping = task
-                self._finish(other, e.value, None)
+                if other._joiners:
+                    self._finish(other, e.value, None)
+                    continue
+                # self._finish(other, e.value, None), inline for a task nobody awaits (an
+                # async lower's call that completes a wait): once per such call
+                self.progress += 1
+                other.done = True
+                other.result = e.value
+                other._waiting = None
+                self._tasks.discard(other)
+                callbacks = other._callbacks
+                if callbacks:
+                    other._callbacks = ()
+                    for callback in callbacks:
+                        callback(other)
                 continue
             except BaseException as e:  # noqa: BLE001 - the task's own failure, as in _step
                 self._stepping = task
