@@ -16,6 +16,9 @@ beside a reference measured in the same run.
 - a real WASI 0.3 call that suspends, by a WAT guest (``CLOCK_WAITS_WAT``): the round trip
   of ``monotonic-clock.wait-for(1 ns)``, whose timer the scheduler polls before the SUBTASK
   event reaches the guest's callback;
+- a host coroutine's wait on a socket that becomes readable, with 0 and with 256 other
+  sockets waited on that stay idle (a WASI 0.3 server's connections): the scheduler's
+  poll per wait;
 - with ``--lowers``: how the async lowers of the WASI 0.3 example guests are built (each
   parameter lifted by a mask, inline or by its converter; the result stored directly or by
   its converter), which builds those guests if they are not cached.
@@ -35,7 +38,7 @@ from pathlib import Path
 
 from wasi_tls_host import Host, WasiConfig, guests
 from wasi_tls_host.runtime.binding import Interface
-from wasi_tls_host.runtime.scheduler import readable, sleep_until, yield_now
+from wasi_tls_host.runtime.scheduler import Scheduler, readable, sleep_until, yield_now
 from wasi_tls_host.runtime.streams import Stream, StreamReader, new_future, new_stream
 from wasi_tls_host.wasi.filesystem import Preopen
 
@@ -252,6 +255,50 @@ def suspending_calls(sync_cpu: float) -> None:
         print(f"  monotonic-clock.wait-for(1 ns)          {wall:7.2f} us wall {cpu:7.2f} us CPU  ({cpu / sync_cpu:.1f}x the sync host call's CPU)")
 
 
+def descriptor_waits(idle_count: int, cycles: int = CALLS // 2) -> tuple[float, float]:
+    """(wall, CPU) per wait of a host coroutine on a socket made readable just before,
+    while ``idle_count`` other sockets are waited on and stay idle: each wait is one
+    blocking poll of the store's scheduler (Scheduler.wait_until), as a server's is."""
+    scheduler = Scheduler()
+    pairs = [socket.socketpair() for _ in range(idle_count + 1)]
+    a, b = pairs[-1]
+
+    async def idle(sock: socket.socket) -> None:
+        await readable(sock.fileno())
+
+    async def ping_pong(n: int) -> None:
+        for _ in range(n):
+            b.send(b"x")
+            await readable(a.fileno())
+            a.recv(1)
+
+    try:
+        for sock, _ in pairs[:-1]:
+            scheduler.start(idle(sock))
+
+        def run() -> None:
+            task = scheduler.start(ping_pong(cycles))
+            scheduler.wait_until(lambda: task.done, "the benchmark's ping-pong")
+
+        wall, cpu = best_cpu(run)
+        return wall / cycles * 1e6, cpu / cycles * 1e6
+    finally:
+        scheduler.close()
+        for x, y in pairs:
+            x.close()
+            y.close()
+
+
+def descriptor_report() -> None:
+    print("a host coroutine's wait on a socket made readable (one blocking poll a wait; best of 3):")
+    rows = [(n, *descriptor_waits(n)) for n in (0, 256)]
+    ref_cpu = rows[0][2]
+    for n, wall, cpu in rows:
+        ratio = "" if n == 0 else f"  ({cpu / ref_cpu:.1f}x the CPU with none)"
+        label = f"with {n} idle sockets waited on{' (reference)' if n == 0 else ''}".ljust(40)
+        print(f"  {label} {wall:7.2f} us wall {cpu:7.2f} us CPU{ratio}")
+
+
 P3_GUESTS = ("wasi_probe_p3", "sockets_probe_p3", "tls_server_p3", "fs_probe_p3")
 
 
@@ -323,6 +370,7 @@ def main() -> None:
     wasi_calls(sync_cpu)
     suspending_calls(sync_cpu)
     stream_handle_calls(sync_cpu)
+    descriptor_report()
     if "--lowers" in sys.argv[1:]:
         lowers_report()
 

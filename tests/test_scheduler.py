@@ -219,16 +219,19 @@ def test_a_cancelled_timer_wait_frees_what_its_coroutine_held_at_once() -> None:
     scheduler.close()
 
 
-def _wait_order(inline: bool, first: str) -> tuple[list[str], object]:
-    """Guest tasks g1 and g2 wait on events that one host task sets (``first``'s first);
-    g1 waits either inline (``resume_inline``, as a callback task's event loop does) or by
-    suspending: the order in which everything runs must not depend on it."""
+def _wait_order(inline: bool, first: str, timer: bool = False) -> tuple[list[str], object]:
+    """Guest tasks g1 and g2 wait on events that one host task sets (``first``'s first),
+    with ``timer`` after a deadline that has passed when g1 waits (a WASI 0.3 clock wait of
+    1 ns); g1 waits either inline (``resume_inline``, as a callback task's event loop does)
+    or by suspending: the order in which everything runs must not depend on it."""
     scheduler = Scheduler()
     order: list[str] = []
     events = {"g1": Event(), "g2": Event()}
     how: list[object] = []
 
     async def host() -> None:
+        if timer:
+            await sleep_until(time.monotonic_ns())
         order.append("host")
         events[first].set()
         events["g2" if first == "g1" else "g1"].set()
@@ -239,7 +242,10 @@ def _wait_order(inline: bool, first: str) -> tuple[list[str], object]:
 
     async def g1() -> None:
         await yield_now()  # resumed by run_ready from here on, as an event loop is
-        scheduler.spawn(host(), "host")
+        if timer:
+            scheduler.start(host(), "host")  # runs until it sleeps
+        else:
+            scheduler.spawn(host(), "host")
         if inline:
             wait = scheduler.resume_inline(events["g1"])
             how.append(wait)
@@ -253,14 +259,18 @@ def _wait_order(inline: bool, first: str) -> tuple[list[str], object]:
     scheduler.start(g1(), "g1", guest=True)
     for _ in range(5):
         scheduler.run_ready(guests=True)
+        scheduler.poll(block=False)  # as wait_until does between passes
     assert not scheduler.pending
     return order, how[0] if how else "suspended"
 
 
+@pytest.mark.parametrize("timer", [False, True], ids=["host work ready", "timer due"])
 @pytest.mark.parametrize("first", ["g1", "g2"])
-def test_a_guest_task_resumed_inline_runs_in_the_order_a_suspended_one_would(first: str) -> None:
-    inline, how = _wait_order(True, first)
-    suspended, _ = _wait_order(False, first)
+def test_a_guest_task_resumed_inline_runs_in_the_order_a_suspended_one_would(first: str, timer: bool) -> None:
+    """With a timer: the due timer is taken inside the inline resume (no suspension for a
+    clock wait that has passed), in the order a poll between passes would give."""
+    inline, how = _wait_order(True, first, timer)
+    suspended, _ = _wait_order(False, first, timer)
     assert inline == suspended == ["host", first, "g2" if first == "g1" else "g1"]
     if first == "g1":
         assert how is None  # woken first: it went on inside the same step
@@ -331,4 +341,124 @@ def test_an_inline_resume_still_sees_a_descriptor_and_a_timer_in_time(pair) -> N
     deadline = time.monotonic() + 10
     _inline_resumes(scheduler, lambda n: len(woken) == 2 or time.monotonic() > deadline)
     assert sorted(woken) == ["socket", "timer"]
+    scheduler.close()
+
+
+class _CountingPoller:
+    """The scheduler's poll object, counting the kernel polls (and what they returned)."""
+
+    def __init__(self, poller: object) -> None:
+        self.poller, self.calls, self.events = poller, 0, 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.poller, name)
+
+    def poll(self, timeout: object = None) -> list[tuple[int, int]]:
+        self.calls += 1
+        events = self.poller.poll(timeout)  # type: ignore[attr-defined]
+        self.events += len(events)
+        return events
+
+
+def test_a_descriptor_no_longer_waited_on_is_no_longer_polled(pair) -> None:
+    """The poll object is kept across waits: a socket whose waiter left (its ``any_of``
+    ended on the event) must leave it too, or once the socket is readable every later wait
+    would return at once for it (a waiting guest spinning on the CPU)."""
+    a, b = pair
+    scheduler = Scheduler()
+    event = Event()
+    counting = scheduler._poller = _CountingPoller(scheduler._poller)  # type: ignore[assignment]
+
+    async def either() -> None:
+        await any_of(readable(a.fileno()), event)
+
+    async def sleeper() -> None:
+        await sleep_until(time.monotonic_ns() + 30_000_000)
+
+    waiter = scheduler.start(either())
+    scheduler.poll(block=False)  # the socket is registered (nothing to read yet)
+    assert not waiter.done and counting.calls == 1
+    b.send(b"x")  # readable from now on: nobody reads it
+    event.set()  # the waiter ends on the event instead
+    scheduler.run_ready()
+    assert waiter.done and scheduler._readers == {}
+    counting.calls = counting.events = 0
+    sleeping = scheduler.start(sleeper())
+    scheduler.wait_until(lambda: sleeping.done, "the test's sleeper")
+    assert counting.events == 0 and counting.calls <= 3  # slept in the kernel: no wake for the socket
+    scheduler.close()
+
+
+def test_a_descriptor_number_closed_and_reused_is_polled_as_the_new_socket() -> None:
+    scheduler = Scheduler()
+    a, b = socket.socketpair()
+    number = a.fileno()
+
+    async def reader(sock: socket.socket) -> bytes:
+        await readable(sock.fileno())
+        return sock.recv(10)
+
+    first = scheduler.start(reader(a))
+    scheduler.poll(block=False)  # registered
+    scheduler.forget_fd(number)
+    a.close()
+    b.close()
+    scheduler.run_ready()
+    assert first.done
+    c, d = socket.socketpair()  # the lowest numbers free: those just closed
+    try:
+        assert number in (c.fileno(), d.fileno())
+        new = c if c.fileno() == number else d
+        second = scheduler.start(reader(new))
+        (d if new is c else c).send(b"new")
+        deadline = time.monotonic() + 10
+        while not second.done and time.monotonic() < deadline:
+            scheduler.poll(block=False)
+            scheduler.run_ready()
+        assert second.done and second.result == b"new"
+    finally:
+        c.close()
+        d.close()
+    scheduler.close()
+
+
+def test_schedulers_that_polled_descriptors_leave_no_descriptor_open(pair) -> None:
+    from conftest import open_fds, without_gc
+
+    a, b = pair
+    b.send(b"x")
+    with without_gc():
+        before = open_fds()
+        for _ in range(20):
+            scheduler = Scheduler()
+
+            async def reader() -> None:
+                await readable(a.fileno())
+
+            scheduler.start(reader())
+            scheduler.start(reader())
+            scheduler.poll(block=False)
+            scheduler.run_ready()
+            scheduler.start(reader())
+            scheduler.close()
+        assert open_fds() == before
+
+
+def test_a_done_callback_added_beside_a_shared_one_leaves_the_shared_one_alone() -> None:
+    """An async lower's task starts with a tuple of one callback made once per signature
+    (no closure or list per call): a callback added later goes to that task alone."""
+    scheduler = Scheduler()
+    heard: list[tuple[str, str]] = []
+    shared = (lambda t: heard.append(("shared", t.name)),)
+
+    async def quick() -> None:
+        await yield_now()
+
+    tasks = [scheduler.start(quick(), name) for name in ("a", "b")]
+    for task in tasks:
+        task._callbacks = shared
+    tasks[0].add_done_callback(lambda t: heard.append(("own", t.name)))
+    scheduler.run_ready()
+    assert len(shared) == 1
+    assert heard == [("shared", "a"), ("own", "a"), ("shared", "b")]
     scheduler.close()

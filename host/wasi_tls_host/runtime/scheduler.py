@@ -210,17 +210,18 @@ class HostTask:
         # Who awaits it and whom to tell when it ends: a list once there is one (most host
         # calls have one callback and no joiner: no list made for nobody).
         self._joiners: list[HostTask] | tuple[()] = ()
-        self._callbacks: list[Callable[[HostTask], None]] | tuple[()] = ()
+        # (a tuple made once may stand for one callback: it is replaced, never changed)
+        self._callbacks: list[Callable[[HostTask], None]] | tuple[Callable[[HostTask], None], ...] = ()
         self._waiting: Any = None  # what it is suspended on
         self._queued = False
 
     def add_done_callback(self, callback: Callable[[HostTask], None]) -> None:
         if self.done:
             callback(self)
-        elif self._callbacks:
-            self._callbacks.append(callback)  # type: ignore[union-attr]
+        elif type(self._callbacks) is list:
+            self._callbacks.append(callback)
         else:
-            self._callbacks = [callback]
+            self._callbacks = [*self._callbacks, callback]
 
     def cancel(self) -> None:
         """Throw ``Cancelled`` into the coroutine at once (it may clean up; it may even go
@@ -263,6 +264,18 @@ class Scheduler:
         self._prune_timers_at = TIMER_PRUNE_MIN
         self._inline_poll_at = 0  # monotonic_ns when resume_inline next polls descriptors
         self._interrupt_fd = interrupt_fd
+        # One poll object for the store's life, kept equal to the descriptors waited on (and
+        # the interrupt descriptor) before each poll: only those whose waiters came or went
+        # since the last poll (``_changed``) are looked at, not every descriptor every time
+        # (a server with many connections waits often). A poll object holds descriptor
+        # numbers, not descriptors: nothing to close, and a number closed and reused by a
+        # new socket is polled as that socket (an epoll set would still hold the old file).
+        self._poller = select.poll()
+        self._poll_masks: dict[int, int] = {}  # what _poller has registered
+        self._changed: set[int] = set()  # descriptors whose waiters may have come or gone
+        if interrupt_fd is not None:
+            self._poller.register(interrupt_fd, _POLL_IN)
+            self._poll_masks[interrupt_fd] = _POLL_IN
         self._check_interrupt = check_interrupt or (lambda: None)
         self._clear_wake = clear_wake or (lambda: None)
         self._tasks: set[HostTask] = set()
@@ -362,7 +375,13 @@ class Scheduler:
         self.progress += 1
         kind = type(waiting)  # (the wait classes of this module have no subclasses)
         if kind is _Fd:
-            (self._writers if waiting.write else self._readers).setdefault(waiting.fd, []).append(task)
+            table = self._writers if waiting.write else self._readers
+            tasks = table.get(waiting.fd)
+            if tasks is None:
+                table[waiting.fd] = [task]
+                self._changed.add(waiting.fd)
+            else:
+                tasks.append(task)
         elif kind is _Until:
             timers = self._timers
             if len(timers) < self._prune_timers_at:  # self._add_timer(...), inline: no pruning due
@@ -390,6 +409,7 @@ class Scheduler:
             for w in waiting.waits:
                 if isinstance(w, _Fd):
                     (self._writers if w.write else self._readers).setdefault(w.fd, []).append(task)
+                    self._changed.add(w.fd)
                 elif isinstance(w, _Until):
                     self._add_timer(w.deadline, task)
                 else:
@@ -436,6 +456,7 @@ class Scheduler:
                     tasks.remove(task)
                     if not tasks:
                         del table[wait.fd]
+                        self._changed.add(wait.fd)
             elif isinstance(wait, Event) and task in wait._waiters:
                 wait._waiters.remove(task)
             # (a deadline's timer entry stays: it is checked against what the task waits on)
@@ -508,19 +529,31 @@ class Scheduler:
         task = self._resuming
         if event.is_set:
             return None
-        if task is None or task is not self._stepping or self._guest_ready or not self._ready:
+        if task is None or task is not self._stepping or self._guest_ready:
             return event
-        self._check_interrupt()
-        if self._readers or self._writers or self._timers:
-            # Descriptors every INLINE_POLL_INTERVAL_NS, timers when the first is due: as
-            # run_ready's caller polls between passes, not before each.
-            now = time.monotonic_ns()
+        ready = self._ready
+        if not ready:
+            # Nothing ready: run_ready's caller would poll next. A timer already due (a WASI
+            # 0.3 clock wait that has passed) is taken now, as that poll would, and the work
+            # it readies runs inline; anything else (nothing due) is waited for there.
             timers = self._timers
-            if now >= self._inline_poll_at or (timers and timers[0][0] <= now):
-                self.poll(block=False)
+            if not timers or timers[0][0] > time.monotonic_ns():
+                return event
+            self._check_interrupt()
+            self.poll(block=False)
+            if self._guest_ready or not ready:
+                return event
+        else:
+            self._check_interrupt()
+            if self._readers or self._writers or self._timers:
+                # Descriptors every INLINE_POLL_INTERVAL_NS, timers when the first is due: as
+                # run_ready's caller polls between passes, not before each.
+                now = time.monotonic_ns()
+                timers = self._timers
+                if now >= self._inline_poll_at or (timers and timers[0][0] <= now):
+                    self.poll(block=False)
         task._waiting = event
         event._waiters.append(task)
-        ready = self._ready
         for _ in range(len(ready)):
             other = ready.popleft()
             other._queued = False
@@ -530,7 +563,21 @@ class Scheduler:
                 waiting = other.coro.send(None)
             except StopIteration as e:
                 self._stepping = task
-                self._finish(other, e.value, None)
+                if other._joiners:
+                    self._finish(other, e.value, None)
+                    continue
+                # self._finish(other, e.value, None), inline for a task nobody awaits (an
+                # async lower's call that completes a wait): once per such call
+                self.progress += 1
+                other.done = True
+                other.result = e.value
+                other._waiting = None
+                self._tasks.discard(other)
+                callbacks = other._callbacks
+                if callbacks:
+                    other._callbacks = ()
+                    for callback in callbacks:
+                        callback(other)
                 continue
             except BaseException as e:  # noqa: BLE001 - the task's own failure, as in _step
                 self._stepping = task
@@ -609,15 +656,10 @@ class Scheduler:
             block = False
         if not self._readers and not self._writers and not timers:
             return bool(self._ready or self._guest_ready)
-        poller = select.poll()
+        poller = self._poller
         readers, writers = self._readers, self._writers
-        for fd in readers:
-            poller.register(fd, _POLL_IN | (_POLL_OUT if fd in writers else 0))
-        for fd in writers:
-            if fd not in readers:
-                poller.register(fd, _POLL_OUT)
-        if self._interrupt_fd is not None:
-            poller.register(self._interrupt_fd, _POLL_IN)
+        if self._changed:
+            self._update_poller()
         timeout_ms: float | None = 0
         if block:
             if timers:
@@ -636,11 +678,17 @@ class Scheduler:
                 continue
             hangup = mask & (select.POLLERR | select.POLLHUP | select.POLLNVAL)
             if mask & _POLL_IN or hangup:
-                for task in readers.pop(fd, ()):
-                    self._make_ready(task)
+                tasks = readers.pop(fd, None)
+                if tasks is not None:
+                    self._changed.add(fd)
+                    for task in tasks:
+                        self._make_ready(task)
             if mask & _POLL_OUT or hangup:
-                for task in writers.pop(fd, ()):
-                    self._make_ready(task)
+                tasks = writers.pop(fd, None)
+                if tasks is not None:
+                    self._changed.add(fd)
+                    for task in tasks:
+                        self._make_ready(task)
         now = time.monotonic_ns()
         while timers and timers[0][0] <= now:
             _, _, ref = heapq.heappop(timers)
@@ -650,11 +698,30 @@ class Scheduler:
                 self._make_ready(task)
         return True
 
+    def _update_poller(self) -> None:
+        """Register with the poll object what is waited on of each descriptor in ``_changed``."""
+        readers, writers, masks, poller = self._readers, self._writers, self._poll_masks, self._poller
+        for fd in self._changed:
+            want = (_POLL_IN if fd in readers or fd == self._interrupt_fd else 0) | (_POLL_OUT if fd in writers else 0)
+            have = masks.get(fd, 0)
+            if want == have:
+                continue
+            if not want:
+                poller.unregister(fd)
+                del masks[fd]
+            else:
+                poller.register(fd, want)  # (registering again replaces the mask)
+                masks[fd] = want
+        self._changed.clear()
+
     def forget_fd(self, fd: int) -> None:
         """A descriptor is being closed: its waiters are woken (they will see the error)."""
         for table in (self._readers, self._writers):
-            for task in table.pop(fd, ()):
-                self._make_ready(task)
+            tasks = table.pop(fd, None)
+            if tasks is not None:
+                self._changed.add(fd)
+                for task in tasks:
+                    self._make_ready(task)
 
     @property
     def pending(self) -> int:
@@ -682,6 +749,10 @@ class Scheduler:
         self._readers.clear()
         self._writers.clear()
         self._timers.clear()
+        for fd in self._poll_masks:
+            self._poller.unregister(fd)
+        self._poll_masks.clear()
+        self._changed.clear()
 
 
 __all__ = ["Cancelled", "Event", "HostTask", "Scheduler", "any_of", "readable", "sleep_until", "writable", "yield_now"]

@@ -383,6 +383,14 @@ def load_spilled_at(m: canon.MemCx, ptr: int, conv: Any, size: int, align: int) 
     return conv.load(m, v, ptr)
 
 
+class _HostCall(HostTask):
+    """The task of an async lower's coroutine that did not finish at once, carrying what its
+    end needs: its subtask, the result pointer and the arguments it keeps (one done-callback
+    per signature reads them, instead of a closure made per call)."""
+
+    __slots__ = ("subtask", "retptr", "args_kept")
+
+
 def make_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx) -> Callable[[Any], int]:
     """The native body of ``canon lower ... async`` of a host function: lift the arguments,
     start the host coroutine and run it until it first waits; if it finished, store the
@@ -441,6 +449,37 @@ def make_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx)
         if tuple_conv is not None:
             return list(load_spilled_at(m, args[0] & 0xFFFF_FFFF, tuple_conv, tuple_size, tuple_align))
         return [args[at] & mask if lift is None else lift(m, args) for at, mask, lift in plan]
+
+    def on_done(t: _HostCall) -> None:
+        """The end of a call's coroutine: its result into guest memory, the SUBTASK event."""
+        subtask, retptr, pyargs_kept = t.subtask, t.retptr, t.args_kept
+        t.subtask, t.args_kept = None, ()  # (the subtask refers to the task: no cycle left)
+        if runner.closed_ or t.scheduler.closed:
+            return
+        try:
+            if t.error is None:
+                try:
+                    if OUTGOING_VALUE_HOOKS:
+                        store(t.result, retptr)
+                    else:
+                        store_result(t.result, retptr)
+                except Trap as e:  # it traps where the guest waits: say whose result it was
+                    raise Trap(f"{qualname}: {e}") from None
+                subtask.state = returned
+            else:
+                subtask.resolve(finish_host_call(inst, spec, m, t.result, t.error, retptr, subtask))
+        finally:
+            if owned:
+                drop_consumed_arguments(pyargs_kept, owned, kept, t.error is None)
+        # subtask.set_pending_event(subtask.event), inline: once per call that waited
+        subtask.pending_event = subtask.event
+        wset = subtask.wset
+        if wset is not None:
+            wset.ready[subtask] = None
+            if wset.notify is not None:
+                wset.notify.set()
+
+    only_on_done = (on_done,)
 
     def tramp(env: Any, caller: Any, args: Any, nargs: int) -> int:  # a direct trampoline (native.RETIRED)
         nonlocal scheduler
@@ -508,7 +547,7 @@ def make_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx)
                         error = e
                     else:
                         # scheduler.adopt(call, waiting, qualname, observed=True), inline
-                        host_task = HostTask(scheduler, call, qualname)
+                        host_task = _HostCall(scheduler, call, qualname)
                         host_task.observed = True  # on_done reads its error
                         scheduler._tasks.add(host_task)
                         if type(waiting) is _Yield:
@@ -543,38 +582,9 @@ def make_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx)
                 else:
                     index = inst.add(subtask)
                 subtask.index = index
-                pyargs_kept, pyargs = pyargs, ()
-
-                def on_done(t: HostTask) -> None:
-                    if runner.closed_ or t.scheduler.closed:
-                        return
-                    try:
-                        if t.error is None:
-                            try:
-                                if OUTGOING_VALUE_HOOKS:
-                                    store(t.result, retptr)
-                                else:
-                                    store_result(t.result, retptr)
-                            except Trap as e:  # it traps where the guest waits: say whose result it was
-                                raise Trap(f"{qualname}: {e}") from None
-                            subtask.state = returned
-                        else:
-                            subtask.resolve(finish_host_call(inst, spec, m, t.result, t.error, retptr, subtask))
-                    finally:
-                        if owned:
-                            drop_consumed_arguments(pyargs_kept, owned, kept, t.error is None)
-                    # subtask.set_pending_event(subtask.event), inline: once per call that waited
-                    subtask.pending_event = subtask.event
-                    wset = subtask.wset
-                    if wset is not None:
-                        wset.ready[subtask] = None
-                        if wset.notify is not None:
-                            wset.notify.set()
-
-                if host_task._callbacks:  # host_task.add_done_callback(on_done), inline: it is not done
-                    host_task._callbacks.append(on_done)  # type: ignore[union-attr]
-                else:
-                    host_task._callbacks = [on_done]
+                host_task.subtask, host_task.retptr, host_task.args_kept = subtask, retptr, pyargs
+                pyargs = ()
+                host_task._callbacks = only_on_done  # host_task.add_done_callback(on_done), inline: it has none
                 args[0] = started | (index << 4)
                 return 0
             except Exception as e:
