@@ -18,11 +18,41 @@ import signal
 import subprocess
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 KILL_WAIT = 5.0  # seconds a killed process gets to be reaped
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextmanager
+def _stop_signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM while a process is started and tracked. Their handlers unwind
+    the run by raising (the command's ``Stopped``, a worker's ``SystemExit``); raised between
+    the fork and the tracking, the new process would be neither in ``close()``'s list nor
+    marked for ``kill_left``, and would outlive the run (seen once under load: an orphaned
+    peer). A signal that comes meanwhile is noted and handed to its handler right after.
+    Python runs signal handlers on the main thread only, so other threads need nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    noted: list[tuple[int, Any]] = []
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    held = [signum for signum, handler in previous.items() if callable(handler)]
+    for signum in held:
+        signal.signal(signum, lambda signum, frame: noted.append((signum, frame)))
+    try:
+        yield
+    finally:
+        for signum in held:
+            signal.signal(signum, previous[signum])
+        if noted:
+            signum, frame = noted[0]
+            handler = signal.getsignal(signum)
+            if callable(handler):
+                handler(signum, frame)
 
 
 @dataclass
@@ -123,8 +153,10 @@ class Processes:
 
     def start(self, cmd: Sequence[str], *, name: str, cwd: Path | None = None, env: Mapping[str, str] | None = None,
               stdin_pipe: bool = False) -> Service:
-        service = Service(self, cmd, self._name(f"{name}.log"), cwd=cwd, env=env, stdin_pipe=stdin_pipe)
-        self._track(service.proc)
+        log_path = self._name(f"{name}.log")
+        with _stop_signals_held():
+            service = Service(self, cmd, log_path, cwd=cwd, env=env, stdin_pipe=stdin_pipe)
+            self._track(service.proc)
         return service
 
     def run(self, cmd: Sequence[str], *, timeout: float, name: str, input: bytes | None = None,
@@ -133,10 +165,11 @@ class Processes:
         out_path, err_path = self._name(f"{name}.out"), self._name(f"{name}.err")
         started = time.monotonic()
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            proc = subprocess.Popen(list(cmd), cwd=cwd, env=None if env is None else dict(env),
-                                    stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-                                    stdout=out, stderr=err, start_new_session=True)
-            self._track(proc)
+            with _stop_signals_held():
+                proc = subprocess.Popen(list(cmd), cwd=cwd, env=None if env is None else dict(env),
+                                        stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                                        stdout=out, stderr=err, start_new_session=True)
+                self._track(proc)
             timed_out = False
             try:
                 if input is not None:
