@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from .errors import UsageError
+from .startup import STOP_SIGNALS
 
 
 def _names(text: str) -> list[str]:
@@ -40,9 +41,6 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("--install-peers", action="store_true",
                    help="install the missing peers (--peers, default all but java) with apt-get, build the Go and Java peers, then exit")
     return p
-
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class Stopped(BaseException):

@@ -35,7 +35,7 @@ from typing import Any
 
 from ..host import GuestInstance, Host, RunResult
 from ..wasi import sockets
-from .startup import StartupSignals
+from .startup import HANDLED, StartupSignals
 
 log = logging.getLogger("wasi_tls_host.serve")
 
@@ -114,7 +114,7 @@ def serve(host: Host, guest: GuestInstance, graceful_timeout: float, held: Start
         except BaseException as e:  # handed to the main thread, which re-raises it
             failure.append(e)
 
-    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    handled = HANDLED
     # Signal handlers can only be set from the main thread (an embedder may call main()
     # from another): there the guest simply runs, without operator signals.
     on_main_thread = threading.current_thread() is threading.main_thread()

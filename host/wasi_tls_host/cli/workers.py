@@ -41,7 +41,7 @@ from ..tls.ticket_keys import TicketKeys, log_reload as log_ticket_keys
 from .options_identities import IDENTITIES_ENV, IdentitySource, private_file, reload_sources, write_sources
 from .options_tls import TICKET_KEYS_ENV
 from .options_server import LISTENERS_ENV, format_listeners
-from .startup import WORKER_ENV, StartupSignals, block_in_child
+from .startup import HANDLED, WORKER_ENV, StartupSignals, block_in_child
 
 log = logging.getLogger("wasi_tls_host.workers")
 
@@ -195,7 +195,7 @@ class Supervisor:
             self._close_listeners()
 
     def _supervise(self) -> int:
-        handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        handled = HANDLED
         previous = {s: signal.signal(s, self.on_signal) for s in handled}
         statuses: dict[int, int] = {}
         try:
