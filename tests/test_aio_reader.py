@@ -218,3 +218,65 @@ def test_address_literals_are_kept_and_names_are_not(aio: Any, monkeypatch: pyte
     assert aio._literal_targets("::1", 443) == [("IPV6", ("ipv6", ("v6", 443, (0, 0, 0, 0, 0, 0, 0, 1))))]
     assert aio._literal_targets("localhost", 443) is None
     assert ("localhost", 443) not in aio._LITERAL_TARGETS
+
+
+class End:
+    """A stream or future end of the writer's (``__exit__`` is its drop)."""
+
+    def __init__(self, value: object = None) -> None:
+        self.value = value
+        self.closed = False
+
+    async def read(self) -> object:
+        return self.value
+
+    async def write_all(self, data: bytes) -> int:
+        return len(data)
+
+    def __exit__(self, *exc: object) -> None:
+        self.closed = True
+
+
+def test_a_client_closing_its_writer_drops_the_readers_ends_and_keeps_what_it_buffered(aio: Any) -> None:
+    # asyncio's writer.close() closes the transport, both ways: the reader keeps what it
+    # buffered, then ends. The host's stream and future go at the close, not whenever the
+    # guest's garbage collector reaches the reader (the host's work for them then landed in
+    # the guest's next connection's handshake).
+    async def scenario() -> tuple[bool, bool, bytes, bytes, bool]:
+        r, data = reader(aio, [b"hello\nworld", b"never read"])
+        done = Ended()
+        r._done = done
+        dropped: list[object] = []
+        done.__exit__ = lambda *exc: dropped.append(done)  # type: ignore[method-assign]
+        w = aio.StreamWriter(End(), None, End(), End(), End(), {})
+        w._reader = r
+        line = await r.readline()
+        await w.wait_closed()
+        return data.closed, dropped == [done], line, await r.read(100) + await r.read(100), r.at_eof()
+
+    assert asyncio.run(scenario()) == (True, True, b"hello\n", b"world", True)
+
+
+def test_a_read_in_flight_when_the_writer_closes_keeps_the_readers_ends(aio: Any) -> None:
+    # Dropping a stream with a read pending traps in the Component Model: that read keeps
+    # them (the garbage collector or the end of the data drops them later).
+    async def scenario() -> tuple[bool, bytes]:
+        gate = asyncio.Event()
+
+        class Slow(Chunks):
+            async def read(self, n: int) -> bytes:
+                await gate.wait()
+                return await super().read(n)
+
+        data = Slow([b"late"])
+        r = aio.StreamReader(data, Ended(), 1 << 16)
+        w = aio.StreamWriter(End(), None, End(), End(), End(), {})
+        w._reader = r
+        pending = asyncio.ensure_future(r.read(100))
+        await asyncio.sleep(0)
+        await w.wait_closed()
+        closed_at_close = data.closed
+        gate.set()
+        return closed_at_close, await pending
+
+    assert asyncio.run(scenario()) == (False, b"late")

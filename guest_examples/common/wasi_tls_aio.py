@@ -248,13 +248,18 @@ class StreamReader:
         self._buffer = bytearray()
         self._eof = False
         self._limit = limit
+        self._reading = False  # a read of the host's stream is in flight
 
     async def _next_chunk(self):
         """The next plaintext the host hands over (b"" if a read ended with none), or None
         at the end of the peer's data."""
         if self._eof:
             return None
-        chunk = await self._data.read(CHUNK)
+        self._reading = True
+        try:
+            chunk = await self._data.read(CHUNK)
+        finally:
+            self._reading = False
         if chunk or not self._data.writer_dropped:
             return chunk
         self._eof = True
@@ -264,6 +269,18 @@ class StreamReader:
         if isinstance(ended, Err):
             raise _tls_error(ended)
         return None
+
+    def _release(self):
+        """The connection was closed (``writer.close()``): what is buffered stays readable,
+        then the end; the host's stream and future go now, as the transport's do in asyncio,
+        not whenever the garbage collector finds them (the host's work for them would land
+        in whatever the guest does next, such as its next connection's handshake). A read
+        in flight keeps them until it returns."""
+        if self._eof or self._reading:
+            return
+        self._eof = True
+        self._data.__exit__(None, None, None)
+        self._done.__exit__(None, None, None)
 
     async def _fill(self):
         """Read more plaintext into the buffer; False at the end of the peer's data."""
@@ -359,6 +376,7 @@ class StreamWriter:
         self._flushing = None  # the task handing the buffer to the host
         self._error = None
         self._closing = None
+        self._reader = None  # a client's StreamReader: its host ends go at close
 
     def write(self, data):
         """Queue ``data``; it is sent in the background at once (as asyncio's transports
@@ -424,6 +442,8 @@ class StreamWriter:
         if self._received is not None:
             self._received.__exit__(None, None, None)
         self._sock.__exit__(None, None, None)
+        if self._reader is not None:  # last, as the garbage collector would have: after close_notify and FIN
+            self._reader._release()
         if isinstance(ended, Err):
             raise _tls_error(ended)
         if isinstance(sent, Err):
@@ -620,7 +640,9 @@ async def open_connection(host, port, *, server_hostname=None, alpn=None, identi
         sock.__exit__(None, None, None)
         raise
     extra = {"peername": (host, port), "server_hostname": server_hostname or host}
-    return _streams(sock, connection, sent, extra, limit)
+    reader, writer = _streams(sock, connection, sent, extra, limit)
+    writer._reader = reader
+    return reader, writer
 
 
 async def _open_upstream(sock, host, port, server_name, limit):
@@ -646,7 +668,10 @@ async def _open_upstream(sock, host, port, server_name, limit):
         raise
     extra = {"peername": (host, port), "server_hostname": server_name,
              "peercert": None, "peer_code": None, "cipher": None, "version": None, "alpn": None}
-    return StreamReader(plaintext_in, receive_done, limit), StreamWriter(sock, None, tx, send_done, sent, extra, received)
+    reader = StreamReader(plaintext_in, receive_done, limit)
+    writer = StreamWriter(sock, None, tx, send_done, sent, extra, received)
+    writer._reader = reader
+    return reader, writer
 
 
 _ASK = object()  # _streams: the negotiated ALPN id is the host's to say
