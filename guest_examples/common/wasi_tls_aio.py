@@ -61,7 +61,7 @@ if poll is None:  # WASI 0.3: the asyncio API (a 0.2 guest does not load asyncio
 
     try:  # this project's wasi-tls-host:tls (world tls-host-p3): clients and servers
         from wit_world.imports import server as tls_server
-        from wit_world.imports.server import IncomingClientExchange, IncomingClientHello, OutgoingServerHello
+        from wit_world.imports.server import IncomingClientHello, OutgoingServerHello
         from wit_world.imports.wasi_tls_host_tls_client import IncomingServerHello, OutgoingClientHello
         Connector = None
     except ImportError:  # only the upstream wasi:tls@0.3.0-draft client (world tls-client-p3, wasmtime -Stls)
@@ -680,6 +680,26 @@ def _streams(sock, connection, sent, extra, limit, peer_asked=True, alpn_id=_ASK
     return StreamReader(plaintext_in, receive_done, limit), StreamWriter(sock, connection, tx, send_done, sent, extra)
 
 
+def _established_streams(sock, established, tx, sent, extra, limit, peer_asked):
+    """The reader and writer of a connection ``IncomingClientHello.establish`` handed over
+    (``tx``: the writable end of the plaintext it sends), as ``_streams`` makes them."""
+    suite, number = established.cipher_suite, established.protocol_version
+    version = VERSIONS.get(number, "0x%04x" % number)
+    name, bits = CIPHERS.get(suite, ("0x%04x" % suite, None))
+    connection = established.connection
+    peercert, peer_code = _peer(connection.peer_identity()) if peer_asked else (None, None)
+    alpn_id = established.alpn_id
+    extra.update({
+        "peercert": peercert,
+        "peer_code": peer_code,
+        "cipher": (name, version, bits),
+        "version": version,
+        "alpn": alpn_id.decode() if alpn_id is not None else None,
+    })
+    return (StreamReader(established.plaintext, established.received, limit),
+            StreamWriter(sock, connection, tx, established.sent, sent, extra))
+
+
 class ClientHello:
     """What a client asked for, as ``select_identity`` sees it: ``server_name`` (SNI or
     None), ``alpn`` (protocol names), ``versions`` (e.g. ``["TLSv1.3", "TLSv1.2"]``)."""
@@ -860,8 +880,14 @@ async def start_server(client_connected_cb, host, port, *, identity=None, select
                 if expect_peer_code is not None:
                     response.expect_peer_code(expect_peer_code)
                 answered = True
-                exchange = await IncomingClientHello.accept(hello, response)
-                connection = await IncomingClientExchange.finish(exchange)
+                # accept, finish, receive and send in one call into the host (each call a
+                # round trip through both runtimes).
+                tx, rx = wit_world.byte_stream()
+                try:
+                    established = await IncomingClientHello.establish(hello, response, rx)
+                except BaseException:
+                    tx.__exit__(None, None, None)
+                    raise
             except Err as e:
                 if not answered:
                     # The answer could not be made (e.g. set_client_ca of a set the embedder
@@ -877,10 +903,9 @@ async def start_server(client_connected_cb, host, port, *, identity=None, select
                 except Exception:
                     pass
                 raise _tls_error(e) from None
-            # The host negotiates exactly the answer's ALPN id (none if the client offered none).
-            reader, writer = _streams(conn_sock, connection, sent, {"peername": peername, "sockname": (host, bound.value.port)}, limit,
-                                      peer_asked=client_ca is not None or bool(require_client_cert) or expect_peer_code is not None,
-                                      alpn_id=chosen)
+            reader, writer = _established_streams(
+                conn_sock, established, tx, sent, {"peername": peername, "sockname": (host, bound.value.port)}, limit,
+                peer_asked=client_ca is not None or bool(require_client_cert) or expect_peer_code is not None)
             conn_sock = None  # the writer owns it now
             try:
                 result = client_connected_cb(reader, writer)

@@ -23,13 +23,14 @@ from ..runtime.resources import HostResource
 from ..runtime.scheduler import Cancelled, HostTask, Scheduler
 from ..runtime.scheduler import Event as Signal
 from ..runtime.store import StoreState
-from ..runtime.streams import Stream
+from ..runtime.streams import Stream, StreamReader
 from ..runtime.values import WitError
 from .attested import peer_code_check
+from .ciphers import suite_number
 from .client_hello import ALERT_FATAL, ClientHello, alert_record
 from .config import tls_config
 from .connection import failure_record, guest_errors, tls_error
-from .connection_p3 import ConnectionP3, preopened_identity
+from .connection_p3 import ConnectionP3, connection_receive, connection_send, preopened_identity
 from .engine import CLOSED, TlsFailure
 from .identities import PublicIdentity
 from .limits import LimitExceeded, usage_of
@@ -237,6 +238,27 @@ async def incoming_client_hello_accept(cx: StoreState, this: IncomingClientHello
                               peer_check=peer_code_check(response.expected_code, config, "client"))
     this.hand_over(transport, cx.scheduler)
     return ExchangeP3(transport)
+
+
+@server_iface_p3.func("[static]incoming-client-hello.establish")
+async def incoming_client_hello_establish(cx: StoreState, this: IncomingClientHelloP3, response: OutgoingServerHelloP3,
+                                          data: Stream) -> dict[str, Any]:
+    """accept, finish, receive and send(data) in one call (see server.wit for why)."""
+    try:
+        exchange = await incoming_client_hello_accept(cx, this, response)
+        try:
+            connection = await exchange.finish()
+        finally:
+            exchange.drop()  # as the owned argument of finish is: the connection holds the transport now
+    except BaseException:
+        StreamReader(data, is_bytes=True).close()  # the guest's writer sees it dropped
+        raise
+    plaintext, received = connection_receive(cx, connection)
+    sent = connection_send(cx, connection, data)
+    engine = connection.transport.engine
+    return {"connection": connection, "plaintext": plaintext, "received": received, "sent": sent,
+            "protocol_version": engine.protocol_version(), "cipher_suite": suite_number(engine.cipher_name()),
+            "alpn_id": engine.alpn()}
 
 
 @server_iface_p3.func("[static]incoming-client-hello.reject")
