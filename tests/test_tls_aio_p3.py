@@ -490,3 +490,32 @@ def test_a_connection_whose_callback_fails_is_closed_at_once(tls_echo_server_p3:
             proc.communicate()
     assert (after_clean, after_truncated) == (0, 0), err
     assert "truncated" in err and (proc.returncode, out) == (0, "closed after 3\n")
+
+
+def test_start_server_alpn_is_chosen_by_the_server_preference_and_refused_when_none_is_shared(
+        tls_echo_server_p3: Path, tmp_path: Path) -> None:
+    """With one identity the binding gives the host its protocols in preference order
+    (set-alpn-preferences) instead of asking for the client's first: the host chooses the
+    first of the server's the client offered, none when the client offered none, and
+    refuses a client offering only others with no_application_protocol (RFC 7301 3.2)."""
+    ca = trustme.CA()
+    proc, port = start_echo_server(tls_echo_server_p3, tmp_path, ca, "--", "2")  # alpn=["echo", "http/1.1"]
+    try:
+        def client(offer: list[str]) -> ssl.SSLContext:
+            ctx = ssl.create_default_context()
+            ca.configure_trust(ctx)
+            if offer:
+                ctx.set_alpn_protocols(offer)
+            return ctx
+
+        with pytest.raises(ssl.SSLError, match="no application protocol"):
+            echo_hi(port, client(["h2"]))
+        firsts = [echo_hi(port, client([])), echo_hi(port, client(["http/1.1", "echo"]))]
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert firsts == [(b"TLSv1.3 None\n", "TLSv1.3"), (b"TLSv1.3 echo\n", "TLSv1.3")], err
+    assert (proc.returncode, out) == (0, "closed after 2\n")
+    assert "handshake-failure: the client offered ALPN ids [b'h2'], none of those this server speaks" in err, err

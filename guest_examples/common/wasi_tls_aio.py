@@ -714,7 +714,6 @@ class ClientHello:
 
 
 ALERT_UNRECOGNIZED_NAME = 112
-ALERT_NO_APPLICATION_PROTOCOL = 120
 ALERT_INTERNAL_ERROR = 80
 
 
@@ -846,7 +845,6 @@ async def start_server(client_connected_cb, host, port, *, identity=None, select
             answered = False  # the hello handed back to the host (accepted or rejected)
             try:
                 name = identity
-                offered = None  # the client's ALPN ids, asked of the host once
                 if select_identity is not None:
                     offered = await hello.alpn_ids()
                     info = ClientHello(await hello.server_name(), [p.decode(errors="replace") for p in offered],
@@ -859,19 +857,12 @@ async def start_server(client_connected_cb, host, port, *, identity=None, select
                         IncomingClientHello.reject(hello, ALERT_UNRECOGNIZED_NAME)
                         await sent.read()
                         return
-                chosen = None
-                if protocols:
-                    if offered is None:
-                        offered = await hello.alpn_ids()
-                    chosen = next((p for p in protocols if p in offered), None)
-                    if offered and chosen is None:  # RFC 7301 section 3.2: a fatal alert
-                        answered = True
-                        IncomingClientHello.reject(hello, ALERT_NO_APPLICATION_PROTOCOL)
-                        await sent.read()
-                        return
                 response = OutgoingServerHello(name)
-                if chosen is not None:
-                    response.set_alpn_id(chosen)
+                if protocols:
+                    # The host takes the first of these the client offered, and refuses a
+                    # client offering only others with no_application_protocol (RFC 7301
+                    # section 3.2); the binding need not ask it for the client's ids first.
+                    response.set_alpn_preferences(protocols)
                 if client_ca is not None:
                     response.set_client_ca(client_ca)
                     response.request_client_identity(require_client_cert is not False)

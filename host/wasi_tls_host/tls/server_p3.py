@@ -282,6 +282,13 @@ def outgoing_server_hello_set_client_ca(cx: StoreState, this: OutgoingServerHell
     this.client_ca = name
 
 
+@server_iface_p3.func("[method]outgoing-server-hello.set-alpn-preferences")
+def outgoing_server_hello_set_alpn_preferences(cx: StoreState, this: OutgoingServerHelloP3, ids: list[bytes]) -> None:
+    if not all(0 < len(i) < 256 for i in ids):
+        raise tls_error("invalid-argument", "an ALPN id is 1 to 255 bytes")
+    this.alpn, this.alpn_preferences = None, [bytes(i) for i in ids]
+
+
 server_iface_p3.share(server_iface, "[method]outgoing-server-hello.set-alpn-id", "[method]outgoing-server-hello.set-protocol-versions",
                       "[method]outgoing-server-hello.set-cipher-suites", "[method]outgoing-server-hello.request-client-identity",
                       "[method]outgoing-server-hello.expect-peer-code")
