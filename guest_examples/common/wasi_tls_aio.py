@@ -838,10 +838,12 @@ async def start_server(client_connected_cb, host, port, *, identity=None, select
                 peername = (_ip_text(peer), peer.value.port)
             except Err:
                 peername = None
-            ciphertext_in, received = conn_sock.receive()
-            received.__exit__(None, None, None)
-            hello, ciphertext_out = tls_server.accept(ciphertext_in)
-            sent = conn_sock.send(ciphertext_out)
+            # The socket's receive, accept and the socket's send of what TLS sends, in one
+            # call into the host (each a round trip through both runtimes).
+            try:
+                hello, sent = tls_server.accept_socket(conn_sock)
+            except Err as e:
+                raise _tls_error(e) from None
             answered = False  # the hello handed back to the host (accepted or rejected)
             try:
                 name = identity

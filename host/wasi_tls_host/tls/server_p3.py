@@ -23,8 +23,9 @@ from ..runtime.resources import HostResource
 from ..runtime.scheduler import Cancelled, HostTask, Scheduler
 from ..runtime.scheduler import Event as Signal
 from ..runtime.store import StoreState
-from ..runtime.streams import Stream, StreamReader
+from ..runtime.streams import Future, FutureReader, Stream, StreamReader
 from ..runtime.values import WitError
+from ..wasi.sockets.p3 import TcpSocket, tcp_receive, tcp_send
 from .attested import peer_code_check
 from .ciphers import suite_number
 from .client_hello import ALERT_FATAL, ClientHello, alert_record
@@ -200,6 +201,21 @@ def accept(cx: StoreState, ciphertext: Stream) -> tuple[IncomingClientHelloP3, S
         hello.usage = usage
     hello.start(cx.scheduler)
     return hello, port.outgoing
+
+
+@server_iface_p3.func("accept-socket")
+def accept_socket(cx: StoreState, sock: TcpSocket) -> tuple[IncomingClientHelloP3, Future]:
+    """receive, accept and send in one call (see server.wit for why)."""
+    if sock.receiving or sock.sending:
+        raise tls_error("invalid-state", "this socket's receive or send was called already: accept-socket takes both")
+    try:
+        sock.socket.require("receive")
+    except WitError as e:
+        raise tls_error("invalid-state", f"the socket is not a connected one ({e.payload})") from None
+    ciphertext, received = tcp_receive(cx, sock)
+    FutureReader(received).close()  # how the client's data ended is the connection's to say
+    hello, outgoing = accept(cx, ciphertext)
+    return hello, tcp_send(cx, sock, outgoing)
 
 
 def _hello_getter(call: str, value: Any) -> Any:
