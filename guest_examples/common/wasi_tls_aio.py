@@ -831,19 +831,15 @@ async def start_server(client_connected_cb, host, port, *, identity=None, select
     protocols = [p.encode() if isinstance(p, str) else p for p in alpn or []]
 
     async def handle(conn_sock):
-        peer = None
+        peername = None
         try:
+            # The socket's receive, accept, the socket's send of what TLS sends and its
+            # remote address, in one call into the host (each a round trip through both runtimes).
             try:
-                peer = conn_sock.get_remote_address()
-                peername = (_ip_text(peer), peer.value.port)
-            except Err:
-                peername = None
-            # The socket's receive, accept and the socket's send of what TLS sends, in one
-            # call into the host (each a round trip through both runtimes).
-            try:
-                hello, sent = tls_server.accept_socket(conn_sock)
+                hello, sent, peer = tls_server.accept_socket(conn_sock)
             except Err as e:
                 raise _tls_error(e) from None
+            peername = (_ip_text(peer), peer.value.port) if peer is not None else None
             answered = False  # the hello handed back to the host (accepted or rejected)
             try:
                 name = identity

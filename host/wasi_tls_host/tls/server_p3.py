@@ -204,8 +204,8 @@ def accept(cx: StoreState, ciphertext: Stream) -> tuple[IncomingClientHelloP3, S
 
 
 @server_iface_p3.func("accept-socket")
-def accept_socket(cx: StoreState, sock: TcpSocket) -> tuple[IncomingClientHelloP3, Future]:
-    """receive, accept and send in one call (see server.wit for why)."""
+def accept_socket(cx: StoreState, sock: TcpSocket) -> tuple[IncomingClientHelloP3, Future, Any]:
+    """receive, accept, send and get-remote-address in one call (see server.wit for why)."""
     if sock.receiving or sock.sending:
         raise tls_error("invalid-state", "this socket's receive or send was called already: accept-socket takes both")
     try:
@@ -214,8 +214,12 @@ def accept_socket(cx: StoreState, sock: TcpSocket) -> tuple[IncomingClientHelloP
         raise tls_error("invalid-state", f"the socket is not a connected one ({e.payload})") from None
     ciphertext, received = tcp_receive(cx, sock)
     FutureReader(received).close()  # how the client's data ended is the connection's to say
+    try:
+        peer = sock.socket.remote_address().to_wit()
+    except WitError:
+        peer = None  # the client is gone already: its handshake says so
     hello, outgoing = accept(cx, ciphertext)
-    return hello, tcp_send(cx, sock, outgoing)
+    return hello, tcp_send(cx, sock, outgoing), peer
 
 
 def _hello_getter(call: str, value: Any) -> Any:
