@@ -844,9 +844,9 @@ async def start_server(client_connected_cb, host, port, *, identity=None, select
             try:
                 name = identity
                 if select_identity is not None:
-                    offered = await hello.alpn_ids()
-                    info = ClientHello(await hello.server_name(), [p.decode(errors="replace") for p in offered],
-                                       [VERSIONS.get(v, "0x%04x" % v) for v in await hello.protocol_versions()])
+                    asked = await hello.summary()  # the name, ALPN ids and versions in one call
+                    info = ClientHello(asked.server_name, [p.decode(errors="replace") for p in asked.alpn_ids],
+                                       [VERSIONS.get(v, "0x%04x" % v) for v in asked.protocol_versions])
                     name = select_identity(info)
                     if hasattr(name, "__await__"):
                         name = await name

@@ -223,17 +223,26 @@ def accept_socket(cx: StoreState, sock: TcpSocket) -> tuple[IncomingClientHelloP
 
 
 def _hello_getter(call: str, value: Any) -> Any:
+    # summary answers where server-name does (the state table is shared with 0.1.0, which has none)
+    asked = "server-name" if call == "summary" else call
+
     async def get(cx: StoreState, this: IncomingClientHelloP3) -> Any:
-        return value(await this.require(call))
+        return value(await this.require(asked))
 
     get.__name__ = get.__qualname__ = f"incoming_client_hello_{call.replace('-', '_')}"
     return get
 
 
+def _protocol_versions(hello: ClientHello) -> list[int]:
+    return list(hello.supported_versions) or [hello.legacy_version]
+
+
 for _call, _value in (
     ("server-name", lambda hello: hello.server_name),
+    ("summary", lambda hello: {"server_name": hello.server_name, "alpn_ids": list(hello.alpn_protocols),
+                               "protocol_versions": _protocol_versions(hello)}),
     ("alpn-ids", lambda hello: list(hello.alpn_protocols)),
-    ("protocol-versions", lambda hello: list(hello.supported_versions) or [hello.legacy_version]),
+    ("protocol-versions", _protocol_versions),
     ("cipher-suites", lambda hello: list(hello.cipher_suites)),
     ("signature-schemes", lambda hello: list(hello.signature_algorithms)),
 ):
