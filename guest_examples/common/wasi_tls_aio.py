@@ -829,6 +829,28 @@ async def start_server(client_connected_cb, host, port, *, identity=None, select
         sock.__exit__(None, None, None)
         raise _socket_error(e, f"cannot listen on {host}:{port}") from None
     protocols = [p.encode() if isinstance(p, str) else p for p in alpn or []]
+    shared_answer = [None]  # identity=: the answer every connection's establish borrows
+
+    def _answer(name):
+        """The server's answer for identity ``name`` (dropped again if it cannot be made)."""
+        response = OutgoingServerHello(name)
+        try:
+            if protocols:
+                # The host takes the first of these the client offered, and refuses a client
+                # offering only others with no_application_protocol (RFC 7301 section 3.2);
+                # the binding need not ask it for the client's ids first.
+                response.set_alpn_preferences(protocols)
+            if client_ca is not None:
+                response.set_client_ca(client_ca)
+                response.request_client_identity(require_client_cert is not False)
+            elif require_client_cert:
+                response.request_client_identity(True)
+            if expect_peer_code is not None:
+                response.expect_peer_code(expect_peer_code)
+        except BaseException:
+            response.__exit__(None, None, None)
+            raise
+        return response
 
     async def handle(conn_sock):
         peername = None
@@ -855,19 +877,14 @@ async def start_server(client_connected_cb, host, port, *, identity=None, select
                         IncomingClientHello.reject(hello, ALERT_UNRECOGNIZED_NAME)
                         await sent.read()
                         return
-                response = OutgoingServerHello(name)
-                if protocols:
-                    # The host takes the first of these the client offered, and refuses a
-                    # client offering only others with no_application_protocol (RFC 7301
-                    # section 3.2); the binding need not ask it for the client's ids first.
-                    response.set_alpn_preferences(protocols)
-                if client_ca is not None:
-                    response.set_client_ca(client_ca)
-                    response.request_client_identity(require_client_cert is not False)
-                elif require_client_cert:
-                    response.request_client_identity(True)
-                if expect_peer_code is not None:
-                    response.expect_peer_code(expect_peer_code)
+                # establish borrows the answer: with identity= one answer, made at the first
+                # connection (and again while making it fails), serves them all.
+                response = shared_answer[0] if select_identity is None else None
+                own_response = None
+                if response is None:
+                    response = own_response = _answer(name)
+                    if select_identity is None:
+                        shared_answer[0], own_response = response, None
                 answered = True
                 # accept, finish, receive and send in one call into the host (each call a
                 # round trip through both runtimes).
@@ -877,6 +894,9 @@ async def start_server(client_connected_cb, host, port, *, identity=None, select
                 except BaseException:
                     tx.__exit__(None, None, None)
                     raise
+                finally:
+                    if own_response is not None:
+                        own_response.__exit__(None, None, None)
             except Err as e:
                 if not answered:
                     # The answer could not be made (e.g. set_client_ca of a set the embedder
