@@ -667,6 +667,12 @@ def _streams(sock, connection, sent, extra, limit, peer_asked=True, alpn_id=_ASK
     # A TLS 1.3 suite (0x13XX) is negotiated in TLS 1.3 only (RFC 8446 B.4): the host is asked
     # for the version only when the suite does not say it.
     number = 0x0304 if suite >> 8 == 0x13 else connection.protocol_version()
+    _negotiated(extra, connection, number, suite, alpn_id, peer_asked)
+    return StreamReader(plaintext_in, receive_done, limit), StreamWriter(sock, connection, tx, send_done, sent, extra)
+
+
+def _negotiated(extra, connection, number, suite, alpn_id, peer_asked):
+    """What get_extra_info says of an established connection, into ``extra``."""
     version = VERSIONS.get(number, "0x%04x" % number)
     name, bits = CIPHERS.get(suite, ("0x%04x" % suite, None))
     peercert, peer_code = _peer(connection.peer_identity()) if peer_asked else (None, None)
@@ -677,25 +683,13 @@ def _streams(sock, connection, sent, extra, limit, peer_asked=True, alpn_id=_ASK
         "version": version,
         "alpn": alpn_id.decode() if alpn_id is not None else None,
     })
-    return StreamReader(plaintext_in, receive_done, limit), StreamWriter(sock, connection, tx, send_done, sent, extra)
 
 
 def _established_streams(sock, established, tx, sent, extra, limit, peer_asked):
     """The reader and writer of a connection ``IncomingClientHello.establish`` handed over
     (``tx``: the writable end of the plaintext it sends), as ``_streams`` makes them."""
-    suite, number = established.cipher_suite, established.protocol_version
-    version = VERSIONS.get(number, "0x%04x" % number)
-    name, bits = CIPHERS.get(suite, ("0x%04x" % suite, None))
     connection = established.connection
-    peercert, peer_code = _peer(connection.peer_identity()) if peer_asked else (None, None)
-    alpn_id = established.alpn_id
-    extra.update({
-        "peercert": peercert,
-        "peer_code": peer_code,
-        "cipher": (name, version, bits),
-        "version": version,
-        "alpn": alpn_id.decode() if alpn_id is not None else None,
-    })
+    _negotiated(extra, connection, established.protocol_version, established.cipher_suite, established.alpn_id, peer_asked)
     return (StreamReader(established.plaintext, established.received, limit),
             StreamWriter(sock, connection, tx, established.sent, sent, extra))
 

@@ -11,6 +11,11 @@ handshake deadline ends the connection whichever comes first: a guest that never
 leaves the client with an alert, not a hung socket. The answer builds the same OpenSSL
 engine as 0.1.0 (``server.answer_engine``) and the connection goes on in a
 ``StreamTransport`` over the same ciphertext streams.
+
+Calls that do several of these in one, for servers (each call a guest makes is a round trip
+through both runtimes): ``accept-socket`` (the socket's receive, ``accept``, the socket's send
+and remote address), ``incoming-client-hello.establish`` (``accept``, ``finish`` and the
+connection's ``receive`` and ``send``, borrowing the answer), ``incoming-client-hello.summary``.
 """
 
 from __future__ import annotations
