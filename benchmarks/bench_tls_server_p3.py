@@ -18,7 +18,10 @@ The servers are measured alternately, ROUNDS times; the best of each is printed,
 it each server process's CPU time per handshake (least of the rounds), which the other
 tenants of a shared machine disturb less than the rate.
 
-Run: python benchmarks/bench_tls_server_p3.py [--clients N] [--duration S] [--rounds R]
+``--baseline CHECKOUT`` also runs the guest and host of another checkout (its ``host/`` on the
+path, its guest built from its own sources), alternated with this one, to show a change's size.
+
+Run: python benchmarks/bench_tls_server_p3.py [--clients N] [--duration S] [--rounds R] [--baseline CHECKOUT]
 """
 
 from __future__ import annotations
@@ -94,18 +97,35 @@ def load(port: int, ca: str, clients: int, duration: float) -> None:
     bench_tls_server.run_load(one, clients, duration)
 
 
-def start(kind: str, guest: Path, cert: str, key: str, workdir: Path) -> tuple[subprocess.Popen[str], int]:
+def baseline_env(checkout: str) -> dict[str, str]:
+    """The environment that runs another checkout's host (``--baseline``): its ``host/`` first
+    on the path, so its guests are built from its own ``guest_examples/`` and ``wit/``."""
+    return {**os.environ, "PYTHONPATH": str(Path(checkout).resolve() / "host")}
+
+
+def build_baseline_guest(checkout: str) -> Path:
+    out = subprocess.run([sys.executable, "-c", "from wasi_tls_host import guests; print(guests.build('tls_echo_server_p3'))"],
+                         env=baseline_env(checkout), capture_output=True, text=True, check=True)
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def start(kind: str, guest: Path, cert: str, key: str, workdir: Path, baseline: str | None = None,
+          baseline_guest: Path | None = None) -> tuple[subprocess.Popen[str], int]:
     if kind == "cpython":
         port = free_port()
         proc = child("serve-cpython", str(port), cert, key)
         _wait(proc, port)
         return proc, port
-    if kind in ("guest", "guest-sni"):
+    if kind in ("guest", "guest-sni", "baseline"):
         port = free_port()
         names = ["default"] if kind == "guest-sni" else []  # a NAME: select_identity per connection
+        env = None
+        if kind == "baseline":
+            assert baseline is not None and baseline_guest is not None
+            env, guest = baseline_env(baseline), baseline_guest
         proc = subprocess.Popen([sys.executable, "-m", "wasi_tls_host.cli", "run", "--allow-listen", f"{HOST}:{port}",
                                  "--identity", f"default={cert},{key}", str(guest), HOST, str(port), "1000000000", *names],
-                                stdout=subprocess.PIPE, text=True)
+                                stdout=subprocess.PIPE, text=True, env=env)
         assert proc.stdout is not None
         line = proc.stdout.readline().split()
         if line[:1] != ["listening"]:
@@ -144,11 +164,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure(kind: str, guest: Path, cert: str, key: str, ca: str, clients: int, duration: float, workdir: Path) -> tuple[float, float]:
+def measure(kind: str, guest: Path, cert: str, key: str, ca: str, clients: int, duration: float, workdir: Path,
+            baseline: str | None = None, baseline_guest: Path | None = None) -> tuple[float, float]:
     """Handshakes per second, and the server process's CPU milliseconds per handshake (over
     the whole load, warm-up included: a figure the other tenants of a shared machine
     disturb less than the rate)."""
-    server, port = start(kind, guest, cert, key, workdir)
+    server, port = start(kind, guest, cert, key, workdir, baseline, baseline_guest)
     try:
         cpu_before = cpu_seconds(server.pid)
         out = subprocess.run([sys.executable, __file__, "load", str(port), ca, str(clients), str(duration)],
@@ -178,6 +199,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--no-wat", action="store_true", help="skip the WAT guest (the host's share)")
     parser.add_argument("--sni", action="store_true", help="also the guest choosing its identity per connection (select_identity)")
+    parser.add_argument("--baseline", metavar="CHECKOUT",
+                        help="also the same guest and host from another checkout (e.g. a `git worktree add --detach` of main), "
+                             "alternated with this one in the same run")
     args = parser.parse_args()
     from wasi_tls_host import Host, guests
 
@@ -185,7 +209,8 @@ def main() -> None:
     with Host(runtime="core") as host:
         host.load(guest)  # compiled into the shared cache before anything is timed
         guests.build("tls_p3_server")
-    kinds = ["guest", "cpython"] + (["guest-sni"] if args.sni else []) + ([] if args.no_wat else ["wat"])
+    baseline_guest = build_baseline_guest(args.baseline) if args.baseline else None
+    kinds = ["guest", "cpython"] + (["baseline"] if args.baseline else []) + (["guest-sni"] if args.sni else []) + ([] if args.no_wat else ["wat"])
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         ca = trustme.CA()
@@ -198,7 +223,7 @@ def main() -> None:
         cpu_ms = {kind: float("inf") for kind in kinds}
         for _ in range(args.rounds):
             for kind in kinds:
-                rate, ms = measure(kind, guest, cert, key, ca_pem, args.clients, args.duration, workdir)
+                rate, ms = measure(kind, guest, cert, key, ca_pem, args.clients, args.duration, workdir, args.baseline, baseline_guest)
                 best[kind], cpu_ms[kind] = max(best[kind], rate), min(cpu_ms[kind], ms)
     print(f"load: {os.getloadavg()[0]:.1f} (1-minute average), {os.cpu_count()} cores; {args.clients} clients, "
           f"{args.duration:.0f} s x {args.rounds} rounds, best of each")
@@ -208,6 +233,8 @@ def main() -> None:
     if "guest-sni" in best:
         print(f"handshakes/s: the same guest choosing its identity per connection (select_identity) {best['guest-sni']:.0f} "
               f"= {best['guest-sni'] / c:.2f}x CPython")
+    if "baseline" in best:
+        print(f"handshakes/s: the same guest and host from {args.baseline} {best['baseline']:.0f} = {best['baseline'] / c:.2f}x CPython")
     if "wat" in best:
         print(f"handshakes/s: 0.3 WAT server guest (tls_p3_server, one handshake at a time) {best['wat']:.0f} "
               f"= {best['wat'] / c:.2f}x CPython (the host's share)")

@@ -345,23 +345,29 @@ def test_start_server_refuses_at_once_when_its_answer_cannot_be_made(tls_echo_se
     """client_ca= names a set the embedder did not give: the server hello cannot be made
     (access-denied), and the binding refuses the client with internal_error at once rather
     than leaving the hello unanswered until the host's handshake deadline (10 minutes here;
-    the client gives up after 30 s, so without the refusal this test fails)."""
+    the client gives up after 30 s, so without the refusal this test fails). The next
+    client is refused the same way: an answer that could not be made is not kept for the
+    connections after (the binding makes the one answer of identity= at the first
+    connection it can make it for)."""
     ca = trustme.CA()
     proc, port = start_echo_server(tls_echo_server_p3, tmp_path, ca, "--tls-handshake-timeout", "600s", "--", "1", "--client-ca", "nosuch")
+    reasons, said = [], []
     try:
         ctx = ssl.create_default_context()
         ca.configure_trust(ctx)
         ctx.set_alpn_protocols(["echo"])
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
-            with pytest.raises(ssl.SSLError) as refused:
-                ctx.wrap_socket(raw, server_hostname="default.test")
-        assert proc.stderr is not None
-        said = proc.stderr.readline()  # the guest's line for the refused connection (it goes on serving)
+        for _ in range(2):
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+                with pytest.raises(ssl.SSLError) as refused:
+                    ctx.wrap_socket(raw, server_hostname="default.test")
+            reasons.append(refused.value.reason)
+            assert proc.stderr is not None
+            said.append(proc.stderr.readline())  # the guest's line for the refused connection (it goes on serving)
     finally:
         proc.kill()
         proc.communicate(timeout=30)
-    assert refused.value.reason == "TLSV1_ALERT_INTERNAL_ERROR", refused.value
-    assert "TlsError: access-denied" in said and "nosuch" in said, said
+    assert reasons == ["TLSV1_ALERT_INTERNAL_ERROR"] * 2
+    assert all("TlsError: access-denied" in line and "nosuch" in line for line in said), said
 
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -490,3 +496,37 @@ def test_a_connection_whose_callback_fails_is_closed_at_once(tls_echo_server_p3:
             proc.communicate()
     assert (after_clean, after_truncated) == (0, 0), err
     assert "truncated" in err and (proc.returncode, out) == (0, "closed after 3\n")
+
+
+def test_start_server_alpn_is_chosen_by_the_server_preference_and_refused_when_none_is_shared(
+        tls_echo_server_p3: Path, tmp_path: Path) -> None:
+    """With one identity the binding gives the host its protocols in preference order
+    (set-alpn-preferences) instead of asking for the client's first: the host chooses the
+    first of the server's the client offered, none when the client offered none, and
+    refuses a client offering only others with no_application_protocol (RFC 7301 3.2),
+    which the binding reports with the client's address."""
+    ca = trustme.CA()
+    proc, port = start_echo_server(tls_echo_server_p3, tmp_path, ca, "--", "2")  # alpn=["echo", "http/1.1"]
+    try:
+        def client(offer: list[str]) -> ssl.SSLContext:
+            ctx = ssl.create_default_context()
+            ca.configure_trust(ctx)
+            if offer:
+                ctx.set_alpn_protocols(offer)
+            return ctx
+
+        raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+        client_port = raw.getsockname()[1]
+        with raw, pytest.raises(ssl.SSLError, match="no application protocol"):
+            client(["h2"]).wrap_socket(raw, server_hostname="default.test")
+        firsts = [echo_hi(port, client([])), echo_hi(port, client(["http/1.1", "echo"]))]
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert firsts == [(b"TLSv1.3 None\n", "TLSv1.3"), (b"TLSv1.3 echo\n", "TLSv1.3")], err
+    assert (proc.returncode, out) == (0, "closed after 2\n")
+    # The refusal is reported with the client's address (accept-socket's, as get-remote-address gives it).
+    assert (f"wasi_tls_aio: connection from ('127.0.0.1', {client_port}): TlsError: handshake-failure: "
+            "the client offered ALPN ids [b'h2'], none of those this server speaks") in err, err

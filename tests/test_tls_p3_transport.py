@@ -282,3 +282,35 @@ def test_a_short_direct_read_is_the_last_of_its_step() -> None:
     finally:
         port.sink = None
         port.close()
+
+
+def test_a_client_hello_summary_says_what_its_three_calls_say() -> None:
+    """incoming-client-hello.summary (wasi-tls-host:tls@0.2.0) answers in one call what
+    server-name, alpn-ids and protocol-versions do, for a real ClientHello."""
+    from wasi_tls_host.tls.server_p3 import IncomingClientHelloP3, server_iface_p3
+
+    ctx = ssl.create_default_context()
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = ctx.wrap_bio(incoming, outgoing, server_hostname="a.test")
+    with pytest.raises(ssl.SSLWantReadError):
+        client.do_handshake()
+    scheduler = Scheduler()
+    _OPEN.append(scheduler)
+    stream, writer = new_stream()
+    hello = IncomingClientHelloP3(StreamPort(Event(), "test ciphertext", stream), max_size=None, deadline=None)
+    hello.start(scheduler)
+
+    def ask(call: str) -> Any:
+        task = scheduler.spawn(server_iface_p3.funcs[f"[method]incoming-client-hello.{call}"].impl(None, hello))
+        deadline = time.monotonic() + WAIT
+        scheduler.wait_until(lambda: task.done or time.monotonic() > deadline, call)
+        assert task.done and task.error is None, (call, task.error)
+        return task.result
+
+    scheduler.spawn(writer.write(outgoing.read()))
+    summary = ask("summary")
+    assert summary == {"server_name": "a.test", "alpn_ids": [b"h2", b"http/1.1"], "protocol_versions": [0x0304, 0x0303]}
+    assert summary == {"server_name": ask("server-name"), "alpn_ids": ask("alpn-ids"), "protocol_versions": ask("protocol-versions")}
+    hello.drop()
+    writer.close()

@@ -61,7 +61,7 @@ if poll is None:  # WASI 0.3: the asyncio API (a 0.2 guest does not load asyncio
 
     try:  # this project's wasi-tls-host:tls (world tls-host-p3): clients and servers
         from wit_world.imports import server as tls_server
-        from wit_world.imports.server import IncomingClientExchange, IncomingClientHello, OutgoingServerHello
+        from wit_world.imports.server import IncomingClientHello, OutgoingServerHello
         from wit_world.imports.wasi_tls_host_tls_client import IncomingServerHello, OutgoingClientHello
         Connector = None
     except ImportError:  # only the upstream wasi:tls@0.3.0-draft client (world tls-client-p3, wasmtime -Stls)
@@ -692,6 +692,12 @@ def _streams(sock, connection, sent, extra, limit, peer_asked=True, alpn_id=_ASK
     # A TLS 1.3 suite (0x13XX) is negotiated in TLS 1.3 only (RFC 8446 B.4): the host is asked
     # for the version only when the suite does not say it.
     number = 0x0304 if suite >> 8 == 0x13 else connection.protocol_version()
+    _negotiated(extra, connection, number, suite, alpn_id, peer_asked)
+    return StreamReader(plaintext_in, receive_done, limit), StreamWriter(sock, connection, tx, send_done, sent, extra)
+
+
+def _negotiated(extra, connection, number, suite, alpn_id, peer_asked):
+    """What get_extra_info says of an established connection, into ``extra``."""
     version = VERSIONS.get(number, "0x%04x" % number)
     name, bits = CIPHERS.get(suite, ("0x%04x" % suite, None))
     peercert, peer_code = _peer(connection.peer_identity()) if peer_asked else (None, None)
@@ -702,7 +708,15 @@ def _streams(sock, connection, sent, extra, limit, peer_asked=True, alpn_id=_ASK
         "version": version,
         "alpn": alpn_id.decode() if alpn_id is not None else None,
     })
-    return StreamReader(plaintext_in, receive_done, limit), StreamWriter(sock, connection, tx, send_done, sent, extra)
+
+
+def _established_streams(sock, established, tx, sent, extra, limit, peer_asked):
+    """The reader and writer of a connection ``IncomingClientHello.establish`` handed over
+    (``tx``: the writable end of the plaintext it sends), as ``_streams`` makes them."""
+    connection = established.connection
+    _negotiated(extra, connection, established.protocol_version, established.cipher_suite, established.alpn_id, peer_asked)
+    return (StreamReader(established.plaintext, established.received, limit),
+            StreamWriter(sock, connection, tx, established.sent, sent, extra))
 
 
 class ClientHello:
@@ -719,7 +733,6 @@ class ClientHello:
 
 
 ALERT_UNRECOGNIZED_NAME = 112
-ALERT_NO_APPLICATION_PROTOCOL = 120
 ALERT_INTERNAL_ERROR = 80
 
 
@@ -835,27 +848,46 @@ async def start_server(client_connected_cb, host, port, *, identity=None, select
         sock.__exit__(None, None, None)
         raise _socket_error(e, f"cannot listen on {host}:{port}") from None
     protocols = [p.encode() if isinstance(p, str) else p for p in alpn or []]
+    shared_answer = [None]  # identity=: the answer every connection's establish borrows
+
+    def _answer(name):
+        """The server's answer for identity ``name`` (dropped again if it cannot be made)."""
+        response = OutgoingServerHello(name)
+        try:
+            if protocols:
+                # The host takes the first of these the client offered, and refuses a client
+                # offering only others with no_application_protocol (RFC 7301 section 3.2);
+                # the binding need not ask it for the client's ids first.
+                response.set_alpn_preferences(protocols)
+            if client_ca is not None:
+                response.set_client_ca(client_ca)
+                response.request_client_identity(require_client_cert is not False)
+            elif require_client_cert:
+                response.request_client_identity(True)
+            if expect_peer_code is not None:
+                response.expect_peer_code(expect_peer_code)
+        except BaseException:
+            response.__exit__(None, None, None)
+            raise
+        return response
 
     async def handle(conn_sock):
-        peer = None
+        peername = None
         try:
+            # The socket's receive, accept, the socket's send of what TLS sends and its
+            # remote address, in one call into the host (each a round trip through both runtimes).
             try:
-                peer = conn_sock.get_remote_address()
-                peername = (_ip_text(peer), peer.value.port)
-            except Err:
-                peername = None
-            ciphertext_in, received = conn_sock.receive()
-            received.__exit__(None, None, None)
-            hello, ciphertext_out = tls_server.accept(ciphertext_in)
-            sent = conn_sock.send(ciphertext_out)
+                hello, sent, peer = tls_server.accept_socket(conn_sock)
+            except Err as e:
+                raise _tls_error(e) from None
+            peername = (_ip_text(peer), peer.value.port) if peer is not None else None
             answered = False  # the hello handed back to the host (accepted or rejected)
             try:
                 name = identity
-                offered = None  # the client's ALPN ids, asked of the host once
                 if select_identity is not None:
-                    offered = await hello.alpn_ids()
-                    info = ClientHello(await hello.server_name(), [p.decode(errors="replace") for p in offered],
-                                       [VERSIONS.get(v, "0x%04x" % v) for v in await hello.protocol_versions()])
+                    asked = await hello.summary()  # the name, ALPN ids and versions in one call
+                    info = ClientHello(asked.server_name, [p.decode(errors="replace") for p in asked.alpn_ids],
+                                       [VERSIONS.get(v, "0x%04x" % v) for v in asked.protocol_versions])
                     name = select_identity(info)
                     if hasattr(name, "__await__"):
                         name = await name
@@ -864,29 +896,26 @@ async def start_server(client_connected_cb, host, port, *, identity=None, select
                         IncomingClientHello.reject(hello, ALERT_UNRECOGNIZED_NAME)
                         await sent.read()
                         return
-                chosen = None
-                if protocols:
-                    if offered is None:
-                        offered = await hello.alpn_ids()
-                    chosen = next((p for p in protocols if p in offered), None)
-                    if offered and chosen is None:  # RFC 7301 section 3.2: a fatal alert
-                        answered = True
-                        IncomingClientHello.reject(hello, ALERT_NO_APPLICATION_PROTOCOL)
-                        await sent.read()
-                        return
-                response = OutgoingServerHello(name)
-                if chosen is not None:
-                    response.set_alpn_id(chosen)
-                if client_ca is not None:
-                    response.set_client_ca(client_ca)
-                    response.request_client_identity(require_client_cert is not False)
-                elif require_client_cert:
-                    response.request_client_identity(True)
-                if expect_peer_code is not None:
-                    response.expect_peer_code(expect_peer_code)
+                # establish borrows the answer: with identity= one answer, made at the first
+                # connection (and again while making it fails), serves them all.
+                response = shared_answer[0] if select_identity is None else None
+                own_response = None
+                if response is None:
+                    response = own_response = _answer(name)
+                    if select_identity is None:
+                        shared_answer[0], own_response = response, None
                 answered = True
-                exchange = await IncomingClientHello.accept(hello, response)
-                connection = await IncomingClientExchange.finish(exchange)
+                # accept, finish, receive and send in one call into the host (each call a
+                # round trip through both runtimes).
+                tx, rx = wit_world.byte_stream()
+                try:
+                    established = await IncomingClientHello.establish(hello, response, rx)
+                except BaseException:
+                    tx.__exit__(None, None, None)
+                    raise
+                finally:
+                    if own_response is not None:
+                        own_response.__exit__(None, None, None)
             except Err as e:
                 if not answered:
                     # The answer could not be made (e.g. set_client_ca of a set the embedder
@@ -902,10 +931,9 @@ async def start_server(client_connected_cb, host, port, *, identity=None, select
                 except Exception:
                     pass
                 raise _tls_error(e) from None
-            # The host negotiates exactly the answer's ALPN id (none if the client offered none).
-            reader, writer = _streams(conn_sock, connection, sent, {"peername": peername, "sockname": (host, bound.value.port)}, limit,
-                                      peer_asked=client_ca is not None or bool(require_client_cert) or expect_peer_code is not None,
-                                      alpn_id=chosen)
+            reader, writer = _established_streams(
+                conn_sock, established, tx, sent, {"peername": peername, "sockname": (host, bound.value.port)}, limit,
+                peer_asked=client_ca is not None or bool(require_client_cert) or expect_peer_code is not None)
             conn_sock = None  # the writer owns it now
             try:
                 result = client_connected_cb(reader, writer)

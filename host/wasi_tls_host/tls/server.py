@@ -63,6 +63,7 @@ class OutgoingServerHello(HostResource):
     def __init__(self, identity: PrivateIdentity) -> None:
         self.identity = identity
         self.alpn: bytes | None = None
+        self.alpn_preferences: list[bytes] | None = None  # the server's, to choose from the client's offer
         self.min_version = 0x0303
         self.max_version = 0x0304
         self.suites: list[int] | None = None
@@ -371,8 +372,14 @@ class Refusal(Exception):
 def answer_engine(config: TlsConfig, hello: ClientHello, response: OutgoingServerHello, replay: bytes) -> TlsEngine:
     """The server engine for the guest's answer to ``hello`` (both package versions), with
     the client's first flight (``replay``) fed in; ``Refusal`` if the answer is unusable."""
-    if response.alpn is not None and response.alpn not in hello.alpn_protocols:
-        raise Refusal("invalid-argument", f"ALPN id {response.alpn!r} was not offered by the client (it offered {hello.alpn_protocols})",
+    alpn = response.alpn
+    if response.alpn_preferences is not None:
+        alpn = next((p for p in response.alpn_preferences if p in hello.alpn_protocols), None)
+        if alpn is None and hello.alpn_protocols:  # RFC 7301 section 3.2: a fatal alert
+            raise Refusal("handshake-failure", f"the client offered ALPN ids {hello.alpn_protocols}, none of those this "
+                                               f"server speaks ({response.alpn_preferences})", ALERT_NO_APPLICATION_PROTOCOL)
+    elif alpn is not None and alpn not in hello.alpn_protocols:
+        raise Refusal("invalid-argument", f"ALPN id {alpn!r} was not offered by the client (it offered {hello.alpn_protocols})",
                       ALERT_NO_APPLICATION_PROTOCOL)
     try:
         context = server_context(config, response)
@@ -383,7 +390,7 @@ def answer_engine(config: TlsConfig, hello: ClientHello, response: OutgoingServe
     except WitError as e:
         raise Refusal(e.payload["code"], e.payload["message"], ALERT_INTERNAL_ERROR) from None
     engine = TlsEngine(context, server_side=True, server_name=hello.server_name)
-    engine.conn.set_app_data(response.alpn)
+    engine.conn.set_app_data(alpn)
     engine.feed(replay)
     return engine
 
@@ -421,7 +428,7 @@ def outgoing_server_hello_new(cx: StoreState, identity: PrivateIdentityHandle) -
 def outgoing_server_hello_set_alpn_id(cx: StoreState, this: OutgoingServerHello, id: bytes) -> None:
     if not 0 < len(id) < 256:
         raise tls_error("invalid-argument", "an ALPN id is 1 to 255 bytes")
-    this.alpn = bytes(id)
+    this.alpn, this.alpn_preferences = bytes(id), None
 
 
 @server_iface.func("[method]outgoing-server-hello.set-protocol-versions")

@@ -11,6 +11,11 @@ handshake deadline ends the connection whichever comes first: a guest that never
 leaves the client with an alert, not a hung socket. The answer builds the same OpenSSL
 engine as 0.1.0 (``server.answer_engine``) and the connection goes on in a
 ``StreamTransport`` over the same ciphertext streams.
+
+Calls that do several of these in one, for servers (each call a guest makes is a round trip
+through both runtimes): ``accept-socket`` (the socket's receive, ``accept``, the socket's send
+and remote address), ``incoming-client-hello.establish`` (``accept``, ``finish`` and the
+connection's ``receive`` and ``send``, borrowing the answer), ``incoming-client-hello.summary``.
 """
 
 from __future__ import annotations
@@ -23,13 +28,15 @@ from ..runtime.resources import HostResource
 from ..runtime.scheduler import Cancelled, HostTask, Scheduler
 from ..runtime.scheduler import Event as Signal
 from ..runtime.store import StoreState
-from ..runtime.streams import Stream
+from ..runtime.streams import Future, FutureReader, Stream, StreamReader
 from ..runtime.values import WitError
+from ..wasi.sockets.p3 import TcpSocket, tcp_receive, tcp_send
 from .attested import peer_code_check
+from .ciphers import suite_number
 from .client_hello import ALERT_FATAL, ClientHello, alert_record
 from .config import tls_config
 from .connection import failure_record, guest_errors, tls_error
-from .connection_p3 import ConnectionP3, preopened_identity
+from .connection_p3 import ConnectionP3, connection_receive, connection_send, preopened_identity
 from .engine import CLOSED, TlsFailure
 from .identities import PublicIdentity
 from .limits import LimitExceeded, usage_of
@@ -201,18 +208,46 @@ def accept(cx: StoreState, ciphertext: Stream) -> tuple[IncomingClientHelloP3, S
     return hello, port.outgoing
 
 
+@server_iface_p3.func("accept-socket")
+def accept_socket(cx: StoreState, sock: TcpSocket) -> tuple[IncomingClientHelloP3, Future, Any]:
+    """receive, accept, send and get-remote-address in one call (see server.wit for why)."""
+    if sock.receiving or sock.sending:
+        raise tls_error("invalid-state", "this socket's receive or send was called already: accept-socket takes both")
+    try:
+        sock.socket.require("receive")
+    except WitError as e:
+        raise tls_error("invalid-state", f"the socket is not a connected one ({e.payload})") from None
+    ciphertext, received = tcp_receive(cx, sock)
+    FutureReader(received).close()  # how the client's data ended is the connection's to say
+    try:
+        peer = sock.socket.remote_address().to_wit()
+    except WitError:
+        peer = None  # the client is gone already: its handshake says so
+    hello, outgoing = accept(cx, ciphertext)
+    return hello, tcp_send(cx, sock, outgoing), peer
+
+
 def _hello_getter(call: str, value: Any) -> Any:
+    # summary answers where server-name does (the state table is shared with 0.1.0, which has none)
+    asked = "server-name" if call == "summary" else call
+
     async def get(cx: StoreState, this: IncomingClientHelloP3) -> Any:
-        return value(await this.require(call))
+        return value(await this.require(asked))
 
     get.__name__ = get.__qualname__ = f"incoming_client_hello_{call.replace('-', '_')}"
     return get
 
 
+def _protocol_versions(hello: ClientHello) -> list[int]:
+    return list(hello.supported_versions) or [hello.legacy_version]
+
+
 for _call, _value in (
     ("server-name", lambda hello: hello.server_name),
+    ("summary", lambda hello: {"server_name": hello.server_name, "alpn_ids": list(hello.alpn_protocols),
+                               "protocol_versions": _protocol_versions(hello)}),
     ("alpn-ids", lambda hello: list(hello.alpn_protocols)),
-    ("protocol-versions", lambda hello: list(hello.supported_versions) or [hello.legacy_version]),
+    ("protocol-versions", _protocol_versions),
     ("cipher-suites", lambda hello: list(hello.cipher_suites)),
     ("signature-schemes", lambda hello: list(hello.signature_algorithms)),
 ):
@@ -239,6 +274,27 @@ async def incoming_client_hello_accept(cx: StoreState, this: IncomingClientHello
     return ExchangeP3(transport)
 
 
+@server_iface_p3.func("[static]incoming-client-hello.establish")
+async def incoming_client_hello_establish(cx: StoreState, this: IncomingClientHelloP3, response: OutgoingServerHelloP3,
+                                          data: Stream) -> dict[str, Any]:
+    """accept, finish, receive and send(data) in one call (see server.wit for why)."""
+    try:
+        exchange = await incoming_client_hello_accept(cx, this, response)
+        try:
+            connection = await exchange.finish()
+        finally:
+            exchange.drop()  # as the owned argument of finish is: the connection holds the transport now
+    except BaseException:
+        StreamReader(data, is_bytes=True).close()  # the guest's writer sees it dropped
+        raise
+    plaintext, received = connection_receive(cx, connection)
+    sent = connection_send(cx, connection, data)
+    engine = connection.transport.engine
+    return {"connection": connection, "plaintext": plaintext, "received": received, "sent": sent,
+            "protocol_version": engine.protocol_version(), "cipher_suite": suite_number(engine.cipher_name()),
+            "alpn_id": engine.alpn()}
+
+
 @server_iface_p3.func("[static]incoming-client-hello.reject")
 def incoming_client_hello_reject(cx: StoreState, this: IncomingClientHelloP3, alert: int) -> None:
     this.states.require("reject")
@@ -258,6 +314,13 @@ def outgoing_server_hello_set_client_ca(cx: StoreState, this: OutgoingServerHell
         raise tls_error("access-denied", f"no client CA set named {name!r} was preopened for this guest (it has: {have}; "
                                          "the embedder gives --client-ca NAME=CA.pem)")
     this.client_ca = name
+
+
+@server_iface_p3.func("[method]outgoing-server-hello.set-alpn-preferences")
+def outgoing_server_hello_set_alpn_preferences(cx: StoreState, this: OutgoingServerHelloP3, ids: list[bytes]) -> None:
+    if not all(0 < len(i) < 256 for i in ids):
+        raise tls_error("invalid-argument", "an ALPN id is 1 to 255 bytes")
+    this.alpn, this.alpn_preferences = None, [bytes(i) for i in ids]
 
 
 server_iface_p3.share(server_iface, "[method]outgoing-server-hello.set-alpn-id", "[method]outgoing-server-hello.set-protocol-versions",
