@@ -63,7 +63,7 @@ def trap_for(inst: ComponentInstance, op: str, e: Exception) -> int:
 
 def direct(body: Callable[..., int]) -> Callable[..., int]:
     """Mark a built-in's body as a direct trampoline: it takes ``(env, caller, args, nargs)``
-    (``args`` its i32 arguments, value i at ``args[i * native.I32_STRIDE]``), checks
+    (``args`` its i32 arguments, unsigned, value i at ``args[i * native.I32_STRIDE]``), checks
     ``may_leave`` first and turns every exception into a trap itself (see native.RETIRED).
     The built-ins on an async call's round trip are written so: one Python frame a call."""
     body.direct = True  # type: ignore[attr-defined]
@@ -286,13 +286,13 @@ def _waitable_set_wait(inst: ComponentInstance, item: Builtin) -> Made:
 
     # Its own native callback, as the other built-ins of a round trip (the wait itself stays
     # a function of its own: it may block, running the store's work under it).
-    k, mask, interrupted = native.I32_STRIDE, 0xFFFF_FFFF, native.interrupted
+    k, interrupted = native.I32_STRIDE, native.interrupted
 
     @direct
     def waitable_set_wait(env: Any, caller: Any, args: Any, nargs: int) -> int:
         try:
             try:
-                args[0] = wait(args[0] & mask, args[k] & mask)
+                args[0] = wait(args[0], args[k])
                 return 0
             except Exception as e:  # noqa: BLE001 - every failure is the guest's trap
                 return trap_for(inst, "waitable-set.wait", e)
@@ -342,7 +342,7 @@ def _waitable_set_drop(inst: ComponentInstance, item: Builtin) -> Made:
 
 def _waitable_join(inst: ComponentInstance, item: Builtin) -> Made:
     handles = inst.handles  # the table's list (entries are replaced in place, never the list)
-    k, mask, interrupted = native.I32_STRIDE, 0xFFFF_FFFF, native.interrupted
+    k, interrupted = native.I32_STRIDE, native.interrupted
 
     @direct
     def waitable_join(env: Any, caller: Any, args: Any, nargs: int) -> int:
@@ -350,10 +350,13 @@ def _waitable_join(inst: ComponentInstance, item: Builtin) -> Made:
             try:
                 if not inst.may_leave:
                     _guard(inst, "waitable.join")
-                wi, si = args[0] & mask, args[k] & mask
+                wi, si = args[0], args[k]
                 # The table lookups inline (this runs on every async call a guest waits for);
                 # anything unexpected goes through _table_get for its message.
-                w = handles[wi] if 0 < wi < len(handles) else None
+                try:  # (an index past the table is unknown; index 0 holds None)
+                    w = handles[wi]
+                except IndexError:
+                    w = None
                 if not isinstance(w, Waitable):
                     w = _table_get(inst, wi, Waitable, "waitable")
                 if w.has_sync_waiter:
@@ -365,7 +368,10 @@ def _waitable_join(inst: ComponentInstance, item: Builtin) -> Made:
                         old.ready.pop(w, None)
                         w.wset = None
                     return 0
-                wset = handles[si] if si < len(handles) else None
+                try:
+                    wset = handles[si]
+                except IndexError:
+                    wset = None
                 if type(wset) is not WaitableSet:
                     wset = _table_get(inst, si, WaitableSet, "waitable set")
                 if w.wset is None and w.pending_event is None:  # w.join(wset), inline: a new call's subtask
@@ -414,7 +420,7 @@ def _subtask_cancel(inst: ComponentInstance, item: Builtin) -> Made:
 
 def _subtask_drop(inst: ComponentInstance, item: Builtin) -> Made:
     handles, free = inst.handles, inst.free
-    mask, interrupted = 0xFFFF_FFFF, native.interrupted
+    interrupted = native.interrupted
 
     @direct
     def subtask_drop(env: Any, caller: Any, args: Any, nargs: int) -> int:
@@ -422,8 +428,11 @@ def _subtask_drop(inst: ComponentInstance, item: Builtin) -> Made:
             try:
                 if not inst.may_leave:
                     _guard(inst, "subtask.drop")
-                i = args[0] & mask
-                subtask = handles[i] if 0 < i < len(handles) else None
+                i = args[0]
+                try:  # (an index past the table is unknown; index 0 holds None)
+                    subtask = handles[i]
+                except IndexError:
+                    subtask = None
                 if type(subtask) is not Subtask:
                     subtask = _table_get(inst, i, Subtask, "subtask")
                 if subtask.lenders is not None:  # not subtask.resolve_delivered()
@@ -635,7 +644,7 @@ def _drop_end(is_stream: bool, is_read: bool) -> Callable[[ComponentInstance, Bu
         t = item.type
         elem = t.elem
         handles, free = inst.handles, inst.free  # the table's lists (changed in place, never replaced)
-        mask, interrupted = 0xFFFF_FFFF, native.interrupted
+        interrupted = native.interrupted
 
         def drop_checked(i: int) -> None:
             e = _table_get(inst, i, cls, _end_name(cls))
@@ -657,8 +666,11 @@ def _drop_end(is_stream: bool, is_read: bool) -> Callable[[ComponentInstance, Bu
                 try:
                     if not inst.may_leave:
                         _guard(inst, op)
-                    i = args[0] & mask
-                    e = handles[i] if 0 < i < len(handles) else None
+                    i = args[0]
+                    try:  # (an index past the table is unknown; index 0 holds None)
+                        e = handles[i]
+                    except IndexError:
+                        e = None
                     if type(e) is cls and e.state in droppable and e.shared.t is elem:
                         # drop_checked(i), inline for an idle end of this very element type
                         e.shared.drop()

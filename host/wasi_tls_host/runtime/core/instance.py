@@ -269,7 +269,7 @@ class ComponentInstance(ComponentState):
         entry_addr = None
         if direct:
             assert i32_args or u64_args
-            thunk = (native.ENTRY_I32 if i32_args else native.ENTRY_U64)(tramp)
+            thunk = (native.ENTRY_U32 if i32_args else native.ENTRY_U64)(tramp)
             self._direct[env] = thunk
             # Its code address (read from it: ctypes.cast would tie it into a reference cycle).
             entry_addr = ctypes.c_void_p.from_buffer(thunk).value
@@ -511,10 +511,9 @@ class ComponentInstance(ComponentState):
         # at most one i32 result (stream.read/write, the drops, ...).
         plain = all(t == "i32" for t in params) and n_in <= 3 and (results == [] or results == ["i32"])
         has_result = bool(results)
-        mask = 0xFFFF_FFFF
 
         # Plain ones are direct trampolines (native.RETIRED) taking their arguments as i32s
-        # (native.ENTRY_I32): value i at [i * k]. After the instance closed, each refuses.
+        # (native.ENTRY_U32, unsigned): value i at [i * k]. After the instance closed, each refuses.
         k = native.I32_STRIDE
         interrupted = native.interrupted
         if plain:
@@ -525,7 +524,7 @@ class ComponentInstance(ComponentState):
                     return native.trap_ptr(native.CLOSED_MESSAGE)
                 try:
                     try:
-                        out = body([args[at] & mask for at in offsets])
+                        out = body([args[at] for at in offsets])  # (unsigned already: native.ENTRY_U32)
                         if has_result:
                             args[0] = out[0]
                         return 0

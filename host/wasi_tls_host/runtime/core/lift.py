@@ -223,7 +223,10 @@ async def _event_loop(callee: ComponentState, setup: CallSetup, task: Task, pack
             event: tuple[int, int, int] = _CANCELLED_EVENT if task.deliver_pending_cancel(True) else _NO_EVENT
         elif code == _WAIT:
             handles = callee.handles
-            wset = handles[si] if 0 < si < len(handles) else None
+            try:  # (an index past the table is unknown; index 0 holds None)
+                wset = handles[si]
+            except IndexError:
+                wset = None
             if type(wset) is not WaitableSet:
                 callee.get(si)  # an unknown index traps as such
                 raise Trap(f"the callback returned WAIT on handle index {si}, which is not a waitable set")
