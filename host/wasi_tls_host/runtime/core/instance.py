@@ -42,18 +42,20 @@ class MemoryState:
     memory never shrinks and moves only when it grows, so while its size is the same the
     view stays valid: one call into wasmtime (the size) per fresh view, not two."""
 
-    __slots__ = ("addr", "base", "context_addr", "memory", "size", "view")
+    __slots__ = ("addr", "base", "context_addr", "memory", "size", "size_args", "view")
 
     def __init__(self, context_addr: int, memory: Any) -> None:
         self.context_addr = context_addr
         self.memory = memory  # keeps the struct at ``addr`` alive
         self.addr = ctypes.addressof(memory)
+        # The size getter's arguments as ctypes objects made once (native.mem_size_premade).
+        self.size_args = (ctypes.c_void_p(context_addr), ctypes.c_void_p(self.addr))
         self.base = 0
         self.size = -1
         self.view: memoryview = memoryview(bytearray())
 
     def current(self) -> memoryview:
-        size = native.mem_size(self.context_addr, self.addr)
+        size = native.mem_size_premade(*self.size_args)
         if size != self.size:
             self.grew(size)
         return self.view

@@ -9,7 +9,6 @@ a subtask whose SUBTASK event comes when it does.
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import struct
 import sys
@@ -310,10 +309,9 @@ def _result_store(inst: ComponentState, spec: LowerSpec, m: canon.MemCx) -> Call
     conv = spec.result_conv
     mem_state = m.mem_state
     mem_size = native.mem_size_premade
-    # Its arguments as ctypes objects made once: the store's context and the memory's
-    # struct (kept by mem_state) stay where they are for the instance's life.
-    context_arg = ctypes.c_void_p(mem_state.context_addr) if mem_state is not None else None
-    memory_arg = ctypes.c_void_p(mem_state.addr) if mem_state is not None else None
+    # Its arguments as ctypes objects made once (the store's context and the memory's struct,
+    # kept by mem_state, stay where they are for the instance's life).
+    context_arg, memory_arg = mem_state.size_args if mem_state is not None else (None, None)
 
     def general(value: Any, retptr: int) -> None:
         m.forget()
@@ -346,6 +344,7 @@ def _result_store(inst: ComponentState, spec: LowerSpec, m: canon.MemCx) -> Call
                 pack(mem_state.view, retptr, value)
             else:
                 general(value, retptr)
+        store_int.int_shape = ints  # type: ignore[attr-defined]  # (on_done stores an int inline)
         return store_int
 
     if isinstance(t, Variant) and t.kind == "result":
@@ -441,6 +440,10 @@ def make_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx)
     mem_state = m.mem_state
     runner = inst.runner
     store_result = _result_store(inst, spec, m)
+    # An integer result (store_int) is stored inline where a call that waited ends.
+    int_pack, int_lo, int_hi = getattr(store_result, "int_shape", (None, 0, -1))
+    size_args = mem_state.size_args if mem_state is not None else (None, None)
+    mem_size = native.mem_size_premade
     scheduler: Scheduler | None = None  # the store's, looked up once (it is made on first use)
     returned = Subtask.RETURNED
     started = Subtask.STARTED
@@ -466,13 +469,21 @@ def make_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx)
             return
         try:
             if t.error is None:
-                try:
-                    if OUTGOING_VALUE_HOOKS:
-                        store(t.result, retptr)
-                    else:
-                        store_result(t.result, retptr)
-                except Trap as e:  # it traps where the guest waits: say whose result it was
-                    raise Trap(f"{qualname}: {e}") from None
+                value = t.result
+                if type(value) is int and int_lo <= value <= int_hi and not OUTGOING_VALUE_HOOKS:
+                    # store_result(value, retptr), inline for an integer in its range (store_int)
+                    size = mem_size(*size_args)
+                    if size != mem_state.size:  # (the guest grew its memory meanwhile: it may have moved)
+                        mem_state.grew(size)
+                    int_pack(mem_state.view, retptr, value)  # type: ignore[misc]
+                else:
+                    try:
+                        if OUTGOING_VALUE_HOOKS:
+                            store(value, retptr)
+                        else:
+                            store_result(value, retptr)
+                    except Trap as e:  # it traps where the guest waits: say whose result it was
+                        raise Trap(f"{qualname}: {e}") from None
                 subtask.state = returned
             else:
                 subtask.resolve(finish_host_call(inst, spec, m, t.result, t.error, retptr, subtask))
