@@ -250,6 +250,7 @@ def _waitable_set_wait(inst: ComponentInstance, item: Builtin) -> Made:
     cancellable = item.flag
     assert item.opts is not None
     m = inst.memcx(item.opts)
+    mem_state, mem_size = m.mem_state, native.mem_size_premade
     handles = inst.handles
     store_state = inst.state
 
@@ -278,7 +279,13 @@ def _waitable_set_wait(inst: ComponentInstance, item: Builtin) -> Made:
         if ptr & 3:
             raise Trap(f"event pointer {ptr:#x} is not 4-byte aligned")
         m.forget()  # the guest may have grown its memory while it waited
-        v = m.view()
+        if mem_state is not None:  # m.view(), inline: mem_state.current()
+            size = mem_size(*mem_state.size_args)
+            if size != mem_state.size:
+                mem_state.grew(size)
+            v = mem_state.view
+        else:
+            v = m.view()  # (traps: no memory)
         if ptr + 8 > len(v):
             canon.check_range(v, ptr, 8, "event")
         _EVENT_PAYLOADS(v, ptr, p1 & 0xFFFF_FFFF, p2 & 0xFFFF_FFFF)
