@@ -65,7 +65,9 @@ def direct(body: Callable[..., int]) -> Callable[..., int]:
     """Mark a built-in's body as a direct trampoline: it takes ``(env, caller, args, nargs)``
     (``args`` its i32 arguments, unsigned, value i at ``args[i * native.I32_STRIDE]``), checks
     ``may_leave`` first and turns every exception into a trap itself (see native.RETIRED).
-    The built-ins on an async call's round trip are written so: one Python frame a call."""
+    The built-ins on an async call's round trip are written so: one Python frame a call.
+    One that sets ``u64_args`` gets its values as unsigned 64-bit words instead
+    (``native.ENTRY_U64``, value i at ``args[i * native.U64_STRIDE]``)."""
     body.direct = True  # type: ignore[attr-defined]
     return body
 
@@ -464,16 +466,33 @@ def _subtask_drop(inst: ComponentInstance, item: Builtin) -> Made:
 
 
 def _new(is_stream: bool) -> Callable[[ComponentInstance, Builtin], Made]:
+    op = "stream.new" if is_stream else "future.new"
+    readable_cls, writable_cls = END_CLASSES[(is_stream, True)], END_CLASSES[(is_stream, False)]
+    make_shared: type[Stream] | type[Future] = Stream if is_stream else Future
+
     def factory(inst: ComponentInstance, item: Builtin) -> Made:
         t = item.type.elem
+        interrupted = native.interrupted
 
-        def new(args: list[int]) -> list[Any]:
-            _guard(inst, "stream.new" if is_stream else "future.new")
-            shared: Stream | Future = Stream(t) if is_stream else Future(t)
-            ri = inst.add(END_CLASSES[(is_stream, True)](shared))
-            wi = inst.add(END_CLASSES[(is_stream, False)](shared))
-            return [ri | (wi << 32)]
+        # Its own native callback (its i64 result as a 64-bit word): a WASI 0.3 guest makes
+        # a stream or future for every send and every call that returns one.
+        @direct
+        def new(env: Any, caller: Any, args: Any, nargs: int) -> int:
+            try:
+                try:
+                    if not inst.may_leave:
+                        _guard(inst, op)
+                    shared = make_shared(t)
+                    ri = inst.add(readable_cls(shared))
+                    wi = inst.add(writable_cls(shared))
+                    args[0] = ri | (wi << 32)
+                    return 0
+                except Exception as e:  # noqa: BLE001 - every failure is the guest's trap
+                    return trap_for(inst, op, e)
+            except BaseException as e:  # noqa: BLE001 - see callback_guard
+                return interrupted(e)
 
+        new.u64_args = True  # type: ignore[attr-defined]  # (native.ENTRY_U64: the result is an i64)
         return [], ["i64"], new
 
     return factory

@@ -503,7 +503,8 @@ class ComponentInstance(ComponentState):
         writers = [native.writer(t) for t in results]
         op = item.op
         if getattr(body, "direct", False):  # the built-in is its own native callback
-            return self._new_func(params, results, body, i32_args=True, direct=True)
+            wide = getattr(body, "u64_args", False)
+            return self._new_func(params, results, body, i32_args=not wide, u64_args=wide, direct=True)
 
         def failed(e: Exception) -> int:
             return builtins.trap_for(st, op, e)
