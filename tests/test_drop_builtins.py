@@ -113,6 +113,5 @@ def test_an_idle_end_is_dropped_and_leaves_its_set(drops, export: str, left: lis
 ])
 def test_a_drop_the_fast_path_does_not_take_traps_with_its_cause(drops, export: str, cause: str) -> None:
     host, component = drops
-    with host.instantiate(component, WasiConfig()) as g:
-        with pytest.raises(WasmtimeError, match=cause):
-            g.call(export)
+    with host.instantiate(component, WasiConfig()) as g, pytest.raises(WasmtimeError, match=cause):
+        g.call(export)

@@ -468,7 +468,7 @@ def _subtask_drop(inst: ComponentInstance, item: Builtin) -> Made:
 def _new(is_stream: bool) -> Callable[[ComponentInstance, Builtin], Made]:
     op = "stream.new" if is_stream else "future.new"
     readable_cls, writable_cls = END_CLASSES[(is_stream, True)], END_CLASSES[(is_stream, False)]
-    make_shared: type[Stream] | type[Future] = Stream if is_stream else Future
+    make_shared: type[Stream | Future] = Stream if is_stream else Future
 
     def factory(inst: ComponentInstance, item: Builtin) -> Made:
         t = item.type.elem

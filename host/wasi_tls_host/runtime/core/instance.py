@@ -17,7 +17,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import weakref
-
+from collections import deque
 from typing import Any, Callable, Iterable
 
 from wasmtime import FuncType, Module, Store, WasmtimeError
@@ -176,7 +176,9 @@ class ComponentInstance(ComponentState):
         self.components: list[ComponentState] = [self]
         for cid, parent in enumerate(component.plan.component_parents[1:], start=1):
             self.components.append(ComponentState(self, cid, self.components[parent] if parent is not None else None))
-        self.entered: list[tuple[ComponentState, ...]] = []  # the entering sets of the calls on the stack
+        # The entering sets of the calls on the stack (a deque: pushed and popped on every call
+        # into the guest, where a list going from one entry to none and back reallocates).
+        self.entered: deque[tuple[ComponentState, ...]] = deque()
         self._envs: list[int] = []
         self._tramps: list[Callable[[Any], int]] = []
         self._direct: dict[int, Any] = {}  # env -> the native callback of a direct trampoline
