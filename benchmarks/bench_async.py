@@ -5,6 +5,8 @@ beside a reference measured in the same run.
   an async call that finishes later (subtask, SUBTASK event, waitable-set.wait, drop): the
   round trip per call; the callback round trip again while the store also waits on an
   idle socket and a far timer (as a WASI 0.3 guest with sockets always does);
+- the built-ins of a stream end's life without a copy: ``stream.new`` and the drops of its two
+  ends (``stream.drop-readable``/``-writable``), per iteration;
 - ``stream<u8>`` host->guest (the host fills the guest's read buffer in place, as
   ``tcp-socket.receive`` does with ``recv_into``) and guest->host (the host takes the
   bytes from the guest's write buffer in place, as ``send`` does), 64 KiB per copy,
@@ -359,6 +361,9 @@ def main() -> None:
             print(f"  {labels[export]} {wall:7.2f} us wall {cpu:7.2f} us CPU{ratio}")
         print("  (the round trip: lower, subtask, join, SUBTASK event to the callback, drop; one async lowering for all\n"
               "   signatures, built per signature: u32 -> u32 and u64 -> u64 take the same path)")
+        wall, cpu = (t / CALLS * 1e6 for t in best_cpu(lambda: g.call("drops", CALLS)))
+        print(f"  stream.new, drop-readable, drop-writable  {wall:7.2f} us wall {cpu:7.2f} us CPU  "
+              f"({cpu / sync_cpu:.1f}x the sync host call's CPU; three built-in calls)")
         ref = memmove_rate()
         down = TOTAL / best(lambda: g.call("read", TOTAL)) / 1e6
         up = TOTAL / best(lambda: g.call("write", TOTAL)) / 1e6

@@ -73,6 +73,8 @@ async def check(cx: object, n: int, how: str) -> None:
 @lowers.func("wide")
 async def wide(cx: object, x: int, y: int) -> int:
     await yield_now()
+    if "inspect" in ANSWER:
+        ANSWER.pop("inspect")(cx)
     SEEN.append(("wide", x, y))
     return ANSWER.get("wide", x)
 
@@ -125,6 +127,51 @@ def test_a_result_pointer_into_memory_the_guest_grew_is_in_range(guest) -> None:
     its event): the result pointer in the new page is checked against the memory as it is."""
     assert guest.call("grown", 7) == 8
     assert SEEN == [("wide", 7, 0), ("wide", 8, 0)]
+
+
+def test_a_waiting_call_task_and_subtask_have_every_attribute(guest) -> None:
+    """The async lower makes a waiting call's host task and subtask inline (no __init__ runs):
+    each has every attribute its class's own constructor gives."""
+    from wasi_tls_host.runtime.core.concurrent import Subtask
+    from wasi_tls_host.runtime.scheduler import HostTask
+
+    seen: dict[str, Any] = {}
+
+    def inspect(cx: Any) -> None:
+        task = cx.scheduler._stepping  # the task of this very call
+        slots = [n for cls in type(task).__mro__ for n in getattr(cls, "__slots__", ()) if n != "__weakref__"]
+        seen["missing"] = [n for n in slots if not hasattr(task, n)]
+        seen["is_host_task"] = isinstance(task, HostTask)
+        seen["subtask"] = sorted(vars(task.subtask))
+        seen["state"] = task.subtask.state
+
+    ANSWER["inspect"] = inspect
+    assert guest.call("wide", 5, 0, 64) == 5
+    assert seen == {"missing": [], "is_host_task": True, "subtask": sorted(vars(Subtask("x"))), "state": Subtask.STARTED}
+
+
+def test_a_result_lands_right_when_the_guest_grew_and_moved_its_memory_while_the_call_waited(guest_path) -> None:
+    """The guest grows its memory by 64 pages between the call's start (STARTED) and its
+    end, on an engine that reserves nothing ahead (the memory moves when it grows): the
+    result is stored in the memory where it is then."""
+    from wasmtime import Engine
+
+    from wasi_tls_host.runtime.engine import engine_config
+
+    config = engine_config()
+    config.memory_reservation = 0
+    config.memory_reservation_for_growth = 0
+    config.memory_guard_size = 0
+    SEEN.clear()
+    with Host(interfaces=[lowers], runtime="core", engine=Engine(config), epoch_interruption=True) as host, \
+            host.instantiate(guest_path("async_lowers")) as g:
+        assert g.call("wide", 5, 0, 64) == 5
+        (memory,) = g.core._memories.values()
+        base = memory.base
+        assert g.call("grown-while-waiting", 2**40 + 3) == 2**40 + 3
+        assert memory.base != base  # it moved
+        assert g.call("grown-while-waiting", 9) == 9  # and again, from the grown memory's size
+    assert SEEN == [("wide", 5, 0), ("wide", 2**40 + 3, 0), ("wide", 9, 0)]
 
 
 def test_a_misaligned_result_pointer_traps_before_the_host_function_runs(guest) -> None:

@@ -7,6 +7,7 @@
 ;;   cb-calls-wide(n)  cb-calls of a function taking and returning a u64 (as WASI's durations
 ;;                   and offsets are): the same async lowering as cb-calls' u32 -> u32 (the
 ;;                   runtime builds one per signature), so the two should cost the same
+;;   drops(n)        n times stream.new and the drops of its two ends (stream.drop-*)
 ;;   read(total)     reads a host-written stream<u8> in 64 KiB reads: the byte count
 ;;   write(total)    writes 64 KiB writes into a stream the host reads: the host's count
 (component
@@ -129,6 +130,18 @@
       (call $subtask-drop (local.get $p1))
       (global.set $left (i32.sub (global.get $left) (i32.const 1)))
       (call $next-call))
+    ;; n times: stream.new, then stream.drop-readable and stream.drop-writable of its ends
+    (func (export "drops") (param $n i32)
+      (local $pair i64) (local $left i32)
+      (local.set $left (local.get $n))
+      (block $done (loop $next
+        (br_if $done (i32.eqz (local.get $left)))
+        (local.set $pair (call $stream-new))
+        (call $drop-readable (i32.wrap_i64 (local.get $pair)))
+        (call $drop-writable (i32.wrap_i64 (i64.shr_u (local.get $pair) (i64.const 32))))
+        (local.set $left (i32.sub (local.get $left) (i32.const 1)))
+        (br $next)))
+      (call $ret32 (local.get $n)))
     (func (export "ready-calls") (param $n i32) (call $ret32 (call $async-calls (i32.const 0) (local.get $n))))
     (func (export "event-calls") (param $n i32) (call $ret32 (call $async-calls (i32.const 1) (local.get $n))))
     (func (export "read") (param $total i64)
@@ -173,6 +186,7 @@
       (export "stream-write" (func $stream-write)) (export "drop-readable" (func $drop-readable))
       (export "drop-writable" (func $drop-writable))))))
   (func (export "sync-calls") async (param "n" u32) (result u32) (canon lift (core func $main "sync-calls") async))
+  (func (export "drops") async (param "n" u32) (result u32) (canon lift (core func $main "drops") async))
   (func (export "ready-calls") async (param "n" u32) (result u32) (canon lift (core func $main "ready-calls") async))
   (func (export "event-calls") async (param "n" u32) (result u32) (canon lift (core func $main "event-calls") async))
   (func (export "cb-calls") async (param "n" u32) (result u32)

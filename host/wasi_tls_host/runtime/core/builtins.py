@@ -63,9 +63,11 @@ def trap_for(inst: ComponentInstance, op: str, e: Exception) -> int:
 
 def direct(body: Callable[..., int]) -> Callable[..., int]:
     """Mark a built-in's body as a direct trampoline: it takes ``(env, caller, args, nargs)``
-    (``args`` its i32 arguments, value i at ``args[i * native.I32_STRIDE]``), checks
+    (``args`` its i32 arguments, unsigned, value i at ``args[i * native.I32_STRIDE]``), checks
     ``may_leave`` first and turns every exception into a trap itself (see native.RETIRED).
-    The built-ins on an async call's round trip are written so: one Python frame a call."""
+    The built-ins on an async call's round trip are written so: one Python frame a call.
+    One that sets ``u64_args`` gets its values as unsigned 64-bit words instead
+    (``native.ENTRY_U64``, value i at ``args[i * native.U64_STRIDE]``)."""
     body.direct = True  # type: ignore[attr-defined]
     return body
 
@@ -250,6 +252,7 @@ def _waitable_set_wait(inst: ComponentInstance, item: Builtin) -> Made:
     cancellable = item.flag
     assert item.opts is not None
     m = inst.memcx(item.opts)
+    mem_state, mem_size = m.mem_state, native.mem_size_premade
     handles = inst.handles
     store_state = inst.state
 
@@ -278,7 +281,13 @@ def _waitable_set_wait(inst: ComponentInstance, item: Builtin) -> Made:
         if ptr & 3:
             raise Trap(f"event pointer {ptr:#x} is not 4-byte aligned")
         m.forget()  # the guest may have grown its memory while it waited
-        v = m.view()
+        if mem_state is not None:  # m.view(), inline: mem_state.current()
+            size = mem_size(*mem_state.size_args)
+            if size != mem_state.size:
+                mem_state.grew(size)
+            v = mem_state.view
+        else:
+            v = m.view()  # (traps: no memory)
         if ptr + 8 > len(v):
             canon.check_range(v, ptr, 8, "event")
         _EVENT_PAYLOADS(v, ptr, p1 & 0xFFFF_FFFF, p2 & 0xFFFF_FFFF)
@@ -286,13 +295,13 @@ def _waitable_set_wait(inst: ComponentInstance, item: Builtin) -> Made:
 
     # Its own native callback, as the other built-ins of a round trip (the wait itself stays
     # a function of its own: it may block, running the store's work under it).
-    k, mask, interrupted = native.I32_STRIDE, 0xFFFF_FFFF, native.interrupted
+    k, interrupted = native.I32_STRIDE, native.interrupted
 
     @direct
     def waitable_set_wait(env: Any, caller: Any, args: Any, nargs: int) -> int:
         try:
             try:
-                args[0] = wait(args[0] & mask, args[k] & mask)
+                args[0] = wait(args[0], args[k])
                 return 0
             except Exception as e:  # noqa: BLE001 - every failure is the guest's trap
                 return trap_for(inst, "waitable-set.wait", e)
@@ -342,7 +351,7 @@ def _waitable_set_drop(inst: ComponentInstance, item: Builtin) -> Made:
 
 def _waitable_join(inst: ComponentInstance, item: Builtin) -> Made:
     handles = inst.handles  # the table's list (entries are replaced in place, never the list)
-    k, mask, interrupted = native.I32_STRIDE, 0xFFFF_FFFF, native.interrupted
+    k, interrupted = native.I32_STRIDE, native.interrupted
 
     @direct
     def waitable_join(env: Any, caller: Any, args: Any, nargs: int) -> int:
@@ -350,10 +359,13 @@ def _waitable_join(inst: ComponentInstance, item: Builtin) -> Made:
             try:
                 if not inst.may_leave:
                     _guard(inst, "waitable.join")
-                wi, si = args[0] & mask, args[k] & mask
+                wi, si = args[0], args[k]
                 # The table lookups inline (this runs on every async call a guest waits for);
                 # anything unexpected goes through _table_get for its message.
-                w = handles[wi] if 0 < wi < len(handles) else None
+                try:  # (an index past the table is unknown; index 0 holds None)
+                    w = handles[wi]
+                except IndexError:
+                    w = None
                 if not isinstance(w, Waitable):
                     w = _table_get(inst, wi, Waitable, "waitable")
                 if w.has_sync_waiter:
@@ -365,7 +377,10 @@ def _waitable_join(inst: ComponentInstance, item: Builtin) -> Made:
                         old.ready.pop(w, None)
                         w.wset = None
                     return 0
-                wset = handles[si] if si < len(handles) else None
+                try:
+                    wset = handles[si]
+                except IndexError:
+                    wset = None
                 if type(wset) is not WaitableSet:
                     wset = _table_get(inst, si, WaitableSet, "waitable set")
                 if w.wset is None and w.pending_event is None:  # w.join(wset), inline: a new call's subtask
@@ -414,7 +429,7 @@ def _subtask_cancel(inst: ComponentInstance, item: Builtin) -> Made:
 
 def _subtask_drop(inst: ComponentInstance, item: Builtin) -> Made:
     handles, free = inst.handles, inst.free
-    mask, interrupted = 0xFFFF_FFFF, native.interrupted
+    interrupted = native.interrupted
 
     @direct
     def subtask_drop(env: Any, caller: Any, args: Any, nargs: int) -> int:
@@ -422,8 +437,11 @@ def _subtask_drop(inst: ComponentInstance, item: Builtin) -> Made:
             try:
                 if not inst.may_leave:
                     _guard(inst, "subtask.drop")
-                i = args[0] & mask
-                subtask = handles[i] if 0 < i < len(handles) else None
+                i = args[0]
+                try:  # (an index past the table is unknown; index 0 holds None)
+                    subtask = handles[i]
+                except IndexError:
+                    subtask = None
                 if type(subtask) is not Subtask:
                     subtask = _table_get(inst, i, Subtask, "subtask")
                 if subtask.lenders is not None:  # not subtask.resolve_delivered()
@@ -448,16 +466,33 @@ def _subtask_drop(inst: ComponentInstance, item: Builtin) -> Made:
 
 
 def _new(is_stream: bool) -> Callable[[ComponentInstance, Builtin], Made]:
+    op = "stream.new" if is_stream else "future.new"
+    readable_cls, writable_cls = END_CLASSES[(is_stream, True)], END_CLASSES[(is_stream, False)]
+    make_shared: type[Stream | Future] = Stream if is_stream else Future
+
     def factory(inst: ComponentInstance, item: Builtin) -> Made:
         t = item.type.elem
+        interrupted = native.interrupted
 
-        def new(args: list[int]) -> list[Any]:
-            _guard(inst, "stream.new" if is_stream else "future.new")
-            shared: Stream | Future = Stream(t) if is_stream else Future(t)
-            ri = inst.add(END_CLASSES[(is_stream, True)](shared))
-            wi = inst.add(END_CLASSES[(is_stream, False)](shared))
-            return [ri | (wi << 32)]
+        # Its own native callback (its i64 result as a 64-bit word): a WASI 0.3 guest makes
+        # a stream or future for every send and every call that returns one.
+        @direct
+        def new(env: Any, caller: Any, args: Any, nargs: int) -> int:
+            try:
+                try:
+                    if not inst.may_leave:
+                        _guard(inst, op)
+                    shared = make_shared(t)
+                    ri = inst.add(readable_cls(shared))
+                    wi = inst.add(writable_cls(shared))
+                    args[0] = ri | (wi << 32)
+                    return 0
+                except Exception as e:  # noqa: BLE001 - every failure is the guest's trap
+                    return trap_for(inst, op, e)
+            except BaseException as e:  # noqa: BLE001 - see callback_guard
+                return interrupted(e)
 
+        new.u64_args = True  # type: ignore[attr-defined]  # (native.ENTRY_U64: the result is an i64)
         return [], ["i64"], new
 
     return factory
@@ -627,13 +662,17 @@ def _cancel_copy(is_stream: bool, is_read: bool) -> Callable[[ComponentInstance,
 def _drop_end(is_stream: bool, is_read: bool) -> Callable[[ComponentInstance, Builtin], Made]:
     cls = END_CLASSES[(is_stream, is_read)]
     op = f"{'stream' if is_stream else 'future'}.drop-{'readable' if is_read else 'writable'}"
+    # The states in which an end goes at once: not copying, and a future's writable end
+    # only once its value was written (or its reader dropped).
+    droppable = (CopyState.DONE,) if cls is WritableFutureEnd else (CopyState.IDLE, CopyState.DONE)
 
     def factory(inst: ComponentInstance, item: Builtin) -> Made:
         t = item.type
+        elem = t.elem
+        handles, free = inst.handles, inst.free  # the table's lists (changed in place, never replaced)
+        interrupted = native.interrupted
 
-        def drop(args: list[int]) -> list[Any]:
-            _guard(inst, op)
-            i = args[0] & 0xFFFF_FFFF
+        def drop_checked(i: int) -> None:
             e = _table_get(inst, i, cls, _end_name(cls))
             if not same_type(e.shared.t, t.elem) and not (e.shared.t is None and t.elem is None):
                 raise Trap(f"{op}: the {_end_name(cls)} at index {i} has another element type")
@@ -644,10 +683,42 @@ def _drop_end(is_stream: bool, is_read: bool) -> Callable[[ComponentInstance, Bu
                 raise Trap("cannot drop future write end without first writing a value")
             e.drop()
             inst.remove(i)
-            # A host task at the other end (a socket's sender or receiver) hears of it now
-            # and lets go of what it holds, before the guest's next call.
-            inst.scheduler.run_ready()
-            return []
+
+        # Its own native callback (a direct trampoline, as the round trip's built-ins): a
+        # WASI 0.3 guest drops two or three ends per socket call.
+        @direct
+        def drop(env: Any, caller: Any, args: Any, nargs: int) -> int:
+            try:
+                try:
+                    if not inst.may_leave:
+                        _guard(inst, op)
+                    i = args[0]
+                    try:  # (an index past the table is unknown; index 0 holds None)
+                        e = handles[i]
+                    except IndexError:
+                        e = None
+                    if type(e) is cls and e.state in droppable and e.shared.t is elem:
+                        # drop_checked(i), inline for an idle end of this very element type
+                        e.shared.drop()
+                        wset = e.wset
+                        if wset is not None:  # Waitable.drop(): it leaves its set
+                            wset.elems.discard(e)
+                            wset.ready.pop(e, None)
+                            e.wset = None
+                        handles[i] = None  # inst.remove(i), the entry being known
+                        free.append(i)
+                    else:
+                        drop_checked(i)
+                    # A host task at the other end (a socket's sender or receiver) hears of it
+                    # now and lets go of what it holds, before the guest's next call.
+                    scheduler = inst.scheduler
+                    if scheduler._ready:  # scheduler.run_ready(): it steps the ready host tasks alone
+                        scheduler.run_ready()
+                    return 0
+                except Exception as e:  # noqa: BLE001 - every failure is the guest's trap
+                    return trap_for(inst, op, e)
+            except BaseException as e:  # noqa: BLE001 - see callback_guard
+                return interrupted(e)
 
         return ["i32"], [], drop
 

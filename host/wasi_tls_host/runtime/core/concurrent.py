@@ -218,6 +218,7 @@ class Subtask(Waitable):
     STARTING, STARTED, RETURNED, CANCELLED_BEFORE_STARTED, CANCELLED_BEFORE_RETURNED = range(5)
 
     def __init__(self, name: str) -> None:
+        # (lower.make_async_trampoline makes a host call's subtask inline: the same attributes)
         self.pending_event = None  # Waitable.__init__, inline: one subtask per async call
         self.wset = None
         self.has_sync_waiter = False

@@ -17,7 +17,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import weakref
-
+from collections import deque
 from typing import Any, Callable, Iterable
 
 from wasmtime import FuncType, Module, Store, WasmtimeError
@@ -42,18 +42,20 @@ class MemoryState:
     memory never shrinks and moves only when it grows, so while its size is the same the
     view stays valid: one call into wasmtime (the size) per fresh view, not two."""
 
-    __slots__ = ("addr", "base", "context_addr", "memory", "size", "view")
+    __slots__ = ("addr", "base", "context_addr", "memory", "size", "size_args", "view")
 
     def __init__(self, context_addr: int, memory: Any) -> None:
         self.context_addr = context_addr
         self.memory = memory  # keeps the struct at ``addr`` alive
         self.addr = ctypes.addressof(memory)
+        # The size getter's arguments as ctypes objects made once (native.mem_size_premade).
+        self.size_args = (ctypes.c_void_p(context_addr), ctypes.c_void_p(self.addr))
         self.base = 0
         self.size = -1
         self.view: memoryview = memoryview(bytearray())
 
     def current(self) -> memoryview:
-        size = native.mem_size(self.context_addr, self.addr)
+        size = native.mem_size_premade(*self.size_args)
         if size != self.size:
             self.grew(size)
         return self.view
@@ -174,7 +176,9 @@ class ComponentInstance(ComponentState):
         self.components: list[ComponentState] = [self]
         for cid, parent in enumerate(component.plan.component_parents[1:], start=1):
             self.components.append(ComponentState(self, cid, self.components[parent] if parent is not None else None))
-        self.entered: list[tuple[ComponentState, ...]] = []  # the entering sets of the calls on the stack
+        # The entering sets of the calls on the stack (a deque: pushed and popped on every call
+        # into the guest, where a list going from one entry to none and back reallocates).
+        self.entered: deque[tuple[ComponentState, ...]] = deque()
         self._envs: list[int] = []
         self._tramps: list[Callable[[Any], int]] = []
         self._direct: dict[int, Any] = {}  # env -> the native callback of a direct trampoline
@@ -269,7 +273,7 @@ class ComponentInstance(ComponentState):
         entry_addr = None
         if direct:
             assert i32_args or u64_args
-            thunk = (native.ENTRY_I32 if i32_args else native.ENTRY_U64)(tramp)
+            thunk = (native.ENTRY_U32 if i32_args else native.ENTRY_U64)(tramp)
             self._direct[env] = thunk
             # Its code address (read from it: ctypes.cast would tie it into a reference cycle).
             entry_addr = ctypes.c_void_p.from_buffer(thunk).value
@@ -501,7 +505,8 @@ class ComponentInstance(ComponentState):
         writers = [native.writer(t) for t in results]
         op = item.op
         if getattr(body, "direct", False):  # the built-in is its own native callback
-            return self._new_func(params, results, body, i32_args=True, direct=True)
+            wide = getattr(body, "u64_args", False)
+            return self._new_func(params, results, body, i32_args=not wide, u64_args=wide, direct=True)
 
         def failed(e: Exception) -> int:
             return builtins.trap_for(st, op, e)
@@ -511,10 +516,9 @@ class ComponentInstance(ComponentState):
         # at most one i32 result (stream.read/write, the drops, ...).
         plain = all(t == "i32" for t in params) and n_in <= 3 and (results == [] or results == ["i32"])
         has_result = bool(results)
-        mask = 0xFFFF_FFFF
 
         # Plain ones are direct trampolines (native.RETIRED) taking their arguments as i32s
-        # (native.ENTRY_I32): value i at [i * k]. After the instance closed, each refuses.
+        # (native.ENTRY_U32, unsigned): value i at [i * k]. After the instance closed, each refuses.
         k = native.I32_STRIDE
         interrupted = native.interrupted
         if plain:
@@ -525,7 +529,7 @@ class ComponentInstance(ComponentState):
                     return native.trap_ptr(native.CLOSED_MESSAGE)
                 try:
                     try:
-                        out = body([args[at] & mask for at in offsets])
+                        out = body([args[at] for at in offsets])  # (unsigned already: native.ENTRY_U32)
                         if has_result:
                             args[0] = out[0]
                         return 0

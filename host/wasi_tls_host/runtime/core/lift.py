@@ -18,10 +18,11 @@ suspends), and a wait nothing can end is a deadlock trap.
 from __future__ import annotations
 
 import ctypes
+import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from .. import callback_guard
-from ..scheduler import Event, HostTask, yield_now
+from ..scheduler import _PARKED, Event, HostTask, yield_now
 from ..values import Trap
 from . import canon, native
 from .concurrent import CallbackCode, EventCode, Subtask, Task, WaitableSet
@@ -196,6 +197,7 @@ async def _event_loop(callee: ComponentState, setup: CallSetup, task: Task, pack
     runner = callee.runner
     call_callback = runner.call_callback
     scheduler = callee.scheduler
+    check_interrupt, monotonic_ns = scheduler._check_interrupt, time.monotonic_ns
     # What the callback's call needs (callee.run_core and runner.call_callback, inline below):
     # the instances it enters when the host resumes it, and the call's ctypes arguments.
     entering = callee.self_and_ancestors()
@@ -223,7 +225,10 @@ async def _event_loop(callee: ComponentState, setup: CallSetup, task: Task, pack
             event: tuple[int, int, int] = _CANCELLED_EVENT if task.deliver_pending_cancel(True) else _NO_EVENT
         elif code == _WAIT:
             handles = callee.handles
-            wset = handles[si] if 0 < si < len(handles) else None
+            try:  # (an index past the table is unknown; index 0 holds None)
+                wset = handles[si]
+            except IndexError:
+                wset = None
             if type(wset) is not WaitableSet:
                 callee.get(si)  # an unknown index traps as such
                 raise Trap(f"the callback returned WAIT on handle index {si}, which is not a waitable set")
@@ -254,9 +259,62 @@ async def _event_loop(callee: ComponentState, setup: CallSetup, task: Task, pack
                     wake.is_set = False  # wake.clear()
                     # Host work that completes the wait runs now when nothing else is ready,
                     # and the event goes straight to the callback (no suspension, no step).
-                    wait = scheduler.resume_inline(wake)
-                    if wait is not None:
-                        await wait
+                    me = scheduler._resuming
+                    host_ready = scheduler._ready
+                    if not host_ready or me is None or me is not scheduler._stepping or scheduler._guest_ready:
+                        wait = scheduler.resume_inline(wake)
+                        if wait is not None:
+                            await wait
+                        continue
+                    # scheduler.resume_inline(wake), inline for its usual case (host work ready,
+                    # no other guest task ready): once per event. Keep the two equal.
+                    check_interrupt()
+                    if scheduler._readers or scheduler._writers or scheduler._timers:
+                        now = monotonic_ns()
+                        timers = scheduler._timers
+                        if now >= scheduler._inline_poll_at or (timers and timers[0][0] <= now):
+                            scheduler.poll(block=False)
+                    me._waiting = wake
+                    wake._waiters.append(me)
+                    for _ in range(len(host_ready)):
+                        other = host_ready.popleft()
+                        other._queued = False
+                        scheduler._stepping = other
+                        try:
+                            waiting = other.coro.send(None)
+                        except StopIteration as e:
+                            scheduler._stepping = me
+                            if other._joiners:
+                                scheduler._finish(other, e.value, None)
+                                continue
+                            # scheduler._finish(other, e.value, None), inline for a task nobody
+                            # awaits (an async lower's call that completes a wait)
+                            scheduler.progress += 1
+                            other.done = True
+                            other.result = e.value
+                            other._waiting = None
+                            scheduler._tasks.discard(other)
+                            callbacks = other._callbacks
+                            if callbacks:
+                                other._callbacks = ()
+                                for callback in callbacks:
+                                    callback(other)
+                            continue
+                        except BaseException as e:  # noqa: BLE001 - the task's own failure, as in Scheduler._step
+                            scheduler._stepping = me
+                            scheduler._finish(other, None, e)
+                            continue
+                        scheduler._stepping = me
+                        scheduler._suspend(other, waiting)
+                    guest_ready = scheduler._guest_ready
+                    if guest_ready and guest_ready[0] is me:  # the event woke it first: it goes on now
+                        guest_ready.popleft()
+                        me._queued = False
+                    elif me._queued:
+                        await _PARKED  # woken behind another guest task: it runs in its turn
+                    else:
+                        scheduler._unwait(me)
+                        await wake
             finally:
                 task.waiting_cancellably = False
                 wset.num_waiting -= 1

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from ..binding import OUTGOING_VALUE_HOOKS, HostFunc, host_call_failure
 from ..resources import drop_consumed_arguments
-from ..scheduler import Cancelled, HostTask, Scheduler, _Yield
+from ..scheduler import Cancelled, HostTask, Scheduler, _AnyOf, _Yield
 from ..values import Err, Ok, Trap, WitError
 from . import canon, lift, native
 from .concurrent import Subtask
@@ -308,7 +308,10 @@ def _result_store(inst: ComponentState, spec: LowerSpec, m: canon.MemCx) -> Call
     t = spec.ft.result
     conv = spec.result_conv
     mem_state = m.mem_state
-    mem_size = native.mem_size
+    mem_size = native.mem_size_premade
+    # Its arguments as ctypes objects made once (the store's context and the memory's struct,
+    # kept by mem_state, stay where they are for the instance's life).
+    context_arg, memory_arg = mem_state.size_args if mem_state is not None else (None, None)
 
     def general(value: Any, retptr: int) -> None:
         m.forget()
@@ -324,7 +327,7 @@ def _result_store(inst: ComponentState, spec: LowerSpec, m: canon.MemCx) -> Call
         return general
 
     def current() -> memoryview:
-        size = mem_size(mem_state.context_addr, mem_state.addr)  # mem_state.current(), inline
+        size = mem_size(context_arg, memory_arg)  # mem_state.current(), inline
         if size != mem_state.size:
             mem_state.grew(size)
         return mem_state.view  # type: ignore[no-any-return]
@@ -335,12 +338,13 @@ def _result_store(inst: ComponentState, spec: LowerSpec, m: canon.MemCx) -> Call
 
         def store_int(value: Any, retptr: int) -> None:
             if type(value) is int and lo <= value <= hi:
-                size = mem_size(mem_state.context_addr, mem_state.addr)  # current(), inline: the common case
+                size = mem_size(context_arg, memory_arg)  # current(), inline: the common case
                 if size != mem_state.size:
                     mem_state.grew(size)
                 pack(mem_state.view, retptr, value)
             else:
                 general(value, retptr)
+        store_int.int_shape = ints  # type: ignore[attr-defined]  # (on_done stores an int inline)
         return store_int
 
     if isinstance(t, Variant) and t.kind == "result":
@@ -381,6 +385,9 @@ def load_spilled_at(m: canon.MemCx, ptr: int, conv: Any, size: int, align: int) 
     v = m.view()
     canon.check_range(v, ptr, size, "arguments")
     return conv.load(m, v, ptr)
+
+
+_new_object = object.__new__
 
 
 class _HostCall(HostTask):
@@ -433,6 +440,10 @@ def make_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx)
     mem_state = m.mem_state
     runner = inst.runner
     store_result = _result_store(inst, spec, m)
+    # An integer result (store_int) is stored inline where a call that waited ends.
+    int_pack, int_lo, int_hi = getattr(store_result, "int_shape", (None, 0, -1))
+    size_args = mem_state.size_args if mem_state is not None else (None, None)
+    mem_size = native.mem_size_premade
     scheduler: Scheduler | None = None  # the store's, looked up once (it is made on first use)
     returned = Subtask.RETURNED
     started = Subtask.STARTED
@@ -458,13 +469,21 @@ def make_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx)
             return
         try:
             if t.error is None:
-                try:
-                    if OUTGOING_VALUE_HOOKS:
-                        store(t.result, retptr)
-                    else:
-                        store_result(t.result, retptr)
-                except Trap as e:  # it traps where the guest waits: say whose result it was
-                    raise Trap(f"{qualname}: {e}") from None
+                value = t.result
+                if type(value) is int and int_lo <= value <= int_hi and not OUTGOING_VALUE_HOOKS:
+                    # store_result(value, retptr), inline for an integer in its range (store_int)
+                    size = mem_size(*size_args)
+                    if size != mem_state.size:  # (the guest grew its memory meanwhile: it may have moved)
+                        mem_state.grew(size)
+                    int_pack(mem_state.view, retptr, value)  # type: ignore[misc]
+                else:
+                    try:
+                        if OUTGOING_VALUE_HOOKS:
+                            store(value, retptr)
+                        else:
+                            store_result(value, retptr)
+                    except Trap as e:  # it traps where the guest waits: say whose result it was
+                        raise Trap(f"{qualname}: {e}") from None
                 subtask.state = returned
             else:
                 subtask.resolve(finish_host_call(inst, spec, m, t.result, t.error, retptr, subtask))
@@ -476,8 +495,25 @@ def make_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx)
         wset = subtask.wset
         if wset is not None:
             wset.ready[subtask] = None
-            if wset.notify is not None:
-                wset.notify.set()
+            notify = wset.notify
+            if notify is not None and not notify.is_set:
+                waiters = notify._waiters
+                if len(waiters) == 1 and not notify._callbacks:
+                    # notify.set(), inline for its one waiter (the guest task waiting on the
+                    # set): once per call that waited
+                    notify.is_set = True
+                    task = waiters.pop()  # (Event.set gives it a new list: nobody else holds this one)
+                    if task.done or task._queued:
+                        pass
+                    elif type(task._waiting) is _AnyOf:
+                        task.scheduler._make_ready(task)
+                    else:
+                        task._queued = True
+                        task._waiting = None
+                        scheduler_of = task.scheduler
+                        (scheduler_of._guest_ready if task.guest else scheduler_of._ready).append(task)
+                else:
+                    notify.set()
 
     only_on_done = (on_done,)
 
@@ -547,13 +583,20 @@ def make_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx)
                         error = e
                     else:
                         # scheduler.adopt(call, waiting, qualname, observed=True), inline
-                        host_task = _HostCall(scheduler, call, qualname)
+                        # and HostTask.__init__, inline (no Python frame for the class's call):
+                        # every slot set here (tests/test_async_lowers.py checks this list)
+                        host_task = _new_object(_HostCall)
+                        host_task.scheduler, host_task.coro, host_task.name = scheduler, call, qualname
+                        host_task.guest, host_task.done, host_task.result, host_task.error = False, False, None, None
                         host_task.observed = True  # on_done reads its error
+                        host_task._joiners = host_task._callbacks = ()
+                        host_task._waiting = None
                         scheduler._tasks.add(host_task)
                         if type(waiting) is _Yield:
                             host_task._queued = True
                             scheduler._ready.append(host_task)
                         else:
+                            host_task._queued = False
                             scheduler._suspend(host_task, waiting)
                             if host_task.done:  # it awaited something the scheduler cannot wait on
                                 value, error, host_task = host_task.result, host_task.error, None
@@ -572,8 +615,12 @@ def make_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx)
                             entry.lends -= 1
                     args[0] = returned
                     return 0
-                subtask = Subtask(qualname)
-                subtask.host_task = host_task
+                # Subtask(qualname), inline (no Python frame for the class's call): its
+                # attributes as Subtask.__init__ sets them, with the host task
+                subtask = _new_object(Subtask)
+                subtask.pending_event, subtask.wset, subtask.has_sync_waiter = None, None, False
+                subtask.name, subtask.state, subtask.lenders = qualname, started, ()
+                subtask.cancellation_requested, subtask.host_task, subtask.callee_task = False, host_task, None
                 if lent:
                     subtask.lenders, lent = lent, ()
                 if free:  # inst.add(subtask), inline for a handle index free again (the usual case)

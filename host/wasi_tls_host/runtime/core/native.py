@@ -54,6 +54,10 @@ mem_data.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
 mem_size = _dll_keeping_gil["wasmtime_memory_data_size"]
 mem_size.restype = ctypes.c_size_t
 mem_size.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+# The same getter without argtypes, for the size asked when an async call's result is
+# stored: called only with ``c_void_p`` objects made once (as ``func_call_premade``).
+mem_size_premade = _dll_keeping_gil["wasmtime_memory_data_size"]
+mem_size_premade.restype = ctypes.c_size_t
 trap_new = raw._wasmtime_trap_new
 instance_new = raw._wasmtime_instance_new
 export_get = raw._wasmtime_instance_export_get
@@ -106,6 +110,10 @@ host_entry = _make_entry(ffi.wasmtime_func_unchecked_callback_t)
 I32_STRIDE = ctypes.sizeof(ffi.wasmtime_val_raw_t) // 4
 ENTRY_I32 = ctypes.CFUNCTYPE(ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int32), ctypes.c_size_t)
 host_entry_i32 = _make_entry(ENTRY_I32)
+# The direct trampolines of built-ins taking i32s (see below) get them as unsigned 32-bit
+# values: their handle indices and pointers need no mask (an i32 result written back is
+# taken modulo 2**32, as by ENTRY_I32).
+ENTRY_U32 = ctypes.CFUNCTYPE(ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32), ctypes.c_size_t)
 # The trampoline gets the raw values as unsigned 64-bit words (``args[2 * i]`` is value i's
 # i64, or its i32 in the low half, or its float's bits): any core signature, read and
 # written as plain ints (an async lower's arguments, the status written to ``args[0]``).
