@@ -145,6 +145,25 @@ def best_cpu(fn, repeat: int = 3) -> tuple[float, float]:
     return min(walls), min(cpus)
 
 
+ROUNDS = 7
+
+
+def interleaved(g, exports: tuple[str, ...]) -> list[tuple[str, float, float]]:
+    """(export, wall us, CPU us) per call of each export, the best of ``ROUNDS`` rounds that
+    each run every export once in turn: this machine's speed drifts over seconds, and rows
+    measured one after the other (best of 3 each) differed by up to 40% on unchanged code,
+    where rows taken in turn meet the same slow and fast spells."""
+    walls: dict[str, list[float]] = {e: [] for e in exports}
+    cpus: dict[str, list[float]] = {e: [] for e in exports}
+    for _ in range(ROUNDS):
+        for export in exports:
+            start, cpu = time.perf_counter(), time.process_time()
+            g.call(export, CALLS)
+            cpus[export].append(time.process_time() - cpu)
+            walls[export].append(time.perf_counter() - start)
+    return [(e, min(walls[e]) / CALLS * 1e6, min(cpus[e]) / CALLS * 1e6) for e in exports]
+
+
 def waiting_idle(g, sock: socket.socket) -> None:
     """Make the guest's store wait on a socket that stays idle and a timer an hour away,
     as a WASI 0.3 guest with a listener or a connection open does."""
@@ -336,9 +355,9 @@ def lowers_report() -> None:
 def main() -> None:
     host = Host(interfaces=[bench], runtime="core")
     with host.instantiate(guests.build("async_bench")) as g:
-        print(f"async host calls, {CALLS} each (per call, best of 3; wall clock, and the process's CPU time):")
-        rows = [(export, *(t / CALLS * 1e6 for t in best_cpu(lambda e=export: g.call(e, CALLS))))
-                for export in ("sync-calls", "ready-calls", "cb-calls", "event-calls", "cb-calls-wide")]
+        print(f"async host calls, {CALLS} each (per call, best of {ROUNDS} rounds taking the rows in turn; "
+              "wall clock, and the process's CPU time):")
+        rows = interleaved(g, ("sync-calls", "ready-calls", "cb-calls", "event-calls", "cb-calls-wide"))
         idle, other_end = socket.socketpair()
         waiting_idle(g, idle)
         rows.append(("cb-calls-idle", *(t / CALLS * 1e6 for t in best_cpu(lambda: g.call("cb-calls", CALLS)))))
