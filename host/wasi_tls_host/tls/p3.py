@@ -470,6 +470,8 @@ class StreamTransport(TlsTransport):
 
     def _end_sending(self) -> None:
         self.sending = False
+        # The socket's FIN first, then the future: on a socket written directly, `ok` on the
+        # send future means the socket sent everything (accept-socket's guests rely on it).
         self.port.close_outgoing()
         src = self.sender
         if src is not None and not src.done:
