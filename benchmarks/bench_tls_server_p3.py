@@ -31,6 +31,7 @@ import asyncio
 import json
 import os
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -221,12 +222,20 @@ def main() -> None:
         ca.cert_pem.write_to_path(ca_pem)
         best = {kind: 0.0 for kind in kinds}
         cpu_ms = {kind: float("inf") for kind in kinds}
+        rounds: dict[str, list[tuple[float, float]]] = {kind: [] for kind in kinds}
         for _ in range(args.rounds):
             for kind in kinds:
                 rate, ms = measure(kind, guest, cert, key, ca_pem, args.clients, args.duration, workdir, args.baseline, baseline_guest)
                 best[kind], cpu_ms[kind] = max(best[kind], rate), min(cpu_ms[kind], ms)
+                rounds[kind].append((rate, ms))
     print(f"load: {os.getloadavg()[0]:.1f} (1-minute average), {os.cpu_count()} cores; {args.clients} clients, "
           f"{args.duration:.0f} s x {args.rounds} rounds, best of each")
+    # One process's figures differ from the next's by 10-30% on the same code: the medians of
+    # the alternating rounds say more about a change than the best of each.
+    for kind in kinds:
+        rates, costs = [r for r, _ in rounds[kind]], [m for _, m in rounds[kind]]
+        print(f"median of {len(rates)}: {kind}: {statistics.median(rates):.0f} handshakes/s, "
+              f"{statistics.median(costs):.2f} ms CPU per handshake")
     g, c = best["guest"], best["cpython"]
     print(f"handshakes/s: 0.3 binding guest (tls_echo_server_p3) {g:.0f}; CPython asyncio ssl {c:.0f}; "
           f"guest = {g / c:.2f}x (target >= 0.8x)")

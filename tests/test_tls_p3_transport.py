@@ -141,6 +141,80 @@ def test_echo_and_close_notify_both_ways(config, peers, pki) -> None:
     assert server.errors == []
 
 
+def test_the_send_future_resolves_only_after_the_socket_sent_everything_and_its_fin(config, peers, pki) -> None:
+    """On a socket written directly (accept-socket's connections), the sender's future says
+    ok only after the socket's last byte and FIN went out: the binding drops the socket's own
+    send future unread when it closes a server connection, trusting this order."""
+    server = PeerServer(echo, pki.leaf("localhost").server_context())
+    peers.append(server)
+    client = connect(config, server.port)
+    client.run_until(lambda: client.transport.settled.is_set, "the handshake")
+    port, sender = client.transport.port, client.transport.sender
+    assert port.sink is not None and sender is not None
+    order: list[str] = []
+
+    class Recorded:
+        """The end as it was, saying when it is finished."""
+
+        def __init__(self, end: Any, what: str, method: str) -> None:
+            self.end, self.what, self.method = end, what, method
+
+        def __getattr__(self, name: str) -> Any:
+            attr = getattr(self.end, name)
+            if name != self.method:
+                return attr
+
+            def record(*args: Any) -> Any:
+                order.append(f"{self.what}{args}")
+                return attr(*args)
+            return record
+
+    port.sink = Recorded(port.sink, "socket: FIN", "close")
+    sender.outcome = Recorded(sender.outcome, "connection's send future: ", "write")  # type: ignore[assignment]
+    client.send(b"last words" * 3000, end=True)
+    assert client.read_all() == b"last words" * 3000
+    assert client.outcome(client.send_outcome) == Ok(None)
+    assert order[:2] == ["socket: FIN()", f"connection's send future: {(Ok(None),)}"]  # (a second close does nothing)
+    client.run_until(lambda: client.transport.finished, "the connection's end")
+    assert server.errors == []
+
+
+def test_the_handshake_s_waiter_runs_before_the_next_step_and_loses_nothing(config, peers, pki, monkeypatch) -> None:
+    """Once the handshake is established, the call waiting for it (connect, establish) runs
+    before the connection's next step (that step then carries what the guest did next,
+    instead of running once for nothing before it); what the peer sent right after its
+    handshake is still all delivered."""
+    server = PeerServer(send_body(b"early" * 20_000, close_notify=True), pki.leaf("localhost").server_context())
+    peers.append(server)
+    steps_established: list[int] = [0]  # steps begun with the handshake established
+    step = StreamTransport.step
+
+    def counted(self: StreamTransport) -> bool:
+        if self.state is HandshakeState.ESTABLISHED:
+            steps_established[0] += 1
+        return step(self)
+
+    monkeypatch.setattr(StreamTransport, "step", counted)
+    client = connect(config, server.port)  # (on a fast loopback the handshake may end in here)
+    transport = client.transport
+    seen: list[int] = []
+
+    async def waiter() -> None:
+        await transport.settled
+        seen.append(steps_established[0])
+
+    client.scheduler.spawn(waiter())
+    client.run_until(lambda: bool(seen), "the handshake's waiter")
+    assert transport.state is HandshakeState.ESTABLISHED
+    assert seen == [0]
+    assert client.read_all() == b"early" * 20_000
+    assert client.outcome(client.receive_outcome) == Ok(None)
+    client.send(b"", end=True)
+    assert client.outcome(client.send_outcome) == Ok(None)
+    client.run_until(lambda: transport.finished, "the connection's end")
+    assert server.errors == []
+
+
 def test_an_untrusted_server_fails_the_handshake_and_both_futures(peers, pki) -> None:
     server = PeerServer(echo, pki.leaf("localhost", ca=trustme.CA()).server_context())
     peers.append(server)

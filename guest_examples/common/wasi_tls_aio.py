@@ -364,13 +364,16 @@ class StreamWriter:
     """Plaintext to the server, written as with asyncio.StreamWriter: ``write`` buffers,
     ``drain`` hands the buffer to the host, ``close`` sends close_notify after it."""
 
-    def __init__(self, sock, connection, data, done, sent, extra, received=None):
+    def __init__(self, sock, connection, data, done, sent, extra, received=None, sent_in_done=False):
         self._sock = sock
         self._received = received  # future: how the socket's receiving ended (unread)
         self._connection = connection
         self._data = data  # ByteStreamWriter of plaintext
         self._done = done  # future: every byte encrypted and handed to the socket
         self._sent = sent  # future: the socket's send finished
+        # ``done`` resolves ok only once the socket's send finished (accept-socket's
+        # connections): ``sent`` then says nothing more and is dropped unread.
+        self._sent_in_done = sent_in_done
         self._extra = extra
         self._buffer = bytearray()
         self._flushing = None  # the task handing the buffer to the host
@@ -435,7 +438,7 @@ class StreamWriter:
             self._data.__exit__(None, None, None)
         ended = await self._done.read()
         self._done.__exit__(None, None, None)
-        sent = await self._sent.read()
+        sent = None if self._sent_in_done else await self._sent.read()
         self._sent.__exit__(None, None, None)
         if self._connection is not None:
             self._connection.__exit__(None, None, None)
@@ -716,7 +719,7 @@ def _established_streams(sock, established, tx, sent, extra, limit, peer_asked):
     connection = established.connection
     _negotiated(extra, connection, established.protocol_version, established.cipher_suite, established.alpn_id, peer_asked)
     return (StreamReader(established.plaintext, established.received, limit),
-            StreamWriter(sock, connection, tx, established.sent, sent, extra))
+            StreamWriter(sock, connection, tx, established.sent, sent, extra, sent_in_done=True))
 
 
 class ClientHello:

@@ -38,7 +38,7 @@ import logging
 from typing import Any, Callable
 
 from ..runtime.binding import OUTGOING_VALUE_HOOKS
-from ..runtime.scheduler import Cancelled, Event, HostTask, Scheduler, any_of, readable, sleep_until, writable
+from ..runtime.scheduler import Cancelled, Event, HostTask, Scheduler, any_of, readable, sleep_until, writable, yield_now
 from ..runtime.streams import Future, Stream, StreamClosed, StreamReader, new_future, new_stream
 from ..runtime.values import Err, Ok
 from ..wasi.sockets.p3 import DirectSink, DirectSource, connection_of, offer_direct_send, take_receive, withdraw_direct_send
@@ -292,8 +292,17 @@ class StreamTransport(TlsTransport):
             while not self.finished:
                 self.wake.clear()
                 port.begin_step()
+                handshaking = self.state is HandshakeState.RUNNING
                 if not self.step():
                     await port.waits(self._deadline_ns())
+                elif handshaking and self.state is HandshakeState.ESTABLISHED:
+                    # The call waiting for the handshake (connect, establish) answers the guest
+                    # before the next step: run at once, that step rarely moves anything, and
+                    # after the guest it carries what the guest did next (one step fewer, the
+                    # guest resumed sooner). The scheduler runs host tasks before guest tasks
+                    # in each pass: one yield lets the waiter run, the second the guest it answered.
+                    await yield_now()
+                    await yield_now()
         except (Cancelled, GeneratorExit):  # the store is closing
             self.abandon()
             raise
@@ -470,6 +479,8 @@ class StreamTransport(TlsTransport):
 
     def _end_sending(self) -> None:
         self.sending = False
+        # The socket's FIN first, then the future: on a socket written directly, `ok` on the
+        # send future means the socket sent everything (accept-socket's guests rely on it).
         self.port.close_outgoing()
         src = self.sender
         if src is not None and not src.done:
