@@ -362,3 +362,18 @@ def test_a_guest_with_native_callbacks_of_its_own_never_closed_is_still_collecte
         del g
         gc.collect()
         assert store() is None
+
+
+@pytest.mark.parametrize("value", [0, 3, 2**32 + 5, 2**47 - 8, 2**63 - 1])
+def test_a_premade_word_argument_passes_its_whole_64_bit_value(value: int) -> None:
+    """The callback loop's native calls take their addresses and counts as arguments made
+    once (native.word_arg), to a function without argtypes: each must arrive as the full
+    machine word (an address above 4 GiB included), as a plain int would not."""
+    import ctypes
+
+    from wasi_tls_host.runtime.core import native
+
+    echo = ctypes.pythonapi["PyLong_FromVoidPtr"]  # a fresh function object: no argtypes
+    echo.restype = ctypes.py_object
+    assert echo(native.word_arg(value)) == value
+    assert echo(native.word_arg(value)) == value  # the same argument object, used again

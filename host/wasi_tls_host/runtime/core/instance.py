@@ -49,7 +49,7 @@ class MemoryState:
         self.memory = memory  # keeps the struct at ``addr`` alive
         self.addr = ctypes.addressof(memory)
         # The size getter's arguments as ctypes objects made once (native.mem_size_premade).
-        self.size_args = (ctypes.c_void_p(context_addr), ctypes.c_void_p(self.addr))
+        self.size_args = (native.word_arg(context_addr), native.word_arg(self.addr))
         self.base = 0
         self.size = -1
         self.view: memoryview = memoryview(bytearray())
@@ -165,7 +165,7 @@ class ComponentInstance(ComponentState):
         self.store = store
         self.context = store._context()
         self.context_addr: int = ctypes.cast(self.context, ctypes.c_void_p).value or 0
-        self.context_arg = ctypes.c_void_p(self.context_addr)  # for native.func_call_premade
+        self.context_arg = native.word_arg(self.context_addr)  # for native.func_call_premade
         self.frames: list[native.CallFrame] = []  # free call frames (call_callback, raw_realloc, lift._event_loop)
         self.state_: StoreState = state_of(store)
         self.component = component

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
 from .. import callback_guard
@@ -50,7 +51,7 @@ class CallSetup:
         self.callback = (runner.checked_func(opts.callback, ["i32", "i32", "i32"], ["i32"], "callback")
                          if opts.callback is not None else None)
         self.callback_addr = ctypes.addressof(self.callback) if self.callback is not None else 0
-        self.callback_arg = ctypes.c_void_p(self.callback_addr)  # for native.func_call_premade
+        self.callback_arg = native.word_arg(self.callback_addr)  # for native.func_call_premade
         self.m = callee.memcx(opts)
         self.ft, self.opts = ft, opts
         self.param_conv = canon.conv(ft.param_tuple) if ft.params_spill and ft.param_tuple is not None else None
@@ -194,6 +195,10 @@ _SUBTASK_EVENT, _RETURNED = int(EventCode.SUBTASK), Subtask.RETURNED
 async def _event_loop(callee: ComponentState, setup: CallSetup, task: Task, packed: int, exclusive: bool) -> None:
     """The ``async callback`` loop of ``canon_lift`` (see the module's docstring)."""
     wake = task.wake = Event()
+    # Its waiters in a deque: the task registers on every wait and the completion takes it
+    # off (lower's on_done), and a list going from one entry to none and back reallocates
+    # its items each time. (Event.set puts a fresh list in its place: replaced below.)
+    wake_waiters = wake._waiters = deque()  # type: ignore[assignment]
     runner = callee.runner
     call_callback = runner.call_callback
     scheduler = callee.scheduler
@@ -275,7 +280,9 @@ async def _event_loop(callee: ComponentState, setup: CallSetup, task: Task, pack
                         if now >= scheduler._inline_poll_at or (timers and timers[0][0] <= now):
                             scheduler.poll(block=False)
                     me._waiting = wake
-                    wake._waiters.append(me)
+                    if wake._waiters is not wake_waiters:  # Event.set replaced it (the deque may still hold the task)
+                        wake_waiters = wake._waiters = deque()  # type: ignore[assignment]
+                    wake_waiters.append(me)
                     for _ in range(len(host_ready)):
                         other = host_ready.popleft()
                         other._queued = False

@@ -35,13 +35,27 @@ func_call = raw.dll["wasmtime_func_call_unchecked"]
 func_call.restype = ctypes.c_void_p
 func_call.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
 # The same entry point without argtypes, for the call made on every event (an async lift's
-# callback): called only with ctypes objects made once (the context, the function, a call
-# frame's addresses, the argument count), which ctypes passes as they are, where each int
-# argument of ``func_call`` goes through a conversion (about a quarter of a microsecond a
-# call). A plain int given to it would be passed as a C int: never call it with one.
+# callback): called only with arguments made once by ``word_arg`` (the context, the
+# function, a call frame's addresses, the argument count), which ctypes passes as they are,
+# where each int argument of ``func_call`` goes through a conversion (about a quarter of a
+# microsecond a call). A plain int given to it would be passed as a C int: never call it
+# with one.
 func_call_premade = raw.dll["wasmtime_func_call_unchecked"]
 func_call_premade.restype = ctypes.c_void_p
-ARG_COUNTS = [ctypes.c_size_t(n) for n in range(5)]  # the count argument of func_call_premade
+_AT_ZERO = ctypes.c_char.from_address(0)  # never read: the base of word_arg's offsets
+
+
+def word_arg(value: int) -> Any:
+    """``value`` (an address or a size, ``0 <= value < 2**63``) as an argument of a function
+    without argtypes (``func_call_premade``, ``mem_size_premade``), made once: ``byref`` at
+    offset ``value`` from address 0, a ready ctypes argument that each call copies as the
+    machine word it holds. (A ``c_void_p`` object there would be converted on every call: a
+    new argument object and a search of ctypes' table of formats, per argument.) Pointers
+    and ``size_t`` are both one 64-bit integer register on the platforms wasmtime-py runs on."""
+    return ctypes.byref(_AT_ZERO, value)
+
+
+ARG_COUNTS = [word_arg(n) for n in range(5)]  # the count argument of func_call_premade
 func_new = raw._wasmtime_func_new_unchecked
 # Our own prototypes of wasmtime_memory_data(_size) returning the address and size as ints
 # (indexing the dll makes a new function object, so wasmtime-py's own prototype is left
@@ -55,7 +69,7 @@ mem_size = _dll_keeping_gil["wasmtime_memory_data_size"]
 mem_size.restype = ctypes.c_size_t
 mem_size.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
 # The same getter without argtypes, for the size asked when an async call's result is
-# stored: called only with ``c_void_p`` objects made once (as ``func_call_premade``).
+# stored: called only with ``word_arg`` arguments made once (as ``func_call_premade``).
 mem_size_premade = _dll_keeping_gil["wasmtime_memory_data_size"]
 mem_size_premade.restype = ctypes.c_size_t
 trap_new = raw._wasmtime_trap_new
@@ -215,8 +229,8 @@ class CallFrame:
         self.addr = ctypes.addressof(self.buffer)
         self.trap_addr = self.addr + _FRAME_TRAP
         # The two addresses as ctypes arguments of func_call_premade.
-        self.addr_arg = ctypes.c_void_p(self.addr)
-        self.trap_arg = ctypes.c_void_p(self.trap_addr)
+        self.addr_arg = word_arg(self.addr)
+        self.trap_arg = word_arg(self.trap_addr)
 
     def trap(self) -> Any:
         """The trap the call left (a ``wasm_trap_t`` pointer; NULL if none)."""

@@ -9,6 +9,7 @@ core modules of all of them in one store, so the methods that call into wasm go 
 
 from __future__ import annotations
 
+from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..records import Fields
@@ -80,7 +81,10 @@ class ComponentState:
         # One table for resource handles and the async ABI's waitables, waitable sets and
         # error contexts, as in the spec (their indices share one space).
         self.handles: list[Any] = [None]
-        self.free: list[int] = []
+        # Indices free again, the last freed taken first. A deque: an async call's subtask
+        # takes an index and its drop gives it back on every round trip, and a list going
+        # from one entry to none and back reallocates its items each time.
+        self.free: deque[int] = deque()
         self.may_enter = True
         self.may_leave = True  # false during realloc and post-return: built-ins trap
         self.current_task: Task | None = None
