@@ -677,25 +677,18 @@ async def _open_upstream(sock, host, port, server_name, limit):
     return reader, writer
 
 
-_ASK = object()  # _streams: the negotiated ALPN id is the host's to say
-
-
-def _streams(sock, connection, sent, extra, limit, peer_asked=True, alpn_id=_ASK):
-    """The reader and writer of an established connection (either side). ``peer_asked``:
-    whether the peer may have presented a certificate (a server that asked for none has
-    no client certificate to fetch). ``alpn_id``: the protocol negotiated, when the caller
-    knows it (a server: what it answered, or None if it answered none), so the host is not
-    asked (each call into the host costs a round trip through both runtimes)."""
+def _streams(sock, connection, sent, extra, limit):
+    """The reader and writer of a client's established connection (a server's come from
+    ``establish``, see ``_established_streams``)."""
     plaintext_in, receive_done = connection.receive()
     tx, rx = wit_world.byte_stream()
     send_done = connection.send(rx)
-    if alpn_id is _ASK:
-        alpn_id = connection.alpn_id()
+    alpn_id = connection.alpn_id()
     suite = connection.cipher_suite()
     # A TLS 1.3 suite (0x13XX) is negotiated in TLS 1.3 only (RFC 8446 B.4): the host is asked
     # for the version only when the suite does not say it.
     number = 0x0304 if suite >> 8 == 0x13 else connection.protocol_version()
-    _negotiated(extra, connection, number, suite, alpn_id, peer_asked)
+    _negotiated(extra, connection, number, suite, alpn_id, True)
     return StreamReader(plaintext_in, receive_done, limit), StreamWriter(sock, connection, tx, send_done, sent, extra)
 
 
