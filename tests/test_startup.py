@@ -136,3 +136,21 @@ def test_async_functions_are_told_as_inspect_tells_them() -> None:
                   generator, len, Impl, functools.wraps(coroutine)(lambda cx: None), lambda: None]
     assert [is_async_function(c) for c in candidates] == [inspect.iscoroutinefunction(c) for c in candidates]
     assert [is_async_function(c) for c in candidates[:2]] == [True, False]
+
+
+def test_version_names_pyopenssls_openssl_without_importing_pyopenssl() -> None:
+    """``--version`` reads OpenSSL's version through the binding pyOpenSSL itself calls, so
+    the text is pyOpenSSL's, without importing pyOpenSSL (its SSL module was half of it)."""
+    check = """
+import contextlib, io, sys
+from wasi_tls_host.cli import main
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    main(["--version"])
+print("OpenSSL" in sys.modules, out.getvalue().strip())
+"""
+    r = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
+    loaded, text = r.stdout.strip().split(" ", 1)
+    from OpenSSL import SSL
+
+    assert loaded == "False" and f", {SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode()} (pyOpenSSL " in text, r.stdout + r.stderr
