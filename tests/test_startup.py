@@ -24,7 +24,9 @@ NOT_LOADED = ("dataclasses", "inspect", "ast", "dis", "shutil", "bz2", "lzma", "
 
 def test_the_executable_runs_a_plain_guest_without_the_modules_it_does_not_need(guest_path) -> None:
     """The console script's whole ``run`` of a 0.2 and of a 0.3 guest: the guest ran (its
-    output), and none of ``NOT_LOADED`` was imported on the way."""
+    output), and none of ``NOT_LOADED`` was imported on the way. (A run that writes to the
+    cache, as the first load of a newly settled entry does, loads ``tempfile``, and with it
+    ``shutil`` and ``random``: such a run is taken again.)"""
     script = f"""
 import sys
 from wasi_tls_host.cli import process_main
@@ -32,12 +34,16 @@ sys.argv = ["wasi-tls-host", "run", sys.argv[1]]
 try:
     process_main()
 finally:
-    print("loaded:", [m for m in {NOT_LOADED!r} if m in sys.modules], file=sys.stderr)
+    print("tempfile" in sys.modules, "loaded:", [m for m in {NOT_LOADED!r} if m in sys.modules], file=sys.stderr)
 """
     for name in ("hello", "hello_p3"):
-        r = subprocess.run([sys.executable, "-c", script, str(guest_path(name))], capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0 and r.stdout.startswith("hello "), r.stdout + r.stderr
-        assert r.stderr.strip().splitlines()[-1] == "loaded: []", r.stderr
+        for _ in range(3):
+            r = subprocess.run([sys.executable, "-c", script, str(guest_path(name))], capture_output=True, text=True, timeout=300)
+            assert r.returncode == 0 and r.stdout.startswith("hello "), r.stdout + r.stderr
+            wrote, report = r.stderr.strip().splitlines()[-1].split(" ", 1)
+            if wrote == "False":
+                break
+        assert (wrote, report) == ("False", "loaded: []"), r.stderr
 
 
 @pytest.mark.parametrize("columns", ["30", "80", "157"])
