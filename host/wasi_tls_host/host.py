@@ -11,7 +11,6 @@ import os
 import sys
 import threading
 import weakref
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Union
 
@@ -23,6 +22,7 @@ from .runtime.binding import Interface, version_family
 from .runtime.cache import FROM_ENVIRONMENT, CacheSize, ComponentCache, resolve_max_size
 from .runtime.engine import CONCURRENCY_OFF, engine_config
 from .runtime.limits import EpochTicker, RunGuard, format_bytes
+from .runtime.records import ValueFields
 from .runtime.core.instance import BoundHost, ComponentInstance, CoreComponent, LinkError, bind
 from .runtime.core.loader import CoreModuleCache
 from .runtime.core.types import Malformed, Refused, Unsupported
@@ -89,12 +89,16 @@ ASYNC_ON_COMPONENT_RUNTIME = ("the component uses the Component Model's async AB
                               "the core runtime runs; wasmtime-py's component runtime does not (--runtime core, the default)")
 
 
-@dataclass
-class RunResult:
-    exit_code: int
-    trap: str | None = None
-    # Why the run failed when it neither trapped nor chose its exit status (run returned err).
-    error: str | None = None
+class RunResult(ValueFields):
+    """How a run ended: the exit status, the trap's message if it trapped, else why it failed
+    when it neither trapped nor chose its exit status (run returned err)."""
+
+    _fields = ("exit_code", "trap", "error")
+
+    def __init__(self, exit_code: int, trap: str | None = None, error: str | None = None) -> None:
+        self.exit_code = exit_code
+        self.trap = trap
+        self.error = error
 
     @property
     def trap_cause(self) -> str | None:

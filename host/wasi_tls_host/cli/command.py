@@ -13,8 +13,10 @@ this module only builds the parser and dispatches.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
+from typing import Any
 
 from ..host import GuestError, trap_cause
 from ..provenance import ProvenanceError
@@ -29,11 +31,45 @@ COMMANDS = ("run", "store", "inspect-cert", "verify-cert", "precompile", "digest
             "demo", "build-guest", "interop", "testsuite", "cache")
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's help formatter, which looks the terminal's width up when it first formats
+    something rather than when it is made: argparse makes one for every ``add_argument`` (to
+    check the argument's ``nargs``), and the look-up imports ``shutil`` (with ``bz2`` and
+    ``lzma``), 2-3 ms of every start. The width and layout are the stock formatter's."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24, width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position, width=0 if width is None else width)
+        if width is None:  # taken from the stock formatter when first used (the properties below)
+            self._requested = (prog, indent_increment, max_help_position)
+            del self._width, self._max_help_position
+
+    @functools.cached_property
+    def _stock(self) -> argparse.HelpFormatter:
+        return argparse.HelpFormatter(*self._requested)
+
+    @functools.cached_property
+    def _width(self) -> int:  # type: ignore[override]
+        return self._stock._width
+
+    @functools.cached_property
+    def _max_help_position(self) -> int:  # type: ignore[override]
+        return self._stock._max_help_position
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser with ``HelpFormatter`` by default (its subcommands' parsers are of
+    this class too)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The command line's parser. ``only="run"``: the other subcommands' parsers are left out
     (a third of the parser's making, every start), with the same usage line, so what ``run``
     and its errors print is the same; anything else gets the whole parser."""
-    parser = argparse.ArgumentParser(prog="wasi-tls-host", description="Run WebAssembly components with WASI 0.2 and 0.3 and wasi:tls implemented in Python.")
+    parser = ArgumentParser(prog="wasi-tls-host", description="Run WebAssembly components with WASI 0.2 and 0.3 and wasi:tls implemented in Python.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log host activity (repeat for more)")
     parser.add_argument("--version", action=VersionAction, help="print the versions of wasi-tls-host, wasmtime and OpenSSL and exit")
     if only == "run":  # argparse's own usage text, which would name only run

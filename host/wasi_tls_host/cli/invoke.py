@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-import ast
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..runtime.values import Err, Ok, Some, Variant
 from .errors import UsageError
+
+if TYPE_CHECKING:
+    import ast
 
 
 def parse_invoke(text: str) -> tuple[str, list[Any]]:
     """Parse ``name(arg, ...)``; arguments are WAVE-style literals: numbers, "strings",
     true/false, lists [..], tuples (..), none/some(x), ok(x)/err(x)."""
+    import ast  # only for --invoke (start-up time)
+
     # Export names are kebab-case (not Python identifiers): split them off before parsing.
     name, paren, rest = text.strip().partition("(")
     name = name.strip()
@@ -29,6 +33,8 @@ def parse_invoke(text: str) -> tuple[str, list[Any]]:
 
 
 def _literal(node: ast.AST) -> Any:
+    import ast  # (loaded by parse_invoke)
+
     if isinstance(node, ast.Constant):
         return node.value
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):

@@ -15,7 +15,6 @@ in use, never with a broken file, and without asking for a passphrase again.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import re
@@ -155,6 +154,8 @@ def reload_sources(sources: list[IdentitySource]) -> list[IdentitySource]:
 
 
 def _b64(data: bytes | None) -> str | None:
+    import base64  # (--workers only: start-up time)
+
     return None if data is None else base64.b64encode(data).decode()
 
 
@@ -215,6 +216,8 @@ def take_handed_sources() -> dict[IdentitySpec, IdentitySource]:
     data = take_handed(IDENTITIES_ENV, "identities")
     if data is None:
         return {}
+    import base64
+
     try:
         document = json.loads(data)
         sources = [IdentitySource(IdentitySpec(d["name"], Path(d["cert"]), Path(d["key"])), base64.b64decode(d["cert_pem"]),

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from typing import Callable, TypeVar
 
 from ..runtime.limits import GuestLimits, format_bytes, parse_bytes
@@ -97,4 +96,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def apply(args: argparse.Namespace, config: WasiConfig) -> None:
     changes = {name: limit_value(getattr(args, name)) for name in ("max_memory", "max_table_elements", "timeout", "max_sockets")
                if getattr(args, name) is not None}
-    config.limits = dataclasses.replace(config.limits, **changes)
+    config.limits = config.limits._replace(**changes)

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 from ..tls.names import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HANDSHAKES, DEFAULT_MAX_HELLO_SIZE
 from ..wasi.context import WasiConfig
@@ -42,6 +41,8 @@ def apply(args: argparse.Namespace, config: WasiConfig) -> None:
         return  # the library's defaults (see options_tls: OpenSSL loads only if the guest uses TLS)
     if changes.get("handshake_timeout") == 0.0:
         changes["handshake_timeout"] = None
+    import dataclasses  # TlsLimits is one (and loads dataclasses anyway)
+
     from ..tls.limits import TlsLimits  # only when a limit is given (the TLS modules load on use)
 
     try:

@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from ..runtime.records import FrozenFields, ValueFields
 from .digest import DigestMismatch, ProvenanceError, parse_digest
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 
-@dataclass(frozen=True)
-class CodeEvidence:
+class CodeEvidence(FrozenFields):
     """Facts about one component's bytes, established before it was compiled.
 
     The SHA-512 (the DICE code hash) is only needed by a code-bound identity, and hashing an
@@ -29,10 +28,24 @@ class CodeEvidence:
     taken when first asked, from the file read again, whose SHA-256 must still be ``digest``
     (ProvenanceError otherwise), so it is always the hash of the code that was loaded."""
 
-    digest: str                         # "sha256:<hex>" of the bytes as loaded
-    code_hash: bytes | None             # SHA-512 of the same bytes, or None: taken from ``path`` when asked
-    signers: tuple[bytes, ...] = ()     # raw Ed25519 public keys that verified its signature
-    path: Path | None = field(default=None, compare=False)  # where the bytes were read from
+    _fields = ("digest", "code_hash", "signers", "path")
+
+    def __init__(self, digest: str, code_hash: bytes | None, signers: tuple[bytes, ...] = (), path: Path | None = None) -> None:
+        object.__setattr__(self, "digest", digest)  # "sha256:<hex>" of the bytes as loaded
+        object.__setattr__(self, "code_hash", code_hash)  # SHA-512 of the same bytes, or None: taken from ``path`` when asked
+        object.__setattr__(self, "signers", signers)  # raw Ed25519 public keys that verified its signature
+        object.__setattr__(self, "path", path)  # where the bytes were read from (not compared)
+
+    def _compared(self) -> tuple[Any, ...]:
+        return self.digest, self.code_hash, self.signers
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._compared() == other._compared()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(self._compared())
 
     @classmethod
     def of(cls, wasm: bytes, signers: tuple[bytes, ...] = (), path: Path | None = None) -> CodeEvidence:
@@ -64,8 +77,7 @@ class CodeEvidence:
         return self.code_hash
 
 
-@dataclass
-class CodePolicy:
+class CodePolicy(ValueFields):
     """Pins and signers a component must satisfy before the host compiles it.
 
     ``digests``: the component must be one of these (``sha256:<hex>``); empty: any.
@@ -74,13 +86,14 @@ class CodePolicy:
     ``signature``: a detached signature to use instead of an embedded one.
     """
 
-    digests: list[str] = field(default_factory=list)
-    signers: list[Ed25519PublicKey] = field(default_factory=list)
-    require_all_signers: bool = False
-    signature: bytes | None = None
+    _fields = ("digests", "signers", "require_all_signers", "signature")
 
-    def __post_init__(self) -> None:
-        self.digests = [parse_digest(d) for d in self.digests]
+    def __init__(self, digests: list[str] | None = None, signers: list[Ed25519PublicKey] | None = None, require_all_signers: bool = False,
+                 signature: bytes | None = None) -> None:
+        self.digests = [parse_digest(d) for d in digests or ()]
+        self.signers: list[Ed25519PublicKey] = [] if signers is None else signers
+        self.require_all_signers = require_all_signers
+        self.signature = signature
 
     @property
     def empty(self) -> bool:
@@ -97,4 +110,4 @@ class CodePolicy:
         from . import signatures  # cryptography: loaded only when signers are required (start-up time)
 
         verified = signatures.verify(wasm, self.signers, self.signature, require_all=self.require_all_signers)
-        return replace(evidence, signers=tuple(sorted(signatures.raw_public_key(k) for k in verified.signers)))
+        return evidence._replace(signers=tuple(sorted(signatures.raw_public_key(k) for k in verified.signers)))

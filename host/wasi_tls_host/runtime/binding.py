@@ -10,12 +10,11 @@ function) and a failure becomes a trap whose message names the function and the 
 from __future__ import annotations
 
 import ctypes
-import inspect
+import functools
 import json
 import logging
 import struct
 import types
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -25,6 +24,7 @@ from wasmtime import WasmtimeError
 from wasmtime import _ffi as ffi
 
 from . import callback_guard
+from .records import ValueFields
 from .resources import ResourceKind, drop_consumed_arguments
 from .store import StoreState, state_for_context, state_for_context_or_none
 from .values import Err, Trap, WitError
@@ -121,33 +121,56 @@ def _positional_names(impl: Any) -> list[str] | None:
     return list(code.co_varnames[skip:code.co_argcount])  # co_argcount counts positional-only ones too
 
 
-@dataclass
-class HostFunc:
-    interface: str
-    name: str
-    impl: Callable[..., Any]
-    lifts: list[abi.Lift] | None = None
-    lower: abi.Lower | None = None
-    returns_result: bool = False
-    prepared: bool = False
-    # The WIT signature this host serves (from signatures.json, or the first importer's).
-    signature: str = ""
-    # Names of the own<T> parameters the function keeps (stores in what it returns); every
-    # other consumed argument is dropped when the call returns (drop_consumed_arguments).
-    keeps: tuple[str, ...] = ()
-    owned: tuple[int, ...] = ()  # indices of the own<T> parameters
-    kept: frozenset[int] = frozenset()  # indices of the kept ones
-    noted: bool = False  # owned and kept are set (note_ownership)
-    # The impl accepts a list<u8> argument as a memoryview of guest memory, valid only
-    # during the call (the core runtime then skips a copy; the component runtime gives bytes).
-    bytes_views: bool = False
-    # The impl accepts a ``fill=`` keyword (core runtime only): ``fill(k)`` allocates k bytes
-    # in the guest and returns a view to write them into; the impl then returns
-    # ``fill.done(count)`` in place of the ``list<u8>`` it would return.
-    fills: bool = False
-    # The impl is an ``async def`` (a WIT ``async func``, core runtime only): its coroutine
-    # runs on the store's scheduler, and a guest calling it async gets a subtask.
-    is_async: bool = False
+CO_COROUTINE = 0x80  # inspect.CO_COROUTINE: the code flag of an ``async def`` function
+
+
+def is_async_function(impl: Any) -> bool:
+    """What Python 3.11's ``inspect.iscoroutinefunction(impl)`` says: an ``async def``
+    function, or a bound method or ``functools.partial`` of one, told by its code's flags.
+    Every host function is asked at import; ``inspect`` (with ``ast``, ``dis`` and
+    ``tokenize``) is ~5 ms of a start that nothing else on a run's path needs."""
+    while isinstance(impl, types.MethodType):
+        impl = impl.__func__
+    while isinstance(impl, functools.partial):
+        impl = impl.func
+    return isinstance(impl, types.FunctionType) and bool(impl.__code__.co_flags & CO_COROUTINE)
+
+
+class HostFunc(ValueFields):
+    """One host function of an interface: its implementation and how it crosses."""
+
+    _fields = ("interface", "name", "impl", "lifts", "lower", "returns_result", "prepared", "signature", "keeps", "owned",
+               "kept", "noted", "bytes_views", "fills", "is_async")
+
+    def __init__(self, interface: str, name: str, impl: Callable[..., Any], lifts: list[abi.Lift] | None = None,
+                 lower: abi.Lower | None = None, returns_result: bool = False, prepared: bool = False, signature: str = "",
+                 keeps: tuple[str, ...] = (), owned: tuple[int, ...] = (), kept: frozenset[int] = frozenset(), noted: bool = False,
+                 bytes_views: bool = False, fills: bool = False, is_async: bool = False) -> None:
+        self.interface = interface
+        self.name = name
+        self.impl = impl
+        self.lifts = lifts
+        self.lower = lower
+        self.returns_result = returns_result
+        self.prepared = prepared
+        # The WIT signature this host serves (from signatures.json, or the first importer's).
+        self.signature = signature
+        # Names of the own<T> parameters the function keeps (stores in what it returns); every
+        # other consumed argument is dropped when the call returns (drop_consumed_arguments).
+        self.keeps = keeps
+        self.owned = owned  # indices of the own<T> parameters
+        self.kept = kept  # indices of the kept ones
+        self.noted = noted  # owned and kept are set (note_ownership)
+        # The impl accepts a list<u8> argument as a memoryview of guest memory, valid only
+        # during the call (the core runtime then skips a copy; the component runtime gives bytes).
+        self.bytes_views = bytes_views
+        # The impl accepts a ``fill=`` keyword (core runtime only): ``fill(k)`` allocates k bytes
+        # in the guest and returns a view to write them into; the impl then returns
+        # ``fill.done(count)`` in place of the ``list<u8>`` it would return.
+        self.fills = fills
+        # The impl is an ``async def`` (a WIT ``async func``, core runtime only): its coroutine
+        # runs on the store's scheduler, and a guest calling it async gets a subtask.
+        self.is_async = is_async
 
     @property
     def qualname(self) -> str:
@@ -192,6 +215,8 @@ class HostFunc:
         names = _positional_names(self.impl)
         if names is not None:
             return names[1:]
+        import inspect  # what _positional_names cannot read (rare: inspect loads only for it)
+
         try:
             parameters = list(inspect.signature(self.impl).parameters.values())[1:]
         except (TypeError, ValueError):
@@ -215,13 +240,15 @@ class HostFunc:
         return None
 
 
-@dataclass
-class Interface:
+class Interface(ValueFields):
     """A WIT interface implemented by the host, e.g. ``Interface("wasi:io/streams@0.2.8")``."""
 
-    name: str
-    funcs: dict[str, HostFunc] = field(default_factory=dict)
-    resources: dict[str, ResourceKind] = field(default_factory=dict)
+    _fields = ("name", "funcs", "resources")
+
+    def __init__(self, name: str, funcs: dict[str, HostFunc] | None = None, resources: dict[str, ResourceKind] | None = None) -> None:
+        self.name = name
+        self.funcs: dict[str, HostFunc] = {} if funcs is None else funcs
+        self.resources: dict[str, ResourceKind] = {} if resources is None else resources
 
     def resource(self, wit_name: str, py_class: type) -> ResourceKind:
         kind = ResourceKind(f"{interface_key(self.name)}#{wit_name}", py_class)
@@ -242,7 +269,7 @@ class Interface:
             if wit_name in self.funcs:
                 raise ValueError(f"{self.name}: {wit_name} defined twice")
             fn = HostFunc(interface_key(self.name), wit_name, impl, keeps=tuple(keeps), bytes_views=bytes_views, fills=fills,
-                          is_async=inspect.iscoroutinefunction(impl))
+                          is_async=is_async_function(impl))
             fn.signature = KNOWN_SIGNATURES.get(fn.qualname, "")
             self.funcs[wit_name] = fn
             return impl

@@ -20,11 +20,12 @@ import ctypes
 import threading
 import time
 import weakref
-from dataclasses import dataclass
 from typing import Callable
 
 from wasmtime import Engine, Store
 from wasmtime import _ffi as ffi
+
+from .records import ValueFields
 
 # Seconds between epoch increments: the precision of deadlines and of stopping a spinning
 # guest, and how often a running guest calls back into Python (20 times a second).
@@ -35,17 +36,21 @@ DEFAULT_MAX_TABLE_ELEMENTS = 1_000_000  # per table (componentize-py guests use 
 DEFAULT_MAX_SOCKETS = 1024  # open sockets per guest, listeners and accepted ones included
 
 
-@dataclass
-class GuestLimits:
+class GuestLimits(ValueFields):
     """What one guest (one store) may use. ``None`` means unlimited."""
 
-    max_memory: int | None = DEFAULT_MAX_MEMORY
-    max_table_elements: int | None = DEFAULT_MAX_TABLE_ELEMENTS
-    # Wall-clock seconds for the whole run, from instantiation; spinning and waiting alike.
-    timeout: float | None = None
-    max_sockets: int | None = DEFAULT_MAX_SOCKETS
+    _fields = ("max_memory", "max_table_elements", "timeout", "max_sockets")
 
-    def __post_init__(self) -> None:
+    def __init__(self, max_memory: int | None = DEFAULT_MAX_MEMORY, max_table_elements: int | None = DEFAULT_MAX_TABLE_ELEMENTS,
+                 timeout: float | None = None, max_sockets: int | None = DEFAULT_MAX_SOCKETS) -> None:
+        self.max_memory = max_memory
+        self.max_table_elements = max_table_elements
+        # Wall-clock seconds for the whole run, from instantiation; spinning and waiting alike.
+        self.timeout = timeout
+        self.max_sockets = max_sockets
+        self._check()
+
+    def _check(self) -> None:
         for name in ("max_memory", "max_table_elements", "max_sockets"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 0):

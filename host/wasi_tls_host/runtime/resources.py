@@ -11,9 +11,9 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
-from dataclasses import dataclass, field
 from typing import Any, Collection, Iterable, Sequence
 
+from .records import Fields
 from .values import Trap
 
 log = logging.getLogger("wasi_tls_host.runtime")
@@ -21,13 +21,15 @@ log = logging.getLogger("wasi_tls_host.runtime")
 _next_type_id = itertools.count(1)
 
 
-@dataclass(eq=False)
-class ResourceKind:
+class ResourceKind(Fields):
     """One WIT resource implemented by the host (e.g. ``wasi:io/streams#input-stream``)."""
 
-    name: str
-    py_class: type
-    type_id: int = field(default_factory=lambda: next(_next_type_id))
+    _fields = ("name", "py_class", "type_id")
+
+    def __init__(self, name: str, py_class: type, type_id: int | None = None) -> None:
+        self.name = name
+        self.py_class = py_class
+        self.type_id: int = next(_next_type_id) if type_id is None else type_id
 
     @functools.cached_property
     def wasmtime_type(self) -> Any:

@@ -8,11 +8,10 @@ objects (stdio threads, descriptors) and is closed with its store.
 from __future__ import annotations
 
 import os
-import random
-from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable, Union
 
 from ..runtime.limits import GuestLimits
+from ..runtime.records import ValueFields
 from .io import (
     BytesInput,
     ClosedInput,
@@ -33,28 +32,35 @@ StdinSpec = Union[str, None, bytes, Callable[[], InputStream]]
 StdoutSpec = Union[str, None, bytearray, BinaryIO, Callable[[bytes], Any]]
 
 
-@dataclass
-class WasiConfig:
-    args: list[str] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)
-    cwd: str | None = None
-    stdin: StdinSpec = None
-    stdout: StdoutSpec = None
-    stderr: StdoutSpec = None
-    # Preopened directories (wasi_tls_host.wasi.filesystem.Preopen objects).
-    preopens: list[Any] = field(default_factory=list)
-    # Which network operations are allowed (wasi_tls_host.wasi.sockets.NetworkPolicy);
-    # None denies everything.
-    network: Any = None
-    # TLS policy (wasi_tls_host.tls.TlsConfig): trust anchors, versions. None = defaults
-    # (the system's trust store).
-    tls: Any = None
-    # What the guest may consume: memory, tables, wall-clock time, sockets
-    # (wasi_tls_host.runtime.limits.GuestLimits; the defaults are generous).
-    limits: GuestLimits = field(default_factory=GuestLimits)
-    # Inherited stdout/stderr get whole lines, one write each (a partial line waits for its
-    # newline, even across flushes): for several processes sharing one pipe (--workers).
-    whole_lines: bool = False
+class WasiConfig(ValueFields):
+    """What a guest gets: its arguments, environment, stdio, directories, network, TLS policy
+    and limits (every argument is optional; lists and dicts given are used as they are)."""
+
+    _fields = ("args", "env", "cwd", "stdin", "stdout", "stderr", "preopens", "network", "tls", "limits", "whole_lines")
+
+    def __init__(self, args: list[str] | None = None, env: dict[str, str] | None = None, cwd: str | None = None,
+                 stdin: StdinSpec = None, stdout: StdoutSpec = None, stderr: StdoutSpec = None, preopens: list[Any] | None = None,
+                 network: Any = None, tls: Any = None, limits: GuestLimits | None = None, whole_lines: bool = False) -> None:
+        self.args: list[str] = [] if args is None else args
+        self.env: dict[str, str] = {} if env is None else env
+        self.cwd = cwd
+        self.stdin = stdin
+        self.stdout = stdout
+        self.stderr = stderr
+        # Preopened directories (wasi_tls_host.wasi.filesystem.Preopen objects).
+        self.preopens: list[Any] = [] if preopens is None else preopens
+        # Which network operations are allowed (wasi_tls_host.wasi.sockets.NetworkPolicy);
+        # None denies everything.
+        self.network = network
+        # TLS policy (wasi_tls_host.tls.TlsConfig): trust anchors, versions. None = defaults
+        # (the system's trust store).
+        self.tls = tls
+        # What the guest may consume: memory, tables, wall-clock time, sockets
+        # (wasi_tls_host.runtime.limits.GuestLimits; the defaults are generous).
+        self.limits: GuestLimits = GuestLimits() if limits is None else limits
+        # Inherited stdout/stderr get whole lines, one write each (a partial line waits for its
+        # newline, even across flushes): for several processes sharing one pipe (--workers).
+        self.whole_lines = whole_lines
 
     def inherit_stdio(self) -> WasiConfig:
         self.stdin, self.stdout, self.stderr = "inherit", "inherit", "inherit"
@@ -142,7 +148,8 @@ class WasiCtx:
         self.env = list(config.env.items())
         self.cwd = config.cwd
         self.interruptor = Interruptor()
-        self.insecure_seed = (random.getrandbits(64), random.getrandbits(64))
+        seed = os.urandom(16)  # (the random module is not needed for it: ~1 ms of a start)
+        self.insecure_seed = (int.from_bytes(seed[:8], "little"), int.from_bytes(seed[8:], "little"))
         self.stdin = _make_stdin(config.stdin)
         self.stdout = _make_output(config.stdout, 1, config.whole_lines)
         self.stderr = _make_output(config.stderr, 2, config.whole_lines)

@@ -27,26 +27,27 @@ import ctypes
 import errno
 import functools
 import hashlib
-import inspect
 import os
-import secrets
 import stat as stat_mod
-from dataclasses import dataclass
 from typing import Any, Callable, Iterator, TypeVar
 
+from ..runtime.binding import is_async_function
+from ..runtime.records import FrozenFields
 from ..runtime.resources import HostResource
 from ..runtime.store import StoreState
 from ..runtime.values import Trap, Variant, WitError
 from .sandbox import Escape, open_beneath, split_parent
 
 
-@dataclass(frozen=True)
-class Preopen:
+class Preopen(FrozenFields):
     """A host directory shown to the guest as ``guest_path``."""
 
-    host_path: str
-    guest_path: str
-    read_only: bool = False
+    _fields = ("host_path", "guest_path", "read_only")
+
+    def __init__(self, host_path: str, guest_path: str, read_only: bool = False) -> None:
+        object.__setattr__(self, "host_path", host_path)
+        object.__setattr__(self, "guest_path", guest_path)
+        object.__setattr__(self, "read_only", read_only)
 
     @classmethod
     def parse(cls, spec: str, read_only: bool = False) -> Preopen:
@@ -111,7 +112,7 @@ def raising(shape: Callable[[str], Any]) -> Callable[[F], F]:
     become ``WitError(shape(code))``, the error case of the function's WIT ``result``."""
 
     def decorate(func: F) -> F:
-        if inspect.iscoroutinefunction(func):
+        if is_async_function(func):
             @functools.wraps(func)
             async def async_wrapper(*args: Any) -> Any:
                 try:
@@ -166,7 +167,7 @@ def stat_record(st: os.stat_result, type_shape: Callable[[str], Any]) -> dict[st
 
 
 # Keyed so the hash identifies an object without revealing host inode numbers.
-_HASH_KEY = secrets.token_bytes(16)
+_HASH_KEY = os.urandom(16)  # what secrets.token_bytes gives, without importing secrets (and random)
 
 
 def metadata_hash_value(st: os.stat_result) -> dict[str, int]:

@@ -3,12 +3,16 @@
 
 from __future__ import annotations
 
+import functools
 import os
-import random as _pyrandom
+from typing import TYPE_CHECKING
 
 from ..runtime.binding import Interface
 from ..runtime.store import StoreState
 from ..runtime.values import Trap
+
+if TYPE_CHECKING:
+    import random
 
 random_iface = Interface("wasi:random/random@0.2.8")
 insecure_iface = Interface("wasi:random/insecure@0.2.8")
@@ -22,7 +26,12 @@ MAX_RANDOM_BYTES = 1 << 26
 
 # --- the sources both WASI versions read ------------------------------------------------
 
-_insecure = _pyrandom.Random()
+@functools.cache
+def _insecure() -> random.Random:
+    """The insecure source, made on first use (importing ``random`` is ~1 ms of a start)."""
+    import random
+
+    return random.Random()
 
 
 def secure_bytes(n: int) -> bytes:
@@ -34,11 +43,11 @@ def secure_u64() -> int:
 
 
 def insecure_bytes(n: int) -> bytes:
-    return _insecure.randbytes(n)
+    return _insecure().randbytes(n)
 
 
 def insecure_u64() -> int:
-    return _insecure.getrandbits(64)
+    return _insecure().getrandbits(64)
 
 
 # --- WASI 0.2 ---------------------------------------------------------------------------

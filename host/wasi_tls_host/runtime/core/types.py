@@ -5,7 +5,6 @@ sizes, alignments and flattenings (CanonicalABI.md: ``elem_size``, ``alignment``
 
 from __future__ import annotations
 
-import dataclasses
 import weakref
 from typing import Any
 
@@ -529,6 +528,8 @@ def types_in(root: Any) -> list[ValType]:
             todo.extend(item)
         elif isinstance(item, Fields):
             todo.extend(getattr(item, name) for name in item._fields)
-        elif dataclasses.is_dataclass(item):
+        elif hasattr(item, "__dataclass_fields__"):  # dataclasses.is_dataclass, whose module only a dataclass brings
+            import dataclasses
+
             todo.extend(getattr(item, f.name) for f in dataclasses.fields(item))
     return found

@@ -35,12 +35,11 @@ from __future__ import annotations
 
 import errno
 import functools
-import inspect
 import logging
 import weakref
 from typing import Any, Callable, Iterable, Protocol
 
-from ...runtime.binding import Interface
+from ...runtime.binding import Interface, is_async_function
 from ...runtime.resources import HostResource
 from ...runtime.scheduler import Cancelled, HostTask, any_of, readable, writable
 from ...runtime.store import StoreState
@@ -107,7 +106,7 @@ def _func(iface: Interface, name: str, cases: frozenset[str] = ERROR_CASES) -> C
 
     def register(impl: Callable[..., Any]) -> Callable[..., Any]:
         wrapper: Callable[..., Any]
-        if inspect.iscoroutinefunction(impl):
+        if is_async_function(impl):
             @functools.wraps(impl)
             async def wrapper(cx: StoreState, *args: Any) -> Any:
                 try:

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from dataclasses import dataclass, field
 from typing import Any, Union
 
-from ...runtime.records import FrozenFields
+from ...runtime.records import FrozenFields, ValueFields
 from ...runtime.values import WitError
 
 log = logging.getLogger("wasi_tls_host.sockets")
@@ -81,22 +80,25 @@ class AddressPattern(FrozenFields):
         return self.networks is None or any(ip.version == n.version and ip in n for n in self.networks)
 
 
-@dataclass
-class NetworkPolicy:
+class NetworkPolicy(ValueFields):
     """What a guest may do on the network. The default (and ``WasiConfig.network=None``)
     denies everything; grant with ``allow_connect("127.0.0.1:*")`` etc. or ``inherit()``."""
 
-    connect: list[AddressPattern] = field(default_factory=list)
-    bind: list[AddressPattern] = field(default_factory=list)
-    dns: bool = False
-    # Binds set SO_REUSEPORT, so that several host processes (``--workers``) serve one
-    # address and the kernel spreads connections among them.
-    reuse_port: bool = False
-    # Listening sockets handed down by a supervisor (``--workers``), by local address: the
-    # guest's first TCP bind to one of these addresses adopts that socket (and removes it
-    # from here) instead of binding its own, so every worker accepts from one queue and a
-    # worker that stops or dies leaves the connections waiting there to the others.
-    listeners: dict[tuple[IPAddress, int], int] = field(default_factory=dict)
+    _fields = ("connect", "bind", "dns", "reuse_port", "listeners")
+
+    def __init__(self, connect: list[AddressPattern] | None = None, bind: list[AddressPattern] | None = None, dns: bool = False,
+                 reuse_port: bool = False, listeners: dict[tuple[IPAddress, int], int] | None = None) -> None:
+        self.connect: list[AddressPattern] = [] if connect is None else connect
+        self.bind: list[AddressPattern] = [] if bind is None else bind
+        self.dns = dns
+        # Binds set SO_REUSEPORT, so that several host processes (``--workers``) serve one
+        # address and the kernel spreads connections among them.
+        self.reuse_port = reuse_port
+        # Listening sockets handed down by a supervisor (``--workers``), by local address: the
+        # guest's first TCP bind to one of these addresses adopts that socket (and removes it
+        # from here) instead of binding its own, so every worker accepts from one queue and a
+        # worker that stops or dies leaves the connections waiting there to the others.
+        self.listeners: dict[tuple[IPAddress, int], int] = {} if listeners is None else listeners
 
     @classmethod
     def inherit(cls) -> NetworkPolicy:
