@@ -139,6 +139,10 @@ class RecordWatch:
                 self._header.clear()
 
 
+_PROTECTED_SENT = frozenset({RECORD_CHANGE_CIPHER_SPEC, RECORD_APPLICATION_DATA})
+_PROTECTED_RECEIVED = frozenset({RECORD_APPLICATION_DATA})
+
+
 @functools.lru_cache(maxsize=256)
 def _verify_target(name: str) -> tuple[bytes, bool]:
     """What a client checks the server's certificate against: (the address's bytes, True)
@@ -182,8 +186,14 @@ class TlsEngine:
         # Protection in use: ours once we sent ChangeCipherSpec (TLS 1.2) or a protected
         # TLS 1.3 record; a TLS 1.3 peer's once it sent protected records (its ServerHello
         # came before them, so we hold its handshake keys too).
-        self._sent_protected = RecordWatch(frozenset({RECORD_CHANGE_CIPHER_SPEC, RECORD_APPLICATION_DATA}))
-        self._received_protected = RecordWatch(frozenset({RECORD_APPLICATION_DATA}))
+        self._sent_protected = RecordWatch(_PROTECTED_SENT)
+        self._received_protected = RecordWatch(_PROTECTED_RECEIVED)
+        # OpenSSL may have queued ciphertext since take_output last emptied the memory BIO:
+        # only the calls that run its state machine (handshake, read, write, shutdown) queue
+        # any, and a connection's transport asks after every step (about two dozen times per
+        # server connection, most of them between such calls): one flag, not a call into
+        # OpenSSL, answers those.
+        self._output_possible = False
         if server_side:
             self.conn.set_accept_state()
         else:
@@ -230,7 +240,10 @@ class TlsEngine:
     def take_output(self) -> bytes:
         # The memory BIO says how much it holds (BIO_get_mem_data): most calls find it
         # empty, and reading an empty one goes through an exception (and a 128 KiB buffer
-        # per try); a full one is taken in one read of exactly its size.
+        # per try); a full one is taken in one read of exactly its size, which empties it.
+        if not self._output_possible:
+            return b""
+        self._output_possible = False
         size = _lib.BIO_get_mem_data(self.conn._from_ssl, _ffi.NULL)
         if size <= 0:
             return b""
@@ -246,6 +259,7 @@ class TlsEngine:
         if self.handshake_done:
             return True
         if not self._starved:
+            self._output_possible = True
             try:
                 self.conn.do_handshake()
             except SSL.WantReadError:
@@ -319,6 +333,7 @@ class TlsEngine:
     def _plaintext(self, receive: Any, arg: Any) -> Any:
         if self._starved:
             return self._no_plaintext()
+        self._output_possible = True  # a read may answer the peer (a key update, an alert, tickets)
         try:
             return receive(arg)
         except SSL.WantReadError:
@@ -353,6 +368,7 @@ class TlsEngine:
         broken pipe it caused."""
         if self.failure is not None:
             return detached(self.failure)
+        self._output_possible = True
         try:
             self.conn.recv(1, socket.MSG_PEEK)
         except (SSL.WantReadError, SSL.ZeroReturnError):
@@ -362,6 +378,7 @@ class TlsEngine:
         return None
 
     def write(self, data: bytes) -> None:
+        self._output_possible = True
         try:
             self.conn.sendall(data)
         except SSL.Error as e:
@@ -371,6 +388,7 @@ class TlsEngine:
         if self.close_notify_sent:
             return
         self.close_notify_sent = True
+        self._output_possible = True
         try:
             self.conn.shutdown()
         except SSL.Error:

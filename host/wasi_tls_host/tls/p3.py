@@ -268,6 +268,7 @@ class StreamTransport(TlsTransport):
         # A close or failure met while decrypting into the guest's buffer, reported once
         # the bytes decrypted before it were taken.
         self._deferred: BaseException | None = None
+        self._sender_unwatched = False  # this step left no read posted on the guest's plaintext stream
         self.task: HostTask | None = None
 
     # --- lifetime ---------------------------------------------------------------------
@@ -293,6 +294,7 @@ class StreamTransport(TlsTransport):
                 self.wake.clear()
                 port.begin_step()
                 handshaking = self.state is HandshakeState.RUNNING
+                self._sender_unwatched = False
                 if not self.step():
                     await port.waits(self._deadline_ns())
                 elif handshaking and self.state is HandshakeState.ESTABLISHED:
@@ -303,6 +305,8 @@ class StreamTransport(TlsTransport):
                     # in each pass: one yield lets the waiter run, the second the guest it answered.
                     await yield_now()
                     await yield_now()
+                elif self._settled():
+                    await port.waits(self._deadline_ns())
         except (Cancelled, GeneratorExit):  # the store is closing
             self.abandon()
             raise
@@ -312,6 +316,15 @@ class StreamTransport(TlsTransport):
             self.release()
             raise
         self.release()
+
+    def _settled(self) -> bool:
+        """Whether the step that just moved moved everything there was: the socket is drained
+        and the engine waits for its peer (or reads no more), a read is posted on the guest's
+        plaintext stream (or it needs none), and nothing woke the task since. Another step would find nothing that would
+        not also end the wait (the guest's next call sets ``wake``, the peer's data makes the
+        socket readable)."""
+        return (self.port.want_read and not self.wake.is_set and not self.finished and not self._sender_unwatched
+                and (self.needs_input or not self.receiving))
 
     def release(self) -> None:
         """Everything ended: the streams and the connection's place in the limits go."""
@@ -447,13 +460,21 @@ class StreamTransport(TlsTransport):
 
     def _encrypt(self) -> bool:
         src = self.sender
-        if src is None or src.done or src.ended or self.closing or len(self.pending_out) >= OUTPUT_HIGH_WATER:
+        if src is None or src.done or src.ended or self.closing:
+            return False
+        if len(self.pending_out) >= OUTPUT_HIGH_WATER:
+            # The guest's plaintext waits unread (and unwatched): the step's last send may make
+            # room, and only another step would then take it.
+            self._sender_unwatched = True
             return False
         if self.send_broken:
             src.finish(Err(self.error_value(self.send_failure(during_handshake=False))))
             self._close_sending()
             return True
         data = src.reader.read_nowait(WRITE_CHUNK, self.wake)
+        # Plaintext taken leaves no read posted on the guest's stream (nothing would wake the
+        # task for its next write or its end): the next step posts one.
+        self._sender_unwatched = bool(data)
         if data is None:
             src.ended = True
             self._close_sending()
