@@ -472,6 +472,15 @@ def _record(t: Record | Tuple) -> Conv:
     def load(m: MemCx, v: memoryview, ptr: int) -> Any:
         return make([c.load(m, v, ptr + off) for c, off in parts])
 
+    packed = _packed_ints(t)
+    if packed is not None:
+        # Integers only, at any depth (a socket address): one unpack of the whole layout,
+        # then the nesting rebuilt, instead of a converter call per field.
+        unpack, build = packed
+
+        def load(m: MemCx, v: memoryview, ptr: int) -> Any:  # noqa: F811 - the specialised load
+            return build(unpack(v, ptr))
+
     def store(m: MemCx, x: Any, ptr: int) -> None:
         for (c, off), value in zip(parts, values_of(x)):
             c.store(m, value, ptr + off)
@@ -488,6 +497,49 @@ def _record(t: Record | Tuple) -> Conv:
             c.lower_flat(m, value, out)
 
     return Conv(t, load, store, lift_flat, lower_flat)
+
+
+def _int_leaves(t: ValType, base: int, fmt: list[str], at: list[int]) -> Callable[[tuple], Any] | None:
+    """Appends the struct codes of ``t``'s integers (``base`` bytes into the value) to
+    ``fmt``; ``at`` is [bytes described so far, integers so far]. Returns how to rebuild
+    ``t`` from the unpacked integers, or None if ``t`` holds anything but integers, records
+    and tuples."""
+    if isinstance(t, Prim):
+        spec = _INT_SPECS.get(t.name)
+        if spec is None:
+            return None
+        if base > at[0]:
+            fmt.append(f"{base - at[0]}x")  # padding
+        i = at[1]
+        fmt.append(spec[0].format[-1])
+        at[0], at[1] = base + t.size, i + 1
+        return lambda vals: vals[i]
+    if isinstance(t, (Record, Tuple)):
+        types = [ft for _, ft in t.fields] if isinstance(t, Record) else t.elems
+        first = at[1]
+        parts = []
+        for ft, off in zip(types, t.offsets):
+            part = _int_leaves(ft, base + off, fmt, at)
+            if part is None:
+                return None
+            parts.append(part)
+        if isinstance(t, Tuple) and all(isinstance(ft, Prim) for ft in types):
+            end = at[1]
+            return lambda vals: vals[first:end]  # (a slice of the unpacked tuple: a tuple)
+        if isinstance(t, Record):
+            names = [n.replace("-", "_") for n, _ in t.fields]
+            return lambda vals: {name: part(vals) for name, part in zip(names, parts)}
+        return lambda vals: tuple([part(vals) for part in parts])
+    return None
+
+
+def _packed_ints(t: Record | Tuple) -> tuple[Callable[[memoryview, int], tuple], Callable[[tuple], Any]] | None:
+    """``(unpack_from, build)`` of a record or tuple whose leaves are all integers, else None."""
+    fmt: list[str] = ["<"]
+    build = _int_leaves(t, 0, fmt, [0, 0])
+    if build is None:
+        return None
+    return struct.Struct("".join(fmt)).unpack_from, build
 
 
 def _coerce_in(have: str, want: str) -> Callable[[Any], Any] | None:

@@ -26,6 +26,7 @@ from .types import (
 )
 
 _U8_PACK, _U16_PACK, _U32_PACK = struct.Struct("<B").pack_into, struct.Struct("<H").pack_into, struct.Struct("<I").pack_into
+_U32_UNPACK = struct.Struct("<I").unpack_from
 
 
 def _end_loans(m: canon.MemCx, strict: bool = True) -> None:
@@ -72,6 +73,77 @@ def lift_flat_arguments(m: canon.MemCx, args: Any, readers: list[Callable[[Any],
         value, i = lift(m, flat, i)
         pyargs.append(value)
     return pyargs
+
+
+def _flat_lift(inst: ComponentState, t: ValType, at: int) -> Callable[[canon.MemCx, list[int]], Any]:
+    """How a synchronous lower lifts the parameter ``t`` from its flat values (as unsigned
+    ints) starting at ``at``: a ``borrow`` of a host resource and a stream or future end
+    take the usual case inline, as the async lower does (``_param_lift``); anything else,
+    and any value the inline case does not take, goes through the type's converter, whose
+    checks trap as ever."""
+    general = canon.conv(t).lift_flat
+    if isinstance(t, (StreamT, FutureT)):
+        lift_end = inst.lift_async_end
+
+        def lift_async_end(m: canon.MemCx, flat: list[int]) -> Any:
+            return lift_end(flat[at], t)
+        return lift_async_end
+    rt = t.resource.resolve() if isinstance(t, Handle) and not t.own else None
+    if isinstance(rt, ImportedResource) and rt.kind is not None:
+        kind = rt.kind
+        handles = inst.handles
+        table = inst.state.table
+
+        def lift_borrow(m: canon.MemCx, flat: list[int]) -> Any:
+            h = flat[at]
+            entry = handles[h] if 0 < h < len(handles) else None
+            if entry is None or entry.key is not kind:
+                return general(m, flat, at)[0]
+            if entry.own:  # inst.lend, inline: the handle is lent until the call returns
+                entry.lends += 1
+                if m.borrows is None:
+                    m.borrows = [h]
+                else:
+                    m.borrows.append(h)
+            return table.get(entry.rep, kind)
+        return lift_borrow
+
+    def lift_general(m: canon.MemCx, flat: list[int]) -> Any:
+        return general(m, flat, at)[0]
+    return lift_general
+
+
+def _own_result_store(inst: ComponentState, t: ValType | None, m: canon.MemCx) -> Callable[[Any, int], None] | None:
+    """``store(value, retptr)`` of a ``result<own<T>, E>`` whose ``T`` is a host resource
+    (what ``tcp-socket.create`` returns), the ok case stored directly (``inst.new_own``
+    inline); None for other types. A value of another shape, and the error case, go through
+    the type's converter, whose checks say what is wrong."""
+    if not (isinstance(t, Variant) and t.kind == "result"):
+        return None
+    ok_type = t.cases[0][1]
+    if not (isinstance(ok_type, Handle) and ok_type.own and isinstance(ok_type.resource.resolve(), ImportedResource)):
+        return None
+    kind = ok_type.resource.resolve().kind
+    if kind is None:
+        return None
+    py_class = kind.py_class
+    payload_at = t.payload_offset
+    pack_disc = {1: _U8_PACK, 2: _U16_PACK, 4: _U32_PACK}[t.disc_size]
+    table = inst.state.table
+    add = inst.add
+    general = canon.conv(t).store
+
+    def store_own(value: Any, retptr: int) -> None:
+        if type(value) is Ok:
+            value = value.value
+        if isinstance(value, py_class):  # inst.new_own, inline
+            h = add(_HandleEntry(kind, table.insert(value, kind), True))
+            v = m.view()
+            _U32_PACK(v, retptr + payload_at, h)
+            pack_disc(v, retptr, 0)
+        else:
+            general(m, value, retptr)
+    return store_own
 
 
 def result_pointer(m: canon.MemCx, raw: Any, size: int, align: int) -> int:
@@ -128,12 +200,22 @@ def make_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx) -> Ca
     result_align = spec.result_align
     result_size = spec.result_size
     result_writer = spec.result_writer
-    single_lift = param_convs[0] if len(param_convs) == 1 and not ft.params_spill else None
+    # Per parameter, its lift from the flat values (unless a list<u8> is lent as a view:
+    # then the converters, in lift_flat_arguments).
+    flat_lifts = None
+    if not ft.params_spill and all(c is not canon.lift_bytes_view_flat for c in param_convs):
+        flat_lifts = []
+        at = 0
+        for _, t in ft.params:
+            flat_lifts.append(_flat_lift(inst, t, at))
+            at += len(t.flat)
+    single_lift = flat_lifts[0] if flat_lifts is not None and len(flat_lifts) == 1 else None
     fills = fn.fills
     is_async = fn.is_async
 
     owned, kept = fn.owned, fn.kept
     ends_store = _ends_result_store(inst, ft, m)
+    own_store = _own_result_store(inst, ft.result, m) if result_spill else None
     flat_end = ft.result if isinstance(ft.result, (StreamT, FutureT)) and not result_spill else None
     lower_end = inst.lower_async_end
 
@@ -149,7 +231,10 @@ def make_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx) -> Ca
                 if spill_tuple is not None:
                     pyargs = load_spilled_arguments(m, args, spill_tuple, spill_size, spill_align)
                 elif single_lift is not None:  # the common case, without a loop
-                    pyargs = (single_lift(m, [r(args[i]) for i, r in enumerate(readers)], 0)[0],)
+                    pyargs = (single_lift(m, [r(args[i]) for i, r in enumerate(readers)]),)
+                elif flat_lifts is not None:
+                    flat = [r(args[i]) for i, r in enumerate(readers)]
+                    pyargs = [lift(m, flat) for lift in flat_lifts]
                 else:
                     pyargs = lift_flat_arguments(m, args, readers, param_convs)
                 returned = False
@@ -178,6 +263,8 @@ def make_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx) -> Ca
                     ends_store(result, result_pointer(m, args[nflat], result_size, result_align))
                 elif flat_end is not None:  # future<...> (send), directly
                     result_writer(args[0], lower_end(result, flat_end))  # type: ignore[misc]
+                elif own_store is not None:  # result<own<T>, E> (create), directly
+                    own_store(result, result_pointer(m, args[nflat], result_size, result_align))
                 elif result_conv is not None:
                     if result_spill:
                         result_conv.store(m, result, result_pointer(m, args[nflat], result_size, result_align))
@@ -378,6 +465,46 @@ def _result_store(inst: ComponentState, spec: LowerSpec, m: canon.MemCx) -> Call
     return general
 
 
+def _field_load(inst: ComponentState, t: ValType) -> Callable[[canon.MemCx, memoryview, int], Any]:
+    """``load(m, v, ptr)`` of one spilled parameter (see ``_spilled_loader``)."""
+    general = canon.conv(t).load
+    rt = t.resource.resolve() if isinstance(t, Handle) and not t.own else None
+    if not (isinstance(rt, ImportedResource) and rt.kind is not None):
+        return general
+    kind = rt.kind
+    handles = inst.handles
+    table = inst.state.table
+
+    def load_borrow(m: canon.MemCx, v: memoryview, ptr: int) -> Any:
+        h = _U32_UNPACK(v, ptr)[0]
+        entry = handles[h] if 0 < h < len(handles) else None
+        if entry is None or entry.key is not kind:
+            return general(m, v, ptr)
+        if entry.own:  # inst.lend, inline: the handle is lent until the call resolves
+            entry.lends += 1
+            if m.borrows is None:
+                m.borrows = [h]
+            else:
+                m.borrows.append(h)
+        return table.get(entry.rep, kind)
+    return load_borrow
+
+
+def _spilled_loader(inst: ComponentState, tuple_t: Tuple) -> Callable[[canon.MemCx, memoryview, int], list[Any]]:
+    """``load(m, v, ptr)`` of spilled parameters (the tuple at ``ptr``, checked by the
+    caller) as a list: a ``borrow`` of a host resource (the ``self`` of a WASI method) read
+    and lent inline, as ``_param_lift`` does from a word; every other field by its type's
+    converter. A handle the inline case does not take goes through the converter too, whose
+    checks trap as ever."""
+    fields: list[tuple[int, Callable[[canon.MemCx, memoryview, int], Any]]] = []
+    for t, offset in zip(tuple_t.elems, tuple_t.offsets):
+        fields.append((offset, _field_load(inst, t)))
+
+    def load(m: canon.MemCx, v: memoryview, ptr: int) -> list[Any]:
+        return [f(m, v, ptr + offset) for offset, f in fields]
+    return load
+
+
 def load_spilled_at(m: canon.MemCx, ptr: int, conv: Any, size: int, align: int) -> Any:
     """The arguments of a call whose parameters spill: a tuple at ``ptr``."""
     if ptr != align_to(ptr, align):
@@ -429,7 +556,7 @@ def make_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx)
     for _, t in ([] if spill else ft.params):
         plan.append((at, _WORD_MASKS[t.flat[0]] if t.flat else 0, _param_lift(inst, t, at)))
         at += len(t.flat) * w
-    tuple_conv = canon.conv(ft.param_tuple) if spill and ft.param_tuple is not None else None
+    spilled = _spilled_loader(inst, ft.param_tuple) if spill and ft.param_tuple is not None else None
     tuple_size = ft.param_tuple.size if ft.param_tuple is not None else 0
     tuple_align = ft.param_tuple.align if ft.param_tuple is not None else 1
     lends = any(contains_borrow(t) for _, t in ft.params)
@@ -457,8 +584,13 @@ def make_async_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx)
 
     def lift_args(args: Any) -> list[Any]:
         m.forget()
-        if tuple_conv is not None:
-            return list(load_spilled_at(m, args[0] & 0xFFFF_FFFF, tuple_conv, tuple_size, tuple_align))
+        if spilled is not None:  # load_spilled_at, inline, with the specialised loader
+            ptr = args[0] & 0xFFFF_FFFF
+            if ptr & (tuple_align - 1):
+                raise Trap(f"argument pointer {ptr:#x} is misaligned")
+            v = m.view()
+            canon.check_range(v, ptr, tuple_size, "arguments")
+            return spilled(m, v, ptr)
         return [args[at] & mask if lift is None else lift(m, args) for at, mask, lift in plan]
 
     def on_done(t: _HostCall) -> None:
