@@ -10,12 +10,10 @@ from typing import Any
 
 import pytest
 import trustme
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from OpenSSL import SSL
+from test_tls_transport import established
 
 from wasi_tls_host.tls import engine as engine_module
-from wasi_tls_host.tls.engine import TlsEngine, TlsFailure
+from wasi_tls_host.tls.engine import TlsFailure
 
 RECORD_ALERT = 21
 
@@ -23,32 +21,6 @@ RECORD_ALERT = 21
 @pytest.fixture(scope="module")
 def ca() -> trustme.CA:
     return trustme.CA()
-
-
-def established(ca: trustme.CA) -> tuple[ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO, TlsEngine]:
-    """A CPython client and a host server engine after a TLS 1.3 handshake through memory."""
-    leaf = ca.issue_cert("server.test")
-    context = SSL.Context(SSL.TLS_SERVER_METHOD)
-    context.use_certificate(x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes()))
-    context.use_privatekey(serialization.load_pem_private_key(leaf.private_key_pem.bytes(), None))  # type: ignore[arg-type]
-    server = TlsEngine(context, server_side=True)
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
-    to_client, from_client = ssl.MemoryBIO(), ssl.MemoryBIO()
-    client = client_ctx.wrap_bio(to_client, from_client, server_hostname="server.test")
-    for _ in range(10):
-        try:
-            client.do_handshake()
-            done = True
-        except ssl.SSLWantReadError:
-            done = False
-        server.feed(from_client.read())
-        server.advance_handshake()
-        to_client.write(server.take_output())
-        if done and server.handshake_done:
-            break
-    assert server.handshake_done
-    return client, to_client, from_client, server
 
 
 class CountingLib:

@@ -99,7 +99,9 @@ def _flat_lift(inst: ComponentState, t: ValType, at: int) -> Callable[[canon.Mem
             entry = handles[h] if 0 < h < len(handles) else None
             if entry is None or entry.key is not kind:
                 return general(m, flat, at)[0]
-            if entry.own:  # inst.lend, inline: the handle is lent until the call returns
+            # inst.lend, inline (as in _param_lift and _field_load: a call per borrow is a
+            # tenth of a host call's crossing; keep the three equal)
+            if entry.own:  # the handle is lent until the call returns
                 entry.lends += 1
                 if m.borrows is None:
                     m.borrows = [h]
@@ -370,7 +372,7 @@ def _param_lift(inst: ComponentState, t: ValType, at: int) -> Callable[[canon.Me
             entry = handles[h] if 0 < h < len(handles) else None
             if entry is None or entry.key is not kind:
                 return general(m, [h], 0)[0]
-            if entry.own:  # inst.lend, inline: the handle is lent until the call resolves
+            if entry.own:  # inst.lend, inline (keep equal to _flat_lift's): lent until the call resolves
                 entry.lends += 1
                 if m.borrows is None:
                     m.borrows = [h]
@@ -480,7 +482,7 @@ def _field_load(inst: ComponentState, t: ValType) -> Callable[[canon.MemCx, memo
         entry = handles[h] if 0 < h < len(handles) else None
         if entry is None or entry.key is not kind:
             return general(m, v, ptr)
-        if entry.own:  # inst.lend, inline: the handle is lent until the call resolves
+        if entry.own:  # inst.lend, inline (keep equal to _flat_lift's): lent until the call resolves
             entry.lends += 1
             if m.borrows is None:
                 m.borrows = [h]
