@@ -99,8 +99,8 @@ def _flat_lift(inst: ComponentState, t: ValType, at: int) -> Callable[[canon.Mem
             entry = handles[h] if 0 < h < len(handles) else None
             if entry is None or entry.key is not kind:
                 return general(m, flat, at)[0]
-            # inst.lend, inline (as in _param_lift and _field_load: a call per borrow is a
-            # tenth of a host call's crossing; keep the three equal)
+            # inst.lend, inline (as in _param_lift and _field_load, to spare a Python frame per
+            # borrow on every method call; keep the three equal)
             if entry.own:  # the handle is lent until the call returns
                 entry.lends += 1
                 if m.borrows is None:
