@@ -135,9 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)], format=f"{startup.process_name()}: %(message)s")
         rotation_log = logging.getLogger(ROTATION_LOG)  # tls.config's, without loading OpenSSL for it
         rotation_log.setLevel(min(rotation_log.getEffectiveLevel(), logging.INFO))  # say what each SIGHUP did
-        return _run(args)
+        status = _run(args)
     finally:
         signals.finish()
+    return status if signals.forced is None else signals.forced
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -57,6 +57,10 @@ class StartupSignals:
     def __init__(self) -> None:
         self.received: list[int] = []
         self.previous: dict[int, Any] = {}
+        # The status a second stop signal asked for (128 + its number): the command ends with
+        # it even where the SystemExit its handler raised was caught on the way out (a close
+        # path that swallows what lands in it; seen once in CI, exit 0 after the message).
+        self.forced: int | None = None
 
     @property
     def installed(self) -> bool:
@@ -66,6 +70,7 @@ class StartupSignals:
         if self.installed or threading.current_thread() is not threading.main_thread():
             return  # an embedder calling main() from another thread keeps its own handling
         self.received = []
+        self.forced = None
         self.previous = {signum: signal.signal(signum, self._on_signal) for signum in HANDLED}
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)  # held by a supervisor until now
 
@@ -73,7 +78,8 @@ class StartupSignals:
         name = signal.Signals(signum).name
         if signum in STOP_SIGNALS and self.stop_signal() is not None:
             say(f"{name}: stopping now (during start-up)")
-            raise SystemExit(128 + signum)
+            self.forced = 128 + signum
+            raise SystemExit(self.forced)
         self.received.append(signum)
         if signum in STOP_SIGNALS:
             say(f"{name} during start-up: stopping")
