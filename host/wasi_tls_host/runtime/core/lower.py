@@ -115,11 +115,13 @@ def _flat_lift(inst: ComponentState, t: ValType, at: int) -> Callable[[canon.Mem
     return lift_general
 
 
-def _own_result_store(inst: ComponentState, t: ValType | None, m: canon.MemCx) -> Callable[[Any, int], None] | None:
+def _own_result_store(inst: ComponentState, t: ValType | None, current: Callable[[], memoryview],
+                      general: Callable[[Any, int], None]) -> Callable[[Any, int], None] | None:
     """``store(value, retptr)`` of a ``result<own<T>, E>`` whose ``T`` is a host resource
-    (what ``tcp-socket.create`` returns), the ok case stored directly (``inst.new_own``
-    inline); None for other types. A value of another shape, and the error case, go through
-    the type's converter, whose checks say what is wrong."""
+    (what ``tcp-socket.create`` returns), for sync and async lowers alike: the ok case stored
+    directly (``inst.new_own`` inline) into ``current()``'s view; a value of another shape,
+    and the error case, through ``general``, the type's converter, whose checks say what is
+    wrong. None for other types."""
     if not (isinstance(t, Variant) and t.kind == "result"):
         return None
     ok_type = t.cases[0][1]
@@ -133,18 +135,17 @@ def _own_result_store(inst: ComponentState, t: ValType | None, m: canon.MemCx) -
     pack_disc = {1: _U8_PACK, 2: _U16_PACK, 4: _U32_PACK}[t.disc_size]
     table = inst.state.table
     add = inst.add
-    general = canon.conv(t).store
 
     def store_own(value: Any, retptr: int) -> None:
         if type(value) is Ok:
             value = value.value
         if isinstance(value, py_class):  # inst.new_own, inline
             h = add(_HandleEntry(kind, table.insert(value, kind), True))
-            v = m.view()
+            v = current()
             _U32_PACK(v, retptr + payload_at, h)
             pack_disc(v, retptr, 0)
         else:
-            general(m, value, retptr)
+            general(value, retptr)
     return store_own
 
 
@@ -217,7 +218,10 @@ def make_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx) -> Ca
 
     owned, kept = fn.owned, fn.kept
     ends_store = _ends_result_store(inst, ft, m)
-    own_store = _own_result_store(inst, ft.result, m) if result_spill else None
+    own_store = None
+    if result_spill and result_conv is not None:
+        store_converted = result_conv.store
+        own_store = _own_result_store(inst, ft.result, m.view, lambda value, retptr: store_converted(m, value, retptr))
     flat_end = ft.result if isinstance(ft.result, (StreamT, FutureT)) and not result_spill else None
     lower_end = inst.lower_async_end
 
@@ -446,24 +450,9 @@ def _result_store(inst: ComponentState, spec: LowerSpec, m: canon.MemCx) -> Call
                 else:
                     general(value, retptr)
             return store_unit
-        if isinstance(ok_type, Handle) and ok_type.own and isinstance(ok_type.resource.resolve(), ImportedResource):
-            kind = ok_type.resource.resolve().kind
-            py_class = kind.py_class
-            payload_at = t.payload_offset
-            table = inst.state.table
-            add = inst.add
-
-            def store_own(value: Any, retptr: int) -> None:
-                if type(value) is Ok:
-                    value = value.value
-                if isinstance(value, py_class):  # inst.new_own, inline
-                    h = add(_HandleEntry(kind, table.insert(value, kind), True))
-                    v = current()
-                    _U32_PACK(v, retptr + payload_at, h)
-                    pack_disc(v, retptr, 0)
-                else:
-                    general(value, retptr)
-            return store_own
+        own_store = _own_result_store(inst, t, current, general)
+        if own_store is not None:
+            return own_store
     return general
 
 
