@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         status = _run(args)
     finally:
         signals.finish()
-    return status if signals.forced is None else signals.forced
+    return status
 
 
 def _run(args: argparse.Namespace) -> int:

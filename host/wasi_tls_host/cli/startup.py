@@ -9,7 +9,8 @@ only), and whoever takes over (``serve.py``, the ``--workers`` supervisor) asks 
 
 * a first SIGTERM or SIGINT is said on stderr and remembered: the command stops before the
   guest runs; a server that had no connection yet exits 0, as a graceful stop that drained;
-* a second one ends the process at once with 128 + its number, as after start-up;
+* a second one ends the process at once with 128 + its number (``os._exit``: see
+  ``_on_signal``);
 * SIGHUP is remembered and delivered (identities re-read) once the guest runs.
 
 Subcommands that do not operate a guest get the default dispositions back, and what came
@@ -57,10 +58,6 @@ class StartupSignals:
     def __init__(self) -> None:
         self.received: list[int] = []
         self.previous: dict[int, Any] = {}
-        # The status a second stop signal asked for (128 + its number): the command ends with
-        # it even where the SystemExit its handler raised was caught on the way out (a close
-        # path that swallows what lands in it; seen once in CI, exit 0 after the message).
-        self.forced: int | None = None
 
     @property
     def installed(self) -> bool:
@@ -70,7 +67,6 @@ class StartupSignals:
         if self.installed or threading.current_thread() is not threading.main_thread():
             return  # an embedder calling main() from another thread keeps its own handling
         self.received = []
-        self.forced = None
         self.previous = {signum: signal.signal(signum, self._on_signal) for signum in HANDLED}
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)  # held by a supervisor until now
 
@@ -78,8 +74,14 @@ class StartupSignals:
         name = signal.Signals(signum).name
         if signum in STOP_SIGNALS and self.stop_signal() is not None:
             say(f"{name}: stopping now (during start-up)")
-            self.forced = 128 + signum
-            raise SystemExit(self.forced)
+            # Not SystemExit: raised from a handler it lands in whatever code runs then, and
+            # some of that catches it (a weakref callback of importlib's module locks prints
+            # "Exception ignored" with its traceback and goes on; CI once saw a close path
+            # swallow it and the command exit 0), nor could it stop a compile inside wasmtime.
+            # Nothing of start-up needs cleaning that a killed process would not leave too:
+            # the guest has not run (no output of its is buffered), descriptors and the
+            # cache's lease close with the process, the cache evicts temporary files.
+            os._exit(128 + signum)
         self.received.append(signum)
         if signum in STOP_SIGNALS:
             say(f"{name} during start-up: stopping")
