@@ -371,3 +371,14 @@ def test_a_store_closing_with_a_receive_stream_never_read_closes_its_socket(no_g
     conn.peer.close()
     conn.listener.close()
     assert open_fds() <= before
+
+
+def test_a_connect_to_a_local_listener_is_connected_with_nagle_off(connected: _ConnectedSocket) -> None:
+    """0.3's connect, which sees a connect the kernel completed at once by its TCP state:
+    connected, its remote address the listener's, Nagle off (as after a connect that waited)."""
+    from wasi_tls_host.wasi.sockets.tcp import TcpState
+
+    engine = connected.sock.socket
+    assert engine.state is TcpState.CONNECTED
+    assert engine.remote_address().port == connected.listener.getsockname()[1]
+    assert engine.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1

@@ -28,6 +28,7 @@ import os
 import select
 import socket
 import struct
+import sys
 import termios
 from typing import Any, Mapping
 
@@ -99,7 +100,8 @@ _MAX_BACKLOG = 0x7FFF_FFFF
 _CONNECT_ERRORS = {errno.EADDRNOTAVAIL: "address-in-use"}
 # Linux's TCP_INFO (its first byte is the connection's state), and the states of a connect
 # that succeeded: TCP_ESTABLISHED, and TCP_CLOSE_WAIT (the peer has sent its FIN already).
-_TCP_INFO: int | None = getattr(socket, "TCP_INFO", None)
+# (Other systems number their states otherwise: they poll.)
+_TCP_INFO: int | None = getattr(socket, "TCP_INFO", None) if sys.platform.startswith("linux") else None
 _CONNECTED_STATES = frozenset({b"\x01", b"\x08"})
 
 
