@@ -261,3 +261,124 @@ def test_a_receive_stream_names_its_tcp_connection_for_the_layers_above(core_hos
         OUTGOING_VALUE_HOOKS.remove(look)
     assert len(seen) == 1 and isinstance(seen[0][0], p3.tcp.TcpConnection)
     assert seen[0][1] == f"{local[0]}:{local[1]}"
+
+
+# --- a receive stream's task, at the host functions ---------------------------------------------
+
+
+class _ConnectedSocket:
+    """A store with a 0.3 TCP socket connected to a loopback listener (the peer), as a guest
+    would hold it after ``tcp-socket.connect``; closing it closes the store."""
+
+    def __init__(self) -> None:
+        from wasi_tls_host.runtime.store import StoreState
+        from wasi_tls_host.runtime.values import Variant
+        from wasi_tls_host.wasi.context import WasiCtx
+        from wasi_tls_host.wasi.sockets import p3
+
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.cx = StoreState(WasiCtx(WasiConfig(network=loopback_policy())))
+        self.sock = p3.tcp_create(self.cx, "ipv4")
+        address = Variant("ipv4", {"port": self.listener.getsockname()[1], "address": (127, 0, 0, 1)})
+        self.run(p3.tcp_connect(self.cx, self.sock, address), "the connect")
+        self.peer, _ = self.listener.accept()
+
+    def run(self, coro, what: str):
+        task = self.cx.scheduler.spawn(coro)
+        deadline = time.monotonic() + TIMEOUT
+        self.cx.scheduler.wait_until(lambda: task.done or time.monotonic() > deadline, what)
+        assert task.done, f"timed out: {what}"
+        assert task.error is None, task.error
+        return task.result
+
+    def close(self) -> None:
+        self.sock.drop()
+        self.cx.close()
+        self.peer.close()
+        self.listener.close()
+
+
+@pytest.fixture
+def connected() -> Iterator[_ConnectedSocket]:
+    conn = _ConnectedSocket()
+    yield conn
+    conn.close()
+
+
+def test_a_receive_stream_read_by_the_host_delivers_and_ends_at_the_fin(connected: _ConnectedSocket, no_gc) -> None:
+    """The stream's task starts at its first read (not at receive): what the peer sent, then
+    the end and an ok future."""
+    from wasi_tls_host.runtime.streams import FutureReader, StreamReader
+    from wasi_tls_host.wasi.sockets import p3
+
+    stream, future = p3.tcp_receive(connected.cx, connected.sock)
+    connected.peer.sendall(b"hello")
+    connected.peer.shutdown(socket.SHUT_WR)
+    assert connected.run(StreamReader(stream, is_bytes=True).read_all(), "the stream's end") == b"hello"
+    assert connected.run(FutureReader(future).read(), "the future") is None
+
+
+def test_a_receive_stream_dropped_unread_ends_ok_and_lets_the_socket_go(connected: _ConnectedSocket, no_gc) -> None:
+    """Dropped before anything read it: its task starts then, ends at once (ok), and the
+    socket closes with the socket resource (the peer sees the end)."""
+    from wasi_tls_host.runtime.streams import FutureReader
+    from wasi_tls_host.wasi.sockets import p3
+
+    before = open_fds()
+    stream, future = p3.tcp_receive(connected.cx, connected.sock)
+    stream.drop()
+    assert connected.run(FutureReader(future).read(), "the future") is None
+    assert p3.connection_of(stream) is None  # its task ended: nothing refers to the connection
+    connected.sock.drop()
+    connected.peer.settimeout(TIMEOUT)
+    assert connected.peer.recv(10) == b""
+    assert open_fds() < before
+
+
+def test_a_receive_stream_taken_over_by_the_host_never_ran_a_task(connected: _ConnectedSocket, no_gc) -> None:
+    """A consumer taking the socket over (TLS) before anyone read the stream: the socket is
+    read directly; the stream's task never ran, and its end is the consumer's to say."""
+    from wasi_tls_host.runtime.streams import FutureReader
+    from wasi_tls_host.wasi.sockets import p3
+
+    stream, future = p3.tcp_receive(connected.cx, connected.sock)
+    assert connected.cx.scheduler.pending == 0
+    source = p3.take_receive(stream)
+    assert source is not None and p3.take_receive(stream) is None
+    connected.peer.sendall(b"direct")
+    deadline = time.monotonic() + TIMEOUT
+    got = b""
+    while got != b"direct" and time.monotonic() < deadline:
+        got += source.recv(100) or b""
+    assert got == b"direct"
+    stream.drop()  # the guest lets the stream go: nothing starts for it now
+    assert connected.cx.scheduler.pending == 0
+    source.stop()
+    assert connected.run(FutureReader(future).read(), "the future") is None
+
+
+def test_a_store_closing_with_a_receive_stream_never_read_closes_its_socket(no_gc) -> None:
+    """A guest that asked for the stream, never read it and went away: nothing is left open."""
+    from wasi_tls_host.wasi.sockets import p3
+
+    before = open_fds()
+    conn = _ConnectedSocket()
+    stream, future = p3.tcp_receive(conn.cx, conn.sock)
+    conn.cx.close()
+    stream.drop()  # (the guest's table goes with its instance)
+    conn.peer.settimeout(TIMEOUT)
+    assert conn.peer.recv(10) == b""
+    conn.peer.close()
+    conn.listener.close()
+    assert open_fds() <= before
+
+
+def test_a_connect_to_a_local_listener_is_connected_with_nagle_off(connected: _ConnectedSocket) -> None:
+    """0.3's connect, which sees a connect the kernel completed at once by its TCP state:
+    connected, its remote address the listener's, Nagle off (as after a connect that waited)."""
+    from wasi_tls_host.wasi.sockets.tcp import TcpState
+
+    engine = connected.sock.socket
+    assert engine.state is TcpState.CONNECTED
+    assert engine.remote_address().port == connected.listener.getsockname()[1]
+    assert engine.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1

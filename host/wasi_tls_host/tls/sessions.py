@@ -164,14 +164,17 @@ class ClientEngine(TlsEngine):
     """A client engine that offers a kept session and keeps those the server gives it (with
     ``sessions``; None: resumption is off), and logs each handshake at INFO (``-v``)."""
 
-    def __init__(self, context: SSL.Context, server_name: str, sessions: ClientSessions | None, key: SessionKey) -> None:
+    def __init__(self, context: SSL.Context, server_name: str, sessions: ClientSessions | None, key: SessionKey | None) -> None:
         super().__init__(context, server_side=False, server_name=server_name)
-        self.sessions = sessions
-        self.key = key
+        self.sessions = sessions if key is not None else None
+        self.key = key  # None: no sessions, and no log line that would show the port
         # The session last seen on this connection, held: see _watch.
-        self._held: SSL.Session | None = sessions.take(key) if sessions is not None else None
-        if self._held is not None:
-            self.conn.set_session(self._held)
+        self._held: SSL.Session | None = None
+        if self.sessions is not None:
+            assert key is not None
+            self._held = self.sessions.take(key)
+            if self._held is not None:
+                self.conn.set_session(self._held)
 
     def advance_handshake(self) -> bool:
         if self.handshake_done:
@@ -186,7 +189,7 @@ class ClientEngine(TlsEngine):
             else:
                 self._watch()
         if log.isEnabledFor(logging.INFO):
-            port = f":{self.key.port}" if self.key.port is not None else ""
+            port = f":{self.key.port}" if self.key is not None and self.key.port is not None else ""
             log.info("TLS client %s%s: %s %s, %s", self.server_name, port, self.conn.get_protocol_version_name(),
                      self.cipher_name(), "resumed a session" if self.resumed() else "full handshake")
         return True
@@ -219,6 +222,9 @@ def client_engine(cx: Any, config: TlsConfig, server_name: str, ciphertext_in: A
     identity (a PrivateIdentity), with the guest's sessions unless resumption is off."""
     versions = versions or config.version_bounds()
     context = config.client_context(versions, identity)
+    if not config.resumption and not log.isEnabledFor(logging.INFO):
+        # Nothing reads the key (2-3 us of a client's handshake): no sessions, no log line.
+        return ClientEngine(context, server_name, None, None)
     key = SessionKey(server_name.lower(), remote_port(ciphertext_in), versions,
                      identity.public.fingerprint if identity is not None else None)
     return ClientEngine(context, server_name, sessions_of(cx) if config.resumption else None, key)

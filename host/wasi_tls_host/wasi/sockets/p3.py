@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterable, Protocol
 
 from ...runtime.binding import Interface, is_async_function
 from ...runtime.resources import HostResource
-from ...runtime.scheduler import Cancelled, HostTask, any_of, readable, writable
+from ...runtime.scheduler import Cancelled, HostTask, Scheduler, any_of, readable, writable
 from ...runtime.store import StoreState
 from ...runtime.streams import (
     CopyResult,
@@ -151,7 +151,7 @@ class _Receive:
     """A ``receive`` stream's socket, its future and the task moving bytes between them
     (until ``take_receive`` stops it)."""
 
-    __slots__ = ("conn", "writer", "result", "task", "taken")
+    __slots__ = ("conn", "writer", "result", "task", "taken", "__weakref__")
 
     def __init__(self, conn: tcp.TcpConnection, writer: StreamWriter, result: FutureWriter) -> None:
         self.conn = conn
@@ -266,11 +266,13 @@ def withdraw_direct_receive(stream: Stream) -> None:
 
 def _take(rx: _Receive) -> SocketSource | None:
     # Nothing is lost: the task only ever put bytes straight into a read posted on the
-    # stream, so none are held between the two.
-    if rx.taken or rx.task is None or rx.task.done:
+    # stream, so none are held between the two (and one not started yet read nothing).
+    task = rx.task
+    if rx.taken or (task is not None and task.done):
         return None
     rx.taken = True
-    rx.task.cancel()
+    if task is not None:
+        task.cancel()
     _RECEIVES.pop(rx.writer.stream, None)
     rx.writer.close()
     return SocketSource(rx.conn, rx.result)
@@ -486,9 +488,31 @@ def tcp_receive(cx: StoreState, sock: TcpSocket) -> tuple[Stream, Future]:
         return stream, future
     sock.receiving = True
     rx = _RECEIVES[stream] = _Receive(conn, writer, result)
-    rx.task = cx.scheduler.spawn(_receive(rx), "tcp-socket.receive")
+    # The task that moves the bytes starts when the stream first has a reader (or is
+    # dropped): until then it would only wait for one, and a TLS client hands the stream to
+    # the host (take_receive) before anyone reads it, so that its task was made only to be
+    # cancelled, on the way to the ClientHello. (The stream's entries above hold ``rx``; the
+    # event's callback only refers to it, so a socket taken over leaves no cycle behind.)
+    writer.wake.on_set(functools.partial(_start_receive, cx.scheduler, weakref.ref(rx)))
     offer_direct_receive(stream, functools.partial(_take, rx))
     return stream, future
+
+
+def _start_receive(scheduler: Scheduler, receive: weakref.ref[_Receive]) -> None:
+    """The receive stream has a reader, or was dropped: its task starts (unless the host
+    took the socket over first)."""
+    rx = receive()
+    if rx is None or rx.taken or rx.task is not None:
+        return
+    if scheduler.closed:  # the store is closing (its streams are being dropped): let go now
+        rx.taken = True
+        _RECEIVES.pop(rx.writer.stream, None)
+        withdraw_direct_receive(rx.writer.stream)
+        rx.writer.close()
+        rx.conn.release()
+        rx.result.close()
+        return
+    rx.task = scheduler.spawn(_receive(rx), "tcp-socket.receive")
 
 
 async def _receive(rx: _Receive) -> None:

@@ -28,6 +28,7 @@ import os
 import select
 import socket
 import struct
+import sys
 import termios
 from typing import Any, Mapping
 
@@ -97,6 +98,11 @@ _MAX_KEEPCNT = 127
 _MAX_BACKLOG = 0x7FFF_FFFF
 # connect: an implicit bind that found no ephemeral port (the spec's address-in-use).
 _CONNECT_ERRORS = {errno.EADDRNOTAVAIL: "address-in-use"}
+# Linux's TCP_INFO (its first byte is the connection's state), and the states of a connect
+# that succeeded: TCP_ESTABLISHED, and TCP_CLOSE_WAIT (the peer has sent its FIN already).
+# (Other systems number their states otherwise: they poll.)
+_TCP_INFO: int | None = getattr(socket, "TCP_INFO", None) if sys.platform.startswith("linux") else None
+_CONNECTED_STATES = frozenset({b"\x01", b"\x08"})
 
 
 class TcpSocket(EngineSocket):
@@ -263,6 +269,10 @@ class TcpSocket(EngineSocket):
         self.require("connect")
         try:
             self.start_connect(wasi, value)
+            if self._established():
+                self.advance(TcpEvent.CONNECTED)
+                self._tune_connected()
+                return
             while not self.connect_done():
                 await writable(self.sock.fileno())
             self.finish_connect()
@@ -273,6 +283,20 @@ class TcpSocket(EngineSocket):
         except BaseException:
             self.advance(TcpEvent.FAIL)  # cancelled: the socket is of no further use
             raise
+
+    def _established(self) -> bool:
+        """Whether the connect just started has already succeeded, as one to a local peer
+        usually has once ``connect`` returns (the kernel ran the whole TCP handshake in it):
+        the kernel's TCP state, one system call instead of a poll and SO_ERROR. False when it
+        cannot say (another system, an error), and for anything but established: the poll
+        and SO_ERROR decide then."""
+        if _TCP_INFO is None:
+            return False
+        try:
+            state = self.sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 1)
+        except OSError:
+            return False
+        return state[:1] in _CONNECTED_STATES
 
     def _tune_connected(self) -> None:
         # Nagle's algorithm off, as asyncio does: guests write whole messages (TLS flights,
