@@ -108,6 +108,11 @@ class StreamPort:
         if self.source is None:
             self.reader = StreamReader(incoming, is_bytes=True)
 
+    def attach_source(self, source: DirectSource, record: Any) -> None:
+        """Read ``source`` (a socket the host reads from the start, ``receive_directly``)
+        as the incoming ciphertext; ``record`` is its connection's access-log record."""
+        self.source, self.record = source, record
+
     def _attach_sink(self, sink: DirectSink) -> None:
         self.sink = sink
         self.writer.close()  # nothing goes through the stream from now on

@@ -208,9 +208,9 @@ class SocketSource:
 
     __slots__ = ("conn", "result", "fd")
 
-    def __init__(self, conn: tcp.TcpConnection, result: FutureWriter) -> None:
+    def __init__(self, conn: tcp.TcpConnection, result: FutureWriter | None) -> None:
         self.conn: tcp.TcpConnection | None = conn
-        self.result = result
+        self.result = result  # None: nobody asked how receiving ended (``receive_directly``)
         self.fd = conn.fileno()
 
     def recv(self, limit: int) -> bytes | None:
@@ -241,7 +241,8 @@ class SocketSource:
         conn, self.conn = self.conn, None
         if conn is not None:
             conn.release()
-            self.result.write(outcome)
+            if self.result is not None:
+                self.result.write(outcome)
 
 
 def take_receive(stream: Stream) -> DirectSource | None:
@@ -250,6 +251,18 @@ def take_receive(stream: Stream) -> DirectSource | None:
     stream is no socket's or has ended."""
     take = _RECEIVE_TAKERS.pop(stream, None)
     return take() if take is not None and not stream.dropped else None
+
+
+def receive_directly(sock: TcpSocket) -> SocketSource:
+    """``receive`` for a host consumer that reads the socket itself from the start and
+    reports how the data ended on its own (TLS's ``accept-socket``): the socket's checks and
+    state as ``receive``, without the stream, future and task that ``take_receive`` would
+    stop at once. Raises ``WitError`` where ``receive`` would answer an error."""
+    if sock.receiving:
+        raise WitError("invalid-state")
+    conn = sock.socket.connection("receive")
+    sock.receiving = True
+    return SocketSource(conn, None)
 
 
 def offer_direct_receive(stream: Stream, take: Callable[[], DirectSource | None]) -> None:
