@@ -232,7 +232,10 @@ def accept_socket(cx: StoreState, sock: TcpSocket) -> tuple[IncomingClientHelloP
         peer = None  # the client is gone already: its handshake says so
     port = StreamPort(Signal(), _CIPHERTEXT_ORIGIN)
     port.attach_source(source, sock.socket.shared.record)
-    return _start_hello(cx, port), tcp_send(cx, sock, port.outgoing), peer
+    # The socket is written directly before the hello's task takes its first step (which
+    # reads the hello at once): no wake-up of it, later, only to learn that.
+    sent = tcp_send(cx, sock, port.outgoing)
+    return _start_hello(cx, port), sent, peer
 
 
 def _hello_getter(call: str, value: Any) -> Any:
