@@ -35,13 +35,14 @@ from .attested import peer_code_check
 from .ciphers import suite_number
 from .client_hello import ALERT_FATAL, ClientHello, alert_record
 from .config import tls_config
-from .connection import failure_record, guest_errors, tls_error
+from .connection import failure_record, tls_error
 from .connection_p3 import ConnectionP3, connection_receive, connection_send, preopened_identity
 from .engine import CLOSED, TlsFailure
 from .identities import PublicIdentity
 from .limits import LimitExceeded, usage_of
 from .p3 import StreamPort, StreamTransport
-from .server import ALERT_INTERNAL_ERROR, ClientHelloIntake, OutgoingServerHello, Refusal, answer_engine, server_failure, server_iface
+from .server import (ALERT_INTERNAL_ERROR, ClientHelloIntake, OutgoingServerHello, Refusal, answer_engine, require_state, server_failure,
+                     server_iface)
 from .states import CLIENT_EXCHANGE, ClientHelloState, Event, HandshakeState
 from .transport import ALERT_USER_CANCELED, HandshakeDeadline, PortFailed
 
@@ -168,8 +169,7 @@ class ExchangeP3(HostResource):
 
     async def require(self, call: str) -> None:
         await self.transport.settled
-        with guest_errors():
-            self.transport.states.require(call)
+        require_state(self.transport.states, call)
 
     async def finish(self) -> ConnectionP3:
         """The FINISH transition: the connection now holds the transport."""
