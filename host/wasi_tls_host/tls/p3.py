@@ -497,20 +497,24 @@ class StreamTransport(TlsTransport):
             return False
         try:
             self.engine.write(data)
-            if len(data) < WRITE_CHUNK and len(data) + len(self.pending_out) < _WATCH_BELOW:
-                # The guest's write was taken whole and little waits to be sent: post the read
-                # for its next write (or its end) now, not in one more step that finds nothing.
-                data = src.reader.read_nowait(WRITE_CHUNK, self.wake)
-                if data is None:
-                    self._sender_unwatched = False
-                    src.ended = True
-                    self._close_sending()
-                elif data:
-                    self.engine.write(data)  # a host writer had more: the next step goes on
-                else:
-                    self._sender_unwatched = False
         except TlsFailure as failure:
             self.fail_connection(failure)
+            return True
+        if len(data) < WRITE_CHUNK and len(data) + len(self.pending_out) < _WATCH_BELOW:
+            # The guest's write was taken whole and little waits to be sent: post the read for
+            # its next write (or its end) now, not in one more step that finds nothing.
+            more = src.reader.read_nowait(WRITE_CHUNK, self.wake)
+            if more is None:
+                self._sender_unwatched = False
+                src.ended = True
+                self._close_sending()
+            elif more:
+                try:
+                    self.engine.write(more)  # a host writer had more: the next step goes on
+                except TlsFailure as failure:
+                    self.fail_connection(failure)
+            else:
+                self._sender_unwatched = False
         return True
 
     def _stop_receiving(self) -> None:
