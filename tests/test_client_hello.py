@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from OpenSSL import SSL
 
 from hello_capture import CLIENTS, capture
+from wasi_tls_host.tls import client_hello
 from wasi_tls_host.tls.client_hello import (
     ALERT_DECODE_ERROR,
     ALERT_FATAL,
@@ -691,3 +692,101 @@ def test_openssl_client_understands_the_alert() -> None:
     client.bio_write(alert_record(ALERT_FATAL, ALERT_DECODE_ERROR))
     with pytest.raises(SSL.Error, match="decode error"):
         client.do_handshake()
+
+
+# --------------------------------------------------------------------------- direct reads
+
+
+def _outcome(read, *args) -> object:  # type: ignore[no-untyped-def]
+    """What a read gives: its value, or the code and words of its refusal."""
+    try:
+        return read(*args)
+    except ClientHelloError as e:
+        return (e.code, e.message)
+
+
+def _mutated(data: bytes, edits: list[tuple[int, int]], cut: int, extra: bytes) -> bytes:
+    out = bytearray(data)
+    for pos, value in edits:
+        if out:
+            out[pos % len(out)] = value
+    return bytes(out[:len(out) - cut] + extra) if cut <= len(out) else extra
+
+
+_EDITS = st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=4)
+# (direct read, the cursors' read, the arguments after the data)
+_EXTENSION_READS = {
+    0: (client_hello._parse_server_name, client_hello._read_server_name, ()),
+    16: (client_hello._parse_alpn, client_hello._read_alpn, ()),
+    43: (client_hello._parse_supported_versions, client_hello._read_supported_versions, ()),
+    13: (client_hello._parse_u16_vector, client_hello._read_u16_vector, ("signature_algorithms", 2)),
+    10: (client_hello._parse_u16_vector, client_hello._read_u16_vector, ("supported_groups", 2)),
+    51: (client_hello._parse_key_share, client_hello._read_key_share, ()),
+}
+
+
+@HYPOTHESIS
+@given(st.sampled_from(list(CLIENTS)), _EDITS, st.integers(0, 3), st.binary(max_size=3))
+def test_the_direct_read_of_a_hello_is_the_cursors_read(name: str, edits: list[tuple[int, int]], cut: int, extra: bytes) -> None:
+    # The direct read of the fields and extensions block gives up (None) wherever the
+    # cursors would refuse the message, and otherwise reads exactly what they read.
+    message = _mutated(captured(name)[5:], edits, cut, extra)
+    direct = client_hello._read_body_fast(message)
+    expected = _outcome(client_hello._read_body, message)
+    assert direct is None or direct == expected
+    if not edits and not cut and not extra:
+        assert direct is not None  # a real client's hello is read directly
+
+
+@HYPOTHESIS
+@given(st.sampled_from(list(CLIENTS)), st.sampled_from(list(_EXTENSION_READS)), _EDITS, st.integers(0, 3),
+       st.binary(max_size=3))
+def test_the_direct_read_of_an_extension_is_the_cursors_read(name: str, ext_type: int, edits: list[tuple[int, int]],
+                                                             cut: int, extra: bytes) -> None:
+    present = dict(split_parts(captured(name)).extensions)
+    direct, cursors, args = _EXTENSION_READS[ext_type]
+    data = _mutated(present.get(ext_type, b""), edits, cut, extra)
+    assert _outcome(direct, data, *args) == _outcome(cursors, data, *args)
+
+
+@HYPOTHESIS
+@given(st.sampled_from(list(_EXTENSION_READS)), st.binary(max_size=40))
+def test_the_direct_read_of_random_extension_bytes_is_the_cursors_read(ext_type: int, data: bytes) -> None:
+    direct, cursors, args = _EXTENSION_READS[ext_type]
+    assert _outcome(direct, data, *args) == _outcome(cursors, data, *args)
+
+
+@HYPOTHESIS
+@given(st.sampled_from([b"\x03\x03", b"\x03\x01", b"\x02\xff", b"\x7f\x00"]), st.binary(max_size=34), st.binary(max_size=7),
+       st.sampled_from([b"\x00", b"", b"\x01", b"\x01\x00"]),
+       st.lists(st.tuples(st.sampled_from([0, 10, 41, 0xFFFF]), st.binary(max_size=4)), max_size=4), st.booleans(), _EDITS)
+def test_the_direct_read_of_built_hellos_is_the_cursors_read(version: bytes, session_id: bytes, suites: bytes, compression: bytes,
+                                                            extensions: list[tuple[int, bytes]], no_block: bool,
+                                                            edits: list[tuple[int, int]]) -> None:
+    # Fields of any size with consistent lengths (odd suite lists, long session ids, no null
+    # compression, repeated extensions, no extensions block), some then damaged.
+    parts = Parts(version, bytes(32), session_id, suites, compression, extensions)
+    body = parts.body()[:-2 - sum(4 + len(d) for _, d in extensions)] if no_block else parts.body()
+    message = _mutated(b"\x01" + len(body).to_bytes(3, "big") + body, edits if edits and edits[0][1] % 2 else [], 0, b"")
+    direct = client_hello._read_body_fast(message)
+    assert direct is None or direct == _outcome(client_hello._read_body, message)
+
+
+@HYPOTHESIS
+@given(st.sampled_from(list(_EXTENSION_READS)), st.binary(max_size=24), st.integers(1, 2), st.integers(-1, 1))
+def test_the_direct_read_of_a_wrapped_extension_is_the_cursors_read(ext_type: int, inner: bytes, width: int, off: int) -> None:
+    # Random lists behind a (nearly) consistent outer length: the inner entries decide.
+    data = max(0, len(inner) + off).to_bytes(width, "big") + inner
+    direct, cursors, args = _EXTENSION_READS[ext_type]
+    assert _outcome(direct, data, *args) == _outcome(cursors, data, *args)
+
+
+@pytest.mark.parametrize(("ext_type", "data"), [
+    (16, b"\x00\x04\x00\x02h2"), (16, b"\x00\x03\x02h2"), (16, b"\x00\x04\x02h2\x00"),  # an empty name, consistent lengths
+    (51, b"\x00\x04\x00\x1d\x00\x00"), (51, b"\x00\x03\x00\x1d\x00"),  # an empty key_exchange; a cut share header
+    (43, b"\x03\x03\x04\x03"), (13, b"\x00\x03\x08\x04\x04"), (10, b"\x00\x00"),  # odd and empty lists
+    (0, b"\x00\x05\x01\x00\x02ab"), (0, b"\x00\x03\x00\x00\x00"), (0, b"\x00\x0a\x00\x00\x02ab\x00\x00\x02cd"),
+])
+def test_the_direct_read_of_irregular_extensions_is_the_cursors_read(ext_type: int, data: bytes) -> None:
+    direct, cursors, args = _EXTENSION_READS[ext_type]
+    assert _outcome(direct, data, *args) == _outcome(cursors, data, *args)

@@ -109,7 +109,8 @@ TLS1_3 = 0x0304
 _MIN_BODY = 2 + 32 + 1 + (2 + 2) + (1 + 1)
 # Request methods whose first four bytes identify a plain-HTTP client (plus the h2c preface).
 _HTTP_STARTS = (b"GET ", b"POST", b"PUT ", b"HEAD", b"DELE", b"OPTI", b"PATC", b"CONN", b"TRAC", b"PRI ")
-_HOSTNAME_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+_HOSTNAME_BYTES = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_."
+_HOSTNAME_CHARS = frozenset(_HOSTNAME_BYTES)
 
 
 class ClientHelloError(Exception):
@@ -274,12 +275,12 @@ def _hostname(raw: bytes) -> str:
     # differently in C and Python, or reaches a log, invites mix-ups.
     if b"\x00" in raw:
         raise _illegal_name("host name contains a NUL byte")
-    if any(b >= 0x80 for b in raw):
+    if not raw.isascii():
         raise _illegal_name("host name is not ASCII (internationalised names must be sent as IDNA A-labels, xn--...)")
     name = raw[:-1] if raw.endswith(b".") else raw
     if not name or len(name) > 253:
         raise _illegal_name(f"host name length {len(name)} is outside 1..253")
-    bad = set(name) - _HOSTNAME_CHARS
+    bad = set(name) - _HOSTNAME_CHARS if name.translate(None, _HOSTNAME_BYTES) else None
     if bad:
         shown = ", ".join(repr(chr(b)) for b in sorted(bad))
         raise _illegal_name(f"host name contains characters not allowed in DNS names ({shown})")
@@ -296,7 +297,19 @@ def canonical_server_name(name: str) -> str:
     return name.rstrip(".").lower()
 
 
+# Each extension is read directly while it has the usual, well-formed shape (a hello is
+# read per connection); anything else goes through the cursors (``_read_*``), which refuse
+# it in the words of the field that is wrong. A direct read accepts nothing the cursors
+# refuse and reads the same values (tests/test_client_hello.py compares the two).
 def _parse_server_name(data: bytes) -> str | None:
+    size = len(data)
+    if size > 5 and data[2] == 0 and (data[0] << 8) | data[1] == size - 2 and (data[3] << 8) | data[4] == size - 5:
+        return _hostname(data[5:])  # the usual list: one host_name (the cursors read anything else)
+    return _read_server_name(data)
+
+
+def _read_server_name(data: bytes) -> str | None:
+    """``_parse_server_name`` through the cursors, which word what is wrong."""
     cur = _Cursor(data, "server_name extension")
     names = _Cursor(cur.vector(2, 1, 0xFFFF, "server_name_list"), "server_name_list")
     cur.end()
@@ -315,6 +328,23 @@ def _parse_server_name(data: bytes) -> str | None:
 
 
 def _parse_alpn(data: bytes) -> list[bytes]:
+    size = len(data)
+    if size >= 4 and (data[0] << 8) | data[1] == size - 2:
+        # Read directly while every name fits (the cursors say what is wrong otherwise).
+        found, pos = [], 2
+        while pos < size:
+            end = pos + 1 + data[pos]
+            if end == pos + 1 or end > size:
+                break
+            found.append(data[pos + 1:end])
+            pos = end
+        else:
+            return found
+    return _read_alpn(data)
+
+
+def _read_alpn(data: bytes) -> list[bytes]:
+    """``_parse_alpn`` through the cursors, which word what is wrong."""
     cur = _Cursor(data, "ALPN extension")
     names = _Cursor(cur.vector(2, 2, 0xFFFF, "protocol_name_list"), "ALPN protocol_name_list")
     cur.end()
@@ -325,6 +355,14 @@ def _parse_alpn(data: bytes) -> list[bytes]:
 
 
 def _parse_supported_versions(data: bytes) -> list[int]:
+    size = len(data)
+    if 3 <= size <= 255 and data[0] == size - 1 and not data[0] % 2:
+        return list(struct.unpack_from(f">{data[0] // 2}H", data, 1))
+    return _read_supported_versions(data)
+
+
+def _read_supported_versions(data: bytes) -> list[int]:
+    """``_parse_supported_versions`` through the cursors, which word what is wrong."""
     cur = _Cursor(data, "supported_versions extension")
     versions = _u16_list(cur.vector(1, 2, 254, "versions"), "supported_versions")
     cur.end()
@@ -332,6 +370,14 @@ def _parse_supported_versions(data: bytes) -> list[int]:
 
 
 def _parse_u16_vector(data: bytes, what: str, lo: int) -> list[int]:
+    size = len(data)
+    if size >= 2 + lo and not size % 2 and (data[0] << 8) | data[1] == size - 2:
+        return list(struct.unpack_from(f">{size // 2 - 1}H", data, 2))
+    return _read_u16_vector(data, what, lo)
+
+
+def _read_u16_vector(data: bytes, what: str, lo: int) -> list[int]:
+    """``_parse_u16_vector`` through the cursors, which word what is wrong."""
     cur = _Cursor(data, f"{what} extension")
     values = _u16_list(cur.vector(2, lo, 0xFFFF, what), what)
     cur.end()
@@ -339,6 +385,23 @@ def _parse_u16_vector(data: bytes, what: str, lo: int) -> list[int]:
 
 
 def _parse_key_share(data: bytes) -> list[int]:
+    size = len(data)
+    if size >= 2 and (data[0] << 8) | data[1] == size - 2:
+        # Read directly while every share fits (the cursors say what is wrong otherwise).
+        groups, pos = [], 2
+        while pos < size:
+            end = pos + 4 + ((data[pos + 2] << 8) | data[pos + 3]) if pos + 4 <= size else pos
+            if end <= pos + 4 or end > size:
+                break
+            groups.append((data[pos] << 8) | data[pos + 1])
+            pos = end
+        else:
+            return groups
+    return _read_key_share(data)
+
+
+def _read_key_share(data: bytes) -> list[int]:
+    """``_parse_key_share`` through the cursors, which word what is wrong."""
     cur = _Cursor(data, "key_share extension")
     shares = _Cursor(cur.vector(2, 0, 0xFFFF, "client_shares"), "key_share client_shares")
     cur.end()
@@ -361,8 +424,62 @@ def _truncated_extension(block: bytes, pos: int) -> ClientHelloError:
     raise AssertionError(f"extension at {pos} of {len(block)} fits")
 
 
+_Body = tuple[int, bytes, bytes, list[int], bytes, list[tuple[int, bytes]]]
+
+
+def _read_body_fast(message: bytes) -> _Body | None:
+    """The fields and extensions of a well-formed ClientHello message, read without the
+    cursor's bookkeeping (a hello is read once per connection, and most are well-formed);
+    None at anything ``_read_body`` could refuse, which then reads it again and says what
+    is wrong. Accepts nothing that ``_read_body`` refuses, and reads the same values."""
+    size = len(message)
+    if size < 4 + _MIN_BODY or message[0] != HANDSHAKE_CLIENT_HELLO or int.from_bytes(message[1:4], "big") != size - 4:
+        return None
+    legacy_version = (message[4] << 8) | message[5]
+    session_end = 39 + message[38]
+    if legacy_version < SSL3_0 or message[38] > 32 or session_end + 2 > size:
+        return None
+    suites_end = session_end + 2 + ((message[session_end] << 8) | message[session_end + 1])
+    suites_size = suites_end - session_end - 2
+    if suites_size < 2 or suites_size % 2 or suites_end + 1 > size:  # (at most 0xFFFE: the length is even)
+        return None
+    compression_end = suites_end + 1 + message[suites_end]
+    if compression_end == suites_end + 1 or compression_end > size:
+        return None
+    compression = message[suites_end + 1:compression_end]
+    if 0 not in compression:
+        return None
+    extensions: list[tuple[int, bytes]] = []
+    if compression_end < size:
+        if compression_end + 2 + ((message[compression_end] << 8) | message[compression_end + 1]) != size:
+            return None
+        pos = compression_end + 2
+        seen: set[int] = set()
+        while pos < size:
+            start = pos + 4
+            stop = start + ((message[pos + 2] << 8) | message[pos + 3]) if start <= size else size + 1
+            if stop > size:
+                return None
+            ext_type = (message[pos] << 8) | message[pos + 1]
+            if ext_type in seen:
+                return None
+            seen.add(ext_type)
+            extensions.append((ext_type, message[start:stop]))
+            pos = stop
+    cipher_suites = list(struct.unpack_from(f">{suites_size // 2}H", message, session_end + 2))
+    return legacy_version, message[6:38], message[39:session_end], cipher_suites, compression, extensions
+
+
 def parse_client_hello(message: bytes) -> ClientHello:
     """Parse one complete handshake message (4-byte header included) as a ClientHello."""
+    message = bytes(message)
+    body = _read_body_fast(message) or _read_body(message)
+    return _with_extensions(message, *body)
+
+
+def _read_body(message: bytes) -> _Body:
+    """The fields and extensions of a ClientHello message, or the error that says what is
+    wrong with it."""
     head = _Cursor(message, "handshake message")
     msg_type = head.uint(1, "msg_type")
     if msg_type != HANDSHAKE_CLIENT_HELLO:
@@ -409,7 +526,12 @@ def parse_client_hello(message: bytes) -> ClientHello:
             seen.add(ext_type)
             extensions.append((ext_type, ext_data))
     body.end()
+    return legacy_version, random, session_id, cipher_suites, compression, extensions
 
+
+def _with_extensions(message: bytes, legacy_version: int, random: bytes, session_id: bytes, cipher_suites: list[int],
+                     compression: bytes, extensions: list[tuple[int, bytes]]) -> ClientHello:
+    """The hello, its extensions decoded."""
     server_name: str | None = None
     alpn: list[bytes] = []
     versions: list[int] | None = None
@@ -451,7 +573,7 @@ def parse_client_hello(message: bytes) -> ClientHello:
         supported_groups=groups,
         key_share_groups=key_share_groups,
         psk_offered=psk_offered,
-        raw=bytes(message),
+        raw=message,
     )
 
 

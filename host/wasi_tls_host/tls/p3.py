@@ -54,6 +54,10 @@ WRITE_CHUNK = 1 << 16
 # OpenSSL hands out one record (at most 2^14 bytes) per read; asking for more makes
 # pyOpenSSL allocate a larger temporary buffer for nothing.
 _RECORD = 1 << 14
+# A step that took a write of the guest's plaintext posts the read for its next one at
+# once while less than this (that write included) waits to be sent (OUTPUT_HIGH_WATER
+# stops the reading, checked at the next step, and this keeps well clear of it).
+_WATCH_BELOW = OUTPUT_HIGH_WATER // 4
 # What one read of a socket read directly takes at most (a larger bytes object per read
 # would be allocated and given back to the system each time).
 _DIRECT_READ = 1 << 16
@@ -103,6 +107,11 @@ class StreamPort:
         self.source = take_receive(incoming)
         if self.source is None:
             self.reader = StreamReader(incoming, is_bytes=True)
+
+    def attach_source(self, source: DirectSource, record: Any) -> None:
+        """Read ``source`` (a socket the host reads from the start, ``receive_directly``)
+        as the incoming ciphertext; ``record`` is its connection's access-log record."""
+        self.source, self.record = source, record
 
     def _attach_sink(self, sink: DirectSink) -> None:
         self.sink = sink
@@ -376,6 +385,11 @@ class StreamTransport(TlsTransport):
             moved = self.advance_handshake() or self._want_input() or moved
         elif self.failure is None:
             moved = self._decrypt() or moved
+            if self.needs_input and self.receiving and not self.port.want_read and self.receive():
+                # OpenSSL asked for more ciphertext only now (its plaintext ran out): the socket
+                # is read in this step, not in one more step of its own that mostly finds it empty.
+                self.needs_input = False
+                moved = True
             moved = self._encrypt() or moved
         moved = self.send_pending() or moved
         if self.failure is not None and not self._ended_by_failure and self.state is not HandshakeState.RUNNING:
@@ -473,7 +487,7 @@ class StreamTransport(TlsTransport):
             return True
         data = src.reader.read_nowait(WRITE_CHUNK, self.wake)
         # Plaintext taken leaves no read posted on the guest's stream (nothing would wake the
-        # task for its next write or its end): the next step posts one.
+        # task for its next write or its end): one is posted below, or by the next step.
         self._sender_unwatched = bool(data)
         if data is None:
             src.ended = True
@@ -485,6 +499,22 @@ class StreamTransport(TlsTransport):
             self.engine.write(data)
         except TlsFailure as failure:
             self.fail_connection(failure)
+            return True
+        if len(data) < WRITE_CHUNK and len(data) + len(self.pending_out) < _WATCH_BELOW:
+            # The guest's write was taken whole and little waits to be sent: post the read for
+            # its next write (or its end) now, not in one more step that finds nothing.
+            more = src.reader.read_nowait(WRITE_CHUNK, self.wake)
+            if more is None:
+                self._sender_unwatched = False
+                src.ended = True
+                self._close_sending()
+            elif more:
+                try:
+                    self.engine.write(more)  # a host writer had more: the next step goes on
+                except TlsFailure as failure:
+                    self.fail_connection(failure)
+            else:
+                self._sender_unwatched = False
         return True
 
     def _stop_receiving(self) -> None:

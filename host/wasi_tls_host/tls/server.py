@@ -251,10 +251,20 @@ class ClientHelloIntake:
 
     def answers(self, call: str) -> ClientHello:
         """The parsed hello, if the state answers ``call``; the guest-facing error if not."""
-        with guest_errors():
-            self.states.require(call)
+        require_state(self.states, call)
         assert self.hello is not None
         return self.hello
+
+
+def require_state(states: StateMachine[Any], call: str) -> None:
+    """``states.require(call)``, refused with the guest-facing error as ``guest_errors``
+    words it (entered only then: a context manager costs microseconds on every connection's
+    calls, which almost always pass)."""
+    try:
+        states.require(call)
+    except (WrongState, TlsFailure):
+        with guest_errors():
+            raise
 
 
 class IncomingClientHello(HostResource, ClientHelloIntake):

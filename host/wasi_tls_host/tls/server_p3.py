@@ -28,20 +28,21 @@ from ..runtime.resources import HostResource
 from ..runtime.scheduler import Cancelled, HostTask, Scheduler
 from ..runtime.scheduler import Event as Signal
 from ..runtime.store import StoreState
-from ..runtime.streams import Future, FutureReader, Stream, StreamReader
+from ..runtime.streams import Future, Stream, StreamReader
 from ..runtime.values import WitError
-from ..wasi.sockets.p3 import TcpSocket, tcp_receive, tcp_send
+from ..wasi.sockets.p3 import TcpSocket, receive_directly, tcp_send
 from .attested import peer_code_check
 from .ciphers import suite_number
 from .client_hello import ALERT_FATAL, ClientHello, alert_record
 from .config import tls_config
-from .connection import failure_record, guest_errors, tls_error
+from .connection import failure_record, tls_error
 from .connection_p3 import ConnectionP3, connection_receive, connection_send, preopened_identity
 from .engine import CLOSED, TlsFailure
 from .identities import PublicIdentity
 from .limits import LimitExceeded, usage_of
 from .p3 import StreamPort, StreamTransport
-from .server import ALERT_INTERNAL_ERROR, ClientHelloIntake, OutgoingServerHello, Refusal, answer_engine, server_failure, server_iface
+from .server import (ALERT_INTERNAL_ERROR, ClientHelloIntake, OutgoingServerHello, Refusal, answer_engine, require_state, server_failure,
+                     server_iface)
 from .states import CLIENT_EXCHANGE, ClientHelloState, Event, HandshakeState
 from .transport import ALERT_USER_CANCELED, HandshakeDeadline, PortFailed
 
@@ -50,6 +51,7 @@ log = logging.getLogger("wasi_tls_host.tls")
 server_iface_p3 = Interface("wasi-tls-host:tls/server@0.2.0")
 
 _ORIGIN = "wasi-tls-host:tls/server@0.2.0#accept"
+_CIPHERTEXT_ORIGIN = f"{_ORIGIN} (ciphertext)"
 
 
 class IncomingClientHelloP3(HostResource, ClientHelloIntake):
@@ -167,8 +169,7 @@ class ExchangeP3(HostResource):
 
     async def require(self, call: str) -> None:
         await self.transport.settled
-        with guest_errors():
-            self.transport.states.require(call)
+        require_state(self.transport.states, call)
 
     async def finish(self) -> ConnectionP3:
         """The FINISH transition: the connection now holds the transport."""
@@ -193,8 +194,13 @@ server_iface_p3.resource("incoming-client-exchange", ExchangeP3)
 
 @server_iface_p3.func("accept")
 def accept(cx: StoreState, ciphertext: Stream) -> tuple[IncomingClientHelloP3, Stream]:
+    port = StreamPort(Signal(), _CIPHERTEXT_ORIGIN, ciphertext)
+    return _start_hello(cx, port), port.outgoing
+
+
+def _start_hello(cx: StoreState, port: StreamPort) -> IncomingClientHelloP3:
+    """The hello of a connection whose ciphertext ``port`` carries, its task started."""
     limits = tls_config(cx).limits
-    port = StreamPort(Signal(), f"{_ORIGIN} (ciphertext)", ciphertext)
     hello = IncomingClientHelloP3(port, max_size=limits.max_client_hello, deadline=HandshakeDeadline.start(limits))
     usage = usage_of(cx)
     try:
@@ -205,7 +211,7 @@ def accept(cx: StoreState, ciphertext: Stream) -> tuple[IncomingClientHelloP3, S
     else:
         hello.usage = usage
     hello.start(cx.scheduler)
-    return hello, port.outgoing
+    return hello
 
 
 @server_iface_p3.func("accept-socket")
@@ -217,14 +223,19 @@ def accept_socket(cx: StoreState, sock: TcpSocket) -> tuple[IncomingClientHelloP
         sock.socket.require("receive")
     except WitError as e:
         raise tls_error("invalid-state", f"the socket is not a connected one ({e.payload})") from None
-    ciphertext, received = tcp_receive(cx, sock)
-    FutureReader(received).close()  # how the client's data ended is the connection's to say
+    # The host reads the socket itself from the start (no receive stream, future or task to
+    # stop again); how the client's data ended is the connection's to say.
+    source = receive_directly(sock)
     try:
         peer = sock.socket.remote_address().to_wit()
     except WitError:
         peer = None  # the client is gone already: its handshake says so
-    hello, outgoing = accept(cx, ciphertext)
-    return hello, tcp_send(cx, sock, outgoing), peer
+    port = StreamPort(Signal(), _CIPHERTEXT_ORIGIN)
+    port.attach_source(source, sock.socket.shared.record)
+    # The socket is written directly before the hello's task takes its first step (which
+    # reads the hello at once): no wake-up of it, later, only to learn that.
+    sent = tcp_send(cx, sock, port.outgoing)
+    return _start_hello(cx, port), sent, peer
 
 
 def _hello_getter(call: str, value: Any) -> Any:

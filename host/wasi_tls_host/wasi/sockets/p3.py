@@ -208,9 +208,9 @@ class SocketSource:
 
     __slots__ = ("conn", "result", "fd")
 
-    def __init__(self, conn: tcp.TcpConnection, result: FutureWriter) -> None:
+    def __init__(self, conn: tcp.TcpConnection, result: FutureWriter | None) -> None:
         self.conn: tcp.TcpConnection | None = conn
-        self.result = result
+        self.result = result  # None: nobody asked how receiving ended (``receive_directly``)
         self.fd = conn.fileno()
 
     def recv(self, limit: int) -> bytes | None:
@@ -241,7 +241,8 @@ class SocketSource:
         conn, self.conn = self.conn, None
         if conn is not None:
             conn.release()
-            self.result.write(outcome)
+            if self.result is not None:
+                self.result.write(outcome)
 
 
 def take_receive(stream: Stream) -> DirectSource | None:
@@ -250,6 +251,18 @@ def take_receive(stream: Stream) -> DirectSource | None:
     stream is no socket's or has ended."""
     take = _RECEIVE_TAKERS.pop(stream, None)
     return take() if take is not None and not stream.dropped else None
+
+
+def receive_directly(sock: TcpSocket) -> SocketSource:
+    """``receive`` for a host consumer that reads the socket itself from the start and
+    reports how the data ended on its own (TLS's ``accept-socket``): the socket's checks and
+    state as ``receive``, without the stream, future and task that ``take_receive`` would
+    stop at once. Raises ``WitError`` where ``receive`` would answer an error."""
+    if sock.receiving:
+        raise WitError("invalid-state")
+    conn = sock.socket.connection("receive")
+    sock.receiving = True
+    return SocketSource(conn, None)
 
 
 def offer_direct_receive(stream: Stream, take: Callable[[], DirectSource | None]) -> None:
@@ -373,11 +386,21 @@ def tcp_listen(cx: StoreState, sock: TcpSocket) -> Stream:
 
 async def _accept(wasi: Any, listener: tcp.TcpSocket, shared: SharedSocket, writer: StreamWriter) -> None:
     """The listen stream: a connection for each read of the guest, until it drops the
-    stream or a graceful stop ends it. ``shared`` is the listener, acquired for this task."""
+    stream or a graceful stop ends it. ``shared`` is the listener, acquired for this task.
+
+    A read is answered with every connection already waiting, as many as it has room for:
+    one read of the guest (a round trip through both runtimes) for several connections
+    when they come faster than it reads."""
     reg = registry(wasi)
+    none_waiting = False  # the last accept found no connection: wait before the next one
     try:
         drain_fd = reg.drain_fd()
         while await _reader_waits(writer, reg, drain_fd) and not listener.draining():
+            if none_waiting:
+                none_waiting = False
+                writer.wake.clear()  # the guest dropping the stream ends this wait too
+                await any_of(readable(shared.sock.fileno()), readable(drain_fd), writer.wake)
+                continue
             try:
                 accepted = listener.accept(wasi)
             except WitError as e:
@@ -385,25 +408,50 @@ async def _accept(wasi: Any, listener: tcp.TcpSocket, shared: SharedSocket, writ
                     continue  # that client was refused at once (logged); the next may fit
                 return  # the listener is gone
             except OSError as e:
-                # Linux passes a connection's pending network error on from accept(): the
-                # spec lets hosts skip such a connection; the listener goes on.
-                log.info("skipped a connection that failed before it was accepted: %s", e)
+                _skipped(e)
                 continue
             if accepted is None:
-                writer.wake.clear()  # the guest dropping the stream ends this wait too
-                await any_of(readable(shared.sock.fileno()), readable(drain_fd), writer.wake)
+                none_waiting = True
                 continue
-            client = TcpSocket(accepted)
+            clients = [TcpSocket(accepted)]
+            room = _read_room(writer)
+            while len(clients) < room:
+                try:
+                    accepted = listener.accept(wasi)
+                except WitError:
+                    break  # the loop above meets it again (a refused client was closed, logged)
+                except OSError as e:
+                    _skipped(e)
+                    continue
+                if accepted is None:
+                    none_waiting = True
+                    break
+                clients.append(TcpSocket(accepted))
+            written = 0
             try:
-                await writer.write_some([client])
+                while written < len(clients):
+                    written += await writer.write_some(clients[written:] if written else clients)
             except StreamClosed:
-                client.drop()  # the guest dropped the stream: this client is closed at once
+                for client in clients[written:]:
+                    client.drop()  # the guest dropped the stream: these clients are closed at once
                 raise
     except StreamClosed:
         pass
     finally:
         writer.close()
         shared.release()
+
+
+def _skipped(e: OSError) -> None:
+    # Linux passes a connection's pending network error on from accept(): the spec lets
+    # hosts skip such a connection; the listener goes on.
+    log.info("skipped a connection that failed before it was accepted: %s", e)
+
+
+def _read_room(writer: StreamWriter) -> int:
+    """How many values the guest's pending read still takes (0 if none is pending)."""
+    buf = writer.stream.pending_buffer
+    return buf.remain() if isinstance(buf, WritableBuffer) else 0
 
 
 async def _reader_waits(writer: StreamWriter, reg: SocketRegistry, drain_fd: int) -> bool:
