@@ -176,6 +176,14 @@ class _Source:
         if owner is not None:
             owner.end_receiving()
 
+    @property
+    def remote_port(self) -> int | None:
+        owner = self.owner
+        try:
+            return int(owner.sock.getpeername()[1]) if owner is not None else None
+        except OSError:
+            return None
+
 
 class _Sink:
     """The sending side written directly (``wasi.sockets.p3.DirectSink``)."""

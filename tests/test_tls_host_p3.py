@@ -459,6 +459,31 @@ def test_the_guest_client_says_why_verification_failed(serve, request_, pki: Ser
     assert refused.error is not None  # the server saw the client's alert
 
 
+def test_sessions_are_kept_per_server_port(p3_host: Host, guest_path, pki: ServerPki) -> None:
+    """One guest's connections to two servers of one name on two ports (each with its own
+    ticket keys): first, second, first again: the third resumes the first's session (the
+    sessions' key had no port for a 0.3 connection, so the second's replaced it)."""
+    from tls_peers import PeerServer, echo
+
+    def context() -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        pki.leaf_a.configure_cert(ctx)
+        return ctx
+
+    first, second = PeerServer(echo, context()), PeerServer(echo, context())
+    seen: list[Any] = []
+    config = TlsConfig(trust=[pki.ca_pem], use_system_roots=False, on_handshake=seen.append)
+    try:
+        with p3_host.instantiate(p3_host.load(guest_path("tls_p3_host_client")), WasiConfig(tls=config)) as guest:
+            for server in (first, second, first):
+                code, message, *_, reply, _, _ = guest.call("request", server.port, "a.test", "", "", b"ping")
+                assert (code, reply) == (-1, b"ping"), message
+    finally:
+        first.stop()
+        second.stop()
+    assert [info.resumed for info in seen] == [False, False, True]
+
+
 # --- code-bound identities ---------------------------------------------------------------------
 
 

@@ -323,6 +323,22 @@ def test_a_second_connection_resumes_the_session(p3_host: Host, component: Any, 
     assert seen[0].peer_chain_der[:1] == [ssl.PEM_cert_to_DER_cert(leaf.leaf.cert_chain_pems[0].bytes().decode())]
 
 
+def test_sessions_are_kept_per_server_port(p3_host: Host, component: Any, peers, leaf, pki: Pki) -> None:
+    """Two servers of one name on two ports (each with its own ticket keys): a connection to
+    the first, one to the second, then the first again resumes the first's session. The
+    sessions' key had no port for a 0.3 connection (its stream was read directly), so the
+    second server's session replaced the first's and the third connection offered it in vain."""
+    first = PeerServer(http_response(b"x"), leaf.server_context())
+    second = PeerServer(http_response(b"x"), leaf.server_context())
+    peers.extend([first, second])
+    seen: list[Any] = []
+    config = WasiConfig(tls=TlsConfig(trust=[pki.ca_pem], use_system_roots=False, on_handshake=seen.append))
+    with p3_host.instantiate(component, config) as guest:
+        for server in (first, second, first):
+            assert guest.call("fetch", server.port, "localhost", REQUEST)[2:] == ("ok", "ok", "ok")
+    assert [info.resumed for info in seen] == [False, False, True]
+
+
 def test_no_descriptor_leaks_and_the_host_keeps_serving(fetch, peers, leaf) -> None:
     good = PeerServer(http_response(b"y" * 1000), leaf.server_context())
     garbage = PeerServer(send_garbage)

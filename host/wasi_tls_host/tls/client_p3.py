@@ -72,7 +72,7 @@ def outgoing_client_hello_connect(cx: StoreState, this: OutgoingClientHello, cip
         except LimitExceeded as e:
             raise limit_error(e) from None
         try:
-            engine = client_engine(cx, config, this.server_name, ciphertext, versions, this.identity)
+            engine = client_engine(cx, config, this.server_name, port, versions, this.identity)
             if this.alpn_ids:
                 engine.conn.set_alpn_protos(this.alpn_ids)
         except TlsFailure as e:

@@ -122,6 +122,13 @@ class StreamPort:
     def incoming(self) -> Stream | None:
         return self._incoming
 
+    @property
+    def remote_port(self) -> int | None:
+        """The peer's port when the incoming ciphertext is a socket read directly (a client's
+        sessions are kept per server name and port: ``sessions.remote_port``)."""
+        source = self.source
+        return source.remote_port if source is not None else None
+
     def receive(self, limit: int = READ_CHUNK) -> bytes | None:
         """What arrived (b"" if nothing yet), None once the peer's data ended (or reading
         stopped)."""

@@ -150,7 +150,7 @@ sessions_of = PerStore(ClientSessions).of
 
 def remote_port(stream: Any) -> int | None:
     """The peer's port when ``stream`` reads from a connected socket (a wasi:io stream of
-    one, or any stream whose implementation says ``remote_port``)."""
+    one, or anything that says its ``remote_port``: a 0.3 connection's ``StreamPort``)."""
     if not isinstance(stream, SocketInput):
         port = getattr(stream, "remote_port", None)
         return port if isinstance(port, int) else None
@@ -217,8 +217,8 @@ class ClientEngine(TlsEngine):
 
 def client_engine(cx: Any, config: TlsConfig, server_name: str, ciphertext_in: Any,
                   versions: tuple[int, int] | None = None, identity: Any = None) -> ClientEngine:
-    """The engine of a guest's new client connection to ``server_name`` over the streams
-    beginning with ``ciphertext_in``: the config's context for these versions and client
+    """The engine of a guest's new client connection to ``server_name`` whose ciphertext
+    comes from ``ciphertext_in`` (a wasi:io input stream, a 0.3 ``StreamPort``): the config's context for these versions and client
     identity (a PrivateIdentity), with the guest's sessions unless resumption is off."""
     versions = versions or config.version_bounds()
     context = config.client_context(versions, identity)

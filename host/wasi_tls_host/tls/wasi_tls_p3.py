@@ -145,7 +145,7 @@ async def connector_connect(cx: StoreState, this: Connector, server_name: str) -
         raise _refuse_connect(this, TlsFailure(e.code, e.message)) from None
     config = tls_config(cx)
     try:
-        engine = client_engine(cx, config, server_name, this.port.incoming)
+        engine = client_engine(cx, config, server_name, this.port)
     except TlsFailure as failure:  # a server name that is no name
         raise _refuse_connect(this, failure) from None
     usage = usage_of(cx)

@@ -172,6 +172,11 @@ class DirectSource(Protocol):
 
     def stop(self) -> None: ...
 
+    @property
+    def remote_port(self) -> int | None:
+        """The peer's port (None once stopped, or if the system cannot say)."""
+        ...
+
 
 class DirectSink(Protocol):
     """A socket's sending side written directly (``SocketSink``): ``send`` returns what the
@@ -243,6 +248,16 @@ class SocketSource:
             conn.release()
             if self.result is not None:
                 self.result.write(outcome)
+
+    @property
+    def remote_port(self) -> int | None:
+        conn = self.conn
+        if conn is None:
+            return None
+        try:
+            return int(conn.sock.getpeername()[1])
+        except (OSError, IndexError):
+            return None
 
 
 def take_receive(stream: Stream) -> DirectSource | None:
