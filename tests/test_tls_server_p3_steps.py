@@ -60,32 +60,12 @@ def test_a_handshake_step_that_moved_all_there_was_is_followed_by_a_wait(p3_host
         return moved
 
     monkeypatch.setattr(StreamTransport, "step", counted)
-    component = p3_host.load(guests.build("tls_echo_server_p3"))
-    port = free_port()
-    identity = PrivateIdentity.from_pem("default", pki.a_chain.read_bytes(), pki.leaf_a.private_key_pem.bytes())
-    server = GuestThread(p3_host, component, ["tls_echo_server_p3", "127.0.0.1", str(port), str(CONNECTIONS)],
-                         network=NetworkPolicy().allow_listen(f"127.0.0.1:{port}"),
-                         tls=TlsConfig(trust=[pki.ca_pem], use_system_roots=False, identities=[identity]), name="steps")
+    server, port = _serve(p3_host, pki, CONNECTIONS, "steps")
     try:
-        _wait_for_listening(server)
         ctx = ssl_client_context(pki)
-        answers = []
-        for _ in range(CONNECTIONS):
-            raw = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
-            with ctx.wrap_socket(raw, server_hostname="a.test") as tls:
-                tls.sendall(b"x\n")
-                answer = b""
-                while answer.count(b"\n") < 2:
-                    chunk = tls.recv(100)
-                    assert chunk, answer
-                    answer += chunk
-                answers.append(answer)
-                tls.unwrap()
-        server.thread.join(TIMEOUT)
+        answers = [_echo(ctx, socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)) for _ in range(CONNECTIONS)]
     finally:
-        if server.thread.is_alive():
-            server.guest.interrupt("test teardown")
-            server.thread.join(TIMEOUT)
+        _stop(server)
     assert answers == [b"TLSv1.3 echo\nX\n"] * CONNECTIONS or answers == [b"TLSv1.3 None\nX\n"] * CONNECTIONS, answers
     assert server.result is not None and server.result.exit_code == 0, server.out
     assert handshake_steps >= 2 * CONNECTIONS  # the server's flight, the client's Finished
