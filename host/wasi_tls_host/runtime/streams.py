@@ -381,12 +381,19 @@ class StreamWriter:
         """``fill`` without waiting: ``produce(view)`` writes into the reader's pending
         buffer and returns how many bytes; 0 if no read is pending or the producer had
         nothing. Whatever ``produce`` raises propagates (nothing is copied)."""
-        buf = self._pending_room()
-        if buf is None:
-            return 0
+        # self._pending_room(), inline for a pending read with room (a TLS transport's
+        # every record); anything else goes through it.
+        s = self.stream
+        buf = s.pending_buffer
+        room = buf.length - buf.progress if buf is not None and not self.closed and not s.dropped else 0
+        if room <= 0 or not isinstance(buf, WritableBuffer):
+            buf = self._pending_room()
+            if buf is None:
+                return 0
+            room = buf.remain()
         if not buf.is_bytes:
             raise Trap("fill() needs a stream<u8> reader")
-        view = buf.view(buf.remain())
+        view = buf.view(room)
         try:
             n = produce(view)
             if n > 0 and OUTGOING_VALUE_HOOKS:

@@ -522,14 +522,23 @@ class ComponentInstance(ComponentState):
         k = native.I32_STRIDE
         interrupted = native.interrupted
         if plain:
-            offsets = [i * k for i in range(n_in)]
+            k2 = 2 * k
 
             def tramp(env: Any, caller: Any, args: Any, nargs: int) -> int:
                 if not st.may_leave and self.closed_:
                     return native.trap_ptr(native.CLOSED_MESSAGE)
                 try:
                     try:
-                        out = body([args[at] for at in offsets])  # (unsigned already: native.ENTRY_U32)
+                        # The argument list by count, not by a comprehension (a frame of its
+                        # own); unsigned already (native.ENTRY_U32).
+                        if n_in == 1:
+                            out = body([args[0]])
+                        elif n_in == 2:
+                            out = body([args[0], args[k]])
+                        elif n_in == 0:
+                            out = body([])
+                        else:
+                            out = body([args[0], args[k], args[k2]])
                         if has_result:
                             args[0] = out[0]
                         return 0
