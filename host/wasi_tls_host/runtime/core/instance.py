@@ -29,7 +29,7 @@ from ..records import Fields
 from ..store import StoreState, state_of
 from ..values import Trap
 from . import builtins, canon, lift, native
-from .lower import LowerSpec, make_async_trampoline, make_c2c_trampoline, make_trampoline
+from .lower import LowerSpec, make_async_trampoline, make_c2c_trampoline, make_trampoline, words_only
 from .plan import Bag, Builtin, CoreExport, Lifted, Lowered, Opts, Plan, ResourceBuiltin
 from .table import ComponentState, GuestResource, _HandleEntry, _key
 from .types import DefinedResource, Handle
@@ -577,6 +577,8 @@ class ComponentInstance(ComponentState):
             tramp = make_async_trampoline(st, spec, m)
             return self._new_func(params, results, tramp, u64_args=True, direct=True)
         params, results = spec.core_type
+        if words_only(spec):  # (every WASI signature: handles, pointers, lengths, integers)
+            return self._new_func(params, results, make_trampoline(st, spec, m, words=True), u64_args=True, direct=True)
         return self._new_func(params, results, make_trampoline(st, spec, m))
 
     # --- canon lift -------------------------------------------------------------------------------
