@@ -248,9 +248,11 @@ class Stream:
             assert isinstance(src, ReadableBuffer)
             if inst is not None and inst is self.pending_inst and not _none_or_number(self.t):
                 raise Trap("cannot read from and write to intra-component stream (of non-number values: the Canonical ABI does not allow it yet)")
-            if src.remain() > 0:
-                if dst.remain() > 0:
-                    copy(dst, src, min(dst.remain(), src.remain()))
+            src_left = src.length - src.progress  # (src.remain(), inline: every guest copy)
+            if src_left > 0:
+                dst_left = dst.length - dst.progress
+                if dst_left > 0:
+                    copy(dst, src, min(dst_left, src_left))
                     assert self.pending_on_copy is not None
                     self.pending_on_copy(self.reset_pending)
                 on_copy_done(CopyResult.COMPLETED)
@@ -270,9 +272,11 @@ class Stream:
             assert isinstance(dst, WritableBuffer)
             if inst is not None and inst is self.pending_inst and not _none_or_number(self.t):
                 raise Trap("cannot read from and write to intra-component stream (of non-number values: the Canonical ABI does not allow it yet)")
-            if dst.remain() > 0:
-                if src.remain() > 0:
-                    copy(dst, src, min(dst.remain(), src.remain()))
+            dst_left = dst.length - dst.progress  # (dst.remain(), inline: every guest copy)
+            if dst_left > 0:
+                src_left = src.length - src.progress
+                if src_left > 0:
+                    copy(dst, src, min(dst_left, src_left))
                     assert self.pending_on_copy is not None
                     self.pending_on_copy(self.reset_pending)
                 on_copy_done(CopyResult.COMPLETED)
@@ -341,7 +345,8 @@ class StreamWriter:
     def reader_waiting(self) -> bool:
         """Whether the reader has a read pending with room (a write now would be taken)."""
         buf = self.stream.pending_buffer
-        return isinstance(buf, WritableBuffer) and buf.remain() > 0 and not self.closed and not self.stream.dropped
+        return (isinstance(buf, WritableBuffer) and buf.length - buf.progress > 0  # (buf.remain() > 0)
+                and not self.closed and not self.stream.dropped)
 
     def _pending_room(self) -> WritableBuffer | None:
         """The reader's pending buffer if it has room; a zero-length read ("tell me when

@@ -769,7 +769,7 @@ def _drop_end(is_stream: bool, is_read: bool) -> Callable[[ComponentInstance, Bu
                         drop_checked(i)
                     # A host task at the other end (a socket's sender or receiver) hears of it
                     # now and lets go of what it holds, before the guest's next call.
-                    scheduler = inst.scheduler
+                    scheduler = inst._scheduler or inst.scheduler
                     if scheduler._ready:  # scheduler.run_ready(): it steps the ready host tasks alone
                         scheduler.run_ready()
                     return 0

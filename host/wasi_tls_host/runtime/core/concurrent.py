@@ -371,7 +371,7 @@ class GuestBuffer(ReadableBuffer, WritableBuffer):
                     m.check_range(ptr, length * size, "buffer")
 
     def read(self, n: int) -> Any:
-        assert n <= self.remain()
+        assert n <= self.length - self.progress  # (self.remain())
         start = self.ptr
         self.progress += n
         if self.t is None:
@@ -385,7 +385,7 @@ class GuestBuffer(ReadableBuffer, WritableBuffer):
 
     def write(self, values: Any) -> None:
         n = len(values)
-        assert n <= self.remain()
+        assert n <= self.length - self.progress  # (self.remain())
         start = self.ptr
         self.progress += n
         if self.t is None:
