@@ -168,19 +168,44 @@ def _task_cancel(inst: ComponentInstance, item: Builtin) -> Made:
 
 def _context_get(inst: ComponentInstance, item: Builtin) -> Made:
     i = item.index
+    runner, interrupted, closed = inst.runner, native.interrupted, native.CLOSED_MESSAGE
 
-    def context_get(args: list[int]) -> list[Any]:
-        return [inst.context_storage()[i]]
+    # Direct (a guest's async runtime asks for its task's context around every wait): as the
+    # plain trampoline, only a closed instance refuses it (realloc may use it).
+    @direct
+    def context_get(env: Any, caller: Any, args: Any, nargs: int) -> int:
+        try:
+            try:
+                if not inst.may_leave and runner.closed_:
+                    return native.trap_ptr(closed)
+                task = inst.current_task  # inst.context_storage(), inline
+                args[0] = (task.storage if task is not None else inst._no_task_storage)[i]
+                return 0
+            except Exception as e:  # noqa: BLE001 - every failure is the guest's trap
+                return trap_for(inst, "context.get", e)
+        except BaseException as e:  # noqa: BLE001 - see callback_guard
+            return interrupted(e)
 
     return [], ["i32"], context_get
 
 
 def _context_set(inst: ComponentInstance, item: Builtin) -> Made:
     i = item.index
+    runner, interrupted, closed = inst.runner, native.interrupted, native.CLOSED_MESSAGE
 
-    def context_set(args: list[int]) -> list[Any]:
-        inst.context_storage()[i] = args[0] & 0xFFFF_FFFF
-        return []
+    @direct
+    def context_set(env: Any, caller: Any, args: Any, nargs: int) -> int:
+        try:
+            try:
+                if not inst.may_leave and runner.closed_:
+                    return native.trap_ptr(closed)
+                task = inst.current_task  # inst.context_storage(), inline
+                (task.storage if task is not None else inst._no_task_storage)[i] = args[0]  # (unsigned: ENTRY_U32)
+                return 0
+            except Exception as e:  # noqa: BLE001 - every failure is the guest's trap
+                return trap_for(inst, "context.set", e)
+        except BaseException as e:  # noqa: BLE001 - see callback_guard
+            return interrupted(e)
 
     return ["i32"], [], context_set
 
