@@ -864,7 +864,13 @@ def _handle(t: Handle) -> Conv:
             return m.inst.new_own(rt, x)
         return m.inst.new_borrow(m, rt, x)
 
-    return _by_index(t, lift, lower)
+    c = _by_index(t, lift, lower)
+    if own:
+        def store_own(m: MemCx, x: Any, ptr: int) -> None:  # c.store, with lower() inline (a frame less)
+            h = m.inst.new_own(res.resolve(), x)
+            _U32_PACK(m.view(), ptr, h)
+        c.store = store_own
+    return c
 
 
 def _by_index(t: ValType, lift: Callable[[MemCx, int], Any], lower: Callable[[MemCx, Any], int]) -> Conv:
@@ -901,6 +907,14 @@ def _async_value(t: StreamT | FutureT | ErrorContextT) -> Conv:
 
         def lower(m: MemCx, x: Any) -> int:
             return m.inst.lower_async_end(x, t)
+
+        c = _by_index(t, lift, lower)
+
+        def store_end(m: MemCx, x: Any, ptr: int) -> None:  # c.store, with lower() inline (a frame less)
+            h = m.inst.lower_async_end(x, t)
+            _U32_PACK(m.view(), ptr, h)
+        c.store = store_end
+        return c
 
     return _by_index(t, lift, lower)
 
