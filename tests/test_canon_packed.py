@@ -12,6 +12,7 @@ import pytest
 
 from wasi_tls_host.runtime.core import canon
 from wasi_tls_host.runtime.core.types import Prim, Record, Tuple, ValType
+from wasi_tls_host.runtime.values import Trap
 
 U8, U16, U32, U64, S8, S16, S32, S64 = (Prim(n) for n in ("u8", "u16", "u32", "u64", "s8", "s16", "s32", "s64"))
 
@@ -75,3 +76,60 @@ def test_an_integer_record_past_the_end_of_memory_fails_as_before() -> None:
     mem = _Memory(16)
     with pytest.raises(struct.error):
         canon.conv(IPV6).load(mem, mem.view(), 4)  # type: ignore[arg-type]
+
+
+def _store_per_field(t: ValType, mem: _Memory, value: Any, ptr: int) -> None:
+    """The value stored as the per-field converters store it (the reference)."""
+    if isinstance(t, Prim):
+        canon.conv(t).store(mem, value, ptr)  # type: ignore[arg-type]
+        return
+    if isinstance(t, Record):
+        for (name, ft), off in zip(t.fields, t.offsets):
+            key = name.replace("-", "_")
+            _store_per_field(ft, mem, value[key] if isinstance(value, dict) else getattr(value, key), ptr + off)
+        return
+    assert isinstance(t, Tuple)
+    for et, off, x in zip(t.elems, t.offsets, value):
+        _store_per_field(et, mem, x, ptr + off)
+
+
+class _Address:
+    """A record value given as an object's attributes (as the embedder's record classes are)."""
+
+    def __init__(self, port: Any, address: Any) -> None:
+        self.port, self.address = port, address
+
+
+@pytest.mark.parametrize(("t", "value"), [
+    (IPV4, {"port": 443, "address": (127, 0, 0, 1)}),
+    (IPV4, _Address(8443, (10, 0, 0, 2))),
+    (IPV6, {"port": 65535, "flow_info": 0xFFFF_FFFF, "address": (0x2001, 0xDB8, 0, 0, 0, 0, 0, 1), "scope_id": 7, "extra": 1}),
+    (PADDED, {"a": 255, "b": 2**64 - 1, "c": -128, "d": (-32768, 9, -(2**31)),
+              "e": ({"port": 1, "address": (1, 2, 3, 4)}, -(2**63))}),
+])
+def test_an_integer_record_stores_as_its_fields_would(t: ValType, value: Any) -> None:
+    assert canon.packed_store_leaves(t) is not None  # type: ignore[arg-type]  # the one-pack store is the one used
+    packed, reference = _Memory(256), _Memory(256)
+    packed.buffer[:] = reference.buffer[:] = bytes(range(256))  # padding keeps what was there
+    canon.conv(t).store(packed, value, 8)  # type: ignore[arg-type]
+    _store_per_field(t, reference, value, 8)
+    assert packed.buffer == reference.buffer
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ({"port": 443, "address": (127, 0, 0, 256)}, r"expected a u8 \(an integer in \[0, 255\]\), got 256"),
+    ({"port": True, "address": (127, 0, 0, 1)}, r"expected a u16 .*got True"),
+    ({"port": -1, "address": (127, 0, 0, 1)}, r"expected a u16 .*got -1"),
+    ({"port": 443, "address": (127, 0, 0, "1")}, r"expected a u8 .*got '1'"),
+    ({"port": 443}, r"record value is missing field 'address'"),
+    (_Address(443, (1, 2, 3)), r"expected a tuple of 4 values"),
+])
+def test_an_integer_record_with_a_bad_field_traps_as_its_fields_would(value: Any, message: str) -> None:
+    with pytest.raises(Trap, match=message):
+        canon.conv(IPV4).store(_Memory(64), value, 8)  # type: ignore[arg-type]
+
+
+def test_an_integer_record_given_as_a_list_is_stored_as_before() -> None:
+    mem = _Memory(64)
+    canon.conv(IPV4).store(mem, {"port": 80, "address": [192, 168, 0, 1]}, 8)  # type: ignore[arg-type]
+    assert canon.conv(IPV4).load(mem, mem.view(), 8) == {"port": 80, "address": (192, 168, 0, 1)}  # type: ignore[arg-type]

@@ -113,6 +113,12 @@ def any_of(*waits: Any) -> _Wait:
     """Suspend until the first of ``waits`` (``readable``/``writable`` descriptors,
     ``sleep_until`` deadlines, ``Event``s, other ``any_of``s) is met; the others are
     forgotten then. The coroutine is not told which: it looks again at what it waits for."""
+    for wait in waits:  # the usual case: nothing to flatten, nothing to refuse
+        kind = type(wait)
+        if kind is not _Fd and kind is not _Until and kind is not Event:
+            break
+    else:
+        return _AnyOf(waits)
     flat: list[Any] = []
     for wait in waits:
         if isinstance(wait, _AnyOf):
@@ -343,8 +349,9 @@ class Scheduler:
 
     def _make_ready(self, task: HostTask) -> None:
         if not task.done and not task._queued:
-            if isinstance(task._waiting, _AnyOf):
-                self._forget_waits(task, task._waiting.waits)
+            waiting = task._waiting
+            if type(waiting) is _AnyOf:
+                self._forget_waits(task, waiting.waits)
             task._queued = True
             task._waiting = None
             (self._guest_ready if task.guest else self._ready).append(task)
@@ -382,6 +389,32 @@ class Scheduler:
                 self._changed.add(waiting.fd)
             else:
                 tasks.append(task)
+        elif kind is _AnyOf:  # (before the isinstance tests: a TLS transport's every wait)
+            waits = waiting.waits
+            # (any_of holds descriptors, deadlines and Events only)
+            for w in waits:
+                wkind = type(w)
+                if wkind is not _Fd and wkind is not _Until and w.is_set:  # an Event met already
+                    self._make_ready(task)
+                    return
+            for w in waits:
+                wkind = type(w)
+                if wkind is _Fd:
+                    table = self._writers if w.write else self._readers
+                    tasks = table.get(w.fd)
+                    if tasks is None:  # (as for a lone _Fd: the poll object changes only for a new one)
+                        table[w.fd] = [task]
+                        self._changed.add(w.fd)
+                    else:
+                        tasks.append(task)
+                elif wkind is _Until:
+                    timers = self._timers
+                    if len(timers) < self._prune_timers_at:  # self._add_timer(...), inline: no pruning due
+                        heapq.heappush(timers, (w.deadline, next(self._timer_seq), weakref.ref(task)))
+                    else:
+                        self._add_timer(w.deadline, task)
+                else:  # an Event
+                    w._waiters.append(task)
         elif kind is _Until:
             timers = self._timers
             if len(timers) < self._prune_timers_at:  # self._add_timer(...), inline: no pruning due
@@ -402,18 +435,6 @@ class Scheduler:
                 waiting._joiners.append(task)  # type: ignore[union-attr]
             else:
                 waiting._joiners = [task]
-        elif isinstance(waiting, _AnyOf):
-            if any(isinstance(w, Event) and w.is_set for w in waiting.waits):
-                self._make_ready(task)
-                return
-            for w in waiting.waits:
-                if isinstance(w, _Fd):
-                    (self._writers if w.write else self._readers).setdefault(w.fd, []).append(task)
-                    self._changed.add(w.fd)
-                elif isinstance(w, _Until):
-                    self._add_timer(w.deadline, task)
-                else:
-                    w._waiters.append(task)
         else:
             self._finish(task, None, Trap(f"host coroutine {task.name} awaited {waiting!r}, which this scheduler cannot wait on"))
             task.coro.close()
@@ -449,7 +470,12 @@ class Scheduler:
 
     def _forget_waits(self, task: HostTask, waits: tuple[Any, ...]) -> None:
         for wait in waits:
-            if isinstance(wait, _Fd):
+            kind = type(wait)  # (the wait classes of this module have no subclasses)
+            if kind is Event or (kind is not _Fd and isinstance(wait, Event)):
+                waiters = wait._waiters
+                if waiters and task in waiters:
+                    waiters.remove(task)
+            elif kind is _Fd:
                 table = self._writers if wait.write else self._readers
                 tasks = table.get(wait.fd)
                 if tasks and task in tasks:
@@ -457,8 +483,6 @@ class Scheduler:
                     if not tasks:
                         del table[wait.fd]
                         self._changed.add(wait.fd)
-            elif isinstance(wait, Event) and task in wait._waiters:
-                wait._waiters.remove(task)
             # (a deadline's timer entry stays: it is checked against what the task waits on)
 
     def _finish(self, task: HostTask, result: Any, error: BaseException | None) -> None:

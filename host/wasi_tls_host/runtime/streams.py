@@ -248,9 +248,11 @@ class Stream:
             assert isinstance(src, ReadableBuffer)
             if inst is not None and inst is self.pending_inst and not _none_or_number(self.t):
                 raise Trap("cannot read from and write to intra-component stream (of non-number values: the Canonical ABI does not allow it yet)")
-            if src.remain() > 0:
-                if dst.remain() > 0:
-                    copy(dst, src, min(dst.remain(), src.remain()))
+            src_left = src.length - src.progress  # (src.remain(), inline: every guest copy)
+            if src_left > 0:
+                dst_left = dst.length - dst.progress
+                if dst_left > 0:
+                    copy(dst, src, min(dst_left, src_left))
                     assert self.pending_on_copy is not None
                     self.pending_on_copy(self.reset_pending)
                 on_copy_done(CopyResult.COMPLETED)
@@ -270,9 +272,11 @@ class Stream:
             assert isinstance(dst, WritableBuffer)
             if inst is not None and inst is self.pending_inst and not _none_or_number(self.t):
                 raise Trap("cannot read from and write to intra-component stream (of non-number values: the Canonical ABI does not allow it yet)")
-            if dst.remain() > 0:
-                if src.remain() > 0:
-                    copy(dst, src, min(dst.remain(), src.remain()))
+            dst_left = dst.length - dst.progress  # (dst.remain(), inline: every guest copy)
+            if dst_left > 0:
+                src_left = src.length - src.progress
+                if src_left > 0:
+                    copy(dst, src, min(dst_left, src_left))
                     assert self.pending_on_copy is not None
                     self.pending_on_copy(self.reset_pending)
                 on_copy_done(CopyResult.COMPLETED)
@@ -341,7 +345,8 @@ class StreamWriter:
     def reader_waiting(self) -> bool:
         """Whether the reader has a read pending with room (a write now would be taken)."""
         buf = self.stream.pending_buffer
-        return isinstance(buf, WritableBuffer) and buf.remain() > 0 and not self.closed and not self.stream.dropped
+        return (isinstance(buf, WritableBuffer) and buf.length - buf.progress > 0  # (buf.remain() > 0)
+                and not self.closed and not self.stream.dropped)
 
     def _pending_room(self) -> WritableBuffer | None:
         """The reader's pending buffer if it has room; a zero-length read ("tell me when
@@ -381,12 +386,19 @@ class StreamWriter:
         """``fill`` without waiting: ``produce(view)`` writes into the reader's pending
         buffer and returns how many bytes; 0 if no read is pending or the producer had
         nothing. Whatever ``produce`` raises propagates (nothing is copied)."""
-        buf = self._pending_room()
-        if buf is None:
-            return 0
+        # self._pending_room(), inline for a pending read with room (a TLS transport's
+        # every record); anything else goes through it.
+        s = self.stream
+        buf = s.pending_buffer
+        room = buf.length - buf.progress if buf is not None and not self.closed and not s.dropped else 0
+        if room <= 0 or not isinstance(buf, WritableBuffer):
+            buf = self._pending_room()
+            if buf is None:
+                return 0
+            room = buf.remain()
         if not buf.is_bytes:
             raise Trap("fill() needs a stream<u8> reader")
-        view = buf.view(buf.remain())
+        view = buf.view(room)
         try:
             n = produce(view)
             if n > 0 and OUTGOING_VALUE_HOOKS:

@@ -19,7 +19,7 @@ from ..values import Trap
 from . import canon, native
 from .concurrent import (
     BLOCKED, END_CLASSES, CopyEnd, CopyState, ErrorContext, EventCode, GuestBuffer, ReadableFutureEnd,
-    ReadableStreamEnd, Subtask, Task, Waitable, WaitableSet, WritableFutureEnd, WritableStreamEnd,
+    ReadableStreamEnd, Subtask, Task, Waitable, WaitableSet, WritableFutureEnd, WritableStreamEnd, buffer_facts,
 )
 from .plan import Builtin
 from .types import MAX_FLAT_PARAMS, FutureT, StreamT, align_to, same_type
@@ -33,6 +33,7 @@ Made = tuple[list[str], list[str], Callable[[list[int]], list[Any]]]
 _SYNC_WAITER = "waitable cannot be used synchronously while added to a waitable set"
 _NO_RESULTS: list[Any] = []  # never changed: the trampoline only reads a body's results
 _PENDING_CANCEL = Task.PENDING_CANCEL
+_IDLE = CopyState.IDLE
 _CANCELLED_EVENT = (int(EventCode.TASK_CANCELLED), 0, 0)
 
 
@@ -167,19 +168,44 @@ def _task_cancel(inst: ComponentInstance, item: Builtin) -> Made:
 
 def _context_get(inst: ComponentInstance, item: Builtin) -> Made:
     i = item.index
+    runner, interrupted, closed = inst.runner, native.interrupted, native.CLOSED_MESSAGE
 
-    def context_get(args: list[int]) -> list[Any]:
-        return [inst.context_storage()[i]]
+    # Direct (a guest's async runtime asks for its task's context around every wait): as the
+    # plain trampoline, only a closed instance refuses it (realloc may use it).
+    @direct
+    def context_get(env: Any, caller: Any, args: Any, nargs: int) -> int:
+        try:
+            try:
+                if not inst.may_leave and runner.closed_:
+                    return native.trap_ptr(closed)
+                task = inst.current_task  # inst.context_storage(), inline
+                args[0] = (task.storage if task is not None else inst._no_task_storage)[i]
+                return 0
+            except Exception as e:  # noqa: BLE001 - every failure is the guest's trap
+                return trap_for(inst, "context.get", e)
+        except BaseException as e:  # noqa: BLE001 - see callback_guard
+            return interrupted(e)
 
     return [], ["i32"], context_get
 
 
 def _context_set(inst: ComponentInstance, item: Builtin) -> Made:
     i = item.index
+    runner, interrupted, closed = inst.runner, native.interrupted, native.CLOSED_MESSAGE
 
-    def context_set(args: list[int]) -> list[Any]:
-        inst.context_storage()[i] = args[0] & 0xFFFF_FFFF
-        return []
+    @direct
+    def context_set(env: Any, caller: Any, args: Any, nargs: int) -> int:
+        try:
+            try:
+                if not inst.may_leave and runner.closed_:
+                    return native.trap_ptr(closed)
+                task = inst.current_task  # inst.context_storage(), inline
+                (task.storage if task is not None else inst._no_task_storage)[i] = args[0]  # (unsigned: ENTRY_U32)
+                return 0
+            except Exception as e:  # noqa: BLE001 - every failure is the guest's trap
+                return trap_for(inst, "context.set", e)
+        except BaseException as e:  # noqa: BLE001 - see callback_guard
+            return interrupted(e)
 
     return ["i32"], [], context_set
 
@@ -539,13 +565,18 @@ def _stream_copy(is_read: bool) -> Callable[[ComponentInstance, Builtin], Made]:
         async_ = opts.async_
         m = inst.memcx(opts)
         elem = stream_t.elem
+        facts = buffer_facts(elem)
+        handles = inst.handles  # the table's list (entries are replaced in place, never the list)
 
-        def stream_copy(args: list[int]) -> list[Any]:
-            _guard(inst, op)
-            i = args[0] & 0xFFFF_FFFF
-            e = _end_for_copy(inst, i, cls, stream_t, op, async_)
-            m.forget()
-            buffer = GuestBuffer(elem, m, args[1] & 0xFFFF_FFFF, args[2] & 0xFFFF_FFFF)
+        def stream_copy(i: int, ptr: int, length: int) -> int:
+            # _end_for_copy(...), inline for an idle end of this very element type (the usual
+            # case); anything else gets its checks and their traps.
+            e = handles[i] if 0 < i < len(handles) else None
+            if type(e) is not cls or e.state is not _IDLE or (e.wset is not None and not async_) or not (
+                    e.shared.t is elem or same_type(e.shared.t, elem)):
+                e = _end_for_copy(inst, i, cls, stream_t, op, async_)
+            m._view = None  # m.forget()
+            buffer = GuestBuffer(elem, m, ptr, length, facts)
 
             def stream_event(result: CopyResult, reclaim_buffer: Callable[[], None]) -> tuple[int, int, int]:
                 reclaim_buffer()
@@ -568,11 +599,44 @@ def _stream_copy(is_read: bool) -> Callable[[ComponentInstance, Builtin], Made]:
                 shared.read(inst, buffer, on_copy, on_copy_done)
             else:
                 shared.write(inst, buffer, on_copy, on_copy_done)
-            return inst.finish_copy(e, async_, op)
+            return _finish_copy(inst, e, async_)
 
-        return ["i32", "i32", "i32"], ["i32"], stream_copy
+        # Its own native callback (as the other built-ins of a round trip): a WASI 0.3 guest
+        # reads or writes a stream for every socket and TLS transfer.
+        k, interrupted = native.I32_STRIDE, native.interrupted
+
+        @direct
+        def stream_copy_entry(env: Any, caller: Any, args: Any, nargs: int) -> int:
+            try:
+                try:
+                    if not inst.may_leave:
+                        _guard(inst, op)
+                    args[0] = stream_copy(args[0], args[k], args[2 * k])
+                    return 0
+                except Exception as e:  # noqa: BLE001 - every failure is the guest's trap
+                    return trap_for(inst, op, e)
+            except BaseException as e:  # noqa: BLE001 - see callback_guard
+                return interrupted(e)
+
+        return ["i32", "i32", "i32"], ["i32"], stream_copy_entry
 
     return factory
+
+
+def _finish_copy(inst: ComponentInstance, e: CopyEnd, async_: bool) -> int:
+    """The end of a stream or future copy (``ComponentState.finish_copy``, its result as an
+    int): a host on the other side may complete the copy at once (the ready host tasks run
+    now, if there are any); otherwise wait (sync) or report BLOCKED (async)."""
+    if e.pending_event is None:
+        scheduler = inst._scheduler or inst.scheduler
+        if scheduler._ready:  # scheduler.run_ready(): it steps the ready host tasks alone
+            scheduler.run_ready()
+        if e.pending_event is None:
+            if not async_:
+                inst.wait_sync(e)
+            else:
+                return BLOCKED
+    return e.get_pending_event()[2]
 
 
 def _future_copy(is_read: bool) -> Callable[[ComponentInstance, Builtin], Made]:
@@ -587,13 +651,17 @@ def _future_copy(is_read: bool) -> Callable[[ComponentInstance, Builtin], Made]:
         async_ = opts.async_
         m = inst.memcx(opts)
         elem = future_t.elem
+        facts = buffer_facts(elem)
+        handles = inst.handles
 
-        def future_copy(args: list[int]) -> list[Any]:
-            _guard(inst, op)
-            i = args[0] & 0xFFFF_FFFF
-            e = _end_for_copy(inst, i, cls, future_t, op, async_)
-            m.forget()
-            buffer = GuestBuffer(elem, m, args[1] & 0xFFFF_FFFF, 1)
+        def future_copy(i: int, ptr: int) -> int:
+            # _end_for_copy(...), inline for the usual case (as stream_copy's)
+            e = handles[i] if 0 < i < len(handles) else None
+            if type(e) is not cls or e.state is not _IDLE or (e.wset is not None and not async_) or not (
+                    e.shared.t is elem or same_type(e.shared.t, elem)):
+                e = _end_for_copy(inst, i, cls, future_t, op, async_)
+            m._view = None  # m.forget()
+            buffer = GuestBuffer(elem, m, ptr, 1, facts)
 
             def future_event(result: CopyResult) -> tuple[int, int, int]:
                 e.state = CopyState.DONE if result in (CopyResult.DROPPED, CopyResult.COMPLETED) else CopyState.IDLE
@@ -609,9 +677,24 @@ def _future_copy(is_read: bool) -> Callable[[ComponentInstance, Builtin], Made]:
                 shared.read(inst, buffer, on_copy_done)
             else:
                 shared.write(inst, buffer, on_copy_done)
-            return inst.finish_copy(e, async_, op)
+            return _finish_copy(inst, e, async_)
 
-        return ["i32", "i32"], ["i32"], future_copy
+        k, interrupted = native.I32_STRIDE, native.interrupted
+
+        @direct
+        def future_copy_entry(env: Any, caller: Any, args: Any, nargs: int) -> int:
+            try:
+                try:
+                    if not inst.may_leave:
+                        _guard(inst, op)
+                    args[0] = future_copy(args[0], args[k])
+                    return 0
+                except Exception as e:  # noqa: BLE001 - every failure is the guest's trap
+                    return trap_for(inst, op, e)
+            except BaseException as e:  # noqa: BLE001 - see callback_guard
+                return interrupted(e)
+
+        return ["i32", "i32"], ["i32"], future_copy_entry
 
     return factory
 
@@ -697,7 +780,7 @@ def _drop_end(is_stream: bool, is_read: bool) -> Callable[[ComponentInstance, Bu
                         e = handles[i]
                     except IndexError:
                         e = None
-                    if type(e) is cls and e.state in droppable and e.shared.t is elem:
+                    if type(e) is cls and e.state in droppable and (e.shared.t is elem or same_type(e.shared.t, elem)):
                         # drop_checked(i), inline for an idle end of this very element type
                         e.shared.drop()
                         wset = e.wset
@@ -711,7 +794,7 @@ def _drop_end(is_stream: bool, is_read: bool) -> Callable[[ComponentInstance, Bu
                         drop_checked(i)
                     # A host task at the other end (a socket's sender or receiver) hears of it
                     # now and lets go of what it holds, before the guest's next call.
-                    scheduler = inst.scheduler
+                    scheduler = inst._scheduler or inst.scheduler
                     if scheduler._ready:  # scheduler.run_ready(): it steps the ready host tasks alone
                         scheduler.run_ready()
                     return 0

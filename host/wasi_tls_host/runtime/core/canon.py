@@ -35,6 +35,7 @@ _U32, _S32 = struct.Struct("<I"), struct.Struct("<i")
 _U64, _S64 = struct.Struct("<Q"), struct.Struct("<q")
 _F32, _F64 = struct.Struct("<f"), struct.Struct("<d")
 _PTR_LEN = struct.Struct("<II")
+_U32_PACK = _U32.pack_into
 
 
 class MemCx:
@@ -481,9 +482,24 @@ def _record(t: Record | Tuple) -> Conv:
         def load(m: MemCx, v: memoryview, ptr: int) -> Any:  # noqa: F811 - the specialised load
             return build(unpack(v, ptr))
 
+    field_stores = [(c.store, off) for c, off in parts]
+
     def store(m: MemCx, x: Any, ptr: int) -> None:
-        for (c, off), value in zip(parts, values_of(x)):
-            c.store(m, value, ptr + off)
+        values = x if type(x) is tuple and len(x) == n and not is_record else values_of(x)
+        for (store_field, off), value in zip(field_stores, values):
+            store_field(m, value, ptr + off)
+
+    if packed is not None:
+        # Integers only (a socket address): one pack of the whole layout when every leaf is
+        # a plain int in range; any other value goes through the fields' stores, whose
+        # checks trap as ever (having written the same bytes before the bad field).
+        pack_leaves = packed_store_leaves(t)
+        assert pack_leaves is not None
+        store_fields = store
+
+        def store(m: MemCx, x: Any, ptr: int) -> None:  # noqa: F811 - the specialised store
+            if not pack_leaves(m, x, ptr):
+                store_fields(m, x, ptr)
 
     def lift_flat(m: MemCx, vals: list, i: int) -> tuple:
         out = []
@@ -531,6 +547,108 @@ def _int_leaves(t: ValType, base: int, fmt: list[str], at: list[int]) -> Callabl
             return lambda vals: {name: part(vals) for name, part in zip(names, parts)}
         return lambda vals: tuple([part(vals) for part in parts])
     return None
+
+
+def _leaf_getter(t: ValType) -> Callable[[Any, list], bool] | None:
+    """``put(x, out)``: appends the integer leaves of a value ``x`` of ``t`` to ``out`` in
+    ``_int_leaves``' order (a record's fields by name, from a dict or attributes, as
+    ``values_of`` takes them; a tuple as a tuple of its length), True; False for a value of
+    another shape (the caller stores it field by field, whose checks say what is wrong).
+    None if ``t`` holds anything but integers, records and tuples."""
+    if isinstance(t, Prim):
+        if t.name not in _INT_SPECS:
+            return None
+
+        def put_int(x: Any, out: list) -> bool:
+            out.append(x)
+            return True
+        return put_int
+    if not isinstance(t, (Record, Tuple)):
+        return None
+    types = [ft for _, ft in t.fields] if isinstance(t, Record) else t.elems
+    puts = [_leaf_getter(ft) for ft in types]
+    if any(p is None for p in puts):
+        return None
+    n = len(types)
+    all_prims = all(isinstance(ft, Prim) for ft in types)
+    if isinstance(t, Record):
+        names = [name.replace("-", "_") for name, _ in t.fields]
+
+        def put_record(x: Any, out: list) -> bool:
+            if type(x) is dict:
+                if len(x) < n:
+                    return False
+                values = [x.get(k, _MISSING) for k in names]
+            else:
+                values = [getattr(x, k, _MISSING) for k in names]
+            if all_prims:
+                out.extend(values)
+                return True
+            for put, value in zip(puts, values):
+                if not put(value, out):  # type: ignore[misc]
+                    return False
+            return True
+        return put_record
+
+    def put_tuple(x: Any, out: list) -> bool:
+        if type(x) is not tuple or len(x) != n:
+            return False
+        if all_prims:
+            out.extend(x)
+            return True
+        for put, value in zip(puts, x):
+            if not put(value, out):  # type: ignore[misc]
+                return False
+        return True
+    return put_tuple
+
+
+_MISSING = object()  # a record field the value lacks (never an int: the fields' stores say so)
+
+
+def packed_store_leaves(t: Record | Tuple) -> Callable[[MemCx, Any, int], bool] | None:
+    """``store(m, x, ptr)`` of a record or tuple of integers at any depth by one
+    ``pack_into`` per run of adjacent fields (padding between runs is left as it was, as
+    the fields' stores leave it): False, having written nothing, unless every leaf is a
+    plain ``int`` (no bool) in its range. None for other types."""
+    put = _leaf_getter(t)
+    if put is None:
+        return None
+    leaves = _leaf_layout(t, 0)
+    runs: list[tuple[int, Callable[..., None], int, int]] = []  # (offset, pack_into, first leaf, end leaf)
+    start = 0
+    for i in range(1, len(leaves) + 1):
+        if i == len(leaves) or leaves[i][0] != leaves[i - 1][0] + _INT_SPECS[leaves[i - 1][1]][0].size:
+            fmt = "<" + "".join(_INT_SPECS[name][0].format[-1] for _, name in leaves[start:i])
+            runs.append((leaves[start][0], struct.Struct(fmt).pack_into, start, i))
+            start = i
+    ranges = [(_INT_SPECS[name][1], _INT_SPECS[name][2]) for _, name in leaves]
+    nleaves = len(leaves)
+    single = runs[0][1] if len(runs) == 1 else None
+
+    def store(m: MemCx, x: Any, ptr: int) -> bool:
+        values: list = []
+        if not put(x, values) or len(values) != nleaves:
+            return False
+        for value, (lo, hi) in zip(values, ranges):
+            if type(value) is not int or not lo <= value <= hi:
+                return False
+        v = m.view()
+        if single is not None:
+            single(v, ptr, *values)
+        else:
+            for off, pack, first, end in runs:
+                pack(v, ptr + off, *values[first:end])
+        return True
+    return store
+
+
+def _leaf_layout(t: ValType, base: int) -> list[tuple[int, str]]:
+    """(offset, integer type name) of each of ``t``'s leaves, in ``_int_leaves``' order."""
+    if isinstance(t, Prim):
+        return [(base, t.name)]
+    types = [ft for _, ft in t.fields] if isinstance(t, Record) else t.elems  # type: ignore[union-attr]
+    return [leaf for ft, off in zip(types, t.offsets) for leaf in _leaf_layout(ft, base + off)]  # type: ignore[union-attr]
 
 
 def _packed_ints(t: Record | Tuple) -> tuple[Callable[[memoryview, int], tuple], Callable[[tuple], Any]] | None:
@@ -630,12 +748,26 @@ def _variant(t: Variant) -> Conv:
         c = convs[i]
         return make(i, c.load(m, v, ptr + payload_offset) if c is not None else None)
 
+    case_stores = [c.store if c is not None else None for c in convs]
+    pack_disc = disc.pack_into
+    is_result = kind == "result"
+    plain_option = kind == "option" and not nested_option
+
     def store(m: MemCx, x: Any, ptr: int) -> None:
-        i, payload = split(x)
-        c = convs[i]
-        if c is not None:
-            c.store(m, payload, ptr + payload_offset)
-        disc.pack_into(m.view(), ptr, i)
+        # split(x), inline for an Ok/Err of a result and a plain option's value
+        tx = type(x)
+        if is_result and tx is Ok:
+            i, payload = 0, x.value
+        elif is_result and tx is Err:
+            i, payload = 1, x.value
+        elif plain_option and (x is None or not isinstance(x, Some)):
+            i, payload = (0, None) if x is None else (1, x)
+        else:
+            i, payload = split(x)
+        case_store = case_stores[i]
+        if case_store is not None:
+            case_store(m, payload, ptr + payload_offset)
+        pack_disc(m.view(), ptr, i)
 
     def lift_flat(m: MemCx, vals: list, i: int) -> tuple:
         ci = case_of(vals[i] & 0xFFFF_FFFF)
@@ -732,7 +864,13 @@ def _handle(t: Handle) -> Conv:
             return m.inst.new_own(rt, x)
         return m.inst.new_borrow(m, rt, x)
 
-    return _by_index(t, lift, lower)
+    c = _by_index(t, lift, lower)
+    if own:
+        def store_own(m: MemCx, x: Any, ptr: int) -> None:  # c.store, with lower() inline (a frame less)
+            h = m.inst.new_own(res.resolve(), x)
+            _U32_PACK(m.view(), ptr, h)
+        c.store = store_own
+    return c
 
 
 def _by_index(t: ValType, lift: Callable[[MemCx, int], Any], lower: Callable[[MemCx, Any], int]) -> Conv:
@@ -743,7 +881,7 @@ def _by_index(t: ValType, lift: Callable[[MemCx, int], Any], lower: Callable[[Me
 
     def store(m: MemCx, x: Any, ptr: int) -> None:
         h = lower(m, x)
-        _U32.pack_into(m.view(), ptr, h)
+        _U32_PACK(m.view(), ptr, h)
 
     def lift_flat(m: MemCx, vals: list, i: int) -> tuple:
         return lift(m, vals[i] & 0xFFFF_FFFF), i + 1
@@ -769,6 +907,14 @@ def _async_value(t: StreamT | FutureT | ErrorContextT) -> Conv:
 
         def lower(m: MemCx, x: Any) -> int:
             return m.inst.lower_async_end(x, t)
+
+        c = _by_index(t, lift, lower)
+
+        def store_end(m: MemCx, x: Any, ptr: int) -> None:  # c.store, with lower() inline (a frame less)
+            h = m.inst.lower_async_end(x, t)
+            _U32_PACK(m.view(), ptr, h)
+        c.store = store_end
+        return c
 
     return _by_index(t, lift, lower)
 

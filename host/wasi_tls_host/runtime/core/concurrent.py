@@ -276,7 +276,7 @@ class CopyState(IntEnum):
 
 # Looked up once: an enum member read through its class costs a descriptor call (every drop
 # and lift of an end asks ``copying``).
-_BUSY = frozenset((CopyState.COPYING, CopyState.CANCELLING_COPY))
+_COPYING, _CANCELLING = CopyState.COPYING, CopyState.CANCELLING_COPY
 _IDLE = CopyState.IDLE
 
 
@@ -300,7 +300,8 @@ class CopyEnd(Waitable):
         return f"{'readable' if self.readable else 'writable'} end of a {'stream' if self.is_stream else 'future'}"
 
     def copying(self) -> bool:
-        return self.state in _BUSY
+        state = self.state  # (identity tests: a set lookup would hash the enum member in Python)
+        return state is _COPYING or state is _CANCELLING
 
     def drop(self) -> None:
         if self.copying():
@@ -345,7 +346,8 @@ class GuestBuffer(ReadableBuffer, WritableBuffer):
     range and alignment are checked when it is made, and the memory's address is looked up
     again on every access (a call into the guest may move it)."""
 
-    def __init__(self, t: ValType | None, m: canon.MemCx, ptr: int, length: int) -> None:
+    def __init__(self, t: ValType | None, m: canon.MemCx, ptr: int, length: int,
+                 facts: tuple[bool, int, int, Any] | None = None) -> None:
         if length > MAX_BUFFER_LENGTH:
             raise Trap(f"buffer length {length} is over the limit of {MAX_BUFFER_LENGTH}")
         self.t = t
@@ -353,19 +355,23 @@ class GuestBuffer(ReadableBuffer, WritableBuffer):
         self.ptr = ptr
         self.length = length
         self.progress = 0
-        self.is_bytes = isinstance(t, Prim) and t.name == "u8"
+        # What the element type implies, worked out once per built-in (``buffer_facts``)
+        # rather than on every copy: a WASI 0.3 guest makes a buffer per stream read/write.
+        is_bytes, size, align, self.conv = facts if facts is not None else buffer_facts(t)
+        self.is_bytes = is_bytes
         if t is not None:
-            self.size = t.size
-            self.conv = None if self.is_bytes else canon.conv(t)
+            self.size = size
             if length > 0:
-                if ptr & (t.align - 1):
-                    raise Trap(f"buffer pointer {ptr:#x} is not {t.align}-byte aligned")
+                if ptr & (align - 1):
+                    raise Trap(f"buffer pointer {ptr:#x} is not {align}-byte aligned")
                 # Against the size last seen first (a linear memory never shrinks): no call
                 # into wasmtime when the buffer lies inside it.
-                m.check_range(ptr, length * t.size, "buffer")
+                st = m.mem_state
+                if st is None or ptr + length * size > st.size:
+                    m.check_range(ptr, length * size, "buffer")
 
     def read(self, n: int) -> Any:
-        assert n <= self.remain()
+        assert n <= self.length - self.progress  # (self.remain())
         start = self.ptr
         self.progress += n
         if self.t is None:
@@ -379,7 +385,7 @@ class GuestBuffer(ReadableBuffer, WritableBuffer):
 
     def write(self, values: Any) -> None:
         n = len(values)
-        assert n <= self.remain()
+        assert n <= self.length - self.progress  # (self.remain())
         start = self.ptr
         self.progress += n
         if self.t is None:
@@ -400,8 +406,17 @@ class GuestBuffer(ReadableBuffer, WritableBuffer):
         self.progress += k
 
 
+def buffer_facts(t: ValType | None) -> tuple[bool, int, int, Any]:
+    """``(is_bytes, size, align, conv)`` of a ``GuestBuffer`` of ``t`` elements (conv None for
+    bytes and for no element type)."""
+    if t is None:
+        return False, 0, 1, None
+    is_bytes = isinstance(t, Prim) and t.name == "u8"
+    return is_bytes, t.size, t.align, None if is_bytes else canon.conv(t)
+
+
 __all__ = [
-    "BLOCKED", "CallbackCode", "CopyEnd", "CopyState", "END_CLASSES", "ErrorContext", "EventCode", "GuestBuffer",
+    "BLOCKED", "CallbackCode", "buffer_facts", "CopyEnd", "CopyState", "END_CLASSES", "ErrorContext", "EventCode", "GuestBuffer",
     "ReadableFutureEnd", "ReadableStreamEnd", "Subtask", "Task", "Waitable", "WaitableSet", "WritableFutureEnd",
     "WritableStreamEnd",
 ]

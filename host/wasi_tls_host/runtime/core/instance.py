@@ -29,7 +29,7 @@ from ..records import Fields
 from ..store import StoreState, state_of
 from ..values import Trap
 from . import builtins, canon, lift, native
-from .lower import LowerSpec, make_async_trampoline, make_c2c_trampoline, make_trampoline
+from .lower import LowerSpec, make_async_trampoline, make_c2c_trampoline, make_trampoline, words_only
 from .plan import Bag, Builtin, CoreExport, Lifted, Lowered, Opts, Plan, ResourceBuiltin
 from .table import ComponentState, GuestResource, _HandleEntry, _key
 from .types import DefinedResource, Handle
@@ -522,14 +522,23 @@ class ComponentInstance(ComponentState):
         k = native.I32_STRIDE
         interrupted = native.interrupted
         if plain:
-            offsets = [i * k for i in range(n_in)]
+            k2 = 2 * k
 
             def tramp(env: Any, caller: Any, args: Any, nargs: int) -> int:
                 if not st.may_leave and self.closed_:
                     return native.trap_ptr(native.CLOSED_MESSAGE)
                 try:
                     try:
-                        out = body([args[at] for at in offsets])  # (unsigned already: native.ENTRY_U32)
+                        # The argument list by count, not by a comprehension (a frame of its
+                        # own); unsigned already (native.ENTRY_U32).
+                        if n_in == 1:
+                            out = body([args[0]])
+                        elif n_in == 2:
+                            out = body([args[0], args[k]])
+                        elif n_in == 0:
+                            out = body([])
+                        else:
+                            out = body([args[0], args[k], args[k2]])
                         if has_result:
                             args[0] = out[0]
                         return 0
@@ -568,6 +577,8 @@ class ComponentInstance(ComponentState):
             tramp = make_async_trampoline(st, spec, m)
             return self._new_func(params, results, tramp, u64_args=True, direct=True)
         params, results = spec.core_type
+        if words_only(spec):  # (every WASI signature: handles, pointers, lengths, integers)
+            return self._new_func(params, results, make_trampoline(st, spec, m, words=True), u64_args=True, direct=True)
         return self._new_func(params, results, make_trampoline(st, spec, m))
 
     # --- canon lift -------------------------------------------------------------------------------

@@ -151,7 +151,11 @@ def _own_result_store(inst: ComponentState, t: ValType | None, current: Callable
 
 def result_pointer(m: canon.MemCx, raw: Any, size: int, align: int) -> int:
     """The guest's pointer for a result stored in memory, checked."""
-    ptr = raw.i32 & 0xFFFF_FFFF
+    return checked_result_pointer(m, raw.i32 & 0xFFFF_FFFF, size, align)
+
+
+def checked_result_pointer(m: canon.MemCx, ptr: int, size: int, align: int) -> int:
+    """``ptr`` (unsigned), the guest's pointer for a result stored in memory, checked."""
     if ptr != align_to(ptr, align):
         raise Trap(f"result pointer {ptr:#x} is misaligned")
     m.check_range(ptr, size, "result")
@@ -183,9 +187,18 @@ class LowerSpec:
         self.result_writer = native.writer(ft.flat_results[0]) if ft.result is not None and not ft.results_spill else None
 
 
-def make_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx) -> Callable[[Any], int]:
+def words_only(spec: LowerSpec) -> bool:
+    """Whether a sync lower's core signature is integers only: its trampoline then takes its
+    values as 64-bit words (``make_trampoline(..., words=True)``, a direct native callback)."""
+    params, results = spec.core_type
+    return all(t in ("i32", "i64") for t in (*params, *results))
+
+
+def make_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx, words: bool = False) -> Callable[..., int]:
     """The native body of one ``canon lower``: lift, call, lower, with every failure a trap
-    that names the function."""
+    that names the function. With ``words`` (``words_only``), a direct trampoline
+    (native.RETIRED) taking its values as unsigned 64-bit words (``native.ENTRY_U64``): no
+    ctypes object and no reader call per value, no shared entry's lookup."""
     fn = spec.fn
     ft = spec.ft
     impl = fn.impl
@@ -224,6 +237,12 @@ def make_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx) -> Ca
         own_store = _own_result_store(inst, ft.result, m.view, lambda value, retptr: store_converted(m, value, retptr))
     flat_end = ft.result if isinstance(ft.result, (StreamT, FutureT)) and not result_spill else None
     lower_end = inst.lower_async_end
+    w = native.U64_STRIDE
+    # With words: each flat parameter's word and the mask that makes it the unsigned value
+    # its reader gives (native.READERS), the result pointer's word, and the flat result's mask.
+    word_masks = [(i * w, _WORD_MASKS[t]) for i, t in enumerate(ft.flat_params)] if words else []
+    retptr_word = nflat * w
+    result_mask = _WORD_MASKS[ft.flat_results[0]] if words and ft.result is not None and not result_spill else 0
 
     def tramp(args: Any) -> int:
         if not inst.may_leave:
@@ -234,7 +253,22 @@ def make_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx) -> Ca
         succeeded = False
         try:
             try:
-                if spill_tuple is not None:
+                if words:  # the flat values as their readers give them, from the words
+                    if spill_tuple is not None:
+                        pyargs = load_spilled_at(m, args[0] & 0xFFFF_FFFF, spill_tuple, spill_size, spill_align)
+                    else:
+                        flat = [args[at] & mask for at, mask in word_masks]
+                        if single_lift is not None:
+                            pyargs = (single_lift(m, flat),)
+                        elif flat_lifts is not None:
+                            pyargs = [lift(m, flat) for lift in flat_lifts]
+                        else:
+                            pyargs = []
+                            i = 0
+                            for lift_param in param_convs:
+                                value, i = lift_param(m, flat, i)
+                                pyargs.append(value)
+                elif spill_tuple is not None:
                     pyargs = load_spilled_arguments(m, args, spill_tuple, spill_size, spill_align)
                 elif single_lift is not None:  # the common case, without a loop
                     pyargs = (single_lift(m, [r(args[i]) for i, r in enumerate(readers)]),)
@@ -265,7 +299,23 @@ def make_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx) -> Ca
                 if OUTGOING_VALUE_HOOKS:
                     for hook in OUTGOING_VALUE_HOOKS:
                         hook(qualname, result)
-                if ends_store is not None:  # tuple<stream, future> (receive), directly
+                if words:
+                    if flat_end is not None:  # future<...> (send), directly
+                        args[0] = lower_end(result, flat_end)
+                    elif result_conv is not None:
+                        if result_spill:
+                            retptr = checked_result_pointer(m, args[retptr_word] & 0xFFFF_FFFF, result_size, result_align)
+                            if ends_store is not None:  # tuple<stream, future> (receive), directly
+                                ends_store(result, retptr)
+                            elif own_store is not None:  # result<own<T>, E> (create), directly
+                                own_store(result, retptr)
+                            else:
+                                result_conv.store(m, result, retptr)
+                        else:
+                            out = []
+                            result_conv.lower_flat(m, result, out)
+                            args[0] = out[0] & result_mask
+                elif ends_store is not None:  # tuple<stream, future> (receive), directly
                     ends_store(result, result_pointer(m, args[nflat], result_size, result_align))
                 elif flat_end is not None:  # future<...> (send), directly
                     result_writer(args[0], lower_end(result, flat_end))  # type: ignore[misc]
@@ -290,7 +340,20 @@ def make_trampoline(inst: ComponentState, spec: LowerSpec, m: canon.MemCx) -> Ca
         except Exception as e:
             return native.trap_ptr(host_call_failure(qualname, e, lambda code: setattr(state, "exit_code", code)))
 
-    return tramp
+    if not words:
+        return tramp
+    runner = inst.runner
+    interrupted = native.interrupted
+
+    def direct_tramp(env: Any, caller: Any, args: Any, nargs: int) -> int:
+        # As the shared entry (native.host_entry) would: an instance closed refuses the call.
+        if not inst.may_leave and runner.closed_:
+            return native.trap_ptr(native.CLOSED_MESSAGE)
+        try:
+            return tramp(args)
+        except BaseException as e:  # noqa: BLE001 - see callback_guard (tramp traps every Exception itself)
+            return interrupted(e)
+    return direct_tramp
 
 
 def _ends_result_store(inst: ComponentState, ft: FuncT, m: canon.MemCx) -> Callable[[Any, int], None] | None:

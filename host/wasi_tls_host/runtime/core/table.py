@@ -20,7 +20,7 @@ from ..streams import UNSET, Future, Stream
 from ..values import Trap
 from . import canon
 from .concurrent import (
-    BLOCKED, CopyEnd, CopyState, ErrorContext, EventCode, ReadableFutureEnd, ReadableStreamEnd, Subtask, Task,
+    CopyState, ErrorContext, EventCode, ReadableFutureEnd, ReadableStreamEnd, Subtask, Task,
     Waitable, WaitableSet,
 )
 from .types import DefinedResource, FutureT, ImportedResource, ResourceT, StreamT, same_type
@@ -331,19 +331,6 @@ class ComponentState:
             self.block_until(w.has_pending_event, f"the guest waits for its {w.what} synchronously")
         finally:
             w.has_sync_waiter = False
-
-    def finish_copy(self, e: CopyEnd, async_: bool, op: str) -> list[Any]:
-        """The end of ``stream_copy``/``future_copy``: a host on the other side may complete
-        the copy at once (it runs now); otherwise wait (sync) or report BLOCKED (async)."""
-        if not e.has_pending_event():
-            self.scheduler.run_ready()
-        if not e.has_pending_event():
-            if not async_:
-                self.wait_sync(e)
-            else:
-                return [BLOCKED]
-        _, _, payload = e.get_pending_event()
-        return [payload]
 
     def cancel_subtask(self, subtask: Subtask) -> None:
         """Ask the callee behind ``subtask`` to stop: a host function's coroutine gets
