@@ -288,6 +288,35 @@ def test_malformed_first_flights_are_refused(serve, label: str, data: bytes, cod
     assert record.error == code, record
 
 
+def test_a_host_error_reading_the_hello_ends_that_connection_with_an_alert(serve, pki: ServerPki,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in the host while it reads a ClientHello (here the parser raising): that client
+    gets internal_error and its connection closes, the guest an error saying so; before, the
+    task ended and the connection stayed open, silent, its descriptor kept."""
+    from wasi_tls_host.tls import client_hello
+
+    def broken(message: bytes) -> Any:
+        raise IndexError("index out of range")
+
+    ctx = client_context(pki)
+    warm = serve(count=1)
+    echo_once(warm.port, ctx, "a.test")
+    warm.result()
+    with without_gc():
+        before = open_fds()
+        server = serve(count=2)
+        with monkeypatch.context() as patch:
+            patch.setattr(client_hello, "parse_client_hello", broken)
+            reply = alert_after(server.port, cpython_hello("a.test"))
+        assert reply == bytes([21, 3, 3, 0, 2, 2, 80])  # internal_error
+        assert echo_once(server.port, ctx, "a.test")[0] == b"ping"  # and the host goes on serving
+        failed, served = server.result()
+        server.close()
+        assert open_fds() <= before
+    assert failed.error == "internal" and "host error: IndexError" in failed.message, failed
+    assert served.error is None, served
+
+
 def test_a_guest_that_never_answers_is_ended_by_the_deadline_with_an_alert(serve, pki: ServerPki, identities) -> None:
     config = TlsConfig(use_system_roots=False, identities=identities, limits=TlsLimits(handshake_timeout=0.3))
     server = serve(stall_ms=1500, tls=config)

@@ -451,8 +451,8 @@ def _read_body_fast(message: bytes) -> _Body | None:
         return None
     extensions: list[tuple[int, bytes]] = []
     if compression_end < size:
-        if compression_end + 2 + ((message[compression_end] << 8) | message[compression_end + 1]) != size:
-            return None
+        if compression_end + 2 > size or compression_end + 2 + ((message[compression_end] << 8) | message[compression_end + 1]) != size:
+            return None  # (one byte after the compression methods: a cut length, the cursors' to word)
         pos = compression_end + 2
         seen: set[int] = set()
         while pos < size:

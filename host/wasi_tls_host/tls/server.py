@@ -190,6 +190,10 @@ class ClientHelloIntake:
         except PortFailed as e:
             self.fail("closed", f"reading the ClientHello failed: {e.reason}")
             return True
+        except Exception as e:  # a host bug reading what a client sent: that client gets internal_error
+            log.exception("reading a ClientHello failed")
+            self.fail("internal", f"TLS handshake failed: host error: {type(e).__name__}: {e}", alert=ALERT_INTERNAL_ERROR)
+            return True
         self.states.advance(Event.HELLO_COMPLETE)
         if self.port.record is not None and self.hello.server_name is not None:
             self.port.record.annotate(sni=self.hello.server_name)

@@ -92,6 +92,12 @@ class IncomingClientHelloP3(HostResource, ClientHelloIntake):
         except (Cancelled, GeneratorExit):
             self.close()
             raise
+        except Exception as e:  # a host bug: the connection ends and the guest hears of it, not a silent hang
+            log.exception("TLS ClientHello task failed")
+            if self.state is not ClientHelloState.ANSWERED:  # (FAIL is allowed from every other state)
+                self.fail("internal", f"TLS handshake failed: host error: {type(e).__name__}: {e}")
+            self.close()
+            raise
         transport, self.successor = self.successor, None
         if transport is not None:
             await transport.run()
