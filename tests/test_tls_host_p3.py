@@ -288,6 +288,13 @@ def test_malformed_first_flights_are_refused(serve, label: str, data: bytes, cod
     assert record.error == code, record
 
 
+def _warm_up(serve: Any, ctx: ssl.SSLContext) -> None:
+    """One connection served, so that what the host opens lazily is open before fds are counted."""
+    warm = serve(count=1)
+    echo_once(warm.port, ctx, "a.test")
+    warm.result()
+
+
 def test_a_host_error_reading_the_hello_ends_that_connection_with_an_alert(serve, pki: ServerPki,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """A bug in the host while it reads a ClientHello (here the parser raising): that client
@@ -299,9 +306,7 @@ def test_a_host_error_reading_the_hello_ends_that_connection_with_an_alert(serve
         raise IndexError("index out of range")
 
     ctx = client_context(pki)
-    warm = serve(count=1)
-    echo_once(warm.port, ctx, "a.test")
-    warm.result()
+    _warm_up(serve, ctx)
     with without_gc():
         before = open_fds()
         server = serve(count=2)
@@ -407,9 +412,7 @@ def test_truncation_is_reported_on_the_receive_future(serve, pki: ServerPki) -> 
 
 def test_no_descriptor_leaks_with_the_gc_off(serve, pki: ServerPki) -> None:
     ctx = client_context(pki)
-    warm = serve(count=1)
-    echo_once(warm.port, ctx, "a.test")
-    warm.result()
+    _warm_up(serve, ctx)
     with without_gc():
         before = open_fds()
         server = serve(count=6)

@@ -47,20 +47,28 @@ def test_a_handshake_step_that_moved_all_there_was_is_followed_by_a_wait(p3_host
     waiting for the client's Finished), one more step ran and found nothing in about three
     handshakes of four in the benchmark (one in ten or so here); each connection took four or
     five such empty steps in all."""
-    handshake_steps = empty_handshake_steps = 0
+    steps, empty = _count_steps(p3_host, pki, monkeypatch, "steps", handshaking=True)
+    assert steps >= 2 * CONNECTIONS  # the server's flight, the client's Finished
+    assert empty == 0
+
+
+def _count_steps(p3_host: Host, pki: ServerPki, monkeypatch: pytest.MonkeyPatch, name: str, *, handshaking: bool) -> tuple[int, int]:
+    """Serve CONNECTIONS echo clients one after another, counting the connection steps taken
+    while the handshake runs (``handshaking``) or after it, and how many of them moved nothing."""
+    steps = empty = 0
     step = StreamTransport.step
 
     def counted(self: StreamTransport) -> bool:
-        nonlocal handshake_steps, empty_handshake_steps
-        handshaking = self.state is HandshakeState.RUNNING
+        nonlocal steps, empty
+        counts = (self.state is HandshakeState.RUNNING) == handshaking
         moved = step(self)
-        if handshaking:
-            handshake_steps += 1
-            empty_handshake_steps += not moved
+        if counts:
+            steps += 1
+            empty += not moved
         return moved
 
     monkeypatch.setattr(StreamTransport, "step", counted)
-    server, port = _serve(p3_host, pki, CONNECTIONS, "steps")
+    server, port = _serve(p3_host, pki, CONNECTIONS, name)
     try:
         ctx = ssl_client_context(pki)
         answers = [_echo(ctx, socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)) for _ in range(CONNECTIONS)]
@@ -68,8 +76,7 @@ def test_a_handshake_step_that_moved_all_there_was_is_followed_by_a_wait(p3_host
         _stop(server)
     assert answers == [b"TLSv1.3 echo\nX\n"] * CONNECTIONS or answers == [b"TLSv1.3 None\nX\n"] * CONNECTIONS, answers
     assert server.result is not None and server.result.exit_code == 0, server.out
-    assert handshake_steps >= 2 * CONNECTIONS  # the server's flight, the client's Finished
-    assert empty_handshake_steps == 0
+    return steps, empty
 
 
 def _serve(p3_host: Host, pki: ServerPki, connections: int, name: str) -> tuple[GuestThread, int]:
@@ -108,29 +115,9 @@ def test_an_established_connection_reads_and_watches_in_the_step_that_needs_it(p
     found it empty), and one that took the guest's write left posting the read for its next
     write to one more step (which found nothing else): 1.6-1.7 empty steps per connection once
     established here (three in the benchmark's load); now about none here (one there)."""
-    established_steps = empty_established_steps = 0
-    step = StreamTransport.step
-
-    def counted(self: StreamTransport) -> bool:
-        nonlocal established_steps, empty_established_steps
-        established = self.state is not HandshakeState.RUNNING
-        moved = step(self)
-        if established:
-            established_steps += 1
-            empty_established_steps += not moved
-        return moved
-
-    monkeypatch.setattr(StreamTransport, "step", counted)
-    server, port = _serve(p3_host, pki, CONNECTIONS, "established-steps")
-    try:
-        ctx = ssl_client_context(pki)
-        answers = [_echo(ctx, socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)) for _ in range(CONNECTIONS)]
-    finally:
-        _stop(server)
-    assert answers == [b"TLSv1.3 echo\nX\n"] * CONNECTIONS or answers == [b"TLSv1.3 None\nX\n"] * CONNECTIONS, answers
-    assert server.result is not None and server.result.exit_code == 0, server.out
-    assert established_steps >= 3 * CONNECTIONS
-    assert empty_established_steps <= CONNECTIONS // 2, (empty_established_steps, established_steps)
+    steps, empty = _count_steps(p3_host, pki, monkeypatch, "established-steps", handshaking=False)
+    assert steps >= 3 * CONNECTIONS
+    assert empty <= CONNECTIONS // 2, (empty, steps)
 
 
 def test_a_read_of_the_listen_stream_takes_every_connection_waiting(p3_host: Host, pki: ServerPki,
