@@ -295,6 +295,26 @@ def _warm_up(serve: Any, ctx: ssl.SSLContext) -> None:
     warm.result()
 
 
+def _broken_then_served(serve: Any, pki: ServerPki, monkeypatch: pytest.MonkeyPatch, target: Any, name: str,
+                        broken: Any) -> tuple[bytes, Record, Record]:
+    """One client served while ``target.name`` is ``broken``, then one served normally, with
+    no descriptor kept (the GC off): what the first client read, and how the guest saw each."""
+    ctx = client_context(pki)
+    _warm_up(serve, ctx)
+    with without_gc():
+        before = open_fds()
+        server = serve(count=2)
+        with monkeypatch.context() as patch:
+            patch.setattr(target, name, broken)
+            reply = alert_after(server.port, cpython_hello("a.test"))
+        assert echo_once(server.port, ctx, "a.test")[0] == b"ping"  # and the host goes on serving
+        failed, served = server.result()
+        server.close()
+        assert open_fds() <= before
+    assert served.error is None, served
+    return reply, failed, served
+
+
 def test_a_host_error_reading_the_hello_ends_that_connection_with_an_alert(serve, pki: ServerPki,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """A bug in the host while it reads a ClientHello (here the parser raising): that client
@@ -305,21 +325,23 @@ def test_a_host_error_reading_the_hello_ends_that_connection_with_an_alert(serve
     def broken(message: bytes) -> Any:
         raise IndexError("index out of range")
 
-    ctx = client_context(pki)
-    _warm_up(serve, ctx)
-    with without_gc():
-        before = open_fds()
-        server = serve(count=2)
-        with monkeypatch.context() as patch:
-            patch.setattr(client_hello, "parse_client_hello", broken)
-            reply = alert_after(server.port, cpython_hello("a.test"))
-        assert reply == bytes([21, 3, 3, 0, 2, 2, 80])  # internal_error
-        assert echo_once(server.port, ctx, "a.test")[0] == b"ping"  # and the host goes on serving
-        failed, served = server.result()
-        server.close()
-        assert open_fds() <= before
+    reply, failed, _ = _broken_then_served(serve, pki, monkeypatch, client_hello, "parse_client_hello", broken)
+    assert reply == bytes([21, 3, 3, 0, 2, 2, 80])  # internal_error
     assert failed.error == "internal" and "host error: IndexError" in failed.message, failed
-    assert served.error is None, served
+
+
+def test_any_host_error_in_the_hello_task_closes_that_connection(serve, pki: ServerPki, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host error in the hello's task outside reading the hello (here its step raising):
+    the connection closes and the guest's call says why; before, the task ended silently
+    with the connection open and its descriptor kept."""
+    from wasi_tls_host.tls.server_p3 import IncomingClientHelloP3
+
+    def broken(self: IncomingClientHelloP3) -> bool:
+        raise RuntimeError("a host bug")
+
+    reply, failed, _ = _broken_then_served(serve, pki, monkeypatch, IncomingClientHelloP3, "step", broken)
+    assert reply == b""  # closed, no alert (nothing was read to answer)
+    assert failed.error == "internal" and "host error: RuntimeError: a host bug" in failed.message, failed
 
 
 def test_a_guest_that_never_answers_is_ended_by_the_deadline_with_an_alert(serve, pki: ServerPki, identities) -> None:
