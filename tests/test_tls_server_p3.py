@@ -21,21 +21,13 @@ from typing import Any, Iterator
 import pytest
 
 from conftest import free_port, open_fds, without_gc
-from tls_server_util import TIMEOUT, AccessLog, GuestServer, ServerPki, ssl_client_context
+from tls_server_util import TIMEOUT, AccessLog, GuestServer, ServerPki, p3_server_fixtures, ssl_client_context
 from wasi_tls_host import Host
 
 pytestmark = pytest.mark.timeout(300)
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> ServerPki:
-    return ServerPki(tmp_path_factory.mktemp("tls-server-p3"))
-
-
-@pytest.fixture(scope="module")
-def p3_host() -> Iterator[Host]:
-    with Host(runtime="core") as host:
-        yield host
+pki, p3_host = p3_server_fixtures("tls-server-p3")
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,11 @@ from __future__ import annotations
 import socket
 import ssl
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from conftest import free_port, open_fds, without_gc
-from tls_server_util import TIMEOUT, GuestServer, ServerPki, ssl_client_context
+from tls_server_util import TIMEOUT, GuestServer, ServerPki, p3_server_fixtures, ssl_client_context
 from wasi_tls_host import Host, WasiConfig, guests
 
 pytestmark = pytest.mark.timeout(300)
@@ -21,15 +20,7 @@ pytestmark = pytest.mark.timeout(300)
 GUEST = Path(__file__).parent / "guests" / "accept_socket_misuse_p3"
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> ServerPki:
-    return ServerPki(tmp_path_factory.mktemp("accept-socket"))
-
-
-@pytest.fixture(scope="module")
-def p3_host() -> Iterator[Host]:
-    with Host(runtime="core") as host:
-        yield host
+pki, p3_host = p3_server_fixtures("accept-socket")
 
 
 def test_a_socket_accept_socket_may_not_take_is_invalid_state_and_nothing_leaks(p3_host: Host, pki: ServerPki) -> None:

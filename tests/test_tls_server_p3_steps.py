@@ -11,12 +11,11 @@ import ssl
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from conftest import free_port
-from tls_server_util import TIMEOUT, GuestThread, ServerPki, ssl_client_context
+from tls_server_util import TIMEOUT, GuestThread, ServerPki, p3_server_fixtures, ssl_client_context
 from wasi_tls_host import Host, NetworkPolicy, TlsConfig, guests
 from wasi_tls_host.runtime.streams import StreamWriter
 from wasi_tls_host.tls import server_p3
@@ -30,15 +29,7 @@ pytestmark = pytest.mark.timeout(300)
 CONNECTIONS = 30
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> ServerPki:
-    return ServerPki(tmp_path_factory.mktemp("server-steps"))
-
-
-@pytest.fixture(scope="module")
-def p3_host() -> Iterator[Host]:
-    with Host(runtime="core") as host:
-        yield host
+pki, p3_host = p3_server_fixtures("server-steps")
 
 
 def test_a_handshake_step_that_moved_all_there_was_is_followed_by_a_wait(p3_host: Host, pki: ServerPki,

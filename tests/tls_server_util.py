@@ -23,8 +23,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+import pytest
 import trustme
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -406,3 +407,20 @@ def server_hello_after(port: int, data: bytes) -> bytes:
                 break
             reply += chunk
         return reply
+
+
+def p3_server_fixtures(directory: str) -> tuple[Any, Any]:
+    """A 0.3 server test module's module-scoped ``pki`` (a ``ServerPki`` in a directory of its
+    own) and ``p3_host`` (a Host on the core runtime):
+    ``pki, p3_host = p3_server_fixtures("name")``."""
+
+    @pytest.fixture(scope="module", name="pki")
+    def pki(tmp_path_factory: pytest.TempPathFactory) -> ServerPki:
+        return ServerPki(tmp_path_factory.mktemp(directory))
+
+    @pytest.fixture(scope="module", name="p3_host")
+    def p3_host() -> Iterator[Host]:
+        with Host(runtime="core") as host:
+            yield host
+
+    return pki, p3_host
