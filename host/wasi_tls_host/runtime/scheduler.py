@@ -407,12 +407,8 @@ class Scheduler:
                         self._changed.add(w.fd)
                     else:
                         tasks.append(task)
-                elif wkind is _Until:
-                    timers = self._timers
-                    if len(timers) < self._prune_timers_at:  # self._add_timer(...), inline: no pruning due
-                        heapq.heappush(timers, (w.deadline, next(self._timer_seq), weakref.ref(task)))
-                    else:
-                        self._add_timer(w.deadline, task)
+                elif wkind is _Until:  # (a handshake's deadline: a few waits per connection)
+                    self._add_timer(w.deadline, task)
                 else:  # an Event
                     w._waiters.append(task)
         elif kind is _Until:
