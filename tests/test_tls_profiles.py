@@ -181,28 +181,55 @@ def test_tls13_resumption_by_default_off_by_option_and_no_early_data(start_serve
         assert "Max Early Data: 0" in first.stdout and "Early data was not sent" in third.stdout, third.stdout
 
 
+def ticket_key_names(s_client_output: str) -> set[str]:
+    """The key names of the session tickets s_client printed: the first 16 bytes of an
+    OpenSSL ticket name the key that encrypted it."""
+    return {m.group(1) for m in re.finditer(r"TLS session ticket:\n\s*0000 - ([0-9a-f -]{47})", s_client_output)}
+
+
 def test_session_ticket_keys_are_rotated_by_the_host(start_server, pki: ServerPki, tmp_path: Path) -> None:
-    """With a short key lifetime, a ticket from before the rotation no longer resumes."""
+    """A ticket resumes within its key's lifetime; after it the host encrypts under a new
+    key (another key name) and the old ticket no longer resumes."""
     import time
 
-    lifetime = 1.0
+    lifetime = 2.0
     session = tmp_path / "session.pem"
-    server = start_server("--count", "9", ticket_key_lifetime=lifetime)
+    server = start_server("--count", "12", ticket_key_lifetime=lifetime)
     for _ in range(3):
-        # The key in use is at most as old as this moment (it is made at a handshake).
+        # The host makes a key period's keys at its first handshake, so the keys in use are
+        # no older than this moment.
         began = time.monotonic()
-        s_client(server.port, "-servername", "a.test", "-tls1_3", "-sess_out", str(session), pki=pki)
+        first = s_client(server.port, "-servername", "a.test", "-tls1_3", "-sess_out", str(session), pki=pki)
         soon = s_client(server.port, "-servername", "a.test", "-tls1_3", "-sess_in", str(session), pki=pki)
-        if time.monotonic() - began < lifetime:
+        # OpenSSL keeps a session's start time in whole seconds, so a session can expire up
+        # to a second before its lifetime: the two handshakes must fit in the rest.
+        if time.monotonic() - began < lifetime - 1.0:
             break
-        # A slow machine took the whole key lifetime for two handshakes: nothing was shown
-        # about the key before its rotation; try again under the next key.
+        # A slow machine took too long for two handshakes: nothing was shown; let this key
+        # period end so the next try starts a new one at its first handshake.
+        time.sleep(lifetime)
     else:
         pytest.skip("two handshakes never fit in one ticket key lifetime on this machine")
     assert "Reused," in soon.stdout, soon.stdout
-    time.sleep(lifetime + 0.2)
+    before = ticket_key_names(first.stdout)
+    assert len(before) == 1, first.stdout
+    time.sleep(max(0.0, began + lifetime + 0.2 - time.monotonic()))
     later = s_client(server.port, "-servername", "a.test", "-tls1_3", "-sess_in", str(session), pki=pki)
     assert negotiated(later) is not None and "New," in later.stdout, later.stdout
+    after = ticket_key_names(later.stdout)
+    assert len(after) == 1 and after != before, (before, after)
+
+
+def test_a_ticket_key_period_starts_at_its_first_handshake(pki: ServerPki) -> None:
+    """A host idle for most of a key lifetime before its first handshake still keeps that
+    handshake's keys for a whole lifetime (they were replaced at the next handshake)."""
+    import time
+
+    config = dataclasses.replace(pki.server_config(), ticket_key_lifetime=2.0)
+    time.sleep(1.2)
+    config.server_context_cache()["answer"] = context = object()
+    time.sleep(1.2)
+    assert config.server_context_cache().get("answer") is context
 
 
 # --- the client side ------------------------------------------------------------------------

@@ -225,9 +225,11 @@ class TlsConfig:
         """Server contexts built for this policy, keyed by the guest's answer. Emptied every
         ``ticket_key_lifetime`` seconds: each new OpenSSL context draws fresh random
         session-ticket keys, so this is how the host rotates them (tickets under the old
-        keys then fall back to a full handshake)."""
+        keys then fall back to a full handshake). A period starts when the cache is empty
+        (its first context makes the keys), so a key lives its whole lifetime however long
+        the host sat idle before its first handshake."""
         now = time.monotonic()
-        if now - self._server_contexts_born >= self.ticket_key_lifetime:
+        if not self._server_contexts or now - self._server_contexts_born >= self.ticket_key_lifetime:
             self._server_contexts = {}
             self._server_contexts_born = now
         return self._server_contexts
