@@ -73,8 +73,8 @@ def serve_tls(cert_chain: str, port_file: str, handle: Callable[[ssl.SSLSocket],
             pass
 
 
-def send_body(conn: ssl.SSLSocket) -> None:
-    """The body after a request; nothing for a client that only shakes hands."""
+def send_body(conn: ssl.SSLSocket, body: bytes = BODY) -> None:
+    """``body`` after a request; nothing for a client that only shakes hands."""
     request = b""
     while b"\r\n\r\n" not in request:
         chunk = conn.recv(4096)  # b"" or SSLZeroReturnError: handshake-only client
@@ -82,7 +82,7 @@ def send_body(conn: ssl.SSLSocket) -> None:
             break
         request += chunk
     if request:
-        conn.sendall(BODY)
+        conn.sendall(body)
         conn.unwrap()
 
 

@@ -27,6 +27,7 @@ Run: python benchmarks/bench_tls_p3.py [--quick] [--only download|handshake|idle
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import socket
 import ssl
@@ -42,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_tls_server  # noqa: E402
 import trustme  # noqa: E402
-from bench_tls_client import ServerProcess, serve_tls, write_pki  # noqa: E402
+from bench_tls_client import ServerProcess, send_body, serve_tls, write_pki  # noqa: E402
 from devtools.tcp_p3 import tcp  # noqa: E402
 from wasi_tls_host import Host, WasiConfig, guests  # noqa: E402
 from wasi_tls_host.host import all_interfaces  # noqa: E402
@@ -55,19 +56,6 @@ REQUEST = b"GET / HTTP/1.0\r\n\r\n"
 HANDSHAKES = 50
 ROUNDS = 3
 IDLE = 200
-
-
-def send_body(conn: ssl.SSLSocket) -> None:
-    """The body after a request; nothing for a client that only shakes hands."""
-    request = b""
-    while b"\r\n\r\n" not in request:
-        chunk = conn.recv(4096)
-        if not chunk:
-            break
-        request += chunk
-    if request:
-        conn.sendall(BODY)
-        conn.unwrap()
 
 
 def run_probe(host: Host, component: object, port: int, ca_pem: Path, *args: str) -> dict[str, str]:
@@ -212,7 +200,7 @@ def main() -> None:
     parser.add_argument("--serve-p3", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve_tls(args.serve[0], args.serve[1], send_body)
+        serve_tls(args.serve[0], args.serve[1], functools.partial(send_body, body=BODY))
         return
     if args.serve_p3:
         serve_p3(*args.serve_p3[:3], int(args.serve_p3[3]))

@@ -27,7 +27,7 @@ import pytest
 
 from conftest import attestation_ca_files, open_fds, without_gc
 from devtools.tcp_p3 import listen, tcp, unlisten
-from tls_server_util import TIMEOUT, KeyAudit, ServerPki, alert_after, cpython_hello, read_to_end
+from tls_server_util import TIMEOUT, KeyAudit, ServerPki, alert_after, cpython_hello, read_to_end, ssl_echo
 from wasi_tls_host import Host, WasiConfig
 from wasi_tls_host.host import all_interfaces
 from wasi_tls_host.runtime.binding import OUTGOING_VALUE_HOOKS
@@ -160,21 +160,6 @@ def client_context(pki: ServerPki, cert: Path | None = None) -> ssl.SSLContext:
     return ctx
 
 
-def echo_once(port: int, ctx: ssl.SSLContext, name: str | None, payload: bytes = b"ping") -> tuple[bytes, dict[str, Any]]:
-    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as raw:
-        with ctx.wrap_socket(raw, server_hostname=name) as tls:
-            tls.sendall(payload)
-            got = b""
-            while len(got) < len(payload):
-                chunk = tls.recv(65536)
-                if not chunk:
-                    break
-                got += chunk
-            cert = tls.getpeercert()
-            tls.unwrap()  # close_notify; the guest's echo ends with its own
-    return got, cert
-
-
 def subject_cn(cert: dict[str, Any]) -> str:
     return next(v for rdn in cert["subject"] for k, v in rdn if k == "commonName")
 
@@ -186,11 +171,11 @@ def test_the_name_in_the_client_hello_chooses_the_identity(serve, pki: ServerPki
     server = serve(count=3)
     ctx = client_context(pki)
     for name in ("a.test", "b.test"):
-        got, cert = echo_once(server.port, ctx, name, b"hello " + name.encode())
+        got, cert, _ = ssl_echo(server.port, ctx, name, b"hello " + name.encode())
         assert got == b"hello " + name.encode() and subject_cn(cert) == name
     no_sni = ssl.create_default_context(cafile=str(pki.ca_pem))
     no_sni.check_hostname = False
-    got, cert = echo_once(server.port, no_sni, None)
+    got, cert, _ = ssl_echo(server.port, no_sni, None)
     assert subject_cn(cert) == "a.test"  # "default"
     records = server.result()
     assert [r.sni for r in records] == ["a.test", "b.test", ""]
@@ -245,7 +230,7 @@ def test_go_client(serve, gotls, pki: ServerPki) -> None:
 def test_a_name_with_no_identity_is_refused_with_an_alert(serve, pki: ServerPki) -> None:
     server = serve()
     with pytest.raises(ssl.SSLError, match="INTERNAL_ERROR"):
-        echo_once(server.port, client_context(pki), "c.test")
+        ssl_echo(server.port, client_context(pki), "c.test")
     [record] = server.result()
     assert record.error == "access-denied", record
     assert record.message.startswith("no identity named 'c.test' was preopened for this guest (it has: 'a.test', 'b.test', 'default'")
@@ -256,10 +241,10 @@ def test_a_name_with_no_identity_is_refused_with_an_alert(serve, pki: ServerPki)
 
 def test_mutual_tls_shows_the_client_and_refuses_one_without_a_certificate(serve, pki: ServerPki) -> None:
     server = serve(count=2, flags=REQUIRE_CLIENT)
-    got, _ = echo_once(server.port, client_context(pki, pki.client.pem), "a.test")
+    got, _, _ = ssl_echo(server.port, client_context(pki, pki.client.pem), "a.test")
     assert got == b"ping"
     with pytest.raises((ssl.SSLError, ConnectionError)):
-        echo_once(server.port, client_context(pki), "a.test")
+        ssl_echo(server.port, client_context(pki), "a.test")
     established, refused = server.result()
     assert established.error is None and established.peer.startswith("CN=alice,"), established
     assert refused.error == "bad-certificate" and "sent no certificate" in refused.message, refused
@@ -291,7 +276,7 @@ def test_malformed_first_flights_are_refused(serve, label: str, data: bytes, cod
 def _warm_up(serve: Any, ctx: ssl.SSLContext) -> None:
     """One connection served, so that what the host opens lazily is open before fds are counted."""
     warm = serve(count=1)
-    echo_once(warm.port, ctx, "a.test")
+    ssl_echo(warm.port, ctx, "a.test")
     warm.result()
 
 
@@ -307,7 +292,7 @@ def _broken_then_served(serve: Any, pki: ServerPki, monkeypatch: pytest.MonkeyPa
         with monkeypatch.context() as patch:
             patch.setattr(target, name, broken)
             reply = alert_after(server.port, cpython_hello("a.test"))
-        assert echo_once(server.port, ctx, "a.test")[0] == b"ping"  # and the host goes on serving
+        assert ssl_echo(server.port, ctx, "a.test")[0] == b"ping"  # and the host goes on serving
         failed, served = server.result()
         server.close()
         assert open_fds() <= before
@@ -414,7 +399,7 @@ def test_a_client_that_resets_is_an_error_and_the_host_keeps_serving(serve, pki:
     raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, bytes(8).replace(b"\x00", b"\x01", 1))  # RST on close
     raw.sendall(cpython_hello("a.test"))
     raw.close()
-    assert echo_once(server.port, client_context(pki), "a.test")[0] == b"ping"
+    assert ssl_echo(server.port, client_context(pki), "a.test")[0] == b"ping"
     reset, served = server.result()
     assert reset.error == "closed", reset
     assert served.error is None and served.receive is None, served
@@ -439,7 +424,7 @@ def test_no_descriptor_leaks_with_the_gc_off(serve, pki: ServerPki) -> None:
         before = open_fds()
         server = serve(count=6)
         for _ in range(3):
-            echo_once(server.port, ctx, "a.test")
+            ssl_echo(server.port, ctx, "a.test")
             with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as s:
                 s.sendall(b"GET / HTTP/1.0\r\n\r\n")
                 read_to_end(s)

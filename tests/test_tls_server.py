@@ -26,7 +26,7 @@ import pytest
 
 from conftest import SHARED, free_port, open_fds, without_gc
 from tls_server_util import (PASSPHRASE, TIMEOUT, AccessLog, GuestServer, KeyAudit, ServerPki, alert_after, connection_line,
-                             cpython_hello, fields, read_to_end, s_client, server_hello_after, ssl_client_context,
+                             cpython_hello, fields, read_to_end, s_client, server_hello_after, ssl_client_context, ssl_echo,
                              with_record_version)
 from wasi_tls_host import Host
 from wasi_tls_host.runtime.binding import OUTGOING_VALUE_HOOKS
@@ -91,23 +91,6 @@ def run_client(run_guest, pki: ServerPki):
         return r
 
     return run
-
-
-def ssl_echo(port: int, ctx: ssl.SSLContext, name: str, payload: bytes) -> tuple[bytes, dict[str, Any], str | None]:
-    """Connect, send ``payload``, read it back, close with close_notify."""
-    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as raw:
-        with ctx.wrap_socket(raw, server_hostname=name) as tls:
-            tls.sendall(payload)
-            got = b""
-            while len(got) < len(payload):
-                chunk = tls.recv(65536)
-                if not chunk:
-                    break
-                got += chunk
-            cert = tls.getpeercert()
-            version = tls.version()
-            tls.unwrap()
-    return got, cert, version
 
 
 def subject_cn(cert: dict[str, Any]) -> str:

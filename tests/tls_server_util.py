@@ -352,6 +352,24 @@ def ssl_client_context(pki: ServerPki, cert: Path | None = None, *, version: ssl
 # --- raw first flights and what a server answers them with --------------------------------
 
 
+def ssl_echo(port: int, ctx: ssl.SSLContext, name: str | None, payload: bytes = b"ping") -> tuple[bytes, dict[str, Any], str | None]:
+    """Connect (SNI ``name``, none if None), send ``payload``, read it back, close with
+    close_notify: (what came back, the server's certificate, the TLS version)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as raw:
+        with ctx.wrap_socket(raw, server_hostname=name) as tls:
+            tls.sendall(payload)
+            got = b""
+            while len(got) < len(payload):
+                chunk = tls.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+            cert = tls.getpeercert()
+            version = tls.version()
+            tls.unwrap()
+    return got, cert, version
+
+
 def read_to_end(sock: socket.socket) -> bytes:
     """What the server sends until it closes. A server that closes with part of our flight
     unread makes its kernel answer the rest with a reset, which ends the reading too (what
