@@ -311,9 +311,10 @@ class Handle(ValType):
 # --- async values (streams, futures, error contexts) --------------------------------------------
 
 
-class StreamT(ValType):
-    """``stream<T>`` (``elem`` None for ``stream``): an i32 index of a readable end."""
+class _EndT(ValType):
+    """``KIND<T>`` (``elem`` None for a bare ``KIND``): an i32 index of a readable end."""
 
+    KIND = ""
     elem: ValType | None
 
     _fields = ("elem",)
@@ -326,25 +327,19 @@ class StreamT(ValType):
         self.size, self.align, self.flat = 4, 4, ["i32"]
 
     def signature(self) -> str:
-        return f"stream<{self.elem.signature()}>" if self.elem is not None else "stream"
+        return f"{self.KIND}<{self.elem.signature()}>" if self.elem is not None else self.KIND
 
 
-class FutureT(ValType):
-    """``future<T>`` (``elem`` None for ``future``): an i32 index of a readable end."""
+class StreamT(_EndT):
+    """``stream<T>``: an i32 index of a readable end."""
 
-    elem: ValType | None
+    KIND = "stream"
 
-    _fields = ("elem",)
 
-    def __init__(self, elem: ValType | None) -> None:
-        self.elem = elem
-        self._layout()
+class FutureT(_EndT):
+    """``future<T>``: an i32 index of a readable end."""
 
-    def _layout(self) -> None:
-        self.size, self.align, self.flat = 4, 4, ["i32"]
-
-    def signature(self) -> str:
-        return f"future<{self.elem.signature()}>" if self.elem is not None else "future"
+    KIND = "future"
 
 
 class ErrorContextT(ValType):
