@@ -204,3 +204,13 @@ def gotls(gotls_binary: Path) -> Iterator[GoTls]:
     peers = GoTls(gotls_binary)
     yield peers
     peers.stop()
+
+
+@pytest.fixture
+def peers() -> Iterator[list[Any]]:
+    """Peer servers a test started (anything with ``stop()``: threads, processes); all
+    stopped afterwards, whatever the test's outcome."""
+    started: list[Any] = []
+    yield started
+    for server in started:
+        server.stop()

@@ -17,7 +17,6 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import trustme
@@ -61,15 +60,6 @@ def tls_config(pki: Pki) -> TlsConfig:
 @pytest.fixture(scope="module")
 def localhost_leaf(pki: Pki):
     return pki.leaf("localhost", LOCAL)
-
-
-@pytest.fixture
-def peers() -> Iterator[list]:
-    """Servers started by a test; all stopped (threads joined, processes killed) afterwards."""
-    started: list = []
-    yield started
-    for server in started:
-        server.stop()
 
 
 @pytest.fixture

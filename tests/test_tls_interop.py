@@ -81,15 +81,6 @@ def pss(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return rsa_pss_files(tmp_path_factory.mktemp("pss"))
 
 
-@pytest.fixture
-def peers(tmp_path: Path) -> Iterator[list[Any]]:
-    """GnuTLS and OpenSSL servers a test started; all stopped afterwards."""
-    started: list[Any] = []
-    yield started
-    for server in started:
-        server.stop()
-
-
 def connections(output: str) -> list[dict[str, str]]:
     """tls_client's facts, one dict per connection (each ends with a ``done`` line)."""
     found, current = [], {}

@@ -43,14 +43,6 @@ def config(pki: Pki) -> TlsConfig:
     return TlsConfig(trust=[pki.ca_pem], use_system_roots=False)
 
 
-@pytest.fixture
-def peers() -> Iterator[list[PeerServer]]:
-    started: list[PeerServer] = []
-    yield started
-    for server in started:
-        server.stop()
-
-
 _OPEN: list[Scheduler] = []
 
 

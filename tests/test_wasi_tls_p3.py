@@ -57,14 +57,6 @@ def component(p3_host: Host, guest_path) -> Any:
     return p3_host.load(guest_path("tls_p3_client"))
 
 
-@pytest.fixture
-def peers() -> Iterator[list]:
-    started: list = []
-    yield started
-    for server in started:
-        server.stop()
-
-
 class Fetch:
     """What one ``fetch`` reported."""
 
