@@ -307,6 +307,15 @@ SCRIPTS: tuple[Script, ...] = (
                "multiple types in SNI, host_name first", "multiple types in SNI, host_name last"),
     )),
     Script("ssl-death-alert", ("-d",), kind=COMPAT),
+    # Records and hellos the host's transport and ClientHello reader see before OpenSSL does:
+    # padded and zero-type TLS 1.3 records, plaintext alerts and Finished, aborts at each
+    # step, and a hello without null compression (illegal_parameter, as OpenSSL answers).
+    Script("tls13-record-padding"),
+    Script("tls13-unencrypted-alert"),
+    Script("tls13-zero-content-type"),
+    Script("tls13-finished-plaintext"),
+    Script("connection-abort", ("-d", "-C", GCM)),
+    Script("invalid-compression-methods", ("-d", "-C", GCM)),
 )
 
 

@@ -355,7 +355,6 @@ MALFORMED = {
     "key share cut": (replace_ext(base_parts(), 51, b"\x00\x06\x00\x1d\x00\x03\xaa\xbb"), "key_exchange"),
     "suites odd": (base_parts(suites=b"\x13\x01\x13"), "odd"),
     "session id too long": (base_parts(session_id=bytes(33)), "legacy_session_id"),
-    "no null compression": (base_parts(compression=b"\x01"), "null compression"),
     "duplicate extension": (base_parts(extensions=[(10, b"\x00\x02\x00\x1d"), (10, b"\x00\x02\x00\x1d")]), "more than once"),
     "psk not last": (base_parts(extensions=[(41, b"\x00"), (10, b"\x00\x02\x00\x1d")]), "last extension"),
 }
@@ -380,6 +379,14 @@ ILLEGAL_NAMES = {
     "empty label": (_sni(b"a..test"), "label"),
     "two host_names": (b"\x00\x0a\x00\x00\x03a.b\x00\x00\x01c", "more than one"),
 }
+
+
+@pytest.mark.parametrize("compression", [b"\x01", b"\x01\x40"])
+def test_no_null_compression_gets_illegal_parameter(compression: bytes) -> None:
+    # The list decodes; its value is wrong (RFC 8446 section 4.1.2; OpenSSL and tlsfuzzer's
+    # test-invalid-compression-methods agree, for TLS 1.2 too).
+    err = expect_error(records(base_parts(compression=compression).message()), ILLEGAL_PARAMETER, "null compression")
+    assert err.alert == ALERT_ILLEGAL_PARAMETER
 
 
 @pytest.mark.parametrize("case", list(ILLEGAL_NAMES))

@@ -504,7 +504,10 @@ def _read_body(message: bytes) -> _Body:
     cipher_suites = _u16_list(suites_raw, "cipher_suites")
     compression = body.vector(1, 1, 0xFF, "legacy_compression_methods")
     if 0 not in compression:
-        raise _decode("legacy_compression_methods does not include null compression (0), which every client must offer")
+        # A field that decodes but holds a wrong value: illegal_parameter (RFC 8446 section
+        # 4.1.2 for TLS 1.3), as OpenSSL answers for TLS 1.2 too.
+        raise ClientHelloError(ILLEGAL_PARAMETER, "malformed ClientHello: legacy_compression_methods does not include "
+                                                  "null compression (0), which every client must offer")
 
     extensions: list[tuple[int, bytes]] = []
     if body.remaining():  # pre-1.3 clients may omit the extensions block entirely
