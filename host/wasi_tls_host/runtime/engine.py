@@ -20,9 +20,9 @@ def engine_config(*, epoch_interruption: bool = True) -> Config:
     call context" (``resources.rs:328``) before the host function runs whenever a host call
     from a guest carries two ``borrow`` handles (two parameters, as ``output-stream.splice``
     or ``tcp-socket.start-connect``, or a list, as ``poll``), on any engine with concurrency
-    support, its default; without it the call works, as on 49. Neither runtime needs it: the
-    component runtime refuses async guests, and the core runtime does the async ABI itself
-    on wasmtime's core API.
+    support, its default; without it the call works, as on 49 and on 51 (which fixed it).
+    Neither runtime needs it: the component runtime refuses async guests, and the core
+    runtime does the async ABI itself on wasmtime's core API.
     """
     config = Config()
     config.epoch_interruption = epoch_interruption
