@@ -225,10 +225,10 @@ def test_a_ticket_key_period_starts_at_its_first_handshake(pki: ServerPki) -> No
     handshake's keys for a whole lifetime (they were replaced at the next handshake)."""
     import time
 
-    config = dataclasses.replace(pki.server_config(), ticket_key_lifetime=2.0)
-    time.sleep(1.2)
+    config = dataclasses.replace(pki.server_config(), ticket_key_lifetime=3.0)
+    time.sleep(2.0)
     config.server_context_cache()["answer"] = context = object()
-    time.sleep(1.2)
+    time.sleep(1.2)  # 3.2 s after the config was made, 1.2 s after the first handshake
     assert config.server_context_cache().get("answer") is context
 
 
