@@ -21,7 +21,10 @@ tenants of a shared machine disturb less than the rate.
 ``--baseline CHECKOUT`` also runs the guest and host of another checkout (its ``host/`` on the
 path, its guest built from its own sources), alternated with this one, to show a change's size.
 
-Run: python benchmarks/bench_tls_server_p3.py [--clients N] [--duration S] [--rounds R] [--baseline CHECKOUT]
+Idle memory: each server afresh, its RSS with ``--idle`` N connections held open after each
+echoed a line, less before them, per connection (the binding guest and the reference).
+
+Run: python benchmarks/bench_tls_server_p3.py [--clients N] [--duration S] [--rounds R] [--idle N] [--baseline CHECKOUT]
 """
 
 from __future__ import annotations
@@ -96,6 +99,58 @@ def load(port: int, ca: str, clients: int, duration: float) -> None:
         await bench_tls_server._close(writer)
 
     bench_tls_server.run_load(one, clients, duration)
+
+
+def hold(port: int, ca: str, count: int) -> None:
+    """Open ``count`` connections, each echoed one line, report, hold them until stdin
+    closes, then close them (bench_tls_server.hold for this line protocol)."""
+    ctx = bench_tls_server.client_context(ca)
+
+    async def one() -> asyncio.StreamWriter:
+        reader, writer = await asyncio.open_connection(HOST, port, ssl=ctx, server_hostname=NAME)
+        writer.write(b"x\n")
+        await writer.drain()
+        while (line := await reader.readline()) not in (b"x\n", b"X\n"):
+            if not line:
+                raise EOFError("the server closed before echoing")
+        return writer
+
+    async def main() -> None:
+        writers: list[asyncio.StreamWriter] = []
+        for start in range(0, count, 50):  # in batches, as bench_tls_server.hold
+            writers += await asyncio.gather(*(asyncio.wait_for(one(), 20) for _ in range(start, min(count, start + 50))))
+        print(json.dumps({"open": len(writers)}), flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+        await asyncio.gather(*(bench_tls_server._close(w) for w in writers))
+
+    asyncio.run(main())
+
+
+def idle_kib_per_connection(kind: str, guest: Path, cert: str, key: str, ca: str, count: int, workdir: Path) -> float:
+    """A fresh server's RSS with ``count`` idle connections held (each echoed a line), less
+    before them, per connection."""
+    server, port = start(kind, guest, cert, key, workdir)
+    try:
+        time.sleep(0.5)
+        before = bench_tls_server.rss_kib(server.pid)
+        holder = subprocess.Popen([sys.executable, __file__, "hold", str(port), ca, str(count)], text=True,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        try:
+            assert holder.stdout is not None and holder.stdin is not None
+            opened = json.loads(holder.stdout.readline() or "{}").get("open", 0)
+            time.sleep(0.5)
+            after = bench_tls_server.rss_kib(server.pid)
+            holder.stdin.close()
+            holder.wait(30)
+        finally:
+            if holder.poll() is None:
+                holder.kill()
+                holder.wait(5)
+        if opened != count:
+            raise RuntimeError(f"{kind}: only {opened} of {count} idle connections opened")
+        return (after - before) / opened
+    finally:
+        stop(server)
 
 
 def baseline_env(checkout: str) -> dict[str, str]:
@@ -185,12 +240,14 @@ def measure(kind: str, guest: Path, cert: str, key: str, ca: str, clients: int, 
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] in ("serve-cpython", "serve-wat", "load"):
+    if len(sys.argv) > 1 and sys.argv[1] in ("serve-cpython", "serve-wat", "load", "hold"):
         command, *rest = sys.argv[1:]
         if command == "serve-cpython":
             serve_cpython(int(rest[0]), rest[1], rest[2])
         elif command == "serve-wat":
             serve_wat(*rest)
+        elif command == "hold":
+            hold(int(rest[0]), rest[1], int(rest[2]))
         else:
             load(int(rest[0]), rest[1], int(rest[2]), float(rest[3]))
         return
@@ -199,6 +256,8 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=4.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--no-wat", action="store_true", help="skip the WAT guest (the host's share)")
+    parser.add_argument("--idle", type=int, default=200, metavar="N",
+                        help="idle memory per connection of the binding guest and CPython's server with N held (0: not measured)")
     parser.add_argument("--sni", action="store_true", help="also the guest choosing its identity per connection (select_identity)")
     parser.add_argument("--baseline", metavar="CHECKOUT",
                         help="also the same guest and host from another checkout (e.g. a `git worktree add --detach` of main), "
@@ -228,6 +287,8 @@ def main() -> None:
                 rate, ms = measure(kind, guest, cert, key, ca_pem, args.clients, args.duration, workdir, args.baseline, baseline_guest)
                 best[kind], cpu_ms[kind] = max(best[kind], rate), min(cpu_ms[kind], ms)
                 rounds[kind].append((rate, ms))
+        idle = {kind: idle_kib_per_connection(kind, guest, cert, key, ca_pem, args.idle, workdir)
+                for kind in ("guest", "cpython")} if args.idle else {}
     print(f"load: {os.getloadavg()[0]:.1f} (1-minute average), {os.cpu_count()} cores; {args.clients} clients, "
           f"{args.duration:.0f} s x {args.rounds} rounds, best of each")
     # One process's figures differ from the next's by 10-30% on the same code: the medians of
@@ -247,6 +308,9 @@ def main() -> None:
     if "wat" in best:
         print(f"handshakes/s: 0.3 WAT server guest (tls_p3_server, one handshake at a time) {best['wat']:.0f} "
               f"= {best['wat'] / c:.2f}x CPython (the host's share)")
+    if idle:
+        print(f"idle memory per open TLS connection, {args.idle} held (each echoed a line): 0.3 binding guest "
+              f"{idle['guest']:.1f} KiB; CPython asyncio ssl {idle['cpython']:.1f} KiB")
     print("server process CPU per handshake (least of the rounds): " + "; ".join(
         f"{kind} {cpu_ms[kind]:.2f} ms = {cpu_ms[kind] / cpu_ms['cpython']:.2f}x CPython's" for kind in kinds))
 
