@@ -211,12 +211,14 @@ def stop(proc: subprocess.Popen[str]) -> None:
         proc.wait(5)
 
 
-def rss_with_idle_connections(pid: int, port: int, ca: str, count: int) -> tuple[int, int, int]:
+def rss_with_idle_connections(pid: int, port: int, ca: str, count: int, script: str = __file__) -> tuple[int, int, int]:
     """(RSS KiB of process ``pid`` before, RSS with ``count`` idle connections open, how many
-    opened): the connections are held by a child process, closed before this returns."""
+    opened): the connections are held by a child process (``script hold ...``: this one's
+    ``hold``, or another protocol's), closed before this returns."""
     time.sleep(0.5)
     before = rss_kib(pid)
-    holder = child("hold", str(port), ca, str(count), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    holder = subprocess.Popen([sys.executable, script, "hold", str(port), ca, str(count)], text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
         assert holder.stdout is not None and holder.stdin is not None
         opened = json.loads(holder.stdout.readline() or "{}").get("open", 0)

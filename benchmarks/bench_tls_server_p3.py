@@ -86,17 +86,22 @@ def serve_wat(port_file: str, cert: str, key: str) -> None:
     bench_tls_p3.serve_p3(cert, key, port_file, WAT_CONNECTIONS)
 
 
+async def echoed_line(port: int, ctx: ssl.SSLContext) -> asyncio.StreamWriter:
+    """A new connection that has sent a line and read its echo (after the guest's greeting)."""
+    reader, writer = await asyncio.open_connection(HOST, port, ssl=ctx, server_hostname=NAME)
+    writer.write(b"x\n")
+    await writer.drain()
+    while (line := await reader.readline()) not in (b"x\n", b"X\n"):
+        if not line:
+            raise EOFError("the server closed before echoing")
+    return writer
+
+
 def load(port: int, ca: str, clients: int, duration: float) -> None:
     ctx = bench_tls_server.client_context(ca)
 
     async def one() -> None:
-        reader, writer = await asyncio.open_connection(HOST, port, ssl=ctx, server_hostname=NAME)
-        writer.write(b"x\n")
-        await writer.drain()
-        while (line := await reader.readline()) not in (b"x\n", b"X\n"):
-            if not line:
-                raise EOFError("the server closed before echoing")
-        await bench_tls_server._close(writer)
+        await bench_tls_server._close(await echoed_line(port, ctx))
 
     bench_tls_server.run_load(one, clients, duration)
 
@@ -106,19 +111,10 @@ def hold(port: int, ca: str, count: int) -> None:
     closes, then close them (bench_tls_server.hold for this line protocol)."""
     ctx = bench_tls_server.client_context(ca)
 
-    async def one() -> asyncio.StreamWriter:
-        reader, writer = await asyncio.open_connection(HOST, port, ssl=ctx, server_hostname=NAME)
-        writer.write(b"x\n")
-        await writer.drain()
-        while (line := await reader.readline()) not in (b"x\n", b"X\n"):
-            if not line:
-                raise EOFError("the server closed before echoing")
-        return writer
-
     async def main() -> None:
         writers: list[asyncio.StreamWriter] = []
         for start in range(0, count, 50):  # in batches, as bench_tls_server.hold
-            writers += await asyncio.gather(*(asyncio.wait_for(one(), 20) for _ in range(start, min(count, start + 50))))
+            writers += await asyncio.gather(*(asyncio.wait_for(echoed_line(port, ctx), 20) for _ in range(start, min(count, start + 50))))
         print(json.dumps({"open": len(writers)}), flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
         await asyncio.gather(*(bench_tls_server._close(w) for w in writers))
@@ -131,21 +127,7 @@ def idle_kib_per_connection(kind: str, guest: Path, cert: str, key: str, ca: str
     before them, per connection."""
     server, port = start(kind, guest, cert, key, workdir)
     try:
-        time.sleep(0.5)
-        before = bench_tls_server.rss_kib(server.pid)
-        holder = subprocess.Popen([sys.executable, __file__, "hold", str(port), ca, str(count)], text=True,
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        try:
-            assert holder.stdout is not None and holder.stdin is not None
-            opened = json.loads(holder.stdout.readline() or "{}").get("open", 0)
-            time.sleep(0.5)
-            after = bench_tls_server.rss_kib(server.pid)
-            holder.stdin.close()
-            holder.wait(30)
-        finally:
-            if holder.poll() is None:
-                holder.kill()
-                holder.wait(5)
+        before, after, opened = bench_tls_server.rss_with_idle_connections(server.pid, port, ca, count, script=__file__)
         if opened != count:
             raise RuntimeError(f"{kind}: only {opened} of {count} idle connections opened")
         return (after - before) / opened
